@@ -15,3 +15,4 @@ pub mod env;
 pub mod errno;
 pub mod format;
 pub mod hash;
+pub mod posix;
