@@ -10,9 +10,12 @@
 
 extern crate alloc;
 
+pub mod counters;
 pub mod dev;
 pub mod env;
 pub mod errno;
+pub mod exec;
 pub mod format;
 pub mod hash;
 pub mod posix;
+pub mod trace;
