@@ -1,0 +1,75 @@
+//! PCI configuration space through the legacy 0xCF8/0xCFC ports (q35;
+//! SeaBIOS has assigned the BARs). On microvm the ports read all-ones and
+//! [`present`] says so.
+
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+
+use crate::port::{inl, outl};
+
+const CONFIG_ADDRESS: u16 = 0xcf8;
+const CONFIG_DATA: u16 = 0xcfc;
+
+/// Port-based configuration access (mechanism #1).
+#[derive(Debug)]
+pub struct PortCam;
+
+fn address(df: DeviceFunction, offset: u8) -> u32 {
+    0x8000_0000
+        | (df.bus as u32) << 16
+        | (df.device as u32) << 11
+        | (df.function as u32) << 8
+        | (offset as u32 & 0xfc)
+}
+
+impl ConfigurationAccess for PortCam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        // SAFETY: PCI configuration mechanism #1 ports; config reads have no
+        // side effects on the devices we enumerate.
+        unsafe {
+            outl(CONFIG_ADDRESS, address(df, offset));
+            inl(CONFIG_DATA)
+        }
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        // SAFETY: as above; writes target registers the caller chose.
+        unsafe {
+            outl(CONFIG_ADDRESS, address(df, offset));
+            outl(CONFIG_DATA, data);
+        }
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        PortCam
+    }
+}
+
+/// Whether a PCI host bridge answers at 00:00.0.
+pub fn present() -> bool {
+    let df = DeviceFunction {
+        bus: 0,
+        device: 0,
+        function: 0,
+    };
+    PortCam.read_word(df, 0) & 0xffff != 0xffff
+}
+
+/// The GSI a device's INTx pin reaches on q35 (ICH9 PIRQ A..H = GSI 16..23,
+/// slots 0..24 rotate by slot, 25..31 share the first four).
+pub fn q35_intx_gsi(slot: u8, pin: u8) -> Option<u32> {
+    if !(1..=4).contains(&pin) {
+        return None;
+    }
+    let pin = (pin - 1) as u32;
+    let pirq = if slot < 25 {
+        (slot as u32 + pin) & 7
+    } else {
+        pin & 3
+    };
+    Some(16 + pirq)
+}
+
+/// Read one 32-bit configuration register.
+pub fn read_config(df: DeviceFunction, offset: u8) -> u32 {
+    PortCam.read_word(df, offset)
+}

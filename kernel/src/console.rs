@@ -1,0 +1,173 @@
+//! The serial console: locked output for the shell and the log, a raw
+//! writer for the panic and exception paths (which may interrupt a holder
+//! of the lock), the input queue the main loop fills from the UART and the
+//! shell drains, the `log` backend, and exit through isa-debug-exit.
+
+use alloc::vec::Vec;
+use core::fmt::{self, Write};
+use core::future::poll_fn;
+use core::task::{Poll, Waker};
+
+use scoutvm_drivers::port::outl;
+use scoutvm_drivers::serial::{Serial, COM1};
+use scoutvm_fs::counter;
+use spin::Mutex;
+
+/// isa-debug-exit port; QEMU exits with status `(code << 1) | 1`.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Clean `poweroff`: QEMU status 33.
+pub const EXIT_POWEROFF: u32 = 0x10;
+/// Panic: QEMU status 35.
+pub const EXIT_PANIC: u32 = 0x11;
+/// CPU exception: QEMU status 37.
+pub const EXIT_EXCEPTION: u32 = 0x12;
+
+/// Input bytes held for the shell; more are dropped (and counted).
+const INPUT_MAX: usize = 4096;
+
+pub static SERIAL: Serial = Serial::new(COM1);
+static OUT: Mutex<()> = Mutex::new(());
+static INPUT: Mutex<heapless::Deque<u8, INPUT_MAX>> = Mutex::new(heapless::Deque::new());
+static INPUT_WAKER: Mutex<Option<Waker>> = Mutex::new(None);
+
+pub fn init() {
+    SERIAL.init();
+}
+
+/// Locked console output.
+pub fn write_str(s: &str) {
+    let _g = OUT.lock();
+    SERIAL.write_bytes(s.as_bytes());
+}
+
+pub fn write_bytes(b: &[u8]) {
+    let _g = OUT.lock();
+    for &c in b {
+        SERIAL.write_byte(c);
+    }
+}
+
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_str(s);
+        Ok(())
+    }
+}
+
+pub fn print_fmt(args: fmt::Arguments) {
+    let _g = OUT.lock();
+    let mut s = SERIAL;
+    let _ = s.write_fmt(args);
+}
+
+/// Unlocked output for fatal paths only.
+pub struct RawWriter;
+
+impl Write for RawWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        SERIAL.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[macro_export]
+macro_rules! kprint {
+    ($($arg:tt)*) => { $crate::console::print_fmt(format_args!($($arg)*)) };
+}
+
+#[macro_export]
+macro_rules! kprintln {
+    () => { $crate::console::write_str("\n") };
+    ($($arg:tt)*) => {{
+        $crate::console::print_fmt(format_args!($($arg)*));
+        $crate::console::write_str("\n");
+    }};
+}
+
+/// Move every byte the UART holds into the input queue; wake the reader.
+pub fn drain_serial() {
+    let mut got = false;
+    for _ in 0..INPUT_MAX {
+        let Some(b) = SERIAL.read_byte() else { break };
+        got = true;
+        if INPUT.lock().push_back(b).is_err() {
+            counter!("console.input_dropped").inc();
+        }
+    }
+    if got {
+        if let Some(w) = INPUT_WAKER.lock().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Wait for input; returns every byte queued so far (at least one).
+pub async fn read_input() -> Vec<u8> {
+    poll_fn(|cx| {
+        let mut q = INPUT.lock();
+        if q.is_empty() {
+            *INPUT_WAKER.lock() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut out = Vec::with_capacity(q.len());
+        while let Some(b) = q.pop_front() {
+            out.push(b);
+        }
+        Poll::Ready(out)
+    })
+    .await
+}
+
+/// Leave the VM with `code` (QEMU exit status `(code << 1) | 1`). Without
+/// the debug-exit device, stop the CPU.
+pub fn exit(code: u32) -> ! {
+    // SAFETY: isa-debug-exit's port; the write ends the VM when present.
+    unsafe { outl(DEBUG_EXIT_PORT, code) };
+    loop {
+        // SAFETY: nothing left to do; park the CPU with interrupts off.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let ns = scoutvm_drivers::clock::monotonic_ns();
+        print_fmt(format_args!(
+            "[{:5}.{:06}] {:5} {}: {}\n",
+            ns / 1_000_000_000,
+            (ns % 1_000_000_000) / 1_000,
+            record.level(),
+            record.target(),
+            record.args()
+        ));
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+pub fn init_log(level: log::LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: stop taking interrupts; we are going down.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    let mut w = RawWriter;
+    let _ = write!(w, "\nPANIC: {info}\n");
+    exit(EXIT_PANIC)
+}
