@@ -50,6 +50,8 @@ pub static TIMER_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static DEVICE_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static SPURIOUS_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static HALTS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken per GSI.
+pub static GSI_IRQS: [AtomicU64; GSI_MAX as usize] = [const { AtomicU64::new(0) }; GSI_MAX as usize];
 
 /// Line polarity and trigger of a GSI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +245,7 @@ pub fn handle_vector(vector: u8) {
         v if v >= GSI_VECTOR_BASE && ((v - GSI_VECTOR_BASE) as u32) < GSI_MAX => {
             let gsi = (v - GSI_VECTOR_BASE) as u32;
             DEVICE_IRQS.fetch_add(1, Ordering::Relaxed);
+            GSI_IRQS[gsi as usize].fetch_add(1, Ordering::Relaxed);
             set_mask(gsi, true);
             PENDING_GSI.fetch_or(1 << gsi, Ordering::AcqRel);
             eoi();

@@ -86,8 +86,8 @@ impl Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Pci(df) => write!(f, "pci {df}"),
-            Location::Mmio { base, slot } => write!(f, "mmio {base:#x} slot {slot}"),
+            Location::Pci(df) => write!(f, "{df}"),
+            Location::Mmio { base, slot } => write!(f, "{base:#x}/{slot}"),
         }
     }
 }

@@ -135,7 +135,14 @@ struct Logger;
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
+        // Library chatter (device negotiation, smoltcp) only at trace level.
+        let library = m.target().starts_with("virtio_drivers") || m.target().starts_with("smoltcp");
+        let max = if library && log::max_level() < log::LevelFilter::Trace {
+            log::LevelFilter::Warn
+        } else {
+            log::max_level()
+        };
+        m.level() <= max
     }
 
     fn log(&self, record: &log::Record) {

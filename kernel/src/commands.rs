@@ -1,0 +1,336 @@
+//! The built-in shell commands: help, version, uptime, mem, devices, net,
+//! ping, counters, trace, blkbench, echo, debug, poweroff. Each is a plain
+//! async fn registered in [`register_builtins`]; later subsystems register
+//! their own the same way (see `shell::register`).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use scoutvm_drivers::{clock, cmos, irq};
+use scoutvm_fs::counters;
+use scoutvm_fs::dev::BlockDev;
+use scoutvm_fs::trace;
+use scoutvm_kernel::cmdline::{parse_ipv4, NetConfig};
+
+use crate::shell::{boxed, expect_args, parse_arg, register, CmdFuture, CmdResult, Command};
+use crate::{console, devices, interrupts, mem, net};
+
+const BUILTINS: &[Command] = &[
+    Command { name: "help", usage: "", help: "list commands", run: |a| boxed(help(a)) },
+    Command { name: "version", usage: "", help: "software version", run: |a| boxed(version(a)) },
+    Command { name: "uptime", usage: "", help: "time since boot and wall-clock time", run: |a| boxed(uptime(a)) },
+    Command { name: "mem", usage: "", help: "RAM and heap usage", run: |a| boxed(mem_cmd(a)) },
+    Command { name: "devices", usage: "", help: "virtio devices: type, transport, size or MAC", run: |a| boxed(devices_cmd(a)) },
+    Command { name: "net", usage: "", help: "interface address, link and counters", run: |a| boxed(net_cmd(a)) },
+    Command { name: "ping", usage: "HOST [COUNT]", help: "ICMP echo to an IPv4 address", run: |a| boxed(ping(a)) },
+    Command { name: "counters", usage: "[PREFIX]", help: "named counters", run: |a| boxed(counters_cmd(a)) },
+    Command { name: "trace", usage: "[COUNT]", help: "newest trace ring events", run: |a| boxed(trace_cmd(a)) },
+    Command { name: "blkbench", usage: "DEV [MIB] [write]", help: "sequential read (and with 'write', DESTRUCTIVE write) MB/s", run: |a| boxed(blkbench(a)) },
+    Command { name: "echo", usage: "[WORDS...]", help: "print the words", run: |a| boxed(echo(a)) },
+    Command { name: "debug", usage: "panic|exception|triplefault", help: "crash on purpose (tests)", run: |a| boxed(debug(a)) },
+    Command { name: "poweroff", usage: "", help: "flush disks and power off", run: |a| boxed(poweroff(a)) },
+];
+
+pub fn register_builtins() {
+    for c in BUILTINS {
+        register(*c).expect("built-in command names are unique");
+    }
+}
+
+/// Keep the run-time type visible to readers of BUILTINS.
+#[allow(dead_code)]
+fn _type_check(f: fn(Vec<String>) -> CmdFuture) -> fn(Vec<String>) -> CmdFuture {
+    f
+}
+
+async fn help(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "help")?;
+    for c in crate::shell::commands() {
+        let synopsis = if c.usage.is_empty() { c.name.to_string() } else { format!("{} {}", c.name, c.usage) };
+        kprintln!("  {:<28} {}", synopsis, c.help);
+    }
+    Ok(())
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+async fn version(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "version")?;
+    kprintln!("ScoutVM {} (x86_64 unikernel, scoutfs format v2, 9P2000.L planned)", VERSION);
+    Ok(())
+}
+
+/// (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub fn format_wall(sec: u64) -> String {
+    let (y, m, d) = civil_from_days((sec / 86_400) as i64);
+    debug_assert_eq!(cmos::days_from_civil(y, m, d), (sec / 86_400) as i64);
+    let s = sec % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
+}
+
+async fn uptime(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "uptime")?;
+    let ns = clock::monotonic_ns();
+    let (wall, _) = clock::wall_now();
+    kprintln!(
+        "up {}.{:03} s, wall clock {}, tsc {} MHz",
+        ns / 1_000_000_000,
+        (ns / 1_000_000) % 1000,
+        format_wall(wall),
+        clock::tsc_hz() / 1_000_000
+    );
+    Ok(())
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+async fn mem_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "mem")?;
+    let m = mem::stats();
+    kprintln!("ram        {}", size(m.ram_bytes));
+    kprintln!("heap       {}", size(m.heap_bytes));
+    kprintln!("heap used  {} (requested {})", size(m.heap_used_bytes), size(m.heap_requested_bytes));
+    kprintln!("heap free  {}", size(m.heap_bytes - m.heap_used_bytes));
+    Ok(())
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+fn irq_str(gsi: Option<u32>) -> String {
+    use core::sync::atomic::Ordering::Relaxed;
+    match gsi {
+        None => "polled".to_string(),
+        Some(g) => format!("irq {g} ({} taken)", irq::GSI_IRQS[g as usize].load(Relaxed)),
+    }
+}
+
+async fn devices_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "devices")?;
+    let list = devices::list();
+    for b in &list.blocks {
+        let d = b.dev;
+        kprintln!(
+            "{:<5} virtio-blk {:<4} {:<24} size {} ({} bytes) serial '{}'{} {}",
+            b.name,
+            d.location().transport_name(),
+            format!("{}", d.location()),
+            size(d.size_bytes()),
+            d.size_bytes(),
+            d.serial(),
+            if d.readonly() { " read-only" } else { "" },
+            irq_str(d.gsi())
+        );
+    }
+    if let Some((mac, loc, gsi)) = list.net {
+        kprintln!(
+            "{:<5} virtio-net {:<4} {:<24} mac {} {}",
+            "eth0",
+            loc.transport_name(),
+            format!("{loc}"),
+            mac_str(mac),
+            irq_str(gsi)
+        );
+    }
+    for o in &list.others {
+        kprintln!("{:<5} {:<10} {:<4} {:<24} {}", "-", o.kind, o.location.transport_name(), format!("{}", o.location), o.note);
+    }
+    if list.blocks.is_empty() && list.net.is_none() && list.others.is_empty() {
+        kprintln!("no virtio devices");
+    }
+    Ok(())
+}
+
+async fn net_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "net")?;
+    let Some(info) = net::info() else {
+        return Err("no network interface".to_string());
+    };
+    let mode = match info.mode {
+        NetConfig::Dhcp => "dhcp",
+        NetConfig::Static { .. } => "static",
+        NetConfig::Off => "off",
+    };
+    kprintln!("eth0  mac {}  link up  mtu {}", mac_str(info.mac), net::mtu().unwrap_or(0));
+    match info.addr {
+        Some(a) => kprintln!("      inet {} ({})", a, mode),
+        None => kprintln!("      inet none ({}{})", mode, if mode == "dhcp" { ", waiting for lease" } else { "" }),
+    }
+    if let Some(g) = info.gateway {
+        kprintln!("      gateway {}.{}.{}.{}", g[0], g[1], g[2], g[3]);
+    }
+    let c = |n| counters::get(n).unwrap_or(0);
+    kprintln!("      rx {} frames {} bytes", c("net.rx_frames"), c("net.rx_bytes"));
+    kprintln!("      tx {} frames {} bytes, {} errors", c("net.tx_frames"), c("net.tx_bytes"), c("net.tx_errors"));
+    kprintln!("      sockets {} of {}", info.sockets, net::SOCKETS_MAX);
+    Ok(())
+}
+
+async fn ping(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 2, "ping HOST [COUNT]")?;
+    let host = parse_ipv4(&args[0]).ok_or_else(|| format!("bad IPv4 address '{}'", args[0]))?;
+    let count: u16 = match args.get(1) {
+        Some(c) => parse_arg("count", c)?,
+        None => 3,
+    };
+    if count == 0 || count > 1000 {
+        return Err("count must be 1..1000".to_string());
+    }
+    let h = crate::runtime::handle();
+    let mut received = 0;
+    for seq in 1..=count {
+        match net::ping(host, seq, 2_000_000_000).await {
+            Ok(rtt) => {
+                received += 1;
+                kprintln!("reply from {}: seq={} time={}.{:03} ms", args[0], seq, rtt / 1_000_000, (rtt / 1000) % 1000);
+            }
+            Err(net::NetError::Timeout) => kprintln!("timeout seq={}", seq),
+            Err(e) => return Err(format!("{e}")),
+        }
+        if seq < count {
+            h.sleep_ns(200_000_000).await;
+        }
+    }
+    kprintln!("{} sent, {} received", count, received);
+    if received == 0 {
+        return Err(format!("no reply from {}", args[0]));
+    }
+    Ok(())
+}
+
+/// Mirror the interrupt layer's atomics into named counters.
+fn refresh_counters() {
+    use core::sync::atomic::Ordering::Relaxed;
+    scoutvm_fs::counter!("irq.timer").set(irq::TIMER_IRQS.load(Relaxed));
+    scoutvm_fs::counter!("irq.device").set(irq::DEVICE_IRQS.load(Relaxed));
+    scoutvm_fs::counter!("irq.spurious").set(irq::SPURIOUS_IRQS.load(Relaxed));
+    scoutvm_fs::counter!("cpu.halts").set(irq::HALTS.load(Relaxed));
+    let s = crate::runtime::handle().stats();
+    scoutvm_fs::counter!("exec.alive").set(s.alive as u64);
+    scoutvm_fs::counter!("exec.polls").set(s.polls);
+    scoutvm_fs::counter!("exec.timers_fired").set(s.timers_fired);
+    let t = trace::stats();
+    scoutvm_fs::counter!("trace.emitted").set(t.emitted);
+    scoutvm_fs::counter!("trace.dropped").set(t.dropped);
+}
+
+async fn counters_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 1, "counters [PREFIX]")?;
+    refresh_counters();
+    let prefix = args.first().map(|s| s.as_str()).unwrap_or("");
+    let list = counters::snapshot_prefix(prefix);
+    if list.is_empty() {
+        return Err(format!("no counter starts with '{prefix}'"));
+    }
+    for (name, v) in list {
+        kprintln!("{:<32} {}", name, v);
+    }
+    Ok(())
+}
+
+async fn trace_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 1, "trace [COUNT]")?;
+    let n: usize = match args.first() {
+        Some(a) => parse_arg("count", a)?,
+        None => 50,
+    };
+    let s = trace::stats();
+    kprintln!("trace: {} emitted, {} held of {}, {} dropped", s.emitted, s.held, s.capacity, s.dropped);
+    for e in trace::recent(n) {
+        kprintln!("{}", e);
+    }
+    Ok(())
+}
+
+async fn blkbench(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 3, "blkbench DEV [MIB] [write]")?;
+    let entry = devices::block(&args[0]).ok_or_else(|| format!("no block device '{}'", args[0]))?;
+    let mut mib: u64 = 16;
+    let mut write = false;
+    for a in &args[1..] {
+        if a == "write" {
+            write = true;
+        } else {
+            mib = parse_arg("size in MiB", a)?;
+        }
+    }
+    let dev = entry.dev;
+    if mib == 0 || mib << 20 > dev.size_bytes() {
+        return Err(format!("size must be 1..{} MiB", dev.size_bytes() >> 20));
+    }
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    if write {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let t0 = clock::monotonic_ns();
+        for i in 0..mib {
+            dev.write(i * CHUNK as u64, &buf).map_err(|e| format!("write: {e}"))?;
+        }
+        dev.flush().map_err(|e| format!("flush: {e}"))?;
+        report("write", &entry.name, mib, clock::monotonic_ns() - t0);
+    }
+    let t0 = clock::monotonic_ns();
+    for i in 0..mib {
+        dev.read(i * CHUNK as u64, &mut buf).map_err(|e| format!("read: {e}"))?;
+    }
+    report("read", &entry.name, mib, clock::monotonic_ns() - t0);
+    Ok(())
+}
+
+fn report(what: &str, dev: &str, mib: u64, ns: u64) {
+    let ns = ns.max(1);
+    let mbps = (mib << 20) as f64 / (ns as f64 / 1e9) / 1e6;
+    kprintln!("blkbench {} {}: {} MiB in {}.{:03} s = {:.1} MB/s", dev, what, mib, ns / 1_000_000_000, (ns / 1_000_000) % 1000, mbps);
+}
+
+async fn echo(args: Vec<String>) -> CmdResult {
+    kprintln!("{}", args.join(" "));
+    Ok(())
+}
+
+async fn debug(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "debug panic|exception|triplefault")?;
+    match args[0].as_str() {
+        "panic" => panic!("debug panic requested from the shell"),
+        "exception" => interrupts::force_exception(),
+        "triplefault" => interrupts::force_triple_fault(),
+        other => Err(format!("unknown debug action '{other}'")),
+    }
+}
+
+async fn poweroff(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "poweroff")?;
+    for b in devices::blocks() {
+        if let Err(e) = b.dev.flush() {
+            kprintln!("warning: flush {}: {}", b.name, e);
+        }
+    }
+    kprintln!("powering off");
+    console::exit(console::EXIT_POWEROFF)
+}

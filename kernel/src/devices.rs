@@ -1,0 +1,141 @@
+//! The devices this node found at boot: virtio-blk disks named vda, vdb,
+//! ... in command-line order, the virtio-net card (handed to `net`), and
+//! whatever else was seen. Owns the routing of device interrupts back to
+//! their drivers ([`service`]). Disks live for the whole run
+//! (`&'static`), so any subsystem may hold one as a `BlockDev`.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use scoutvm_drivers::blk::VirtioBlk;
+use scoutvm_drivers::net::VirtioNet;
+use scoutvm_drivers::virtio::{self, Location};
+use virtio_drivers::transport::DeviceType;
+
+use crate::runtime::Once;
+
+/// One attached disk.
+pub struct BlockEntry {
+    pub name: String,
+    pub dev: &'static VirtioBlk,
+}
+
+/// A device we list but do not drive.
+pub struct OtherDevice {
+    pub kind: &'static str,
+    pub location: Location,
+    pub note: String,
+}
+
+pub struct DeviceList {
+    pub blocks: Vec<BlockEntry>,
+    pub others: Vec<OtherDevice>,
+    /// (mac, location, gsi) of the network card, if any.
+    pub net: Option<([u8; 6], Location, Option<u32>)>,
+    net_gsi: Option<u32>,
+}
+
+static DEVICES: Once<DeviceList> = Once::new();
+
+/// Probe the buses and attach drivers. Returns the network card for the
+/// network stack. Call once, after interrupts are set up.
+pub fn probe() -> Option<VirtioNet> {
+    let (found, skipped) = virtio::probe();
+    let mut blocks = Vec::new();
+    let mut others = Vec::new();
+    let mut net = None;
+    for s in skipped {
+        others.push(OtherDevice {
+            kind: "virtio",
+            location: s.location,
+            note: String::from(s.reason),
+        });
+    }
+    for f in found {
+        let location = f.location;
+        match f.kind {
+            DeviceType::Block => {
+                let index = blocks.len() as u32;
+                match VirtioBlk::new(f, index) {
+                    Ok(dev) => {
+                        let name = format!("vd{}", (b'a' + (index as u8 % 26)) as char);
+                        blocks.push(BlockEntry {
+                            name,
+                            dev: Box::leak(Box::new(dev)),
+                        });
+                    }
+                    Err(e) => others.push(OtherDevice {
+                        kind: "virtio-blk",
+                        location,
+                        note: format!("attach failed: {e:?}"),
+                    }),
+                }
+            }
+            DeviceType::Network if net.is_none() => match VirtioNet::new(f) {
+                Ok(dev) => net = Some(dev),
+                Err(e) => others.push(OtherDevice {
+                    kind: "virtio-net",
+                    location,
+                    note: format!("attach failed: {e:?}"),
+                }),
+            },
+            kind => others.push(OtherDevice {
+                kind: virtio::kind_name(kind),
+                location,
+                note: String::from("no driver"),
+            }),
+        }
+    }
+    let net_info = net.as_ref().map(|n: &VirtioNet| (n.mac(), n.location(), n.gsi()));
+    DEVICES.set(DeviceList {
+        blocks,
+        others,
+        net: net_info,
+        net_gsi: net_info.and_then(|n| n.2),
+    });
+    net
+}
+
+pub fn list() -> &'static DeviceList {
+    DEVICES.get()
+}
+
+pub fn blocks() -> &'static [BlockEntry] {
+    DEVICES.try_get().map_or(&[], |d| d.blocks.as_slice())
+}
+
+/// A disk by name (`vdb`) or by its serial/ID string.
+pub fn block(name: &str) -> Option<&'static BlockEntry> {
+    blocks()
+        .iter()
+        .find(|b| b.name == name)
+        .or_else(|| blocks().iter().find(|b| !name.is_empty() && b.dev.serial() == name))
+}
+
+/// The disk playing `role` ("meta", "data"): the one named by the
+/// `role=` cmdline key, else the one whose serial is the role name.
+pub fn role(role: &str) -> Option<&'static BlockEntry> {
+    match crate::runtime::cmdline().get(role) {
+        Some(name) => block(name),
+        None => blocks().iter().find(|b| b.dev.serial() == role),
+    }
+}
+
+/// Hand the device lines that fired back to their drivers.
+pub fn service(pending: u64) {
+    for b in blocks() {
+        if let Some(gsi) = b.dev.gsi() {
+            if pending & (1 << gsi) != 0 {
+                b.dev.service_interrupt();
+                scoutvm_drivers::irq::unmask(gsi);
+            }
+        }
+    }
+    if let Some(gsi) = DEVICES.try_get().and_then(|d| d.net_gsi) {
+        if pending & (1 << gsi) != 0 {
+            crate::net::service_interrupt();
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Boot-time services: what the node starts once devices, network and the
+//! executor are up. A later subsystem adds one line to [`SERVICES`] (for
+//! example "mount the volume on meta/data and serve 9P on TCP 564") with a
+//! start function that spawns its tasks on the executor.
+
+use scoutvm_fs::exec::Handle;
+
+/// One service: a name for the log and a function that spawns its tasks.
+pub struct Service {
+    pub name: &'static str,
+    pub start: fn(&Handle) -> Result<(), alloc::string::String>,
+}
+
+/// Started in order at boot. A start error is logged; the node still
+/// boots to its shell so the operator can look.
+pub const SERVICES: &[Service] = &[Service {
+    name: "shell",
+    start: start_shell,
+}];
+
+fn start_shell(h: &Handle) -> Result<(), alloc::string::String> {
+    crate::commands::register_builtins();
+    h.spawn(crate::shell::run())
+        .map(|_| ())
+        .map_err(|e| alloc::format!("{e}"))
+}
+
+pub fn start_all(h: &Handle) {
+    for s in SERVICES {
+        match (s.start)(h) {
+            Ok(()) => log::debug!("service {} started", s.name),
+            Err(e) => log::error!("service {} failed to start: {}", s.name, e),
+        }
+    }
+}
