@@ -8,8 +8,8 @@
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use scoutvm_fs::dev::{check_request, BlockDev, IoError};
 use scoutvm_fs::counter;
+use scoutvm_fs::dev::{check_request, BlockDev, IoError};
 use scoutvm_fs::trace::Tracepoint;
 use spin::Mutex;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
@@ -139,7 +139,7 @@ impl VirtioBlk {
     }
 
     fn one_request(&self, op: Op, off: u64, buf: *mut u8, len: usize) -> Result<(), IoError> {
-        debug_assert!(len > 0 && len <= MAX_REQUEST_BYTES && len % SECTOR_SIZE == 0);
+        debug_assert!(len > 0 && len <= MAX_REQUEST_BYTES && len.is_multiple_of(SECTOR_SIZE));
         let sector = (off / SECTOR_SIZE as u64) as usize;
         let mut req = BlkReq::default();
         let mut resp = BlkResp::default();

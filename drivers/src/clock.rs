@@ -22,7 +22,9 @@ static LAST_NS: AtomicU64 = AtomicU64::new(0);
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc has no side effects.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     ((hi as u64) << 32) | lo as u64
 }
 
@@ -80,7 +82,10 @@ pub fn calibrate() -> Calibration {
     let tsc_hz = tsc_hz.max(1_000_000);
     let lapic_hz = lapic_hz.max(1_000);
     TSC_HZ.store(tsc_hz, Ordering::Relaxed);
-    NS_MULT.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Ordering::Relaxed);
+    NS_MULT.store(
+        ((1_000_000_000u128 << 32) / tsc_hz as u128) as u64,
+        Ordering::Relaxed,
+    );
     TSC_ORIGIN.store(tsc0, Ordering::Relaxed);
     crate::irq::set_lapic_hz(lapic_hz);
     WALL_BASE_SEC.store(crate::cmos::read_unix_seconds(), Ordering::Relaxed);

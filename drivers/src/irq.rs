@@ -51,7 +51,8 @@ pub static DEVICE_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static SPURIOUS_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static HALTS: AtomicU64 = AtomicU64::new(0);
 /// Interrupts taken per GSI.
-pub static GSI_IRQS: [AtomicU64; GSI_MAX as usize] = [const { AtomicU64::new(0) }; GSI_MAX as usize];
+pub static GSI_IRQS: [AtomicU64; GSI_MAX as usize] =
+    [const { AtomicU64::new(0) }; GSI_MAX as usize];
 
 /// Line polarity and trigger of a GSI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +207,11 @@ fn set_mask(gsi: u32, masked: bool) {
     if let Some((base, pin)) = ioapic_for(gsi) {
         let reg = 0x10 + 2 * pin;
         let low = ioapic_read(base, reg);
-        let low = if masked { low | (1 << 16) } else { low & !(1 << 16) };
+        let low = if masked {
+            low | (1 << 16)
+        } else {
+            low & !(1 << 16)
+        };
         ioapic_write(base, reg, low);
     }
 }

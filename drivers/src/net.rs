@@ -121,7 +121,13 @@ impl phy::Device for VirtioNet {
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let buf = self.dev.borrow_mut().receive().ok()?;
-        Some((NetRxToken { dev: &self.dev, buf }, NetTxToken { dev: &self.dev }))
+        Some((
+            NetRxToken {
+                dev: &self.dev,
+                buf,
+            },
+            NetTxToken { dev: &self.dev },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {

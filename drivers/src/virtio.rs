@@ -126,8 +126,8 @@ fn probe_pci() -> (Vec<Found>, Vec<Skipped>) {
             continue;
         };
         let (_, command) = root.get_status_command(df);
-        let command = (command | Command::MEMORY_SPACE | Command::BUS_MASTER)
-            & !Command::INTERRUPT_DISABLE;
+        let command =
+            (command | Command::MEMORY_SPACE | Command::BUS_MASTER) & !Command::INTERRUPT_DISABLE;
         root.set_command(df, command);
         let pin = (pci::read_config(df, 0x3c) >> 8) as u8;
         let irq = pci::q35_intx_gsi(df.device, pin).map(|g| (g, Trigger::LevelLow));
@@ -150,7 +150,11 @@ fn probe_pci() -> (Vec<Found>, Vec<Skipped>) {
 fn probe_mmio() -> (Vec<Found>, Vec<Skipped>) {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    let gsi_base = if crate::irq::has_second_ioapic() { 24 } else { 5 };
+    let gsi_base = if crate::irq::has_second_ioapic() {
+        24
+    } else {
+        5
+    };
     // QEMU fills the slots from the top down: the first -device is slot 23.
     for slot in (0..MMIO_SLOTS).rev() {
         let base = MMIO_BASE + slot * MMIO_SLOT_SIZE;

@@ -162,21 +162,27 @@ fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetCon
         None => (ip, None),
     };
     let Some(addr) = parse_ipv4(addr_s) else {
-        errors.push(ConfigError(format!("ip={ip}: not an IPv4 address; using DHCP")));
+        errors.push(ConfigError(format!(
+            "ip={ip}: not an IPv4 address; using DHCP"
+        )));
         return NetConfig::Dhcp;
     };
     let prefix = match (prefix_s, c.get("netmask")) {
         (Some(p), _) => match p.parse::<u8>() {
             Ok(p) if p <= 32 => p,
             _ => {
-                errors.push(ConfigError(format!("ip={ip}: bad prefix length; using DHCP")));
+                errors.push(ConfigError(format!(
+                    "ip={ip}: bad prefix length; using DHCP"
+                )));
                 return NetConfig::Dhcp;
             }
         },
         (None, Some(m)) => match parse_ipv4(m).and_then(mask_to_prefix) {
             Some(p) => p,
             None => {
-                errors.push(ConfigError(format!("netmask={m}: not a netmask; using DHCP")));
+                errors.push(ConfigError(format!(
+                    "netmask={m}: not a netmask; using DHCP"
+                )));
                 return NetConfig::Dhcp;
             }
         },
@@ -187,7 +193,9 @@ fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetCon
         Some(g) => match parse_ipv4(g) {
             Some(g) => Some(g),
             None => {
-                errors.push(ConfigError(format!("gateway={g}: not an IPv4 address; ignored")));
+                errors.push(ConfigError(format!(
+                    "gateway={g}: not an IPv4 address; ignored"
+                )));
                 None
             }
         },
@@ -209,7 +217,8 @@ impl Config {
             Some(n)
                 if !n.is_empty()
                     && n.len() <= NODE_NAME_MAX
-                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
                 n.to_string()
             }
@@ -231,7 +240,9 @@ impl Config {
             Some("debug") => LogLevel::Debug,
             Some("trace") => LogLevel::Trace,
             Some(other) => {
-                errors.push(ConfigError(format!("log={other}: use error|warn|info|debug|trace")));
+                errors.push(ConfigError(format!(
+                    "log={other}: use error|warn|info|debug|trace"
+                )));
                 LogLevel::Info
             }
         };
@@ -266,7 +277,14 @@ mod tests {
     #[test]
     fn ipv4_and_masks() {
         assert_eq!(parse_ipv4("10.0.2.15"), Some([10, 0, 2, 15]));
-        for bad in ["10.0.2", "10.0.2.256", "1.2.3.4.5", "a.b.c.d", "1..2.3", "0001.2.3.4"] {
+        for bad in [
+            "10.0.2",
+            "10.0.2.256",
+            "1.2.3.4.5",
+            "a.b.c.d",
+            "1..2.3",
+            "0001.2.3.4",
+        ] {
             assert_eq!(parse_ipv4(bad), None, "{bad}");
         }
         assert_eq!(mask_to_prefix([255, 255, 255, 0]), Some(24));

@@ -18,19 +18,102 @@ use crate::shell::{boxed, expect_args, parse_arg, register, CmdFuture, CmdResult
 use crate::{console, devices, interrupts, mem, net};
 
 const BUILTINS: &[Command] = &[
-    Command { name: "help", usage: "", help: "list commands", run: |a| boxed(help(a)) },
-    Command { name: "version", usage: "", help: "software version", run: |a| boxed(version(a)) },
-    Command { name: "uptime", usage: "", help: "time since boot and wall-clock time", run: |a| boxed(uptime(a)) },
-    Command { name: "mem", usage: "", help: "RAM and heap usage", run: |a| boxed(mem_cmd(a)) },
-    Command { name: "devices", usage: "", help: "virtio devices: type, transport, size or MAC", run: |a| boxed(devices_cmd(a)) },
-    Command { name: "net", usage: "", help: "interface address, link and counters", run: |a| boxed(net_cmd(a)) },
-    Command { name: "ping", usage: "HOST [COUNT]", help: "ICMP echo to an IPv4 address", run: |a| boxed(ping(a)) },
-    Command { name: "counters", usage: "[PREFIX]", help: "named counters", run: |a| boxed(counters_cmd(a)) },
-    Command { name: "trace", usage: "[COUNT]", help: "newest trace ring events", run: |a| boxed(trace_cmd(a)) },
-    Command { name: "blkbench", usage: "DEV [MIB] [write]", help: "sequential read (and with 'write', DESTRUCTIVE write) MB/s", run: |a| boxed(blkbench(a)) },
-    Command { name: "echo", usage: "[WORDS...]", help: "print the words", run: |a| boxed(echo(a)) },
-    Command { name: "debug", usage: "panic|exception|triplefault", help: "crash on purpose (tests)", run: |a| boxed(debug(a)) },
-    Command { name: "poweroff", usage: "", help: "flush disks and power off", run: |a| boxed(poweroff(a)) },
+    Command {
+        name: "help",
+        usage: "",
+        help: "list commands",
+        run: |a| boxed(help(a)),
+    },
+    Command {
+        name: "version",
+        usage: "",
+        help: "software version",
+        run: |a| boxed(version(a)),
+    },
+    Command {
+        name: "uptime",
+        usage: "",
+        help: "time since boot and wall-clock time",
+        run: |a| boxed(uptime(a)),
+    },
+    Command {
+        name: "mem",
+        usage: "",
+        help: "RAM and heap usage",
+        run: |a| boxed(mem_cmd(a)),
+    },
+    Command {
+        name: "devices",
+        usage: "",
+        help: "virtio devices: type, transport, size or MAC",
+        run: |a| boxed(devices_cmd(a)),
+    },
+    Command {
+        name: "net",
+        usage: "",
+        help: "interface address, link and counters",
+        run: |a| boxed(net_cmd(a)),
+    },
+    Command {
+        name: "ping",
+        usage: "HOST [COUNT]",
+        help: "ICMP echo to an IPv4 address",
+        run: |a| boxed(ping(a)),
+    },
+    Command {
+        name: "counters",
+        usage: "[PREFIX]",
+        help: "named counters",
+        run: |a| boxed(counters_cmd(a)),
+    },
+    Command {
+        name: "trace",
+        usage: "[COUNT]",
+        help: "newest trace ring events",
+        run: |a| boxed(trace_cmd(a)),
+    },
+    Command {
+        name: "blkbench",
+        usage: "DEV [MIB] [write]",
+        help: "sequential read (and with 'write', DESTRUCTIVE write) MB/s",
+        run: |a| boxed(blkbench(a)),
+    },
+    Command {
+        name: "tcpecho",
+        usage: "PORT [BACKLOG]",
+        help: "serve TCP echo on PORT (tests the socket API)",
+        run: |a| boxed(tcpecho(a)),
+    },
+    Command {
+        name: "tcpsend",
+        usage: "HOST PORT TEXT",
+        help: "connect, send TEXT, print the echoed reply",
+        run: |a| boxed(tcpsend(a)),
+    },
+    Command {
+        name: "udpecho",
+        usage: "PORT",
+        help: "serve UDP echo on PORT",
+        run: |a| boxed(udpecho(a)),
+    },
+    Command {
+        name: "echo",
+        usage: "[WORDS...]",
+        help: "print the words",
+        run: |a| boxed(echo(a)),
+    },
+    Command {
+        name: "debug",
+        usage: "panic|exception|triplefault",
+        help: "crash on purpose (tests)",
+        run: |a| boxed(debug(a)),
+    },
+    Command {
+        name: "poweroff",
+        usage: "",
+        help: "flush disks and power off",
+        run: |a| boxed(poweroff(a)),
+    },
 ];
 
 pub fn register_builtins() {
@@ -48,7 +131,11 @@ fn _type_check(f: fn(Vec<String>) -> CmdFuture) -> fn(Vec<String>) -> CmdFuture 
 async fn help(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "help")?;
     for c in crate::shell::commands() {
-        let synopsis = if c.usage.is_empty() { c.name.to_string() } else { format!("{} {}", c.name, c.usage) };
+        let synopsis = if c.usage.is_empty() {
+            c.name.to_string()
+        } else {
+            format!("{} {}", c.name, c.usage)
+        };
         kprintln!("  {:<28} {}", synopsis, c.help);
     }
     Ok(())
@@ -58,7 +145,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 async fn version(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "version")?;
-    kprintln!("ScoutVM {} (x86_64 unikernel, scoutfs format v2, 9P2000.L planned)", VERSION);
+    kprintln!(
+        "ScoutVM {} (x86_64 unikernel, scoutfs format v2) node {}",
+        VERSION,
+        crate::runtime::config().node
+    );
     Ok(())
 }
 
@@ -80,7 +171,12 @@ pub fn format_wall(sec: u64) -> String {
     let (y, m, d) = civil_from_days((sec / 86_400) as i64);
     debug_assert_eq!(cmos::days_from_civil(y, m, d), (sec / 86_400) as i64);
     let s = sec % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
 }
 
 async fn uptime(args: Vec<String>) -> CmdResult {
@@ -112,43 +208,63 @@ async fn mem_cmd(args: Vec<String>) -> CmdResult {
     let m = mem::stats();
     kprintln!("ram        {}", size(m.ram_bytes));
     kprintln!("heap       {}", size(m.heap_bytes));
-    kprintln!("heap used  {} (requested {})", size(m.heap_used_bytes), size(m.heap_requested_bytes));
+    kprintln!(
+        "heap used  {} (requested {})",
+        size(m.heap_used_bytes),
+        size(m.heap_requested_bytes)
+    );
     kprintln!("heap free  {}", size(m.heap_bytes - m.heap_used_bytes));
     Ok(())
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 fn irq_str(gsi: Option<u32>) -> String {
     use core::sync::atomic::Ordering::Relaxed;
     match gsi {
         None => "polled".to_string(),
-        Some(g) => format!("irq {g} ({} taken)", irq::GSI_IRQS[g as usize].load(Relaxed)),
+        Some(g) => format!(
+            "irq {g} ({} taken)",
+            irq::GSI_IRQS[g as usize].load(Relaxed)
+        ),
     }
 }
 
 async fn devices_cmd(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "devices")?;
     let list = devices::list();
+    let meta = devices::role("meta").map(|b| b.name.as_str());
+    let data = devices::role("data").map(|b| b.name.as_str());
     for b in &list.blocks {
         let d = b.dev;
+        let role = if meta == Some(b.name.as_str()) {
+            " role meta"
+        } else if data == Some(b.name.as_str()) {
+            " role data"
+        } else {
+            ""
+        };
         kprintln!(
-            "{:<5} virtio-blk {:<4} {:<24} size {} ({} bytes) serial '{}'{} {}",
+            "{:<5} virtio-blk {:<4} {:<16} size {} ({} bytes) serial '{}'{}{} {}",
             b.name,
             d.location().transport_name(),
             format!("{}", d.location()),
             size(d.size_bytes()),
             d.size_bytes(),
             d.serial(),
+            role,
             if d.readonly() { " read-only" } else { "" },
             irq_str(d.gsi())
         );
     }
     if let Some((mac, loc, gsi)) = list.net {
         kprintln!(
-            "{:<5} virtio-net {:<4} {:<24} mac {} {}",
+            "{:<5} virtio-net {:<4} {:<16} mac {} {}",
             "eth0",
             loc.transport_name(),
             format!("{loc}"),
@@ -157,7 +273,14 @@ async fn devices_cmd(args: Vec<String>) -> CmdResult {
         );
     }
     for o in &list.others {
-        kprintln!("{:<5} {:<10} {:<4} {:<24} {}", "-", o.kind, o.location.transport_name(), format!("{}", o.location), o.note);
+        kprintln!(
+            "{:<5} {:<10} {:<4} {:<16} {}",
+            "-",
+            o.kind,
+            o.location.transport_name(),
+            format!("{}", o.location),
+            o.note
+        );
     }
     if list.blocks.is_empty() && list.net.is_none() && list.others.is_empty() {
         kprintln!("no virtio devices");
@@ -175,17 +298,38 @@ async fn net_cmd(args: Vec<String>) -> CmdResult {
         NetConfig::Static { .. } => "static",
         NetConfig::Off => "off",
     };
-    kprintln!("eth0  mac {}  link up  mtu {}", mac_str(info.mac), net::mtu().unwrap_or(0));
+    kprintln!(
+        "eth0  mac {}  link up  mtu {}",
+        mac_str(info.mac),
+        net::mtu().unwrap_or(0)
+    );
     match info.addr {
         Some(a) => kprintln!("      inet {} ({})", a, mode),
-        None => kprintln!("      inet none ({}{})", mode, if mode == "dhcp" { ", waiting for lease" } else { "" }),
+        None => kprintln!(
+            "      inet none ({}{})",
+            mode,
+            if mode == "dhcp" {
+                ", waiting for lease"
+            } else {
+                ""
+            }
+        ),
     }
     if let Some(g) = info.gateway {
         kprintln!("      gateway {}.{}.{}.{}", g[0], g[1], g[2], g[3]);
     }
     let c = |n| counters::get(n).unwrap_or(0);
-    kprintln!("      rx {} frames {} bytes", c("net.rx_frames"), c("net.rx_bytes"));
-    kprintln!("      tx {} frames {} bytes, {} errors", c("net.tx_frames"), c("net.tx_bytes"), c("net.tx_errors"));
+    kprintln!(
+        "      rx {} frames {} bytes",
+        c("net.rx_frames"),
+        c("net.rx_bytes")
+    );
+    kprintln!(
+        "      tx {} frames {} bytes, {} errors",
+        c("net.tx_frames"),
+        c("net.tx_bytes"),
+        c("net.tx_errors")
+    );
     kprintln!("      sockets {} of {}", info.sockets, net::SOCKETS_MAX);
     Ok(())
 }
@@ -206,7 +350,13 @@ async fn ping(args: Vec<String>) -> CmdResult {
         match net::ping(host, seq, 2_000_000_000).await {
             Ok(rtt) => {
                 received += 1;
-                kprintln!("reply from {}: seq={} time={}.{:03} ms", args[0], seq, rtt / 1_000_000, (rtt / 1000) % 1000);
+                kprintln!(
+                    "reply from {}: seq={} time={}.{:03} ms",
+                    args[0],
+                    seq,
+                    rtt / 1_000_000,
+                    (rtt / 1000) % 1000
+                );
             }
             Err(net::NetError::Timeout) => kprintln!("timeout seq={}", seq),
             Err(e) => return Err(format!("{e}")),
@@ -259,7 +409,13 @@ async fn trace_cmd(args: Vec<String>) -> CmdResult {
         None => 50,
     };
     let s = trace::stats();
-    kprintln!("trace: {} emitted, {} held of {}, {} dropped", s.emitted, s.held, s.capacity, s.dropped);
+    kprintln!(
+        "trace: {} emitted, {} held of {}, {} dropped",
+        s.emitted,
+        s.held,
+        s.capacity,
+        s.dropped
+    );
     for e in trace::recent(n) {
         kprintln!("{}", e);
     }
@@ -290,14 +446,16 @@ async fn blkbench(args: Vec<String>) -> CmdResult {
         }
         let t0 = clock::monotonic_ns();
         for i in 0..mib {
-            dev.write(i * CHUNK as u64, &buf).map_err(|e| format!("write: {e}"))?;
+            dev.write(i * CHUNK as u64, &buf)
+                .map_err(|e| format!("write: {e}"))?;
         }
         dev.flush().map_err(|e| format!("flush: {e}"))?;
         report("write", &entry.name, mib, clock::monotonic_ns() - t0);
     }
     let t0 = clock::monotonic_ns();
     for i in 0..mib {
-        dev.read(i * CHUNK as u64, &mut buf).map_err(|e| format!("read: {e}"))?;
+        dev.read(i * CHUNK as u64, &mut buf)
+            .map_err(|e| format!("read: {e}"))?;
     }
     report("read", &entry.name, mib, clock::monotonic_ns() - t0);
     Ok(())
@@ -306,7 +464,15 @@ async fn blkbench(args: Vec<String>) -> CmdResult {
 fn report(what: &str, dev: &str, mib: u64, ns: u64) {
     let ns = ns.max(1);
     let mbps = (mib << 20) as f64 / (ns as f64 / 1e9) / 1e6;
-    kprintln!("blkbench {} {}: {} MiB in {}.{:03} s = {:.1} MB/s", dev, what, mib, ns / 1_000_000_000, (ns / 1_000_000) % 1000, mbps);
+    kprintln!(
+        "blkbench {} {}: {} MiB in {}.{:03} s = {:.1} MB/s",
+        dev,
+        what,
+        mib,
+        ns / 1_000_000_000,
+        (ns / 1_000_000) % 1000,
+        mbps
+    );
 }
 
 async fn echo(args: Vec<String>) -> CmdResult {
@@ -333,4 +499,101 @@ async fn poweroff(args: Vec<String>) -> CmdResult {
     }
     kprintln!("powering off");
     console::exit(console::EXIT_POWEROFF)
+}
+
+async fn tcpecho(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 2, "tcpecho PORT [BACKLOG]")?;
+    let port: u16 = parse_arg("port", &args[0])?;
+    let backlog: usize = match args.get(1) {
+        Some(b) => parse_arg("backlog", b)?,
+        None => 8,
+    };
+    if backlog == 0 || backlog > 64 {
+        return Err("backlog must be 1..64".to_string());
+    }
+    let mut listener = net::TcpListener::bind(port, backlog).map_err(|e| format!("{e}"))?;
+    let h = crate::runtime::handle();
+    let h2 = h.clone();
+    h.spawn(async move {
+        loop {
+            let mut stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("tcpecho {}: accept: {}", listener.port(), e);
+                    return;
+                }
+            };
+            if let Some((a, p)) = stream.peer() {
+                log::debug!(
+                    "tcpecho: connection from {}.{}.{}.{}:{}",
+                    a[0],
+                    a[1],
+                    a[2],
+                    a[3],
+                    p
+                );
+            }
+            let spawned = h2.spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.flush().await;
+                stream.shutdown();
+            });
+            if spawned.is_err() {
+                log::warn!("tcpecho: too many tasks, connection dropped");
+            }
+        }
+    })
+    .map_err(|e| format!("{e}"))?;
+    kprintln!("tcp echo listening on port {} (backlog {})", port, backlog);
+    Ok(())
+}
+
+async fn udpecho(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "udpecho PORT")?;
+    let port: u16 = parse_arg("port", &args[0])?;
+    let mut sock = net::UdpSocket::bind(port).map_err(|e| format!("{e}"))?;
+    crate::runtime::handle()
+        .spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        })
+        .map_err(|e| format!("{e}"))?;
+    kprintln!("udp echo listening on port {}", port);
+    Ok(())
+}
+
+async fn tcpsend(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 3, 3, "tcpsend HOST PORT TEXT")?;
+    let host = parse_ipv4(&args[0]).ok_or_else(|| format!("bad IPv4 address '{}'", args[0]))?;
+    let port: u16 = parse_arg("port", &args[1])?;
+    let h = crate::runtime::handle();
+    let text = args[2].clone();
+    let exchange = async {
+        let mut s = net::TcpStream::connect(host, port).await?;
+        s.write_all(text.as_bytes()).await?;
+        let mut reply = vec![0u8; text.len()];
+        s.read_exact(&mut reply).await?;
+        s.shutdown();
+        Ok::<_, net::NetError>(reply)
+    };
+    match h.timeout_ns(5_000_000_000, exchange).await {
+        Ok(Ok(reply)) => {
+            kprintln!("reply: {}", String::from_utf8_lossy(&reply));
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("{e}")),
+        Err(_) => Err("timed out".to_string()),
+    }
 }

@@ -47,15 +47,6 @@ pub fn write_bytes(b: &[u8]) {
     }
 }
 
-pub struct Console;
-
-impl Write for Console {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_str(s);
-        Ok(())
-    }
-}
-
 pub fn print_fmt(args: fmt::Arguments) {
     let _g = OUT.lock();
     let mut s = SERIAL;

@@ -88,7 +88,9 @@ pub fn probe() -> Option<VirtioNet> {
             }),
         }
     }
-    let net_info = net.as_ref().map(|n: &VirtioNet| (n.mac(), n.location(), n.gsi()));
+    let net_info = net
+        .as_ref()
+        .map(|n: &VirtioNet| (n.mac(), n.location(), n.gsi()));
     DEVICES.set(DeviceList {
         blocks,
         others,
@@ -108,10 +110,11 @@ pub fn blocks() -> &'static [BlockEntry] {
 
 /// A disk by name (`vdb`) or by its serial/ID string.
 pub fn block(name: &str) -> Option<&'static BlockEntry> {
-    blocks()
-        .iter()
-        .find(|b| b.name == name)
-        .or_else(|| blocks().iter().find(|b| !name.is_empty() && b.dev.serial() == name))
+    blocks().iter().find(|b| b.name == name).or_else(|| {
+        blocks()
+            .iter()
+            .find(|b| !name.is_empty() && b.dev.serial() == name)
+    })
 }
 
 /// The disk playing `role` ("meta", "data"): the one named by the

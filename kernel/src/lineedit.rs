@@ -16,7 +16,7 @@ pub const HISTORY_MAX: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Esc {
     None,
-    Esc,
+    Started,
     Csi,
 }
 
@@ -98,7 +98,7 @@ impl LineEditor {
     pub fn feed(&mut self, byte: u8, echo: &mut Vec<u8>) -> Option<String> {
         let was_cr = core::mem::replace(&mut self.last_was_cr, false);
         match self.esc {
-            Esc::Esc => {
+            Esc::Started => {
                 self.esc = if byte == b'[' { Esc::Csi } else { Esc::None };
                 return None;
             }
@@ -117,7 +117,7 @@ impl LineEditor {
             Esc::None => {}
         }
         match byte {
-            0x1b => self.esc = Esc::Esc,
+            0x1b => self.esc = Esc::Started,
             b'\n' if was_cr => {}
             b'\r' | b'\n' => {
                 self.last_was_cr = byte == b'\r';
@@ -133,11 +133,7 @@ impl LineEditor {
                 }
                 return Some(line);
             }
-            0x08 | 0x7f => {
-                if self.line.pop().is_some() {
-                    echo.extend_from_slice(b"\x08 \x08");
-                }
-            }
+            0x08 | 0x7f if self.line.pop().is_some() => echo.extend_from_slice(b"\x08 \x08"),
             0x15 => self.erase_line(echo),
             0x03 => {
                 self.line.clear();

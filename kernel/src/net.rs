@@ -128,8 +128,20 @@ pub fn init(mut dev: VirtioNet, mode: &NetConfig, now_ns: u64, seed: u64) {
                 let _ = iface.routes_mut().add_default_ipv4_route(v4(*g));
                 gateway = Some(*g);
             }
-            NET_UP.emit(&[addr[0] as u64, addr[1] as u64, addr[2] as u64, addr[3] as u64]);
-            log::info!("net: static {}.{}.{}.{}/{}", addr[0], addr[1], addr[2], addr[3], prefix);
+            NET_UP.emit(&[
+                addr[0] as u64,
+                addr[1] as u64,
+                addr[2] as u64,
+                addr[3] as u64,
+            ]);
+            log::info!(
+                "net: static {}.{}.{}.{}/{}",
+                addr[0],
+                addr[1],
+                addr[2],
+                addr[3],
+                prefix
+            );
         }
         NetConfig::Dhcp => {
             dhcp = Some(sockets.add(dhcpv4::Socket::new()));
@@ -258,7 +270,10 @@ pub fn info() -> Option<NetInfo> {
     })
 }
 
-fn add_socket<T: smoltcp::socket::AnySocket<'static>>(s: &mut Stack, sock: T) -> Result<SocketHandle, NetError> {
+fn add_socket<T: smoltcp::socket::AnySocket<'static>>(
+    s: &mut Stack,
+    sock: T,
+) -> Result<SocketHandle, NetError> {
     if s.socket_count >= SOCKETS_MAX {
         counter!("net.socket_limit").inc();
         return Err(NetError::TooManySockets);
@@ -301,7 +316,12 @@ impl TcpListener {
         Self::bind_with(port, backlog, TCP_BUFFER_BYTES, TCP_BUFFER_BYTES)
     }
 
-    pub fn bind_with(port: u16, backlog: usize, rx_bytes: usize, tx_bytes: usize) -> Result<Self, NetError> {
+    pub fn bind_with(
+        port: u16,
+        backlog: usize,
+        rx_bytes: usize,
+        tx_bytes: usize,
+    ) -> Result<Self, NetError> {
         if port == 0 || backlog == 0 || rx_bytes == 0 || tx_bytes == 0 {
             return Err(NetError::Invalid);
         }
@@ -321,7 +341,8 @@ impl TcpListener {
     fn new_listener(&self) -> Result<SocketHandle, NetError> {
         with_stack(|s| {
             let mut sock = new_tcp(self.rx_bytes, self.tx_bytes);
-            sock.listen(IpListenEndpoint::from(self.port)).map_err(|_| NetError::AddrInUse)?;
+            sock.listen(IpListenEndpoint::from(self.port))
+                .map_err(|_| NetError::AddrInUse)?;
             add_socket(s, sock)
         })?
     }
@@ -337,7 +358,9 @@ impl TcpListener {
                 for (i, &h) in self.backlog.iter().enumerate() {
                     let sock = s.sockets.get_mut::<tcp::Socket>(h);
                     match sock.state() {
-                        tcp::State::Listen | tcp::State::SynReceived => sock.register_recv_waker(cx.waker()),
+                        tcp::State::Listen | tcp::State::SynReceived => {
+                            sock.register_recv_waker(cx.waker())
+                        }
                         tcp::State::Closed => {
                             // Reset before it was accepted: listen again.
                             let _ = sock.listen(IpListenEndpoint::from(self.port));
@@ -390,7 +413,11 @@ impl TcpStream {
         let handle = with_stack(|s| {
             let mut sock = new_tcp(TCP_BUFFER_BYTES, TCP_BUFFER_BYTES);
             let local = s.next_ephemeral;
-            s.next_ephemeral = if local == u16::MAX { EPHEMERAL_FIRST } else { local + 1 };
+            s.next_ephemeral = if local == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                local + 1
+            };
             let remote = IpEndpoint::new(IpAddress::Ipv4(v4(addr)), port);
             sock.connect(s.iface.context(), remote, local)
                 .map_err(|_| NetError::Unreachable)?;
@@ -502,8 +529,9 @@ impl TcpStream {
             s.sockets
                 .get::<tcp::Socket>(self.handle)
                 .remote_endpoint()
-                .and_then(|ep| match ep.addr {
-                    IpAddress::Ipv4(a) => Some((a.octets(), ep.port)),
+                .map(|ep| {
+                    let IpAddress::Ipv4(a) = ep.addr;
+                    (a.octets(), ep.port)
                 })
         })
         .ok()
@@ -539,8 +567,14 @@ impl UdpSocket {
         }
         let handle = with_stack(|s| {
             let mut sock = udp::Socket::new(
-                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BUFFER_BYTES]),
-                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BUFFER_BYTES]),
+                udp::PacketBuffer::new(
+                    vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                    vec![0; UDP_BUFFER_BYTES],
+                ),
+                udp::PacketBuffer::new(
+                    vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                    vec![0; UDP_BUFFER_BYTES],
+                ),
             );
             sock.bind(port).map_err(|_| NetError::AddrInUse)?;
             add_socket(s, sock)
@@ -617,7 +651,8 @@ pub async fn ping(addr: Ipv4, seq: u16, timeout_ns: u64) -> Result<u64, NetError
         );
         let ident = s.next_ident;
         s.next_ident = s.next_ident.wrapping_add(1);
-        sock.bind(icmp::Endpoint::Ident(ident)).map_err(|_| NetError::Invalid)?;
+        sock.bind(icmp::Endpoint::Ident(ident))
+            .map_err(|_| NetError::Invalid)?;
         Ok::<_, NetError>((add_socket(s, sock)?, ident))
     })??;
     let _guard = SocketGuard(handle);
@@ -655,9 +690,16 @@ pub async fn ping(addr: Ipv4, seq: u16, timeout_ns: u64) -> Result<u64, NetError
             with_stack(|s| {
                 let sock = s.sockets.get_mut::<icmp::Socket>(handle);
                 while sock.can_recv() {
-                    let Ok((data, _from)) = sock.recv() else { break };
-                    let Ok(pkt) = Icmpv4Packet::new_checked(data) else { continue };
-                    if let Ok(Icmpv4Repr::EchoReply { ident: i, seq_no, .. }) = Icmpv4Repr::parse(&pkt, &caps) {
+                    let Ok((data, _from)) = sock.recv() else {
+                        break;
+                    };
+                    let Ok(pkt) = Icmpv4Packet::new_checked(data) else {
+                        continue;
+                    };
+                    if let Ok(Icmpv4Repr::EchoReply {
+                        ident: i, seq_no, ..
+                    }) = Icmpv4Repr::parse(&pkt, &caps)
+                    {
                         if i == ident && seq_no == seq {
                             return Poll::Ready(Ok(()));
                         }

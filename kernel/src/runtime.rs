@@ -55,7 +55,8 @@ impl<T> Once<T> {
     }
 
     pub fn get(&self) -> &T {
-        self.try_get().expect("runtime value read before boot set it")
+        self.try_get()
+            .expect("runtime value read before boot set it")
     }
 }
 
@@ -84,5 +85,7 @@ pub fn config() -> &'static Config {
 }
 
 pub fn node_name() -> String {
-    CONFIG.try_get().map_or_else(|| String::from("scoutvm"), |c| c.node.clone())
+    CONFIG
+        .try_get()
+        .map_or_else(|| String::from("scoutvm"), |c| c.node.clone())
 }
