@@ -73,6 +73,18 @@ const BUILTINS: &[Command] = &[
         run: |a| boxed(trace_cmd(a)),
     },
     Command {
+        name: "blkread",
+        usage: "DEV OFFSET [LEN]",
+        help: "read bytes; print crc32c and the first 16 bytes",
+        run: |a| boxed(blkread(a)),
+    },
+    Command {
+        name: "blkwrite",
+        usage: "DEV OFFSET BYTE [LEN]",
+        help: "fill LEN bytes (default 4096) with BYTE, then flush",
+        run: |a| boxed(blkwrite(a)),
+    },
+    Command {
         name: "blkbench",
         usage: "DEV [MIB] [write]",
         help: "sequential read (and with 'write', DESTRUCTIVE write) MB/s",
@@ -596,4 +608,69 @@ async fn tcpsend(args: Vec<String>) -> CmdResult {
         Ok(Err(e)) => Err(format!("{e}")),
         Err(_) => Err("timed out".to_string()),
     }
+}
+
+/// Parse a number in decimal or with a 0x prefix.
+fn parse_num(what: &str, s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("bad {what} '{s}'"))
+}
+
+/// Largest LEN accepted by blkread/blkwrite.
+const BLK_CMD_LEN_MAX: u64 = 16 << 20;
+
+async fn blkread(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 2, 3, "blkread DEV OFFSET [LEN]")?;
+    let entry = devices::block(&args[0]).ok_or_else(|| format!("no block device '{}'", args[0]))?;
+    let off = parse_num("offset", &args[1])?;
+    let len = match args.get(2) {
+        Some(l) => parse_num("length", l)?,
+        None => 4096,
+    };
+    if len == 0 || len > BLK_CMD_LEN_MAX {
+        return Err(format!("length must be 1..{BLK_CMD_LEN_MAX}"));
+    }
+    let mut buf = vec![0u8; len as usize];
+    entry.dev.read(off, &mut buf).map_err(|e| format!("{e}"))?;
+    let head: String = buf.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    kprintln!(
+        "{} off {} len {} crc32c {:08x} head {}",
+        entry.name,
+        off,
+        len,
+        scoutvm_fs::hash::crc32c_raw(!0, &buf),
+        head
+    );
+    Ok(())
+}
+
+async fn blkwrite(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 3, 4, "blkwrite DEV OFFSET BYTE [LEN]")?;
+    let entry = devices::block(&args[0]).ok_or_else(|| format!("no block device '{}'", args[0]))?;
+    let off = parse_num("offset", &args[1])?;
+    let byte = parse_num("byte", &args[2])?;
+    if byte > 0xff {
+        return Err(format!("byte must be 0..255, not {byte}"));
+    }
+    let len = match args.get(3) {
+        Some(l) => parse_num("length", l)?,
+        None => 4096,
+    };
+    if len == 0 || len > BLK_CMD_LEN_MAX {
+        return Err(format!("length must be 1..{BLK_CMD_LEN_MAX}"));
+    }
+    let buf = vec![byte as u8; len as usize];
+    entry.dev.write(off, &buf).map_err(|e| format!("{e}"))?;
+    entry.dev.flush().map_err(|e| format!("flush: {e}"))?;
+    kprintln!(
+        "{} wrote {} bytes of {:#04x} at {}",
+        entry.name,
+        len,
+        byte,
+        off
+    );
+    Ok(())
 }

@@ -82,6 +82,9 @@ struct Stack {
     gateway: Option<Ipv4>,
     /// Closed streams whose FIN/ACK exchange smoltcp still finishes.
     closing: Vec<SocketHandle>,
+    /// Ports owned by a TcpListener or UdpSocket (one owner per port).
+    bound_tcp: Vec<u16>,
+    bound_udp: Vec<u16>,
     socket_count: usize,
     next_ephemeral: u16,
     next_ident: u16,
@@ -157,6 +160,8 @@ pub fn init(mut dev: VirtioNet, mode: &NetConfig, now_ns: u64, seed: u64) {
         mode: mode.clone(),
         gateway,
         closing: Vec::new(),
+        bound_tcp: Vec::new(),
+        bound_udp: Vec::new(),
         socket_count: 0,
         next_ephemeral: EPHEMERAL_FIRST,
         next_ident: 0x5c00,
@@ -325,6 +330,13 @@ impl TcpListener {
         if port == 0 || backlog == 0 || rx_bytes == 0 || tx_bytes == 0 {
             return Err(NetError::Invalid);
         }
+        with_stack(|s| {
+            if s.bound_tcp.contains(&port) {
+                return Err(NetError::AddrInUse);
+            }
+            s.bound_tcp.push(port);
+            Ok(())
+        })??;
         let mut l = TcpListener {
             port,
             backlog: Vec::new(),
@@ -396,6 +408,8 @@ impl Drop for TcpListener {
         for &h in &self.backlog {
             remove_socket(h);
         }
+        let port = self.port;
+        let _ = with_stack(|s| s.bound_tcp.retain(|&p| p != port));
     }
 }
 
@@ -558,6 +572,7 @@ impl Drop for TcpStream {
 /// A bound UDP port.
 pub struct UdpSocket {
     handle: SocketHandle,
+    port: u16,
 }
 
 impl UdpSocket {
@@ -566,6 +581,9 @@ impl UdpSocket {
             return Err(NetError::Invalid);
         }
         let handle = with_stack(|s| {
+            if s.bound_udp.contains(&port) {
+                return Err(NetError::AddrInUse);
+            }
             let mut sock = udp::Socket::new(
                 udp::PacketBuffer::new(
                     vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
@@ -577,9 +595,11 @@ impl UdpSocket {
                 ),
             );
             sock.bind(port).map_err(|_| NetError::AddrInUse)?;
-            add_socket(s, sock)
+            let h = add_socket(s, sock)?;
+            s.bound_udp.push(port);
+            Ok(h)
         })??;
-        Ok(UdpSocket { handle })
+        Ok(UdpSocket { handle, port })
     }
 
     /// Wait for a datagram; returns its length (truncated to `buf`) and sender.
@@ -630,6 +650,8 @@ impl UdpSocket {
 impl Drop for UdpSocket {
     fn drop(&mut self) {
         remove_socket(self.handle);
+        let port = self.port;
+        let _ = with_stack(|s| s.bound_udp.retain(|&p| p != port));
     }
 }
 

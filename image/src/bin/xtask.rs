@@ -1,5 +1,275 @@
 //! `cargo xtask`: build, run, test and bench the appliance.
+//!
+//! - `build`: the bootable ELF at `target/scoutvm/scoutvm.elf`.
+//! - `run [--q35] [--meta IMG --data IMG] [-- CMDLINE...]`: build, then
+//!   boot one node through `qemu/run.sh` (serial on this terminal).
+//! - `test`: the whole CI. Installs what a fresh machine lacks (QEMU, the
+//!   rustup target, cargo-deny), then fmt, clippy (host and appliance),
+//!   the licence check, the image, and every test in the workspace.
+//! - `bench`: boot time, image size, idle CPU, virtio-blk MB/s.
+//!
+//! Every step prints what it runs; the first failure stops with non-zero.
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command, Stdio};
+
+const TARGET: &str = "x86_64-unknown-none";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("image/ has a parent")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("xtask: {msg}");
+    exit(1)
+}
+
+/// Run a command in the workspace root, echoing it; stop on failure.
+fn run(program: &str, args: &[&str]) {
+    eprintln!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {program}: {e}")));
+    if !status.success() {
+        fail(&format!("`{program} {}` failed ({status})", args.join(" ")));
+    }
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn ensure_qemu() {
+    if succeeds("qemu-system-x86_64", &["--version"]) {
+        return;
+    }
+    eprintln!("xtask: qemu-system-x86_64 is missing; installing Debian's qemu-system-x86");
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let (prog, pre): (&str, Vec<&str>) = if root_user {
+        ("apt-get", vec![])
+    } else {
+        ("sudo", vec!["apt-get"])
+    };
+    let mut update = pre.clone();
+    update.extend(["update", "-q"]);
+    run(prog, &update);
+    let mut install = pre;
+    install.extend(["install", "-y", "-q", "qemu-system-x86"]);
+    run(prog, &install);
+    if !succeeds("qemu-system-x86_64", &["--version"]) {
+        fail("qemu-system-x86_64 still missing after installing qemu-system-x86");
+    }
+}
+
+fn ensure_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("xtask: rust target {TARGET} is missing; adding it with rustup");
+        run("rustup", &["target", "add", TARGET]);
+    }
+}
+
+fn ensure_cargo_deny() {
+    if succeeds(&cargo(), &["deny", "--version"]) {
+        return;
+    }
+    eprintln!("xtask: cargo-deny is missing; installing it (takes a few minutes)");
+    run(&cargo(), &["install", "cargo-deny", "--locked"]);
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_relative() {
+                root().join(p)
+            } else {
+                p
+            }
+        }
+        None => root().join("target"),
+    }
+}
+
+fn elf_path() -> PathBuf {
+    root().join("target/scoutvm/scoutvm.elf")
+}
+
+fn build() -> PathBuf {
+    ensure_target();
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scoutvm-kernel",
+            "--bin",
+            "scoutvm-kernel",
+            "--target",
+            TARGET,
+        ],
+    );
+    let built = target_dir().join(TARGET).join("release/scoutvm-kernel");
+    let out = elf_path();
+    std::fs::create_dir_all(out.parent().expect("has parent"))
+        .unwrap_or_else(|e| fail(&format!("mkdir target/scoutvm: {e}")));
+    std::fs::copy(&built, &out).unwrap_or_else(|e| fail(&format!("copy {}: {e}", built.display())));
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    eprintln!("xtask: built {} ({} bytes)", out.display(), size);
+    out
+}
+
+fn cmd_run(args: &[String]) {
+    ensure_qemu();
+    build();
+    let script = root().join("qemu/run.sh");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", script.display())));
+    // 33 is the appliance's clean poweroff through isa-debug-exit.
+    match status.code() {
+        Some(0) | Some(33) => {}
+        Some(c) => fail(&format!("appliance exited with status {c}")),
+        None => fail("QEMU was killed by a signal"),
+    }
+}
+
+fn cmd_test() {
+    ensure_qemu();
+    ensure_target();
+    ensure_cargo_deny();
+    let c = cargo();
+    run(&c, &["fmt", "--all", "--", "--check"]);
+    run(
+        &c,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    run(
+        &c,
+        &[
+            "clippy",
+            "--release",
+            "-p",
+            "scoutvm-kernel",
+            "--bin",
+            "scoutvm-kernel",
+            "--target",
+            TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    run(&c, &["deny", "check", "licenses"]);
+    let elf = build();
+    let nextest = succeeds(&c, &["nextest", "--version"]);
+    let args: Vec<&str> = if nextest {
+        vec!["nextest", "run", "--workspace", "--no-fail-fast"]
+    } else {
+        vec!["test", "--workspace", "--no-fail-fast"]
+    };
+    eprintln!(
+        "xtask: $ {c} {} (SCOUTVM_ELF={})",
+        args.join(" "),
+        elf.display()
+    );
+    let status = Command::new(&c)
+        .args(&args)
+        .env("SCOUTVM_ELF", &elf)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run tests: {e}")));
+    if !status.success() {
+        fail("tests failed");
+    }
+    eprintln!("xtask: all checks passed");
+}
+
+fn cmd_bench(args: &[String]) {
+    ensure_qemu();
+    let elf = build();
+    let c = cargo();
+    let mut a: Vec<&str> = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "scoutvm-tests",
+        "--bin",
+        "scoutvm-bench",
+        "--",
+    ];
+    a.extend(args.iter().map(|s| s.as_str()));
+    eprintln!("xtask: $ {c} {}", a.join(" "));
+    let status = Command::new(&c)
+        .args(&a)
+        .env("SCOUTVM_ELF", &elf)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run bench: {e}")));
+    if !status.success() {
+        fail("bench failed");
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <command>\n\
+         \n  build                         build target/scoutvm/scoutvm.elf\
+         \n  run [--q35] [--meta IMG] [--data IMG] [-- CMDLINE...]\
+         \n                                boot one appliance on this terminal\
+         \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
+         \n  bench [--quick]               boot time, size, idle CPU, disk MB/s"
+    );
+    exit(2)
+}
+
 fn main() {
-    eprintln!("xtask: no commands yet");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { usage() };
+    match cmd.as_str() {
+        "build" => {
+            build();
+        }
+        "run" => cmd_run(&args[1..]),
+        "test" => cmd_test(),
+        "bench" => cmd_bench(&args[1..]),
+        _ => usage(),
+    }
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Boot one ScoutVM appliance under QEMU (TCG): microvm by default, q35 with
+# --q35. Two raw disks (metadata, data) are created if missing; the serial
+# console is this terminal (Ctrl-A x quits QEMU); user networking forwards
+# host TCP 127.0.0.1:5640 to the node's 9P port 564.
+#
+#   qemu/run.sh [--q35] [--meta IMG] [--data IMG] [--elf ELF] [--mem MB]
+#               [--port HOSTPORT] [-- KERNEL CMDLINE WORDS...]
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+machine=microvm
+meta="$root/target/scoutvm/meta.img"
+data="$root/target/scoutvm/data.img"
+elf="$root/target/scoutvm/scoutvm.elf"
+mem=512
+port=5640
+append=""
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --q35) machine=q35 ;;
+        --microvm) machine=microvm ;;
+        --meta) meta="$2"; shift ;;
+        --data) data="$2"; shift ;;
+        --elf) elf="$2"; shift ;;
+        --mem) mem="$2"; shift ;;
+        --port) port="$2"; shift ;;
+        --) shift; append="$*"; break ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    echo "run.sh: qemu-system-x86_64 is missing; installing qemu-system-x86 with apt-get" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
+    $sudo_cmd apt-get update -q && $sudo_cmd apt-get install -y -q qemu-system-x86
+fi
+if [ ! -f "$elf" ]; then
+    echo "run.sh: $elf is missing; build it with 'cargo xtask build'" >&2
+    exit 1
+fi
+mkdir -p "$(dirname "$meta")" "$(dirname "$data")"
+[ -f "$meta" ] || { truncate -s 1G "$meta"; echo "run.sh: created metadata disk $meta (1 GiB, sparse)"; }
+[ -f "$data" ] || { truncate -s 4G "$data"; echo "run.sh: created data disk $data (4 GiB, sparse)"; }
+
+if [ "$machine" = microvm ]; then
+    mach=(-M microvm -global virtio-mmio.force-legacy=false)
+    blk=virtio-blk-device; nic=virtio-net-device
+else
+    mach=(-M q35)
+    blk=virtio-blk-pci; nic="virtio-net-pci,romfile="
+fi
+
+exec qemu-system-x86_64 "${mach[@]}" -accel tcg -m "${mem}M" \
+    -nodefaults -no-reboot -nographic -serial mon:stdio \
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    -drive "file=$meta,format=raw,if=none,id=meta,cache=writeback" \
+    -device "$blk,drive=meta,serial=meta" \
+    -drive "file=$data,format=raw,if=none,id=data,cache=writeback" \
+    -device "$blk,drive=data,serial=data" \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564" \
+    -device "$nic,netdev=n0" \
+    -kernel "$elf" -append "node=scoutvm $append"
