@@ -42,7 +42,9 @@ static DEVICES: Once<DeviceList> = Once::new();
 /// Probe the buses and attach drivers. Returns the network card for the
 /// network stack. Call once, after interrupts are set up.
 pub fn probe() -> Option<VirtioNet> {
+    let t0 = scoutvm_drivers::clock::monotonic_ns();
     let (found, skipped) = virtio::probe();
+    log::debug!("virtio probe took {} us", (scoutvm_drivers::clock::monotonic_ns() - t0) / 1000);
     let mut blocks = Vec::new();
     let mut others = Vec::new();
     let mut net = None;
@@ -55,6 +57,8 @@ pub fn probe() -> Option<VirtioNet> {
     }
     for f in found {
         let location = f.location;
+        let t0 = scoutvm_drivers::clock::monotonic_ns();
+        let f_kind = f.kind;
         match f.kind {
             DeviceType::Block => {
                 let index = blocks.len() as u32;
@@ -87,6 +91,12 @@ pub fn probe() -> Option<VirtioNet> {
                 note: String::from("no driver"),
             }),
         }
+        log::debug!(
+            "{} at {} attached in {} us",
+            virtio::kind_name(f_kind),
+            location,
+            (scoutvm_drivers::clock::monotonic_ns() - t0) / 1000
+        );
     }
     let net_info = net
         .as_ref()
