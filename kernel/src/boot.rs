@@ -143,9 +143,13 @@ pub struct MemRange {
     pub kind: u32,
 }
 
-/// What the boot loader told us.
+/// Longest kernel command line kept.
+pub const CMDLINE_MAX: usize = 4096;
+
+/// What the boot loader told us, copied out of boot memory (which the
+/// heap may reuse) before the heap exists.
 pub struct StartInfo {
-    pub cmdline: &'static str,
+    pub cmdline: heapless::String<CMDLINE_MAX>,
     pub memmap: heapless::Vec<MemRange, MEMMAP_MAX>,
 }
 
@@ -162,16 +166,18 @@ pub fn start_info(addr: u64) -> Result<StartInfo, &'static str> {
     }
     let version = read::<u32>(addr + 4);
     let cmdline_paddr = read::<u64>(addr + 24);
-    let mut cmdline = "";
+    let mut cmdline = heapless::String::new();
     if cmdline_paddr != 0 {
-        let mut len = 0usize;
-        while len < 4096 && read::<u8>(cmdline_paddr + len as u64) != 0 {
-            len += 1;
+        for i in 0..CMDLINE_MAX as u64 {
+            let b = read::<u8>(cmdline_paddr + i);
+            // Non-ASCII bytes are dropped: keys and values are ASCII.
+            if b == 0 {
+                break;
+            }
+            if b.is_ascii() && cmdline.push(b as char).is_err() {
+                break;
+            }
         }
-        // SAFETY: `len` bytes at cmdline_paddr were just read as non-zero and
-        // are identity-mapped boot data that nothing ever writes.
-        let bytes = unsafe { core::slice::from_raw_parts(cmdline_paddr as *const u8, len) };
-        cmdline = core::str::from_utf8(bytes).unwrap_or("");
     }
     let mut memmap = heapless::Vec::new();
     if version >= 1 {

@@ -193,8 +193,10 @@ pub fn format_wall(sec: u64) -> String {
 
 async fn uptime(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "uptime")?;
-    let ns = clock::monotonic_ns();
-    let (wall, _) = clock::wall_now();
+    use scoutvm_fs::env::Clock;
+    let c = crate::platform::KernelClock;
+    let ns = c.monotonic_ns();
+    let wall = c.wall().sec;
     kprintln!(
         "up {}.{:03} s, wall clock {}, tsc {} MHz",
         ns / 1_000_000_000,

@@ -44,7 +44,10 @@ static DEVICES: Once<DeviceList> = Once::new();
 pub fn probe() -> Option<VirtioNet> {
     let t0 = scoutvm_drivers::clock::monotonic_ns();
     let (found, skipped) = virtio::probe();
-    log::debug!("virtio probe took {} us", (scoutvm_drivers::clock::monotonic_ns() - t0) / 1000);
+    log::debug!(
+        "virtio probe took {} us",
+        (scoutvm_drivers::clock::monotonic_ns() - t0) / 1000
+    );
     let mut blocks = Vec::new();
     let mut others = Vec::new();
     let mut net = None;

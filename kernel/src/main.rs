@@ -27,6 +27,8 @@ mod mem;
 #[cfg(target_os = "none")]
 mod net;
 #[cfg(target_os = "none")]
+mod platform;
+#[cfg(target_os = "none")]
 mod runtime;
 #[cfg(target_os = "none")]
 mod services;
@@ -80,7 +82,7 @@ mod appliance {
         BOOT_STAGE.emit(&[2, irq::has_second_ioapic() as u64]);
         BOOT_STAGE.emit(&[3, cal.tsc_hz / 1_000_000]);
 
-        let cmdline = Cmdline::parse(info.cmdline);
+        let cmdline = Cmdline::parse(&info.cmdline);
         let (config, errors) = Config::from_cmdline(&cmdline);
         console::init_log(level(config.log));
         log::info!(
@@ -109,7 +111,9 @@ mod appliance {
         BOOT_STAGE.emit(&[4, devices::blocks().len() as u64]);
         match nic {
             Some(nic) => {
-                net::init(nic, &config.net, clock::monotonic_ns(), clock::rdtsc());
+                let seed =
+                    scoutvm_fs::env::Entropy::next_u64(&crate::platform::KernelEntropy::new());
+                net::init(nic, &config.net, clock::monotonic_ns(), seed);
                 BOOT_STAGE.emit(&[5, 1]);
             }
             None => {
