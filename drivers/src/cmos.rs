@@ -96,3 +96,16 @@ pub fn read_unix_seconds() -> u64 {
     let days = days_from_civil(year, month, day).max(0) as u64;
     days * 86_400 + hour * 3_600 + conv(raw.min) as u64 * 60 + conv(raw.sec) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+        assert_eq!(bcd(0x59), 59);
+    }
+}

@@ -75,3 +75,21 @@ pub fn q35_intx_gsi(slot: u8, pin: u8) -> Option<u32> {
 pub fn read_config(df: DeviceFunction, offset: u8) -> u32 {
     PortCam.read_word(df, offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q35_intx_routing() {
+        // Observed on QEMU 7.2 q35: slots 1, 2, 3 with INTA -> GSI 21, 22, 23.
+        assert_eq!(q35_intx_gsi(1, 1), Some(21));
+        assert_eq!(q35_intx_gsi(2, 1), Some(22));
+        assert_eq!(q35_intx_gsi(3, 1), Some(23));
+        assert_eq!(q35_intx_gsi(4, 1), Some(20));
+        assert_eq!(q35_intx_gsi(1, 2), Some(22));
+        assert_eq!(q35_intx_gsi(31, 1), Some(16));
+        assert_eq!(q35_intx_gsi(3, 0), None);
+        assert_eq!(q35_intx_gsi(3, 5), None);
+    }
+}
