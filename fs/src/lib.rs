@@ -10,9 +10,12 @@
 
 extern crate alloc;
 
+pub mod block;
 pub mod dev;
 pub mod env;
 pub mod errno;
+pub mod faultdev;
 pub mod format;
 pub mod hash;
 pub mod posix;
+pub mod store_error;
