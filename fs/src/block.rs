@@ -45,6 +45,8 @@ pub struct BlockCounters {
     pub dev_flush: u64,
     pub evict: u64,
     pub stale: u64,
+    /// Blocks that passed their checks but failed structural verification.
+    pub corrupt: u64,
     pub cow: u64,
     pub dirty_reuse: u64,
     pub forget: u64,
@@ -283,6 +285,31 @@ impl BlockCache {
         }
         let buf = Rc::new(RefCell::new(data));
         self.insert_clean(bref.blkno, buf.clone());
+        Ok(buf)
+    }
+
+    /// Like [`Self::read_ref`], and run `verify` over a block the first time
+    /// it comes from the device; a failure is [`StoreError::Corrupt`] and
+    /// the block is not cached.
+    pub fn read_ref_verified(
+        &mut self,
+        bref: &BlockRef,
+        magic: u32,
+        verify: &dyn Fn(&[u8]) -> Result<(), &'static str>,
+    ) -> StoreResult<BlockBuf> {
+        let cached = self.dirty.contains_key(&bref.blkno) || self.clean.contains_key(&bref.blkno);
+        let buf = self.read_ref(bref, magic)?;
+        if !cached {
+            let res = verify(&buf.borrow());
+            if let Err(what) = res {
+                self.drop_clean(bref.blkno);
+                self.counters.corrupt += 1;
+                return Err(StoreError::Corrupt {
+                    blkno: bref.blkno,
+                    what,
+                });
+            }
+        }
         Ok(buf)
     }
 

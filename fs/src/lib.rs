@@ -10,7 +10,11 @@
 
 extern crate alloc;
 
+pub mod allocator;
+pub mod avl;
 pub mod block;
+pub mod btree;
+pub mod btree_block;
 pub mod dev;
 pub mod env;
 pub mod errno;
