@@ -62,6 +62,8 @@ pub struct FsckReport {
     pub data_mapped: u64,
     pub btree_blocks: u64,
     pub items: u64,
+    /// Every metadata block reached through a reference, sorted.
+    pub referenced: Vec<u64>,
 }
 
 impl FsckReport {
@@ -712,6 +714,7 @@ pub fn fsck(
         progress,
     };
     ck.run();
+    ck.rep.referenced = ck.owners.keys().copied().collect();
     ck.rep
 }
 
