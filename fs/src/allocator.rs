@@ -313,20 +313,27 @@ pub fn ext_insert(
         return Err(StoreError::Invalid("empty or overflowing extent"));
     }
     let last = start + len - 1;
-    let (mut s, mut l) = (start, len);
-    let mut cand = ext_at_or_after(cache, root, start.saturating_sub(1))?;
-    if let Some((ps, pl)) = cand {
-        if start > 0 && ps + pl == start {
-            ext_del_keys(cache, alloc, root, ps, pl)?;
-            s = ps;
-            l += pl;
-            cand = ext_at_or_after(cache, root, start)?;
+    // look at both neighbours before changing anything, so a refused
+    // double free leaves the tree as it was
+    let first = ext_at_or_after(cache, root, start.saturating_sub(1))?;
+    let (left, right) = match first {
+        Some((ps, pl)) if start > 0 && ps + pl == start => {
+            (Some((ps, pl)), ext_at_or_after(cache, root, start)?)
         }
-    }
-    if let Some((ns, nl)) = cand {
+        other => (None, other),
+    };
+    if let Some((ns, _)) = right {
         if ns <= last {
             return Err(StoreError::Invalid("free extent overlaps a free extent"));
         }
+    }
+    let (mut s, mut l) = (start, len);
+    if let Some((ps, pl)) = left {
+        ext_del_keys(cache, alloc, root, ps, pl)?;
+        s = ps;
+        l += pl;
+    }
+    if let Some((ns, nl)) = right {
         if ns == last + 1 {
             ext_del_keys(cache, alloc, root, ns, nl)?;
             l += nl;
