@@ -284,6 +284,13 @@ impl CrashImages {
     /// Advance to the next write; returns its 1-based index and the disk
     /// after a power cut right after it, or None at the end of the trace.
     pub fn next_image(&mut self, policy: LossPolicy) -> Option<(u64, FaultDev)> {
+        let n = self.advance()?;
+        Some((n, self.image(policy)))
+    }
+
+    /// Advance past the next write (applying flushes on the way); returns
+    /// its 1-based index, or None at the end of the trace.
+    pub fn advance(&mut self) -> Option<u64> {
         loop {
             let op = self.trace.get(self.pos)?.clone();
             self.pos += 1;
@@ -297,11 +304,20 @@ impl CrashImages {
                 TraceOp::Write { off, data } => {
                     self.pending.push((off, data));
                     self.writes += 1;
-                    let img = image_with(&self.durable, &self.pending, policy);
-                    return Some((self.writes, FaultDev::from_pages(self.size, img)));
+                    return Some(self.writes);
                 }
             }
         }
+    }
+
+    /// The disk after a power cut right after the current write.
+    pub fn image(&self, policy: LossPolicy) -> FaultDev {
+        FaultDev::from_pages(self.size, image_with(&self.durable, &self.pending, policy))
+    }
+
+    /// The (offset, length) of the current write.
+    pub fn current_write(&self) -> Option<(u64, usize)> {
+        self.pending.last().map(|(o, d)| (*o, d.len()))
     }
 }
 
