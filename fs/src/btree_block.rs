@@ -450,7 +450,7 @@ pub fn compact(b: &mut [u8]) {
         .filter(|&o| item_val_len(b, o) != 0)
         .map(|o| (item_val_off(b, o), o, round8(item_val_len(b, o))))
         .collect();
-    vals.sort_unstable_by(|a, c| c.0.cmp(&a.0));
+    vals.sort_unstable_by_key(|v| core::cmp::Reverse(v.0));
     let mut top = end;
     for (vo, ioff, r8) in vals {
         let dst = top - r8;
@@ -503,7 +503,7 @@ pub fn rebuild(b: &mut [u8], lvl: u8, items: &[Item]) -> Result<(), &'static str
 
 fn valid_ioff(o: usize, nr: usize) -> bool {
     o >= off::ITEMS
-        && (o - off::ITEMS) % BTREE_ITEM_BYTES == 0
+        && (o - off::ITEMS).is_multiple_of(BTREE_ITEM_BYTES)
         && (o - off::ITEMS) / BTREE_ITEM_BYTES < nr
 }
 
@@ -537,7 +537,7 @@ pub fn verify(b: &[u8], want_level: u8) -> Result<(), &'static str> {
         }
         if len != 0 {
             let vo = item_val_off(b, o);
-            if vo % 8 != 0 {
+            if !vo.is_multiple_of(8) {
                 return Err("item value not 8-byte aligned");
             }
             if vo < top || vo + round8(len) > end {
@@ -656,7 +656,7 @@ mod tests {
                     2 => if let Some(o) = find(&b, &key) { delete(&mut b, o).unwrap(); model.remove(&key); },
                     _ => compact(&mut b),
                 }
-                verify(&b, 0).map_err(|e| TestCaseError::fail(e))?;
+                verify(&b, 0).map_err(TestCaseError::fail)?;
                 prop_assert!(check_deep(&b).is_empty(), "{:?}", check_deep(&b));
                 let got: Vec<(Key, Vec<u8>)> = items(&b).into_iter().map(|it| (it.key, it.val)).collect();
                 let want: Vec<(Key, Vec<u8>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();

@@ -243,7 +243,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
             let k = scoutvm_fs::format::Key::fs(5, 8, rng.next_u64() % 3000, 0);
             let seq = srv.trans_seq();
             let tx = srv.tx();
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 let _ = scoutvm_fs::btree::delete(tx.cache, tx.alloc, &mut tx.sb.fs_root, &k);
             } else {
                 scoutvm_fs::btree::force(

@@ -158,7 +158,8 @@ fn damage_with_valid_crc_is_corrupt_not_panic() {
     // fs_blocks[0] is the root (a parent), the last one a leaf
     let leaf = *fs_blocks.last().unwrap();
     let parent = fs_blocks[0];
-    let edits: Vec<(u64, &str, Box<dyn Fn(&mut [u8])>)> = vec![
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let edits: Vec<(u64, &str, Edit)> = vec![
         (
             leaf,
             "nr_items",

@@ -169,7 +169,7 @@ fn golden_volume_opens_and_commits() {
             tx.cache,
             tx.alloc,
             &mut tx.sb.fs_root,
-            scoutvm_fs::btree::Item::new(key, seq, &vec![i as u8; 168]),
+            scoutvm_fs::btree::Item::new(key, seq, &[i as u8; 168]),
         )
         .unwrap();
         tx.sb.inode_count += 1;

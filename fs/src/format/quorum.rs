@@ -72,8 +72,10 @@ mod tests {
     #[test]
     fn size_and_round_trip() {
         assert_eq!(40 + QUORUM_EVENT_NR * 40, QUORUM_BLOCK_BYTES);
-        let mut q = QuorumBlock::default();
-        q.write_nr = 3;
+        let mut q = QuorumBlock {
+            write_nr: 3,
+            ..Default::default()
+        };
         q.events[4].rid = 0xabc;
         q.events[5].ts = Timespec { sec: 5, nsec: 6 };
         let mut b = [0u8; QUORUM_BLOCK_BYTES];

@@ -23,15 +23,9 @@ pub const AF_IPV6: u16 = 2;
 
 /// `union scoutfs_inet_addr` (32 bytes). Only IPv4 is interpreted; the raw
 /// bytes are kept so other families round-trip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InetAddr {
     pub raw: [u8; 32],
-}
-
-impl Default for InetAddr {
-    fn default() -> Self {
-        InetAddr { raw: [0; 32] }
-    }
 }
 
 impl InetAddr {
