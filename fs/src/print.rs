@@ -371,9 +371,15 @@ fn print_level(
     }
     if at == want {
         writeln!(out, "{name} btree blkno {}", bref.blkno)?;
+        let crc = crc32c_block(&b);
+        let bad = if crc != h.crc {
+            ::alloc::format!("(!= {crc:08x}) ")
+        } else {
+            ::alloc::string::String::new()
+        };
         writeln!(
             out,
-            "  crc {:08x} fsid {:x} seq {} blkno {} ",
+            "  crc {:08x} {bad}fsid {:x} seq {} blkno {} ",
             h.crc, h.fsid, h.seq, h.blkno
         )?;
         writeln!(
