@@ -30,7 +30,9 @@ pub fn golden_dir() -> PathBuf {
     static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         let shared = shared_dir();
-        let dir = std::env::temp_dir().join(format!("scoutvm-golden-{}", std::process::id()));
+        // inside the target dir, replaced on every run
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden");
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let st = std::process::Command::new("tar")
             .arg("-xSf")
