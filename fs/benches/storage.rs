@@ -4,7 +4,6 @@
 //! asserts nothing about speed.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::FileDev;
