@@ -64,8 +64,8 @@ fn list_add(head: &mut AllocListHead, b: &mut [u8], blkno: u64) {
         put_u32(b, off::START, (start - 1) as u32);
     }
     put_u32(b, off::NR, (nr + 1) as u32);
-    head.total_nr += 1;
-    head.first_nr += 1;
+    head.total_nr = head.total_nr.saturating_add(1);
+    head.first_nr = head.first_nr.saturating_add(1);
 }
 
 fn list_remove(head: &mut AllocListHead, b: &mut [u8], count: usize) {
@@ -85,8 +85,10 @@ fn list_remove(head: &mut AllocListHead, b: &mut [u8], count: usize) {
             (start + count) as u32
         },
     );
-    head.total_nr -= count as u64;
-    head.first_nr -= count as u32;
+    // heads read from disk are checked against their blocks, but stay
+    // defensive: fsck reports totals that disagree
+    head.total_nr = head.total_nr.saturating_sub(count as u64);
+    head.first_nr = head.first_nr.saturating_sub(count as u32);
 }
 
 fn list_sort(b: &mut [u8]) {
@@ -188,6 +190,18 @@ impl ListAlloc {
             link_orig = true;
         }
         let (fr, fr_old) = cache.dirty_ref_into(&mut self.freed.bref, MAGIC_ALLOC_LIST, fr_peek)?;
+        {
+            let f = fr.borrow();
+            if !lb_window_valid(&f)
+                || lb_nr(&f) != self.freed.first_nr as usize
+                || lb_nr(&f) + 2 > ALLOC_LIST_MAX_BLOCKS
+            {
+                return Err(StoreError::Corrupt {
+                    blkno: self.freed.bref.blkno,
+                    what: "freed list block disagrees with its head",
+                });
+            }
+        }
         if link_orig {
             lb_set_next(&mut fr.borrow_mut(), &orig_freed.bref);
         }
@@ -317,7 +331,7 @@ pub fn ext_insert(
     // double free leaves the tree as it was
     let first = ext_at_or_after(cache, root, start.saturating_sub(1))?;
     let (left, right) = match first {
-        Some((ps, pl)) if start > 0 && ps + pl == start => {
+        Some((ps, pl)) if start > 0 && ps + (pl - 1) == start - 1 => {
             (Some((ps, pl)), ext_at_or_after(cache, root, start)?)
         }
         other => (None, other),
@@ -340,7 +354,7 @@ pub fn ext_insert(
         }
     }
     ext_add_keys(cache, alloc, root, s, l)?;
-    root.total_len += len;
+    root.total_len = root.total_len.saturating_add(len);
     Ok(())
 }
 
@@ -366,11 +380,11 @@ pub fn ext_remove(
     if es < start {
         ext_add_keys(cache, alloc, root, es, start - es)?;
     }
-    let eend = es + el - 1;
+    let eend = es + (el - 1);
     if eend > last {
         ext_add_keys(cache, alloc, root, last + 1, eend - last)?;
     }
-    root.total_len -= len;
+    root.total_len = root.total_len.saturating_sub(len);
     Ok(())
 }
 
@@ -439,6 +453,15 @@ pub fn fill_list(
     }
     let target = target.min(ALLOC_LIST_MAX_BLOCKS as u64);
     let buf = cache.dirty_ref(&mut lhead.bref, MAGIC_ALLOC_LIST, alloc)?;
+    {
+        let b = buf.borrow();
+        if !lb_window_valid(&b) || lb_nr(&b) != lhead.first_nr as usize {
+            return Err(StoreError::Corrupt {
+                blkno: lhead.bref.blkno,
+                what: "alloc list block disagrees with its head",
+            });
+        }
+    }
     let mut moved = 0;
     while (lhead.first_nr as u64) < target {
         let want = target - lhead.first_nr as u64;

@@ -502,7 +502,7 @@ impl Checker<'_> {
             );
         }
         for w in bl.windows(2) {
-            if w[0].0 + w[0].1 > w[1].0 {
+            if w[0].0.saturating_add(w[0].1) > w[1].0 {
                 self.find(
                     None,
                     format!("{name}: free extents {:?} and {:?} overlap", w[0], w[1]),
@@ -659,7 +659,7 @@ pub fn fsck(
             if sb.total_meta_blocks <= META_DEV_START_BLKNO
                 || sb
                     .total_meta_blocks
-                    .checked_shl(LG_BLOCK_SHIFT)
+                    .checked_mul(1u64 << LG_BLOCK_SHIFT)
                     .is_none_or(|b| b > meta.size_bytes())
             {
                 rep.findings

@@ -175,7 +175,7 @@ fn print_quorum(out: &mut dyn Write, dev: &dyn BlockDev) -> Result<(), PrintErro
 
 fn read_lg(dev: &dyn BlockDev, blkno: u64) -> Option<Vec<u8>> {
     let mut b = vec![0u8; LG_BLOCK_SIZE];
-    let off = blkno.checked_shl(LG_BLOCK_SHIFT)?;
+    let off = blkno.checked_mul(1u64 << LG_BLOCK_SHIFT)?;
     dev.read(off, &mut b).ok()?;
     Some(b)
 }
@@ -187,9 +187,15 @@ fn print_list(
     head: &AllocListHead,
 ) -> fmt::Result {
     let mut r = head.bref;
-    let mut n = 0;
-    while r.blkno != 0 && n < 1 << 20 {
-        n += 1;
+    let mut seen = ::alloc::collections::BTreeSet::new();
+    while r.blkno != 0 {
+        if !seen.insert(r.blkno) {
+            return writeln!(
+                out,
+                "{name} alloc_list_block blkno {}: (list loops back)",
+                r.blkno
+            );
+        }
         let Some(b) = read_lg(dev, r.blkno) else {
             return writeln!(
                 out,
@@ -344,11 +350,22 @@ fn print_tree(
         return Ok(());
     }
     for level in (0..root.height).rev() {
-        print_level(out, dev, name, &root.bref, root.height - 1, level, kind)?;
+        let mut seen = ::alloc::collections::BTreeSet::new();
+        print_level(
+            out,
+            dev,
+            name,
+            &root.bref,
+            root.height - 1,
+            level,
+            kind,
+            &mut seen,
+        )?;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_level(
     out: &mut dyn Write,
     dev: &dyn BlockDev,
@@ -357,7 +374,12 @@ fn print_level(
     at: u8,
     want: u8,
     kind: Items,
+    seen: &mut ::alloc::collections::BTreeSet<u64>,
 ) -> fmt::Result {
+    // a damaged tree may reference a block twice: print it once
+    if !seen.insert(bref.blkno) {
+        return writeln!(out, "{name} btree blkno {}: (referenced again)", bref.blkno);
+    }
     let Some(b) = read_lg(dev, bref.blkno) else {
         return writeln!(out, "{name} btree blkno {}: (unreadable)", bref.blkno);
     };
@@ -405,7 +427,7 @@ fn print_level(
         if want < at {
             let c = BlockRef::decode(val);
             if c.blkno != 0 {
-                print_level(out, dev, name, &c, at - 1, want, kind)?;
+                print_level(out, dev, name, &c, at - 1, want, kind, seen)?;
             }
             continue;
         }

@@ -116,7 +116,7 @@ pub fn check_supers(
     if meta_sb.total_meta_blocks <= META_DEV_START_BLKNO
         || meta_sb
             .total_meta_blocks
-            .checked_shl(LG_BLOCK_SHIFT)
+            .checked_mul(1u64 << LG_BLOCK_SHIFT)
             .is_none()
         || meta_sb.total_meta_blocks << LG_BLOCK_SHIFT > meta_bytes
     {
@@ -125,7 +125,7 @@ pub fn check_supers(
     if meta_sb.total_data_blocks <= DATA_DEV_START_BLKNO
         || meta_sb
             .total_data_blocks
-            .checked_shl(SM_BLOCK_SHIFT)
+            .checked_mul(1u64 << SM_BLOCK_SHIFT)
             .is_none()
         || meta_sb.total_data_blocks << SM_BLOCK_SHIFT > data_bytes
     {
