@@ -288,7 +288,11 @@ fn ext_del_keys(
         e => e,
     };
     btree::delete(cache, alloc, &mut root.root, &extent_blkno_key(start, len)).map_err(missing)?;
-    btree::delete(cache, alloc, &mut root.root, &extent_order_key(start, len)).map_err(missing)?;
+    if let Err(e) = btree::delete(cache, alloc, &mut root.root, &extent_order_key(start, len)) {
+        // the BLKNO item is already gone: this transaction is inconsistent
+        cache.poison("free extent indexes disagree");
+        return Err(missing(e));
+    }
     Ok(())
 }
 

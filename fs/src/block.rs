@@ -69,6 +69,9 @@ pub struct BlockCache {
     lru: BTreeMap<u64, u64>,
     tick: u64,
     dirty: BTreeMap<u64, BlockBuf>,
+    /// Set when a modification failed half way: the dirty blocks may be
+    /// inconsistent and must never be written.
+    poisoned: Option<&'static str>,
     pub counters: BlockCounters,
 }
 
@@ -133,6 +136,7 @@ impl BlockCache {
             lru: BTreeMap::new(),
             tick: 0,
             dirty: BTreeMap::new(),
+            poisoned: None,
             counters: BlockCounters::default(),
         }
     }
@@ -424,10 +428,25 @@ impl BlockCache {
         self.drop_clean(blkno);
     }
 
+    /// Refuse to write this transaction's dirty blocks: a modification
+    /// failed half way through them.
+    pub fn poison(&mut self, why: &'static str) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(why);
+        }
+    }
+
+    pub fn poisoned(&self) -> Option<&'static str> {
+        self.poisoned
+    }
+
     /// Write every dirty block (checksummed, in blkno order), then flush.
     /// On success the blocks become clean cached blocks. On error the
     /// dirty set is kept so nothing is lost in memory.
     pub fn write_dirty(&mut self) -> StoreResult<usize> {
+        if let Some(what) = self.poisoned {
+            return Err(StoreError::Corrupt { blkno: 0, what });
+        }
         let blknos: Vec<u64> = self.dirty.keys().copied().collect();
         for &blkno in &blknos {
             let buf = self.dirty[&blkno].clone();
@@ -455,6 +474,7 @@ impl BlockCache {
     /// Drop every dirty block without writing (abandoning a transaction).
     pub fn discard_dirty(&mut self) {
         self.dirty.clear();
+        self.poisoned = None;
     }
 
     /// Read and validate the super block of this volume's meta device.

@@ -470,6 +470,20 @@ enum Mode {
     Force,
 }
 
+/// Errors after a tree modification began leave dirty blocks that must
+/// not be committed; errors found before any change do not.
+fn poison_on_err<T>(cache: &mut BlockCache, r: StoreResult<T>) -> StoreResult<T> {
+    if let Err(e) = &r {
+        if !matches!(
+            e,
+            StoreError::Exists | StoreError::NotFound | StoreError::Invalid(_)
+        ) {
+            cache.poison("a btree modification failed half way");
+        }
+    }
+    r
+}
+
 fn modify(
     cache: &mut BlockCache,
     alloc: &mut dyn MetaAlloc,
@@ -522,7 +536,8 @@ pub fn insert(
     root: &mut BtreeRoot,
     item: Item,
 ) -> StoreResult<()> {
-    modify(cache, alloc, root, item, Mode::Insert)
+    let r = modify(cache, alloc, root, item, Mode::Insert);
+    poison_on_err(cache, r)
 }
 
 /// Replace an existing item; `NotFound` if the key is absent.
@@ -532,7 +547,8 @@ pub fn update(
     root: &mut BtreeRoot,
     item: Item,
 ) -> StoreResult<()> {
-    modify(cache, alloc, root, item, Mode::Update)
+    let r = modify(cache, alloc, root, item, Mode::Update);
+    poison_on_err(cache, r)
 }
 
 /// Insert or replace.
@@ -542,11 +558,22 @@ pub fn force(
     root: &mut BtreeRoot,
     item: Item,
 ) -> StoreResult<()> {
-    modify(cache, alloc, root, item, Mode::Force)
+    let r = modify(cache, alloc, root, item, Mode::Force);
+    poison_on_err(cache, r)
 }
 
 /// Remove `key` and return its item; `NotFound` if absent.
 pub fn delete(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+) -> StoreResult<Item> {
+    let r = delete_inner(cache, alloc, root, key);
+    poison_on_err(cache, r)
+}
+
+fn delete_inner(
     cache: &mut BlockCache,
     alloc: &mut dyn MetaAlloc,
     root: &mut BtreeRoot,
@@ -634,6 +661,17 @@ pub fn set_parent(
     key: &Key,
     par: &BtreeRoot,
 ) -> StoreResult<()> {
+    let r = set_parent_inner(cache, alloc, root, key, par);
+    poison_on_err(cache, r)
+}
+
+fn set_parent_inner(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+    par: &BtreeRoot,
+) -> StoreResult<()> {
     if root.height <= 2 {
         *root = *par;
         return Ok(());
@@ -656,6 +694,16 @@ pub fn set_parent(
 /// smaller valid tree behind; leaves are freed without being read.
 /// Returns true once the tree is empty.
 pub fn free_blocks(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    max_blocks: usize,
+) -> StoreResult<bool> {
+    let r = free_blocks_inner(cache, alloc, root, max_blocks);
+    poison_on_err(cache, r)
+}
+
+fn free_blocks_inner(
     cache: &mut BlockCache,
     alloc: &mut dyn MetaAlloc,
     root: &mut BtreeRoot,

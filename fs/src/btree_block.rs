@@ -276,6 +276,9 @@ fn hash_delete(b: &mut [u8], key: &Key, ioff: usize) -> Result<(), &'static str>
         if o == 0 {
             break;
         }
+        if !valid_ioff(o, nr_items(b)) {
+            return Err("leaf hash bucket points at no item");
+        }
         bucket_set(b, j, 0);
         let k = item_key(b, o);
         hash_insert(b, &k, o)?;
@@ -667,6 +670,37 @@ mod tests {
             verify(&b, 0).unwrap();
             prop_assert!(check_deep(&b).is_empty());
             prop_assert_eq!(items(&b), all);
+        }
+    }
+
+    proptest! {
+        /// Damaged blocks: verify never panics, and a block it accepts can
+        /// be read and modified without panics (errors are fine).
+        #[test]
+        fn damaged_blocks_never_panic(seed in any::<u64>(), flips in proptest::collection::vec((0usize..65536, any::<u8>()), 1..6)) {
+            let mut b = vec![0u8; crate::format::LG_BLOCK_SIZE];
+            init(&mut b, 0);
+            for i in 0..40u64 {
+                insert(&mut b, &k(i * 3 + seed % 3), i, 0, &vec![i as u8; (i * 7 % 100) as usize]).unwrap();
+            }
+            for (o, v) in flips {
+                // mostly hit the header, items and hash table
+                let o = match o % 3 { 0 => o, 1 => 32 + o % 2300, _ => 62512 + o % 3024 };
+                b[o] = v;
+            }
+            if verify(&b, level(&b)).is_ok() {
+                let _ = items(&b);
+                let _ = check_deep(&b);
+                for i in 0..130u64 {
+                    let key = k(i);
+                    match find(&b, &key) {
+                        Some(o) if i % 2 == 0 => { let _ = delete(&mut b, o); }
+                        Some(o) => { let _ = set_value(&mut b, o, 1, 0, &[1, 2, 3]); }
+                        None if fits_in_gap(&b, 8) => { let _ = insert(&mut b, &key, 1, 0, &[0; 8]); }
+                        None => compact(&mut b),
+                    }
+                }
+            }
         }
     }
 

@@ -301,3 +301,38 @@ fn torn_super_is_detected() {
     let (clean, text) = fsck_text(&*meta, Some(&*data));
     assert!(!clean && text.contains("super block"), "{text}");
 }
+
+/// Running the active allocator dry in the middle of a transaction leaves
+/// half-modified blocks: the commit is refused and the volume reopens at
+/// the previous commit, clean.
+#[test]
+fn failed_modification_poisons_the_transaction() {
+    let (meta, data) = small_volume(META, DATA, 8);
+    let mut srv = open(meta.clone(), data.clone(), 8);
+    let mut model = State::new();
+    let mut used = Vec::new();
+    let rng = SeededEntropy::new(8);
+    random_txn(&mut srv, &mut model, &mut used, &rng);
+    srv.commit().unwrap();
+    let committed = items(&mut srv);
+    let mut hit = None;
+    for i in 0..1_000_000u64 {
+        let seq = srv.trans_seq();
+        let tx = srv.tx();
+        if let Err(e) = btree::force(
+            tx.cache,
+            tx.alloc,
+            &mut tx.sb.fs_root,
+            Item::new(Key::fs(2, 8, i, 0), seq, &[3; 896]),
+        ) {
+            hit = Some(e);
+            break;
+        }
+    }
+    assert_eq!(hit, Some(scoutvm_fs::store_error::StoreError::NoSpace));
+    assert!(srv.cache().poisoned().is_some());
+    assert!(srv.commit().is_err());
+    assert_fsck_clean(&*meta, Some(&*data));
+    let mut s2 = open(meta, data, 9);
+    assert_eq!(items(&mut s2), committed);
+}
