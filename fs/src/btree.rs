@@ -234,6 +234,19 @@ fn walk_dirty(
     key: &Key,
     stop_level: u8,
 ) -> StoreResult<Vec<BlockBuf>> {
+    walk_dirty_range(cache, alloc, root, key, stop_level).map(|(p, _)| p)
+}
+
+/// [`walk_dirty`], also returning the greatest key the last block on the
+/// path may hold.
+fn walk_dirty_range(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+    stop_level: u8,
+) -> StoreResult<(Vec<BlockBuf>, Key)> {
+    let mut end = Key::MAX;
     check_root(root)?;
     if root.height == 0 {
         let mut r = BlockRef::default();
@@ -256,6 +269,10 @@ fn walk_dirty(
                     "parent block does not cover key",
                 ));
             };
+            let k = bb::item_key(&b, ioff);
+            if k < end {
+                end = k;
+            }
             (ioff, child_ref(&b, ioff))
         };
         read_block(cache, &cref, level - 1)?;
@@ -268,7 +285,7 @@ fn walk_dirty(
         path.push(child);
         level -= 1;
     }
-    Ok(path)
+    Ok((path, end))
 }
 
 fn split_point(items: &[Item]) -> usize {
@@ -607,8 +624,48 @@ pub fn insert_list(
     if items.windows(2).any(|w| w[0].key >= w[1].key) {
         return Err(StoreError::Invalid("insert_list items not sorted"));
     }
-    for it in items {
-        force(cache, alloc, root, it)?;
+    for it in &items {
+        check_val(&it.val)?;
+    }
+    let r = insert_list_inner(cache, alloc, root, items);
+    poison_on_err(cache, r)
+}
+
+/// One descent per leaf: items that fit go straight into the leaf the
+/// walk reached; an item that needs a split takes the general path and the
+/// next item starts a new walk.
+fn insert_list_inner(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    items: Vec<Item>,
+) -> StoreResult<()> {
+    let mut it = items.into_iter().peekable();
+    while let Some(first) = it.next() {
+        let (path, end) = walk_dirty_range(cache, alloc, root, &first.key, 0)?;
+        let leaf = path.last().unwrap().clone();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let placed = {
+                let mut b = leaf.borrow_mut();
+                match bb::find(&b, &item.key) {
+                    Some(o) => bb::set_value(&mut b, o, item.seq, item.flags, &item.val),
+                    None if bb::fits_in_gap(&b, item.val.len()) => {
+                        bb::insert(&mut b, &item.key, item.seq, item.flags, &item.val)
+                            .map_err(|w| corrupt(blkno_of(&leaf), w))?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !placed {
+                modify(cache, alloc, root, item, Mode::Force)?;
+                break;
+            }
+            if it.peek().is_some_and(|n| n.key <= end) {
+                next = it.next();
+            }
+        }
     }
     Ok(())
 }

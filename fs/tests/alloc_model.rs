@@ -279,4 +279,5 @@ fn meta_blocks_reused_only_after_durable_commit() {
         live = rep.referenced.into_iter().collect();
     }
     assert!(srv.counters.list_filled > 0 && srv.counters.list_emptied > 0);
+    assert!(srv.counters.meta_root_swaps > 0);
 }

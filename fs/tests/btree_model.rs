@@ -286,3 +286,40 @@ fn free_blocks_incrementally() {
     assert!(rounds > 3, "freeing took {rounds} rounds");
     assert!(srv.super_block().fs_root.is_empty());
 }
+
+/// Bulk insert of sorted batches matches inserting one by one.
+#[test]
+fn insert_list_matches_model() {
+    let (meta, data) = small_volume(META, DATA, 21);
+    let mut srv = open(&meta, &data, 21, CommitConfig::default());
+    let rng = SeededEntropy::new(21);
+    let mut model: BTreeMap<Key, (u64, Vec<u8>)> = BTreeMap::new();
+    for round in 0..60 {
+        let mut batch: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
+        for _ in 0..(1 + rng.next_u64() % 400) {
+            batch.insert(key(rng.next_u64() % 5000), val(&rng, BTREE_MAX_VAL_LEN));
+        }
+        let seq = srv.trans_seq();
+        let items: Vec<Item> = batch.iter().map(|(k, v)| Item::new(*k, seq, v)).collect();
+        let tx = srv.tx();
+        btree::insert_list(tx.cache, tx.alloc, &mut tx.sb.fs_root, items).unwrap();
+        for (k, v) in batch {
+            model.insert(k, (seq, v));
+        }
+        if round % 5 == 4 || srv.meta_avail_remaining() < 200 {
+            srv.commit().unwrap();
+            assert_fsck_clean(&*meta, Some(&*data));
+            assert_eq!(tree_items(&mut srv), model, "round {round}");
+        }
+    }
+    assert!(srv.super_block().fs_root.height >= 2);
+    // unsorted input is refused without touching the tree
+    let before = srv.super_block().fs_root;
+    let tx = srv.tx();
+    let bad = vec![Item::new(key(9), 1, &[]), Item::new(key(2), 1, &[])];
+    assert!(matches!(
+        btree::insert_list(tx.cache, tx.alloc, &mut tx.sb.fs_root, bad),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(srv.super_block().fs_root, before);
+}
