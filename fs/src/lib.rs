@@ -10,12 +10,23 @@
 
 extern crate alloc;
 
+pub mod allocator;
+pub mod avl;
+pub mod block;
+pub mod btree;
+pub mod btree_block;
 pub mod counters;
 pub mod dev;
 pub mod env;
 pub mod errno;
 pub mod exec;
+pub mod faultdev;
 pub mod format;
+pub mod fsck;
 pub mod hash;
+pub mod mkfs;
 pub mod posix;
+pub mod print;
+pub mod server;
+pub mod store_error;
 pub mod trace;

@@ -1,5 +1,393 @@
-//! `scoutvm`: make, dump and check scoutfs volumes on image files.
-fn main() {
-    eprintln!("scoutvm: no commands yet");
-    std::process::exit(2);
+//! `scoutvm`: make, dump and check scoutfs volumes on image files or block
+//! devices: `mkfs`, `print` and `fsck`, with the reference tool's flags and
+//! output. The work is done by `scoutvm_fs::{mkfs, print, fsck}`; this file
+//! parses arguments, opens devices, draws randomness and shows progress.
+//! Exit status: 0 success, 1 operation failed or fsck found problems,
+//! 2 usage error.
+
+mod filedev;
+
+use filedev::FileDev;
+use scoutvm_fs::dev::BlockDev;
+use scoutvm_fs::env::Timespec;
+use scoutvm_fs::format::super_block::QuorumConfig;
+use scoutvm_fs::format::{FORMAT_VERSION_MAX, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
+use scoutvm_fs::mkfs::{self, MkfsParams};
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: scoutvm <command> [options]
+
+commands:
+  mkfs [-f] [-A] [-V VERS] [-m SIZE] [-d SIZE] [-z BLOCKS] -Q NR,ADDR,PORT [-Q ...] META DATA
+      make a new volume on the metadata and data devices
+        -Q NR,ADDR,PORT  quorum slot (repeatable, at least one)
+        -m SIZE, -d SIZE use at most SIZE bytes of the meta/data device (K/M/G/T/P)
+        -V VERS          format version, 1 or 2 (default 2)
+        -A               allow devices smaller than 64 GiB
+        -f               overwrite an existing volume
+        -z BLOCKS        data_alloc_zone_blocks volume option
+  print META
+      dump the super, quorum blocks, allocators and trees of a volume
+  fsck META [DATA]
+      check a volume; exit 0 only when it is clean
+";
+
+/// A usage error: message, exit 2.
+struct Usage(String);
+
+fn usage<T>(msg: impl Into<String>) -> Result<T, Usage> {
+    Err(Usage(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let r = match cmd.as_str() {
+        "mkfs" => cmd_mkfs(rest),
+        "print" => cmd_print(rest),
+        "fsck" => cmd_fsck(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => usage(format!("unknown command '{other}'")),
+    };
+    match r {
+        Ok(code) => code,
+        Err(Usage(m)) => {
+            eprintln!("scoutvm: {m}");
+            eprintln!("try 'scoutvm help'");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("scoutvm: {msg}");
+    ExitCode::from(1)
+}
+
+fn open_dev(path: &str, writable: bool, which: &str) -> Result<FileDev, ExitCode> {
+    FileDev::open(Path::new(path), writable)
+        .map_err(|e| fail(format!("failed to open {which} device '{path}': {e}")))
+}
+
+/// Random words from the OS (fsid, uuid). Falls back to time and pid.
+fn random_u64s() -> [u64; 3] {
+    let mut b = [0u8; 24];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let e = scoutvm_fs::env::SeededEntropy::new(t ^ ((std::process::id() as u64) << 32));
+        use scoutvm_fs::env::Entropy;
+        return [e.next_u64(), e.next_u64(), e.next_u64()];
+    }
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+    [w(0), w(1), w(2)]
+}
+
+fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // the reference stores microsecond precision
+    Timespec {
+        sec: d.as_secs(),
+        nsec: d.subsec_micros() * 1000,
+    }
+}
+
+fn take_value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, Usage> {
+    *i += 1;
+    match args.get(*i) {
+        Some(v) => Ok(v),
+        None => usage(format!("option {flag} needs a value")),
+    }
+}
+
+fn cmd_mkfs(args: &[String]) -> Result<ExitCode, Usage> {
+    let mut force = false;
+    let mut allow_small = false;
+    let mut fmt_vers = FORMAT_VERSION_MAX;
+    let mut max_meta = 0u64;
+    let mut max_data = 0u64;
+    let mut zone_blocks = 0u64;
+    let mut qconf = QuorumConfig::default();
+    let mut paths = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        // accept "-Q0,1.2.3.4,5" as well as "-Q 0,1.2.3.4,5"
+        let (flag, inline) = if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") {
+            (&a[..2], Some(&a[2..]))
+        } else {
+            (a, None)
+        };
+        let val = |i: &mut usize| -> Result<String, Usage> {
+            match inline {
+                Some(v) => Ok(v.to_string()),
+                None => take_value(args, i, flag).map(str::to_string),
+            }
+        };
+        match flag {
+            "-f" | "--force" if inline.is_none() => force = true,
+            "-A" | "--allow-small-size" if inline.is_none() => allow_small = true,
+            "-V" | "--format-version" => {
+                let v = val(&mut i)?;
+                fmt_vers = match v.parse::<u64>() {
+                    Ok(n) if (1..=FORMAT_VERSION_MAX).contains(&n) => n,
+                    _ => {
+                        return usage(format!(
+                            "format version '{v}' must be 1 or {FORMAT_VERSION_MAX}"
+                        ))
+                    }
+                };
+            }
+            "-m" | "--max-meta-size" => {
+                let v = val(&mut i)?;
+                let n = mkfs::parse_size(&v).map_err(Usage)?;
+                max_meta = n - n % LG_BLOCK_SIZE as u64;
+                if max_meta != n {
+                    eprintln!("Meta dev size {n} rounded down to {max_meta} bytes");
+                }
+                if max_meta == 0 {
+                    return usage(format!("meta size '{v}' is smaller than one 64KB block"));
+                }
+            }
+            "-d" | "--max-data-size" => {
+                let v = val(&mut i)?;
+                let n = mkfs::parse_size(&v).map_err(Usage)?;
+                max_data = n - n % SM_BLOCK_SIZE as u64;
+                if max_data != n {
+                    eprintln!("Data dev size {n} rounded down to {max_data} bytes");
+                }
+                if max_data == 0 {
+                    return usage(format!("data size '{v}' is smaller than one 4KB block"));
+                }
+            }
+            "-z" | "--data-alloc-zone-blocks" => {
+                let v = val(&mut i)?;
+                zone_blocks = v
+                    .parse()
+                    .map_err(|_| Usage(format!("invalid zone blocks '{v}'")))?;
+            }
+            "-Q" | "--quorum-slot" => {
+                let v = val(&mut i)?;
+                mkfs::parse_quorum_slot(&mut qconf, &v).map_err(Usage)?;
+            }
+            _ if a.starts_with('-') && a.len() > 1 => {
+                return usage(format!("unknown option '{a}'"))
+            }
+            _ => paths.push(a.to_string()),
+        }
+        i += 1;
+    }
+    if paths.len() != 2 {
+        return usage("mkfs needs a META and a DATA device");
+    }
+    if qconf.configured().next().is_none() {
+        return usage("must configure quorum slots with -Q options");
+    }
+    let (meta_path, data_path) = (&paths[0], &paths[1]);
+    Ok(run_mkfs(
+        meta_path,
+        data_path,
+        force,
+        allow_small,
+        fmt_vers,
+        max_meta,
+        max_data,
+        zone_blocks,
+        qconf,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_mkfs(
+    meta_path: &str,
+    data_path: &str,
+    force: bool,
+    allow_small: bool,
+    fmt_vers: u64,
+    max_meta: u64,
+    max_data: u64,
+    zone_blocks: u64,
+    qconf: QuorumConfig,
+) -> ExitCode {
+    if let (Ok(a), Ok(b)) = (
+        std::fs::canonicalize(meta_path),
+        std::fs::canonicalize(data_path),
+    ) {
+        if a == b {
+            return fail("the meta and data devices must be different");
+        }
+    }
+    let meta = match open_dev(meta_path, true, "meta") {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    let data = match open_dev(data_path, true, "data") {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    if !force {
+        for (dev, path, which) in [(&meta, meta_path, "meta"), (&data, data_path, "data")] {
+            if mkfs::has_volume(dev) {
+                return fail(format!(
+                    "{which} device '{path}' already contains a scoutfs volume, use -f to overwrite it"
+                ));
+            }
+        }
+    }
+    let mut sizes = [0u64; 2];
+    for (k, (dev, max, which)) in [(&meta, max_meta, "meta"), (&data, max_data, "data")]
+        .into_iter()
+        .enumerate()
+    {
+        match mkfs::limit_device_size(dev.size_bytes(), max, allow_small, which) {
+            Ok((size, notes, warns)) => {
+                for n in notes {
+                    println!("{n}");
+                }
+                for w in warns {
+                    eprintln!("{w}");
+                }
+                sizes[k] = size;
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    let r = random_u64s();
+    let p = MkfsParams {
+        fmt_vers,
+        meta_bytes: sizes[0] - sizes[0] % LG_BLOCK_SIZE as u64,
+        data_bytes: sizes[1] - sizes[1] % SM_BLOCK_SIZE as u64,
+        qconf,
+        fsid: r[0],
+        uuid: mkfs::uuid_from_random(r[1], r[2]),
+        now: now(),
+        data_alloc_zone_blocks: zone_blocks,
+    };
+    match mkfs::mkfs(&meta, &data, &p) {
+        Ok(sb) => {
+            print!("{}", mkfs::describe(&sb, meta_path, data_path));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("mkfs failed: {e}")),
+    }
+}
+
+/// `core::fmt::Write` onto stdout; remembers a write error (broken pipe).
+struct StdoutFmt {
+    out: std::io::BufWriter<std::io::Stdout>,
+    failed: bool,
+}
+
+impl std::fmt::Write for StdoutFmt {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.out.write_all(s.as_bytes()).map_err(|_| {
+            self.failed = true;
+            std::fmt::Error
+        })
+    }
+}
+
+fn cmd_print(args: &[String]) -> Result<ExitCode, Usage> {
+    let [path] = args else {
+        return usage("print needs exactly one META device");
+    };
+    let dev = match open_dev(path, false, "meta") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    let mut out = StdoutFmt {
+        out: std::io::BufWriter::new(std::io::stdout()),
+        failed: false,
+    };
+    let r = scoutvm_fs::print::print_volume(&dev, &mut out);
+    let flushed = out.out.flush().is_ok();
+    Ok(match r {
+        Ok(()) => ExitCode::SUCCESS,
+        // output closed early (e.g. piped into head): not an error of ours
+        Err(scoutvm_fs::print::PrintError::Fmt) if out.failed || !flushed => ExitCode::SUCCESS,
+        Err(e) => fail(format!("print '{path}': {e}")),
+    })
+}
+
+/// Progress on stderr when it is a terminal, at most ~10 updates a second.
+struct Progress {
+    tty: bool,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            last: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, phase: &str, done: u64, total: u64) {
+        if !self.tty || self.last.elapsed().as_millis() < 100 {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.shown = true;
+        match (done * 100).checked_div(total) {
+            Some(pct) => eprint!("\r\x1b[Kfsck: {phase}: {pct}%"),
+            None => eprint!("\r\x1b[Kfsck: {phase}"),
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+fn cmd_fsck(args: &[String]) -> Result<ExitCode, Usage> {
+    let (meta_path, data_path) = match args {
+        [m] => (m, None),
+        [m, d] => (m, Some(d)),
+        _ => return usage("fsck needs a META device and optionally a DATA device"),
+    };
+    let meta = match open_dev(meta_path, false, "meta") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    let data = match data_path.map(|p| open_dev(p, false, "data")).transpose() {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    let mut prog = Progress::new();
+    let rep = scoutvm_fs::fsck::fsck(
+        &meta,
+        data.as_ref().map(|d| d as &dyn BlockDev),
+        &mut |phase, done, total| prog.update(phase, done, total),
+    );
+    prog.finish();
+    let mut text = String::new();
+    let _ = rep.render(&mut text);
+    print!("{text}");
+    Ok(if rep.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -4,9 +4,18 @@
 //! Nothing here does I/O. Sizes and offsets are checked against the table in
 //! `docs/format.md` (Appendix A of the storage reference) by unit tests.
 
+pub mod alloc;
+pub mod block;
+pub mod btree;
+pub mod inode;
 pub mod key;
+pub mod le;
+pub mod quorum;
+pub mod super_block;
 
+pub use block::{AllocListHead, AllocRoot, BlockHeader, BlockRef, BtreeRoot};
 pub use key::Key;
+pub use super_block::SuperBlock;
 
 /// Small (4 KiB) block: super, quorum and data blocks.
 pub const SM_BLOCK_SHIFT: u32 = 12;

@@ -1,0 +1,341 @@
+//! The single-node server: owns the dirty super, the metadata allocators
+//! and the commit that makes a transaction durable with a new super.
+//!
+//! Called by the filesystem layer (and tests/tools) that modify trees
+//! through [`Server::tx`]. Commit protocol (docs/commit.md): return freed
+//! data extents, refill the idle avail list from the meta_avail extent
+//! tree, empty the idle freed list (freed one commit ago, now durable)
+//! into the meta_freed tree, flush the data device, write dirty metadata
+//! blocks, flush, write the super, flush, swap the active and idle lists.
+//! A block freed in commit N is not reusable before commit N+1 starts.
+
+use crate::allocator::{empty_list, ext_alloc, ext_insert, fill_list, ListAlloc};
+use crate::block::{read_super_from, BlockCache};
+use crate::dev::BlockDev;
+use crate::env::Entropy;
+use crate::format::alloc::ALLOC_LIST_MAX_BLOCKS;
+use crate::format::block::AllocRoot;
+use crate::format::super_block::{SuperBlock, FLAG_IS_META_BDEV};
+use crate::format::{
+    DATA_DEV_START_BLKNO, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, LG_BLOCK_SHIFT,
+    META_DEV_START_BLKNO, SM_BLOCK_SHIFT, SUPER_BLKNO,
+};
+use crate::store_error::{StaleReason, StoreError, StoreResult};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// `SCOUTFS_SERVER_META_FILL_TARGET` / `_LO`.
+pub const SERVER_META_FILL_TARGET: u64 = ALLOC_LIST_MAX_BLOCKS as u64;
+pub const SERVER_META_FILL_LO: u64 = ALLOC_LIST_MAX_BLOCKS as u64 / 2;
+
+/// Metadata blocks kept out of normal allocation for one mount:
+/// `2*8185 + (8185 + 8185 + 1028 + 913)`.
+pub const RESERVED_META_BLOCKS: u64 = 2 * 8185 + 8185 + 8185 + 1028 + 913;
+
+/// Tunables of the commit (tests shrink the fill targets).
+#[derive(Clone, Copy, Debug)]
+pub struct CommitConfig {
+    pub fill_lo: u64,
+    pub fill_target: u64,
+    pub cache_budget_bytes: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            fill_lo: SERVER_META_FILL_LO,
+            fill_target: SERVER_META_FILL_TARGET,
+            cache_budget_bytes: crate::block::DEFAULT_CACHE_BUDGET_BYTES,
+        }
+    }
+}
+
+/// Counters of the server commit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerCounters {
+    pub commits: u64,
+    pub commit_errors: u64,
+    pub blocks_written: u64,
+    pub list_filled: u64,
+    pub list_emptied: u64,
+    pub meta_root_swaps: u64,
+}
+
+/// What a transaction may touch: the block cache, the active metadata
+/// allocator, the dirty super (its roots) and the transaction's seq.
+pub struct Txn<'a> {
+    pub cache: &'a mut BlockCache,
+    pub alloc: &'a mut ListAlloc,
+    pub sb: &'a mut SuperBlock,
+    pub seq: u64,
+}
+
+pub struct Server {
+    cache: BlockCache,
+    sb: SuperBlock,
+    alloc: ListAlloc,
+    data_dev: Box<dyn BlockDev>,
+    other_ind: usize,
+    meta_avail_ind: usize,
+    pending_data_frees: Vec<(u64, u64)>,
+    seq: u64,
+    cfg: CommitConfig,
+    failed: bool,
+    pub counters: ServerCounters,
+}
+
+fn invalid(what: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        blkno: SUPER_BLKNO,
+        what,
+    }
+}
+
+/// Check a meta super and its data-device copy against the devices.
+pub fn check_supers(
+    meta_sb: &SuperBlock,
+    data_sb: &SuperBlock,
+    meta_bytes: u64,
+    data_bytes: u64,
+) -> Result<(), &'static str> {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&meta_sb.fmt_vers) {
+        return Err("unsupported format version");
+    }
+    if meta_sb.flags & FLAG_IS_META_BDEV == 0 {
+        return Err("meta device super lacks the meta flag (devices swapped?)");
+    }
+    if data_sb.flags & FLAG_IS_META_BDEV != 0 {
+        return Err("data device super has the meta flag (devices swapped?)");
+    }
+    if data_sb.uuid != meta_sb.uuid || data_sb.hdr.fsid != meta_sb.hdr.fsid {
+        return Err("data device belongs to another volume");
+    }
+    if data_sb.fmt_vers != meta_sb.fmt_vers {
+        return Err("data and meta device format versions differ");
+    }
+    if meta_sb.total_meta_blocks <= META_DEV_START_BLKNO
+        || meta_sb
+            .total_meta_blocks
+            .checked_mul(1u64 << LG_BLOCK_SHIFT)
+            .is_none()
+        || meta_sb.total_meta_blocks << LG_BLOCK_SHIFT > meta_bytes
+    {
+        return Err("total_meta_blocks does not fit the meta device");
+    }
+    if meta_sb.total_data_blocks <= DATA_DEV_START_BLKNO
+        || meta_sb
+            .total_data_blocks
+            .checked_mul(1u64 << SM_BLOCK_SHIFT)
+            .is_none()
+        || meta_sb.total_data_blocks << SM_BLOCK_SHIFT > data_bytes
+    {
+        return Err("total_data_blocks does not fit the data device");
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Open a volume: read and cross-check both supers, pick the active
+    /// server list (the larger avail) and the meta_avail tree (larger).
+    pub fn open(
+        meta: Box<dyn BlockDev>,
+        data: Box<dyn BlockDev>,
+        entropy: Box<dyn Entropy>,
+        cfg: CommitConfig,
+    ) -> StoreResult<Server> {
+        let sb = read_super_from(&*meta)?;
+        let dsb = read_super_from(&*data)?;
+        check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes()).map_err(invalid)?;
+        if !sb.logs_root.is_empty() || !sb.log_merge.is_empty() || !sb.mounted_clients.is_empty() {
+            return Err(invalid(
+                "volume has client log trees or mounts: not supported by the single-node server",
+            ));
+        }
+        let cache = BlockCache::new(meta, entropy, sb.hdr.fsid, cfg.cache_budget_bytes);
+        let other_ind = if sb.server_meta_avail[0].total_nr < sb.server_meta_avail[1].total_nr {
+            0
+        } else {
+            1
+        };
+        let active = other_ind ^ 1;
+        let meta_avail_ind = if sb.meta_alloc[1].total_len > sb.meta_alloc[0].total_len {
+            1
+        } else {
+            0
+        };
+        Ok(Server {
+            cache,
+            alloc: ListAlloc::new(sb.server_meta_avail[active], sb.server_meta_freed[active]),
+            sb,
+            data_dev: data,
+            other_ind,
+            meta_avail_ind,
+            pending_data_frees: Vec::new(),
+            seq: sb.seq + 1,
+            cfg,
+            failed: false,
+            counters: ServerCounters::default(),
+        })
+    }
+
+    /// The super as it will be written by the next commit.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.sb
+    }
+
+    /// The seq of the open transaction (items written now carry it).
+    pub fn trans_seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn cache(&mut self) -> &mut BlockCache {
+        &mut self.cache
+    }
+
+    pub fn data_dev(&self) -> &dyn BlockDev {
+        &*self.data_dev
+    }
+
+    /// Metadata blocks the open transaction may still allocate.
+    pub fn meta_avail_remaining(&self) -> u64 {
+        self.alloc.avail_remaining()
+    }
+
+    /// Free blocks in the extent trees and lists (statfs-style).
+    pub fn meta_free_blocks(&self) -> u64 {
+        self.sb.meta_alloc[0].total_len
+            + self.sb.meta_alloc[1].total_len
+            + self.sb.server_meta_avail[self.other_ind].total_nr
+            + self.alloc.avail.total_nr
+    }
+
+    /// The open transaction.
+    pub fn tx(&mut self) -> Txn<'_> {
+        Txn {
+            cache: &mut self.cache,
+            alloc: &mut self.alloc,
+            sb: &mut self.sb,
+            seq: self.seq,
+        }
+    }
+
+    /// Allocate up to `max_len` data blocks (largest free extent first).
+    pub fn alloc_data(&mut self, max_len: u64) -> StoreResult<(u64, u64)> {
+        self.check_ok()?;
+        ext_alloc(
+            &mut self.cache,
+            &mut self.alloc,
+            &mut self.sb.data_alloc,
+            max_len,
+        )?
+        .ok_or(StoreError::NoSpace)
+    }
+
+    /// Free data blocks; they become allocatable after the next commit.
+    pub fn free_data(&mut self, start: u64, len: u64) -> StoreResult<()> {
+        let end = start
+            .checked_add(len)
+            .ok_or(StoreError::Invalid("data extent overflows"))?;
+        if len == 0 || start < DATA_DEV_START_BLKNO || end > self.sb.total_data_blocks {
+            return Err(StoreError::Invalid("data extent outside the data device"));
+        }
+        self.pending_data_frees.push((start, len));
+        Ok(())
+    }
+
+    fn check_ok(&self) -> StoreResult<()> {
+        if self.failed {
+            return Err(StoreError::Io(crate::dev::IoError::Gone));
+        }
+        Ok(())
+    }
+
+    /// Make the open transaction durable. On error the server is failed:
+    /// reopen the volume (the previous commit is intact on disk).
+    pub fn commit(&mut self) -> StoreResult<()> {
+        self.check_ok()?;
+        let r = self.commit_inner();
+        match r {
+            Ok(()) => self.counters.commits += 1,
+            Err(_) => {
+                self.counters.commit_errors += 1;
+                self.failed = true;
+            }
+        }
+        r
+    }
+
+    fn commit_inner(&mut self) -> StoreResult<()> {
+        let Server {
+            cache,
+            sb,
+            alloc,
+            data_dev,
+            other_ind,
+            meta_avail_ind,
+            pending_data_frees,
+            ..
+        } = self;
+        let other = *other_ind;
+        let active = other ^ 1;
+
+        for (s, l) in core::mem::take(pending_data_frees) {
+            ext_insert(cache, alloc, &mut sb.data_alloc, s, l)?;
+        }
+
+        let (a0, a1) = sb.meta_alloc.split_at_mut(1);
+        let (meta_avail, meta_freed): (&mut AllocRoot, &mut AllocRoot) = if *meta_avail_ind == 0 {
+            (&mut a0[0], &mut a1[0])
+        } else {
+            (&mut a1[0], &mut a0[0])
+        };
+        let mut oa = sb.server_meta_avail[other];
+        let mut of = sb.server_meta_freed[other];
+        self.counters.list_filled += fill_list(
+            cache,
+            alloc,
+            &mut oa,
+            meta_avail,
+            self.cfg.fill_lo,
+            self.cfg.fill_target,
+        )?;
+        self.counters.list_emptied += empty_list(cache, alloc, meta_freed, &mut of)?;
+        sb.server_meta_avail[other] = oa;
+        sb.server_meta_freed[other] = of;
+
+        // data before metadata, metadata before the super
+        data_dev.flush()?;
+        self.counters.blocks_written += cache.write_dirty()? as u64;
+
+        sb.seq = self.seq;
+        sb.server_meta_avail[active] = alloc.avail;
+        sb.server_meta_freed[active] = alloc.freed;
+        sb.hdr.seq += 1;
+        cache.write_super(sb)?;
+
+        // swap the active and idle lists
+        *other_ind = active;
+        *alloc = ListAlloc::new(sb.server_meta_avail[other], sb.server_meta_freed[other]);
+        let (ai, fi) = (*meta_avail_ind, *meta_avail_ind ^ 1);
+        if sb.meta_alloc[ai].total_len < RESERVED_META_BLOCKS * 2
+            && sb.meta_alloc[fi].total_len > sb.meta_alloc[ai].total_len
+        {
+            *meta_avail_ind = fi;
+            self.counters.meta_root_swaps += 1;
+        }
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Read only the meta super of a device and check its fsid is `fsid`.
+pub fn read_meta_super(dev: &dyn BlockDev, fsid: u64) -> StoreResult<SuperBlock> {
+    let sb = read_super_from(dev)?;
+    if sb.hdr.fsid != fsid {
+        return Err(StoreError::Stale {
+            blkno: SUPER_BLKNO,
+            reason: StaleReason::Fsid,
+        });
+    }
+    Ok(sb)
+}

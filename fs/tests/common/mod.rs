@@ -1,0 +1,137 @@
+//! Shared helpers of the storage integration tests: the golden volumes,
+//! a file-backed device and small volumes on fault-injecting RAM disks.
+#![allow(dead_code)]
+
+use scoutvm_fs::dev::{check_request, BlockDev, IoError};
+use scoutvm_fs::env::{SeededEntropy, Timespec};
+use scoutvm_fs::faultdev::FaultDev;
+use scoutvm_fs::format::super_block::QuorumConfig;
+use scoutvm_fs::mkfs::{mkfs, parse_quorum_slot, MkfsParams};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// `<repo>/../shared`, or a clear panic when it is missing.
+pub fn shared_dir() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let shared = repo.parent().unwrap().join("shared");
+    assert!(
+        shared.join("golden/scoutfs-mkfs-images.tar.xz").exists(),
+        "golden volumes missing: expected {} (the shared/ folder beside the project)",
+        shared.join("golden/scoutfs-mkfs-images.tar.xz").display()
+    );
+    shared
+}
+
+/// Unpack the golden images (sparse) into a fresh temp dir, once per test
+/// process.
+pub fn golden_dir() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let shared = shared_dir();
+        // inside the target dir, replaced on every run
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("tar")
+            .arg("-xSf")
+            .arg(shared.join("golden/scoutfs-mkfs-images.tar.xz"))
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .expect("running tar");
+        assert!(st.success(), "tar -xSf of the golden images failed");
+        dir
+    })
+    .clone()
+}
+
+/// A read/write device over a file.
+pub struct FileDev {
+    f: File,
+    size: u64,
+}
+
+impl FileDev {
+    pub fn open(p: &Path, writable: bool) -> FileDev {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(p)
+            .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+        let size = f.metadata().unwrap().len();
+        FileDev { f, size }
+    }
+
+    pub fn create_sparse(p: &Path, size: u64) -> FileDev {
+        let f = File::create(p).unwrap();
+        f.set_len(size).unwrap();
+        drop(f);
+        FileDev::open(p, true)
+    }
+}
+
+impl BlockDev for FileDev {
+    fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        check_request(off, buf.len(), self.size)?;
+        self.f.read_exact_at(buf, off).map_err(|_| IoError::Device)
+    }
+    fn write(&self, off: u64, buf: &[u8]) -> Result<(), IoError> {
+        check_request(off, buf.len(), self.size)?;
+        self.f.write_all_at(buf, off).map_err(|_| IoError::Device)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        self.f.sync_data().map_err(|_| IoError::Device)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+}
+
+pub fn qconf(slots: &[&str]) -> QuorumConfig {
+    let mut q = QuorumConfig::default();
+    for s in slots {
+        parse_quorum_slot(&mut q, s).unwrap();
+    }
+    q
+}
+
+pub fn params(fmt_vers: u64, meta_bytes: u64, data_bytes: u64, seed: u64) -> MkfsParams {
+    let e = SeededEntropy::new(seed);
+    use scoutvm_fs::env::Entropy;
+    MkfsParams {
+        fmt_vers,
+        meta_bytes,
+        data_bytes,
+        qconf: qconf(&["0,10.0.2.15,7100"]),
+        fsid: e.next_u64(),
+        uuid: scoutvm_fs::mkfs::uuid_from_random(e.next_u64(), e.next_u64()),
+        now: Timespec {
+            sec: 1_700_000_000,
+            nsec: 5,
+        },
+        data_alloc_zone_blocks: 0,
+    }
+}
+
+/// A freshly made volume on two fault-injecting RAM disks.
+pub fn small_volume(meta_bytes: u64, data_bytes: u64, seed: u64) -> (Rc<FaultDev>, Rc<FaultDev>) {
+    let meta = Rc::new(FaultDev::new(meta_bytes));
+    let data = Rc::new(FaultDev::new(data_bytes));
+    mkfs(&*meta, &*data, &params(2, meta_bytes, data_bytes, seed)).unwrap();
+    (meta, data)
+}
+
+pub fn fsck_text(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) -> (bool, String) {
+    let rep = scoutvm_fs::fsck::fsck(meta, data, &mut |_, _, _| {});
+    let mut s = String::new();
+    rep.render(&mut s).unwrap();
+    (rep.is_clean(), s)
+}
+
+#[track_caller]
+pub fn assert_fsck_clean(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) {
+    let (clean, text) = fsck_text(meta, data);
+    assert!(clean, "fsck found problems:\n{text}");
+}
