@@ -38,8 +38,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${SCOUTVM_GUEST_CACHE:-$repo/qemu/cache/linux-guest}"
 tools=(p9check p9fsx p9bench)
-# Modules the guest loads (their dependencies are found from the .ko files).
-want_modules=(virtio_pci virtio_net 9p 9pnet)
+# Modules the guest loads, 9pnet_fd being the TCP transport (their
+# dependencies are found from the .ko files).
+want_modules=(virtio_pci virtio_net 9p 9pnet 9pnet_fd)
 
 die() { echo "linux-guest: $*" >&2; exit 1; }
 # Cleanup of whatever is under way, run on any exit.
@@ -92,7 +93,7 @@ module_order() {
 build_base() {
     local pkg stamp work
     pkg="$(pick_kernel)"
-    stamp="$pkg-v3"
+    stamp="$pkg-v4"
     if [ -f "$cache/base.stamp" ] && [ "$(cat "$cache/base.stamp")" = "$stamp" ] \
         && [ -f "$cache/vmlinuz" ] && [ -f "$cache/base.cpio.gz" ]; then
         return 0
@@ -125,9 +126,9 @@ build_base() {
     mv "$work/vmlinuz" "$cache/vmlinuz"
     mv "$work/base.cpio.gz" "$cache/base.cpio.gz"
     echo "$stamp" > "$cache/base.stamp"
+    say "guest base ready: kernel $kver, modules: $(tr '\n' ' ' < "$root/lib/modules/order")"
     rm -rf "$work"
     WORK_DIR=""
-    say "guest base ready: kernel $kver, modules: $(tr '\n' ' ' < "$root/lib/modules/order")"
 }
 
 build_tools() {
