@@ -1049,78 +1049,111 @@ fn readdir_churn(d: &Path, n: u64) -> Res {
 // ---------------------------------------------------------------------------
 // manifest and verify
 
+/// A path, its manifest line without the link group, and its inode number
+/// if it is a file with several links.
+type Described = (String, String, Option<u64>);
+
 /// One line per path under the tree, sorted: everything that must survive a
-/// server restart.
+/// server restart. Entries are described by a few threads at once: each is
+/// a handful of round trips, and latency, not CPU, is the limit.
 fn scan(root: &Path) -> Res<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut inos: HashMap<u64, String> = HashMap::new();
+    let mut paths = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = names_in(&dir)?.into_iter().collect();
-        entries.sort();
-        for name in entries {
-            let p = dir.join(&name);
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let m = fs::symlink_metadata(&p).ctx("lstat", &p)?;
-            let ft = m.file_type();
-            let (kind, detail) = if ft.is_dir() {
+        for e in fs::read_dir(&dir).ctx("readdir", &dir)? {
+            let e = e.ctx("readdir", &dir)?;
+            let p = e.path();
+            if e.file_type().ctx("file type", &p)?.is_dir() {
                 stack.push(p.clone());
-                ("dir", String::new())
-            } else if ft.is_symlink() {
-                (
-                    "symlink",
-                    fs::read_link(&p)
-                        .ctx("readlink", &p)?
-                        .to_string_lossy()
-                        .into_owned(),
-                )
-            } else if ft.is_file() {
-                let (sum, len) = checksum_file(&p)?;
-                ensure!(
-                    len == m.len(),
-                    "{}: read {len} bytes, stat says {}",
-                    p.display(),
-                    m.len()
-                );
-                ("file", format!("{sum:016x}"))
-            } else if ft.is_fifo() {
-                ("fifo", String::new())
-            } else {
-                ("other", String::new())
+            }
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            paths.push((rel, p));
+        }
+    }
+    paths.sort();
+    let threads = 4;
+    let chunk = paths.len().div_ceil(threads).max(1);
+    let described: Vec<Res<Vec<Described>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(rel, p)| describe(p).map(|(line, ino)| (rel.clone(), line, ino)))
+                        .collect::<Res<Vec<_>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err("scan thread panicked".into()))
+            })
+            .collect()
+    });
+    // Hard links: each line names the first path (in sorted order) with
+    // the same inode, so the grouping is stable across scans.
+    let mut out = BTreeMap::new();
+    let mut first_of: HashMap<u64, String> = HashMap::new();
+    for part in described {
+        for (rel, line, ino) in part? {
+            let group = match ino {
+                Some(ino) => first_of.entry(ino).or_insert_with(|| rel.clone()).clone(),
+                None => String::new(),
             };
-            let size = if ft.is_dir() { 0 } else { m.len() };
-            let xattrs = if ft.is_symlink() || ft.is_fifo() {
-                String::new()
-            } else {
-                let mut parts = Vec::new();
-                for x in listxattr(&p).ctx("listxattr", &p)? {
-                    if !x.starts_with("user.") {
-                        continue;
-                    }
-                    let v = getxattr(&p, &x).ctx("getxattr", &p)?;
-                    parts.push(format!("{x}={:016x}", Checksum::of(&v)));
-                }
-                parts.join(",")
-            };
-            // Hard links: name the first path seen with the same inode.
-            let group = if ft.is_file() && m.nlink() > 1 {
-                inos.entry(m.ino()).or_insert_with(|| rel.clone()).clone()
-            } else {
-                String::new()
-            };
-            let line = format!(
-                "{kind}\tmode={:o}\tuid={}\tgid={}\tsize={size}\tnlink={}\tmtime={}.{:09}\t{detail}\t{xattrs}\t{group}",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid(),
-                if ft.is_dir() { 0 } else { m.nlink() },
-                m.mtime(),
-                m.mtime_nsec(),
-            );
-            out.insert(rel, line);
+            out.insert(rel, format!("{line}\t{group}"));
         }
     }
     Ok(out)
+}
+
+/// The manifest line of one path (without its link group), and its inode
+/// number if it is a file with more than one link.
+fn describe(p: &Path) -> Res<(String, Option<u64>)> {
+    let m = fs::symlink_metadata(p).ctx("lstat", p)?;
+    let ft = m.file_type();
+    let (kind, detail) = if ft.is_dir() {
+        ("dir", String::new())
+    } else if ft.is_symlink() {
+        let target = fs::read_link(p).ctx("readlink", p)?;
+        ("symlink", target.to_string_lossy().into_owned())
+    } else if ft.is_file() {
+        let (sum, len) = checksum_file(p)?;
+        ensure!(
+            len == m.len(),
+            "{}: read {len} bytes, stat says {}",
+            p.display(),
+            m.len()
+        );
+        ("file", format!("{sum:016x}"))
+    } else if ft.is_fifo() {
+        ("fifo", String::new())
+    } else {
+        ("other", String::new())
+    };
+    let size = if ft.is_dir() { 0 } else { m.len() };
+    let mut xattrs = Vec::new();
+    if !ft.is_symlink() && !ft.is_fifo() {
+        for x in listxattr(p).ctx("listxattr", p)? {
+            if x.starts_with("user.") {
+                let v = getxattr(p, &x).ctx("getxattr", p)?;
+                xattrs.push(format!("{x}={:016x}", Checksum::of(&v)));
+            }
+        }
+    }
+    let line = format!(
+        "{kind}\tmode={:o}\tuid={}\tgid={}\tsize={size}\tnlink={}\tmtime={}.{:09}\t{detail}\t{}",
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        if ft.is_dir() { 0 } else { m.nlink() },
+        m.mtime(),
+        m.mtime_nsec(),
+        xattrs.join(","),
+    );
+    let ino = (ft.is_file() && m.nlink() > 1).then(|| m.ino());
+    Ok((line, ino))
 }
 
 fn write_manifest(dir: &Path) -> Res {
