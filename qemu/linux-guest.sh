@@ -51,6 +51,7 @@ cleanup() {
     if [ -n "$WORK_DIR" ]; then rm -rf "$WORK_DIR"; fi
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 say() { echo "linux-guest: $*" >&2; }
 
 # ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ use std::process::ExitCode;
 
 use common::{errno_of, getxattr, listxattr, removexattr, setxattr, Args, Rng};
 
-const USAGE: &str =
-    "usage: p9fsx DIR [--seed S] [--ops N] [--ref REFDIR] [--max-size BYTES] [--verbose]";
+const USAGE: &str = "usage: p9fsx DIR [--seed S] [--ops N] [--ref REFDIR] [--max-size BYTES] [--verbose] [--no-fd-stat]
+  --no-fd-stat: do not fstat held files (for path-based servers that cannot stat an unlinked open file)";
 
 const DIRS: [&str; 4] = ["d0", "d1", "d0/d2", "d1/d3"];
 const PARENTS: [&str; 5] = ["", "d0", "d1", "d0/d2", "d1/d3"];
@@ -157,6 +157,9 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
 struct Side {
     root: PathBuf,
     held: Vec<Option<File>>,
+    /// fstat held files (off for path-based servers such as diod, which
+    /// cannot stat a file that was unlinked while open).
+    fd_stat: bool,
 }
 
 impl Side {
@@ -255,7 +258,10 @@ impl Side {
             Op::HeldRead { slot, off, len } => match &self.held[*slot] {
                 None => Outcome::Err(libc::EBADF),
                 Some(f) => outcome(
-                    read_at_most(f, *off, *len).and_then(|b| Ok((b, f.metadata()?.len()))),
+                    read_at_most(f, *off, *len).and_then(|b| {
+                        let size = if self.fd_stat { f.metadata()?.len() } else { 0 };
+                        Ok((b, size))
+                    }),
                     |(mut b, size)| {
                         // The size through the fd must agree too.
                         b.extend_from_slice(&size.to_le_bytes());
@@ -756,8 +762,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<String, String> {
-    let args = Args::parse(std::env::args().skip(1), &["verbose"])?;
-    if let Some(e) = args.unknown(&["seed", "ops", "ref", "max-size", "verbose"]) {
+    let args = Args::parse(std::env::args().skip(1), &["verbose", "no-fd-stat"])?;
+    if let Some(e) = args.unknown(&["seed", "ops", "ref", "max-size", "verbose", "no-fd-stat"]) {
         return Err(format!("{e}\n{USAGE}"));
     }
     let [dir] = &args.positional[..] else {
@@ -786,10 +792,12 @@ fn run() -> Result<String, String> {
         test: Side {
             root: test_root.clone(),
             held: (0..HELD).map(|_| None).collect(),
+            fd_stat: !args.flag("no-fd-stat"),
         },
         reference: Side {
             root: ref_root.clone(),
             held: (0..HELD).map(|_| None).collect(),
+            fd_stat: !args.flag("no-fd-stat"),
         },
         model: XattrModel::default(),
         log: VecDeque::new(),
