@@ -28,8 +28,11 @@
 #   --timeout SEC        kill the guest after SEC seconds (default 900)
 #   --log FILE           also copy the console to FILE
 #
-# The guest prints `SCOUTVM-GUEST-RESULT rc=N stage=STAGE` (STAGE is mount
-# or cmd) as its last line; the script exits with N (or 124 on timeout,
+# Environment: SCOUTVM_GUEST_CACHE (cache dir), SCOUTVM_GUEST_SKIP_TOOLS=1
+# (reuse the last tools build instead of running cargo).
+#
+# The guest prints `SCOUTVM-GUEST-RESULT rc=N stage=STAGE` (STAGE is net,
+# mount or cmd) as its last line; the script exits with N (or 124 on timeout,
 # 125 if the guest died without a marker). Under TCG the kernel reaches
 # init in ~4 s.
 set -euo pipefail
@@ -255,5 +258,5 @@ case "${1:-}" in
     build) build ;;
     run) shift; build; rc=0; run "$@" || rc=$?; exit "$rc" ;;
     paths) echo "kernel=$cache/vmlinuz initrd=$cache/initrd.gz" ;;
-    *) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac

@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
         *) server="$1"; shift ;;
     esac
 done
-[ -n "$server" ] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ -n "$server" ] || { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 case "${server%:*}" in
     127.0.0.1|localhost) server="10.0.2.2:${server##*:}" ;;
 esac

@@ -464,7 +464,7 @@ proptest! {
             encode(&Fcall { tag: *tag, msg: build(*code, seed) }, &mut stream).unwrap();
             want.push(stream[start..].to_vec());
         }
-        let mut reader = FrameReader::new(1 << 20);
+        let mut reader = FrameReader::new(MSIZE_MAX);
         let mut got = Vec::new();
         let mut pos = 0;
         let mut cut = cuts.iter().cycle();
@@ -505,7 +505,7 @@ fn check_decode(f: &[u8]) -> Result<(), TestCaseError> {
         Err(e) => prop_assert!(false, "decode gave {:?}", e),
     }
     // The framer agrees with decode on where the frame ends.
-    let mut reader = FrameReader::new(1 << 20);
+    let mut reader = FrameReader::new(MSIZE_MAX);
     reader.feed(f);
     match reader.next_frame() {
         Ok(Some(frame)) => prop_assert_eq!(frame_len(f), Ok(Some(frame.len()))),
@@ -544,7 +544,7 @@ fn framing_rejects_oversized_and_undersized() {
     assert_eq!(reader.next_frame(), Err(DecodeError::BadSize { size: 3 }));
 
     // A frame of exactly msize is fine; msize can shrink after Tversion.
-    let mut reader = FrameReader::new(1 << 20);
+    let mut reader = FrameReader::new(MSIZE_MAX);
     let payload = vec![7u8; 4096 - 23];
     let mut f = Vec::new();
     Tmsg::Write {
@@ -591,7 +591,7 @@ fn framing_is_bounded_by_msize() {
 #[test]
 fn large_msize_frames() {
     // 1 MiB msize: a full-size write and read reply pass through.
-    let msize = 1u32 << 20;
+    let msize = MSIZE_MAX;
     let data: Vec<u8> = (0..msize - IOHDRSZ).map(|i| (i % 251) as u8).collect();
     let f = t_encode(
         2,

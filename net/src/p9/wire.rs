@@ -48,6 +48,9 @@ use scoutvm_fs::errno::Errno;
 
 /// `size[4] type[1] tag[2]`.
 pub const HEADER_LEN: usize = 7;
+/// The largest msize ScoutVM negotiates (Linux asks for what `msize=` says;
+/// 512 KiB is the documented mount option).
+pub const MSIZE_MAX: u32 = 1 << 20;
 /// The tag of `Tversion`, which runs outside the tag space.
 pub const NOTAG: u16 = 0xffff;
 /// "No fid", e.g. the `afid` of an attach without authentication.

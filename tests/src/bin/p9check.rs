@@ -145,7 +145,8 @@ fn dispatch(cmd: &str, args: &Args) -> Res {
                 ("fattr-unlinked", &|_, d| fattr_unlinked(d)),
                 ("bigfile", &|o, d| bigfile(d, o.mib)),
                 ("smallfiles", &|o, d| smallfiles(d, o.files)),
-                ("readdir-churn", &|o, d| readdir_churn(d, o.files)),
+                // Capped: 3000 long names already span several replies.
+                ("readdir-churn", &|o, d| readdir_churn(d, o.files.min(3000))),
             ];
             for (name, f) in checks {
                 if o.skip.iter().any(|s| s == name) {
@@ -989,8 +990,12 @@ fn smallfiles(d: &Path, n: u64) -> Res {
 
 fn readdir_churn(d: &Path, n: u64) -> Res {
     let n = n.max(100);
+    // Long names: the listing must span several Treaddir replies even at a
+    // 512 KiB msize, so the changes land between two of them.
+    let pad = "x".repeat(200);
+    let old_name = |i: u64| format!("c{i:06}-{pad}");
     for i in 0..n {
-        File::create(d.join(format!("c{i:06}"))).ctx("create", d)?;
+        File::create(d.join(old_name(i))).ctx("create", d)?;
     }
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut removed = BTreeSet::new();
@@ -1007,7 +1012,7 @@ fn readdir_churn(d: &Path, n: u64) -> Res {
         if count == n / 3 {
             // Mid-listing: remove the odd files, add some new ones.
             for i in (1..n).step_by(2) {
-                let name = format!("c{i:06}");
+                let name = old_name(i);
                 fs::remove_file(d.join(&name)).ctx("unlink", d)?;
                 removed.insert(name);
             }
@@ -1029,7 +1034,7 @@ fn readdir_churn(d: &Path, n: u64) -> Res {
         );
     }
     for i in (0..n).step_by(2) {
-        let name = format!("c{i:06}");
+        let name = old_name(i);
         ensure!(
             seen.contains_key(&name),
             "readdir during changes: untouched entry {name} missed"
