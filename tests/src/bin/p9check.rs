@@ -31,6 +31,7 @@ commands:
                       hard and symbolic links, mkdir/rmdir, fifo, errors
   xattr DIR           set/get/list/remove user xattrs, create/replace flags
   perms DIR [--uid U --gid G]   chmod/chown and permission checks as a non-root user
+  locks DIR           fcntl record locks (set, test, release) and flock
   unlink-open DIR     files and directories stay usable after unlink/rmdir/rename
   fattr-unlinked DIR  fstat/ftruncate/fchmod through the fd of an unlinked file
   bigfile DIR [--mib M]          stream a large file, verify checksum and samples
@@ -137,10 +138,11 @@ fn dispatch(cmd: &str, args: &Args) -> Res {
     let root = o.dir.join("p9check");
     match cmd {
         "all" => {
-            let checks: [(&str, &CheckFn); 8] = [
+            let checks: [(&str, &CheckFn); 9] = [
                 ("basic", &|_, d| basic(d)),
                 ("xattr", &|_, d| xattr(d)),
                 ("perms", &|o, d| perms(d, o.uid, o.gid)),
+                ("locks", &|_, d| locks(d)),
                 ("unlink-open", &|_, d| unlink_open(d)),
                 ("fattr-unlinked", &|_, d| fattr_unlinked(d)),
                 ("bigfile", &|o, d| bigfile(d, o.mib)),
@@ -161,6 +163,7 @@ fn dispatch(cmd: &str, args: &Args) -> Res {
         "xattr" => run_check(cmd, &root, xattr),
         "perms" => run_check(cmd, &root, |d| perms(d, o.uid, o.gid)),
         "perms-as-user" => perms_as_user(&o.dir),
+        "locks" => run_check(cmd, &root, locks),
         "unlink-open" => run_check(cmd, &root, unlink_open),
         "fattr-unlinked" => run_check(cmd, &root, fattr_unlinked),
         "bigfile" => run_check(cmd, &root, |d| bigfile(d, o.mib)),
@@ -538,6 +541,16 @@ fn basic(d: &Path) -> Res {
         "fifo: wrong type"
     );
 
+    // statfs (Tstatfs) answers with something sane.
+    let st = statvfs(d).ctx("statvfs", d)?;
+    ensure!(
+        st.f_bsize > 0 && st.f_blocks > 0,
+        "statvfs: bsize {} blocks {}",
+        st.f_bsize,
+        st.f_blocks
+    );
+    ensure!(st.f_namemax >= 255, "statvfs: namemax {}", st.f_namemax);
+
     // The directory lists exactly what is there; fsync of file and dir.
     let want = set_of(&[
         "append",
@@ -573,6 +586,84 @@ fn basic(d: &Path) -> Res {
         .sync_all()
         .ctx("fsync dir", d)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// locks
+
+/// POSIX record locks and flock (Tlock, Tgetlock): taking, testing and
+/// releasing locks works, and our own lock never conflicts with us.
+fn locks(d: &Path) -> Res {
+    let lp = d.join("locks");
+    write_pattern(&lp, 18, 4096)?;
+    let lf = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lp)
+        .ctx("open", &lp)?;
+    record_lock(&lf, libc::F_WRLCK as i16, 0, 100).ctx("fcntl F_SETLKW write", &lp)?;
+    record_lock(&lf, libc::F_UNLCK as i16, 0, 100).ctx("fcntl unlock", &lp)?;
+    record_lock(&lf, libc::F_RDLCK as i16, 200, 0).ctx("fcntl F_SETLKW read to EOF", &lp)?;
+    record_lock(&lf, libc::F_UNLCK as i16, 200, 0).ctx("fcntl unlock", &lp)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lf);
+    // SAFETY: flock on a live fd.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    ensure!(rc == 0, "flock LOCK_EX: {}", io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_UN) };
+    ensure!(rc == 0, "flock LOCK_UN: {}", io::Error::last_os_error());
+    record_lock(&lf, libc::F_WRLCK as i16, 0, 100).ctx("fcntl F_SETLKW write", &lp)?;
+    let seen = test_lock(&lf, libc::F_WRLCK as i16, 0, 100).ctx("fcntl F_GETLK", &lp)?;
+    ensure!(
+        seen == libc::F_UNLCK as i16,
+        "F_GETLK on our own lock: type {seen}"
+    );
+    record_lock(&lf, libc::F_UNLCK as i16, 0, 100).ctx("fcntl unlock", &lp)?;
+    Ok(())
+}
+
+/// `fcntl(F_SETLKW)` on `[start, start+len)` (len 0: to the end).
+fn record_lock(f: &File, ty: i16, start: i64, len: i64) -> io::Result<()> {
+    let mut fl = flock_of(ty, start, len);
+    // SAFETY: a live fd and a valid, initialised struct flock.
+    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_SETLKW, &mut fl) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fcntl(F_GETLK)`: the type of a lock that would block ours, or F_UNLCK.
+fn test_lock(f: &File, ty: i16, start: i64, len: i64) -> io::Result<i16> {
+    let mut fl = flock_of(ty, start, len);
+    // SAFETY: a live fd and a valid, initialised struct flock.
+    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_GETLK, &mut fl) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type)
+}
+
+fn flock_of(ty: i16, start: i64, len: i64) -> libc::flock {
+    // SAFETY: struct flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+fn statvfs(p: &Path) -> io::Result<libc::statvfs> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: all-zero is a valid statvfs to be filled in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a live out-struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 // ---------------------------------------------------------------------------
