@@ -67,7 +67,7 @@ impl FrameReader {
             self.start = 0;
         }
         self.buf.extend_from_slice(&bytes[..n]);
-        debug_assert!(self.buffered() <= self.msize as usize || n == 0);
+        debug_assert!(self.buffered() <= self.msize as usize);
         n
     }
 
