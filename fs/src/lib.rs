@@ -10,9 +10,21 @@
 
 extern crate alloc;
 
+pub mod backend;
+pub mod data;
 pub mod dev;
+pub mod dir;
 pub mod env;
 pub mod errno;
 pub mod format;
 pub mod hash;
+pub mod inode;
+pub mod item;
+pub mod mem_backend;
+pub mod orphan;
+pub mod perm;
 pub mod posix;
+pub mod symlink;
+pub mod txn;
+pub mod vfs;
+pub mod xattr;

@@ -4,6 +4,7 @@
 //! Nothing here does I/O. Sizes and offsets are checked against the table in
 //! `docs/format.md` (Appendix A of the storage reference) by unit tests.
 
+pub mod items;
 pub mod key;
 
 pub use key::Key;
