@@ -477,6 +477,8 @@ impl ItemCache {
         inner.first_dirty_ns = None;
         drop(inner);
         self.count(|c| c.commits += 1);
+        // what was dirty is clean now: it counts against the budget
+        self.maybe_evict();
     }
 
     // -- eviction ----------------------------------------------------------

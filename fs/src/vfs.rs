@@ -1582,38 +1582,6 @@ impl Mount {
             namelen: NAME_LEN_MAX as u32,
         })
     }
-
-    /// Inode numbers of the inodes whose META_SEQ (or DATA_SEQ) index
-    /// items lie in `[first_seq, last_seq]`, in (seq, ino) order, at most
-    /// `max` (a small `WALK_INODES`).
-    pub async fn walk_inodes(
-        &self,
-        data_seq: bool,
-        first_seq: u64,
-        last_seq: u64,
-        max: usize,
-    ) -> FsResult<Vec<(u64, Ino)>> {
-        let _r = self.txn.read().await;
-        let t = if data_seq {
-            ty::INODE_INDEX_DATA_SEQ
-        } else {
-            ty::INODE_INDEX_META_SEQ
-        };
-        let mut cur = crate::format::items::inode_index_key(t, first_seq, 0);
-        let last = Key::new(cur.zone, 0, t, last_seq, u64::MAX, u8::MAX);
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some((k, _)) = self.items.next(cur, last).await? else {
-                break;
-            };
-            out.push((k.second, k.third));
-            if k == last {
-                break;
-            }
-            cur = k.inc();
-        }
-        Ok(out)
-    }
 }
 
 /// Used by front ends that only need the owner triple.
