@@ -501,6 +501,7 @@ impl Mount {
     /// takes (the TRUNCATE flag marks an unfinished one).
     async fn set_size(&self, h: &WriteHold<'_>, i: &mut Inode, size: u64) -> FsResult<()> {
         let old = i.item.size;
+        self.zero_past_eof(i, size).await?;
         let seq = self.backend.trans_seq();
         i.item.data_seq = seq;
         if size != old {
@@ -516,6 +517,20 @@ impl Mount {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Before the size grows past `old_size`: zero the bytes of the old
+    /// last block from the old end up to `upto`. A crash can leave bytes
+    /// past the end of a file on the device (an in-place write of a lost
+    /// transaction); growing the file must not expose them.
+    async fn zero_past_eof(&self, i: &Inode, upto: u64) -> FsResult<()> {
+        let old = i.item.size;
+        if old.is_multiple_of(BS) || upto <= old {
+            return Ok(());
+        }
+        let block = old / BS;
+        let to = (upto - block * BS).min(BS) as usize;
+        data::zero_in_block(&self.dctx(), i, block, (old % BS) as usize, to).await
     }
 
     /// Free blocks `[first, last]` in steps; `mark` sets the TRUNCATE flag
@@ -1266,6 +1281,7 @@ impl Mount {
         let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
         let data = &data[..len];
         self.finish_truncate(&h, &mut i).await?;
+        self.zero_past_eof(&i, off).await?;
         let mut done = 0usize;
         let mut committed_without_progress = false;
         let result = loop {
@@ -1404,11 +1420,32 @@ impl Mount {
             }
         }
         if mode & FALLOC_FL_KEEP_SIZE == 0 && end > i.item.size {
+            self.zero_past_eof(&i, end).await?;
             i.item.size = end;
             i.touch_data(self.backend.trans_seq());
         }
         self.store(&mut i);
         Ok(())
+    }
+
+    /// Up to `max` extents of a file's block map from logical block
+    /// `from` on (a FIEMAP for tools and tests).
+    pub async fn extents(&self, ino: Ino, from: u64, max: usize) -> FsResult<Vec<DataExtent>> {
+        let _r = self.txn.read().await;
+        self.load(ino).await?;
+        let mut out = Vec::new();
+        let mut cur = from;
+        while out.len() < max {
+            let Some(e) = data::next_extent(&self.items, ino, cur).await? else {
+                break;
+            };
+            out.push(e);
+            if e.last() == LAST_BLOCK {
+                break;
+            }
+            cur = e.last() + 1;
+        }
+        Ok(out)
     }
 
     // -- xattrs --------------------------------------------------------------
