@@ -1133,8 +1133,8 @@ impl Run {
                         got.insert(e.name.clone(), (e.ino, e.dtype));
                     }
                 }
-                assert_eq!(got.remove(&b".".to_vec()).unwrap().0, ino);
-                assert_eq!(got.remove(&b"..".to_vec()).unwrap().0, n.parent);
+                assert_eq!(got.remove(b".".as_slice()).unwrap().0, ino);
+                assert_eq!(got.remove(b"..".as_slice()).unwrap().0, n.parent);
                 let want: BTreeMap<Vec<u8>, (u64, u8)> = n
                     .kids
                     .iter()
@@ -1214,7 +1214,11 @@ fn run_seed(seed: u64, ops: usize) {
             ..MemMkfs::default()
         },
         MountOptions {
-            cache_budget_bytes: if seed % 3 == 0 { 32 << 10 } else { 8 << 20 },
+            cache_budget_bytes: if seed.is_multiple_of(3) {
+                32 << 10
+            } else {
+                8 << 20
+            },
             commit: scoutvm_fs::txn::CommitPolicy {
                 dirty_limit_bytes: if busy_commits { 2 << 10 } else { 32 << 20 },
                 ..Default::default()
@@ -1222,7 +1226,7 @@ fn run_seed(seed: u64, ops: usize) {
         },
     );
     vol.store
-        .set_read_window(if seed % 2 == 0 { 16 } else { 256 });
+        .set_read_window(if seed.is_multiple_of(2) { 16 } else { 256 });
     let (m, be) = vol.mount();
     if busy_commits {
         be.set_txn_data_limit(Some(3));
