@@ -5,7 +5,7 @@
 //! the namespace must equal the model at the last commit, and inodes that
 //! were unlinked while open must be gone (their orphan items).
 //!
-//! Seeds: `POSIX_MODEL_SEEDS` (default 48), ops per seed
+//! Seeds: `POSIX_MODEL_SEEDS` (default 200), ops per seed
 //! `POSIX_MODEL_OPS` (default 400).
 
 mod common;
@@ -1308,7 +1308,7 @@ fn env_num(name: &str, default: usize) -> usize {
 
 #[test]
 fn random_operations_match_the_model() {
-    let seeds = env_num("POSIX_MODEL_SEEDS", 48) as u64;
+    let seeds = env_num("POSIX_MODEL_SEEDS", 200) as u64;
     let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
     let ops = env_num("POSIX_MODEL_OPS", 400);
     for seed in first..first + seeds {
