@@ -128,7 +128,7 @@ fn readdir_positions_survive_concurrent_changes() {
             name.clone(),
             block_on(m.create(&c, d, &name, 0o644)).unwrap().ino,
         );
-        if round % 10 == 0 {
+        if round.is_multiple_of(10) {
             block_on(m.sync()).unwrap();
         }
     }
