@@ -27,15 +27,25 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rate(what: &str, n: u64, secs: f64) {
-    println!("{what:<28} {n:>9} in {secs:>7.3} s = {:>12.0} /s", n as f64 / secs);
+    println!(
+        "{what:<28} {n:>9} in {secs:>7.3} s = {:>12.0} /s",
+        n as f64 / secs
+    );
 }
 
 fn mbps(what: &str, bytes: u64, secs: f64) {
-    println!("{what:<28} {:>6} MiB in {secs:>7.3} s = {:>9.1} MB/s", bytes >> 20, bytes as f64 / secs / 1e6);
+    println!(
+        "{what:<28} {:>6} MiB in {secs:>7.3} s = {:>9.1} MB/s",
+        bytes >> 20,
+        bytes as f64 / secs / 1e6
+    );
 }
 
 fn main() {
@@ -47,7 +57,10 @@ fn main() {
         ..MemMkfs::default()
     });
     let data = Rc::new(MemDev::new(data_blocks * 4096));
-    let clock = Rc::new(ManualClock::new(Timespec { sec: 1_700_000_000, nsec: 0 }));
+    let clock = Rc::new(ManualClock::new(Timespec {
+        sec: 1_700_000_000,
+        nsec: 0,
+    }));
     let mount = || {
         block_on(Mount::mount(
             MemBackend::new(store.clone()),
@@ -60,7 +73,9 @@ fn main() {
     let m = mount();
     let c = Cred::root();
     let dir = block_on(m.mkdir(&c, 1, b"bench", 0o755)).unwrap().ino;
-    let names: Vec<Vec<u8>> = (0..files).map(|i| format!("file-{i:08}").into_bytes()).collect();
+    let names: Vec<Vec<u8>> = (0..files)
+        .map(|i| format!("file-{i:08}").into_bytes())
+        .collect();
 
     let t = Instant::now();
     let mut inos = Vec::with_capacity(files as usize);
@@ -109,13 +124,17 @@ fn main() {
     rate("unlink (+sync)", files, t.elapsed().as_secs_f64());
 
     let f = block_on(m.create(&c, 1, b"stream", 0o644)).unwrap().ino;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 >> 7) as u8).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| ((i * 31) >> 7) as u8).collect();
     let t = Instant::now();
     for i in 0..mib {
         block_on(m.write(f, i << 20, &chunk)).unwrap();
     }
     block_on(m.fsync(f)).unwrap();
-    mbps("write 1 MiB calls (+fsync)", mib << 20, t.elapsed().as_secs_f64());
+    mbps(
+        "write 1 MiB calls (+fsync)",
+        mib << 20,
+        t.elapsed().as_secs_f64(),
+    );
 
     let mut buf = vec![0u8; 1 << 20];
     let t = Instant::now();
@@ -133,7 +152,11 @@ fn main() {
         block_on(m.write(g, i << 12, &small)).unwrap();
     }
     block_on(m.fsync(g)).unwrap();
-    mbps("write 4 KiB appends (+fsync)", blocks << 12, t.elapsed().as_secs_f64());
+    mbps(
+        "write 4 KiB appends (+fsync)",
+        blocks << 12,
+        t.elapsed().as_secs_f64(),
+    );
     let c = m.counters();
     println!(
         "commits {} backend reads {} evicted ranges {}",

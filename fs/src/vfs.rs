@@ -243,15 +243,17 @@ impl Mount {
             } else {
                 self.count(|c| c.commits_on_time += 1);
             }
-            self.commit_locked(h).await?;
+            self.commit_locked(h, self.backend.needs_commit()).await?;
         }
         Ok(())
     }
 
-    /// Flush the data device, then make the dirty items durable.
-    async fn commit_locked(&self, _h: &WriteHold<'_>) -> FsResult<()> {
+    /// Flush the data device, then make the dirty items durable. `force`
+    /// commits even with nothing dirty (the backend needs a new
+    /// transaction, e.g. to refill its allocators).
+    async fn commit_locked(&self, _h: &WriteHold<'_>, force: bool) -> FsResult<()> {
         self.data_dev.flush().map_err(|_| Errno::EIO)?;
-        if !self.items.is_dirty() {
+        if !force && !self.items.is_dirty() {
             return Ok(());
         }
         let set = self.items.commit_set();
@@ -281,14 +283,14 @@ impl Mount {
     /// Make everything durable.
     pub async fn sync(&self) -> FsResult<()> {
         let h = self.txn.write().await;
-        self.commit_locked(&h).await
+        self.commit_locked(&h, false).await
     }
 
     /// Make the inode's changes (with everything else) durable.
     pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
         let h = self.txn.write().await;
         inode::load(&self.items, ino).await?;
-        self.commit_locked(&h).await
+        self.commit_locked(&h, false).await
     }
 
     async fn alloc_ino(&self) -> FsResult<u64> {
@@ -1306,7 +1308,7 @@ impl Mount {
             }
             self.finish_write(&mut i, off, done);
             self.count(|c| c.enobufs_commits += 1);
-            self.commit_locked(&h).await?;
+            self.commit_locked(&h, true).await?;
             committed_without_progress = true;
         };
         self.finish_write(&mut i, off, done);
@@ -1414,7 +1416,7 @@ impl Mount {
                 }
                 stalled = !progressed;
                 self.count(|c| c.enobufs_commits += 1);
-                self.commit_locked(&h).await?;
+                self.commit_locked(&h, true).await?;
             } else if cur.is_some() {
                 self.checkpoint(&h).await?;
             }
