@@ -32,7 +32,7 @@ use crate::format::{
 use crate::inode::{self, Inode};
 use crate::item::{CacheUsage, ItemCache, ItemCounters, DEFAULT_CACHE_BUDGET_BYTES};
 use crate::orphan;
-use crate::perm::{self, Owner};
+use crate::perm;
 use crate::posix::*;
 use crate::symlink;
 use crate::txn::{CommitPolicy, TxnLock, WriteHold};
@@ -74,6 +74,7 @@ pub struct MountCounters {
     pub commit_errors: u64,
     pub commits_on_size: u64,
     pub commits_on_time: u64,
+    pub commits_for_backend: u64,
     pub inodes_deleted: u64,
     pub orphans_found: u64,
     pub enobufs_commits: u64,
@@ -238,12 +239,15 @@ impl Mount {
     /// commit if due.
     async fn checkpoint(&self, h: &WriteHold<'_>) -> FsResult<()> {
         if self.commit_due() {
-            if self.items.dirty_bytes() >= self.policy.dirty_limit_bytes {
+            let backend_wants = self.backend.needs_commit();
+            if backend_wants {
+                self.count(|c| c.commits_for_backend += 1);
+            } else if self.items.dirty_bytes() >= self.policy.dirty_limit_bytes {
                 self.count(|c| c.commits_on_size += 1);
             } else {
                 self.count(|c| c.commits_on_time += 1);
             }
-            self.commit_locked(h, self.backend.needs_commit()).await?;
+            self.commit_locked(h, backend_wants).await?;
         }
         Ok(())
     }
@@ -1620,14 +1624,5 @@ impl Mount {
             fsid,
             namelen: NAME_LEN_MAX as u32,
         })
-    }
-}
-
-/// Used by front ends that only need the owner triple.
-pub fn owner_of(a: &Attr) -> Owner {
-    Owner {
-        mode: a.mode,
-        uid: a.uid,
-        gid: a.gid,
     }
 }
