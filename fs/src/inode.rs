@@ -8,7 +8,9 @@
 
 use crate::backend::Backend;
 use crate::errno::{Errno, FsResult};
-use crate::format::items::{inode_index_key, inode_key, InodeItem, INO_FLAG_RETENTION};
+use crate::format::items::{
+    inode_index_key, inode_key, InodeItem, DIRENT_FIRST_POS, DIRENT_LAST_POS, INO_FLAG_RETENTION,
+};
 use crate::format::key::ty;
 use crate::item::ItemCache;
 use crate::perm::Owner;
@@ -65,7 +67,18 @@ impl Inode {
     /// File contents changed in this transaction.
     pub fn touch_data(&mut self, trans_seq: u64) {
         self.item.data_seq = trans_seq;
-        self.item.data_version += 1;
+        self.item.data_version = self.item.data_version.wrapping_add(1);
+    }
+
+    /// The next readdir position of a directory (`EOVERFLOW` once the
+    /// positions are used up; they are never reused).
+    pub fn take_readdir_pos(&mut self) -> FsResult<u64> {
+        let pos = self.item.next_readdir_pos;
+        if !(DIRENT_FIRST_POS..=DIRENT_LAST_POS).contains(&pos) {
+            return Err(Errno::EOVERFLOW);
+        }
+        self.item.next_readdir_pos = pos + 1;
+        Ok(pos)
     }
 
     pub fn attr(&self) -> Attr {

@@ -137,6 +137,20 @@ impl MemStore {
             .collect()
     }
 
+    /// Overwrite (or with `None` remove) a committed item: corruption and
+    /// recovery tests.
+    pub fn put_raw(&self, key: Key, val: Option<&[u8]>) {
+        let mut st = self.inner.borrow_mut();
+        match val {
+            Some(v) => {
+                st.items.insert(key, Value::from(v));
+            }
+            None => {
+                st.items.remove(&key);
+            }
+        }
+    }
+
     pub fn item(&self, key: &Key) -> Option<Vec<u8>> {
         self.inner.borrow().items.get(key).map(|v| v.to_vec())
     }

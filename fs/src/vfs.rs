@@ -511,7 +511,7 @@ impl Mount {
         let seq = self.backend.trans_seq();
         i.item.data_seq = seq;
         if size != old {
-            i.item.data_version += 1;
+            i.item.data_version = i.item.data_version.wrapping_add(1);
         }
         i.item.size = size;
         if size < old {
@@ -611,6 +611,7 @@ impl Mount {
         if is_dir && d.item.nlink >= LINK_MAX {
             return Err(Errno::EMLINK);
         }
+        let pos = d.take_readdir_pos()?;
         let ino = self.alloc_ino().await?;
         let now = self.now();
 
@@ -652,14 +653,12 @@ impl Mount {
             item.size = symlink::create(&self.items, ino, t);
         }
         let child = inode::create(&self.items, &*self.backend, ino, item);
-        let pos = d.item.next_readdir_pos;
-        d.item.next_readdir_pos += 1;
         dir::add(&self.items, dir, name, pos, ino, mode);
-        d.item.size += name.len() as u64;
+        d.item.size = d.item.size.saturating_add(name.len() as u64);
         d.item.mtime = now;
         d.item.ctime = now;
         if is_dir {
-            d.item.nlink += 1;
+            d.item.nlink = d.item.nlink.saturating_add(1);
         }
         self.store(&mut d);
         self.items.inode_count_add(1);
@@ -760,15 +759,14 @@ impl Mount {
         if self.backend.meta_low() {
             return Err(Errno::ENOSPC);
         }
+        let pos = d.take_readdir_pos()?;
         let now = self.now();
-        let pos = d.item.next_readdir_pos;
-        d.item.next_readdir_pos += 1;
         dir::add(&self.items, newdir, newname, pos, ino, i.item.mode);
-        d.item.size += newname.len() as u64;
+        d.item.size = d.item.size.saturating_add(newname.len() as u64);
         d.item.mtime = now;
         d.item.ctime = now;
         i.item.ctime = now;
-        i.item.nlink += 1;
+        i.item.nlink = i.item.nlink.saturating_add(1);
         self.store(&mut i);
         self.store(&mut d);
         Ok(i.attr())
@@ -786,7 +784,7 @@ impl Mount {
         now: Timespec,
     ) {
         dir::remove(&self.items, d.ino, dent);
-        d.item.size -= dent.name.len() as u64;
+        d.item.size = d.item.size.saturating_sub(dent.name.len() as u64);
         d.item.mtime = now;
         d.item.ctime = now;
         victim.item.ctime = now;
@@ -1044,38 +1042,48 @@ impl Mount {
                 }
             };
         }
+        let new_pos = nd!().take_readdir_pos()?;
+        let old_pos = if exchange {
+            Some(od.take_readdir_pos()?)
+        } else {
+            None
+        };
         dir::remove(&self.items, olddir, &old);
         if let Some(n) = &new {
             dir::remove(&self.items, newdir, n);
         }
-        let pos = nd!().item.next_readdir_pos;
-        nd!().item.next_readdir_pos += 1;
-        dir::add(&self.items, newdir, newname, pos, src.ino, src.item.mode);
+        dir::add(
+            &self.items,
+            newdir,
+            newname,
+            new_pos,
+            src.ino,
+            src.item.mode,
+        );
         if exchange {
             let t = target.as_mut().expect("exchange has a target");
-            let pos = od.item.next_readdir_pos;
-            od.item.next_readdir_pos += 1;
+            let pos = old_pos.expect("exchange takes a position in the old dir");
             dir::add(&self.items, olddir, oldname, pos, t.ino, t.item.mode);
             if !same && src.is_dir() != t.is_dir() {
                 if src.is_dir() {
-                    od.item.nlink -= 1;
-                    nd!().item.nlink += 1;
+                    od.item.nlink = od.item.nlink.saturating_sub(1);
+                    nd!().item.nlink = nd!().item.nlink.saturating_add(1);
                 } else {
-                    nd!().item.nlink -= 1;
-                    od.item.nlink += 1;
+                    nd!().item.nlink = nd!().item.nlink.saturating_sub(1);
+                    od.item.nlink = od.item.nlink.saturating_add(1);
                 }
             }
             t.item.ctime = now;
         } else {
-            od.item.size -= oldname.len() as u64;
+            od.item.size = od.item.size.saturating_sub(oldname.len() as u64);
             if new.is_none() {
-                nd!().item.size += newname.len() as u64;
+                nd!().item.size = nd!().item.size.saturating_add(newname.len() as u64);
             }
             if let Some(t) = target.as_mut() {
                 t.item.nlink = t.item.nlink.saturating_sub(1);
                 if t.is_dir() {
                     t.item.nlink = 0;
-                    nd!().item.nlink -= 1;
+                    nd!().item.nlink = nd!().item.nlink.saturating_sub(1);
                 }
                 t.item.ctime = now;
                 if t.item.nlink == 0 {
@@ -1083,8 +1091,8 @@ impl Mount {
                 }
             }
             if src.is_dir() && !same {
-                od.item.nlink -= 1;
-                nd!().item.nlink += 1;
+                od.item.nlink = od.item.nlink.saturating_sub(1);
+                nd!().item.nlink = nd!().item.nlink.saturating_add(1);
             }
         }
         od.item.mtime = now;

@@ -240,14 +240,14 @@ pub async fn list(items: &ItemCache, ino: u64, show_hidden: bool) -> FsResult<Ve
         if show_hidden || !hidden {
             out.push(name.to_vec());
         }
-        if key.third == u64::MAX {
-            if key.second == u32::MAX as u64 {
-                break;
-            }
-            cur = xattr_key(ino, key.second as u32 + 1, 0, 0);
+        // the next xattr id (or name hash)
+        cur = if key.third < u64::MAX {
+            Key::new(key.zone, ino, key.ty, key.second, key.third + 1, 0)
+        } else if key.second < u64::MAX {
+            Key::new(key.zone, ino, key.ty, key.second + 1, 0, 0)
         } else {
-            cur = xattr_key(ino, key.second as u32, key.third + 1, 0);
-        }
+            break;
+        };
     }
     Ok(out)
 }
@@ -316,7 +316,7 @@ pub async fn set(
         Some(f) => f.id,
         None => {
             let id = inode.item.next_xattr_id;
-            inode.item.next_xattr_id += 1;
+            inode.item.next_xattr_id = id.checked_add(1).ok_or(Errno::EOVERFLOW)?;
             id
         }
     };

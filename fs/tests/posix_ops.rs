@@ -920,3 +920,64 @@ fn tiny_cache_budget_still_correct() {
     assert_eq!(names(&m, d).len(), 252);
     assert!(m.cache_usage().bytes_total - m.cache_usage().bytes_dirty < 64 << 10);
 }
+
+#[test]
+fn corrupt_items_give_eio_not_panics() {
+    let v = Vol::new();
+    let c = root();
+    let (m, _be) = v.mount();
+    let d = block_on(m.mkdir(&c, ROOT, b"d", 0o755)).unwrap().ino;
+    let f = block_on(m.create(&c, d, b"f", 0o644)).unwrap().ino;
+    block_on(m.write(f, 0, &[5u8; 10000])).unwrap();
+    block_on(m.setxattr(&c, f, b"user.x", b"y", 0)).unwrap();
+    let l = block_on(m.symlink(&c, d, b"l", b"target")).unwrap().ino;
+    block_on(m.sync()).unwrap();
+    drop(m);
+    let items = v.store.items();
+    let ext_key = *items
+        .keys()
+        .find(|k| k.first == f && k.ty == ty::DATA_EXTENT)
+        .unwrap();
+    let xkey = *items
+        .keys()
+        .find(|k| k.first == f && k.ty == ty::XATTR)
+        .unwrap();
+
+    // an inode item of the wrong size
+    v.store.put_raw(inode_key(f), Some(&[0u8; 100]));
+    let (m, _be) = v.mount();
+    assert_eq!(block_on(m.getattr(f)), Err(Errno::EIO));
+    assert_eq!(block_on(m.lookup(&c, d, b"f")), Err(Errno::EIO));
+    drop(m);
+    v.store.put_raw(inode_key(f), Some(&items[&inode_key(f)]));
+    // extent flags nobody knows, a truncated xattr, a symlink without NUL
+    v.store.put_raw(
+        ext_key,
+        Some(&[1, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+    );
+    v.store.put_raw(xkey, Some(&[1, 0, 6]));
+    let skey = scoutvm_fs::format::items::symlink_key(l, 0);
+    v.store.put_raw(skey, Some(b"target!"));
+    let (m, _be) = v.mount();
+    assert_eq!(block_on(m.read(f, 0, 10)), Err(Errno::EIO));
+    assert_eq!(block_on(m.getxattr(&c, f, b"user.x")), Err(Errno::EIO));
+    assert_eq!(block_on(m.listxattr(&c, f)), Err(Errno::EIO));
+    assert_eq!(block_on(m.readlink(l)), Err(Errno::EIO));
+    drop(m);
+    // a dirent naming an inode that does not exist
+    v.store.put_raw(inode_key(f), None);
+    let (m, _be) = v.mount();
+    assert_eq!(block_on(m.lookup(&c, d, b"f")), Err(Errno::EIO));
+    assert_eq!(block_on(m.unlink(&c, d, b"f")), Err(Errno::EIO));
+    // a missing root refuses the mount
+    drop(m);
+    v.store.put_raw(inode_key(ROOT), None);
+    let be = scoutvm_fs::mem_backend::MemBackend::new(v.store.clone());
+    let r = block_on(scoutvm_fs::vfs::Mount::mount(
+        be,
+        v.data.clone(),
+        v.clock.clone(),
+        MountOptions::default(),
+    ));
+    assert!(matches!(r, Err(Errno::EIO)));
+}

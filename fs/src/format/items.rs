@@ -375,6 +375,9 @@ pub const SEF_OFFLINE: u8 = 1 << 0;
 pub const SEF_UNWRITTEN: u8 = 1 << 1;
 pub const SEF_KNOWN: u8 = SEF_OFFLINE | SEF_UNWRITTEN;
 
+/// The last logical 4 KiB block a 64-bit file offset can reach.
+pub const EXTENT_LAST_BLOCK: u64 = u64::MAX >> 12;
+
 /// One extent of a file's block map. `blkno` 0 means unmapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataExtent {
@@ -407,7 +410,7 @@ impl DataExtent {
             return Err(BadItem("extent value size"));
         }
         let (last, len) = (key.second, key.third);
-        if len == 0 || len - 1 > last {
+        if len == 0 || len - 1 > last || last > EXTENT_LAST_BLOCK {
             return Err(BadItem("extent key"));
         }
         let flags = val[8];
@@ -693,6 +696,7 @@ mod tests {
         assert_eq!(v, [0x34, 0x12, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(DataExtent::decode(&k, &v).unwrap(), e);
         assert!(DataExtent::decode(&Key::new(16, 7, 28, 3, 5, 0), &v).is_err());
+        assert!(DataExtent::decode(&Key::new(16, 7, 28, u64::MAX, 5, 0), &v).is_err());
         assert!(DataExtent::decode(&k, &v[..8]).is_err());
         let mut badf = v.clone();
         badf[8] = 4;
