@@ -1296,6 +1296,7 @@ impl Mount {
         let data = &data[..len];
         self.finish_truncate(&h, &mut i).await?;
         self.zero_past_eof(&i, off).await?;
+        let online_before = i.item.online_blocks;
         let mut done = 0usize;
         let mut committed_without_progress = false;
         let result = loop {
@@ -1318,12 +1319,12 @@ impl Mount {
             if committed_without_progress {
                 break if done > 0 { Ok(()) } else { Err(Errno::ENOSPC) };
             }
-            self.finish_write(&mut i, off, done);
+            self.finish_write(&mut i, off, done, online_before);
             self.count(|c| c.enobufs_commits += 1);
             self.commit_locked(&h, true).await?;
             committed_without_progress = true;
         };
-        self.finish_write(&mut i, off, done);
+        self.finish_write(&mut i, off, done, online_before);
         match result {
             Ok(()) => Ok(done),
             Err(_) if done > 0 => Ok(done),
@@ -1331,7 +1332,7 @@ impl Mount {
         }
     }
 
-    fn finish_write(&self, i: &mut Inode, off: u64, done: usize) {
+    fn finish_write(&self, i: &mut Inode, off: u64, done: usize, online_before: u64) {
         if done > 0 {
             let end = off + done as u64;
             if end > i.item.size {
@@ -1341,8 +1342,11 @@ impl Mount {
             let now = self.now();
             i.item.mtime = now;
             i.item.ctime = now;
+            self.store(i);
+        } else if i.item.online_blocks != online_before {
+            // a failed write that still changed the block map
+            self.store(i);
         }
-        self.store(i);
     }
 
     /// Preallocate (`mode` 0 or `FALLOC_FL_KEEP_SIZE`) or punch a hole
