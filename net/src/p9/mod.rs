@@ -2,17 +2,28 @@
 //!
 //! [`wire`] is the codec (every message, decode and encode side by side);
 //! [`frame`] cuts a TCP byte stream into whole frames bounded by `msize`.
-//! The server (fid table, one task per request) builds on both; so does the
-//! in-process test client. Neither module does I/O or keeps connection state
-//! beyond the bytes handed to it.
+//! The server builds on both: [`server`] (what all connections share:
+//! config, locks, the connection registry), [`conn`] (one connection, one
+//! task per request, flush, teardown), `ops` (the operations over
+//! `vfs::Mount`), [`fid`] (the fid table), [`locks`] (POSIX byte-range
+//! locks) and [`access`] (identities and the client allow-list). None of
+//! them does I/O: bytes come and go through a [`ByteStream`].
 
+pub mod access;
+pub mod conn;
+pub mod fid;
 pub mod frame;
+pub mod locks;
+mod ops;
+pub mod server;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
+pub use conn::{serve, ByteStream, Conn, StreamClosed};
 pub use frame::FrameReader;
+pub use server::{ClientInfo, Peer, Server, ServerConfig};
 pub use wire::{
     decode, decode_reply, decode_request, encode, DecodeError, Dirent, Dirents, EncodeError, Fcall,
     GetattrMask, LockStatus, LockType, Msg, Qid, QidType, Rmsg, SetattrValid, Tmsg,

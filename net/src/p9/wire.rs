@@ -1090,6 +1090,21 @@ fn encode_frame(
     Ok(len)
 }
 
+/// Bytes of an `Rread` frame before its data: header and `count[4]`.
+pub const RREAD_HEADER_LEN: usize = HEADER_LEN + 4;
+
+/// Write the header of an `Rread` carrying `count` data bytes into
+/// `hdr` (exactly [`RREAD_HEADER_LEN`] bytes), for a server that read the
+/// data in place right after it.
+pub fn put_rread_header(hdr: &mut [u8], tag: u16, count: u32) {
+    assert_eq!(hdr.len(), RREAD_HEADER_LEN, "Rread header slice length");
+    let size = RREAD_HEADER_LEN as u32 + count;
+    hdr[0..4].copy_from_slice(&size.to_le_bytes());
+    hdr[4] = 117;
+    hdr[5..7].copy_from_slice(&tag.to_le_bytes());
+    hdr[7..11].copy_from_slice(&count.to_le_bytes());
+}
+
 /// Append an `Rread` whose data `fill` appends to `out` directly, so a
 /// server reads file data straight into the reply. Returns the frame length.
 pub fn encode_rread_with(

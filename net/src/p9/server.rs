@@ -1,0 +1,228 @@
+//! The 9P2000.L file server: what all connections of one mounted volume
+//! share.
+//!
+//! Owns the [`ServerConfig`] (bounds, allow-list, root squash), the POSIX
+//! lock table (locks are per file across every client), the registry of
+//! live connections (for the shell's `clients`) and the shutdown switch.
+//! The appliance (or a test) makes one [`Server`] over a `vfs::Mount` and
+//! an executor `Handle`, then hands each accepted byte stream to
+//! [`serve`](super::conn::serve); everything per connection lives in
+//! `conn.rs`, the operations in `ops.rs`. Invariants: at most
+//! `connections_max` connections are registered; after [`Server::shutdown`]
+//! starts, no connection is accepted and the call returns only once every
+//! connection has released its fids and locks.
+
+use alloc::collections::BTreeMap;
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+use scoutvm_fs::exec::{Handle, Notify};
+use scoutvm_fs::trace::Tracepoint;
+use scoutvm_fs::vfs::Mount;
+
+use super::access::AllowList;
+use super::conn::Conn;
+use super::locks::LockTable;
+use super::wire::MSIZE_MAX;
+
+/// A refused attach: the client's address (the connection id is in
+/// `p9_conn`).
+pub static TRACE_REFUSED: Tracepoint = Tracepoint::new("p9_refused", &["a", "b", "c", "d"]);
+/// A connection opened (`open=1`) or closed (`open=0`).
+pub static TRACE_CONN: Tracepoint = Tracepoint::new("p9_conn", &["id", "addr", "port", "open"]);
+
+/// The smallest msize the server accepts in `Tversion`.
+pub const MSIZE_MIN: u32 = 4096;
+
+/// Bounds and policy of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The largest msize negotiated (clients ask for less or get this).
+    pub msize_max: u32,
+    /// Fids per connection.
+    pub fids_max: usize,
+    /// Requests in flight per connection; past it the connection stops
+    /// reading (the client waits), counted in `p9.request_queue_full`.
+    pub requests_max: usize,
+    pub connections_max: usize,
+    /// Lock ranges held in all.
+    pub locks_max: usize,
+    /// How long a blocking `Tlock` waits before answering `Blocked` (the
+    /// client then retries).
+    pub lock_wait_ns: u64,
+    /// Treat uid 0 as `nobody`.
+    pub root_squash: bool,
+    /// Client networks that may attach.
+    pub allow: AllowList,
+    /// Distinct users per connection.
+    pub users_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            msize_max: MSIZE_MAX,
+            fids_max: 16384,
+            requests_max: 64,
+            connections_max: 64,
+            locks_max: 16384,
+            lock_wait_ns: 30_000_000_000,
+            root_squash: false,
+            allow: AllowList::any(),
+            users_max: 64,
+        }
+    }
+}
+
+/// A client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
+impl Peer {
+    /// The address as one integer (for trace fields).
+    pub fn addr_u32(&self) -> u32 {
+        u32::from_be_bytes(self.addr)
+    }
+}
+
+impl core::fmt::Display for Peer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let a = self.addr;
+        write!(f, "{}.{}.{}.{}:{}", a[0], a[1], a[2], a[3], self.port)
+    }
+}
+
+/// What `clients` prints about one connection.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub peer: Peer,
+    /// The peer is on an allowed network.
+    pub allowed: bool,
+    pub msize: u32,
+    /// Attached users: (uname as sent, effective uid).
+    pub users: Vec<(String, u32)>,
+    pub fids: usize,
+    pub open_fids: usize,
+    pub requests_in_flight: usize,
+    pub requests_total: u64,
+}
+
+/// One 9P server over one mounted volume.
+pub struct Server {
+    pub(crate) mount: Rc<Mount>,
+    pub(crate) exec: Handle,
+    pub(crate) config: ServerConfig,
+    pub(crate) locks: RefCell<LockTable>,
+    /// Notified whenever a lock is released or changed (blocked `Tlock`s
+    /// retry).
+    pub(crate) locks_changed: Notify,
+    /// Serialises `O_APPEND` writes (size lookup + write).
+    pub(crate) append_busy: Cell<bool>,
+    pub(crate) append_done: Notify,
+    conns: RefCell<BTreeMap<u64, Weak<Conn>>>,
+    conn_closed: Notify,
+    next_conn: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+impl Server {
+    pub fn new(mount: Rc<Mount>, exec: Handle, config: ServerConfig) -> Rc<Server> {
+        assert!(config.msize_max >= MSIZE_MIN && config.msize_max <= MSIZE_MAX);
+        assert!(config.fids_max > 0 && config.requests_max > 0 && config.users_max > 0);
+        let locks = LockTable::new(config.locks_max);
+        Rc::new(Server {
+            mount,
+            exec,
+            config,
+            locks: RefCell::new(locks),
+            locks_changed: Notify::new(),
+            append_busy: Cell::new(false),
+            append_done: Notify::new(),
+            conns: RefCell::new(BTreeMap::new()),
+            conn_closed: Notify::new(),
+            next_conn: Cell::new(1),
+            stopping: Cell::new(false),
+        })
+    }
+
+    pub fn mount(&self) -> &Rc<Mount> {
+        &self.mount
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Lock ranges held by all clients.
+    pub fn locks_held(&self) -> usize {
+        self.locks.borrow().held()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Register a new connection; `None` when full or shutting down.
+    pub(crate) fn register(&self, make: impl FnOnce(u64) -> Rc<Conn>) -> Option<Rc<Conn>> {
+        if self.stopping.get() {
+            return None;
+        }
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= self.config.connections_max {
+            scoutvm_fs::counter!("p9.connections_refused").inc();
+            return None;
+        }
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let c = make(id);
+        conns.insert(id, Rc::downgrade(&c));
+        Some(c)
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+        self.conn_closed.notify();
+    }
+
+    fn live(&self) -> Vec<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect()
+    }
+
+    /// Connections being served.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// One line of facts per connection.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.live().iter().map(|c| c.info()).collect()
+    }
+
+    /// Stop: refuse new connections, abort every connection (in-flight
+    /// requests finish or are cancelled, fids are clunked, locks dropped)
+    /// and wait until all are gone. Call before the final commit.
+    pub async fn shutdown(&self) {
+        self.stopping.set(true);
+        loop {
+            let wait = self.conn_closed.notified();
+            let live = self.live();
+            if live.is_empty() && self.conns.borrow().is_empty() {
+                return;
+            }
+            for c in &live {
+                c.abort();
+            }
+            wait.await;
+        }
+    }
+}
