@@ -123,7 +123,7 @@ const BUILTINS: &[Command] = &[
     Command {
         name: "poweroff",
         usage: "",
-        help: "flush disks and power off",
+        help: "unmount the volume, flush disks and power off",
         run: |a| boxed(poweroff(a)),
     },
 ];
@@ -506,6 +506,10 @@ async fn debug(args: Vec<String>) -> CmdResult {
 
 async fn poweroff(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "poweroff")?;
+    // Stop 9P, commit and unmount before the disks are flushed.
+    if let Err(e) = crate::volume::shutdown().await {
+        kprintln!("warning: unmount: {}", e);
+    }
     for b in devices::blocks() {
         if let Err(e) = b.dev.flush() {
             kprintln!("warning: flush {}: {}", b.name, e);
@@ -530,7 +534,7 @@ async fn tcpecho(args: Vec<String>) -> CmdResult {
     let h2 = h.clone();
     h.spawn(async move {
         loop {
-            let mut stream = match listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     log::warn!("tcpecho {}: accept: {}", listener.port(), e);
@@ -595,7 +599,7 @@ async fn tcpsend(args: Vec<String>) -> CmdResult {
     let h = crate::runtime::handle();
     let text = args[2].clone();
     let exchange = async {
-        let mut s = net::TcpStream::connect(host, port).await?;
+        let s = net::TcpStream::connect(host, port).await?;
         s.write_all(text.as_bytes()).await?;
         let mut reply = vec![0u8; text.len()];
         s.read_exact(&mut reply).await?;

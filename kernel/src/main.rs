@@ -21,11 +21,15 @@ mod commands;
 #[cfg(target_os = "none")]
 mod devices;
 #[cfg(target_os = "none")]
+mod fscmds;
+#[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
 mod net;
+#[cfg(target_os = "none")]
+mod p9svc;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
@@ -34,6 +38,8 @@ mod runtime;
 mod services;
 #[cfg(target_os = "none")]
 mod shell;
+#[cfg(target_os = "none")]
+mod volume;
 
 #[cfg(not(target_os = "none"))]
 fn main() {}

@@ -413,7 +413,8 @@ impl Drop for TcpListener {
     }
 }
 
-/// One TCP connection.
+/// One TCP connection. Reads and writes take `&self`, so one task may
+/// read while another writes (share it in an `Rc`).
 pub struct TcpStream {
     handle: SocketHandle,
 }
@@ -457,7 +458,7 @@ impl TcpStream {
     }
 
     /// Read some bytes; `Ok(0)` at end of stream.
-    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
+    pub async fn read(&self, buf: &mut [u8]) -> Result<usize, NetError> {
         let h = self.handle;
         poll_fn(|cx| {
             with_stack(|s| {
@@ -477,7 +478,7 @@ impl TcpStream {
     }
 
     /// Read exactly `buf.len()` bytes, or fail with `Closed`.
-    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), NetError> {
+    pub async fn read_exact(&self, buf: &mut [u8]) -> Result<(), NetError> {
         let mut done = 0;
         while done < buf.len() {
             let n = self.read(&mut buf[done..]).await?;
@@ -490,7 +491,7 @@ impl TcpStream {
     }
 
     /// Queue some bytes for sending; returns how many were taken.
-    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
+    pub async fn write(&self, buf: &[u8]) -> Result<usize, NetError> {
         let h = self.handle;
         poll_fn(|cx| {
             with_stack(|s| {
@@ -509,7 +510,7 @@ impl TcpStream {
         .await
     }
 
-    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), NetError> {
+    pub async fn write_all(&self, mut buf: &[u8]) -> Result<(), NetError> {
         while !buf.is_empty() {
             let n = self.write(buf).await?;
             buf = &buf[n..];
@@ -518,7 +519,7 @@ impl TcpStream {
     }
 
     /// Wait until everything written was acknowledged by the peer.
-    pub async fn flush(&mut self) -> Result<(), NetError> {
+    pub async fn flush(&self) -> Result<(), NetError> {
         let h = self.handle;
         poll_fn(|cx| {
             with_stack(|s| {
@@ -553,8 +554,14 @@ impl TcpStream {
     }
 
     /// Send FIN; reads still drain what the peer sent.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&self) {
         let _ = with_stack(|s| s.sockets.get_mut::<tcp::Socket>(self.handle).close());
+    }
+
+    /// Reset the connection at once (RST); pending and later reads and
+    /// writes fail.
+    pub fn abort(&self) {
+        let _ = with_stack(|s| s.sockets.get_mut::<tcp::Socket>(self.handle).abort());
     }
 }
 

@@ -1,6 +1,6 @@
 //! Boot-time services: what the node starts once devices, network and the
-//! executor are up. A later subsystem adds one line to [`SERVICES`] (for
-//! example "mount the volume on meta/data and serve 9P on TCP 564") with a
+//! executor are up: the shell, then the volume (mount it on meta/data and
+//! serve 9P on TCP 564). A subsystem adds one line to [`SERVICES`] with a
 //! start function that spawns its tasks on the executor.
 
 use scoutvm_fs::exec::Handle;
@@ -13,10 +13,16 @@ pub struct Service {
 
 /// Started in order at boot. A start error is logged; the node still
 /// boots to its shell so the operator can look.
-pub const SERVICES: &[Service] = &[Service {
-    name: "shell",
-    start: start_shell,
-}];
+pub const SERVICES: &[Service] = &[
+    Service {
+        name: "shell",
+        start: start_shell,
+    },
+    Service {
+        name: "volume",
+        start: crate::volume::start,
+    },
+];
 
 fn start_shell(h: &Handle) -> Result<(), alloc::string::String> {
     crate::commands::register_builtins();

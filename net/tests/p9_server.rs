@@ -1099,13 +1099,15 @@ fn posix_locks_conflict_getlock_block_and_release() {
             status(c.rpc(lock(3, LockType::Write, 0, 0, 0, 30)).await),
             LockStatus::Success
         );
-        assert_eq!(
-            c.rpc(getlock(3, LockType::Unlock, 0, 0, 30))
-                .await
-                .ok()
-                .unwrap_err(),
-            Errno::EINVAL
-        );
+        // Linux asks F_GETLK with type UNLCK: any other owner's lock counts.
+        match c.rpc(getlock(3, LockType::Unlock, 0, 0, 40)).await.msg() {
+            Rmsg::Getlock { ty, proc_id, .. } => assert_eq!((ty, proc_id), (LockType::Write, 30)),
+            m => panic!("{m:?}"),
+        }
+        match c.rpc(getlock(3, LockType::Unlock, 0, 0, 30)).await.msg() {
+            Rmsg::Getlock { ty, .. } => assert_eq!(ty, LockType::Unlock),
+            m => panic!("{m:?}"),
+        }
         let long = vec![b'x'; 300];
         let r = c
             .rpc(Tmsg::Lock {

@@ -949,8 +949,9 @@ impl Cx<'_> {
         let owner = self.owner(proc_id, client_id)?;
         let kind = match ty {
             LockType::Read => LockKind::Read,
-            LockType::Write => LockKind::Write,
-            LockType::Unlock => return Err(Errno::EINVAL.into()),
+            // Linux sends F_GETLK as type UNLCK (its local test overwrote
+            // the type): report any lock another owner holds.
+            LockType::Write | LockType::Unlock => LockKind::Write,
         };
         let locks = self.conn.server.locks.borrow();
         let end = range_end(start, length);

@@ -1,0 +1,469 @@
+//! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
+//! `cat`, `mkdir`, `rm`, `sync`, `fsck` and `clients` (9P connections).
+//!
+//! Registered by the volume service at boot; they act as root on the
+//! mounted `vfs::Mount` (through `volume::require`) and print one-line
+//! errors for bad arguments or failed operations. `mkfs` refuses while a
+//! volume is mounted and mounts (and serves) the new volume when done.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use scoutvm_fs::block::read_super_from;
+use scoutvm_fs::dev::BlockDev;
+use scoutvm_fs::env::{Clock, Entropy};
+use scoutvm_fs::errno::Errno;
+use scoutvm_fs::format::{LG_BLOCK_SIZE, SM_BLOCK_SIZE};
+use scoutvm_fs::mkfs::{self, MkfsParams};
+use scoutvm_fs::posix::{Attr, Cred, Ino, S_IFMT};
+use scoutvm_fs::vfs::Mount;
+use scoutvm_kernel::fsargs::{self, MKFS_USAGE};
+
+use crate::platform::{KernelClock, KernelEntropy};
+use crate::shell::{self, boxed, expect_args, CmdResult, Command};
+use crate::volume::{self, Disk, Kind};
+
+/// Most bytes `cat` prints.
+const CAT_MAX_BYTES: u64 = 1 << 20;
+/// Entries `ls` asks for at a time.
+const LS_BATCH: usize = 256;
+
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "mkfs",
+        usage: "[-f] [-A] [-V 1|2] [-m SIZE] [-d SIZE] [-Q NR,ADDR,PORT]...",
+        help: "make a volume on the meta/data disks, then mount and serve it",
+        run: |a| boxed(mkfs_cmd(a)),
+    },
+    Command {
+        name: "df",
+        usage: "",
+        help: "volume size, use and inodes",
+        run: |a| boxed(df(a)),
+    },
+    Command {
+        name: "ls",
+        usage: "[-l] [PATH]",
+        help: "list a directory of the volume",
+        run: |a| boxed(ls(a)),
+    },
+    Command {
+        name: "stat",
+        usage: "PATH",
+        help: "an inode's attributes",
+        run: |a| boxed(stat(a)),
+    },
+    Command {
+        name: "cat",
+        usage: "PATH",
+        help: "print a file (at most 1 MiB)",
+        run: |a| boxed(cat(a)),
+    },
+    Command {
+        name: "mkdir",
+        usage: "PATH",
+        help: "make a directory (mode 0755, root)",
+        run: |a| boxed(mkdir(a)),
+    },
+    Command {
+        name: "rm",
+        usage: "PATH",
+        help: "remove a file or an empty directory",
+        run: |a| boxed(rm(a)),
+    },
+    Command {
+        name: "sync",
+        usage: "",
+        help: "commit everything to the disks",
+        run: |a| boxed(sync(a)),
+    },
+    Command {
+        name: "fsck",
+        usage: "",
+        help: "check the volume on the disks (read-only, after a sync)",
+        run: |a| boxed(fsck(a)),
+    },
+    Command {
+        name: "clients",
+        usage: "",
+        help: "9P connections: peer, users, fids, requests",
+        run: |a| boxed(clients(a)),
+    },
+];
+
+pub fn register() {
+    for c in COMMANDS {
+        if shell::register(*c).is_err() {
+            log::warn!("shell: cannot register '{}'", c.name);
+        }
+    }
+}
+
+fn err(e: Errno) -> String {
+    format!("{} ({})", e.text(), e.name())
+}
+
+/// The inode at `path` (as root).
+async fn resolve(m: &Mount, path: &str) -> Result<Attr, String> {
+    let mut a = m.getattr(scoutvm_fs::format::ROOT_INO).await.map_err(err)?;
+    for name in fsargs::path_components(path)? {
+        a = m
+            .lookup(&Cred::root(), a.ino, name.as_bytes())
+            .await
+            .map_err(|e| format!("{path}: {}", err(e)))?;
+    }
+    Ok(a)
+}
+
+async fn parent_of(m: &Mount, path: &str) -> Result<(Ino, String), String> {
+    let (parents, name) = fsargs::parent_and_name(path)?;
+    let mut ino = scoutvm_fs::format::ROOT_INO;
+    for p in parents {
+        ino = m
+            .lookup(&Cred::root(), ino, p.as_bytes())
+            .await
+            .map_err(|e| format!("{path}: {}", err(e)))?
+            .ino;
+    }
+    Ok((ino, name.to_string()))
+}
+
+fn mib(bytes: u64) -> String {
+    format!(
+        "{}.{} MiB",
+        bytes >> 20,
+        ((bytes & ((1 << 20) - 1)) * 10) >> 20
+    )
+}
+
+async fn mkfs_cmd(args: Vec<String>) -> CmdResult {
+    let a = fsargs::parse_mkfs(&args)?;
+    if let Some(v) = volume::current() {
+        return Err(format!(
+            "the volume on {} is mounted; mkfs refuses a mounted volume",
+            v.describe()
+        ));
+    }
+    if crate::runtime::cmdline()
+        .get("volume")
+        .is_some_and(|v| v.starts_with("ram"))
+    {
+        return Err("volume=ram: there are no disks to make a volume on".to_string());
+    }
+    let (meta, data) = volume::find_devices()?;
+    if !a.force {
+        for (b, which) in [(meta, "meta"), (data, "data")] {
+            if read_super_from(b.dev).is_ok() {
+                return Err(format!(
+                    "{which} disk {} already holds a scoutfs volume, use -f to overwrite it",
+                    b.name
+                ));
+            }
+        }
+    }
+    let mut sizes = [0u64; 2];
+    for (k, (b, max, which)) in [
+        (meta, a.max_meta_bytes, "meta"),
+        (data, a.max_data_bytes, "data"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (size, notes, warns) =
+            mkfs::limit_device_size(b.dev.size_bytes(), max, a.allow_small, which)?;
+        for n in notes.iter().chain(warns.iter()) {
+            kprintln!("{}", n);
+        }
+        sizes[k] = size;
+    }
+    let mut qconf = a.qconf;
+    if !a.quorum_given {
+        let addr = crate::net::info()
+            .and_then(|i| i.addr)
+            .map(|c| c.address().octets())
+            .unwrap_or([127, 0, 0, 1]);
+        let slot = format!("0,{}.{}.{}.{},7100", addr[0], addr[1], addr[2], addr[3]);
+        mkfs::parse_quorum_slot(&mut qconf, &slot)?;
+        kprintln!(
+            "quorum slot 0 at {}:7100 (give -Q to choose)",
+            slot[2..].split(',').next().unwrap_or("")
+        );
+    }
+    let e = KernelEntropy::new();
+    let p = MkfsParams {
+        fmt_vers: a.fmt_vers,
+        meta_bytes: sizes[0] - sizes[0] % LG_BLOCK_SIZE as u64,
+        data_bytes: sizes[1] - sizes[1] % SM_BLOCK_SIZE as u64,
+        qconf,
+        fsid: e.next_u64(),
+        uuid: mkfs::uuid_from_random(e.next_u64(), e.next_u64()),
+        now: KernelClock.wall(),
+        data_alloc_zone_blocks: a.zone_blocks,
+    };
+    let sb = mkfs::mkfs(&Disk(meta.dev), &Disk(data.dev), &p)
+        .map_err(|e| format!("mkfs failed: {e} (usage: {MKFS_USAGE})"))?;
+    kprint!("{}", mkfs::describe(&sb, &meta.name, &data.name));
+    let v = volume::mount_and_serve().await?;
+    kprintln!("mounted {}", v.describe());
+    Ok(())
+}
+
+async fn df(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "df")?;
+    let v = volume::require()?;
+    let s = v.mount.statfs().await.map_err(err)?;
+    let bs = s.bsize as u64;
+    let used = s.blocks.saturating_sub(s.bfree);
+    let pct = (used * 100).checked_div(s.blocks).unwrap_or(0);
+    kprintln!("volume    {}", v.describe());
+    kprintln!(
+        "space     {} total, {} used, {} free ({}% used)",
+        mib(s.blocks * bs),
+        mib(used * bs),
+        mib(s.bavail * bs),
+        pct
+    );
+    kprintln!(
+        "inodes    {} total, {} used, {} free",
+        s.files,
+        s.files.saturating_sub(s.ffree),
+        s.ffree
+    );
+    Ok(())
+}
+
+fn long_line(a: &Attr, name: &str) -> String {
+    format!(
+        "{} {:>3} {:>5} {:>5} {:>12} {:>10} {}",
+        fsargs::mode_string(a.mode),
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.size,
+        a.mtime.sec,
+        name
+    )
+}
+
+async fn ls(args: Vec<String>) -> CmdResult {
+    let (long, path) = fsargs::parse_ls(&args)?;
+    let v = volume::require()?;
+    let m = &v.mount;
+    let a = resolve(m, &path).await?;
+    if !a.is_dir() {
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        if long {
+            kprintln!("{}", long_line(&a, name));
+        } else {
+            kprintln!("{}", name);
+        }
+        return Ok(());
+    }
+    let mut pos = 2; // skip "." and ".."
+    let mut count = 0u64;
+    loop {
+        let batch = m
+            .readdir(&Cred::root(), a.ino, pos, LS_BATCH)
+            .await
+            .map_err(|e| format!("{path}: {}", err(e)))?;
+        if batch.is_empty() {
+            break;
+        }
+        for e in batch {
+            pos = e.next_pos;
+            count += 1;
+            let name = String::from_utf8_lossy(&e.name);
+            if long {
+                match m.getattr(e.ino).await {
+                    Ok(at) => kprintln!("{}", long_line(&at, &name)),
+                    Err(er) => kprintln!("?????????? {} ({})", name, err(er)),
+                }
+            } else {
+                kprintln!("{}", name);
+            }
+        }
+    }
+    if long {
+        kprintln!("{} entries", count);
+    }
+    Ok(())
+}
+
+async fn stat(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "stat PATH")?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    kprintln!("  path: {}", args[0]);
+    kprintln!(
+        "  inode: {}  type/mode: {} ({:o})  links: {}",
+        a.ino,
+        fsargs::mode_string(a.mode),
+        a.mode & !S_IFMT,
+        a.nlink
+    );
+    kprintln!(
+        "  uid: {}  gid: {}  size: {}  blocks: {}  rdev: {:#x}",
+        a.uid,
+        a.gid,
+        a.size,
+        a.blocks,
+        a.rdev
+    );
+    kprintln!(
+        "  atime: {}.{:09}  mtime: {}.{:09}  ctime: {}.{:09}  crtime: {}.{:09}",
+        a.atime.sec,
+        a.atime.nsec,
+        a.mtime.sec,
+        a.mtime.nsec,
+        a.ctime.sec,
+        a.ctime.nsec,
+        a.crtime.sec,
+        a.crtime.nsec
+    );
+    kprintln!(
+        "  version: {}  data_version: {}  meta_seq: {}  data_seq: {}  online: {}  offline: {}",
+        a.version,
+        a.data_version,
+        a.meta_seq,
+        a.data_seq,
+        a.online_blocks,
+        a.offline_blocks
+    );
+    Ok(())
+}
+
+async fn cat(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "cat PATH")?;
+    let v = volume::require()?;
+    let m = &v.mount;
+    let a = resolve(m, &args[0]).await?;
+    if a.is_dir() {
+        return Err(format!("{}: is a directory", args[0]));
+    }
+    if a.is_symlink() {
+        let t = m.readlink(a.ino).await.map_err(err)?;
+        kprintln!("-> {}", String::from_utf8_lossy(&t));
+        return Ok(());
+    }
+    if !a.is_reg() {
+        return Err(format!("{}: not a regular file", args[0]));
+    }
+    let len = a.size.min(CAT_MAX_BYTES);
+    let mut off = 0;
+    while off < len {
+        let chunk = m
+            .read(a.ino, off, (len - off).min(64 * 1024) as usize)
+            .await
+            .map_err(err)?;
+        if chunk.is_empty() {
+            break;
+        }
+        off += chunk.len() as u64;
+        crate::console::write_bytes(&chunk);
+    }
+    if a.size > CAT_MAX_BYTES {
+        kprintln!("\n[{} more bytes not shown]", a.size - CAT_MAX_BYTES);
+    }
+    Ok(())
+}
+
+async fn mkdir(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "mkdir PATH")?;
+    let v = volume::require()?;
+    let (dir, name) = parent_of(&v.mount, &args[0]).await?;
+    v.mount
+        .mkdir(&Cred::root(), dir, name.as_bytes(), 0o755)
+        .await
+        .map_err(|e| format!("{}: {}", args[0], err(e)))?;
+    Ok(())
+}
+
+async fn rm(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "rm PATH")?;
+    let v = volume::require()?;
+    let (dir, name) = parent_of(&v.mount, &args[0]).await?;
+    let root = Cred::root();
+    match v.mount.unlink(&root, dir, name.as_bytes()).await {
+        Err(Errno::EISDIR) => v.mount.rmdir(&root, dir, name.as_bytes()).await,
+        r => r,
+    }
+    .map_err(|e| format!("{}: {}", args[0], err(e)))
+}
+
+async fn sync(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "sync")?;
+    let v = volume::require()?;
+    v.mount.sync().await.map_err(err)
+}
+
+async fn fsck(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "fsck")?;
+    let (meta, data) = match volume::current() {
+        Some(v) => match v.kind {
+            Kind::Ram { .. } => return Err("a RAM volume has no disks to check".to_string()),
+            Kind::Disk { meta, data } => {
+                v.mount.sync().await.map_err(err)?;
+                (meta, data)
+            }
+        },
+        None => volume::find_devices()?,
+    };
+    let (mdev, ddev) = (Disk(meta.dev), Disk(data.dev));
+    let rep = scoutvm_fs::fsck::fsck(&mdev, Some(&ddev), &mut |_, _, _| {});
+    let mut out = String::new();
+    if rep.render(&mut out).is_err() {
+        return Err("cannot format the report".to_string());
+    }
+    kprint!("{}", out);
+    if rep.is_clean() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} problem(s) on {} + {}",
+            rep.findings.len(),
+            meta.name,
+            data.name
+        ))
+    }
+}
+
+async fn clients(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "clients")?;
+    let v = volume::require()?;
+    let Some(server) = v.p9.borrow().clone() else {
+        return Err("9P is not being served (no network address?)".to_string());
+    };
+    let list = server.clients();
+    kprintln!(
+        "{} connection(s), {} lock range(s) held",
+        list.len(),
+        server.locks_held()
+    );
+    for c in list {
+        let users: Vec<String> = c
+            .users
+            .iter()
+            .map(|(n, u)| {
+                if n.is_empty() {
+                    format!("{u}")
+                } else {
+                    format!("{n}({u})")
+                }
+            })
+            .collect();
+        kprintln!(
+            "  #{} {}{} msize {} users [{}] fids {} (open {}) requests {} in flight, {} total",
+            c.id,
+            c.peer,
+            if c.allowed { "" } else { " REFUSED" },
+            c.msize,
+            users.join(" "),
+            c.fids,
+            c.open_fids,
+            c.requests_in_flight,
+            c.requests_total
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The node's volume: find the metadata and data devices, mount the
+//! filesystem on them at boot, serve it over 9P, and take it down cleanly
+//! on `poweroff`.
+//!
+//! Owns the one mounted [`Volume`] (a `vfs::Mount` plus what keeps it
+//! alive) and the boot-time status the shell reports when there is none.
+//! Devices come from `meta=`/`data=` on the command line, else from the
+//! super blocks (the metadata device carries `IS_META_BDEV`, the data
+//! device the same fsid without it), else from the disk serials
+//! `meta`/`data`. `volume=ram[:MIB]` serves an in-memory volume instead
+//! (lost at power off; for tests and benchmarks of the front end).
+//! Invariants: at most one volume is mounted; [`shutdown`] stops the 9P
+//! server before the final commit, so nothing changes after it.
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use core::cell::RefCell;
+
+use scoutvm_fs::block::read_super_from;
+use scoutvm_fs::dev::{BlockDev, IoError, MemDev};
+use scoutvm_fs::env::Clock;
+use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
+use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::trace::Tracepoint;
+use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_net::p9::Server;
+
+use crate::devices::{self, BlockEntry};
+use crate::platform::KernelClock;
+use crate::runtime::{self, Local};
+
+static VOLUME_EVENT: Tracepoint = Tracepoint::new("volume", &["event", "errno"]);
+const EV_MOUNTED: u64 = 1;
+const EV_MOUNT_FAILED: u64 = 2;
+const EV_UNMOUNTED: u64 = 3;
+const EV_NO_VOLUME: u64 = 4;
+
+/// Most MiB a RAM volume may have.
+pub const RAM_VOLUME_MAX_MIB: u64 = 16 * 1024;
+
+/// A `&'static` disk as the `Rc<dyn BlockDev>` the filesystem holds.
+pub struct Disk(pub &'static scoutvm_drivers::blk::VirtioBlk);
+
+impl BlockDev for Disk {
+    fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.0.read(off, buf)
+    }
+    fn write(&self, off: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.0.write(off, buf)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        self.0.flush()
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+}
+
+/// Where the mounted volume lives.
+pub enum Kind {
+    /// In memory (`volume=ram`).
+    Ram { mib: u64 },
+    /// On the node's disks.
+    #[allow(dead_code)] // mounted once the persistent backend is in
+    Disk {
+        meta: &'static BlockEntry,
+        data: &'static BlockEntry,
+    },
+}
+
+/// The mounted volume.
+pub struct Volume {
+    pub mount: Rc<Mount>,
+    pub kind: Kind,
+    /// The 9P server once it listens.
+    pub p9: RefCell<Option<Rc<Server>>>,
+}
+
+impl Volume {
+    /// "vda (meta) + vdb (data)" or "RAM (N MiB)".
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Ram { mib } => format!("in memory ({mib} MiB, lost at power off)"),
+            Kind::Disk { meta, data } => format!("{} (meta) + {} (data)", meta.name, data.name),
+        }
+    }
+}
+
+enum State {
+    /// Boot has not looked yet.
+    Idle,
+    Mounted(Rc<Volume>),
+    /// Why there is no volume (shown by the shell).
+    Unmounted(String),
+    /// `poweroff` took it down.
+    Down,
+}
+
+static STATE: Local<RefCell<State>> = Local::new(RefCell::new(State::Idle));
+
+/// The mounted volume, if any.
+pub fn current() -> Option<Rc<Volume>> {
+    match &*STATE.borrow() {
+        State::Mounted(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The mounted volume or a one-line reason why there is none.
+pub fn require() -> Result<Rc<Volume>, String> {
+    match &*STATE.borrow() {
+        State::Mounted(v) => Ok(v.clone()),
+        State::Unmounted(why) => Err(format!("no volume mounted: {why}")),
+        State::Idle => Err("no volume mounted yet".to_string()),
+        State::Down => Err("the volume was unmounted for power off".to_string()),
+    }
+}
+
+/// The metadata and data disks of this node.
+pub fn find_devices() -> Result<(&'static BlockEntry, &'static BlockEntry), String> {
+    let cmd = runtime::cmdline();
+    let named = |role: &str| -> Result<Option<&'static BlockEntry>, String> {
+        match cmd.get(role) {
+            Some(name) => devices::block(name)
+                .map(Some)
+                .ok_or_else(|| format!("{role}={name}: no such disk (see 'devices')")),
+            None => Ok(None),
+        }
+    };
+    let mut meta = named("meta")?;
+    let mut data = named("data")?;
+    if meta.is_none() {
+        let supers: alloc::vec::Vec<&'static BlockEntry> = devices::blocks()
+            .iter()
+            .filter(|b| Some(b.name.as_str()) != data.map(|d| d.name.as_str()))
+            .filter(|b| read_super_from(b.dev).is_ok_and(|sb| sb.flags & FLAG_IS_META_BDEV != 0))
+            .collect();
+        match supers.as_slice() {
+            [one] => meta = Some(one),
+            [] => {}
+            _ => {
+                return Err("several disks hold a metadata super block; name one with meta=".into())
+            }
+        }
+    }
+    if data.is_none() {
+        if let Some(m) = meta {
+            if let Ok(msb) = read_super_from(m.dev) {
+                data = devices::blocks().iter().find(|b| {
+                    b.name != m.name
+                        && read_super_from(b.dev).is_ok_and(|sb| {
+                            sb.flags & FLAG_IS_META_BDEV == 0 && sb.hdr.fsid == msb.hdr.fsid
+                        })
+                });
+            }
+        }
+    }
+    let meta = meta
+        .or_else(|| devices::blocks().iter().find(|b| b.dev.serial() == "meta"))
+        .ok_or("no metadata disk (give meta=DISK or a disk with serial 'meta')")?;
+    let data = data
+        .or_else(|| devices::blocks().iter().find(|b| b.dev.serial() == "data"))
+        .ok_or("no data disk (give data=DISK or a disk with serial 'data')")?;
+    if meta.name == data.name {
+        return Err(format!("meta and data are the same disk ({})", meta.name));
+    }
+    Ok((meta, data))
+}
+
+fn ram_mib() -> Result<Option<u64>, String> {
+    match runtime::cmdline().get("volume") {
+        None | Some("disk") => Ok(None),
+        Some("ram") => Ok(Some(1024)),
+        Some(v) => match v.strip_prefix("ram:").map(|m| m.parse::<u64>()) {
+            Some(Ok(m)) if (16..=RAM_VOLUME_MAX_MIB).contains(&m) => Ok(Some(m)),
+            _ => Err(format!(
+                "volume={v}: expected disk, ram or ram:MIB (16..={RAM_VOLUME_MAX_MIB})"
+            )),
+        },
+    }
+}
+
+async fn mount_ram(mib: u64) -> Result<Volume, String> {
+    let clock = Rc::new(KernelClock);
+    let data_blocks = mib * 256;
+    let store = MemStore::mkfs(MemMkfs {
+        data_blocks,
+        meta_blocks: (mib * 16).max(64),
+        now: clock.wall(),
+        ..MemMkfs::default()
+    });
+    let data = Rc::new(MemDev::new(data_blocks * 4096));
+    let m = Mount::mount(MemBackend::new(store), data, clock, MountOptions::default())
+        .await
+        .map_err(|e| format!("mount of the RAM volume failed: {}", e.name()))?;
+    Ok(Volume {
+        mount: Rc::new(m),
+        kind: Kind::Ram { mib },
+        p9: RefCell::new(None),
+    })
+}
+
+async fn mount_disks() -> Result<Volume, String> {
+    let (meta, data) = find_devices()?;
+    let has = |b: &BlockEntry| read_super_from(b.dev).is_ok();
+    if !has(meta) || !has(data) {
+        VOLUME_EVENT.emit(&[EV_NO_VOLUME, 0]);
+        return Err(format!(
+            "no scoutfs volume on {} (meta) and {} (data); make one with 'mkfs -A -Q 0,ADDR,PORT'",
+            meta.name, data.name
+        ));
+    }
+    mount_disk_volume(meta, data).await
+}
+
+/// Mount whatever this node is configured for and start serving it.
+pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
+    if let Some(v) = current() {
+        return Ok(v);
+    }
+    let r = match ram_mib()? {
+        Some(mib) => mount_ram(mib).await,
+        None => mount_disks().await,
+    };
+    let v = match r {
+        Ok(v) => Rc::new(v),
+        Err(e) => {
+            VOLUME_EVENT.emit(&[EV_MOUNT_FAILED, 0]);
+            *STATE.borrow_mut() = State::Unmounted(e.clone());
+            return Err(e);
+        }
+    };
+    VOLUME_EVENT.emit(&[EV_MOUNTED, 0]);
+    log::info!("volume: mounted {}", v.describe());
+    *STATE.borrow_mut() = State::Mounted(v.clone());
+    crate::p9svc::start(&v)?;
+    Ok(v)
+}
+
+/// The boot service: mount in the background so the shell comes up at
+/// once; say why if there is nothing to mount.
+pub fn start(h: &scoutvm_fs::exec::Handle) -> Result<(), String> {
+    crate::fscmds::register();
+    h.spawn(async {
+        if let Err(e) = mount_and_serve().await {
+            log::warn!("volume: {e}");
+        }
+    })
+    .map(|_| ())
+    .map_err(|e| format!("{e}"))
+}
+
+/// Take the volume down for power off: stop 9P (connections release
+/// their fids), commit, leave the volume at rest. Safe to call when
+/// nothing is mounted.
+pub async fn shutdown() -> Result<(), String> {
+    let v = match core::mem::replace(&mut *STATE.borrow_mut(), State::Down) {
+        State::Mounted(v) => v,
+        _ => return Ok(()),
+    };
+    let p9 = v.p9.borrow_mut().take();
+    if let Some(server) = p9 {
+        crate::p9svc::stop(&server).await;
+    }
+    let r = unmount_volume(&v).await;
+    VOLUME_EVENT.emit(&[EV_UNMOUNTED, r.is_err() as u64]);
+    r
+}
+
+/// Mount the volume on `meta`/`data` with the persistent backend.
+async fn mount_disk_volume(
+    meta: &'static BlockEntry,
+    data: &'static BlockEntry,
+) -> Result<Volume, String> {
+    Err(format!(
+        "found a scoutfs volume on {} + {}, but this build has no persistent backend (use volume=ram)",
+        meta.name, data.name
+    ))
+}
+
+/// Final commit and unmount.
+async fn unmount_volume(v: &Volume) -> Result<(), String> {
+    v.mount
+        .sync()
+        .await
+        .map_err(|e| format!("final commit failed: {}", e.name()))
+}
