@@ -10,6 +10,7 @@ pub mod btree;
 pub mod inode;
 pub mod key;
 pub mod le;
+pub mod log;
 pub mod quorum;
 pub mod super_block;
 
