@@ -432,13 +432,13 @@ impl Inner {
     /// Finalize `rid`'s trees, cancel its merge requests, forget it.
     async fn reclaim_rid(&self, rid: u64) -> FsResult<()> {
         let trees = self
-            .run_steps(|tx, _| {
+            .run_steps(|tx, me| {
                 let root = tx.sb.logs_root;
                 let mine: Vec<LogTrees> = log_trees::all(tx.cache, &root)?
                     .into_iter()
                     .filter(|lt| lt.rid == rid && !lt.is_finalized())
                     .collect();
-                let budget = Budget::new(tx);
+                let budget = Budget::new(tx, me.cfg.hold_budget_blocks);
                 for mut lt in mine {
                     if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
                         return Ok(Step::More);
@@ -625,6 +625,13 @@ impl Inner {
         Ok(a.encode())
     }
 
+    fn merge_cfg(&self) -> MergeConfig {
+        MergeConfig {
+            hold_budget_blocks: self.cfg.hold_budget_blocks,
+            ..self.cfg.merge
+        }
+    }
+
     fn should_finalize(&self, lt: &LogTrees) -> bool {
         !log_trees::is_empty(lt)
             && (lt.item_root.height > self.cfg.finalize_height
@@ -635,7 +642,7 @@ impl Inner {
     async fn get_log_trees(&self, rid: u64) -> FsResult<Vec<u8>> {
         let lt = self
             .run_steps(|tx, me| {
-                let budget = Budget::new(tx);
+                let budget = Budget::new(tx, me.cfg.hold_budget_blocks);
                 let mut lt = match log_trees::last_for_rid(tx, rid)? {
                     Some(lt) if !lt.is_finalized() => lt,
                     Some(lt) => log_trees::new_tree(rid, lt.nr + 1),
@@ -758,7 +765,7 @@ impl Inner {
     }
 
     async fn get_log_merge(&self, rid: u64) -> FsResult<Vec<u8>> {
-        let cfg = self.cfg.merge;
+        let cfg = self.merge_cfg();
         let work = self
             .run_steps(move |tx, _| match log_merge::get_request(tx, rid, &cfg)? {
                 Work::More => Ok(Step::More),
@@ -814,7 +821,7 @@ impl Inner {
                 r.map(|_| any).unwrap_or(false)
             };
             if pending {
-                let cfg = self.cfg.merge;
+                let cfg = self.merge_cfg();
                 let r = self
                     .run_steps(move |tx, _| match log_merge::free_some(tx, &cfg)? {
                         Step::More => Ok(Step::More),

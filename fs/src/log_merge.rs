@@ -49,6 +49,9 @@ pub struct MergeConfig {
     pub request_fill: u64,
     /// Blocks freed per unit of the freeing job.
     pub free_unit_blocks: usize,
+    /// Blocks of the server allocator one step of merge work may use
+    /// before committing (the server's hold budget).
+    pub hold_budget_blocks: u64,
 }
 
 impl Default for MergeConfig {
@@ -57,6 +60,7 @@ impl Default for MergeConfig {
             splice_batch: LOG_MERGE_SPLICE_BATCH,
             request_fill: SERVER_MERGE_FILL_TARGET,
             free_unit_blocks: 64,
+            hold_budget_blocks: crate::leader::COMMIT_HOLD_ALLOC_BUDGET,
         }
     }
 }
@@ -207,6 +211,7 @@ fn least_input_key(
 /// GET_LOG_MERGE: splice when it is time, else hand `rid` the next piece
 /// of work.
 pub fn get_request(tx: &mut Txn<'_>, rid: u64, cfg: &MergeConfig) -> StoreResult<Work> {
+    let budget = Budget::new(tx, cfg.hold_budget_blocks);
     // bounded: each round either hands out work, stops, or drops a range
     for _ in 0..100_000 {
         let Some(mut st) = status(tx)? else {
@@ -214,7 +219,7 @@ pub fn get_request(tx: &mut Txn<'_>, rid: u64, cfg: &MergeConfig) -> StoreResult
         };
         let rs = ranges(tx)?;
         if st.nr_requests == 0 && (rs.is_empty() || st.nr_complete >= cfg.splice_batch) {
-            match splice(tx, &mut st, cfg)? {
+            match splice(tx, &mut st, cfg, &budget)? {
                 Step::More => return Ok(Work::More),
                 Step::Done(true) => return Ok(Work::NoWork),
                 Step::Done(false) => continue,
@@ -327,7 +332,7 @@ pub fn commit_completion(tx: &mut Txn<'_>, rid: u64, comp: &MergeComplete) -> St
     let sane = comp.rid == rid
         && comp.start == req.start
         && comp.end == req.end
-        && !comp.meta_freed.bref.is_null()
+        && (!comp.meta_freed.bref.is_null() || comp.root == req.root)
         && (req.flags & MERGE_REQUEST_SUBTREE == 0 || comp.root.height == 2)
         && comp.root.height <= crate::format::BtreeRoot::MAX_HEIGHT;
     TP_MERGE_COMPLETE.emit(&[comp.seq, rid, comp.flags]);
@@ -385,12 +390,19 @@ fn completions(tx: &mut Txn<'_>) -> StoreResult<Vec<MergeComplete>> {
 /// outstanding). `Done(true)`: the merge finished and its inputs are
 /// queued for freeing; `Done(false)`: ranges remain, requests may flow;
 /// `More`: commit and call again.
-fn splice(tx: &mut Txn<'_>, st: &mut MergeStatus, cfg: &MergeConfig) -> StoreResult<Step<bool>> {
+fn splice(
+    tx: &mut Txn<'_>,
+    st: &mut MergeStatus,
+    cfg: &MergeConfig,
+    budget: &Budget,
+) -> StoreResult<Step<bool>> {
     assert_eq!(st.nr_requests, 0, "splicing with requests outstanding");
-    let budget = Budget::new(tx);
     let comps = completions(tx)?;
 
-    // phase 1: replace the parents with the merged subtrees
+    // phase 1: replace the parents with the merged subtrees, then give
+    // the completion's allocators back (the blocks it replaced, what it
+    // did not use). Re-entry skips what was done: the parent already
+    // points at the completion's root; the lists keep their progress.
     let mut units = 0;
     for mut comp in comps.iter().copied().filter(|c| !c.is_spliced()) {
         if !budget.ok(tx) {
@@ -398,22 +410,27 @@ fn splice(tx: &mut Txn<'_>, st: &mut MergeStatus, cfg: &MergeConfig) -> StoreRes
             TP_SPLICE.emit(&[1, units, 1]);
             return Ok(Step::More);
         }
-        btree::set_parent(
-            tx.cache,
-            tx.alloc,
-            &mut tx.sb.fs_root,
-            &comp.start,
-            &comp.root,
-        )?;
-        // the new subtree's blocks came from the request allocator; the
-        // blocks it replaced are in its freed list
-        tx.return_meta_list(&mut comp.meta_avail)?;
-        tx.return_meta_list(&mut comp.meta_freed)?;
-        comp.meta_avail = AllocListHead::default();
-        comp.meta_freed = AllocListHead::default();
+        let fs_root = tx.sb.fs_root;
+        let (current, _, _) = btree::get_parent(tx.cache, &fs_root, &comp.start)?;
+        if current != comp.root {
+            btree::set_parent(
+                tx.cache,
+                tx.alloc,
+                &mut tx.sb.fs_root,
+                &comp.start,
+                &comp.root,
+            )?;
+            counter!("log_merge.spliced").inc();
+        }
+        let done = tx.return_meta_list_some(&mut comp.meta_freed, budget)?
+            && tx.return_meta_list_some(&mut comp.meta_avail, budget)?;
         put(tx, merge_complete_key(comp.seq), &comp.encode())?;
         units += 1;
-        counter!("log_merge.spliced").inc();
+        if !done {
+            store_status(tx, st)?;
+            TP_SPLICE.emit(&[1, units, 1]);
+            return Ok(Step::More);
+        }
     }
     if units > 0 {
         TP_SPLICE.emit(&[1, units, 0]);
@@ -484,13 +501,15 @@ fn splice(tx: &mut Txn<'_>, st: &mut MergeStatus, cfg: &MergeConfig) -> StoreRes
     del(tx, &merge_status_key())?;
     counter!("log_merge.finished").inc();
     TP_MERGE_DONE.emit(&[st.seq, ins.len() as u64]);
+    // trees finalized while this merge ran are the next one's inputs
+    start(tx)?;
     Ok(Step::Done(true))
 }
 
 /// Free blocks of merged input trees (FREEING items), within the budget.
 /// `Done(false)` when nothing is left to free.
 pub fn free_some(tx: &mut Txn<'_>, cfg: &MergeConfig) -> StoreResult<Step<bool>> {
-    let budget = Budget::new(tx);
+    let budget = Budget::new(tx, cfg.hold_budget_blocks);
     loop {
         let items = {
             let (s, e) = zone_range(zone::LOG_MERGE_FREEING);
@@ -508,7 +527,17 @@ pub fn free_some(tx: &mut Txn<'_>, cfg: &MergeConfig) -> StoreResult<Step<bool>>
             return Ok(Step::More);
         }
         let mut f = MergeFreeing::decode(&it.val).map_err(|e| bad(e.0))?;
-        let done = btree::free_blocks(tx.cache, tx.alloc, &mut f.root, cfg.free_unit_blocks)?;
+        // every freed block takes freed-list room; walking the path takes
+        // a few allocations
+        let room = tx
+            .alloc_room()
+            .saturating_sub(crate::server::COMMIT_RESERVE_BLOCKS + 8) as usize;
+        let unit = cfg
+            .free_unit_blocks
+            .min(room)
+            .min(cfg.hold_budget_blocks as usize)
+            .max(1);
+        let done = btree::free_blocks(tx.cache, tx.alloc, &mut f.root, unit)?;
         counter!("log_merge.freeing_units").inc();
         if done {
             del(tx, &it.key)?;

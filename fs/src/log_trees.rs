@@ -15,9 +15,10 @@
 
 use crate::allocator::{ext_alloc, ext_insert};
 use crate::btree::{self, Item};
-use crate::format::block::{AllocListHead, AllocRoot, ALLOC_FLAG_LOW};
+use crate::format::block::{AllocRoot, ALLOC_FLAG_LOW};
 use crate::format::key::{zone, Key};
 use crate::format::log::{log_trees_key, LogTrees, LOG_TREES_FINALIZED};
+pub use crate::server::Budget;
 use crate::server::Txn;
 use crate::store_error::{StoreError, StoreResult};
 use alloc::vec::Vec;
@@ -55,33 +56,6 @@ pub enum Step<T> {
     Done(T),
     /// Commit what was done and call again.
     More,
-}
-
-/// The allocator headroom a multi-commit job may use in one commit (seed
-/// commit 8a64b46a): a quarter of the smaller of the avail and freed room
-/// at entry is kept back for the commit itself; before each unit of work
-/// the job checks it is still above that.
-#[derive(Clone, Copy, Debug)]
-pub struct Budget {
-    threshold: u64,
-}
-
-impl Budget {
-    pub fn new(tx: &Txn<'_>) -> Budget {
-        Budget {
-            threshold: tx.alloc_room() / 4,
-        }
-    }
-
-    /// May the next unit of work start?
-    pub fn ok(&self, tx: &Txn<'_>) -> bool {
-        let room = tx.alloc_room();
-        if room < self.threshold || room < 8 {
-            crate::counter!("server.budget_stops").inc();
-            return false;
-        }
-        true
-    }
 }
 
 fn bad(blkno: u64, what: &'static str) -> StoreError {
@@ -197,12 +171,8 @@ pub fn return_allocators(
     budget: &Budget,
 ) -> StoreResult<Step<()>> {
     for head in [&mut lt.meta_avail, &mut lt.meta_freed] {
-        if !head.bref.is_null() || head.total_nr != 0 {
-            if !budget.ok(tx) {
-                return Ok(Step::More);
-            }
-            tx.return_meta_list(head)?;
-            *head = AllocListHead::default();
+        if !tx.return_meta_list_some(head, budget)? {
+            return Ok(Step::More);
         }
     }
     for which in 0..2 {
@@ -229,12 +199,8 @@ pub fn return_allocators(
 /// Splice back what the tree's last committed transaction freed (its
 /// meta_freed list and data_freed extents).
 pub fn drain_freed(tx: &mut Txn<'_>, lt: &mut LogTrees, budget: &Budget) -> StoreResult<Step<()>> {
-    if !lt.meta_freed.bref.is_null() {
-        if !budget.ok(tx) {
-            return Ok(Step::More);
-        }
-        tx.return_meta_list(&mut lt.meta_freed)?;
-        lt.meta_freed = AllocListHead::default();
+    if !tx.return_meta_list_some(&mut lt.meta_freed, budget)? {
+        return Ok(Step::More);
     }
     let mut src = lt.data_freed;
     let mut dst = tx.sb.data_alloc;

@@ -11,7 +11,7 @@
 //! blocks, flush, write the super, flush, swap the active and idle lists.
 //! A block freed in commit N is not reusable before commit N+1 starts.
 
-use crate::allocator::{empty_list, ext_alloc, ext_insert, fill_list, ListAlloc};
+use crate::allocator::{empty_list, empty_list_some, ext_alloc, ext_insert, fill_list, ListAlloc};
 use crate::block::{read_super_from, BlockCache};
 use crate::dev::BlockDev;
 use crate::env::Entropy;
@@ -56,6 +56,57 @@ impl Default for CommitConfig {
             cache_budget_bytes: crate::block::DEFAULT_CACHE_BUDGET_BYTES,
             reserved_meta_blocks: RESERVED_META_BLOCKS,
         }
+    }
+}
+
+/// Blocks the commit itself needs from the active allocator (refilling
+/// and draining the idle lists): work always stops before the room falls
+/// under this.
+pub const COMMIT_RESERVE_BLOCKS: u64 = 8;
+
+/// How much of the server transaction's allocator one holder's job may
+/// use before it commits and continues (seed commit 8a64b46a): a quarter
+/// of the smaller of the avail and freed room at entry stays for the
+/// commit, and a holder uses at most its hold budget. Checked before each
+/// unit of work; the first unit always runs (admission guaranteed it room).
+#[derive(Debug)]
+pub struct Budget {
+    threshold: u64,
+    start_used: u64,
+    max_used: u64,
+    started: core::cell::Cell<bool>,
+}
+
+impl Budget {
+    pub fn new(tx: &Txn<'_>, max_used: u64) -> Budget {
+        Budget {
+            threshold: tx.alloc_room() / 4,
+            start_used: tx.alloc.allocated + tx.alloc.freed_count,
+            max_used,
+            started: core::cell::Cell::new(false),
+        }
+    }
+
+    /// May the next unit of work start, given the allocator's state?
+    pub fn allows(&self, alloc: &ListAlloc) -> bool {
+        let room = alloc.avail_remaining().min(alloc.freed_room());
+        if room < COMMIT_RESERVE_BLOCKS {
+            return false;
+        }
+        if !self.started.replace(true) {
+            return true;
+        }
+        let used = (alloc.allocated + alloc.freed_count).saturating_sub(self.start_used);
+        room >= self.threshold && used < self.max_used
+    }
+
+    /// [`Self::allows`] for a transaction, counting refusals.
+    pub fn ok(&self, tx: &Txn<'_>) -> bool {
+        let ok = self.allows(tx.alloc);
+        if !ok {
+            crate::counter!("server.budget_stops").inc();
+        }
+        ok
     }
 }
 
@@ -105,6 +156,24 @@ impl Txn<'_> {
     pub fn return_meta_list(&mut self, head: &mut AllocListHead) -> StoreResult<u64> {
         let fi = self.meta_avail_ind ^ 1;
         empty_list(self.cache, self.alloc, &mut self.sb.meta_alloc[fi], head)
+    }
+
+    /// [`Self::return_meta_list`] in steps, one run of blknos at a time
+    /// while `budget` allows. Progress is in `head`; true once the list is
+    /// empty.
+    pub fn return_meta_list_some(
+        &mut self,
+        head: &mut AllocListHead,
+        budget: &Budget,
+    ) -> StoreResult<bool> {
+        let fi = self.meta_avail_ind ^ 1;
+        empty_list_some(
+            self.cache,
+            self.alloc,
+            &mut self.sb.meta_alloc[fi],
+            head,
+            &|a| budget.allows(a),
+        )
     }
 
     /// Fill the first block of `head` from the meta_avail extent tree up to

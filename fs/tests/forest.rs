@@ -19,6 +19,41 @@ const DATA: u64 = 256 << 20;
 
 type Model = BTreeMap<Key, Vec<u8>>;
 
+/// The first differences between two models, readable.
+fn diff(got: &Model, want: &Model) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for (k, v) in got {
+        match want.get(k) {
+            None => out += &format!("extra {k} ({} bytes)\n", v.len()),
+            Some(w) if w != v => out += &format!("differs {k}: {} vs {} bytes\n", v.len(), w.len()),
+            _ => continue,
+        }
+        n += 1;
+        if n > 10 {
+            break;
+        }
+    }
+    for k in want.keys() {
+        if !got.contains_key(k) {
+            out += &format!("missing {k}\n");
+            n += 1;
+            if n > 20 {
+                break;
+            }
+        }
+    }
+    out += &format!("got {} items, want {}", got.len(), want.len());
+    out
+}
+
+#[track_caller]
+fn assert_model(got: &Model, want: &Model, what: &str) {
+    if got != want {
+        panic!("{what}:\n{}", diff(got, want));
+    }
+}
+
 fn opts() -> NodeOptions {
     let mut o = NodeOptions::default();
     o.server.log_trees.reserved_meta_blocks = 64;
@@ -69,7 +104,7 @@ fn read_all(ex: &Executor, node: &NodeHandle, inos: u64) -> Model {
 fn random_commit(e: &SeededEntropy, seq: u64, model: &mut Model, n: usize, inos: u64) -> LogCommit {
     let mut items = BTreeMap::new();
     for _ in 0..n {
-        let ino = 2 + e.next_u64() % inos;
+        let ino = 2 + e.next_u64() % (inos - 1);
         let k = Key::fs(ino, 8, e.next_u64() % 64, 0);
         if e.next_u64().is_multiple_of(4) {
             items.insert(k, deletion_item(k, seq));
@@ -103,14 +138,241 @@ fn commits_are_read_back_through_the_forest_and_survive_remount() {
         ex.block_on(async move { t.commit(&lc).await })
             .unwrap()
             .unwrap();
-        assert_eq!(read_all(&ex, &node, 2100), model);
+        assert_model(&read_all(&ex, &node, 2100), &model, "reads");
     }
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
     let sb = scoutvm_fs::block::read_super_from(&*meta).unwrap();
     assert!(sb.mounted_clients.is_empty());
     let node = start(&ex, meta.clone(), data.clone(), 12, opts());
-    assert_eq!(read_all(&ex, &node, 2100), model);
+    assert_model(&read_all(&ex, &node, 2100), &model, "reads");
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+    assert_fsck_clean(&*meta, Some(&*data));
+}
+
+/// Run merge work until the server has none and no merge or freeing is
+/// left; fsck after every step.
+fn merge_all(
+    ex: &Executor,
+    node: &NodeHandle,
+    meta: &Rc<dyn BlockDev>,
+    data: &Rc<dyn BlockDev>,
+    inos: u64,
+    model: &Model,
+) -> u64 {
+    let mut steps = 0;
+    for _ in 0..10_000 {
+        let did = ex.block_on(node.merge_once()).unwrap().unwrap();
+        assert_fsck_clean(&**meta, Some(&**data));
+        assert_model(
+            &read_all(ex, node, inos),
+            model,
+            "reads changed during the merge",
+        );
+        if did {
+            steps += 1;
+            continue;
+        }
+        // let the freeing job run
+        let h = ex.handle();
+        ex.block_on(async move { h.sleep_ns(3_000_000_000).await })
+            .unwrap();
+        if !node.leader().merge_pending() {
+            return steps;
+        }
+    }
+    panic!("merge did not finish");
+}
+
+fn commit_n(
+    ex: &Executor,
+    node: &NodeHandle,
+    e: &SeededEntropy,
+    model: &mut Model,
+    n: usize,
+    per: usize,
+    inos: u64,
+) {
+    for _ in 0..n {
+        let t = node.trans().clone();
+        let lc = random_commit(e, t.trans_seq(), model, per, inos);
+        ex.block_on(async move { t.commit(&lc).await })
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[test]
+fn log_merge_keeps_reads_identical_and_frees_inputs() {
+    let (meta, data) = small_volume(META, DATA, 2);
+    let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
+    let ex = Executor::default();
+    let e = SeededEntropy::new(6);
+    let mut model = Model::new();
+    let inos = 5000;
+    let node = start(&ex, meta.clone(), data.clone(), 21, opts());
+    commit_n(&ex, &node, &e, &mut model, 30, 400, inos);
+    node.request_merge();
+    commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
+    assert!(node.leader().merge_pending());
+    let steps = merge_all(&ex, &node, &meta, &data, inos, &model);
+    assert!(steps >= 1);
+    let sb = node.leader().stable_super();
+    assert!(sb.log_merge.is_empty());
+    assert!(!sb.fs_root.is_empty());
+    // more changes on top of the merged fs_root, then a second merge
+    commit_n(&ex, &node, &e, &mut model, 20, 400, inos);
+    node.request_merge();
+    commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
+    merge_all(&ex, &node, &meta, &data, inos, &model);
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+    assert_fsck_clean(&*meta, Some(&*data));
+    let node = start(&ex, meta.clone(), data.clone(), 22, opts());
+    assert_model(&read_all(&ex, &node, inos), &model, "after remount");
+    merge_all(&ex, &node, &meta, &data, inos, &model);
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+    assert_fsck_clean(&*meta, Some(&*data));
+}
+
+/// Items with large values, keyed so that inode groups spread over the
+/// whole fs_root.
+fn bulk_commit(
+    e: &SeededEntropy,
+    seq: u64,
+    model: &mut Model,
+    n: usize,
+    inos: u64,
+    val_len: usize,
+) -> LogCommit {
+    let mut items = BTreeMap::new();
+    for _ in 0..n {
+        let ino = 2 + e.next_u64() % (inos - 1);
+        let k = Key::fs(ino, 8, e.next_u64() % 16, 0);
+        let v: Vec<u8> = (0..val_len).map(|i| (i as u64 ^ seq ^ ino) as u8).collect();
+        model.insert(k, v.clone());
+        items.insert(k, Item::new(k, seq, &v));
+    }
+    LogCommit {
+        seq,
+        items: items.into_values().collect(),
+        totl: Vec::new(),
+        inode_count_delta: 0,
+    }
+}
+
+fn tiny_budget(mut o: NodeOptions) -> NodeOptions {
+    o.server.commit.fill_lo = 12;
+    o.server.commit.fill_target = 24;
+    o.server.hold_budget_blocks = 4;
+    o.server.merge.request_fill = 64;
+    o
+}
+
+#[test]
+fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
+    let (meta, data) = small_volume(2 << 30, DATA, 3);
+    let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
+    let ex = Executor::default();
+    let e = SeededEntropy::new(7);
+    let mut model = Model::new();
+    let inos = 60_000;
+    let node = start(&ex, meta.clone(), data.clone(), 31, opts());
+    // about 40 MB of items: fs_root grows past two levels
+    for _ in 0..40 {
+        let t = node.trans().clone();
+        let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
+        ex.block_on(async move { t.commit(&lc).await })
+            .unwrap()
+            .unwrap();
+    }
+    node.request_merge();
+    commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
+    let t0 = std::time::Instant::now();
+    let mut steps = 0;
+    while node.leader().merge_pending() {
+        if !ex.block_on(node.merge_once()).unwrap().unwrap() {
+            let h = ex.handle();
+            ex.block_on(async move { h.sleep_ns(2_000_000_000).await })
+                .unwrap();
+        }
+        steps += 1;
+        assert!(steps < 5000);
+    }
+    eprintln!("first merge: {steps} steps in {:?}", t0.elapsed());
+    assert_fsck_clean(&*meta, Some(&*data));
+    let sb = node.leader().stable_super();
+    assert!(
+        sb.fs_root.height >= 3,
+        "fs_root height {}",
+        sb.fs_root.height
+    );
+    assert_model(&read_all(&ex, &node, inos), &model, "after the first merge");
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+
+    // several mounts with a server allocator so small that reclaiming
+    // their trees and splicing the merge must span many commits: each
+    // writes and crashes, the next reclaims it
+    let mut before = 0;
+    for round in 0..8u64 {
+        let node = start(
+            &ex,
+            meta.clone(),
+            data.clone(),
+            40 + round,
+            tiny_budget(opts()),
+        );
+        if round == 0 {
+            before = scoutvm_fs::counters::get("server.multi_commit_steps").unwrap_or(0);
+        }
+        for _ in 0..3 {
+            let t = node.trans().clone();
+            let lc = bulk_commit(&e, t.trans_seq(), &mut model, 800, inos, 100);
+            ex.block_on(async move { t.commit(&lc).await })
+                .unwrap()
+                .unwrap();
+        }
+        ex.block_on(node.abandon()).unwrap();
+        assert_fsck_clean(&*meta, Some(&*data));
+    }
+    let node = start(&ex, meta.clone(), data.clone(), 60, tiny_budget(opts()));
+    commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
+    let splices_before = scoutvm_fs::counters::get("log_merge.spliced").unwrap_or(0);
+    let mut steps = 0;
+    while node.leader().merge_pending() {
+        if !ex.block_on(node.merge_once()).unwrap().unwrap() {
+            let h = ex.handle();
+            ex.block_on(async move { h.sleep_ns(2_000_000_000).await })
+                .unwrap();
+        }
+        steps += 1;
+        if steps % 8 == 0 {
+            assert_fsck_clean(&*meta, Some(&*data));
+        }
+        assert!(steps < 5000);
+    }
+    let multi = scoutvm_fs::counters::get("server.multi_commit_steps").unwrap_or(0) - before;
+    let spliced = scoutvm_fs::counters::get("log_merge.spliced").unwrap_or(0) - splices_before;
+    eprintln!(
+        "tiny budget merge: {steps} steps, {spliced} completions spliced, {multi} extra commits"
+    );
+
+    assert!(spliced >= 8, "only {spliced} completions");
+    assert!(
+        multi >= 8,
+        "reclaim and splicing fit in too few commits ({multi})"
+    );
+    let splice_more = scoutvm_fs::trace::find("log_merge_splice")
+        .iter()
+        .filter(|e| e.arg("more") == Some(1))
+        .count();
+    assert!(splice_more >= 2, "splicing never needed another commit");
+    assert_eq!(node.merge_stats().errors, 0);
+    assert_fsck_clean(&*meta, Some(&*data));
+    assert_model(
+        &read_all(&ex, &node, inos),
+        &model,
+        "after the tiny budget merge",
+    );
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
 }
