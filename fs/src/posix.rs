@@ -41,6 +41,38 @@ pub const DT_REG: u8 = 8;
 pub const DT_LNK: u8 = 10;
 pub const DT_SOCK: u8 = 12;
 
+pub const DT_UNKNOWN: u8 = 0;
+pub const DT_WHT: u8 = 14;
+
+/// The Linux `d_type` of a scoutfs dirent type code (FIFO=0, CHR, DIR,
+/// BLK, REG, LNK, SOCK, WHT=7); unknown codes give `DT_UNKNOWN`.
+pub fn dtype_from_scoutfs(code: u8) -> u8 {
+    match code {
+        0 => DT_FIFO,
+        1 => DT_CHR,
+        2 => DT_DIR,
+        3 => DT_BLK,
+        4 => DT_REG,
+        5 => DT_LNK,
+        6 => DT_SOCK,
+        7 => DT_WHT,
+        _ => DT_UNKNOWN,
+    }
+}
+
+/// The scoutfs dirent type code stored for a mode.
+pub fn scoutfs_dtype_of_mode(mode: u32) -> u8 {
+    match mode & S_IFMT {
+        S_IFIFO => 0,
+        S_IFCHR => 1,
+        S_IFDIR => 2,
+        S_IFBLK => 3,
+        S_IFLNK => 5,
+        S_IFSOCK => 6,
+        _ => 4,
+    }
+}
+
 /// The Linux `d_type` for a mode.
 pub fn dtype_of_mode(mode: u32) -> u8 {
     match mode & S_IFMT {
@@ -209,6 +241,17 @@ mod tests {
         assert_eq!(dtype_of_mode(S_IFDIR | 0o755), DT_DIR);
         assert_eq!(dtype_of_mode(S_IFLNK | 0o777), DT_LNK);
         assert_eq!(dtype_of_mode(S_IFREG | 0o644), DT_REG);
+        for m in [
+            S_IFIFO, S_IFCHR, S_IFDIR, S_IFBLK, S_IFREG, S_IFLNK, S_IFSOCK,
+        ] {
+            assert_eq!(
+                dtype_from_scoutfs(scoutfs_dtype_of_mode(m)),
+                dtype_of_mode(m)
+            );
+        }
+        assert_eq!(scoutfs_dtype_of_mode(S_IFREG), 4);
+        assert_eq!(dtype_from_scoutfs(7), DT_WHT);
+        assert_eq!(dtype_from_scoutfs(8), DT_UNKNOWN);
         assert!(Cred::user(5, 6).in_group(6));
         assert!(!Cred::user(5, 6).in_group(7));
     }

@@ -7,3 +7,5 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod p9;

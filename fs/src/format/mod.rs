@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod block;
 pub mod btree;
 pub mod inode;
+pub mod items;
 pub mod key;
 pub mod le;
 pub mod log;
