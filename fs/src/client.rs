@@ -110,6 +110,11 @@ impl Client {
         self.sync_requested.replace(false)
     }
 
+    /// Has the server asked for a commit that has not happened yet?
+    pub fn sync_pending(&self) -> bool {
+        self.sync_requested.get()
+    }
+
     pub fn is_connected(&self) -> bool {
         !self.ep.is_closed()
     }

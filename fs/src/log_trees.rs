@@ -213,9 +213,15 @@ pub fn drain_freed(tx: &mut Txn<'_>, lt: &mut LogTrees, budget: &Budget) -> Stor
     Ok(Step::Done(()))
 }
 
-/// Free metadata blocks outside every client allocator.
+/// Free metadata blocks the server holds: its extent trees and its own
+/// avail lists (outside every client allocator).
 pub fn server_meta_free(tx: &Txn<'_>) -> u64 {
-    tx.sb.meta_alloc[0].total_len + tx.sb.meta_alloc[1].total_len
+    tx.sb.meta_alloc[0].total_len
+        + tx.sb.meta_alloc[1].total_len
+        + tx.alloc.avail.total_nr
+        + tx.sb.server_meta_avail[0]
+            .total_nr
+            .min(tx.sb.server_meta_avail[1].total_nr)
 }
 
 /// Refill the tree's allocators for its next transaction and set or

@@ -1,7 +1,8 @@
 //! One node: the server role and the mount's client, wired together over
-//! an in-memory transport, with the background tasks a mounted volume
-//! needs (the log merge worker). Host tools, tests and the appliance mount
-//! volumes through here.
+//! an in-memory transport, the POSIX mount on top, and the background
+//! tasks a mounted volume needs (periodic commits, the log merge worker).
+//! Host tools, tests and the appliance mount volumes through here
+//! ([`mount_volume`]).
 //!
 //! Calls `leader.rs` (server), `client.rs` + `trans.rs` (the mount's
 //! persistent half) and `btree_merge.rs` (merge work). The client reaches
@@ -15,12 +16,14 @@ use crate::btree_merge::{self, MergeLimits, MergeStats};
 use crate::client::{Client, ClientIdentity};
 use crate::counter;
 use crate::dev::BlockDev;
+use crate::env::Clock;
 use crate::env::Entropy;
 use crate::errno::{Errno, FsResult};
 use crate::exec::{Handle, JoinHandle};
 use crate::leader::{Leader, ServerConfig};
 use crate::trans::{ClientTrans, TransConfig};
 use crate::transport::MemNet;
+use crate::vfs::{Mount, MountOptions};
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -31,9 +34,15 @@ pub const LOOPBACK_ADDR: &str = "loopback:server";
 /// `log merge client poll`: how often an idle merge worker asks for work.
 pub const MERGE_POLL_NS: u64 = 5_000_000_000;
 
+/// How often the commit ticker asks the mount whether a commit is due.
+pub const TICK_NS: u64 = 1_000_000_000;
+
 /// Tunables of a node.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeOptions {
+    pub mount: MountOptions,
+    /// Period of the commit ticker; 0 = none (tests commit explicitly).
+    pub tick_ns: u64,
     pub server: ServerConfig,
     pub trans: TransConfig,
     pub merge_limits: MergeLimits,
@@ -46,6 +55,8 @@ pub struct NodeOptions {
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
+            mount: MountOptions::default(),
+            tick_ns: TICK_NS,
             server: ServerConfig::default(),
             trans: TransConfig::default(),
             merge_limits: MergeLimits::default(),
@@ -118,6 +129,53 @@ pub struct NodeHandle {
     trans: Rc<ClientTrans>,
     merge: Rc<MergeWorker>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    mount: RefCell<Option<Rc<Mount>>>,
+    handle: Handle,
+}
+
+/// Mount a volume: start the server role on it, connect the mount's
+/// client over the loopback transport, mount the POSIX layer over the
+/// client's transactions, and start the commit ticker and the merge
+/// worker. Unmount with [`NodeHandle::unmount`].
+pub async fn mount_volume(
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    clock: Rc<dyn Clock>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<(Rc<Mount>, NodeHandle)> {
+    let node = start_node(meta, data.clone(), entropy, handle.clone(), opts).await?;
+    let backend: Rc<dyn crate::backend::Backend> = node.trans.clone();
+    let mount = match Mount::mount(backend, data, clock, opts.mount).await {
+        Ok(m) => Rc::new(m),
+        Err(e) => {
+            node.abandon().await;
+            return Err(e);
+        }
+    };
+    *node.mount.borrow_mut() = Some(mount.clone());
+    if opts.tick_ns > 0 {
+        let weak = Rc::downgrade(&mount);
+        let h = handle.clone();
+        let period = opts.tick_ns;
+        let t = handle
+            .spawn(async move {
+                loop {
+                    h.sleep_ns(period).await;
+                    let Some(m) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = m.tick().await {
+                        counter!("node.tick_commit_errors").inc();
+                        log::warn!("periodic commit failed: {e}");
+                    }
+                }
+            })
+            .map_err(|_| Errno::ENOMEM)?;
+        node.tasks.borrow_mut().push(t);
+    }
+    Ok((mount, node))
 }
 
 /// Start the server on the volume, connect a client to it over the
@@ -191,6 +249,8 @@ pub async fn start_node(
         trans,
         merge,
         tasks: RefCell::new(Vec::new()),
+        mount: RefCell::new(None),
+        handle: handle.clone(),
     };
     if opts.merge_poll_ns > 0 {
         let w = node.merge.clone();
@@ -255,12 +315,33 @@ impl NodeHandle {
         }
     }
 
+    /// The executor handle the node's tasks run on.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Unmount: commit what the mount holds, then [`Self::shutdown`]. The
+    /// mount fails every later operation with EIO.
+    pub async fn unmount(self) -> FsResult<()> {
+        self.stop_tasks();
+        let mount = self.mount.borrow_mut().take();
+        if let Some(m) = mount {
+            if let Err(e) = m.sync().await {
+                log::warn!("unmount: final commit failed: {e}");
+                self.abandon().await;
+                return Err(e);
+            }
+        }
+        self.shutdown().await
+    }
+
     /// Leave cleanly: the caller committed its last transaction; say
     /// farewell (the server finalizes the mount's tree and forgets the
     /// mount) and stop the server. The volume is at rest afterwards.
     pub async fn shutdown(self) -> FsResult<()> {
         self.stop_tasks();
         let r = self.client.farewell().await;
+        self.trans.close();
         self.client.disconnect();
         self.leader.shutdown().await;
         r
@@ -271,6 +352,7 @@ impl NodeHandle {
     pub async fn abandon(self) {
         self.stop_tasks();
         self.trans.discard();
+        self.trans.close();
         self.client.disconnect();
         self.leader.shutdown().await;
     }

@@ -17,6 +17,9 @@
 //! published stops the engine (EIO): the volume recovers at remount.
 
 use crate::allocator::{ext_insert, ext_remove, ListAlloc};
+use crate::backend::{
+    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, Value,
+};
 use crate::block::BlockCache;
 use crate::btree::{self, Item};
 use crate::client::Client;
@@ -234,15 +237,6 @@ impl ClientTrans {
         &self.client
     }
 
-    pub fn format_version(&self) -> u64 {
-        self.fmt_vers
-    }
-
-    /// The open transaction's seq.
-    pub fn trans_seq(&self) -> u64 {
-        self.lt.get().get_trans_seq
-    }
-
     /// The mount's log tree as of the open transaction.
     pub fn log_trees(&self) -> LogTrees {
         self.lt.get()
@@ -324,7 +318,7 @@ impl ClientTrans {
     }
 
     /// Persistent items around `key` in `[lo, hi]` (see `forest`).
-    pub async fn read_items(&self, key: Key, lo: Key, hi: Key) -> FsResult<ForestItems> {
+    pub async fn forest_read(&self, key: Key, lo: Key, hi: Key) -> FsResult<ForestItems> {
         self.check()?;
         for attempt in 0..2 {
             if self.roots.borrow().is_none() {
@@ -361,7 +355,7 @@ impl ClientTrans {
 
     /// Between 1 and `want` contiguous data blocks. `ENOBUFS`: commit to
     /// get a refill; `ENOSPC`: the volume's data device is full.
-    pub fn alloc_data(&self, want: u64) -> FsResult<(u64, u64)> {
+    pub fn alloc_data_blocks(&self, want: u64) -> FsResult<(u64, u64)> {
         self.check()?;
         if want == 0 {
             return Err(Errno::EINVAL);
@@ -400,7 +394,7 @@ impl ClientTrans {
     }
 
     /// Free data blocks; they return to the server after the commit.
-    pub fn free_data(&self, start: u64, len: u64) -> FsResult<()> {
+    pub fn free_data_blocks(&self, start: u64, len: u64) -> FsResult<()> {
         self.check()?;
         let end = start.checked_add(len).ok_or(Errno::EIO)?;
         if len == 0 || start < DATA_DEV_START_BLKNO || end > self.total_data_blocks {
@@ -418,16 +412,12 @@ impl ClientTrans {
     }
 
     /// Reasons of the engine's own to commit soon.
-    pub fn needs_commit(&self) -> bool {
+    fn wants_commit(&self) -> bool {
         let lt = self.lt.get();
         let st = self.data.borrow();
         (!st.low && st.total() < self.cfg.data_refill_thresh)
             || (lt.meta_avail.first_nr as u64) < self.cfg.meta_commit_thresh
-    }
-
-    /// The server flagged the metadata allocator as near the reserve.
-    pub fn meta_low(&self) -> bool {
-        self.lt.get().meta_avail.flags & ALLOC_FLAG_LOW != 0
+            || self.client.sync_pending()
     }
 
     /// Write the transaction into the log tree blocks (nothing published
@@ -520,7 +510,7 @@ impl ClientTrans {
     /// Make `lc` durable and open the next transaction. On an error before
     /// anything was published nothing changed and the caller may retry;
     /// an error after publishing stops the engine.
-    pub async fn commit(&self, lc: &LogCommit) -> FsResult<()> {
+    pub async fn commit_log(&self, lc: &LogCommit) -> FsResult<()> {
         self.check()?;
         let before = self.lt.get();
         if lc.seq != before.get_trans_seq {
@@ -556,6 +546,7 @@ impl ClientTrans {
             return Err(self.fail("server returned a different tree"));
         }
         self.lt.set(next);
+        self.client.take_sync_request();
         if let Err(e) = self.load_data_state() {
             return Err(self.fail(&alloc::format!("loading data_avail: {e}")));
         }
@@ -578,13 +569,18 @@ impl ClientTrans {
     }
 
     /// Up to `want` fresh inode numbers.
-    pub async fn alloc_inodes(&self, want: u64) -> FsResult<(u64, u64)> {
+    pub async fn alloc_inode_range(&self, want: u64) -> FsResult<(u64, u64)> {
         self.check()?;
         let a = self.client.alloc_inodes(want).await?;
         if a.nr == 0 {
             return Err(Errno::ENOSPC);
         }
         Ok((a.ino, a.nr))
+    }
+
+    /// Stop serving (after unmount): every later call fails with EIO.
+    pub fn close(&self) {
+        self.failed.set(true);
     }
 
     /// Forget everything uncommitted (unmount after a failure).
@@ -608,5 +604,106 @@ pub fn deletion_item(key: Key, seq: u64) -> Item {
         seq,
         flags: ITEM_FLAG_DELETION,
         val: Vec::new(),
+    }
+}
+
+impl LogCommit {
+    /// The log btree form of a mount's commit set. srch entries are not
+    /// written (srch log files are not implemented; see docs/forest.md).
+    pub fn from_set(set: &CommitSet) -> LogCommit {
+        LogCommit {
+            seq: set.seq,
+            items: set
+                .items
+                .iter()
+                .map(|d| match &d.val {
+                    Some(v) => Item::new(d.key, d.seq, v),
+                    None => deletion_item(d.key, d.seq),
+                })
+                .collect(),
+            totl: set
+                .totl
+                .iter()
+                .map(|t| (t.key, t.seq, t.delta.total, t.delta.count))
+                .collect(),
+            inode_count_delta: set.inode_count_delta,
+        }
+    }
+}
+
+impl Backend for ClientTrans {
+    fn format_version(&self) -> u64 {
+        self.fmt_vers
+    }
+
+    fn trans_seq(&self) -> u64 {
+        self.lt.get().get_trans_seq
+    }
+
+    fn read_items<'a>(&'a self, key: Key, lo: Key, hi: Key) -> BoxFut<'a, FsResult<ReadBatch>> {
+        Box::pin(async move {
+            let fi = self.forest_read(key, lo, hi).await?;
+            Ok(ReadBatch {
+                items: fi
+                    .items
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::from(v)))
+                    .collect(),
+                start: fi.start,
+                end: fi.end,
+            })
+        })
+    }
+
+    fn alloc_inodes<'a>(&'a self, want: u64) -> BoxFut<'a, FsResult<InoRange>> {
+        Box::pin(async move {
+            let (first, count) = self.alloc_inode_range(want).await?;
+            Ok(InoRange { first, count })
+        })
+    }
+
+    fn alloc_data<'a>(&'a self, want: u64) -> BoxFut<'a, FsResult<DataRun>> {
+        let r = self
+            .alloc_data_blocks(want)
+            .map(|(blkno, len)| DataRun { blkno, len });
+        Box::pin(core::future::ready(r))
+    }
+
+    fn free_data<'a>(&'a self, run: DataRun) -> BoxFut<'a, FsResult<()>> {
+        Box::pin(core::future::ready(
+            self.free_data_blocks(run.blkno, run.len),
+        ))
+    }
+
+    fn needs_commit(&self) -> bool {
+        !self.failed.get() && self.wants_commit()
+    }
+
+    fn meta_low(&self) -> bool {
+        self.lt.get().meta_avail.flags & ALLOC_FLAG_LOW != 0
+    }
+
+    fn statfs<'a>(&'a self) -> BoxFut<'a, FsResult<BackendStatfs>> {
+        Box::pin(async move {
+            self.check()?;
+            let s = self.client.statfs().await?;
+            Ok(BackendStatfs {
+                uuid: s.uuid,
+                total_meta_blocks: s.total_meta_blocks,
+                free_meta_blocks: s.free_meta_blocks,
+                total_data_blocks: s.total_data_blocks,
+                free_data_blocks: s.free_data_blocks,
+                inode_count: s.inode_count,
+            })
+        })
+    }
+
+    fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>> {
+        Box::pin(async move {
+            if !set.srch.is_empty() {
+                counter!("client.srch_entries_dropped").add(set.srch.len() as u64);
+            }
+            self.commit_log(&LogCommit::from_set(&set)).await
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use scoutvm_fs::backend::Backend;
 use scoutvm_fs::btree::Item;
 use scoutvm_fs::dev::BlockDev;
 use scoutvm_fs::env::{Entropy, SeededEntropy};
@@ -85,7 +86,7 @@ fn read_all(ex: &Executor, node: &NodeHandle, inos: u64) -> Model {
             let last = Key::fs(inos, 255, u64::MAX, u64::MAX);
             while key <= last {
                 let (lo, hi) = scoutvm_fs::forest::lock_bounds(&key);
-                let r = t.read_items(key, lo, hi).await.unwrap();
+                let r = t.forest_read(key, lo, hi).await.unwrap();
                 for (k, v) in r.items {
                     out.insert(k, v);
                 }
@@ -135,7 +136,7 @@ fn commits_are_read_back_through_the_forest_and_survive_remount() {
     for _ in 0..20 {
         let t = node.trans().clone();
         let lc = random_commit(&e, t.trans_seq(), &mut model, 300, 2000);
-        ex.block_on(async move { t.commit(&lc).await })
+        ex.block_on(async move { t.commit_log(&lc).await })
             .unwrap()
             .unwrap();
         assert_model(&read_all(&ex, &node, 2100), &model, "reads");
@@ -196,7 +197,7 @@ fn commit_n(
     for _ in 0..n {
         let t = node.trans().clone();
         let lc = random_commit(e, t.trans_seq(), model, per, inos);
-        ex.block_on(async move { t.commit(&lc).await })
+        ex.block_on(async move { t.commit_log(&lc).await })
             .unwrap()
             .unwrap();
     }
@@ -281,7 +282,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
     for _ in 0..40 {
         let t = node.trans().clone();
         let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
-        ex.block_on(async move { t.commit(&lc).await })
+        ex.block_on(async move { t.commit_log(&lc).await })
             .unwrap()
             .unwrap();
     }
@@ -327,7 +328,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
         for _ in 0..3 {
             let t = node.trans().clone();
             let lc = bulk_commit(&e, t.trans_seq(), &mut model, 800, inos, 100);
-            ex.block_on(async move { t.commit(&lc).await })
+            ex.block_on(async move { t.commit_log(&lc).await })
                 .unwrap()
                 .unwrap();
         }
