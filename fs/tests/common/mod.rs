@@ -273,3 +273,34 @@ impl RealVol {
         assert_fsck_clean(&*self.meta, Some(&*self.data));
     }
 }
+
+/// Every entry of a directory after "." and "..", `batch` at a time.
+pub fn readdir_all(m: &Mount, dir: u64, batch: usize) -> Vec<scoutvm_fs::posix::DirEntry> {
+    let mut out = Vec::new();
+    let mut pos = 2;
+    loop {
+        let ents = block_on(m.readdir(&scoutvm_fs::posix::Cred::root(), dir, pos, batch)).unwrap();
+        match ents.last() {
+            Some(e) => pos = e.next_pos,
+            None => break,
+        }
+        out.extend(ents);
+    }
+    out
+}
+
+/// Run log merge work until the server has none left (and the freeing of
+/// merged trees is done).
+pub fn merge_until_idle(node: &NodeHandle) {
+    for _ in 0..100_000 {
+        if block_on(node.merge_once()).unwrap() {
+            continue;
+        }
+        let h = handle();
+        block_on(async move { h.sleep_ns(2_000_000_000).await });
+        if !node.leader().merge_pending() {
+            return;
+        }
+    }
+    panic!("log merge never finished");
+}
