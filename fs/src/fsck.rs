@@ -23,7 +23,7 @@ use crate::btree_block as bb;
 use crate::dev::BlockDev;
 use crate::format::alloc::extent_from_key;
 use crate::format::block::*;
-use crate::format::inode::Inode;
+use crate::format::items::InodeItem;
 use crate::format::key::{ty, zone, Key};
 use crate::format::le::get_u64;
 use crate::format::log::*;
@@ -463,7 +463,7 @@ impl Checker<'_> {
         let (mut pblk, mut len) = (0, 0);
         match k.ty {
             ty::INODE => {
-                if !deletion && Inode::decode(val).is_none() {
+                if !deletion && InodeItem::decode(val).is_err() {
                     self.find(
                         Some(blkno),
                         format!("{who}: inode item {k} has a {}-byte value", val.len()),

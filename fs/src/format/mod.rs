@@ -7,7 +7,6 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
-pub mod inode;
 pub mod items;
 pub mod key;
 pub mod le;
