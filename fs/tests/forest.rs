@@ -377,3 +377,49 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// A merge interrupted at every few steps of its work (requests out,
+/// completions stored, splicing half done, freeing half done) by a crash:
+/// each new server cancels the dead mount's requests and resumes from the
+/// persistent items; the merge completes and reads never change.
+#[test]
+fn crashes_during_merge_and_splice_resume() {
+    let (meta, data) = small_volume(4 << 30, DATA, 4);
+    let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
+    let ex = Executor::default();
+    let e = SeededEntropy::new(9);
+    let mut model = Model::new();
+    let inos = 30_000;
+    let node = start(&ex, meta.clone(), data.clone(), 71, opts());
+    for _ in 0..25 {
+        let t = node.trans().clone();
+        let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
+        ex.block_on(async move { t.commit_log(&lc).await }).unwrap().unwrap();
+    }
+    node.request_merge();
+    commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
+    let mut node = node;
+    let mut crashes = 0;
+    for round in 0..200u64 {
+        if !node.leader().merge_pending() {
+            break;
+        }
+        // a little merge work, then a crash
+        for _ in 0..(1 + round % 3) {
+            if !ex.block_on(node.merge_once()).unwrap().unwrap() {
+                let h = ex.handle();
+                ex.block_on(async move { h.sleep_ns(1_100_000_000).await }).unwrap();
+            }
+        }
+        ex.block_on(node.abandon()).unwrap();
+        crashes += 1;
+        assert_fsck_clean(&*meta, Some(&*data));
+        node = start(&ex, meta.clone(), data.clone(), 100 + round, tiny_budget(opts()));
+        assert_model(&read_all(&ex, &node, inos), &model, "after a crash mid-merge");
+    }
+    assert!(!node.leader().merge_pending(), "the merge never finished");
+    assert!(crashes >= 3);
+    assert!(node.leader().stable_super().fs_root.height >= 2);
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+    assert_fsck_clean(&*meta, Some(&*data));
+}
