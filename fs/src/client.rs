@@ -110,6 +110,11 @@ impl Client {
         self.sync_requested.replace(false)
     }
 
+    /// Ask the mount for a commit (as a server's SYNC_LOG_TREES would).
+    pub fn request_sync(&self) {
+        self.sync_requested.set(true);
+    }
+
     /// Has the server asked for a commit that has not happened yet?
     pub fn sync_pending(&self) -> bool {
         self.sync_requested.get()

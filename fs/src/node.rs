@@ -305,6 +305,19 @@ impl NodeHandle {
         self.leader.request_merge();
     }
 
+    /// Start a log merge now: the mount commits (even with nothing dirty)
+    /// and its tree is finalized; merge work follows (the worker, or
+    /// [`Self::merge_once`]).
+    pub async fn start_merge(&self) -> FsResult<()> {
+        self.leader.request_merge();
+        self.client.request_sync();
+        let mount = self.mount.borrow().clone();
+        match mount {
+            Some(m) => m.tick().await,
+            None => Ok(()),
+        }
+    }
+
     pub fn merge_stats(&self) -> MergeWorkerStats {
         self.merge.stats.get()
     }

@@ -415,8 +415,9 @@ impl ClientTrans {
     fn wants_commit(&self) -> bool {
         let lt = self.lt.get();
         let st = self.data.borrow();
+        let meta_low = lt.meta_avail.flags & ALLOC_FLAG_LOW != 0;
         (!st.low && st.total() < self.cfg.data_refill_thresh)
-            || (lt.meta_avail.first_nr as u64) < self.cfg.meta_commit_thresh
+            || (!meta_low && (lt.meta_avail.first_nr as u64) < self.cfg.meta_commit_thresh)
             || self.client.sync_pending()
     }
 

@@ -48,12 +48,15 @@ impl CommitPolicy {
         dirty_bytes: usize,
         backend_wants: bool,
     ) -> bool {
+        // the backend may need a new transaction with nothing dirty
+        // (allocator refills, a server's sync request)
+        if backend_wants {
+            return true;
+        }
         let Some(first) = first_dirty_ns else {
             return false;
         };
-        backend_wants
-            || dirty_bytes >= self.dirty_limit_bytes
-            || now_ns.saturating_sub(first) >= self.interval_ns
+        dirty_bytes >= self.dirty_limit_bytes || now_ns.saturating_sub(first) >= self.interval_ns
     }
 }
 

@@ -394,7 +394,9 @@ fn crashes_during_merge_and_splice_resume() {
     for _ in 0..25 {
         let t = node.trans().clone();
         let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
-        ex.block_on(async move { t.commit_log(&lc).await }).unwrap().unwrap();
+        ex.block_on(async move { t.commit_log(&lc).await })
+            .unwrap()
+            .unwrap();
     }
     node.request_merge();
     commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
@@ -408,14 +410,25 @@ fn crashes_during_merge_and_splice_resume() {
         for _ in 0..(1 + round % 3) {
             if !ex.block_on(node.merge_once()).unwrap().unwrap() {
                 let h = ex.handle();
-                ex.block_on(async move { h.sleep_ns(1_100_000_000).await }).unwrap();
+                ex.block_on(async move { h.sleep_ns(1_100_000_000).await })
+                    .unwrap();
             }
         }
         ex.block_on(node.abandon()).unwrap();
         crashes += 1;
         assert_fsck_clean(&*meta, Some(&*data));
-        node = start(&ex, meta.clone(), data.clone(), 100 + round, tiny_budget(opts()));
-        assert_model(&read_all(&ex, &node, inos), &model, "after a crash mid-merge");
+        node = start(
+            &ex,
+            meta.clone(),
+            data.clone(),
+            100 + round,
+            tiny_budget(opts()),
+        );
+        assert_model(
+            &read_all(&ex, &node, inos),
+            &model,
+            "after a crash mid-merge",
+        );
     }
     assert!(!node.leader().merge_pending(), "the merge never finished");
     assert!(crashes >= 3);

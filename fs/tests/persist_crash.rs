@@ -363,8 +363,7 @@ fn check_point(
         let a = block_on(m.create(&Cred::root(), 1, b"after-crash", 0o644)).unwrap();
         block_on(m.write(a.ino, 0, b"new")).unwrap();
         block_on(m.sync()).unwrap();
-        node.request_merge();
-        block_on(m.sync()).unwrap();
+        block_on(node.start_merge()).unwrap();
         while block_on(node.merge_once()).unwrap() {}
     }
     drop(m);

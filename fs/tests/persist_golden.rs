@@ -65,8 +65,7 @@ fn exercise(name: &str, opts: NodeOptions) {
             block_on(m.write(f.ino, 0, b"hello from scoutvm")).unwrap();
             block_on(m.setxattr(&c, f.ino, b"user.k", b"v", 0)).unwrap();
             block_on(m.sync()).unwrap();
-            node.request_merge();
-            block_on(m.sync()).unwrap();
+            block_on(node.start_merge()).unwrap();
             merge_until_idle(&node);
         } else {
             let d = block_on(m.lookup(&c, 1, b"dir")).unwrap();

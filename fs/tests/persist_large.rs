@@ -75,8 +75,7 @@ fn hundred_thousand_entries_real_backend() {
     }
     block_on(m.rmdir(&c, ROOT, b"big")).unwrap();
     block_on(m.sync()).unwrap();
-    node.request_merge();
-    block_on(m.sync()).unwrap();
+    block_on(node.start_merge()).unwrap();
     merge_until_idle(&node);
     let st = block_on(m.statfs()).unwrap();
     assert_eq!(st.files - st.ffree, 1, "only the root inode is left");
@@ -105,8 +104,7 @@ fn sparse_files_beyond_4g_real_backend() {
     }
     assert_eq!(block_on(m.getattr(f)).unwrap().size, i64::MAX as u64);
     block_on(m.sync()).unwrap();
-    node.request_merge();
-    block_on(m.sync()).unwrap();
+    block_on(node.start_merge()).unwrap();
     merge_until_idle(&node);
     drop(m);
     block_on(node.unmount()).unwrap();

@@ -362,7 +362,7 @@ impl Backing {
     fn merge_some(&self, rounds: usize, request: bool) {
         if let Backing::Real { vol, node: Some(n) } = self {
             if request {
-                n.request_merge();
+                block_on(n.start_merge()).unwrap();
             }
             for _ in 0..rounds {
                 if !block_on(n.merge_once()).unwrap() {
