@@ -257,6 +257,34 @@ pub fn refill(
     Ok(())
 }
 
+/// Move a tree's srch log file (written by a kernel mount; this client
+/// writes none) into `srch_root` as a LOG file, where searches and
+/// compaction find it; the tree no longer owns its blocks.
+fn rotate_srch(tx: &mut Txn<'_>, lt: &mut LogTrees) -> StoreResult<()> {
+    if lt.srch_file.is_empty() {
+        return Ok(());
+    }
+    let key = Key::new(
+        zone::SRCH,
+        0,
+        crate::format::key::ty::SRCH_LOG,
+        lt.srch_file.bref.blkno,
+        0,
+        0,
+    );
+    let mut val = [0u8; crate::format::log::SrchFile::BYTES];
+    lt.srch_file.encode(&mut val);
+    btree::force(
+        tx.cache,
+        tx.alloc,
+        &mut tx.sb.srch_root,
+        Item::new(key, 0, &val),
+    )?;
+    lt.srch_file = Default::default();
+    crate::counter!("server.srch_files_rotated").inc();
+    Ok(())
+}
+
 /// Is there nothing in the tree a merge would need to read?
 pub fn is_empty(lt: &LogTrees) -> bool {
     lt.item_root.is_empty() && lt.bloom_ref.is_null() && lt.srch_file.is_empty()
@@ -280,6 +308,7 @@ pub fn finalize(tx: &mut Txn<'_>, lt: &mut LogTrees, budget: &Budget) -> StoreRe
         crate::counter!("server.log_trees_empty_deleted").inc();
         return Ok(Step::Done(()));
     }
+    rotate_srch(tx, lt)?;
     lt.flags |= LOG_TREES_FINALIZED;
     lt.finalize_seq = tx.next_seq();
     store(tx, lt)?;
