@@ -436,3 +436,43 @@ fn crashes_during_merge_and_splice_resume() {
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// fsck is the oracle of the forest: a log tree bloom block missing the
+/// bits of its items' locks (valid checksum), or a log tree item block
+/// damaged, are found.
+#[test]
+fn fsck_finds_forest_damage() {
+    use scoutvm_fs::format::log::BLOOM_BITS_OFF;
+    let (meta, data) = small_volume(META, DATA, 5);
+    let fmeta = meta.clone();
+    let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
+    let ex = Executor::default();
+    let e = SeededEntropy::new(8);
+    let mut model = Model::new();
+    let node = start(&ex, meta.clone(), data.clone(), 81, opts());
+    commit_n(&ex, &node, &e, &mut model, 3, 200, 1000);
+    ex.block_on(node.shutdown()).unwrap().unwrap();
+    assert_fsck_clean(&*meta, Some(&*data));
+    let sb = scoutvm_fs::block::read_super_from(&*meta).unwrap();
+    let mut cache = scoutvm_fs::block::BlockCache::new(
+        Box::new(meta.clone()),
+        Box::new(SeededEntropy::new(1)),
+        sb.hdr.fsid,
+        8 << 20,
+    );
+    let lt = scoutvm_fs::log_trees::all(&mut cache, &sb.logs_root).unwrap()[0];
+    // clear every bloom bit, keep the block valid
+    let off = lt.bloom_ref.blkno << 16;
+    let mut b = vec![0u8; 65536];
+    meta.read(off, &mut b).unwrap();
+    b[BLOOM_BITS_OFF..].fill(0);
+    b[32..40].fill(0);
+    scoutvm_fs::block::seal_block(&mut b);
+    meta.write(off, &b).unwrap();
+    let (clean, text) = fsck_text(&*meta, Some(&*data));
+    assert!(!clean && text.contains("bloom: bits of lock"), "{text}");
+    // damage a byte of the tree's item block
+    fmeta.corrupt_byte((lt.item_root.bref.blkno << 16) + 1000, 0x40);
+    let (clean, text) = fsck_text(&*meta, Some(&*data));
+    assert!(!clean && text.contains("item_root"), "{text}");
+}
