@@ -141,3 +141,52 @@ fn sparse_files_beyond_4g_real_backend() {
     block_on(node.unmount()).unwrap();
     v.fsck();
 }
+
+/// The production setup: the commit ticker and the merge worker run in
+/// the background while operations go on (virtual time advances between
+/// batches); commits and merges interleave with reads and writes, and
+/// everything written is there after a remount.
+#[test]
+fn background_commits_and_merges_while_working() {
+    let mut opts = test_node_options(MountOptions::default());
+    opts.tick_ns = scoutvm_fs::node::TICK_NS;
+    opts.merge_poll_ns = scoutvm_fs::node::MERGE_POLL_NS;
+    opts.server.finalize_height = 1;
+    let v = RealVol::new(16 << 30, 4 << 30, 3, opts);
+    let c = Cred::root();
+    let (m, node) = v.mount();
+    let h = handle();
+    let mut files = Vec::new();
+    for i in 0..3000u32 {
+        let dir = 1;
+        let a = block_on(m.create(&c, dir, format!("f{i}").as_bytes(), 0o644)).unwrap();
+        block_on(m.write(a.ino, 0, format!("contents of {i}").as_bytes())).unwrap();
+        files.push(a.ino);
+        if i % 100 == 99 {
+            // let the clock run: the ticker commits (10 s after the first
+            // change), the worker merges what was finalized
+            v.clock.advance_ns(3_000_000_000);
+            let h2 = h.clone();
+            block_on(async move { h2.sleep_ns(3_000_000_000).await });
+            // reads in the middle of it all
+            let j = (i as usize * 7) % files.len();
+            let back = block_on(m.read(files[j], 0, 64)).unwrap();
+            assert_eq!(back, format!("contents of {j}").as_bytes());
+        }
+    }
+    let commits = node.trans().counters().commits;
+    let merged = node.merge_stats().items_merged;
+    assert!(commits >= 5, "the ticker committed ({commits})");
+    assert!(merged > 0, "the background worker merged");
+    drop(m);
+    block_on(node.unmount()).unwrap();
+    v.fsck();
+    let (m, node) = v.mount();
+    for (i, ino) in files.iter().enumerate().step_by(13) {
+        let back = block_on(m.read(*ino, 0, 64)).unwrap();
+        assert_eq!(back, format!("contents of {i}").as_bytes());
+    }
+    drop(m);
+    block_on(node.unmount()).unwrap();
+    v.fsck();
+}
