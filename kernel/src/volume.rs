@@ -22,12 +22,13 @@ use scoutvm_fs::dev::{BlockDev, IoError, MemDev};
 use scoutvm_fs::env::Clock;
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
 use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::trace::Tracepoint;
 use scoutvm_fs::vfs::{Mount, MountOptions};
 use scoutvm_net::p9::Server;
 
 use crate::devices::{self, BlockEntry};
-use crate::platform::KernelClock;
+use crate::platform::{KernelClock, KernelEntropy};
 use crate::runtime::{self, Local};
 
 static VOLUME_EVENT: Tracepoint = Tracepoint::new("volume", &["event", "errno"]);
@@ -62,7 +63,6 @@ pub enum Kind {
     /// In memory (`volume=ram`).
     Ram { mib: u64 },
     /// On the node's disks.
-    #[allow(dead_code)] // mounted once the persistent backend is in
     Disk {
         meta: &'static BlockEntry,
         data: &'static BlockEntry,
@@ -73,6 +73,8 @@ pub enum Kind {
 pub struct Volume {
     pub mount: Rc<Mount>,
     pub kind: Kind,
+    /// The server role and client under a disk volume.
+    node: RefCell<Option<NodeHandle>>,
     /// The 9P server once it listens.
     pub p9: RefCell<Option<Rc<Server>>>,
 }
@@ -197,6 +199,7 @@ async fn mount_ram(mib: u64) -> Result<Volume, String> {
     Ok(Volume {
         mount: Rc::new(m),
         kind: Kind::Ram { mib },
+        node: RefCell::new(None),
         p9: RefCell::new(None),
     })
 }
@@ -268,21 +271,50 @@ pub async fn shutdown() -> Result<(), String> {
     r
 }
 
-/// Mount the volume on `meta`/`data` with the persistent backend.
+/// Mount the volume on `meta`/`data` with the persistent backend (the
+/// server role and the mount's client, in this node).
 async fn mount_disk_volume(
     meta: &'static BlockEntry,
     data: &'static BlockEntry,
 ) -> Result<Volume, String> {
-    Err(format!(
-        "found a scoutfs volume on {} + {}, but this build has no persistent backend (use volume=ram)",
-        meta.name, data.name
-    ))
+    let (mount, node) = node::mount_volume(
+        Rc::new(Disk(meta.dev)),
+        Rc::new(Disk(data.dev)),
+        Rc::new(KernelClock),
+        Rc::new(KernelEntropy::new()),
+        runtime::handle(),
+        NodeOptions::default(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "mounting the volume on {} + {} failed: {} ({})",
+            meta.name,
+            data.name,
+            e.text(),
+            e.name()
+        )
+    })?;
+    Ok(Volume {
+        mount,
+        kind: Kind::Disk { meta, data },
+        node: RefCell::new(Some(node)),
+        p9: RefCell::new(None),
+    })
 }
 
-/// Final commit and unmount.
+/// Final commit and unmount: the volume is at rest afterwards.
 async fn unmount_volume(v: &Volume) -> Result<(), String> {
-    v.mount
-        .sync()
-        .await
-        .map_err(|e| format!("final commit failed: {}", e.name()))
+    let node = v.node.borrow_mut().take();
+    match node {
+        Some(node) => node
+            .unmount()
+            .await
+            .map_err(|e| format!("unmount failed: {} ({})", e.text(), e.name())),
+        None => v
+            .mount
+            .sync()
+            .await
+            .map_err(|e| format!("final commit failed: {}", e.name())),
+    }
 }
