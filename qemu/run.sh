@@ -2,10 +2,16 @@
 # Boot one ScoutVM appliance under QEMU (TCG): microvm by default, q35 with
 # --q35. Two raw disks (metadata, data) are created if missing; the serial
 # console is this terminal (Ctrl-A x quits QEMU); user networking forwards
-# host TCP 127.0.0.1:5640 to the node's 9P port 564.
+# host TCP 127.0.0.1:5640 to the node's 9P port 564. With --link the node
+# is instead on a point-to-point Ethernet (UDP ports on 127.0.0.1) with a
+# Linux guest, at 10.0.3.10/24:
+#   qemu/run.sh --link 47001:47002
+#   qemu/linux-guest.sh run --net dgram=47002:47001 --ip 10.0.3.20/24 \
+#       --server 10.0.3.10:564 --mount-opts access=user -- 'ls -la /mnt'
 #
 #   qemu/run.sh [--q35] [--meta IMG] [--data IMG] [--elf ELF] [--mem MB]
-#               [--port HOSTPORT] [-- KERNEL CMDLINE WORDS...]
+#               [--port HOSTPORT | --link LOCALPORT:REMOTEPORT]
+#               [-- KERNEL CMDLINE WORDS...]
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +21,7 @@ data="$root/target/scoutvm/data.img"
 elf="$root/target/scoutvm/scoutvm.elf"
 mem=512
 port=5640
+link=""
 append=""
 
 while [ $# -gt 0 ]; do
@@ -26,8 +33,9 @@ while [ $# -gt 0 ]; do
         --elf) elf="$2"; shift ;;
         --mem) mem="$2"; shift ;;
         --port) port="$2"; shift ;;
+        --link) link="$2"; shift ;;
         --) shift; append="$*"; break ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -55,6 +63,20 @@ else
     blk=virtio-blk-pci; nic="virtio-net-pci,romfile="
 fi
 
+if [ -n "$link" ]; then
+    case "$link" in
+        *:*) ;;
+        *) echo "run.sh: --link wants LOCALPORT:REMOTEPORT" >&2; exit 2 ;;
+    esac
+    netdev="dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=${link%%:*},remote.type=inet,remote.host=127.0.0.1,remote.port=${link##*:}"
+    case " $append " in
+        *" ip="*) ;;
+        *) append="ip=10.0.3.10/24 $append" ;;
+    esac
+else
+    netdev="user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564"
+fi
+
 exec qemu-system-x86_64 "${mach[@]}" -accel tcg -m "${mem}M" \
     -nodefaults -no-reboot -nographic -serial mon:stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
@@ -62,6 +84,6 @@ exec qemu-system-x86_64 "${mach[@]}" -accel tcg -m "${mem}M" \
     -device "$blk,drive=meta,serial=meta" \
     -drive "file=$data,format=raw,if=none,id=data,cache=writeback" \
     -device "$blk,drive=data,serial=data" \
-    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564" \
+    -netdev "$netdev" \
     -device "$nic,netdev=n0" \
     -kernel "$elf" -append "node=scoutvm $append"

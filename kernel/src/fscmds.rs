@@ -453,7 +453,7 @@ async fn clients(args: Vec<String>) -> CmdResult {
             })
             .collect();
         kprintln!(
-            "  #{} {}{} msize {} users [{}] fids {} (open {}) requests {} in flight, {} total",
+            "  #{} {}{} msize {} users [{}] fids {} (open {}) requests {} in flight, {} total, {} KiB held",
             c.id,
             c.peer,
             if c.allowed { "" } else { " REFUSED" },
@@ -462,7 +462,8 @@ async fn clients(args: Vec<String>) -> CmdResult {
             c.fids,
             c.open_fids,
             c.requests_in_flight,
-            c.requests_total
+            c.requests_total,
+            c.memory_held >> 10
         );
     }
     Ok(())

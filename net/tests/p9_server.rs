@@ -1495,3 +1495,124 @@ fn shutdown_closes_every_connection() {
     });
     let _ = NOFID;
 }
+
+#[test]
+fn a_client_that_stops_reading_holds_bounded_memory() {
+    let env = Env::with(ServerConfig {
+        msize_max: 65536,
+        conn_memory_max_bytes: 256 * 1024,
+        ..ServerConfig::default()
+    });
+    let c = env.client_as(0);
+    let before = counter("p9.memory_full");
+    env.run(async {
+        assert_eq!(c.version(65536).await.0, 65536);
+        c.attach(0, b"", b"", 0).await.unwrap();
+        c.create_file(1, "/", "f", 0o644).await.unwrap();
+        let data: Vec<u8> = (0..65000u32).map(|i| i as u8).collect();
+        for i in 0..16 {
+            c.write(1, i * 65000, &data).await.unwrap();
+        }
+    });
+    // The client sends 40 big reads and reads nothing back.
+    c.pipe.s2c.capacity.set(65536);
+    let tags: Vec<u16> = (0..40).map(|_| c.tag()).collect();
+    env.run(async {
+        for (i, &t) in tags.iter().enumerate() {
+            c.send(
+                t,
+                &Tmsg::Read {
+                    fid: 1,
+                    offset: (i as u64 % 16) * 65000,
+                    count: 65000,
+                },
+            );
+        }
+        c.sleep(1_000_000_000).await;
+    });
+    let info = env.server.clients()[0].clone();
+    assert!(info.memory_held <= 256 * 1024 + 65536, "{info:?}");
+    assert!(counter("p9.memory_full") > before);
+    assert!(c.pipe.s2c.unread() <= 2 * 65536 + 100);
+    // Reading again drains everything, in order, with the right data.
+    env.run(async {
+        for (i, &t) in tags.iter().enumerate() {
+            let r = c.recv(t).await;
+            match r.msg() {
+                Rmsg::Read { data } => {
+                    assert_eq!(data.len(), 65000, "read {i}");
+                    assert!(data.iter().enumerate().all(|(j, &b)| b == j as u8));
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+    });
+    assert_eq!(env.server.clients()[0].memory_held, 0);
+}
+
+#[test]
+fn xattr_fids_are_bounded() {
+    let env = Env::with(ServerConfig {
+        xattr_fids_max: 3,
+        ..ServerConfig::default()
+    });
+    let c = env.client_as(0);
+    env.run(async {
+        c.xattr_set(0, 1, "user.a", b"v", 0).await.unwrap();
+        for f in 10..13 {
+            let r = c
+                .rpc(Tmsg::Xattrwalk {
+                    fid: 0,
+                    newfid: f,
+                    name: b"user.a",
+                })
+                .await;
+            assert!(r.ok().is_ok());
+        }
+        let r = c
+            .rpc(Tmsg::Xattrwalk {
+                fid: 0,
+                newfid: 13,
+                name: b"user.a",
+            })
+            .await;
+        assert_eq!(r.ok().unwrap_err(), Errno::ENFILE);
+        c.walk(0, 14, &[]).await.unwrap();
+        let r = c
+            .rpc(Tmsg::Xattrcreate {
+                fid: 14,
+                name: b"user.b",
+                attr_size: 1,
+                flags: 0,
+            })
+            .await;
+        assert_eq!(r.ok().unwrap_err(), Errno::ENFILE);
+        c.clunk(10).await.unwrap();
+        let r = c
+            .rpc(Tmsg::Xattrcreate {
+                fid: 14,
+                name: b"user.b",
+                attr_size: 1,
+                flags: 0,
+            })
+            .await;
+        assert!(r.ok().is_ok());
+        c.write(14, 0, b"x").await.unwrap();
+        c.clunk(14).await.unwrap();
+        // 11 and 12 still hold values: one more fits, then no more.
+        assert_eq!(c.xattr_get(0, 15, "user.b").await.unwrap(), b"x");
+        c.walk(0, 16, &[]).await.unwrap();
+        let r = c
+            .rpc(Tmsg::Xattrcreate {
+                fid: 16,
+                name: b"user.c",
+                attr_size: 1,
+                flags: 0,
+            })
+            .await;
+        assert!(r.ok().is_ok());
+        assert_eq!(c.xattr_get(0, 17, "user.b").await, Err(Errno::ENFILE));
+        c.clunk(11).await.unwrap();
+        assert_eq!(c.xattr_get(0, 17, "user.b").await.unwrap(), b"x");
+    });
+}

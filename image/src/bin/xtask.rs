@@ -2,11 +2,17 @@
 //!
 //! - `build`: the bootable ELF at `target/scoutvm/scoutvm.elf`.
 //! - `run [--q35] [--meta IMG --data IMG] [-- CMDLINE...]`: build, then
-//!   boot one node through `qemu/run.sh` (serial on this terminal).
+//!   boot one node through `qemu/run.sh` (serial on this terminal). Blank
+//!   or missing images are made (sparse) and formatted with the host
+//!   `scoutvm mkfs` first, so the node mounts its volume and serves 9P
+//!   (forwarded to 127.0.0.1:5640).
 //! - `test`: the whole CI. Installs what a fresh machine lacks (QEMU, the
 //!   rustup target, cargo-deny), then fmt, clippy (host and appliance),
 //!   the licence check, the image, and every test in the workspace.
 //! - `bench`: boot time, image size, idle CPU, virtio-blk MB/s.
+//! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]`: the 9P bench
+//!   from a Linux guest (mdtest-like pass, streaming write and read)
+//!   against a freshly booted appliance, or the server at ADDR:PORT.
 //!
 //! Every step prints what it runs; the first failure stops with non-zero.
 use std::path::{Path, PathBuf};
@@ -147,9 +153,89 @@ fn build() -> PathBuf {
     out
 }
 
+/// The value of `--flag VALUE` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut it = args.iter().take_while(|a| a.as_str() != "--");
+    while let Some(a) = it.next() {
+        if a == flag {
+            return it.next().map(|s| s.as_str());
+        }
+    }
+    None
+}
+
+/// Build the host `scoutvm` tool; returns its path.
+fn host_tool() -> PathBuf {
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "scoutvm-image",
+            "--bin",
+            "scoutvm",
+        ],
+    );
+    target_dir().join("release/scoutvm")
+}
+
+/// Make sure `meta`/`data` exist and hold a volume: create missing images
+/// (sparse) and run the host mkfs on blank ones.
+fn ensure_volume(meta: &Path, data: &Path) {
+    for (img, size) in [(meta, 4u64 << 30), (data, 16u64 << 30)] {
+        if !img.exists() {
+            if let Some(dir) = img.parent() {
+                std::fs::create_dir_all(dir)
+                    .unwrap_or_else(|e| fail(&format!("mkdir {}: {e}", dir.display())));
+            }
+            let f = std::fs::File::create(img)
+                .unwrap_or_else(|e| fail(&format!("create {}: {e}", img.display())));
+            f.set_len(size)
+                .unwrap_or_else(|e| fail(&format!("size {}: {e}", img.display())));
+            eprintln!(
+                "xtask: created {} ({} GiB, sparse)",
+                img.display(),
+                size >> 30
+            );
+        }
+    }
+    let tool = host_tool();
+    let has_volume = Command::new(&tool)
+        .arg("print")
+        .arg(meta)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if has_volume {
+        return;
+    }
+    eprintln!("xtask: no volume on {}; making one", meta.display());
+    let (m, d) = (meta.display().to_string(), data.display().to_string());
+    // 10.0.2.15 is the node's DHCP address under QEMU user networking.
+    run(
+        &tool.display().to_string(),
+        &["mkfs", "-A", "-Q", "0,10.0.2.15,7100", &m, &d],
+    );
+}
+
 fn cmd_run(args: &[String]) {
     ensure_qemu();
     build();
+    let meta = flag_value(args, "--meta")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/scoutvm/meta.img"));
+    let data = flag_value(args, "--data")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/scoutvm/data.img"));
+    ensure_volume(&meta, &data);
+    eprintln!(
+        "xtask: booting; 9P is on 127.0.0.1:5640. From a Linux guest:\n\
+         xtask:   qemu/linux-guest.sh run --server 10.0.2.2:5640 --mount-opts access=user -- 'ls -la /mnt'"
+    );
     let script = root().join("qemu/run.sh");
     let status = Command::new(&script)
         .args(args)
@@ -160,6 +246,33 @@ fn cmd_run(args: &[String]) {
         Some(0) | Some(33) => {}
         Some(c) => fail(&format!("appliance exited with status {c}")),
         None => fail("QEMU was killed by a signal"),
+    }
+}
+
+fn cmd_bench9p(args: &[String]) {
+    ensure_qemu();
+    let elf = build();
+    let c = cargo();
+    let mut a: Vec<&str> = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "scoutvm-tests",
+        "--bin",
+        "scoutvm-bench9p",
+        "--",
+    ];
+    a.extend(args.iter().map(|s| s.as_str()));
+    eprintln!("xtask: $ {c} {}", a.join(" "));
+    let status = Command::new(&c)
+        .args(&a)
+        .env("SCOUTVM_ELF", &elf)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run the 9P bench: {e}")));
+    if !status.success() {
+        fail("9P bench failed");
     }
 }
 
@@ -255,7 +368,9 @@ fn usage() -> ! {
          \n  run [--q35] [--meta IMG] [--data IMG] [-- CMDLINE...]\
          \n                                boot one appliance on this terminal\
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
-         \n  bench [--quick]               boot time, size, idle CPU, disk MB/s"
+         \n  bench [--quick]               boot time, size, idle CPU, disk MB/s\
+         \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]\
+         \n                                9P bench from a Linux guest (boots an appliance)"
     );
     exit(2)
 }
@@ -270,6 +385,7 @@ fn main() {
         "run" => cmd_run(&args[1..]),
         "test" => cmd_test(),
         "bench" => cmd_bench(&args[1..]),
+        "bench-9p" => cmd_bench9p(&args[1..]),
         _ => usage(),
     }
 }

@@ -78,6 +78,8 @@ pub enum ConnError {
 pub struct Request {
     pub tag: u16,
     pub ty: u8,
+    /// Bytes reserved for it (its frame and the largest reply).
+    cost: usize,
     cancelled: Cell<bool>,
     cancel: Notify,
     done: Cell<bool>,
@@ -85,10 +87,11 @@ pub struct Request {
 }
 
 impl Request {
-    fn new(tag: u16, ty: u8) -> Request {
+    fn new(tag: u16, ty: u8, cost: usize) -> Request {
         Request {
             tag,
             ty,
+            cost,
             cancelled: Cell::new(false),
             cancel: Notify::new(),
             done: Cell::new(false),
@@ -171,6 +174,12 @@ pub struct Conn {
     pub(crate) users: RefCell<BTreeMap<u32, Rc<Identity>>>,
     inflight: RefCell<BTreeMap<u16, Rc<Request>>>,
     outbox: RefCell<VecDeque<Vec<u8>>>,
+    /// Bytes reserved by requests in flight and held by unsent replies.
+    held: Cell<usize>,
+    /// A frame taken from the stream that waits for memory.
+    stalled: RefCell<Option<Vec<u8>>>,
+    /// Fids holding an xattr value.
+    pub(crate) xattr_fids: Cell<usize>,
     out_ready: Notify,
     /// A request finished, a barrier lifted or the connection aborted.
     progress: Notify,
@@ -204,6 +213,9 @@ impl Conn {
                 users: RefCell::new(BTreeMap::new()),
                 inflight: RefCell::new(BTreeMap::new()),
                 outbox: RefCell::new(VecDeque::new()),
+                held: Cell::new(0),
+                stalled: RefCell::new(None),
+                xattr_fids: Cell::new(0),
                 out_ready: Notify::new(),
                 progress: Notify::new(),
                 barrier: Cell::new(false),
@@ -229,11 +241,37 @@ impl Conn {
         n
     }
 
-    /// Can another request be dispatched now?
+    /// Can another request be dispatched now? (Not while a `Tversion`
+    /// runs or the queue is full.)
     pub fn can_dispatch(&self) -> bool {
         !self.barrier.get()
             && !self.closing.get()
             && self.inflight.borrow().len() < self.server.config.requests_max
+    }
+
+    /// A frame waits for this connection's memory (replies to drain);
+    /// [`process`](Self::process) retries it.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.borrow().is_some()
+    }
+
+    /// Bytes held by requests in flight and unsent replies.
+    pub fn memory_held(&self) -> usize {
+        self.held.get()
+    }
+
+    fn try_reserve(&self, n: usize) -> bool {
+        if self.held.get() + n > self.server.config.conn_memory_max_bytes {
+            return false;
+        }
+        self.held.set(self.held.get() + n);
+        true
+    }
+
+    fn release(&self, n: usize) {
+        assert!(self.held.get() >= n, "released more than held");
+        self.held.set(self.held.get() - n);
+        self.progress.notify();
     }
 
     /// Dispatch every whole frame while requests may start. Returns how
@@ -244,54 +282,92 @@ impl Conn {
             if self.closing.get() {
                 return Err(ConnError::Closed);
             }
+            let stalled = self.stalled.borrow_mut().take();
             if !self.can_dispatch() {
                 if !self.barrier.get() && self.frames.borrow().buffered() > 0 {
                     counter!("p9.request_queue_full").inc();
                 }
+                *self.stalled.borrow_mut() = stalled;
                 return Ok(taken);
             }
-            let frame = match self.frames.borrow_mut().next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(taken),
-                Err(e) => {
-                    counter!("p9.framing_errors").inc();
-                    log::debug!("p9: connection {} closed: {e}", self.id);
-                    return Err(ConnError::Framing);
-                }
+            let frame = match stalled {
+                Some(f) => f,
+                None => match self.frames.borrow_mut().next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(taken),
+                    Err(e) => {
+                        counter!("p9.framing_errors").inc();
+                        log::debug!("p9: connection {} closed: {e}", self.id);
+                        return Err(ConnError::Framing);
+                    }
+                },
             };
+            if let Some(frame) = self.dispatch(frame)? {
+                // Over its memory: wait until replies drain.
+                counter!("p9.memory_full").inc();
+                *self.stalled.borrow_mut() = Some(frame);
+                return Ok(taken);
+            }
             taken += 1;
-            self.dispatch(frame)?;
         }
     }
 
-    fn dispatch(self: &Rc<Self>, frame: Vec<u8>) -> Result<(), ConnError> {
+    /// The most a reply to `msg` can take.
+    fn reply_estimate(&self, msg: &Tmsg<'_>) -> usize {
+        let msize = self.msize.get() as usize;
+        match msg {
+            Tmsg::Read { count, .. } => (*count as usize).min(msize) + wire::RREAD_HEADER_LEN,
+            Tmsg::Readdir { count, .. } => (*count as usize).min(msize) + wire::RREAD_HEADER_LEN,
+            // Symlink targets are at most a page.
+            Tmsg::Readlink { .. } => 4096 + 64,
+            _ => 512,
+        }
+    }
+
+    /// Start one frame; gives it back if the connection's memory cannot
+    /// take it now.
+    fn dispatch(self: &Rc<Self>, frame: Vec<u8>) -> Result<Option<Vec<u8>>, ConnError> {
+        let (tag, ty, oldtag, version, cost) = match wire::decode_request(&frame) {
+            Err(e) => {
+                let (Some(tag), Some(errno)) = (e.tag(), e.reply_errno()) else {
+                    return Err(ConnError::Framing);
+                };
+                if self.inflight.borrow().contains_key(&tag) {
+                    return Err(ConnError::DuplicateTag(tag));
+                }
+                if !self.try_reserve(64) {
+                    return Ok(Some(frame));
+                }
+                counter!("p9.malformed").inc();
+                log::debug!("p9: connection {}: {e}", self.id);
+                self.push_reply(tag, Rmsg::lerror(errno));
+                self.release(64);
+                return Ok(None);
+            }
+            Ok((tag, msg)) => {
+                let cost = frame.len() + self.reply_estimate(&msg);
+                match msg {
+                    Tmsg::Version { msize, version } => (
+                        tag,
+                        100,
+                        None,
+                        Some((msize, version == VERSION_9P2000_L)),
+                        cost,
+                    ),
+                    Tmsg::Flush { oldtag } => (tag, 108, Some(oldtag), None, cost),
+                    m => (tag, m.type_code(), None, None, cost),
+                }
+            }
+        };
+        if !self.try_reserve(cost) {
+            return Ok(Some(frame));
+        }
         let mut s = self.stats.get();
         s.requests += 1;
         self.stats.set(s);
         counter!("p9.requests").inc();
-        let (tag, ty, oldtag, version) = match wire::decode_request(&frame) {
-            Err(e) => {
-                return match (e.tag(), e.reply_errno()) {
-                    (Some(tag), Some(errno)) => {
-                        counter!("p9.malformed").inc();
-                        log::debug!("p9: connection {}: {e}", self.id);
-                        if self.inflight.borrow().contains_key(&tag) {
-                            return Err(ConnError::DuplicateTag(tag));
-                        }
-                        self.push_reply(tag, Rmsg::lerror(errno));
-                        Ok(())
-                    }
-                    _ => Err(ConnError::Framing),
-                };
-            }
-            Ok((tag, Tmsg::Version { msize, version })) => {
-                (tag, 100, None, Some((msize, version == VERSION_9P2000_L)))
-            }
-            Ok((tag, Tmsg::Flush { oldtag })) => (tag, 108, Some(oldtag), None),
-            Ok((tag, m)) => (tag, m.type_code(), None, None),
-        };
         if let Some((msize, known)) = version {
-            return self.start_version(tag, msize, known);
+            return self.start_version(tag, msize, known, cost).map(|()| None);
         }
         if self.inflight.borrow().contains_key(&tag) {
             counter!("p9.duplicate_tags").inc();
@@ -299,18 +375,19 @@ impl Conn {
         }
         if !self.versioned.get() {
             self.push_reply(tag, Rmsg::lerror(scoutvm_fs::errno::Errno::EPROTO));
-            return Ok(());
+            self.release(cost);
+            return Ok(None);
         }
         if let Some(oldtag) = oldtag {
-            self.start_flush(tag, oldtag);
-            return Ok(());
+            self.start_flush(tag, oldtag, cost);
+            return Ok(None);
         }
-        self.start_request(tag, ty, frame);
-        Ok(())
+        self.start_request(tag, ty, frame, cost);
+        Ok(None)
     }
 
-    fn start_request(self: &Rc<Self>, tag: u16, ty: u8, frame: Vec<u8>) {
-        let req = Rc::new(Request::new(tag, ty));
+    fn start_request(self: &Rc<Self>, tag: u16, ty: u8, frame: Vec<u8>, cost: usize) {
+        let req = Rc::new(Request::new(tag, ty, cost));
         self.inflight.borrow_mut().insert(tag, req.clone());
         let conn = self.clone();
         let task = async move {
@@ -325,25 +402,28 @@ impl Conn {
                     unreachable!("a dispatched frame no longer decodes")
                 }
             };
+            drop(frame);
             conn.finish(&req, replied.then_some(out));
         };
         if self.server.exec.spawn(task).is_err() {
             counter!("p9.spawn_failed").inc();
             self.inflight.borrow_mut().remove(&tag);
             self.push_reply(tag, Rmsg::lerror(scoutvm_fs::errno::Errno::EAGAIN));
+            self.release(cost);
         }
     }
 
-    fn start_flush(self: &Rc<Self>, tag: u16, oldtag: u16) {
+    fn start_flush(self: &Rc<Self>, tag: u16, oldtag: u16, cost: usize) {
         counter!("p9.flushes").inc();
         let old = self.inflight.borrow().get(&oldtag).cloned();
         let Some(old) = old else {
             // Already answered (or never sent): nothing to wait for.
             self.push_reply(tag, Rmsg::Flush {});
+            self.release(cost);
             return;
         };
         old.request_cancel();
-        let req = Rc::new(Request::new(tag, 108));
+        let req = Rc::new(Request::new(tag, 108, cost));
         self.inflight.borrow_mut().insert(tag, req.clone());
         let conn = self.clone();
         let task = async move {
@@ -356,6 +436,7 @@ impl Conn {
             counter!("p9.spawn_failed").inc();
             self.inflight.borrow_mut().remove(&tag);
             self.push_reply(tag, Rmsg::lerror(scoutvm_fs::errno::Errno::EAGAIN));
+            self.release(cost);
         }
     }
 
@@ -365,6 +446,7 @@ impl Conn {
         tag: u16,
         client_msize: u32,
         known: bool,
+        cost: usize,
     ) -> Result<(), ConnError> {
         self.barrier.set(true);
         let conn = self.clone();
@@ -390,6 +472,7 @@ impl Conn {
                 }
             };
             conn.push_reply(tag, reply);
+            conn.release(cost);
             conn.barrier.set(false);
             conn.progress.notify();
         };
@@ -432,6 +515,7 @@ impl Conn {
                 inflight.remove(&req.tag);
             }
         }
+        self.release(req.cost);
         req.done.set(true);
         req.done_notify.notify();
         self.progress.notify();
@@ -443,19 +527,23 @@ impl Conn {
         self.push_output(out);
     }
 
+    /// Queue a reply; it holds its bytes until the writer takes it.
     fn push_output(&self, frame: Vec<u8>) {
         debug_assert!(frame.len() <= self.msize.get() as usize || self.msize.get() < MSIZE_MIN);
         counter!("p9.bytes_sent").add(frame.len() as u64);
         if self.closed.get() {
             return;
         }
+        self.held.set(self.held.get() + frame.len());
         self.outbox.borrow_mut().push_back(frame);
         self.out_ready.notify();
     }
 
     /// The next reply to send, in completion order.
     pub fn take_output(&self) -> Option<Vec<u8>> {
-        self.outbox.borrow_mut().pop_front()
+        let frame = self.outbox.borrow_mut().pop_front()?;
+        self.release(frame.len());
+        Some(frame)
     }
 
     /// Completes when output may be waiting.
@@ -538,6 +626,7 @@ impl Conn {
             open_fids: fids.open_count(),
             requests_in_flight: self.inflight.borrow().len(),
             requests_total: self.stats.get().requests,
+            memory_held: self.held.get(),
         }
     }
 }
@@ -597,7 +686,8 @@ pub async fn serve<S: ByteStream + 'static>(server: Rc<Server>, stream: Rc<S>, p
         if conn.process().is_err() {
             break;
         }
-        if !conn.can_dispatch() {
+        if !conn.can_dispatch() || conn.is_stalled() {
+            wait.await;
             continue;
         }
         if start < end {

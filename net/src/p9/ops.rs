@@ -813,6 +813,7 @@ impl Cx<'_> {
             self.mount().getxattr(&cred, f.ino, name).await?
         };
         let size = data.len() as u64;
+        self.take_xattr_slot()?;
         let nf = Fid::new(
             f.ino,
             f.ftype,
@@ -821,15 +822,21 @@ impl Cx<'_> {
             f.parent.borrow().clone(),
         );
         *nf.state.borrow_mut() = FidState::XattrRead(data.into());
-        if newfid == fid {
+        let installed = if newfid == fid {
             // Only a walked fid may turn into a reader (an open one would
             // lose its open).
-            if !matches!(*f.state.borrow(), FidState::Walked) {
-                return Err(Errno::EBUSY.into());
+            if matches!(*f.state.borrow(), FidState::Walked) {
+                self.conn.fids.borrow_mut().replace(fid, Rc::new(nf));
+                Ok(())
+            } else {
+                Err(Errno::EBUSY)
             }
-            self.conn.fids.borrow_mut().replace(fid, Rc::new(nf));
         } else {
-            self.add_fid(newfid, nf)?;
+            self.add_fid(newfid, nf)
+        };
+        if let Err(e) = installed {
+            self.conn.xattr_fids.set(self.conn.xattr_fids.get() - 1);
+            return Err(e.into());
         }
         self.reply(out, Rmsg::Xattrwalk { size })
     }
@@ -853,6 +860,7 @@ impl Cx<'_> {
         if !matches!(*st, FidState::Walked) {
             return Err(Errno::EBUSY.into());
         }
+        self.take_xattr_slot()?;
         *st = FidState::XattrWrite(XattrWrite {
             name: name.to_vec(),
             size: attr_size as usize,
@@ -861,6 +869,17 @@ impl Cx<'_> {
         });
         drop(st);
         self.reply(out, Rmsg::Xattrcreate {})
+    }
+
+    /// Count one more fid holding an xattr value, within the bound.
+    fn take_xattr_slot(&self) -> Result<(), Errno> {
+        let n = self.conn.xattr_fids.get();
+        if n >= self.conn.server.config.xattr_fids_max {
+            counter!("p9.xattr_fid_limit").inc();
+            return Err(Errno::ENFILE);
+        }
+        self.conn.xattr_fids.set(n + 1);
+        Ok(())
     }
 
     // -- locks -------------------------------------------------------------------
@@ -1063,6 +1082,11 @@ pub fn setattr_of(
 /// a collected xattr (unless `discard`, at teardown).
 pub(crate) async fn clunk_fid(conn: &Conn, no: u32, f: &Fid, discard: bool) -> Result<(), Errno> {
     let state = core::mem::replace(&mut *f.state.borrow_mut(), FidState::Walked);
+    if matches!(state, FidState::XattrRead(_) | FidState::XattrWrite(_)) {
+        let n = conn.xattr_fids.get();
+        assert!(n > 0, "xattr fid count out of step");
+        conn.xattr_fids.set(n - 1);
+    }
     match state {
         FidState::Open { .. } => {
             if conn.server.locks.borrow_mut().release_fid(conn.id, no) > 0 {

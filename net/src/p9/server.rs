@@ -7,8 +7,11 @@
 //! The appliance (or a test) makes one [`Server`] over a `vfs::Mount` and
 //! an executor `Handle`, then hands each accepted byte stream to
 //! [`serve`](super::conn::serve); everything per connection lives in
-//! `conn.rs`, the operations in `ops.rs`. Invariants: at most
-//! `connections_max` connections are registered; after [`Server::shutdown`]
+//! `conn.rs`, the operations in `ops.rs`. Memory: a connection holds at
+//! most `conn_memory_max_bytes` in requests and unsent replies, plus its
+//! frame buffer (msize) and `xattr_fids_max` xattr values, so the server
+//! needs about `connections_max` x (that + msize + 1 MiB). Invariants: at
+//! most `connections_max` connections are registered; after [`Server::shutdown`]
 //! starts, no connection is accepted and the call returns only once every
 //! connection has released its fids and locks.
 
@@ -58,6 +61,12 @@ pub struct ServerConfig {
     pub allow: AllowList,
     /// Distinct users per connection.
     pub users_max: usize,
+    /// Bytes one connection may hold in requests being served and replies
+    /// not yet sent; past it the connection stops taking requests until
+    /// its replies drain (`p9.memory_full`). At least twice `msize_max`.
+    pub conn_memory_max_bytes: usize,
+    /// Fids per connection holding an xattr value (up to 64 KiB each).
+    pub xattr_fids_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,12 +75,14 @@ impl Default for ServerConfig {
             msize_max: MSIZE_MAX,
             fids_max: 16384,
             requests_max: 64,
-            connections_max: 64,
+            connections_max: 32,
             locks_max: 16384,
             lock_wait_ns: 30_000_000_000,
             root_squash: false,
             allow: AllowList::any(),
             users_max: 64,
+            conn_memory_max_bytes: 4 << 20,
+            xattr_fids_max: 16,
         }
     }
 }
@@ -111,6 +122,8 @@ pub struct ClientInfo {
     pub open_fids: usize,
     pub requests_in_flight: usize,
     pub requests_total: u64,
+    /// Bytes held by requests being served and unsent replies.
+    pub memory_held: usize,
 }
 
 /// One 9P server over one mounted volume.
@@ -135,6 +148,10 @@ impl Server {
     pub fn new(mount: Rc<Mount>, exec: Handle, config: ServerConfig) -> Rc<Server> {
         assert!(config.msize_max >= MSIZE_MIN && config.msize_max <= MSIZE_MAX);
         assert!(config.fids_max > 0 && config.requests_max > 0 && config.users_max > 0);
+        assert!(
+            config.conn_memory_max_bytes >= 2 * config.msize_max as usize + 64 * 1024,
+            "a connection's memory must hold a request and its reply"
+        );
         let locks = LockTable::new(config.locks_max);
         Rc::new(Server {
             mount,

@@ -28,6 +28,9 @@ pub struct Half {
     buf: RefCell<VecDeque<u8>>,
     notify: Notify,
     closed: Cell<bool>,
+    /// Writers wait while this many bytes are unread (0: no bound).
+    pub capacity: Cell<usize>,
+    drained: Notify,
 }
 
 impl Half {
@@ -50,6 +53,7 @@ impl Half {
                     for (i, b) in q.drain(..k).enumerate() {
                         buf[i] = b;
                     }
+                    self.drained.notify();
                     return k;
                 }
             }
@@ -63,6 +67,23 @@ impl Half {
     pub fn close(&self) {
         self.closed.set(true);
         self.notify.notify();
+        self.drained.notify();
+    }
+
+    /// Wait until there is room under `capacity` (or the pipe closed).
+    pub async fn wait_room(&self) {
+        loop {
+            let n = self.drained.notified();
+            let cap = self.capacity.get();
+            if cap == 0 || self.buf.borrow().len() < cap || self.closed.get() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub fn unread(&self) -> usize {
+        self.buf.borrow().len()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -86,6 +107,7 @@ impl ByteStream for ServerEnd {
     }
 
     async fn write_all(&self, buf: &[u8]) -> Result<(), StreamClosed> {
+        self.0.s2c.wait_room().await;
         if self.0.s2c.push(buf) {
             Ok(())
         } else {
