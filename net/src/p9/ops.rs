@@ -1087,13 +1087,11 @@ pub(crate) async fn clunk_fid(conn: &Conn, no: u32, f: &Fid, discard: bool) -> R
         assert!(n > 0, "xattr fid count out of step");
         conn.xattr_fids.set(n - 1);
     }
+    if conn.server.locks.borrow_mut().release_fid(conn.id, no) > 0 {
+        conn.server.locks_changed.notify();
+    }
     match state {
-        FidState::Open { .. } => {
-            if conn.server.locks.borrow_mut().release_fid(conn.id, no) > 0 {
-                conn.server.locks_changed.notify();
-            }
-            conn.server.mount.release(f.ino).await
-        }
+        FidState::Open { .. } => conn.server.mount.release(f.ino).await,
         FidState::XattrWrite(w) if !discard => {
             if w.value.len() != w.size {
                 return Err(Errno::EINVAL);
