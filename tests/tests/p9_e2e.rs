@@ -163,6 +163,31 @@ fn linux_guest_works_on_the_appliance_across_a_reboot() {
     );
     let df = vm.run("df").unwrap();
     assert!(df.contains("inodes"), "{df}");
+    // Shell commands on the volume, and their one-line errors.
+    assert_eq!(vm.run("mkdir /from-shell").unwrap(), "\n");
+    assert!(vm.run("ls -l /").unwrap().contains("from-shell"));
+    assert_eq!(vm.run("rm /from-shell").unwrap(), "\n");
+    for (cmd, want) in [
+        ("stat", "error: stat: usage: stat PATH"),
+        (
+            "cat /nope",
+            "error: cat: /nope: no such file or directory (ENOENT)",
+        ),
+        (
+            "rm /p9check",
+            "error: rm: /p9check: directory not empty (ENOTEMPTY)",
+        ),
+        ("ls -z", "error: ls: unknown option '-z'"),
+        (
+            "mkfs -V 9",
+            "error: mkfs: format version '9' must be 1 or 2",
+        ),
+        ("cat /p9check", "error: cat: /p9check: is a directory"),
+    ] {
+        let out = vm.run(cmd).unwrap();
+        assert!(out.starts_with(want), "{cmd}: {out}");
+        assert_eq!(out.lines().count(), 1, "{cmd}: one line: {out}");
+    }
     vm.poweroff().expect("clean poweroff after the workload");
     drop(vm);
 
