@@ -8,9 +8,10 @@
 //! mount` ([`run_foreground`]) and by tests and benches ([`FuseMount`]).
 //! Invariants: every request gets exactly one reply (a reply dropped
 //! unsent answers `EIO`); credentials are the caller's (uid, gid, and
-//! supplementary groups from `/proc`); permission checks are the
-//! `Mount`'s (no `default_permissions`), open files are counted, so an
-//! unlinked file lives until its last release.
+//! supplementary groups from `/proc`); permissions are checked by the
+//! kernel (`default_permissions`, from the attributes the `Mount` returns)
+//! and again by the `Mount`; open files are counted, so an unlinked file
+//! lives until its last release.
 
 use crate::fs_thread::{FsStatsSnapshot, FsThread, Job, Opener, Submitter};
 use fuser::{
@@ -774,6 +775,11 @@ pub fn session_config(opts: &FuseOptions) -> Config {
     c.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("scoutvm".into()),
+        // The kernel checks permissions too, on every path component:
+        // names it caches are walked without a lookup reaching the Mount,
+        // so only the kernel can check search permission on them. The
+        // Mount still checks each operation it gets.
+        MountOption::DefaultPermissions,
     ];
     c.acl = if opts.allow_other {
         SessionACL::All
