@@ -38,12 +38,14 @@ pub struct OpenCtx {
     pub clock: Rc<HostClock>,
 }
 
+/// How to close an opened volume: final sync and clean unmount (and
+/// whatever else the volume needs stopped); runs once, after the last job.
+pub type Close = Box<dyn FnOnce(Rc<Mount>) -> LocalFut<Result<(), String>>>;
+
 /// An opened volume: the mount, and how to close it cleanly.
 pub struct Opened {
-    pub mount: Mount,
-    /// Final sync and clean unmount (and whatever else the volume needs
-    /// stopped); runs once, after the last job.
-    pub close: Box<dyn FnOnce(Mount) -> LocalFut<Result<(), String>>>,
+    pub mount: Rc<Mount>,
+    pub close: Close,
 }
 
 /// Builds the volume on the fs thread (the devices, backend and `Mount`
@@ -179,10 +181,7 @@ impl FsThread {
 
 enum Phase {
     Opening(JoinHandle<Result<Opened, String>>),
-    Serving {
-        mount: Rc<Mount>,
-        close: Box<dyn FnOnce(Mount) -> LocalFut<Result<(), String>>>,
-    },
+    Serving { mount: Rc<Mount>, close: Close },
     Closing(JoinHandle<Result<(), String>>),
 }
 
@@ -222,7 +221,7 @@ fn run(
                             let _ = tx.send(Ok(()));
                         }
                         Phase::Serving {
-                            mount: Rc::new(opened.mount),
+                            mount: opened.mount,
                             close: opened.close,
                         }
                     }
@@ -237,8 +236,6 @@ fn run(
             Phase::Serving { mount, close }
                 if shutting_down && in_flight.get() == 0 && !tick_running.get() =>
             {
-                let mount = Rc::try_unwrap(mount)
-                    .map_err(|_| "the mount is still referenced after the last job".to_string())?;
                 let closing = exec
                     .spawn(close(mount))
                     .map_err(|e| format!("cannot start closing the volume: {e}"))?;

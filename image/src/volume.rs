@@ -110,9 +110,9 @@ pub fn mem_opener(data_bytes: u64, opts: MountOptions) -> Opener {
                 .await
                 .map_err(|e| format!("mounting the in-memory volume failed: {e}"))?;
             Ok(Opened {
-                mount,
-                close: Box::new(|m: Mount| {
-                    Box::pin(async move { m.unmount().await.map_err(|e| format!("sync: {e}")) })
+                mount: Rc::new(mount),
+                close: Box::new(|m: Rc<Mount>| {
+                    Box::pin(async move { m.sync().await.map_err(|e| format!("sync: {e}")) })
                 }),
             })
         })
