@@ -35,11 +35,14 @@ commands:
       dump the super, quorum blocks, allocators and trees of a volume
   fsck META [DATA]
       check a volume; exit 0 only when it is clean
-  mount [-o OPTIONS] META DATA DIR
+  mount [-o OPTIONS] [--recover] META DATA DIR
   mount --mem SIZE [-o OPTIONS] DIR
       serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
       foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit;
       the devices are locked and a volume in use elsewhere is refused
+        --recover        the mounts the volume lists are dead (a crashed
+                         mount): reclaim them; only when no node on any
+                         host has the volume mounted
         --mem SIZE       an in-memory volume with SIZE of data (K/M/G/T),
                          discarded at unmount
         -o OPTIONS       comma-separated:
@@ -435,6 +438,7 @@ fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
     let mut mopts = MountOptions::default();
     let mut fopts = FuseOptions::default();
     let mut mem_bytes = None;
+    let mut recover = false;
     let mut paths = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -444,6 +448,7 @@ fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
                 let v = take_value(args, &mut i, a)?;
                 parse_mount_options(v, &mut mopts, &mut fopts)?;
             }
+            "--recover" => recover = true,
             "--mem" => {
                 let v = take_value(args, &mut i, a)?;
                 let n = mkfs::parse_size(v).map_err(Usage)?;
@@ -462,17 +467,24 @@ fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
         }
         i += 1;
     }
-    let (opener, what, dir) = match (mem_bytes, paths.as_slice()) {
-        (Some(n), [dir]) => (
+    if recover && mem_bytes.is_some() {
+        return usage("--recover is for volumes, not --mem");
+    }
+    let dir = match (mem_bytes, paths.as_slice()) {
+        (Some(_), [dir]) | (None, [_, _, dir]) => dir.clone(),
+        (Some(_), _) => return usage("mount --mem needs exactly one DIR"),
+        (None, _) => return usage("mount needs META, DATA and DIR"),
+    };
+    if let Err(e) = check_mount_dir(&dir) {
+        return Ok(fail(e));
+    }
+    let (opener, what) = match (mem_bytes, paths.as_slice()) {
+        (Some(n), _) => (
             volume::mem_opener(n, mopts),
             format!("an in-memory volume ({} MiB of data)", n >> 20),
-            dir.clone(),
         ),
-        (None, [meta, data, dir]) => {
-            if let Err(e) = check_mount_dir(dir) {
-                return Ok(fail(e));
-            }
-            let devs = match volume::open_for_mount(meta, data) {
+        (None, [meta, data, _]) => {
+            let devs = match volume::open_for_mount(meta, data, recover) {
                 Ok(d) => d,
                 Err(e) => return Ok(fail(e)),
             };
@@ -481,14 +493,10 @@ fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
                 devs.sb.uuid_string(),
                 devs.sb.hdr.fsid
             );
-            (volume::volume_opener(devs, mopts), what, dir.clone())
+            (volume::volume_opener(devs, mopts), what)
         }
-        (Some(_), _) => return usage("mount --mem needs exactly one DIR"),
         (None, _) => return usage("mount needs META, DATA and DIR"),
     };
-    if let Err(e) = check_mount_dir(&dir) {
-        return Ok(fail(e));
-    }
     let shown = dir.clone();
     let r = scoutvm_image::fuse::run_foreground(opener, Path::new(&dir), &fopts, || {
         println!("scoutvm: mounted {what} on {shown}");

@@ -42,8 +42,13 @@ fn open_locked(path: &str, which: &str) -> Result<FileDev, String> {
 }
 
 /// Open and lock both devices and check that they hold a volume nobody
-/// has mounted.
-pub fn open_for_mount(meta_path: &str, data_path: &str) -> Result<VolumeDevs, String> {
+/// has mounted. `recover`: the mounts its super lists are known to be dead
+/// (a mount that crashed); they are reclaimed when the volume is served.
+pub fn open_for_mount(
+    meta_path: &str,
+    data_path: &str,
+    recover: bool,
+) -> Result<VolumeDevs, String> {
     if let (Ok(a), Ok(b)) = (
         std::fs::canonicalize(meta_path),
         std::fs::canonicalize(data_path),
@@ -60,11 +65,11 @@ pub fn open_for_mount(meta_path: &str, data_path: &str) -> Result<VolumeDevs, St
         .map_err(|e| format!("data device '{data_path}' holds no scoutfs volume ({e})"))?;
     scoutvm_fs::server::check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes())
         .map_err(|e| format!("'{meta_path}' and '{data_path}' are not one volume: {e}"))?;
-    if !sb.mounted_clients.is_empty() {
+    if !sb.mounted_clients.is_empty() && !recover {
         return Err(format!(
             "the volume on '{meta_path}' is mounted elsewhere (its super lists mounted \
-             clients): unmount it there first; a node that crashed leaves it listed \
-             until the volume is mounted by the cluster again"
+             clients): unmount it there first; if that mount crashed and no node on \
+             any host has the volume mounted, mount with --recover to reclaim it"
         ));
     }
     Ok(VolumeDevs { meta, data, sb })

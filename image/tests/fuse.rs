@@ -307,6 +307,7 @@ fn bad_arguments_and_non_volumes_are_refused() {
     refused(&["--mem", "1K", dir], 2, "below 16M");
     refused(&["--mem", "1G", m, dir], 2, "exactly one DIR");
     refused(&["--bogus", m, dd, dir], 2, "unknown option");
+    refused(&["--recover", "--mem", "1G", dir], 2, "not --mem");
     refused(
         &[m, dd, "/nonexistent/dir"],
         1,
