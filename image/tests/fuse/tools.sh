@@ -96,7 +96,7 @@ PY
     dd if=dir/random.bin of=/dev/null bs=1 skip=$(((1 << 62) - 1)) count=1 status=none
     if truncate -s 9223372036854775807 huge 2>/dev/null; then rm huge; fi
     ! ln -s "" emptylink 2>/dev/null
-    sync
+    sync dir/random.bin   # fsync: commits everything (sync(1) and syncfs do not reach FUSE filesystems here)
     (cd "$mnt" && sha256sum dir/random.bin dir/victim dir/sub/notes.txt hardlink.txt \
         dir/grown.bin dir/shrunk.bin shared/mine private/secret swap-b swap-c) >"$state/sums"
     ls -l >/dev/null
