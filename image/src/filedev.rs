@@ -39,20 +39,33 @@ pub enum LockError {
     Io(std::io::Error),
 }
 
+fn whole_file(l_type: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0, // to the end, however far it grows
+        l_pid: 0,
+    }
+}
+
 impl FileDev {
+    /// Whether another open file holds a lock on some part of the device
+    /// that a whole-device write lock would conflict with (takes no lock).
+    pub fn locked_elsewhere(&self) -> Result<bool, std::io::Error> {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let mut probe = whole_file(libc::F_WRLCK);
+        fcntl(&self.file, FcntlArg::F_OFD_GETLK(&mut probe))?;
+        Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+    }
+
     /// Lock the whole device for this open file (fcntl `F_OFD_SETLK`,
     /// write lock): refused while anyone else holds any lock on it, and
     /// it makes QEMU (and another `scoutvm mount`) refuse the device until
     /// this `FileDev` is dropped.
     pub fn lock_exclusive(&self) -> Result<(), LockError> {
         use nix::fcntl::{fcntl, FcntlArg};
-        let whole = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: 0,
-            l_len: 0, // to the end, however far it grows
-            l_pid: 0,
-        };
+        let whole = whole_file(libc::F_WRLCK);
         match fcntl(&self.file, FcntlArg::F_OFD_SETLK(&whole)) {
             Ok(_) => Ok(()),
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {

@@ -328,6 +328,98 @@ fn bad_arguments_and_non_volumes_are_refused() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// QEMU paused with `img` as a virtio-blk device: it locks the image as
+/// it starts.
+fn qemu_with(img: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-machine",
+        "microvm",
+    ])
+    .args(["-accel", "tcg", "-drive"])
+    .arg(format!("file={},format=raw,if=none,id=d0", img.display()))
+    .args(["-device", "virtio-blk-device,drive=d0"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Stops a QEMU by its pid when dropped.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn qemu_and_scoutvm_mount_exclude_each_other() {
+    assert!(
+        Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 is missing (cargo xtask test installs it)"
+    );
+    let d = tmpdir("qemu");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+
+    // An appliance using the data device: the mount is refused.
+    let mut q = Qemu(qemu_with(&data).spawn().expect("start qemu"));
+    let probe = FileDev::open(&data, false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !probe.locked_elsewhere().unwrap() {
+        assert!(
+            q.0.try_wait().unwrap().is_none(),
+            "qemu exited before locking the image"
+        );
+        assert!(Instant::now() < deadline, "qemu never locked the image");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    refused(&[m, dd, dir], 1, "data device");
+    refused(&[m, dd, dir], 1, "is in use");
+    drop(q);
+
+    // The volume held (as `scoutvm mount` holds it): QEMU refuses it.
+    let held = FileDev::open(&meta, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.lock_exclusive().is_err() {
+        // QEMU's descriptor may take a moment to close after the kill
+        assert!(Instant::now() < deadline, "the image stayed locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut q = Qemu(qemu_with(&meta).spawn().expect("start qemu"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = q.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "qemu started on a locked image");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    q.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("lock"), "qemu said: {err}");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn a_volume_locked_by_another_process_is_refused() {
     let d = tmpdir("locked");
