@@ -53,6 +53,8 @@ populate() {
     mkdir shared && chown 65534:65534 shared
     nobody sh -c 'echo by-nobody >shared/mine'
     touch "$badname"
+    mkfifo dir/sub/fifo
+    mknod dir/sub/chr c 1 3
     # unlink while open: the data stays readable through the descriptor
     cp "$state/random.bin" open-unlinked
     exec 3<open-unlinked
@@ -123,6 +125,8 @@ verify() {
         [ ! -e "$gone" ] || fail "$gone still exists"
     done
     [ -e "$badname" ] || fail "name with a non-UTF-8 byte"
+    [ -p dir/sub/fifo ] || fail "fifo"
+    [ -c dir/sub/chr ] && [ "$(stat -c %t,%T dir/sub/chr)" = 1,3 ] || fail "device node"
     [ "$(ls dir | tr '\n' ' ')" = "grown.bin moved-dir random.bin shrunk.bin sparse.bin sub victim " ] ||
         fail "ls dir: $(ls dir | tr '\n' ' ')"
     ls -l dir/sub/notes.txt | grep -q '^-rw-r----- 2 root root 23 ' || fail "ls -l: $(ls -l dir/sub/notes.txt)"
