@@ -49,6 +49,7 @@ populate() {
     head -c 9000 /dev/urandom >dir/shrunk.bin
     truncate -s 4097 dir/shrunk.bin
     chmod 0640 dir/sub/notes.txt
+    touch -m -d '2001-02-03 04:05:06.789 UTC' hardlink.txt
     mkdir private && chmod 0700 private && echo secret >private/secret
     mkdir shared && chown 65534:65534 shared
     nobody sh -c 'echo by-nobody >shared/mine'
@@ -118,6 +119,8 @@ verify() {
     [ "$(readlink symlink.txt)" = dir/sub/notes.txt ] || fail "symlink target"
     [ "$(cat symlink.txt)" = "$(printf 'first line\nsecond line')" ] || fail "through symlink"
     [ "$(stat -c %a dir/sub/notes.txt)" = 640 ] || fail "chmod"
+    [ "$(TZ=UTC stat -c %y dir/sub/notes.txt)" = "2001-02-03 04:05:06.789000000 +0000" ] ||
+        fail "utimens: $(TZ=UTC stat -c %y dir/sub/notes.txt)"
     [ "$(stat -c '%U %G' shared)" = "nobody nogroup" ] || fail "chown: $(stat -c '%U %G' shared)"
     [ "$(stat -c %U shared/mine)" = nobody ] || fail "owner of a file nobody made"
     [ -d dir/moved-dir ] && [ ! -e dir/sub/deeper ] || fail "directory rename"
