@@ -521,3 +521,58 @@ pub fn empty_list(
     *lhead = AllocListHead::default();
     Ok(moved)
 }
+
+/// Move the entries of list `lhead` into the extent tree `dst` one run of
+/// consecutive blknos at a time, freeing list blocks as they empty, while
+/// `may_continue` allows (checked before each run). Progress is in `lhead`
+/// (its first block is copied on write into the transaction). Returns true
+/// once the list is empty.
+pub fn empty_list_some(
+    cache: &mut BlockCache,
+    alloc: &mut ListAlloc,
+    dst: &mut AllocRoot,
+    lhead: &mut AllocListHead,
+    may_continue: &dyn Fn(&ListAlloc) -> bool,
+) -> StoreResult<bool> {
+    loop {
+        if lhead.bref.is_null() {
+            *lhead = AllocListHead::default();
+            return Ok(true);
+        }
+        if !may_continue(alloc) {
+            return Ok(false);
+        }
+        let buf = cache.dirty_ref(&mut lhead.bref, MAGIC_ALLOC_LIST, alloc)?;
+        let mut b = buf.borrow_mut();
+        if !lb_window_valid(&b) || lb_nr(&b) != lhead.first_nr as usize {
+            return Err(StoreError::Corrupt {
+                blkno: lhead.bref.blkno,
+                what: "alloc list block disagrees with its head",
+            });
+        }
+        list_sort(&mut b);
+        let entries = lb_entries(&b);
+        if entries.is_empty() {
+            let next = lb_next(&b);
+            drop(b);
+            let blkno = lhead.bref.blkno;
+            cache.forget(blkno);
+            alloc.free_meta(cache, blkno)?;
+            lhead.bref = next;
+            lhead.first_nr = if next.is_null() {
+                0
+            } else {
+                lb_nr(&read_list(cache, &next)?.borrow()) as u32
+            };
+            continue;
+        }
+        let mut j = 1;
+        while j < entries.len() && entries[j] == entries[j - 1] + 1 {
+            j += 1;
+        }
+        drop(b);
+        ext_insert(cache, alloc, dst, entries[0], j as u64)?;
+        let buf = cache.dirty_ref(&mut lhead.bref, MAGIC_ALLOC_LIST, alloc)?;
+        list_remove(lhead, &mut buf.borrow_mut(), j);
+    }
+}

@@ -45,6 +45,8 @@ pub struct BlockCounters {
     pub dev_flush: u64,
     pub evict: u64,
     pub stale: u64,
+    /// Cached clean copies that no longer matched a ref and were re-read.
+    pub cache_refresh: u64,
     /// Blocks that passed their checks but failed structural verification.
     pub corrupt: u64,
     pub cow: u64,
@@ -266,18 +268,20 @@ impl BlockCache {
         if let Some(e) = self.clean.get(&bref.blkno) {
             let b = e.buf.clone();
             let hdr = BlockHeader::decode(&b.borrow());
-            return match check_header(&hdr, bref, magic, self.fsid) {
+            match check_header(&hdr, bref, magic, self.fsid) {
                 Ok(()) => {
                     self.counters.cache_hit += 1;
                     self.touch(bref.blkno);
-                    Ok(b)
+                    return Ok(b);
                 }
-                Err(r) => {
-                    self.counters.stale += 1;
+                Err(_) => {
+                    // another writer of the shared device (the server, a
+                    // client, a merge) may have reused the blkno since we
+                    // cached it: the device copy decides
+                    self.counters.cache_refresh += 1;
                     self.drop_clean(bref.blkno);
-                    Err(stale(r))
                 }
-            };
+            }
         }
         self.counters.cache_miss += 1;
         let mut data = vec![0u8; LG_BLOCK_SIZE];
@@ -301,7 +305,11 @@ impl BlockCache {
         magic: u32,
         verify: &dyn Fn(&[u8]) -> Result<(), &'static str>,
     ) -> StoreResult<BlockBuf> {
-        let cached = self.dirty.contains_key(&bref.blkno) || self.clean.contains_key(&bref.blkno);
+        let matches = |b: &BlockBuf| {
+            check_header(&BlockHeader::decode(&b.borrow()), bref, magic, self.fsid).is_ok()
+        };
+        let cached = self.dirty.get(&bref.blkno).is_some_and(matches)
+            || self.clean.get(&bref.blkno).is_some_and(|e| matches(&e.buf));
         let buf = self.read_ref(bref, magic)?;
         if !cached {
             let res = verify(&buf.borrow());

@@ -809,3 +809,148 @@ fn free_blocks_inner(
     }
     Ok(root.height == 0)
 }
+
+/// Copy-on-write the path from the root to the leaf covering `key` (a
+/// merge makes sure it replaces at least one block). An empty tree is
+/// left empty.
+pub fn touch(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+) -> StoreResult<()> {
+    if root.height == 0 {
+        return Ok(());
+    }
+    let r = walk_dirty(cache, alloc, root, key, 0).map(|_| ());
+    poison_on_err(cache, r)
+}
+
+/// Fill of the root block: (level, items, item bytes, usable bytes).
+pub fn root_fill(
+    cache: &mut BlockCache,
+    root: &BtreeRoot,
+) -> StoreResult<(u8, usize, usize, usize)> {
+    check_root(root)?;
+    if root.height == 0 {
+        return Ok((0, 0, 0, btree_usable(0)));
+    }
+    let buf = read_block(cache, &root.bref, root.height - 1)?;
+    let b = buf.borrow();
+    let level = bb::level(&b);
+    Ok((
+        level,
+        bb::nr_items(&b),
+        bb::total_item_bytes(&b),
+        btree_usable(level),
+    ))
+}
+
+/// Bytes a parent item takes (key + block ref value).
+pub const PARENT_ITEM_BYTES: usize = crate::format::btree::BTREE_ITEM_BYTES + 16;
+
+/// Can a subtree root (a level-1 block merged into as if it were a root)
+/// take one more modification without splitting (a child split adds a
+/// parent item) or collapsing (a child join removes one)?
+pub fn subtree_root_has_room(items: usize, item_bytes: usize, usable: usize) -> bool {
+    items >= 3 && (item_bytes + 2 * PARENT_ITEM_BYTES) * 5 < usable * 4
+}
+
+/// A level-1 block this full is split by [`rebalance`] so merges into it
+/// as a subtree root can make progress.
+fn parent_too_full(item_bytes: usize, usable: usize) -> bool {
+    item_bytes * 4 >= usable * 3
+}
+
+/// Split path[idx] in two by bytes, adding the new left block's parent
+/// item to path[idx-1] (which may split in turn).
+fn split_block(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    path: &[BlockBuf],
+    idx: usize,
+) -> StoreResult<()> {
+    assert!(idx > 0, "split_block of the root");
+    let buf = path[idx].clone();
+    let blkno = blkno_of(&buf);
+    let level = bb::level(&buf.borrow());
+    let mut items = bb::items(&buf.borrow());
+    if items.len() < 2 {
+        return Ok(());
+    }
+    let at = split_point(&items);
+    let right = items.split_off(at);
+    let left = items;
+    let mut lref = BlockRef::default();
+    let lbuf = cache.dirty_ref(&mut lref, MAGIC_BTREE, alloc)?;
+    bb::rebuild(&mut lbuf.borrow_mut(), level, &left).map_err(|w| corrupt(lref.blkno, w))?;
+    bb::rebuild(&mut buf.borrow_mut(), level, &right).map_err(|w| corrupt(blkno, w))?;
+    let up = parent_item(left.last().unwrap().key, &lref);
+    insert_at(cache, alloc, root, path, idx - 1, up)
+}
+
+/// Bring the blocks on the path to `key` back within the fill bounds a
+/// merge relies on: a non-root level-1 block that is three quarters full
+/// is split, and any non-root block under a quarter full is joined with a
+/// sibling. Used after splicing a merged subtree into the fs root.
+pub fn rebalance(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+) -> StoreResult<()> {
+    let r = rebalance_inner(cache, alloc, root, key);
+    poison_on_err(cache, r)
+}
+
+fn rebalance_inner(
+    cache: &mut BlockCache,
+    alloc: &mut dyn MetaAlloc,
+    root: &mut BtreeRoot,
+    key: &Key,
+) -> StoreResult<()> {
+    // each round fixes one block; the tree is at most 20 high
+    for _ in 0..4 * BtreeRoot::MAX_HEIGHT as usize {
+        if root.height < 2 {
+            return Ok(());
+        }
+        let path = walk_dirty(cache, alloc, root, key, 0)?;
+        let mut fixed = false;
+        for idx in (1..path.len()).rev() {
+            let (level, total) = {
+                let b = path[idx].borrow();
+                (bb::level(&b), bb::total_item_bytes(&b))
+            };
+            let usable = btree_usable(level);
+            if level == 1 && parent_too_full(total, usable) {
+                split_block(cache, alloc, root, &path, idx)?;
+                fixed = true;
+                break;
+            }
+            if total * 4 < usable {
+                let parent = path[idx - 1].clone();
+                let before = (bb::nr_items(&parent.borrow()), total);
+                join(cache, alloc, &parent, &path[idx], level, key)?;
+                let after = (
+                    bb::nr_items(&parent.borrow()),
+                    bb::total_item_bytes(&path[idx].borrow()),
+                );
+                if after == before {
+                    // an only child: nothing to join with at this level
+                    continue;
+                }
+                if idx == 1 && bb::nr_items(&parent.borrow()) == 1 {
+                    let mut p = path.clone();
+                    shrink_fixup(cache, alloc, root, &mut p, 0, key)?;
+                }
+                fixed = true;
+                break;
+            }
+        }
+        if !fixed {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

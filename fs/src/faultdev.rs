@@ -50,7 +50,12 @@ pub struct FaultDev {
     crash_after: Cell<Option<u64>>,
     dead: Cell<bool>,
     trace: RefCell<Option<Vec<TraceOp>>>,
+    shared: RefCell<Option<(usize, SharedTrace)>>,
 }
+
+/// One trace recorded by several devices in the order their requests
+/// happened: `(device number, op)`.
+pub type SharedTrace = Rc<RefCell<Vec<(usize, TraceOp)>>>;
 
 fn apply(pages: &mut PageMap, off: u64, data: &[u8]) {
     for (i, chunk) in data.chunks(PAGE).enumerate() {
@@ -79,7 +84,19 @@ impl FaultDev {
             crash_after: Cell::new(None),
             dead: Cell::new(false),
             trace: RefCell::new(None),
+            shared: RefCell::new(None),
         }
+    }
+
+    /// Record writes and flushes into `trace`, tagged as device `dev`
+    /// (crash points across a volume's meta and data devices).
+    pub fn start_shared_trace(&self, dev: usize, trace: SharedTrace) {
+        *self.shared.borrow_mut() = Some((dev, trace));
+    }
+
+    /// Stop recording into a shared trace.
+    pub fn stop_shared_trace(&self) {
+        *self.shared.borrow_mut() = None;
     }
 
     /// Cut power once `n` more writes have completed.
@@ -215,6 +232,15 @@ impl BlockDev for FaultDev {
             }
         }
         self.pending.borrow_mut().push((off, data.clone()));
+        if let Some((dev, t)) = self.shared.borrow().as_ref() {
+            t.borrow_mut().push((
+                *dev,
+                TraceOp::Write {
+                    off,
+                    data: data.clone(),
+                },
+            ));
+        }
         if let Some(t) = self.trace.borrow_mut().as_mut() {
             t.push(TraceOp::Write { off, data });
         }
@@ -238,6 +264,9 @@ impl BlockDev for FaultDev {
             }
         }
         self.volatile.borrow_mut().clear();
+        if let Some((dev, t)) = self.shared.borrow().as_ref() {
+            t.borrow_mut().push((*dev, TraceOp::Flush));
+        }
         if let Some(t) = self.trace.borrow_mut().as_mut() {
             t.push(TraceOp::Flush);
         }
@@ -318,6 +347,88 @@ impl CrashImages {
     /// The (offset, length) of the current write.
     pub fn current_write(&self) -> Option<(u64, usize)> {
         self.pending.last().map(|(o, d)| (*o, d.len()))
+    }
+}
+
+/// [`CrashImages`] for several devices sharing one power supply: a
+/// crash point is a write of any device in the shared trace; each device
+/// keeps what it flushed before and loses unflushed writes by the policy.
+pub struct MultiCrashImages {
+    sizes: Vec<u64>,
+    trace: Vec<(usize, TraceOp)>,
+    pos: usize,
+    durable: Vec<Rc<PageMap>>,
+    pending: Vec<Vec<(u64, Rc<[u8]>)>>,
+    writes: u64,
+}
+
+impl MultiCrashImages {
+    /// `bases[i]`: device `i`'s durable pages when the trace started.
+    pub fn new(sizes: Vec<u64>, bases: Vec<Rc<PageMap>>, trace: Vec<(usize, TraceOp)>) -> Self {
+        assert_eq!(sizes.len(), bases.len());
+        let n = sizes.len();
+        assert!(
+            trace.iter().all(|(d, _)| *d < n),
+            "trace names an unknown device"
+        );
+        MultiCrashImages {
+            sizes,
+            trace,
+            pos: 0,
+            durable: bases,
+            pending: alloc::vec![Vec::new(); n],
+            writes: 0,
+        }
+    }
+
+    /// Total writes in the trace.
+    pub fn total_writes(&self) -> u64 {
+        self.trace
+            .iter()
+            .filter(|(_, o)| matches!(o, TraceOp::Write { .. }))
+            .count() as u64
+    }
+
+    /// Advance past the next write of any device (applying flushes on the
+    /// way); returns its 1-based index and device, or None at the end.
+    pub fn advance(&mut self) -> Option<(u64, usize)> {
+        loop {
+            let (dev, op) = self.trace.get(self.pos)?.clone();
+            self.pos += 1;
+            match op {
+                TraceOp::Flush => {
+                    let map = Rc::make_mut(&mut self.durable[dev]);
+                    for (off, data) in self.pending[dev].drain(..) {
+                        apply(map, off, &data);
+                    }
+                }
+                TraceOp::Write { off, data } => {
+                    self.pending[dev].push((off, data));
+                    self.writes += 1;
+                    return Some((self.writes, dev));
+                }
+            }
+        }
+    }
+
+    /// Every device after a power cut right after the current write
+    /// (random policies draw independently per device).
+    pub fn images(&self, policy: LossPolicy) -> Vec<FaultDev> {
+        (0..self.sizes.len())
+            .map(|d| {
+                let p = match policy {
+                    LossPolicy::Random { seed, tear } => LossPolicy::Random {
+                        seed: seed.wrapping_add(d as u64 * 0x9e37_79b9),
+                        tear,
+                    },
+                    p => p,
+                };
+                FaultDev::from_pages(
+                    self.sizes[d],
+                    image_with(&self.durable[d], &self.pending[d], p),
+                )
+            })
+            .collect()
     }
 }
 

@@ -8,26 +8,37 @@
 //! its parent's range with an all-ones right spine; allocator lists and
 //! extent trees are consistent with their heads and roots; and every
 //! metadata block from META_DEV_START_BLKNO to the end is referenced or
-//! free exactly once. Data extents must be free or mapped exactly once.
-//! Each finding names the block it is about.
+//! free exactly once. That includes the forest: every client log tree
+//! (its four allocators, item btree, bloom block and srch file), the log
+//! merge items (request and completion allocators, the blocks a completion
+//! replaced and still pending, FREEING trees) and srch files. Log items
+//! must be sane (seqs within the super's and their tree's, deletions empty,
+//! bloom bits set for every item's lock). Data extents of the merged view
+//! (fs_root plus log trees, highest seq wins) must be free or mapped
+//! exactly once, and inode counts must add up. Each finding names the
+//! block it is about.
 
 use crate::block::check_block;
 use crate::btree_block as bb;
 use crate::dev::BlockDev;
 use crate::format::alloc::extent_from_key;
 use crate::format::block::*;
-use crate::format::inode::Inode;
+use crate::format::items::InodeItem;
 use crate::format::key::{ty, zone, Key};
 use crate::format::le::get_u64;
+use crate::format::log::*;
 use crate::format::quorum::QuorumBlock;
 use crate::format::super_block::*;
 use crate::format::{
     DATA_DEV_START_BLKNO, LG_BLOCK_SHIFT, LG_BLOCK_SIZE, MAGIC_ALLOC_LIST, MAGIC_BLOOM,
-    MAGIC_BTREE, MAGIC_QUORUM, META_DEV_START_BLKNO, QUORUM_BLKNO, SM_BLOCK_SHIFT, SM_BLOCK_SIZE,
-    SUPER_BLKNO,
+    MAGIC_BTREE, MAGIC_QUORUM, MAGIC_SRCH_BLOCK, MAGIC_SRCH_PARENT, META_DEV_START_BLKNO,
+    QUORUM_BLKNO, SM_BLOCK_SHIFT, SM_BLOCK_SIZE, SUPER_BLKNO,
 };
+
+/// `SCOUTFS_SRCH_PARENT_REFS`.
+const SRCH_PARENT_REFS: usize = (LG_BLOCK_SIZE - 32) / 16;
 use crate::hash::crc32c_block;
-use ::alloc::collections::BTreeMap;
+use ::alloc::collections::{BTreeMap, BTreeSet};
 use ::alloc::format;
 use ::alloc::string::String;
 use ::alloc::vec;
@@ -98,7 +109,20 @@ enum Kind {
     MetaAlloc,
     DataAlloc,
     LogTrees,
+    LogItems,
+    LogMerge,
+    SrchRoot,
     Other,
+}
+
+/// One version of an item in the merged (fs_root + log trees) view.
+#[derive(Clone, Copy)]
+struct ViewEntry {
+    seq: u64,
+    deletion: bool,
+    /// Data extents: mapped physical block (0 = unmapped) and length.
+    pblk: u64,
+    len: u64,
 }
 
 const UNSEEN: u8 = 0;
@@ -114,11 +138,19 @@ struct Checker<'a> {
     owners: BTreeMap<u64, String>,
     data_free: Vec<(u64, u64, String)>,
     data_used: Vec<(u64, u64)>,
-    inodes: u64,
+    inode_deltas: u64,
     max_ino: u64,
     /// extents of the allocator tree being walked, by index
     ext_blkno: Vec<(u64, u64)>,
     ext_order: Vec<(u64, u64)>,
+    /// Inode and data extent items of the merged view.
+    view: BTreeMap<Key, ViewEntry>,
+    /// The log tree being walked: its max_item_seq and its items' locks.
+    lt_max_seq: u64,
+    bloom_keys: BTreeSet<Key>,
+    /// Walking a merge completion's subtree: blocks fs_root references
+    /// are shared with it, not referenced twice.
+    shared_with_fs: bool,
     progress: &'a mut dyn FnMut(&str, u64, u64),
 }
 
@@ -258,13 +290,16 @@ impl Checker<'_> {
             return;
         }
         (self.progress)(name, 0, 0);
+        // a merge completion's subtree is a piece of fs_root: its last
+        // parent key is its parent's bound, not the all-ones spine
+        let spine = !self.shared_with_fs;
         self.block(
             name,
             &root.bref,
             root.height - 1,
             None,
             Key::MAX,
-            true,
+            spine,
             kind,
         );
     }
@@ -281,6 +316,16 @@ impl Checker<'_> {
         kind: Kind,
     ) {
         let who = format!("{name} level {level}");
+        if self.shared_with_fs
+            && self.in_meta(bref.blkno)
+            && self.get(bref.blkno) == REFERENCED
+            && self
+                .owners
+                .get(&bref.blkno)
+                .is_some_and(|o| o.starts_with("fs_root"))
+        {
+            return;
+        }
         if !self.claim(bref.blkno, &who) {
             return;
         }
@@ -381,6 +426,9 @@ impl Checker<'_> {
                     }
                 }
                 Kind::LogTrees => self.log_trees_item(bref.blkno, &who, &k, val),
+                Kind::LogItems => self.log_item(bref.blkno, &who, &k, seq, flags, val),
+                Kind::LogMerge => self.log_merge_item(bref.blkno, &who, &k, val),
+                Kind::SrchRoot => self.srch_root_item(bref.blkno, &who, &k, val),
                 Kind::Other => {}
             }
         }
@@ -403,16 +451,19 @@ impl Checker<'_> {
                 format!("{who}: deletion item {k} in the fs root"),
             );
         }
+        self.record(blkno, who, k, seq, flags, val);
+    }
+
+    /// Add an item version to the merged view (inodes and extents).
+    fn record(&mut self, blkno: u64, who: &str, k: &Key, seq: u64, flags: u8, val: &[u8]) {
         if k.zone != zone::FS {
             return;
         }
-        if k.first > self.max_ino {
-            self.max_ino = k.first;
-        }
+        let deletion = flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
+        let (mut pblk, mut len) = (0, 0);
         match k.ty {
             ty::INODE => {
-                self.inodes += 1;
-                if Inode::decode(val).is_none() {
+                if !deletion && InodeItem::decode(val).is_err() {
                     self.find(
                         Some(blkno),
                         format!("{who}: inode item {k} has a {}-byte value", val.len()),
@@ -420,20 +471,237 @@ impl Checker<'_> {
                 }
             }
             ty::DATA_EXTENT => {
-                if val.len() != 16 {
-                    self.find(
-                        Some(blkno),
-                        format!("{who}: extent item {k} has a {}-byte value", val.len()),
-                    );
-                    return;
-                }
-                let pblk = get_u64(val, 0);
-                let len = k.third;
-                if pblk != 0 {
-                    self.data_used.push((pblk, len));
+                if !deletion {
+                    if val.len() != 16 {
+                        self.find(
+                            Some(blkno),
+                            format!("{who}: extent item {k} has a {}-byte value", val.len()),
+                        );
+                        return;
+                    }
+                    pblk = get_u64(val, 0);
+                    len = k.third;
                 }
             }
-            _ => {}
+            _ => return,
+        }
+        let e = ViewEntry {
+            seq,
+            deletion,
+            pblk,
+            len,
+        };
+        match self.view.get(k) {
+            Some(old) if old.seq >= seq => {}
+            _ => {
+                self.view.insert(*k, e);
+            }
+        }
+    }
+
+    fn log_item(&mut self, blkno: u64, who: &str, k: &Key, seq: u64, flags: u8, val: &[u8]) {
+        if seq == 0 || seq > self.sb.seq || seq > self.lt_max_seq {
+            self.find(
+                Some(blkno),
+                format!(
+                    "{who}: log item {k} seq {seq} outside 1..={} (super {}, tree max {})",
+                    self.sb.seq.min(self.lt_max_seq),
+                    self.sb.seq,
+                    self.lt_max_seq
+                ),
+            );
+        }
+        let deletion = flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
+        if deletion && !val.is_empty() {
+            self.find(
+                Some(blkno),
+                format!("{who}: deletion item {k} carries a value"),
+            );
+        }
+        if k.zone == zone::XATTR_TOTL && (deletion || val.len() != 16) {
+            self.find(
+                Some(blkno),
+                format!("{who}: totl delta item {k} is not a 16-byte delta"),
+            );
+        }
+        if !matches!(
+            k.zone,
+            zone::INODE_INDEX
+                | zone::ORPHAN
+                | zone::QUOTA
+                | zone::XATTR_TOTL
+                | zone::XATTR_INDX
+                | zone::FS
+        ) {
+            self.find(
+                Some(blkno),
+                format!("{who}: log item {k} outside the filesystem zones"),
+            );
+        }
+        self.bloom_keys.insert(crate::forest::bloom_key(k));
+        self.record(blkno, who, k, seq, flags, val);
+    }
+
+    fn srch_file(&mut self, name: &str, f: &SrchFile) {
+        if f.bref.is_null() {
+            if f.blocks != 0 || f.height != 0 {
+                self.find(
+                    None,
+                    format!("{name}: empty srch file with blocks or height"),
+                );
+            }
+            return;
+        }
+        if f.height == 0 || f.height > 8 {
+            self.find(
+                Some(f.bref.blkno),
+                format!("{name}: srch file height {} out of range", f.height),
+            );
+            return;
+        }
+        let mut leaves = 0u64;
+        self.srch_block(name, &f.bref, f.height, &mut leaves);
+        if leaves != f.blocks {
+            self.find(
+                Some(f.bref.blkno),
+                format!(
+                    "{name}: srch file claims {} blocks, holds {leaves}",
+                    f.blocks
+                ),
+            );
+        }
+    }
+
+    fn srch_block(&mut self, name: &str, r: &BlockRef, height: u8, leaves: &mut u64) {
+        let who = format!("{name} srch height {height}");
+        if !self.claim(r.blkno, &who) {
+            return;
+        }
+        if height == 1 {
+            if self.read_lg(r, MAGIC_SRCH_BLOCK, &who).is_some() {
+                *leaves += 1;
+            }
+            return;
+        }
+        let Some(b) = self.read_lg(r, MAGIC_SRCH_PARENT, &who) else {
+            return;
+        };
+        for i in 0..SRCH_PARENT_REFS {
+            let c = BlockRef::decode(&b[32 + i * 16..48 + i * 16]);
+            if !c.is_null() {
+                self.srch_block(name, &c, height - 1, leaves);
+            }
+        }
+    }
+
+    fn srch_root_item(&mut self, blkno: u64, who: &str, k: &Key, val: &[u8]) {
+        match k.ty {
+            ty::SRCH_LOG | ty::SRCH_BLOCKS if val.len() == SrchFile::BYTES => {
+                let f = SrchFile::decode(val);
+                self.srch_file(&format!("srch file {k}"), &f);
+            }
+            ty::SRCH_PENDING | ty::SRCH_BUSY => self.rep.notes.push(format!(
+                "srch compaction item {k}: its allocators are not checked"
+            )),
+            _ => self.find(
+                Some(blkno),
+                format!("{who}: srch item {k} with a {}-byte value", val.len()),
+            ),
+        }
+    }
+
+    /// A list whose entries are blocks a merge replaced: still referenced
+    /// by fs_root until the completion is spliced (or unreferenced list
+    /// blocks of the request allocator, which are free).
+    fn pending_freed_list(&mut self, name: &str, head: &AllocListHead) {
+        let mut r = head.bref;
+        let mut total = 0u64;
+        let mut blocks = 0u64;
+        while !r.is_null() {
+            blocks += 1;
+            if blocks > self.sb.total_meta_blocks
+                || !self.claim(r.blkno, &format!("{name} list block"))
+            {
+                return;
+            }
+            let Some(b) = self.read_lg(&r, MAGIC_ALLOC_LIST, name) else {
+                return;
+            };
+            let entries = crate::allocator::lb_entries(&b);
+            total += entries.len() as u64;
+            for e in entries {
+                if self.in_meta(e) && self.get(e) == REFERENCED {
+                    let owner = self.owners.get(&e).cloned().unwrap_or_default();
+                    if !owner.starts_with("fs_root") {
+                        self.find(
+                            Some(e),
+                            format!("{name}: pending free referenced by {owner}, not fs_root"),
+                        );
+                    }
+                } else {
+                    self.mark_free(e, 1, name);
+                }
+            }
+            r = crate::allocator::lb_next(&b);
+        }
+        if total != head.total_nr {
+            self.find(
+                Some(head.bref.blkno).filter(|&b| b != 0),
+                format!(
+                    "{name}: head total_nr {} but lists hold {total}",
+                    head.total_nr
+                ),
+            );
+        }
+    }
+
+    fn log_merge_item(&mut self, blkno: u64, who: &str, k: &Key, val: &[u8]) {
+        let bad = |c: &mut Self, what: &str| {
+            c.find(Some(blkno), format!("{who}: log merge item {k}: {what}"));
+        };
+        match k.zone {
+            zone::LOG_MERGE_STATUS => match MergeStatus::decode(val) {
+                Ok(st) => {
+                    if st.seq > self.sb.seq {
+                        bad(self, "status seq beyond the super's");
+                    }
+                }
+                Err(e) => bad(self, e.0),
+            },
+            zone::LOG_MERGE_RANGE => {
+                if let Err(e) = MergeRange::decode(val) {
+                    bad(self, e.0);
+                }
+            }
+            zone::LOG_MERGE_REQUEST => match MergeRequest::decode(val) {
+                Ok(req) => {
+                    let name = format!("merge request {}.{}", req.rid, req.seq);
+                    self.list(&format!("{name} meta_avail"), &req.meta_avail);
+                    self.list(&format!("{name} meta_freed"), &req.meta_freed);
+                }
+                Err(e) => bad(self, e.0),
+            },
+            zone::LOG_MERGE_COMPLETE => match MergeComplete::decode(val) {
+                Ok(c) => {
+                    let name = format!("merge completion {}", c.seq);
+                    self.list(&format!("{name} meta_avail"), &c.meta_avail);
+                    if !c.is_spliced() {
+                        self.pending_freed_list(&format!("{name} meta_freed"), &c.meta_freed);
+                    }
+                    self.shared_with_fs = true;
+                    self.tree(&format!("{name} root"), &c.root, Kind::Other);
+                    self.shared_with_fs = false;
+                }
+                Err(e) => bad(self, e.0),
+            },
+            zone::LOG_MERGE_FREEING => match MergeFreeing::decode(val) {
+                Ok(f) => {
+                    let name = format!("freeing tree {}", f.seq);
+                    self.tree(&name, &f.root, Kind::Other);
+                }
+                Err(e) => bad(self, e.0),
+            },
+            _ => bad(self, "unknown zone"),
         }
     }
 
@@ -445,34 +713,80 @@ impl Checker<'_> {
             );
             return;
         }
+        let lt = match LogTrees::decode(val) {
+            Ok(lt) => lt,
+            Err(e) => {
+                self.find(Some(blkno), format!("{who}: log_trees item {k}: {}", e.0));
+                return;
+            }
+        };
         let name = format!("log tree {}.{}", k.first, k.second);
-        let head = |o: usize| AllocListHead::decode(&val[o..o + 32]);
-        self.list(&format!("{name} meta_avail"), &head(0));
-        self.list(&format!("{name} meta_freed"), &head(32));
-        self.tree(
-            &format!("{name} item_root"),
-            &BtreeRoot::decode(&val[64..88]),
-            Kind::Other,
-        );
-        let bloom = BlockRef::decode(&val[88..104]);
-        if !bloom.is_null() && self.claim(bloom.blkno, &format!("{name} bloom")) {
-            self.read_lg(&bloom, MAGIC_BLOOM, &format!("{name} bloom"));
+        if lt.key() != *k {
+            self.find(
+                Some(blkno),
+                format!("{who}: {name}: key and value disagree"),
+            );
+        }
+        if lt.get_trans_seq > self.sb.seq
+            || lt.commit_trans_seq > lt.get_trans_seq
+            || lt.max_item_seq > self.sb.seq
+            || lt.finalize_seq > self.sb.seq
+            || (lt.is_finalized() && lt.finalize_seq == 0)
+        {
+            self.find(
+                Some(blkno),
+                format!(
+                    "{who}: {name}: seqs out of order (get {}, commit {}, max item {}, finalize {}, super {})",
+                    lt.get_trans_seq, lt.commit_trans_seq, lt.max_item_seq, lt.finalize_seq, self.sb.seq
+                ),
+            );
+        }
+        self.list(&format!("{name} meta_avail"), &lt.meta_avail);
+        self.list(&format!("{name} meta_freed"), &lt.meta_freed);
+        self.lt_max_seq = lt.max_item_seq;
+        self.bloom_keys.clear();
+        self.tree(&format!("{name} item_root"), &lt.item_root, Kind::LogItems);
+        let keys = core::mem::take(&mut self.bloom_keys);
+        let bloom = lt.bloom_ref;
+        if bloom.is_null() {
+            if !keys.is_empty() {
+                self.find(Some(blkno), format!("{name}: items but no bloom block"));
+            }
+        } else if self.claim(bloom.blkno, &format!("{name} bloom")) {
+            if let Some(b) = self.read_lg(&bloom, MAGIC_BLOOM, &format!("{name} bloom")) {
+                let set = get_u64(&b, BLOOM_TOTAL_SET_OFF);
+                if set != bloom_count(&b) {
+                    self.find(
+                        Some(bloom.blkno),
+                        format!(
+                            "{name} bloom: total_set {set} but {} bits set",
+                            bloom_count(&b)
+                        ),
+                    );
+                }
+                for key in keys {
+                    if !bloom_bits(&key).iter().all(|&n| bloom_test(&b, n)) {
+                        self.find(
+                            Some(bloom.blkno),
+                            format!("{name} bloom: bits of lock {key} not set"),
+                        );
+                        break;
+                    }
+                }
+            }
         }
         self.alloc_root(
             &format!("{name} data_avail"),
-            &AllocRoot::decode(&val[104..144]),
+            &lt.data_avail,
             Kind::DataAlloc,
         );
         self.alloc_root(
             &format!("{name} data_freed"),
-            &AllocRoot::decode(&val[144..184]),
+            &lt.data_freed,
             Kind::DataAlloc,
         );
-        if get_u64(val, 184 + 48) != 0 {
-            self.rep.notes.push(format!(
-                "{name} has a srch file: its blocks are not checked"
-            ));
-        }
+        self.srch_file(&format!("{name} srch"), &lt.srch_file);
+        self.inode_deltas = self.inode_deltas.wrapping_add(lt.inode_count_delta);
     }
 
     // ---- allocators ----
@@ -707,8 +1021,12 @@ pub fn fsck(
         owners: BTreeMap::new(),
         data_free: Vec::new(),
         data_used: Vec::new(),
-        inodes: 0,
+        inode_deltas: 0,
         max_ino: 0,
+        view: BTreeMap::new(),
+        lt_max_seq: 0,
+        bloom_keys: BTreeSet::new(),
+        shared_with_fs: false,
         ext_blkno: Vec::new(),
         ext_order: Vec::new(),
         progress,
@@ -737,25 +1055,32 @@ impl Checker<'_> {
         c.tree("fs_root", &sb.fs_root, Kind::Fs);
         c.tree("logs_root", &sb.logs_root, Kind::LogTrees);
         c.tree("mounted_clients", &sb.mounted_clients, Kind::Other);
-        if !sb.srch_root.is_empty() {
-            c.rep
-                .notes
-                .push("srch_root present: srch file blocks are not checked".into());
-        }
-        c.tree("srch_root", &sb.srch_root, Kind::Other);
-        if !sb.log_merge.is_empty() {
-            c.rep.notes.push(
-                "log merge in progress: merge allocators and freeing trees are not checked".into(),
-            );
-        }
-        c.tree("log_merge", &sb.log_merge, Kind::Other);
+        c.tree("srch_root", &sb.srch_root, Kind::SrchRoot);
+        c.tree("log_merge", &sb.log_merge, Kind::LogMerge);
 
-        if sb.logs_root.is_empty() && c.inodes != sb.inode_count {
+        // the merged view: what a reader sees
+        let view = core::mem::take(&mut c.view);
+        let mut inodes = 0u64;
+        for (k, e) in &view {
+            if e.deletion {
+                continue;
+            }
+            if k.first > c.max_ino {
+                c.max_ino = k.first;
+            }
+            match k.ty {
+                ty::INODE => inodes += 1,
+                ty::DATA_EXTENT if e.pblk != 0 => c.data_used.push((e.pblk, e.len)),
+                _ => {}
+            }
+        }
+        let expect = sb.inode_count.wrapping_add(c.inode_deltas);
+        if inodes != expect {
             c.find(
                 None,
                 format!(
-                    "super inode_count {} but fs_root holds {} inodes",
-                    sb.inode_count, c.inodes
+                    "super inode_count {} plus log tree deltas {} is {expect}, but {inodes} inodes are live",
+                    sb.inode_count, c.inode_deltas as i64
                 ),
             );
         }

@@ -15,7 +15,7 @@ use crate::dev::BlockDev;
 use crate::env::Timespec;
 use crate::format::alloc::{extent_blkno_key, extent_order_key, ALLOC_LIST_MAX_BLOCKS};
 use crate::format::block::*;
-use crate::format::inode::Inode;
+use crate::format::items::InodeItem;
 use crate::format::key::{ty, zone, Key};
 use crate::format::le::*;
 use crate::format::quorum::QuorumBlock;
@@ -290,7 +290,7 @@ pub fn mkfs(
     let mut next_meta = META_DEV_START_BLKNO;
     let blkno = next_meta;
     next_meta += 1;
-    let inode = Inode {
+    let inode = InodeItem {
         next_readdir_pos: 2,
         nlink: 2,
         mode: 0o040755,

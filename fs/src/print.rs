@@ -11,7 +11,7 @@ use crate::btree_block as bb;
 use crate::dev::BlockDev;
 use crate::format::alloc::{extent_from_key, ALLOC_LIST_MAX_BLOCKS};
 use crate::format::block::*;
-use crate::format::inode::Inode;
+use crate::format::items::InodeItem;
 use crate::format::key::{ty, zone, Key};
 use crate::format::le::*;
 use crate::format::quorum::{QuorumBlock, QUORUM_EVENT_NAMES};
@@ -300,8 +300,8 @@ fn print_fs_value(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
             writeln!(out, "      index: major {} ino {}", k.second, k.third)
         }
         (zone::ORPHAN, ty::ORPHAN) => writeln!(out, "    orphan: ino {}", k.second),
-        (zone::FS, ty::INODE) => match Inode::decode(val) {
-            Some(i) => {
+        (zone::FS, ty::INODE) => match InodeItem::decode(val) {
+            Ok(i) => {
                 writeln!(
                     out,
                     "    inode: ino {} size {} version {} proj {} nlink {}",
@@ -324,7 +324,7 @@ fn print_fs_value(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
                 )?;
                 writeln!(out, "      mtime {}.{:08}", i.mtime.sec, i.mtime.nsec)
             }
-            None => writeln!(out, "      (bad inode value: {} bytes)", val.len()),
+            Err(_) => writeln!(out, "      (bad inode value: {} bytes)", val.len()),
         },
         (zone::FS, ty::DATA_EXTENT) if val.len() == 16 => writeln!(
             out,

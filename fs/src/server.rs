@@ -1,7 +1,9 @@
-//! The single-node server: owns the dirty super, the metadata allocators
-//! and the commit that makes a transaction durable with a new super.
+//! The server's storage core: owns the dirty super, the metadata
+//! allocators, the server seq counter and the commit that makes a
+//! transaction durable with a new super.
 //!
-//! Called by the filesystem layer (and tests/tools) that modify trees
+//! Called by the server role (`leader.rs`, which batches request handlers
+//! into commits) and by storage tests/tools that modify trees directly
 //! through [`Server::tx`]. Commit protocol (docs/commit.md): return freed
 //! data extents, refill the idle avail list from the meta_avail extent
 //! tree, empty the idle freed list (freed one commit ago, now durable)
@@ -9,11 +11,12 @@
 //! blocks, flush, write the super, flush, swap the active and idle lists.
 //! A block freed in commit N is not reusable before commit N+1 starts.
 
-use crate::allocator::{empty_list, ext_alloc, ext_insert, fill_list, ListAlloc};
+use crate::allocator::{empty_list, empty_list_some, ext_alloc, ext_insert, fill_list, ListAlloc};
 use crate::block::{read_super_from, BlockCache};
 use crate::dev::BlockDev;
 use crate::env::Entropy;
 use crate::format::alloc::ALLOC_LIST_MAX_BLOCKS;
+use crate::format::block::AllocListHead;
 use crate::format::block::AllocRoot;
 use crate::format::super_block::{SuperBlock, FLAG_IS_META_BDEV};
 use crate::format::{
@@ -21,6 +24,7 @@ use crate::format::{
     META_DEV_START_BLKNO, SM_BLOCK_SHIFT, SUPER_BLKNO,
 };
 use crate::store_error::{StaleReason, StoreError, StoreResult};
+use crate::trace::Tracepoint;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -32,12 +36,16 @@ pub const SERVER_META_FILL_LO: u64 = ALLOC_LIST_MAX_BLOCKS as u64 / 2;
 /// `2*8185 + (8185 + 8185 + 1028 + 913)`.
 pub const RESERVED_META_BLOCKS: u64 = 2 * 8185 + 8185 + 8185 + 1028 + 913;
 
+static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
+
 /// Tunables of the commit (tests shrink the fill targets).
 #[derive(Clone, Copy, Debug)]
 pub struct CommitConfig {
     pub fill_lo: u64,
     pub fill_target: u64,
     pub cache_budget_bytes: usize,
+    /// Metadata blocks kept out of reach of normal allocation.
+    pub reserved_meta_blocks: u64,
 }
 
 impl Default for CommitConfig {
@@ -46,7 +54,59 @@ impl Default for CommitConfig {
             fill_lo: SERVER_META_FILL_LO,
             fill_target: SERVER_META_FILL_TARGET,
             cache_budget_bytes: crate::block::DEFAULT_CACHE_BUDGET_BYTES,
+            reserved_meta_blocks: RESERVED_META_BLOCKS,
         }
+    }
+}
+
+/// Blocks the commit itself needs from the active allocator (refilling
+/// and draining the idle lists): work always stops before the room falls
+/// under this.
+pub const COMMIT_RESERVE_BLOCKS: u64 = 8;
+
+/// How much of the server transaction's allocator one holder's job may
+/// use before it commits and continues (seed commit 8a64b46a): a quarter
+/// of the smaller of the avail and freed room at entry stays for the
+/// commit, and a holder uses at most its hold budget. Checked before each
+/// unit of work; the first unit always runs (admission guaranteed it room).
+#[derive(Debug)]
+pub struct Budget {
+    threshold: u64,
+    start_used: u64,
+    max_used: u64,
+    started: core::cell::Cell<bool>,
+}
+
+impl Budget {
+    pub fn new(tx: &Txn<'_>, max_used: u64) -> Budget {
+        Budget {
+            threshold: tx.alloc_room() / 4,
+            start_used: tx.alloc.allocated + tx.alloc.freed_count,
+            max_used,
+            started: core::cell::Cell::new(false),
+        }
+    }
+
+    /// May the next unit of work start, given the allocator's state?
+    pub fn allows(&self, alloc: &ListAlloc) -> bool {
+        let room = alloc.avail_remaining().min(alloc.freed_room());
+        if room < COMMIT_RESERVE_BLOCKS {
+            return false;
+        }
+        if !self.started.replace(true) {
+            return true;
+        }
+        let used = (alloc.allocated + alloc.freed_count).saturating_sub(self.start_used);
+        room >= self.threshold && used < self.max_used
+    }
+
+    /// [`Self::allows`] for a transaction, counting refusals.
+    pub fn ok(&self, tx: &Txn<'_>) -> bool {
+        let ok = self.allows(tx.alloc);
+        if !ok {
+            crate::counter!("server.budget_stops").inc();
+        }
+        ok
     }
 }
 
@@ -68,6 +128,72 @@ pub struct Txn<'a> {
     pub alloc: &'a mut ListAlloc,
     pub sb: &'a mut SuperBlock,
     pub seq: u64,
+    /// Which of `sb.meta_alloc` is the meta_avail tree (list refills come
+    /// from it); the other is meta_freed (drained lists go there).
+    pub meta_avail_ind: usize,
+    counter: &'a mut u64,
+}
+
+impl Txn<'_> {
+    /// A fresh seq from the server counter (see [`Server::next_seq`]).
+    pub fn next_seq(&mut self) -> u64 {
+        let s = *self.counter;
+        *self.counter += 1;
+        s
+    }
+
+    /// Blocks the transaction's allocator can still hand out and record
+    /// as freed: the headroom multi-commit jobs budget against.
+    pub fn alloc_room(&self) -> u64 {
+        self.alloc.avail_remaining().min(self.alloc.freed_room())
+    }
+
+    /// Return metadata blocks that are free in the durable super (a
+    /// client's committed freed list, unused allocator lists) to the
+    /// meta_freed extent tree; the list blocks themselves are freed in
+    /// this transaction. Nothing returned here is allocatable before the
+    /// commit after next.
+    pub fn return_meta_list(&mut self, head: &mut AllocListHead) -> StoreResult<u64> {
+        let fi = self.meta_avail_ind ^ 1;
+        empty_list(self.cache, self.alloc, &mut self.sb.meta_alloc[fi], head)
+    }
+
+    /// [`Self::return_meta_list`] in steps, one run of blknos at a time
+    /// while `budget` allows. Progress is in `head`; true once the list is
+    /// empty.
+    pub fn return_meta_list_some(
+        &mut self,
+        head: &mut AllocListHead,
+        budget: &Budget,
+    ) -> StoreResult<bool> {
+        let fi = self.meta_avail_ind ^ 1;
+        empty_list_some(
+            self.cache,
+            self.alloc,
+            &mut self.sb.meta_alloc[fi],
+            head,
+            &|a| budget.allows(a),
+        )
+    }
+
+    /// Fill the first block of `head` from the meta_avail extent tree up to
+    /// `target` entries when it holds fewer than `lo`.
+    pub fn fill_meta_list(
+        &mut self,
+        head: &mut AllocListHead,
+        lo: u64,
+        target: u64,
+    ) -> StoreResult<u64> {
+        let ai = self.meta_avail_ind;
+        fill_list(
+            self.cache,
+            self.alloc,
+            head,
+            &mut self.sb.meta_alloc[ai],
+            lo,
+            target,
+        )
+    }
 }
 
 pub struct Server {
@@ -81,6 +207,8 @@ pub struct Server {
     seq: u64,
     cfg: CommitConfig,
     failed: bool,
+    /// The super as last written (what readers may use).
+    stable: SuperBlock,
     pub counters: ServerCounters,
 }
 
@@ -135,20 +263,48 @@ pub fn check_supers(
 }
 
 impl Server {
-    /// Open a volume: read and cross-check both supers, pick the active
-    /// server list (the larger avail) and the meta_avail tree (larger).
+    /// Open a volume for direct tree access (storage tools and tests): read
+    /// and cross-check both supers, pick the active server list (the larger
+    /// avail) and the meta_avail tree (larger). Volumes with client log
+    /// trees, a log merge or mounted clients are refused: only the server
+    /// role ([`Server::open_leader`]) may resolve those.
     pub fn open(
         meta: Box<dyn BlockDev>,
         data: Box<dyn BlockDev>,
         entropy: Box<dyn Entropy>,
         cfg: CommitConfig,
     ) -> StoreResult<Server> {
+        Self::open_inner(meta, data, entropy, cfg, false)
+    }
+
+    /// Open a volume for the server role, whatever forest state a crash or
+    /// a previous mount left (the role resumes it).
+    pub fn open_leader(
+        meta: Box<dyn BlockDev>,
+        data: Box<dyn BlockDev>,
+        entropy: Box<dyn Entropy>,
+        cfg: CommitConfig,
+    ) -> StoreResult<Server> {
+        Self::open_inner(meta, data, entropy, cfg, true)
+    }
+
+    fn open_inner(
+        meta: Box<dyn BlockDev>,
+        data: Box<dyn BlockDev>,
+        entropy: Box<dyn Entropy>,
+        cfg: CommitConfig,
+        forest: bool,
+    ) -> StoreResult<Server> {
         let sb = read_super_from(&*meta)?;
         let dsb = read_super_from(&*data)?;
         check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes()).map_err(invalid)?;
-        if !sb.logs_root.is_empty() || !sb.log_merge.is_empty() || !sb.mounted_clients.is_empty() {
+        if !forest
+            && (!sb.logs_root.is_empty()
+                || !sb.log_merge.is_empty()
+                || !sb.mounted_clients.is_empty())
+        {
             return Err(invalid(
-                "volume has client log trees or mounts: not supported by the single-node server",
+                "volume has client log trees or mounts: open it through a mount",
             ));
         }
         let cache = BlockCache::new(meta, entropy, sb.hdr.fsid, cfg.cache_budget_bytes);
@@ -174,8 +330,52 @@ impl Server {
             seq: sb.seq + 1,
             cfg,
             failed: false,
+            stable: sb,
             counters: ServerCounters::default(),
         })
+    }
+
+    /// The super as last written: the only one readers may use.
+    pub fn stable_super(&self) -> &SuperBlock {
+        &self.stable
+    }
+
+    /// Hand out a fresh seq from the server's counter: greater than every
+    /// seq handed out before and than every durable item seq. The next
+    /// super records at least it.
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq += 1;
+        s
+    }
+
+    /// The next seq [`Self::next_seq`] would hand out.
+    pub fn peek_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Make sure future seqs are above `floor` (startup: item seqs found in
+    /// log trees).
+    pub fn raise_seq(&mut self, floor: u64) {
+        if self.seq <= floor {
+            self.seq = floor + 1;
+        }
+    }
+
+    /// Frees the active freed list can still record in this transaction.
+    pub fn meta_freed_room(&self) -> u64 {
+        self.alloc.freed_room()
+    }
+
+    /// Has a commit failed (the server must stop; the volume reopens at
+    /// the last durable commit)?
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// The commit tunables.
+    pub fn config(&self) -> &CommitConfig {
+        &self.cfg
     }
 
     /// The super as it will be written by the next commit.
@@ -216,6 +416,8 @@ impl Server {
             alloc: &mut self.alloc,
             sb: &mut self.sb,
             seq: self.seq,
+            meta_avail_ind: self.meta_avail_ind,
+            counter: &mut self.seq,
         }
     }
 
@@ -312,12 +514,14 @@ impl Server {
         sb.server_meta_freed[active] = alloc.freed;
         sb.hdr.seq += 1;
         cache.write_super(sb)?;
+        self.stable = *sb;
+        TP_COMMIT.emit(&[sb.seq, self.counters.blocks_written]);
 
         // swap the active and idle lists
         *other_ind = active;
         *alloc = ListAlloc::new(sb.server_meta_avail[other], sb.server_meta_freed[other]);
         let (ai, fi) = (*meta_avail_ind, *meta_avail_ind ^ 1);
-        if sb.meta_alloc[ai].total_len < RESERVED_META_BLOCKS * 2
+        if sb.meta_alloc[ai].total_len < self.cfg.reserved_meta_blocks * 2
             && sb.meta_alloc[fi].total_len > sb.meta_alloc[ai].total_len
         {
             *meta_avail_ind = fi;

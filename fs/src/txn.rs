@@ -48,12 +48,15 @@ impl CommitPolicy {
         dirty_bytes: usize,
         backend_wants: bool,
     ) -> bool {
+        // the backend may need a new transaction with nothing dirty
+        // (allocator refills, a server's sync request)
+        if backend_wants {
+            return true;
+        }
         let Some(first) = first_dirty_ns else {
             return false;
         };
-        backend_wants
-            || dirty_bytes >= self.dirty_limit_bytes
-            || now_ns.saturating_sub(first) >= self.interval_ns
+        dirty_bytes >= self.dirty_limit_bytes || now_ns.saturating_sub(first) >= self.interval_ns
     }
 }
 
@@ -233,8 +236,12 @@ mod tests {
             dirty_limit_bytes: 100,
         };
         assert!(
-            !p.due(1000, None, 1 << 30, true),
+            !p.due(1000, None, 1 << 30, false),
             "nothing dirty, nothing to do"
+        );
+        assert!(
+            p.due(1000, None, 0, true),
+            "the backend may need a new transaction with nothing dirty"
         );
         assert!(!p.due(5, Some(0), 99, false));
         assert!(p.due(10, Some(0), 0, false));

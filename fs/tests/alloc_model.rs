@@ -224,6 +224,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
         fill_lo: 40,
         fill_target: 120,
         cache_budget_bytes: 4 << 20,
+        ..Default::default()
     };
     let mut srv = Server::open(
         Box::new(meta.clone()),

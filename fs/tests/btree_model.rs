@@ -208,6 +208,7 @@ fn random_ops_small_lists_and_cache() {
         fill_lo: 64,
         fill_target: 200,
         cache_budget_bytes: 8 << 16,
+        ..Default::default()
     };
     for seed in 1000..1000 + seeds().div_ceil(2) {
         run_model(seed, 4000, 1200, 40, cfg);

@@ -28,6 +28,7 @@ fn cfg() -> CommitConfig {
         fill_lo: 48,
         fill_target: 160,
         cache_budget_bytes: 8 << 20,
+        ..Default::default()
     }
 }
 

@@ -68,7 +68,7 @@ fn mkfs_reproduces_reference_layout() {
         let gsb: SuperBlock = scoutvm_fs::block::read_super_from(&gmeta).unwrap();
         // the root inode's times are the mkfs time
         let ino = scoutvm_fs::btree_block::items(&read_lg(&gmeta, 2));
-        let inode = scoutvm_fs::format::inode::Inode::decode(&ino[1].val).unwrap();
+        let inode = scoutvm_fs::format::items::InodeItem::decode(&ino[1].val).unwrap();
         let p = MkfsParams {
             fmt_vers: gsb.fmt_vers,
             meta_bytes: gsb.total_meta_blocks * LG_BLOCK_SIZE as u64,

@@ -6,27 +6,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{block_on, Vol};
+use common::{block_on, readdir_all, Vol};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::mem_backend::MemMkfs;
 use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::vfs::MountOptions;
 
 const ROOT: u64 = 1;
-
-fn readdir_all(m: &Mount, dir: u64, batch: usize) -> Vec<DirEntry> {
-    let mut out = Vec::new();
-    let mut pos = 2;
-    loop {
-        let ents = block_on(m.readdir(&Cred::root(), dir, pos, batch)).unwrap();
-        match ents.last() {
-            Some(e) => pos = e.next_pos,
-            None => break,
-        }
-        out.extend(ents);
-    }
-    out
-}
 
 #[test]
 fn hundred_thousand_entries() {

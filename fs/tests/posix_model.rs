@@ -7,15 +7,22 @@
 //!
 //! Seeds: `POSIX_MODEL_SEEDS` (default 200), ops per seed
 //! `POSIX_MODEL_OPS` (default 400).
+//!
+//! The same runs go over the real persistent half too (server, client log
+//! trees, forest reads, log merges on RAM disks): `POSIX_MODEL_REAL_SEEDS`
+//! (default 60), with fsck after every commit and merges between ops.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
-use common::{block_on, Vol};
+use common::{block_on, test_node_options, RealVol, Vol};
 use scoutvm_fs::env::{Entropy, SeededEntropy};
 use scoutvm_fs::errno::{Errno, FsResult};
+use scoutvm_fs::mem_backend::MemBackend;
 use scoutvm_fs::mem_backend::MemMkfs;
+use scoutvm_fs::node::NodeHandle;
 use scoutvm_fs::posix::*;
 use scoutvm_fs::vfs::{Mount, MountOptions};
 
@@ -274,9 +281,102 @@ fn agree<T: std::fmt::Debug, U: std::fmt::Debug>(
     }
 }
 
+/// What the mount runs on.
+enum Backing {
+    Mem {
+        vol: Vol,
+        be: Option<Rc<MemBackend>>,
+    },
+    Real {
+        vol: Box<RealVol>,
+        node: Option<NodeHandle>,
+    },
+}
+
+impl Backing {
+    fn mount(&mut self, busy_commits: bool) -> Rc<Mount> {
+        match self {
+            Backing::Mem { vol, be } => {
+                let (m, b) = vol.mount();
+                if busy_commits {
+                    b.set_txn_data_limit(Some(3));
+                }
+                *be = Some(b);
+                Rc::new(m)
+            }
+            Backing::Real { vol, node } => {
+                let (m, n) = vol.mount();
+                *node = Some(n);
+                m
+            }
+        }
+    }
+
+    /// Drop the mount without committing.
+    fn crash(&mut self) {
+        match self {
+            Backing::Mem { be, .. } => *be = None,
+            Backing::Real { vol, node } => {
+                if let Some(n) = node.take() {
+                    block_on(n.abandon());
+                }
+                vol.fsck();
+            }
+        }
+    }
+
+    /// Commit and unmount.
+    fn unmount(&mut self, m: &Mount) {
+        match self {
+            Backing::Mem { be, .. } => {
+                block_on(m.sync()).unwrap();
+                *be = None;
+            }
+            Backing::Real { vol, node } => {
+                if let Some(n) = node.take() {
+                    block_on(n.unmount()).unwrap();
+                }
+                vol.fsck();
+                let sb = scoutvm_fs::block::read_super_from(&*vol.meta).unwrap();
+                assert!(sb.mounted_clients.is_empty(), "unmount leaves no mount");
+            }
+        }
+    }
+
+    /// Commits made so far (by this mount, for the real backing).
+    fn commits(&self) -> u64 {
+        match self {
+            Backing::Mem { vol, .. } => vol.store.commits(),
+            Backing::Real { node, .. } => node.as_ref().map_or(0, |n| n.trans().counters().commits),
+        }
+    }
+
+    /// Checks after a commit: the volume is consistent.
+    fn after_commit(&self) {
+        if let Backing::Real { vol, .. } = self {
+            vol.fsck();
+        }
+    }
+
+    /// Between operations: let the log merge make progress.
+    fn merge_some(&self, rounds: usize, request: bool) {
+        if let Backing::Real { vol, node: Some(n) } = self {
+            if request {
+                block_on(n.start_merge()).unwrap();
+            }
+            for _ in 0..rounds {
+                if !block_on(n.merge_once()).unwrap() {
+                    break;
+                }
+            }
+            vol.fsck();
+        }
+    }
+}
+
 struct Run {
-    vol: Vol,
-    m: Option<Mount>,
+    backing: Backing,
+    m: Option<Rc<Mount>>,
     model: Model,
     committed: Model,
     /// Blocks of each file that changed in place since the last commit.
@@ -641,6 +741,9 @@ impl Run {
                 block_on(self.m().sync()).unwrap();
                 self.committed = self.model.clone();
                 self.data_dirty.clear();
+                self.backing.after_commit();
+                let request = self.r(3) == 0;
+                self.backing.merge_some(4, request);
             }
             96..=97 => {
                 let dir = self.dir_ino();
@@ -1049,10 +1152,11 @@ impl Run {
         self.auto_commits += c.commits_on_size + c.enobufs_commits;
         if crash {
             self.m = None;
+            self.backing.crash();
             self.model = self.committed.clone();
         } else {
-            block_on(self.m().sync()).unwrap();
-            self.m = None;
+            let m = self.m.take().unwrap();
+            self.backing.unmount(&m);
         }
         self.model.open.clear();
         let gone: Vec<u64> = self
@@ -1065,10 +1169,7 @@ impl Run {
         for ino in &gone {
             self.model.nodes.remove(ino);
         }
-        let (m, be) = self.vol.mount();
-        if self.busy_commits {
-            be.set_txn_data_limit(Some(3));
-        }
+        let m = self.backing.mount(self.busy_commits);
         self.m = Some(m);
         for ino in gone {
             assert_eq!(
@@ -1206,33 +1307,43 @@ fn check_attr(ino: u64, a: &Attr, n: &Node) {
     );
 }
 
-fn run_seed(seed: u64, ops: usize) {
-    let busy_commits = seed % 5 == 4;
-    let vol = Vol::with(
-        MemMkfs {
-            data_blocks: 1 << 22,
-            ..MemMkfs::default()
+fn mount_options(seed: u64, busy_commits: bool) -> MountOptions {
+    MountOptions {
+        cache_budget_bytes: if seed.is_multiple_of(3) {
+            32 << 10
+        } else {
+            8 << 20
         },
-        MountOptions {
-            cache_budget_bytes: if seed.is_multiple_of(3) {
-                32 << 10
-            } else {
-                8 << 20
-            },
-            commit: scoutvm_fs::txn::CommitPolicy {
-                dirty_limit_bytes: if busy_commits { 2 << 10 } else { 32 << 20 },
-                ..Default::default()
-            },
+        commit: scoutvm_fs::txn::CommitPolicy {
+            dirty_limit_bytes: if busy_commits { 2 << 10 } else { 32 << 20 },
+            ..Default::default()
         },
-    );
-    vol.store
-        .set_read_window(if seed.is_multiple_of(2) { 16 } else { 256 });
-    let (m, be) = vol.mount();
-    if busy_commits {
-        be.set_txn_data_limit(Some(3));
     }
+}
+
+fn run_seed(seed: u64, ops: usize, real: bool) {
+    let busy_commits = seed % 5 == 4;
+    let mut backing = if real {
+        let opts = test_node_options(mount_options(seed, busy_commits));
+        Backing::Real {
+            vol: Box::new(RealVol::new(8 << 30, 1 << 30, seed, opts)),
+            node: None,
+        }
+    } else {
+        let vol = Vol::with(
+            MemMkfs {
+                data_blocks: 1 << 22,
+                ..MemMkfs::default()
+            },
+            mount_options(seed, busy_commits),
+        );
+        vol.store
+            .set_read_window(if seed.is_multiple_of(2) { 16 } else { 256 });
+        Backing::Mem { vol, be: None }
+    };
+    let m = backing.mount(busy_commits);
     let mut run = Run {
-        vol,
+        backing,
         m: Some(m),
         model: Model::new(),
         committed: Model::new(),
@@ -1244,7 +1355,7 @@ fn run_seed(seed: u64, ops: usize) {
         auto_commits: 0,
     };
     for i in 0..=ops {
-        let commits = run.vol.store.commits();
+        let commits = run.backing.commits();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if i < ops {
                 run.step();
@@ -1290,11 +1401,15 @@ fn run_seed(seed: u64, ops: usize) {
         }
         // only explicit syncs and remounts commit in this test
         let last = run.log.last().map(String::as_str).unwrap_or("");
-        if run.vol.store.commits() != commits && !run.busy_commits {
+        let now = run.backing.commits();
+        if now != commits && !run.busy_commits {
             assert!(
                 last == "sync" || last.starts_with("remount") || last == "final check",
                 "unexpected commit after {last}"
             );
+        }
+        if now != commits && !last.starts_with("remount") {
+            run.backing.after_commit();
         }
     }
 }
@@ -1312,6 +1427,22 @@ fn random_operations_match_the_model() {
     let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
     let ops = env_num("POSIX_MODEL_OPS", 400);
     for seed in first..first + seeds {
-        run_seed(seed, ops);
+        run_seed(seed, ops, false);
+    }
+}
+
+#[test]
+fn random_operations_match_the_model_on_the_real_backend() {
+    let seeds = env_num("POSIX_MODEL_REAL_SEEDS", 60) as u64;
+    let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
+    let ops = env_num("POSIX_MODEL_OPS", 400);
+    for seed in first..first + seeds {
+        run_seed(seed, ops, true);
+    }
+    let merged = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0);
+    let finished = scoutvm_fs::counters::get("log_merge.finished").unwrap_or(0);
+    eprintln!("real backend: {finished} merges finished, {merged} items merged");
+    if seeds >= 8 {
+        assert!(finished > 0 && merged > 0, "the runs never merged");
     }
 }

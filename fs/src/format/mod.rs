@@ -7,10 +7,10 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
-pub mod inode;
 pub mod items;
 pub mod key;
 pub mod le;
+pub mod log;
 pub mod quorum;
 pub mod super_block;
 

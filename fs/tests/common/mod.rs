@@ -141,25 +141,28 @@ pub fn assert_fsck_clean(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) {
 // ---- POSIX test support ----
 
 use core::future::Future;
-use core::pin::pin;
-use core::task::{Context, Poll, Waker};
 
 use scoutvm_fs::dev::MemDev;
 use scoutvm_fs::env::ManualClock;
+use scoutvm_fs::exec::{Executor, Handle};
 use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::node::{mount_volume, NodeHandle, NodeOptions};
 use scoutvm_fs::vfs::{Mount, MountOptions};
 
-/// Poll to completion with a no-op waker; panics if a future stays
-/// pending for very long (a lost wake-up would hang otherwise).
+thread_local! {
+    static EXEC: Executor = Executor::default();
+}
+
+/// Run `f` on this thread's executor (in virtual time) with every task
+/// spawned on [`handle`]; panics on a deadlock (nothing ready, no timer).
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..1_000_000 {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-    panic!("future never completed");
+    EXEC.with(|ex| ex.block_on(f))
+        .unwrap_or_else(|_| panic!("block_on: deadlock (nothing ready, no timer pending)"))
+}
+
+/// The handle of this thread's executor.
+pub fn handle() -> Handle {
+    EXEC.with(|ex| ex.handle())
 }
 
 /// An in-memory volume: durable items, a data device and a clock.
@@ -202,4 +205,102 @@ impl Vol {
         .expect("mount");
         (m, be)
     }
+}
+
+/// Node options for small test volumes: reserves and allocator targets
+/// scaled down, no background tasks (tests commit and merge explicitly).
+pub fn test_node_options(mount: MountOptions) -> NodeOptions {
+    let mut o = NodeOptions {
+        mount,
+        tick_ns: 0,
+        merge_poll_ns: 0,
+        ..Default::default()
+    };
+    o.server.commit.reserved_meta_blocks = 64;
+    o.server.log_trees.reserved_meta_blocks = 64;
+    o.server.log_trees.data_fill_lo = 1 << 14;
+    o.server.log_trees.data_fill_target = 1 << 15;
+    o.trans.data_refill_thresh = 64;
+    o.trans.cache_budget_bytes = 8 << 20;
+    o.merge_cache_budget_bytes = 8 << 20;
+    o
+}
+
+/// A scoutfs volume on RAM disks, mounted through the real server and
+/// client (log trees, forest reads, merges).
+pub struct RealVol {
+    pub meta: Rc<FaultDev>,
+    pub data: Rc<FaultDev>,
+    pub clock: Rc<ManualClock>,
+    pub opts: NodeOptions,
+    pub seed: std::cell::Cell<u64>,
+}
+
+impl RealVol {
+    pub fn new(meta_bytes: u64, data_bytes: u64, seed: u64, opts: NodeOptions) -> RealVol {
+        let (meta, data) = small_volume(meta_bytes, data_bytes, seed);
+        let clock = Rc::new(ManualClock::new(Timespec {
+            sec: 1_700_000_000,
+            nsec: 0,
+        }));
+        RealVol {
+            meta,
+            data,
+            clock,
+            opts,
+            seed: std::cell::Cell::new(seed.wrapping_mul(1000)),
+        }
+    }
+
+    /// Mount: start a node on the devices.
+    pub fn mount(&self) -> (Rc<Mount>, NodeHandle) {
+        let s = self.seed.get() + 1;
+        self.seed.set(s);
+        let ent: Rc<dyn scoutvm_fs::env::Entropy> = Rc::new(SeededEntropy::new(s));
+        block_on(mount_volume(
+            self.meta.clone(),
+            self.data.clone(),
+            self.clock.clone(),
+            ent,
+            handle(),
+            self.opts,
+        ))
+        .expect("mount")
+    }
+
+    #[track_caller]
+    pub fn fsck(&self) {
+        assert_fsck_clean(&*self.meta, Some(&*self.data));
+    }
+}
+
+/// Every entry of a directory after "." and "..", `batch` at a time.
+pub fn readdir_all(m: &Mount, dir: u64, batch: usize) -> Vec<scoutvm_fs::posix::DirEntry> {
+    let mut out = Vec::new();
+    let mut pos = 2;
+    loop {
+        let ents = block_on(m.readdir(&scoutvm_fs::posix::Cred::root(), dir, pos, batch)).unwrap();
+        match ents.last() {
+            Some(e) => pos = e.next_pos,
+            None => break,
+        }
+        out.extend(ents);
+    }
+    out
+}
+
+/// Run log merge work until the server has none left (and the freeing of
+/// merged trees is done).
+pub fn merge_until_idle(node: &NodeHandle) {
+    for _ in 0..100_000 {
+        if block_on(node.merge_once()).unwrap() {
+            continue;
+        }
+        let h = handle();
+        block_on(async move { h.sleep_ns(2_000_000_000).await });
+        if !node.leader().merge_pending() {
+            return;
+        }
+    }
+    panic!("log merge never finished");
 }

@@ -1,0 +1,165 @@
+//! Filesystem throughput through the `Mount` API over the real persistent
+//! half (server, client log trees over the loopback transport, forest
+//! reads): creates, stats, unlinks per second and sequential write/read
+//! MB/s, on RAM disks and on file devices (temp files, fsync'ed at every
+//! commit), and log merge items per second. Prints figures; asserts
+//! nothing about speed.
+//!
+//! `cargo bench -p scoutvm-fs --bench fs` (env: BENCH_FILES, BENCH_MIB,
+//! BENCH_DIR for the file devices).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{block_on, handle, merge_until_idle, FileDev};
+use scoutvm_fs::dev::{BlockDev, MemDev};
+use scoutvm_fs::env::{Entropy, ManualClock, SeededEntropy, Timespec};
+use scoutvm_fs::mkfs::mkfs;
+use scoutvm_fs::node::{mount_volume, NodeHandle, NodeOptions};
+use scoutvm_fs::posix::Cred;
+use scoutvm_fs::vfs::Mount;
+use std::rc::Rc;
+use std::time::Instant;
+
+const META: u64 = 16 << 30;
+const DATA: u64 = 16 << 30;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rate(what: &str, n: u64, secs: f64) {
+    println!(
+        "  {what:<30} {n:>9} in {secs:>8.3} s = {:>10.0} /s",
+        n as f64 / secs
+    );
+}
+
+fn mbps(what: &str, bytes: u64, secs: f64) {
+    println!(
+        "  {what:<30} {:>6} MiB in {secs:>8.3} s = {:>10.1} MB/s",
+        bytes >> 20,
+        bytes as f64 / secs / 1e6
+    );
+}
+
+fn mount(meta: &Rc<dyn BlockDev>, data: &Rc<dyn BlockDev>, seed: u64) -> (Rc<Mount>, NodeHandle) {
+    let clock = Rc::new(ManualClock::new(Timespec {
+        sec: 1_700_000_000,
+        nsec: 0,
+    }));
+    let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(seed));
+    let opts = NodeOptions {
+        tick_ns: 0,
+        merge_poll_ns: 0,
+        ..NodeOptions::default()
+    };
+    block_on(mount_volume(
+        meta.clone(),
+        data.clone(),
+        clock,
+        ent,
+        handle(),
+        opts,
+    ))
+    .expect("mount")
+}
+
+fn run(label: &str, meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>) {
+    println!("{label}:");
+    mkfs(&*meta, &*data, &common::params(2, META, DATA, 1)).expect("mkfs");
+    let files = env_num("BENCH_FILES", 20_000);
+    let mib = env_num("BENCH_MIB", 256);
+    let c = Cred::root();
+    let (m, node) = mount(&meta, &data, 1);
+    let dir = block_on(m.mkdir(&c, 1, b"bench", 0o755)).unwrap().ino;
+
+    let t = Instant::now();
+    let mut inos = Vec::with_capacity(files as usize);
+    for i in 0..files {
+        let a = block_on(m.create(&c, dir, format!("f{i:08}").as_bytes(), 0o644)).unwrap();
+        inos.push(a.ino);
+    }
+    block_on(m.sync()).unwrap();
+    rate("creates (+ sync)", files, t.elapsed().as_secs_f64());
+
+    // the log merge of everything created
+    let before = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0);
+    block_on(node.start_merge()).unwrap();
+    let t = Instant::now();
+    merge_until_idle(&node);
+    let merged = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0) - before;
+    rate("log merge items", merged, t.elapsed().as_secs_f64());
+
+    m.evict_clean_cache();
+    let t = Instant::now();
+    for &ino in &inos {
+        block_on(m.getattr(ino)).unwrap();
+    }
+    rate("stats (cold item cache)", files, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    for &ino in &inos {
+        block_on(m.getattr(ino)).unwrap();
+    }
+    rate("stats (warm)", files, t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    for i in 0..files {
+        block_on(m.unlink(&c, dir, format!("f{i:08}").as_bytes())).unwrap();
+    }
+    block_on(m.sync()).unwrap();
+    rate("unlinks (+ sync)", files, t.elapsed().as_secs_f64());
+
+    let f = block_on(m.create(&c, 1, b"big", 0o644)).unwrap().ino;
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
+    let t = Instant::now();
+    for i in 0..mib {
+        block_on(m.write(f, i << 20, &chunk)).unwrap();
+    }
+    block_on(m.sync()).unwrap();
+    mbps(
+        "sequential write (+ sync)",
+        mib << 20,
+        t.elapsed().as_secs_f64(),
+    );
+    m.evict_clean_cache();
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for i in 0..mib {
+        let b = block_on(m.read(f, i << 20, 1 << 20)).unwrap();
+        sum += b.len() as u64;
+    }
+    mbps("sequential read", sum, t.elapsed().as_secs_f64());
+    drop(m);
+    block_on(node.unmount()).unwrap();
+    let rep = scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
+    println!(
+        "  fsck after unmount: {}",
+        if rep.is_clean() { "clean" } else { "PROBLEMS" }
+    );
+}
+
+fn main() {
+    run(
+        "RAM disks (MemDev)",
+        Rc::new(MemDev::new(META)),
+        Rc::new(MemDev::new(DATA)),
+    );
+    let dir = std::env::var("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let mp = dir.join(format!("scoutvm-bench-meta-{}", std::process::id()));
+    let dp = dir.join(format!("scoutvm-bench-data-{}", std::process::id()));
+    let meta: Rc<dyn BlockDev> = Rc::new(FileDev::create_sparse(&mp, META));
+    let data: Rc<dyn BlockDev> = Rc::new(FileDev::create_sparse(&dp, DATA));
+    run(
+        &format!("file devices in {} (fsync per commit)", dir.display()),
+        meta,
+        data,
+    );
+    let _ = std::fs::remove_file(&mp);
+    let _ = std::fs::remove_file(&dp);
+}
