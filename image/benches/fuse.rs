@@ -4,9 +4,11 @@
 //! process. Prints figures; asserts nothing about speed.
 //!
 //! `cargo bench -p scoutvm-image --bench fuse` (root and /dev/fuse;
-//! env: BENCH_FILES, BENCH_MIB). The volume is in memory (the in-memory
-//! backend with a RAM data device), so the figures are the FUSE path plus
-//! the POSIX layer, without device I/O.
+//! env: BENCH_FILES, BENCH_MIB, BENCH_VOLUMES=mem,file). Two volumes:
+//! `mem`, the in-memory backend with a RAM data device (the FUSE path and
+//! the POSIX layer without device I/O), and `file`, a real volume made by
+//! `scoutvm mkfs` on sparse image files in $TMPDIR (log btrees, server
+//! commits, fdatasync of the image files).
 //!
 //! What each figure includes: create = lookup + create + release per file
 //! (then a sync); stat = a lookup and getattr reaching the filesystem
@@ -15,9 +17,12 @@
 //! file's page cache on open) and 1 MiB reads.
 
 use scoutvm_fs::vfs::MountOptions;
+use scoutvm_image::fs_thread::Opener;
 use scoutvm_image::fuse::{FuseMount, FuseOptions};
-use scoutvm_image::volume::mem_opener;
+use scoutvm_image::volume::{mem_opener, open_for_mount, volume_opener};
 use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -42,6 +47,29 @@ fn mbps(what: &str, bytes: u64, secs: f64) {
     );
 }
 
+/// A fresh volume on sparse image files in `dir`.
+fn file_volume(dir: &Path, data_bytes: u64) -> Opener {
+    let (meta, data) = (dir.join("meta.img"), dir.join("data.img"));
+    for (p, size) in [(&meta, 8u64 << 30), (&data, data_bytes.max(4 << 30))] {
+        let f = std::fs::File::create(p).expect("image file");
+        f.set_len(size).expect("sparse image");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_scoutvm"))
+        .args(["mkfs", "-A", "-Q", "0,127.0.0.1,7100"])
+        .arg(&meta)
+        .arg(&data)
+        .output()
+        .expect("run scoutvm mkfs");
+    assert!(
+        o.status.success(),
+        "mkfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let devs = open_for_mount(meta.to_str().unwrap(), data.to_str().unwrap(), false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    volume_opener(devs, MountOptions::default())
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too
     // and should not mount anything.
@@ -50,16 +78,35 @@ fn main() {
     }
     let files = env_num("BENCH_FILES", 20_000);
     let mib = env_num("BENCH_MIB", 256);
-    let dir = std::env::temp_dir().join(format!("scoutvm-fuse-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mount point");
+    let volumes = std::env::var("BENCH_VOLUMES").unwrap_or_else(|_| "mem,file".into());
+    for v in volumes.split(',') {
+        let work =
+            std::env::temp_dir().join(format!("scoutvm-fuse-bench-{}-{v}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).expect("bench dir");
+        let data_bytes = (mib << 20) + (256 << 20);
+        let (opener, what) = match v {
+            "mem" => (
+                mem_opener(data_bytes, MountOptions::default()),
+                "an in-memory volume".to_string(),
+            ),
+            "file" => (
+                file_volume(&work, data_bytes),
+                format!("a volume on sparse image files in {}", work.display()),
+            ),
+            other => panic!("BENCH_VOLUMES: unknown volume '{other}' (mem, file)"),
+        };
+        bench(opener, &what, &work.join("mnt"), files, mib);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
+
+fn bench(opener: Opener, what: &str, dir: &Path, files: u64, mib: u64) {
+    std::fs::create_dir_all(dir).expect("mount point");
     let opts = FuseOptions::default();
-    let data_bytes = (mib << 20) + (256 << 20);
-    let mnt = FuseMount::start(mem_opener(data_bytes, MountOptions::default()), &dir, &opts)
+    let mnt = FuseMount::start(opener, dir, &opts)
         .unwrap_or_else(|e| panic!("cannot mount for the bench: {e}"));
-    println!(
-        "FUSE bench on an in-memory volume at {} ({files} files, {mib} MiB)",
-        dir.display()
-    );
+    println!("FUSE bench on {what} ({files} files, {mib} MiB)");
 
     let d = dir.join("bench");
     std::fs::create_dir(&d).unwrap();
@@ -124,7 +171,6 @@ fn main() {
 
     let stats = mnt.stats();
     mnt.unmount().expect("clean unmount");
-    let _ = std::fs::remove_dir(&dir);
     println!(
         "fs thread: {} requests, {} queue-full waits",
         stats.jobs, stats.queue_full

@@ -8,14 +8,16 @@
 //! devices are the pair mkfs made (`server::check_supers`).
 
 use crate::filedev::{FileDev, LockError};
-use crate::fs_thread::{Opened, Opener};
+use crate::fs_thread::{Close, Opened, Opener};
 use crate::hostenv;
 use scoutvm_fs::backend::Backend;
 use scoutvm_fs::block::read_super_from;
 use scoutvm_fs::dev::{BlockDev, MemDev};
-use scoutvm_fs::env::Clock;
+use scoutvm_fs::env::{Clock, Entropy};
 use scoutvm_fs::format::super_block::SuperBlock;
+use scoutvm_fs::leader::ServerConfig;
 use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::node::{self, NodeOptions};
 use scoutvm_fs::vfs::{Mount, MountOptions};
 use std::path::Path;
 use std::rc::Rc;
@@ -26,6 +28,8 @@ pub struct VolumeDevs {
     pub data: FileDev,
     /// The metadata device's super block as found.
     pub sb: SuperBlock,
+    /// Reclaim the mounts the super lists (`--recover`).
+    pub recover: bool,
 }
 
 fn open_locked(path: &str, which: &str) -> Result<FileDev, String> {
@@ -72,22 +76,57 @@ pub fn open_for_mount(
              any host has the volume mounted, mount with --recover to reclaim it"
         ));
     }
-    Ok(VolumeDevs { meta, data, sb })
+    Ok(VolumeDevs {
+        meta,
+        data,
+        sb,
+        recover,
+    })
 }
 
-/// Serve the volume on `devs`.
-///
-/// The persistent backend (log btrees, forest, server) is not on this
-/// branch yet, so this refuses after every check has passed.
-pub fn volume_opener(devs: VolumeDevs, _opts: MountOptions) -> Opener {
-    Box::new(move |_ctx| {
+/// Serve the volume on `devs`: the server role and the mount's client in
+/// this process (`node::mount_volume`), ticked by the fs thread. A
+/// `recover`ed volume's listed mounts are reclaimed as the server starts.
+pub fn volume_opener(devs: VolumeDevs, opts: MountOptions) -> Opener {
+    Box::new(move |ctx| {
         Box::pin(async move {
-            drop(devs);
-            Err(
-                "this build cannot serve volumes yet: the persistent backend is not merged \
-                 (use --mem for an in-memory volume)"
-                    .to_string(),
-            )
+            let VolumeDevs {
+                meta,
+                data,
+                sb: _,
+                recover,
+            } = devs;
+            let meta: Rc<dyn BlockDev> = Rc::new(meta);
+            let data: Rc<dyn BlockDev> = Rc::new(data);
+            let clock: Rc<dyn Clock> = ctx.clock.clone();
+            let entropy: Rc<dyn Entropy> = Rc::new(hostenv::host_entropy());
+            let nopts = NodeOptions {
+                mount: opts,
+                // a listed mount is someone else's unless --recover said
+                // it is dead (open_for_mount refused it otherwise)
+                server: ServerConfig {
+                    reclaim_mounted_at_start: recover,
+                    ..ServerConfig::default()
+                },
+                // the fs thread ticks the mount
+                tick_ns: 0,
+                ..NodeOptions::default()
+            };
+            let (mount, node) =
+                node::mount_volume(meta, data, clock, entropy, ctx.handle.clone(), nopts)
+                    .await
+                    .map_err(|e| format!("mounting the volume failed: {e}"))?;
+            let close: Close = Box::new(move |m: Rc<Mount>| {
+                Box::pin(async move {
+                    // the node holds the mount too; it commits and says
+                    // farewell (the server forgets this mount)
+                    drop(m);
+                    node.unmount()
+                        .await
+                        .map_err(|e| format!("clean unmount failed: {e}"))
+                })
+            });
+            Ok(Opened { mount, close })
         })
     })
 }

@@ -1,7 +1,10 @@
 //! `scoutvm mount` through the kernel's FUSE: ordinary tools create,
-//! write, rename, link and remove files (`tests/fuse/tools.sh`), the
-//! process unmounts cleanly on `umount` and on SIGTERM, and bad
-//! arguments, non-volumes and volumes in use are refused.
+//! write, rename, link and remove files (`tests/fuse/tools.sh`) on an
+//! in-memory volume and on a real one (fsck clean after unmount, all of it
+//! there after a remount), the process unmounts cleanly on `umount` and on
+//! SIGTERM, a volume mounted twice, locked by another process or left
+//! listed by a crashed mount is refused (`--recover` reclaims the
+//! latter), and bad arguments and non-volumes are refused.
 //!
 //! Needs root and /dev/fuse: without them these tests fail, saying so.
 //! Every mount is made by a guard that unmounts it (lazily if busy) and
@@ -253,6 +256,92 @@ fn sigterm_and_sigint_unmount_and_exit_cleanly() {
         assert!(err.contains("unmounting"), "{err}");
         assert!(!is_mounted(&mnt));
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[track_caller]
+fn fsck_clean(meta: &Path, data: &Path) {
+    let o = bin().arg("fsck").arg(meta).arg(data).output().unwrap();
+    assert!(o.status.success(), "fsck:\n{}", text(&o));
+    assert!(text(&o).contains("clean"), "{}", text(&o));
+}
+
+#[test]
+fn ordinary_tools_through_a_volume_persist_across_remounts() {
+    require_fuse();
+    let d = tmpdir("volume-tools");
+    let (mnt, state) = (d.join("mnt"), d.join("state"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let first = MountProc::start(&[m, dd, dir], &mnt);
+    tools("populate", &mnt, &state);
+    tools("verify", &mnt, &state);
+    first.unmount();
+    fsck_clean(&meta, &data);
+
+    let second = MountProc::start(&[m, dd, dir], &mnt);
+    tools("verify", &mnt, &state);
+    // the same volume cannot be mounted twice at once
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    refused(&[m, dd, other.to_str().unwrap()], 1, "is in use");
+    assert!(!is_mounted(&other));
+    second.unmount();
+    fsck_clean(&meta, &data);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_crashed_mount_is_refused_until_recovered() {
+    require_fuse();
+    let d = tmpdir("crash");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let mut crashed = MountProc::start(&[m, dd, dir], &mnt);
+    std::fs::write(mnt.join("durable"), b"fsynced before the crash").unwrap();
+    std::fs::File::open(mnt.join("durable"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let k = Command::new("kill")
+        .arg("-KILL")
+        .arg(crashed.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let (status, _, _) = crashed.finish();
+    assert!(status.is_some_and(|s| !s.success()));
+    // the kernel mount is left without its server
+    let o = Command::new("umount").arg("-l").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    drop(crashed);
+
+    refused(&[m, dd, dir], 1, "mounted elsewhere");
+    refused(&[m, dd, dir], 1, "--recover");
+    let recovered = MountProc::start(&["--recover", m, dd, dir], &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("durable")).unwrap(),
+        b"fsynced before the crash"
+    );
+    recovered.unmount();
+    fsck_clean(&meta, &data);
+    // reclaimed: an ordinary mount works again
+    MountProc::start(&[m, dd, dir], &mnt).unmount();
+    fsck_clean(&meta, &data);
     let _ = std::fs::remove_dir_all(&d);
 }
 
