@@ -4,27 +4,15 @@
 //!
 //! `cargo bench -p scoutvm-fs --bench posix` (env: BENCH_FILES, BENCH_MIB).
 
-use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use scoutvm_fs::dev::MemDev;
 use scoutvm_fs::env::{ManualClock, Timespec};
+use scoutvm_fs::exec::block_on;
 use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
 use scoutvm_fs::posix::Cred;
 use scoutvm_fs::vfs::{Mount, MountOptions};
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -32,7 +32,7 @@ use core::pin::Pin;
 
 use crate::errno::FsResult;
 use crate::format::items::TotlVal;
-use crate::format::key::{zone, Key};
+use crate::format::key::{ty, zone, Key};
 
 /// A boxed, non-`Send` future: what the dyn-compatible async methods return.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -201,6 +201,11 @@ pub fn lock_range(key: &Key) -> (Key, Key) {
                 ),
             )
         }
+        // The kernel locks the whole orphan type with one range.
+        zone::ORPHAN => (
+            Key::new(z, 0, ty::ORPHAN, 0, 0, 0),
+            Key::new(z, 0, ty::ORPHAN, u64::MAX, u64::MAX, u8::MAX),
+        ),
         _ => (
             Key::new(z, 0, 0, 0, 0, 0),
             Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
@@ -222,6 +227,7 @@ mod tests {
         let (s, e) = lock_range(&Key::new(4, 0, 8, 2050, 77, 0));
         assert_eq!((s.ty, s.second, e.second), (8, 2048, 3071));
         let (s, e) = lock_range(&Key::new(8, 0, 4, 99, 0, 0));
-        assert_eq!((s.zone, e.zone, s.first, e.first), (8, 8, 0, u64::MAX));
+        assert_eq!((s.zone, s.ty, s.second), (8, 4, 0));
+        assert_eq!((e.zone, e.ty, e.first, e.second), (8, 4, 0, u64::MAX));
     }
 }

@@ -12,10 +12,11 @@
 //! Also owns the bloom key rule (the start key of the cluster lock that
 //! covers an item), which writers of log trees share.
 
+use crate::backend::lock_range;
 use crate::block::BlockCache;
 use crate::btree;
 use crate::format::block::{BlockRef, BtreeRoot};
-use crate::format::key::{ty, zone, Key};
+use crate::format::key::{zone, Key};
 use crate::format::le::get_u64;
 use crate::format::log::{bloom_bits, bloom_test, merge_status_key, LogTrees, MergeStatus};
 use crate::format::MAGIC_BLOOM;
@@ -24,58 +25,9 @@ use crate::store_error::{StoreError, StoreResult};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-/// Inodes per cluster lock (and bloom key group).
-pub const LOCK_INODE_GROUP_NR: u64 = 1024;
-/// Index seqs per cluster lock.
-pub const LOCK_SEQ_GROUP_NR: u64 = 1024;
-
-/// The key range of the cluster lock covering `key`, as the kernel draws
-/// it; its start is the bloom key of every item inside.
-pub fn lock_bounds(key: &Key) -> (Key, Key) {
-    let z = key.zone;
-    match z {
-        zone::FS => {
-            let first = key.first & !(LOCK_INODE_GROUP_NR - 1);
-            (
-                Key::new(z, first, 0, 0, 0, 0),
-                Key::new(
-                    z,
-                    first | (LOCK_INODE_GROUP_NR - 1),
-                    u8::MAX,
-                    u64::MAX,
-                    u64::MAX,
-                    u8::MAX,
-                ),
-            )
-        }
-        zone::INODE_INDEX => {
-            let second = key.second & !(LOCK_SEQ_GROUP_NR - 1);
-            (
-                Key::new(z, 0, key.ty, second, 0, 0),
-                Key::new(
-                    z,
-                    0,
-                    key.ty,
-                    second | (LOCK_SEQ_GROUP_NR - 1),
-                    u64::MAX,
-                    u8::MAX,
-                ),
-            )
-        }
-        zone::ORPHAN => (
-            Key::new(z, 0, ty::ORPHAN, 0, 0, 0),
-            Key::new(z, 0, ty::ORPHAN, u64::MAX, u64::MAX, u8::MAX),
-        ),
-        _ => (
-            Key::new(z, 0, 0, 0, 0, 0),
-            Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
-        ),
-    }
-}
-
 /// The bloom key of an item: its lock's start key.
 pub fn bloom_key(key: &Key) -> Key {
-    lock_bounds(key).0
+    lock_range(key).0
 }
 
 /// One log tree as a reader needs it.
@@ -234,7 +186,7 @@ pub fn read_items(
     lo: &Key,
     hi: &Key,
 ) -> StoreResult<ForestItems> {
-    let (ls, le) = lock_bounds(key);
+    let (ls, le) = lock_range(key);
     let lo = if ls > *lo { ls } else { *lo };
     let hi = if le < *hi { le } else { *hi };
     if !(lo <= *key && *key <= hi) {
@@ -329,6 +281,7 @@ pub fn read_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::key::ty;
 
     #[test]
     fn bloom_keys_are_lock_starts() {
@@ -348,7 +301,7 @@ mod tests {
             bloom_key(&Key::new(12, 1, 0, 2, 3, 0)),
             Key::new(12, 0, 0, 0, 0, 0)
         );
-        let (s, e) = lock_bounds(&Key::fs(1, ty::INODE, 0, 0));
+        let (s, e) = lock_range(&Key::fs(1, ty::INODE, 0, 0));
         assert!(s <= Key::fs(0, 0, 0, 0) && Key::fs(1023, 255, u64::MAX, u64::MAX) <= e);
     }
 

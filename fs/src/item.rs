@@ -557,20 +557,8 @@ mod tests {
     use super::*;
     use crate::backend::{BackendStatfs, BoxFut, DataRun, InoRange};
     use crate::env::ManualClock;
+    use crate::exec::block_on;
     use alloc::boxed::Box;
-    use core::future::Future;
-    use core::pin::pin;
-    use core::task::{Context, Poll, Waker};
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        let mut f = pin!(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
 
     /// A backend over a BTreeMap that answers reads with at most `window`
     /// items, and counts reads.

@@ -85,7 +85,7 @@ fn read_all(ex: &Executor, node: &NodeHandle, inos: u64) -> Model {
             let mut key = Key::fs(0, 0, 0, 0);
             let last = Key::fs(inos, 255, u64::MAX, u64::MAX);
             while key <= last {
-                let (lo, hi) = scoutvm_fs::forest::lock_bounds(&key);
+                let (lo, hi) = scoutvm_fs::backend::lock_range(&key);
                 let r = t.forest_read(key, lo, hi).await.unwrap();
                 for (k, v) in r.items {
                     out.insert(k, v);

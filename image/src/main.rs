@@ -1,19 +1,21 @@
-//! `scoutvm`: make, dump and check scoutfs volumes on image files or block
-//! devices: `mkfs`, `print` and `fsck`, with the reference tool's flags and
-//! output. The work is done by `scoutvm_fs::{mkfs, print, fsck}`; this file
-//! parses arguments, opens devices, draws randomness and shows progress.
-//! Exit status: 0 success, 1 operation failed or fsck found problems,
-//! 2 usage error.
+//! `scoutvm`: make, dump, check and mount scoutfs volumes on image files
+//! or block devices: `mkfs`, `print` and `fsck`, with the reference tool's
+//! flags and output, and `mount` (a host FUSE mount). The work is done by
+//! `scoutvm_fs::{mkfs, print, fsck}` and `scoutvm_image::{fuse, volume}`;
+//! this file parses arguments, opens devices, draws randomness and shows
+//! progress. Exit status: 0 success, 1 operation failed or fsck found
+//! problems, 2 usage error.
 
-mod filedev;
-
-use filedev::FileDev;
 use scoutvm_fs::dev::BlockDev;
 use scoutvm_fs::env::Timespec;
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::{FORMAT_VERSION_MAX, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
 use scoutvm_fs::mkfs::{self, MkfsParams};
-use std::io::{IsTerminal, Read, Write};
+use scoutvm_fs::vfs::MountOptions;
+use scoutvm_image::filedev::FileDev;
+use scoutvm_image::fuse::FuseOptions;
+use scoutvm_image::volume;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -33,6 +35,23 @@ commands:
       dump the super, quorum blocks, allocators and trees of a volume
   fsck META [DATA]
       check a volume; exit 0 only when it is clean
+  mount [-o OPTIONS] [--recover] META DATA DIR
+  mount --mem SIZE [-o OPTIONS] DIR
+      serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
+      foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit;
+      the devices are locked and a volume in use elsewhere is refused
+        --recover        the mounts the volume lists are dead (a crashed
+                         mount): reclaim them; only when no node on any
+                         host has the volume mounted
+        --mem SIZE       an in-memory volume with SIZE of data (K/M/G/T),
+                         discarded at unmount
+        -o OPTIONS       comma-separated:
+                           cache_mb=N   item cache budget (default 64)
+                           dirty_mb=N   commit at N MiB of dirty items (default 32)
+                           commit_s=N   commit every N seconds (default 10)
+                           ttl_ms=N     kernel attribute/name cache (default 1000)
+                           fsname=NAME  source name in the mount table
+                           private      only the mounting user may enter
 ";
 
 /// A usage error: message, exit 2.
@@ -53,6 +72,7 @@ fn main() -> ExitCode {
         "mkfs" => cmd_mkfs(rest),
         "print" => cmd_print(rest),
         "fsck" => cmd_fsck(rest),
+        "mount" => cmd_mount(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -81,21 +101,7 @@ fn open_dev(path: &str, writable: bool, which: &str) -> Result<FileDev, ExitCode
 
 /// Random words from the OS (fsid, uuid). Falls back to time and pid.
 fn random_u64s() -> [u64; 3] {
-    let mut b = [0u8; 24];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let e = scoutvm_fs::env::SeededEntropy::new(t ^ ((std::process::id() as u64) << 32));
-        use scoutvm_fs::env::Entropy;
-        return [e.next_u64(), e.next_u64(), e.next_u64()];
-    }
-    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-    [w(0), w(1), w(2)]
+    scoutvm_image::hostenv::random_u64s::<3>()
 }
 
 fn now() -> Timespec {
@@ -390,4 +396,129 @@ fn cmd_fsck(args: &[String]) -> Result<ExitCode, Usage> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `-o` settings of `mount`.
+fn parse_mount_options(
+    list: &str,
+    mopts: &mut MountOptions,
+    fopts: &mut FuseOptions,
+) -> Result<(), Usage> {
+    for opt in list.split(',').filter(|o| !o.is_empty()) {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let num = |max: u64| -> Result<u64, Usage> {
+            let v = val.ok_or_else(|| Usage(format!("mount option '{key}' needs a value")))?;
+            match v.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => usage(format!("mount option '{key}={v}' must be 1..={max}")),
+            }
+        };
+        match key {
+            "cache_mb" => mopts.cache_budget_bytes = (num(1 << 20)? << 20) as usize,
+            "dirty_mb" => mopts.commit.dirty_limit_bytes = (num(1 << 14)? << 20) as usize,
+            "commit_s" => mopts.commit.interval_ns = num(3600)? * 1_000_000_000,
+            "ttl_ms" => fopts.ttl = std::time::Duration::from_millis(num(3_600_000)?),
+            "fsname" => match val {
+                Some(v) if !v.is_empty() && !v.contains([' ', '\t', '\n']) => {
+                    fopts.fsname = v.to_string()
+                }
+                _ => return usage("mount option 'fsname' needs a name without blanks"),
+            },
+            "private" if val.is_none() => fopts.allow_other = false,
+            _ => return usage(format!("unknown mount option '{opt}'")),
+        }
+    }
+    Ok(())
+}
+
+fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
+    let mut mopts = MountOptions::default();
+    let mut fopts = FuseOptions::default();
+    let mut mem_bytes = None;
+    let mut recover = false;
+    let mut paths = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "-o" => {
+                let v = take_value(args, &mut i, a)?;
+                parse_mount_options(v, &mut mopts, &mut fopts)?;
+            }
+            "--recover" => recover = true,
+            "--mem" => {
+                let v = take_value(args, &mut i, a)?;
+                let n = mkfs::parse_size(v).map_err(Usage)?;
+                if n < 16 << 20 {
+                    return usage(format!("--mem size '{v}' is below 16M"));
+                }
+                mem_bytes = Some(n);
+            }
+            _ if a.starts_with("-o") && a.len() > 2 => {
+                parse_mount_options(&a[2..], &mut mopts, &mut fopts)?
+            }
+            _ if a.starts_with('-') && a.len() > 1 => {
+                return usage(format!("unknown option '{a}'"))
+            }
+            _ => paths.push(a.to_string()),
+        }
+        i += 1;
+    }
+    if recover && mem_bytes.is_some() {
+        return usage("--recover is for volumes, not --mem");
+    }
+    let dir = match (mem_bytes, paths.as_slice()) {
+        (Some(_), [dir]) | (None, [_, _, dir]) => dir.clone(),
+        (Some(_), _) => return usage("mount --mem needs exactly one DIR"),
+        (None, _) => return usage("mount needs META, DATA and DIR"),
+    };
+    if let Err(e) = check_mount_dir(&dir) {
+        return Ok(fail(e));
+    }
+    let (opener, what) = match (mem_bytes, paths.as_slice()) {
+        (Some(n), _) => (
+            volume::mem_opener(n, mopts),
+            format!("an in-memory volume ({} MiB of data)", n >> 20),
+        ),
+        (None, [meta, data, _]) => {
+            let devs = match volume::open_for_mount(meta, data, recover) {
+                Ok(d) => d,
+                Err(e) => return Ok(fail(e)),
+            };
+            let what = format!(
+                "volume {} (fsid {:x}, meta '{meta}', data '{data}')",
+                devs.sb.uuid_string(),
+                devs.sb.hdr.fsid
+            );
+            (volume::volume_opener(devs, mopts), what)
+        }
+        (None, _) => return usage("mount needs META, DATA and DIR"),
+    };
+    let shown = dir.clone();
+    let r = scoutvm_image::fuse::run_foreground(opener, Path::new(&dir), &fopts, || {
+        println!("scoutvm: mounted {what} on {shown}");
+        println!("scoutvm: serving until `umount {shown}` or SIGINT/SIGTERM");
+        let _ = std::io::stdout().flush();
+    });
+    Ok(match r {
+        Ok(stats) => {
+            println!(
+                "scoutvm: unmounted {dir} cleanly ({} requests, {} periodic commit checks)",
+                stats.jobs, stats.ticks
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    })
+}
+
+fn check_mount_dir(dir: &str) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("mount point '{dir}' is not a directory")),
+        Err(e) => Err(format!("mount point '{dir}': {e}")),
+    }
 }

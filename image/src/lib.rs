@@ -1,0 +1,10 @@
+//! The host side of ScoutVM as a library: the file-backed block device,
+//! the host clock, the fs thread that owns a mounted filesystem, the FUSE
+//! front end and the volume openers. The `scoutvm` tool, the FUSE tests
+//! and the FUSE bench use it.
+
+pub mod filedev;
+pub mod fs_thread;
+pub mod fuse;
+pub mod hostenv;
+pub mod volume;

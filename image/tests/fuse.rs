@@ -1,0 +1,544 @@
+//! `scoutvm mount` through the kernel's FUSE: ordinary tools create,
+//! write, rename, link and remove files (`tests/fuse/tools.sh`) on an
+//! in-memory volume and on a real one (fsck clean after unmount, all of it
+//! there after a remount), the process unmounts cleanly on `umount` and on
+//! SIGTERM, a volume mounted twice, locked by another process or left
+//! listed by a crashed mount is refused (`--recover` reclaims the
+//! latter), and bad arguments and non-volumes are refused.
+//!
+//! Needs root and /dev/fuse: without them these tests fail, saying so.
+//! Every mount is made by a guard that unmounts it (lazily if busy) and
+//! kills the mount process by its pid if it does not exit.
+
+use scoutvm_image::filedev::FileDev;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Seconds a tools.sh phase may take (it takes about one).
+const SCRIPT_TIMEOUT_S: &str = "300";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoutvm"))
+}
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the FUSE tests need the fuse module (modprobe fuse) \
+         or the device passed into the container"
+    );
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the FUSE tests mount without fusermount and need root"
+    );
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("scoutvm-fuse-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| Path::new(m) == dir)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A running `scoutvm mount`, unmounted and reaped on drop.
+struct MountProc {
+    child: Option<Child>,
+    dir: PathBuf,
+    stdout: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl MountProc {
+    /// Start `scoutvm mount ARGS` and wait for its "mounted" line.
+    fn start(args: &[&str], dir: &Path) -> MountProc {
+        let mut child = bin()
+            .arg("mount")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scoutvm mount");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut m = MountProc {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            stdout: rx,
+            stderr: Some(stderr),
+        };
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match m.stdout.recv_timeout(left) {
+                Ok(l) if l.starts_with("scoutvm: mounted ") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let (status, out, err) = m.finish();
+                    panic!("scoutvm mount did not mount ({status:?}):\n{out}{err}");
+                }
+            }
+        }
+        assert!(
+            is_mounted(dir),
+            "{} is not in the mount table",
+            dir.display()
+        );
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Wait for the process to exit (killing it by pid past the timeout);
+    /// its status, the rest of stdout, and stderr.
+    fn finish(&mut self) -> (Option<ExitStatus>, String, String) {
+        let Some(mut child) = self.child.take() else {
+            return (None, String::new(), String::new());
+        };
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    eprintln!("scoutvm mount pid {} did not exit: killing it", child.id());
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let out: Vec<String> = self.stdout.try_iter().collect();
+        let err = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status, out.join("\n"), err)
+    }
+
+    /// `umount DIR`, then the process must exit 0 having closed the
+    /// volume cleanly.
+    fn unmount(mut self) {
+        let o = Command::new("umount").arg(&self.dir).output().unwrap();
+        assert!(o.status.success(), "umount: {}", text(&o));
+        let (status, out, err) = self.finish();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "scoutvm mount exit:\n{out}\n{err}"
+        );
+        assert!(out.contains("cleanly"), "{out}\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!is_mounted(&self.dir));
+    }
+}
+
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if is_mounted(&self.dir) {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        let _ = self.finish();
+    }
+}
+
+#[track_caller]
+fn tools(phase: &str, mnt: &Path, state: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuse/tools.sh");
+    let o = Command::new("timeout")
+        .arg(SCRIPT_TIMEOUT_S)
+        .arg("bash")
+        .arg(&script)
+        .arg(phase)
+        .arg(mnt)
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tools.sh {phase} failed ({}):\n{}",
+        o.status,
+        text(&o)
+    );
+    assert!(text(&o).contains(&format!("{phase}: ok")), "{}", text(&o));
+}
+
+#[test]
+fn ordinary_tools_through_an_in_memory_mount() {
+    require_fuse();
+    let d = tmpdir("mem-tools");
+    let (mnt, state) = (d.join("mnt"), d.join("state"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let m = MountProc::start(&["--mem", "8G", mnt.to_str().unwrap()], &mnt);
+    tools("populate", &mnt, &state);
+    tools("verify", &mnt, &state);
+    m.unmount();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_and_exit_cleanly() {
+    require_fuse();
+    let d = tmpdir("signals");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for sig in ["-TERM", "-INT"] {
+        let mut m = MountProc::start(
+            &["--mem", "64M", "-o", "commit_s=1", mnt.to_str().unwrap()],
+            &mnt,
+        );
+        std::fs::write(mnt.join("f"), b"data").unwrap();
+        let k = Command::new("kill")
+            .arg(sig)
+            .arg(m.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(k.success());
+        let (status, out, err) = m.finish();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{sig}:\n{out}\n{err}"
+        );
+        assert!(out.contains("cleanly"), "{out}\n{err}");
+        assert!(err.contains("unmounting"), "{err}");
+        assert!(!is_mounted(&mnt));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[track_caller]
+fn fsck_clean(meta: &Path, data: &Path) {
+    let o = bin().arg("fsck").arg(meta).arg(data).output().unwrap();
+    assert!(o.status.success(), "fsck:\n{}", text(&o));
+    assert!(text(&o).contains("clean"), "{}", text(&o));
+}
+
+#[test]
+fn ordinary_tools_through_a_volume_persist_across_remounts() {
+    require_fuse();
+    let d = tmpdir("volume-tools");
+    let (mnt, state) = (d.join("mnt"), d.join("state"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let first = MountProc::start(&[m, dd, dir], &mnt);
+    tools("populate", &mnt, &state);
+    tools("verify", &mnt, &state);
+    first.unmount();
+    fsck_clean(&meta, &data);
+
+    let second = MountProc::start(&[m, dd, dir], &mnt);
+    tools("verify", &mnt, &state);
+    // the same volume cannot be mounted twice at once
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    refused(&[m, dd, other.to_str().unwrap()], 1, "is in use");
+    assert!(!is_mounted(&other));
+    second.unmount();
+    fsck_clean(&meta, &data);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_crashed_mount_is_refused_until_recovered() {
+    require_fuse();
+    let d = tmpdir("crash");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let mut crashed = MountProc::start(&[m, dd, dir], &mnt);
+    std::fs::write(mnt.join("durable"), b"fsynced before the crash").unwrap();
+    std::fs::File::open(mnt.join("durable"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let k = Command::new("kill")
+        .arg("-KILL")
+        .arg(crashed.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let (status, _, _) = crashed.finish();
+    assert!(status.is_some_and(|s| !s.success()));
+    // the kernel mount is left without its server
+    let o = Command::new("umount").arg("-l").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    drop(crashed);
+
+    refused(&[m, dd, dir], 1, "mounted elsewhere");
+    refused(&[m, dd, dir], 1, "--recover");
+    let recovered = MountProc::start(&["--recover", m, dd, dir], &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("durable")).unwrap(),
+        b"fsynced before the crash"
+    );
+    recovered.unmount();
+    fsck_clean(&meta, &data);
+    // reclaimed: an ordinary mount works again
+    MountProc::start(&[m, dd, dir], &mnt).unmount();
+    fsck_clean(&meta, &data);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[track_caller]
+fn refused(args: &[&str], code: i32, says: &str) {
+    let o = bin().arg("mount").args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(code), "{args:?}:\n{}", text(&o));
+    assert!(
+        text(&o).contains(says),
+        "{args:?}: wanted '{says}':\n{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+fn mkfs(meta: &Path, data: &Path) {
+    for p in [meta, data] {
+        std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+    }
+    let o = bin()
+        .args(["mkfs", "-A", "-Q", "0,127.0.0.1,7100"])
+        .arg(meta)
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn bad_arguments_and_non_volumes_are_refused() {
+    let d = tmpdir("refuse");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    for p in [&meta, &data] {
+        std::fs::File::create(p).unwrap().set_len(1 << 30).unwrap();
+    }
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    refused(&[], 2, "mount needs META, DATA and DIR");
+    refused(&[m, dir], 2, "mount needs META, DATA and DIR");
+    refused(
+        &["-o", "bogus", m, dd, dir],
+        2,
+        "unknown mount option 'bogus'",
+    );
+    refused(&["-o", "cache_mb=0", m, dd, dir], 2, "must be 1..=");
+    refused(&["-o"], 2, "needs a value");
+    refused(&["--mem", "1K", dir], 2, "below 16M");
+    refused(&["--mem", "1G", m, dir], 2, "exactly one DIR");
+    refused(&["--bogus", m, dd, dir], 2, "unknown option");
+    refused(&["--recover", "--mem", "1G", dir], 2, "not --mem");
+    refused(
+        &[m, dd, "/nonexistent/dir"],
+        1,
+        "mount point '/nonexistent/dir'",
+    );
+    refused(&[m, dd, m], 1, "is not a directory");
+    refused(&[m, m, dir], 1, "must be different");
+    refused(&[m, dd, dir], 1, "holds no scoutfs volume");
+    refused(
+        &["/nonexistent.img", dd, dir],
+        1,
+        "failed to open meta device",
+    );
+    // swapped devices of a real volume
+    mkfs(&meta, &data);
+    refused(&[dd, m, dir], 1, "are not one volume");
+    assert!(!is_mounted(&mnt));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// QEMU paused with `img` as a virtio-blk device: it locks the image as
+/// it starts.
+fn qemu_with(img: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-machine",
+        "microvm",
+    ])
+    .args(["-accel", "tcg", "-drive"])
+    .arg(format!("file={},format=raw,if=none,id=d0", img.display()))
+    .args(["-device", "virtio-blk-device,drive=d0"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Stops a QEMU by its pid when dropped.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn qemu_and_scoutvm_mount_exclude_each_other() {
+    assert!(
+        Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 is missing (cargo xtask test installs it)"
+    );
+    let d = tmpdir("qemu");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+
+    // An appliance using the data device: the mount is refused.
+    let mut q = Qemu(qemu_with(&data).spawn().expect("start qemu"));
+    let probe = FileDev::open(&data, false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !probe.locked_elsewhere().unwrap() {
+        assert!(
+            q.0.try_wait().unwrap().is_none(),
+            "qemu exited before locking the image"
+        );
+        assert!(Instant::now() < deadline, "qemu never locked the image");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    refused(&[m, dd, dir], 1, "data device");
+    refused(&[m, dd, dir], 1, "is in use");
+    drop(q);
+
+    // The volume held (as `scoutvm mount` holds it): QEMU refuses it.
+    let held = FileDev::open(&meta, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.lock_exclusive().is_err() {
+        // QEMU's descriptor may take a moment to close after the kill
+        assert!(Instant::now() < deadline, "the image stayed locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut q = Qemu(qemu_with(&meta).spawn().expect("start qemu"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = q.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "qemu started on a locked image");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    q.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("lock"), "qemu said: {err}");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_volume_locked_by_another_process_is_refused() {
+    let d = tmpdir("locked");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data) = (d.join("meta.img"), d.join("data.img"));
+    mkfs(&meta, &data);
+    let (m, dd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    // What QEMU or another scoutvm mount holds: an OFD lock on the device.
+    for (held, which) in [(&meta, "meta"), (&data, "data")] {
+        let dev = FileDev::open(held, true).unwrap();
+        dev.lock_exclusive().unwrap();
+        refused(&[m, dd, dir], 1, &format!("{which} device"));
+        refused(&[m, dd, dir], 1, "is in use");
+        // a second lock from another open file conflicts too
+        let again = FileDev::open(held, true).unwrap();
+        assert!(again.lock_exclusive().is_err());
+        drop(dev);
+        // A child forked by a parallel test may hold a copy of the locked
+        // descriptor until its exec closes it: retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while again.lock_exclusive().is_err() {
+            assert!(Instant::now() < deadline, "the lock outlived its file");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(!is_mounted(&mnt));
+    let _ = std::fs::remove_dir_all(&d);
+}
