@@ -136,7 +136,7 @@ build_base() {
 }
 
 build_tools() {
-    local target_dir="$cache/tools-target" root="$cache/tools-root"
+    local target_dir="$cache/tools-target" root="$cache/tools-root" tmp
     say "building static guest tools"
     # A target dir of its own: no lock contention with a running cargo test,
     # and the static RUSTFLAGS do not invalidate the host build.
@@ -148,18 +148,28 @@ build_tools() {
     for t in "${tools[@]}"; do
         cp "$target_dir/x86_64-unknown-linux-gnu/release/$t" "$root/bin/$t"
     done
-    (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) > "$cache/tools.cpio.gz.tmp"
-    mv "$cache/tools.cpio.gz.tmp" "$cache/tools.cpio.gz"
-    cat "$cache/base.cpio.gz" "$cache/tools.cpio.gz" > "$cache/initrd.gz.tmp"
-    mv "$cache/initrd.gz.tmp" "$cache/initrd.gz"
+    tmp="$(mktemp "$cache/tools.cpio.gz.XXXXXX")"
+    (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) > "$tmp"
+    mv "$tmp" "$cache/tools.cpio.gz"
+    tmp="$(mktemp "$cache/initrd.gz.XXXXXX")"
+    cat "$cache/base.cpio.gz" "$cache/tools.cpio.gz" > "$tmp"
+    mv "$tmp" "$cache/initrd.gz"
 }
 
 build() {
     command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed"
+    # Several guests may start at once (tests run in parallel): one builds
+    # at a time, and archives are published by rename, so a guest booting
+    # meanwhile reads a whole initrd.
+    mkdir -p "$cache"
+    exec 9>"$cache/build.lock"
+    flock 9
     build_base
     if [ -z "${SCOUTVM_GUEST_SKIP_TOOLS:-}" ] || [ ! -f "$cache/initrd.gz" ]; then
         build_tools
     fi
+    flock -u 9
+    exec 9>&-
 }
 
 # ---------------------------------------------------------------------------
