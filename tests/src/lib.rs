@@ -40,37 +40,19 @@ pub fn default_elf_path() -> PathBuf {
     workspace_root().join("target/scoutvm/scoutvm.elf")
 }
 
-/// Build the appliance (release, bare-metal target) and copy it to
-/// `target/scoutvm/scoutvm.elf`. Shared by xtask and the tests.
+/// Build the appliance with `cargo xtask build`, the one place that knows
+/// how the image is made (release, bare-metal target, symbols stripped),
+/// and return `target/scoutvm/scoutvm.elf`.
 pub fn build_image() -> io::Result<PathBuf> {
-    let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "scoutvm-kernel",
-            "--bin",
-            "scoutvm-kernel",
-            "--target",
-            "x86_64-unknown-none",
-        ])
+        .current_dir(workspace_root())
+        .args(["xtask", "build"])
         .status()?;
     if !status.success() {
         return Err(io::Error::other("building the appliance failed"));
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_relative() { root.join(p) } else { p })
-        .unwrap_or_else(|| root.join("target"));
-    let built = target_dir.join("x86_64-unknown-none/release/scoutvm-kernel");
-    let out = default_elf_path();
-    fs::create_dir_all(out.parent().expect("has parent"))?;
-    fs::copy(&built, &out)?;
-    Ok(out)
+    Ok(default_elf_path())
 }
 
 /// The image tests boot: `$SCOUTVM_ELF` if set, else built once per test

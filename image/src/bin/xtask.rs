@@ -147,7 +147,22 @@ fn build() -> PathBuf {
     let out = elf_path();
     std::fs::create_dir_all(out.parent().expect("has parent"))
         .unwrap_or_else(|e| fail(&format!("mkdir target/scoutvm: {e}")));
-    std::fs::copy(&built, &out).unwrap_or_else(|e| fail(&format!("copy {}: {e}", built.display())));
+    // The boot image carries no symbol table (it is a fifth of the file and
+    // QEMU never reads it); the unstripped build stays where cargo put it
+    // for `addr2line -e` on a RIP from an exception report. objcopy comes
+    // with binutils, which the host linker needs anyway; without it the
+    // image is copied whole.
+    let stripped = Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(&built)
+        .arg(&out)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        eprintln!("xtask: objcopy not available, the image keeps its symbols");
+        std::fs::copy(&built, &out)
+            .unwrap_or_else(|e| fail(&format!("copy {}: {e}", built.display())));
+    }
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!("xtask: built {} ({} bytes)", out.display(), size);
     out
