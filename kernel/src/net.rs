@@ -303,6 +303,12 @@ fn new_tcp(rx: usize, tx: usize) -> tcp::Socket<'static> {
     );
     sock.set_nagle_enabled(false);
     sock.set_ack_delay(None);
+    // Without congestion control smoltcp sends its whole window at once;
+    // with transmits no longer waiting on the device, a 256 KiB burst
+    // overruns any queue on the way (a dgram link drops, a switch would
+    // too) and recovery waits on retransmit timers. Reno backs off and
+    // uses no floating point.
+    sock.set_congestion_control(tcp::CongestionControl::Reno);
     sock
 }
 
