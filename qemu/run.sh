@@ -56,7 +56,8 @@ mkdir -p "$(dirname "$meta")" "$(dirname "$data")"
 [ -f "$data" ] || { truncate -s 4G "$data"; echo "run.sh: created data disk $data (4 GiB, sparse)"; }
 
 if [ "$machine" = microvm ]; then
-    mach=(-M microvm -global virtio-mmio.force-legacy=false)
+    # acpi=off: the kernel reads no ACPI and QEMU boots ~5 ms faster.
+    mach=(-M microvm,acpi=off -global virtio-mmio.force-legacy=false)
     blk=virtio-blk-device; nic=virtio-net-device
 else
     mach=(-M q35)

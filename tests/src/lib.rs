@@ -122,6 +122,10 @@ pub struct VmConfig {
     pub mac: Option<String>,
     /// Extra kernel command line words (besides `node=`).
     pub cmdline: String,
+    /// microvm with QEMU's ACPI tables and second I/O APIC (virtio-mmio on
+    /// GSI 24+). Off by default: the kernel reads no ACPI, and building
+    /// the tables costs QEMU ~5 ms of a ~45 ms boot.
+    pub microvm_acpi: bool,
 }
 
 impl VmConfig {
@@ -134,6 +138,7 @@ impl VmConfig {
             net: Net::None,
             mac: None,
             cmdline: String::new(),
+            microvm_acpi: false,
         }
     }
 
@@ -180,7 +185,11 @@ impl VmConfig {
         match self.machine {
             Machine::Microvm => {
                 push("-M");
-                push("microvm");
+                push(if self.microvm_acpi {
+                    "microvm"
+                } else {
+                    "microvm,acpi=off"
+                });
                 push("-global");
                 push("virtio-mmio.force-legacy=false");
             }
