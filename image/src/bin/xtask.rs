@@ -264,33 +264,6 @@ fn cmd_run(args: &[String]) {
     }
 }
 
-fn cmd_bench9p(args: &[String]) {
-    ensure_qemu();
-    let elf = build();
-    let c = cargo();
-    let mut a: Vec<&str> = vec![
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "scoutvm-tests",
-        "--bin",
-        "scoutvm-bench9p",
-        "--",
-    ];
-    a.extend(args.iter().map(|s| s.as_str()));
-    eprintln!("xtask: $ {c} {}", a.join(" "));
-    let status = Command::new(&c)
-        .args(&a)
-        .env("SCOUTVM_ELF", &elf)
-        .current_dir(root())
-        .status()
-        .unwrap_or_else(|e| fail(&format!("cannot run the 9P bench: {e}")));
-    if !status.success() {
-        fail("9P bench failed");
-    }
-}
-
 fn cmd_test() {
     ensure_qemu();
     ensure_target();
@@ -349,7 +322,9 @@ fn cmd_test() {
     eprintln!("xtask: all checks passed");
 }
 
-fn cmd_bench(args: &[String]) {
+/// Build the image and run one of the bench binaries of `scoutvm-tests`
+/// (release) against it, passing `args` through.
+fn run_bench_bin(bin: &str, args: &[String]) {
     ensure_qemu();
     let elf = build();
     let c = cargo();
@@ -360,7 +335,7 @@ fn cmd_bench(args: &[String]) {
         "-p",
         "scoutvm-tests",
         "--bin",
-        "scoutvm-bench",
+        bin,
         "--",
     ];
     a.extend(args.iter().map(|s| s.as_str()));
@@ -370,9 +345,9 @@ fn cmd_bench(args: &[String]) {
         .env("SCOUTVM_ELF", &elf)
         .current_dir(root())
         .status()
-        .unwrap_or_else(|e| fail(&format!("cannot run bench: {e}")));
+        .unwrap_or_else(|e| fail(&format!("cannot run {bin}: {e}")));
     if !status.success() {
-        fail("bench failed");
+        fail(&format!("{bin} failed"));
     }
 }
 
@@ -399,8 +374,8 @@ fn main() {
         }
         "run" => cmd_run(&args[1..]),
         "test" => cmd_test(),
-        "bench" => cmd_bench(&args[1..]),
-        "bench-9p" => cmd_bench9p(&args[1..]),
+        "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
+        "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
         _ => usage(),
     }
 }
