@@ -20,31 +20,11 @@ use scoutvm_fs::posix::Cred;
 use scoutvm_fs::vfs::Mount;
 use std::rc::Rc;
 use std::time::Instant;
+mod report;
+use report::{env_num, mbps, rate};
 
 const META: u64 = 16 << 30;
 const DATA: u64 = 16 << 30;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rate(what: &str, n: u64, secs: f64) {
-    println!(
-        "  {what:<30} {n:>9} in {secs:>8.3} s = {:>10.0} /s",
-        n as f64 / secs
-    );
-}
-
-fn mbps(what: &str, bytes: u64, secs: f64) {
-    println!(
-        "  {what:<30} {:>6} MiB in {secs:>8.3} s = {:>10.1} MB/s",
-        bytes >> 20,
-        bytes as f64 / secs / 1e6
-    );
-}
 
 fn mount(meta: &Rc<dyn BlockDev>, data: &Rc<dyn BlockDev>, seed: u64) -> (Rc<Mount>, NodeHandle) {
     let clock = Rc::new(ManualClock::new(Timespec {

@@ -13,28 +13,8 @@ use scoutvm_fs::exec::block_on;
 use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
 use scoutvm_fs::posix::Cred;
 use scoutvm_fs::vfs::{Mount, MountOptions};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rate(what: &str, n: u64, secs: f64) {
-    println!(
-        "{what:<28} {n:>9} in {secs:>7.3} s = {:>12.0} /s",
-        n as f64 / secs
-    );
-}
-
-fn mbps(what: &str, bytes: u64, secs: f64) {
-    println!(
-        "{what:<28} {:>6} MiB in {secs:>7.3} s = {:>9.1} MB/s",
-        bytes >> 20,
-        bytes as f64 / secs / 1e6
-    );
-}
+mod report;
+use report::{env_num, mbps, rate};
 
 fn main() {
     let files = env_num("BENCH_FILES", 100_000);

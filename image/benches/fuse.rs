@@ -24,28 +24,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rate(what: &str, n: u64, secs: f64) {
-    println!(
-        "{what:<34} {n:>9} in {secs:>7.3} s = {:>10.0} /s",
-        n as f64 / secs
-    );
-}
-
-fn mbps(what: &str, bytes: u64, secs: f64) {
-    println!(
-        "{what:<34} {:>6} MiB in {secs:>7.3} s = {:>8.1} MB/s",
-        bytes >> 20,
-        bytes as f64 / secs / 1e6
-    );
-}
+#[path = "../../fs/benches/report/mod.rs"]
+mod report;
+use report::{env_num, mbps, rate};
 
 /// A fresh volume on sparse image files in `dir`.
 fn file_volume(dir: &Path, data_bytes: u64) -> Opener {
