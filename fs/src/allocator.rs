@@ -419,9 +419,16 @@ pub fn ext_alloc(
     Ok(Some((s, take)))
 }
 
-/// Every free extent `(start, len)` of a tree, in block order.
-pub fn ext_list(cache: &mut BlockCache, root: &AllocRoot) -> StoreResult<Vec<(u64, u64)>> {
+/// The free extents `(start, len)` of a tree in block order, at most
+/// `max` of them. A key in the extent zone that does not decode is
+/// `Corrupt`, naming the tree's root block.
+pub fn ext_list(
+    cache: &mut BlockCache,
+    root: &AllocRoot,
+    max: usize,
+) -> StoreResult<Vec<(u64, u64)>> {
     let mut out = Vec::new();
+    let mut bad = false;
     let start = Key::new(zone::FREE_EXTENT_BLKNO, 0, 0, 0, 0, 0);
     let end = Key::new(
         zone::FREE_EXTENT_BLKNO,
@@ -432,11 +439,18 @@ pub fn ext_list(cache: &mut BlockCache, root: &AllocRoot) -> StoreResult<Vec<(u6
         u8::MAX,
     );
     btree::for_each_range(cache, &root.root, &start, &end, |it| {
-        if let Some(e) = extent_from_key(&it.key) {
-            out.push(e);
+        match extent_from_key(&it.key) {
+            Some(e) => out.push(e),
+            None => bad = true,
         }
-        true
+        !bad && out.len() < max
     })?;
+    if bad {
+        return Err(StoreError::Corrupt {
+            blkno: root.root.bref.blkno,
+            what: "malformed free extent key",
+        });
+    }
     Ok(out)
 }
 

@@ -16,7 +16,7 @@
 //! them after that transaction is durable. A failure after blocks were
 //! published stops the engine (EIO): the volume recovers at remount.
 
-use crate::allocator::{ext_insert, ext_remove, ListAlloc};
+use crate::allocator::{ext_insert, ext_list, ext_remove, ListAlloc};
 use crate::backend::{
     Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, Value,
 };
@@ -28,7 +28,6 @@ use crate::dev::BlockDev;
 use crate::env::Entropy;
 use crate::errno::{Errno, FsResult};
 use crate::forest::{self, ForestItems, ForestRoots};
-use crate::format::alloc::extent_from_key;
 use crate::format::block::ALLOC_FLAG_LOW;
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::key::{zone, Key};
@@ -267,37 +266,11 @@ impl ClientTrans {
             low: lt.data_avail.flags & ALLOC_FLAG_LOW != 0,
             ..DataState::default()
         };
-        let start = Key::new(zone::FREE_EXTENT_BLKNO, 0, 0, 0, 0, 0);
-        let end = Key::new(
-            zone::FREE_EXTENT_BLKNO,
-            u64::MAX,
-            u8::MAX,
-            u64::MAX,
-            u64::MAX,
-            u8::MAX,
-        );
-        let max = self.cfg.avail_extents_max;
-        let mut bad = false;
-        let mut exts = Vec::new();
-        btree::for_each_range(
+        let exts = ext_list(
             &mut self.cache.borrow_mut(),
-            &lt.data_avail.root,
-            &start,
-            &end,
-            |it| {
-                match extent_from_key(&it.key) {
-                    Some(e) => exts.push(e),
-                    None => bad = true,
-                }
-                exts.len() < max
-            },
+            &lt.data_avail,
+            self.cfg.avail_extents_max,
         )?;
-        if bad {
-            return Err(StoreError::Corrupt {
-                blkno: lt.data_avail.root.bref.blkno,
-                what: "malformed data_avail extent",
-            });
-        }
         for (s, l) in exts {
             st.insert(s, l);
         }

@@ -82,7 +82,7 @@ fn read_everything(srv: &mut Server) -> Result<(), StoreError> {
     let sb = *srv.super_block();
     btree::collect_all(srv.cache(), &sb.fs_root)?;
     for r in [sb.meta_alloc[0], sb.meta_alloc[1], sb.data_alloc] {
-        ext_list(srv.cache(), &r)?;
+        ext_list(srv.cache(), &r, usize::MAX)?;
     }
     Ok(())
 }
