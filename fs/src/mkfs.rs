@@ -456,25 +456,8 @@ pub fn parse_quorum_slot(q: &mut QuorumConfig, arg: &str) -> Result<(), String> 
             QUORUM_MAX_SLOTS - 1
         ));
     }
-    let octets: Vec<&str> = parts[1].split('.').collect();
-    let mut addr = [0u8; 4];
-    if octets.len() != 4
-        || octets
-            .iter()
-            .zip(addr.iter_mut())
-            .any(|(o, a)| match o.parse::<u8>() {
-                Ok(v) if !o.is_empty() && o.len() <= 3 => {
-                    *a = v;
-                    false
-                }
-                _ => true,
-            })
-    {
-        return Err(format!(
-            "invalid ipv4 address '{}' in quorum slot '{arg}'",
-            parts[1]
-        ));
-    }
+    let addr = parse_ipv4(parts[1])
+        .ok_or_else(|| format!("invalid ipv4 address '{}' in quorum slot '{arg}'", parts[1]))?;
     let port: u32 = parts[2]
         .trim()
         .parse()

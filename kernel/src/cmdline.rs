@@ -81,22 +81,7 @@ impl Cmdline {
 /// An IPv4 address as four octets.
 pub type Ipv4 = [u8; 4];
 
-/// Parse dotted-quad IPv4.
-pub fn parse_ipv4(s: &str) -> Option<Ipv4> {
-    let mut out = [0u8; 4];
-    let mut parts = s.split('.');
-    for o in out.iter_mut() {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = p.parse().ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(out)
-}
+pub use scoutvm_fs::format::super_block::parse_ipv4;
 
 /// Netmask to prefix length; `None` if the mask is not contiguous.
 pub fn mask_to_prefix(mask: Ipv4) -> Option<u8> {

@@ -55,6 +55,22 @@ impl InetAddr {
     }
 }
 
+/// Parse a dotted-quad IPv4 address (`10.0.2.15`): four decimal octets of
+/// one to three digits, nothing else. The one parser for mkfs's `-Q`, the
+/// kernel command line and the 9P allow-list.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in out.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 impl core::fmt::Display for InetAddr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let o = self.ipv4_octets();

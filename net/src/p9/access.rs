@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
+use scoutvm_fs::format::super_block::parse_ipv4;
 use scoutvm_fs::posix::Cred;
 
 /// `n_uname` when the client sends none (Linux `INVALID_UID`).
@@ -79,19 +80,6 @@ impl fmt::Display for Cidr {
         let a = self.addr;
         write!(f, "{}.{}.{}.{}/{}", a[0], a[1], a[2], a[3], self.prefix)
     }
-}
-
-fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
-    let mut out = [0u8; 4];
-    let mut parts = s.split('.');
-    for o in out.iter_mut() {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = p.parse().ok()?;
-    }
-    parts.next().is_none().then_some(out)
 }
 
 /// The client networks that may attach. Empty means nobody.
