@@ -7,11 +7,11 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{free_udp_port, workspace_root, Net};
+use crate::{free_udp_port, workspace_root, Net, Reaped};
 
 /// The appliance's address on a guest link.
 pub const APPLIANCE_IP: &str = "10.0.3.10";
@@ -71,30 +71,6 @@ impl Default for GuestLink {
     }
 }
 
-/// A running `qemu/linux-guest.sh`; stopped by pid (SIGTERM, so the
-/// script stops its QEMU) when dropped.
-struct Script {
-    child: Child,
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on the pid of our own unreaped child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// What a guest run printed and how it ended.
 pub struct GuestRun {
     pub status: ExitStatus,
@@ -115,7 +91,8 @@ impl GuestRun {
 pub fn run_linux_guest(args: &[String], command: &str) -> std::io::Result<GuestRun> {
     let script = workspace_root().join("qemu/linux-guest.sh");
     let started = Instant::now();
-    let mut s = Script {
+    let mut s = Reaped {
+        name: "linux-guest.sh",
         child: Command::new(&script)
             .arg("run")
             .args(args)

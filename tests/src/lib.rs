@@ -538,6 +538,35 @@ impl Drop for Vm {
     }
 }
 
+/// A child process (a script, a server) stopped by its pid when dropped:
+/// SIGTERM first, so a script's own cleanup stops what it started, then
+/// SIGKILL if it lingers past 10 s.
+pub struct Reaped {
+    pub child: Child,
+    /// What to call it in the one message a stubborn child gets.
+    pub name: &'static str,
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not
+            // reaped yet, so the pid cannot have been reused.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("{}: did not stop on SIGTERM, killing", self.name);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return Some(0);

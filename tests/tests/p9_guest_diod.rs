@@ -20,52 +20,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scoutvm_net::p9::wire::{self, Dirents, Msg, Rmsg};
 use scoutvm_net::p9::FrameReader;
-
-/// A child process stopped by its pid when dropped (SIGTERM, so a script's
-/// own cleanup runs, then SIGKILL if it lingers).
-struct Reaped {
-    child: Child,
-    name: &'static str,
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not
-            // reaped yet, so the pid cannot have been reused.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("{}: did not stop on SIGTERM, killing", self.name);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().unwrap().port()
-}
+use scoutvm_tests::{free_tcp_port, workspace_root, Reaped};
 
 /// Find diod, installing Debian's package if we may.
 fn diod_path() -> PathBuf {
@@ -237,7 +199,7 @@ fn linux_guest_tools_pass_against_diod() {
         .status()
         .unwrap();
     let log = export.with_extension("log");
-    let port = free_port();
+    let port = free_tcp_port();
 
     // -n: no auth (munge); the user database stays on, so the guest's
     // non-root checks run as nobody (65534), which exists on the host.
@@ -267,7 +229,7 @@ fn linux_guest_tools_pass_against_diod() {
         "(p9check locks /mnt; true) && p9check all /mnt --files {files} --mib 32 --uid 65534 \
          --gid 65534 --skip fattr-unlinked,locks && p9check verify /mnt && p9fsx /mnt --seed 7 --ops 1500 --no-fd-stat && p9bench /mnt --files 300 --mib 16"
     );
-    let script = repo_root().join("qemu/linux-guest.sh");
+    let script = workspace_root().join("qemu/linux-guest.sh");
     let mut guest = Reaped {
         child: Command::new(&script)
             .arg("run")
