@@ -53,34 +53,25 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn idle_cpu_percent(window: Duration) -> f64 {
-    let meta = TempImage::new("bench-meta", 64 << 20).expect("image");
-    let data = TempImage::new("bench-data", 64 << 20).expect("image");
-    let mut vm = Vm::spawn(&standard_vm(Machine::Microvm, &meta, &data)).expect("spawn qemu");
-    vm.wait_prompt(TIMEOUT).expect("prompt");
-    std::thread::sleep(Duration::from_secs(2)); // let DHCP settle
-    let t0 = cpu_ticks(vm.pid());
-    std::thread::sleep(window);
-    let t1 = cpu_ticks(vm.pid());
-    vm.poweroff().expect("poweroff");
-    (t1 - t0) as f64 / clk_tck() / window.as_secs_f64() * 100.0
-}
-
-/// The same, with a volume made and mounted by the shell's `mkfs`: the
-/// leader's server, the client's commit timer and the 9P listener all run,
-/// and an idle node should still sleep in `hlt`.
-fn idle_mounted_cpu_percent(window: Duration) -> f64 {
-    let meta = TempImage::new("bench-meta", 2 << 30).expect("image");
-    let data = TempImage::new("bench-data", 2 << 30).expect("image");
+/// Host CPU of an idle appliance: `mounted` makes and mounts a volume with
+/// the shell's `mkfs` first, so the leader's server, the client's commit
+/// timer and the 9P listener all run and should still leave it in `hlt`.
+fn idle_cpu_percent(window: Duration, mounted: bool) -> f64 {
+    let size = if mounted { 2 << 30 } else { 64 << 20 };
+    let meta = TempImage::new("bench-meta", size).expect("image");
+    let data = TempImage::new("bench-data", size).expect("image");
     let mut vm = Vm::spawn(&standard_vm(Machine::Microvm, &meta, &data)).expect("spawn qemu");
     vm.wait_for("no scoutfs volume", TIMEOUT)
         .expect("the volume service reports blank disks");
-    // Slirp's DHCP hands out 10.0.2.15; the quorum slot names it.
-    let out = vm
-        .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", Duration::from_secs(300))
-        .expect("mkfs");
-    assert!(out.contains("mounted vda"), "mkfs did not mount: {out}");
-    std::thread::sleep(Duration::from_secs(5)); // first commit, leader settle
+    if mounted {
+        // Slirp's DHCP hands out 10.0.2.15; the quorum slot names it.
+        let out = vm
+            .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", Duration::from_secs(300))
+            .expect("mkfs");
+        assert!(out.contains("mounted vda"), "mkfs did not mount: {out}");
+    }
+    // Let DHCP, the first commit and the leader settle.
+    std::thread::sleep(Duration::from_secs(5));
     let t0 = cpu_ticks(vm.pid());
     std::thread::sleep(window);
     let t1 = cpu_ticks(vm.pid());
@@ -122,8 +113,8 @@ fn main() {
 
     let (micro, micro_min, micro_max) = boot_ms(Machine::Microvm, runs);
     let (q35, q35_min, q35_max) = boot_ms(Machine::Q35, runs);
-    let idle = idle_cpu_percent(idle_window);
-    let idle_mounted = idle_mounted_cpu_percent(idle_window);
+    let idle = idle_cpu_percent(idle_window, false);
+    let idle_mounted = idle_cpu_percent(idle_window, true);
     let (mw, mr) = blk_mbps(Machine::Microvm, mib);
     let (qw, qr) = blk_mbps(Machine::Q35, mib);
 
