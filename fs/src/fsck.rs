@@ -610,51 +610,6 @@ impl Checker<'_> {
         }
     }
 
-    /// A list whose entries are blocks a merge replaced: still referenced
-    /// by fs_root until the completion is spliced (or unreferenced list
-    /// blocks of the request allocator, which are free).
-    fn pending_freed_list(&mut self, name: &str, head: &AllocListHead) {
-        let mut r = head.bref;
-        let mut total = 0u64;
-        let mut blocks = 0u64;
-        while !r.is_null() {
-            blocks += 1;
-            if blocks > self.sb.total_meta_blocks
-                || !self.claim(r.blkno, &format!("{name} list block"))
-            {
-                return;
-            }
-            let Some(b) = self.read_lg(&r, MAGIC_ALLOC_LIST, name) else {
-                return;
-            };
-            let entries = crate::allocator::lb_entries(&b);
-            total += entries.len() as u64;
-            for e in entries {
-                if self.in_meta(e) && self.get(e) == REFERENCED {
-                    let owner = self.owners.get(&e).cloned().unwrap_or_default();
-                    if !owner.starts_with("fs_root") {
-                        self.find(
-                            Some(e),
-                            format!("{name}: pending free referenced by {owner}, not fs_root"),
-                        );
-                    }
-                } else {
-                    self.mark_free(e, 1, name);
-                }
-            }
-            r = crate::allocator::lb_next(&b);
-        }
-        if total != head.total_nr {
-            self.find(
-                Some(head.bref.blkno).filter(|&b| b != 0),
-                format!(
-                    "{name}: head total_nr {} but lists hold {total}",
-                    head.total_nr
-                ),
-            );
-        }
-    }
-
     fn log_merge_item(&mut self, blkno: u64, who: &str, k: &Key, val: &[u8]) {
         let bad = |c: &mut Self, what: &str| {
             c.find(Some(blkno), format!("{who}: log merge item {k}: {what}"));
@@ -686,7 +641,7 @@ impl Checker<'_> {
                     let name = format!("merge completion {}", c.seq);
                     self.list(&format!("{name} meta_avail"), &c.meta_avail);
                     if !c.is_spliced() {
-                        self.pending_freed_list(&format!("{name} meta_freed"), &c.meta_freed);
+                        self.list_of(&format!("{name} meta_freed"), &c.meta_freed, true);
                     }
                     self.shared_with_fs = true;
                     self.tree(&format!("{name} root"), &c.root, Kind::Other);
@@ -832,6 +787,14 @@ impl Checker<'_> {
     }
 
     fn list(&mut self, name: &str, head: &AllocListHead) {
+        self.list_of(name, head, false);
+    }
+
+    /// Walk an allocator list. Its entries are free blocks, unless
+    /// `pending_free`: a list of blocks a merge replaced, which fs_root
+    /// still references until the completion is spliced (entries nothing
+    /// references, e.g. list blocks of the request allocator, are free).
+    fn list_of(&mut self, name: &str, head: &AllocListHead, pending_free: bool) {
         let mut r = head.bref;
         let mut total = 0u64;
         let mut first = true;
@@ -865,7 +828,17 @@ impl Checker<'_> {
             first = false;
             total += entries.len() as u64;
             for e in entries {
-                self.mark_free(e, 1, name);
+                if pending_free && self.in_meta(e) && self.get(e) == REFERENCED {
+                    let owner = self.owners.get(&e).cloned().unwrap_or_default();
+                    if !owner.starts_with("fs_root") {
+                        self.find(
+                            Some(e),
+                            format!("{name}: pending free referenced by {owner}, not fs_root"),
+                        );
+                    }
+                } else {
+                    self.mark_free(e, 1, name);
+                }
             }
             r = crate::allocator::lb_next(&b);
         }
