@@ -235,6 +235,27 @@ fn log_merge_keeps_reads_identical_and_frees_inputs() {
     assert_fsck_clean(&*meta, Some(&*data));
 }
 
+/// `n` commits of [`bulk_commit`] through the node's transaction.
+#[allow(clippy::too_many_arguments)]
+fn bulk_commit_n(
+    ex: &Executor,
+    node: &NodeHandle,
+    e: &SeededEntropy,
+    model: &mut Model,
+    n: usize,
+    per: usize,
+    inos: u64,
+    val_len: usize,
+) {
+    for _ in 0..n {
+        let t = node.trans().clone();
+        let lc = bulk_commit(e, t.trans_seq(), model, per, inos, val_len);
+        ex.block_on(async move { t.commit_log(&lc).await })
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// Items with large values, keyed so that inode groups spread over the
 /// whole fs_root.
 fn bulk_commit(
@@ -279,13 +300,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
     let inos = 60_000;
     let node = start(&ex, meta.clone(), data.clone(), 31, opts());
     // about 40 MB of items: fs_root grows past two levels
-    for _ in 0..40 {
-        let t = node.trans().clone();
-        let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
-        ex.block_on(async move { t.commit_log(&lc).await })
-            .unwrap()
-            .unwrap();
-    }
+    bulk_commit_n(&ex, &node, &e, &mut model, 40, 1200, inos, 800);
     node.request_merge();
     commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
     let t0 = std::time::Instant::now();
@@ -325,13 +340,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
         if round == 0 {
             before = scoutvm_fs::counters::get("server.multi_commit_steps").unwrap_or(0);
         }
-        for _ in 0..3 {
-            let t = node.trans().clone();
-            let lc = bulk_commit(&e, t.trans_seq(), &mut model, 800, inos, 100);
-            ex.block_on(async move { t.commit_log(&lc).await })
-                .unwrap()
-                .unwrap();
-        }
+        bulk_commit_n(&ex, &node, &e, &mut model, 3, 800, inos, 100);
         ex.block_on(node.abandon()).unwrap();
         assert_fsck_clean(&*meta, Some(&*data));
     }
@@ -391,13 +400,7 @@ fn crashes_during_merge_and_splice_resume() {
     let mut model = Model::new();
     let inos = 30_000;
     let node = start(&ex, meta.clone(), data.clone(), 71, opts());
-    for _ in 0..25 {
-        let t = node.trans().clone();
-        let lc = bulk_commit(&e, t.trans_seq(), &mut model, 1200, inos, 800);
-        ex.block_on(async move { t.commit_log(&lc).await })
-            .unwrap()
-            .unwrap();
-    }
+    bulk_commit_n(&ex, &node, &e, &mut model, 25, 1200, inos, 800);
     node.request_merge();
     commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
     let mut node = node;
