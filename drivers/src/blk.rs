@@ -1,4 +1,4 @@
-//! virtio-blk as a `scoutvm_fs::dev::BlockDev`: byte offsets, 4 KiB
+//! virtio-blk as a `scoutvm_fs::storage::dev::BlockDev`: byte offsets, 4 KiB
 //! aligned, split into requests of at most [`MAX_REQUEST_BYTES`]. One
 //! request is in flight at a time; the caller waits in `hlt` for the
 //! device interrupt (with a short timer as a backstop), so a blocked
@@ -9,8 +9,8 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use scoutvm_fs::counter;
-use scoutvm_fs::dev::{check_request, BlockDev, IoError};
-use scoutvm_fs::trace::Tracepoint;
+use scoutvm_fs::runtime::trace::Tracepoint;
+use scoutvm_fs::storage::dev::{check_request, BlockDev, IoError};
 use spin::Mutex;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::SomeTransport;

@@ -12,12 +12,12 @@
 mod common;
 
 use common::{block_on, handle, merge_until_idle, FileDev};
-use scoutvm_fs::dev::{BlockDev, MemDev};
-use scoutvm_fs::env::{Entropy, ManualClock, SeededEntropy, Timespec};
-use scoutvm_fs::mkfs::mkfs;
-use scoutvm_fs::node::{mount_volume, NodeHandle, NodeOptions};
-use scoutvm_fs::posix::Cred;
-use scoutvm_fs::vfs::Mount;
+use scoutvm_fs::client::node::{mount_volume, NodeHandle, NodeOptions};
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::posix::types::Cred;
+use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy, Timespec};
+use scoutvm_fs::storage::dev::{BlockDev, MemDev};
+use scoutvm_fs::tools::mkfs::mkfs;
 use std::rc::Rc;
 use std::time::Instant;
 mod report;
@@ -67,11 +67,11 @@ fn run(label: &str, meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>) {
     rate("creates (+ sync)", files, t.elapsed().as_secs_f64());
 
     // the log merge of everything created
-    let before = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0);
+    let before = scoutvm_fs::runtime::counters::get("log_merge.items_merged").unwrap_or(0);
     block_on(node.start_merge()).unwrap();
     let t = Instant::now();
     merge_until_idle(&node);
-    let merged = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0) - before;
+    let merged = scoutvm_fs::runtime::counters::get("log_merge.items_merged").unwrap_or(0) - before;
     rate("log merge items", merged, t.elapsed().as_secs_f64());
 
     m.evict_clean_cache();
@@ -115,7 +115,7 @@ fn run(label: &str, meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>) {
     mbps("sequential read", sum, t.elapsed().as_secs_f64());
     drop(m);
     block_on(node.unmount()).unwrap();
-    let rep = scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
+    let rep = scoutvm_fs::tools::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
     println!(
         "  fsck after unmount: {}",
         if rep.is_clean() { "clean" } else { "PROBLEMS" }

@@ -7,12 +7,12 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use scoutvm_fs::dev::MemDev;
-use scoutvm_fs::env::{ManualClock, Timespec};
-use scoutvm_fs::exec::block_on;
-use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
-use scoutvm_fs::posix::Cred;
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::posix::types::Cred;
+use scoutvm_fs::runtime::env::{ManualClock, Timespec};
+use scoutvm_fs::runtime::exec::block_on;
+use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::storage::dev::MemDev;
 mod report;
 use report::{env_num, mbps, rate};
 

@@ -7,25 +7,25 @@
 mod common;
 
 use common::FileDev;
-use scoutvm_fs::btree::{self, Item};
-use scoutvm_fs::dev::{BlockDev, MemDev};
-use scoutvm_fs::env::{Entropy, SeededEntropy};
 use scoutvm_fs::format::key::Key;
-use scoutvm_fs::mkfs::mkfs;
-use scoutvm_fs::server::{CommitConfig, Server};
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::server::commit::{CommitConfig, CommitCore};
+use scoutvm_fs::storage::btree::{self, Item};
+use scoutvm_fs::storage::dev::{BlockDev, MemDev};
+use scoutvm_fs::tools::mkfs::mkfs;
 use std::rc::Rc;
 use std::time::Instant;
 
 const META: u64 = 16 << 30;
 const DATA: u64 = 16 << 30;
 
-fn server_on(meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>, budget: usize) -> Server {
+fn server_on(meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>, budget: usize) -> CommitCore {
     mkfs(&*meta, &*data, &common::params(2, META, DATA, 1)).unwrap();
     let cfg = CommitConfig {
         cache_budget_bytes: budget,
         ..Default::default()
     };
-    Server::open(
+    CommitCore::open(
         Box::new(meta),
         Box::new(data),
         Box::new(SeededEntropy::new(7)),
@@ -38,7 +38,7 @@ fn key(i: u64) -> Key {
     Key::fs(1 + i % 1000, 8, i, 0)
 }
 
-fn insert_n(srv: &mut Server, keys: &[u64], val: &[u8]) -> (f64, u64) {
+fn insert_n(srv: &mut CommitCore, keys: &[u64], val: &[u8]) -> (f64, u64) {
     let t = Instant::now();
     let mut commits = 0;
     for &i in keys {

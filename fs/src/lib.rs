@@ -1,55 +1,38 @@
 //! scoutfs, rebuilt: everything that *is* the filesystem.
 //!
 //! This crate owns the on-disk format (scoutfs format v1/v2), the block
-//! layer, btrees, allocators, items, transactions and the POSIX operations.
-//! It never touches hardware, time or randomness itself: block devices,
-//! clocks and entropy come in through the traits in [`dev`] and [`env`], so
-//! the same code runs in the appliance, in host tools and in tests.
+//! layer, btrees, allocators, items, transactions, the POSIX operations and
+//! the cluster machines. It never touches hardware, time or randomness
+//! itself: block devices, clocks and entropy come in through the traits in
+//! [`storage::dev`] and [`runtime::env`], so the same code runs in the
+//! appliance, in host tools, in tests and in the simulator.
+//!
+//! One folder per subsystem (docs/layout.md says why these and what may
+//! import what); lower layers never import higher ones:
+//!
+//! | folder | what |
+//! |---|---|
+//! | [`runtime`] | executor, time and entropy, counters, trace ring |
+//! | [`format`] | on-disk structures and their hashes, byte by byte |
+//! | [`storage`] | devices, block cache, btrees, allocators |
+//! | [`cluster`] | client/server messages, framed connections, transports, cluster locks |
+//! | [`server`] | the elected server role: commits, log trees, log merge |
+//! | [`posix`] | the `Mount`, its POSIX operations, the item cache |
+//! | [`client`] | a node's persistent half: log-tree transactions, forest reads, merge worker, node composition |
+//! | [`tools`] | mkfs, fsck, print |
+//! | `sim` | test and simulator only (feature `sim`): in-memory backend, fault-injecting devices, the simulator |
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
-pub mod allocator;
-pub mod avl;
-pub mod backend;
-pub mod block;
-pub mod btree;
-pub mod btree_block;
-pub mod btree_merge;
 pub mod client;
-pub mod counters;
-pub mod data;
-pub mod dev;
-pub mod dir;
-pub mod env;
+pub mod cluster;
 pub mod errno;
-pub mod exec;
-pub mod faultdev;
-pub mod forest;
 pub mod format;
-pub mod fsck;
-pub mod hash;
-pub mod inode;
-pub mod item;
-pub mod leader;
-pub mod log_merge;
-pub mod log_trees;
-pub mod mem_backend;
-pub mod mkfs;
-pub mod msg;
-pub mod node;
-pub mod orphan;
-pub mod perm;
 pub mod posix;
-pub mod print;
-pub mod rpc;
+pub mod runtime;
 pub mod server;
-pub mod store_error;
-pub mod symlink;
-pub mod trace;
-pub mod trans;
-pub mod transport;
-pub mod txn;
-pub mod vfs;
-pub mod xattr;
+pub mod sim;
+pub mod storage;
+pub mod tools;

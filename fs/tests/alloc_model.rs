@@ -5,14 +5,14 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::allocator::{
+use scoutvm_fs::format::block::{AllocListHead, AllocRoot};
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::server::commit::{CommitConfig, CommitCore};
+use scoutvm_fs::storage::allocator::{
     empty_list, ext_alloc, ext_insert, ext_list, ext_remove, fill_list, ListAlloc,
 };
-use scoutvm_fs::block::{BlockCache, MetaAlloc};
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::format::block::{AllocListHead, AllocRoot};
-use scoutvm_fs::server::{CommitConfig, Server};
-use scoutvm_fs::store_error::StoreError;
+use scoutvm_fs::storage::block::{BlockCache, MetaAlloc};
+use scoutvm_fs::storage::store_error::StoreError;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
@@ -25,7 +25,7 @@ fn data_allocator_matches_set_model() {
     for seed in 1..=3u64 {
         let data_bytes = 64 << 20; // 16384 blocks
         let (meta, data) = small_volume(1 << 30, data_bytes, seed);
-        let mut srv = Server::open(
+        let mut srv = CommitCore::open(
             Box::new(meta.clone()),
             Box::new(data.clone()),
             Box::new(SeededEntropy::new(seed)),
@@ -112,7 +112,7 @@ impl MetaAlloc for Bump {
 
 #[test]
 fn extent_tree_matches_set_model() {
-    let dev = Rc::new(scoutvm_fs::dev::MemDev::new(1 << 30));
+    let dev = Rc::new(scoutvm_fs::storage::dev::MemDev::new(1 << 30));
     let mut cache = BlockCache::new(Box::new(dev), Box::new(SeededEntropy::new(1)), 9, 16 << 20);
     let mut a = Bump(100, Vec::new());
     let mut root = AllocRoot::default();
@@ -175,7 +175,7 @@ fn extent_tree_matches_set_model() {
 /// move blocks between lists and extent trees without loss.
 #[test]
 fn list_fill_alloc_empty_round_trip() {
-    let dev = Rc::new(scoutvm_fs::dev::MemDev::new(1 << 30));
+    let dev = Rc::new(scoutvm_fs::storage::dev::MemDev::new(1 << 30));
     let mut cache = BlockCache::new(Box::new(dev), Box::new(SeededEntropy::new(2)), 9, 32 << 20);
     let mut boot = Bump(10, Vec::new());
     // extent tree with blocks 1000..9000 free
@@ -226,7 +226,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
         cache_budget_bytes: 4 << 20,
         ..Default::default()
     };
-    let mut srv = Server::open(
+    let mut srv = CommitCore::open(
         Box::new(meta.clone()),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(9)),
@@ -234,7 +234,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
     )
     .unwrap();
     let rng = SeededEntropy::new(99);
-    let mut live: BTreeSet<u64> = scoutvm_fs::fsck::fsck(&*meta, None, &mut |_, _, _| {})
+    let mut live: BTreeSet<u64> = scoutvm_fs::tools::fsck::fsck(&*meta, None, &mut |_, _, _| {})
         .referenced
         .into_iter()
         .collect();
@@ -245,13 +245,14 @@ fn meta_blocks_reused_only_after_durable_commit() {
             let seq = srv.trans_seq();
             let tx = srv.tx();
             if rng.next_u64().is_multiple_of(3) {
-                let _ = scoutvm_fs::btree::delete(tx.cache, tx.alloc, &mut tx.sb.fs_root, &k);
+                let _ =
+                    scoutvm_fs::storage::btree::delete(tx.cache, tx.alloc, &mut tx.sb.fs_root, &k);
             } else {
-                scoutvm_fs::btree::force(
+                scoutvm_fs::storage::btree::force(
                     tx.cache,
                     tx.alloc,
                     &mut tx.sb.fs_root,
-                    scoutvm_fs::btree::Item::new(k, seq, &[1; 700]),
+                    scoutvm_fs::storage::btree::Item::new(k, seq, &[1; 700]),
                 )
                 .unwrap();
             }
@@ -264,7 +265,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
             .take_trace()
             .into_iter()
             .filter_map(|op| match op {
-                scoutvm_fs::faultdev::TraceOp::Write { off, data } if data.len() == 65536 => {
+                scoutvm_fs::sim::faultdev::TraceOp::Write { off, data } if data.len() == 65536 => {
                     Some(off >> 16)
                 }
                 _ => None,
@@ -275,7 +276,7 @@ fn meta_blocks_reused_only_after_durable_commit() {
             bad.is_empty(),
             "commit {commit} overwrote blocks of the durable super: {bad:?}"
         );
-        let rep = scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
+        let rep = scoutvm_fs::tools::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
         assert!(rep.is_clean(), "{:?}", rep.findings);
         live = rep.referenced.into_iter().collect();
     }

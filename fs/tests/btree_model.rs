@@ -5,13 +5,13 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::btree::{self, Item};
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::faultdev::{FaultDev, TraceOp};
 use scoutvm_fs::format::key::Key;
 use scoutvm_fs::format::BTREE_MAX_VAL_LEN;
-use scoutvm_fs::server::{CommitConfig, Server};
-use scoutvm_fs::store_error::StoreError;
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::server::commit::{CommitConfig, CommitCore};
+use scoutvm_fs::sim::faultdev::{FaultDev, TraceOp};
+use scoutvm_fs::storage::btree::{self, Item};
+use scoutvm_fs::storage::store_error::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
@@ -34,8 +34,8 @@ fn val(rng: &SeededEntropy, max: usize) -> Vec<u8> {
     (0..len).map(|i| b.wrapping_add(i as u8)).collect()
 }
 
-fn open(meta: &Rc<FaultDev>, data: &Rc<FaultDev>, seed: u64, cfg: CommitConfig) -> Server {
-    Server::open(
+fn open(meta: &Rc<FaultDev>, data: &Rc<FaultDev>, seed: u64, cfg: CommitConfig) -> CommitCore {
+    CommitCore::open(
         Box::new(meta.clone()),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(seed)),
@@ -44,7 +44,7 @@ fn open(meta: &Rc<FaultDev>, data: &Rc<FaultDev>, seed: u64, cfg: CommitConfig) 
     .unwrap()
 }
 
-fn tree_items(srv: &mut Server) -> BTreeMap<Key, (u64, Vec<u8>)> {
+fn tree_items(srv: &mut CommitCore) -> BTreeMap<Key, (u64, Vec<u8>)> {
     let root = srv.super_block().fs_root;
     btree::collect_all(srv.cache(), &root)
         .unwrap()
@@ -82,7 +82,7 @@ fn run_model_vals(
     let rng = SeededEntropy::new(seed ^ 0x5eed);
     let mut model: BTreeMap<Key, (u64, Vec<u8>)> = BTreeMap::new();
     let mut prev_refs: BTreeSet<u64> =
-        scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {})
+        scoutvm_fs::tools::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {})
             .referenced
             .into_iter()
             .collect();
@@ -164,7 +164,7 @@ fn run_model_vals(
                 "commit overwrote live blocks {clobbered:?}"
             );
             meta.start_trace();
-            let rep = scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
+            let rep = scoutvm_fs::tools::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
             let mut t = String::new();
             rep.render(&mut t).unwrap();
             assert!(rep.is_clean(), "seed {seed} op {n}:\n{t}");

@@ -4,14 +4,14 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::allocator::ext_list;
-use scoutvm_fs::btree::{self, Item};
-use scoutvm_fs::env::{Entropy, SeededEntropy};
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::faultdev::FaultDev;
 use scoutvm_fs::format::key::Key;
-use scoutvm_fs::server::{CommitConfig, Server};
-use scoutvm_fs::store_error::{retry_stale, StoreError};
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::server::commit::{CommitConfig, CommitCore};
+use scoutvm_fs::sim::faultdev::FaultDev;
+use scoutvm_fs::storage::allocator::ext_list;
+use scoutvm_fs::storage::btree::{self, Item};
+use scoutvm_fs::storage::store_error::{retry_stale, StoreError};
 use std::rc::Rc;
 
 const META: u64 = 1 << 30;
@@ -19,7 +19,7 @@ const DATA: u64 = 64 << 20;
 
 fn build() -> (Rc<FaultDev>, Rc<FaultDev>, Vec<u64>, Vec<u64>) {
     let (meta, data) = small_volume(META, DATA, 11);
-    let mut srv = Server::open(
+    let mut srv = CommitCore::open(
         Box::new(meta.clone()),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(11)),
@@ -44,7 +44,7 @@ fn build() -> (Rc<FaultDev>, Rc<FaultDev>, Vec<u64>, Vec<u64>) {
     }
     srv.commit().unwrap();
     assert!(srv.super_block().fs_root.height >= 2);
-    let rep = scoutvm_fs::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
+    let rep = scoutvm_fs::tools::fsck::fsck(&*meta, Some(&*data), &mut |_, _, _| {});
     assert!(rep.is_clean());
     // blocks of the fs_root tree, found by walking it
     let mut fs_blocks = Vec::new();
@@ -54,7 +54,7 @@ fn build() -> (Rc<FaultDev>, Rc<FaultDev>, Vec<u64>, Vec<u64>) {
 }
 
 fn collect_tree_blocks(
-    cache: &mut scoutvm_fs::block::BlockCache,
+    cache: &mut scoutvm_fs::storage::block::BlockCache,
     r: &scoutvm_fs::format::BlockRef,
     level: u8,
     out: &mut Vec<u64>,
@@ -64,7 +64,7 @@ fn collect_tree_blocks(
         return;
     }
     let b = btree::read_block(cache, r, level).unwrap();
-    let children: Vec<_> = scoutvm_fs::btree_block::items(&b.borrow())
+    let children: Vec<_> = scoutvm_fs::storage::btree_block::items(&b.borrow())
         .iter()
         .map(|it| scoutvm_fs::format::BlockRef::decode(&it.val))
         .collect();
@@ -78,7 +78,7 @@ fn copy(meta: &FaultDev) -> Rc<FaultDev> {
 }
 
 /// Read everything reachable; Ok(()) or the first error, never a panic.
-fn read_everything(srv: &mut Server) -> Result<(), StoreError> {
+fn read_everything(srv: &mut CommitCore) -> Result<(), StoreError> {
     let sb = *srv.super_block();
     btree::collect_all(srv.cache(), &sb.fs_root)?;
     for r in [sb.meta_alloc[0], sb.meta_alloc[1], sb.data_alloc] {
@@ -97,7 +97,7 @@ fn flipped_bytes_are_errors_and_fsck_names_the_block() {
         let xor = 1u8 << (rng.next_u64() % 8);
         let img = copy(&meta);
         img.corrupt_byte(b * 65536 + off, xor);
-        let rep = scoutvm_fs::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        let rep = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
         assert!(
             !rep.is_clean(),
             "trial {trial}: flip in block {b} at {off} not found"
@@ -107,7 +107,7 @@ fn flipped_bytes_are_errors_and_fsck_names_the_block() {
             "trial {trial}: fsck did not name block {b}: {:?}",
             rep.findings
         );
-        let mut srv = Server::open(
+        let mut srv = CommitCore::open(
             Box::new(img.clone()),
             Box::new(data.clone()),
             Box::new(SeededEntropy::new(1)),
@@ -143,11 +143,11 @@ fn flipped_bytes_are_errors_and_fsck_names_the_block() {
 }
 
 fn reseal(img: &FaultDev, blkno: u64, edit: impl FnOnce(&mut [u8])) {
-    use scoutvm_fs::dev::BlockDev;
+    use scoutvm_fs::storage::dev::BlockDev;
     let mut b = vec![0u8; 65536];
     img.read(blkno * 65536, &mut b).unwrap();
     edit(&mut b);
-    scoutvm_fs::block::seal_block(&mut b);
+    scoutvm_fs::storage::block::seal_block(&mut b);
     img.write(blkno * 65536, &b).unwrap();
     img.flush().unwrap();
 }
@@ -211,14 +211,14 @@ fn damage_with_valid_crc_is_corrupt_not_panic() {
     for (blk, what, edit) in edits {
         let img = copy(&meta);
         reseal(&img, blk, |b| edit(b));
-        let rep = scoutvm_fs::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        let rep = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
         assert!(!rep.is_clean(), "{what}: not found by fsck");
         assert!(
             rep.findings.iter().any(|f| f.blkno.is_some()),
             "{what}: no block named: {:?}",
             rep.findings
         );
-        let mut srv = Server::open(
+        let mut srv = CommitCore::open(
             Box::new(img.clone()),
             Box::new(data.clone()),
             Box::new(SeededEntropy::new(1)),
@@ -246,7 +246,7 @@ fn corrupt_super_and_quorum_blocks_are_reported() {
     img.corrupt_byte(65536 + 100, 1);
     let (clean, text) = fsck_text(&*img, Some(&*data));
     assert!(!clean && text.contains("super block"), "{text}");
-    assert!(Server::open(
+    assert!(CommitCore::open(
         Box::new(img),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(1)),
@@ -260,7 +260,7 @@ fn corrupt_super_and_quorum_blocks_are_reported() {
     // swapped devices
     let (clean, text) = fsck_text(&*data, Some(&*meta));
     assert!(!clean && text.contains("swapped"), "{text}");
-    assert!(Server::open(
+    assert!(CommitCore::open(
         Box::new(data.clone()),
         Box::new(meta.clone()),
         Box::new(SeededEntropy::new(1)),
@@ -295,7 +295,7 @@ fn random_damage_with_valid_crc_never_panics() {
                 b[off] = rng.next_u64() as u8;
             }
         });
-        let mut srv = Server::open(
+        let mut srv = CommitCore::open(
             Box::new(img.clone()),
             Box::new(data.clone()),
             Box::new(SeededEntropy::new(1)),
@@ -322,9 +322,9 @@ fn random_damage_with_valid_crc_never_panics() {
         }
         let _ = srv.alloc_data(10);
         let _ = srv.commit();
-        let _ = scoutvm_fs::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        let _ = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
         let mut s = String::new();
-        let _ = scoutvm_fs::print::print_volume(&*img, &mut s);
+        let _ = scoutvm_fs::tools::print::print_volume(&*img, &mut s);
     }
     assert!(
         errors > 50,
@@ -336,7 +336,7 @@ fn random_damage_with_valid_crc_never_panics() {
 /// fails cleanly; fsck and print report, nothing panics.
 #[test]
 fn damaged_super_fields_never_panic() {
-    use scoutvm_fs::dev::BlockDev;
+    use scoutvm_fs::storage::dev::BlockDev;
     let (meta, data, _, _) = build();
     let rng = SeededEntropy::new(321);
     for _ in 0..300 {
@@ -348,13 +348,13 @@ fn damaged_super_fields_never_panic() {
             let off = 32 + (rng.next_u64() % (1488 - 32)) as usize;
             b[off] = rng.next_u64() as u8;
         }
-        scoutvm_fs::block::seal_block(&mut b);
+        scoutvm_fs::storage::block::seal_block(&mut b);
         img.write(65536, &b).unwrap();
         img.flush().unwrap();
-        let _ = scoutvm_fs::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        let _ = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
         let mut s = String::new();
-        let _ = scoutvm_fs::print::print_volume(&*img, &mut s);
-        if let Ok(mut srv) = Server::open(
+        let _ = scoutvm_fs::tools::print::print_volume(&*img, &mut s);
+        if let Ok(mut srv) = CommitCore::open(
             Box::new(img.clone()),
             Box::new(data.clone()),
             Box::new(SeededEntropy::new(1)),

@@ -8,12 +8,12 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::btree::{self, Item};
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::faultdev::{CrashImages, FaultDev, LossPolicy, TraceOp};
 use scoutvm_fs::format::key::Key;
-use scoutvm_fs::server::{CommitConfig, Server};
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::server::commit::{CommitConfig, CommitCore};
+use scoutvm_fs::sim::faultdev::{CrashImages, FaultDev, LossPolicy, TraceOp};
+use scoutvm_fs::storage::btree::{self, Item};
+use scoutvm_fs::storage::dev::BlockDev;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -32,8 +32,8 @@ fn cfg() -> CommitConfig {
     }
 }
 
-fn open(meta: Rc<FaultDev>, data: Rc<FaultDev>, seed: u64) -> Server {
-    Server::open(
+fn open(meta: Rc<FaultDev>, data: Rc<FaultDev>, seed: u64) -> CommitCore {
+    CommitCore::open(
         Box::new(meta),
         Box::new(data),
         Box::new(SeededEntropy::new(seed)),
@@ -42,7 +42,7 @@ fn open(meta: Rc<FaultDev>, data: Rc<FaultDev>, seed: u64) -> Server {
     .unwrap()
 }
 
-fn items(srv: &mut Server) -> State {
+fn items(srv: &mut CommitCore) -> State {
     let root = srv.super_block().fs_root;
     btree::collect_all(srv.cache(), &root)
         .unwrap()
@@ -60,7 +60,7 @@ fn extent_key(s: u64, l: u64) -> Key {
 
 /// One random transaction of tree and data-allocator changes.
 fn random_txn(
-    srv: &mut Server,
+    srv: &mut CommitCore,
     model: &mut State,
     data_used: &mut Vec<(u64, u64)>,
     rng: &SeededEntropy,
@@ -121,7 +121,7 @@ fn random_txn(
 }
 
 struct Recorded {
-    base: Rc<scoutvm_fs::faultdev::PageMap>,
+    base: Rc<scoutvm_fs::sim::faultdev::PageMap>,
     trace: Vec<TraceOp>,
     states: BTreeMap<u64, State>,
     data: Rc<FaultDev>,
@@ -292,7 +292,7 @@ fn torn_super_is_detected() {
     meta.read(65536, &mut b).unwrap();
     b[2048..].fill(0xee);
     meta.write(65536, &b).unwrap();
-    assert!(Server::open(
+    assert!(CommitCore::open(
         Box::new(meta.clone()),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(1)),
@@ -330,7 +330,10 @@ fn failed_modification_poisons_the_transaction() {
             break;
         }
     }
-    assert_eq!(hit, Some(scoutvm_fs::store_error::StoreError::NoSpace));
+    assert_eq!(
+        hit,
+        Some(scoutvm_fs::storage::store_error::StoreError::NoSpace)
+    );
     assert!(srv.cache().poisoned().is_some());
     assert!(srv.commit().is_err());
     assert_fsck_clean(&*meta, Some(&*data));

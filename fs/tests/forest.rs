@@ -4,14 +4,14 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::backend::Backend;
-use scoutvm_fs::btree::Item;
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::exec::Executor;
+use scoutvm_fs::client::log_txn::{deletion_item, LogCommit};
+use scoutvm_fs::client::node::{start_node, NodeHandle, NodeOptions};
 use scoutvm_fs::format::key::Key;
-use scoutvm_fs::node::{start_node, NodeHandle, NodeOptions};
-use scoutvm_fs::trans::{deletion_item, LogCommit};
+use scoutvm_fs::posix::backend::Backend;
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::runtime::exec::Executor;
+use scoutvm_fs::storage::btree::Item;
+use scoutvm_fs::storage::dev::BlockDev;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -85,7 +85,7 @@ fn read_all(ex: &Executor, node: &NodeHandle, inos: u64) -> Model {
             let mut key = Key::fs(0, 0, 0, 0);
             let last = Key::fs(inos, 255, u64::MAX, u64::MAX);
             while key <= last {
-                let (lo, hi) = scoutvm_fs::backend::lock_range(&key);
+                let (lo, hi) = scoutvm_fs::posix::backend::lock_range(&key);
                 let r = t.forest_read(key, lo, hi).await.unwrap();
                 for (k, v) in r.items {
                     out.insert(k, v);
@@ -143,7 +143,7 @@ fn commits_are_read_back_through_the_forest_and_survive_remount() {
     }
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
-    let sb = scoutvm_fs::block::read_super_from(&*meta).unwrap();
+    let sb = scoutvm_fs::storage::block::read_super_from(&*meta).unwrap();
     assert!(sb.mounted_clients.is_empty());
     let node = start(&ex, meta.clone(), data.clone(), 12, opts());
     assert_model(&read_all(&ex, &node, 2100), &model, "reads");
@@ -338,7 +338,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
             tiny_budget(opts()),
         );
         if round == 0 {
-            before = scoutvm_fs::counters::get("server.multi_commit_steps").unwrap_or(0);
+            before = scoutvm_fs::runtime::counters::get("server.multi_commit_steps").unwrap_or(0);
         }
         bulk_commit_n(&ex, &node, &e, &mut model, 3, 800, inos, 100);
         ex.block_on(node.abandon()).unwrap();
@@ -346,7 +346,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
     }
     let node = start(&ex, meta.clone(), data.clone(), 60, tiny_budget(opts()));
     commit_n(&ex, &node, &e, &mut model, 1, 10, inos);
-    let splices_before = scoutvm_fs::counters::get("log_merge.spliced").unwrap_or(0);
+    let splices_before = scoutvm_fs::runtime::counters::get("log_merge.spliced").unwrap_or(0);
     let mut steps = 0;
     while node.leader().merge_pending() {
         if !ex.block_on(node.merge_once()).unwrap().unwrap() {
@@ -360,8 +360,10 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
         }
         assert!(steps < 5000);
     }
-    let multi = scoutvm_fs::counters::get("server.multi_commit_steps").unwrap_or(0) - before;
-    let spliced = scoutvm_fs::counters::get("log_merge.spliced").unwrap_or(0) - splices_before;
+    let multi =
+        scoutvm_fs::runtime::counters::get("server.multi_commit_steps").unwrap_or(0) - before;
+    let spliced =
+        scoutvm_fs::runtime::counters::get("log_merge.spliced").unwrap_or(0) - splices_before;
     eprintln!(
         "tiny budget merge: {steps} steps, {spliced} completions spliced, {multi} extra commits"
     );
@@ -371,7 +373,7 @@ fn subtree_merges_and_tiny_server_budget_splice_across_many_commits() {
         multi >= 8,
         "reclaim and splicing fit in too few commits ({multi})"
     );
-    let splice_more = scoutvm_fs::trace::find("log_merge_splice")
+    let splice_more = scoutvm_fs::runtime::trace::find("log_merge_splice")
         .iter()
         .filter(|e| e.arg("more") == Some(1))
         .count();
@@ -456,21 +458,21 @@ fn fsck_finds_forest_damage() {
     commit_n(&ex, &node, &e, &mut model, 3, 200, 1000);
     ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
-    let sb = scoutvm_fs::block::read_super_from(&*meta).unwrap();
-    let mut cache = scoutvm_fs::block::BlockCache::new(
+    let sb = scoutvm_fs::storage::block::read_super_from(&*meta).unwrap();
+    let mut cache = scoutvm_fs::storage::block::BlockCache::new(
         Box::new(meta.clone()),
         Box::new(SeededEntropy::new(1)),
         sb.hdr.fsid,
         8 << 20,
     );
-    let lt = scoutvm_fs::log_trees::all(&mut cache, &sb.logs_root).unwrap()[0];
+    let lt = scoutvm_fs::server::log_trees::all(&mut cache, &sb.logs_root).unwrap()[0];
     // clear every bloom bit, keep the block valid
     let off = lt.bloom_ref.blkno << 16;
     let mut b = vec![0u8; 65536];
     meta.read(off, &mut b).unwrap();
     b[BLOOM_BITS_OFF..].fill(0);
     b[32..40].fill(0);
-    scoutvm_fs::block::seal_block(&mut b);
+    scoutvm_fs::storage::block::seal_block(&mut b);
     meta.write(off, &b).unwrap();
     let (clean, text) = fsck_text(&*meta, Some(&*data));
     assert!(!clean && text.contains("bloom: bits of lock"), "{text}");

@@ -3,11 +3,11 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::env::Timespec;
 use scoutvm_fs::format::super_block::SuperBlock;
 use scoutvm_fs::format::LG_BLOCK_SIZE;
-use scoutvm_fs::mkfs::{describe, mkfs, MkfsParams};
+use scoutvm_fs::runtime::env::Timespec;
+use scoutvm_fs::storage::dev::BlockDev;
+use scoutvm_fs::tools::mkfs::{describe, mkfs, MkfsParams};
 
 const NAMES: [&str; 3] = ["v1", "v2", "64g"];
 
@@ -17,7 +17,7 @@ fn golden_print(name: &str) -> String {
 
 fn our_print(dev: &dyn BlockDev) -> String {
     let mut s = String::new();
-    scoutvm_fs::print::print_volume(dev, &mut s).unwrap();
+    scoutvm_fs::tools::print::print_volume(dev, &mut s).unwrap();
     s
 }
 
@@ -42,12 +42,12 @@ fn golden_volumes_fsck_clean() {
     for name in NAMES {
         let meta = FileDev::open(&dir.join(format!("meta-{name}.img")), false);
         let data = FileDev::open(&dir.join(format!("data-{name}.img")), false);
-        let rep = scoutvm_fs::fsck::fsck(&meta, Some(&data), &mut |_, _, _| {});
+        let rep = scoutvm_fs::tools::fsck::fsck(&meta, Some(&data), &mut |_, _, _| {});
         let mut t = String::new();
         rep.render(&mut t).unwrap();
         assert!(rep.is_clean(), "{name}:\n{t}");
         assert!(rep.notes.is_empty(), "{name}: {:?}", rep.notes);
-        let sb = scoutvm_fs::block::read_super_from(&meta).unwrap();
+        let sb = scoutvm_fs::storage::block::read_super_from(&meta).unwrap();
         assert_eq!(
             rep.meta_free + rep.meta_referenced,
             sb.total_meta_blocks - 2
@@ -65,9 +65,9 @@ fn mkfs_reproduces_reference_layout() {
     let dir = golden_dir();
     for name in NAMES {
         let gmeta = FileDev::open(&dir.join(format!("meta-{name}.img")), false);
-        let gsb: SuperBlock = scoutvm_fs::block::read_super_from(&gmeta).unwrap();
+        let gsb: SuperBlock = scoutvm_fs::storage::block::read_super_from(&gmeta).unwrap();
         // the root inode's times are the mkfs time
-        let ino = scoutvm_fs::btree_block::items(&read_lg(&gmeta, 2));
+        let ino = scoutvm_fs::storage::btree_block::items(&read_lg(&gmeta, 2));
         let inode = scoutvm_fs::format::items::InodeItem::decode(&ino[1].val).unwrap();
         let p = MkfsParams {
             fmt_vers: gsb.fmt_vers,
@@ -82,8 +82,8 @@ fn mkfs_reproduces_reference_layout() {
             },
             data_alloc_zone_blocks: 0,
         };
-        let meta = scoutvm_fs::dev::MemDev::new(p.meta_bytes);
-        let data = scoutvm_fs::dev::MemDev::new(p.data_bytes);
+        let meta = scoutvm_fs::storage::dev::MemDev::new(p.meta_bytes);
+        let data = scoutvm_fs::storage::dev::MemDev::new(p.data_bytes);
         let sb = mkfs(&meta, &data, &p).unwrap();
         // identical supers (crc included)
         let mut a = vec![0u8; 4096];
@@ -142,8 +142,8 @@ fn golden_volume_opens_and_commits() {
     let dir = golden_dir();
     let gmeta = FileDev::open(&dir.join("meta-v2.img"), false);
     let gdata = FileDev::open(&dir.join("data-v2.img"), false);
-    let meta = std::rc::Rc::new(scoutvm_fs::faultdev::FaultDev::new(gmeta.size_bytes()));
-    let data = std::rc::Rc::new(scoutvm_fs::faultdev::FaultDev::new(gdata.size_bytes()));
+    let meta = std::rc::Rc::new(scoutvm_fs::sim::faultdev::FaultDev::new(gmeta.size_bytes()));
+    let data = std::rc::Rc::new(scoutvm_fs::sim::faultdev::FaultDev::new(gdata.size_bytes()));
     let mut buf = vec![0u8; LG_BLOCK_SIZE];
     for blk in 0..1031u64 {
         gmeta.read(blk * LG_BLOCK_SIZE as u64, &mut buf).unwrap();
@@ -154,10 +154,10 @@ fn golden_volume_opens_and_commits() {
     gdata.read(65536, &mut buf[..4096]).unwrap();
     data.write(65536, &buf[..4096]).unwrap();
     assert_fsck_clean(&*meta, Some(&*data));
-    let mut srv = scoutvm_fs::server::Server::open(
+    let mut srv = scoutvm_fs::server::commit::CommitCore::open(
         Box::new(meta.clone()),
         Box::new(data.clone()),
-        Box::new(scoutvm_fs::env::SeededEntropy::new(3)),
+        Box::new(scoutvm_fs::runtime::env::SeededEntropy::new(3)),
         Default::default(),
     )
     .unwrap();
@@ -165,11 +165,11 @@ fn golden_volume_opens_and_commits() {
         let seq = srv.trans_seq();
         let tx = srv.tx();
         let key = scoutvm_fs::format::Key::fs(1024 + i, 4, 0, 0);
-        scoutvm_fs::btree::insert(
+        scoutvm_fs::storage::btree::insert(
             tx.cache,
             tx.alloc,
             &mut tx.sb.fs_root,
-            scoutvm_fs::btree::Item::new(key, seq, &[i as u8; 168]),
+            scoutvm_fs::storage::btree::Item::new(key, seq, &[i as u8; 168]),
         )
         .unwrap();
         tx.sb.inode_count += 1;

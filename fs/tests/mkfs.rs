@@ -3,10 +3,10 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::dev::MemDev;
-use scoutvm_fs::env::SeededEntropy;
-use scoutvm_fs::mkfs::{mkfs, MkfsError};
-use scoutvm_fs::server::Server;
+use scoutvm_fs::runtime::env::SeededEntropy;
+use scoutvm_fs::server::commit::CommitCore;
+use scoutvm_fs::storage::dev::MemDev;
+use scoutvm_fs::tools::mkfs::{mkfs, MkfsError};
 
 #[test]
 fn mkfs_then_fsck_clean_v1_v2_small_and_64g() {
@@ -25,7 +25,7 @@ fn mkfs_then_fsck_clean_v1_v2_small_and_64g() {
             )
             .unwrap();
             assert_eq!(sb.fmt_vers, fmt);
-            let rep = scoutvm_fs::fsck::fsck(&meta, Some(&data), &mut |_, _, _| {});
+            let rep = scoutvm_fs::tools::fsck::fsck(&meta, Some(&data), &mut |_, _, _| {});
             let mut t = String::new();
             rep.render(&mut t).unwrap();
             assert!(rep.is_clean(), "v{fmt} {meta_bytes}:\n{t}");
@@ -37,7 +37,7 @@ fn mkfs_then_fsck_clean_v1_v2_small_and_64g() {
             // sparse: only the blocks mkfs wrote hold memory
             assert!(meta.pages_in_use() < 100, "{} pages", meta.pages_in_use());
             // the server opens it and can commit
-            let mut srv = Server::open(
+            let mut srv = CommitCore::open(
                 Box::new(meta),
                 Box::new(data),
                 Box::new(SeededEntropy::new(1)),
@@ -71,9 +71,9 @@ fn mkfs_refuses_bad_parameters() {
     assert!(matches!(mkfs(&meta, &data, &p), Err(MkfsError::Invalid(_))));
     // nothing was written by the refused attempts
     assert_eq!(meta.pages_in_use(), 0);
-    assert!(!scoutvm_fs::mkfs::has_volume(&meta));
+    assert!(!scoutvm_fs::tools::mkfs::has_volume(&meta));
     mkfs(&meta, &data, &params(2, 1 << 30, 1 << 30, 1)).unwrap();
-    assert!(scoutvm_fs::mkfs::has_volume(&meta));
+    assert!(scoutvm_fs::tools::mkfs::has_volume(&meta));
 }
 
 #[test]
@@ -84,12 +84,12 @@ fn server_refuses_volumes_that_do_not_fit_their_devices() {
     // open with a smaller meta device holding the same blocks
     let small = MemDev::new(1 << 30);
     let mut b = vec![0u8; 65536];
-    use scoutvm_fs::dev::BlockDev;
+    use scoutvm_fs::storage::dev::BlockDev;
     for blk in 0..1031u64 {
         meta.read(blk * 65536, &mut b).unwrap();
         small.write(blk * 65536, &b).unwrap();
     }
-    let e = Server::open(
+    let e = CommitCore::open(
         Box::new(small),
         Box::new(data.clone()),
         Box::new(SeededEntropy::new(1)),

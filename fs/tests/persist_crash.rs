@@ -13,11 +13,11 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::faultdev::{FaultDev, LossPolicy, MultiCrashImages, TraceOp};
-use scoutvm_fs::node::mount_volume;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::client::node::mount_volume;
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::posix::types::*;
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::sim::faultdev::{FaultDev, LossPolicy, MultiCrashImages, TraceOp};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -96,25 +96,25 @@ struct SyncPoint {
 }
 
 struct Recorded {
-    bases: Vec<Rc<scoutvm_fs::faultdev::PageMap>>,
+    bases: Vec<Rc<scoutvm_fs::sim::faultdev::PageMap>>,
     trace: Vec<(usize, TraceOp)>,
     syncs: Vec<SyncPoint>,
 }
 
-fn opts() -> scoutvm_fs::node::NodeOptions {
+fn opts() -> scoutvm_fs::client::node::NodeOptions {
     test_node_options(MountOptions::default())
 }
 
 fn record(seed: u64, ops: usize) -> Recorded {
     let (meta, data) = small_volume(META, DATA, seed);
-    use scoutvm_fs::dev::BlockDev;
+    use scoutvm_fs::storage::dev::BlockDev;
     meta.flush().unwrap();
     data.flush().unwrap();
     let bases = vec![meta.durable_pages(), data.durable_pages()];
     let trace = Rc::new(RefCell::new(Vec::new()));
     meta.start_shared_trace(0, trace.clone());
     data.start_shared_trace(1, trace.clone());
-    let clock = Rc::new(scoutvm_fs::env::ManualClock::new(Timespec {
+    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(Timespec {
         sec: 1_700_000_000,
         nsec: 0,
     }));
@@ -309,7 +309,7 @@ fn check_point(
         clean,
         "crash after write {write} ({policy:?}): image not clean:\n{text}"
     );
-    let clock = Rc::new(scoutvm_fs::env::ManualClock::new(Timespec {
+    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(Timespec {
         sec: 1_800_000_000,
         nsec: 0,
     }));
@@ -387,8 +387,8 @@ fn crash_at_any_write_recovers_the_last_sync() {
     let points = env_num("SCOUTVM_PERSIST_CRASH_POINTS", 3000);
     let ops = env_num("SCOUTVM_PERSIST_CRASH_OPS", 480) as usize;
     let rec = record(1, ops);
-    let merged = scoutvm_fs::counters::get("log_merge.completions").unwrap_or(0);
-    let finished = scoutvm_fs::counters::get("log_merge.finished").unwrap_or(0);
+    let merged = scoutvm_fs::runtime::counters::get("log_merge.completions").unwrap_or(0);
+    let finished = scoutvm_fs::runtime::counters::get("log_merge.finished").unwrap_or(0);
     assert!(
         merged > 0 && finished > 0,
         "the recorded run merged nothing: no crash points inside merges"

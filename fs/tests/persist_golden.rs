@@ -4,10 +4,10 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::env::{Entropy, SeededEntropy};
-use scoutvm_fs::node::{mount_volume, NodeOptions};
-use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::client::node::{mount_volume, NodeOptions};
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::posix::types::*;
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -32,11 +32,11 @@ fn exercise(name: &str, opts: NodeOptions) {
             &dir.join(format!("{dev}.img")),
         );
     }
-    let meta: Rc<dyn scoutvm_fs::dev::BlockDev> =
+    let meta: Rc<dyn scoutvm_fs::storage::dev::BlockDev> =
         Rc::new(FileDev::open(&dir.join("meta.img"), true));
-    let data: Rc<dyn scoutvm_fs::dev::BlockDev> =
+    let data: Rc<dyn scoutvm_fs::storage::dev::BlockDev> =
         Rc::new(FileDev::open(&dir.join("data.img"), true));
-    let clock = Rc::new(scoutvm_fs::env::ManualClock::new(Timespec {
+    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(Timespec {
         sec: 1_700_000_000,
         nsec: 0,
     }));
@@ -79,7 +79,7 @@ fn exercise(name: &str, opts: NodeOptions) {
         drop(m);
         block_on(node.unmount()).unwrap();
         assert_fsck_clean(&*meta, Some(&*data));
-        let sb = scoutvm_fs::block::read_super_from(&*meta).unwrap();
+        let sb = scoutvm_fs::storage::block::read_super_from(&*meta).unwrap();
         assert!(
             sb.mounted_clients.is_empty(),
             "{name}: at rest after unmount"

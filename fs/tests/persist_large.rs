@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::txn::CommitPolicy;
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::posix::hold::CommitPolicy;
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::posix::types::*;
 
 const ROOT: u64 = 1;
 
@@ -127,8 +127,8 @@ fn sparse_files_beyond_4g_real_backend() {
 #[test]
 fn background_commits_and_merges_while_working() {
     let mut opts = test_node_options(MountOptions::default());
-    opts.tick_ns = scoutvm_fs::node::TICK_NS;
-    opts.merge_poll_ns = scoutvm_fs::node::MERGE_POLL_NS;
+    opts.tick_ns = scoutvm_fs::client::node::TICK_NS;
+    opts.merge_poll_ns = scoutvm_fs::client::node::MERGE_POLL_NS;
     opts.server.finalize_height = 1;
     let v = RealVol::new(16 << 30, 4 << 30, 3, opts);
     let c = Cred::root();

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{block_on, check_sparse_pattern, readdir_all, write_sparse_pattern, Vol};
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::mem_backend::MemMkfs;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::posix::types::*;
+use scoutvm_fs::sim::mem_backend::MemMkfs;
 
 const ROOT: u64 = 1;
 

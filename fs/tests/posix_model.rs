@@ -18,13 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use common::{block_on, test_node_options, RealVol, Vol};
-use scoutvm_fs::env::{Entropy, SeededEntropy};
+use scoutvm_fs::client::node::NodeHandle;
 use scoutvm_fs::errno::{Errno, FsResult};
-use scoutvm_fs::mem_backend::MemBackend;
-use scoutvm_fs::mem_backend::MemMkfs;
-use scoutvm_fs::node::NodeHandle;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::posix::types::*;
+use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
+use scoutvm_fs::sim::mem_backend::MemBackend;
+use scoutvm_fs::sim::mem_backend::MemMkfs;
 
 const ROOT: u64 = 1;
 const BS: u64 = 4096;
@@ -337,7 +337,7 @@ impl Backing {
                     block_on(n.unmount()).unwrap();
                 }
                 vol.fsck();
-                let sb = scoutvm_fs::block::read_super_from(&*vol.meta).unwrap();
+                let sb = scoutvm_fs::storage::block::read_super_from(&*vol.meta).unwrap();
                 assert!(sb.mounted_clients.is_empty(), "unmount leaves no mount");
             }
         }
@@ -1314,7 +1314,7 @@ fn mount_options(seed: u64, busy_commits: bool) -> MountOptions {
         } else {
             8 << 20
         },
-        commit: scoutvm_fs::txn::CommitPolicy {
+        commit: scoutvm_fs::posix::hold::CommitPolicy {
             dirty_limit_bytes: if busy_commits { 2 << 10 } else { 32 << 20 },
             ..Default::default()
         },
@@ -1439,8 +1439,8 @@ fn random_operations_match_the_model_on_the_real_backend() {
     for seed in first..first + seeds {
         run_seed(seed, ops, true);
     }
-    let merged = scoutvm_fs::counters::get("log_merge.items_merged").unwrap_or(0);
-    let finished = scoutvm_fs::counters::get("log_merge.finished").unwrap_or(0);
+    let merged = scoutvm_fs::runtime::counters::get("log_merge.items_merged").unwrap_or(0);
+    let finished = scoutvm_fs::runtime::counters::get("log_merge.finished").unwrap_or(0);
     eprintln!("real backend: {finished} merges finished, {merged} items merged");
     if seeds >= 8 {
         assert!(finished > 0 && merged > 0, "the runs never merged");

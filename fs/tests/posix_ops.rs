@@ -5,16 +5,16 @@ mod common;
 
 use common::{block_on, Vol};
 use scoutvm_fs::errno::Errno;
+use scoutvm_fs::format::hash::dirent_name_hash;
 use scoutvm_fs::format::items::{
     backref_key, dirent_key, inode_index_key, inode_key, orphan_key, readdir_key, totl_key, Dirent,
     InodeItem, TotlVal,
 };
 use scoutvm_fs::format::key::{ty, zone};
-use scoutvm_fs::hash::dirent_name_hash;
-use scoutvm_fs::mem_backend::MemMkfs;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::txn::CommitPolicy;
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::posix::hold::CommitPolicy;
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::posix::types::*;
+use scoutvm_fs::sim::mem_backend::MemMkfs;
 
 const ROOT: u64 = 1;
 
@@ -22,7 +22,7 @@ fn root() -> Cred {
     Cred::root()
 }
 
-fn names(m: &scoutvm_fs::vfs::Mount, dir: u64) -> Vec<String> {
+fn names(m: &scoutvm_fs::posix::mount::Mount, dir: u64) -> Vec<String> {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
@@ -129,7 +129,7 @@ fn items_are_laid_out_as_scoutfs_stores_them() {
             MountOptions::default(),
         );
         let (m, be) = v.mount();
-        let seq = scoutvm_fs::backend::Backend::trans_seq(&*be);
+        let seq = scoutvm_fs::posix::backend::Backend::trans_seq(&*be);
         let f = block_on(m.create(&root(), ROOT, b"file", 0o640)).unwrap();
         block_on(m.sync()).unwrap();
         let items = v.store.items();
@@ -162,7 +162,7 @@ fn items_are_laid_out_as_scoutfs_stores_them() {
         let r = InodeItem::decode(&items[&inode_key(ROOT)]).unwrap();
         assert_eq!((r.next_readdir_pos, r.size, r.meta_seq), (3, 4, seq));
         // a change in the next transaction moves the index items
-        let seq2 = scoutvm_fs::backend::Backend::trans_seq(&*be);
+        let seq2 = scoutvm_fs::posix::backend::Backend::trans_seq(&*be);
         assert!(seq2 > seq);
         block_on(m.write(f.ino, 0, b"hello")).unwrap();
         block_on(m.sync()).unwrap();
@@ -972,8 +972,8 @@ fn corrupt_items_give_eio_not_panics() {
     // a missing root refuses the mount
     drop(m);
     v.store.put_raw(inode_key(ROOT), None);
-    let be = scoutvm_fs::mem_backend::MemBackend::new(v.store.clone());
-    let r = block_on(scoutvm_fs::vfs::Mount::mount(
+    let be = scoutvm_fs::sim::mem_backend::MemBackend::new(v.store.clone());
+    let r = block_on(scoutvm_fs::posix::mount::Mount::mount(
         be,
         v.data.clone(),
         v.clock.clone(),

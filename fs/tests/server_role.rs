@@ -5,22 +5,22 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::client::{Client, ClientIdentity};
-use scoutvm_fs::env::SeededEntropy;
+use scoutvm_fs::client::requests::{Client, ClientIdentity};
+use scoutvm_fs::cluster::msg::{cmd, encode_frame, Header};
+use scoutvm_fs::cluster::transport::{MemNet, Transport};
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::leader::{Leader, ServerConfig};
-use scoutvm_fs::msg::{cmd, encode_frame, Header};
-use scoutvm_fs::transport::{MemNet, Transport};
+use scoutvm_fs::runtime::env::SeededEntropy;
+use scoutvm_fs::server::role::{ServerConfig, ServerRole};
 use std::rc::Rc;
 
 const ADDR: &str = "srv";
 
-fn server() -> (Leader, MemNet, u64, u64) {
+fn server() -> (ServerRole, MemNet, u64, u64) {
     let (meta, data) = small_volume(8 << 30, 1 << 30, 9);
     let mut cfg = ServerConfig::default();
     cfg.commit.reserved_meta_blocks = 64;
     cfg.log_trees.reserved_meta_blocks = 64;
-    let l = Leader::open(meta, data, Box::new(SeededEntropy::new(3)), cfg, handle()).unwrap();
+    let l = ServerRole::open(meta, data, Box::new(SeededEntropy::new(3)), cfg, handle()).unwrap();
     let net = MemNet::new();
     block_on(l.start(&net, ADDR)).unwrap();
     let sb = l.stable_super();

@@ -16,7 +16,7 @@
 //! write = 1 MiB writes then fsync; read = a fresh open (FUSE drops the
 //! file's page cache on open) and 1 MiB reads.
 
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::posix::mount::MountOptions;
 use scoutvm_image::fs_thread::Opener;
 use scoutvm_image::fuse::{FuseMount, FuseOptions};
 use scoutvm_image::volume::{mem_opener, open_for_mount, volume_opener};

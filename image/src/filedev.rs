@@ -6,7 +6,7 @@
 //! open-file-description write lock over the whole device, the kind QEMU
 //! takes on the images it uses, so a volume in use is detected.
 
-use scoutvm_fs::dev::{check_request, BlockDev, IoError};
+use scoutvm_fs::storage::dev::{check_request, BlockDev, IoError};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;

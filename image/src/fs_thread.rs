@@ -12,9 +12,9 @@
 //! close (final sync, clean unmount) exactly once.
 
 use crate::hostenv::HostClock;
-use scoutvm_fs::env::Clock;
-use scoutvm_fs::exec::{Executor, Handle, JoinHandle};
-use scoutvm_fs::vfs::Mount;
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::runtime::env::Clock;
+use scoutvm_fs::runtime::exec::{Executor, Handle, JoinHandle};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;

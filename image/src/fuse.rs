@@ -22,8 +22,8 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::posix::*;
-use scoutvm_fs::vfs::Mount;
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::posix::types::*;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;

@@ -5,7 +5,7 @@
 //! starts near 0 and never goes back; wall time is the system clock,
 //! clamped to the epoch when the system clock is set before 1970.
 
-use scoutvm_fs::env::{Clock, Entropy, SeededEntropy, Timespec};
+use scoutvm_fs::runtime::env::{Clock, Entropy, SeededEntropy, Timespec};
 use std::io::Read;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -1,17 +1,17 @@
 //! `scoutvm`: make, dump, check and mount scoutfs volumes on image files
 //! or block devices: `mkfs`, `print` and `fsck`, with the reference tool's
 //! flags and output, and `mount` (a host FUSE mount). The work is done by
-//! `scoutvm_fs::{mkfs, print, fsck}` and `scoutvm_image::{fuse, volume}`;
+//! `scoutvm_fs::{tools::mkfs, tools::print, tools::fsck}` and `scoutvm_image::{fuse, volume}`;
 //! this file parses arguments, opens devices, draws randomness and shows
 //! progress. Exit status: 0 success, 1 operation failed or fsck found
 //! problems, 2 usage error.
 
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::env::Timespec;
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::{FORMAT_VERSION_MAX, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
-use scoutvm_fs::mkfs::{self, MkfsParams};
-use scoutvm_fs::vfs::MountOptions;
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::runtime::env::Timespec;
+use scoutvm_fs::storage::dev::BlockDev;
+use scoutvm_fs::tools::mkfs::{self, MkfsParams};
 use scoutvm_image::filedev::FileDev;
 use scoutvm_image::fuse::FuseOptions;
 use scoutvm_image::volume;
@@ -322,12 +322,14 @@ fn cmd_print(args: &[String]) -> Result<ExitCode, Usage> {
         out: std::io::BufWriter::new(std::io::stdout()),
         failed: false,
     };
-    let r = scoutvm_fs::print::print_volume(&dev, &mut out);
+    let r = scoutvm_fs::tools::print::print_volume(&dev, &mut out);
     let flushed = out.out.flush().is_ok();
     Ok(match r {
         Ok(()) => ExitCode::SUCCESS,
         // output closed early (e.g. piped into head): not an error of ours
-        Err(scoutvm_fs::print::PrintError::Fmt) if out.failed || !flushed => ExitCode::SUCCESS,
+        Err(scoutvm_fs::tools::print::PrintError::Fmt) if out.failed || !flushed => {
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(format!("print '{path}': {e}")),
     })
 }
@@ -382,7 +384,7 @@ fn cmd_fsck(args: &[String]) -> Result<ExitCode, Usage> {
         Err(c) => return Ok(c),
     };
     let mut prog = Progress::new();
-    let rep = scoutvm_fs::fsck::fsck(
+    let rep = scoutvm_fs::tools::fsck::fsck(
         &meta,
         data.as_ref().map(|d| d as &dyn BlockDev),
         &mut |phase, done, total| prog.update(phase, done, total),

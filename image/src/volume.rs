@@ -10,15 +10,15 @@
 use crate::filedev::{FileDev, LockError};
 use crate::fs_thread::{Close, Opened, Opener};
 use crate::hostenv;
-use scoutvm_fs::backend::Backend;
-use scoutvm_fs::block::read_super_from;
-use scoutvm_fs::dev::{BlockDev, MemDev};
-use scoutvm_fs::env::{Clock, Entropy};
+use scoutvm_fs::client::node::{self, NodeOptions};
 use scoutvm_fs::format::super_block::SuperBlock;
-use scoutvm_fs::leader::ServerConfig;
-use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
-use scoutvm_fs::node::{self, NodeOptions};
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::posix::backend::Backend;
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::runtime::env::{Clock, Entropy};
+use scoutvm_fs::server::role::ServerConfig;
+use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::storage::block::read_super_from;
+use scoutvm_fs::storage::dev::{BlockDev, MemDev};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -67,7 +67,7 @@ pub fn open_for_mount(
         .map_err(|e| format!("meta device '{meta_path}' holds no scoutfs volume ({e})"))?;
     let dsb = read_super_from(&data)
         .map_err(|e| format!("data device '{data_path}' holds no scoutfs volume ({e})"))?;
-    scoutvm_fs::server::check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes())
+    scoutvm_fs::server::commit::check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes())
         .map_err(|e| format!("'{meta_path}' and '{data_path}' are not one volume: {e}"))?;
     if !sb.mounted_clients.is_empty() && !recover {
         return Err(format!(

@@ -9,9 +9,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use scoutvm_drivers::{clock, cmos, irq};
-use scoutvm_fs::counters;
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::trace;
+use scoutvm_fs::runtime::counters;
+use scoutvm_fs::runtime::trace;
+use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_kernel::cmdline::{parse_ipv4, NetConfig};
 
 use crate::shell::{boxed, expect_args, parse_arg, register, CmdFuture, CmdResult, Command};
@@ -193,7 +193,7 @@ pub fn format_wall(sec: u64) -> String {
 
 async fn uptime(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "uptime")?;
-    use scoutvm_fs::env::Clock;
+    use scoutvm_fs::runtime::env::Clock;
     let c = crate::platform::KernelClock;
     let ns = c.monotonic_ns();
     let wall = c.wall().sec;
@@ -647,7 +647,7 @@ async fn blkread(args: Vec<String>) -> CmdResult {
         entry.name,
         off,
         len,
-        scoutvm_fs::hash::crc32c_raw(!0, &buf),
+        scoutvm_fs::format::hash::crc32c_raw(!0, &buf),
         head
     );
     Ok(())

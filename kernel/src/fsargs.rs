@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::{FORMAT_VERSION_MAX, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
-use scoutvm_fs::mkfs;
+use scoutvm_fs::tools::mkfs;
 
 /// Longest path the shell resolves, in components.
 pub const PATH_DEPTH_MAX: usize = 64;
@@ -150,7 +150,7 @@ pub fn parse_ls(args: &[String]) -> Result<(bool, String), String> {
 
 /// `rwxr-xr-x` with the type letter in front.
 pub fn mode_string(mode: u32) -> String {
-    use scoutvm_fs::posix::*;
+    use scoutvm_fs::posix::types::*;
     let t = match mode & S_IFMT {
         S_IFDIR => 'd',
         S_IFLNK => 'l',
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn modes() {
-        use scoutvm_fs::posix::*;
+        use scoutvm_fs::posix::types::*;
         assert_eq!(mode_string(S_IFDIR | 0o755), "drwxr-xr-x");
         assert_eq!(mode_string(S_IFREG | 0o4644), "-rwSr--r--");
         assert_eq!(mode_string(S_IFREG | 0o2755), "-rwxr-sr-x");

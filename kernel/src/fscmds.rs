@@ -10,14 +10,14 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use scoutvm_fs::block::read_super_from;
-use scoutvm_fs::dev::BlockDev;
-use scoutvm_fs::env::{Clock, Entropy};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::{LG_BLOCK_SIZE, SM_BLOCK_SIZE};
-use scoutvm_fs::mkfs::{self, MkfsParams};
-use scoutvm_fs::posix::{Attr, Cred, Ino, S_IFMT};
-use scoutvm_fs::vfs::Mount;
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::posix::types::{Attr, Cred, Ino, S_IFMT};
+use scoutvm_fs::runtime::env::{Clock, Entropy};
+use scoutvm_fs::storage::block::read_super_from;
+use scoutvm_fs::storage::dev::BlockDev;
+use scoutvm_fs::tools::mkfs::{self, MkfsParams};
 use scoutvm_kernel::fsargs::{self, MKFS_USAGE};
 
 use crate::platform::{KernelClock, KernelEntropy};
@@ -410,7 +410,7 @@ async fn fsck(args: Vec<String>) -> CmdResult {
         None => volume::find_devices()?,
     };
     let (mdev, ddev) = (Disk(meta.dev), Disk(data.dev));
-    let rep = scoutvm_fs::fsck::fsck(&mdev, Some(&ddev), &mut |_, _, _| {});
+    let rep = scoutvm_fs::tools::fsck::fsck(&mdev, Some(&ddev), &mut |_, _, _| {});
     let mut out = String::new();
     if rep.render(&mut out).is_err() {
         return Err("cannot format the report".to_string());

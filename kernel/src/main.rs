@@ -48,8 +48,8 @@ fn main() {}
 mod appliance {
     use scoutvm_drivers::serial::COM1_IRQ;
     use scoutvm_drivers::{clock, irq};
-    use scoutvm_fs::exec::{Executor, Limits};
-    use scoutvm_fs::trace::{self, Tracepoint};
+    use scoutvm_fs::runtime::exec::{Executor, Limits};
+    use scoutvm_fs::runtime::trace::{self, Tracepoint};
     use scoutvm_kernel::cmdline::{Cmdline, Config, LogLevel};
 
     use crate::{boot, console, devices, interrupts, mem, net, runtime, services};
@@ -117,8 +117,9 @@ mod appliance {
         BOOT_STAGE.emit(&[4, devices::blocks().len() as u64]);
         match nic {
             Some(nic) => {
-                let seed =
-                    scoutvm_fs::env::Entropy::next_u64(&crate::platform::KernelEntropy::new());
+                let seed = scoutvm_fs::runtime::env::Entropy::next_u64(
+                    &crate::platform::KernelEntropy::new(),
+                );
                 net::init(nic, &config.net, clock::monotonic_ns(), seed);
                 BOOT_STAGE.emit(&[5, 1]);
             }

@@ -17,7 +17,7 @@ use core::task::Poll;
 
 use scoutvm_drivers::net::VirtioNet;
 use scoutvm_fs::counter;
-use scoutvm_fs::trace::Tracepoint;
+use scoutvm_fs::runtime::trace::Tracepoint;
 use scoutvm_kernel::cmdline::{Ipv4, NetConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, Device};

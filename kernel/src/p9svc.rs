@@ -14,7 +14,7 @@ use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use core::cell::RefCell;
 
-use scoutvm_fs::exec::JoinHandle;
+use scoutvm_fs::runtime::exec::JoinHandle;
 use scoutvm_net::p9::access::{AllowList, Cidr};
 use scoutvm_net::p9::server::MSIZE_MIN;
 use scoutvm_net::p9::wire::MSIZE_MAX;

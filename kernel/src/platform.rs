@@ -1,5 +1,5 @@
 //! The appliance's implementations of the filesystem's environment traits
-//! (`scoutvm_fs::env`): [`KernelClock`] (calibrated TSC for monotonic time,
+//! (`scoutvm_fs::runtime::env`): [`KernelClock`] (calibrated TSC for monotonic time,
 //! CMOS RTC at boot plus the TSC for wall time) and [`KernelEntropy`]
 //! (RDRAND when the CPU has it, else SplitMix64 seeded from the TSC and
 //! the RTC). Later subsystems take these, never the hardware.
@@ -8,7 +8,7 @@ use core::arch::x86_64::{__cpuid, _rdrand64_step};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use scoutvm_drivers::clock;
-use scoutvm_fs::env::{Clock, Entropy, Timespec};
+use scoutvm_fs::runtime::env::{Clock, Entropy, Timespec};
 
 /// Time as the filesystem sees it.
 #[derive(Clone, Copy, Debug, Default)]

@@ -6,7 +6,7 @@ use alloc::string::String;
 use core::cell::UnsafeCell;
 use core::ops::Deref;
 
-use scoutvm_fs::exec::Handle;
+use scoutvm_fs::runtime::exec::Handle;
 use scoutvm_kernel::cmdline::{Cmdline, Config};
 
 /// A value shared by everything on the one CPU. `Sync` by fiat: the kernel

@@ -3,7 +3,7 @@
 //! serve 9P on TCP 564). A subsystem adds one line to [`SERVICES`] with a
 //! start function that spawns its tasks on the executor.
 
-use scoutvm_fs::exec::Handle;
+use scoutvm_fs::runtime::exec::Handle;
 
 /// One service: a name for the log and a function that spawns its tasks.
 pub struct Service {

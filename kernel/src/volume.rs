@@ -17,14 +17,14 @@ use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use core::cell::RefCell;
 
-use scoutvm_fs::block::read_super_from;
-use scoutvm_fs::dev::{BlockDev, IoError, MemDev};
-use scoutvm_fs::env::Clock;
+use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
-use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
-use scoutvm_fs::node::{self, NodeHandle, NodeOptions};
-use scoutvm_fs::trace::Tracepoint;
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::runtime::env::Clock;
+use scoutvm_fs::runtime::trace::Tracepoint;
+use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::storage::block::read_super_from;
+use scoutvm_fs::storage::dev::{BlockDev, IoError, MemDev};
 use scoutvm_net::p9::Server;
 
 use crate::devices::{self, BlockEntry};
@@ -243,7 +243,7 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
 
 /// The boot service: mount in the background so the shell comes up at
 /// once; say why if there is nothing to mount.
-pub fn start(h: &scoutvm_fs::exec::Handle) -> Result<(), String> {
+pub fn start(h: &scoutvm_fs::runtime::exec::Handle) -> Result<(), String> {
     crate::fscmds::register();
     h.spawn(async {
         if let Err(e) = mount_and_serve().await {

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::posix::*;
+use scoutvm_fs::posix::types::*;
 use scoutvm_net::p9::access::{AllowList, Cidr, NOBODY};
 use scoutvm_net::p9::wire::{
     self, LockStatus, LockType, QidType, Rmsg, SetattrValid, Tmsg, AT_REMOVEDIR, LOCK_FLAGS_BLOCK,
@@ -19,7 +19,7 @@ use scoutvm_net::p9::ServerConfig;
 const RW: u32 = O_RDWR;
 
 fn counter(name: &str) -> u64 {
-    scoutvm_fs::counters::get(name).unwrap_or(0)
+    scoutvm_fs::runtime::counters::get(name).unwrap_or(0)
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn clients_outside_the_allow_list_are_refused_at_attach() {
         assert_eq!(c.attach(0, b"", b"", 0).await, Err(Errno::EACCES));
     });
     assert!(counter("p9.attach_refused") > before);
-    let ev = scoutvm_fs::trace::find("p9_refused");
+    let ev = scoutvm_fs::runtime::trace::find("p9_refused");
     assert!(ev.iter().any(|e| e.args[..4] == [192, 168, 7, 9]), "{ev:?}");
     let info = env.server.clients();
     assert!(!info[0].allowed);

@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 
 use super::key::{ty, zone, Key};
 use super::{BTREE_MAX_VAL_LEN, NAME_LEN_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX};
-use crate::env::Timespec;
 use crate::errno::Errno;
+use crate::runtime::env::Timespec;
 
 /// An item value that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -550,7 +550,7 @@ pub const FOREST_BLOOM_FUNC_BITS: u32 = 19;
 
 /// The three bloom bit numbers of a (lock start) key.
 pub fn bloom_bits(key: &Key) -> [u64; FOREST_BLOOM_NRS] {
-    let mut h = crate::hash::fnv1a64(&key.to_bytes());
+    let mut h = crate::format::hash::fnv1a64(&key.to_bytes());
     let mut out = [0u64; FOREST_BLOOM_NRS];
     for o in out.iter_mut() {
         *o = (h as u32) as u64 % FOREST_BLOOM_BITS;

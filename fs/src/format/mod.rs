@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
+pub mod hash;
 pub mod items;
 pub mod key;
 pub mod le;

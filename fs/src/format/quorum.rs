@@ -3,7 +3,7 @@
 
 use super::block::BlockHeader;
 use super::le::*;
-use crate::env::Timespec;
+use crate::runtime::env::Timespec;
 
 pub const QUORUM_BLOCK_BYTES: usize = 280;
 /// Event records in order: BEGIN, TERM, ELECT, FENCE, STOP, END.

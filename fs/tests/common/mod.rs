@@ -4,11 +4,11 @@
 //! remounts.
 #![allow(dead_code)]
 
-use scoutvm_fs::dev::{check_request, BlockDev, IoError};
-use scoutvm_fs::env::{SeededEntropy, Timespec};
-use scoutvm_fs::faultdev::FaultDev;
 use scoutvm_fs::format::super_block::QuorumConfig;
-use scoutvm_fs::mkfs::{mkfs, parse_quorum_slot, MkfsParams};
+use scoutvm_fs::runtime::env::{SeededEntropy, Timespec};
+use scoutvm_fs::sim::faultdev::FaultDev;
+use scoutvm_fs::storage::dev::{check_request, BlockDev, IoError};
+use scoutvm_fs::tools::mkfs::{mkfs, parse_quorum_slot, MkfsParams};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -101,14 +101,14 @@ pub fn qconf(slots: &[&str]) -> QuorumConfig {
 
 pub fn params(fmt_vers: u64, meta_bytes: u64, data_bytes: u64, seed: u64) -> MkfsParams {
     let e = SeededEntropy::new(seed);
-    use scoutvm_fs::env::Entropy;
+    use scoutvm_fs::runtime::env::Entropy;
     MkfsParams {
         fmt_vers,
         meta_bytes,
         data_bytes,
         qconf: qconf(&["0,10.0.2.15,7100"]),
         fsid: e.next_u64(),
-        uuid: scoutvm_fs::mkfs::uuid_from_random(e.next_u64(), e.next_u64()),
+        uuid: scoutvm_fs::tools::mkfs::uuid_from_random(e.next_u64(), e.next_u64()),
         now: Timespec {
             sec: 1_700_000_000,
             nsec: 5,
@@ -126,7 +126,7 @@ pub fn small_volume(meta_bytes: u64, data_bytes: u64, seed: u64) -> (Rc<FaultDev
 }
 
 pub fn fsck_text(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) -> (bool, String) {
-    let rep = scoutvm_fs::fsck::fsck(meta, data, &mut |_, _, _| {});
+    let rep = scoutvm_fs::tools::fsck::fsck(meta, data, &mut |_, _, _| {});
     let mut s = String::new();
     rep.render(&mut s).unwrap();
     (rep.is_clean(), s)
@@ -142,12 +142,12 @@ pub fn assert_fsck_clean(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) {
 
 use core::future::Future;
 
-use scoutvm_fs::dev::MemDev;
-use scoutvm_fs::env::ManualClock;
-use scoutvm_fs::exec::{Executor, Handle};
-use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
-use scoutvm_fs::node::{mount_volume, NodeHandle, NodeOptions};
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::client::node::{mount_volume, NodeHandle, NodeOptions};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::runtime::env::ManualClock;
+use scoutvm_fs::runtime::exec::{Executor, Handle};
+use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::storage::dev::MemDev;
 
 thread_local! {
     static EXEC: Executor = Executor::default();
@@ -256,7 +256,7 @@ impl RealVol {
     pub fn mount(&self) -> (Rc<Mount>, NodeHandle) {
         let s = self.seed.get() + 1;
         self.seed.set(s);
-        let ent: Rc<dyn scoutvm_fs::env::Entropy> = Rc::new(SeededEntropy::new(s));
+        let ent: Rc<dyn scoutvm_fs::runtime::env::Entropy> = Rc::new(SeededEntropy::new(s));
         block_on(mount_volume(
             self.meta.clone(),
             self.data.clone(),
@@ -275,11 +275,12 @@ impl RealVol {
 }
 
 /// Every entry of a directory after "." and "..", `batch` at a time.
-pub fn readdir_all(m: &Mount, dir: u64, batch: usize) -> Vec<scoutvm_fs::posix::DirEntry> {
+pub fn readdir_all(m: &Mount, dir: u64, batch: usize) -> Vec<scoutvm_fs::posix::types::DirEntry> {
     let mut out = Vec::new();
     let mut pos = 2;
     loop {
-        let ents = block_on(m.readdir(&scoutvm_fs::posix::Cred::root(), dir, pos, batch)).unwrap();
+        let ents =
+            block_on(m.readdir(&scoutvm_fs::posix::types::Cred::root(), dir, pos, batch)).unwrap();
         match ents.last() {
             Some(e) => pos = e.next_pos,
             None => break,

@@ -13,7 +13,7 @@ use core::cell::RefCell;
 use core::fmt;
 
 use scoutvm_fs::format::super_block::parse_ipv4;
-use scoutvm_fs::posix::Cred;
+use scoutvm_fs::posix::types::Cred;
 
 /// `n_uname` when the client sends none (Linux `INVALID_UID`).
 pub const NONUNAME: u32 = u32::MAX;

@@ -27,7 +27,7 @@ use core::pin::pin;
 use core::task::Poll;
 
 use scoutvm_fs::counter;
-use scoutvm_fs::exec::{Notified, Notify};
+use scoutvm_fs::runtime::exec::{Notified, Notify};
 
 use super::access::Identity;
 use super::fid::FidTable;

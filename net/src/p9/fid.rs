@@ -15,7 +15,9 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use scoutvm_fs::posix::{Ino, O_ACCMODE, O_APPEND, O_RDONLY, O_RDWR, O_WRONLY, S_IFDIR, S_IFMT};
+use scoutvm_fs::posix::types::{
+    Ino, O_ACCMODE, O_APPEND, O_RDONLY, O_RDWR, O_WRONLY, S_IFDIR, S_IFMT,
+};
 
 use super::access::Identity;
 
@@ -186,7 +188,7 @@ impl FidTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scoutvm_fs::posix::{O_APPEND, O_WRONLY, S_IFREG};
+    use scoutvm_fs::posix::types::{O_APPEND, O_WRONLY, S_IFREG};
 
     #[test]
     fn table_bounds_and_states() {

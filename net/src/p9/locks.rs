@@ -13,7 +13,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::posix::Ino;
+use scoutvm_fs::posix::types::Ino;
 
 /// Who holds a lock: one process of one client connection.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

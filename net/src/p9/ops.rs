@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use scoutvm_fs::counter;
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::ROOT_INO;
-use scoutvm_fs::posix::*;
+use scoutvm_fs::posix::types::*;
 
 use super::access::{uid_of, Identity};
 use super::conn::{encode_into, Conn, Request};
@@ -123,7 +123,7 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    fn mount(&self) -> &scoutvm_fs::vfs::Mount {
+    fn mount(&self) -> &scoutvm_fs::posix::mount::Mount {
         &self.conn.server.mount
     }
 

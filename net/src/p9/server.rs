@@ -21,9 +21,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
-use scoutvm_fs::exec::{Handle, Notify};
-use scoutvm_fs::trace::Tracepoint;
-use scoutvm_fs::vfs::Mount;
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::runtime::exec::{Handle, Notify};
+use scoutvm_fs::runtime::trace::Tracepoint;
 
 use super::access::AllowList;
 use super::conn::Conn;

@@ -98,9 +98,9 @@ impl QidType {
 
     /// The qid type of a Linux `st_mode`.
     pub fn of_mode(mode: u32) -> QidType {
-        match mode & scoutvm_fs::posix::S_IFMT {
-            scoutvm_fs::posix::S_IFDIR => QidType::DIR,
-            scoutvm_fs::posix::S_IFLNK => QidType::SYMLINK,
+        match mode & scoutvm_fs::posix::types::S_IFMT {
+            scoutvm_fs::posix::types::S_IFDIR => QidType::DIR,
+            scoutvm_fs::posix::types::S_IFLNK => QidType::SYMLINK,
             _ => QidType::FILE,
         }
     }

@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 
-use scoutvm_fs::dev::MemDev;
-use scoutvm_fs::env::{ManualClock, Timespec};
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::exec::{Executor, Handle, JoinHandle, Notify};
-use scoutvm_fs::mem_backend::{MemBackend, MemMkfs, MemStore};
-use scoutvm_fs::vfs::{Mount, MountOptions};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::runtime::env::{ManualClock, Timespec};
+use scoutvm_fs::runtime::exec::{Executor, Handle, JoinHandle, Notify};
+use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+use scoutvm_fs::storage::dev::MemDev;
 use scoutvm_net::p9::wire::{self, Dirents, Qid, Rmsg, Tmsg, NOFID, NOTAG};
 use scoutvm_net::p9::{serve, ByteStream, Peer, Server, ServerConfig, StreamClosed};
 

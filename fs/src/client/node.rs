@@ -1,0 +1,372 @@
+//! One node: the server role and the mount's client, wired together over
+//! an in-memory transport, the POSIX mount on top, and the background
+//! tasks a mounted volume needs (periodic commits, the log merge worker).
+//! Host tools, tests and the appliance mount volumes through here
+//! ([`mount_volume`]).
+//!
+//! Calls `leader.rs` (server), `client.rs` + `trans.rs` (the mount's
+//! persistent half) and `btree_merge.rs` (merge work). The client reaches
+//! the server only through messages on the transport. Invariants: the
+//! server is running before the client greets; an unmount commits, says
+//! farewell (the server reclaims the mount and removes it from
+//! `mounted_clients`) and then stops the server, leaving the volume at rest.
+
+use crate::client::btree_merge::{self, MergeLimits, MergeStats};
+use crate::client::log_txn::{ClientLogTxn, LogTxnConfig};
+use crate::client::requests::{Client, ClientIdentity};
+use crate::cluster::transport::MemNet;
+use crate::counter;
+use crate::errno::{Errno, FsResult};
+use crate::posix::mount::{Mount, MountOptions};
+use crate::runtime::env::Clock;
+use crate::runtime::env::Entropy;
+use crate::runtime::exec::{Handle, JoinHandle};
+use crate::server::role::{ServerConfig, ServerRole};
+use crate::storage::block::BlockCache;
+use crate::storage::dev::BlockDev;
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+/// The in-memory address the server listens on.
+pub const LOOPBACK_ADDR: &str = "loopback:server";
+/// `log merge client poll`: how often an idle merge worker asks for work.
+pub const MERGE_POLL_NS: u64 = 5_000_000_000;
+
+/// How often the commit ticker asks the mount whether a commit is due.
+pub const TICK_NS: u64 = 1_000_000_000;
+
+/// Tunables of a node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeOptions {
+    pub mount: MountOptions,
+    /// Period of the commit ticker; 0 = none (tests commit explicitly).
+    pub tick_ns: u64,
+    pub server: ServerConfig,
+    pub trans: LogTxnConfig,
+    pub merge_limits: MergeLimits,
+    pub merge_cache_budget_bytes: usize,
+    /// Idle poll period of the merge worker; 0 = no background worker
+    /// (tests drive merges with [`NodeHandle::merge_once`]).
+    pub merge_poll_ns: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            mount: MountOptions::default(),
+            tick_ns: TICK_NS,
+            server: ServerConfig::default(),
+            trans: LogTxnConfig::default(),
+            merge_limits: MergeLimits::default(),
+            merge_cache_budget_bytes: 24 << 20,
+            merge_poll_ns: MERGE_POLL_NS,
+        }
+    }
+}
+
+/// An [`Entropy`] shared by the node's parts.
+struct SharedEntropy(Rc<dyn Entropy>);
+
+impl Entropy for SharedEntropy {
+    fn next_u64(&self) -> u64 {
+        self.0.next_u64()
+    }
+}
+
+/// Cumulative figures of the merge worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeWorkerStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub items_merged: u64,
+    pub blocks_written: u64,
+}
+
+struct MergeWorker {
+    client: Rc<Client>,
+    cache: RefCell<BlockCache>,
+    limits: MergeLimits,
+    stats: Cell<MergeWorkerStats>,
+    busy: Cell<bool>,
+}
+
+impl MergeWorker {
+    /// Ask for one piece of work and do it. Ok(false): no work.
+    async fn once(&self) -> FsResult<bool> {
+        if self.busy.replace(true) {
+            return Ok(false);
+        }
+        let r = self.once_inner().await;
+        self.busy.set(false);
+        r
+    }
+
+    async fn once_inner(&self) -> FsResult<bool> {
+        let Some(req) = self.client.get_log_merge().await? else {
+            return Ok(false);
+        };
+        let (comp, st): (_, MergeStats) =
+            btree_merge::merge_request(&mut self.cache.borrow_mut(), &req, &self.limits);
+        let mut s = self.stats.get();
+        s.requests += 1;
+        s.items_merged += st.items_merged;
+        s.blocks_written += st.blocks_written;
+        if comp.flags & crate::format::log::MERGE_COMP_ERROR != 0 {
+            s.errors += 1;
+        }
+        self.stats.set(s);
+        self.client.commit_log_merge(&comp).await?;
+        Ok(true)
+    }
+}
+
+/// A running node: the server and the mount's persistent half.
+pub struct NodeHandle {
+    leader: ServerRole,
+    client: Rc<Client>,
+    trans: Rc<ClientLogTxn>,
+    merge: Rc<MergeWorker>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    mount: RefCell<Option<Rc<Mount>>>,
+    handle: Handle,
+}
+
+/// Mount a volume: start the server role on it, connect the mount's
+/// client over the loopback transport, mount the POSIX layer over the
+/// client's transactions, and start the commit ticker and the merge
+/// worker. Unmount with [`NodeHandle::unmount`].
+pub async fn mount_volume(
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    clock: Rc<dyn Clock>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<(Rc<Mount>, NodeHandle)> {
+    let node = start_node(meta, data.clone(), entropy, handle.clone(), opts).await?;
+    let backend: Rc<dyn crate::posix::backend::Backend> = node.trans.clone();
+    let mount = match Mount::mount(backend, data, clock, opts.mount).await {
+        Ok(m) => Rc::new(m),
+        Err(e) => {
+            node.abandon().await;
+            return Err(e);
+        }
+    };
+    *node.mount.borrow_mut() = Some(mount.clone());
+    if opts.tick_ns > 0 {
+        let weak = Rc::downgrade(&mount);
+        let h = handle.clone();
+        let period = opts.tick_ns;
+        let t = handle
+            .spawn(async move {
+                loop {
+                    h.sleep_ns(period).await;
+                    let Some(m) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = m.tick().await {
+                        counter!("node.tick_commit_errors").inc();
+                        log::warn!("periodic commit failed: {e}");
+                    }
+                }
+            })
+            .map_err(|_| Errno::ENOMEM)?;
+        node.tasks.borrow_mut().push(t);
+    }
+    Ok((mount, node))
+}
+
+/// Start the server on the volume, connect a client to it over the
+/// loopback transport and open the mount's first transaction.
+pub async fn start_node(
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<NodeHandle> {
+    let net = MemNet::new();
+    let leader = ServerRole::open(
+        meta.clone(),
+        data,
+        Box::new(SharedEntropy(entropy.clone())),
+        opts.server,
+        handle.clone(),
+    )?;
+    leader.start(&net, LOOPBACK_ADDR).await?;
+    let sb = leader.stable_super();
+    let rid = loop {
+        let r = entropy.next_u64();
+        if r != 0 && r != u64::MAX {
+            break r;
+        }
+    };
+    let id = ClientIdentity {
+        fsid: sb.hdr.fsid,
+        fmt_vers: sb.fmt_vers,
+        rid,
+        flags: 0,
+    };
+    let client = match Client::connect(&net, LOOPBACK_ADDR, id, &handle).await {
+        Ok(c) => c,
+        Err(e) => {
+            leader.shutdown().await;
+            return Err(e);
+        }
+    };
+    let trans = match ClientLogTxn::open(
+        client.clone(),
+        meta.clone(),
+        Box::new(SharedEntropy(entropy.clone())),
+        opts.trans,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            client.disconnect();
+            leader.shutdown().await;
+            return Err(e);
+        }
+    };
+    let merge = Rc::new(MergeWorker {
+        client: client.clone(),
+        cache: RefCell::new(BlockCache::new(
+            Box::new(meta),
+            Box::new(SharedEntropy(entropy)),
+            sb.hdr.fsid,
+            opts.merge_cache_budget_bytes,
+        )),
+        limits: opts.merge_limits,
+        stats: Cell::new(MergeWorkerStats::default()),
+        busy: Cell::new(false),
+    });
+    let node = NodeHandle {
+        leader,
+        client,
+        trans,
+        merge,
+        tasks: RefCell::new(Vec::new()),
+        mount: RefCell::new(None),
+        handle: handle.clone(),
+    };
+    if opts.merge_poll_ns > 0 {
+        let w = node.merge.clone();
+        let h = handle.clone();
+        let poll = opts.merge_poll_ns;
+        let t = handle
+            .spawn(async move {
+                loop {
+                    match w.once().await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            counter!("node.merge_worker_errors").inc();
+                            if !w.client.is_connected() {
+                                log::warn!("merge worker stops: {e}");
+                                return;
+                            }
+                        }
+                    }
+                    h.sleep_ns(poll).await;
+                }
+            })
+            .map_err(|_| Errno::ENOMEM)?;
+        node.tasks.borrow_mut().push(t);
+    }
+    Ok(node)
+}
+
+impl NodeHandle {
+    /// The mount's persistent half (what the POSIX layer's backend wraps).
+    pub fn trans(&self) -> &Rc<ClientLogTxn> {
+        &self.trans
+    }
+
+    pub fn leader(&self) -> &ServerRole {
+        &self.leader
+    }
+
+    pub fn client(&self) -> &Rc<Client> {
+        &self.client
+    }
+
+    /// Ask the server for a piece of log merge work and do it (what the
+    /// background worker does every poll). Ok(false): there was none.
+    pub async fn merge_once(&self) -> FsResult<bool> {
+        self.merge.once().await
+    }
+
+    /// Finalize the mount's tree at its next transaction and merge
+    /// everything finalized (admin, tests).
+    pub fn request_merge(&self) {
+        self.leader.request_merge();
+    }
+
+    /// Start a log merge now: the mount commits (even with nothing dirty)
+    /// and its tree is finalized; merge work follows (the worker, or
+    /// [`Self::merge_once`]).
+    pub async fn start_merge(&self) -> FsResult<()> {
+        self.leader.request_merge();
+        self.client.request_sync();
+        let mount = self.mount.borrow().clone();
+        match mount {
+            Some(m) => m.tick().await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn merge_stats(&self) -> MergeWorkerStats {
+        self.merge.stats.get()
+    }
+
+    fn stop_tasks(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The executor handle the node's tasks run on.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Unmount: commit what the mount holds, then [`Self::shutdown`]. The
+    /// mount fails every later operation with EIO.
+    pub async fn unmount(self) -> FsResult<()> {
+        self.stop_tasks();
+        let mount = self.mount.borrow_mut().take();
+        if let Some(m) = mount {
+            if let Err(e) = m.sync().await {
+                log::warn!("unmount: final commit failed: {e}");
+                self.abandon().await;
+                return Err(e);
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Leave cleanly: the caller committed its last transaction; say
+    /// farewell (the server finalizes the mount's tree and forgets the
+    /// mount) and stop the server. The volume is at rest afterwards.
+    pub async fn shutdown(self) -> FsResult<()> {
+        self.stop_tasks();
+        let r = self.client.farewell().await;
+        self.trans.close();
+        self.client.disconnect();
+        self.leader.shutdown().await;
+        r
+    }
+
+    /// Stop without committing or saying farewell (what a crash leaves,
+    /// minus lost device writes): the next mount recovers.
+    pub async fn abandon(self) {
+        self.stop_tasks();
+        self.trans.discard();
+        self.trans.close();
+        self.client.disconnect();
+        self.leader.shutdown().await;
+    }
+}

@@ -1,0 +1,452 @@
+//! A framed request/response connection over a transport [`Conn`]: the
+//! RPC layer the client and the server both use.
+//!
+//! Owns per-connection sequencing (frame `seq` from 1, cumulative
+//! `recv_seq`), request ids, the table of outstanding requests matched to
+//! responses by `(cmd, id)`, the queue of incoming requests, and the
+//! greeting rules of the cluster reference (2.1/2.2). Called by
+//! `client.rs` (typed calls) and `leader.rs` (request handlers). A reader
+//! task started by [`Endpoint::start`] decodes frames; any framing error
+//! closes the connection, and every outstanding request then fails with
+//! `ECONNABORTED`. Bounded: [`MAX_OUTSTANDING`] requests in flight and
+//! [`MAX_QUEUED_REQUESTS`] unhandled requests (the reader waits, which
+//! back-pressures the peer). Resend and reconnect migration belong to the
+//! cluster session layer; the framing here is already what it needs.
+
+use crate::cluster::msg::{
+    self, cmd, encode_frame, wire_to_errno, Frame, FrameDecoder, Header, FLAG_RESPONSE,
+};
+use crate::cluster::transport::{Conn, NetError};
+use crate::counter;
+use crate::errno::{Errno, FsResult};
+use crate::runtime::exec::{Handle, Notify};
+use crate::runtime::trace::Tracepoint;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+/// Requests a connection may have in flight.
+pub const MAX_OUTSTANDING: usize = 1024;
+/// Received requests waiting for a handler.
+pub const MAX_QUEUED_REQUESTS: usize = 256;
+
+static TP_PROTO_ERROR: Tracepoint = Tracepoint::new("rpc_protocol_error", &["cmd", "seq"]);
+
+/// Which end of the connection this is (greeting rules differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+struct Slot {
+    result: RefCell<Option<FsResult<Vec<u8>>>>,
+    done: Notify,
+}
+
+struct State {
+    next_seq: u64,
+    next_id: u64,
+    recv_seq: u64,
+    pending: BTreeMap<(u8, u64), Rc<Slot>>,
+    requests: VecDeque<Frame>,
+    greeting_seen: bool,
+    closed: bool,
+}
+
+/// One framed connection.
+pub struct Endpoint {
+    conn: Rc<dyn Conn>,
+    role: Role,
+    st: RefCell<State>,
+    /// A request was queued, or the connection closed.
+    request_arrived: Notify,
+    /// A queued request was taken (room for the reader).
+    request_taken: Notify,
+    sending: Cell<bool>,
+    send_done: Notify,
+}
+
+impl Endpoint {
+    /// Wrap a stream and start its reader task on `handle`.
+    pub fn start(conn: Rc<dyn Conn>, role: Role, handle: &Handle) -> FsResult<Rc<Endpoint>> {
+        let ep = Rc::new(Endpoint {
+            conn,
+            role,
+            st: RefCell::new(State {
+                next_seq: 1,
+                next_id: 1,
+                recv_seq: 0,
+                pending: BTreeMap::new(),
+                requests: VecDeque::new(),
+                greeting_seen: false,
+                closed: false,
+            }),
+            request_arrived: Notify::new(),
+            request_taken: Notify::new(),
+            sending: Cell::new(false),
+            send_done: Notify::new(),
+        });
+        let reader = ep.clone();
+        handle
+            .spawn(async move { reader.read_loop().await })
+            .map_err(|_| Errno::ENOMEM)?;
+        Ok(ep)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.st.borrow().closed
+    }
+
+    /// Tear the connection down: outstanding requests fail with
+    /// `ECONNABORTED`, handlers waiting for requests get `None`.
+    pub fn close(&self) {
+        let pending = {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            st.requests.clear();
+            core::mem::take(&mut st.pending)
+        };
+        self.conn.close();
+        for slot in pending.into_values() {
+            *slot.result.borrow_mut() = Some(Err(Errno::ECONNABORTED));
+            slot.done.notify();
+        }
+        self.request_arrived.notify();
+        self.request_taken.notify();
+        self.send_done.notify();
+    }
+
+    async fn send_frame(&self, mut header: Header, payload: &[u8]) -> FsResult<()> {
+        if payload.len() > msg::MAX_DATA_LEN {
+            return Err(Errno::EINVAL);
+        }
+        // one frame at a time on the stream
+        loop {
+            let done = self.send_done.notified();
+            if self.is_closed() {
+                return Err(Errno::ENOLINK);
+            }
+            if !self.sending.get() {
+                break;
+            }
+            done.await;
+        }
+        self.sending.set(true);
+        {
+            let mut st = self.st.borrow_mut();
+            header.seq = st.next_seq;
+            st.next_seq += 1;
+            header.recv_seq = st.recv_seq;
+        }
+        let bytes = encode_frame(&header, payload);
+        let r = self.conn.send(&bytes).await;
+        self.sending.set(false);
+        self.send_done.notify();
+        match r {
+            Ok(()) => {
+                counter!("rpc.frames_sent").inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.close();
+                Err(Errno::from(e))
+            }
+        }
+    }
+
+    /// Send a request and wait for its response payload (or the errno
+    /// the peer answered, or `ECONNABORTED` if the connection died).
+    pub async fn call(&self, c: u8, payload: &[u8]) -> FsResult<Vec<u8>> {
+        let (id, slot) = {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return Err(Errno::ENOLINK);
+            }
+            if st.pending.len() >= MAX_OUTSTANDING {
+                counter!("rpc.outstanding_full").inc();
+                return Err(Errno::ENOBUFS);
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            let slot = Rc::new(Slot {
+                result: RefCell::new(None),
+                done: Notify::new(),
+            });
+            st.pending.insert((c, id), slot.clone());
+            (id, slot)
+        };
+        let header = Header {
+            id,
+            cmd: c,
+            ..Header::default()
+        };
+        if let Err(e) = self.send_frame(header, payload).await {
+            self.st.borrow_mut().pending.remove(&(c, id));
+            return Err(e);
+        }
+        loop {
+            let done = slot.done.notified();
+            if let Some(r) = slot.result.borrow_mut().take() {
+                return r;
+            }
+            done.await;
+        }
+    }
+
+    /// Answer a request.
+    pub async fn reply(&self, req: &Header, result: FsResult<Vec<u8>>) -> FsResult<()> {
+        let (error, payload) = match result {
+            Ok(p) => (msg::wire_err::NONE, p),
+            Err(e) => (msg::errno_to_wire(e), Vec::new()),
+        };
+        let header = Header {
+            id: req.id,
+            cmd: req.cmd,
+            flags: FLAG_RESPONSE,
+            error,
+            ..Header::default()
+        };
+        self.send_frame(header, &payload).await
+    }
+
+    /// The next incoming request; `None` once the connection is closed.
+    pub async fn next_request(&self) -> Option<Frame> {
+        loop {
+            let arrived = self.request_arrived.notified();
+            {
+                let mut st = self.st.borrow_mut();
+                if let Some(f) = st.requests.pop_front() {
+                    drop(st);
+                    self.request_taken.notify();
+                    return Some(f);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            arrived.await;
+        }
+    }
+
+    fn protocol_error(&self, h: Option<&Header>, why: &str) {
+        counter!("rpc.protocol_errors").inc();
+        TP_PROTO_ERROR.emit(&[h.map_or(u64::MAX, |h| h.cmd as u64), h.map_or(0, |h| h.seq)]);
+        log::warn!("rpc: closing connection: {why}");
+        self.close();
+    }
+
+    async fn read_loop(self: Rc<Self>) {
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let want = buf.len().min(dec.room());
+            let n = match self.conn.recv(&mut buf[..want]).await {
+                Ok(n) => n,
+                Err(NetError::Closed) | Err(_) => {
+                    self.close();
+                    return;
+                }
+            };
+            if let Err(e) = dec.push(&buf[..n]) {
+                self.protocol_error(None, &alloc::format!("{e}"));
+                return;
+            }
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(f)) => {
+                        if !self.dispatch(f).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.protocol_error(None, &alloc::format!("{e}"));
+                        return;
+                    }
+                }
+            }
+            if self.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Handle one frame; false when the connection was closed.
+    async fn dispatch(&self, f: Frame) -> bool {
+        counter!("rpc.frames_received").inc();
+        let h = f.header;
+        let greeting = h.cmd == cmd::GREETING;
+        {
+            let mut st = self.st.borrow_mut();
+            if greeting {
+                // greetings bypass sequencing; one per stream, requests
+                // only towards a server and responses only towards a client
+                let ok = !st.greeting_seen
+                    && match self.role {
+                        Role::Server => !h.is_response(),
+                        Role::Client => h.is_response(),
+                    };
+                if !ok {
+                    drop(st);
+                    self.protocol_error(Some(&h), "unexpected greeting");
+                    return false;
+                }
+                st.greeting_seen = true;
+            } else {
+                if h.seq <= st.recv_seq {
+                    counter!("rpc.duplicates_dropped").inc();
+                    return true;
+                }
+                st.recv_seq = h.seq;
+            }
+        }
+        if h.is_response() {
+            let slot = self.st.borrow_mut().pending.remove(&(h.cmd, h.id));
+            match slot {
+                Some(slot) => {
+                    let r = if h.error != msg::wire_err::NONE {
+                        Err(wire_to_errno(h.error))
+                    } else {
+                        Ok(f.payload)
+                    };
+                    *slot.result.borrow_mut() = Some(r);
+                    slot.done.notify();
+                }
+                None => counter!("rpc.unmatched_responses").inc(),
+            }
+            return true;
+        }
+        if self.role == Role::Server && !greeting && !self.st.borrow().greeting_seen {
+            self.protocol_error(Some(&h), "request before greeting");
+            return false;
+        }
+        loop {
+            let taken = self.request_taken.notified();
+            {
+                let mut st = self.st.borrow_mut();
+                if st.closed {
+                    return false;
+                }
+                if st.requests.len() < MAX_QUEUED_REQUESTS {
+                    st.requests.push_back(f);
+                    break;
+                }
+            }
+            counter!("rpc.request_queue_full").inc();
+            taken.await;
+        }
+        self.request_arrived.notify();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::msg::{encode_u64, Greeting, Request};
+    use crate::cluster::transport::{MemConn, MemNet, Transport};
+    use crate::runtime::exec::Executor;
+
+    #[test]
+    fn calls_match_responses_out_of_order() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let srv = server.clone();
+        let hs = h.clone();
+        // answer greeting at once, ALLOC_INODES in reverse order
+        ex.spawn(async move {
+            let mut held = Vec::new();
+            while let Some(f) = srv.next_request().await {
+                match Request::decode(f.header.cmd, &f.payload).unwrap() {
+                    Request::Greeting(g) => srv.reply(&f.header, Ok(g.encode())).await.unwrap(),
+                    Request::AllocInodes(n) => {
+                        held.push((f.header, n));
+                        if held.len() == 3 {
+                            for (hd, n) in held.drain(..).rev() {
+                                hs.sleep_ns(10).await;
+                                srv.reply(&hd, Ok(encode_u64(n * 2))).await.unwrap();
+                            }
+                        }
+                    }
+                    Request::Statfs => srv.reply(&f.header, Err(Errno::ENOSPC)).await.unwrap(),
+                    _ => srv.reply(&f.header, Err(Errno::EINVAL)).await.unwrap(),
+                }
+            }
+        })
+        .unwrap();
+        let out = ex
+            .block_on(async {
+                let g = Greeting {
+                    fsid: 1,
+                    rid: 5,
+                    ..Greeting::default()
+                };
+                let back = client.call(cmd::GREETING, &g.encode()).await.unwrap();
+                assert_eq!(Greeting::decode(&back).unwrap(), g);
+                let mut js = Vec::new();
+                for n in 1..=3u64 {
+                    let c = client.clone();
+                    js.push(
+                        h.spawn(
+                            async move { c.call(cmd::ALLOC_INODES, &encode_u64(n)).await.unwrap() },
+                        )
+                        .unwrap(),
+                    );
+                }
+                let mut got = Vec::new();
+                for j in js {
+                    got.push(msg::decode_u64(&j.await).unwrap());
+                }
+                let e = client.call(cmd::STATFS, &[]).await;
+                (got, e)
+            })
+            .unwrap();
+        assert_eq!(out.0, vec![2, 4, 6]);
+        assert_eq!(out.1, Err(Errno::ENOSPC));
+    }
+
+    #[test]
+    fn closing_fails_outstanding_calls_and_bad_frames_close() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let net = MemNet::new();
+        let l = net.listen("s").unwrap();
+        let r = ex
+            .block_on(async {
+                let c = net.connect("s").await.unwrap();
+                let s = l.accept().await.unwrap();
+                let client = Endpoint::start(c, Role::Client, &h).unwrap();
+                let server = Endpoint::start(s, Role::Server, &h).unwrap();
+                let c2 = client.clone();
+                let call = h
+                    .spawn(async move { c2.call(cmd::GET_ROOTS, &[]).await })
+                    .unwrap();
+                // the server gets a request before any greeting: protocol error
+                assert!(server.next_request().await.is_none());
+                let r = call.await;
+                assert!(client.is_closed());
+                r
+            })
+            .unwrap();
+        assert!(matches!(r, Err(Errno::ECONNABORTED) | Err(Errno::ENOLINK)));
+
+        // garbage bytes close the connection
+        let (a, b) = MemConn::pair();
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        ex.block_on(async {
+            a.send(&[0xffu8; 64]).await.unwrap();
+            assert!(server.next_request().await.is_none());
+        })
+        .unwrap();
+        assert!(crate::runtime::counters::get("rpc.protocol_errors").unwrap() >= 2);
+    }
+}

@@ -1,0 +1,1640 @@
+//! `Mount`: a mounted filesystem and its POSIX operations.
+//!
+//! Owns the glue between callers (9P server, FUSE mount, admin shell) and
+//! the items: permission checks in Linux's order, the transaction holds
+//! around each operation, open counts and the deletion of unlinked inodes
+//! at last close (or at the next mount, through their orphan items), and
+//! the commit policy (size, time, sync). Calls `dir`, `inode`, `xattr`,
+//! `symlink`, `data`, `orphan` over the `item` cache and the `Backend`.
+//!
+//! Invariants: every operation that changes items runs under one
+//! exclusive [`WriteHold`] and leaves the items consistent before any await
+//! that could commit (`checkpoint`); no `RefCell` borrow is held across an
+//! await; errors are Linux errno values.
+
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+use crate::errno::{Errno, FsResult};
+use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
+use crate::format::key::{ty, Key};
+use crate::format::{
+    NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
+};
+use crate::posix::backend::{Backend, DataRun, InoRange};
+use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
+use crate::posix::dir;
+use crate::posix::hold::{CommitPolicy, HoldLock, WriteHold};
+use crate::posix::inode::{self, Inode};
+use crate::posix::item::{CacheUsage, ItemCache, ItemCounters, DEFAULT_CACHE_BUDGET_BYTES};
+use crate::posix::orphan;
+use crate::posix::perm;
+use crate::posix::symlink;
+use crate::posix::types::*;
+use crate::posix::xattr::{self, Namespace};
+use crate::runtime::env::{Clock, Timespec};
+use crate::storage::dev::BlockDev;
+
+const BS: u64 = SM_BLOCK_SIZE as u64;
+/// Most links an inode may have (scoutfs: S32_MAX).
+pub const LINK_MAX: u32 = i32::MAX as u32;
+/// Inode numbers asked of the backend at a time (scoutfs: 10 lock groups).
+pub const INO_BATCH: u64 = 10 * 1024;
+/// Items deleted, extents punched or preallocated per step of a long
+/// operation; a commit may happen between steps.
+pub const STEP_ITEMS: usize = 512;
+/// Deepest directory nesting an ancestor walk follows before calling the
+/// tree corrupt.
+pub const MAX_DEPTH: usize = 1 << 20;
+
+/// Tunables of a mount.
+#[derive(Clone, Copy, Debug)]
+pub struct MountOptions {
+    /// Memory for clean cached items.
+    pub cache_budget_bytes: usize,
+    pub commit: CommitPolicy,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            cache_budget_bytes: DEFAULT_CACHE_BUDGET_BYTES,
+            commit: CommitPolicy::default(),
+        }
+    }
+}
+
+/// Counters of a mount (monotonic), with the item cache's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountCounters {
+    pub commits: u64,
+    pub commit_errors: u64,
+    pub commits_on_size: u64,
+    pub commits_on_time: u64,
+    pub commits_for_backend: u64,
+    pub inodes_deleted: u64,
+    pub orphans_found: u64,
+    pub enobufs_commits: u64,
+    pub items: ItemCounters,
+}
+
+/// A mounted filesystem.
+pub struct Mount {
+    backend: Rc<dyn Backend>,
+    data_dev: Rc<dyn BlockDev>,
+    clock: Rc<dyn Clock>,
+    items: ItemCache,
+    txn: HoldLock,
+    policy: CommitPolicy,
+    /// Open counts by inode.
+    open: RefCell<BTreeMap<Ino, u32>>,
+    inos: Cell<InoRange>,
+    counters: Cell<MountCounters>,
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() {
+        return Err(Errno::ENOENT);
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+/// Clear setuid, and setgid when group-exec is set (what Linux does when a
+/// file changes owner, or is written or truncated by a non-root caller).
+fn kill_suid(mode: u32) -> u32 {
+    let mut m = mode & !S_ISUID;
+    if m & (S_ISGID | 0o010) == (S_ISGID | 0o010) {
+        m &= !S_ISGID;
+    }
+    m
+}
+
+impl Mount {
+    /// Mount over `backend`, with file data on `data_dev`. Checks the root
+    /// directory and deletes orphaned inodes left by a previous mount.
+    pub async fn mount(
+        backend: Rc<dyn Backend>,
+        data_dev: Rc<dyn BlockDev>,
+        clock: Rc<dyn Clock>,
+        opts: MountOptions,
+    ) -> FsResult<Mount> {
+        let items = ItemCache::new(backend.clone(), clock.clone(), opts.cache_budget_bytes);
+        let m = Mount {
+            backend,
+            data_dev,
+            clock,
+            items,
+            txn: HoldLock::new(),
+            policy: opts.commit,
+            open: RefCell::new(BTreeMap::new()),
+            inos: Cell::new(InoRange { first: 0, count: 0 }),
+            counters: Cell::new(MountCounters::default()),
+        };
+        let root = inode::load(&m.items, ROOT_INO).await.map_err(|e| {
+            if e == Errno::ENOENT {
+                Errno::EIO
+            } else {
+                e
+            }
+        })?;
+        if !root.is_dir() {
+            return Err(Errno::EIO);
+        }
+        m.delete_orphans().await?;
+        Ok(m)
+    }
+
+    /// Commit everything and unmount.
+    pub async fn unmount(self) -> FsResult<()> {
+        self.sync().await
+    }
+
+    fn count(&self, f: impl FnOnce(&mut MountCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    pub fn counters(&self) -> MountCounters {
+        let mut c = self.counters.get();
+        c.items = self.items.counters();
+        c
+    }
+
+    pub fn cache_usage(&self) -> CacheUsage {
+        self.items.usage()
+    }
+
+    /// Drop every clean cached item (they are read again on demand).
+    pub fn evict_clean_cache(&self) {
+        self.items.evict_clean();
+    }
+
+    /// Is anything waiting to be committed?
+    pub fn is_dirty(&self) -> bool {
+        self.items.is_dirty()
+    }
+
+    /// Monotonic time (ns) by which [`Self::tick`] should run to commit the
+    /// open transaction on time, if it has changes.
+    pub fn next_commit_deadline_ns(&self) -> Option<u64> {
+        self.items
+            .first_dirty_ns()
+            .map(|t| t.saturating_add(self.policy.interval_ns))
+    }
+
+    fn now(&self) -> Timespec {
+        self.clock.wall()
+    }
+
+    fn dctx(&self) -> DataCtx<'_> {
+        DataCtx {
+            items: &self.items,
+            backend: &*self.backend,
+            dev: &*self.data_dev,
+        }
+    }
+
+    fn store(&self, i: &mut Inode) {
+        inode::store(&self.items, &*self.backend, i);
+    }
+
+    fn is_open(&self, ino: Ino) -> bool {
+        self.open.borrow().get(&ino).is_some_and(|n| *n > 0)
+    }
+
+    // -- transactions --------------------------------------------------------
+
+    fn commit_due(&self) -> bool {
+        self.policy.due(
+            self.clock.monotonic_ns(),
+            self.items.first_dirty_ns(),
+            self.items.dirty_bytes(),
+            self.backend.needs_commit(),
+        )
+    }
+
+    /// Hold the transaction for an operation that changes items; commits
+    /// first when the open transaction is due.
+    async fn hold(&self) -> FsResult<WriteHold<'_>> {
+        let h = self.txn.write().await;
+        self.checkpoint(&h).await?;
+        Ok(h)
+    }
+
+    /// Between steps of a long operation (the items are consistent):
+    /// commit if due.
+    async fn checkpoint(&self, h: &WriteHold<'_>) -> FsResult<()> {
+        if self.commit_due() {
+            let backend_wants = self.backend.needs_commit();
+            if backend_wants {
+                self.count(|c| c.commits_for_backend += 1);
+            } else if self.items.dirty_bytes() >= self.policy.dirty_limit_bytes {
+                self.count(|c| c.commits_on_size += 1);
+            } else {
+                self.count(|c| c.commits_on_time += 1);
+            }
+            self.commit_locked(h, backend_wants).await?;
+        }
+        Ok(())
+    }
+
+    /// Flush the data device, then make the dirty items durable. `force`
+    /// commits even with nothing dirty (the backend needs a new
+    /// transaction, e.g. to refill its allocators).
+    async fn commit_locked(&self, _h: &WriteHold<'_>, force: bool) -> FsResult<()> {
+        self.data_dev.flush().map_err(|_| Errno::EIO)?;
+        if !force && !self.items.is_dirty() {
+            return Ok(());
+        }
+        let set = self.items.commit_set();
+        match self.backend.commit(set.clone()).await {
+            Ok(()) => {
+                self.items.commit_done(&set);
+                self.count(|c| c.commits += 1);
+                Ok(())
+            }
+            Err(e) => {
+                self.count(|c| c.commit_errors += 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit the open transaction if it is due (time or backend). Callers
+    /// run it periodically (see [`Self::next_commit_deadline_ns`]).
+    pub async fn tick(&self) -> FsResult<()> {
+        if !self.commit_due() {
+            return Ok(());
+        }
+        let h = self.txn.write().await;
+        self.checkpoint(&h).await
+    }
+
+    /// Make everything durable.
+    pub async fn sync(&self) -> FsResult<()> {
+        let h = self.txn.write().await;
+        self.commit_locked(&h, false).await
+    }
+
+    /// Make the inode's changes (with everything else) durable.
+    pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
+        let h = self.txn.write().await;
+        inode::load(&self.items, ino).await?;
+        self.commit_locked(&h, false).await
+    }
+
+    async fn alloc_ino(&self) -> FsResult<u64> {
+        let mut r = self.inos.get();
+        if r.count == 0 {
+            r = self.backend.alloc_inodes(INO_BATCH).await?;
+            if r.count == 0 || r.first <= ROOT_INO || r.first.checked_add(r.count).is_none() {
+                return Err(Errno::EIO);
+            }
+        }
+        let ino = r.first;
+        self.inos.set(InoRange {
+            first: r.first + 1,
+            count: r.count - 1,
+        });
+        Ok(ino)
+    }
+
+    // -- loading -------------------------------------------------------------
+
+    async fn load(&self, ino: Ino) -> FsResult<Inode> {
+        inode::load(&self.items, ino).await
+    }
+
+    async fn load_dir(&self, ino: Ino) -> FsResult<Inode> {
+        let d = self.load(ino).await?;
+        if !d.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(d)
+    }
+
+    /// The inode a dirent names; a dangling entry is corruption.
+    async fn load_target(&self, ino: Ino) -> FsResult<Inode> {
+        self.load(ino)
+            .await
+            .map_err(|e| if e == Errno::ENOENT { Errno::EIO } else { e })
+    }
+
+    async fn parent_of(&self, d: &Inode) -> FsResult<Ino> {
+        if d.ino == ROOT_INO {
+            return Ok(ROOT_INO);
+        }
+        dir::parent_of(&self.items, d.ino)
+            .await?
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Is `anc` `ino` or one of its ancestors?
+    async fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> FsResult<bool> {
+        for _ in 0..MAX_DEPTH {
+            if ino == anc {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            match dir::parent_of(&self.items, ino).await? {
+                Some(p) => ino = p,
+                None => return Ok(false),
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    /// `may_delete`: can `cred` remove `victim`'s entry from `d`?
+    fn may_delete(&self, cred: &Cred, d: &Inode, victim: &Inode, want_dir: bool) -> FsResult<()> {
+        perm::check(cred, d.owner(), MAY_WRITE | MAY_EXEC)?;
+        if perm::sticky_denies(cred, d.owner(), victim.owner()) {
+            return Err(Errno::EPERM);
+        }
+        match (want_dir, victim.is_dir()) {
+            (true, false) => Err(Errno::ENOTDIR),
+            (false, true) => Err(Errno::EISDIR),
+            _ => Ok(()),
+        }
+    }
+
+    /// `may_create`: can `cred` add an entry to `d`?
+    fn may_create(&self, cred: &Cred, d: &Inode) -> FsResult<()> {
+        if d.item.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        perm::check(cred, d.owner(), MAY_WRITE | MAY_EXEC)
+    }
+
+    // -- lookup and attributes ------------------------------------------------
+
+    pub async fn lookup(&self, cred: &Cred, dir: Ino, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        let _r = self.txn.read().await;
+        let d = self.load_dir(dir).await?;
+        perm::check(cred, d.owner(), MAY_EXEC)?;
+        if d.item.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if name == b"." {
+            return Ok(d.attr());
+        }
+        if name == b".." {
+            let p = self.parent_of(&d).await?;
+            return Ok(self.load_target(p).await?.attr());
+        }
+        let dent = dir::lookup(&self.items, dir, name)
+            .await?
+            .ok_or(Errno::ENOENT)?;
+        Ok(self.load_target(dent.ino).await?.attr())
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let _r = self.txn.read().await;
+        Ok(self.load(ino).await?.attr())
+    }
+
+    pub async fn access(&self, cred: &Cred, ino: Ino, mask: u32) -> FsResult<()> {
+        if mask & !(MAY_READ | MAY_WRITE | MAY_EXEC) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let _r = self.txn.read().await;
+        let i = self.load(ino).await?;
+        perm::check(cred, i.owner(), mask)
+    }
+
+    pub async fn setattr(&self, cred: &Cred, ino: Ino, sa: &SetAttr) -> FsResult<Attr> {
+        let h = self.hold().await?;
+        let mut i = self.load(ino).await?;
+        i.check_retention()?;
+        let o = i.owner();
+        if let Some(size) = sa.size {
+            if i.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            if !i.is_reg() {
+                return Err(Errno::EINVAL);
+            }
+            perm::check(cred, o, MAY_WRITE)?;
+            if size > MAX_FILE_SIZE {
+                return Err(Errno::EFBIG);
+            }
+        }
+        let times_now =
+            matches!(sa.atime, Some(SetTime::Now)) || matches!(sa.mtime, Some(SetTime::Now));
+        let times_set = matches!(sa.atime, Some(SetTime::At(_)))
+            || matches!(sa.mtime, Some(SetTime::At(_)))
+            || sa.ctime.is_some();
+        if times_now && !times_set && !perm::owner_or_capable(cred, o) {
+            perm::check(cred, o, MAY_WRITE)?;
+        }
+        if let Some(uid) = sa.uid {
+            if !perm::may_chown_uid(cred, o, uid) {
+                return Err(Errno::EPERM);
+            }
+        }
+        if let Some(gid) = sa.gid {
+            if !perm::may_chown_gid(cred, o, gid) {
+                return Err(Errno::EPERM);
+            }
+        }
+        if sa.mode.is_some() && !perm::owner_or_capable(cred, o) {
+            return Err(Errno::EPERM);
+        }
+        if times_set && !perm::owner_or_capable(cred, o) {
+            return Err(Errno::EPERM);
+        }
+
+        let now = self.now();
+        if sa.uid.is_some() || sa.gid.is_some() {
+            if let Some(uid) = sa.uid {
+                i.item.uid = uid;
+            }
+            if let Some(gid) = sa.gid {
+                i.item.gid = gid;
+            }
+            if !i.is_dir() {
+                i.item.mode = kill_suid(i.item.mode);
+            }
+        }
+        if let Some(mode) = sa.mode {
+            let mut m = (i.item.mode & S_IFMT) | (mode & 0o7777);
+            if !perm::is_root(cred) && !cred.in_group(i.item.gid) {
+                m &= !S_ISGID;
+            }
+            i.item.mode = m;
+        }
+        if let Some(size) = sa.size {
+            if !perm::is_root(cred) {
+                i.item.mode = kill_suid(i.item.mode);
+            }
+            self.finish_truncate(&h, &mut i).await?;
+            self.set_size(&h, &mut i, size).await?;
+            i.item.mtime = now;
+        }
+        match sa.atime {
+            Some(SetTime::Now) => i.item.atime = now,
+            Some(SetTime::At(t)) => i.item.atime = t,
+            None => {}
+        }
+        match sa.mtime {
+            Some(SetTime::Now) => i.item.mtime = now,
+            Some(SetTime::At(t)) => i.item.mtime = t,
+            None => {}
+        }
+        i.item.ctime = sa.ctime.unwrap_or(now);
+        self.store(&mut i);
+        Ok(i.attr())
+    }
+
+    /// Change a regular file's size: shrinking zeroes the tail of the new
+    /// last block and frees the blocks past it, over as many commits as it
+    /// takes (the TRUNCATE flag marks an unfinished one).
+    async fn set_size(&self, h: &WriteHold<'_>, i: &mut Inode, size: u64) -> FsResult<()> {
+        let old = i.item.size;
+        self.zero_past_eof(i, size).await?;
+        let seq = self.backend.trans_seq();
+        i.item.data_seq = seq;
+        if size != old {
+            i.item.data_version = i.item.data_version.wrapping_add(1);
+        }
+        i.item.size = size;
+        if size < old {
+            let in_block = (size % BS) as usize;
+            if in_block != 0 {
+                data::zero_in_block(&self.dctx(), i, size / BS, in_block, BS as usize).await?;
+            }
+            self.punch_blocks(h, i, size.div_ceil(BS), LAST_BLOCK, true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Before the size grows past `old_size`: zero the bytes of the old
+    /// last block from the old end up to `upto`. A crash can leave bytes
+    /// past the end of a file on the device (an in-place write of a lost
+    /// transaction); growing the file must not expose them.
+    async fn zero_past_eof(&self, i: &Inode, upto: u64) -> FsResult<()> {
+        let old = i.item.size;
+        if old.is_multiple_of(BS) || upto <= old {
+            return Ok(());
+        }
+        let block = old / BS;
+        let to = (upto - block * BS).min(BS) as usize;
+        data::zero_in_block(&self.dctx(), i, block, (old % BS) as usize, to).await
+    }
+
+    /// Free blocks `[first, last]` in steps; `mark` sets the TRUNCATE flag
+    /// while steps span commits.
+    async fn punch_blocks(
+        &self,
+        h: &WriteHold<'_>,
+        i: &mut Inode,
+        first: u64,
+        last: u64,
+        mark: bool,
+    ) -> FsResult<()> {
+        if first > last {
+            return Ok(());
+        }
+        let mut cur = first;
+        loop {
+            match data::punch(&self.dctx(), i, cur, last, STEP_ITEMS).await? {
+                None => break,
+                Some(next) => {
+                    cur = next;
+                    if mark {
+                        i.item.flags |= INO_FLAG_TRUNCATE;
+                    }
+                    self.store(i);
+                    self.checkpoint(h).await?;
+                }
+            }
+        }
+        i.item.flags &= !INO_FLAG_TRUNCATE;
+        Ok(())
+    }
+
+    /// Finish a truncate a crash interrupted.
+    async fn finish_truncate(&self, h: &WriteHold<'_>, i: &mut Inode) -> FsResult<()> {
+        if i.item.flags & INO_FLAG_TRUNCATE == 0 || !i.is_reg() {
+            return Ok(());
+        }
+        let first = i.item.size.div_ceil(BS);
+        self.punch_blocks(h, i, first, LAST_BLOCK, true).await?;
+        self.store(i);
+        Ok(())
+    }
+
+    // -- creating ------------------------------------------------------------
+
+    async fn make_node(
+        &self,
+        cred: &Cred,
+        dir: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> FsResult<Attr> {
+        check_name(name)?;
+        let _h = self.hold().await?;
+        let mut d = self.load_dir(dir).await?;
+        perm::check(cred, d.owner(), MAY_EXEC)?;
+        if is_dot(name) || dir::lookup(&self.items, dir, name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.may_create(cred, &d)?;
+        let kind = mode & S_IFMT;
+        if (kind == S_IFCHR || kind == S_IFBLK) && !perm::is_root(cred) {
+            return Err(Errno::EPERM);
+        }
+        if self.backend.meta_low() {
+            return Err(Errno::ENOSPC);
+        }
+        let is_dir = kind == S_IFDIR;
+        if is_dir && d.item.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        let pos = d.take_readdir_pos()?;
+        let ino = self.alloc_ino().await?;
+        let now = self.now();
+
+        // inode_init_owner: setgid directories hand down their group.
+        let mut mode = mode;
+        let gid = if d.item.mode & S_ISGID != 0 {
+            if is_dir {
+                mode |= S_ISGID;
+            } else if mode & (S_ISGID | 0o010) == (S_ISGID | 0o010)
+                && !cred.in_group(d.item.gid)
+                && !perm::is_root(cred)
+            {
+                mode &= !S_ISGID;
+            }
+            d.item.gid
+        } else {
+            cred.gid
+        };
+        let mut item = crate::format::items::InodeItem {
+            nlink: if is_dir { 2 } else { 1 },
+            uid: cred.uid,
+            gid,
+            mode,
+            rdev: if kind == S_IFCHR || kind == S_IFBLK {
+                rdev
+            } else {
+                0
+            },
+            next_readdir_pos: crate::format::items::DIRENT_FIRST_POS,
+            atime: now,
+            ctime: now,
+            mtime: now,
+            crtime: now,
+            proj: d.item.proj,
+            version: 1,
+            ..Default::default()
+        };
+        if let Some(t) = target {
+            item.size = symlink::create(&self.items, ino, t);
+        }
+        let child = inode::create(&self.items, &*self.backend, ino, item);
+        dir::add(&self.items, dir, name, pos, ino, mode);
+        d.item.size = d.item.size.saturating_add(name.len() as u64);
+        d.item.mtime = now;
+        d.item.ctime = now;
+        if is_dir {
+            d.item.nlink = d.item.nlink.saturating_add(1);
+        }
+        self.store(&mut d);
+        self.items.inode_count_add(1);
+        Ok(child.attr())
+    }
+
+    /// Create a regular file (`mode`'s permission bits; the caller applied
+    /// its umask).
+    pub async fn create(&self, cred: &Cred, dir: Ino, name: &[u8], mode: u32) -> FsResult<Attr> {
+        self.make_node(cred, dir, name, S_IFREG | (mode & 0o7777), 0, None)
+            .await
+    }
+
+    pub async fn mkdir(&self, cred: &Cred, dir: Ino, name: &[u8], mode: u32) -> FsResult<Attr> {
+        self.make_node(cred, dir, name, S_IFDIR | (mode & 0o1777), 0, None)
+            .await
+    }
+
+    /// Create a regular file, device, FIFO or socket (`mode` carries the
+    /// type; 0 means regular). Directories: `EPERM`, use `mkdir`.
+    pub async fn mknod(
+        &self,
+        cred: &Cred,
+        dir: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        let kind = match mode & S_IFMT {
+            0 => S_IFREG,
+            S_IFDIR => return Err(Errno::EPERM),
+            k @ (S_IFREG | S_IFCHR | S_IFBLK | S_IFIFO | S_IFSOCK) => k,
+            _ => return Err(Errno::EINVAL),
+        };
+        self.make_node(cred, dir, name, kind | (mode & 0o7777), rdev, None)
+            .await
+    }
+
+    pub async fn symlink(
+        &self,
+        cred: &Cred,
+        dir: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Attr> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() + 1 > SYMLINK_MAX_SIZE {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if target.contains(&0) {
+            return Err(Errno::EINVAL);
+        }
+        self.make_node(cred, dir, name, S_IFLNK | 0o777, 0, Some(target))
+            .await
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let _r = self.txn.read().await;
+        let i = self.load(ino).await?;
+        if !i.is_symlink() {
+            return Err(Errno::EINVAL);
+        }
+        symlink::read(&self.items, ino, i.item.size).await
+    }
+
+    pub async fn link(&self, cred: &Cred, ino: Ino, newdir: Ino, newname: &[u8]) -> FsResult<Attr> {
+        check_name(newname)?;
+        let _h = self.hold().await?;
+        let mut d = self.load_dir(newdir).await?;
+        perm::check(cred, d.owner(), MAY_EXEC)?;
+        if is_dot(newname) || dir::lookup(&self.items, newdir, newname).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let mut i = self.load(ino).await?;
+        // protected_hardlinks: only owners may link to what they could not
+        // read and write, or to special or set-id files.
+        if !perm::is_root(cred) && cred.uid != i.item.uid {
+            let safe = i.is_reg()
+                && i.item.mode & S_ISUID == 0
+                && i.item.mode & (S_ISGID | 0o010) != (S_ISGID | 0o010)
+                && perm::check(cred, i.owner(), MAY_READ | MAY_WRITE).is_ok();
+            if !safe {
+                return Err(Errno::EPERM);
+            }
+        }
+        self.may_create(cred, &d)?;
+        if i.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        if i.item.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if i.item.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        if self.backend.meta_low() {
+            return Err(Errno::ENOSPC);
+        }
+        let pos = d.take_readdir_pos()?;
+        let now = self.now();
+        dir::add(&self.items, newdir, newname, pos, ino, i.item.mode);
+        d.item.size = d.item.size.saturating_add(newname.len() as u64);
+        d.item.mtime = now;
+        d.item.ctime = now;
+        i.item.ctime = now;
+        i.item.nlink = i.item.nlink.saturating_add(1);
+        self.store(&mut i);
+        self.store(&mut d);
+        Ok(i.attr())
+    }
+
+    // -- removing ------------------------------------------------------------
+
+    /// Remove `dent` from `d` and drop a link of `victim`; an inode whose
+    /// last link goes gets its orphan item.
+    fn remove_link(
+        &self,
+        d: &mut Inode,
+        dent: &crate::format::items::Dirent,
+        victim: &mut Inode,
+        now: Timespec,
+    ) {
+        dir::remove(&self.items, d.ino, dent);
+        d.item.size = d.item.size.saturating_sub(dent.name.len() as u64);
+        d.item.mtime = now;
+        d.item.ctime = now;
+        victim.item.ctime = now;
+        victim.item.nlink = victim.item.nlink.saturating_sub(1);
+        if victim.is_dir() {
+            d.item.nlink = d.item.nlink.saturating_sub(1);
+            victim.item.nlink = 0;
+        }
+        if victim.item.nlink == 0 {
+            orphan::create(&self.items, victim.ino);
+        }
+    }
+
+    async fn unlink_common(&self, cred: &Cred, dir: Ino, name: &[u8], rmdir: bool) -> FsResult<()> {
+        check_name(name)?;
+        let h = self.hold().await?;
+        let mut d = self.load_dir(dir).await?;
+        perm::check(cred, d.owner(), MAY_EXEC)?;
+        if rmdir && name == b"." {
+            return Err(Errno::EINVAL);
+        }
+        if rmdir && name == b".." {
+            return Err(Errno::ENOTEMPTY);
+        }
+        if is_dot(name) {
+            return Err(Errno::EISDIR);
+        }
+        let dent = dir::lookup(&self.items, dir, name)
+            .await?
+            .ok_or(Errno::ENOENT)?;
+        let mut victim = self.load_target(dent.ino).await?;
+        self.may_delete(cred, &d, &victim, rmdir)?;
+        if rmdir && victim.item.size != 0 {
+            return Err(Errno::ENOTEMPTY);
+        }
+        victim.check_retention()?;
+        let now = self.now();
+        self.remove_link(&mut d, &dent, &mut victim, now);
+        self.store(&mut victim);
+        self.store(&mut d);
+        if victim.item.nlink == 0 && !self.is_open(victim.ino) {
+            self.delete_inode(&h, victim.ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn unlink(&self, cred: &Cred, dir: Ino, name: &[u8]) -> FsResult<()> {
+        self.unlink_common(cred, dir, name, false).await
+    }
+
+    pub async fn rmdir(&self, cred: &Cred, dir: Ino, name: &[u8]) -> FsResult<()> {
+        self.unlink_common(cred, dir, name, true).await
+    }
+
+    /// Delete every item of an inode that has no links and is not open,
+    /// freeing its data, over as many commits as it takes; the orphan item
+    /// goes last.
+    async fn delete_inode(&self, h: &WriteHold<'_>, ino: Ino) -> FsResult<()> {
+        let found = match self.load(ino).await {
+            Ok(i) => Some(i),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(i) = &found {
+            if i.item.nlink != 0 {
+                // a stale orphan: the inode was linked again
+                orphan::delete(&self.items, ino);
+                return Ok(());
+            }
+        }
+        let first = Key::fs(ino, ty::INODE + 1, 0, 0);
+        let last = Key::new(first.zone, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+        let mut cur = first;
+        let mut done = false;
+        while !done {
+            for _ in 0..STEP_ITEMS {
+                let Some((key, val)) = self.items.next(cur, last).await? else {
+                    done = true;
+                    break;
+                };
+                match key.ty {
+                    ty::DATA_EXTENT => {
+                        let e = DataExtent::decode(&key, &val)?;
+                        if e.blkno != 0 {
+                            self.backend
+                                .free_data(DataRun {
+                                    blkno: e.blkno,
+                                    len: e.len,
+                                })
+                                .await?;
+                        }
+                    }
+                    ty::XATTR if key.fourth == 0 => {
+                        xattr::forget_tags(&self.items, ino, &key, &val)?
+                    }
+                    _ => {}
+                }
+                self.items.delete(key);
+                if key == last {
+                    done = true;
+                    break;
+                }
+                cur = key.inc();
+            }
+            if !done {
+                self.checkpoint(h).await?;
+            }
+        }
+        if let Some(i) = &found {
+            inode::delete(&self.items, i);
+            self.items.inode_count_add(-1);
+        }
+        orphan::delete(&self.items, ino);
+        self.count(|c| c.inodes_deleted += 1);
+        Ok(())
+    }
+
+    /// Delete what orphan items name (at mount: nothing is open yet).
+    async fn delete_orphans(&self) -> FsResult<()> {
+        let h = self.txn.write().await;
+        let mut from = 0;
+        loop {
+            let batch = orphan::scan(&self.items, from, 64).await?;
+            let Some(&last) = batch.last() else { break };
+            for ino in batch {
+                if !self.is_open(ino) {
+                    self.count(|c| c.orphans_found += 1);
+                    self.delete_inode(&h, ino).await?;
+                    self.checkpoint(&h).await?;
+                }
+            }
+            if last == u64::MAX {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(())
+    }
+
+    // -- rename --------------------------------------------------------------
+
+    pub async fn rename(
+        &self,
+        cred: &Cred,
+        olddir: Ino,
+        oldname: &[u8],
+        newdir: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == (RENAME_NOREPLACE | RENAME_EXCHANGE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let noreplace = flags & RENAME_NOREPLACE != 0;
+        check_name(oldname)?;
+        check_name(newname)?;
+        let h = self.hold().await?;
+        let same = olddir == newdir;
+        let mut od = self.load_dir(olddir).await?;
+        let mut nd_sep = if same {
+            None
+        } else {
+            Some(self.load_dir(newdir).await?)
+        };
+        perm::check(cred, od.owner(), MAY_EXEC)?;
+        if let Some(nd) = &nd_sep {
+            perm::check(cred, nd.owner(), MAY_EXEC)?;
+        }
+        if is_dot(oldname) {
+            return Err(Errno::EBUSY);
+        }
+        if is_dot(newname) {
+            return Err(if noreplace {
+                Errno::EEXIST
+            } else {
+                Errno::EBUSY
+            });
+        }
+        let old = dir::lookup(&self.items, olddir, oldname)
+            .await?
+            .ok_or(Errno::ENOENT)?;
+        let new = dir::lookup(&self.items, newdir, newname).await?;
+        if exchange && new.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if noreplace && new.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let mut src = self.load_target(old.ino).await?;
+        if src.is_dir() && self.is_ancestor(src.ino, newdir).await? {
+            return Err(Errno::EINVAL);
+        }
+        let mut target = match &new {
+            Some(n) => Some(self.load_target(n.ino).await?),
+            None => None,
+        };
+        if let Some(t) = &target {
+            if t.is_dir() && self.is_ancestor(t.ino, olddir).await? {
+                return Err(if exchange {
+                    Errno::EINVAL
+                } else {
+                    Errno::ENOTEMPTY
+                });
+            }
+            if t.ino == src.ino {
+                return Ok(());
+            }
+        }
+        self.may_delete(cred, &od, &src, src.is_dir())?;
+        {
+            let nd = nd_sep.as_ref().unwrap_or(&od);
+            match &target {
+                Some(t) => self.may_delete(
+                    cred,
+                    nd,
+                    t,
+                    if exchange { t.is_dir() } else { src.is_dir() },
+                )?,
+                None => self.may_create(cred, nd)?,
+            }
+        }
+        if !same {
+            if src.is_dir() {
+                perm::check(cred, src.owner(), MAY_WRITE)?;
+            }
+            if let Some(t) = &target {
+                if exchange && t.is_dir() {
+                    perm::check(cred, t.owner(), MAY_WRITE)?;
+                }
+            }
+        }
+        if let Some(t) = &target {
+            if !exchange && t.is_dir() && t.item.size != 0 {
+                return Err(Errno::ENOTEMPTY);
+            }
+            t.check_retention()?;
+        }
+        src.check_retention()?;
+        if !same && src.is_dir() && !target.as_ref().is_some_and(|t| t.is_dir()) {
+            let nd = nd_sep.as_ref().expect("different dirs");
+            if nd.item.nlink >= LINK_MAX {
+                return Err(Errno::EMLINK);
+            }
+        }
+
+        let now = self.now();
+        macro_rules! nd {
+            () => {
+                match nd_sep.as_mut() {
+                    Some(n) => n,
+                    None => &mut od,
+                }
+            };
+        }
+        let new_pos = nd!().take_readdir_pos()?;
+        let old_pos = if exchange {
+            Some(od.take_readdir_pos()?)
+        } else {
+            None
+        };
+        dir::remove(&self.items, olddir, &old);
+        if let Some(n) = &new {
+            dir::remove(&self.items, newdir, n);
+        }
+        dir::add(
+            &self.items,
+            newdir,
+            newname,
+            new_pos,
+            src.ino,
+            src.item.mode,
+        );
+        if exchange {
+            let t = target.as_mut().expect("exchange has a target");
+            let pos = old_pos.expect("exchange takes a position in the old dir");
+            dir::add(&self.items, olddir, oldname, pos, t.ino, t.item.mode);
+            if !same && src.is_dir() != t.is_dir() {
+                if src.is_dir() {
+                    od.item.nlink = od.item.nlink.saturating_sub(1);
+                    nd!().item.nlink = nd!().item.nlink.saturating_add(1);
+                } else {
+                    nd!().item.nlink = nd!().item.nlink.saturating_sub(1);
+                    od.item.nlink = od.item.nlink.saturating_add(1);
+                }
+            }
+            t.item.ctime = now;
+        } else {
+            od.item.size = od.item.size.saturating_sub(oldname.len() as u64);
+            if new.is_none() {
+                nd!().item.size = nd!().item.size.saturating_add(newname.len() as u64);
+            }
+            if let Some(t) = target.as_mut() {
+                t.item.nlink = t.item.nlink.saturating_sub(1);
+                if t.is_dir() {
+                    t.item.nlink = 0;
+                    nd!().item.nlink = nd!().item.nlink.saturating_sub(1);
+                }
+                t.item.ctime = now;
+                if t.item.nlink == 0 {
+                    orphan::create(&self.items, t.ino);
+                }
+            }
+            if src.is_dir() && !same {
+                od.item.nlink = od.item.nlink.saturating_sub(1);
+                nd!().item.nlink = nd!().item.nlink.saturating_add(1);
+            }
+        }
+        od.item.mtime = now;
+        od.item.ctime = now;
+        if let Some(nd) = nd_sep.as_mut() {
+            nd.item.mtime = now;
+            nd.item.ctime = now;
+            self.store(nd);
+        }
+        self.store(&mut od);
+        src.item.ctime = now;
+        self.store(&mut src);
+        if let Some(t) = target.as_mut() {
+            self.store(t);
+            if t.item.nlink == 0 && !self.is_open(t.ino) {
+                self.delete_inode(&h, t.ino).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // -- directories ---------------------------------------------------------
+
+    /// Entries from `pos` on: "." at 0, ".." at 1, then the entries in
+    /// creation order; continue with the last entry's `next_pos`.
+    pub async fn readdir(
+        &self,
+        cred: &Cred,
+        dir: Ino,
+        pos: u64,
+        max_entries: usize,
+    ) -> FsResult<Vec<DirEntry>> {
+        let _r = self.txn.read().await;
+        let d = self.load_dir(dir).await?;
+        perm::check(cred, d.owner(), MAY_READ)?;
+        if d.item.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let mut out = Vec::new();
+        if pos == 0 && out.len() < max_entries {
+            out.push(DirEntry {
+                ino: dir,
+                next_pos: 1,
+                dtype: DT_DIR,
+                name: b".".to_vec(),
+            });
+        }
+        if pos <= 1 && out.len() < max_entries {
+            out.push(DirEntry {
+                ino: self.parent_of(&d).await?,
+                next_pos: 2,
+                dtype: DT_DIR,
+                name: b"..".to_vec(),
+            });
+        }
+        let start = pos.max(2);
+        if start > DIRENT_LAST_POS || out.len() >= max_entries {
+            return Ok(out);
+        }
+        for e in dir::read_from(&self.items, dir, start, max_entries - out.len()).await? {
+            out.push(DirEntry {
+                ino: e.ino,
+                next_pos: e.pos + 1,
+                dtype: dtype_from_scoutfs(e.dtype),
+                name: e.name,
+            });
+        }
+        Ok(out)
+    }
+
+    // -- open files and data -------------------------------------------------
+
+    /// Check access for `flags` (`O_ACCMODE`, `O_TRUNC`, `O_DIRECTORY`),
+    /// truncate on `O_TRUNC` and count the open; pair with [`Self::release`].
+    pub async fn open(&self, cred: &Cred, ino: Ino, flags: u32) -> FsResult<Attr> {
+        let h = self.hold().await?;
+        let mut i = self.load(ino).await?;
+        if i.is_symlink() {
+            return Err(Errno::ELOOP);
+        }
+        if flags & O_DIRECTORY != 0 && !i.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let mut mask = match flags & O_ACCMODE {
+            O_RDONLY => MAY_READ,
+            O_WRONLY => MAY_WRITE,
+            _ => MAY_READ | MAY_WRITE,
+        };
+        if flags & O_TRUNC != 0 {
+            mask |= MAY_WRITE;
+        }
+        if i.is_dir() && mask & MAY_WRITE != 0 {
+            return Err(Errno::EISDIR);
+        }
+        perm::check(cred, i.owner(), mask)?;
+        if i.is_reg() && mask & MAY_WRITE != 0 {
+            self.finish_truncate(&h, &mut i).await?;
+        }
+        if flags & O_TRUNC != 0 && i.is_reg() {
+            i.check_retention()?;
+            if !perm::is_root(cred) {
+                i.item.mode = kill_suid(i.item.mode);
+            }
+            self.set_size(&h, &mut i, 0).await?;
+            let now = self.now();
+            i.item.mtime = now;
+            i.item.ctime = now;
+            self.store(&mut i);
+        }
+        *self.open.borrow_mut().entry(ino).or_insert(0) += 1;
+        Ok(i.attr())
+    }
+
+    /// The last release of an unlinked inode deletes it.
+    pub async fn release(&self, ino: Ino) -> FsResult<()> {
+        let h = self.hold().await?;
+        let last = {
+            let mut open = self.open.borrow_mut();
+            let n = open.get_mut(&ino).ok_or(Errno::EBADF)?;
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ino);
+                true
+            } else {
+                false
+            }
+        };
+        if last {
+            match self.load(ino).await {
+                Ok(i) if i.item.nlink == 0 => self.delete_inode(&h, ino).await?,
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many times `ino` is open.
+    pub fn open_count(&self, ino: Ino) -> u32 {
+        self.open.borrow().get(&ino).copied().unwrap_or(0)
+    }
+
+    async fn load_file(&self, ino: Ino) -> FsResult<Inode> {
+        let i = self.load(ino).await?;
+        if i.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if !i.is_reg() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(i)
+    }
+
+    /// Read into `buf` at `off`; returns the bytes read (0 at or past EOF).
+    pub async fn read_into(&self, ino: Ino, off: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let _r = self.txn.read().await;
+        let i = self.load_file(ino).await?;
+        if off > MAX_FILE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if off >= i.item.size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(i.item.size - off) as usize;
+        data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
+        Ok(n)
+    }
+
+    /// Read up to `len` bytes at `off`.
+    pub async fn read(&self, ino: Ino, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        let _r = self.txn.read().await;
+        let i = self.load_file(ino).await?;
+        if off > MAX_FILE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if off >= i.item.size {
+            return Ok(Vec::new());
+        }
+        let n = (len as u64).min(i.item.size - off) as usize;
+        let mut buf = vec![0u8; n];
+        data::read(&self.dctx(), &i, off, &mut buf).await?;
+        Ok(buf)
+    }
+
+    /// Write `data` at `off`; returns the bytes written (short only when
+    /// the maximum file size or free space runs out part way).
+    pub async fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.hold().await?;
+        let mut i = self.load_file(ino).await?;
+        i.check_retention()?;
+        if off > MAX_FILE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if off >= MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
+        let data = &data[..len];
+        self.finish_truncate(&h, &mut i).await?;
+        self.zero_past_eof(&i, off).await?;
+        let online_before = i.item.online_blocks;
+        let mut done = 0usize;
+        let mut committed_without_progress = false;
+        let result = loop {
+            let r = data::write(&self.dctx(), &mut i, off + done as u64, &data[done..]).await;
+            let outcome = match r {
+                Ok(o) => o,
+                Err(e) => break Err(e),
+            };
+            done += outcome.written;
+            if outcome.written > 0 {
+                committed_without_progress = false;
+            }
+            if done == data.len() {
+                break Ok(());
+            }
+            if !outcome.needs_commit {
+                // out of space part way
+                break if done > 0 { Ok(()) } else { Err(Errno::ENOSPC) };
+            }
+            if committed_without_progress {
+                break if done > 0 { Ok(()) } else { Err(Errno::ENOSPC) };
+            }
+            self.finish_write(&mut i, off, done, online_before);
+            self.count(|c| c.enobufs_commits += 1);
+            self.commit_locked(&h, true).await?;
+            committed_without_progress = true;
+        };
+        self.finish_write(&mut i, off, done, online_before);
+        match result {
+            Ok(()) => Ok(done),
+            Err(_) if done > 0 => Ok(done),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn finish_write(&self, i: &mut Inode, off: u64, done: usize, online_before: u64) {
+        if done > 0 {
+            let end = off + done as u64;
+            if end > i.item.size {
+                i.item.size = end;
+            }
+            i.touch_data(self.backend.trans_seq());
+            let now = self.now();
+            i.item.mtime = now;
+            i.item.ctime = now;
+            self.store(i);
+        } else if i.item.online_blocks != online_before {
+            // a failed write that still changed the block map
+            self.store(i);
+        }
+    }
+
+    /// Preallocate (`mode` 0 or `FALLOC_FL_KEEP_SIZE`) or punch a hole
+    /// (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    pub async fn fallocate(
+        &self,
+        cred: &Cred,
+        ino: Ino,
+        mode: u32,
+        off: u64,
+        len: u64,
+    ) -> FsResult<()> {
+        if len == 0 || off > MAX_FILE_SIZE || len > MAX_FILE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
+        if punch && mode & FALLOC_FL_KEEP_SIZE == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = match off.checked_add(len) {
+            Some(e) if e <= MAX_FILE_SIZE => e,
+            _ => return Err(Errno::EFBIG),
+        };
+        let h = self.hold().await?;
+        let mut i = self.load(ino).await?;
+        if i.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if !i.is_reg() {
+            return Err(Errno::ENODEV);
+        }
+        i.check_retention()?;
+        self.finish_truncate(&h, &mut i).await?;
+        if !perm::is_root(cred) {
+            i.item.mode = kill_suid(i.item.mode);
+        }
+        if punch {
+            let first_full = off.div_ceil(BS);
+            let end_full = end / BS; // blocks before this one are whole
+            let dctx = self.dctx();
+            let b = off / BS;
+            if first_full >= end_full {
+                // no whole block inside: one or two partial blocks
+                let to = (end - b * BS).min(BS) as usize;
+                data::zero_in_block(&dctx, &i, b, (off % BS) as usize, to).await?;
+                if (end - 1) / BS != b {
+                    data::zero_in_block(&dctx, &i, end / BS, 0, (end % BS) as usize).await?;
+                }
+            } else {
+                if !off.is_multiple_of(BS) {
+                    data::zero_in_block(&dctx, &i, b, (off % BS) as usize, BS as usize).await?;
+                }
+                if !end.is_multiple_of(BS) {
+                    data::zero_in_block(&dctx, &i, end / BS, 0, (end % BS) as usize).await?;
+                }
+            }
+            if first_full < end_full {
+                self.punch_blocks(&h, &mut i, first_full, end_full - 1, false)
+                    .await?;
+            }
+            i.touch_data(self.backend.trans_seq());
+            let now = self.now();
+            i.item.mtime = now;
+            i.item.ctime = now;
+            self.store(&mut i);
+            return Ok(());
+        }
+        let mut cur = Some(off / BS);
+        let last = (end - 1) / BS;
+        let mut stalled = false;
+        while let Some(c) = cur {
+            let (next, needs_commit) =
+                data::preallocate(&self.dctx(), &mut i, c, last, STEP_ITEMS).await?;
+            let progressed = next != Some(c);
+            cur = next;
+            self.store(&mut i);
+            if needs_commit {
+                if stalled && !progressed {
+                    return Err(Errno::ENOSPC);
+                }
+                stalled = !progressed;
+                self.count(|c| c.enobufs_commits += 1);
+                self.commit_locked(&h, true).await?;
+            } else if cur.is_some() {
+                self.checkpoint(&h).await?;
+            }
+        }
+        if mode & FALLOC_FL_KEEP_SIZE == 0 && end > i.item.size {
+            self.zero_past_eof(&i, end).await?;
+            i.item.size = end;
+            i.touch_data(self.backend.trans_seq());
+        }
+        self.store(&mut i);
+        Ok(())
+    }
+
+    /// Up to `max` extents of a file's block map from logical block
+    /// `from` on (a FIEMAP for tools and tests).
+    pub async fn extents(&self, ino: Ino, from: u64, max: usize) -> FsResult<Vec<DataExtent>> {
+        let _r = self.txn.read().await;
+        self.load(ino).await?;
+        let mut out = Vec::new();
+        let mut cur = from;
+        while out.len() < max {
+            let Some(e) = data::next_extent(&self.items, ino, cur).await? else {
+                break;
+            };
+            out.push(e);
+            if e.last() == LAST_BLOCK {
+                break;
+            }
+            cur = e.last() + 1;
+        }
+        Ok(out)
+    }
+
+    // -- xattrs --------------------------------------------------------------
+
+    /// Linux's xattr permission rules by namespace.
+    fn xattr_permission(&self, cred: &Cred, i: &Inode, name: &[u8], write: bool) -> FsResult<()> {
+        let mask = if write { MAY_WRITE } else { MAY_READ };
+        match xattr::namespace_of(name) {
+            Some(Namespace::Security) => {
+                if write && !perm::is_root(cred) {
+                    return Err(Errno::EPERM);
+                }
+                Ok(())
+            }
+            Some(Namespace::Trusted) => {
+                if !perm::is_root(cred) {
+                    return Err(if write { Errno::EPERM } else { Errno::ENODATA });
+                }
+                Ok(())
+            }
+            Some(Namespace::User) => {
+                if !i.is_reg() && !i.is_dir() {
+                    return Err(if write { Errno::EPERM } else { Errno::ENODATA });
+                }
+                if write
+                    && i.is_dir()
+                    && i.item.mode & S_ISVTX != 0
+                    && !perm::owner_or_capable(cred, i.owner())
+                {
+                    return Err(Errno::EPERM);
+                }
+                perm::check(cred, i.owner(), mask)
+            }
+            Some(Namespace::Scoutfs) | None => perm::check(cred, i.owner(), mask),
+        }
+    }
+
+    /// The namespace must be known and the name longer than its prefix.
+    fn xattr_resolve(name: &[u8]) -> FsResult<Namespace> {
+        let ns = xattr::namespace_of(name).ok_or(Errno::EOPNOTSUPP)?;
+        let prefix_len = match ns {
+            Namespace::User => 5,
+            Namespace::Trusted => 8,
+            Namespace::Security => 9,
+            Namespace::Scoutfs => 8,
+        };
+        if name.len() == prefix_len {
+            return Err(Errno::EINVAL);
+        }
+        Ok(ns)
+    }
+
+    fn xattr_name_ok(name: &[u8]) -> FsResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Errno::ERANGE);
+        }
+        if name.contains(&0) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    pub async fn getxattr(&self, cred: &Cred, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        Self::xattr_name_ok(name)?;
+        let _r = self.txn.read().await;
+        let i = self.load(ino).await?;
+        self.xattr_permission(cred, &i, name, false)?;
+        Self::xattr_resolve(name)?;
+        let f = xattr::find(&self.items, ino, name)
+            .await?
+            .ok_or(Errno::ENODATA)?;
+        xattr::read_value(&self.items, ino, name, &f).await
+    }
+
+    /// Names of the inode's xattrs (without `.hide.`-tagged ones).
+    pub async fn listxattr(&self, _cred: &Cred, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        let _r = self.txn.read().await;
+        self.load(ino).await?;
+        xattr::list(&self.items, ino, false).await
+    }
+
+    /// `flags`: 0, `XATTR_CREATE` or `XATTR_REPLACE`.
+    pub async fn setxattr(
+        &self,
+        cred: &Cred,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 || flags == XATTR_CREATE | XATTR_REPLACE {
+            return Err(Errno::EINVAL);
+        }
+        Self::xattr_name_ok(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        self.xattr_change(cred, ino, name, Some(value), flags).await
+    }
+
+    pub async fn removexattr(&self, cred: &Cred, ino: Ino, name: &[u8]) -> FsResult<()> {
+        Self::xattr_name_ok(name)?;
+        self.xattr_change(cred, ino, name, None, XATTR_REPLACE)
+            .await
+    }
+
+    async fn xattr_change(
+        &self,
+        cred: &Cred,
+        ino: Ino,
+        name: &[u8],
+        value: Option<&[u8]>,
+        flags: u32,
+    ) -> FsResult<()> {
+        let _h = self.hold().await?;
+        let mut i = self.load(ino).await?;
+        self.xattr_permission(cred, &i, name, true)?;
+        let ns = Self::xattr_resolve(name)?;
+        let tags = xattr::parse_tags(name)?;
+        if tags.any() && !perm::is_root(cred) {
+            return Err(Errno::EPERM);
+        }
+        if tags.totl && tags.indx {
+            return Err(Errno::EINVAL);
+        }
+        if ns == Namespace::User {
+            i.check_retention()?;
+        }
+        if value.is_some() && self.backend.meta_low() {
+            return Err(Errno::ENOSPC);
+        }
+        xattr::set(
+            &self.items,
+            &*self.backend,
+            &mut i,
+            name,
+            tags,
+            value,
+            flags,
+        )
+        .await?;
+        i.item.ctime = self.now();
+        self.store(&mut i);
+        Ok(())
+    }
+
+    // -- the volume ----------------------------------------------------------
+
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        let s = self.backend.statfs().await?;
+        let lg_per_sm = 16; // 64 KiB metadata blocks in 4 KiB units
+        let files = s.total_meta_blocks.saturating_mul(1 << 16) / 2048;
+        let u32_at =
+            |o: usize| u32::from_le_bytes([s.uuid[o], s.uuid[o + 1], s.uuid[o + 2], s.uuid[o + 3]]);
+        let fsid = (u32_at(0) ^ u32_at(4)) as u64 | (((u32_at(8) ^ u32_at(12)) as u64) << 32);
+        let bfree = s
+            .free_meta_blocks
+            .saturating_mul(lg_per_sm)
+            .saturating_add(s.free_data_blocks);
+        Ok(StatFs {
+            bsize: SM_BLOCK_SIZE as u32,
+            blocks: s
+                .total_meta_blocks
+                .saturating_mul(lg_per_sm)
+                .saturating_add(s.total_data_blocks),
+            bfree,
+            bavail: bfree,
+            files,
+            ffree: files.saturating_sub(s.inode_count),
+            fsid,
+            namelen: NAME_LEN_MAX as u32,
+        })
+    }
+}

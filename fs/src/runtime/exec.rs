@@ -1,0 +1,863 @@
+//! The single-threaded async executor every task of a node runs on (9P
+//! requests, commits, cluster client and server, the shell).
+//!
+//! Callers own time: [`Executor::run_until_stalled`] takes `now_ns`, fires
+//! the timers that are due and polls ready tasks until none is left (or the
+//! per-run poll budget is spent); [`Executor::next_deadline_ns`] tells the
+//! kernel how long it may `hlt`. Host tools and tests use
+//! [`Executor::block_on`] / [`block_on`], which advance *virtual* time to
+//! the next timer whenever everything is stalled. Deterministic: tasks run
+//! in FIFO wake order and timers fire in (deadline, registration) order.
+//! Bounded: at most `Limits::max_tasks` live tasks; a refused spawn is an
+//! error and bumps `exec.spawn_rejected`. 100 % safe code: wakers are
+//! `Arc`s over a spin-locked ready queue (`alloc::task::Wake`).
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::{Rc, Weak};
+use alloc::sync::Arc;
+use alloc::task::Wake;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::task::{Context, Poll, Waker};
+
+use spin::Mutex;
+
+use crate::counter;
+
+/// Identifies a task for its whole life; never reused.
+pub type TaskId = u64;
+
+/// Bounds of one executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Live tasks at most (spawned and not yet finished).
+    pub max_tasks: usize,
+    /// Polls per `run_until_stalled` call, so a task that keeps waking
+    /// itself cannot starve the main loop.
+    pub max_polls_per_run: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tasks: 4096,
+            max_polls_per_run: 10_000,
+        }
+    }
+}
+
+/// Why a spawn was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    /// `Limits::max_tasks` tasks are alive.
+    TooManyTasks,
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("too many tasks")
+    }
+}
+
+/// The root future of [`Executor::block_on`] can make no progress: no task
+/// is ready and no timer is pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stalled;
+
+/// A [`Handle::timeout_at`] deadline passed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Totals since the executor was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    pub spawned: u64,
+    pub completed: u64,
+    pub aborted: u64,
+    pub rejected: u64,
+    pub polls: u64,
+    pub timers_fired: u64,
+    pub alive: usize,
+}
+
+/// What one `run_until_stalled` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub polls: usize,
+    pub timers_fired: usize,
+    /// Tasks are still ready (the poll budget ran out): do not sleep.
+    pub more_ready: bool,
+}
+
+struct ReadyQueue {
+    ids: Mutex<VecDeque<TaskId>>,
+}
+
+struct TaskWaker {
+    id: TaskId,
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.ids.lock().push_back(self.id);
+        }
+    }
+}
+
+struct Task {
+    future: Pin<Box<dyn Future<Output = ()>>>,
+    waker_state: Arc<TaskWaker>,
+    waker: Waker,
+}
+
+struct Inner {
+    limits: Limits,
+    tasks: RefCell<BTreeMap<TaskId, Task>>,
+    /// Tasks aborted while they were being polled.
+    cancelled: RefCell<Vec<TaskId>>,
+    running: Cell<Option<TaskId>>,
+    next_id: Cell<TaskId>,
+    alive: Cell<usize>,
+    ready: Arc<ReadyQueue>,
+    timers: RefCell<BTreeMap<(u64, u64), Waker>>,
+    timer_seq: Cell<u64>,
+    now_ns: Cell<u64>,
+    stats: Cell<ExecStats>,
+}
+
+impl Inner {
+    fn bump(&self, f: impl FnOnce(&mut ExecStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    fn spawn<F>(self: &Rc<Self>, future: F) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        if self.alive.get() >= self.limits.max_tasks {
+            self.bump(|s| s.rejected += 1);
+            counter!("exec.spawn_rejected").inc();
+            return Err(SpawnError::TooManyTasks);
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let state = Rc::new(JoinState {
+            result: RefCell::new(None),
+            done: Cell::new(false),
+            waiter: RefCell::new(None),
+        });
+        let task_state = state.clone();
+        let wrapped = async move {
+            let value = future.await;
+            *task_state.result.borrow_mut() = Some(value);
+            task_state.done.set(true);
+            let waiter = task_state.waiter.borrow_mut().take();
+            if let Some(w) = waiter {
+                w.wake();
+            }
+        };
+        let waker_state = Arc::new(TaskWaker {
+            id,
+            queued: AtomicBool::new(false),
+            ready: self.ready.clone(),
+        });
+        let waker = Waker::from(waker_state.clone());
+        self.tasks.borrow_mut().insert(
+            id,
+            Task {
+                future: Box::pin(wrapped),
+                waker_state,
+                waker: waker.clone(),
+            },
+        );
+        self.alive.set(self.alive.get() + 1);
+        self.bump(|s| s.spawned += 1);
+        counter!("exec.spawned").inc();
+        waker.wake();
+        Ok(JoinHandle {
+            id,
+            state,
+            exec: Rc::downgrade(self),
+        })
+    }
+
+    fn abort(&self, id: TaskId) {
+        if self.running.get() == Some(id) {
+            self.cancelled.borrow_mut().push(id);
+            return;
+        }
+        let task = self.tasks.borrow_mut().remove(&id);
+        if task.is_some() {
+            self.alive.set(self.alive.get() - 1);
+            self.bump(|s| s.aborted += 1);
+        }
+        drop(task);
+    }
+
+    fn fire_timers(&self, now_ns: u64) -> usize {
+        if now_ns > self.now_ns.get() {
+            self.now_ns.set(now_ns);
+        }
+        let now = self.now_ns.get();
+        let due: Vec<Waker> = {
+            let mut timers = self.timers.borrow_mut();
+            let later = timers.split_off(&(now.saturating_add(1), 0));
+            let due = core::mem::replace(&mut *timers, later);
+            due.into_values().collect()
+        };
+        let fired = due.len();
+        for w in due {
+            w.wake();
+        }
+        self.bump(|s| s.timers_fired += fired as u64);
+        fired
+    }
+
+    fn run(&self, now_ns: u64) -> RunReport {
+        let mut report = RunReport {
+            timers_fired: self.fire_timers(now_ns),
+            ..RunReport::default()
+        };
+        while report.polls < self.limits.max_polls_per_run {
+            let Some(id) = self.ready.ids.lock().pop_front() else {
+                break;
+            };
+            let task = self.tasks.borrow_mut().remove(&id);
+            let Some(mut task) = task else {
+                continue; // finished or aborted after it was woken
+            };
+            task.waker_state.queued.store(false, Ordering::Release);
+            self.running.set(Some(id));
+            let mut cx = Context::from_waker(&task.waker);
+            let done = task.future.as_mut().poll(&mut cx).is_ready();
+            self.running.set(None);
+            report.polls += 1;
+            let cancelled = {
+                let mut c = self.cancelled.borrow_mut();
+                match c.iter().position(|&x| x == id) {
+                    Some(i) => {
+                        c.swap_remove(i);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if done || cancelled {
+                self.alive.set(self.alive.get() - 1);
+                self.bump(|s| {
+                    if done {
+                        s.completed += 1
+                    } else {
+                        s.aborted += 1
+                    }
+                });
+                drop(task);
+            } else {
+                self.tasks.borrow_mut().insert(id, task);
+            }
+        }
+        self.bump(|s| s.polls += report.polls as u64);
+        report.more_ready = !self.ready.ids.lock().is_empty();
+        report
+    }
+
+    fn add_timer(&self, deadline_ns: u64, waker: Waker) -> (u64, u64) {
+        let seq = self.timer_seq.get();
+        self.timer_seq.set(seq + 1);
+        let key = (deadline_ns, seq);
+        self.timers.borrow_mut().insert(key, waker);
+        key
+    }
+}
+
+/// The executor. Not `Send`: it lives on the one CPU (or test thread).
+pub struct Executor {
+    inner: Rc<Inner>,
+}
+
+impl Default for Executor {
+    fn default() -> Self {
+        Executor::new(Limits::default())
+    }
+}
+
+impl Executor {
+    pub fn new(limits: Limits) -> Self {
+        assert!(limits.max_tasks > 0 && limits.max_polls_per_run > 0);
+        Executor {
+            inner: Rc::new(Inner {
+                limits,
+                tasks: RefCell::new(BTreeMap::new()),
+                cancelled: RefCell::new(Vec::new()),
+                running: Cell::new(None),
+                next_id: Cell::new(1),
+                alive: Cell::new(0),
+                ready: Arc::new(ReadyQueue {
+                    ids: Mutex::new(VecDeque::new()),
+                }),
+                timers: RefCell::new(BTreeMap::new()),
+                timer_seq: Cell::new(0),
+                now_ns: Cell::new(0),
+                stats: Cell::new(ExecStats::default()),
+            }),
+        }
+    }
+
+    /// A cheap, clonable handle for spawning and timers from inside tasks.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub fn spawn<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(future)
+    }
+
+    /// Fire timers due at `now_ns` (time never goes back: an older `now`
+    /// is ignored) and poll ready tasks until none is ready or the poll
+    /// budget is spent.
+    pub fn run_until_stalled(&self, now_ns: u64) -> RunReport {
+        self.inner.run(now_ns)
+    }
+
+    /// The earliest pending timer deadline.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.inner.timers.borrow().keys().next().map(|k| k.0)
+    }
+
+    /// Whether some task has been woken and waits to be polled.
+    pub fn has_ready(&self) -> bool {
+        !self.inner.ready.ids.lock().is_empty()
+    }
+
+    /// The `now` of the last run.
+    pub fn now_ns(&self) -> u64 {
+        self.inner.now_ns.get()
+    }
+
+    pub fn stats(&self) -> ExecStats {
+        let mut s = self.inner.stats.get();
+        s.alive = self.inner.alive.get();
+        s
+    }
+
+    /// Drive `future` (and every spawned task) to completion in virtual
+    /// time: whenever nothing is ready, time jumps to the next timer.
+    /// `Err(Stalled)` if nothing is ready and no timer is pending.
+    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, Stalled> {
+        let root = Arc::new(RootWaker {
+            woken: AtomicBool::new(true),
+        });
+        let waker = Waker::from(root.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut future = core::pin::pin!(future);
+        loop {
+            if root.woken.swap(false, Ordering::AcqRel) {
+                if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                    return Ok(v);
+                }
+            }
+            let report = self.run_until_stalled(self.now_ns());
+            if root.woken.load(Ordering::Acquire) || report.more_ready || report.polls > 0 {
+                continue;
+            }
+            match self.next_deadline_ns() {
+                Some(deadline) => {
+                    self.run_until_stalled(deadline);
+                }
+                None => return Err(Stalled),
+            }
+        }
+    }
+}
+
+struct RootWaker {
+    woken: AtomicBool,
+}
+
+impl Wake for RootWaker {
+    fn wake(self: Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+/// Run `future` on a fresh executor in virtual time (host tools, tests).
+///
+/// # Panics
+/// If the future can never finish (no task ready, no timer pending): that
+/// is a deadlock in the caller.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    match Executor::default().block_on(future) {
+        Ok(v) => v,
+        Err(Stalled) => panic!("block_on: deadlock (nothing ready, no timer pending)"),
+    }
+}
+
+/// Spawning and timers from inside tasks.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Rc<Inner>,
+}
+
+impl Handle {
+    pub fn spawn<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(future)
+    }
+
+    /// The time of the current run (what the caller passed).
+    pub fn now_ns(&self) -> u64 {
+        self.inner.now_ns.get()
+    }
+
+    /// Complete once `now >= deadline_ns`.
+    pub fn sleep_until(&self, deadline_ns: u64) -> Sleep {
+        Sleep {
+            inner: self.inner.clone(),
+            deadline_ns,
+            key: None,
+        }
+    }
+
+    pub fn sleep_ns(&self, duration_ns: u64) -> Sleep {
+        self.sleep_until(self.now_ns().saturating_add(duration_ns))
+    }
+
+    /// Run `future` but give up at `deadline_ns`.
+    pub fn timeout_at<F: Future>(&self, deadline_ns: u64, future: F) -> Timeout<F> {
+        Timeout {
+            future: Box::pin(future),
+            sleep: self.sleep_until(deadline_ns),
+        }
+    }
+
+    pub fn timeout_ns<F: Future>(&self, duration_ns: u64, future: F) -> Timeout<F> {
+        self.timeout_at(self.now_ns().saturating_add(duration_ns), future)
+    }
+
+    pub fn stats(&self) -> ExecStats {
+        let mut s = self.inner.stats.get();
+        s.alive = self.inner.alive.get();
+        s
+    }
+}
+
+/// A timer future from [`Handle::sleep_until`].
+pub struct Sleep {
+    inner: Rc<Inner>,
+    deadline_ns: u64,
+    key: Option<(u64, u64)>,
+}
+
+impl Sleep {
+    pub fn deadline_ns(&self) -> u64 {
+        self.deadline_ns
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.inner.now_ns.get() >= this.deadline_ns {
+            if let Some(key) = this.key.take() {
+                this.inner.timers.borrow_mut().remove(&key);
+            }
+            return Poll::Ready(());
+        }
+        match this.key {
+            Some(key) => {
+                let mut timers = this.inner.timers.borrow_mut();
+                match timers.get_mut(&key) {
+                    Some(w) => w.clone_from(cx.waker()),
+                    None => {
+                        // Fired but time was not yet visible; re-arm.
+                        drop(timers);
+                        this.key = Some(this.inner.add_timer(this.deadline_ns, cx.waker().clone()));
+                    }
+                }
+            }
+            None => this.key = Some(this.inner.add_timer(this.deadline_ns, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Ok(mut timers) = self.inner.timers.try_borrow_mut() {
+                timers.remove(&key);
+            }
+        }
+    }
+}
+
+/// A future with a deadline, from [`Handle::timeout_at`].
+pub struct Timeout<F: Future> {
+    future: Pin<Box<F>>,
+    sleep: Sleep,
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match Pin::new(&mut self.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct JoinState<T> {
+    result: RefCell<Option<T>>,
+    done: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+/// Awaits a spawned task's output. Dropping it detaches the task.
+pub struct JoinHandle<T> {
+    id: TaskId,
+    state: Rc<JoinState<T>>,
+    exec: Weak<Inner>,
+}
+
+impl<T> JoinHandle<T> {
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state.done.get()
+    }
+
+    /// The output, if the task finished and it was not taken yet.
+    pub fn try_take(&self) -> Option<T> {
+        self.state.result.borrow_mut().take()
+    }
+
+    /// Stop the task: its future is dropped at once (or right after its
+    /// current poll if it aborts itself).
+    pub fn abort(self) {
+        if let Some(exec) = self.exec.upgrade() {
+            exec.abort(self.id);
+        }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(v) = self.state.result.borrow_mut().take() {
+            return Poll::Ready(v);
+        }
+        assert!(
+            !self.state.done.get(),
+            "JoinHandle polled after its output was taken"
+        );
+        *self.state.waiter.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Give other ready tasks a turn.
+pub fn yield_now() -> YieldNow {
+    YieldNow { yielded: false }
+}
+
+pub struct YieldNow {
+    yielded: bool,
+}
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A wake-up signal between tasks (and from device polling code): waiters
+/// registered before a [`Notify::notify`] all wake. Clone to share.
+#[derive(Clone, Default)]
+pub struct Notify {
+    state: Rc<NotifyState>,
+}
+
+#[derive(Default)]
+struct NotifyState {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Notify::default()
+    }
+
+    /// Wake every task waiting in [`Notify::notified`].
+    pub fn notify(&self) {
+        self.state.generation.set(self.state.generation.get() + 1);
+        let waiters = core::mem::take(&mut *self.state.waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Completes at the next `notify` after this call.
+    pub fn notified(&self) -> Notified {
+        Notified {
+            state: self.state.clone(),
+            generation: self.state.generation.get(),
+        }
+    }
+}
+
+pub struct Notified {
+    state: Rc<NotifyState>,
+    generation: u64,
+}
+
+impl Future for Notified {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.state.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::rc::Rc;
+    use alloc::vec;
+
+    #[test]
+    fn tasks_run_in_spawn_order_and_join_values() {
+        let ex = Executor::default();
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut handles = Vec::new();
+        for i in 0..5u32 {
+            let log = log.clone();
+            handles.push(
+                ex.spawn(async move {
+                    log.borrow_mut().push(i);
+                    yield_now().await;
+                    log.borrow_mut().push(10 + i);
+                    i * 2
+                })
+                .unwrap(),
+            );
+        }
+        let report = ex.run_until_stalled(0);
+        assert!(!report.more_ready);
+        assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
+        let values: Vec<u32> = handles.iter().map(|h| h.try_take().unwrap()).collect();
+        assert_eq!(values, vec![0, 2, 4, 6, 8]);
+        assert_eq!(ex.stats().completed, 5);
+        assert_eq!(ex.stats().alive, 0);
+    }
+
+    #[test]
+    fn timers_fire_by_caller_time_in_deadline_order() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        for (name, at) in [("c", 300u64), ("a", 100), ("b", 200), ("a2", 100)] {
+            let h2 = h.clone();
+            let order = order.clone();
+            ex.spawn(async move {
+                h2.sleep_until(at).await;
+                order.borrow_mut().push((name, h2.now_ns()));
+            })
+            .unwrap();
+        }
+        ex.run_until_stalled(0);
+        assert_eq!(ex.next_deadline_ns(), Some(100));
+        assert!(order.borrow().is_empty());
+        ex.run_until_stalled(99);
+        assert!(order.borrow().is_empty());
+        ex.run_until_stalled(250);
+        assert_eq!(*order.borrow(), vec![("a", 250), ("a2", 250), ("b", 250)]);
+        assert_eq!(ex.next_deadline_ns(), Some(300));
+        // Time never goes back.
+        ex.run_until_stalled(10);
+        assert_eq!(ex.now_ns(), 250);
+        ex.run_until_stalled(300);
+        assert_eq!(order.borrow().len(), 4);
+        assert_eq!(ex.next_deadline_ns(), None);
+    }
+
+    #[test]
+    fn spawn_bound_is_enforced_and_counted() {
+        let ex = Executor::new(Limits {
+            max_tasks: 2,
+            max_polls_per_run: 100,
+        });
+        let before = crate::runtime::counters::get("exec.spawn_rejected").unwrap_or(0);
+        let h = ex.handle();
+        let a = ex.spawn(async {}).unwrap();
+        let _b = ex.spawn(h.sleep_until(10)).unwrap();
+        assert_eq!(ex.spawn(async {}).err(), Some(SpawnError::TooManyTasks));
+        assert_eq!(ex.stats().rejected, 1);
+        assert!(crate::runtime::counters::get("exec.spawn_rejected").unwrap() > before);
+        ex.run_until_stalled(0);
+        assert!(a.is_finished());
+        assert!(ex.spawn(async {}).is_ok());
+    }
+
+    #[test]
+    fn poll_budget_bounds_a_busy_task() {
+        let ex = Executor::new(Limits {
+            max_tasks: 8,
+            max_polls_per_run: 10,
+        });
+        let count = Rc::new(Cell::new(0u32));
+        let c = count.clone();
+        ex.spawn(async move {
+            loop {
+                c.set(c.get() + 1);
+                yield_now().await;
+            }
+        })
+        .unwrap();
+        let report = ex.run_until_stalled(0);
+        assert_eq!(report.polls, 10);
+        assert!(report.more_ready);
+        assert!(ex.has_ready());
+        assert_eq!(count.get(), 10);
+    }
+
+    #[test]
+    fn abort_drops_the_task_and_its_timer() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let ran = Rc::new(Cell::new(false));
+        let r = ran.clone();
+        let j = ex
+            .spawn(async move {
+                h.sleep_until(50).await;
+                r.set(true);
+            })
+            .unwrap();
+        ex.run_until_stalled(0);
+        assert_eq!(ex.next_deadline_ns(), Some(50));
+        j.abort();
+        assert_eq!(ex.next_deadline_ns(), None);
+        ex.run_until_stalled(100);
+        assert!(!ran.get());
+        assert_eq!(ex.stats().aborted, 1);
+        assert_eq!(ex.stats().alive, 0);
+    }
+
+    #[test]
+    fn block_on_uses_virtual_time_and_joins_spawned_tasks() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let out = ex
+            .block_on(async {
+                let h2 = h.clone();
+                let child = h
+                    .spawn(async move {
+                        h2.sleep_ns(1_000_000_000).await;
+                        h2.now_ns()
+                    })
+                    .unwrap();
+                let t = child.await;
+                let late = h.timeout_ns(10, h.sleep_ns(1_000)).await;
+                let early = h.timeout_ns(1_000, async { 7 }).await;
+                (t, late, early)
+            })
+            .unwrap();
+        assert_eq!(out, (1_000_000_000, Err(Elapsed), Ok(7)));
+        // A future that can never finish is reported, not hung.
+        let never = Notify::new();
+        assert_eq!(ex.block_on(never.notified()), Err(Stalled));
+        assert_eq!(block_on(async { 3 }), 3);
+    }
+
+    #[test]
+    fn notify_wakes_all_waiters() {
+        let ex = Executor::default();
+        let n = Notify::new();
+        let hits = Rc::new(Cell::new(0));
+        for _ in 0..3 {
+            let n2 = n.clone();
+            let hits = hits.clone();
+            ex.spawn(async move {
+                n2.notified().await;
+                hits.set(hits.get() + 1);
+            })
+            .unwrap();
+        }
+        ex.run_until_stalled(0);
+        assert_eq!(hits.get(), 0);
+        n.notify();
+        ex.run_until_stalled(0);
+        assert_eq!(hits.get(), 3);
+    }
+
+    #[test]
+    fn same_inputs_same_order() {
+        fn run() -> Vec<u64> {
+            let ex = Executor::default();
+            let h = ex.handle();
+            let log = Rc::new(RefCell::new(Vec::new()));
+            for i in 0..20u64 {
+                let h = h.clone();
+                let log = log.clone();
+                ex.spawn(async move {
+                    h.sleep_ns((i * 7919) % 13).await;
+                    log.borrow_mut().push(i);
+                })
+                .unwrap();
+            }
+            ex.block_on(h.sleep_ns(100)).unwrap();
+            let v = log.borrow().clone();
+            v
+        }
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,840 @@
+//! The server role (what the elected leader runs): accepts client
+//! connections on a [`Transport`], answers their requests, batches the
+//! changes of concurrent requests into server commits through the commit
+//! gate, and runs the background jobs (freeing merged trees). On startup
+//! it resumes whatever a crash left: it reclaims the log trees of dead
+//! mounts and orphaned trees, cancels their merge requests, and continues
+//! an interrupted merge or freeing job from the persistent items.
+//!
+//! Called by the node composition (`node.rs`); its only callers at run time
+//! are clients, through messages. Calls the storage core (`server.rs`),
+//! `log_trees.rs` and `log_merge.rs`. Invariants: a handler holds the
+//! commit, changes the dirty super, applies, and replies only once the
+//! commit holding its change is durable; readers (GET_ROOTS, STATFS) only
+//! see the stable super; a holder is admitted only while the server
+//! allocator has `(holders + 2) * hold_budget` blocks of room; every
+//! multi-commit job commits between its steps; a failed commit stops the
+//! server (the volume reopens at the last durable commit).
+
+use crate::cluster::msg::{
+    self, Greeting, InodeAlloc, NetRoots, NetStatfs, Request, GREETING_FLAG_FAREWELL,
+    GREETING_FLAG_QUORUM,
+};
+use crate::cluster::rpc::{Endpoint, Role};
+use crate::cluster::transport::{Listener, Transport};
+use crate::counter;
+use crate::errno::{Errno, FsResult};
+use crate::format::key::{zone, Key};
+use crate::format::log::*;
+use crate::format::super_block::SuperBlock;
+use crate::runtime::env::Entropy;
+use crate::runtime::exec::{Handle, JoinHandle, Notify};
+use crate::runtime::trace::Tracepoint;
+use crate::server::commit::{CommitConfig, CommitCore, ServerTxn};
+use crate::server::log_merge::{self, MergeConfig, Work};
+use crate::server::log_trees::{self, Budget, LogTreesConfig, Step};
+use crate::storage::btree::{self, Item};
+use crate::storage::dev::BlockDev;
+use crate::storage::store_error::{StoreError, StoreResult};
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+
+static TP_GREETING: Tracepoint = Tracepoint::new("server_greeting", &["rid", "term", "new"]);
+static TP_FAREWELL: Tracepoint = Tracepoint::new("server_farewell", &["rid"]);
+static TP_RECLAIM: Tracepoint = Tracepoint::new("server_reclaim_rid", &["rid", "trees"]);
+static TP_STOP: Tracepoint = Tracepoint::new("server_stop", &["failed"]);
+
+/// `COMMIT_HOLD_ALLOC_BUDGET`.
+pub const COMMIT_HOLD_ALLOC_BUDGET: u64 = 500;
+/// Inode numbers one ALLOC_INODES may take at most.
+pub const ALLOC_INODES_MAX: u64 = 1 << 20;
+/// Requests of one connection handled at once.
+pub const MAX_HANDLERS_PER_CONN: u32 = 32;
+/// How often the freeing job looks for work when not kicked.
+pub const FREEING_POLL_NS: u64 = 1_000_000_000;
+
+/// Tunables of the server role.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    pub commit: CommitConfig,
+    pub log_trees: LogTreesConfig,
+    pub merge: MergeConfig,
+    /// Blocks of server allocator each holder may use.
+    pub hold_budget_blocks: u64,
+    /// Finalize (and merge) a client tree whose item btree is higher than
+    /// this.
+    pub finalize_height: u8,
+    /// At startup, treat every mount listed in `mounted_clients` as dead
+    /// and reclaim it (single node: a crash killed them all).
+    pub reclaim_mounted_at_start: bool,
+    /// This server's term (greeting replies carry it).
+    pub term: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            commit: CommitConfig::default(),
+            log_trees: LogTreesConfig::default(),
+            merge: MergeConfig::default(),
+            hold_budget_blocks: COMMIT_HOLD_ALLOC_BUDGET,
+            finalize_height: 2,
+            reclaim_mounted_at_start: true,
+            term: 1,
+        }
+    }
+}
+
+/// Counters of the server role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerRoleCounters {
+    pub requests: u64,
+    pub request_errors: u64,
+    pub commits: u64,
+    pub hold_waits: u64,
+    pub multi_commit_steps: u64,
+    pub reclaimed_rids: u64,
+}
+
+struct Gate {
+    holders: Cell<u64>,
+    applying: Cell<u64>,
+    kick: Cell<bool>,
+    /// Commits done.
+    generation: Cell<u64>,
+    changed: Notify,
+}
+
+struct Inner {
+    core: RefCell<CommitCore>,
+    cfg: ServerConfig,
+    handle: Handle,
+    gate: Gate,
+    fsid: u64,
+    fmt_vers: u64,
+    stopping: Cell<bool>,
+    stopped: Cell<bool>,
+    force_merge: Cell<bool>,
+    freeing_kick: Notify,
+    listener: RefCell<Option<Rc<dyn Listener>>>,
+    conns: RefCell<Vec<Rc<Endpoint>>>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    counters: Cell<ServerRoleCounters>,
+}
+
+/// A hold on the open server transaction.
+#[must_use]
+struct Hold;
+
+/// The server role of one node.
+#[derive(Clone)]
+pub struct ServerRole {
+    inner: Rc<Inner>,
+}
+
+fn store_errno(e: StoreError) -> Errno {
+    log::warn!("server: {e}");
+    e.errno()
+}
+
+impl ServerRole {
+    /// Open the volume for the server role (not yet serving).
+    pub fn open(
+        meta: Rc<dyn BlockDev>,
+        data: Rc<dyn BlockDev>,
+        entropy: Box<dyn Entropy>,
+        cfg: ServerConfig,
+        handle: Handle,
+    ) -> FsResult<ServerRole> {
+        let core = CommitCore::open_leader(Box::new(meta), Box::new(data), entropy, cfg.commit)
+            .map_err(store_errno)?;
+        let sb = *core.super_block();
+        Ok(ServerRole {
+            inner: Rc::new(Inner {
+                core: RefCell::new(core),
+                cfg,
+                handle,
+                gate: Gate {
+                    holders: Cell::new(0),
+                    applying: Cell::new(0),
+                    kick: Cell::new(false),
+                    generation: Cell::new(0),
+                    changed: Notify::new(),
+                },
+                fsid: sb.hdr.fsid,
+                fmt_vers: sb.fmt_vers,
+                stopping: Cell::new(false),
+                stopped: Cell::new(false),
+                force_merge: Cell::new(false),
+                freeing_kick: Notify::new(),
+                listener: RefCell::new(None),
+                conns: RefCell::new(Vec::new()),
+                tasks: RefCell::new(Vec::new()),
+                counters: Cell::new(ServerRoleCounters::default()),
+            }),
+        })
+    }
+
+    /// Recover what a previous server or mount left, then listen on
+    /// `addr` and serve.
+    pub async fn start(&self, transport: &dyn Transport, addr: &str) -> FsResult<()> {
+        let inner = &self.inner;
+        let commit_task = {
+            let i = inner.clone();
+            inner
+                .handle
+                .spawn(async move { i.commit_worker().await })
+                .map_err(|_| Errno::ENOMEM)?
+        };
+        inner.tasks.borrow_mut().push(commit_task);
+        inner.recover().await?;
+        let listener = transport.listen(addr).map_err(Errno::from)?;
+        *inner.listener.borrow_mut() = Some(listener.clone());
+        let i = inner.clone();
+        let accept = inner
+            .handle
+            .spawn(async move { i.accept_loop(listener).await })
+            .map_err(|_| Errno::ENOMEM)?;
+        let i = inner.clone();
+        let freeing = inner
+            .handle
+            .spawn(async move { i.freeing_worker().await })
+            .map_err(|_| Errno::ENOMEM)?;
+        inner.tasks.borrow_mut().extend([accept, freeing]);
+        Ok(())
+    }
+
+    /// Stop serving: close the listener and every connection, let a
+    /// commit in progress finish, discard uncommitted changes.
+    pub async fn shutdown(&self) {
+        self.inner.stop();
+        let g = &self.inner.gate;
+        // bounded: the worker commits pending applies and then sees no one
+        for _ in 0..1000 {
+            let changed = g.changed.notified();
+            if g.applying.get() == 0 || self.inner.core.borrow().is_failed() {
+                break;
+            }
+            changed.await;
+        }
+        for t in self.inner.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        self.inner.stopped.set(true);
+    }
+
+    /// Make the next GET_LOG_TREES finalize the caller's tree and start a
+    /// merge (tests, admin).
+    pub fn request_merge(&self) {
+        self.inner.force_merge.set(true);
+    }
+
+    /// The super as last written.
+    pub fn stable_super(&self) -> SuperBlock {
+        *self.inner.core.borrow().stable_super()
+    }
+
+    /// Has a commit failed (the server stopped)?
+    pub fn is_failed(&self) -> bool {
+        self.inner.core.borrow().is_failed()
+    }
+
+    pub fn counters(&self) -> ServerRoleCounters {
+        let mut c = self.inner.counters.get();
+        c.commits = self.inner.core.borrow().counters.commits;
+        c
+    }
+
+    /// Is a log merge (or freeing of merged trees) in progress?
+    pub fn merge_pending(&self) -> bool {
+        !self.stable_super().log_merge.is_empty()
+    }
+}
+
+impl Inner {
+    fn count(&self, f: impl FnOnce(&mut ServerRoleCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    fn stop(&self) {
+        if self.stopping.replace(true) {
+            return;
+        }
+        TP_STOP.emit(&[self.core.borrow().is_failed() as u64]);
+        if let Some(l) = self.listener.borrow_mut().take() {
+            l.close();
+        }
+        for ep in self.conns.borrow_mut().drain(..) {
+            ep.close();
+        }
+        self.gate.changed.notify();
+        self.freeing_kick.notify();
+    }
+
+    // ---- the commit gate ----
+
+    fn room(&self) -> u64 {
+        let core = self.core.borrow();
+        core.meta_avail_remaining().min(core.meta_freed_room())
+    }
+
+    /// Hold the open transaction; waits (and kicks a commit, which
+    /// refills the server lists) while the allocator lacks room.
+    async fn hold(&self) -> FsResult<Hold> {
+        let g = &self.gate;
+        let mut committed_for_room = 0;
+        loop {
+            let changed = g.changed.notified();
+            if self.core.borrow().is_failed() || self.stopping.get() {
+                return Err(Errno::EIO);
+            }
+            let need = (g.holders.get() + 2) * self.cfg.hold_budget_blocks;
+            if self.room() >= need {
+                g.holders.set(g.holders.get() + 1);
+                return Ok(Hold);
+            }
+            self.count(|c| c.hold_waits += 1);
+            counter!("server.hold_waits").inc();
+            if g.holders.get() == 0 && g.applying.get() == 0 {
+                if committed_for_room >= 2 {
+                    // commits no longer make room: the volume is full
+                    counter!("server.hold_enospc").inc();
+                    return Err(Errno::ENOSPC);
+                }
+                committed_for_room += 1;
+            }
+            g.kick.set(true);
+            g.changed.notify();
+            changed.await;
+        }
+    }
+
+    /// Give the hold back and wait until a commit including its changes
+    /// is durable.
+    async fn apply(&self, _h: Hold) -> FsResult<()> {
+        let g = &self.gate;
+        g.holders.set(g.holders.get() - 1);
+        g.applying.set(g.applying.get() + 1);
+        let want = g.generation.get() + 1;
+        g.changed.notify();
+        loop {
+            let changed = g.changed.notified();
+            if self.core.borrow().is_failed() {
+                return Err(Errno::EIO);
+            }
+            if g.generation.get() >= want {
+                return Ok(());
+            }
+            if self.stopped.get() {
+                return Err(Errno::EIO);
+            }
+            changed.await;
+        }
+    }
+
+    async fn commit_worker(self: Rc<Self>) {
+        let g = &self.gate;
+        loop {
+            let changed = g.changed.notified();
+            if g.holders.get() == 0 && (g.applying.get() > 0 || g.kick.get()) {
+                g.kick.set(false);
+                g.applying.set(0);
+                let r = self.core.borrow_mut().commit();
+                g.generation.set(g.generation.get() + 1);
+                if let Err(e) = r {
+                    log::error!("server: commit failed, stopping: {e}");
+                    g.changed.notify();
+                    self.stop();
+                    return;
+                }
+                g.changed.notify();
+                continue;
+            }
+            if self.stopping.get() && g.applying.get() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Run `step` in held transactions until it is done, committing
+    /// between steps. The result is durable when this returns.
+    async fn run_steps<T>(
+        &self,
+        mut step: impl FnMut(&mut ServerTxn<'_>, &Inner) -> StoreResult<Step<T>>,
+    ) -> FsResult<T> {
+        // bounded: each step makes progress or the server fails
+        for _ in 0..1_000_000u64 {
+            let hold = self.hold().await?;
+            let r = {
+                let mut core = self.core.borrow_mut();
+                let mut tx = core.tx();
+                step(&mut tx, self)
+            };
+            let applied = self.apply(hold).await;
+            match r {
+                Ok(Step::Done(v)) => {
+                    applied?;
+                    return Ok(v);
+                }
+                Ok(Step::More) => {
+                    applied?;
+                    self.count(|c| c.multi_commit_steps += 1);
+                    counter!("server.multi_commit_steps").inc();
+                }
+                Err(e) => return Err(store_errno(e)),
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    // ---- startup ----
+
+    async fn recover(&self) -> FsResult<()> {
+        // future seqs above every item seq a client ever wrote
+        let (mounted, trees) = {
+            let mut core = self.core.borrow_mut();
+            let sb = *core.super_block();
+            let trees = log_trees::all(core.cache(), &sb.logs_root).map_err(store_errno)?;
+            let mut mounted = Vec::new();
+            let s = mounted_client_key(0);
+            let e = mounted_client_key(u64::MAX);
+            btree::for_each_range(core.cache(), &sb.mounted_clients, &s, &e, |it| {
+                mounted.push(it.key.first);
+                true
+            })
+            .map_err(store_errno)?;
+            let floor = trees.iter().map(|lt| lt.max_item_seq).max().unwrap_or(0);
+            core.raise_seq(floor);
+            (mounted, trees)
+        };
+        let mut dead: Vec<u64> = Vec::new();
+        if self.cfg.reclaim_mounted_at_start {
+            dead.extend(mounted.iter().copied());
+        }
+        // orphaned trees: open, and their mount is not listed
+        for lt in &trees {
+            if !lt.is_finalized() && !mounted.contains(&lt.rid) && !dead.contains(&lt.rid) {
+                dead.push(lt.rid);
+            }
+        }
+        for rid in dead {
+            log::info!("server: reclaiming resources of rid {rid:016x}");
+            self.reclaim_rid(rid).await?;
+        }
+        Ok(())
+    }
+
+    /// Finalize `rid`'s trees, cancel its merge requests, forget it.
+    async fn reclaim_rid(&self, rid: u64) -> FsResult<()> {
+        let trees = self
+            .run_steps(|tx, me| {
+                let root = tx.sb.logs_root;
+                let mine: Vec<LogTrees> = log_trees::all(tx.cache, &root)?
+                    .into_iter()
+                    .filter(|lt| lt.rid == rid && !lt.is_finalized())
+                    .collect();
+                let budget = Budget::new(tx, me.cfg.hold_budget_blocks);
+                for mut lt in mine {
+                    if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
+                        return Ok(Step::More);
+                    }
+                }
+                if log_merge::cancel_requests(tx, rid, &budget)? == Step::More {
+                    return Ok(Step::More);
+                }
+                let k = mounted_client_key(rid);
+                if btree::lookup(tx.cache, &tx.sb.mounted_clients, &k)?.is_some() {
+                    btree::delete(tx.cache, tx.alloc, &mut tx.sb.mounted_clients, &k)?;
+                }
+                let n = log_trees::all(tx.cache, &tx.sb.logs_root.clone())?
+                    .iter()
+                    .filter(|lt| lt.rid == rid)
+                    .count();
+                Ok(Step::Done(n as u64))
+            })
+            .await?;
+        self.count(|c| c.reclaimed_rids += 1);
+        TP_RECLAIM.emit(&[rid, trees]);
+        Ok(())
+    }
+
+    // ---- connections ----
+
+    async fn accept_loop(self: Rc<Self>, listener: Rc<dyn Listener>) {
+        while let Ok(conn) = listener.accept().await {
+            if self.stopping.get() {
+                conn.close();
+                return;
+            }
+            let Ok(ep) = Endpoint::start(conn.clone(), Role::Server, &self.handle) else {
+                conn.close();
+                continue;
+            };
+            self.conns.borrow_mut().retain(|e| !e.is_closed());
+            self.conns.borrow_mut().push(ep.clone());
+            let me = self.clone();
+            if self
+                .handle
+                .spawn(async move { me.serve_conn(ep).await })
+                .is_err()
+            {
+                counter!("server.conn_spawn_failed").inc();
+            }
+        }
+    }
+
+    async fn serve_conn(self: Rc<Self>, ep: Rc<Endpoint>) {
+        // the first request is the greeting (the endpoint enforces it)
+        let Some(first) = ep.next_request().await else {
+            return;
+        };
+        let rid = match Request::decode(first.header.cmd, &first.payload) {
+            Ok(Request::Greeting(g)) => {
+                let r = self.greeting(&g).await;
+                let ok = r.is_ok();
+                let _ = ep.reply(&first.header, r).await;
+                if !ok {
+                    ep.close();
+                    return;
+                }
+                g.rid
+            }
+            _ => {
+                ep.close();
+                return;
+            }
+        };
+        let inflight = Rc::new(Cell::new(0u32));
+        let done = Notify::new();
+        while let Some(f) = ep.next_request().await {
+            loop {
+                let d = done.notified();
+                if inflight.get() < MAX_HANDLERS_PER_CONN {
+                    break;
+                }
+                counter!("server.handlers_full").inc();
+                d.await;
+            }
+            inflight.set(inflight.get() + 1);
+            let me = self.clone();
+            let ep2 = ep.clone();
+            let (inf, dn) = (inflight.clone(), done.clone());
+            let spawned = self.handle.spawn(async move {
+                let r = match Request::decode(f.header.cmd, &f.payload) {
+                    Ok(req) => me.handle_request(rid, req).await,
+                    Err(e) => Err(e),
+                };
+                me.count(|c| {
+                    c.requests += 1;
+                    if r.is_err() {
+                        c.request_errors += 1;
+                    }
+                });
+                let _ = ep2.reply(&f.header, r).await;
+                inf.set(inf.get() - 1);
+                dn.notify();
+            });
+            if spawned.is_err() {
+                inflight.set(inflight.get() - 1);
+                let _ = ep.reply(&f.header, Err(Errno::ENOMEM)).await;
+            }
+        }
+    }
+
+    async fn greeting(&self, g: &Greeting) -> FsResult<Vec<u8>> {
+        if g.fsid != self.fsid || g.fmt_vers != self.fmt_vers {
+            counter!("server.greeting_mismatch").inc();
+            return Err(Errno::EINVAL);
+        }
+        if g.rid == 0 || g.rid == u64::MAX {
+            return Err(Errno::EINVAL);
+        }
+        let new = g.server_term == 0 && g.flags & GREETING_FLAG_FAREWELL == 0;
+        if new {
+            let rid = g.rid;
+            let flags = if g.flags & GREETING_FLAG_QUORUM != 0 {
+                MOUNTED_CLIENT_QUORUM
+            } else {
+                0
+            };
+            self.run_steps(move |tx, _| {
+                let v = MountedClient {
+                    addr: [0; 32],
+                    flags,
+                };
+                btree::force(
+                    tx.cache,
+                    tx.alloc,
+                    &mut tx.sb.mounted_clients,
+                    Item::new(mounted_client_key(rid), 0, &v.encode()),
+                )?;
+                Ok(Step::Done(()))
+            })
+            .await?;
+        }
+        TP_GREETING.emit(&[g.rid, self.cfg.term, new as u64]);
+        Ok(Greeting {
+            fsid: self.fsid,
+            fmt_vers: self.fmt_vers,
+            server_term: self.cfg.term,
+            rid: g.rid,
+            flags: 0,
+        }
+        .encode())
+    }
+
+    async fn handle_request(&self, rid: u64, req: Request) -> FsResult<Vec<u8>> {
+        match req {
+            Request::Greeting(_) => Err(Errno::EINVAL),
+            Request::AllocInodes(count) => self.alloc_inodes(count).await,
+            Request::GetLogTrees => self.get_log_trees(rid).await,
+            Request::CommitLogTrees(lt) => self.commit_log_trees(rid, &lt).await,
+            Request::GetRoots => {
+                let sb = *self.core.borrow().stable_super();
+                Ok(NetRoots {
+                    fs_root: sb.fs_root,
+                    logs_root: sb.logs_root,
+                    srch_root: sb.srch_root,
+                }
+                .encode())
+            }
+            Request::GetLastSeq => self.last_seq().map(msg::encode_u64),
+            Request::GetLogMerge => self.get_log_merge(rid).await,
+            Request::CommitLogMerge(c) => self.commit_log_merge(rid, &c).await,
+            Request::Statfs => self.statfs(),
+            Request::Farewell => self.farewell(rid).await,
+            Request::SyncLogTrees | Request::Unsupported(_) => Err(Errno::EINVAL),
+        }
+    }
+
+    async fn alloc_inodes(&self, count: u64) -> FsResult<Vec<u8>> {
+        let want = count.clamp(1, ALLOC_INODES_MAX);
+        let a = self
+            .run_steps(|tx, _| {
+                let ino = tx.sb.next_ino;
+                let nr = want.min(u64::MAX - ino);
+                tx.sb.next_ino = ino + nr;
+                Ok(Step::Done(InodeAlloc { ino, nr }))
+            })
+            .await?;
+        Ok(a.encode())
+    }
+
+    fn merge_cfg(&self) -> MergeConfig {
+        MergeConfig {
+            hold_budget_blocks: self.cfg.hold_budget_blocks,
+            ..self.cfg.merge
+        }
+    }
+
+    fn should_finalize(&self, lt: &LogTrees) -> bool {
+        !log_trees::is_empty(lt)
+            && (lt.item_root.height > self.cfg.finalize_height
+                || lt.meta_avail.flags & crate::format::block::ALLOC_FLAG_LOW != 0
+                || self.force_merge.get())
+    }
+
+    async fn get_log_trees(&self, rid: u64) -> FsResult<Vec<u8>> {
+        let lt = self
+            .run_steps(|tx, me| {
+                let budget = Budget::new(tx, me.cfg.hold_budget_blocks);
+                let mut lt = match log_trees::last_for_rid(tx, rid)? {
+                    Some(lt) if !lt.is_finalized() => lt,
+                    Some(lt) => log_trees::new_tree(rid, lt.nr + 1),
+                    None => log_trees::new_tree(rid, 1),
+                };
+                if lt.is_open() {
+                    // a resend: the transaction is already open
+                    return Ok(Step::Done(lt));
+                }
+                if me.should_finalize(&lt) && log_merge::status(tx)?.is_none() {
+                    let root = tx.sb.logs_root;
+                    let others_open = log_trees::all(tx.cache, &root)?
+                        .iter()
+                        .any(|o| o.rid != rid && !o.is_finalized());
+                    if others_open {
+                        // finalization must be coordinated across mounts:
+                        // wait until the cluster layer can do that
+                        counter!("server.merge_start_deferred").inc();
+                    } else {
+                        if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
+                            return Ok(Step::More);
+                        }
+                        me.force_merge.set(false);
+                        log_merge::start(tx)?;
+                        lt = log_trees::new_tree(rid, lt.nr + 1);
+                    }
+                } else if log_merge::status(tx)?.is_none() {
+                    // finalized trees left by an unmount or a crash
+                    log_merge::start(tx)?;
+                }
+                if log_trees::drain_freed(tx, &mut lt, &budget)? == Step::More {
+                    log_trees::store(tx, &lt)?;
+                    return Ok(Step::More);
+                }
+                log_trees::refill(tx, &mut lt, &me.cfg.log_trees, &budget)?;
+                lt.get_trans_seq = tx.next_seq();
+                log_trees::store(tx, &lt)?;
+                Ok(Step::Done(lt))
+            })
+            .await?;
+        Ok(lt.encode().to_vec())
+    }
+
+    async fn commit_log_trees(&self, rid: u64, lt: &LogTrees) -> FsResult<Vec<u8>> {
+        if lt.rid != rid {
+            return Err(Errno::EINVAL);
+        }
+        let lt = *lt;
+        let r = self
+            .run_steps(move |tx, _| {
+                let Some(stored) = log_trees::lookup(tx, rid, lt.nr)? else {
+                    return Ok(Step::Done(Err(Errno::ENOENT)));
+                };
+                if stored.is_finalized() || stored.get_trans_seq != lt.get_trans_seq {
+                    return Ok(Step::Done(Err(Errno::EINVAL)));
+                }
+                if stored.commit_trans_seq == stored.get_trans_seq {
+                    counter!("server.commit_log_trees_resent").inc();
+                    return Ok(Step::Done(Ok(())));
+                }
+                if lt.max_item_seq > stored.get_trans_seq.max(stored.max_item_seq) {
+                    return Ok(Step::Done(Err(Errno::EINVAL)));
+                }
+                let new = LogTrees {
+                    meta_avail: lt.meta_avail,
+                    meta_freed: lt.meta_freed,
+                    item_root: lt.item_root,
+                    bloom_ref: lt.bloom_ref,
+                    data_avail: lt.data_avail,
+                    data_freed: lt.data_freed,
+                    srch_file: lt.srch_file,
+                    inode_count_delta: lt.inode_count_delta,
+                    max_item_seq: lt.max_item_seq,
+                    commit_trans_seq: stored.get_trans_seq,
+                    ..stored
+                };
+                log_trees::store(tx, &new)?;
+                Ok(Step::Done(Ok(())))
+            })
+            .await?;
+        r.map(|()| Vec::new())
+    }
+
+    fn last_seq(&self) -> FsResult<u64> {
+        let mut core = self.core.borrow_mut();
+        let mut last = core.peek_seq().saturating_sub(1);
+        let root = core.super_block().logs_root;
+        for lt in log_trees::all(core.cache(), &root).map_err(store_errno)? {
+            if lt.is_open() {
+                last = last.min(lt.get_trans_seq.saturating_sub(1));
+            }
+        }
+        Ok(last)
+    }
+
+    fn statfs(&self) -> FsResult<Vec<u8>> {
+        let mut core = self.core.borrow_mut();
+        let sb = *core.stable_super();
+        let trees = log_trees::all(core.cache(), &sb.logs_root).map_err(store_errno)?;
+        let mut free_meta = sb.meta_alloc[0].total_len
+            + sb.meta_alloc[1].total_len
+            + sb.server_meta_avail[0].total_nr
+            + sb.server_meta_avail[1].total_nr;
+        let mut free_data = sb.data_alloc.total_len;
+        let mut inodes = sb.inode_count;
+        for lt in &trees {
+            free_meta += lt.meta_avail.total_nr;
+            free_data += lt.data_avail.total_len + lt.data_freed.total_len;
+            inodes = inodes.wrapping_add(lt.inode_count_delta);
+        }
+        Ok(NetStatfs {
+            uuid: sb.uuid,
+            free_meta_blocks: free_meta,
+            total_meta_blocks: sb.total_meta_blocks,
+            free_data_blocks: free_data,
+            total_data_blocks: sb.total_data_blocks,
+            inode_count: inodes,
+        }
+        .encode())
+    }
+
+    async fn get_log_merge(&self, rid: u64) -> FsResult<Vec<u8>> {
+        let cfg = self.merge_cfg();
+        let work = self
+            .run_steps(move |tx, _| match log_merge::get_request(tx, rid, &cfg)? {
+                Work::More => Ok(Step::More),
+                w => Ok(Step::Done(w)),
+            })
+            .await?;
+        self.freeing_kick.notify();
+        match work {
+            Work::Request(req) => Ok(req.encode().to_vec()),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    async fn commit_log_merge(&self, rid: u64, comp: &MergeComplete) -> FsResult<Vec<u8>> {
+        let comp = *comp;
+        self.run_steps(move |tx, _| {
+            log_merge::commit_completion(tx, rid, &comp)?;
+            Ok(Step::Done(()))
+        })
+        .await?;
+        Ok(Vec::new())
+    }
+
+    async fn farewell(&self, rid: u64) -> FsResult<Vec<u8>> {
+        self.reclaim_rid(rid).await?;
+        TP_FAREWELL.emit(&[rid]);
+        Ok(Vec::new())
+    }
+
+    async fn freeing_worker(self: Rc<Self>) {
+        loop {
+            let kicked = self.freeing_kick.notified();
+            if self.stopping.get() {
+                return;
+            }
+            let pending = {
+                let mut core = self.core.borrow_mut();
+                let root = core.super_block().log_merge;
+                let s = Key::new(zone::LOG_MERGE_FREEING, 0, 0, 0, 0, 0);
+                let e = Key::new(
+                    zone::LOG_MERGE_FREEING,
+                    u64::MAX,
+                    255,
+                    u64::MAX,
+                    u64::MAX,
+                    255,
+                );
+                let mut any = false;
+                let r = btree::for_each_range(core.cache(), &root, &s, &e, |_| {
+                    any = true;
+                    false
+                });
+                r.map(|_| any).unwrap_or(false)
+            };
+            if pending {
+                let cfg = self.merge_cfg();
+                let r = self
+                    .run_steps(move |tx, _| match log_merge::free_some(tx, &cfg)? {
+                        Step::More => Ok(Step::More),
+                        Step::Done(_) => Ok(Step::Done(())),
+                    })
+                    .await;
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let timeout = self.handle.timeout_ns(FREEING_POLL_NS, kicked);
+            let _ = timeout.await;
+        }
+    }
+}
