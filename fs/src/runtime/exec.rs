@@ -28,6 +28,7 @@ use core::task::{Context, Poll, Waker};
 use spin::Mutex;
 
 use crate::counter;
+use crate::runtime::node::{self, NodeId};
 
 /// Identifies a task for its whole life; never reused.
 pub type TaskId = u64;
@@ -135,6 +136,8 @@ struct Inner {
     timer_seq: Cell<u64>,
     now_ns: Cell<u64>,
     stats: Cell<ExecStats>,
+    /// The node whose tasks these are: entered around every poll.
+    node: Cell<NodeId>,
 }
 
 impl Inner {
@@ -229,6 +232,7 @@ impl Inner {
     }
 
     fn run(&self, now_ns: u64) -> RunReport {
+        let _node = node::enter(self.node.get());
         let mut report = RunReport {
             timers_fired: self.fire_timers(now_ns),
             ..RunReport::default()
@@ -314,6 +318,7 @@ impl Executor {
                 timer_seq: Cell::new(0),
                 now_ns: Cell::new(0),
                 stats: Cell::new(ExecStats::default()),
+                node: Cell::new(node::current()),
             }),
         }
     }
@@ -338,6 +343,18 @@ impl Executor {
     /// budget is spent.
     pub fn run_until_stalled(&self, now_ns: u64) -> RunReport {
         self.inner.run(now_ns)
+    }
+
+    /// Run this executor's tasks as `node` (its counters and trace events
+    /// go to that node). A new executor belongs to the node current when it
+    /// was made.
+    pub fn set_node(&self, node: NodeId) {
+        assert!((node as usize) < node::MAX_NODES);
+        self.inner.node.set(node);
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.inner.node.get()
     }
 
     /// The earliest pending timer deadline.
@@ -373,6 +390,7 @@ impl Executor {
         let mut future = core::pin::pin!(future);
         loop {
             if root.woken.swap(false, Ordering::AcqRel) {
+                let _node = node::enter(self.inner.node.get());
                 if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
                     return Ok(v);
                 }

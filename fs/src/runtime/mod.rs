@@ -3,4 +3,5 @@
 pub mod counters;
 pub mod env;
 pub mod exec;
+pub mod node;
 pub mod trace;

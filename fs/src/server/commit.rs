@@ -61,6 +61,11 @@ impl Default for CommitConfig {
     }
 }
 
+/// Blocks of the server allocator one hold (a request handler or one step
+/// of merge work) may use before it commits: scoutfs's
+/// `COMMIT_HOLD_ALLOC_BUDGET`.
+pub const COMMIT_HOLD_ALLOC_BUDGET: u64 = 500;
+
 /// Blocks the commit itself needs from the active allocator (refilling
 /// and draining the idle lists): work always stops before the room falls
 /// under this.

@@ -60,7 +60,7 @@ impl Default for MergeConfig {
             splice_batch: LOG_MERGE_SPLICE_BATCH,
             request_fill: SERVER_MERGE_FILL_TARGET,
             free_unit_blocks: 64,
-            hold_budget_blocks: crate::server::role::COMMIT_HOLD_ALLOC_BUDGET,
+            hold_budget_blocks: crate::server::commit::COMMIT_HOLD_ALLOC_BUDGET,
         }
     }
 }

@@ -46,8 +46,7 @@ static TP_FAREWELL: Tracepoint = Tracepoint::new("server_farewell", &["rid"]);
 static TP_RECLAIM: Tracepoint = Tracepoint::new("server_reclaim_rid", &["rid", "trees"]);
 static TP_STOP: Tracepoint = Tracepoint::new("server_stop", &["failed"]);
 
-/// `COMMIT_HOLD_ALLOC_BUDGET`.
-pub const COMMIT_HOLD_ALLOC_BUDGET: u64 = 500;
+pub use crate::server::commit::COMMIT_HOLD_ALLOC_BUDGET;
 /// Inode numbers one ALLOC_INODES may take at most.
 pub const ALLOC_INODES_MAX: u64 = 1 << 20;
 /// Requests of one connection handled at once.
