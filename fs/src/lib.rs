@@ -35,6 +35,7 @@ pub mod format;
 pub mod posix;
 pub mod runtime;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod storage;
 pub mod tools;

@@ -507,7 +507,7 @@ async fn debug(args: Vec<String>) -> CmdResult {
 async fn poweroff(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "poweroff")?;
     // Stop 9P, commit and unmount before the disks are flushed.
-    if let Err(e) = crate::volume::shutdown().await {
+    if let Err(e) = crate::volume_service::shutdown().await {
         kprintln!("warning: unmount: {}", e);
     }
     for b in devices::blocks() {

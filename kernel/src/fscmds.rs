@@ -7,6 +7,7 @@
 //! volume is mounted and mounts (and serves) the new volume when done.
 
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -20,6 +21,7 @@ use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_fs::tools::mkfs::{self, MkfsParams};
 use scoutvm_kernel::fsargs::{self, MKFS_USAGE};
 
+use crate::devices::BlockEntry;
 use crate::platform::{KernelClock, KernelEntropy};
 use crate::shell::{self, boxed, expect_args, CmdResult, Command};
 use crate::volume::{self, Disk, Kind};
@@ -204,7 +206,7 @@ async fn mkfs_cmd(args: Vec<String>) -> CmdResult {
     let sb = mkfs::mkfs(&Disk(meta.dev), &Disk(data.dev), &p)
         .map_err(|e| format!("mkfs failed: {e} (usage: {MKFS_USAGE})"))?;
     kprint!("{}", mkfs::describe(&sb, &meta.name, &data.name));
-    let v = volume::mount_and_serve().await?;
+    let v = crate::volume_service::mount_and_serve().await?;
     kprintln!("mounted {}", v.describe());
     Ok(())
 }
@@ -399,18 +401,23 @@ async fn sync(args: Vec<String>) -> CmdResult {
 
 async fn fsck(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "fsck")?;
-    let (meta, data) = match volume::current() {
-        Some(v) => match v.kind {
-            Kind::Ram { .. } => return Err("a RAM volume has no disks to check".to_string()),
-            Kind::Disk { meta, data } => {
-                v.mount.sync().await.map_err(err)?;
-                (meta, data)
+    let (mdev, ddev, names): (Rc<dyn BlockDev>, Rc<dyn BlockDev>, String) = match volume::current()
+    {
+        Some(v) => {
+            v.mount.sync().await.map_err(err)?;
+            match &v.kind {
+                Kind::Ram { meta, data, .. } => {
+                    (meta.clone(), data.clone(), "the RAM disks".to_string())
+                }
+                Kind::Disk { meta, data } => disks(meta, data),
             }
-        },
-        None => volume::find_devices()?,
+        }
+        None => {
+            let (meta, data) = volume::find_devices()?;
+            disks(meta, data)
+        }
     };
-    let (mdev, ddev) = (Disk(meta.dev), Disk(data.dev));
-    let rep = scoutvm_fs::tools::fsck::fsck(&mdev, Some(&ddev), &mut |_, _, _| {});
+    let rep = scoutvm_fs::tools::fsck::fsck(&*mdev, Some(&*ddev), &mut |_, _, _| {});
     let mut out = String::new();
     if rep.render(&mut out).is_err() {
         return Err("cannot format the report".to_string());
@@ -419,13 +426,20 @@ async fn fsck(args: Vec<String>) -> CmdResult {
     if rep.is_clean() {
         Ok(())
     } else {
-        Err(format!(
-            "{} problem(s) on {} + {}",
-            rep.findings.len(),
-            meta.name,
-            data.name
-        ))
+        Err(format!("{} problem(s) on {names}", rep.findings.len()))
     }
+}
+
+/// Two disks as the devices fsck reads, and their names for messages.
+fn disks(
+    meta: &'static BlockEntry,
+    data: &'static BlockEntry,
+) -> (Rc<dyn BlockDev>, Rc<dyn BlockDev>, String) {
+    (
+        Rc::new(Disk(meta.dev)),
+        Rc::new(Disk(data.dev)),
+        format!("{} + {}", meta.name, data.name),
+    )
 }
 
 async fn clients(args: Vec<String>) -> CmdResult {

@@ -40,6 +40,8 @@ mod services;
 mod shell;
 #[cfg(target_os = "none")]
 mod volume;
+#[cfg(target_os = "none")]
+mod volume_service;
 
 #[cfg(not(target_os = "none"))]
 fn main() {}

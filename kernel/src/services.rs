@@ -20,7 +20,7 @@ pub const SERVICES: &[Service] = &[
     },
     Service {
         name: "volume",
-        start: crate::volume::start,
+        start: start_volume,
     },
 ];
 
@@ -29,6 +29,11 @@ fn start_shell(h: &Handle) -> Result<(), alloc::string::String> {
     h.spawn(crate::shell::run())
         .map(|_| ())
         .map_err(|e| alloc::format!("{e}"))
+}
+
+fn start_volume(h: &Handle) -> Result<(), alloc::string::String> {
+    crate::fscmds::register();
+    crate::volume_service::start(h)
 }
 
 pub fn start_all(h: &Handle) {

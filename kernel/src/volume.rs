@@ -18,13 +18,15 @@ use alloc::string::{String, ToString};
 use core::cell::RefCell;
 
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
+use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
-use scoutvm_fs::posix::mount::{Mount, MountOptions};
-use scoutvm_fs::runtime::env::Clock;
+use scoutvm_fs::format::FORMAT_VERSION_MAX;
+use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::runtime::env::{Clock, Entropy};
 use scoutvm_fs::runtime::trace::Tracepoint;
-use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
 use scoutvm_fs::storage::block::read_super_from;
 use scoutvm_fs::storage::dev::{BlockDev, IoError, MemDev};
+use scoutvm_fs::tools::mkfs::{self, MkfsParams};
 use scoutvm_net::p9::Server;
 
 use crate::devices::{self, BlockEntry};
@@ -39,6 +41,10 @@ const EV_NO_VOLUME: u64 = 4;
 
 /// Most MiB a RAM volume may have.
 pub const RAM_VOLUME_MAX_MIB: u64 = 16 * 1024;
+/// Smallest metadata RAM disk. The server keeps about 34 700 blocks
+/// (2.2 GiB) of metadata in reserve, so the device must be well past that;
+/// it is sparse, so only the blocks written cost memory.
+const RAM_VOLUME_MIN_META_BYTES: u64 = 8 << 30;
 
 /// A `&'static` disk as the `Rc<dyn BlockDev>` the filesystem holds.
 pub struct Disk(pub &'static scoutvm_drivers::blk::VirtioBlk);
@@ -60,8 +66,12 @@ impl BlockDev for Disk {
 
 /// Where the mounted volume lives.
 pub enum Kind {
-    /// In memory (`volume=ram`).
-    Ram { mib: u64 },
+    /// On two RAM disks (`volume=ram`), formatted at boot.
+    Ram {
+        mib: u64,
+        meta: Rc<dyn BlockDev>,
+        data: Rc<dyn BlockDev>,
+    },
     /// On the node's disks.
     Disk {
         meta: &'static BlockEntry,
@@ -83,7 +93,7 @@ impl Volume {
     /// "vda (meta) + vdb (data)" or "RAM (N MiB)".
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind::Ram { mib } => format!("in memory ({mib} MiB, lost at power off)"),
+            Kind::Ram { mib, .. } => format!("in memory ({mib} MiB, lost at power off)"),
             Kind::Disk { meta, data } => format!("{} (meta) + {} (data)", meta.name, data.name),
         }
     }
@@ -184,22 +194,48 @@ fn ram_mib() -> Result<Option<u64>, String> {
 }
 
 async fn mount_ram(mib: u64) -> Result<Volume, String> {
-    let clock = Rc::new(KernelClock);
-    let data_blocks = mib * 256;
-    let store = MemStore::mkfs(MemMkfs {
-        data_blocks,
-        meta_blocks: (mib * 16).max(64),
-        now: clock.wall(),
-        ..MemMkfs::default()
-    });
-    let data = Rc::new(MemDev::new(data_blocks * 4096));
-    let m = Mount::mount(MemBackend::new(store), data, clock, MountOptions::default())
-        .await
-        .map_err(|e| format!("mount of the RAM volume failed: {}", e.name()))?;
+    // Two sparse RAM disks formatted by the real mkfs and mounted through
+    // the real backend (server role, client, log trees): the RAM volume
+    // exercises the same code as a disk volume, only the devices differ.
+    let data_bytes = mib << 20;
+    let meta_bytes = (data_bytes / 8).max(RAM_VOLUME_MIN_META_BYTES);
+    let meta: Rc<dyn BlockDev> = Rc::new(MemDev::new(meta_bytes));
+    let data: Rc<dyn BlockDev> = Rc::new(MemDev::new(data_bytes));
+    let entropy = KernelEntropy::new();
+    let mut qconf = QuorumConfig::default();
+    mkfs::parse_quorum_slot(&mut qconf, "0,127.0.0.1,7100")?;
+    let params = MkfsParams {
+        fmt_vers: FORMAT_VERSION_MAX,
+        meta_bytes,
+        data_bytes,
+        qconf,
+        fsid: entropy.next_u64(),
+        uuid: mkfs::uuid_from_random(entropy.next_u64(), entropy.next_u64()),
+        now: KernelClock.wall(),
+        data_alloc_zone_blocks: 0,
+    };
+    mkfs::mkfs(&*meta, &*data, &params)
+        .map_err(|e| format!("mkfs of the RAM volume failed: {e}"))?;
+    let (mount, node) = node::mount_volume(
+        meta.clone(),
+        data.clone(),
+        Rc::new(KernelClock),
+        Rc::new(entropy),
+        runtime::handle(),
+        NodeOptions::default(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "mount of the RAM volume failed: {} ({})",
+            e.text(),
+            e.name()
+        )
+    })?;
     Ok(Volume {
-        mount: Rc::new(m),
-        kind: Kind::Ram { mib },
-        node: RefCell::new(None),
+        mount,
+        kind: Kind::Ram { mib, meta, data },
+        node: RefCell::new(Some(node)),
         p9: RefCell::new(None),
     })
 }
@@ -217,8 +253,9 @@ async fn mount_disks() -> Result<Volume, String> {
     mount_disk_volume(meta, data).await
 }
 
-/// Mount whatever this node is configured for and start serving it.
-pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
+/// Mount whatever this node is configured for (once; later calls return
+/// the mounted volume). Serving it is the volume service's job.
+pub async fn mount() -> Result<Rc<Volume>, String> {
     if let Some(v) = current() {
         return Ok(v);
     }
@@ -237,36 +274,22 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
     VOLUME_EVENT.emit(&[EV_MOUNTED, 0]);
     log::info!("volume: mounted {}", v.describe());
     *STATE.borrow_mut() = State::Mounted(v.clone());
-    crate::p9svc::start(&v)?;
     Ok(v)
 }
 
-/// The boot service: mount in the background so the shell comes up at
-/// once; say why if there is nothing to mount.
-pub fn start(h: &scoutvm_fs::runtime::exec::Handle) -> Result<(), String> {
-    crate::fscmds::register();
-    h.spawn(async {
-        if let Err(e) = mount_and_serve().await {
-            log::warn!("volume: {e}");
-        }
-    })
-    .map(|_| ())
-    .map_err(|e| format!("{e}"))
+/// Take the mounted volume for power off: from now on there is none. The
+/// caller stops its front ends, then calls [`unmount`].
+pub fn take_for_poweroff() -> Option<Rc<Volume>> {
+    match core::mem::replace(&mut *STATE.borrow_mut(), State::Down) {
+        State::Mounted(v) => Some(v),
+        _ => None,
+    }
 }
 
-/// Take the volume down for power off: stop 9P (connections release
-/// their fids), commit, leave the volume at rest. Safe to call when
-/// nothing is mounted.
-pub async fn shutdown() -> Result<(), String> {
-    let v = match core::mem::replace(&mut *STATE.borrow_mut(), State::Down) {
-        State::Mounted(v) => v,
-        _ => return Ok(()),
-    };
-    let p9 = v.p9.borrow_mut().take();
-    if let Some(server) = p9 {
-        crate::p9svc::stop(&server).await;
-    }
-    let r = unmount_volume(&v).await;
+/// Final commit and unmount of a volume taken with [`take_for_poweroff`]:
+/// the volume is at rest afterwards.
+pub async fn unmount(v: &Volume) -> Result<(), String> {
+    let r = unmount_volume(v).await;
     VOLUME_EVENT.emit(&[EV_UNMOUNTED, r.is_err() as u64]);
     r
 }

@@ -490,11 +490,16 @@ impl Vm {
         timeout: Duration,
     ) -> Result<String, HarnessError> {
         self.send_line(command)?;
-        let echo = format!("{command}\n");
-        self.wait_for(&echo, timeout)?;
+        // The echo's newline is left for the prompt pattern, so a command
+        // that prints nothing (echo, newline, prompt) is seen too.
+        self.wait_for(command, timeout)?;
         let prompt = format!("\n{}", self.prompt);
         let text = self.wait_for(&prompt, timeout)?;
-        Ok(text[..text.len() - prompt.len()].to_string() + "\n")
+        let printed = &text[..text.len() - prompt.len()];
+        Ok(match printed.strip_prefix('\n') {
+            Some(lines) => lines.to_string() + "\n",
+            None => String::new(),
+        })
     }
 
     /// Wait for QEMU to exit.

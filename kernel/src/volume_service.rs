@@ -1,0 +1,50 @@
+//! The boot service "volume": mount the node's volume, serve it over 9P,
+//! and take both down for power off.
+//!
+//! It sits above [`crate::volume`] (finding devices, mounting) and
+//! [`crate::p9svc`] (the 9P listener) so that neither of them knows the
+//! other. Called by the boot services, the shell's `mount` and `poweroff`.
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+
+use scoutvm_fs::runtime::exec::Handle;
+
+use crate::volume::{self, Volume};
+
+/// Mount whatever this node is configured for and start serving it.
+pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
+    if let Some(v) = volume::current() {
+        return Ok(v);
+    }
+    let v = volume::mount().await?;
+    crate::p9svc::start(&v)?;
+    Ok(v)
+}
+
+/// Boot: mount in the background so the shell comes up at once; say why
+/// if there is nothing to mount.
+pub fn start(h: &Handle) -> Result<(), String> {
+    h.spawn(async {
+        if let Err(e) = mount_and_serve().await {
+            log::warn!("volume: {e}");
+        }
+    })
+    .map(|_| ())
+    .map_err(|e| format!("{e}"))
+}
+
+/// Take the volume down for power off: stop 9P first (connections release
+/// their fids, nothing changes after it), then the final commit. Safe to
+/// call when nothing is mounted.
+pub async fn shutdown() -> Result<(), String> {
+    let Some(v) = volume::take_for_poweroff() else {
+        return Ok(());
+    };
+    let p9 = v.p9.borrow_mut().take();
+    if let Some(server) = p9 {
+        crate::p9svc::stop(&server).await;
+    }
+    volume::unmount(&v).await
+}
