@@ -3,14 +3,15 @@
 //! [`wire`] is the codec (every message, decode and encode side by side);
 //! [`frame`] cuts a TCP byte stream into whole frames bounded by `msize`.
 //! The server builds on both: [`server`] (what all connections share:
-//! config, locks, the connection registry), [`conn`] (one connection, one
-//! task per request, flush, teardown), `ops` (the operations over
+//! config, locks, the connection registry), [`conn`] (one connection's state),
+//! `dispatch` (one task per request, flush, teardown, [`serve`]), `ops` (the operations over
 //! `vfs::Mount`), [`fid`] (the fid table), [`locks`] (POSIX byte-range
 //! locks) and [`access`] (identities and the client allow-list). None of
 //! them does I/O: bytes come and go through a [`ByteStream`].
 
 pub mod access;
 pub mod conn;
+mod dispatch;
 pub mod fid;
 pub mod frame;
 pub mod locks;
@@ -21,7 +22,8 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{serve, ByteStream, Conn, StreamClosed};
+pub use conn::{ByteStream, Conn, StreamClosed};
+pub use dispatch::serve;
 pub use frame::FrameReader;
 pub use server::{ClientInfo, Peer, Server, ServerConfig};
 pub use wire::{

@@ -6,7 +6,7 @@
 //! live connections (for the shell's `clients`) and the shutdown switch.
 //! The appliance (or a test) makes one [`Server`] over a `vfs::Mount` and
 //! an executor `Handle`, then hands each accepted byte stream to
-//! [`serve`](super::conn::serve); everything per connection lives in
+//! [`serve`](super::serve); the state of a connection lives in
 //! `conn.rs`, the operations in `ops.rs`. Memory: a connection holds at
 //! most `conn_memory_max_bytes` in requests and unsent replies, plus its
 //! frame buffer (msize) and `xattr_fids_max` xattr values, so the server
@@ -26,9 +26,17 @@ use scoutvm_fs::runtime::exec::{Handle, Notify};
 use scoutvm_fs::runtime::trace::Tracepoint;
 
 use super::access::AllowList;
-use super::conn::Conn;
 use super::locks::LockTable;
 use super::wire::MSIZE_MAX;
+
+/// What the server needs of a registered connection (implemented by
+/// `conn::Conn`; the trait keeps the server from importing it).
+pub(crate) trait Connection {
+    /// What `clients` shows.
+    fn info(&self) -> ClientInfo;
+    /// Stop reading, cancel what waits; the connection then tears down.
+    fn abort(&self);
+}
 
 /// A refused attach: the client's address (the connection id is in
 /// `p9_conn`).
@@ -138,7 +146,7 @@ pub struct Server {
     /// Serialises `O_APPEND` writes (size lookup + write).
     pub(crate) append_busy: Cell<bool>,
     pub(crate) append_done: Notify,
-    conns: RefCell<BTreeMap<u64, Weak<Conn>>>,
+    conns: RefCell<BTreeMap<u64, Weak<dyn Connection>>>,
     conn_closed: Notify,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
@@ -186,7 +194,10 @@ impl Server {
     }
 
     /// Register a new connection; `None` when full or shutting down.
-    pub(crate) fn register(&self, make: impl FnOnce(u64) -> Rc<Conn>) -> Option<Rc<Conn>> {
+    pub(crate) fn register<C: Connection + 'static>(
+        &self,
+        make: impl FnOnce(u64) -> Rc<C>,
+    ) -> Option<Rc<C>> {
         if self.stopping.get() {
             return None;
         }
@@ -198,7 +209,8 @@ impl Server {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let c = make(id);
-        conns.insert(id, Rc::downgrade(&c));
+        let weak: Weak<dyn Connection> = Rc::downgrade(&c) as Weak<dyn Connection>;
+        conns.insert(id, weak);
         Some(c)
     }
 
@@ -207,7 +219,7 @@ impl Server {
         self.conn_closed.notify();
     }
 
-    fn live(&self) -> Vec<Rc<Conn>> {
+    fn live(&self) -> Vec<Rc<dyn Connection>> {
         self.conns
             .borrow()
             .values()
