@@ -1,7 +1,7 @@
 //! The seam between the POSIX half of a mount (item cache, inodes, dirs,
 //! data) and the persistent half (forest reads, log btrees, transactions to
 //! the server). The item cache and `vfs::Mount` call a [`Backend`]; the
-//! in-memory [`crate::sim::mem_backend`] implements it for tests, the forest +
+//! in-memory backend (`sim::mem_backend`) implements it for tests, the forest +
 //! log btree + server client implements it for real volumes.
 //!
 //! Contract, in one place (docs/posix.md repeats it):
