@@ -1,5 +1,5 @@
 //! The host FUSE front end: maps the kernel's FUSE requests (through the
-//! `fuser` crate) onto `vfs::Mount`'s POSIX operations, so any host tool
+//! `fuser` crate) onto `posix::mount::Mount`'s POSIX operations, so any host tool
 //! can exercise the filesystem.
 //!
 //! `fuser` calls [`ScoutFuse`] on its session thread; each request becomes

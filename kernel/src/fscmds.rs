@@ -2,7 +2,7 @@
 //! `cat`, `mkdir`, `rm`, `sync`, `fsck` and `clients` (9P connections).
 //!
 //! Registered by the volume service at boot; they act as root on the
-//! mounted `vfs::Mount` (through `volume::require`) and print one-line
+//! mounted `posix::mount::Mount` (through `volume::require`) and print one-line
 //! errors for bad arguments or failed operations. `mkfs` refuses while a
 //! volume is mounted and mounts (and serves) the new volume when done.
 

@@ -2,7 +2,7 @@
 //! filesystem on them at boot, serve it over 9P, and take it down cleanly
 //! on `poweroff`.
 //!
-//! Owns the one mounted [`Volume`] (a `vfs::Mount` plus what keeps it
+//! Owns the one mounted [`Volume`] (a `posix::mount::Mount` plus what keeps it
 //! alive) and the boot-time status the shell reports when there is none.
 //! Devices come from `meta=`/`data=` on the command line, else from the
 //! super blocks (the metadata device carries `IS_META_BDEV`, the data

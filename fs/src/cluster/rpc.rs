@@ -5,7 +5,7 @@
 //! `recv_seq`), request ids, the table of outstanding requests matched to
 //! responses by `(cmd, id)`, the queue of incoming requests, and the
 //! greeting rules of the cluster reference (2.1/2.2). Called by
-//! `client.rs` (typed calls) and `leader.rs` (request handlers). A reader
+//! `client/requests.rs` (typed calls) and `server/role.rs` (request handlers). A reader
 //! task started by [`Endpoint::start`] decodes frames; any framing error
 //! closes the connection, and every outstanding request then fails with
 //! `ECONNABORTED`. Bounded: [`MAX_OUTSTANDING`] requests in flight and

@@ -2,7 +2,7 @@
 //! values carved from the top of the free gap, compaction, the leaf item
 //! hash table, rebuilding from sorted items, and structural verification.
 //!
-//! Called by `btree.rs` (tree walks) and `fsck.rs`. Invariants kept by every
+//! Called by `btree.rs` (tree walks) and `tools/fsck.rs`. Invariants kept by every
 //! writer: items dense in `[48, 48+56*nr)`, values 8-aligned at or above
 //! the gap top, `total_item_bytes` exact, `mid_free_len` never larger than
 //! the true gap, every leaf item findable through the hash table (FNV-1a,

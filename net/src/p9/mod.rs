@@ -5,7 +5,7 @@
 //! The server builds on both: [`server`] (what all connections share:
 //! config, locks, the connection registry), [`conn`] (one connection's state),
 //! `dispatch` (one task per request, flush, teardown, [`serve`]), `ops` (the operations over
-//! `vfs::Mount`), [`fid`] (the fid table), [`locks`] (POSIX byte-range
+//! `posix::mount::Mount`), [`fid`] (the fid table), [`locks`] (POSIX byte-range
 //! locks) and [`access`] (identities and the client allow-list). None of
 //! them does I/O: bytes come and go through a [`ByteStream`].
 

@@ -1,5 +1,5 @@
 //! The 9P2000.L operations: one handler per request type, mapping fids
-//! onto the filesystem's POSIX calls (`vfs::Mount`).
+//! onto the filesystem's POSIX calls (`posix::mount::Mount`).
 //!
 //! Called by `conn.rs`, one request task at a time per request; each
 //! handler encodes its success reply into `out` or returns an errno (which

@@ -4,7 +4,7 @@
 //! Owns the [`ServerConfig`] (bounds, allow-list, root squash), the POSIX
 //! lock table (locks are per file across every client), the registry of
 //! live connections (for the shell's `clients`) and the shutdown switch.
-//! The appliance (or a test) makes one [`Server`] over a `vfs::Mount` and
+//! The appliance (or a test) makes one [`Server`] over a `posix::mount::Mount` and
 //! an executor `Handle`, then hands each accepted byte stream to
 //! [`serve`](super::serve); the state of a connection lives in
 //! `conn.rs`, the operations in `ops.rs`. Memory: a connection holds at
