@@ -2,11 +2,18 @@
 //!
 //! Owns the cached copies of persistent items (read from the [`Backend`]
 //! by key range, so absences are cached too), the dirty items of the open
-//! transaction (new values and deletions, each stamped with the
-//! transaction's seq), the `.totl.` deltas, srch entries and inode count
-//! delta, and the memory budget (clean ranges are evicted, least recently
-//! used first). Called by the inode, dir, xattr, symlink, data and orphan
-//! code; calls only the backend.
+//! transaction (new values and deletions, each stamped with
+//! `max(transaction seq, write_seq of the lock covering it)`), the
+//! `.totl.` deltas, srch entries and inode count delta, and the memory
+//! budget (clean ranges are evicted, least recently used first). Called
+//! by the inode, dir, xattr, symlink, data and orphan code; calls only the
+//! backend.
+//!
+//! The mount hands the cache the cluster locks of the operation that holds
+//! the transaction exclusively ([`ItemCache::set_op_locks`]): they give
+//! each dirtied item its lock's `write_seq` (invariant §3.7.6), and a
+//! change outside a writable lock or a read outside a readable one is a
+//! bug in the operation's lock set (counted; a panic in debug builds).
 //!
 //! Invariants:
 //! * an entry in `items` is the truth for its key (a value, or a dirty
@@ -23,6 +30,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::ops::Bound::Included;
 
+use crate::cluster::lock::GrantedLock;
 use crate::errno::{Errno, FsResult};
 use crate::format::items::TotlVal;
 use crate::format::key::Key;
@@ -69,6 +77,9 @@ struct Inner {
     bytes_dirty: usize,
     use_clock: u64,
     first_dirty_ns: Option<u64>,
+    /// The locks of the operation holding the transaction exclusively, by
+    /// start key; `None`: no checking, items carry the transaction seq.
+    op_locks: Option<Vec<GrantedLock>>,
 }
 
 /// Counters of the item cache (monotonic).
@@ -84,6 +95,11 @@ pub struct ItemCounters {
     pub dirtied: u64,
     pub commits: u64,
     pub bad_reads: u64,
+    /// Items changed outside the operation's writable locks (a bug).
+    pub unlocked_writes: u64,
+    /// Items read from the backend outside the operation's readable locks
+    /// during a change (a bug).
+    pub unlocked_reads: u64,
 }
 
 /// Sizes of the cache right now.
@@ -181,6 +197,7 @@ impl ItemCache {
             return Ok(end);
         }
         self.maybe_evict();
+        self.check_read_lock(&key);
         let (lo, hi) = lock_range(&key);
         self.count(|c| c.backend_reads += 1);
         let batch = self.backend.read_items(key, lo, hi).await?;
@@ -307,10 +324,67 @@ impl ItemCache {
         }
     }
 
+    // -- the operation's locks -----------------------------------------------
+
+    /// The operation now holding the transaction exclusively holds these
+    /// locks (any order); replaces the previous set.
+    pub fn set_op_locks<'g>(&self, grants: impl IntoIterator<Item = &'g GrantedLock>) {
+        let mut inner = self.inner.borrow_mut();
+        let mut v = inner.op_locks.take().unwrap_or_default();
+        v.clear();
+        v.extend(grants.into_iter().copied());
+        v.sort_unstable_by_key(|g| g.range.start);
+        inner.op_locks = Some(v);
+    }
+
+    /// No operation holds the transaction exclusively any more.
+    pub fn clear_op_locks(&self) {
+        self.inner.borrow_mut().op_locks = None;
+    }
+
+    /// The operation's lock whose range contains `key`.
+    fn op_lock_of(locks: &[GrantedLock], key: &Key) -> Option<GrantedLock> {
+        let i = locks.partition_point(|g| g.range.start <= *key);
+        let g = *locks.get(i.checked_sub(1)?)?;
+        g.range.contains(key).then_some(g)
+    }
+
+    /// The seq an item dirtied now carries: the transaction's, or the
+    /// covering lock's `write_seq` when that is newer (§3.7.6), so that
+    /// after a lock moved between mounts the newest write wins.
+    fn stamp_seq(&self, inner: &Inner, key: &Key) -> u64 {
+        let seq = self.backend.trans_seq();
+        let Some(locks) = &inner.op_locks else {
+            return seq;
+        };
+        match Self::op_lock_of(locks, key) {
+            Some(g) if g.mode.can_write() => seq.max(g.write_seq),
+            _ => {
+                self.count(|c| c.unlocked_writes += 1);
+                debug_assert!(
+                    false,
+                    "item {key} changed outside the operation's write locks"
+                );
+                seq
+            }
+        }
+    }
+
+    fn check_read_lock(&self, key: &Key) {
+        let inner = self.inner.borrow();
+        let Some(locks) = &inner.op_locks else {
+            return;
+        };
+        if !Self::op_lock_of(locks, key).is_some_and(|g| g.mode.can_read()) {
+            self.count(|c| c.unlocked_reads += 1);
+            debug_assert!(false, "item {key} read outside the operation's read locks");
+        }
+    }
+
     // -- changing ----------------------------------------------------------
 
     fn mark_dirty(&self, inner: &mut Inner, key: Key, val: Option<Value>, persistent: bool) {
-        let seq = self.backend.trans_seq();
+        let seq = self.stamp_seq(inner, &key);
         let new = Entry {
             val,
             dirty: true,
@@ -382,10 +456,10 @@ impl ItemCache {
         if total == 0 && count == 0 {
             return;
         }
-        let seq = self.backend.trans_seq();
         let mut inner = self.inner.borrow_mut();
+        let seq = self.stamp_seq(&inner, &key);
         let slot = inner.totl.entry(key).or_insert((seq, TotlVal::default()));
-        slot.0 = seq;
+        slot.0 = slot.0.max(seq);
         slot.1.total = slot.1.total.wrapping_add(total as u64);
         slot.1.count = slot.1.count.wrapping_add(count as u64);
         if slot.1.total == 0 && slot.1.count == 0 {
@@ -534,7 +608,10 @@ impl ItemCache {
 
     /// Forget everything, dirty items included (a crash, for tests).
     pub fn discard_all(&self) {
-        *self.inner.borrow_mut() = Inner::default();
+        let mut inner = self.inner.borrow_mut();
+        let op_locks = inner.op_locks.take();
+        *inner = Inner::default();
+        inner.op_locks = op_locks;
     }
 }
 
