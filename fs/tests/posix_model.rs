@@ -1524,6 +1524,8 @@ fn random_operations_match_the_model_under_slow_cluster_locks() {
             unreachable!("slow locks run over memory");
         };
         let s = locks.stats();
+        total.acquisitions += s.acquisitions;
+        total.cached += s.cached;
         total.grants += s.grants;
         total.commits += s.commits;
         total.dropped += s.dropped;

@@ -839,6 +839,86 @@ mod tests {
         assert_eq!(got.len(), 16 - 1);
     }
 
+    fn grant(range: crate::cluster::lock::LockRange, write_seq: u64) -> GrantedLock {
+        use crate::cluster::lock::LockMode;
+        GrantedLock {
+            range,
+            mode: if range.start.zone == 12 {
+                LockMode::WriteOnly
+            } else {
+                LockMode::Write
+            },
+            write_seq,
+        }
+    }
+
+    #[test]
+    fn dirty_items_carry_their_locks_write_seq_when_it_is_newer() {
+        use crate::cluster::lock::LockRange;
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let other = Key::fs(5000, 8, 1, 0);
+        let t = Key::new(12, 1, 0, 2, 3, 0);
+        c.set_op_locks(&[
+            grant(LockRange::covering(&k(0)), 9),
+            grant(LockRange::covering(&other), 3),
+            grant(LockRange::xattr_totl(), 20),
+        ]);
+        c.write(k(3), b"ahead");
+        c.delete(k(2));
+        c.write(other, b"behind");
+        c.totl_delta(t, 1, 1);
+        let set = c.commit_set();
+        assert_eq!(set.seq, 5, "the transaction's seq");
+        let seqs: Vec<(Key, u64)> = set.items.iter().map(|d| (d.key, d.seq)).collect();
+        assert_eq!(seqs, [(k(2), 9), (k(3), 9), (other, 5)]);
+        assert_eq!(set.totl[0].seq, 20);
+        c.clear_op_locks();
+        c.write(k(4), b"unchecked");
+        assert_eq!(
+            c.commit_set()
+                .items
+                .iter()
+                .find(|d| d.key == k(4))
+                .unwrap()
+                .seq,
+            5,
+            "without an operation's locks: the transaction seq"
+        );
+        assert_eq!(c.counters().unlocked_writes, 0);
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "changed outside the operation's write locks")
+    )]
+    fn a_change_outside_the_write_locks_is_caught() {
+        use crate::cluster::lock::{LockMode, LockRange};
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let mut read_only = grant(LockRange::covering(&k(0)), 0);
+        read_only.mode = LockMode::Read;
+        c.set_op_locks(&[read_only]);
+        c.write(k(1), b"x");
+        assert_eq!(c.counters().unlocked_writes, 1);
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "read outside the operation's read locks")
+    )]
+    fn a_read_under_a_write_only_lock_is_caught() {
+        use crate::cluster::lock::{LockMode, LockRange};
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let mut write_only = grant(LockRange::covering(&k(0)), 0);
+        write_only.mode = LockMode::WriteOnly;
+        c.set_op_locks(&[write_only]);
+        c.write(k(1), b"blind writes are fine");
+        assert_eq!(c.counters().unlocked_writes, 0);
+        let _ = block_on(c.lookup(k(2)));
+        assert_eq!(c.counters().unlocked_reads, 1);
+    }
+
     #[test]
     fn totl_deltas_combine_and_cancel() {
         let (_be, c) = setup(1, 4, 1 << 20);

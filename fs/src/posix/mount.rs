@@ -518,6 +518,14 @@ impl Mount {
         Ok(op)
     }
 
+    /// `set` and the index groups of the open transaction: the first guess
+    /// of an operation that stores inodes (their new index items go
+    /// there; only older seqs need more).
+    fn storing(&self, mut set: LockSet) -> LockSet {
+        inode::create_locks(S_IFREG, self.backend.trans_seq(), &mut set);
+        set
+    }
+
     /// Run an operation: take `first`'s locks and the hold, run `body`;
     /// when it finds it needs more locks, let go of everything and start
     /// over with the larger set.
@@ -781,7 +789,7 @@ impl Mount {
     pub async fn setattr(&self, cred: &Cred, ino: Ino, sa: &SetAttr) -> FsResult<Attr> {
         self.run(
             HoldKind::Write,
-            inode_lock(ino, LockMode::Write),
+            self.storing(inode_lock(ino, LockMode::Write)),
             async |op| self.setattr_locked(op, cred, ino, sa).await,
         )
         .await
@@ -970,7 +978,7 @@ impl Mount {
     ) -> FsResult<Attr> {
         check_name(name)?;
         // the group of the inode number at hand; a refill may bring another
-        let mut first = inode_lock(dir, LockMode::Write);
+        let mut first = self.storing(inode_lock(dir, LockMode::Write));
         if let Some(ino) = self.next_ino_cached() {
             first.add(LockRange::inode_group(ino), LockMode::Write);
         }
@@ -1137,8 +1145,9 @@ impl Mount {
 
     pub async fn link(&self, cred: &Cred, ino: Ino, newdir: Ino, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
-        let first =
-            inode_lock(newdir, LockMode::Write).with(LockRange::inode_group(ino), LockMode::Write);
+        let first = self.storing(
+            inode_lock(newdir, LockMode::Write).with(LockRange::inode_group(ino), LockMode::Write),
+        );
         self.run(HoldKind::Write, first, async |op| {
             self.link_locked(op, cred, ino, newdir, newname).await
         })
@@ -1229,7 +1238,7 @@ impl Mount {
         check_name(name)?;
         self.run(
             HoldKind::Write,
-            inode_lock(dir, LockMode::Write),
+            self.storing(inode_lock(dir, LockMode::Write)),
             async |op| self.unlink_locked(op, cred, dir, name, rmdir).await,
         )
         .await
@@ -1419,8 +1428,10 @@ impl Mount {
         }
         check_name(oldname)?;
         check_name(newname)?;
-        let mut first = inode_lock(olddir, LockMode::Write)
-            .with(LockRange::inode_group(newdir), LockMode::Write);
+        let mut first = self.storing(
+            inode_lock(olddir, LockMode::Write)
+                .with(LockRange::inode_group(newdir), LockMode::Write),
+        );
         if olddir != newdir {
             // serializes the ancestor checks of every cross-directory rename
             first.add(LockRange::rename(), LockMode::Write);
@@ -1713,7 +1724,11 @@ impl Mount {
         } else {
             LockMode::Read
         };
-        self.run(HoldKind::Write, inode_lock(ino, mode), async |op| {
+        let mut first = inode_lock(ino, mode);
+        if may_write {
+            first = self.storing(first);
+        }
+        self.run(HoldKind::Write, first, async |op| {
             self.open_locked(op, cred, ino, flags).await
         })
         .await
@@ -1874,7 +1889,7 @@ impl Mount {
     pub async fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<usize> {
         self.run(
             HoldKind::Write,
-            inode_lock(ino, LockMode::Write),
+            self.storing(inode_lock(ino, LockMode::Write)),
             async |op| self.write_locked(op, ino, off, data).await,
         )
         .await
@@ -1983,7 +1998,7 @@ impl Mount {
         };
         self.run(
             HoldKind::Write,
-            inode_lock(ino, LockMode::Write),
+            self.storing(inode_lock(ino, LockMode::Write)),
             async |op| self.fallocate_locked(op, cred, ino, mode, off, end).await,
         )
         .await
@@ -2224,7 +2239,7 @@ impl Mount {
         flags: u32,
     ) -> FsResult<()> {
         // tagged names also change the .totl. and .indx. zones (blindly)
-        let mut first = inode_lock(ino, LockMode::Write);
+        let mut first = self.storing(inode_lock(ino, LockMode::Write));
         let tags = xattr::parse_tags(name).unwrap_or_default();
         if tags.totl {
             first.add(LockRange::xattr_totl(), LockMode::WriteOnly);
@@ -2313,5 +2328,66 @@ impl Mount {
             fsid,
             namelen: NAME_LEN_MAX as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::env::ManualClock;
+    use crate::runtime::exec::block_on;
+    use crate::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+    use crate::storage::dev::MemDev;
+
+    fn mounted() -> Mount {
+        let store = MemStore::mkfs(MemMkfs {
+            data_blocks: 1024,
+            ..MemMkfs::default()
+        });
+        let data = Rc::new(MemDev::new(1024 * 4096));
+        let clock = Rc::new(ManualClock::new(Timespec::default()));
+        block_on(Mount::mount(
+            MemBackend::new(store),
+            data,
+            clock,
+            MountOptions::default(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "a lock acquired while holding the transaction")
+    )]
+    fn locking_while_holding_the_transaction_is_edeadlk() {
+        let m = mounted();
+        block_on(async {
+            let mut op = m
+                .begin(HoldKind::Write, inode_lock(ROOT_INO, LockMode::Write))
+                .await
+                .unwrap();
+            assert!(m.transaction_held());
+            let r = op.lock(inode_lock(5000, LockMode::Write)).await;
+            assert_eq!(r.err(), Some(Errno::EDEADLK));
+        });
+        assert_eq!(m.counters().locks_in_hold, 1);
+        assert!(!m.transaction_held());
+    }
+
+    #[test]
+    fn an_operation_starts_over_with_the_locks_it_found() {
+        let m = mounted();
+        let c = Cred::root();
+        let f = block_on(m.create(&c, ROOT_INO, b"f", 0o644)).unwrap();
+        let before = m.counters();
+        // the victim's group (1024; the directory's is 0) is found under
+        // the hold: the operation starts over
+        block_on(m.unlink(&c, ROOT_INO, b"f")).unwrap();
+        let after = m.counters();
+        assert!(after.relocks > before.relocks);
+        assert_eq!(block_on(m.getattr(f.ino)), Err(Errno::ENOENT));
+        assert_eq!(after.items.unlocked_writes + after.items.unlocked_reads, 0);
+        assert_eq!(after.locks_in_hold + after.bad_grants, 0);
     }
 }
