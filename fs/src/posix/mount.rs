@@ -1236,11 +1236,15 @@ impl Mount {
 
     async fn unlink_common(&self, cred: &Cred, dir: Ino, name: &[u8], rmdir: bool) -> FsResult<()> {
         check_name(name)?;
-        self.run(
-            HoldKind::Write,
-            self.storing(inode_lock(dir, LockMode::Write)),
-            async |op| self.unlink_locked(op, cred, dir, name, rmdir).await,
-        )
+        // usually the last link: the deletion's write-only zones up front
+        let first = self
+            .storing(inode_lock(dir, LockMode::Write))
+            .with(LockRange::orphan(), LockMode::WriteOnly)
+            .with(LockRange::xattr_totl(), LockMode::WriteOnly)
+            .with(LockRange::xattr_indx(), LockMode::WriteOnly);
+        self.run(HoldKind::Write, first, async |op| {
+            self.unlink_locked(op, cred, dir, name, rmdir).await
+        })
         .await
     }
 
