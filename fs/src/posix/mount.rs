@@ -14,7 +14,7 @@
 //! only name after reading (the inode behind a name, an inode's index
 //! seqs, ancestors) are found under the hold; when they are missing the
 //! operation lets go of everything *before it changed anything*, takes the
-//! larger set and starts over ([`Op::ready`]). docs/posix.md lists the
+//! larger set and starts over (`Op::ready`). docs/posix.md lists the
 //! locks of each operation.
 //!
 //! Invariants: every operation that changes items runs under one
