@@ -11,6 +11,11 @@
 //! The same runs go over the real persistent half too (server, client log
 //! trees, forest reads, log merges on RAM disks): `POSIX_MODEL_REAL_SEEDS`
 //! (default 60), with fsck after every commit and merges between ops.
+//!
+//! And over a slow cluster lock provider (`sim::slow_locks`: grants late,
+//! in seeded random order, each write grant first making the mount commit
+//! from another task): `POSIX_MODEL_LOCK_SEEDS` (default 50). A task that
+//! waited for a lock while holding the transaction would deadlock there.
 
 mod common;
 
@@ -25,6 +30,7 @@ use scoutvm_fs::posix::types::*;
 use scoutvm_fs::runtime::env::{Entropy, SeededEntropy};
 use scoutvm_fs::sim::mem_backend::MemBackend;
 use scoutvm_fs::sim::mem_backend::MemMkfs;
+use scoutvm_fs::sim::slow_locks::SlowLocks;
 
 const ROOT: u64 = 1;
 const BS: u64 = 4096;
@@ -286,6 +292,8 @@ enum Backing {
     Mem {
         vol: Vol,
         be: Option<Rc<MemBackend>>,
+        /// Cluster locks from a slow provider instead of the local one.
+        locks: Option<Rc<SlowLocks>>,
     },
     Real {
         vol: Box<RealVol>,
@@ -296,13 +304,40 @@ enum Backing {
 impl Backing {
     fn mount(&mut self, busy_commits: bool) -> Rc<Mount> {
         match self {
-            Backing::Mem { vol, be } => {
+            Backing::Mem {
+                vol,
+                be,
+                locks: None,
+            } => {
                 let (m, b) = vol.mount();
                 if busy_commits {
                     b.set_txn_data_limit(Some(3));
                 }
                 *be = Some(b);
                 Rc::new(m)
+            }
+            Backing::Mem {
+                vol,
+                be,
+                locks: Some(locks),
+            } => {
+                let b = MemBackend::new(vol.store.clone());
+                if busy_commits {
+                    b.set_txn_data_limit(Some(3));
+                }
+                let m = Rc::new(
+                    block_on(Mount::mount_with_locks(
+                        b.clone(),
+                        vol.data.clone(),
+                        vol.clock.clone(),
+                        vol.opts,
+                        locks.clone(),
+                    ))
+                    .expect("mount"),
+                );
+                locks.attach(&m, b.clone());
+                *be = Some(b);
+                m
             }
             Backing::Real { vol, node } => {
                 let (m, n) = vol.mount();
@@ -315,7 +350,12 @@ impl Backing {
     /// Drop the mount without committing.
     fn crash(&mut self) {
         match self {
-            Backing::Mem { be, .. } => *be = None,
+            Backing::Mem { be, locks, .. } => {
+                *be = None;
+                if let Some(l) = locks {
+                    l.detach();
+                }
+            }
             Backing::Real { vol, node } => {
                 if let Some(n) = node.take() {
                     block_on(n.abandon());
@@ -328,9 +368,12 @@ impl Backing {
     /// Commit and unmount.
     fn unmount(&mut self, m: &Mount) {
         match self {
-            Backing::Mem { be, .. } => {
+            Backing::Mem { be, locks, .. } => {
                 block_on(m.sync()).unwrap();
                 *be = None;
+                if let Some(l) = locks {
+                    l.detach();
+                }
             }
             Backing::Real { vol, node } => {
                 if let Some(n) = node.take() {
@@ -386,9 +429,11 @@ struct Run {
     seen: Vec<u64>,
     log: Vec<String>,
     /// Commits at any time (tiny dirty limit, tiny data allocator per
-    /// transaction): the model cannot know the committed state, so
-    /// remounts are clean only.
+    /// transaction).
     busy_commits: bool,
+    /// Commits happen at times the model does not know (busy commits, or
+    /// lock grants that make the mount commit): remounts are clean only.
+    commits_anytime: bool,
     /// Commits the mounts made on their own (size, allocator refills).
     auto_commits: u64,
 }
@@ -759,7 +804,7 @@ impl Run {
                 agree("readdir", &got, &want);
             }
             _ => {
-                if self.r(2) == 0 && !self.busy_commits {
+                if self.r(2) == 0 && !self.commits_anytime {
                     self.remount(true);
                 } else {
                     self.remount(false);
@@ -1321,8 +1366,19 @@ fn mount_options(seed: u64, busy_commits: bool) -> MountOptions {
     }
 }
 
-fn run_seed(seed: u64, ops: usize, real: bool) {
+/// What a seed runs over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Mem,
+    Real,
+    /// The in-memory backend with the slow cluster lock provider.
+    SlowLocks,
+}
+
+fn run_seed(seed: u64, ops: usize, over: Over) -> Backing {
     let busy_commits = seed % 5 == 4;
+    let real = over == Over::Real;
+    let locks = (over == Over::SlowLocks).then(|| SlowLocks::new(common::handle(), seed));
     let mut backing = if real {
         let opts = test_node_options(mount_options(seed, busy_commits));
         Backing::Real {
@@ -1339,7 +1395,11 @@ fn run_seed(seed: u64, ops: usize, real: bool) {
         );
         vol.store
             .set_read_window(if seed.is_multiple_of(2) { 16 } else { 256 });
-        Backing::Mem { vol, be: None }
+        Backing::Mem {
+            vol,
+            be: None,
+            locks,
+        }
     };
     let m = backing.mount(busy_commits);
     let mut run = Run {
@@ -1352,6 +1412,7 @@ fn run_seed(seed: u64, ops: usize, real: bool) {
         seen: Vec::new(),
         log: Vec::new(),
         busy_commits,
+        commits_anytime: busy_commits || over == Over::SlowLocks,
         auto_commits: 0,
     };
     for i in 0..=ops {
@@ -1365,7 +1426,8 @@ fn run_seed(seed: u64, ops: usize, real: bool) {
             } else {
                 let c = run.m().counters();
                 run.auto_commits += c.commits_on_size + c.enobufs_commits;
-                if run.busy_commits {
+                // (lock grants commit before the dirty limit is reached)
+                if run.busy_commits && over != Over::SlowLocks {
                     assert!(
                         run.auto_commits >= 3,
                         "only {} commits on size",
@@ -1402,7 +1464,7 @@ fn run_seed(seed: u64, ops: usize, real: bool) {
         // only explicit syncs and remounts commit in this test
         let last = run.log.last().map(String::as_str).unwrap_or("");
         let now = run.backing.commits();
-        if now != commits && !run.busy_commits {
+        if now != commits && !run.commits_anytime {
             assert!(
                 last == "sync" || last.starts_with("remount") || last == "final check",
                 "unexpected commit after {last}"
@@ -1412,6 +1474,7 @@ fn run_seed(seed: u64, ops: usize, real: bool) {
             run.backing.after_commit();
         }
     }
+    run.backing
 }
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -1427,7 +1490,7 @@ fn random_operations_match_the_model() {
     let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
     let ops = env_num("POSIX_MODEL_OPS", 400);
     for seed in first..first + seeds {
-        run_seed(seed, ops, false);
+        run_seed(seed, ops, Over::Mem);
     }
 }
 
@@ -1437,12 +1500,42 @@ fn random_operations_match_the_model_on_the_real_backend() {
     let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
     let ops = env_num("POSIX_MODEL_OPS", 400);
     for seed in first..first + seeds {
-        run_seed(seed, ops, true);
+        run_seed(seed, ops, Over::Real);
     }
     let merged = scoutvm_fs::runtime::counters::get("log_merge.items_merged").unwrap_or(0);
     let finished = scoutvm_fs::runtime::counters::get("log_merge.finished").unwrap_or(0);
     eprintln!("real backend: {finished} merges finished, {merged} items merged");
     if seeds >= 8 {
         assert!(finished > 0 && merged > 0, "the runs never merged");
+    }
+}
+
+#[test]
+fn random_operations_match_the_model_under_slow_cluster_locks() {
+    let seeds = env_num("POSIX_MODEL_LOCK_SEEDS", 50) as u64;
+    let first = env_num("POSIX_MODEL_FIRST_SEED", 0) as u64;
+    let ops = env_num("POSIX_MODEL_OPS", 400);
+    let mut total = scoutvm_fs::sim::slow_locks::SlowLockStats::default();
+    for seed in first..first + seeds {
+        let Backing::Mem {
+            locks: Some(locks), ..
+        } = run_seed(seed, ops, Over::SlowLocks)
+        else {
+            unreachable!("slow locks run over memory");
+        };
+        let s = locks.stats();
+        total.acquisitions += s.acquisitions;
+        total.cached += s.cached;
+        total.grants += s.grants;
+        total.commits += s.commits;
+        total.dropped += s.dropped;
+        total.write_seq_ahead += s.write_seq_ahead;
+    }
+    eprintln!("slow locks: {total:?}");
+    if seeds >= 8 {
+        // the runs went through the provider, and it made them commit and
+        // stamp items with write_seqs ahead of their transactions
+        assert!(total.grants > 0 && total.commits > 0 && total.dropped > 0);
+        assert!(total.write_seq_ahead > 0);
     }
 }

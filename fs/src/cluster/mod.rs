@@ -3,6 +3,7 @@
 //! with its in-process loopback ([`transport`]) and the cluster lock seam
 //! ([`lock`]). The session, quorum, lock server, recovery and fencing join
 //! them here.
+pub mod lock;
 pub mod msg;
 pub mod rpc;
 pub mod transport;

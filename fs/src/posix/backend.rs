@@ -30,9 +30,10 @@ use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 
+use crate::cluster::lock::LockRange;
 use crate::errno::FsResult;
 use crate::format::items::TotlVal;
-use crate::format::key::{ty, zone, Key};
+use crate::format::key::Key;
 
 /// A boxed, non-`Send` future: what the dyn-compatible async methods return.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -161,56 +162,14 @@ pub trait Backend {
     fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>>;
 }
 
-/// Number of inodes a cluster lock covers (and the bloom/lock grouping).
-pub const LOCK_INODE_GROUP_NR: u64 = 1024;
-/// Index seqs are grouped by this many per lock.
-pub const LOCK_SEQ_GROUP_NR: u64 = 1024;
+pub use crate::cluster::lock::{LOCK_INODE_GROUP_NR, LOCK_SEQ_GROUP_NR};
 
-/// The key range of the cluster lock that covers `key`, as scoutfs draws
-/// them: FS items by groups of 1024 inodes, index items by (type, groups
-/// of 1024 seqs), the orphan, totl, indx and quota zones whole. Item reads
-/// are bounded by it, and log-tree bloom filters are keyed by its start.
+/// The key range of the cluster lock that covers `key` (the geometry lives
+/// in [`LockRange::covering`]). Item reads are bounded by it, and log-tree
+/// bloom filters are keyed by its start.
 pub fn lock_range(key: &Key) -> (Key, Key) {
-    let z = key.zone;
-    match z {
-        zone::FS => {
-            let first = key.first & !(LOCK_INODE_GROUP_NR - 1);
-            (
-                Key::new(z, first, 0, 0, 0, 0),
-                Key::new(
-                    z,
-                    first | (LOCK_INODE_GROUP_NR - 1),
-                    u8::MAX,
-                    u64::MAX,
-                    u64::MAX,
-                    u8::MAX,
-                ),
-            )
-        }
-        zone::INODE_INDEX => {
-            let second = key.second & !(LOCK_SEQ_GROUP_NR - 1);
-            (
-                Key::new(z, 0, key.ty, second, 0, 0),
-                Key::new(
-                    z,
-                    0,
-                    key.ty,
-                    second | (LOCK_SEQ_GROUP_NR - 1),
-                    u64::MAX,
-                    u8::MAX,
-                ),
-            )
-        }
-        // The kernel locks the whole orphan type with one range.
-        zone::ORPHAN => (
-            Key::new(z, 0, ty::ORPHAN, 0, 0, 0),
-            Key::new(z, 0, ty::ORPHAN, u64::MAX, u64::MAX, u8::MAX),
-        ),
-        _ => (
-            Key::new(z, 0, 0, 0, 0, 0),
-            Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
-        ),
-    }
+    let r = LockRange::covering(key);
+    (r.start, r.end)
 }
 
 #[cfg(test)]

@@ -6,6 +6,13 @@
 //! sees half an operation and no item changes while the backend writes.
 //! Waiting writers block new readers (no writer starvation).
 //!
+//! An operation that must wait for more cluster locks part way (after a
+//! commit moved the transaction seq into an index group it does not hold)
+//! *parks* its hold: commits ([`HoldLock::commit`]) may then run, other
+//! operations and readers may not, and the operation resumes with its
+//! view of the items intact. Waiting for a lock while holding the
+//! transaction would deadlock: the grant may need this mount's commit.
+//!
 //! [`CommitPolicy`] says when the open transaction must commit: on size
 //! (dirty bytes), on time (10 s after it first dirtied something, checked
 //! at each hold and by `Mount::tick`), when the backend asks, and on sync.
@@ -60,11 +67,21 @@ impl CommitPolicy {
     }
 }
 
+/// `HoldLock::state` values below zero.
+const WRITER: i64 = -1;
+/// An operation's hold, lent to commits while it waits for locks.
+const PARKED: i64 = -2;
+/// A commit runs inside a parked hold.
+const PARKED_COMMIT: i64 = -3;
+
 /// The shared/exclusive hold on the open transaction.
 #[derive(Default)]
 pub struct HoldLock {
-    /// > 0: that many readers; -1: one writer; 0: free.
+    /// Above 0: that many readers; 0: free; else `WRITER`, `PARKED` or
+    /// `PARKED_COMMIT`.
     state: Cell<i64>,
+    /// The parked operation went away while a commit ran in its hold.
+    park_abandoned: Cell<bool>,
     writers_waiting: Cell<u32>,
     waiters: RefCell<Vec<Waker>>,
     /// Times an acquisition had to wait (a contention counter).
@@ -76,10 +93,22 @@ impl HoldLock {
         HoldLock::default()
     }
 
+    /// Exclusive hold for an operation that changes items.
     pub fn write(&self) -> AcquireWrite<'_> {
         AcquireWrite {
             lock: self,
             waiting: false,
+            commit: false,
+        }
+    }
+
+    /// Exclusive hold for a commit: like [`Self::write`], but it may also
+    /// run inside a parked operation's hold.
+    pub fn commit(&self) -> AcquireWrite<'_> {
+        AcquireWrite {
+            lock: self,
+            waiting: false,
+            commit: true,
         }
     }
 
@@ -114,19 +143,25 @@ impl HoldLock {
 pub struct AcquireWrite<'a> {
     lock: &'a HoldLock,
     waiting: bool,
+    commit: bool,
 }
 
 impl<'a> Future for AcquireWrite<'a> {
     type Output = WriteHold<'a>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WriteHold<'a>> {
         let lock = self.lock;
-        if lock.state.get() == 0 {
-            lock.state.set(-1);
+        let state = lock.state.get();
+        let in_park = self.commit && state == PARKED;
+        if state == 0 || in_park {
+            lock.state.set(if in_park { PARKED_COMMIT } else { WRITER });
             if self.waiting {
                 self.waiting = false;
                 lock.writers_waiting.set(lock.writers_waiting.get() - 1);
             }
-            return Poll::Ready(WriteHold { lock });
+            return Poll::Ready(WriteHold {
+                lock: Some(lock),
+                in_park,
+            });
         }
         if !self.waiting {
             self.waiting = true;
@@ -169,14 +204,90 @@ impl<'a> Future for AcquireRead<'a> {
 
 /// Exclusive hold: item changes and commits happen under it.
 pub struct WriteHold<'a> {
-    lock: &'a HoldLock,
+    /// `None` once parked.
+    lock: Option<&'a HoldLock>,
+    /// A commit inside a parked hold: gives it back to the parked
+    /// operation when done.
+    in_park: bool,
+}
+
+impl<'a> WriteHold<'a> {
+    /// Lend the hold to commits while this operation waits (for cluster
+    /// locks); nothing else gets in. The items must be consistent.
+    pub fn park(mut self) -> ParkedHold<'a> {
+        assert!(!self.in_park, "a commit does not park");
+        let lock = self.lock.take().expect("held");
+        assert_eq!(lock.state.get(), WRITER);
+        lock.state.set(PARKED);
+        lock.wake_all();
+        ParkedHold { lock: Some(lock) }
+    }
 }
 
 impl Drop for WriteHold<'_> {
     fn drop(&mut self) {
-        assert_eq!(self.lock.state.get(), -1);
-        self.lock.state.set(0);
-        self.lock.wake_all();
+        let Some(lock) = self.lock else { return };
+        if self.in_park {
+            assert_eq!(lock.state.get(), PARKED_COMMIT);
+            let back = if lock.park_abandoned.replace(false) {
+                0
+            } else {
+                PARKED
+            };
+            lock.state.set(back);
+        } else {
+            assert_eq!(lock.state.get(), WRITER);
+            lock.state.set(0);
+        }
+        lock.wake_all();
+    }
+}
+
+/// An operation's parked hold: commits may run; [`Self::resume`] takes
+/// it back once they are done. Dropped without resuming, it frees the
+/// hold.
+pub struct ParkedHold<'a> {
+    lock: Option<&'a HoldLock>,
+}
+
+impl<'a> ParkedHold<'a> {
+    pub fn resume(self) -> Resume<'a> {
+        Resume { parked: self }
+    }
+}
+
+impl Drop for ParkedHold<'_> {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock else { return };
+        match lock.state.get() {
+            PARKED => {
+                lock.state.set(0);
+                lock.wake_all();
+            }
+            PARKED_COMMIT => lock.park_abandoned.set(true),
+            s => panic!("parked hold in state {s}"),
+        }
+    }
+}
+
+pub struct Resume<'a> {
+    parked: ParkedHold<'a>,
+}
+
+impl<'a> Future for Resume<'a> {
+    type Output = WriteHold<'a>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WriteHold<'a>> {
+        let lock = self.parked.lock.expect("not resumed yet");
+        if lock.state.get() == PARKED {
+            lock.state.set(WRITER);
+            self.parked.lock = None;
+            return Poll::Ready(WriteHold {
+                lock: Some(lock),
+                in_park: false,
+            });
+        }
+        lock.park(cx);
+        Poll::Pending
     }
 }
 
@@ -227,6 +338,55 @@ mod tests {
         assert!(!l.is_held());
         assert!(poll_once(pin!(l.read())).is_ready());
         assert!(l.waits() >= 3);
+    }
+
+    fn ready<F: Future>(f: Pin<&mut F>) -> F::Output {
+        match poll_once(f) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("should be ready"),
+        }
+    }
+
+    #[test]
+    fn a_parked_hold_admits_commits_only() {
+        let l = HoldLock::new();
+        let op = ready(pin!(l.write()));
+        let mut waiting_op = pin!(l.write());
+        assert!(poll_once(waiting_op.as_mut()).is_pending());
+        let parked = op.park();
+        assert!(l.is_held());
+        assert!(poll_once(waiting_op.as_mut()).is_pending(), "no other op");
+        assert!(poll_once(pin!(l.read())).is_pending(), "no reader");
+        let c = ready(pin!(l.commit()));
+        assert!(
+            poll_once(pin!(l.commit())).is_pending(),
+            "one commit at a time"
+        );
+        let mut resume = pin!(parked.resume());
+        assert!(poll_once(resume.as_mut()).is_pending(), "the commit runs");
+        drop(c);
+        let op = ready(resume);
+        assert!(poll_once(pin!(l.commit())).is_pending());
+        drop(op);
+        let other = ready(waiting_op);
+        drop(other);
+        assert!(!l.is_held());
+
+        // a commit of a free hold is an ordinary writer
+        let c = ready(pin!(l.commit()));
+        assert!(poll_once(pin!(l.write())).is_pending());
+        drop(c);
+
+        // a parked op that goes away during a commit frees the hold after it
+        let parked = ready(pin!(l.write())).park();
+        let c = ready(pin!(l.commit()));
+        drop(parked);
+        assert!(l.is_held());
+        drop(c);
+        assert!(!l.is_held());
+        // and without a commit at once
+        drop(ready(pin!(l.write())).park());
+        assert!(!l.is_held());
     }
 
     #[test]

@@ -2,11 +2,18 @@
 //!
 //! Owns the cached copies of persistent items (read from the [`Backend`]
 //! by key range, so absences are cached too), the dirty items of the open
-//! transaction (new values and deletions, each stamped with the
-//! transaction's seq), the `.totl.` deltas, srch entries and inode count
-//! delta, and the memory budget (clean ranges are evicted, least recently
-//! used first). Called by the inode, dir, xattr, symlink, data and orphan
-//! code; calls only the backend.
+//! transaction (new values and deletions, each stamped with
+//! `max(transaction seq, write_seq of the lock covering it)`), the
+//! `.totl.` deltas, srch entries and inode count delta, and the memory
+//! budget (clean ranges are evicted, least recently used first). Called
+//! by the inode, dir, xattr, symlink, data and orphan code; calls only the
+//! backend.
+//!
+//! The mount hands the cache the cluster locks of the operation that holds
+//! the transaction exclusively ([`ItemCache::set_op_locks`]): they give
+//! each dirtied item its lock's `write_seq` (invariant §3.7.6), and a
+//! change outside a writable lock or a read outside a readable one is a
+//! bug in the operation's lock set (counted; a panic in debug builds).
 //!
 //! Invariants:
 //! * an entry in `items` is the truth for its key (a value, or a dirty
@@ -23,6 +30,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::ops::Bound::Included;
 
+use crate::cluster::lock::GrantedLock;
 use crate::errno::{Errno, FsResult};
 use crate::format::items::TotlVal;
 use crate::format::key::Key;
@@ -69,6 +77,9 @@ struct Inner {
     bytes_dirty: usize,
     use_clock: u64,
     first_dirty_ns: Option<u64>,
+    /// The locks of the operation holding the transaction exclusively, by
+    /// start key; `None`: no checking, items carry the transaction seq.
+    op_locks: Option<Vec<GrantedLock>>,
 }
 
 /// Counters of the item cache (monotonic).
@@ -84,6 +95,11 @@ pub struct ItemCounters {
     pub dirtied: u64,
     pub commits: u64,
     pub bad_reads: u64,
+    /// Items changed outside the operation's writable locks (a bug).
+    pub unlocked_writes: u64,
+    /// Items read from the backend outside the operation's readable locks
+    /// during a change (a bug).
+    pub unlocked_reads: u64,
 }
 
 /// Sizes of the cache right now.
@@ -181,6 +197,7 @@ impl ItemCache {
             return Ok(end);
         }
         self.maybe_evict();
+        self.check_read_lock(&key);
         let (lo, hi) = lock_range(&key);
         self.count(|c| c.backend_reads += 1);
         let batch = self.backend.read_items(key, lo, hi).await?;
@@ -307,10 +324,67 @@ impl ItemCache {
         }
     }
 
+    // -- the operation's locks -----------------------------------------------
+
+    /// The operation now holding the transaction exclusively holds these
+    /// locks (any order); replaces the previous set.
+    pub fn set_op_locks<'g>(&self, grants: impl IntoIterator<Item = &'g GrantedLock>) {
+        let mut inner = self.inner.borrow_mut();
+        let mut v = inner.op_locks.take().unwrap_or_default();
+        v.clear();
+        v.extend(grants.into_iter().copied());
+        v.sort_unstable_by_key(|g| g.range.start);
+        inner.op_locks = Some(v);
+    }
+
+    /// No operation holds the transaction exclusively any more.
+    pub fn clear_op_locks(&self) {
+        self.inner.borrow_mut().op_locks = None;
+    }
+
+    /// The operation's lock whose range contains `key`.
+    fn op_lock_of(locks: &[GrantedLock], key: &Key) -> Option<GrantedLock> {
+        let i = locks.partition_point(|g| g.range.start <= *key);
+        let g = *locks.get(i.checked_sub(1)?)?;
+        g.range.contains(key).then_some(g)
+    }
+
+    /// The seq an item dirtied now carries: the transaction's, or the
+    /// covering lock's `write_seq` when that is newer (§3.7.6), so that
+    /// after a lock moved between mounts the newest write wins.
+    fn stamp_seq(&self, inner: &Inner, key: &Key) -> u64 {
+        let seq = self.backend.trans_seq();
+        let Some(locks) = &inner.op_locks else {
+            return seq;
+        };
+        match Self::op_lock_of(locks, key) {
+            Some(g) if g.mode.can_write() => seq.max(g.write_seq),
+            _ => {
+                self.count(|c| c.unlocked_writes += 1);
+                debug_assert!(
+                    false,
+                    "item {key} changed outside the operation's write locks"
+                );
+                seq
+            }
+        }
+    }
+
+    fn check_read_lock(&self, key: &Key) {
+        let inner = self.inner.borrow();
+        let Some(locks) = &inner.op_locks else {
+            return;
+        };
+        if !Self::op_lock_of(locks, key).is_some_and(|g| g.mode.can_read()) {
+            self.count(|c| c.unlocked_reads += 1);
+            debug_assert!(false, "item {key} read outside the operation's read locks");
+        }
+    }
+
     // -- changing ----------------------------------------------------------
 
     fn mark_dirty(&self, inner: &mut Inner, key: Key, val: Option<Value>, persistent: bool) {
-        let seq = self.backend.trans_seq();
+        let seq = self.stamp_seq(inner, &key);
         let new = Entry {
             val,
             dirty: true,
@@ -382,10 +456,10 @@ impl ItemCache {
         if total == 0 && count == 0 {
             return;
         }
-        let seq = self.backend.trans_seq();
         let mut inner = self.inner.borrow_mut();
+        let seq = self.stamp_seq(&inner, &key);
         let slot = inner.totl.entry(key).or_insert((seq, TotlVal::default()));
-        slot.0 = seq;
+        slot.0 = slot.0.max(seq);
         slot.1.total = slot.1.total.wrapping_add(total as u64);
         slot.1.count = slot.1.count.wrapping_add(count as u64);
         if slot.1.total == 0 && slot.1.count == 0 {
@@ -534,7 +608,10 @@ impl ItemCache {
 
     /// Forget everything, dirty items included (a crash, for tests).
     pub fn discard_all(&self) {
-        *self.inner.borrow_mut() = Inner::default();
+        let mut inner = self.inner.borrow_mut();
+        let op_locks = inner.op_locks.take();
+        *inner = Inner::default();
+        inner.op_locks = op_locks;
     }
 }
 
@@ -760,6 +837,86 @@ mod tests {
         assert!(got.contains(&(42, b"mine".to_vec())));
         assert!(!got.iter().any(|(s, _)| *s == 44));
         assert_eq!(got.len(), 16 - 1);
+    }
+
+    fn grant(range: crate::cluster::lock::LockRange, write_seq: u64) -> GrantedLock {
+        use crate::cluster::lock::LockMode;
+        GrantedLock {
+            range,
+            mode: if range.start.zone == 12 {
+                LockMode::WriteOnly
+            } else {
+                LockMode::Write
+            },
+            write_seq,
+        }
+    }
+
+    #[test]
+    fn dirty_items_carry_their_locks_write_seq_when_it_is_newer() {
+        use crate::cluster::lock::LockRange;
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let other = Key::fs(5000, 8, 1, 0);
+        let t = Key::new(12, 1, 0, 2, 3, 0);
+        c.set_op_locks(&[
+            grant(LockRange::covering(&k(0)), 9),
+            grant(LockRange::covering(&other), 3),
+            grant(LockRange::xattr_totl(), 20),
+        ]);
+        c.write(k(3), b"ahead");
+        c.delete(k(2));
+        c.write(other, b"behind");
+        c.totl_delta(t, 1, 1);
+        let set = c.commit_set();
+        assert_eq!(set.seq, 5, "the transaction's seq");
+        let seqs: Vec<(Key, u64)> = set.items.iter().map(|d| (d.key, d.seq)).collect();
+        assert_eq!(seqs, [(k(2), 9), (k(3), 9), (other, 5)]);
+        assert_eq!(set.totl[0].seq, 20);
+        c.clear_op_locks();
+        c.write(k(4), b"unchecked");
+        assert_eq!(
+            c.commit_set()
+                .items
+                .iter()
+                .find(|d| d.key == k(4))
+                .unwrap()
+                .seq,
+            5,
+            "without an operation's locks: the transaction seq"
+        );
+        assert_eq!(c.counters().unlocked_writes, 0);
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "changed outside the operation's write locks")
+    )]
+    fn a_change_outside_the_write_locks_is_caught() {
+        use crate::cluster::lock::{LockMode, LockRange};
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let mut read_only = grant(LockRange::covering(&k(0)), 0);
+        read_only.mode = LockMode::Read;
+        c.set_op_locks(&[read_only]);
+        c.write(k(1), b"x");
+        assert_eq!(c.counters().unlocked_writes, 1);
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "read outside the operation's read locks")
+    )]
+    fn a_read_under_a_write_only_lock_is_caught() {
+        use crate::cluster::lock::{LockMode, LockRange};
+        let (_be, c) = setup(10, 4, 1 << 20);
+        let mut write_only = grant(LockRange::covering(&k(0)), 0);
+        write_only.mode = LockMode::WriteOnly;
+        c.set_op_locks(&[write_only]);
+        c.write(k(1), b"blind writes are fine");
+        assert_eq!(c.counters().unlocked_writes, 0);
+        let _ = block_on(c.lookup(k(2)));
+        assert_eq!(c.counters().unlocked_reads, 1);
     }
 
     #[test]

@@ -7,9 +7,20 @@
 //! the commit policy (size, time, sync). Calls `dir`, `inode`, `xattr`,
 //! `symlink`, `data`, `orphan` over the `item` cache and the `Backend`.
 //!
+//! Every operation first takes the cluster locks it needs, through the
+//! mount's [`LockProvider`], and only then the transaction hold: a lock
+//! grant may need this mount to commit, which a task holding the
+//! transaction would block (scoutfs: `EDEADLK`). Locks an operation can
+//! only name after reading (the inode behind a name, an inode's index
+//! seqs, ancestors) are found under the hold; when they are missing the
+//! operation lets go of everything *before it changed anything*, takes the
+//! larger set and starts over (`Op::ready`). docs/posix.md lists the
+//! locks of each operation.
+//!
 //! Invariants: every operation that changes items runs under one
 //! exclusive [`WriteHold`] and leaves the items consistent before any await
-//! that could commit (`checkpoint`); no `RefCell` borrow is held across an
+//! that could commit (`checkpoint`); every item it changes lies in a lock
+//! it holds in a writable mode; no `RefCell` borrow is held across an
 //! await; errors are Linux errno values.
 
 use alloc::collections::BTreeMap;
@@ -18,6 +29,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
+use crate::cluster::lock::{HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockSet};
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
 use crate::format::key::{ty, Key};
@@ -27,7 +39,7 @@ use crate::format::{
 use crate::posix::backend::{Backend, DataRun, InoRange};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
 use crate::posix::dir;
-use crate::posix::hold::{CommitPolicy, HoldLock, WriteHold};
+use crate::posix::hold::{CommitPolicy, HoldLock, ReadHold, WriteHold};
 use crate::posix::inode::{self, Inode};
 use crate::posix::item::{CacheUsage, ItemCache, ItemCounters, DEFAULT_CACHE_BUDGET_BYTES};
 use crate::posix::orphan;
@@ -49,6 +61,10 @@ pub const STEP_ITEMS: usize = 512;
 /// Deepest directory nesting an ancestor walk follows before calling the
 /// tree corrupt.
 pub const MAX_DEPTH: usize = 1 << 20;
+/// Times an operation may start over with a larger lock set (each start
+/// adds at least one lock; an ancestor walk adds one per lock group it
+/// passes) before it gives up with `EIO`.
+pub const MAX_RELOCKS: usize = 1 << 16;
 
 /// Tunables of a mount.
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +94,17 @@ pub struct MountCounters {
     pub inodes_deleted: u64,
     pub orphans_found: u64,
     pub enobufs_commits: u64,
+    /// Lock sets acquired through the provider.
+    pub lock_acquisitions: u64,
+    /// Operations that started over with a larger lock set.
+    pub relocks: u64,
+    /// Locks taken part way through an operation (its hold parked).
+    pub park_relocks: u64,
+    /// Acquisitions refused because the task held the transaction
+    /// (`EDEADLK`; a bug).
+    pub locks_in_hold: u64,
+    /// Provider answers that did not grant what was asked (`EIO`).
+    pub bad_grants: u64,
     pub items: ItemCounters,
 }
 
@@ -88,6 +115,7 @@ pub struct Mount {
     clock: Rc<dyn Clock>,
     items: ItemCache,
     txn: HoldLock,
+    locks: Rc<dyn LockProvider>,
     policy: CommitPolicy,
     /// Open counts by inode.
     open: RefCell<BTreeMap<Ino, u32>>,
@@ -122,14 +150,230 @@ fn kill_suid(mode: u32) -> u32 {
     m
 }
 
+/// The locks of one inode's group.
+fn inode_lock(ino: Ino, mode: LockMode) -> LockSet {
+    LockSet::new().with(LockRange::inode_group(ino), mode)
+}
+
+/// In debug builds a panic, in release builds the caller's errno: for
+/// states only a bug reaches.
+fn bug(what: &str) {
+    if cfg!(debug_assertions) {
+        panic!("{what}");
+    }
+}
+
+/// Which transaction hold an operation takes once its locks are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldKind {
+    /// Shared: reads only.
+    Read,
+    /// Exclusive: the operation changes items.
+    Write,
+    /// Exclusive, but may run inside a parked operation: a commit.
+    Commit,
+}
+
+/// Why an operation's body stopped early.
+enum Stop {
+    Errno(Errno),
+    /// It needs locks it does not hold (`Op::want`); nothing changed yet.
+    Relock,
+}
+
+impl From<Errno> for Stop {
+    fn from(e: Errno) -> Stop {
+        Stop::Errno(e)
+    }
+}
+
+type OpResult<T> = Result<T, Stop>;
+
+/// One operation: its cluster locks and, once they are all held, its
+/// transaction hold. Dropping it releases the hold, then the locks.
+struct Op<'m> {
+    m: &'m Mount,
+    // the holds come first: fields drop in order, the hold before the locks
+    write: Option<WriteHold<'m>>,
+    read: Option<ReadHold<'m>>,
+    /// Rename lock and inode groups: held from start to end.
+    inode_locks: HeldLocks,
+    /// Index, orphan and xattr zones: let go and taken again when a commit
+    /// part way moves the transaction seq into another index group.
+    zone_locks: HeldLocks,
+    held_inodes: LockSet,
+    held_zones: LockSet,
+    /// Everything the operation found it needs (a superset of the held
+    /// sets when it must start over).
+    want: LockSet,
+    /// It stores inodes: after a commit part way, their next index items
+    /// go to the new transaction seq.
+    stores_inodes: bool,
+    /// The item cache knows this op's locks (an exclusive, changing op).
+    installed: bool,
+    /// The item cache's `dirtied` count when the hold was taken: starting
+    /// over is only sound before any change.
+    dirtied_at_hold: u64,
+}
+
+impl<'m> Op<'m> {
+    fn need(&mut self, range: LockRange, mode: LockMode) {
+        self.want.add(range, mode);
+    }
+
+    fn need_inode(&mut self, ino: Ino, mode: LockMode) {
+        self.need(LockRange::inode_group(ino), mode);
+    }
+
+    /// `store` of `i` will run (at the current transaction seq).
+    fn need_store(&mut self, i: &Inode) {
+        inode::store_locks(i, self.m.backend.trans_seq(), &mut self.want);
+        self.stores_inodes = true;
+    }
+
+    /// A new inode of `mode` will be created.
+    fn need_create(&mut self, mode: u32) {
+        inode::create_locks(mode, self.m.backend.trans_seq(), &mut self.want);
+    }
+
+    /// `delete_inode` may run: its orphan item, the `.totl.` deltas and
+    /// `.indx.` items of its xattrs, and its index items (as `i` has them).
+    fn need_deletion(&mut self, i: Option<&Inode>) {
+        self.need(LockRange::orphan(), LockMode::WriteOnly);
+        self.need(LockRange::xattr_totl(), LockMode::WriteOnly);
+        self.need(LockRange::xattr_indx(), LockMode::WriteOnly);
+        if let Some(i) = i {
+            inode::delete_locks(i, &mut self.want);
+        }
+    }
+
+    fn covered(&self) -> bool {
+        self.want
+            .requests()
+            .iter()
+            .all(|r| self.held_inodes.serves(r) || self.held_zones.serves(r))
+    }
+
+    /// Are all the locks found so far held? If not, the operation starts
+    /// over with them: call it before the first change.
+    fn ready(&self) -> OpResult<()> {
+        if self.covered() {
+            Ok(())
+        } else {
+            Err(Stop::Relock)
+        }
+    }
+
+    fn hold(&self) -> &WriteHold<'m> {
+        self.write.as_ref().expect("an exclusive operation")
+    }
+
+    fn install(&mut self) {
+        self.m.items.set_op_locks(
+            self.inode_locks
+                .grants()
+                .iter()
+                .chain(self.zone_locks.grants()),
+        );
+        self.installed = true;
+    }
+
+    /// Acquire one class of locks. Never while holding the transaction: a
+    /// grant may need this mount's commit, and that waits for the hold.
+    async fn lock(&mut self, set: LockSet) -> FsResult<()> {
+        if self.write.is_some() || self.read.is_some() {
+            self.m.count(|c| c.locks_in_hold += 1);
+            bug("a lock acquired while holding the transaction");
+            return Err(Errno::EDEADLK);
+        }
+        let Some(first) = set.requests().first() else {
+            return Ok(());
+        };
+        let inode_class = first.range.is_inode_class();
+        let held = self.m.acquire(&set).await?;
+        if inode_class {
+            self.inode_locks = held;
+            self.held_inodes = set;
+        } else {
+            self.zone_locks = held;
+            self.held_zones = set;
+        }
+        Ok(())
+    }
+
+    /// Between steps of a long operation (the items are consistent):
+    /// commit if due.
+    async fn checkpoint(&mut self) -> FsResult<()> {
+        if self.m.commit_if_due(self.hold()).await? {
+            self.follow_trans_seq().await?;
+        }
+        Ok(())
+    }
+
+    /// Commit part way (the items are consistent).
+    async fn commit(&mut self, force: bool) -> FsResult<()> {
+        self.m.commit_locked(self.hold(), force).await?;
+        self.follow_trans_seq().await
+    }
+
+    /// After a commit inside the operation the inodes it stores next get
+    /// index items at the new transaction seq: take their locks if the
+    /// held ones miss them. The hold is parked meanwhile (commits may run,
+    /// nothing else), and the zone locks are let go and taken again so
+    /// that they are still acquired after the inode locks.
+    async fn follow_trans_seq(&mut self) -> FsResult<()> {
+        if !self.stores_inodes {
+            return Ok(());
+        }
+        for _ in 0..MAX_RELOCKS {
+            let seq = self.m.backend.trans_seq();
+            inode::create_locks(S_IFREG, seq, &mut self.want);
+            if self.covered() {
+                return Ok(());
+            }
+            self.m.count(|c| c.park_relocks += 1);
+            self.m.items.clear_op_locks();
+            let parked = self.write.take().expect("an exclusive operation").park();
+            self.zone_locks = HeldLocks::empty();
+            self.held_zones = LockSet::new();
+            let (_, zones) = self.want.split_classes();
+            let locked = self.lock(zones).await;
+            self.write = Some(parked.resume().await);
+            self.install();
+            locked?;
+        }
+        Err(Errno::EIO)
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        if self.installed {
+            self.m.items.clear_op_locks();
+        }
+    }
+}
+
 impl Mount {
-    /// Mount over `backend`, with file data on `data_dev`. Checks the root
+    /// Mount over `backend`, with file data on `data_dev`, alone on the
+    /// volume (every cluster lock is granted at once). Checks the root
     /// directory and deletes orphaned inodes left by a previous mount.
     pub async fn mount(
         backend: Rc<dyn Backend>,
         data_dev: Rc<dyn BlockDev>,
         clock: Rc<dyn Clock>,
         opts: MountOptions,
+    ) -> FsResult<Mount> {
+        Self::mount_with_locks(backend, data_dev, clock, opts, Rc::new(LocalLocks::new())).await
+    }
+
+    /// [`Self::mount`], taking cluster locks from `locks`.
+    pub async fn mount_with_locks(
+        backend: Rc<dyn Backend>,
+        data_dev: Rc<dyn BlockDev>,
+        clock: Rc<dyn Clock>,
+        opts: MountOptions,
+        locks: Rc<dyn LockProvider>,
     ) -> FsResult<Mount> {
         let items = ItemCache::new(backend.clone(), clock.clone(), opts.cache_budget_bytes);
         let m = Mount {
@@ -138,18 +382,20 @@ impl Mount {
             clock,
             items,
             txn: HoldLock::new(),
+            locks,
             policy: opts.commit,
             open: RefCell::new(BTreeMap::new()),
             inos: Cell::new(InoRange { first: 0, count: 0 }),
             counters: Cell::new(MountCounters::default()),
         };
-        let root = inode::load(&m.items, ROOT_INO).await.map_err(|e| {
-            if e == Errno::ENOENT {
-                Errno::EIO
-            } else {
-                e
-            }
-        })?;
+        let root = m
+            .run(
+                HoldKind::Read,
+                inode_lock(ROOT_INO, LockMode::Read),
+                async |_| Ok(inode::load(&m.items, ROOT_INO).await?),
+            )
+            .await
+            .map_err(|e| if e == Errno::ENOENT { Errno::EIO } else { e })?;
         if !root.is_dir() {
             return Err(Errno::EIO);
         }
@@ -227,17 +473,89 @@ impl Mount {
         )
     }
 
-    /// Hold the transaction for an operation that changes items; commits
-    /// first when the open transaction is due.
-    async fn hold(&self) -> FsResult<WriteHold<'_>> {
-        let h = self.txn.write().await;
-        self.checkpoint(&h).await?;
-        Ok(h)
+    // -- locks and holds ------------------------------------------------------
+
+    /// Acquire `set` from the provider and check the answer.
+    async fn acquire(&self, set: &LockSet) -> FsResult<HeldLocks> {
+        self.count(|c| c.lock_acquisitions += 1);
+        let held = self.locks.acquire(set).await?;
+        if !set.granted_by(held.grants()) {
+            self.count(|c| c.bad_grants += 1);
+            return Err(Errno::EIO);
+        }
+        Ok(held)
     }
 
-    /// Between steps of a long operation (the items are consistent):
-    /// commit if due.
-    async fn checkpoint(&self, h: &WriteHold<'_>) -> FsResult<()> {
+    /// Take `want`'s locks (rename and inode groups, then the rest), then
+    /// the hold; an exclusive hold commits first when one is due.
+    async fn begin(&self, kind: HoldKind, want: LockSet) -> FsResult<Op<'_>> {
+        let (inodes, zones) = want.split_classes();
+        let mut op = Op {
+            m: self,
+            write: None,
+            read: None,
+            inode_locks: HeldLocks::empty(),
+            zone_locks: HeldLocks::empty(),
+            held_inodes: LockSet::new(),
+            held_zones: LockSet::new(),
+            want,
+            stores_inodes: false,
+            installed: false,
+            dirtied_at_hold: 0,
+        };
+        op.lock(inodes).await?;
+        op.lock(zones).await?;
+        match kind {
+            HoldKind::Read => op.read = Some(self.txn.read().await),
+            HoldKind::Commit => op.write = Some(self.txn.commit().await),
+            HoldKind::Write => {
+                op.write = Some(self.txn.write().await);
+                op.install();
+                self.commit_if_due(op.hold()).await?;
+            }
+        }
+        op.dirtied_at_hold = self.items.counters().dirtied;
+        Ok(op)
+    }
+
+    /// `set` and the index groups of the open transaction: the first guess
+    /// of an operation that stores inodes (their new index items go
+    /// there; only older seqs need more).
+    fn storing(&self, mut set: LockSet) -> LockSet {
+        inode::create_locks(S_IFREG, self.backend.trans_seq(), &mut set);
+        set
+    }
+
+    /// Run an operation: take `first`'s locks and the hold, run `body`;
+    /// when it finds it needs more locks, let go of everything and start
+    /// over with the larger set.
+    async fn run<'m, T>(
+        &'m self,
+        kind: HoldKind,
+        first: LockSet,
+        mut body: impl AsyncFnMut(&mut Op<'m>) -> OpResult<T>,
+    ) -> FsResult<T> {
+        let mut want = first;
+        for _ in 0..MAX_RELOCKS {
+            let mut op = self.begin(kind, want).await?;
+            match body(&mut op).await {
+                Ok(v) => return Ok(v),
+                Err(Stop::Errno(e)) => return Err(e),
+                Err(Stop::Relock) => {
+                    if self.items.counters().dirtied != op.dirtied_at_hold {
+                        bug("an operation started over after changing items");
+                        return Err(Errno::EIO);
+                    }
+                    self.count(|c| c.relocks += 1);
+                    want = core::mem::take(&mut op.want);
+                }
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    /// Commit if due: the items are consistent. Returns whether it did.
+    async fn commit_if_due(&self, h: &WriteHold<'_>) -> FsResult<bool> {
         if self.commit_due() {
             let backend_wants = self.backend.needs_commit();
             if backend_wants {
@@ -248,8 +566,9 @@ impl Mount {
                 self.count(|c| c.commits_on_time += 1);
             }
             self.commit_locked(h, backend_wants).await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Flush the data device, then make the dirty items durable. `force`
@@ -280,37 +599,63 @@ impl Mount {
         if !self.commit_due() {
             return Ok(());
         }
-        let h = self.txn.write().await;
-        self.checkpoint(&h).await
+        let h = self.txn.commit().await;
+        self.commit_if_due(&h).await.map(|_| ())
     }
 
-    /// Make everything durable.
+    /// Make everything durable. Takes no locks: it may run while an
+    /// operation waits for locks part way (a lock grant may ask for it).
     pub async fn sync(&self) -> FsResult<()> {
-        let h = self.txn.write().await;
+        let h = self.txn.commit().await;
         self.commit_locked(&h, false).await
     }
 
     /// Make the inode's changes (with everything else) durable.
     pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
-        let h = self.txn.write().await;
-        inode::load(&self.items, ino).await?;
-        self.commit_locked(&h, false).await
+        self.run(
+            HoldKind::Commit,
+            inode_lock(ino, LockMode::Read),
+            async |op| {
+                inode::load(&self.items, ino).await?;
+                Ok(self.commit_locked(op.hold(), false).await?)
+            },
+        )
+        .await
     }
 
-    async fn alloc_ino(&self) -> FsResult<u64> {
+    /// Is the transaction held (by an operation, a reader or a commit)?
+    pub fn transaction_held(&self) -> bool {
+        self.txn.is_held()
+    }
+
+    /// The inode number the next create gets, if one is at hand without
+    /// asking the backend.
+    fn next_ino_cached(&self) -> Option<u64> {
+        let r = self.inos.get();
+        (r.count > 0).then_some(r.first)
+    }
+
+    /// The inode number the next create gets (asks the backend for more
+    /// when the batch is used up); [`Self::take_ino`] uses it.
+    async fn peek_ino(&self) -> FsResult<u64> {
         let mut r = self.inos.get();
         if r.count == 0 {
             r = self.backend.alloc_inodes(INO_BATCH).await?;
             if r.count == 0 || r.first <= ROOT_INO || r.first.checked_add(r.count).is_none() {
                 return Err(Errno::EIO);
             }
+            self.inos.set(r);
         }
-        let ino = r.first;
+        Ok(r.first)
+    }
+
+    fn take_ino(&self, ino: u64) {
+        let r = self.inos.get();
+        assert!(r.count > 0 && r.first == ino, "take the peeked inode");
         self.inos.set(InoRange {
             first: r.first + 1,
             count: r.count - 1,
         });
-        Ok(ino)
     }
 
     // -- loading -------------------------------------------------------------
@@ -343,8 +688,10 @@ impl Mount {
             .ok_or(Errno::ENOENT)
     }
 
-    /// Is `anc` `ino` or one of its ancestors?
-    async fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> FsResult<bool> {
+    /// Is `anc` `ino` or one of its ancestors? Reads each directory's
+    /// backref under a READ lock of its group (the rename lock keeps the
+    /// tree's shape still meanwhile).
+    async fn is_ancestor(&self, op: &mut Op<'_>, anc: Ino, mut ino: Ino) -> OpResult<bool> {
         for _ in 0..MAX_DEPTH {
             if ino == anc {
                 return Ok(true);
@@ -352,12 +699,14 @@ impl Mount {
             if ino == ROOT_INO {
                 return Ok(false);
             }
+            op.need_inode(ino, LockMode::Read);
+            op.ready()?;
             match dir::parent_of(&self.items, ino).await? {
                 Some(p) => ino = p,
                 None => return Ok(false),
             }
         }
-        Err(Errno::EIO)
+        Err(Errno::EIO.into())
     }
 
     /// `may_delete`: can `cred` remove `victim`'s entry from `d`?
@@ -385,54 +734,87 @@ impl Mount {
 
     pub async fn lookup(&self, cred: &Cred, dir: Ino, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
-        let _r = self.txn.read().await;
-        let d = self.load_dir(dir).await?;
-        perm::check(cred, d.owner(), MAY_EXEC)?;
-        if d.item.nlink == 0 {
-            return Err(Errno::ENOENT);
-        }
-        if name == b"." {
-            return Ok(d.attr());
-        }
-        if name == b".." {
-            let p = self.parent_of(&d).await?;
-            return Ok(self.load_target(p).await?.attr());
-        }
-        let dent = dir::lookup(&self.items, dir, name)
-            .await?
-            .ok_or(Errno::ENOENT)?;
-        Ok(self.load_target(dent.ino).await?.attr())
+        self.run(
+            HoldKind::Read,
+            inode_lock(dir, LockMode::Read),
+            async |op| {
+                let d = self.load_dir(dir).await?;
+                perm::check(cred, d.owner(), MAY_EXEC)?;
+                if d.item.nlink == 0 {
+                    return Err(Errno::ENOENT.into());
+                }
+                if name == b"." {
+                    return Ok(d.attr());
+                }
+                let ino = if name == b".." {
+                    self.parent_of(&d).await?
+                } else {
+                    dir::lookup(&self.items, dir, name)
+                        .await?
+                        .ok_or(Errno::ENOENT)?
+                        .ino
+                };
+                op.need_inode(ino, LockMode::Read);
+                op.ready()?;
+                Ok(self.load_target(ino).await?.attr())
+            },
+        )
+        .await
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        let _r = self.txn.read().await;
-        Ok(self.load(ino).await?.attr())
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| Ok(self.load(ino).await?.attr()),
+        )
+        .await
     }
 
     pub async fn access(&self, cred: &Cred, ino: Ino, mask: u32) -> FsResult<()> {
         if mask & !(MAY_READ | MAY_WRITE | MAY_EXEC) != 0 {
             return Err(Errno::EINVAL);
         }
-        let _r = self.txn.read().await;
-        let i = self.load(ino).await?;
-        perm::check(cred, i.owner(), mask)
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load(ino).await?;
+                Ok(perm::check(cred, i.owner(), mask)?)
+            },
+        )
+        .await
     }
 
     pub async fn setattr(&self, cred: &Cred, ino: Ino, sa: &SetAttr) -> FsResult<Attr> {
-        let h = self.hold().await?;
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| self.setattr_locked(op, cred, ino, sa).await,
+        )
+        .await
+    }
+
+    async fn setattr_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        ino: Ino,
+        sa: &SetAttr,
+    ) -> OpResult<Attr> {
         let mut i = self.load(ino).await?;
         i.check_retention()?;
         let o = i.owner();
         if let Some(size) = sa.size {
             if i.is_dir() {
-                return Err(Errno::EISDIR);
+                return Err(Errno::EISDIR.into());
             }
             if !i.is_reg() {
-                return Err(Errno::EINVAL);
+                return Err(Errno::EINVAL.into());
             }
             perm::check(cred, o, MAY_WRITE)?;
             if size > MAX_FILE_SIZE {
-                return Err(Errno::EFBIG);
+                return Err(Errno::EFBIG.into());
             }
         }
         let times_now =
@@ -445,20 +827,22 @@ impl Mount {
         }
         if let Some(uid) = sa.uid {
             if !perm::may_chown_uid(cred, o, uid) {
-                return Err(Errno::EPERM);
+                return Err(Errno::EPERM.into());
             }
         }
         if let Some(gid) = sa.gid {
             if !perm::may_chown_gid(cred, o, gid) {
-                return Err(Errno::EPERM);
+                return Err(Errno::EPERM.into());
             }
         }
         if sa.mode.is_some() && !perm::owner_or_capable(cred, o) {
-            return Err(Errno::EPERM);
+            return Err(Errno::EPERM.into());
         }
         if times_set && !perm::owner_or_capable(cred, o) {
-            return Err(Errno::EPERM);
+            return Err(Errno::EPERM.into());
         }
+        op.need_store(&i);
+        op.ready()?;
 
         let now = self.now();
         if sa.uid.is_some() || sa.gid.is_some() {
@@ -483,8 +867,8 @@ impl Mount {
             if !perm::is_root(cred) {
                 i.item.mode = kill_suid(i.item.mode);
             }
-            self.finish_truncate(&h, &mut i).await?;
-            self.set_size(&h, &mut i, size).await?;
+            self.finish_truncate(op, &mut i).await?;
+            self.set_size(op, &mut i, size).await?;
             i.item.mtime = now;
         }
         match sa.atime {
@@ -505,7 +889,7 @@ impl Mount {
     /// Change a regular file's size: shrinking zeroes the tail of the new
     /// last block and frees the blocks past it, over as many commits as it
     /// takes (the TRUNCATE flag marks an unfinished one).
-    async fn set_size(&self, h: &WriteHold<'_>, i: &mut Inode, size: u64) -> FsResult<()> {
+    async fn set_size(&self, op: &mut Op<'_>, i: &mut Inode, size: u64) -> FsResult<()> {
         let old = i.item.size;
         self.zero_past_eof(i, size).await?;
         let seq = self.backend.trans_seq();
@@ -519,7 +903,7 @@ impl Mount {
             if in_block != 0 {
                 data::zero_in_block(&self.dctx(), i, size / BS, in_block, BS as usize).await?;
             }
-            self.punch_blocks(h, i, size.div_ceil(BS), LAST_BLOCK, true)
+            self.punch_blocks(op, i, size.div_ceil(BS), LAST_BLOCK, true)
                 .await?;
         }
         Ok(())
@@ -543,7 +927,7 @@ impl Mount {
     /// while steps span commits.
     async fn punch_blocks(
         &self,
-        h: &WriteHold<'_>,
+        op: &mut Op<'_>,
         i: &mut Inode,
         first: u64,
         last: u64,
@@ -562,7 +946,7 @@ impl Mount {
                         i.item.flags |= INO_FLAG_TRUNCATE;
                     }
                     self.store(i);
-                    self.checkpoint(h).await?;
+                    op.checkpoint().await?;
                 }
             }
         }
@@ -571,12 +955,12 @@ impl Mount {
     }
 
     /// Finish a truncate a crash interrupted.
-    async fn finish_truncate(&self, h: &WriteHold<'_>, i: &mut Inode) -> FsResult<()> {
+    async fn finish_truncate(&self, op: &mut Op<'_>, i: &mut Inode) -> FsResult<()> {
         if i.item.flags & INO_FLAG_TRUNCATE == 0 || !i.is_reg() {
             return Ok(());
         }
         let first = i.item.size.div_ceil(BS);
-        self.punch_blocks(h, i, first, LAST_BLOCK, true).await?;
+        self.punch_blocks(op, i, first, LAST_BLOCK, true).await?;
         self.store(i);
         Ok(())
     }
@@ -593,26 +977,53 @@ impl Mount {
         target: Option<&[u8]>,
     ) -> FsResult<Attr> {
         check_name(name)?;
-        let _h = self.hold().await?;
+        // the group of the inode number at hand; a refill may bring another
+        let mut first = self.storing(inode_lock(dir, LockMode::Write));
+        if let Some(ino) = self.next_ino_cached() {
+            first.add(LockRange::inode_group(ino), LockMode::Write);
+        }
+        self.run(HoldKind::Write, first, async |op| {
+            self.make_node_locked(op, cred, dir, name, mode, rdev, target)
+                .await
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn make_node_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        dir: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> OpResult<Attr> {
         let mut d = self.load_dir(dir).await?;
         perm::check(cred, d.owner(), MAY_EXEC)?;
         if is_dot(name) || dir::lookup(&self.items, dir, name).await?.is_some() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         self.may_create(cred, &d)?;
         let kind = mode & S_IFMT;
         if (kind == S_IFCHR || kind == S_IFBLK) && !perm::is_root(cred) {
-            return Err(Errno::EPERM);
+            return Err(Errno::EPERM.into());
         }
         if self.backend.meta_low() {
-            return Err(Errno::ENOSPC);
+            return Err(Errno::ENOSPC.into());
         }
         let is_dir = kind == S_IFDIR;
         if is_dir && d.item.nlink >= LINK_MAX {
-            return Err(Errno::EMLINK);
+            return Err(Errno::EMLINK.into());
         }
         let pos = d.take_readdir_pos()?;
-        let ino = self.alloc_ino().await?;
+        let ino = self.peek_ino().await?;
+        op.need_inode(ino, LockMode::Write);
+        op.need_store(&d);
+        op.need_create(mode);
+        op.ready()?;
+        self.take_ino(ino);
         let now = self.now();
 
         // inode_init_owner: setgid directories hand down their group.
@@ -718,21 +1129,43 @@ impl Mount {
     }
 
     pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        let _r = self.txn.read().await;
-        let i = self.load(ino).await?;
-        if !i.is_symlink() {
-            return Err(Errno::EINVAL);
-        }
-        symlink::read(&self.items, ino, i.item.size).await
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load(ino).await?;
+                if !i.is_symlink() {
+                    return Err(Errno::EINVAL.into());
+                }
+                Ok(symlink::read(&self.items, ino, i.item.size).await?)
+            },
+        )
+        .await
     }
 
     pub async fn link(&self, cred: &Cred, ino: Ino, newdir: Ino, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
-        let _h = self.hold().await?;
+        let first = self.storing(
+            inode_lock(newdir, LockMode::Write).with(LockRange::inode_group(ino), LockMode::Write),
+        );
+        self.run(HoldKind::Write, first, async |op| {
+            self.link_locked(op, cred, ino, newdir, newname).await
+        })
+        .await
+    }
+
+    async fn link_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        ino: Ino,
+        newdir: Ino,
+        newname: &[u8],
+    ) -> OpResult<Attr> {
         let mut d = self.load_dir(newdir).await?;
         perm::check(cred, d.owner(), MAY_EXEC)?;
         if is_dot(newname) || dir::lookup(&self.items, newdir, newname).await?.is_some() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         let mut i = self.load(ino).await?;
         // protected_hardlinks: only owners may link to what they could not
@@ -743,22 +1176,25 @@ impl Mount {
                 && i.item.mode & (S_ISGID | 0o010) != (S_ISGID | 0o010)
                 && perm::check(cred, i.owner(), MAY_READ | MAY_WRITE).is_ok();
             if !safe {
-                return Err(Errno::EPERM);
+                return Err(Errno::EPERM.into());
             }
         }
         self.may_create(cred, &d)?;
         if i.is_dir() {
-            return Err(Errno::EPERM);
+            return Err(Errno::EPERM.into());
         }
         if i.item.nlink == 0 {
-            return Err(Errno::ENOENT);
+            return Err(Errno::ENOENT.into());
         }
         if i.item.nlink >= LINK_MAX {
-            return Err(Errno::EMLINK);
+            return Err(Errno::EMLINK.into());
         }
         if self.backend.meta_low() {
-            return Err(Errno::ENOSPC);
+            return Err(Errno::ENOSPC.into());
         }
+        op.need_store(&i);
+        op.need_store(&d);
+        op.ready()?;
         let pos = d.take_readdir_pos()?;
         let now = self.now();
         dir::add(&self.items, newdir, newname, pos, ino, i.item.mode);
@@ -800,33 +1236,64 @@ impl Mount {
 
     async fn unlink_common(&self, cred: &Cred, dir: Ino, name: &[u8], rmdir: bool) -> FsResult<()> {
         check_name(name)?;
-        let h = self.hold().await?;
+        // usually the last link: the deletion's write-only zones up front
+        let first = self
+            .storing(inode_lock(dir, LockMode::Write))
+            .with(LockRange::orphan(), LockMode::WriteOnly)
+            .with(LockRange::xattr_totl(), LockMode::WriteOnly)
+            .with(LockRange::xattr_indx(), LockMode::WriteOnly);
+        self.run(HoldKind::Write, first, async |op| {
+            self.unlink_locked(op, cred, dir, name, rmdir).await
+        })
+        .await
+    }
+
+    async fn unlink_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        dir: Ino,
+        name: &[u8],
+        rmdir: bool,
+    ) -> OpResult<()> {
         let mut d = self.load_dir(dir).await?;
         perm::check(cred, d.owner(), MAY_EXEC)?;
         if rmdir && name == b"." {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if rmdir && name == b".." {
-            return Err(Errno::ENOTEMPTY);
+            return Err(Errno::ENOTEMPTY.into());
         }
         if is_dot(name) {
-            return Err(Errno::EISDIR);
+            return Err(Errno::EISDIR.into());
         }
         let dent = dir::lookup(&self.items, dir, name)
             .await?
             .ok_or(Errno::ENOENT)?;
+        op.need_inode(dent.ino, LockMode::Write);
+        op.ready()?;
         let mut victim = self.load_target(dent.ino).await?;
         self.may_delete(cred, &d, &victim, rmdir)?;
         if rmdir && victim.item.size != 0 {
-            return Err(Errno::ENOTEMPTY);
+            return Err(Errno::ENOTEMPTY.into());
         }
         victim.check_retention()?;
+        op.need_store(&victim);
+        op.need_store(&d);
+        if victim.is_dir() || victim.item.nlink <= 1 {
+            // its last link: an orphan item, and the deletion unless open
+            op.need(LockRange::orphan(), LockMode::WriteOnly);
+            if !self.is_open(victim.ino) {
+                op.need_deletion(None);
+            }
+        }
+        op.ready()?;
         let now = self.now();
         self.remove_link(&mut d, &dent, &mut victim, now);
         self.store(&mut victim);
         self.store(&mut d);
         if victim.item.nlink == 0 && !self.is_open(victim.ino) {
-            self.delete_inode(&h, victim.ino).await?;
+            self.delete_inode(op, victim.ino).await?;
         }
         Ok(())
     }
@@ -841,8 +1308,9 @@ impl Mount {
 
     /// Delete every item of an inode that has no links and is not open,
     /// freeing its data, over as many commits as it takes; the orphan item
-    /// goes last.
-    async fn delete_inode(&self, h: &WriteHold<'_>, ino: Ino) -> FsResult<()> {
+    /// goes last. The caller holds its locks (`Op::need_deletion`, and the
+    /// index groups of the inode as it is now).
+    async fn delete_inode(&self, op: &mut Op<'_>, ino: Ino) -> FsResult<()> {
         let found = match self.load(ino).await {
             Ok(i) => Some(i),
             Err(Errno::ENOENT) => None,
@@ -890,7 +1358,7 @@ impl Mount {
                 cur = key.inc();
             }
             if !done {
-                self.checkpoint(h).await?;
+                op.checkpoint().await?;
             }
         }
         if let Some(i) = &found {
@@ -902,18 +1370,23 @@ impl Mount {
         Ok(())
     }
 
-    /// Delete what orphan items name (at mount: nothing is open yet).
+    /// Delete what orphan items name (at mount: nothing is open yet). The
+    /// scan reads the orphan zone under READ; each deletion is its own
+    /// operation (the orphan zone then WRITE_ONLY).
     async fn delete_orphans(&self) -> FsResult<()> {
-        let h = self.txn.write().await;
         let mut from = 0;
         loop {
-            let batch = orphan::scan(&self.items, from, 64).await?;
+            let scan = LockSet::new().with(LockRange::orphan(), LockMode::Read);
+            let batch = self
+                .run(HoldKind::Read, scan, async |_| {
+                    Ok(orphan::scan(&self.items, from, 64).await?)
+                })
+                .await?;
             let Some(&last) = batch.last() else { break };
             for ino in batch {
                 if !self.is_open(ino) {
                     self.count(|c| c.orphans_found += 1);
-                    self.delete_inode(&h, ino).await?;
-                    self.checkpoint(&h).await?;
+                    self.delete_orphan(ino).await?;
                 }
             }
             if last == u64::MAX {
@@ -922,6 +1395,23 @@ impl Mount {
             from = last + 1;
         }
         Ok(())
+    }
+
+    async fn delete_orphan(&self, ino: Ino) -> FsResult<()> {
+        let first = inode_lock(ino, LockMode::Write).with(LockRange::orphan(), LockMode::WriteOnly);
+        self.run(HoldKind::Write, first, async |op| {
+            let found = match self.load(ino).await {
+                Ok(i) => Some(i),
+                Err(Errno::ENOENT) => None,
+                Err(e) => return Err(e.into()),
+            };
+            op.need_deletion(found.as_ref());
+            op.ready()?;
+            self.delete_inode(op, ino).await?;
+            op.checkpoint().await?;
+            Ok(())
+        })
+        .await
     }
 
     // -- rename --------------------------------------------------------------
@@ -940,11 +1430,36 @@ impl Mount {
         {
             return Err(Errno::EINVAL);
         }
-        let exchange = flags & RENAME_EXCHANGE != 0;
-        let noreplace = flags & RENAME_NOREPLACE != 0;
         check_name(oldname)?;
         check_name(newname)?;
-        let h = self.hold().await?;
+        let mut first = self.storing(
+            inode_lock(olddir, LockMode::Write)
+                .with(LockRange::inode_group(newdir), LockMode::Write),
+        );
+        if olddir != newdir {
+            // serializes the ancestor checks of every cross-directory rename
+            first.add(LockRange::rename(), LockMode::Write);
+        }
+        self.run(HoldKind::Write, first, async |op| {
+            self.rename_locked(op, cred, olddir, oldname, newdir, newname, flags)
+                .await
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        olddir: Ino,
+        oldname: &[u8],
+        newdir: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> OpResult<()> {
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let noreplace = flags & RENAME_NOREPLACE != 0;
         let same = olddir == newdir;
         let mut od = self.load_dir(olddir).await?;
         let mut nd_sep = if same {
@@ -957,40 +1472,48 @@ impl Mount {
             perm::check(cred, nd.owner(), MAY_EXEC)?;
         }
         if is_dot(oldname) {
-            return Err(Errno::EBUSY);
+            return Err(Errno::EBUSY.into());
         }
         if is_dot(newname) {
             return Err(if noreplace {
                 Errno::EEXIST
             } else {
                 Errno::EBUSY
-            });
+            }
+            .into());
         }
         let old = dir::lookup(&self.items, olddir, oldname)
             .await?
             .ok_or(Errno::ENOENT)?;
         let new = dir::lookup(&self.items, newdir, newname).await?;
         if exchange && new.is_none() {
-            return Err(Errno::ENOENT);
+            return Err(Errno::ENOENT.into());
         }
         if noreplace && new.is_some() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
+        op.need_inode(old.ino, LockMode::Write);
+        if let Some(n) = &new {
+            op.need_inode(n.ino, LockMode::Write);
+        }
+        op.ready()?;
         let mut src = self.load_target(old.ino).await?;
-        if src.is_dir() && self.is_ancestor(src.ino, newdir).await? {
-            return Err(Errno::EINVAL);
+        // within one directory neither can be an ancestor of the other
+        if !same && src.is_dir() && self.is_ancestor(op, src.ino, newdir).await? {
+            return Err(Errno::EINVAL.into());
         }
         let mut target = match &new {
             Some(n) => Some(self.load_target(n.ino).await?),
             None => None,
         };
         if let Some(t) = &target {
-            if t.is_dir() && self.is_ancestor(t.ino, olddir).await? {
+            if !same && t.is_dir() && self.is_ancestor(op, t.ino, olddir).await? {
                 return Err(if exchange {
                     Errno::EINVAL
                 } else {
                     Errno::ENOTEMPTY
-                });
+                }
+                .into());
             }
             if t.ino == src.ino {
                 return Ok(());
@@ -1021,7 +1544,7 @@ impl Mount {
         }
         if let Some(t) = &target {
             if !exchange && t.is_dir() && t.item.size != 0 {
-                return Err(Errno::ENOTEMPTY);
+                return Err(Errno::ENOTEMPTY.into());
             }
             t.check_retention()?;
         }
@@ -1029,9 +1552,26 @@ impl Mount {
         if !same && src.is_dir() && !target.as_ref().is_some_and(|t| t.is_dir()) {
             let nd = nd_sep.as_ref().expect("different dirs");
             if nd.item.nlink >= LINK_MAX {
-                return Err(Errno::EMLINK);
+                return Err(Errno::EMLINK.into());
             }
         }
+
+        op.need_store(&od);
+        if let Some(nd) = &nd_sep {
+            op.need_store(nd);
+        }
+        op.need_store(&src);
+        if let Some(t) = &target {
+            op.need_store(t);
+            if !exchange && (t.is_dir() || t.item.nlink <= 1) {
+                // the target's last link goes
+                op.need(LockRange::orphan(), LockMode::WriteOnly);
+                if !self.is_open(t.ino) {
+                    op.need_deletion(None);
+                }
+            }
+        }
+        op.ready()?;
 
         let now = self.now();
         macro_rules! nd {
@@ -1108,7 +1648,7 @@ impl Mount {
         if let Some(t) = target.as_mut() {
             self.store(t);
             if t.item.nlink == 0 && !self.is_open(t.ino) {
-                self.delete_inode(&h, t.ino).await?;
+                self.delete_inode(op, t.ino).await?;
             }
         }
         Ok(())
@@ -1125,7 +1665,21 @@ impl Mount {
         pos: u64,
         max_entries: usize,
     ) -> FsResult<Vec<DirEntry>> {
-        let _r = self.txn.read().await;
+        self.run(
+            HoldKind::Read,
+            inode_lock(dir, LockMode::Read),
+            async |_| Ok(self.readdir_locked(cred, dir, pos, max_entries).await?),
+        )
+        .await
+    }
+
+    async fn readdir_locked(
+        &self,
+        cred: &Cred,
+        dir: Ino,
+        pos: u64,
+        max_entries: usize,
+    ) -> FsResult<Vec<DirEntry>> {
         let d = self.load_dir(dir).await?;
         perm::check(cred, d.owner(), MAY_READ)?;
         if d.item.nlink == 0 {
@@ -1168,13 +1722,35 @@ impl Mount {
     /// Check access for `flags` (`O_ACCMODE`, `O_TRUNC`, `O_DIRECTORY`),
     /// truncate on `O_TRUNC` and count the open; pair with [`Self::release`].
     pub async fn open(&self, cred: &Cred, ino: Ino, flags: u32) -> FsResult<Attr> {
-        let h = self.hold().await?;
+        let may_write = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0;
+        let mode = if may_write {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        };
+        let mut first = inode_lock(ino, mode);
+        if may_write {
+            first = self.storing(first);
+        }
+        self.run(HoldKind::Write, first, async |op| {
+            self.open_locked(op, cred, ino, flags).await
+        })
+        .await
+    }
+
+    async fn open_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        ino: Ino,
+        flags: u32,
+    ) -> OpResult<Attr> {
         let mut i = self.load(ino).await?;
         if i.is_symlink() {
-            return Err(Errno::ELOOP);
+            return Err(Errno::ELOOP.into());
         }
         if flags & O_DIRECTORY != 0 && !i.is_dir() {
-            return Err(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR.into());
         }
         let mut mask = match flags & O_ACCMODE {
             O_RDONLY => MAY_READ,
@@ -1185,18 +1761,20 @@ impl Mount {
             mask |= MAY_WRITE;
         }
         if i.is_dir() && mask & MAY_WRITE != 0 {
-            return Err(Errno::EISDIR);
+            return Err(Errno::EISDIR.into());
         }
         perm::check(cred, i.owner(), mask)?;
         if i.is_reg() && mask & MAY_WRITE != 0 {
-            self.finish_truncate(&h, &mut i).await?;
+            op.need_store(&i);
+            op.ready()?;
+            self.finish_truncate(op, &mut i).await?;
         }
         if flags & O_TRUNC != 0 && i.is_reg() {
             i.check_retention()?;
             if !perm::is_root(cred) {
                 i.item.mode = kill_suid(i.item.mode);
             }
-            self.set_size(&h, &mut i, 0).await?;
+            self.set_size(op, &mut i, 0).await?;
             let now = self.now();
             i.item.mtime = now;
             i.item.ctime = now;
@@ -1208,26 +1786,47 @@ impl Mount {
 
     /// The last release of an unlinked inode deletes it.
     pub async fn release(&self, ino: Ino) -> FsResult<()> {
-        let h = self.hold().await?;
-        let last = {
-            let mut open = self.open.borrow_mut();
-            let n = open.get_mut(&ino).ok_or(Errno::EBADF)?;
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&ino);
-                true
-            } else {
-                false
-            }
+        // only the last release touches items
+        let first = match self.open.borrow().get(&ino) {
+            Some(1) => inode_lock(ino, LockMode::Write),
+            _ => LockSet::new(),
         };
-        if last {
-            match self.load(ino).await {
-                Ok(i) if i.item.nlink == 0 => self.delete_inode(&h, ino).await?,
-                Ok(_) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(e),
+        self.run(HoldKind::Write, first, async |op| {
+            let n = *self.open.borrow().get(&ino).ok_or(Errno::EBADF)?;
+            let loaded = if n <= 1 {
+                op.need_inode(ino, LockMode::Write);
+                op.ready()?;
+                Some(self.load(ino).await)
+            } else {
+                None
+            };
+            let delete = match &loaded {
+                Some(Ok(i)) if i.item.nlink == 0 => {
+                    op.need_deletion(Some(i));
+                    op.ready()?;
+                    true
+                }
+                _ => false,
+            };
+            // no starting over from here: count the release
+            {
+                let mut open = self.open.borrow_mut();
+                match open.get_mut(&ino) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    _ => {
+                        open.remove(&ino);
+                    }
+                }
             }
-        }
-        Ok(())
+            if delete {
+                self.delete_inode(op, ino).await?;
+            }
+            match loaded {
+                Some(Err(e)) if e != Errno::ENOENT => Err(e.into()),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     /// How many times `ino` is open.
@@ -1248,53 +1847,81 @@ impl Mount {
 
     /// Read into `buf` at `off`; returns the bytes read (0 at or past EOF).
     pub async fn read_into(&self, ino: Ino, off: u64, buf: &mut [u8]) -> FsResult<usize> {
-        let _r = self.txn.read().await;
-        let i = self.load_file(ino).await?;
-        if off > MAX_FILE_SIZE {
-            return Err(Errno::EINVAL);
-        }
-        if off >= i.item.size {
-            return Ok(0);
-        }
-        let n = (buf.len() as u64).min(i.item.size - off) as usize;
-        data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
-        Ok(n)
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load_file(ino).await?;
+                if off > MAX_FILE_SIZE {
+                    return Err(Errno::EINVAL.into());
+                }
+                if off >= i.item.size {
+                    return Ok(0);
+                }
+                let n = (buf.len() as u64).min(i.item.size - off) as usize;
+                data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
+                Ok(n)
+            },
+        )
+        .await
     }
 
     /// Read up to `len` bytes at `off`.
     pub async fn read(&self, ino: Ino, off: u64, len: usize) -> FsResult<Vec<u8>> {
-        let _r = self.txn.read().await;
-        let i = self.load_file(ino).await?;
-        if off > MAX_FILE_SIZE {
-            return Err(Errno::EINVAL);
-        }
-        if off >= i.item.size {
-            return Ok(Vec::new());
-        }
-        let n = (len as u64).min(i.item.size - off) as usize;
-        let mut buf = vec![0u8; n];
-        data::read(&self.dctx(), &i, off, &mut buf).await?;
-        Ok(buf)
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load_file(ino).await?;
+                if off > MAX_FILE_SIZE {
+                    return Err(Errno::EINVAL.into());
+                }
+                if off >= i.item.size {
+                    return Ok(Vec::new());
+                }
+                let n = (len as u64).min(i.item.size - off) as usize;
+                let mut buf = vec![0u8; n];
+                data::read(&self.dctx(), &i, off, &mut buf).await?;
+                Ok(buf)
+            },
+        )
+        .await
     }
 
     /// Write `data` at `off`; returns the bytes written (short only when
     /// the maximum file size or free space runs out part way).
     pub async fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<usize> {
-        let h = self.hold().await?;
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| self.write_locked(op, ino, off, data).await,
+        )
+        .await
+    }
+
+    async fn write_locked(
+        &self,
+        op: &mut Op<'_>,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+    ) -> OpResult<usize> {
         let mut i = self.load_file(ino).await?;
         i.check_retention()?;
         if off > MAX_FILE_SIZE {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if data.is_empty() {
             return Ok(0);
         }
         if off >= MAX_FILE_SIZE {
-            return Err(Errno::EFBIG);
+            return Err(Errno::EFBIG.into());
         }
         let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
         let data = &data[..len];
-        self.finish_truncate(&h, &mut i).await?;
+        op.need_store(&i);
+        op.ready()?;
+        self.finish_truncate(op, &mut i).await?;
         self.zero_past_eof(&i, off).await?;
         let online_before = i.item.online_blocks;
         let mut done = 0usize;
@@ -1321,14 +1948,14 @@ impl Mount {
             }
             self.finish_write(&mut i, off, done, online_before);
             self.count(|c| c.enobufs_commits += 1);
-            self.commit_locked(&h, true).await?;
+            op.commit(true).await?;
             committed_without_progress = true;
         };
         self.finish_write(&mut i, off, done, online_before);
         match result {
             Ok(()) => Ok(done),
             Err(_) if done > 0 => Ok(done),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1373,16 +2000,35 @@ impl Mount {
             Some(e) if e <= MAX_FILE_SIZE => e,
             _ => return Err(Errno::EFBIG),
         };
-        let h = self.hold().await?;
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| self.fallocate_locked(op, cred, ino, mode, off, end).await,
+        )
+        .await
+    }
+
+    async fn fallocate_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        ino: Ino,
+        mode: u32,
+        off: u64,
+        end: u64,
+    ) -> OpResult<()> {
+        let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
         let mut i = self.load(ino).await?;
         if i.is_dir() {
-            return Err(Errno::EISDIR);
+            return Err(Errno::EISDIR.into());
         }
         if !i.is_reg() {
-            return Err(Errno::ENODEV);
+            return Err(Errno::ENODEV.into());
         }
         i.check_retention()?;
-        self.finish_truncate(&h, &mut i).await?;
+        op.need_store(&i);
+        op.ready()?;
+        self.finish_truncate(op, &mut i).await?;
         if !perm::is_root(cred) {
             i.item.mode = kill_suid(i.item.mode);
         }
@@ -1407,7 +2053,7 @@ impl Mount {
                 }
             }
             if first_full < end_full {
-                self.punch_blocks(&h, &mut i, first_full, end_full - 1, false)
+                self.punch_blocks(op, &mut i, first_full, end_full - 1, false)
                     .await?;
             }
             i.touch_data(self.backend.trans_seq());
@@ -1428,13 +2074,13 @@ impl Mount {
             self.store(&mut i);
             if needs_commit {
                 if stalled && !progressed {
-                    return Err(Errno::ENOSPC);
+                    return Err(Errno::ENOSPC.into());
                 }
                 stalled = !progressed;
                 self.count(|c| c.enobufs_commits += 1);
-                self.commit_locked(&h, true).await?;
+                op.commit(true).await?;
             } else if cur.is_some() {
-                self.checkpoint(&h).await?;
+                op.checkpoint().await?;
             }
         }
         if mode & FALLOC_FL_KEEP_SIZE == 0 && end > i.item.size {
@@ -1449,21 +2095,27 @@ impl Mount {
     /// Up to `max` extents of a file's block map from logical block
     /// `from` on (a FIEMAP for tools and tests).
     pub async fn extents(&self, ino: Ino, from: u64, max: usize) -> FsResult<Vec<DataExtent>> {
-        let _r = self.txn.read().await;
-        self.load(ino).await?;
-        let mut out = Vec::new();
-        let mut cur = from;
-        while out.len() < max {
-            let Some(e) = data::next_extent(&self.items, ino, cur).await? else {
-                break;
-            };
-            out.push(e);
-            if e.last() == LAST_BLOCK {
-                break;
-            }
-            cur = e.last() + 1;
-        }
-        Ok(out)
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                self.load(ino).await?;
+                let mut out = Vec::new();
+                let mut cur = from;
+                while out.len() < max {
+                    let Some(e) = data::next_extent(&self.items, ino, cur).await? else {
+                        break;
+                    };
+                    out.push(e);
+                    if e.last() == LAST_BLOCK {
+                        break;
+                    }
+                    cur = e.last() + 1;
+                }
+                Ok(out)
+            },
+        )
+        .await
     }
 
     // -- xattrs --------------------------------------------------------------
@@ -1528,21 +2180,33 @@ impl Mount {
 
     pub async fn getxattr(&self, cred: &Cred, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         Self::xattr_name_ok(name)?;
-        let _r = self.txn.read().await;
-        let i = self.load(ino).await?;
-        self.xattr_permission(cred, &i, name, false)?;
-        Self::xattr_resolve(name)?;
-        let f = xattr::find(&self.items, ino, name)
-            .await?
-            .ok_or(Errno::ENODATA)?;
-        xattr::read_value(&self.items, ino, name, &f).await
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load(ino).await?;
+                self.xattr_permission(cred, &i, name, false)?;
+                Self::xattr_resolve(name)?;
+                let f = xattr::find(&self.items, ino, name)
+                    .await?
+                    .ok_or(Errno::ENODATA)?;
+                Ok(xattr::read_value(&self.items, ino, name, &f).await?)
+            },
+        )
+        .await
     }
 
     /// Names of the inode's xattrs (without `.hide.`-tagged ones).
     pub async fn listxattr(&self, _cred: &Cred, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
-        let _r = self.txn.read().await;
-        self.load(ino).await?;
-        xattr::list(&self.items, ino, false).await
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                self.load(ino).await?;
+                Ok(xattr::list(&self.items, ino, false).await?)
+            },
+        )
+        .await
     }
 
     /// `flags`: 0, `XATTR_CREATE` or `XATTR_REPLACE`.
@@ -1578,23 +2242,55 @@ impl Mount {
         value: Option<&[u8]>,
         flags: u32,
     ) -> FsResult<()> {
-        let _h = self.hold().await?;
+        // tagged names also change the .totl. and .indx. zones (blindly)
+        let mut first = self.storing(inode_lock(ino, LockMode::Write));
+        let tags = xattr::parse_tags(name).unwrap_or_default();
+        if tags.totl {
+            first.add(LockRange::xattr_totl(), LockMode::WriteOnly);
+        }
+        if tags.indx {
+            first.add(LockRange::xattr_indx(), LockMode::WriteOnly);
+        }
+        self.run(HoldKind::Write, first, async |op| {
+            self.xattr_change_locked(op, cred, ino, name, value, flags)
+                .await
+        })
+        .await
+    }
+
+    async fn xattr_change_locked(
+        &self,
+        op: &mut Op<'_>,
+        cred: &Cred,
+        ino: Ino,
+        name: &[u8],
+        value: Option<&[u8]>,
+        flags: u32,
+    ) -> OpResult<()> {
         let mut i = self.load(ino).await?;
         self.xattr_permission(cred, &i, name, true)?;
         let ns = Self::xattr_resolve(name)?;
         let tags = xattr::parse_tags(name)?;
         if tags.any() && !perm::is_root(cred) {
-            return Err(Errno::EPERM);
+            return Err(Errno::EPERM.into());
         }
         if tags.totl && tags.indx {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if ns == Namespace::User {
             i.check_retention()?;
         }
         if value.is_some() && self.backend.meta_low() {
-            return Err(Errno::ENOSPC);
+            return Err(Errno::ENOSPC.into());
         }
+        op.need_store(&i);
+        if tags.totl {
+            op.need(LockRange::xattr_totl(), LockMode::WriteOnly);
+        }
+        if tags.indx {
+            op.need(LockRange::xattr_indx(), LockMode::WriteOnly);
+        }
+        op.ready()?;
         xattr::set(
             &self.items,
             &*self.backend,
@@ -1636,5 +2332,66 @@ impl Mount {
             fsid,
             namelen: NAME_LEN_MAX as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::env::ManualClock;
+    use crate::runtime::exec::block_on;
+    use crate::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
+    use crate::storage::dev::MemDev;
+
+    fn mounted() -> Mount {
+        let store = MemStore::mkfs(MemMkfs {
+            data_blocks: 1024,
+            ..MemMkfs::default()
+        });
+        let data = Rc::new(MemDev::new(1024 * 4096));
+        let clock = Rc::new(ManualClock::new(Timespec::default()));
+        block_on(Mount::mount(
+            MemBackend::new(store),
+            data,
+            clock,
+            MountOptions::default(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "a lock acquired while holding the transaction")
+    )]
+    fn locking_while_holding_the_transaction_is_edeadlk() {
+        let m = mounted();
+        block_on(async {
+            let mut op = m
+                .begin(HoldKind::Write, inode_lock(ROOT_INO, LockMode::Write))
+                .await
+                .unwrap();
+            assert!(m.transaction_held());
+            let r = op.lock(inode_lock(5000, LockMode::Write)).await;
+            assert_eq!(r.err(), Some(Errno::EDEADLK));
+        });
+        assert_eq!(m.counters().locks_in_hold, 1);
+        assert!(!m.transaction_held());
+    }
+
+    #[test]
+    fn an_operation_starts_over_with_the_locks_it_found() {
+        let m = mounted();
+        let c = Cred::root();
+        let f = block_on(m.create(&c, ROOT_INO, b"f", 0o644)).unwrap();
+        let before = m.counters();
+        // the victim's group (1024; the directory's is 0) is found under
+        // the hold: the operation starts over
+        block_on(m.unlink(&c, ROOT_INO, b"f")).unwrap();
+        let after = m.counters();
+        assert!(after.relocks > before.relocks);
+        assert_eq!(block_on(m.getattr(f.ino)), Err(Errno::ENOENT));
+        assert_eq!(after.items.unlocked_writes + after.items.unlocked_reads, 0);
+        assert_eq!(after.locks_in_hold + after.bad_grants, 0);
     }
 }

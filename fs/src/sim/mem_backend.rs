@@ -5,7 +5,11 @@
 //! front-end work; the forest/log-btree backend replaces it on real
 //! volumes.
 //!
-//! "Commit" merges the dirty items into the store. Dropping a
+//! "Commit" merges the dirty items into the store, the version with the
+//! highest seq winning as in a forest read (ties: the later commit). Items
+//! may carry a seq above their transaction's (a cluster lock's
+//! `write_seq`); the next transaction's seq then starts above it, as the
+//! server's seq counter does. Dropping a
 //! `MemBackend` without committing is a crash: its uncommitted data
 //! allocations go back to the free pool, its frees are forgotten (the
 //! blocks are still mapped by the committed items).
@@ -55,7 +59,12 @@ struct StoreInner {
     fmt_vers: u64,
     uuid: [u8; 16],
     items: BTreeMap<Key, Value>,
-    /// Seq of the last commit (`super.seq`).
+    /// Seqs of the keys whose last version (deletions too) carries a seq
+    /// above its commit's; every other key's last version is older than
+    /// any transaction still to commit.
+    ahead_seqs: BTreeMap<Key, u64>,
+    /// Seq of the last commit (`super.seq`), or the highest item seq when
+    /// that is higher.
     seq: u64,
     next_ino: u64,
     inode_count: u64,
@@ -66,6 +75,33 @@ struct StoreInner {
     srch: Vec<SrchEntry>,
     commits: u64,
     item_bytes: u64,
+    stale_versions: u64,
+}
+
+impl StoreInner {
+    /// Apply one version of `key` from a commit at `commit_seq`: the
+    /// highest seq wins, ties go to the later commit.
+    fn apply(&mut self, key: Key, seq: u64, val: Option<Value>, commit_seq: u64) {
+        if self.ahead_seqs.get(&key).is_some_and(|s| *s > seq) {
+            self.stale_versions += 1;
+            return;
+        }
+        if seq > commit_seq {
+            self.ahead_seqs.insert(key, seq);
+        } else {
+            self.ahead_seqs.remove(&key);
+        }
+        let old = match val {
+            Some(v) => {
+                self.item_bytes += 56 + v.len() as u64;
+                self.items.insert(key, v)
+            }
+            None => self.items.remove(&key),
+        };
+        if let Some(o) = old {
+            self.item_bytes -= 56 + o.len() as u64;
+        }
+    }
 }
 
 /// The durable state of an in-memory volume. Shared by every mount of it.
@@ -109,6 +145,7 @@ impl MemStore {
                 fmt_vers: p.fmt_vers,
                 uuid: p.uuid,
                 items,
+                ahead_seqs: BTreeMap::new(),
                 seq: 1,
                 next_ino: 1024,
                 inode_count: 1,
@@ -118,6 +155,7 @@ impl MemStore {
                 srch: Vec::new(),
                 commits: 0,
                 item_bytes,
+                stale_versions: 0,
             }),
             read_window: Cell::new(DEFAULT_READ_WINDOW),
         })
@@ -149,6 +187,25 @@ impl MemStore {
                 st.items.remove(&key);
             }
         }
+    }
+
+    /// Store a version of `key` at `seq` as another mount's commit would
+    /// (`None`: a deletion), if no newer version is there.
+    pub fn put_at_seq(&self, key: Key, val: Option<&[u8]>, seq: u64) {
+        let mut st = self.inner.borrow_mut();
+        let commit_seq = st.seq;
+        st.apply(key, seq, val.map(Value::from), commit_seq);
+        st.seq = st.seq.max(seq);
+    }
+
+    /// The seq of `key`'s last version when it is above its commit's.
+    pub fn ahead_seq(&self, key: &Key) -> Option<u64> {
+        self.inner.borrow().ahead_seqs.get(key).copied()
+    }
+
+    /// Versions a commit brought that an existing newer one hid.
+    pub fn stale_versions(&self) -> u64 {
+        self.inner.borrow().stale_versions
     }
 
     pub fn item(&self, key: &Key) -> Option<Vec<u8>> {
@@ -351,24 +408,18 @@ impl MemBackend {
         }
         assert_eq!(set.seq, self.trans_seq.get());
         let mut st = self.store.inner.borrow_mut();
+        let mut max_seq = set.seq;
         for d in set.items {
-            assert_eq!(
-                d.seq, set.seq,
-                "every dirty item carries the transaction seq"
+            assert!(
+                d.seq >= set.seq,
+                "a dirty item carries at least the transaction seq"
             );
-            let old = match d.val {
-                Some(v) => {
-                    st.item_bytes += 56 + v.len() as u64;
-                    st.items.insert(d.key, v)
-                }
-                None => st.items.remove(&d.key),
-            };
-            if let Some(o) = old {
-                st.item_bytes -= 56 + o.len() as u64;
-            }
+            max_seq = max_seq.max(d.seq);
+            st.apply(d.key, d.seq, d.val, set.seq);
         }
         for t in set.totl {
             debug_assert_eq!(t.key.zone, zone::XATTR_TOTL);
+            max_seq = max_seq.max(t.seq);
             let mut cur = match st.items.get(&t.key) {
                 Some(v) => TotlVal::decode(v).map_err(|_| Errno::EIO)?,
                 None => TotlVal::default(),
@@ -387,9 +438,10 @@ impl MemBackend {
             MemStore::insert_free(&mut st.data_free, run);
         }
         self.allocated.borrow_mut().clear();
-        st.seq = set.seq;
+        // the next transaction's seq is above every seq written
+        st.seq = st.seq.max(max_seq);
         st.commits += 1;
-        self.trans_seq.set(set.seq + 1);
+        self.trans_seq.set(st.seq + 1);
         self.txn_data_allocated.set(0);
         Ok(())
     }

@@ -1,4 +1,6 @@
-//! Test and simulator support: the in-memory backend and the
-//! fault-injecting block devices.
+//! Test and simulator support: the in-memory backend, the
+//! fault-injecting block devices and a slow, commit-demanding cluster
+//! lock provider.
 pub mod faultdev;
 pub mod mem_backend;
+pub mod slow_locks;
