@@ -11,6 +11,19 @@
 //! Bounded: at most `Limits::max_tasks` live tasks; a refused spawn is an
 //! error and bumps `exec.spawn_rejected`. 100 % safe code: wakers are
 //! `Arc`s over a spin-locked ready queue (`alloc::task::Wake`).
+//!
+//! Every poll runs as the executor's node ([`Executor::set_node`]) and at
+//! its `now` ([`trace::enter_time`], what a [`trace::TimeSource::Executor`]
+//! stamps events with).
+//!
+//! Long polls: a task that runs long between two awaits stops the whole
+//! node (heartbeats, replies). fs reads no clock, so the embedder installs
+//! a host clock for measuring ([`Executor::set_poll_clock`]); then every
+//! poll is timed and the longest one is kept ([`ExecStats::max_poll_ns`],
+//! with its task and that task's name) and published as the per-node
+//! gauge `exec.max_poll_ns`; polls over [`LONG_POLL_NS`] bump
+//! `exec.long_polls` and emit `exec_long_poll`. Long synchronous work
+//! awaits [`yield_now`] between bounded steps.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -28,7 +41,23 @@ use core::task::{Context, Poll, Waker};
 use spin::Mutex;
 
 use crate::counter;
+use crate::runtime::counters::Counter;
 use crate::runtime::node::{self, NodeId};
+use crate::runtime::trace::{self, Tracepoint};
+
+/// A poll longer than this (host time) is counted in `exec.long_polls`
+/// and traced: the target for every poll of the filesystem.
+pub const LONG_POLL_NS: u64 = 50_000_000;
+
+static TP_LONG_POLL: Tracepoint = Tracepoint::new("exec_long_poll", &["task", "ns"]);
+/// The per-node gauge of the longest poll (one static: it is also reset).
+static MAX_POLL_NS: Counter = Counter::new("exec.max_poll_ns");
+
+/// The name of tasks spawned without one.
+pub const DEFAULT_TASK_NAME: &str = "task";
+/// The task id and name [`ExecStats`] gives the root future of
+/// [`Executor::block_on`].
+pub const ROOT_TASK: (TaskId, &str) = (0, "block_on");
 
 /// Identifies a task for its whole life; never reused.
 pub type TaskId = u64;
@@ -84,6 +113,15 @@ pub struct ExecStats {
     pub polls: u64,
     pub timers_fired: u64,
     pub alive: usize,
+    /// The longest single poll in host nanoseconds (0 without a poll
+    /// clock), since the executor was made or [`Executor::reset_max_poll`].
+    pub max_poll_ns: u64,
+    /// The task of that poll ([`ROOT_TASK`] for the root of `block_on`).
+    pub max_poll_task: TaskId,
+    /// Its name ([`Handle::spawn_named`]).
+    pub max_poll_name: &'static str,
+    /// Polls longer than [`LONG_POLL_NS`].
+    pub long_polls: u64,
 }
 
 /// What one `run_until_stalled` call did.
@@ -118,6 +156,7 @@ impl Wake for TaskWaker {
 }
 
 struct Task {
+    name: &'static str,
     future: Pin<Box<dyn Future<Output = ()>>>,
     waker_state: Arc<TaskWaker>,
     waker: Waker,
@@ -138,6 +177,8 @@ struct Inner {
     stats: Cell<ExecStats>,
     /// The node whose tasks these are: entered around every poll.
     node: Cell<NodeId>,
+    /// Host nanoseconds, for timing polls (see [`Executor::set_poll_clock`]).
+    poll_clock: Cell<Option<fn() -> u64>>,
 }
 
 impl Inner {
@@ -147,7 +188,44 @@ impl Inner {
         self.stats.set(s);
     }
 
-    fn spawn<F>(self: &Rc<Self>, future: F) -> Result<JoinHandle<F::Output>, SpawnError>
+    /// Poll `poll` and, with a poll clock, account for how long it took.
+    fn timed<R>(&self, id: TaskId, name: &'static str, poll: impl FnOnce() -> R) -> R {
+        let Some(clock) = self.poll_clock.get() else {
+            return poll();
+        };
+        let t0 = clock();
+        let r = poll();
+        let ns = clock().saturating_sub(t0);
+        self.note_poll(id, name, ns);
+        r
+    }
+
+    fn note_poll(&self, id: TaskId, name: &'static str, ns: u64) {
+        let long = ns > LONG_POLL_NS;
+        if ns > self.stats.get().max_poll_ns || long {
+            self.bump(|s| {
+                if ns > s.max_poll_ns {
+                    s.max_poll_ns = ns;
+                    s.max_poll_task = id;
+                    s.max_poll_name = name;
+                }
+                if long {
+                    s.long_polls += 1;
+                }
+            });
+            MAX_POLL_NS.set_max(ns);
+        }
+        if long {
+            counter!("exec.long_polls").inc();
+            TP_LONG_POLL.emit(&[id, ns]);
+        }
+    }
+
+    fn spawn<F>(
+        self: &Rc<Self>,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
     where
         F: Future + 'static,
         F::Output: 'static,
@@ -183,6 +261,7 @@ impl Inner {
         self.tasks.borrow_mut().insert(
             id,
             Task {
+                name,
                 future: Box::pin(wrapped),
                 waker_state,
                 waker: waker.clone(),
@@ -237,6 +316,7 @@ impl Inner {
             timers_fired: self.fire_timers(now_ns),
             ..RunReport::default()
         };
+        let _time = trace::enter_time(self.now_ns.get());
         while report.polls < self.limits.max_polls_per_run {
             let Some(id) = self.ready.ids.lock().pop_front() else {
                 break;
@@ -248,7 +328,8 @@ impl Inner {
             task.waker_state.queued.store(false, Ordering::Release);
             self.running.set(Some(id));
             let mut cx = Context::from_waker(&task.waker);
-            let done = task.future.as_mut().poll(&mut cx).is_ready();
+            let future = task.future.as_mut();
+            let done = self.timed(id, task.name, || future.poll(&mut cx).is_ready());
             self.running.set(None);
             report.polls += 1;
             let cancelled = {
@@ -319,6 +400,7 @@ impl Executor {
                 now_ns: Cell::new(0),
                 stats: Cell::new(ExecStats::default()),
                 node: Cell::new(node::current()),
+                poll_clock: Cell::new(None),
             }),
         }
     }
@@ -335,7 +417,41 @@ impl Executor {
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.inner.spawn(future)
+        self.inner.spawn(DEFAULT_TASK_NAME, future)
+    }
+
+    /// [`Self::spawn`] with a name (shown with the longest poll).
+    pub fn spawn_named<F>(
+        &self,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(name, future)
+    }
+
+    /// Time every poll with `host_ns` (monotonic host nanoseconds: the
+    /// appliance's TSC clock, `Instant` in host tools) and keep the longest
+    /// ([`ExecStats::max_poll_ns`], the gauge `exec.max_poll_ns`). Measuring
+    /// only: scheduling never depends on it, so a simulator stays
+    /// deterministic whether or not it installs one.
+    pub fn set_poll_clock(&self, host_ns: fn() -> u64) {
+        self.inner.poll_clock.set(Some(host_ns));
+    }
+
+    /// Forget the longest poll (per phase measurements). The node's
+    /// `exec.max_poll_ns` gauge starts again from 0 too.
+    pub fn reset_max_poll(&self) {
+        self.inner.bump(|s| {
+            s.max_poll_ns = 0;
+            s.max_poll_task = 0;
+            s.max_poll_name = "";
+        });
+        let _node = node::enter(self.inner.node.get());
+        MAX_POLL_NS.set(0);
     }
 
     /// Fire timers due at `now_ns` (time never goes back: an older `now`
@@ -391,7 +507,10 @@ impl Executor {
         loop {
             if root.woken.swap(false, Ordering::AcqRel) {
                 let _node = node::enter(self.inner.node.get());
-                if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                let _time = trace::enter_time(self.inner.now_ns.get());
+                let (id, name) = ROOT_TASK;
+                let root_future = future.as_mut();
+                if let Poll::Ready(v) = self.inner.timed(id, name, || root_future.poll(&mut cx)) {
                     return Ok(v);
                 }
             }
@@ -446,7 +565,25 @@ impl Handle {
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.inner.spawn(future)
+        self.inner.spawn(DEFAULT_TASK_NAME, future)
+    }
+
+    /// [`Self::spawn`] with a name (shown with the longest poll).
+    pub fn spawn_named<F>(
+        &self,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(name, future)
+    }
+
+    /// The node this executor's tasks run as.
+    pub fn node(&self) -> NodeId {
+        self.inner.node.get()
     }
 
     /// The time of the current run (what the caller passed).
@@ -855,6 +992,98 @@ mod tests {
         n.notify();
         ex.run_until_stalled(0);
         assert_eq!(hits.get(), 3);
+    }
+
+    std::thread_local! {
+        static FAKE_NS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn fake_ns() -> u64 {
+        FAKE_NS.with(|c| c.get())
+    }
+
+    /// Spend `ns` of fake host time.
+    fn spend(ns: u64) {
+        FAKE_NS.with(|c| c.set(c.get() + ns));
+    }
+
+    #[test]
+    fn longest_poll_is_recorded_per_node_with_its_task() {
+        let ex = Executor::default();
+        ex.set_node(9);
+        // without a poll clock nothing is measured
+        ex.spawn(async { spend(1_000) }).unwrap();
+        ex.run_until_stalled(0);
+        assert_eq!(ex.stats().max_poll_ns, 0);
+
+        ex.set_poll_clock(fake_ns);
+        ex.spawn_named("short", async {
+            spend(10);
+            yield_now().await;
+            spend(20);
+        })
+        .unwrap();
+        let long = ex
+            .spawn_named("long", async {
+                spend(5);
+                yield_now().await;
+                spend(LONG_POLL_NS + 1);
+                yield_now().await;
+                spend(30);
+            })
+            .unwrap();
+        ex.run_until_stalled(0);
+        let s = ex.stats();
+        assert_eq!(s.max_poll_ns, LONG_POLL_NS + 1);
+        assert_eq!(s.max_poll_task, long.id());
+        assert_eq!(s.max_poll_name, "long");
+        assert_eq!(s.long_polls, 1);
+        let gauge = |n| crate::runtime::counters::get_node("exec.max_poll_ns", n);
+        assert_eq!(gauge(9), Some(LONG_POLL_NS + 1));
+        let traced = trace::find_on("exec_long_poll", 9);
+        assert_eq!(traced.len(), 1);
+        assert_eq!(traced[0].arg("task"), Some(long.id()));
+        assert_eq!(traced[0].arg("ns"), Some(LONG_POLL_NS + 1));
+
+        // the root of block_on is measured too
+        ex.reset_max_poll();
+        assert_eq!(ex.stats().max_poll_ns, 0);
+        assert_eq!(gauge(9), Some(0));
+        ex.block_on(async { spend(777) }).unwrap();
+        let s = ex.stats();
+        assert_eq!((s.max_poll_ns, s.max_poll_task), (777, ROOT_TASK.0));
+        assert_eq!(s.max_poll_name, ROOT_TASK.1);
+        assert_eq!(gauge(9), Some(777));
+    }
+
+    #[test]
+    fn polls_run_as_the_node_at_the_executor_time() {
+        static TP: Tracepoint = Tracepoint::new("test_exec_poll", &["i"]);
+        trace::clear();
+        trace::set_time_source(trace::TimeSource::Executor);
+        let a = Executor::default();
+        a.set_node(1);
+        let b = Executor::default();
+        b.set_node(2);
+        for (ex, i) in [(&a, 1u64), (&b, 2)] {
+            let h = ex.handle();
+            ex.spawn(async move {
+                TP.emit(&[i]);
+                h.sleep_ns(100 * i).await;
+                TP.emit(&[i]);
+            })
+            .unwrap();
+        }
+        a.run_until_stalled(10);
+        b.run_until_stalled(20);
+        a.run_until_stalled(500);
+        b.run_until_stalled(700);
+        let got: Vec<(NodeId, u64, u64)> = trace::find("test_exec_poll")
+            .iter()
+            .map(|e| (e.node, e.time_ns, e.args[0]))
+            .collect();
+        assert_eq!(got, vec![(1, 10, 1), (2, 20, 2), (1, 500, 1), (2, 700, 2)]);
+        trace::set_time_source(trace::TimeSource::None);
     }
 
     #[test]
