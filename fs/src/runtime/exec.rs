@@ -23,7 +23,10 @@
 //! with its task and that task's name) and published as the per-node
 //! gauge `exec.max_poll_ns`; polls over [`LONG_POLL_NS`] bump
 //! `exec.long_polls` and emit `exec_long_poll`. Long synchronous work
-//! awaits [`yield_now`] between bounded steps.
+//! awaits [`yield_now`] between bounded steps. A yielding task is woken
+//! only once the current run ends, so between two of its steps the
+//! embedder's main loop gets control back (device interrupts, the
+//! network, timers: a heartbeat is answered while a commit goes on).
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -52,6 +55,8 @@ pub const LONG_POLL_NS: u64 = 50_000_000;
 static TP_LONG_POLL: Tracepoint = Tracepoint::new("exec_long_poll", &["task", "ns"]);
 /// The per-node gauge of the longest poll (one static: it is also reset).
 static MAX_POLL_NS: Counter = Counter::new("exec.max_poll_ns");
+/// Polls longer than [`LONG_POLL_NS`], per node.
+static LONG_POLLS: Counter = Counter::new("exec.long_polls");
 
 /// The name of tasks spawned without one.
 pub const DEFAULT_TASK_NAME: &str = "task";
@@ -129,6 +134,8 @@ pub struct ExecStats {
 pub struct RunReport {
     pub polls: usize,
     pub timers_fired: usize,
+    /// Tasks that yielded ([`yield_now`]): ready again for the next run.
+    pub yielded: usize,
     /// Tasks are still ready (the poll budget ran out): do not sleep.
     pub more_ready: bool,
 }
@@ -216,9 +223,19 @@ impl Inner {
             MAX_POLL_NS.set_max(ns);
         }
         if long {
-            counter!("exec.long_polls").inc();
+            LONG_POLLS.inc();
             TP_LONG_POLL.emit(&[id, ns]);
         }
+    }
+
+    fn reset_max_poll(&self) {
+        self.bump(|s| {
+            s.max_poll_ns = 0;
+            s.max_poll_task = 0;
+            s.max_poll_name = "";
+        });
+        let _node = node::enter(self.node.get());
+        MAX_POLL_NS.set(0);
     }
 
     fn spawn<F>(
@@ -317,6 +334,8 @@ impl Inner {
             ..RunReport::default()
         };
         let _time = trace::enter_time(self.now_ns.get());
+        // tasks that woke themselves during their poll: next run
+        let mut deferred: Vec<TaskId> = Vec::new();
         while report.polls < self.limits.max_polls_per_run {
             let Some(id) = self.ready.ids.lock().pop_front() else {
                 break;
@@ -353,8 +372,19 @@ impl Inner {
                 });
                 drop(task);
             } else {
+                if task.waker_state.queued.load(Ordering::Acquire) {
+                    let mut ids = self.ready.ids.lock();
+                    if let Some(at) = ids.iter().rposition(|&x| x == id) {
+                        ids.remove(at);
+                        deferred.push(id);
+                    }
+                }
                 self.tasks.borrow_mut().insert(id, task);
             }
+        }
+        report.yielded = deferred.len();
+        if !deferred.is_empty() {
+            self.ready.ids.lock().extend(deferred);
         }
         self.bump(|s| s.polls += report.polls as u64);
         report.more_ready = !self.ready.ids.lock().is_empty();
@@ -440,18 +470,15 @@ impl Executor {
     /// deterministic whether or not it installs one.
     pub fn set_poll_clock(&self, host_ns: fn() -> u64) {
         self.inner.poll_clock.set(Some(host_ns));
+        // measured from now on: show the gauges (the shell `counters`)
+        MAX_POLL_NS.touch();
+        LONG_POLLS.touch();
     }
 
     /// Forget the longest poll (per phase measurements). The node's
     /// `exec.max_poll_ns` gauge starts again from 0 too.
     pub fn reset_max_poll(&self) {
-        self.inner.bump(|s| {
-            s.max_poll_ns = 0;
-            s.max_poll_task = 0;
-            s.max_poll_name = "";
-        });
-        let _node = node::enter(self.inner.node.get());
-        MAX_POLL_NS.set(0);
+        self.inner.reset_max_poll();
     }
 
     /// Fire timers due at `now_ns` (time never goes back: an older `now`
@@ -514,6 +541,8 @@ impl Executor {
                     return Ok(v);
                 }
             }
+            // the tasks run before the root is polled again (also when the
+            // root yielded)
             let report = self.run_until_stalled(self.now_ns());
             if root.woken.load(Ordering::Acquire) || report.more_ready || report.polls > 0 {
                 continue;
@@ -620,6 +649,11 @@ impl Handle {
         let mut s = self.inner.stats.get();
         s.alive = self.inner.alive.get();
         s
+    }
+
+    /// See [`Executor::reset_max_poll`].
+    pub fn reset_max_poll(&self) {
+        self.inner.reset_max_poll();
     }
 }
 
@@ -747,7 +781,13 @@ impl<T> Future for JoinHandle<T> {
     }
 }
 
-/// Give other ready tasks a turn.
+/// Give the rest of the node a turn: the task wakes itself, and a task
+/// that woke itself during its poll runs again only in the executor's next
+/// run, so every other ready task runs first and the embedder's main loop
+/// (devices, network, timers; the simulator's message delivery) gets
+/// control in between. Long synchronous work awaits this between bounded
+/// steps. (The root future of `block_on` gets the same: the tasks run
+/// before it is polled again.)
 pub fn yield_now() -> YieldNow {
     YieldNow { yielded: false }
 }
@@ -846,7 +886,13 @@ mod tests {
                 .unwrap(),
             );
         }
+        // a yield ends the task's turn in this run: it goes on in the next
         let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded), (5, 5));
+        assert!(report.more_ready);
+        assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4]);
+        let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded), (5, 0));
         assert!(!report.more_ready);
         assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
         let values: Vec<u32> = handles.iter().map(|h| h.try_take().unwrap()).collect();
@@ -904,25 +950,136 @@ mod tests {
     }
 
     #[test]
-    fn poll_budget_bounds_a_busy_task() {
+    fn poll_budget_bounds_busy_tasks() {
         let ex = Executor::new(Limits {
             max_tasks: 8,
             max_polls_per_run: 10,
         });
-        let count = Rc::new(Cell::new(0u32));
-        let c = count.clone();
-        ex.spawn(async move {
-            loop {
-                c.set(c.get() + 1);
-                yield_now().await;
+        /// Wakes the other one of a pair on every poll: together they are
+        /// always ready.
+        struct PingPong(
+            Rc<Cell<u32>>,
+            Rc<RefCell<Option<Waker>>>,
+            Rc<RefCell<Option<Waker>>>,
+        );
+        impl Future for PingPong {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.0.set(self.0.get() + 1);
+                *self.1.borrow_mut() = Some(cx.waker().clone());
+                if let Some(w) = self.2.borrow_mut().take() {
+                    w.wake();
+                }
+                Poll::Pending
             }
-        })
-        .unwrap();
+        }
+        let count = Rc::new(Cell::new(0u32));
+        let (a, b) = (Rc::new(RefCell::new(None)), Rc::new(RefCell::new(None)));
+        ex.spawn(PingPong(count.clone(), a.clone(), b.clone()))
+            .unwrap();
+        ex.spawn(PingPong(count.clone(), b, a)).unwrap();
         let report = ex.run_until_stalled(0);
         assert_eq!(report.polls, 10);
         assert!(report.more_ready);
         assert!(ex.has_ready());
         assert_eq!(count.get(), 10);
+        // a task that wakes itself (yield_now) gets one poll per run
+        let ex = Executor::default();
+        struct Busy(Rc<Cell<u32>>);
+        impl Future for Busy {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.0.set(self.0.get() + 1);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        let busy = Rc::new(Cell::new(0u32));
+        ex.spawn(Busy(busy.clone())).unwrap();
+        let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded, busy.get()), (1, 1, 1));
+        assert!(report.more_ready);
+        ex.run_until_stalled(0);
+        assert_eq!(busy.get(), 2);
+    }
+
+    #[test]
+    fn a_yielding_task_gives_the_main_loop_a_turn() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let steps = Rc::new(Cell::new(0u32));
+        let s = steps.clone();
+        // long work in 100 bounded steps
+        let work = ex
+            .spawn(async move {
+                for _ in 0..100 {
+                    s.set(s.get() + 1);
+                    yield_now().await;
+                }
+            })
+            .unwrap();
+        // a heartbeat due at t=5 while the work goes on
+        let beat = Rc::new(Cell::new(None));
+        let b = beat.clone();
+        let h2 = h.clone();
+        let s2 = steps.clone();
+        ex.spawn(async move {
+            h2.sleep_until(5).await;
+            b.set(Some((h2.now_ns(), s2.get())));
+        })
+        .unwrap();
+        // the main loop: one run per turn, time advancing by 1 each turn
+        let mut turns = 0u64;
+        while !work.is_finished() {
+            let r = ex.run_until_stalled(turns);
+            assert!(r.polls <= 2, "one step of the work per run");
+            turns += 1;
+        }
+        assert_eq!(steps.get(), 100);
+        assert!(turns >= 100);
+        // the timer fired in the run at t=5, in the middle of the work
+        assert_eq!(beat.get(), Some((5, 6)));
+        // block_on interleaves a yielding root with the tasks the same way
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l2 = log.clone();
+        ex.spawn(async move {
+            for i in 0..3 {
+                l2.borrow_mut().push(("task", i));
+                yield_now().await;
+            }
+        })
+        .unwrap();
+        let l3 = log.clone();
+        ex.block_on(async move {
+            for i in 0..3 {
+                l3.borrow_mut().push(("root", i));
+                yield_now().await;
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                ("root", 0),
+                ("task", 0),
+                ("root", 1),
+                ("task", 1),
+                ("root", 2),
+                ("task", 2)
+            ]
+        );
+        // on any other poller a yield is a plain self-wake
+        let w = Arc::new(RootWaker {
+            woken: AtomicBool::new(false),
+        });
+        let waker = Waker::from(w.clone());
+        let mut y = core::pin::pin!(yield_now());
+        assert!(y
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert!(w.woken.load(Ordering::Acquire));
+        assert!(y.poll(&mut Context::from_waker(&waker)).is_ready());
     }
 
     #[test]
@@ -1032,7 +1189,7 @@ mod tests {
                 spend(30);
             })
             .unwrap();
-        ex.run_until_stalled(0);
+        while ex.run_until_stalled(0).more_ready {}
         let s = ex.stats();
         assert_eq!(s.max_poll_ns, LONG_POLL_NS + 1);
         assert_eq!(s.max_poll_task, long.id());
