@@ -245,7 +245,7 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
 /// once; say why if there is nothing to mount.
 pub fn start(h: &scoutvm_fs::runtime::exec::Handle) -> Result<(), String> {
     crate::fscmds::register();
-    h.spawn(async {
+    h.spawn_named("volume.mount", async {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");
         }
