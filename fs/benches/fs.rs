@@ -5,8 +5,10 @@
 //! commit), and log merge items per second. After each phase it prints
 //! the longest single executor poll in host time (the node answers
 //! nothing else while a poll runs; the goal is at most 50 ms) and which
-//! task ran it, and at the end the longest of all. Prints figures; asserts
-//! nothing about speed.
+//! task ran it, and at the end the longest of all. A poll that waits on a
+//! device flush (fsync of a file device) is I/O, not work that could
+//! yield: the longest flush of the phase is printed beside it. Prints
+//! figures; asserts nothing about speed.
 //!
 //! `cargo bench -p scoutvm-fs --bench fs` (env: BENCH_FILES, BENCH_MIB,
 //! BENCH_DIR for the file devices, BENCH_RAM_ONLY=1 to skip them).
@@ -19,7 +21,7 @@ use scoutvm_fs::client::node::{mount_volume, NodeHandle, NodeOptions};
 use scoutvm_fs::posix::mount::Mount;
 use scoutvm_fs::posix::types::Cred;
 use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy, Timespec};
-use scoutvm_fs::storage::dev::{BlockDev, MemDev};
+use scoutvm_fs::storage::dev::{BlockDev, IoError, MemDev};
 use scoutvm_fs::tools::mkfs::mkfs;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -37,7 +39,31 @@ fn host_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// A device that times its flushes (host time).
+struct TimedFlush(Rc<dyn BlockDev>);
+
+impl BlockDev for TimedFlush {
+    fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.0.read(off, buf)
+    }
+    fn write(&self, off: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.0.write(off, buf)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        let t = host_ns();
+        let r = self.0.flush();
+        let ns = host_ns() - t;
+        MAX_FLUSH.with(|m| m.set(m.get().max(ns)));
+        r
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+}
+
 thread_local! {
+    /// The longest device flush since the last [`longest_poll`].
+    static MAX_FLUSH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The longest poll of the whole bench: (ns, where).
     static WORST: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
@@ -49,11 +75,13 @@ fn longest_poll(label: &str, phase: &str) {
         ex.reset_max_poll();
         s
     });
+    let flush = MAX_FLUSH.with(|m| m.replace(0));
     println!(
-        "    longest poll {:>8.3} ms  ({phase}: task #{} {})",
+        "    longest poll {:>8.3} ms  ({phase}: task #{} {}; longest device flush {:.3} ms)",
         s.max_poll_ns as f64 / 1e6,
         s.max_poll_task,
-        s.max_poll_name
+        s.max_poll_name,
+        flush as f64 / 1e6
     );
     WORST.with(|w| {
         let mut w = w.borrow_mut();
@@ -87,6 +115,8 @@ fn mount(meta: &Rc<dyn BlockDev>, data: &Rc<dyn BlockDev>, seed: u64) -> (Rc<Mou
 
 fn run(label: &str, meta: Rc<dyn BlockDev>, data: Rc<dyn BlockDev>) {
     println!("{label}:");
+    let meta: Rc<dyn BlockDev> = Rc::new(TimedFlush(meta));
+    let data: Rc<dyn BlockDev> = Rc::new(TimedFlush(data));
     mkfs(&*meta, &*data, &common::params(2, META, DATA, 1)).expect("mkfs");
     let files = env_num("BENCH_FILES", 20_000);
     let mib = env_num("BENCH_MIB", 256);
