@@ -425,6 +425,11 @@ async fn counters_cmd(args: Vec<String>) -> CmdResult {
 
 async fn exec_cmd(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 1, "exec [reset]")?;
+    let reset = match args.first().map(|a| a.as_str()) {
+        None => false,
+        Some("reset") => true,
+        Some(other) => return Err(format!("unknown argument '{other}' (usage: exec [reset])")),
+    };
     let h = crate::runtime::handle();
     let s = h.stats();
     kprintln!(
@@ -445,15 +450,11 @@ async fn exec_cmd(args: Vec<String>) -> CmdResult {
         s.long_polls,
         scoutvm_fs::runtime::exec::LONG_POLL_NS / 1_000_000
     );
-    match args.first().map(|a| a.as_str()) {
-        None => Ok(()),
-        Some("reset") => {
-            h.reset_max_poll();
-            kprintln!("longest poll reset");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown argument '{other}' (usage: exec [reset])")),
+    if reset {
+        h.reset_max_poll();
+        kprintln!("longest poll reset");
     }
+    Ok(())
 }
 
 async fn trace_cmd(args: Vec<String>) -> CmdResult {
