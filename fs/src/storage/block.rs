@@ -512,9 +512,13 @@ impl BlockCache {
 
     /// Seal and write up to `max_blocks` more blocks of `w`, in blkno
     /// order. True once every block is written. On error the write-out
-    /// ends and the dirty set is kept, as with [`Self::write_dirty`].
+    /// ends and the dirty set is kept, as with [`Self::write_dirty`]. A
+    /// write-out whose blocks were discarded meanwhile
+    /// ([`Self::discard_dirty`]: the transaction was abandoned) fails.
     pub fn write_dirty_step(&mut self, w: &mut WriteOut, max_blocks: usize) -> StoreResult<bool> {
-        assert!(self.writing, "write-out step without a write-out");
+        if !self.writing {
+            return Err(StoreError::Invalid("write-out abandoned"));
+        }
         let end = w.blknos.len().min(w.next.saturating_add(max_blocks.max(1)));
         while w.next < end {
             let blkno = w.blknos[w.next];
@@ -539,7 +543,9 @@ impl BlockCache {
     /// Flush the written blocks of `w` and make them clean cached blocks.
     /// Returns how many there were.
     pub fn finish_write_dirty(&mut self, w: WriteOut) -> StoreResult<usize> {
-        assert!(self.writing, "write-out finished twice");
+        if !self.writing {
+            return Err(StoreError::Invalid("write-out abandoned"));
+        }
         assert!(
             w.is_written(),
             "write-out finished before every block was written"
@@ -729,6 +735,9 @@ mod tests {
         let _ = c.write_dirty_step(&mut w, 1).unwrap();
         c.discard_dirty();
         assert!(!c.is_writing());
+        // the abandoned write-out goes no further
+        assert!(c.write_dirty_step(&mut w, 1).is_err());
+        assert!(c.finish_write_dirty(w).is_err());
         dirty_n(&mut c, &mut a, 1);
         assert_eq!(c.write_dirty().unwrap(), 1);
     }
