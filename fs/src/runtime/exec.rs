@@ -23,10 +23,11 @@
 //! with its task and that task's name) and published as the per-node
 //! gauge `exec.max_poll_ns`; polls over [`LONG_POLL_NS`] bump
 //! `exec.long_polls` and emit `exec_long_poll`. Long synchronous work
-//! awaits [`yield_now`] between bounded steps. A yielding task is woken
-//! only once the current run ends, so between two of its steps the
-//! embedder's main loop gets control back (device interrupts, the
-//! network, timers: a heartbeat is answered while a commit goes on).
+//! awaits [`yield_now`] between bounded steps. A task that wakes itself
+//! during its poll (a yield) is polled again only in the next run (queued
+//! behind every task ready at the end of this one), so between two of its
+//! steps the embedder's main loop gets control back (device interrupts,
+//! the network, timers: a heartbeat is answered while a commit goes on).
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -72,8 +73,9 @@ pub type TaskId = u64;
 pub struct Limits {
     /// Live tasks at most (spawned and not yet finished).
     pub max_tasks: usize,
-    /// Polls per `run_until_stalled` call, so a task that keeps waking
-    /// itself cannot starve the main loop.
+    /// Polls per `run_until_stalled` call, so tasks that keep waking each
+    /// other cannot starve the main loop (a task that wakes itself gets one
+    /// poll per run anyway).
     pub max_polls_per_run: usize,
 }
 
