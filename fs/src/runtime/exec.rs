@@ -468,8 +468,9 @@ impl Executor {
     /// Time every poll with `host_ns` (monotonic host nanoseconds: the
     /// appliance's TSC clock, `Instant` in host tools) and keep the longest
     /// ([`ExecStats::max_poll_ns`], the gauge `exec.max_poll_ns`). Measuring
-    /// only: scheduling never depends on it, so a simulator stays
-    /// deterministic whether or not it installs one.
+    /// only: scheduling never depends on it. Its `exec_long_poll` trace
+    /// events do, so a simulator whose trace must be deterministic installs
+    /// none.
     pub fn set_poll_clock(&self, host_ns: fn() -> u64) {
         self.inner.poll_clock.set(Some(host_ns));
         // measured from now on: show the gauges (the shell `counters`)
