@@ -1,5 +1,5 @@
 //! The built-in shell commands: help, version, uptime, mem, devices, net,
-//! ping, counters, trace, blkbench, echo, debug, poweroff. Each is a plain
+//! ping, counters, trace, exec, blkbench, echo, debug, poweroff. Each is a plain
 //! async fn registered in [`register_builtins`]; later subsystems register
 //! their own the same way (see `shell::register`).
 
@@ -71,6 +71,12 @@ const BUILTINS: &[Command] = &[
         usage: "[COUNT]",
         help: "newest trace ring events",
         run: |a| boxed(trace_cmd(a)),
+    },
+    Command {
+        name: "exec",
+        usage: "[reset]",
+        help: "executor: tasks, polls, the longest poll and its task",
+        run: |a| boxed(exec_cmd(a)),
     },
     Command {
         name: "blkread",
@@ -397,6 +403,7 @@ fn refresh_counters() {
     scoutvm_fs::counter!("exec.alive").set(s.alive as u64);
     scoutvm_fs::counter!("exec.polls").set(s.polls);
     scoutvm_fs::counter!("exec.timers_fired").set(s.timers_fired);
+    // exec.max_poll_ns and exec.long_polls are kept by the executor itself
     let t = trace::stats();
     scoutvm_fs::counter!("trace.emitted").set(t.emitted);
     scoutvm_fs::counter!("trace.dropped").set(t.dropped);
@@ -412,6 +419,40 @@ async fn counters_cmd(args: Vec<String>) -> CmdResult {
     }
     for (name, v) in list {
         kprintln!("{:<32} {}", name, v);
+    }
+    Ok(())
+}
+
+async fn exec_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 1, "exec [reset]")?;
+    let reset = match args.first().map(|a| a.as_str()) {
+        None => false,
+        Some("reset") => true,
+        Some(other) => return Err(format!("unknown argument '{other}' (usage: exec [reset])")),
+    };
+    let h = crate::runtime::handle();
+    let s = h.stats();
+    kprintln!(
+        "tasks: {} alive, {} spawned, {} completed, {} aborted, {} refused",
+        s.alive,
+        s.spawned,
+        s.completed,
+        s.aborted,
+        s.rejected
+    );
+    kprintln!("polls: {}, timers fired: {}", s.polls, s.timers_fired);
+    kprintln!(
+        "longest poll: {}.{:03} ms (task #{} {}), {} over {} ms",
+        s.max_poll_ns / 1_000_000,
+        (s.max_poll_ns / 1_000) % 1_000,
+        s.max_poll_task,
+        s.max_poll_name,
+        s.long_polls,
+        scoutvm_fs::runtime::exec::LONG_POLL_NS / 1_000_000
+    );
+    if reset {
+        h.reset_max_poll();
+        kprintln!("longest poll reset");
     }
     Ok(())
 }

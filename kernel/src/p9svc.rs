@@ -110,7 +110,7 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
     let h = runtime::handle();
     let h2 = h.clone();
     let task = h
-        .spawn(async move {
+        .spawn_named("p9.accept", async move {
             let mut said = false;
             let own = loop {
                 if let Some(c) = own_subnet() {
@@ -167,7 +167,7 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
                 let peer = Peer { addr, port };
                 log::debug!("p9: connection from {peer}");
                 let conn = serve(server.clone(), Rc::new(TcpConn(stream)), peer);
-                if h2.spawn(conn).is_err() {
+                if h2.spawn_named("p9.conn", conn).is_err() {
                     scoutvm_fs::counter!("p9.spawn_failed").inc();
                     log::warn!("p9: too many tasks, connection from {peer} dropped");
                 }

@@ -26,7 +26,7 @@ pub const SERVICES: &[Service] = &[
 
 fn start_shell(h: &Handle) -> Result<(), alloc::string::String> {
     crate::commands::register_builtins();
-    h.spawn(crate::shell::run())
+    h.spawn_named("shell", crate::shell::run())
         .map(|_| ())
         .map_err(|e| alloc::format!("{e}"))
 }

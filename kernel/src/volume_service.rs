@@ -26,7 +26,7 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
 /// Boot: mount in the background so the shell comes up at once; say why
 /// if there is nothing to mount.
 pub fn start(h: &Handle) -> Result<(), String> {
-    h.spawn(async {
+    h.spawn_named("volume.mount", async {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");
         }

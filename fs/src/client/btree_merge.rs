@@ -12,6 +12,13 @@
 //! or, in subtree mode, before the subtree root would have to split or
 //! collapse. Any error yields an `ERROR` completion (the server redoes the
 //! range); the worker never panics on what it reads.
+//!
+//! A request can cover a whole fs_root of items, so the merge runs in
+//! bounded steps with [`yield_now`] between them (one window read, at most
+//! [`MERGE_STEP_ITEMS`] items applied, [`WRITE_STEP_BLOCKS`] blocks
+//! written): the node keeps answering while it merges. The cache is
+//! borrowed only within a step; a merge that fails or is dropped before
+//! its write-out finished forgets its dirty blocks.
 
 use crate::counter;
 use crate::format::block::BtreeRoot;
@@ -19,14 +26,19 @@ use crate::format::key::{zone, Key};
 use crate::format::le::{get_u64, put_u64};
 use crate::format::log::*;
 use crate::format::LG_BLOCK_SIZE;
+use crate::runtime::exec::yield_now;
 use crate::runtime::trace::Tracepoint;
 use crate::server::log_trees;
 use crate::storage::allocator::ListAlloc;
-use crate::storage::block::BlockCache;
+use crate::storage::block::{BlockCache, WRITE_STEP_BLOCKS};
 use crate::storage::btree::{self, Item};
 use crate::storage::store_error::{StoreError, StoreResult};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::cell::RefCell;
+
+/// Merged items applied to the fs_root copy per step.
+pub const MERGE_STEP_ITEMS: usize = 1024;
 
 static TP_WORK: Tracepoint =
     Tracepoint::new("log_merge_work", &["seq", "items", "blocks", "remain"]);
@@ -141,97 +153,144 @@ fn apply(
     Ok(())
 }
 
-fn run(
+/// Forgets the dirty blocks of a merge that does not finish (an error, or
+/// its future dropped at a yield): nothing was handed to the server.
+struct Unwritten<'a> {
+    cache: &'a RefCell<BlockCache>,
+    written: bool,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            if let Ok(mut c) = self.cache.try_borrow_mut() {
+                c.discard_dirty();
+            }
+        }
+    }
+}
+
+/// Read the window of items from `key` that every input agrees on (up to
+/// `req.end`) and merge them per key. Returns the merged items and the
+/// window's end.
+fn read_window(
     cache: &mut BlockCache,
+    inputs: &[BtreeRoot],
+    key: &Key,
+    end: &Key,
+) -> StoreResult<(BTreeMap<Key, Merged>, Key)> {
+    let mut wend = *end;
+    let mut found: Vec<Item> = Vec::new();
+    for r in inputs {
+        let li = btree::read_items(cache, r, key, key, &wend)?;
+        wend = li.end;
+        found.extend(li.items);
+    }
+    let mut merged: BTreeMap<Key, Merged> = BTreeMap::new();
+    for it in found {
+        if it.key > wend || it.key < *key {
+            continue;
+        }
+        if it.key.zone == zone::XATTR_TOTL {
+            if it.val.len() != 16 {
+                return Err(StoreError::Corrupt {
+                    blkno: 0,
+                    what: "log totl item is not 16 bytes",
+                });
+            }
+            let e = merged.entry(it.key).or_insert(Merged {
+                seq: 0,
+                deletion: false,
+                val: Vec::new(),
+                totl: Some((0, 0)),
+            });
+            let (t, c) = e.totl.unwrap_or((0, 0));
+            e.totl = Some((
+                t.wrapping_add(get_u64(&it.val, 0)),
+                c.wrapping_add(get_u64(&it.val, 8)),
+            ));
+            e.seq = e.seq.max(it.seq);
+            continue;
+        }
+        let newer = merged.get(&it.key).is_none_or(|m| it.seq > m.seq);
+        if newer {
+            let deletion = it.is_deletion();
+            merged.insert(
+                it.key,
+                Merged {
+                    seq: it.seq,
+                    deletion,
+                    val: it.val,
+                    totl: None,
+                },
+            );
+        }
+    }
+    Ok((merged, wend))
+}
+
+async fn run(
+    cache_cell: &RefCell<BlockCache>,
     req: &MergeRequest,
     limits: &MergeLimits,
     stats: &mut MergeStats,
 ) -> StoreResult<MergeComplete> {
-    let inputs: Vec<BtreeRoot> = log_trees::all(cache, &req.logs_root)?
-        .into_iter()
-        .filter(|lt| lt.is_finalized() && lt.finalize_seq < req.input_seq)
-        .map(|lt| lt.item_root)
-        .filter(|r| !r.is_empty())
-        .collect();
-    stats.inputs = inputs.len() as u64;
+    let mut unwritten = Unwritten {
+        cache: cache_cell,
+        written: false,
+    };
     let subtree = req.flags & MERGE_REQUEST_SUBTREE != 0;
-    if subtree && req.root.height != 2 {
-        return Err(StoreError::Invalid(
-            "subtree merge root is not a level-1 parent",
-        ));
-    }
     let mut alloc = ListAlloc::new(req.meta_avail, req.meta_freed);
     let mut root = req.root;
-    // replace at least one fs block, so the completion always frees some
-    btree::touch(cache, &mut alloc, &mut root, &req.start)?;
+    let inputs: Vec<BtreeRoot> = {
+        let mut cache = cache_cell.borrow_mut();
+        let inputs: Vec<BtreeRoot> = log_trees::all(&mut cache, &req.logs_root)?
+            .into_iter()
+            .filter(|lt| lt.is_finalized() && lt.finalize_seq < req.input_seq)
+            .map(|lt| lt.item_root)
+            .filter(|r| !r.is_empty())
+            .collect();
+        stats.inputs = inputs.len() as u64;
+        if subtree && req.root.height != 2 {
+            return Err(StoreError::Invalid(
+                "subtree merge root is not a level-1 parent",
+            ));
+        }
+        // replace at least one fs block, so the completion always frees some
+        btree::touch(&mut cache, &mut alloc, &mut root, &req.start)?;
+        inputs
+    };
     let mut key = req.start;
     let mut remain: Option<Key> = None;
     'windows: loop {
-        if limits_hit(cache, &alloc, limits) {
-            remain = Some(key);
-            break;
-        }
-        let mut wend = req.end;
-        let mut found: Vec<Item> = Vec::new();
-        for r in &inputs {
-            let li = btree::read_items(cache, r, &key, &key, &wend)?;
-            wend = li.end;
-            found.extend(li.items);
-        }
-        let mut merged: BTreeMap<Key, Merged> = BTreeMap::new();
-        for it in found {
-            if it.key > wend || it.key < key {
-                continue;
+        yield_now().await;
+        let (merged, wend) = {
+            let mut cache = cache_cell.borrow_mut();
+            if limits_hit(&cache, &alloc, limits) {
+                remain = Some(key);
+                break;
             }
-            if it.key.zone == zone::XATTR_TOTL {
-                if it.val.len() != 16 {
-                    return Err(StoreError::Corrupt {
-                        blkno: 0,
-                        what: "log totl item is not 16 bytes",
-                    });
+            read_window(&mut cache, &inputs, &key, &req.end)?
+        };
+        let mut pending = merged.into_iter().peekable();
+        while pending.peek().is_some() {
+            yield_now().await;
+            let mut cache = cache_cell.borrow_mut();
+            for (k, m) in pending.by_ref().take(MERGE_STEP_ITEMS) {
+                if subtree {
+                    let (_, n, bytes, usable) = btree::root_fill(&mut cache, &root)?;
+                    if !btree::subtree_root_has_room(n, bytes, usable) {
+                        counter!("log_merge.subtree_root_full").inc();
+                        remain = Some(k);
+                        break 'windows;
+                    }
                 }
-                let e = merged.entry(it.key).or_insert(Merged {
-                    seq: 0,
-                    deletion: false,
-                    val: Vec::new(),
-                    totl: Some((0, 0)),
-                });
-                let (t, c) = e.totl.unwrap_or((0, 0));
-                e.totl = Some((
-                    t.wrapping_add(get_u64(&it.val, 0)),
-                    c.wrapping_add(get_u64(&it.val, 8)),
-                ));
-                e.seq = e.seq.max(it.seq);
-                continue;
-            }
-            let newer = merged.get(&it.key).is_none_or(|m| it.seq > m.seq);
-            if newer {
-                let deletion = it.is_deletion();
-                merged.insert(
-                    it.key,
-                    Merged {
-                        seq: it.seq,
-                        deletion,
-                        val: it.val,
-                        totl: None,
-                    },
-                );
-            }
-        }
-        for (k, m) in merged {
-            if subtree {
-                let (_, n, bytes, usable) = btree::root_fill(cache, &root)?;
-                if !btree::subtree_root_has_room(n, bytes, usable) {
-                    counter!("log_merge.subtree_root_full").inc();
+                if limits_hit(&cache, &alloc, limits) {
                     remain = Some(k);
                     break 'windows;
                 }
+                apply(&mut cache, &mut alloc, &mut root, k, m, stats)?;
             }
-            if limits_hit(cache, &alloc, limits) {
-                remain = Some(k);
-                break 'windows;
-            }
-            apply(cache, &mut alloc, &mut root, k, m, stats)?;
         }
         if wend >= req.end {
             break;
@@ -244,7 +303,21 @@ fn run(
             what: "subtree merge changed the subtree height",
         });
     }
-    stats.blocks_written = cache.write_dirty()? as u64;
+    // the write-out: same blocks, same order, one flush
+    let begun = cache_cell.borrow_mut().begin_write_dirty();
+    let mut w = begun?;
+    loop {
+        yield_now().await;
+        let stepped = cache_cell
+            .borrow_mut()
+            .write_dirty_step(&mut w, WRITE_STEP_BLOCKS);
+        if stepped? {
+            break;
+        }
+    }
+    let finished = cache_cell.borrow_mut().finish_write_dirty(w);
+    stats.blocks_written = finished? as u64;
+    unwritten.written = true;
     alloc.end_transaction();
     let mut comp = MergeComplete {
         meta_avail: alloc.avail,
@@ -264,15 +337,16 @@ fn run(
     Ok(comp)
 }
 
-/// Do the work of `req` and describe it. Never fails: problems become an
-/// `ERROR` completion and the dirty blocks are dropped.
-pub fn merge_request(
-    cache: &mut BlockCache,
+/// Do the work of `req` and describe it, in steps with yields between
+/// them. Never fails: problems become an `ERROR` completion and the dirty
+/// blocks are dropped. The cache is the caller's alone until this is done.
+pub async fn merge_request(
+    cache: &RefCell<BlockCache>,
     req: &MergeRequest,
     limits: &MergeLimits,
 ) -> (MergeComplete, MergeStats) {
     let mut stats = MergeStats::default();
-    match run(cache, req, limits, &mut stats) {
+    match run(cache, req, limits, &mut stats).await {
         Ok(comp) => {
             counter!("log_merge.items_merged").add(stats.items_merged);
             TP_WORK.emit(&[
@@ -286,7 +360,7 @@ pub fn merge_request(
         Err(e) => {
             log::warn!("log merge of request {} failed: {e}", req.seq);
             counter!("log_merge.worker_errors").inc();
-            cache.discard_dirty();
+            cache.borrow_mut().discard_dirty();
             (
                 MergeComplete {
                     meta_avail: req.meta_avail,

@@ -15,6 +15,14 @@
 //! in a transaction are not handed out again before the server reclaims
 //! them after that transaction is durable. A failure after blocks were
 //! published stops the engine (EIO): the volume recovers at remount.
+//!
+//! A commit of a large transaction is long synchronous work, so it runs in
+//! bounded steps with [`yield_now`] between them (the node keeps answering
+//! while it commits): converting the set, the extent changes, the item
+//! inserts ([`BUILD_STEP_ITEMS`] at a time), the block write-out
+//! ([`WRITE_STEP_BLOCKS`] at a time, same order, one flush). No RefCell
+//! borrow is held across a yield; a commit that fails or is dropped before
+//! it published forgets its half-built blocks.
 
 use crate::client::forest::{self, ForestItems, ForestRoots};
 use crate::client::requests::Client;
@@ -30,9 +38,10 @@ use crate::posix::backend::{
     Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, Value,
 };
 use crate::runtime::env::Entropy;
+use crate::runtime::exec::yield_now;
 use crate::runtime::trace::Tracepoint;
 use crate::storage::allocator::{ext_insert, ext_list, ext_remove, ListAlloc};
-use crate::storage::block::BlockCache;
+use crate::storage::block::{BlockCache, WRITE_STEP_BLOCKS};
 use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
 use crate::storage::store_error::StoreError;
@@ -52,6 +61,29 @@ pub const ALLOC_DATA_LG_THRESH: u64 = 2048;
 /// `SCOUTFS_ALLOC_DATA_REFILL_THRESH`: ask for a commit (and a refill)
 /// when the data allocator holds less.
 pub const ALLOC_DATA_REFILL_THRESH: u64 = 65536;
+
+/// Items converted or inserted into the log btree per step of a commit.
+pub const BUILD_STEP_ITEMS: usize = 2048;
+/// Data extent changes per step of a commit.
+pub const BUILD_STEP_EXTENTS: usize = 64;
+
+/// Forgets the blocks of a commit build that does not finish (an error,
+/// or its future dropped at a yield): nothing was published, so the next
+/// commit starts from the same log tree.
+struct Unbuilt<'a> {
+    cache: &'a RefCell<BlockCache>,
+    built: bool,
+}
+
+impl Drop for Unbuilt<'_> {
+    fn drop(&mut self) {
+        if !self.built {
+            if let Ok(mut c) = self.cache.try_borrow_mut() {
+                c.discard_dirty();
+            }
+        }
+    }
+}
 
 /// Tunables of the engine.
 #[derive(Clone, Copy, Debug)]
@@ -395,68 +427,106 @@ impl ClientLogTxn {
     }
 
     /// Write the transaction into the log tree blocks (nothing published
-    /// yet). Returns the new log tree and the blocks written.
-    fn build(&self, lc: &LogCommit) -> Result<(LogTrees, usize), StoreError> {
+    /// yet), in bounded steps with yields between them. Returns the new log
+    /// tree and the blocks written. Discards the dirty blocks when it fails
+    /// (or is dropped) before they are written.
+    async fn build(&self, lc: LogCommit) -> Result<(LogTrees, usize), StoreError> {
+        let mut unbuilt = Unbuilt {
+            cache: &self.cache,
+            built: false,
+        };
         let mut lt = self.lt.get();
         let mut alloc = ListAlloc::new(lt.meta_avail, lt.meta_freed);
-        let mut cache = self.cache.borrow_mut();
-        let cache = &mut *cache;
         let (allocated, freed) = {
             let st = self.data.borrow();
             (coalesce(&st.allocated), coalesce(&st.freed))
         };
-        for (s, l) in allocated {
-            ext_remove(cache, &mut alloc, &mut lt.data_avail, s, l)?;
+        for chunk in allocated.chunks(BUILD_STEP_EXTENTS) {
+            {
+                let mut cache = self.cache.borrow_mut();
+                for &(s, l) in chunk {
+                    ext_remove(&mut cache, &mut alloc, &mut lt.data_avail, s, l)?;
+                }
+            }
+            yield_now().await;
         }
-        for (s, l) in freed {
-            ext_insert(cache, &mut alloc, &mut lt.data_freed, s, l)?;
+        for chunk in freed.chunks(BUILD_STEP_EXTENTS) {
+            {
+                let mut cache = self.cache.borrow_mut();
+                for &(s, l) in chunk {
+                    ext_insert(&mut cache, &mut alloc, &mut lt.data_freed, s, l)?;
+                }
+            }
+            yield_now().await;
         }
-        let mut items: Vec<Item> = Vec::with_capacity(lc.items.len() + lc.totl.len());
+        let LogCommit {
+            mut items,
+            totl,
+            inode_count_delta,
+            ..
+        } = lc;
         let mut max_seq = lt.max_item_seq;
-        for it in &lc.items {
+        for it in &items {
             if it.key.zone == zone::XATTR_TOTL {
                 return Err(StoreError::Invalid("totl key among plain items"));
             }
             max_seq = max_seq.max(it.seq);
-            items.push(it.clone());
         }
-        for &(key, seq, total, count) in &lc.totl {
-            if key.zone != zone::XATTR_TOTL {
-                return Err(StoreError::Invalid("totl delta outside the totl zone"));
-            }
-            let (mut t, mut c, mut s) = (total, count, seq);
-            if let Some(old) = btree::lookup(cache, &lt.item_root, &key)? {
-                if old.val.len() != 16 {
-                    return Err(StoreError::Corrupt {
-                        blkno: lt.item_root.bref.blkno,
-                        what: "totl delta item is not 16 bytes",
+        items.reserve(totl.len());
+        for chunk in totl.chunks(BUILD_STEP_ITEMS) {
+            {
+                let mut cache = self.cache.borrow_mut();
+                for &(key, seq, total, count) in chunk {
+                    if key.zone != zone::XATTR_TOTL {
+                        return Err(StoreError::Invalid("totl delta outside the totl zone"));
+                    }
+                    let (mut t, mut c, mut s) = (total, count, seq);
+                    if let Some(old) = btree::lookup(&mut cache, &lt.item_root, &key)? {
+                        if old.val.len() != 16 {
+                            return Err(StoreError::Corrupt {
+                                blkno: lt.item_root.bref.blkno,
+                                what: "totl delta item is not 16 bytes",
+                            });
+                        }
+                        t = t.wrapping_add(get_u64(&old.val, 0));
+                        c = c.wrapping_add(get_u64(&old.val, 8));
+                        s = s.max(old.seq);
+                    }
+                    let mut v = alloc::vec![0u8; 16];
+                    put_u64(&mut v, 0, t);
+                    put_u64(&mut v, 8, c);
+                    max_seq = max_seq.max(s);
+                    items.push(Item {
+                        key,
+                        seq: s,
+                        flags: 0,
+                        val: v,
                     });
                 }
-                t = t.wrapping_add(get_u64(&old.val, 0));
-                c = c.wrapping_add(get_u64(&old.val, 8));
-                s = s.max(old.seq);
             }
-            let mut v = alloc::vec![0u8; 16];
-            put_u64(&mut v, 0, t);
-            put_u64(&mut v, 8, c);
-            max_seq = max_seq.max(s);
-            items.push(Item {
-                key,
-                seq: s,
-                flags: 0,
-                val: v,
-            });
+            yield_now().await;
         }
         items.sort_by_key(|a| a.key);
         if items.windows(2).any(|w| w[0].key == w[1].key) {
             return Err(StoreError::Invalid("commit set has duplicate keys"));
         }
-        let blooms: BTreeSet<Key> = items.iter().map(|it| forest::bloom_key(&it.key)).collect();
         let n_items = items.len() as u64;
-        if !items.is_empty() {
-            btree::insert_list(cache, &mut alloc, &mut lt.item_root, items)?;
+        let mut blooms: BTreeSet<Key> = BTreeSet::new();
+        let mut rest = items.into_iter();
+        loop {
+            let chunk: Vec<Item> = rest.by_ref().take(BUILD_STEP_ITEMS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            blooms.extend(chunk.iter().map(|it| forest::bloom_key(&it.key)));
+            {
+                let mut cache = self.cache.borrow_mut();
+                btree::insert_list(&mut cache, &mut alloc, &mut lt.item_root, chunk)?;
+            }
+            yield_now().await;
         }
         if !blooms.is_empty() {
+            let mut cache = self.cache.borrow_mut();
             let buf = cache.dirty_ref(&mut lt.bloom_ref, MAGIC_BLOOM, &mut alloc)?;
             let mut b = buf.borrow_mut();
             let mut set = get_u64(&b, BLOOM_TOTAL_SET_OFF);
@@ -470,12 +540,25 @@ impl ClientLogTxn {
             put_u64(&mut b, BLOOM_TOTAL_SET_OFF, set);
         }
         lt.max_item_seq = max_seq;
-        lt.inode_count_delta = lt
-            .inode_count_delta
-            .wrapping_add(lc.inode_count_delta as u64);
+        lt.inode_count_delta = lt.inode_count_delta.wrapping_add(inode_count_delta as u64);
         lt.meta_avail = alloc.avail;
         lt.meta_freed = alloc.freed;
-        let blocks = cache.write_dirty()?;
+        // the write-out: same blocks, same order, one flush
+        let begun = self.cache.borrow_mut().begin_write_dirty();
+        let mut w = begun?;
+        loop {
+            yield_now().await;
+            let stepped = self
+                .cache
+                .borrow_mut()
+                .write_dirty_step(&mut w, WRITE_STEP_BLOCKS);
+            if stepped? {
+                break;
+            }
+        }
+        let finished = self.cache.borrow_mut().finish_write_dirty(w);
+        let blocks = finished?;
+        unbuilt.built = true;
         alloc.end_transaction();
         self.count(|c| c.items_written += n_items);
         Ok((lt, blocks))
@@ -485,17 +568,22 @@ impl ClientLogTxn {
     /// anything was published nothing changed and the caller may retry;
     /// an error after publishing stops the engine.
     pub async fn commit_log(&self, lc: &LogCommit) -> FsResult<()> {
+        self.commit_log_owned(lc.clone()).await
+    }
+
+    /// [`Self::commit_log`] of a commit the caller gives up.
+    pub async fn commit_log_owned(&self, lc: LogCommit) -> FsResult<()> {
         self.check()?;
         let before = self.lt.get();
         if lc.seq != before.get_trans_seq {
             return Err(Errno::EINVAL);
         }
-        let built = self.build(lc);
+        let (seq, n_items) = (lc.seq, lc.items.len() as u64);
+        let built = self.build(lc).await;
         let (lt, blocks) = match built {
             Ok(v) => v,
             Err(e) => {
-                // nothing was published: forget the half-built blocks
-                self.cache.borrow_mut().discard_dirty();
+                // nothing was published: the half-built blocks are gone
                 self.count(|c| c.commit_errors += 1);
                 return Err(match e {
                     StoreError::NoSpace => Errno::ENOSPC,
@@ -533,12 +621,7 @@ impl ClientLogTxn {
             c.commits += 1;
             c.blocks_written += blocks as u64;
         });
-        TP_COMMIT.emit(&[
-            lc.seq,
-            lc.items.len() as u64,
-            blocks as u64,
-            next.get_trans_seq,
-        ]);
+        TP_COMMIT.emit(&[seq, n_items, blocks as u64, next.get_trans_seq]);
         Ok(())
     }
 
@@ -582,6 +665,40 @@ pub fn deletion_item(key: Key, seq: u64) -> Item {
 }
 
 impl LogCommit {
+    /// [`Self::from_set`] of a set the caller gives up, converted
+    /// [`BUILD_STEP_ITEMS`] at a time with a yield after each step.
+    pub async fn from_set_paced(set: CommitSet) -> LogCommit {
+        let CommitSet {
+            seq,
+            items: dirty,
+            totl,
+            inode_count_delta,
+            ..
+        } = set;
+        let mut items = Vec::with_capacity(dirty.len());
+        let mut rest = dirty.into_iter();
+        loop {
+            let before = items.len();
+            items.extend(rest.by_ref().take(BUILD_STEP_ITEMS).map(|d| match d.val {
+                Some(v) => Item::new(d.key, d.seq, &v),
+                None => deletion_item(d.key, d.seq),
+            }));
+            if items.len() == before {
+                break;
+            }
+            yield_now().await;
+        }
+        LogCommit {
+            seq,
+            items,
+            totl: totl
+                .iter()
+                .map(|t| (t.key, t.seq, t.delta.total, t.delta.count))
+                .collect(),
+            inode_count_delta,
+        }
+    }
+
     /// The log btree form of a mount's commit set. srch entries are not
     /// written (srch log files are not implemented; see docs/forest.md).
     pub fn from_set(set: &CommitSet) -> LogCommit {
@@ -674,10 +791,16 @@ impl Backend for ClientLogTxn {
 
     fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>> {
         Box::pin(async move {
+            // the mount gathered the set in this poll: let others run first
+            yield_now().await;
             if !set.srch.is_empty() {
                 counter!("client.srch_entries_dropped").add(set.srch.len() as u64);
             }
-            self.commit_log(&LogCommit::from_set(&set)).await
+            let lc = LogCommit::from_set_paced(set).await;
+            let r = self.commit_log_owned(lc).await;
+            // the mount marks the set clean next: a poll of its own
+            yield_now().await;
+            r
         })
     }
 }

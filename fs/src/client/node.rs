@@ -98,9 +98,15 @@ impl MergeWorker {
         if self.busy.replace(true) {
             return Ok(false);
         }
-        let r = self.once_inner().await;
-        self.busy.set(false);
-        r
+        // not busy any more however this ends (also when dropped at an await)
+        struct Idle<'a>(&'a Cell<bool>);
+        impl Drop for Idle<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _idle = Idle(&self.busy);
+        self.once_inner().await
     }
 
     async fn once_inner(&self) -> FsResult<bool> {
@@ -108,7 +114,7 @@ impl MergeWorker {
             return Ok(false);
         };
         let (comp, st): (_, MergeStats) =
-            btree_merge::merge_request(&mut self.cache.borrow_mut(), &req, &self.limits);
+            btree_merge::merge_request(&self.cache, &req, &self.limits).await;
         let mut s = self.stats.get();
         s.requests += 1;
         s.items_merged += st.items_merged;
@@ -160,7 +166,7 @@ pub async fn mount_volume(
         let h = handle.clone();
         let period = opts.tick_ns;
         let t = handle
-            .spawn(async move {
+            .spawn_named("client.tick", async move {
                 loop {
                     h.sleep_ns(period).await;
                     let Some(m) = weak.upgrade() else {
@@ -257,7 +263,7 @@ pub async fn start_node(
         let h = handle.clone();
         let poll = opts.merge_poll_ns;
         let t = handle
-            .spawn(async move {
+            .spawn_named("client.merge", async move {
                 loop {
                     match w.once().await {
                         Ok(true) => continue,

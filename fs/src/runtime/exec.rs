@@ -11,6 +11,23 @@
 //! Bounded: at most `Limits::max_tasks` live tasks; a refused spawn is an
 //! error and bumps `exec.spawn_rejected`. 100 % safe code: wakers are
 //! `Arc`s over a spin-locked ready queue (`alloc::task::Wake`).
+//!
+//! Every poll runs as the executor's node ([`Executor::set_node`]) and at
+//! its `now` ([`trace::enter_time`], what a [`trace::TimeSource::Executor`]
+//! stamps events with).
+//!
+//! Long polls: a task that runs long between two awaits stops the whole
+//! node (heartbeats, replies). fs reads no clock, so the embedder installs
+//! a host clock for measuring ([`Executor::set_poll_clock`]); then every
+//! poll is timed and the longest one is kept ([`ExecStats::max_poll_ns`],
+//! with its task and that task's name) and published as the per-node
+//! gauge `exec.max_poll_ns`; polls over [`LONG_POLL_NS`] bump
+//! `exec.long_polls` and emit `exec_long_poll`. Long synchronous work
+//! awaits [`yield_now`] between bounded steps. A task that wakes itself
+//! during its poll (a yield) is polled again only in the next run (queued
+//! behind every task ready at the end of this one), so between two of its
+//! steps the embedder's main loop gets control back (device interrupts,
+//! the network, timers: a heartbeat is answered while a commit goes on).
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -28,7 +45,25 @@ use core::task::{Context, Poll, Waker};
 use spin::Mutex;
 
 use crate::counter;
+use crate::runtime::counters::Counter;
 use crate::runtime::node::{self, NodeId};
+use crate::runtime::trace::{self, Tracepoint};
+
+/// A poll longer than this (host time) is counted in `exec.long_polls`
+/// and traced: the target for every poll of the filesystem.
+pub const LONG_POLL_NS: u64 = 50_000_000;
+
+static TP_LONG_POLL: Tracepoint = Tracepoint::new("exec_long_poll", &["task", "ns"]);
+/// The per-node gauge of the longest poll (one static: it is also reset).
+static MAX_POLL_NS: Counter = Counter::new("exec.max_poll_ns");
+/// Polls longer than [`LONG_POLL_NS`], per node.
+static LONG_POLLS: Counter = Counter::new("exec.long_polls");
+
+/// The name of tasks spawned without one.
+pub const DEFAULT_TASK_NAME: &str = "task";
+/// The task id and name [`ExecStats`] gives the root future of
+/// [`Executor::block_on`].
+pub const ROOT_TASK: (TaskId, &str) = (0, "block_on");
 
 /// Identifies a task for its whole life; never reused.
 pub type TaskId = u64;
@@ -38,8 +73,9 @@ pub type TaskId = u64;
 pub struct Limits {
     /// Live tasks at most (spawned and not yet finished).
     pub max_tasks: usize,
-    /// Polls per `run_until_stalled` call, so a task that keeps waking
-    /// itself cannot starve the main loop.
+    /// Polls per `run_until_stalled` call, so tasks that keep waking each
+    /// other cannot starve the main loop (a task that wakes itself gets one
+    /// poll per run anyway).
     pub max_polls_per_run: usize,
 }
 
@@ -84,6 +120,15 @@ pub struct ExecStats {
     pub polls: u64,
     pub timers_fired: u64,
     pub alive: usize,
+    /// The longest single poll in host nanoseconds (0 without a poll
+    /// clock), since the executor was made or [`Executor::reset_max_poll`].
+    pub max_poll_ns: u64,
+    /// The task of that poll ([`ROOT_TASK`] for the root of `block_on`).
+    pub max_poll_task: TaskId,
+    /// Its name ([`Handle::spawn_named`]).
+    pub max_poll_name: &'static str,
+    /// Polls longer than [`LONG_POLL_NS`].
+    pub long_polls: u64,
 }
 
 /// What one `run_until_stalled` call did.
@@ -91,6 +136,8 @@ pub struct ExecStats {
 pub struct RunReport {
     pub polls: usize,
     pub timers_fired: usize,
+    /// Tasks that yielded ([`yield_now`]): ready again for the next run.
+    pub yielded: usize,
     /// Tasks are still ready (the poll budget ran out): do not sleep.
     pub more_ready: bool,
 }
@@ -118,6 +165,7 @@ impl Wake for TaskWaker {
 }
 
 struct Task {
+    name: &'static str,
     future: Pin<Box<dyn Future<Output = ()>>>,
     waker_state: Arc<TaskWaker>,
     waker: Waker,
@@ -138,6 +186,8 @@ struct Inner {
     stats: Cell<ExecStats>,
     /// The node whose tasks these are: entered around every poll.
     node: Cell<NodeId>,
+    /// Host nanoseconds, for timing polls (see [`Executor::set_poll_clock`]).
+    poll_clock: Cell<Option<fn() -> u64>>,
 }
 
 impl Inner {
@@ -147,7 +197,54 @@ impl Inner {
         self.stats.set(s);
     }
 
-    fn spawn<F>(self: &Rc<Self>, future: F) -> Result<JoinHandle<F::Output>, SpawnError>
+    /// Poll `poll` and, with a poll clock, account for how long it took.
+    fn timed<R>(&self, id: TaskId, name: &'static str, poll: impl FnOnce() -> R) -> R {
+        let Some(clock) = self.poll_clock.get() else {
+            return poll();
+        };
+        let t0 = clock();
+        let r = poll();
+        let ns = clock().saturating_sub(t0);
+        self.note_poll(id, name, ns);
+        r
+    }
+
+    fn note_poll(&self, id: TaskId, name: &'static str, ns: u64) {
+        let long = ns > LONG_POLL_NS;
+        if ns > self.stats.get().max_poll_ns || long {
+            self.bump(|s| {
+                if ns > s.max_poll_ns {
+                    s.max_poll_ns = ns;
+                    s.max_poll_task = id;
+                    s.max_poll_name = name;
+                }
+                if long {
+                    s.long_polls += 1;
+                }
+            });
+            MAX_POLL_NS.set_max(ns);
+        }
+        if long {
+            LONG_POLLS.inc();
+            TP_LONG_POLL.emit(&[id, ns]);
+        }
+    }
+
+    fn reset_max_poll(&self) {
+        self.bump(|s| {
+            s.max_poll_ns = 0;
+            s.max_poll_task = 0;
+            s.max_poll_name = "";
+        });
+        let _node = node::enter(self.node.get());
+        MAX_POLL_NS.set(0);
+    }
+
+    fn spawn<F>(
+        self: &Rc<Self>,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
     where
         F: Future + 'static,
         F::Output: 'static,
@@ -183,6 +280,7 @@ impl Inner {
         self.tasks.borrow_mut().insert(
             id,
             Task {
+                name,
                 future: Box::pin(wrapped),
                 waker_state,
                 waker: waker.clone(),
@@ -237,6 +335,9 @@ impl Inner {
             timers_fired: self.fire_timers(now_ns),
             ..RunReport::default()
         };
+        let _time = trace::enter_time(self.now_ns.get());
+        // tasks that woke themselves during their poll: next run
+        let mut deferred: Vec<TaskId> = Vec::new();
         while report.polls < self.limits.max_polls_per_run {
             let Some(id) = self.ready.ids.lock().pop_front() else {
                 break;
@@ -248,7 +349,8 @@ impl Inner {
             task.waker_state.queued.store(false, Ordering::Release);
             self.running.set(Some(id));
             let mut cx = Context::from_waker(&task.waker);
-            let done = task.future.as_mut().poll(&mut cx).is_ready();
+            let future = task.future.as_mut();
+            let done = self.timed(id, task.name, || future.poll(&mut cx).is_ready());
             self.running.set(None);
             report.polls += 1;
             let cancelled = {
@@ -272,8 +374,19 @@ impl Inner {
                 });
                 drop(task);
             } else {
+                if task.waker_state.queued.load(Ordering::Acquire) {
+                    let mut ids = self.ready.ids.lock();
+                    if let Some(at) = ids.iter().rposition(|&x| x == id) {
+                        ids.remove(at);
+                        deferred.push(id);
+                    }
+                }
                 self.tasks.borrow_mut().insert(id, task);
             }
+        }
+        report.yielded = deferred.len();
+        if !deferred.is_empty() {
+            self.ready.ids.lock().extend(deferred);
         }
         self.bump(|s| s.polls += report.polls as u64);
         report.more_ready = !self.ready.ids.lock().is_empty();
@@ -319,6 +432,7 @@ impl Executor {
                 now_ns: Cell::new(0),
                 stats: Cell::new(ExecStats::default()),
                 node: Cell::new(node::current()),
+                poll_clock: Cell::new(None),
             }),
         }
     }
@@ -335,7 +449,39 @@ impl Executor {
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.inner.spawn(future)
+        self.inner.spawn(DEFAULT_TASK_NAME, future)
+    }
+
+    /// [`Self::spawn`] with a name (shown with the longest poll).
+    pub fn spawn_named<F>(
+        &self,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(name, future)
+    }
+
+    /// Time every poll with `host_ns` (monotonic host nanoseconds: the
+    /// appliance's TSC clock, `Instant` in host tools) and keep the longest
+    /// ([`ExecStats::max_poll_ns`], the gauge `exec.max_poll_ns`). Measuring
+    /// only: scheduling never depends on it. Its `exec_long_poll` trace
+    /// events do, so a simulator whose trace must be deterministic installs
+    /// none.
+    pub fn set_poll_clock(&self, host_ns: fn() -> u64) {
+        self.inner.poll_clock.set(Some(host_ns));
+        // measured from now on: show the gauges (the shell `counters`)
+        MAX_POLL_NS.touch();
+        LONG_POLLS.touch();
+    }
+
+    /// Forget the longest poll (per phase measurements). The node's
+    /// `exec.max_poll_ns` gauge starts again from 0 too.
+    pub fn reset_max_poll(&self) {
+        self.inner.reset_max_poll();
     }
 
     /// Fire timers due at `now_ns` (time never goes back: an older `now`
@@ -391,10 +537,15 @@ impl Executor {
         loop {
             if root.woken.swap(false, Ordering::AcqRel) {
                 let _node = node::enter(self.inner.node.get());
-                if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                let _time = trace::enter_time(self.inner.now_ns.get());
+                let (id, name) = ROOT_TASK;
+                let root_future = future.as_mut();
+                if let Poll::Ready(v) = self.inner.timed(id, name, || root_future.poll(&mut cx)) {
                     return Ok(v);
                 }
             }
+            // the tasks run before the root is polled again (also when the
+            // root yielded)
             let report = self.run_until_stalled(self.now_ns());
             if root.woken.load(Ordering::Acquire) || report.more_ready || report.polls > 0 {
                 continue;
@@ -446,7 +597,25 @@ impl Handle {
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.inner.spawn(future)
+        self.inner.spawn(DEFAULT_TASK_NAME, future)
+    }
+
+    /// [`Self::spawn`] with a name (shown with the longest poll).
+    pub fn spawn_named<F>(
+        &self,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(name, future)
+    }
+
+    /// The node this executor's tasks run as.
+    pub fn node(&self) -> NodeId {
+        self.inner.node.get()
     }
 
     /// The time of the current run (what the caller passed).
@@ -483,6 +652,11 @@ impl Handle {
         let mut s = self.inner.stats.get();
         s.alive = self.inner.alive.get();
         s
+    }
+
+    /// See [`Executor::reset_max_poll`].
+    pub fn reset_max_poll(&self) {
+        self.inner.reset_max_poll();
     }
 }
 
@@ -610,7 +784,13 @@ impl<T> Future for JoinHandle<T> {
     }
 }
 
-/// Give other ready tasks a turn.
+/// Give the rest of the node a turn: the task wakes itself, and a task
+/// that woke itself during its poll runs again only in the executor's next
+/// run, so every other ready task runs first and the embedder's main loop
+/// (devices, network, timers; the simulator's message delivery) gets
+/// control in between. Long synchronous work awaits this between bounded
+/// steps. (The root future of `block_on` gets the same: the tasks run
+/// before it is polled again.)
 pub fn yield_now() -> YieldNow {
     YieldNow { yielded: false }
 }
@@ -709,7 +889,13 @@ mod tests {
                 .unwrap(),
             );
         }
+        // a yield ends the task's turn in this run: it goes on in the next
         let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded), (5, 5));
+        assert!(report.more_ready);
+        assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4]);
+        let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded), (5, 0));
         assert!(!report.more_ready);
         assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
         let values: Vec<u32> = handles.iter().map(|h| h.try_take().unwrap()).collect();
@@ -767,25 +953,136 @@ mod tests {
     }
 
     #[test]
-    fn poll_budget_bounds_a_busy_task() {
+    fn poll_budget_bounds_busy_tasks() {
         let ex = Executor::new(Limits {
             max_tasks: 8,
             max_polls_per_run: 10,
         });
-        let count = Rc::new(Cell::new(0u32));
-        let c = count.clone();
-        ex.spawn(async move {
-            loop {
-                c.set(c.get() + 1);
-                yield_now().await;
+        /// Wakes the other one of a pair on every poll: together they are
+        /// always ready.
+        struct PingPong(
+            Rc<Cell<u32>>,
+            Rc<RefCell<Option<Waker>>>,
+            Rc<RefCell<Option<Waker>>>,
+        );
+        impl Future for PingPong {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.0.set(self.0.get() + 1);
+                *self.1.borrow_mut() = Some(cx.waker().clone());
+                if let Some(w) = self.2.borrow_mut().take() {
+                    w.wake();
+                }
+                Poll::Pending
             }
-        })
-        .unwrap();
+        }
+        let count = Rc::new(Cell::new(0u32));
+        let (a, b) = (Rc::new(RefCell::new(None)), Rc::new(RefCell::new(None)));
+        ex.spawn(PingPong(count.clone(), a.clone(), b.clone()))
+            .unwrap();
+        ex.spawn(PingPong(count.clone(), b, a)).unwrap();
         let report = ex.run_until_stalled(0);
         assert_eq!(report.polls, 10);
         assert!(report.more_ready);
         assert!(ex.has_ready());
         assert_eq!(count.get(), 10);
+        // a task that wakes itself (yield_now) gets one poll per run
+        let ex = Executor::default();
+        struct Busy(Rc<Cell<u32>>);
+        impl Future for Busy {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.0.set(self.0.get() + 1);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        let busy = Rc::new(Cell::new(0u32));
+        ex.spawn(Busy(busy.clone())).unwrap();
+        let report = ex.run_until_stalled(0);
+        assert_eq!((report.polls, report.yielded, busy.get()), (1, 1, 1));
+        assert!(report.more_ready);
+        ex.run_until_stalled(0);
+        assert_eq!(busy.get(), 2);
+    }
+
+    #[test]
+    fn a_yielding_task_gives_the_main_loop_a_turn() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        let steps = Rc::new(Cell::new(0u32));
+        let s = steps.clone();
+        // long work in 100 bounded steps
+        let work = ex
+            .spawn(async move {
+                for _ in 0..100 {
+                    s.set(s.get() + 1);
+                    yield_now().await;
+                }
+            })
+            .unwrap();
+        // a heartbeat due at t=5 while the work goes on
+        let beat = Rc::new(Cell::new(None));
+        let b = beat.clone();
+        let h2 = h.clone();
+        let s2 = steps.clone();
+        ex.spawn(async move {
+            h2.sleep_until(5).await;
+            b.set(Some((h2.now_ns(), s2.get())));
+        })
+        .unwrap();
+        // the main loop: one run per turn, time advancing by 1 each turn
+        let mut turns = 0u64;
+        while !work.is_finished() {
+            let r = ex.run_until_stalled(turns);
+            assert!(r.polls <= 2, "one step of the work per run");
+            turns += 1;
+        }
+        assert_eq!(steps.get(), 100);
+        assert!(turns >= 100);
+        // the timer fired in the run at t=5, in the middle of the work
+        assert_eq!(beat.get(), Some((5, 6)));
+        // block_on interleaves a yielding root with the tasks the same way
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l2 = log.clone();
+        ex.spawn(async move {
+            for i in 0..3 {
+                l2.borrow_mut().push(("task", i));
+                yield_now().await;
+            }
+        })
+        .unwrap();
+        let l3 = log.clone();
+        ex.block_on(async move {
+            for i in 0..3 {
+                l3.borrow_mut().push(("root", i));
+                yield_now().await;
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                ("root", 0),
+                ("task", 0),
+                ("root", 1),
+                ("task", 1),
+                ("root", 2),
+                ("task", 2)
+            ]
+        );
+        // on any other poller a yield is a plain self-wake
+        let w = Arc::new(RootWaker {
+            woken: AtomicBool::new(false),
+        });
+        let waker = Waker::from(w.clone());
+        let mut y = core::pin::pin!(yield_now());
+        assert!(y
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert!(w.woken.load(Ordering::Acquire));
+        assert!(y.poll(&mut Context::from_waker(&waker)).is_ready());
     }
 
     #[test]
@@ -855,6 +1152,98 @@ mod tests {
         n.notify();
         ex.run_until_stalled(0);
         assert_eq!(hits.get(), 3);
+    }
+
+    std::thread_local! {
+        static FAKE_NS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn fake_ns() -> u64 {
+        FAKE_NS.with(|c| c.get())
+    }
+
+    /// Spend `ns` of fake host time.
+    fn spend(ns: u64) {
+        FAKE_NS.with(|c| c.set(c.get() + ns));
+    }
+
+    #[test]
+    fn longest_poll_is_recorded_per_node_with_its_task() {
+        let ex = Executor::default();
+        ex.set_node(9);
+        // without a poll clock nothing is measured
+        ex.spawn(async { spend(1_000) }).unwrap();
+        ex.run_until_stalled(0);
+        assert_eq!(ex.stats().max_poll_ns, 0);
+
+        ex.set_poll_clock(fake_ns);
+        ex.spawn_named("short", async {
+            spend(10);
+            yield_now().await;
+            spend(20);
+        })
+        .unwrap();
+        let long = ex
+            .spawn_named("long", async {
+                spend(5);
+                yield_now().await;
+                spend(LONG_POLL_NS + 1);
+                yield_now().await;
+                spend(30);
+            })
+            .unwrap();
+        while ex.run_until_stalled(0).more_ready {}
+        let s = ex.stats();
+        assert_eq!(s.max_poll_ns, LONG_POLL_NS + 1);
+        assert_eq!(s.max_poll_task, long.id());
+        assert_eq!(s.max_poll_name, "long");
+        assert_eq!(s.long_polls, 1);
+        let gauge = |n| crate::runtime::counters::get_node("exec.max_poll_ns", n);
+        assert_eq!(gauge(9), Some(LONG_POLL_NS + 1));
+        let traced = trace::find_on("exec_long_poll", 9);
+        assert_eq!(traced.len(), 1);
+        assert_eq!(traced[0].arg("task"), Some(long.id()));
+        assert_eq!(traced[0].arg("ns"), Some(LONG_POLL_NS + 1));
+
+        // the root of block_on is measured too
+        ex.reset_max_poll();
+        assert_eq!(ex.stats().max_poll_ns, 0);
+        assert_eq!(gauge(9), Some(0));
+        ex.block_on(async { spend(777) }).unwrap();
+        let s = ex.stats();
+        assert_eq!((s.max_poll_ns, s.max_poll_task), (777, ROOT_TASK.0));
+        assert_eq!(s.max_poll_name, ROOT_TASK.1);
+        assert_eq!(gauge(9), Some(777));
+    }
+
+    #[test]
+    fn polls_run_as_the_node_at_the_executor_time() {
+        static TP: Tracepoint = Tracepoint::new("test_exec_poll", &["i"]);
+        trace::clear();
+        trace::set_time_source(trace::TimeSource::Executor);
+        let a = Executor::default();
+        a.set_node(1);
+        let b = Executor::default();
+        b.set_node(2);
+        for (ex, i) in [(&a, 1u64), (&b, 2)] {
+            let h = ex.handle();
+            ex.spawn(async move {
+                TP.emit(&[i]);
+                h.sleep_ns(100 * i).await;
+                TP.emit(&[i]);
+            })
+            .unwrap();
+        }
+        a.run_until_stalled(10);
+        b.run_until_stalled(20);
+        a.run_until_stalled(500);
+        b.run_until_stalled(700);
+        let got: Vec<(NodeId, u64, u64)> = trace::find("test_exec_poll")
+            .iter()
+            .map(|e| (e.node, e.time_ns, e.args[0]))
+            .collect();
+        assert_eq!(got, vec![(1, 10, 1), (2, 20, 2), (1, 500, 1), (2, 700, 2)]);
+        trace::set_time_source(trace::TimeSource::None);
     }
 
     #[test]

@@ -10,6 +10,15 @@
 //! into the meta_freed tree, flush the data device, write dirty metadata
 //! blocks, flush, write the super, flush, swap the active and idle lists.
 //! A block freed in commit N is not reusable before commit N+1 starts.
+//!
+//! A commit runs in bounded steps ([`CommitCore::begin_commit`],
+//! [`CommitCore::commit_step`]) so the server role can yield between them
+//! and the node keeps answering: the data frees [`COMMIT_STEP_EXTENTS`] at
+//! a time, the list refill and drain, the data flush, the block write-out
+//! [`WRITE_STEP_BLOCKS`] at a time (same order, one flush), the super.
+//! While a commit is under way the open transaction must not change
+//! ([`CommitCore::tx`] refuses); [`CommitCore::commit`] does every step at
+//! once.
 
 use crate::format::alloc::ALLOC_LIST_MAX_BLOCKS;
 use crate::format::block::AllocListHead;
@@ -24,7 +33,7 @@ use crate::runtime::trace::Tracepoint;
 use crate::storage::allocator::{
     empty_list, empty_list_some, ext_alloc, ext_insert, fill_list, ListAlloc,
 };
-use crate::storage::block::{read_super_from, BlockCache};
+use crate::storage::block::{read_super_from, BlockCache, WriteOut, WRITE_STEP_BLOCKS};
 use crate::storage::dev::BlockDev;
 use crate::storage::store_error::{StaleReason, StoreError, StoreResult};
 use alloc::boxed::Box;
@@ -39,6 +48,31 @@ pub const SERVER_META_FILL_LO: u64 = ALLOC_LIST_MAX_BLOCKS as u64 / 2;
 pub const RESERVED_META_BLOCKS: u64 = 2 * 8185 + 8185 + 8185 + 1028 + 913;
 
 static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
+
+/// Returned data extents inserted per step of a commit.
+pub const COMMIT_STEP_EXTENTS: usize = 64;
+
+/// Where a commit in steps is.
+#[derive(Debug)]
+enum Phase {
+    /// Returning freed data extents to the data allocator.
+    DataFrees,
+    /// Refilling the idle avail list and draining the idle freed list.
+    Lists,
+    /// Flushing the data device (data before metadata).
+    DataFlush,
+    /// Writing the dirty metadata blocks; once written, flushing them,
+    /// writing the super between flushes and swapping the lists.
+    Write(WriteOut),
+    Done,
+}
+
+/// A commit under way (see [`CommitCore::begin_commit`]).
+#[derive(Debug)]
+#[must_use = "a commit must be stepped to its end"]
+pub struct Committing {
+    phase: Phase,
+}
 
 /// Tunables of the commit (tests shrink the fill targets).
 #[derive(Clone, Copy, Debug)]
@@ -214,6 +248,10 @@ pub struct CommitCore {
     seq: u64,
     cfg: CommitConfig,
     failed: bool,
+    /// A commit in steps is under way: the transaction is frozen.
+    committing: bool,
+    /// Pending data frees taken by the commit under way.
+    committing_frees: Vec<(u64, u64)>,
     /// The super as last written (what readers may use).
     stable: SuperBlock,
     pub counters: ServerCounters,
@@ -337,6 +375,8 @@ impl CommitCore {
             seq: sb.seq + 1,
             cfg,
             failed: false,
+            committing: false,
+            committing_frees: Vec::new(),
             stable: sb,
             counters: ServerCounters::default(),
         })
@@ -417,7 +457,11 @@ impl CommitCore {
     }
 
     /// The open transaction.
+    ///
+    /// # Panics
+    /// While a commit is under way (the transaction is frozen).
     pub fn tx(&mut self) -> ServerTxn<'_> {
+        assert!(!self.committing, "transaction changed during its commit");
         ServerTxn {
             cache: &mut self.cache,
             alloc: &mut self.alloc,
@@ -431,6 +475,7 @@ impl CommitCore {
     /// Allocate up to `max_len` data blocks (largest free extent first).
     pub fn alloc_data(&mut self, max_len: u64) -> StoreResult<(u64, u64)> {
         self.check_ok()?;
+        assert!(!self.committing, "data allocated during a commit");
         ext_alloc(
             &mut self.cache,
             &mut self.alloc,
@@ -462,19 +507,67 @@ impl CommitCore {
     /// Make the open transaction durable. On error the server is failed:
     /// reopen the volume (the previous commit is intact on disk).
     pub fn commit(&mut self) -> StoreResult<()> {
-        self.check_ok()?;
-        let r = self.commit_inner();
-        match r {
-            Ok(()) => self.counters.commits += 1,
-            Err(_) => {
-                self.counters.commit_errors += 1;
-                self.failed = true;
-            }
-        }
-        r
+        let mut c = self.begin_commit()?;
+        while !self.commit_step(&mut c)? {}
+        Ok(())
     }
 
-    fn commit_inner(&mut self) -> StoreResult<()> {
+    /// Is a commit in steps under way?
+    pub fn is_committing(&self) -> bool {
+        self.committing
+    }
+
+    /// Start making the open transaction durable in steps: call
+    /// [`Self::commit_step`] until it returns true. From here until then
+    /// the transaction must not change.
+    pub fn begin_commit(&mut self) -> StoreResult<Committing> {
+        self.check_ok()?;
+        assert!(!self.committing, "two commits at once");
+        self.committing = true;
+        self.committing_frees = core::mem::take(&mut self.pending_data_frees);
+        Ok(Committing {
+            phase: Phase::DataFrees,
+        })
+    }
+
+    /// Do the next bounded step of `c`. True once the commit is durable
+    /// (the next transaction is open). On error the server is failed.
+    pub fn commit_step(&mut self, c: &mut Committing) -> StoreResult<bool> {
+        assert!(self.committing, "commit step without a commit");
+        match self.commit_step_inner(c) {
+            Ok(done) => {
+                if done {
+                    self.committing = false;
+                    self.counters.commits += 1;
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                self.fail_commit();
+                Err(e)
+            }
+        }
+    }
+
+    fn fail_commit(&mut self) {
+        self.committing = false;
+        self.counters.commit_errors += 1;
+        self.failed = true;
+    }
+
+    /// The caller gives up a commit half way (its task was dropped): the
+    /// server is failed, as after a commit error, and the volume reopens
+    /// at the last durable commit. Nothing if no commit is under way.
+    pub fn abandon_commit(&mut self) {
+        if self.committing {
+            self.fail_commit();
+            if self.cache.is_writing() {
+                self.cache.discard_dirty();
+            }
+        }
+    }
+
+    fn commit_step_inner(&mut self, c: &mut Committing) -> StoreResult<bool> {
         let CommitCore {
             cache,
             sb,
@@ -482,60 +575,82 @@ impl CommitCore {
             data_dev,
             other_ind,
             meta_avail_ind,
-            pending_data_frees,
+            committing_frees,
             ..
         } = self;
         let other = *other_ind;
         let active = other ^ 1;
+        match &mut c.phase {
+            Phase::DataFrees => {
+                let n = committing_frees.len().min(COMMIT_STEP_EXTENTS);
+                for (s, l) in committing_frees.drain(..n) {
+                    ext_insert(cache, alloc, &mut sb.data_alloc, s, l)?;
+                }
+                if committing_frees.is_empty() {
+                    c.phase = Phase::Lists;
+                }
+            }
+            Phase::Lists => {
+                let (a0, a1) = sb.meta_alloc.split_at_mut(1);
+                let (meta_avail, meta_freed): (&mut AllocRoot, &mut AllocRoot) =
+                    if *meta_avail_ind == 0 {
+                        (&mut a0[0], &mut a1[0])
+                    } else {
+                        (&mut a1[0], &mut a0[0])
+                    };
+                let mut oa = sb.server_meta_avail[other];
+                let mut of = sb.server_meta_freed[other];
+                self.counters.list_filled += fill_list(
+                    cache,
+                    alloc,
+                    &mut oa,
+                    meta_avail,
+                    self.cfg.fill_lo,
+                    self.cfg.fill_target,
+                )?;
+                self.counters.list_emptied += empty_list(cache, alloc, meta_freed, &mut of)?;
+                sb.server_meta_avail[other] = oa;
+                sb.server_meta_freed[other] = of;
+                c.phase = Phase::DataFlush;
+            }
+            Phase::DataFlush => {
+                // data before metadata, metadata before the super
+                data_dev.flush()?;
+                c.phase = Phase::Write(cache.begin_write_dirty()?);
+            }
+            Phase::Write(w) if !w.is_written() => {
+                cache.write_dirty_step(w, WRITE_STEP_BLOCKS)?;
+            }
+            Phase::Write(_) => {
+                let Phase::Write(w) = core::mem::replace(&mut c.phase, Phase::Done) else {
+                    unreachable!("matched the write phase")
+                };
+                self.counters.blocks_written += cache.finish_write_dirty(w)? as u64;
 
-        for (s, l) in core::mem::take(pending_data_frees) {
-            ext_insert(cache, alloc, &mut sb.data_alloc, s, l)?;
+                sb.seq = self.seq;
+                sb.server_meta_avail[active] = alloc.avail;
+                sb.server_meta_freed[active] = alloc.freed;
+                sb.hdr.seq += 1;
+                cache.write_super(sb)?;
+                self.stable = *sb;
+                TP_COMMIT.emit(&[sb.seq, self.counters.blocks_written]);
+
+                // swap the active and idle lists
+                *other_ind = active;
+                *alloc = ListAlloc::new(sb.server_meta_avail[other], sb.server_meta_freed[other]);
+                let (ai, fi) = (*meta_avail_ind, *meta_avail_ind ^ 1);
+                if sb.meta_alloc[ai].total_len < self.cfg.reserved_meta_blocks * 2
+                    && sb.meta_alloc[fi].total_len > sb.meta_alloc[ai].total_len
+                {
+                    *meta_avail_ind = fi;
+                    self.counters.meta_root_swaps += 1;
+                }
+                self.seq += 1;
+                return Ok(true);
+            }
+            Phase::Done => return Ok(true),
         }
-
-        let (a0, a1) = sb.meta_alloc.split_at_mut(1);
-        let (meta_avail, meta_freed): (&mut AllocRoot, &mut AllocRoot) = if *meta_avail_ind == 0 {
-            (&mut a0[0], &mut a1[0])
-        } else {
-            (&mut a1[0], &mut a0[0])
-        };
-        let mut oa = sb.server_meta_avail[other];
-        let mut of = sb.server_meta_freed[other];
-        self.counters.list_filled += fill_list(
-            cache,
-            alloc,
-            &mut oa,
-            meta_avail,
-            self.cfg.fill_lo,
-            self.cfg.fill_target,
-        )?;
-        self.counters.list_emptied += empty_list(cache, alloc, meta_freed, &mut of)?;
-        sb.server_meta_avail[other] = oa;
-        sb.server_meta_freed[other] = of;
-
-        // data before metadata, metadata before the super
-        data_dev.flush()?;
-        self.counters.blocks_written += cache.write_dirty()? as u64;
-
-        sb.seq = self.seq;
-        sb.server_meta_avail[active] = alloc.avail;
-        sb.server_meta_freed[active] = alloc.freed;
-        sb.hdr.seq += 1;
-        cache.write_super(sb)?;
-        self.stable = *sb;
-        TP_COMMIT.emit(&[sb.seq, self.counters.blocks_written]);
-
-        // swap the active and idle lists
-        *other_ind = active;
-        *alloc = ListAlloc::new(sb.server_meta_avail[other], sb.server_meta_freed[other]);
-        let (ai, fi) = (*meta_avail_ind, *meta_avail_ind ^ 1);
-        if sb.meta_alloc[ai].total_len < self.cfg.reserved_meta_blocks * 2
-            && sb.meta_alloc[fi].total_len > sb.meta_alloc[ai].total_len
-        {
-            *meta_avail_ind = fi;
-            self.counters.meta_root_swaps += 1;
-        }
-        self.seq += 1;
-        Ok(())
+        Ok(false)
     }
 }
 

@@ -15,6 +15,11 @@
 //! allocator has `(holders + 2) * hold_budget` blocks of room; every
 //! multi-commit job commits between its steps; a failed commit stops the
 //! server (the volume reopens at the last durable commit).
+//!
+//! A commit runs in bounded steps with a yield between them, so the node
+//! keeps answering (heartbeats, reads of the stable super) while it
+//! writes; no holder is admitted while one is under way, so the
+//! transaction it writes never changes, and shutdown waits for it.
 
 use crate::cluster::msg::{
     self, Greeting, InodeAlloc, NetRoots, NetStatfs, Request, GREETING_FLAG_FAREWELL,
@@ -28,7 +33,7 @@ use crate::format::key::{zone, Key};
 use crate::format::log::*;
 use crate::format::super_block::SuperBlock;
 use crate::runtime::env::Entropy;
-use crate::runtime::exec::{Handle, JoinHandle, Notify};
+use crate::runtime::exec::{yield_now, Handle, JoinHandle, Notify};
 use crate::runtime::trace::Tracepoint;
 use crate::server::commit::{CommitConfig, CommitCore, ServerTxn};
 use crate::server::log_merge::{self, MergeConfig, Work};
@@ -100,6 +105,8 @@ pub struct ServerRoleCounters {
 struct Gate {
     holders: Cell<u64>,
     applying: Cell<u64>,
+    /// A commit is under way (in steps): no holder is admitted.
+    committing: Cell<bool>,
     kick: Cell<bool>,
     /// Commits done.
     generation: Cell<u64>,
@@ -158,6 +165,7 @@ impl ServerRole {
                 gate: Gate {
                     holders: Cell::new(0),
                     applying: Cell::new(0),
+                    committing: Cell::new(false),
                     kick: Cell::new(false),
                     generation: Cell::new(0),
                     changed: Notify::new(),
@@ -184,7 +192,7 @@ impl ServerRole {
             let i = inner.clone();
             inner
                 .handle
-                .spawn(async move { i.commit_worker().await })
+                .spawn_named("server.commit", async move { i.commit_worker().await })
                 .map_err(|_| Errno::ENOMEM)?
         };
         inner.tasks.borrow_mut().push(commit_task);
@@ -194,12 +202,15 @@ impl ServerRole {
         let i = inner.clone();
         let accept = inner
             .handle
-            .spawn(async move { i.accept_loop(listener).await })
+            .spawn_named(
+                "server.accept",
+                async move { i.accept_loop(listener).await },
+            )
             .map_err(|_| Errno::ENOMEM)?;
         let i = inner.clone();
         let freeing = inner
             .handle
-            .spawn(async move { i.freeing_worker().await })
+            .spawn_named("server.freeing", async move { i.freeing_worker().await })
             .map_err(|_| Errno::ENOMEM)?;
         inner.tasks.borrow_mut().extend([accept, freeing]);
         Ok(())
@@ -213,7 +224,8 @@ impl ServerRole {
         // bounded: the worker commits pending applies and then sees no one
         for _ in 0..1000 {
             let changed = g.changed.notified();
-            if g.applying.get() == 0 || self.inner.core.borrow().is_failed() {
+            let idle = g.applying.get() == 0 && !g.committing.get();
+            if idle || self.inner.core.borrow().is_failed() {
                 break;
             }
             changed.await;
@@ -291,6 +303,11 @@ impl Inner {
             if self.core.borrow().is_failed() || self.stopping.get() {
                 return Err(Errno::EIO);
             }
+            if g.committing.get() {
+                // the transaction is frozen until its commit is durable
+                changed.await;
+                continue;
+            }
             let need = (g.holders.get() + 2) * self.cfg.hold_budget_blocks;
             if self.room() >= need {
                 g.holders.set(g.holders.get() + 1);
@@ -342,7 +359,9 @@ impl Inner {
             if g.holders.get() == 0 && (g.applying.get() > 0 || g.kick.get()) {
                 g.kick.set(false);
                 g.applying.set(0);
-                let r = self.core.borrow_mut().commit();
+                g.committing.set(true);
+                let r = self.commit_paced().await;
+                g.committing.set(false);
                 g.generation.set(g.generation.get() + 1);
                 if let Err(e) = r {
                     log::error!("server: commit failed, stopping: {e}");
@@ -357,6 +376,33 @@ impl Inner {
                 return;
             }
             changed.await;
+        }
+    }
+
+    /// Make the open transaction durable, one bounded step per poll. If
+    /// this future is dropped half way the server fails (as after a commit
+    /// error): the volume reopens at the last durable commit.
+    async fn commit_paced(&self) -> StoreResult<()> {
+        struct Abandon<'a>(&'a RefCell<CommitCore>, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    if let Ok(mut core) = self.0.try_borrow_mut() {
+                        core.abandon_commit();
+                    }
+                }
+            }
+        }
+        let begun = self.core.borrow_mut().begin_commit();
+        let mut c = begun?;
+        let mut guard = Abandon(&self.core, false);
+        loop {
+            let stepped = self.core.borrow_mut().commit_step(&mut c);
+            if stepped? {
+                guard.1 = true;
+                return Ok(());
+            }
+            yield_now().await;
         }
     }
 
@@ -479,7 +525,7 @@ impl Inner {
             let me = self.clone();
             if self
                 .handle
-                .spawn(async move { me.serve_conn(ep).await })
+                .spawn_named("server.conn", async move { me.serve_conn(ep).await })
                 .is_err()
             {
                 counter!("server.conn_spawn_failed").inc();
@@ -523,7 +569,7 @@ impl Inner {
             let me = self.clone();
             let ep2 = ep.clone();
             let (inf, dn) = (inflight.clone(), done.clone());
-            let spawned = self.handle.spawn(async move {
+            let spawned = self.handle.spawn_named("server.request", async move {
                 let r = match Request::decode(f.header.cmd, &f.payload) {
                     Ok(req) => me.handle_request(rid, req).await,
                     Err(e) => Err(e),

@@ -74,7 +74,42 @@ pub struct BlockCache {
     /// Set when a modification failed half way: the dirty blocks may be
     /// inconsistent and must never be written.
     poisoned: Option<&'static str>,
+    /// A write-out in steps is under way ([`BlockCache::begin_write_dirty`]):
+    /// the dirty set must not change until it finishes.
+    writing: bool,
     pub counters: BlockCounters,
+}
+
+/// Dirty blocks one [`BlockCache::write_dirty_step`] of the callers that
+/// yield between steps writes (4 MiB of large blocks).
+pub const WRITE_STEP_BLOCKS: usize = 64;
+
+/// A write-out of the dirty blocks in bounded steps, so a caller can yield
+/// to other tasks between them: [`BlockCache::begin_write_dirty`], then
+/// [`BlockCache::write_dirty_step`] until it says done, then
+/// [`BlockCache::finish_write_dirty`]. Same blocks, same order, same single
+/// flush as [`BlockCache::write_dirty`].
+#[derive(Debug)]
+#[must_use = "a write-out must be stepped and finished"]
+pub struct WriteOut {
+    blknos: Vec<u64>,
+    next: usize,
+}
+
+impl WriteOut {
+    /// Blocks of the write-out.
+    pub fn len(&self) -> usize {
+        self.blknos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blknos.is_empty()
+    }
+
+    /// Every block has been written (the flush is still to come).
+    pub fn is_written(&self) -> bool {
+        self.next >= self.blknos.len()
+    }
 }
 
 /// Default memory budget of the cache: 64 MiB.
@@ -139,6 +174,7 @@ impl BlockCache {
             tick: 0,
             dirty: BTreeMap::new(),
             poisoned: None,
+            writing: false,
             counters: BlockCounters::default(),
         }
     }
@@ -335,6 +371,7 @@ impl BlockCache {
         magic: u32,
         alloc: &mut dyn MetaAlloc,
     ) -> StoreResult<BlockBuf> {
+        assert!(!self.writing, "block dirtied during a write-out");
         if !bref.is_null() && self.is_dirty(bref) {
             self.counters.dirty_reuse += 1;
             let b = self.dirty[&bref.blkno].clone();
@@ -384,6 +421,7 @@ impl BlockCache {
         old: Option<BlockBuf>,
         new_blkno: u64,
     ) -> (BlockBuf, Option<u64>) {
+        assert!(!self.writing, "block dirtied during a write-out");
         assert!(new_blkno != 0, "allocator handed out blkno 0");
         assert!(
             !self.dirty.contains_key(&new_blkno),
@@ -430,6 +468,7 @@ impl BlockCache {
     /// Forget any cached copy of a block that was just freed; a dirty copy
     /// will not be written.
     pub fn forget(&mut self, blkno: u64) {
+        assert!(!self.writing, "block forgotten during a write-out");
         if self.dirty.remove(&blkno).is_some() {
             self.counters.forget += 1;
         }
@@ -452,11 +491,37 @@ impl BlockCache {
     /// On success the blocks become clean cached blocks. On error the
     /// dirty set is kept so nothing is lost in memory.
     pub fn write_dirty(&mut self) -> StoreResult<usize> {
+        let mut w = self.begin_write_dirty()?;
+        while !self.write_dirty_step(&mut w, usize::MAX)? {}
+        self.finish_write_dirty(w)
+    }
+
+    /// Start a write-out in steps of every dirty block (see [`WriteOut`]).
+    /// Until it finishes (or fails) no block may be dirtied or forgotten.
+    pub fn begin_write_dirty(&mut self) -> StoreResult<WriteOut> {
         if let Some(what) = self.poisoned {
             return Err(StoreError::Corrupt { blkno: 0, what });
         }
-        let blknos: Vec<u64> = self.dirty.keys().copied().collect();
-        for &blkno in &blknos {
+        assert!(!self.writing, "two write-outs at once");
+        self.writing = true;
+        Ok(WriteOut {
+            blknos: self.dirty.keys().copied().collect(),
+            next: 0,
+        })
+    }
+
+    /// Seal and write up to `max_blocks` more blocks of `w`, in blkno
+    /// order. True once every block is written. On error the write-out
+    /// ends and the dirty set is kept, as with [`Self::write_dirty`]. A
+    /// write-out whose blocks were discarded meanwhile
+    /// ([`Self::discard_dirty`]: the transaction was abandoned) fails.
+    pub fn write_dirty_step(&mut self, w: &mut WriteOut, max_blocks: usize) -> StoreResult<bool> {
+        if !self.writing {
+            return Err(StoreError::Invalid("write-out abandoned"));
+        }
+        let end = w.blknos.len().min(w.next.saturating_add(max_blocks.max(1)));
+        while w.next < end {
+            let blkno = w.blknos[w.next];
             let buf = self.dirty[&blkno].clone();
             let mut data = buf.borrow_mut();
             let hdr = BlockHeader::decode(&data);
@@ -465,13 +530,36 @@ impl BlockCache {
             assert!(hdr.seq != 0 && hdr.magic != 0, "dirty block header unset");
             seal_block(&mut data);
             self.counters.dev_write += 1;
-            self.dev.write(lg_off(blkno), &data)?;
+            if let Err(e) = self.dev.write(lg_off(blkno), &data) {
+                self.writing = false;
+                return Err(e.into());
+            }
             debug_assert_eq!(crc32c_block(&data), BlockHeader::decode(&data).crc);
+            w.next += 1;
         }
+        Ok(w.is_written())
+    }
+
+    /// Flush the written blocks of `w` and make them clean cached blocks.
+    /// Returns how many there were.
+    pub fn finish_write_dirty(&mut self, w: WriteOut) -> StoreResult<usize> {
+        if !self.writing {
+            return Err(StoreError::Invalid("write-out abandoned"));
+        }
+        assert!(
+            w.is_written(),
+            "write-out finished before every block was written"
+        );
+        assert_eq!(
+            self.dirty.len(),
+            w.blknos.len(),
+            "dirty set changed during a write-out"
+        );
+        self.writing = false;
         self.counters.dev_flush += 1;
         self.dev.flush()?;
-        let n = blknos.len();
-        for blkno in blknos {
+        let n = w.blknos.len();
+        for blkno in w.blknos {
             if let Some(buf) = self.dirty.remove(&blkno) {
                 self.insert_clean(blkno, buf);
             }
@@ -479,10 +567,16 @@ impl BlockCache {
         Ok(n)
     }
 
+    /// Is a write-out in steps under way?
+    pub fn is_writing(&self) -> bool {
+        self.writing
+    }
+
     /// Drop every dirty block without writing (abandoning a transaction).
     pub fn discard_dirty(&mut self) {
         self.dirty.clear();
         self.poisoned = None;
+        self.writing = false;
     }
 
     /// Read and validate the super block of this volume's meta device.
@@ -574,6 +668,78 @@ mod tests {
             budget,
         );
         (dev, c)
+    }
+
+    /// Dirty `n` fresh blocks with distinct contents.
+    fn dirty_n(c: &mut BlockCache, a: &mut Bump, n: usize) -> Vec<BlockRef> {
+        (0..n)
+            .map(|i| {
+                let mut r = BlockRef::default();
+                let b = c.dirty_ref(&mut r, MAGIC_BTREE, a).unwrap();
+                b.borrow_mut()[200] = i as u8;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn write_out_in_steps_writes_what_write_dirty_writes() {
+        let (dev1, mut c1) = cache(8 << 20);
+        let (dev2, mut c2) = cache(8 << 20);
+        let refs = dirty_n(&mut c1, &mut Bump(10, Vec::new()), 10);
+        assert_eq!(dirty_n(&mut c2, &mut Bump(10, Vec::new()), 10), refs);
+        assert_eq!(c1.write_dirty().unwrap(), 10);
+
+        let mut w = c2.begin_write_dirty().unwrap();
+        assert_eq!(w.len(), 10);
+        let mut steps = 0;
+        while !c2.write_dirty_step(&mut w, 3).unwrap() {
+            steps += 1;
+            // written but not flushed: the blocks are still dirty
+            assert_eq!(c2.dirty_blocks(), 10);
+            assert!(c2.is_writing());
+        }
+        assert_eq!(steps, 3);
+        assert_eq!(c2.counters.dev_flush, 0);
+        assert_eq!(c2.finish_write_dirty(w).unwrap(), 10);
+        assert!(!c2.is_writing());
+        assert_eq!(c2.dirty_blocks(), 0);
+        assert_eq!((c1.counters.dev_write, c1.counters.dev_flush), (10, 1));
+        assert_eq!((c2.counters.dev_write, c2.counters.dev_flush), (10, 1));
+        for r in &refs {
+            let (mut a, mut b) = (vec![0u8; LG_BLOCK_SIZE], vec![0u8; LG_BLOCK_SIZE]);
+            dev1.read(lg_off(r.blkno), &mut a).unwrap();
+            dev2.read(lg_off(r.blkno), &mut b).unwrap();
+            assert_eq!(a, b);
+            assert!(c2.read_ref(r, MAGIC_BTREE).is_ok());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "block dirtied during a write-out")]
+    fn dirtying_during_a_write_out_is_a_broken_invariant() {
+        let (_dev, mut c) = cache(8 << 20);
+        let mut a = Bump(10, Vec::new());
+        dirty_n(&mut c, &mut a, 2);
+        let mut w = c.begin_write_dirty().unwrap();
+        let _ = c.write_dirty_step(&mut w, 1).unwrap();
+        dirty_n(&mut c, &mut a, 1);
+    }
+
+    #[test]
+    fn discard_ends_a_write_out() {
+        let (_dev, mut c) = cache(8 << 20);
+        let mut a = Bump(10, Vec::new());
+        dirty_n(&mut c, &mut a, 2);
+        let mut w = c.begin_write_dirty().unwrap();
+        let _ = c.write_dirty_step(&mut w, 1).unwrap();
+        c.discard_dirty();
+        assert!(!c.is_writing());
+        // the abandoned write-out goes no further
+        assert!(c.write_dirty_step(&mut w, 1).is_err());
+        assert!(c.finish_write_dirty(w).is_err());
+        dirty_n(&mut c, &mut a, 1);
+        assert_eq!(c.write_dirty().unwrap(), 1);
     }
 
     #[test]

@@ -165,6 +165,11 @@ pub fn handle() -> Handle {
     EXEC.with(|ex| ex.handle())
 }
 
+/// Use this thread's executor directly (poll clock, statistics).
+pub fn with_executor<R>(f: impl FnOnce(&Executor) -> R) -> R {
+    EXEC.with(f)
+}
+
 /// An in-memory volume: durable items, a data device and a clock.
 pub struct Vol {
     pub store: Rc<MemStore>,
