@@ -28,7 +28,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::ops::Bound::Included;
+use core::ops::Bound::{self, Included};
 
 use crate::cluster::lock::GrantedLock;
 use crate::errno::{Errno, FsResult};
@@ -38,11 +38,15 @@ use crate::posix::backend::{
     lock_range, Backend, CommitSet, DirtyItem, ReadBatch, SrchEntry, TotlDelta, Value,
 };
 use crate::runtime::env::Clock;
+use crate::runtime::exec::yield_now;
 
 /// Bookkeeping bytes charged per cached item on top of its value.
 pub const ITEM_OVERHEAD_BYTES: usize = 96;
 /// Default budget for clean cached items.
 pub const DEFAULT_CACHE_BUDGET_BYTES: usize = 64 << 20;
+/// Dirty items per step of building or retiring a commit set: bounds one
+/// poll (a few milliseconds) however large the transaction.
+pub const COMMIT_STEP_ITEMS: usize = 4096;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -488,23 +492,61 @@ impl ItemCache {
 
     // -- committing --------------------------------------------------------
 
-    /// Everything the open transaction changed. Nothing may change between
-    /// this and [`Self::commit_done`].
+    /// The open transaction's changes, for the backend to commit. The
+    /// caller holds the transaction exclusively from here to
+    /// [`Self::commit_done`], so nothing changes in between.
     pub fn commit_set(&self) -> CommitSet {
+        let mut items = Vec::with_capacity(self.inner.borrow().dirty.len());
+        let mut after = None;
+        while let Some(last) = self.commit_items_step(after, &mut items) {
+            after = Some(last);
+        }
+        self.finish_commit_set(items)
+    }
+
+    /// [`Self::commit_set`] in steps of [`COMMIT_STEP_ITEMS`], yielding
+    /// between them so a large transaction does not hold the CPU in one
+    /// poll.
+    pub async fn commit_set_stepped(&self) -> CommitSet {
+        let mut items = Vec::with_capacity(self.inner.borrow().dirty.len());
+        let mut after = None;
+        while let Some(last) = self.commit_items_step(after, &mut items) {
+            after = Some(last);
+            yield_now().await;
+        }
+        self.finish_commit_set(items)
+    }
+
+    /// Append up to [`COMMIT_STEP_ITEMS`] dirty items after `after`; the
+    /// last key appended if more may follow.
+    fn commit_items_step(&self, after: Option<Key>, out: &mut Vec<DirtyItem>) -> Option<Key> {
         let inner = self.inner.borrow();
-        let items = inner
-            .dirty
-            .iter()
-            .map(|k| {
-                let e = &inner.items[k];
-                debug_assert!(e.dirty);
-                DirtyItem {
-                    key: *k,
-                    seq: e.seq,
-                    val: e.val.clone(),
-                }
-            })
-            .collect();
+        let range = match after {
+            Some(k) => inner.dirty.range((Bound::Excluded(k), Bound::Unbounded)),
+            None => inner.dirty.range(..),
+        };
+        let mut last = None;
+        for k in range.take(COMMIT_STEP_ITEMS) {
+            let e = &inner.items[k];
+            debug_assert!(e.dirty);
+            out.push(DirtyItem {
+                key: *k,
+                seq: e.seq,
+                val: e.val.clone(),
+            });
+            last = Some(*k);
+        }
+        last.filter(|k| {
+            inner
+                .dirty
+                .range((Bound::Excluded(*k), Bound::Unbounded))
+                .next()
+                .is_some()
+        })
+    }
+
+    fn finish_commit_set(&self, items: Vec<DirtyItem>) -> CommitSet {
+        let inner = self.inner.borrow();
         let totl = inner
             .totl
             .iter()
@@ -523,17 +565,40 @@ impl ItemCache {
         }
     }
 
-    /// The set returned by [`Self::commit_set`] is durable: its items are
-    /// clean now (deletions become plain absences).
-    pub fn commit_done(&self, set: &CommitSet) {
-        let mut inner = self.inner.borrow_mut();
+    /// The set of `nr_items` items returned by [`Self::commit_set`] is
+    /// durable: its items are clean now (deletions become plain absences).
+    pub fn commit_done(&self, nr_items: usize) {
+        self.start_commit_done(nr_items);
+        while self.commit_done_step() {}
+        self.finish_commit_done();
+    }
+
+    /// [`Self::commit_done`] in steps of [`COMMIT_STEP_ITEMS`], yielding
+    /// between them.
+    pub async fn commit_done_stepped(&self, nr_items: usize) {
+        self.start_commit_done(nr_items);
+        while self.commit_done_step() {
+            yield_now().await;
+        }
+        self.finish_commit_done();
+    }
+
+    fn start_commit_done(&self, nr_items: usize) {
         assert_eq!(
-            inner.dirty.len(),
-            set.items.len(),
+            self.inner.borrow().dirty.len(),
+            nr_items,
             "items changed during commit"
         );
-        let dirty = core::mem::take(&mut inner.dirty);
-        for key in dirty {
+    }
+
+    /// Mark up to [`COMMIT_STEP_ITEMS`] committed items clean; whether any
+    /// are left.
+    fn commit_done_step(&self) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        for _ in 0..COMMIT_STEP_ITEMS {
+            let Some(key) = inner.dirty.pop_first() else {
+                return false;
+            };
             let covered = Self::in_range(&inner, &key);
             let e = inner.items.get_mut(&key).expect("dirty key has an entry");
             e.dirty = false;
@@ -544,6 +609,11 @@ impl ItemCache {
                 inner.bytes_total -= bytes;
             }
         }
+        !inner.dirty.is_empty()
+    }
+
+    fn finish_commit_done(&self) {
+        let mut inner = self.inner.borrow_mut();
         inner.bytes_dirty = 0;
         inner.totl.clear();
         inner.srch.clear();
@@ -776,7 +846,7 @@ mod tests {
         assert_eq!(keys, [(k(2), false), (k(3), true)]);
         assert!(set.items.iter().all(|d| d.seq == 5));
         block_on(be.commit(set.clone())).unwrap();
-        c.commit_done(&set);
+        c.commit_done(set.items.len());
         assert!(!c.is_dirty());
         c.evict_clean();
         assert_eq!(c.usage().items, 0);

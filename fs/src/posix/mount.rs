@@ -579,10 +579,11 @@ impl Mount {
         if !force && !self.items.is_dirty() {
             return Ok(());
         }
-        let set = self.items.commit_set();
-        match self.backend.commit(set.clone()).await {
+        let set = self.items.commit_set_stepped().await;
+        let nr_items = set.items.len();
+        match self.backend.commit(set).await {
             Ok(()) => {
-                self.items.commit_done(&set);
+                self.items.commit_done_stepped(nr_items).await;
                 self.count(|c| c.commits += 1);
                 Ok(())
             }
