@@ -172,6 +172,10 @@ impl Power {
         self.crash_after_writes.set(Some(n.max(1)));
     }
 
+    pub(crate) fn disarm(&self) {
+        self.crash_after_writes.set(None);
+    }
+
     /// A write completed: count it against an armed trigger.
     fn wrote(&self) {
         if let Some(n) = self.crash_after_writes.get() {

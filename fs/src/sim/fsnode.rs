@@ -11,6 +11,7 @@ use crate::posix::mount::{Mount, MountOptions};
 use crate::runtime::env::Timespec;
 use crate::runtime::node::NodeId;
 use crate::sim::disk::SimDisk;
+use crate::sim::fault::{CrashTrigger, Loss};
 use crate::sim::world::{NodeDown, Software, World};
 use crate::storage::dev::BlockDev;
 use crate::tools::mkfs::{mkfs, parse_quorum_slot, uuid_from_random, MkfsParams};
@@ -141,7 +142,21 @@ impl FsNode {
         node: NodeId,
         opts: NodeOptions,
     ) -> Result<FsResult<Rc<FsNode>>, NodeDown> {
+        FsNode::start_armed(world, node, opts, None).await
+    }
+
+    /// [`FsNode::start`] with a crash armed for the new life before the
+    /// mount (a crash during recovery).
+    pub async fn start_armed(
+        world: &Rc<World>,
+        node: NodeId,
+        opts: NodeOptions,
+        arm: Option<(CrashTrigger, Loss)>,
+    ) -> Result<FsResult<Rc<FsNode>>, NodeDown> {
         let env = world.boot(node);
+        if let Some((t, l)) = arm {
+            world.arm_crash(node, t, l);
+        }
         let meta: Rc<dyn BlockDev> = env.disks[0].clone();
         let data: Rc<dyn BlockDev> = env.disks[1].clone();
         let net = env.net.clone();

@@ -10,7 +10,7 @@ use crate::posix::mount::MountOptions;
 use crate::runtime::node::NodeId;
 use crate::sim::fault::PausePlan;
 use crate::sim::faultdev::PageMap;
-use crate::sim::fsnode::{sim_node_options, Volume, DATA_BYTES, META_BYTES};
+use crate::sim::fsnode::{sim_node_options, Volume};
 use crate::sim::hash::Observer;
 use crate::sim::net::NetStats;
 use crate::sim::workload::{self, all_nodes, Budget, Engine, Failure, Inject};
@@ -195,7 +195,6 @@ pub fn run_seed(
         }
         vols.push(v);
     }
-    debug_assert!(META_BYTES > 0 && DATA_BYTES > 0);
     let opts = node_options(cfg);
     let budget = Budget {
         steps: cfg.steps,

@@ -652,6 +652,13 @@ impl World {
         );
     }
 
+    /// Disarm a crash armed after writes (a time trigger stays).
+    pub fn disarm_crash(&self, node: NodeId) {
+        if let Some(p) = self.slots.borrow().get(&node).and_then(|s| s.power.clone()) {
+            p.disarm();
+        }
+    }
+
     /// Wait until `node` is down (a crash has been fully applied).
     pub async fn wait_down(&self, node: NodeId) {
         loop {

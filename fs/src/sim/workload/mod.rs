@@ -27,7 +27,7 @@ use crate::posix::mount::Mount;
 use crate::posix::types::*;
 use crate::runtime::env::{Entropy, SeededEntropy};
 use crate::runtime::node::NodeId;
-use crate::sim::fault::Fault;
+use crate::sim::fault::{CrashTrigger, Fault, Loss};
 use crate::sim::fsnode::{FsNode, Volume};
 use crate::sim::world::World;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -553,7 +553,7 @@ impl Engine {
         let off = if self.crash_mode {
             if self.dur.fresh.contains(&ino) {
                 self.r(cur + 1)
-            } else if cur % BS == 0 {
+            } else if cur.is_multiple_of(BS) {
                 // appends at a block boundary never rewrite a committed block
                 cur
             } else {
@@ -778,8 +778,13 @@ impl Engine {
 
     /// Mount the node's volume (a boot; recovery runs).
     pub async fn mount(&mut self) -> Result<(), Stop> {
+        self.mount_armed(None).await
+    }
+
+    async fn mount_armed(&mut self, arm: Option<CrashTrigger>) -> Result<(), Stop> {
         self.note("mount", "");
-        match FsNode::start(&self.w, self.node, self.opts).await {
+        let arm = arm.map(|t| (t, Loss::Any));
+        match FsNode::start_armed(&self.w, self.node, self.opts, arm).await {
             Ok(Ok(fs)) => {
                 self.dur.commits_seen = fs.mount.counters().commits;
                 Ok(())
@@ -902,9 +907,19 @@ impl Engine {
     /// namespace must be one of the states that may be durable. The
     /// model becomes the one found.
     pub async fn recover(&mut self, in_flight: Option<Model>) -> Result<(), Stop> {
-        self.w.wait_down(self.node).await;
-        self.fsck("after the crash")?;
-        self.mount().await?;
+        // now and then the recovery itself is cut short by another crash
+        for attempt in 0.. {
+            self.w.wait_down(self.node).await;
+            self.fsck("after the crash")?;
+            let arm =
+                (attempt < 3 && self.r(4) == 0).then(|| CrashTrigger::AfterWrites(1 + self.r(30)));
+            match self.mount_armed(arm).await {
+                Ok(()) => break,
+                Err(Stop::Down) => self.note("crash_during_recovery", ""),
+                Err(e) => return Err(e),
+            }
+        }
+        self.w.disarm_crash(self.node);
         let tree = self.walk().await?;
         let mut cands = core::mem::take(&mut self.dur.durable);
         cands.extend(in_flight);
