@@ -74,7 +74,9 @@ pub struct Event {
     /// A node id, or [`WORLD`].
     pub node: u8,
     pub kind: &'static str,
+    /// The first `nargs` are the event's arguments.
     pub args: [u64; 4],
+    pub nargs: u8,
     /// Free text (workload operations and results); empty for most.
     pub text: String,
 }
@@ -94,8 +96,7 @@ impl fmt::Display for Event {
             write!(f, "n{} ", self.node)?;
         }
         f.write_str(self.kind)?;
-        let n = self.args.iter().rposition(|&a| a != 0).map_or(0, |i| i + 1);
-        for a in &self.args[..n] {
+        for a in &self.args[..self.nargs as usize] {
             write!(f, " {a}")?;
         }
         if !self.text.is_empty() {
@@ -159,6 +160,7 @@ impl EventLog {
             node,
             kind,
             args: a,
+            nargs: args.len().min(4) as u8,
             text: text.into(),
         };
         self.count += 1;
