@@ -14,7 +14,7 @@
 use crate::client::btree_merge::{self, MergeLimits, MergeStats};
 use crate::client::log_txn::{ClientLogTxn, LogTxnConfig};
 use crate::client::requests::{Client, ClientIdentity};
-use crate::cluster::transport::MemNet;
+use crate::cluster::transport::{MemNet, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::posix::mount::{Mount, MountOptions};
@@ -151,7 +151,43 @@ pub async fn mount_volume(
     handle: Handle,
     opts: NodeOptions,
 ) -> FsResult<(Rc<Mount>, NodeHandle)> {
-    let node = start_node(meta, data.clone(), entropy, handle.clone(), opts).await?;
+    let net = MemNet::new();
+    mount_volume_on(
+        &net,
+        LOOPBACK_ADDR,
+        meta,
+        data,
+        clock,
+        entropy,
+        handle,
+        opts,
+    )
+    .await
+}
+
+/// [`mount_volume`] with the server listening at `addr` on `transport`
+/// (the simulator's network) instead of a private in-memory loopback.
+#[allow(clippy::too_many_arguments)]
+pub async fn mount_volume_on(
+    transport: &dyn Transport,
+    addr: &str,
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    clock: Rc<dyn Clock>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<(Rc<Mount>, NodeHandle)> {
+    let node = start_node_on(
+        transport,
+        addr,
+        meta,
+        data.clone(),
+        entropy,
+        handle.clone(),
+        opts,
+    )
+    .await?;
     let backend: Rc<dyn crate::posix::backend::Backend> = node.trans.clone();
     let mount = match Mount::mount(backend, data, clock, opts.mount).await {
         Ok(m) => Rc::new(m),
@@ -194,6 +230,19 @@ pub async fn start_node(
     opts: NodeOptions,
 ) -> FsResult<NodeHandle> {
     let net = MemNet::new();
+    start_node_on(&net, LOOPBACK_ADDR, meta, data, entropy, handle, opts).await
+}
+
+/// [`start_node`] with the server listening at `addr` on `transport`.
+pub async fn start_node_on(
+    net: &dyn Transport,
+    addr: &str,
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<NodeHandle> {
     let leader = ServerRole::open(
         meta.clone(),
         data,
@@ -201,7 +250,7 @@ pub async fn start_node(
         opts.server,
         handle.clone(),
     )?;
-    leader.start(&net, LOOPBACK_ADDR).await?;
+    leader.start(net, addr).await?;
     let sb = leader.stable_super();
     let rid = loop {
         let r = entropy.next_u64();
@@ -215,7 +264,7 @@ pub async fn start_node(
         rid,
         flags: 0,
     };
-    let client = match Client::connect(&net, LOOPBACK_ADDR, id, &handle).await {
+    let client = match Client::connect(net, addr, id, &handle).await {
         Ok(c) => c,
         Err(e) => {
             leader.shutdown().await;

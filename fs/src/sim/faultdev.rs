@@ -57,7 +57,8 @@ pub struct FaultDev {
 /// happened: `(device number, op)`.
 pub type SharedTrace = Rc<RefCell<Vec<(usize, TraceOp)>>>;
 
-fn apply(pages: &mut PageMap, off: u64, data: &[u8]) {
+/// Put `data` at byte `off` into `pages` (all-zero pages are dropped).
+pub fn apply(pages: &mut PageMap, off: u64, data: &[u8]) {
     for (i, chunk) in data.chunks(PAGE).enumerate() {
         let p = off / DEV_ALIGN + i as u64;
         if chunk.iter().all(|&b| b == 0) {
@@ -161,44 +162,73 @@ fn image_with(
     pending: &[(u64, Rc<[u8]>)],
     policy: LossPolicy,
 ) -> Rc<PageMap> {
+    power_cut_image(durable, pending.iter().map(|(o, d)| (*o, d)), policy).0
+}
+
+/// What a power cut did to one unflushed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFate {
+    /// Every page reached the media.
+    Kept,
+    /// No page reached the media.
+    Lost,
+    /// Only the first `pages` 4 KiB pages reached the media.
+    Torn { pages: usize },
+}
+
+/// Durable pages plus the unflushed writes (`(offset, data)`, oldest
+/// first) that `policy` lets through, and what happened to each write.
+/// Shared by [`FaultDev`] and the simulator's shared disks.
+pub fn power_cut_image<'a>(
+    durable: &Rc<PageMap>,
+    pending: impl ExactSizeIterator<Item = (u64, &'a Rc<[u8]>)> + Clone,
+    policy: LossPolicy,
+) -> (Rc<PageMap>, Vec<WriteFate>) {
     let mut img = durable.clone();
-    if pending.is_empty() || policy == LossPolicy::LoseAll {
-        return img;
+    let n = pending.len();
+    if n == 0 || policy == LossPolicy::LoseAll {
+        return (img, vec![WriteFate::Lost; n]);
     }
     let map = Rc::make_mut(&mut img);
+    let mut fates = vec![WriteFate::Kept; n];
     match policy {
         LossPolicy::KeepAll => {
             for (off, data) in pending {
-                apply(map, *off, data);
+                apply(map, off, data);
             }
         }
         LossPolicy::LoseAll => {}
         LossPolicy::Random { seed, tear } => {
             let rng = SeededEntropy::new(seed);
-            let kept: Vec<bool> = pending.iter().map(|_| rng.next_u64() & 1 == 1).collect();
-            let multi: Vec<usize> = (0..pending.len())
-                .filter(|&i| kept[i] && pending[i].1.len() > PAGE)
+            let kept: Vec<bool> = (0..n).map(|_| rng.next_u64() & 1 == 1).collect();
+            let multi: Vec<usize> = pending
+                .clone()
+                .enumerate()
+                .filter(|(i, (_, d))| kept[*i] && d.len() > PAGE)
+                .map(|(i, _)| i)
                 .collect();
             let torn = if tear && !multi.is_empty() {
                 Some(multi[(rng.next_u64() % multi.len() as u64) as usize])
             } else {
                 None
             };
-            for (i, (off, data)) in pending.iter().enumerate() {
+            for (i, (off, data)) in pending.enumerate() {
                 if !kept[i] {
+                    fates[i] = WriteFate::Lost;
                     continue;
                 }
                 if Some(i) == torn {
                     let pages = data.len() / PAGE;
                     let keep = 1 + (rng.next_u64() % (pages as u64 - 1)) as usize;
-                    apply(map, *off, &data[..keep * PAGE]);
+                    apply(map, off, &data[..keep * PAGE]);
+                    fates[i] = WriteFate::Torn { pages: keep };
                 } else {
-                    apply(map, *off, data);
+                    apply(map, off, data);
                 }
             }
         }
     }
-    img
+    (img, fates)
 }
 
 impl BlockDev for FaultDev {

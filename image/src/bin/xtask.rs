@@ -13,6 +13,11 @@
 //! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]`: the 9P bench
 //!   from a Linux guest (mdtest-like pass, streaming write and read)
 //!   against a freshly booted appliance, or the server at ADDR:PORT.
+//! - `sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
+//!   [--workload posix|crash|all] ...`: the deterministic simulator
+//!   (`scoutvm-sim`, release build; docs/simulator.md). One line per run
+//!   with its seed and hash, the replay command of every failure, and the
+//!   simulated seconds per host second.
 //!
 //! Every step prints what it runs; the first failure stops with non-zero.
 use std::path::{Path, PathBuf};
@@ -351,6 +356,31 @@ fn run_bench_bin(bin: &str, args: &[String]) {
     }
 }
 
+/// Run the simulator (release) with `args` passed through.
+fn cmd_sim(args: &[String]) {
+    let c = cargo();
+    let mut a: Vec<&str> = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "scoutvm-tests",
+        "--bin",
+        "scoutvm-sim",
+        "--",
+    ];
+    a.extend(args.iter().map(|s| s.as_str()));
+    eprintln!("xtask: $ {c} {}", a.join(" "));
+    let status = Command::new(&c)
+        .args(&a)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run scoutvm-sim: {e}")));
+    if !status.success() {
+        fail("simulator runs failed (see the replay commands above)");
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
@@ -360,7 +390,10 @@ fn usage() -> ! {
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
          \n  bench [--quick]               boot time, size, idle CPU, disk MB/s\
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]\
-         \n                                9P bench from a Linux guest (boots an appliance)"
+         \n                                9P bench from a Linux guest (boots an appliance)\
+         \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
+         \n      [--workload posix|crash|all] [--trace] ...\
+         \n                                the deterministic simulator (docs/simulator.md)"
     );
     exit(2)
 }
@@ -376,6 +409,7 @@ fn main() {
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
+        "sim" => cmd_sim(&args[1..]),
         _ => usage(),
     }
 }

@@ -1,0 +1,271 @@
+//! One seed, end to end: build the world (nodes, one volume per node,
+//! background pauses), run a workload on every node, and report the seed,
+//! the virtual time, the steps, the hash of the event log and the verdict.
+//! The runner binary (`cargo xtask sim`) and the CI test call
+//! [`run_seed`]; the same [`RunConfig`] always gives the same report.
+
+use crate::client::node::NodeOptions;
+use crate::posix::hold::CommitPolicy;
+use crate::posix::mount::MountOptions;
+use crate::runtime::node::NodeId;
+use crate::sim::fault::PausePlan;
+use crate::sim::faultdev::PageMap;
+use crate::sim::fsnode::{sim_node_options, Volume};
+use crate::sim::hash::Observer;
+use crate::sim::net::NetStats;
+use crate::sim::workload::{self, all_nodes, Budget, Engine, Failure, Inject};
+use crate::sim::world::{World, WorldConfig, WorldStats, MAX_SIM_NODES};
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Which workload a seed runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Posix,
+    Crash,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Posix => "posix",
+            WorkloadKind::Crash => "crash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkloadKind> {
+        match s {
+            "posix" => Some(WorkloadKind::Posix),
+            "crash" => Some(WorkloadKind::Crash),
+            _ => None,
+        }
+    }
+}
+
+/// Everything that determines a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub workload: WorkloadKind,
+    pub nodes: u8,
+    /// Workload steps per node.
+    pub steps: u64,
+    /// Virtual time after which no new step starts.
+    pub until_ns: u64,
+    pub inject: Inject,
+    /// Background node pauses.
+    pub pauses: bool,
+    /// Crash cycles end with the merge liveness check (see
+    /// [`Budget::crash_merge_liveness`]).
+    pub crash_merge_liveness: bool,
+}
+
+impl RunConfig {
+    pub fn new(seed: u64, workload: WorkloadKind) -> RunConfig {
+        RunConfig {
+            seed,
+            workload,
+            nodes: 1,
+            steps: 200,
+            until_ns: u64::MAX / 4,
+            inject: Inject::None,
+            pauses: true,
+            crash_merge_liveness: false,
+        }
+    }
+}
+
+/// What one seed did.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub cfg: RunConfig,
+    /// Virtual nanoseconds at the end.
+    pub virt_ns: u64,
+    pub steps: u64,
+    pub events: u64,
+    pub hash: u64,
+    /// The first failure (a checker's verdict or a stalled world).
+    pub failure: Option<String>,
+    /// The newest events before the end (for a failure report).
+    pub recent: Vec<String>,
+    pub world: WorldStats,
+    pub net: NetStats,
+}
+
+impl SeedReport {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// A formatted volume, made once and copied (copy-on-write) into every
+/// run: mkfs is deterministic, so runs are identical with or without it.
+#[derive(Clone)]
+pub struct VolumeImage {
+    pub meta: Rc<PageMap>,
+    pub data: Rc<PageMap>,
+}
+
+impl VolumeImage {
+    pub fn mkfs() -> Result<VolumeImage, String> {
+        let w = World::new(WorldConfig::new(0));
+        w.add_node(0);
+        let v = Volume::add(&w, 0, "template");
+        v.mkfs()?;
+        let img = VolumeImage {
+            meta: v.meta.durable_pages(),
+            data: v.data.durable_pages(),
+        };
+        w.finish();
+        Ok(img)
+    }
+}
+
+fn node_options(cfg: &RunConfig) -> NodeOptions {
+    match cfg.workload {
+        WorkloadKind::Posix => sim_node_options(
+            MountOptions {
+                cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
+                    32 << 10
+                } else {
+                    8 << 20
+                },
+                commit: CommitPolicy::default(),
+            },
+            true,
+        ),
+        // only syncs commit (as far as the workload can help it)
+        WorkloadKind::Crash => sim_node_options(
+            MountOptions {
+                commit: CommitPolicy {
+                    interval_ns: u64::MAX / 4,
+                    ..CommitPolicy::default()
+                },
+                ..MountOptions::default()
+            },
+            false,
+        ),
+    }
+}
+
+/// Virtual time a run may take past its budget before it counts as hung.
+const SLACK_NS: u64 = 3600 * 1_000_000_000;
+
+/// Run one seed. `image`: a formatted volume to start from (else mkfs
+/// runs); `observer`: sees every event (tracing).
+pub fn run_seed(
+    cfg: &RunConfig,
+    image: Option<&VolumeImage>,
+    observer: Option<Observer>,
+) -> SeedReport {
+    assert!(
+        cfg.nodes >= 1 && (cfg.nodes as usize) <= MAX_SIM_NODES,
+        "1..={MAX_SIM_NODES} nodes"
+    );
+    let mut wc = WorldConfig::new(cfg.seed);
+    if cfg.pauses {
+        wc.pauses = Some(PausePlan {
+            mean_gap_ns: 3_000_000_000,
+            max_ns: 500_000_000,
+        });
+    }
+    let w = World::new(wc);
+    w.set_observer(observer);
+    w.log(
+        crate::sim::hash::WORLD,
+        "run",
+        &[cfg.nodes as u64, cfg.steps],
+        cfg.workload.name(),
+    );
+    let nodes: Vec<NodeId> = (0..cfg.nodes).collect();
+    let mut vols = Vec::new();
+    let mut setup_err = None;
+    for &n in &nodes {
+        w.add_node(n);
+        let v = Volume::add(&w, n, &format!("vol{n}"));
+        match image {
+            Some(img) => v.format_from(img.meta.clone(), img.data.clone()),
+            None => {
+                if let Err(e) = v.mkfs() {
+                    setup_err = Some(e);
+                }
+            }
+        }
+        vols.push(v);
+    }
+    let opts = node_options(cfg);
+    let budget = Budget {
+        steps: cfg.steps,
+        until_ns: cfg.until_ns,
+        crash_merge_liveness: cfg.crash_merge_liveness,
+    };
+    let (inject, kind) = (cfg.inject, cfg.workload);
+    let result: Result<u64, (u64, String)> = match setup_err {
+        Some(e) => Err((0, e)),
+        None => {
+            let w2 = w.clone();
+            let main = async move {
+                all_nodes(&w2, &nodes, |n| {
+                    let e = Engine::new(
+                        w2.clone(),
+                        n,
+                        vols[n as usize].clone(),
+                        opts,
+                        budget,
+                        inject,
+                        kind == WorkloadKind::Crash,
+                    );
+                    async move {
+                        match kind {
+                            WorkloadKind::Posix => workload::posix::run(e).await,
+                            WorkloadKind::Crash => workload::crash::run(e).await,
+                        }
+                    }
+                })
+                .await
+            };
+            let limit = cfg.until_ns.saturating_add(SLACK_NS);
+            match w.run(main, limit) {
+                Ok(Ok(steps)) => Ok(steps),
+                Ok(Err(f)) => Err((f.step, describe(&f))),
+                Err(stall) => Err((0, format!("the world stalled: {stall}"))),
+            }
+        }
+    };
+    let (steps, failure) = match result {
+        Ok(s) => (s, None),
+        Err((step, f)) => (step, Some(f)),
+    };
+    w.log(
+        crate::sim::hash::WORLD,
+        "end",
+        &[steps, failure.is_some() as u64],
+        failure.as_deref().unwrap_or(""),
+    );
+    let mut rep = SeedReport {
+        cfg: *cfg,
+        virt_ns: w.now(),
+        steps,
+        events: w.events(),
+        hash: w.hash(),
+        recent: if failure.is_some() {
+            w.recent_events()
+        } else {
+            Vec::new()
+        },
+        failure,
+        world: w.stats(),
+        net: w.net().stats(),
+    };
+    // the hash is taken; now drop every node and harness task
+    w.set_observer(None);
+    w.finish();
+    rep.world = w.stats();
+    rep
+}
+
+fn describe(f: &Failure) -> String {
+    format!("{f}")
+}

@@ -1,0 +1,668 @@
+//! The deterministic simulator (docs/simulator.md): its CI seeds (every
+//! seed run twice gives the same hash and passes every checker), proof
+//! that the checkers see planted faults and that a failing seed replays
+//! exactly, and the network and disk models on their own.
+
+use scoutvm_fs::cluster::transport::{NetError, Transport};
+use scoutvm_fs::runtime::exec::JoinHandle;
+use scoutvm_fs::sim::fault::{CrashTrigger, Fault, Loss};
+use scoutvm_fs::sim::net::NetConfig;
+use scoutvm_fs::sim::run::{run_seed, RunConfig, SeedReport, VolumeImage, WorkloadKind};
+use scoutvm_fs::sim::workload::Inject;
+use scoutvm_fs::sim::world::{NodeDown, NodeEnv, NodeState, World, WorldConfig};
+use scoutvm_fs::storage::dev::{BlockDev, IoError};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Seeds per workload in CI, each run twice.
+const CI_SEEDS: u64 = 100;
+/// Steps per seed in CI (the runner's default is 200).
+const CI_STEPS: u64 = 60;
+
+fn ci_config(seed: u64, w: WorkloadKind) -> RunConfig {
+    let mut c = RunConfig::new(seed, w);
+    c.steps = CI_STEPS;
+    c
+}
+
+fn failures(reps: &[SeedReport]) -> Vec<String> {
+    reps.iter()
+        .filter_map(|r| {
+            r.failure.as_ref().map(|f| {
+                format!(
+                    "seed {} {}: {f}\n  last events:\n    {}",
+                    r.cfg.seed,
+                    r.cfg.workload.name(),
+                    r.recent.join("\n    ")
+                )
+            })
+        })
+        .collect()
+}
+
+fn seeds_twice(w: WorkloadKind) {
+    let img = VolumeImage::mkfs().expect("mkfs");
+    let run = |with_image: bool| -> Vec<SeedReport> {
+        (1..=CI_SEEDS)
+            .map(|s| run_seed(&ci_config(s, w), with_image.then_some(&img), None))
+            .collect()
+    };
+    let a = run(true);
+    let bad = failures(&a);
+    assert!(
+        bad.is_empty(),
+        "{} seeds failed:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    // the second pass makes its own mkfs for a few seeds: the image
+    // template must not change anything
+    let b: Vec<SeedReport> = (1..=CI_SEEDS)
+        .map(|s| run_seed(&ci_config(s, w), (s % 10 != 0).then_some(&img), None))
+        .collect();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.hash, x.events, x.virt_ns, x.steps),
+            (y.hash, y.events, y.virt_ns, y.steps),
+            "seed {} {} is not deterministic",
+            x.cfg.seed,
+            w.name()
+        );
+    }
+    let crashes: u64 = a.iter().map(|r| r.world.crashes).sum();
+    let leaked: u64 = a.iter().map(|r| r.world.software_leaked).sum();
+    assert_eq!(leaked, 0, "crashed nodes' memory was leaked");
+    if w == WorkloadKind::Crash {
+        assert!(
+            crashes >= CI_SEEDS,
+            "only {crashes} crashes in {CI_SEEDS} seeds"
+        );
+    }
+    let distinct: std::collections::BTreeSet<u64> = a.iter().map(|r| r.hash).collect();
+    assert_eq!(distinct.len(), a.len(), "different seeds, same hash");
+}
+
+#[test]
+fn posix_seeds_run_twice_give_identical_hashes() {
+    seeds_twice(WorkloadKind::Posix);
+}
+
+#[test]
+fn crash_seeds_run_twice_give_identical_hashes() {
+    seeds_twice(WorkloadKind::Crash);
+}
+
+#[test]
+fn two_nodes_side_by_side_are_deterministic() {
+    let mut c = ci_config(7, WorkloadKind::Crash);
+    c.nodes = 2;
+    let a = run_seed(&c, None, None);
+    assert!(a.ok(), "{:?}", a.failure);
+    let b = run_seed(&c, None, None);
+    assert_eq!((a.hash, a.events), (b.hash, b.events));
+    assert!(a.steps >= 2 * CI_STEPS);
+}
+
+/// A planted fault is reported with its seed, and the run replays to the
+/// same failure and the same hash.
+fn planted(w: WorkloadKind, inject: Inject, want: &str) {
+    let found = (1..=20).find_map(|s| {
+        let mut c = ci_config(s, w);
+        c.inject = inject;
+        let r = run_seed(&c, None, None);
+        r.failure.is_some().then_some((c, r))
+    });
+    let (c, r) = found.unwrap_or_else(|| panic!("{inject:?} never detected in 20 seeds"));
+    let f = r.failure.clone().unwrap();
+    assert!(f.contains(want), "{inject:?} detected as: {f}");
+    assert!(f.contains("step"), "{f}");
+    assert!(!r.recent.is_empty());
+    let again = run_seed(&c, None, None);
+    assert_eq!(again.failure.as_deref(), Some(f.as_str()));
+    assert_eq!((again.hash, again.events), (r.hash, r.events));
+}
+
+#[test]
+fn a_lying_flush_is_caught_by_the_crash_checker_and_replays() {
+    planted(WorkloadKind::Crash, Inject::LyingFlush, "after the crash");
+}
+
+#[test]
+fn a_wrong_model_is_caught_and_replays() {
+    planted(
+        WorkloadKind::Posix,
+        Inject::ModelBug { step: 10 },
+        "user.injected",
+    );
+}
+
+// ---- the network model ----
+
+fn world(seed: u64, nodes: u8) -> Rc<World> {
+    let mut wc = WorldConfig::new(seed);
+    wc.net = NetConfig {
+        dgram_loss_ppm: 0,
+        dgram_dup_ppm: 0,
+        ..NetConfig::default()
+    };
+    let w = World::new(wc);
+    for n in 0..nodes {
+        w.add_node(n);
+    }
+    w
+}
+
+fn boot_all(w: &World, nodes: u8) -> Vec<NodeEnv> {
+    (0..nodes).map(|n| w.boot(n)).collect()
+}
+
+const SEC: u64 = 1_000_000_000;
+
+#[test]
+fn streams_deliver_in_order_exactly_once_then_the_close() {
+    let w = world(1, 2);
+    let env = boot_all(&w, 2);
+    let (t0, t1) = (env[0].net.clone(), env[1].net.clone());
+    let l = t1.listen("srv").unwrap();
+    assert_eq!(t0.listen("srv").err(), Some(NetError::AddrInUse));
+    let w2 = w.clone();
+    let got = w
+        .run(
+            async move {
+                let server = w2.on(1, async move {
+                    let c = l.accept().await.unwrap();
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 333];
+                    while let Ok(n) = c.recv(&mut buf).await {
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    got
+                });
+                let ww = w2.clone();
+                let t_conn = w2
+                    .on(0, async move {
+                        let c = t0.connect("srv").await.unwrap();
+                        let t = ww.now();
+                        for i in 0..2000u32 {
+                            c.send(&i.to_le_bytes()).await.unwrap();
+                        }
+                        c.close();
+                        t
+                    })
+                    .await
+                    .unwrap();
+                assert!(t_conn > 0, "a connect takes a round trip");
+                server.await.unwrap()
+            },
+            60 * SEC,
+        )
+        .unwrap();
+    let want: Vec<u8> = (0..2000u32).flat_map(|i| i.to_le_bytes()).collect();
+    assert_eq!(got, want, "bytes arrive in order, exactly once");
+    let st = w.net().stats();
+    assert!(st.connects == 1 && st.segments >= 2001);
+    w.finish();
+}
+
+#[test]
+fn a_cut_link_holds_segments_and_drops_datagrams_one_way() {
+    let w = world(2, 2);
+    let env = boot_all(&w, 2);
+    let (t0, t1) = (env[0].net.clone(), env[1].net.clone());
+    let l = t1.listen("srv").unwrap();
+    let s0 = t0.bind("udp0").unwrap();
+    let s1 = t1.bind("udp1").unwrap();
+    let w2 = w.clone();
+    let arrivals = Rc::new(RefCell::new(Vec::new()));
+    let arr = arrivals.clone();
+    w.run(
+        async move {
+            let a2 = arr.clone();
+            let ww = w2.clone();
+            let server = w2.on(1, async move {
+                let c = l.accept().await.unwrap();
+                let mut buf = [0u8; 64];
+                while let Ok(n) = c.recv(&mut buf).await {
+                    a2.borrow_mut().push((ww.now(), buf[..n].to_vec()));
+                }
+            });
+            let c = w2
+                .on(0, async move { t0.connect("srv").await.unwrap() })
+                .await
+                .unwrap();
+            // cut 0 -> 1 only
+            w2.fault(Fault::Cut { from: 0, to: 1 }).await;
+            let cut_at = w2.now();
+            let c2 = c.clone();
+            w2.on(0, async move { c2.send(b"held").await.unwrap() })
+                .await
+                .unwrap();
+            // datagrams: 0 -> 1 dropped, 1 -> 0 delivered
+            s0.send_to("udp1", b"lost").unwrap();
+            s1.send_to("udp0", b"back").unwrap();
+            let back = w2
+                .on(0, async move { s0.recv_from().await.unwrap() })
+                .await
+                .unwrap();
+            assert_eq!(back, ("udp1".to_string(), b"back".to_vec()));
+            w2.sleep(2 * SEC).await;
+            assert!(arr.borrow().is_empty(), "nothing crosses a cut link");
+            assert_eq!(s1.queued(), 0, "the datagram was dropped");
+            w2.fault(Fault::Heal { from: 0, to: 1 }).await;
+            let healed = w2.now();
+            let c3 = c.clone();
+            w2.on(0, async move { c3.send(b"after").await.unwrap() })
+                .await
+                .unwrap();
+            w2.sleep(SEC).await;
+            c.close();
+            server.await.unwrap();
+            let a = arr.borrow();
+            let bytes: Vec<u8> = a.iter().flat_map(|x| x.1.clone()).collect();
+            assert_eq!(bytes, b"heldafter", "held bytes first, then the rest");
+            assert!(a[0].0 >= healed && a[0].0 > cut_at + 2 * SEC);
+        },
+        60 * SEC,
+    )
+    .unwrap();
+    assert!(w.net().stats().held > 0);
+    assert!(w.net().stats().dgrams_dropped >= 1);
+    drop(arrivals);
+    w.finish();
+}
+
+#[test]
+fn a_reset_closes_both_ends_and_loses_bytes_in_flight() {
+    let w = world(3, 2);
+    let env = boot_all(&w, 2);
+    let (t0, t1) = (env[0].net.clone(), env[1].net.clone());
+    let l = t1.listen("srv").unwrap();
+    let w2 = w.clone();
+    w.run(
+        async move {
+            let srv = w2.on(1, async move { l.accept().await.unwrap() });
+            let c = w2
+                .on(0, async move { t0.connect("srv").await.unwrap() })
+                .await
+                .unwrap();
+            let s = srv.await.unwrap();
+            let c2 = c.clone();
+            // sent, not yet delivered (a latency away), then reset
+            w2.on(0, async move { c2.send(b"in flight").await.unwrap() })
+                .await
+                .unwrap();
+            w2.fault(Fault::ResetStreams { node: 0 }).await;
+            assert!(
+                c.is_closed() && s.is_closed(),
+                "both ends see the reset at once"
+            );
+            let got = w2
+                .on(1, async move {
+                    let mut b = [0u8; 16];
+                    s.recv(&mut b).await
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, Err(NetError::Closed), "bytes in flight are lost");
+            let c3 = c.clone();
+            let sent = w2.on(0, async move { c3.send(b"x").await }).await.unwrap();
+            assert_eq!(sent, Err(NetError::Closed));
+        },
+        60 * SEC,
+    )
+    .unwrap();
+    assert_eq!(w.net().stats().resets, 1);
+    w.finish();
+}
+
+#[test]
+fn a_crashed_peer_resets_its_streams_and_refuses_connects() {
+    let w = world(4, 2);
+    let env = boot_all(&w, 2);
+    let (t0, t1) = (env[0].net.clone(), env[1].net.clone());
+    let t0b = t0.clone();
+    let l = t1.listen("srv").unwrap();
+    let w2 = w.clone();
+    w.run(
+        async move {
+            let srv = w2.on(1, async move {
+                let c = l.accept().await.unwrap();
+                let mut b = [0u8; 4];
+                let r = c.recv(&mut b).await;
+                drop(l);
+                r
+            });
+            let c = w2
+                .on(0, async move { t0.connect("srv").await.unwrap() })
+                .await
+                .unwrap();
+            w2.fault(Fault::Crash {
+                node: 1,
+                loss: Loss::LoseAll,
+            })
+            .await;
+            assert_eq!(srv.await, Err(NodeDown), "the crashed node's work is gone");
+            assert_eq!(w2.state(1), NodeState::Down);
+            let c2 = c.clone();
+            let r = w2
+                .on(0, async move {
+                    let mut b = [0u8; 4];
+                    c2.recv(&mut b).await
+                })
+                .await
+                .unwrap();
+            assert_eq!(r, Err(NetError::Closed), "the peer sees a reset");
+            let r = w2
+                .on(0, async move { t0b.connect("srv").await.err() })
+                .await
+                .unwrap();
+            assert_eq!(r, Some(NetError::Refused));
+        },
+        60 * SEC,
+    )
+    .unwrap();
+    w.finish();
+}
+
+#[test]
+fn datagram_latency_is_bounded_and_loss_and_duplication_follow_the_seed() {
+    let run = |seed: u64| {
+        let mut wc = WorldConfig::new(seed);
+        wc.net.dgram_loss_ppm = 100_000;
+        wc.net.dgram_dup_ppm = 100_000;
+        wc.net.dgram_queue = 4096;
+        let (lo, hi) = wc.net.link_ns;
+        let w = World::new(wc);
+        w.add_node(0);
+        w.add_node(1);
+        let env = boot_all(&w, 2);
+        let a = env[0].net.bind("a").unwrap();
+        let b = env[1].net.bind("b").unwrap();
+        let w2 = w.clone();
+        let (got, stats) = w
+            .run(
+                async move {
+                    let start = w2.now();
+                    for i in 0..1000u32 {
+                        a.send_to("b", &i.to_le_bytes()).unwrap();
+                    }
+                    w2.sleep(SEC).await;
+                    let mut got = Vec::new();
+                    while b.queued() > 0 {
+                        let (from, d) = b.recv_from().await.unwrap();
+                        assert_eq!(from, "a");
+                        got.push(u32::from_le_bytes(d.try_into().unwrap()));
+                    }
+                    assert!(w2.now() - start >= SEC);
+                    (got, w2.net().stats())
+                },
+                60 * SEC,
+            )
+            .unwrap();
+        w.finish();
+        assert!(lo <= hi);
+        (got, stats)
+    };
+    let (got, stats) = run(5);
+    let uniq: std::collections::BTreeSet<u32> = got.iter().copied().collect();
+    assert!(
+        (800..=960).contains(&uniq.len()),
+        "~10% lost: {}",
+        uniq.len()
+    );
+    assert!(got.len() > uniq.len(), "some duplicated");
+    assert!(
+        got.windows(2).any(|w| w[0] > w[1]),
+        "jitter reorders datagrams"
+    );
+    assert_eq!(stats.dgrams_sent, 1000);
+    assert_eq!(run(5).0, got, "the same seed, the same deliveries");
+    assert_ne!(run(6).0, got);
+}
+
+#[test]
+fn stream_latency_stays_within_the_configured_bounds() {
+    let w = world(9, 2);
+    let env = boot_all(&w, 2);
+    let (t0, t1) = (env[0].net.clone(), env[1].net.clone());
+    let (lo, hi) = w.net().config().link_ns;
+    let l = t1.listen("srv").unwrap();
+    let w2 = w.clone();
+    w.run(
+        async move {
+            let srv = w2.on(1, async move { l.accept().await.unwrap() });
+            let c = w2
+                .on(0, async move { t0.connect("srv").await.unwrap() })
+                .await
+                .unwrap();
+            let s = srv.await.unwrap();
+            for _ in 0..20 {
+                let c2 = c.clone();
+                let s2 = s.clone();
+                let sent = w2.now();
+                w2.on(0, async move { c2.send(b"ping").await.unwrap() })
+                    .await
+                    .unwrap();
+                let ww = w2.clone();
+                let arrived = w2
+                    .on(1, async move {
+                        let mut b = [0u8; 4];
+                        s2.recv(&mut b).await.unwrap();
+                        ww.now()
+                    })
+                    .await
+                    .unwrap();
+                let lat = arrived - sent;
+                assert!(lat >= lo && lat <= hi, "latency {lat} outside {lo}..={hi}");
+            }
+        },
+        60 * SEC,
+    )
+    .unwrap();
+    w.finish();
+}
+
+// ---- the disk model ----
+
+/// A world with `nodes` nodes sharing one 16 MiB disk.
+fn disk_world(seed: u64, nodes: u8) -> (Rc<World>, Vec<NodeEnv>) {
+    let w = World::new(WorldConfig::new(seed));
+    let d = w.add_disk("shared", 16 << 20);
+    for n in 0..nodes {
+        w.add_node(n);
+        w.attach(n, d.id());
+    }
+    let env = boot_all(&w, nodes);
+    (w, env)
+}
+
+fn page(dev: &dyn BlockDev, p: u64) -> u8 {
+    let mut b = vec![0u8; 4096];
+    dev.read(p * 4096, &mut b).unwrap();
+    b[0]
+}
+
+#[test]
+fn unflushed_writes_are_private_and_lost_on_power_cut_flushed_ones_kept() {
+    let (w, env) = disk_world(1, 2);
+    let (a, b) = (env[0].disks[0].clone(), env[1].disks[0].clone());
+    a.write(0, &[1u8; 4096]).unwrap();
+    a.flush().unwrap();
+    a.write(4096, &[2u8; 4096]).unwrap();
+    assert_eq!(page(&*a, 1), 2, "the writer sees its write at once");
+    assert_eq!(page(&*b, 1), 0, "others only once it is flushed");
+    assert_eq!(page(&*b, 0), 1);
+    let tag = w.disk(0).last_writer(0).unwrap();
+    assert_eq!((tag.node, tag.life), (0, 1), "writes are tagged");
+    let w2 = w.clone();
+    w.run(
+        async move {
+            w2.fault(Fault::Crash {
+                node: 0,
+                loss: Loss::LoseAll,
+            })
+            .await
+        },
+        SEC,
+    )
+    .unwrap();
+    assert_eq!(a.read(0, &mut [0u8; 4096]), Err(IoError::Gone));
+    assert_eq!(page(&*b, 0), 1, "flushed: kept");
+    assert_eq!(page(&*b, 1), 0, "unflushed: lost");
+    let snap = w.disk(0).snapshot();
+    assert_eq!(page(&snap, 0), 1);
+    w.finish();
+}
+
+#[test]
+fn a_power_cut_tears_a_write_to_a_prefix_of_its_pages() {
+    // one unflushed multi-page write: lost, or (kept and the one chosen to
+    // tear) a prefix of its pages
+    let mut torn = 0;
+    let mut lost = 0;
+    for seed in 0..40 {
+        let (w, env) = disk_world(seed, 2);
+        let a = env[0].disks[0].clone();
+        let b = env[1].disks[0].clone();
+        a.write(65536, &[7u8; 65536]).unwrap();
+        let w2 = w.clone();
+        w.run(
+            async move {
+                w2.fault(Fault::Crash {
+                    node: 0,
+                    loss: Loss::Random { tear: true },
+                })
+                .await
+            },
+            SEC,
+        )
+        .unwrap();
+        let pages: Vec<bool> = (16..32).map(|p| page(&*b, p) == 7).collect();
+        let n = pages.iter().take_while(|&&x| x).count();
+        assert!(
+            pages[n..].iter().all(|&x| !x),
+            "seed {seed}: not a prefix: {pages:?}"
+        );
+        if n > 0 && n < 16 {
+            torn += 1;
+        }
+        if n == 0 {
+            lost += 1;
+        }
+        w.finish();
+    }
+    assert!(torn > 0 && lost > 0, "torn {torn} lost {lost}");
+}
+
+#[test]
+fn an_armed_crash_fires_after_the_nth_write_and_fails_the_operation() {
+    let (w, env) = disk_world(3, 1);
+    let a = env[0].disks[0].clone();
+    let w2 = w.clone();
+    let r = w
+        .run(
+            async move {
+                w2.arm_crash(0, CrashTrigger::AfterWrites(3), Loss::KeepAll);
+                let a2 = a.clone();
+                let op = w2.on(0, async move {
+                    let mut n = 0;
+                    for i in 0..10u64 {
+                        if a2.write(i * 4096, &[9u8; 4096]).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                });
+                let r = op.await;
+                w2.wait_down(0).await;
+                r
+            },
+            SEC,
+        )
+        .unwrap();
+    assert_eq!(r, Err(NodeDown), "the operation died with the node");
+    let snap = w.disk(0).snapshot();
+    let kept: Vec<u8> = (0..10).map(|p| page(&snap, p)).collect();
+    assert_eq!(
+        kept,
+        [9, 9, 9, 0, 0, 0, 0, 0, 0, 0],
+        "3 writes, then no power"
+    );
+    w.finish();
+}
+
+#[test]
+fn a_paused_node_fires_its_timers_late() {
+    let w = world(5, 1);
+    let env = boot_all(&w, 1);
+    let h = env[0].handle.clone();
+    let w2 = w.clone();
+    let woke = w
+        .run(
+            async move {
+                let ww = w2.clone();
+                let t = w2.on(0, async move {
+                    h.sleep_ns(SEC).await;
+                    ww.now()
+                });
+                w2.sleep(SEC / 2).await;
+                w2.fault(Fault::Pause {
+                    node: 0,
+                    ns: 3 * SEC,
+                })
+                .await;
+                t.await.unwrap()
+            },
+            60 * SEC,
+        )
+        .unwrap();
+    assert_eq!(
+        woke,
+        SEC / 2 + 3 * SEC,
+        "the timer fired when the node resumed"
+    );
+    w.finish();
+}
+
+#[test]
+fn a_crash_drops_the_nodes_tasks_and_a_reboot_starts_fresh() {
+    let w = world(6, 1);
+    let env = boot_all(&w, 1);
+    let ran = Rc::new(RefCell::new(0));
+    let r2 = ran.clone();
+    let h = env[0].handle.clone();
+    let h2 = h.clone();
+    let _j: JoinHandle<()> = h2
+        .spawn(async move {
+            loop {
+                *r2.borrow_mut() += 1;
+                h.sleep_ns(SEC).await;
+            }
+        })
+        .unwrap();
+    drop(env);
+    let w2 = w.clone();
+    w.run(
+        async move {
+            w2.sleep(5 * SEC + 1).await;
+            w2.fault(Fault::Crash {
+                node: 0,
+                loss: Loss::Any,
+            })
+            .await;
+            w2.sleep(5 * SEC).await;
+            let env = w2.boot(0);
+            assert_eq!(env.life, 2);
+            let v = w2.on(0, async { 42 }).await;
+            assert_eq!(v, Ok(42));
+        },
+        60 * SEC,
+    )
+    .unwrap();
+    assert_eq!(
+        *ran.borrow(),
+        6,
+        "the task ran at 0..=5 s, never after the crash"
+    );
+    w.finish();
+}
