@@ -21,6 +21,7 @@ use crate::cluster::transport::LocalFut;
 use crate::runtime::env::{Clock, Entropy, ManualClock, SeededEntropy, Timespec};
 use crate::runtime::exec::{Executor, Handle, JoinHandle, Limits, Notify};
 use crate::runtime::node::{NodeId, MAX_NODES};
+use crate::runtime::trace;
 use crate::sim::disk::{DiskHandle, DiskId, Power, SimDisk};
 use crate::sim::fault::{CrashTrigger, Fault, Loss, PausePlan};
 use crate::sim::faultdev::LossPolicy;
@@ -293,6 +294,10 @@ fn fork(seed: u64, stream: u64) -> u64 {
 
 impl World {
     pub fn new(cfg: WorldConfig) -> Rc<World> {
+        // The trace ring is per thread: start this run's empty, stamped
+        // with each node's virtual time.
+        trace::clear();
+        trace::set_time_source(trace::TimeSource::Executor);
         let clock = Rc::new(ManualClock::new(Timespec {
             sec: 1_700_000_000,
             nsec: 0,
@@ -863,6 +868,23 @@ impl World {
     }
 
     /// Poll and apply everything due at the current instant.
+    /// Fold the trace events the filesystem emitted (each with its node
+    /// and its executor's virtual time) into the run's log, so the hash
+    /// covers what happened inside the nodes too, not only the world's
+    /// own events. Folded after every executor run, before the per-thread
+    /// ring could wrap.
+    fn fold_fs_trace(&self) {
+        let events = trace::take();
+        if events.is_empty() {
+            return;
+        }
+        let mut log = self.core.log.borrow_mut();
+        for e in events {
+            let n = e.point.fields.len().min(trace::MAX_ARGS);
+            log.record(e.time_ns, e.node, e.point.name, &e.args[..n], "");
+        }
+    }
+
     fn settle(&self) -> Result<(), Stall> {
         let now = self.now();
         let mut rounds = 0u64;
@@ -874,11 +896,13 @@ impl World {
                 if due(&exec) {
                     let r = exec.run_until_stalled(now);
                     work += (r.polls + r.timers_fired) as u64;
+                    self.fold_fs_trace();
                 }
             }
             if due(&self.harness) {
                 let r = self.harness.run_until_stalled(now);
                 work += (r.polls + r.timers_fired) as u64;
+                self.fold_fs_trace();
             }
             self.bump(|s| s.polls += work);
             while let Some(ev) = self.core.pop_due(now) {
