@@ -60,6 +60,20 @@ say() { echo "linux-guest: $*" >&2; }
 # ---------------------------------------------------------------------------
 # Build: kernel + base initramfs (cached), tools overlay (every run).
 
+# The host tools the build needs; Debian packages that provide them are
+# installed when missing (as root, like xtask's QEMU), else a clear error.
+need_tools() {
+    local missing=()
+    command -v cpio >/dev/null || missing+=(cpio)
+    command -v dpkg-deb >/dev/null || missing+=(dpkg)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]})"
+    say "installing ${missing[*]} (apt-get)"
+    apt-get install -y -qq "${missing[@]}" >&2 \
+        || { apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >&2; } \
+        || die "apt-get install ${missing[*]} failed"
+}
+
 pick_kernel() {
     local pkgs
     pkgs="$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null | awk '{print $1}')"
@@ -103,6 +117,7 @@ build_base() {
         return 0
     fi
     say "building guest base from $pkg (cached in $cache)"
+    need_tools
     mkdir -p "$cache"
     work="$(mktemp -d "$cache/work.XXXXXX")"
     WORK_DIR="$work"
@@ -138,6 +153,7 @@ build_base() {
 build_tools() {
     local target_dir="$cache/tools-target" root="$cache/tools-root" tmp
     say "building static guest tools"
+    need_tools
     # A target dir of its own: no lock contention with a running cargo test,
     # and the static RUSTFLAGS do not invalidate the host build.
     (cd "$repo" && CARGO_TARGET_DIR="$target_dir" RUSTFLAGS="-C target-feature=+crt-static" \
