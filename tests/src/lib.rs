@@ -356,6 +356,50 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
     });
 }
 
+/// `text` without the kernel's log records (`[  12.345678] LEVEL ...`
+/// through the end of their line), wherever they start: the serial
+/// console interleaves them with shell output.
+pub fn without_log_records(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('[') {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        if let Some(len) = log_record_len(from) {
+            rest = &from[len..];
+        } else {
+            out.push('[');
+            rest = &from[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of the log record at the start of `s` (its newline
+/// included), if one starts there.
+fn log_record_len(s: &str) -> Option<usize> {
+    let close = s.find(']')?;
+    let stamp = s[1..close].trim();
+    let (secs, frac) = stamp.split_once('.')?;
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() != 6
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let after = &s[close + 1..];
+    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+        .iter()
+        .find(|l| after.trim_start().starts_with(**l))?;
+    let end = after
+        .find('\n')
+        .map(|i| close + 1 + i + 1)
+        .unwrap_or(s.len());
+    Some(end)
+}
+
 fn clean(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).replace('\r', "")
 }
@@ -490,16 +534,24 @@ impl Vm {
         timeout: Duration,
     ) -> Result<String, HarnessError> {
         self.send_line(command)?;
-        // The echo's newline is left for the prompt pattern, so a command
-        // that prints nothing (echo, newline, prompt) is seen too.
-        self.wait_for(command, timeout)?;
+        // Everything up to the prompt after this command: its echo and its
+        // output, with any log records the kernel printed meanwhile taken
+        // out (a log line may land in the middle of the echo).
         let prompt = format!("\n{}", self.prompt);
-        let text = self.wait_for(&prompt, timeout)?;
-        let printed = &text[..text.len() - prompt.len()];
-        Ok(match printed.strip_prefix('\n') {
-            Some(lines) => lines.to_string() + "\n",
-            None => String::new(),
-        })
+        let echo = format!("{command}\n");
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            text.push_str(&self.wait_for(&prompt, left)?);
+            // The prompt pattern took the newline that ends the output
+            // (or the echo, when there is no output).
+            let body = without_log_records(&text[..text.len() - prompt.len()]) + "\n";
+            if let Some(at) = body.find(&echo) {
+                return Ok(body[at + echo.len()..].to_string());
+            }
+            // The prompt of a line typed before this one: keep reading.
+        }
     }
 
     /// Wait for QEMU to exit.
@@ -650,6 +702,15 @@ pub fn standard_vm(machine: Machine, meta: &TempImage, data: &TempImage) -> VmCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_are_taken_out_wherever_they_land() {
+        let console = "tc[    0.017837] INFO  scoutvm_kernel::net: net: DHCP address 10.0.2.15/24\npecho 564 16\nlistening\n[ 12.000001] WARN  x: y\n";
+        assert_eq!(without_log_records(console), "tcpecho 564 16\nlistening\n");
+        // Trace lines and brackets in output stay.
+        let trace = "[    1.500000] #3 n0 boot_stage stage=1\na[0] = [1]\n";
+        assert_eq!(without_log_records(trace), trace);
+    }
 
     #[test]
     fn exit_codes_classify_and_reset_is_failure() {
