@@ -13,12 +13,9 @@
 //!
 //! Invariants: a [`LockSet`] is sorted in the global order (the rename
 //! lock, then inode groups by inode, then every other range by start key)
-//! and holds each range once; every task acquires in that order (each
-//! acquisition sorts after every lock it holds) and never waits for a
-//! lock while it holds the transaction, which is what keeps a cluster of
-//! mounts free of deadlocks (a grant may need the holder's commit). Only
-//! [`LockProvider::try_acquire`], which never waits, may be asked under
-//! the transaction.
+//! and holds each range once; every task acquires in that order and never
+//! while it holds the transaction, which is what keeps a cluster of mounts
+//! free of deadlocks (a grant may need the holder's commit).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -207,12 +204,13 @@ impl LockRange {
 
     /// The class a range sorts in: the rename lock first, then inode
     /// groups, then everything else (reference §3.3, invariant §3.7.10).
-    #[inline]
     fn order_class(&self) -> u8 {
-        match self.start.zone {
-            zone::FS => 1,
-            zone::LOCK if *self == LockRange::rename() => 0,
-            _ => 2,
+        if *self == LockRange::rename() {
+            0
+        } else if self.start.zone == zone::FS {
+            1
+        } else {
+            2
         }
     }
 
@@ -226,41 +224,9 @@ impl LockRange {
 
 /// The one global acquisition order: class, then start key (inode groups
 /// therefore in ascending inode order).
-#[inline]
 pub fn lock_order(a: &LockRange, b: &LockRange) -> Ordering {
-    match a.order_class().cmp(&b.order_class()) {
-        Ordering::Equal => a.start.cmp(&b.start),
-        o => o,
-    }
+    (a.order_class(), a.start).cmp(&(b.order_class(), b.start))
 }
-
-/// Where `range` is (`Ok`) or would go (`Err`) in `items`, sorted in
-/// [`lock_order`] by `range_of` (ranges never overlap: one start, one
-/// range). An operation's sets are a handful of ranges, mostly asked for
-/// again or in order: a short list is scanned for the start first, then
-/// the end is tried.
-#[inline]
-fn find<T>(
-    items: &[T],
-    range: &LockRange,
-    range_of: impl Fn(&T) -> &LockRange,
-) -> Result<usize, usize> {
-    if items.len() > FIND_LINEAR {
-        return items.binary_search_by(|x| lock_order(range_of(x), range));
-    }
-    if let Some(i) = items.iter().position(|x| range_of(x).start == range.start) {
-        return Ok(i);
-    }
-    match items.last() {
-        Some(last) if lock_order(range_of(last), range) == Ordering::Greater => {
-            Err(items.partition_point(|x| lock_order(range_of(x), range) == Ordering::Less))
-        }
-        _ => Err(items.len()),
-    }
-}
-
-/// Up to this many entries [`find`] compares ranges for equality first.
-const FIND_LINEAR: usize = 8;
 
 /// One lock an operation asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,10 +234,6 @@ pub struct LockRequest {
     pub range: LockRange,
     pub mode: LockMode,
 }
-
-/// Room for this many requests or grants is made at once: what an
-/// operation usually needs (a few inode groups, index groups and zones).
-const LOCKS_USUAL: usize = 8;
 
 /// What an operation needs locked: sorted in [`lock_order`], one entry
 /// per range (modes of repeated ranges are combined with
@@ -286,31 +248,18 @@ impl LockSet {
         LockSet { reqs: Vec::new() }
     }
 
-    /// Ask for `range` in `mode` too; returns the mode the set now asks
-    /// for it (the union with an earlier request; NULL adds nothing).
-    pub fn add(&mut self, range: LockRange, mode: LockMode) -> LockMode {
+    pub fn add(&mut self, range: LockRange, mode: LockMode) {
         if mode == LockMode::Null {
-            return self.get(&range).map_or(LockMode::Null, |r| r.mode);
+            return;
         }
-        let reqs = &mut self.reqs;
-        if reqs.capacity() == 0 {
-            // room for what an operation usually needs, grown once
-            reqs.reserve_exact(LOCKS_USUAL);
-        }
-        match find(reqs, &range, |r| &r.range) {
-            Ok(i) => {
-                reqs[i].mode = reqs[i].mode.union(mode);
-                reqs[i].mode
-            }
-            Err(i) => {
-                reqs.insert(i, LockRequest { range, mode });
-                mode
-            }
+        match self.reqs.binary_search_by(|r| lock_order(&r.range, &range)) {
+            Ok(i) => self.reqs[i].mode = self.reqs[i].mode.union(mode),
+            Err(i) => self.reqs.insert(i, LockRequest { range, mode }),
         }
     }
 
     pub fn add_set(&mut self, other: &LockSet) {
-        for r in other.requests() {
+        for r in &other.reqs {
             self.add(r.range, r.mode);
         }
     }
@@ -325,17 +274,19 @@ impl LockSet {
     }
 
     pub fn len(&self) -> usize {
-        self.requests().len()
+        self.reqs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests().is_empty()
+        self.reqs.is_empty()
     }
 
     /// The request for exactly `range`, if any.
     pub fn get(&self, range: &LockRange) -> Option<LockRequest> {
-        let reqs = self.requests();
-        find(reqs, range, |r| &r.range).ok().map(|i| reqs[i])
+        self.reqs
+            .binary_search_by(|r| lock_order(&r.range, range))
+            .ok()
+            .map(|i| self.reqs[i])
     }
 
     /// Does a request of this set serve `want`?
@@ -347,75 +298,25 @@ impl LockSet {
     /// Split into (rename lock and inode groups, everything else); each
     /// part stays in order and the first sorts before the second.
     pub fn split_classes(&self) -> (LockSet, LockSet) {
-        (self.inode_class(), self.zone_class())
-    }
-
-    /// The rename lock and inode groups of the set.
-    pub fn inode_class(&self) -> LockSet {
-        let reqs = self.requests();
-        let n = reqs.partition_point(|r| r.range.is_inode_class());
-        LockSet {
-            reqs: reqs[..n].to_vec(),
-        }
-    }
-
-    /// Move everything but the rename lock and inode groups (index,
-    /// orphan and xattr zones) into a set of its own.
-    pub fn split_off_zones(&mut self) -> LockSet {
         let n = self.reqs.partition_point(|r| r.range.is_inode_class());
-        if n == 0 {
-            return core::mem::take(self);
-        }
-        let mut zones = LockSet::new();
-        if n < self.reqs.len() {
-            zones
-                .reqs
-                .reserve_exact(LOCKS_USUAL.max(self.reqs.len() - n));
-            zones.reqs.extend_from_slice(&self.reqs[n..]);
-            self.reqs.truncate(n);
-        }
-        zones
-    }
-
-    /// Everything else: index, orphan and xattr zones.
-    pub fn zone_class(&self) -> LockSet {
-        let reqs = self.requests();
-        let n = reqs.partition_point(|r| r.range.is_inode_class());
-        LockSet {
-            reqs: reqs[n..].to_vec(),
-        }
+        (
+            LockSet {
+                reqs: self.reqs[..n].to_vec(),
+            },
+            LockSet {
+                reqs: self.reqs[n..].to_vec(),
+            },
+        )
     }
 
     /// Does every request of the set have a grant of the same range whose
     /// mode serves it? (`grants` in [`lock_order`].)
     pub fn granted_by(&self, grants: &[GrantedLock]) -> bool {
-        let reqs = self.requests();
-        // the usual answer: one grant per request, in the same order
-        if grants.len() == reqs.len()
-            && reqs
-                .iter()
-                .zip(grants)
-                .all(|(r, g)| g.range == r.range && g.mode.serves(r.mode))
-        {
-            return true;
-        }
-        reqs.iter().all(|r| {
+        self.reqs.iter().all(|r| {
             grants
                 .binary_search_by(|g| lock_order(&g.range, &r.range))
                 .is_ok_and(|i| grants[i].mode.serves(r.mode))
         })
-    }
-}
-
-/// Where the lock-set builders (`posix::inode`'s `*_locks`) put what they
-/// need: a [`LockSet`], or an operation that also notes what it lacks.
-pub trait LockSink {
-    fn add_lock(&mut self, range: LockRange, mode: LockMode);
-}
-
-impl LockSink for LockSet {
-    fn add_lock(&mut self, range: LockRange, mode: LockMode) {
-        self.add(range, mode);
     }
 }
 
@@ -442,61 +343,17 @@ pub struct HeldLocks {
 impl HeldLocks {
     /// `grants` in [`lock_order`] (the mount refuses others: see
     /// [`LockSet::granted_by`]); `release` runs once, at drop.
-    pub fn new(
-        grants: impl IntoIterator<Item = GrantedLock>,
-        release: Option<ReleaseFn>,
-    ) -> HeldLocks {
-        // room to append the locks an operation finds part way
-        let grants = grants.into_iter();
-        let mut v = Vec::with_capacity(LOCKS_USUAL.max(grants.size_hint().0));
-        v.extend(grants);
-        HeldLocks { grants: v, release }
+    pub fn new(grants: Vec<GrantedLock>, release: Option<ReleaseFn>) -> HeldLocks {
+        HeldLocks { grants, release }
     }
 
     /// Nothing held.
-    pub const fn empty() -> HeldLocks {
-        HeldLocks {
-            grants: Vec::new(),
-            release: None,
-        }
+    pub fn empty() -> HeldLocks {
+        HeldLocks::new(Vec::new(), None)
     }
 
     pub fn grants(&self) -> &[GrantedLock] {
         &self.grants
-    }
-
-    /// Is `want` granted here, in a mode that serves it?
-    pub fn serves(&self, want: &LockRequest) -> bool {
-        let grants = self.grants();
-        find(grants, &want.range, |g| &g.range).is_ok_and(|i| grants[i].mode.serves(want.mode))
-    }
-
-    /// Hold `more` with these, released together. Every range of `more`
-    /// must sort after every range held here (the acquisition order: a
-    /// guard only grows at its end); otherwise nothing changes and `more`
-    /// comes back.
-    pub fn append(&mut self, mut more: HeldLocks) -> Result<(), HeldLocks> {
-        if let (Some(last), Some(first)) = (self.grants.last(), more.grants.first()) {
-            if lock_order(&last.range, &first.range) != Ordering::Less {
-                return Err(more);
-            }
-        }
-        let n = self.grants.len();
-        let grants = core::mem::take(&mut more.grants);
-        self.grants.extend(grants);
-        self.release = match (self.release.take(), more.release.take()) {
-            (None, None) => None,
-            (mine, theirs) => Some(Box::new(move |gs: &[GrantedLock]| {
-                let (a, b) = gs.split_at(n.min(gs.len()));
-                if let Some(r) = mine {
-                    r(a);
-                }
-                if let Some(r) = theirs {
-                    r(b);
-                }
-            })),
-        };
-        Ok(())
     }
 }
 
@@ -510,7 +367,7 @@ impl Drop for HeldLocks {
 
 impl core::fmt::Debug for HeldLocks {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_list().entries(self.grants()).finish()
+        f.debug_list().entries(&self.grants).finish()
     }
 }
 
@@ -521,18 +378,6 @@ pub trait LockProvider {
     /// hold the transaction while they wait). The returned guard grants
     /// every range of the set in a mode that serves the request.
     fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>>;
-
-    /// Grant every lock of `set` now, without waiting for anything (no
-    /// message, no commit, no other task), or grant nothing and answer
-    /// `None`: what a lock client can serve from the grants it caches.
-    /// Because it never waits it can close no wait cycle, so a mount may
-    /// call it while it holds the transaction (it extends an operation's
-    /// locks in place rather than starting over); callers still ask in
-    /// the global order. The default serves nothing.
-    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
-        let _ = set;
-        None
-    }
 }
 
 /// The provider of a mount that is alone on its volume: every lock is
@@ -558,28 +403,19 @@ impl LocalLocks {
     }
 }
 
-impl LocalLocks {
-    fn grant(&self, set: &LockSet) -> HeldLocks {
+impl LockProvider for LocalLocks {
+    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
         self.acquisitions.set(self.acquisitions.get() + 1);
-        HeldLocks::new(
-            set.requests().iter().map(|r| GrantedLock {
+        let grants = set
+            .requests()
+            .iter()
+            .map(|r| GrantedLock {
                 range: r.range,
                 mode: r.mode,
                 write_seq: 0,
-            }),
-            None,
-        )
-    }
-}
-
-impl LockProvider for LocalLocks {
-    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
-        Box::pin(core::future::ready(Ok(self.grant(set))))
-    }
-
-    /// Always: nothing else holds a lock of this volume.
-    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
-        Some(self.grant(set))
+            })
+            .collect();
+        Box::pin(core::future::ready(Ok(HeldLocks::new(grants, None))))
     }
 }
 
@@ -587,7 +423,6 @@ impl LockProvider for LocalLocks {
 mod tests {
     use super::*;
     use crate::format::items::{inode_index_key, inode_key, orphan_key, totl_key};
-    use core::cell::RefCell;
     use LockMode::*;
 
     const MODES: [LockMode; 4] = [Null, Read, Write, WriteOnly];
@@ -710,44 +545,6 @@ mod tests {
         let upgrade = s.clone().with(LockRange::orphan(), Read);
         assert_eq!(upgrade.get(&LockRange::orphan()).unwrap().mode, Write);
         assert!(!upgrade.granted_by(held.grants()));
-    }
-
-    #[test]
-    fn guards_grow_at_their_end_only_and_release_each_part() {
-        use alloc::rc::Rc;
-        let released = Rc::new(RefCell::new(Vec::new()));
-        let guard = |ranges: &[LockRange]| {
-            let r = released.clone();
-            HeldLocks::new(
-                ranges.iter().map(|&range| GrantedLock {
-                    range,
-                    mode: Read,
-                    write_seq: 0,
-                }),
-                Some(Box::new(move |gs: &[GrantedLock]| {
-                    r.borrow_mut().extend(gs.iter().map(|g| g.range))
-                })),
-            )
-        };
-        let (a, b, c) = (
-            LockRange::inode_group(0),
-            LockRange::inode_group(1024),
-            LockRange::inode_group(2048),
-        );
-        let mut held = guard(&[b]);
-        let before = guard(&[a]);
-        let before = held.append(before).expect_err("sorts before what is held");
-        assert_eq!(held.grants().len(), 1);
-        held.append(guard(&[c])).unwrap();
-        held.append(HeldLocks::empty()).unwrap();
-        assert_eq!(
-            held.grants().iter().map(|g| g.range).collect::<Vec<_>>(),
-            [b, c]
-        );
-        assert!(released.borrow().is_empty());
-        drop(before);
-        drop(held);
-        assert_eq!(*released.borrow(), [a, b, c]);
     }
 
     #[test]
