@@ -59,7 +59,7 @@ impl LockProvider for Recorder {
         self.sets
             .borrow_mut()
             .push(set.requests().iter().map(|r| (r.range, r.mode)).collect());
-        let grants = set
+        let grants: Vec<GrantedLock> = set
             .requests()
             .iter()
             .map(|r| GrantedLock {

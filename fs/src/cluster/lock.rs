@@ -343,17 +343,58 @@ pub struct HeldLocks {
 impl HeldLocks {
     /// `grants` in [`lock_order`] (the mount refuses others: see
     /// [`LockSet::granted_by`]); `release` runs once, at drop.
-    pub fn new(grants: Vec<GrantedLock>, release: Option<ReleaseFn>) -> HeldLocks {
-        HeldLocks { grants, release }
+    pub fn new(
+        grants: impl IntoIterator<Item = GrantedLock>,
+        release: Option<ReleaseFn>,
+    ) -> HeldLocks {
+        HeldLocks {
+            grants: grants.into_iter().collect(),
+            release,
+        }
     }
 
     /// Nothing held.
     pub fn empty() -> HeldLocks {
-        HeldLocks::new(Vec::new(), None)
+        HeldLocks::new([], None)
     }
 
     pub fn grants(&self) -> &[GrantedLock] {
         &self.grants
+    }
+
+    /// Is `want` granted here, in a mode that serves it?
+    pub fn serves(&self, want: &LockRequest) -> bool {
+        self.grants
+            .binary_search_by(|g| lock_order(&g.range, &want.range))
+            .is_ok_and(|i| self.grants[i].mode.serves(want.mode))
+    }
+
+    /// Hold `more` with these, released together. Every range of `more`
+    /// sorts after every range held here (the acquisition order: callers
+    /// only extend a guard at its end).
+    pub fn append(&mut self, mut more: HeldLocks) {
+        if let (Some(last), Some(first)) = (self.grants.last(), more.grants.first()) {
+            assert_eq!(
+                lock_order(&last.range, &first.range),
+                Ordering::Less,
+                "locks appended out of order"
+            );
+        }
+        let n = self.grants.len();
+        let grants = core::mem::take(&mut more.grants);
+        self.grants.extend(grants);
+        self.release = match (self.release.take(), more.release.take()) {
+            (None, None) => None,
+            (mine, theirs) => Some(Box::new(move |gs: &[GrantedLock]| {
+                let (a, b) = gs.split_at(n.min(gs.len()));
+                if let Some(r) = mine {
+                    r(a);
+                }
+                if let Some(r) = theirs {
+                    r(b);
+                }
+            })),
+        };
     }
 }
 
@@ -378,6 +419,18 @@ pub trait LockProvider {
     /// hold the transaction while they wait). The returned guard grants
     /// every range of the set in a mode that serves the request.
     fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>>;
+
+    /// Grant every lock of `set` now, without waiting for anything (no
+    /// message, no commit, no other task), or grant nothing and answer
+    /// `None`: what a lock client can serve from the grants it caches.
+    /// Because it never waits it can close no wait cycle, so a mount may
+    /// call it while it holds the transaction (it extends an operation's
+    /// locks in place rather than starting over); callers still ask in
+    /// the global order. The default serves nothing.
+    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
+        let _ = set;
+        None
+    }
 }
 
 /// The provider of a mount that is alone on its volume: every lock is
@@ -403,19 +456,28 @@ impl LocalLocks {
     }
 }
 
-impl LockProvider for LocalLocks {
-    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
+impl LocalLocks {
+    fn grant(&self, set: &LockSet) -> HeldLocks {
         self.acquisitions.set(self.acquisitions.get() + 1);
-        let grants = set
-            .requests()
-            .iter()
-            .map(|r| GrantedLock {
+        HeldLocks::new(
+            set.requests().iter().map(|r| GrantedLock {
                 range: r.range,
                 mode: r.mode,
                 write_seq: 0,
-            })
-            .collect();
-        Box::pin(core::future::ready(Ok(HeldLocks::new(grants, None))))
+            }),
+            None,
+        )
+    }
+}
+
+impl LockProvider for LocalLocks {
+    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
+        Box::pin(core::future::ready(Ok(self.grant(set))))
+    }
+
+    /// Always: nothing else holds a lock of this volume.
+    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
+        Some(self.grant(set))
     }
 }
 

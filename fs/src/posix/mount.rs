@@ -28,8 +28,11 @@ use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
+use core::cmp::Ordering;
 
-use crate::cluster::lock::{HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockSet};
+use crate::cluster::lock::{
+    lock_order, HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockSet,
+};
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
 use crate::format::key::{ty, Key};
@@ -98,6 +101,9 @@ pub struct MountCounters {
     pub lock_acquisitions: u64,
     /// Operations that started over with a larger lock set.
     pub relocks: u64,
+    /// Operations that took the locks they found under the hold in place,
+    /// granted without waiting, instead of starting over.
+    pub lock_extends: u64,
     /// Locks taken part way through an operation (its hold parked).
     pub park_relocks: u64,
     /// Acquisitions refused because the task held the transaction
@@ -201,10 +207,8 @@ struct Op<'m> {
     /// Index, orphan and xattr zones: let go and taken again when a commit
     /// part way moves the transaction seq into another index group.
     zone_locks: HeldLocks,
-    held_inodes: LockSet,
-    held_zones: LockSet,
-    /// Everything the operation found it needs (a superset of the held
-    /// sets when it must start over).
+    /// Everything the operation found it needs (more than it holds when
+    /// it must extend its locks or start over).
     want: LockSet,
     /// It stores inodes: after a commit part way, their next index items
     /// go to the new transaction seq.
@@ -247,21 +251,84 @@ impl<'m> Op<'m> {
         }
     }
 
+    /// The guard a request of this class is held by.
+    fn held_for(&self, range: &LockRange) -> &HeldLocks {
+        if range.is_inode_class() {
+            &self.inode_locks
+        } else {
+            &self.zone_locks
+        }
+    }
+
     fn covered(&self) -> bool {
         self.want
             .requests()
             .iter()
-            .all(|r| self.held_inodes.serves(r) || self.held_zones.serves(r))
+            .all(|r| self.held_for(&r.range).serves(r))
     }
 
-    /// Are all the locks found so far held? If not, the operation starts
-    /// over with them: call it before the first change.
-    fn ready(&self) -> OpResult<()> {
-        if self.covered() {
+    /// Are all the locks found so far held? If not, they are taken in
+    /// place when that needs no wait and keeps the order ([`Self::extend`]),
+    /// else the operation starts over with them: call it before the first
+    /// change.
+    fn ready(&mut self) -> OpResult<()> {
+        if self.covered() || self.extend() {
             Ok(())
         } else {
             Err(Stop::Relock)
         }
+    }
+
+    /// Take the missing locks under the hold, in the global order and
+    /// without waiting, or report that the operation must start over.
+    ///
+    /// Only [`LockProvider::try_acquire`] is asked: it never waits, so
+    /// holding the transaction meanwhile can block no grant (a wait
+    /// under the hold could: the grant may need this mount's commit). The
+    /// order is kept as if the operation had asked for the larger set
+    /// up front: the missing rename/inode-group locks must sort after
+    /// every inode-class lock held (else: start over), they are appended,
+    /// and the zone locks, which sort after all of them, are let go and
+    /// taken again behind them. Nothing has changed yet (checked), so
+    /// letting go of zone locks loses nothing. A refusal part way leaves
+    /// the operation to start over, as without the try.
+    fn extend(&mut self) -> bool {
+        if self.m.items.counters().dirtied != self.dirtied_at_hold {
+            return false;
+        }
+        let last = self.inode_locks.grants().last().map(|g| g.range);
+        let mut inodes = LockSet::new();
+        let mut zones_missing = false;
+        for r in self.want.requests() {
+            if !r.range.is_inode_class() {
+                zones_missing |= !self.zone_locks.serves(r);
+            } else if !self.inode_locks.serves(r) {
+                if last.is_some_and(|l| lock_order(&l, &r.range) != Ordering::Less) {
+                    return false;
+                }
+                inodes.add(r.range, r.mode);
+            }
+        }
+        if !inodes.is_empty() {
+            let Some(more) = self.m.try_acquire(&inodes) else {
+                return false;
+            };
+            self.inode_locks.append(more);
+        }
+        let zones_held = !self.zone_locks.grants().is_empty();
+        if zones_missing || (zones_held && !inodes.is_empty()) {
+            self.zone_locks = HeldLocks::empty();
+            let (_, zones) = self.want.split_classes();
+            let Some(held) = self.m.try_acquire(&zones) else {
+                return false;
+            };
+            self.zone_locks = held;
+        }
+        if self.installed {
+            self.install();
+        }
+        self.m.count(|c| c.lock_extends += 1);
+        true
     }
 
     fn hold(&self) -> &WriteHold<'m> {
@@ -280,7 +347,7 @@ impl<'m> Op<'m> {
 
     /// Acquire one class of locks. Never while holding the transaction: a
     /// grant may need this mount's commit, and that waits for the hold.
-    async fn lock(&mut self, set: LockSet) -> FsResult<()> {
+    async fn lock(&mut self, set: &LockSet) -> FsResult<()> {
         if self.write.is_some() || self.read.is_some() {
             self.m.count(|c| c.locks_in_hold += 1);
             bug("a lock acquired while holding the transaction");
@@ -290,13 +357,15 @@ impl<'m> Op<'m> {
             return Ok(());
         };
         let inode_class = first.range.is_inode_class();
-        let held = self.m.acquire(&set).await?;
+        // granted at once (no boxed future) when the provider can
+        let held = match self.m.try_acquire(set) {
+            Some(held) => held,
+            None => self.m.acquire(set).await?,
+        };
         if inode_class {
             self.inode_locks = held;
-            self.held_inodes = set;
         } else {
             self.zone_locks = held;
-            self.held_zones = set;
         }
         Ok(())
     }
@@ -335,9 +404,8 @@ impl<'m> Op<'m> {
             self.m.items.clear_op_locks();
             let parked = self.write.take().expect("an exclusive operation").park();
             self.zone_locks = HeldLocks::empty();
-            self.held_zones = LockSet::new();
             let (_, zones) = self.want.split_classes();
-            let locked = self.lock(zones).await;
+            let locked = self.lock(&zones).await;
             self.write = Some(parked.resume().await);
             self.install();
             locked?;
@@ -475,6 +543,18 @@ impl Mount {
 
     // -- locks and holds ------------------------------------------------------
 
+    /// Acquire `set` from the provider without waiting, if it can grant
+    /// it so, and check the answer.
+    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
+        let held = self.locks.try_acquire(set)?;
+        if !set.granted_by(held.grants()) {
+            self.count(|c| c.bad_grants += 1);
+            return None;
+        }
+        self.count(|c| c.lock_acquisitions += 1);
+        Some(held)
+    }
+
     /// Acquire `set` from the provider and check the answer.
     async fn acquire(&self, set: &LockSet) -> FsResult<HeldLocks> {
         self.count(|c| c.lock_acquisitions += 1);
@@ -496,15 +576,13 @@ impl Mount {
             read: None,
             inode_locks: HeldLocks::empty(),
             zone_locks: HeldLocks::empty(),
-            held_inodes: LockSet::new(),
-            held_zones: LockSet::new(),
             want,
             stores_inodes: false,
             installed: false,
             dirtied_at_hold: 0,
         };
-        op.lock(inodes).await?;
-        op.lock(zones).await?;
+        op.lock(&inodes).await?;
+        op.lock(&zones).await?;
         match kind {
             HoldKind::Read => op.read = Some(self.txn.read().await),
             HoldKind::Commit => op.write = Some(self.txn.commit().await),
@@ -2345,19 +2423,36 @@ mod tests {
     use crate::storage::dev::MemDev;
 
     fn mounted() -> Mount {
+        mounted_with(Rc::new(LocalLocks::new()))
+    }
+
+    fn mounted_with(locks: Rc<dyn LockProvider>) -> Mount {
         let store = MemStore::mkfs(MemMkfs {
             data_blocks: 1024,
             ..MemMkfs::default()
         });
         let data = Rc::new(MemDev::new(1024 * 4096));
         let clock = Rc::new(ManualClock::new(Timespec::default()));
-        block_on(Mount::mount(
+        block_on(Mount::mount_with_locks(
             MemBackend::new(store),
             data,
             clock,
             MountOptions::default(),
+            locks,
         ))
         .unwrap()
+    }
+
+    /// `LocalLocks` that only grants through the (waiting) `acquire`.
+    struct NoTry(LocalLocks);
+
+    impl LockProvider for NoTry {
+        fn acquire<'a>(
+            &'a self,
+            set: &'a LockSet,
+        ) -> crate::cluster::lock::LockFut<'a, FsResult<HeldLocks>> {
+            self.0.acquire(set)
+        }
     }
 
     #[test]
@@ -2373,26 +2468,45 @@ mod tests {
                 .await
                 .unwrap();
             assert!(m.transaction_held());
-            let r = op.lock(inode_lock(5000, LockMode::Write)).await;
+            let r = op.lock(&inode_lock(5000, LockMode::Write)).await;
             assert_eq!(r.err(), Some(Errno::EDEADLK));
         });
         assert_eq!(m.counters().locks_in_hold, 1);
         assert!(!m.transaction_held());
     }
 
-    #[test]
-    fn an_operation_starts_over_with_the_locks_it_found() {
-        let m = mounted();
+    /// Unlink `f` from the root (group 0); `f` is inode 1024 (group 1024),
+    /// which the operation finds under the hold.
+    fn unlink_in_another_group(m: &Mount) -> (MountCounters, MountCounters) {
         let c = Cred::root();
         let f = block_on(m.create(&c, ROOT_INO, b"f", 0o644)).unwrap();
+        assert_eq!(f.ino, 1024);
         let before = m.counters();
-        // the victim's group (1024; the directory's is 0) is found under
-        // the hold: the operation starts over
         block_on(m.unlink(&c, ROOT_INO, b"f")).unwrap();
         let after = m.counters();
-        assert!(after.relocks > before.relocks);
         assert_eq!(block_on(m.getattr(f.ino)), Err(Errno::ENOENT));
         assert_eq!(after.items.unlocked_writes + after.items.unlocked_reads, 0);
         assert_eq!(after.locks_in_hold + after.bad_grants, 0);
+        (before, after)
+    }
+
+    #[test]
+    fn an_operation_starts_over_with_the_locks_it_found() {
+        // a provider that cannot grant without waiting: start over
+        let (before, after) =
+            unlink_in_another_group(&mounted_with(Rc::new(NoTry(LocalLocks::new()))));
+        assert_eq!(after.relocks, before.relocks + 1);
+        assert_eq!(after.lock_extends, before.lock_extends);
+    }
+
+    #[test]
+    fn locks_granted_at_once_extend_the_operation_in_place() {
+        // the victim's group sorts after the directory's: taken under the
+        // hold, the zone locks let go and taken again behind it
+        let (before, after) = unlink_in_another_group(&mounted());
+        assert_eq!(after.relocks, before.relocks);
+        assert_eq!(after.lock_extends, before.lock_extends + 1);
+        // inode group, then zones: two sets up front, two in place
+        assert_eq!(after.lock_acquisitions, before.lock_acquisitions + 4);
     }
 }
