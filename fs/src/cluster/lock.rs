@@ -204,13 +204,12 @@ impl LockRange {
 
     /// The class a range sorts in: the rename lock first, then inode
     /// groups, then everything else (reference §3.3, invariant §3.7.10).
+    #[inline]
     fn order_class(&self) -> u8 {
-        if *self == LockRange::rename() {
-            0
-        } else if self.start.zone == zone::FS {
-            1
-        } else {
-            2
+        match self.start.zone {
+            zone::FS => 1,
+            zone::LOCK if *self == LockRange::rename() => 0,
+            _ => 2,
         }
     }
 
@@ -224,6 +223,7 @@ impl LockRange {
 
 /// The one global acquisition order: class, then start key (inode groups
 /// therefore in ascending inode order).
+#[inline]
 pub fn lock_order(a: &LockRange, b: &LockRange) -> Ordering {
     (a.order_class(), a.start).cmp(&(b.order_class(), b.start))
 }
@@ -234,6 +234,10 @@ pub struct LockRequest {
     pub range: LockRange,
     pub mode: LockMode,
 }
+
+/// Room for this many requests or grants is made at once: what an
+/// operation usually needs (a few inode groups, index groups and zones).
+const LOCKS_USUAL: usize = 8;
 
 /// What an operation needs locked: sorted in [`lock_order`], one entry
 /// per range (modes of repeated ranges are combined with
@@ -248,18 +252,36 @@ impl LockSet {
         LockSet { reqs: Vec::new() }
     }
 
-    pub fn add(&mut self, range: LockRange, mode: LockMode) {
+    /// Ask for `range` in `mode` too; returns the mode the set now asks
+    /// for it (the union with an earlier request; NULL adds nothing).
+    pub fn add(&mut self, range: LockRange, mode: LockMode) -> LockMode {
         if mode == LockMode::Null {
-            return;
+            return self.get(&range).map_or(LockMode::Null, |r| r.mode);
         }
-        match self.reqs.binary_search_by(|r| lock_order(&r.range, &range)) {
-            Ok(i) => self.reqs[i].mode = self.reqs[i].mode.union(mode),
-            Err(i) => self.reqs.insert(i, LockRequest { range, mode }),
+        let reqs = &mut self.reqs;
+        if reqs.capacity() == 0 {
+            // room for what an operation usually needs, grown once
+            reqs.reserve_exact(LOCKS_USUAL);
+        }
+        // sets are built mostly in order: try the end first
+        let at = match reqs.last() {
+            Some(last) if lock_order(&last.range, &range) == Ordering::Less => Err(reqs.len()),
+            _ => reqs.binary_search_by(|r| lock_order(&r.range, &range)),
+        };
+        match at {
+            Ok(i) => {
+                reqs[i].mode = reqs[i].mode.union(mode);
+                reqs[i].mode
+            }
+            Err(i) => {
+                reqs.insert(i, LockRequest { range, mode });
+                mode
+            }
         }
     }
 
     pub fn add_set(&mut self, other: &LockSet) {
-        for r in &other.reqs {
+        for r in other.requests() {
             self.add(r.range, r.mode);
         }
     }
@@ -274,19 +296,19 @@ impl LockSet {
     }
 
     pub fn len(&self) -> usize {
-        self.reqs.len()
+        self.requests().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
+        self.requests().is_empty()
     }
 
     /// The request for exactly `range`, if any.
     pub fn get(&self, range: &LockRange) -> Option<LockRequest> {
-        self.reqs
-            .binary_search_by(|r| lock_order(&r.range, range))
+        let reqs = self.requests();
+        reqs.binary_search_by(|r| lock_order(&r.range, range))
             .ok()
-            .map(|i| self.reqs[i])
+            .map(|i| reqs[i])
     }
 
     /// Does a request of this set serve `want`?
@@ -298,25 +320,75 @@ impl LockSet {
     /// Split into (rename lock and inode groups, everything else); each
     /// part stays in order and the first sorts before the second.
     pub fn split_classes(&self) -> (LockSet, LockSet) {
+        (self.inode_class(), self.zone_class())
+    }
+
+    /// The rename lock and inode groups of the set.
+    pub fn inode_class(&self) -> LockSet {
+        let reqs = self.requests();
+        let n = reqs.partition_point(|r| r.range.is_inode_class());
+        LockSet {
+            reqs: reqs[..n].to_vec(),
+        }
+    }
+
+    /// Move everything but the rename lock and inode groups (index,
+    /// orphan and xattr zones) into a set of its own.
+    pub fn split_off_zones(&mut self) -> LockSet {
         let n = self.reqs.partition_point(|r| r.range.is_inode_class());
-        (
-            LockSet {
-                reqs: self.reqs[..n].to_vec(),
-            },
-            LockSet {
-                reqs: self.reqs[n..].to_vec(),
-            },
-        )
+        if n == 0 {
+            return core::mem::take(self);
+        }
+        let mut zones = LockSet::new();
+        if n < self.reqs.len() {
+            zones
+                .reqs
+                .reserve_exact(LOCKS_USUAL.max(self.reqs.len() - n));
+            zones.reqs.extend_from_slice(&self.reqs[n..]);
+            self.reqs.truncate(n);
+        }
+        zones
+    }
+
+    /// Everything else: index, orphan and xattr zones.
+    pub fn zone_class(&self) -> LockSet {
+        let reqs = self.requests();
+        let n = reqs.partition_point(|r| r.range.is_inode_class());
+        LockSet {
+            reqs: reqs[n..].to_vec(),
+        }
     }
 
     /// Does every request of the set have a grant of the same range whose
     /// mode serves it? (`grants` in [`lock_order`].)
     pub fn granted_by(&self, grants: &[GrantedLock]) -> bool {
-        self.reqs.iter().all(|r| {
+        let reqs = self.requests();
+        // the usual answer: one grant per request, in the same order
+        if grants.len() == reqs.len()
+            && reqs
+                .iter()
+                .zip(grants)
+                .all(|(r, g)| g.range == r.range && g.mode.serves(r.mode))
+        {
+            return true;
+        }
+        reqs.iter().all(|r| {
             grants
                 .binary_search_by(|g| lock_order(&g.range, &r.range))
                 .is_ok_and(|i| grants[i].mode.serves(r.mode))
         })
+    }
+}
+
+/// Where the lock-set builders (`posix::inode`'s `*_locks`) put what they
+/// need: a [`LockSet`], or an operation that also notes what it lacks.
+pub trait LockSink {
+    fn add_lock(&mut self, range: LockRange, mode: LockMode);
+}
+
+impl LockSink for LockSet {
+    fn add_lock(&mut self, range: LockRange, mode: LockMode) {
+        self.add(range, mode);
     }
 }
 
@@ -347,15 +419,19 @@ impl HeldLocks {
         grants: impl IntoIterator<Item = GrantedLock>,
         release: Option<ReleaseFn>,
     ) -> HeldLocks {
-        HeldLocks {
-            grants: grants.into_iter().collect(),
-            release,
-        }
+        // room to append the locks an operation finds part way
+        let grants = grants.into_iter();
+        let mut v = Vec::with_capacity(LOCKS_USUAL.max(grants.size_hint().0));
+        v.extend(grants);
+        HeldLocks { grants: v, release }
     }
 
     /// Nothing held.
-    pub fn empty() -> HeldLocks {
-        HeldLocks::new([], None)
+    pub const fn empty() -> HeldLocks {
+        HeldLocks {
+            grants: Vec::new(),
+            release: None,
+        }
     }
 
     pub fn grants(&self) -> &[GrantedLock] {
@@ -364,25 +440,25 @@ impl HeldLocks {
 
     /// Is `want` granted here, in a mode that serves it?
     pub fn serves(&self, want: &LockRequest) -> bool {
-        self.grants
+        let grants = self.grants();
+        grants
             .binary_search_by(|g| lock_order(&g.range, &want.range))
-            .is_ok_and(|i| self.grants[i].mode.serves(want.mode))
+            .is_ok_and(|i| grants[i].mode.serves(want.mode))
     }
 
     /// Hold `more` with these, released together. Every range of `more`
     /// sorts after every range held here (the acquisition order: callers
     /// only extend a guard at its end).
     pub fn append(&mut self, mut more: HeldLocks) {
-        if let (Some(last), Some(first)) = (self.grants.last(), more.grants.first()) {
+        if let (Some(last), Some(first)) = (self.grants().last(), more.grants().first()) {
             assert_eq!(
                 lock_order(&last.range, &first.range),
                 Ordering::Less,
                 "locks appended out of order"
             );
         }
-        let n = self.grants.len();
-        let grants = core::mem::take(&mut more.grants);
-        self.grants.extend(grants);
+        let n = self.grants().len();
+        self.grants.extend_from_slice(more.grants());
         self.release = match (self.release.take(), more.release.take()) {
             (None, None) => None,
             (mine, theirs) => Some(Box::new(move |gs: &[GrantedLock]| {
@@ -408,7 +484,7 @@ impl Drop for HeldLocks {
 
 impl core::fmt::Debug for HeldLocks {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_list().entries(&self.grants).finish()
+        f.debug_list().entries(self.grants()).finish()
     }
 }
 

@@ -6,7 +6,7 @@
 //! `meta_seq` to the open transaction's seq (and bumps `version`), and the
 //! index items move with the seqs. Called by `vfs`, `data` and `orphan`.
 
-use crate::cluster::lock::{LockMode, LockRange, LockSet};
+use crate::cluster::lock::{LockMode, LockRange, LockSink};
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{
     inode_index_key, inode_key, InodeItem, DIRENT_FIRST_POS, DIRENT_LAST_POS, INO_FLAG_RETENTION,
@@ -123,31 +123,31 @@ impl Inode {
 /// groups of the index items it deletes (the indexed seqs) and creates
 /// (`trans_seq`; for regular files also the data seq, which is either
 /// unchanged or `trans_seq`). Write-only: index items are blind writes.
-pub fn store_locks(inode: &Inode, trans_seq: u64, set: &mut LockSet) {
+pub fn store_locks(inode: &Inode, trans_seq: u64, set: &mut impl LockSink) {
     let meta = ty::INODE_INDEX_META_SEQ;
-    set.add(
+    set.add_lock(
         LockRange::inode_index(meta, inode.indexed_meta_seq),
         LockMode::WriteOnly,
     );
-    set.add(LockRange::inode_index(meta, trans_seq), LockMode::WriteOnly);
+    set.add_lock(LockRange::inode_index(meta, trans_seq), LockMode::WriteOnly);
     if has_data_index(inode.item.mode) {
         let data = ty::INODE_INDEX_DATA_SEQ;
-        set.add(
+        set.add_lock(
             LockRange::inode_index(data, inode.indexed_data_seq),
             LockMode::WriteOnly,
         );
-        set.add(LockRange::inode_index(data, trans_seq), LockMode::WriteOnly);
+        set.add_lock(LockRange::inode_index(data, trans_seq), LockMode::WriteOnly);
     }
 }
 
 /// The index locks [`create`] needs for an inode of `mode`.
-pub fn create_locks(mode: u32, trans_seq: u64, set: &mut LockSet) {
-    set.add(
+pub fn create_locks(mode: u32, trans_seq: u64, set: &mut impl LockSink) {
+    set.add_lock(
         LockRange::inode_index(ty::INODE_INDEX_META_SEQ, trans_seq),
         LockMode::WriteOnly,
     );
     if has_data_index(mode) {
-        set.add(
+        set.add_lock(
             LockRange::inode_index(ty::INODE_INDEX_DATA_SEQ, trans_seq),
             LockMode::WriteOnly,
         );
@@ -155,13 +155,13 @@ pub fn create_locks(mode: u32, trans_seq: u64, set: &mut LockSet) {
 }
 
 /// The index locks [`delete`] needs.
-pub fn delete_locks(inode: &Inode, set: &mut LockSet) {
-    set.add(
+pub fn delete_locks(inode: &Inode, set: &mut impl LockSink) {
+    set.add_lock(
         LockRange::inode_index(ty::INODE_INDEX_META_SEQ, inode.indexed_meta_seq),
         LockMode::WriteOnly,
     );
     if has_data_index(inode.item.mode) {
-        set.add(
+        set.add_lock(
             LockRange::inode_index(ty::INODE_INDEX_DATA_SEQ, inode.indexed_data_seq),
             LockMode::WriteOnly,
         );

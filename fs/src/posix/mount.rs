@@ -31,7 +31,8 @@ use core::cell::{Cell, RefCell};
 use core::cmp::Ordering;
 
 use crate::cluster::lock::{
-    lock_order, HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockSet,
+    lock_order, HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet,
+    LockSink,
 };
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
@@ -126,7 +127,8 @@ pub struct Mount {
     /// Open counts by inode.
     open: RefCell<BTreeMap<Ino, u32>>,
     inos: Cell<InoRange>,
-    counters: Cell<MountCounters>,
+    /// Changed in place (`count`): no copy of the whole set per event.
+    counters: RefCell<MountCounters>,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -195,6 +197,36 @@ impl From<Errno> for Stop {
 
 type OpResult<T> = Result<T, Stop>;
 
+/// What an operation found it needs, by class: each class is acquired as
+/// one set, the rename lock and inode groups first.
+#[derive(Default)]
+struct Want {
+    inodes: LockSet,
+    /// Index, orphan and xattr zones.
+    zones: LockSet,
+}
+
+impl Want {
+    fn new(mut set: LockSet) -> Want {
+        let zones = set.split_off_zones();
+        Want { inodes: set, zones }
+    }
+
+    fn class(&mut self, inode_class: bool) -> &mut LockSet {
+        if inode_class {
+            &mut self.inodes
+        } else {
+            &mut self.zones
+        }
+    }
+}
+
+impl LockSink for Want {
+    fn add_lock(&mut self, range: LockRange, mode: LockMode) {
+        self.class(range.is_inode_class()).add(range, mode);
+    }
+}
+
 /// One operation: its cluster locks and, once they are all held, its
 /// transaction hold. Dropping it releases the hold, then the locks.
 struct Op<'m> {
@@ -209,7 +241,10 @@ struct Op<'m> {
     zone_locks: HeldLocks,
     /// Everything the operation found it needs (more than it holds when
     /// it must extend its locks or start over).
-    want: LockSet,
+    want: Want,
+    /// `want` has requests the held locks may not serve (each `need`
+    /// checks its own; `ready` then looks at all of them).
+    lacking: bool,
     /// It stores inodes: after a commit part way, their next index items
     /// go to the new transaction seq.
     stores_inodes: bool,
@@ -220,9 +255,22 @@ struct Op<'m> {
     dirtied_at_hold: u64,
 }
 
+impl LockSink for Op<'_> {
+    fn add_lock(&mut self, range: LockRange, mode: LockMode) {
+        self.need(range, mode);
+    }
+}
+
 impl<'m> Op<'m> {
     fn need(&mut self, range: LockRange, mode: LockMode) {
-        self.want.add(range, mode);
+        if mode == LockMode::Null {
+            return;
+        }
+        let inode_class = range.is_inode_class();
+        let mode = self.want.class(inode_class).add(range, mode);
+        if !self.lacking && !self.held(inode_class).serves(&LockRequest { range, mode }) {
+            self.lacking = true;
+        }
     }
 
     fn need_inode(&mut self, ino: Ino, mode: LockMode) {
@@ -231,13 +279,13 @@ impl<'m> Op<'m> {
 
     /// `store` of `i` will run (at the current transaction seq).
     fn need_store(&mut self, i: &Inode) {
-        inode::store_locks(i, self.m.backend.trans_seq(), &mut self.want);
+        inode::store_locks(i, self.m.backend.trans_seq(), self);
         self.stores_inodes = true;
     }
 
     /// A new inode of `mode` will be created.
     fn need_create(&mut self, mode: u32) {
-        inode::create_locks(mode, self.m.backend.trans_seq(), &mut self.want);
+        inode::create_locks(mode, self.m.backend.trans_seq(), self);
     }
 
     /// `delete_inode` may run: its orphan item, the `.totl.` deltas and
@@ -247,13 +295,13 @@ impl<'m> Op<'m> {
         self.need(LockRange::xattr_totl(), LockMode::WriteOnly);
         self.need(LockRange::xattr_indx(), LockMode::WriteOnly);
         if let Some(i) = i {
-            inode::delete_locks(i, &mut self.want);
+            inode::delete_locks(i, self);
         }
     }
 
-    /// The guard a request of this class is held by.
-    fn held_for(&self, range: &LockRange) -> &HeldLocks {
-        if range.is_inode_class() {
+    /// The guard of one class.
+    fn held(&self, inode_class: bool) -> &HeldLocks {
+        if inode_class {
             &self.inode_locks
         } else {
             &self.zone_locks
@@ -261,10 +309,8 @@ impl<'m> Op<'m> {
     }
 
     fn covered(&self) -> bool {
-        self.want
-            .requests()
-            .iter()
-            .all(|r| self.held_for(&r.range).serves(r))
+        self.want.inodes.granted_by(self.inode_locks.grants())
+            && self.want.zones.granted_by(self.zone_locks.grants())
     }
 
     /// Are all the locks found so far held? If not, they are taken in
@@ -272,7 +318,10 @@ impl<'m> Op<'m> {
     /// else the operation starts over with them: call it before the first
     /// change.
     fn ready(&mut self) -> OpResult<()> {
-        if self.covered() || self.extend() {
+        // `lacking` is exact: `need` checked each request against the held
+        // locks, and only `extend` and `follow_trans_seq` add held locks
+        if !self.lacking || self.extend() {
+            self.lacking = false;
             Ok(())
         } else {
             Err(Stop::Relock)
@@ -298,17 +347,15 @@ impl<'m> Op<'m> {
         }
         let last = self.inode_locks.grants().last().map(|g| g.range);
         let mut inodes = LockSet::new();
-        let mut zones_missing = false;
-        for r in self.want.requests() {
-            if !r.range.is_inode_class() {
-                zones_missing |= !self.zone_locks.serves(r);
-            } else if !self.inode_locks.serves(r) {
+        for r in self.want.inodes.requests() {
+            if !self.inode_locks.serves(r) {
                 if last.is_some_and(|l| lock_order(&l, &r.range) != Ordering::Less) {
                     return false;
                 }
                 inodes.add(r.range, r.mode);
             }
         }
+        let zones_missing = !self.want.zones.granted_by(self.zone_locks.grants());
         if !inodes.is_empty() {
             let Some(more) = self.m.try_acquire(&inodes) else {
                 return false;
@@ -318,11 +365,12 @@ impl<'m> Op<'m> {
         let zones_held = !self.zone_locks.grants().is_empty();
         if zones_missing || (zones_held && !inodes.is_empty()) {
             self.zone_locks = HeldLocks::empty();
-            let (_, zones) = self.want.split_classes();
-            let Some(held) = self.m.try_acquire(&zones) else {
-                return false;
-            };
-            self.zone_locks = held;
+            if !self.want.zones.is_empty() {
+                let Some(held) = self.m.try_acquire(&self.want.zones) else {
+                    return false;
+                };
+                self.zone_locks = held;
+            }
         }
         if self.installed {
             self.install();
@@ -370,6 +418,14 @@ impl<'m> Op<'m> {
         Ok(())
     }
 
+    /// Acquire the wanted locks of one class.
+    async fn lock_wanted(&mut self, inode_class: bool) -> FsResult<()> {
+        let set = core::mem::take(self.want.class(inode_class));
+        let locked = self.lock(&set).await;
+        *self.want.class(inode_class) = set;
+        locked
+    }
+
     /// Between steps of a long operation (the items are consistent):
     /// commit if due.
     async fn checkpoint(&mut self) -> FsResult<()> {
@@ -398,14 +454,14 @@ impl<'m> Op<'m> {
             let seq = self.m.backend.trans_seq();
             inode::create_locks(S_IFREG, seq, &mut self.want);
             if self.covered() {
+                self.lacking = false;
                 return Ok(());
             }
             self.m.count(|c| c.park_relocks += 1);
             self.m.items.clear_op_locks();
             let parked = self.write.take().expect("an exclusive operation").park();
             self.zone_locks = HeldLocks::empty();
-            let (_, zones) = self.want.split_classes();
-            let locked = self.lock(&zones).await;
+            let locked = self.lock_wanted(false).await;
             self.write = Some(parked.resume().await);
             self.install();
             locked?;
@@ -454,7 +510,7 @@ impl Mount {
             policy: opts.commit,
             open: RefCell::new(BTreeMap::new()),
             inos: Cell::new(InoRange { first: 0, count: 0 }),
-            counters: Cell::new(MountCounters::default()),
+            counters: RefCell::new(MountCounters::default()),
         };
         let root = m
             .run(
@@ -477,13 +533,11 @@ impl Mount {
     }
 
     fn count(&self, f: impl FnOnce(&mut MountCounters)) {
-        let mut c = self.counters.get();
-        f(&mut c);
-        self.counters.set(c);
+        f(&mut self.counters.borrow_mut());
     }
 
     pub fn counters(&self) -> MountCounters {
-        let mut c = self.counters.get();
+        let mut c = *self.counters.borrow();
         c.items = self.items.counters();
         c
     }
@@ -568,8 +622,7 @@ impl Mount {
 
     /// Take `want`'s locks (rename and inode groups, then the rest), then
     /// the hold; an exclusive hold commits first when one is due.
-    async fn begin(&self, kind: HoldKind, want: LockSet) -> FsResult<Op<'_>> {
-        let (inodes, zones) = want.split_classes();
+    async fn begin(&self, kind: HoldKind, want: Want) -> FsResult<Op<'_>> {
         let mut op = Op {
             m: self,
             write: None,
@@ -577,12 +630,13 @@ impl Mount {
             inode_locks: HeldLocks::empty(),
             zone_locks: HeldLocks::empty(),
             want,
+            lacking: false,
             stores_inodes: false,
             installed: false,
             dirtied_at_hold: 0,
         };
-        op.lock(&inodes).await?;
-        op.lock(&zones).await?;
+        op.lock_wanted(true).await?;
+        op.lock_wanted(false).await?;
         match kind {
             HoldKind::Read => op.read = Some(self.txn.read().await),
             HoldKind::Commit => op.write = Some(self.txn.commit().await),
@@ -613,7 +667,7 @@ impl Mount {
         first: LockSet,
         mut body: impl AsyncFnMut(&mut Op<'m>) -> OpResult<T>,
     ) -> FsResult<T> {
-        let mut want = first;
+        let mut want = Want::new(first);
         for _ in 0..MAX_RELOCKS {
             let mut op = self.begin(kind, want).await?;
             match body(&mut op).await {
@@ -2464,7 +2518,10 @@ mod tests {
         let m = mounted();
         block_on(async {
             let mut op = m
-                .begin(HoldKind::Write, inode_lock(ROOT_INO, LockMode::Write))
+                .begin(
+                    HoldKind::Write,
+                    Want::new(inode_lock(ROOT_INO, LockMode::Write)),
+                )
                 .await
                 .unwrap();
             assert!(m.transaction_held());
