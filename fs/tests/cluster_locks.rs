@@ -3,7 +3,9 @@
 //! held, the `write_seq` rule (an item written under a lock carries
 //! `max(transaction seq, write_seq)`, so the newest writer wins), and the
 //! index locks an operation takes part way when a commit moves the
-//! transaction seq into another index group.
+//! transaction seq into another index group; locks found under the hold
+//! taken in place by a try that never waits (and in the order) instead of
+//! starting over, under the local provider and the slow one.
 
 mod common;
 
@@ -21,6 +23,7 @@ use scoutvm_fs::posix::backend::Backend;
 use scoutvm_fs::posix::mount::Mount;
 use scoutvm_fs::posix::types::*;
 use scoutvm_fs::sim::mem_backend::MemBackend;
+use scoutvm_fs::sim::slow_locks::SlowLocks;
 
 use LockMode::{Read, Write, WriteOnly};
 
@@ -28,7 +31,9 @@ use LockMode::{Read, Write, WriteOnly};
 /// for and whether the mount's transaction was held at the time (in
 /// these single-task tests: by the asking operation, parked or not). When
 /// asked while it is held, it can first make the mount commit from
-/// another task, as an invalidation would.
+/// another task, as an invalidation would. With `grant_tries` it also
+/// grants `try_acquire`. Either way it keeps the ranges held and counts
+/// acquisitions that do not sort after all of them.
 #[derive(Default)]
 struct Recorder {
     write_seq: Cell<u64>,
@@ -37,28 +42,41 @@ struct Recorder {
     asked_in_hold: Cell<u64>,
     commit_when_held: Cell<bool>,
     commits: Cell<u64>,
+    grant_tries: Cell<bool>,
+    /// Sets granted by `try_acquire`, and how many with the transaction
+    /// held.
+    tries: RefCell<Vec<Vec<(LockRange, LockMode)>>>,
+    tried_in_hold: Cell<u64>,
+    held: Rc<RefCell<Vec<LockRange>>>,
+    out_of_order: Cell<u64>,
 }
 
 impl Recorder {
     fn take(&self) -> Vec<Vec<(LockRange, LockMode)>> {
         std::mem::take(&mut *self.sets.borrow_mut())
     }
-}
 
-impl LockProvider for Recorder {
-    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
-        let held_by = self
-            .mount
+    fn in_hold(&self) -> Option<Rc<Mount>> {
+        self.mount
             .borrow()
             .upgrade()
-            .filter(|m| m.transaction_held());
-        if held_by.is_some() {
-            self.asked_in_hold.set(self.asked_in_hold.get() + 1);
+            .filter(|m| m.transaction_held())
+    }
+
+    /// Grant `set` as asked: check the order against what is held, hold
+    /// it until the guard goes.
+    fn grant(&self, set: &LockSet) -> HeldLocks {
+        let mut held = self.held.borrow_mut();
+        for r in set.requests() {
+            if held
+                .iter()
+                .any(|h| lock_order(h, &r.range) != std::cmp::Ordering::Less)
+            {
+                self.out_of_order.set(self.out_of_order.get() + 1);
+                eprintln!("out of order: {:?} after {:?}", r.range, held);
+            }
         }
-        let commit = held_by.filter(|_| self.commit_when_held.get());
-        self.sets
-            .borrow_mut()
-            .push(set.requests().iter().map(|r| (r.range, r.mode)).collect());
+        held.extend(set.requests().iter().map(|r| r.range));
         let grants: Vec<GrantedLock> = set
             .requests()
             .iter()
@@ -68,6 +86,44 @@ impl LockProvider for Recorder {
                 write_seq: self.write_seq.get(),
             })
             .collect();
+        let held = self.held.clone();
+        HeldLocks::new(
+            grants,
+            Some(Box::new(move |gs: &[GrantedLock]| {
+                let mut held = held.borrow_mut();
+                for g in gs {
+                    let i = held.iter().position(|h| *h == g.range).expect("held");
+                    held.remove(i);
+                }
+            })),
+        )
+    }
+}
+
+impl LockProvider for Recorder {
+    fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
+        if !self.grant_tries.get() {
+            return None;
+        }
+        if self.in_hold().is_some() {
+            self.tried_in_hold.set(self.tried_in_hold.get() + 1);
+        }
+        self.tries
+            .borrow_mut()
+            .push(set.requests().iter().map(|r| (r.range, r.mode)).collect());
+        Some(self.grant(set))
+    }
+
+    fn acquire<'a>(&'a self, set: &'a LockSet) -> LockFut<'a, FsResult<HeldLocks>> {
+        let held_by = self.in_hold();
+        if held_by.is_some() {
+            self.asked_in_hold.set(self.asked_in_hold.get() + 1);
+        }
+        let commit = held_by.filter(|_| self.commit_when_held.get());
+        self.sets
+            .borrow_mut()
+            .push(set.requests().iter().map(|r| (r.range, r.mode)).collect());
+        let held = self.grant(set);
         Box::pin(async move {
             if let Some(m) = commit {
                 // deadlocks (block_on panics) unless the hold admits it
@@ -75,7 +131,7 @@ impl LockProvider for Recorder {
                 task.await?;
                 self.commits.set(self.commits.get() + 1);
             }
-            Ok(HeldLocks::new(grants, None))
+            Ok(held)
         })
     }
 }
@@ -277,6 +333,7 @@ fn operations_ask_for_their_locks_in_order_and_never_inside_the_hold() {
         0,
         "no lock asked for inside the hold"
     );
+    assert_eq!(rec.out_of_order.get(), 0);
     let mc = m.counters();
     assert_eq!(mc.items.unlocked_writes + mc.items.unlocked_reads, 0);
     assert_eq!(mc.locks_in_hold + mc.bad_grants, 0);
@@ -380,4 +437,176 @@ fn a_commit_part_way_takes_the_next_index_group_with_the_hold_parked() {
     drop((m, be, rec));
     let (m, _be) = vol.mount();
     assert_eq!(block_on(m.read(f.ino, 0, bytes.len())).unwrap(), bytes);
+}
+
+/// A directory `d` (group 1024) holding `n` files from inode 2048 on
+/// (group 2048): what each lookup below finds under the hold.
+fn dir_with_files_in_another_group(m: &Mount, n: usize) -> (u64, Vec<u64>) {
+    let c = Cred::root();
+    let dir = block_on(m.mkdir(&c, 1, b"d", 0o755)).unwrap().ino;
+    assert_eq!(dir, 1024);
+    fill_to(m, 1, 2048);
+    let files = (0..n)
+        .map(|i| {
+            let name = format!("f{i}");
+            block_on(m.create(&c, dir, name.as_bytes(), 0o644))
+                .unwrap()
+                .ino
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(files[0], 2048);
+    (dir, files)
+}
+
+#[test]
+fn locks_granted_at_once_are_taken_in_place_instead_of_starting_over() {
+    let vol = Vol::new();
+    let (m, _be) = vol.mount();
+    let c = Cred::root();
+    let (dir, files) = dir_with_files_in_another_group(&m, 2);
+
+    // lookup: the named inode's group sorts after the directory's, the
+    // local provider grants it at once: no restart
+    let before = m.counters();
+    assert_eq!(block_on(m.lookup(&c, dir, b"f0")).unwrap().ino, files[0]);
+    let after = m.counters();
+    assert_eq!(after.relocks, before.relocks, "{after:?}");
+    assert_eq!(after.lock_extends, before.lock_extends + 1);
+
+    // "..": the parent's group sorts before the directory's; taking it in
+    // place would break the order, so the lookup starts over
+    let before = after;
+    assert_eq!(block_on(m.lookup(&c, dir, b"..")).unwrap().ino, 1);
+    let after = m.counters();
+    assert_eq!(after.relocks, before.relocks + 1);
+    assert_eq!(after.lock_extends, before.lock_extends);
+
+    // unlink under the exclusive hold: the victim's group, then the zone
+    // locks taken again behind it
+    let before = after;
+    block_on(m.unlink(&c, dir, b"f0")).unwrap();
+    let after = m.counters();
+    assert_eq!(after.relocks, before.relocks);
+    assert_eq!(after.lock_extends, before.lock_extends + 1);
+    assert_eq!(
+        block_on(m.getattr(files[0])),
+        Err(scoutvm_fs::errno::Errno::ENOENT)
+    );
+    assert_eq!(block_on(m.lookup(&c, dir, b"f1")).unwrap().ino, files[1]);
+
+    let mc = m.counters();
+    assert_eq!(mc.items.unlocked_writes + mc.items.unlocked_reads, 0);
+    assert_eq!(mc.locks_in_hold + mc.bad_grants, 0);
+}
+
+#[test]
+fn every_acquisition_keeps_the_order_including_those_in_place() {
+    let vol = Vol::new();
+    let (m, be, rec) = recorded(&vol);
+    rec.grant_tries.set(true);
+    let c = Cred::root();
+    let (dir, files) = dir_with_files_in_another_group(&m, 3);
+    let sub = block_on(m.mkdir(&c, dir, b"sub", 0o755)).unwrap().ino;
+
+    block_on(m.lookup(&c, dir, b"f0")).unwrap();
+    block_on(m.lookup(&c, dir, b"..")).unwrap();
+    block_on(m.lookup(&c, sub, b"..")).unwrap();
+    block_on(m.unlink(&c, dir, b"f0")).unwrap();
+    block_on(m.link(&c, files[1], 1, b"l1")).unwrap();
+    block_on(m.unlink(&c, dir, b"f1")).unwrap();
+    // cross-directory renames walk ancestors (in lower groups: restarts)
+    block_on(m.rename(&c, dir, b"f2", sub, b"g", 0)).unwrap();
+    block_on(m.rename(&c, sub, b"g", 1, b"l1", 0)).unwrap();
+    block_on(m.setxattr(&c, files[2], b"scoutfs.totl.t.1.2.3", b"5", 0)).unwrap();
+    assert_eq!(block_on(m.readdir(&c, sub, 0, 10)).unwrap().len(), 2);
+    let mc = m.counters();
+    assert!(mc.lock_extends > 0 && mc.relocks > 0, "{mc:?}");
+
+    // a commit part way into the next index group: the zone locks are
+    // taken again with the hold parked
+    vol.store
+        .put_at_seq(Key::fs(1 << 40, ty::XATTR, 0, 0), None, 1020);
+    drop((m, be, rec));
+    let (m, be, rec) = recorded(&vol);
+    rec.grant_tries.set(true);
+    let f = block_on(m.create(&c, 1, b"w", 0o644)).unwrap();
+    be.set_txn_data_limit(Some(1));
+    let bytes = vec![7u8; 8 * 4096];
+    assert_eq!(block_on(m.write(f.ino, 0, &bytes)).unwrap(), bytes.len());
+    assert!(m.counters().park_relocks > 0);
+
+    assert_eq!(rec.out_of_order.get(), 0, "every acquisition in the order");
+    assert_eq!(rec.asked_in_hold.get(), 0, "no waiting inside the hold");
+    assert!(rec.tried_in_hold.get() > 0, "locks taken in place");
+    assert!(rec.held.borrow().is_empty(), "everything released");
+    let mc = m.counters();
+    assert_eq!(mc.items.unlocked_writes + mc.items.unlocked_reads, 0);
+    assert_eq!(mc.locks_in_hold + mc.bad_grants, 0);
+}
+
+/// `vol` mounted over a fresh slow provider.
+fn mount_slow(vol: &Vol, seed: u64) -> (Rc<Mount>, Rc<SlowLocks>) {
+    let locks = SlowLocks::new(handle(), seed);
+    let (m, be) = mount_with(vol, locks.clone());
+    locks.attach(&m, be);
+    (m, locks)
+}
+
+#[test]
+fn under_slow_locks_a_lookup_starts_over_unless_its_grant_is_cached() {
+    let vol = Vol::new();
+    let c = Cred::root();
+    let (dir, files) = {
+        let (m, _be) = vol.mount();
+        let made = dir_with_files_in_another_group(&m, 40);
+        block_on(m.unmount()).unwrap();
+        made
+    };
+    let (m, locks) = mount_slow(&vol, 7);
+
+    // nothing of group 2048 is cached yet: the try is refused and the
+    // lookup starts over, asking (and waiting) with nothing held
+    let before = m.counters();
+    assert_eq!(block_on(m.lookup(&c, dir, b"f0")).unwrap().ino, files[0]);
+    let after = m.counters();
+    assert_eq!(after.relocks, before.relocks + 1);
+    assert_eq!(after.lock_extends, before.lock_extends);
+
+    // later lookups find the group cached (or not: grants go idle and
+    // tries are refused at random) and take it in place or start over
+    for (i, ino) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        assert_eq!(
+            block_on(m.lookup(&c, dir, name.as_bytes())).unwrap().ino,
+            *ino
+        );
+    }
+    // and changes under the exclusive hold
+    for i in 0..20 {
+        let name = format!("f{i}");
+        block_on(m.unlink(&c, dir, name.as_bytes())).unwrap();
+    }
+    let mc = m.counters();
+    assert!(mc.lock_extends > 0 && mc.relocks > 1, "{mc:?}");
+    assert_eq!(mc.items.unlocked_writes + mc.items.unlocked_reads, 0);
+    assert_eq!(mc.locks_in_hold + mc.bad_grants, 0);
+    let s = locks.stats();
+    assert!(s.tries_granted > 0 && s.tries > s.tries_granted, "{s:?}");
+
+    // what a later mount reads
+    block_on(m.sync()).unwrap();
+    locks.detach();
+    drop(m);
+    let (m, _be) = vol.mount();
+    let names = common::readdir_all(&m, dir, 7);
+    assert_eq!(names.len(), 20);
+    for (i, ino) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        let found = block_on(m.lookup(&c, dir, name.as_bytes()));
+        if i < 20 {
+            assert_eq!(found, Err(scoutvm_fs::errno::Errno::ENOENT));
+        } else {
+            assert_eq!(found.unwrap().ino, *ino);
+        }
+    }
 }

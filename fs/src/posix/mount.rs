@@ -336,11 +336,12 @@ impl<'m> Op<'m> {
     /// under the hold could: the grant may need this mount's commit). The
     /// order is kept as if the operation had asked for the larger set
     /// up front: the missing rename/inode-group locks must sort after
-    /// every inode-class lock held (else: start over), they are appended,
-    /// and the zone locks, which sort after all of them, are let go and
-    /// taken again behind them. Nothing has changed yet (checked), so
-    /// letting go of zone locks loses nothing. A refusal part way leaves
-    /// the operation to start over, as without the try.
+    /// every inode-class lock held (else: start over); the zone locks,
+    /// which sort after all of them, are let go first, the missing ones
+    /// appended, and the zone locks taken again behind them. Nothing has
+    /// changed yet (checked), so letting go of zone locks loses nothing.
+    /// A refusal part way leaves the operation to start over, as without
+    /// the try.
     fn extend(&mut self) -> bool {
         if self.m.items.counters().dirtied != self.dirtied_at_hold {
             return false;
@@ -356,15 +357,18 @@ impl<'m> Op<'m> {
             }
         }
         let zones_missing = !self.want.zones.granted_by(self.zone_locks.grants());
+        let retake_zones = zones_missing || !inodes.is_empty();
+        if retake_zones {
+            // they sort after every inode group: let go of them first
+            self.zone_locks = HeldLocks::empty();
+        }
         if !inodes.is_empty() {
             let Some(more) = self.m.try_acquire(&inodes) else {
                 return false;
             };
             self.inode_locks.append(more);
         }
-        let zones_held = !self.zone_locks.grants().is_empty();
-        if zones_missing || (zones_held && !inodes.is_empty()) {
-            self.zone_locks = HeldLocks::empty();
+        if retake_zones {
             if !self.want.zones.is_empty() {
                 let Some(held) = self.m.try_acquire(&self.want.zones) else {
                     return false;
