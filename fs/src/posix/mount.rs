@@ -368,13 +368,11 @@ impl<'m> Op<'m> {
             };
             self.inode_locks.append(more);
         }
-        if retake_zones {
-            if !self.want.zones.is_empty() {
-                let Some(held) = self.m.try_acquire(&self.want.zones) else {
-                    return false;
-                };
-                self.zone_locks = held;
-            }
+        if retake_zones && !self.want.zones.is_empty() {
+            let Some(held) = self.m.try_acquire(&self.want.zones) else {
+                return false;
+            };
+            self.zone_locks = held;
         }
         if self.installed {
             self.install();
