@@ -13,9 +13,12 @@
 //!
 //! Invariants: a [`LockSet`] is sorted in the global order (the rename
 //! lock, then inode groups by inode, then every other range by start key)
-//! and holds each range once; every task acquires in that order and never
-//! while it holds the transaction, which is what keeps a cluster of mounts
-//! free of deadlocks (a grant may need the holder's commit).
+//! and holds each range once; every task acquires in that order (each
+//! acquisition sorts after every lock it holds) and never waits for a
+//! lock while it holds the transaction, which is what keeps a cluster of
+//! mounts free of deadlocks (a grant may need the holder's commit). Only
+//! [`LockProvider::try_acquire`], which never waits, may be asked under
+//! the transaction.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -12,10 +12,12 @@
 //! grant may need this mount to commit, which a task holding the
 //! transaction would block (scoutfs: `EDEADLK`). Locks an operation can
 //! only name after reading (the inode behind a name, an inode's index
-//! seqs, ancestors) are found under the hold; when they are missing the
-//! operation lets go of everything *before it changed anything*, takes the
-//! larger set and starts over (`Op::ready`). docs/posix.md lists the
-//! locks of each operation.
+//! seqs, ancestors) are found under the hold, *before the operation
+//! changes anything* (`Op::ready`): when the provider grants them without
+//! waiting and they keep the order they are taken in place
+//! (`Op::extend`), else the operation lets go of everything, takes the
+//! larger set and starts over. docs/posix.md lists the locks of each
+//! operation.
 //!
 //! Invariants: every operation that changes items runs under one
 //! exclusive [`WriteHold`] and leaves the items consistent before any await
