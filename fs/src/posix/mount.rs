@@ -422,6 +422,20 @@ impl<'m> Op<'m> {
         Ok(())
     }
 
+    /// Acquire the wanted locks of one class if the provider grants them
+    /// at once; nothing is held yet (before the hold).
+    fn try_lock_wanted(&mut self, inode_class: bool) -> bool {
+        let Some(held) = self.m.try_acquire(self.want.class(inode_class)) else {
+            return false;
+        };
+        if inode_class {
+            self.inode_locks = held;
+        } else {
+            self.zone_locks = held;
+        }
+        true
+    }
+
     /// Acquire the wanted locks of one class.
     async fn lock_wanted(&mut self, inode_class: bool) -> FsResult<()> {
         let set = core::mem::take(self.want.class(inode_class));
@@ -639,8 +653,12 @@ impl Mount {
             installed: false,
             dirtied_at_hold: 0,
         };
-        op.lock_wanted(true).await?;
-        op.lock_wanted(false).await?;
+        for inode_class in [true, false] {
+            // at once when the provider can (no future to build and poll)
+            if !op.want.class(inode_class).is_empty() && !op.try_lock_wanted(inode_class) {
+                op.lock_wanted(inode_class).await?;
+            }
+        }
         match kind {
             HoldKind::Read => op.read = Some(self.txn.read().await),
             HoldKind::Commit => op.write = Some(self.txn.commit().await),
