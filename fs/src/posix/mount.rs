@@ -368,7 +368,11 @@ impl<'m> Op<'m> {
             let Some(more) = self.m.try_acquire(&inodes) else {
                 return false;
             };
-            self.inode_locks.append(more);
+            if self.inode_locks.append(more).is_err() {
+                // grants beyond what was asked, out of order
+                self.m.count(|c| c.bad_grants += 1);
+                return false;
+            }
         }
         if retake_zones && !self.want.zones.is_empty() {
             let Some(held) = self.m.try_acquire(&self.want.zones) else {
