@@ -228,8 +228,39 @@ impl LockRange {
 /// therefore in ascending inode order).
 #[inline]
 pub fn lock_order(a: &LockRange, b: &LockRange) -> Ordering {
-    (a.order_class(), a.start).cmp(&(b.order_class(), b.start))
+    match a.order_class().cmp(&b.order_class()) {
+        Ordering::Equal => a.start.cmp(&b.start),
+        o => o,
+    }
 }
+
+/// Where `range` is (`Ok`) or would go (`Err`) in `items`, sorted in
+/// [`lock_order`] by `range_of` (ranges never overlap: one start, one
+/// range). An operation's sets are a handful of ranges, mostly asked for
+/// again or in order: a short list is scanned for the start first, then
+/// the end is tried.
+#[inline]
+fn find<T>(
+    items: &[T],
+    range: &LockRange,
+    range_of: impl Fn(&T) -> &LockRange,
+) -> Result<usize, usize> {
+    if items.len() > FIND_LINEAR {
+        return items.binary_search_by(|x| lock_order(range_of(x), range));
+    }
+    if let Some(i) = items.iter().position(|x| range_of(x).start == range.start) {
+        return Ok(i);
+    }
+    match items.last() {
+        Some(last) if lock_order(range_of(last), range) == Ordering::Greater => {
+            Err(items.partition_point(|x| lock_order(range_of(x), range) == Ordering::Less))
+        }
+        _ => Err(items.len()),
+    }
+}
+
+/// Up to this many entries [`find`] compares ranges for equality first.
+const FIND_LINEAR: usize = 8;
 
 /// One lock an operation asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,12 +297,7 @@ impl LockSet {
             // room for what an operation usually needs, grown once
             reqs.reserve_exact(LOCKS_USUAL);
         }
-        // sets are built mostly in order: try the end first
-        let at = match reqs.last() {
-            Some(last) if lock_order(&last.range, &range) == Ordering::Less => Err(reqs.len()),
-            _ => reqs.binary_search_by(|r| lock_order(&r.range, &range)),
-        };
-        match at {
+        match find(reqs, &range, |r| &r.range) {
             Ok(i) => {
                 reqs[i].mode = reqs[i].mode.union(mode);
                 reqs[i].mode
@@ -309,9 +335,7 @@ impl LockSet {
     /// The request for exactly `range`, if any.
     pub fn get(&self, range: &LockRange) -> Option<LockRequest> {
         let reqs = self.requests();
-        reqs.binary_search_by(|r| lock_order(&r.range, range))
-            .ok()
-            .map(|i| reqs[i])
+        find(reqs, range, |r| &r.range).ok().map(|i| reqs[i])
     }
 
     /// Does a request of this set serve `want`?
@@ -444,9 +468,7 @@ impl HeldLocks {
     /// Is `want` granted here, in a mode that serves it?
     pub fn serves(&self, want: &LockRequest) -> bool {
         let grants = self.grants();
-        grants
-            .binary_search_by(|g| lock_order(&g.range, &want.range))
-            .is_ok_and(|i| grants[i].mode.serves(want.mode))
+        find(grants, &want.range, |g| &g.range).is_ok_and(|i| grants[i].mode.serves(want.mode))
     }
 
     /// Hold `more` with these, released together. Every range of `more`

@@ -392,11 +392,13 @@ impl<'m> Op<'m> {
     }
 
     fn install(&mut self) {
+        // nearly in key order (the cache sorts by start key): the zones
+        // sort before the FS zone, the rename lock after it
         self.m.items.set_op_locks(
-            self.inode_locks
+            self.zone_locks
                 .grants()
                 .iter()
-                .chain(self.zone_locks.grants()),
+                .chain(self.inode_locks.grants()),
         );
         self.installed = true;
     }
