@@ -264,6 +264,44 @@ impl LockSink for Op<'_> {
 }
 
 impl<'m> Op<'m> {
+    fn new(m: &'m Mount, want: Want) -> Op<'m> {
+        Op {
+            m,
+            write: None,
+            read: None,
+            inode_locks: HeldLocks::empty(),
+            zone_locks: HeldLocks::empty(),
+            want,
+            lacking: false,
+            stores_inodes: false,
+            installed: false,
+            dirtied_at_hold: 0,
+        }
+    }
+
+    /// Take the wanted locks (rename and inode groups, then the rest),
+    /// then the hold; an exclusive hold commits first when one is due.
+    async fn begin(&mut self, kind: HoldKind) -> FsResult<()> {
+        for inode_class in [true, false] {
+            // at once when the provider can (no future to build and poll)
+            if !self.want.class(inode_class).is_empty() && !self.try_lock_wanted(inode_class) {
+                self.lock_wanted(inode_class).await?;
+            }
+        }
+        let m = self.m;
+        match kind {
+            HoldKind::Read => self.read = Some(m.txn.read().await),
+            HoldKind::Commit => self.write = Some(m.txn.commit().await),
+            HoldKind::Write => {
+                self.write = Some(m.txn.write().await);
+                self.install();
+                m.commit_if_due(self.hold()).await?;
+            }
+        }
+        self.dirtied_at_hold = m.items.counters().dirtied;
+        Ok(())
+    }
+
     fn need(&mut self, range: LockRange, mode: LockMode) {
         if mode == LockMode::Null {
             return;
@@ -644,40 +682,6 @@ impl Mount {
         Ok(held)
     }
 
-    /// Take `want`'s locks (rename and inode groups, then the rest), then
-    /// the hold; an exclusive hold commits first when one is due.
-    async fn begin(&self, kind: HoldKind, want: Want) -> FsResult<Op<'_>> {
-        let mut op = Op {
-            m: self,
-            write: None,
-            read: None,
-            inode_locks: HeldLocks::empty(),
-            zone_locks: HeldLocks::empty(),
-            want,
-            lacking: false,
-            stores_inodes: false,
-            installed: false,
-            dirtied_at_hold: 0,
-        };
-        for inode_class in [true, false] {
-            // at once when the provider can (no future to build and poll)
-            if !op.want.class(inode_class).is_empty() && !op.try_lock_wanted(inode_class) {
-                op.lock_wanted(inode_class).await?;
-            }
-        }
-        match kind {
-            HoldKind::Read => op.read = Some(self.txn.read().await),
-            HoldKind::Commit => op.write = Some(self.txn.commit().await),
-            HoldKind::Write => {
-                op.write = Some(self.txn.write().await);
-                op.install();
-                self.commit_if_due(op.hold()).await?;
-            }
-        }
-        op.dirtied_at_hold = self.items.counters().dirtied;
-        Ok(op)
-    }
-
     /// `set` and the index groups of the open transaction: the first guess
     /// of an operation that stores inodes (their new index items go
     /// there; only older seqs need more).
@@ -697,7 +701,8 @@ impl Mount {
     ) -> FsResult<T> {
         let mut want = Want::new(first);
         for _ in 0..MAX_RELOCKS {
-            let mut op = self.begin(kind, want).await?;
+            let mut op = Op::new(self, want);
+            op.begin(kind).await?;
             match body(&mut op).await {
                 Ok(v) => return Ok(v),
                 Err(Stop::Errno(e)) => return Err(e),
@@ -2545,13 +2550,8 @@ mod tests {
     fn locking_while_holding_the_transaction_is_edeadlk() {
         let m = mounted();
         block_on(async {
-            let mut op = m
-                .begin(
-                    HoldKind::Write,
-                    Want::new(inode_lock(ROOT_INO, LockMode::Write)),
-                )
-                .await
-                .unwrap();
+            let mut op = Op::new(&m, Want::new(inode_lock(ROOT_INO, LockMode::Write)));
+            op.begin(HoldKind::Write).await.unwrap();
             assert!(m.transaction_held());
             let r = op.lock(&inode_lock(5000, LockMode::Write)).await;
             assert_eq!(r.err(), Some(Errno::EDEADLK));
