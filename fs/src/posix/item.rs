@@ -122,6 +122,9 @@ pub struct ItemCache {
     budget_bytes: usize,
     inner: RefCell<Inner>,
     counters: Cell<ItemCounters>,
+    /// Index of the operation lock that covered the last key looked up
+    /// (an operation changes runs of keys under one lock).
+    op_lock_hint: Cell<usize>,
 }
 
 impl ItemCache {
@@ -132,6 +135,7 @@ impl ItemCache {
             budget_bytes: budget_bytes.max(64 * ITEM_OVERHEAD_BYTES),
             inner: RefCell::new(Inner::default()),
             counters: Cell::new(ItemCounters::default()),
+            op_lock_hint: Cell::new(0),
         }
     }
 
@@ -347,9 +351,17 @@ impl ItemCache {
     }
 
     /// The operation's lock whose range contains `key`.
-    fn op_lock_of(locks: &[GrantedLock], key: &Key) -> Option<GrantedLock> {
-        let i = locks.partition_point(|g| g.range.start <= *key);
-        let g = *locks.get(i.checked_sub(1)?)?;
+    fn op_lock_of<'l>(&self, locks: &'l [GrantedLock], key: &Key) -> Option<&'l GrantedLock> {
+        if let Some(g) = locks.get(self.op_lock_hint.get()) {
+            if g.range.contains(key) {
+                return Some(g);
+            }
+        }
+        let i = locks
+            .partition_point(|g| g.range.start <= *key)
+            .checked_sub(1)?;
+        let g = &locks[i];
+        self.op_lock_hint.set(i);
         g.range.contains(key).then_some(g)
     }
 
@@ -361,7 +373,7 @@ impl ItemCache {
         let Some(locks) = &inner.op_locks else {
             return seq;
         };
-        match Self::op_lock_of(locks, key) {
+        match self.op_lock_of(locks, key) {
             Some(g) if g.mode.can_write() => seq.max(g.write_seq),
             _ => {
                 self.count(|c| c.unlocked_writes += 1);
@@ -379,7 +391,10 @@ impl ItemCache {
         let Some(locks) = &inner.op_locks else {
             return;
         };
-        if !Self::op_lock_of(locks, key).is_some_and(|g| g.mode.can_read()) {
+        if !self
+            .op_lock_of(locks, key)
+            .is_some_and(|g| g.mode.can_read())
+        {
             self.count(|c| c.unlocked_reads += 1);
             debug_assert!(false, "item {key} read outside the operation's read locks");
         }
