@@ -446,11 +446,10 @@ impl HeldLocks {
         grants: impl IntoIterator<Item = GrantedLock>,
         release: Option<ReleaseFn>,
     ) -> HeldLocks {
-        // room to append the locks an operation finds part way
-        let grants = grants.into_iter();
-        let mut v = Vec::with_capacity(LOCKS_USUAL.max(grants.size_hint().0));
-        v.extend(grants);
-        HeldLocks { grants: v, release }
+        HeldLocks {
+            grants: grants.into_iter().collect(),
+            release,
+        }
     }
 
     /// Nothing held.
@@ -469,34 +468,6 @@ impl HeldLocks {
     pub fn serves(&self, want: &LockRequest) -> bool {
         let grants = self.grants();
         find(grants, &want.range, |g| &g.range).is_ok_and(|i| grants[i].mode.serves(want.mode))
-    }
-
-    /// Hold `more` with these, released together. Every range of `more`
-    /// must sort after every range held here (the acquisition order: a
-    /// guard only grows at its end); otherwise nothing changes and `more`
-    /// comes back.
-    pub fn append(&mut self, mut more: HeldLocks) -> Result<(), HeldLocks> {
-        if let (Some(last), Some(first)) = (self.grants.last(), more.grants.first()) {
-            if lock_order(&last.range, &first.range) != Ordering::Less {
-                return Err(more);
-            }
-        }
-        let n = self.grants.len();
-        let grants = core::mem::take(&mut more.grants);
-        self.grants.extend(grants);
-        self.release = match (self.release.take(), more.release.take()) {
-            (None, None) => None,
-            (mine, theirs) => Some(Box::new(move |gs: &[GrantedLock]| {
-                let (a, b) = gs.split_at(n.min(gs.len()));
-                if let Some(r) = mine {
-                    r(a);
-                }
-                if let Some(r) = theirs {
-                    r(b);
-                }
-            })),
-        };
-        Ok(())
     }
 }
 
@@ -587,7 +558,6 @@ impl LockProvider for LocalLocks {
 mod tests {
     use super::*;
     use crate::format::items::{inode_index_key, inode_key, orphan_key, totl_key};
-    use core::cell::RefCell;
     use LockMode::*;
 
     const MODES: [LockMode; 4] = [Null, Read, Write, WriteOnly];
@@ -710,44 +680,6 @@ mod tests {
         let upgrade = s.clone().with(LockRange::orphan(), Read);
         assert_eq!(upgrade.get(&LockRange::orphan()).unwrap().mode, Write);
         assert!(!upgrade.granted_by(held.grants()));
-    }
-
-    #[test]
-    fn guards_grow_at_their_end_only_and_release_each_part() {
-        use alloc::rc::Rc;
-        let released = Rc::new(RefCell::new(Vec::new()));
-        let guard = |ranges: &[LockRange]| {
-            let r = released.clone();
-            HeldLocks::new(
-                ranges.iter().map(|&range| GrantedLock {
-                    range,
-                    mode: Read,
-                    write_seq: 0,
-                }),
-                Some(Box::new(move |gs: &[GrantedLock]| {
-                    r.borrow_mut().extend(gs.iter().map(|g| g.range))
-                })),
-            )
-        };
-        let (a, b, c) = (
-            LockRange::inode_group(0),
-            LockRange::inode_group(1024),
-            LockRange::inode_group(2048),
-        );
-        let mut held = guard(&[b]);
-        let before = guard(&[a]);
-        let before = held.append(before).expect_err("sorts before what is held");
-        assert_eq!(held.grants().len(), 1);
-        held.append(guard(&[c])).unwrap();
-        held.append(HeldLocks::empty()).unwrap();
-        assert_eq!(
-            held.grants().iter().map(|g| g.range).collect::<Vec<_>>(),
-            [b, c]
-        );
-        assert!(released.borrow().is_empty());
-        drop(before);
-        drop(held);
-        assert_eq!(*released.borrow(), [a, b, c]);
     }
 
     #[test]

@@ -13,11 +13,11 @@
 //! transaction would block (scoutfs: `EDEADLK`). Locks an operation can
 //! only name after reading (the inode behind a name, an inode's index
 //! seqs, ancestors) are found under the hold, *before the operation
-//! changes anything* (`Op::ready`): when the provider grants them without
-//! waiting and they keep the order they are taken in place
-//! (`Op::extend`), else the operation lets go of everything, takes the
-//! larger set and starts over. docs/posix.md lists the locks of each
-//! operation.
+//! changes anything* (`Op::ready`): the operation lets go of its locks
+//! and takes the larger set again, in the order, keeping the hold, when
+//! the provider grants it without waiting (`Op::extend`); else it lets go
+//! of everything, waits for the larger set and starts over. docs/posix.md
+//! lists the locks of each operation.
 //!
 //! Invariants: every operation that changes items runs under one
 //! exclusive [`WriteHold`] and leaves the items consistent before any await
@@ -30,11 +30,9 @@ use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::cmp::Ordering;
 
 use crate::cluster::lock::{
-    lock_order, HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet,
-    LockSink,
+    HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
@@ -368,55 +366,39 @@ impl<'m> Op<'m> {
         }
     }
 
-    /// Take the missing locks under the hold, in the global order and
-    /// without waiting, or report that the operation must start over.
+    /// Take the missing locks under the hold, without waiting, or report
+    /// that the operation must start over.
     ///
-    /// Only [`LockProvider::try_acquire`] is asked: it never waits, so
-    /// holding the transaction meanwhile can block no grant (a wait
-    /// under the hold could: the grant may need this mount's commit). The
-    /// order is kept as if the operation had asked for the larger set
-    /// up front: the missing rename/inode-group locks must sort after
-    /// every inode-class lock held (else: start over); the zone locks,
-    /// which sort after all of them, are let go first, the missing ones
-    /// appended, and the zone locks taken again behind them. Nothing has
-    /// changed yet (checked), so letting go of zone locks loses nothing.
-    /// A refusal part way leaves the operation to start over, as without
-    /// the try.
+    /// It makes the acquisitions a restart would make, in the same order,
+    /// but keeps the hold and asks only [`LockProvider::try_acquire`]: it
+    /// lets go of its locks (just the zone locks when only those lack)
+    /// and takes the wanted sets again, the rename lock and inode groups,
+    /// then the zones, each only if granted at once. A try never waits,
+    /// so holding the transaction meanwhile can block no grant (a wait
+    /// under the hold could: the grant may need this mount's commit), and
+    /// every acquisition sorts after every lock still held. Nothing has
+    /// changed yet (checked), and nothing runs between the letting go and
+    /// the taking again: a grant taken again from the provider's cache is
+    /// the one the operation read under. A refusal part way leaves the
+    /// operation to start over, as without the try.
     fn extend(&mut self) -> bool {
         if self.m.items.counters().dirtied != self.dirtied_at_hold {
             return false;
         }
-        let last = self.inode_locks.grants().last().map(|g| g.range);
-        let mut inodes = LockSet::new();
-        for r in self.want.inodes.requests() {
-            if !self.inode_locks.serves(r) {
-                if last.is_some_and(|l| lock_order(&l, &r.range) != Ordering::Less) {
-                    return false;
-                }
-                inodes.add(r.range, r.mode);
-            }
+        let inodes_held = self.want.inodes.granted_by(self.inode_locks.grants());
+        // the zones sort after every inode group: let go of them first
+        self.zone_locks = HeldLocks::empty();
+        if !inodes_held {
+            self.inode_locks = HeldLocks::empty();
         }
-        let zones_missing = !self.want.zones.granted_by(self.zone_locks.grants());
-        let retake_zones = zones_missing || !inodes.is_empty();
-        if retake_zones {
-            // they sort after every inode group: let go of them first
-            self.zone_locks = HeldLocks::empty();
-        }
-        if !inodes.is_empty() {
-            let Some(more) = self.m.try_acquire(&inodes) else {
-                return false;
-            };
-            if self.inode_locks.append(more).is_err() {
-                // grants beyond what was asked, out of order
-                self.m.count(|c| c.bad_grants += 1);
+        for inode_class in [true, false] {
+            let held = inode_class && inodes_held;
+            if !held
+                && !self.want.class(inode_class).is_empty()
+                && !self.try_lock_wanted(inode_class)
+            {
                 return false;
             }
-        }
-        if retake_zones && !self.want.zones.is_empty() {
-            let Some(held) = self.m.try_acquire(&self.want.zones) else {
-                return false;
-            };
-            self.zone_locks = held;
         }
         if self.installed {
             self.install();
@@ -467,7 +449,7 @@ impl<'m> Op<'m> {
     }
 
     /// Acquire the wanted locks of one class if the provider grants them
-    /// at once; nothing is held yet (before the hold).
+    /// at once; none of that class is held, nor any that sorts after it.
     fn try_lock_wanted(&mut self, inode_class: bool) -> bool {
         let Some(held) = self.m.try_acquire(self.want.class(inode_class)) else {
             return false;
@@ -2586,8 +2568,8 @@ mod tests {
 
     #[test]
     fn locks_granted_at_once_extend_the_operation_in_place() {
-        // the victim's group sorts after the directory's: taken under the
-        // hold, the zone locks let go and taken again behind it
+        // the victim's group is found under the hold: the locks are let go
+        // and the larger set taken again at once, in the order
         let (before, after) = unlink_in_another_group(&mounted());
         assert_eq!(after.relocks, before.relocks);
         assert_eq!(after.lock_extends, before.lock_extends + 1);
