@@ -497,9 +497,9 @@ pub trait LockProvider {
     /// message, no commit, no other task), or grant nothing and answer
     /// `None`: what a lock client can serve from the grants it caches.
     /// Because it never waits it can close no wait cycle, so a mount may
-    /// call it while it holds the transaction (it extends an operation's
-    /// locks in place rather than starting over); callers still ask in
-    /// the global order. The default serves nothing.
+    /// call it while it holds the transaction (to take an operation's
+    /// larger set again in place rather than start over); callers still
+    /// ask in the global order. The default serves nothing.
     fn try_acquire(&self, set: &LockSet) -> Option<HeldLocks> {
         let _ = set;
         None
@@ -527,9 +527,7 @@ impl LocalLocks {
     pub fn acquisitions(&self) -> u64 {
         self.acquisitions.get()
     }
-}
 
-impl LocalLocks {
     fn grant(&self, set: &LockSet) -> HeldLocks {
         self.acquisitions.set(self.acquisitions.get() + 1);
         HeldLocks::new(

@@ -351,10 +351,10 @@ impl<'m> Op<'m> {
             && self.want.zones.granted_by(self.zone_locks.grants())
     }
 
-    /// Are all the locks found so far held? If not, they are taken in
-    /// place when that needs no wait and keeps the order ([`Self::extend`]),
-    /// else the operation starts over with them: call it before the first
-    /// change.
+    /// Are all the locks found so far held? If not, the larger set is
+    /// taken in place when the provider grants it at once
+    /// ([`Self::extend`]), else the operation starts over with it: call it
+    /// before the first change.
     fn ready(&mut self) -> OpResult<()> {
         // `lacking` is exact: `need` checked each request against the held
         // locks, and only `extend` and `follow_trans_seq` add held locks
