@@ -75,6 +75,17 @@ pub trait Transport {
     fn connect<'a>(&'a self, addr: &'a str) -> LocalFut<'a, Result<Rc<dyn Conn>, NetError>>;
 }
 
+/// Unreliable datagrams between string addresses (`"a.b.c.d:port"` in the
+/// appliance): the seam the quorum's UDP election runs on. The simulator's
+/// `SimSocket` and the appliance's smoltcp UDP socket implement it.
+pub trait Datagrams {
+    /// Send one datagram. Loss is silent (fire and forget); an error only
+    /// says the socket itself is unusable or the address is malformed.
+    fn send_to(&self, to: &str, data: &[u8]) -> Result<(), NetError>;
+    /// Wait for the next datagram: its sender's address and its bytes.
+    fn recv_from(&self) -> LocalFut<'_, Result<(String, alloc::vec::Vec<u8>), NetError>>;
+}
+
 /// Bytes one direction of a `MemNet` stream buffers.
 pub const MEM_PIPE_BYTES: usize = 64 << 10;
 /// Connections a `MemNet` listener queues before `connect` is refused.

@@ -21,7 +21,7 @@
 //!
 //! Every send, delivery, close, reset, connect and drop is a world event.
 
-use crate::cluster::transport::{Conn, Listener, LocalFut, NetError, Transport};
+use crate::cluster::transport::{Conn, Datagrams, Listener, LocalFut, NetError, Transport};
 use crate::runtime::env::{Entropy, SeededEntropy};
 use crate::runtime::exec::{Handle, Notify};
 use crate::runtime::node::NodeId;
@@ -869,6 +869,15 @@ impl SimSocket {
             drop(st);
             self.st.arrived.notify();
         }
+    }
+}
+
+impl Datagrams for SimSocket {
+    fn send_to(&self, to: &str, data: &[u8]) -> Result<(), NetError> {
+        SimSocket::send_to(self, to, data)
+    }
+    fn recv_from(&self) -> LocalFut<'_, Result<(String, Vec<u8>), NetError>> {
+        Box::pin(SimSocket::recv_from(self))
     }
 }
 
