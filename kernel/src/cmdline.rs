@@ -116,11 +116,107 @@ pub enum LogLevel {
     Trace,
 }
 
+/// Most network cards configured (`ip=` for eth0, `ip1=`.. for the rest).
+pub const NICS_MAX: usize = 4;
+
+/// Quorum heartbeat timeout bounds and default (ms), as scoutfs's
+/// `quorum_heartbeat_timeout_ms` mount option.
+pub const HEARTBEAT_TIMEOUT_MS_MIN: u32 = 2_000;
+pub const HEARTBEAT_TIMEOUT_MS_MAX: u32 = 60_000;
+pub const HEARTBEAT_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+
+/// This node's part in a cluster, from `quorum_slot_nr=`,
+/// `quorum_heartbeat_timeout_ms=` and `cluster=1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The quorum slot this node holds; `None`: a client-only node.
+    pub quorum_slot_nr: Option<u8>,
+    /// How long without a leader's heartbeat before an election.
+    pub heartbeat_timeout_ms: u32,
+}
+
+/// Whether (and how) the node runs as a cluster member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// No cluster words: a single node that mounts and serves on its own.
+    Off,
+    /// A cluster member: it must not mount the shared volume on its own.
+    On(ClusterConfig),
+    /// Cluster words were given but are invalid: the node must neither
+    /// join nor mount (the message says why).
+    Invalid(String),
+}
+
+impl ClusterMode {
+    /// Whether the shared volume must be left to the cluster.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self, ClusterMode::Off)
+    }
+
+    /// Read the cluster words. Any of `quorum_slot_nr=`,
+    /// `quorum_heartbeat_timeout_ms=` or `cluster=1` makes the node a
+    /// cluster member; `cluster=0` with a slot is a contradiction.
+    pub fn from_cmdline(c: &Cmdline) -> ClusterMode {
+        let slot = c.get("quorum_slot_nr");
+        let hb = c.get("quorum_heartbeat_timeout_ms");
+        let wanted = match c.get("cluster") {
+            None => slot.is_some() || hb.is_some(),
+            Some("1") => true,
+            Some("0") if slot.is_none() && hb.is_none() => false,
+            Some("0") => {
+                return ClusterMode::Invalid(
+                    "cluster=0 contradicts quorum_slot_nr=/quorum_heartbeat_timeout_ms=".into(),
+                )
+            }
+            Some(v) => return ClusterMode::Invalid(format!("cluster={v}: expected 0 or 1")),
+        };
+        if !wanted {
+            return ClusterMode::Off;
+        }
+        let slots = scoutvm_fs::format::super_block::QUORUM_MAX_SLOTS;
+        let quorum_slot_nr = match slot {
+            None => None,
+            Some(v) => match v.parse::<u8>() {
+                Ok(n) if (n as usize) < slots => Some(n),
+                _ => {
+                    return ClusterMode::Invalid(format!(
+                        "quorum_slot_nr={v}: expected 0..={}",
+                        slots - 1
+                    ))
+                }
+            },
+        };
+        let heartbeat_timeout_ms = match hb {
+            None => HEARTBEAT_TIMEOUT_MS_DEFAULT,
+            Some(v) => match v.parse::<u32>() {
+                Ok(ms) if (HEARTBEAT_TIMEOUT_MS_MIN..=HEARTBEAT_TIMEOUT_MS_MAX).contains(&ms) => {
+                    ms
+                }
+                _ => {
+                    return ClusterMode::Invalid(format!(
+                        "quorum_heartbeat_timeout_ms={v}: expected \
+                         {HEARTBEAT_TIMEOUT_MS_MIN}..={HEARTBEAT_TIMEOUT_MS_MAX}"
+                    ))
+                }
+            },
+        };
+        ClusterMode::On(ClusterConfig {
+            quorum_slot_nr,
+            heartbeat_timeout_ms,
+        })
+    }
+}
+
 /// What the kernel reads from the command line for itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub node: String,
+    /// eth0 (`ip=`, default DHCP).
     pub net: NetConfig,
+    /// eth1.. (`ip1=`, `ip2=`, ...; default off): index 0 is eth1.
+    pub extra_nets: Vec<NetConfig>,
+    /// Cluster membership (`quorum_slot_nr=`, ...).
+    pub cluster: ClusterMode,
     pub log: LogLevel,
     /// `debug.panic=boot`: panic right after boot (tests of the panic path).
     pub panic_at_boot: bool,
@@ -136,7 +232,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetConfig {
+/// Parse `ip=` (`key` "ip", with `netmask=`/`gateway=`) or `ipN=` (`key`
+/// "ipN": a prefix length only; no gateway, the default route stays on
+/// eth0). A bad value falls back to DHCP on eth0 and to off on the others.
+fn parse_ip_spec(c: &Cmdline, key: &str, ip: &str, errors: &mut Vec<ConfigError>) -> NetConfig {
+    let first = key == "ip";
+    let fallback = if first { NetConfig::Dhcp } else { NetConfig::Off };
+    let fallback_name = if first { "DHCP" } else { "off" };
     match ip {
         "dhcp" => return NetConfig::Dhcp,
         "off" | "none" => return NetConfig::Off,
@@ -148,18 +250,19 @@ fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetCon
     };
     let Some(addr) = parse_ipv4(addr_s) else {
         errors.push(ConfigError(format!(
-            "ip={ip}: not an IPv4 address; using DHCP"
+            "{key}={ip}: not an IPv4 address; using {fallback_name}"
         )));
-        return NetConfig::Dhcp;
+        return fallback;
     };
-    let prefix = match (prefix_s, c.get("netmask")) {
+    let netmask = if first { c.get("netmask") } else { None };
+    let prefix = match (prefix_s, netmask) {
         (Some(p), _) => match p.parse::<u8>() {
             Ok(p) if p <= 32 => p,
             _ => {
                 errors.push(ConfigError(format!(
-                    "ip={ip}: bad prefix length; using DHCP"
+                    "{key}={ip}: bad prefix length; using {fallback_name}"
                 )));
-                return NetConfig::Dhcp;
+                return fallback;
             }
         },
         (None, Some(m)) => match parse_ipv4(m).and_then(mask_to_prefix) {
@@ -173,7 +276,7 @@ fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetCon
         },
         (None, None) => 24,
     };
-    let gateway = match c.get("gateway") {
+    let gateway = match c.get("gateway").filter(|_| first) {
         None => None,
         Some(g) => match parse_ipv4(g) {
             Some(g) => Some(g),
@@ -193,6 +296,14 @@ fn parse_ip_spec(c: &Cmdline, ip: &str, errors: &mut Vec<ConfigError>) -> NetCon
 }
 
 impl Config {
+    /// How card `i` (eth`i`) is configured.
+    pub fn net_for(&self, i: usize) -> NetConfig {
+        match i {
+            0 => self.net.clone(),
+            _ => self.extra_nets.get(i - 1).cloned().unwrap_or(NetConfig::Off),
+        }
+    }
+
     /// Read the kernel's own settings; invalid values yield the default
     /// and an error each.
     pub fn from_cmdline(c: &Cmdline) -> (Config, Vec<ConfigError>) {
@@ -216,8 +327,31 @@ impl Config {
         };
         let net = match c.get("ip") {
             None => NetConfig::Dhcp,
-            Some(ip) => parse_ip_spec(c, ip, &mut errors),
+            Some(ip) => parse_ip_spec(c, "ip", ip, &mut errors),
         };
+        let mut extra_nets = Vec::new();
+        for i in 1..NICS_MAX {
+            let key = format!("ip{i}");
+            if let Some(ip) = c.get(&key) {
+                extra_nets.resize(i, NetConfig::Off);
+                extra_nets[i - 1] = parse_ip_spec(c, &key, ip, &mut errors);
+            }
+        }
+        for (k, _) in c.pairs() {
+            let n = k.strip_prefix("ip").and_then(|n| n.parse::<usize>().ok());
+            if n.is_some_and(|n| n == 0 || n >= NICS_MAX) {
+                errors.push(ConfigError(format!(
+                    "{k}=: at most {NICS_MAX} cards (ip=, ip1=..ip{}=); ignored",
+                    NICS_MAX - 1
+                )));
+            }
+        }
+        let cluster = ClusterMode::from_cmdline(c);
+        if let ClusterMode::Invalid(why) = &cluster {
+            errors.push(ConfigError(format!(
+                "{why}; this node will neither join the cluster nor mount the volume"
+            )));
+        }
         let log = match c.get("log") {
             None | Some("info") => LogLevel::Info,
             Some("error") => LogLevel::Error,
@@ -236,6 +370,8 @@ impl Config {
             Config {
                 node,
                 net,
+                extra_nets,
+                cluster,
                 log,
                 panic_at_boot,
             },
@@ -320,5 +456,89 @@ mod tests {
         );
         let (cfg, _) = Config::from_cmdline(&Cmdline::parse("ip=off"));
         assert_eq!(cfg.net, NetConfig::Off);
+    }
+
+    #[test]
+    fn second_card_and_its_defaults() {
+        let (cfg, errs) = Config::from_cmdline(&Cmdline::parse(
+            "ip=10.0.2.15/24 gateway=10.0.2.2 ip1=10.77.0.11/24",
+        ));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            cfg.net_for(1),
+            NetConfig::Static {
+                addr: [10, 77, 0, 11],
+                prefix: 24,
+                gateway: None
+            },
+            "the gateway belongs to eth0 only"
+        );
+        assert_eq!(cfg.net_for(2), NetConfig::Off);
+        assert_eq!(cfg.net_for(0), cfg.net);
+        // ip2 alone leaves eth1 off; a bad ip1 is off, not DHCP
+        let (cfg, errs) = Config::from_cmdline(&Cmdline::parse("ip2=10.1.0.1 ip1=10.9.9"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].0.starts_with("ip1=10.9.9: not an IPv4 address; using off"));
+        assert_eq!(cfg.net_for(1), NetConfig::Off);
+        assert_eq!(
+            cfg.net_for(2),
+            NetConfig::Static {
+                addr: [10, 1, 0, 1],
+                prefix: 24,
+                gateway: None
+            }
+        );
+        assert_eq!(cfg.net_for(1 + NICS_MAX), NetConfig::Off);
+        let (_, errs) = Config::from_cmdline(&Cmdline::parse("ip9=10.1.0.1 ip0=dhcp"));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn cluster_words() {
+        let mode = |s: &str| ClusterMode::from_cmdline(&Cmdline::parse(s));
+        assert_eq!(mode("ip=dhcp"), ClusterMode::Off);
+        assert!(!mode("cluster=0").is_cluster());
+        assert_eq!(
+            mode("quorum_slot_nr=2"),
+            ClusterMode::On(ClusterConfig {
+                quorum_slot_nr: Some(2),
+                heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT
+            })
+        );
+        assert_eq!(
+            mode("cluster=1 quorum_heartbeat_timeout_ms=3000"),
+            ClusterMode::On(ClusterConfig {
+                quorum_slot_nr: None,
+                heartbeat_timeout_ms: 3000
+            }),
+            "a client-only node"
+        );
+        for (ms, ok) in [
+            ("2000", true),
+            ("60000", true),
+            ("1999", false),
+            ("60001", false),
+            ("-5", false),
+            ("10s", false),
+        ] {
+            let m = mode(&format!("quorum_slot_nr=0 quorum_heartbeat_timeout_ms={ms}"));
+            assert_eq!(matches!(m, ClusterMode::On(_)), ok, "{ms}: {m:?}");
+            assert!(m.is_cluster(), "an invalid word still keeps the volume unmounted");
+        }
+        for bad in [
+            "quorum_slot_nr=15",
+            "quorum_slot_nr=x",
+            "cluster=yes",
+            "cluster=0 quorum_slot_nr=1",
+        ] {
+            let m = mode(bad);
+            assert!(matches!(m, ClusterMode::Invalid(_)), "{bad}: {m:?}");
+        }
+        assert!(matches!(mode("quorum_slot_nr=14"), ClusterMode::On(_)));
+        // the error reaches the boot log
+        let (cfg, errs) = Config::from_cmdline(&Cmdline::parse("quorum_heartbeat_timeout_ms=1"));
+        assert!(matches!(cfg.cluster, ClusterMode::Invalid(_)));
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].0.contains("2000..=60000"), "{errs:?}");
     }
 }
