@@ -189,9 +189,7 @@ impl ClusterMode {
         let heartbeat_timeout_ms = match hb {
             None => HEARTBEAT_TIMEOUT_MS_DEFAULT,
             Some(v) => match v.parse::<u32>() {
-                Ok(ms) if (HEARTBEAT_TIMEOUT_MS_MIN..=HEARTBEAT_TIMEOUT_MS_MAX).contains(&ms) => {
-                    ms
-                }
+                Ok(ms) if (HEARTBEAT_TIMEOUT_MS_MIN..=HEARTBEAT_TIMEOUT_MS_MAX).contains(&ms) => ms,
                 _ => {
                     return ClusterMode::Invalid(format!(
                         "quorum_heartbeat_timeout_ms={v}: expected \
@@ -237,7 +235,11 @@ impl fmt::Display for ConfigError {
 /// eth0). A bad value falls back to DHCP on eth0 and to off on the others.
 fn parse_ip_spec(c: &Cmdline, key: &str, ip: &str, errors: &mut Vec<ConfigError>) -> NetConfig {
     let first = key == "ip";
-    let fallback = if first { NetConfig::Dhcp } else { NetConfig::Off };
+    let fallback = if first {
+        NetConfig::Dhcp
+    } else {
+        NetConfig::Off
+    };
     let fallback_name = if first { "DHCP" } else { "off" };
     match ip {
         "dhcp" => return NetConfig::Dhcp,
@@ -300,7 +302,11 @@ impl Config {
     pub fn net_for(&self, i: usize) -> NetConfig {
         match i {
             0 => self.net.clone(),
-            _ => self.extra_nets.get(i - 1).cloned().unwrap_or(NetConfig::Off),
+            _ => self
+                .extra_nets
+                .get(i - 1)
+                .cloned()
+                .unwrap_or(NetConfig::Off),
         }
     }
 
@@ -478,7 +484,9 @@ mod tests {
         // ip2 alone leaves eth1 off; a bad ip1 is off, not DHCP
         let (cfg, errs) = Config::from_cmdline(&Cmdline::parse("ip2=10.1.0.1 ip1=10.9.9"));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].0.starts_with("ip1=10.9.9: not an IPv4 address; using off"));
+        assert!(errs[0]
+            .0
+            .starts_with("ip1=10.9.9: not an IPv4 address; using off"));
         assert_eq!(cfg.net_for(1), NetConfig::Off);
         assert_eq!(
             cfg.net_for(2),
@@ -521,9 +529,14 @@ mod tests {
             ("-5", false),
             ("10s", false),
         ] {
-            let m = mode(&format!("quorum_slot_nr=0 quorum_heartbeat_timeout_ms={ms}"));
+            let m = mode(&format!(
+                "quorum_slot_nr=0 quorum_heartbeat_timeout_ms={ms}"
+            ));
             assert_eq!(matches!(m, ClusterMode::On(_)), ok, "{ms}: {m:?}");
-            assert!(m.is_cluster(), "an invalid word still keeps the volume unmounted");
+            assert!(
+                m.is_cluster(),
+                "an invalid word still keeps the volume unmounted"
+            );
         }
         for bad in [
             "quorum_slot_nr=15",

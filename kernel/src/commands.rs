@@ -282,10 +282,10 @@ async fn devices_cmd(args: Vec<String>) -> CmdResult {
             irq_str(d.gsi())
         );
     }
-    if let Some((mac, loc, gsi)) = list.net {
+    for (i, &(mac, loc, gsi)) in list.nets.iter().enumerate() {
         kprintln!(
             "{:<5} virtio-net {:<4} {:<16} mac {} {}",
-            "eth0",
+            format!("eth{i}"),
             loc.transport_name(),
             format!("{loc}"),
             mac_str(mac),
@@ -302,7 +302,7 @@ async fn devices_cmd(args: Vec<String>) -> CmdResult {
             o.note
         );
     }
-    if list.blocks.is_empty() && list.net.is_none() && list.others.is_empty() {
+    if list.blocks.is_empty() && list.nets.is_empty() && list.others.is_empty() {
         kprintln!("no virtio devices");
     }
     Ok(())
@@ -310,34 +310,39 @@ async fn devices_cmd(args: Vec<String>) -> CmdResult {
 
 async fn net_cmd(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "net")?;
-    let Some(info) = net::info() else {
+    let infos = net::infos();
+    if infos.is_empty() {
         return Err("no network interface".to_string());
-    };
-    let mode = match info.mode {
-        NetConfig::Dhcp => "dhcp",
-        NetConfig::Static { .. } => "static",
-        NetConfig::Off => "off",
-    };
-    kprintln!(
-        "eth0  mac {}  link up  mtu {}",
-        mac_str(info.mac),
-        net::mtu().unwrap_or(0)
-    );
-    match info.addr {
-        Some(a) => kprintln!("      inet {} ({})", a, mode),
-        None => kprintln!(
-            "      inet none ({}{})",
-            mode,
-            if mode == "dhcp" {
-                ", waiting for lease"
-            } else {
-                ""
-            }
-        ),
     }
-    if let Some(g) = info.gateway {
-        kprintln!("      gateway {}.{}.{}.{}", g[0], g[1], g[2], g[3]);
+    for info in &infos {
+        let mode = match info.mode {
+            NetConfig::Dhcp => "dhcp",
+            NetConfig::Static { .. } => "static",
+            NetConfig::Off => "off",
+        };
+        kprintln!(
+            "{:<5} mac {}  link up  mtu {}",
+            info.name,
+            mac_str(info.mac),
+            net::mtu().unwrap_or(0)
+        );
+        match info.addr {
+            Some(a) => kprintln!("      inet {} ({})", a, mode),
+            None => kprintln!(
+                "      inet none ({}{})",
+                mode,
+                if mode == "dhcp" {
+                    ", waiting for lease"
+                } else {
+                    ""
+                }
+            ),
+        }
+        if let Some(g) = info.gateway {
+            kprintln!("      gateway {}.{}.{}.{}", g[0], g[1], g[2], g[3]);
+        }
     }
+    let info = &infos[0];
     let c = |n| counters::get(n).unwrap_or(0);
     kprintln!(
         "      rx {} frames {} bytes",
@@ -570,7 +575,7 @@ async fn tcpecho(args: Vec<String>) -> CmdResult {
     if backlog == 0 || backlog > 64 {
         return Err("backlog must be 1..64".to_string());
     }
-    let mut listener = net::TcpListener::bind(port, backlog).map_err(|e| format!("{e}"))?;
+    let listener = net::TcpListener::bind(port, backlog).map_err(|e| format!("{e}"))?;
     let h = crate::runtime::handle();
     let h2 = h.clone();
     h.spawn(async move {
@@ -620,7 +625,7 @@ async fn tcpecho(args: Vec<String>) -> CmdResult {
 async fn udpecho(args: Vec<String>) -> CmdResult {
     expect_args(&args, 1, 1, "udpecho PORT")?;
     let port: u16 = parse_arg("port", &args[0])?;
-    let mut sock = net::UdpSocket::bind(port).map_err(|e| format!("{e}"))?;
+    let sock = net::UdpSocket::bind(port).map_err(|e| format!("{e}"))?;
     crate::runtime::handle()
         .spawn(async move {
             let mut buf = vec![0u8; 2048];

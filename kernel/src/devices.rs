@@ -1,5 +1,6 @@
 //! The devices this node found at boot: virtio-blk disks named vda, vdb,
-//! ... in command-line order, the virtio-net card (handed to `net`), and
+//! ... in command-line order, the virtio-net cards eth0, eth1, ... (handed
+//! to `net`, at most `cmdline::NICS_MAX`), and
 //! whatever else was seen. Owns the routing of device interrupts back to
 //! their drivers ([`service`]). Disks live for the whole run
 //! (`&'static`), so any subsystem may hold one as a `BlockDev`.
@@ -32,16 +33,15 @@ pub struct OtherDevice {
 pub struct DeviceList {
     pub blocks: Vec<BlockEntry>,
     pub others: Vec<OtherDevice>,
-    /// (mac, location, gsi) of the network card, if any.
-    pub net: Option<([u8; 6], Location, Option<u32>)>,
-    net_gsi: Option<u32>,
+    /// (mac, location, gsi) of each network card, eth0 first.
+    pub nets: Vec<([u8; 6], Location, Option<u32>)>,
 }
 
 static DEVICES: Once<DeviceList> = Once::new();
 
-/// Probe the buses and attach drivers. Returns the network card for the
-/// network stack. Call once, after interrupts are set up.
-pub fn probe() -> Option<VirtioNet> {
+/// Probe the buses and attach drivers. Returns the network cards for the
+/// network stack, eth0 first. Call once, after interrupts are set up.
+pub fn probe() -> Vec<VirtioNet> {
     let t0 = scoutvm_drivers::clock::monotonic_ns();
     let (found, skipped) = virtio::probe();
     log::debug!(
@@ -50,7 +50,7 @@ pub fn probe() -> Option<VirtioNet> {
     );
     let mut blocks = Vec::new();
     let mut others = Vec::new();
-    let mut net = None;
+    let mut nets: Vec<VirtioNet> = Vec::new();
     for s in skipped {
         others.push(OtherDevice {
             kind: "virtio",
@@ -80,14 +80,16 @@ pub fn probe() -> Option<VirtioNet> {
                     }),
                 }
             }
-            DeviceType::Network if net.is_none() => match VirtioNet::new(f) {
-                Ok(dev) => net = Some(dev),
-                Err(e) => others.push(OtherDevice {
-                    kind: "virtio-net",
-                    location,
-                    note: format!("attach failed: {e:?}"),
-                }),
-            },
+            DeviceType::Network if nets.len() < scoutvm_kernel::cmdline::NICS_MAX => {
+                match VirtioNet::new(f) {
+                    Ok(dev) => nets.push(dev),
+                    Err(e) => others.push(OtherDevice {
+                        kind: "virtio-net",
+                        location,
+                        note: format!("attach failed: {e:?}"),
+                    }),
+                }
+            }
             kind => others.push(OtherDevice {
                 kind: virtio::kind_name(kind),
                 location,
@@ -101,16 +103,16 @@ pub fn probe() -> Option<VirtioNet> {
             (scoutvm_drivers::clock::monotonic_ns() - t0) / 1000
         );
     }
-    let net_info = net
-        .as_ref()
-        .map(|n: &VirtioNet| (n.mac(), n.location(), n.gsi()));
+    let net_info = nets
+        .iter()
+        .map(|n| (n.mac(), n.location(), n.gsi()))
+        .collect();
     DEVICES.set(DeviceList {
         blocks,
         others,
-        net: net_info,
-        net_gsi: net_info.and_then(|n| n.2),
+        nets: net_info,
     });
-    net
+    nets
 }
 
 pub fn list() -> &'static DeviceList {
@@ -149,9 +151,10 @@ pub fn service(pending: u64) {
             }
         }
     }
-    if let Some(gsi) = DEVICES.try_get().and_then(|d| d.net_gsi) {
-        if pending & (1 << gsi) != 0 {
-            crate::net::service_interrupt();
+    let nets = DEVICES.try_get().map_or(&[][..], |d| d.nets.as_slice());
+    for (i, (_, _, gsi)) in nets.iter().enumerate() {
+        if gsi.is_some_and(|g| pending & (1 << g) != 0) {
+            crate::net::service_interrupt(i);
         }
     }
 }

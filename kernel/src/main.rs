@@ -17,6 +17,8 @@ mod boot;
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod cluster_net;
+#[cfg(target_os = "none")]
 mod commands;
 #[cfg(target_os = "none")]
 mod devices;
@@ -117,21 +119,21 @@ mod appliance {
         console::SERIAL.enable_rx_interrupt();
         irq::enable();
 
-        let nic = devices::probe();
+        let nics = devices::probe();
         BOOT_STAGE.emit(&[4, devices::blocks().len() as u64]);
-        match nic {
-            Some(nic) => {
-                let seed = scoutvm_fs::runtime::env::Entropy::next_u64(
-                    &crate::platform::KernelEntropy::new(),
-                );
-                net::init(nic, &config.net, clock::monotonic_ns(), seed);
-                BOOT_STAGE.emit(&[5, 1]);
-            }
-            None => {
-                log::info!("net: no virtio-net device");
-                BOOT_STAGE.emit(&[5, 0]);
-            }
+        if nics.is_empty() {
+            log::info!("net: no virtio-net device");
         }
+        BOOT_STAGE.emit(&[5, nics.len() as u64]);
+        let cards = nics
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, config.net_for(i)))
+            .collect();
+        let seed =
+            scoutvm_fs::runtime::env::Entropy::next_u64(&crate::platform::KernelEntropy::new());
+        net::init(cards, clock::monotonic_ns(), seed);
+        crate::cluster_net::announce(&config.cluster);
         services::start_all(&executor.handle());
         BOOT_STAGE.emit(&[6, 0]);
         main_loop(&executor)

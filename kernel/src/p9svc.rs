@@ -129,7 +129,7 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
                     return;
                 }
             };
-            let mut listener =
+            let listener =
                 match TcpListener::bind_with(port, BACKLOG, TCP_BUFFER_BYTES, TCP_BUFFER_BYTES) {
                     Ok(l) => l,
                     Err(e) => {

@@ -26,6 +26,7 @@ pub const SERVICES: &[Service] = &[
 
 fn start_shell(h: &Handle) -> Result<(), alloc::string::String> {
     crate::commands::register_builtins();
+    crate::cluster_net::register_commands();
     h.spawn_named("shell", crate::shell::run())
         .map(|_| ())
         .map_err(|e| alloc::format!("{e}"))

@@ -129,6 +129,14 @@ pub fn require() -> Result<Rc<Volume>, String> {
     }
 }
 
+/// Record why no volume is mounted (the shell shows it), unless one is.
+pub fn note_unmounted(why: String) {
+    let mut st = STATE.borrow_mut();
+    if !matches!(*st, State::Mounted(_)) {
+        *st = State::Unmounted(why);
+    }
+}
+
 /// The metadata and data disks of this node.
 pub fn find_devices() -> Result<(&'static BlockEntry, &'static BlockEntry), String> {
     let cmd = runtime::cmdline();
