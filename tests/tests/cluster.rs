@@ -1,0 +1,255 @@
+//! `qemu/cluster.sh` end to end: three nodes on fresh shared images boot
+//! in cluster mode without mounting the volume, see each other on the
+//! private segment (ICMP, and a stream and a datagram exchange through the
+//! kernel's cluster transports, also to itself), survive `kill`/`start`,
+//! take a client-only node, and `down` leaves no QEMU behind. Ports are
+//! picked at run time; the run directory is under target/.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scoutvm_tests::{elf_path, workspace_root};
+
+struct Cluster {
+    dir: PathBuf,
+    elf: PathBuf,
+    p9_base: u16,
+}
+
+/// A base port with `n` free TCP ports after it on 127.0.0.1.
+fn free_port_run(n: u16) -> u16 {
+    'outer: for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        if base > u16::MAX - n {
+            continue;
+        }
+        let mut held = Vec::new();
+        for p in base..base + n {
+            match TcpListener::bind(("127.0.0.1", p)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'outer,
+            }
+        }
+        return base;
+    }
+    panic!("no run of {n} free TCP ports");
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = workspace_root().join(format!(
+            "target/scoutvm/cluster-test-{}",
+            std::process::id()
+        ));
+        Cluster {
+            dir,
+            elf: elf_path(),
+            p9_base: free_port_run(4),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(workspace_root().join("qemu/cluster.sh"))
+            .args(args)
+            .env("CLUSTER_DIR", &self.dir)
+            .env("SCOUTVM_ELF", &self.elf)
+            .env("CLUSTER_P9_BASE", self.p9_base.to_string())
+            .env("CLUSTER_BOOT_TIMEOUT", "180")
+            .env("CLUSTER_SHELL_TIMEOUT", "60")
+            .output()
+            .expect("run qemu/cluster.sh")
+    }
+
+    /// Run and insist on success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.consoles()
+        );
+        stdout
+    }
+
+    fn shell(&self, node: usize, cmd: &str) -> String {
+        let n = node.to_string();
+        let mut args = vec!["shell", n.as_str()];
+        args.extend(cmd.split_whitespace());
+        self.ok(&args)
+    }
+
+    fn consoles(&self) -> String {
+        let mut s = String::new();
+        for i in 0..4 {
+            let p = self.dir.join(format!("node{i}/console.log"));
+            if let Ok(text) = fs::read_to_string(&p) {
+                s.push_str(&format!("--- node{i} console ---\n{text}\n"));
+            }
+        }
+        s
+    }
+
+    /// The pids the run directory recorded (running or not).
+    fn recorded_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let f = entry.path().join("qemu.pid");
+            if let Some(pid) = fs::read_to_string(&f)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn pid_of(dir: &Path, node: usize) -> u32 {
+    fs::read_to_string(dir.join(format!("node{node}/qemu.pid")))
+        .expect("a pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // On a failed assertion: power off what is left, then kill by pid.
+        let _ = self.run(&["down"]);
+        for pid in self.recorded_pids() {
+            if alive(pid) {
+                // SAFETY: kill(2) on a pid this run recorded and just saw alive.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn cluster_sh_three_nodes_up_talk_kill_start_down() {
+    let c = Cluster::new();
+    let up = c.ok(&["up", "3"]);
+    assert!(up.contains("made a volume with 3 quorum slots"), "{up}");
+    assert!(up.contains("3 nodes up"), "{up}");
+
+    for i in 0..3 {
+        let out = c.shell(i, "cluster");
+        assert!(
+            out.contains(&format!("cluster: on, quorum slot {i}")),
+            "{out}"
+        );
+        assert!(out.contains("heartbeat timeout: 10000 ms"), "{out}");
+        assert!(
+            out.contains(&format!("eth1: 10.77.0.{}/24", 10 + i)),
+            "{out}"
+        );
+        assert!(
+            out.contains("waiting for quorum"),
+            "not mounted on its own: {out}"
+        );
+    }
+    let status = c.ok(&["status"]);
+    assert_eq!(status.matches(": running pid").count(), 3, "{status}");
+    assert!(
+        status.contains(&format!(
+            "node2: running pid {}, 9P 127.0.0.1:{}",
+            pid_of(&c.dir, 2),
+            c.p9_base + 2
+        )),
+        "{status}"
+    );
+
+    // The private segment: ICMP both ways, then the cluster transports.
+    let out = c.shell(0, "ping 10.77.0.12 2");
+    assert!(out.contains("reply from 10.77.0.12: seq="), "{out}");
+    let out = c.shell(2, "ping 10.77.0.11 1");
+    assert!(out.contains("1 sent, 1 received"), "{out}");
+    let out = c.shell(1, "clusternet serve 7300");
+    assert!(
+        out.contains("echoing streams and datagrams on 0.0.0.0:7300"),
+        "{out}"
+    );
+    let out = c.shell(0, "clusternet ping 10.77.0.11:7300 from-node0");
+    assert!(
+        out.contains("stream 10.77.0.11:7300: echoed 10 bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("datagram 10.77.0.11:7300: echoed 10 bytes"),
+        "{out}"
+    );
+    // node1 to itself: the loopback paths of both transports
+    let out = c.shell(1, "clusternet ping 10.77.0.11:7300 self");
+    assert!(
+        out.contains("stream 10.77.0.11:7300: echoed 4 bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("datagram 10.77.0.11:7300: echoed 4 bytes"),
+        "{out}"
+    );
+    // nobody serves on node2: a clean error, non-zero exit
+    let refused = c.run(&["shell", "2", "clusternet", "ping", "10.77.0.10:7300", "x"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout)
+            .starts_with("error: clusternet: connect 10.77.0.10:7300: Refused"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+
+    // A crash and a restart of node1.
+    let pid1 = pid_of(&c.dir, 1);
+    let out = c.ok(&["kill", "1"]);
+    assert!(
+        out.contains(&format!("node1: killed (pid {pid1})")),
+        "{out}"
+    );
+    assert!(!alive(pid1));
+    let status = c.ok(&["status"]);
+    assert!(status.contains("node1: stopped"), "{status}");
+    c.ok(&["start", "1"]);
+    assert_ne!(pid_of(&c.dir, 1), pid1);
+    let out = c.shell(1, "cluster");
+    assert!(out.contains("quorum slot 1"), "{out}");
+    let out = c.shell(1, "ping 10.77.0.10 1");
+    assert!(out.contains("1 received"), "{out}");
+
+    // A client-only node joins with extra words.
+    c.ok(&["start", "3", "--", "quorum_heartbeat_timeout_ms=3000"]);
+    let out = c.shell(3, "cluster");
+    assert!(out.contains("client only (no quorum slot)"), "{out}");
+    assert!(out.contains("heartbeat timeout: 3000 ms"), "{out}");
+    let out = c.shell(3, "ping 10.77.0.12 1");
+    assert!(out.contains("1 received"), "{out}");
+
+    let pids = c.recorded_pids();
+    assert_eq!(pids.len(), 4);
+    let out = c.ok(&["down"]);
+    assert_eq!(out.matches("powered off").count(), 4, "{out}");
+    for pid in pids {
+        assert!(!alive(pid), "QEMU {pid} left running");
+    }
+    let status = c.ok(&["status"]);
+    assert!(!status.contains("running"), "{status}");
+}
