@@ -28,7 +28,7 @@ use scoutvm_kernel::cmdline::{Ipv4, NetConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, Device};
 use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint,
     IpListenEndpoint, Ipv4Address, Ipv4Cidr,
@@ -46,6 +46,12 @@ const UDP_BUFFER_BYTES: usize = 64 * 1024;
 /// first one used is random (boot entropy), so a rebooted node does not
 /// reuse the ports of its previous life's connections.
 pub const EPHEMERAL_FIRST: u16 = 49152;
+/// A stream we closed probes its peer this often, and is reset when the
+/// peer stops answering for [`CLOSING_TIMEOUT_S`]: a dead peer never
+/// keeps a socket of ours (a session reconnecting to a crashed node
+/// would otherwise leak one per try).
+const CLOSING_KEEPALIVE_S: u64 = 10;
+const CLOSING_TIMEOUT_S: u64 = 60;
 
 static NET_UP: Tracepoint = Tracepoint::new("net_address", &["a", "b", "c", "d"]);
 
@@ -434,6 +440,13 @@ fn new_tcp(rx: usize, tx: usize) -> tcp::Socket<'static> {
     sock
 }
 
+/// Close (FIN) with the closing stream's liveness bounds.
+fn close_bounded(sock: &mut tcp::Socket<'static>) {
+    sock.set_keep_alive(Some(Duration::from_secs(CLOSING_KEEPALIVE_S)));
+    sock.set_timeout(Some(Duration::from_secs(CLOSING_TIMEOUT_S)));
+    sock.close();
+}
+
 /// A TCP port accepting connections; holds `backlog` listening sockets
 /// (on every card, or on the one card holding the bound address) so that
 /// many clients can connect at once.
@@ -721,7 +734,7 @@ impl TcpStream {
 
     /// Send FIN; reads still drain what the peer sent.
     pub fn shutdown(&self) {
-        let _ = with_stack(|s| s.tcp(self.sock).close());
+        let _ = with_stack(|s| close_bounded(s.tcp(self.sock)));
     }
 
     /// Reset the connection at once (RST); pending and later reads and
@@ -735,7 +748,7 @@ impl Drop for TcpStream {
     fn drop(&mut self) {
         if let Ok(mut g) = STACK.try_borrow_mut() {
             if let Some(s) = g.as_mut() {
-                s.tcp(self.sock).close();
+                close_bounded(s.tcp(self.sock));
                 s.closing.push(self.sock);
             }
         }
