@@ -198,16 +198,20 @@ cmd_up() {
             if node_pid "${d##*/node}" >/dev/null; then die "a cluster is running in $dir ('down' first)"; fi
         done
     fi
-    rm -rf "$dir"
     mkdir -p "$dir"
+    # The last run's state goes; given images stay, even inside $dir.
+    rm -rf "$dir"/node* "$dir/cluster.env" "$dir"/nbd-*.pid
     local tool; tool="$(find_tool)"
     local fresh=0
     if [ -z "$meta" ]; then
         meta="$dir/meta.img"; data="$dir/data.img"
+        rm -f "$meta" "$data"
         truncate -s 16G "$meta"; truncate -s 16G "$data"
         fresh=1
     fi
+    [ -f "$meta" ] && [ -f "$data" ] || die "--meta/--data: no such image"
     meta="$(realpath "$meta")"; data="$(realpath "$data")"
+    [ "$meta" != "$data" ] || die "--meta and --data are the same image"
     local qport="${CLUSTER_QUORUM_PORT:-7100}" q=()
     for ((i = 0; i < n; i++)); do q+=(-Q "$i,10.77.0.$((10 + i)),$qport"); done
     if out="$("$tool" mkfs -A "${q[@]}" "$meta" "$data" 2>&1)"; then

@@ -31,7 +31,7 @@ use scoutvm_fs::cluster::transport::{
 };
 use scoutvm_fs::counter;
 use scoutvm_fs::runtime::exec::Notify;
-use scoutvm_kernel::cmdline::{parse_ipv4, ClusterMode, Ipv4};
+use scoutvm_kernel::cmdline::{parse_socket_addr, ClusterMode, Ipv4};
 
 use crate::net::{self, TcpListener, TcpStream};
 use crate::runtime::{self, Local};
@@ -51,10 +51,7 @@ const STREAM_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Parse `"a.b.c.d:port"` (port 1..=65535).
 pub fn parse_addr(s: &str) -> Option<(Ipv4, u16)> {
-    let (ip, port) = s.rsplit_once(':')?;
-    let ip = parse_ipv4(ip)?;
-    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
-    Some((ip, port))
+    parse_socket_addr(s)
 }
 
 fn addr_str(a: Ipv4, port: u16) -> String {

@@ -83,6 +83,17 @@ pub type Ipv4 = [u8; 4];
 
 pub use scoutvm_fs::format::super_block::parse_ipv4;
 
+/// Parse `"a.b.c.d:port"` (port 1..=65535), the cluster's address form.
+pub fn parse_socket_addr(s: &str) -> Option<(Ipv4, u16)> {
+    let (ip, port) = s.split_once(':')?;
+    let ip = parse_ipv4(ip)?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    Some((ip, port))
+}
+
 /// Netmask to prefix length; `None` if the mask is not contiguous.
 pub fn mask_to_prefix(mask: Ipv4) -> Option<u8> {
     let m = u32::from_be_bytes(mask);
@@ -462,6 +473,29 @@ mod tests {
         );
         let (cfg, _) = Config::from_cmdline(&Cmdline::parse("ip=off"));
         assert_eq!(cfg.net, NetConfig::Off);
+    }
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(
+            parse_socket_addr("10.77.0.11:7100"),
+            Some(([10, 77, 0, 11], 7100))
+        );
+        assert_eq!(parse_socket_addr("0.0.0.0:65535"), Some(([0; 4], 65535)));
+        for bad in [
+            "",
+            ":",
+            "10.77.0.11",
+            "10.77.0.11:",
+            "10.77.0.11:0",
+            "10.77.0.11:65536",
+            "10.77.0.11:+80",
+            "10.77.0:80",
+            "10.77.0.11:80:1",
+            "host:80",
+        ] {
+            assert_eq!(parse_socket_addr(bad), None, "{bad}");
+        }
     }
 
     #[test]
