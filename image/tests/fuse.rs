@@ -384,19 +384,23 @@ fn bad_arguments_and_non_volumes_are_refused() {
         data.to_str().unwrap(),
         mnt.to_str().unwrap(),
     );
-    refused(&[], 2, "mount needs META, DATA and DIR");
-    refused(&[m, dir], 2, "mount needs META, DATA and DIR");
+    refused(&[], 64, "mount needs META, DATA and DIR");
+    refused(&[m, dir], 64, "mount needs META, DATA and DIR");
     refused(
         &["-o", "bogus", m, dd, dir],
-        2,
+        64,
         "unknown mount option 'bogus'",
     );
-    refused(&["-o", "cache_mb=0", m, dd, dir], 2, "must be 1..=");
-    refused(&["-o"], 2, "needs a value");
-    refused(&["--mem", "1K", dir], 2, "below 16M");
-    refused(&["--mem", "1G", m, dir], 2, "exactly one DIR");
-    refused(&["--bogus", m, dd, dir], 2, "unknown option");
-    refused(&["--recover", "--mem", "1G", dir], 2, "not --mem");
+    refused(&["-o", "cache_mb=0", m, dd, dir], 64, "must be 1..=");
+    refused(&["-o"], 64, "a value is required");
+    refused(&["--mem", "1K", dir], 64, "below 16M");
+    refused(&["--mem", "1G", m, dir], 64, "exactly one DIR");
+    refused(
+        &["--bogus", m, dd, dir],
+        64,
+        "unexpected argument '--bogus'",
+    );
+    refused(&["--recover", "--mem", "1G", dir], 64, "not --mem");
     refused(
         &[m, dd, "/nonexistent/dir"],
         1,
