@@ -658,8 +658,8 @@ fn cmd_change_format(a: ChangeFormatArgs) -> Result<ExitCode, Usage> {
                 ExitCode::SUCCESS
             }
             Ok(FormatChange::Changed(sb)) => {
-                print!(
-                    "{}  {:<22}{}\n",
+                println!(
+                    "{}  {:<22}{}",
                     offline::describe_change(
                         "Successfully updated format version for scoutfs filesystem:",
                         &sb,

@@ -19,6 +19,7 @@ use crate::format::{
 use crate::storage::block::{read_super_from, write_super_to};
 use crate::storage::dev::BlockDev;
 use crate::tools::mkfs::{base_size, size_blocks};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -98,7 +99,7 @@ pub enum FormatChange {
     /// Both supers already had the version.
     Unchanged,
     /// The supers now have the version (the meta super returned).
-    Changed(SuperBlock),
+    Changed(Box<SuperBlock>),
 }
 
 /// Upgrade the format version of both devices' supers to `vers`.
@@ -164,7 +165,7 @@ pub fn change_format_version(
             }
         })?;
     }
-    Ok(FormatChange::Changed(msb))
+    Ok(FormatChange::Changed(Box::new(msb)))
 }
 
 /// Check that the volume on `meta` can take a new empty data device (and

@@ -1059,3 +1059,165 @@ fn srch_not_decoded(out: &mut dyn Write, f: &SrchFile) -> fmt::Result {
         f.bref.blkno, f.height
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::items::{indx_key, orphan_key, totl_key, TotlVal};
+    use crate::format::log::{log_trees_key, merge_status_key, mounted_client_key};
+
+    fn item(kind: Items, k: &Key, seq: u64, flags: u8, val: &[u8]) -> String {
+        let mut s = String::new();
+        print_item(&mut s, kind, k, seq, flags, val).unwrap();
+        s
+    }
+
+    fn parent(kind: Items, k: &Key) -> String {
+        let mut s = String::new();
+        print_parent_key(&mut s, kind, k).unwrap();
+        s
+    }
+
+    #[test]
+    fn parent_keys_print_like_their_leaves() {
+        let by_blkno = Key::new(zone::FREE_EXTENT_BLKNO, 100, 0, 10, 0, 0);
+        assert_eq!(
+            parent(Items::Alloc, &by_blkno),
+            "    free extent: blkno 91 len 10 end 100\n"
+        );
+        let by_order = Key::new(zone::FREE_EXTENT_ORDER, u64::MAX - 3, 0, 100, 10, 0);
+        assert_eq!(
+            parent(Items::Alloc, &by_order),
+            "    free extent: blkno 91 len 10 order 3\n"
+        );
+        // the last parent key of a tree is the largest key: no panic
+        assert_eq!(
+            parent(Items::Alloc, &Key::MAX),
+            format!("    free extent: blkno 1 len {m} order 0\n", m = u64::MAX)
+        );
+        let fs = Key::fs(1098, ty::INODE, 0, 0);
+        assert_eq!(parent(Items::Fs, &fs), "    16.1098.4.0.0.0 0 -\n");
+        assert_eq!(
+            parent(Items::LogTrees, &log_trees_key(77, 2)),
+            "    rid 77 nr 2\n"
+        );
+        assert_eq!(
+            parent(Items::MountedClients, &mounted_client_key(0xab)),
+            "    rid 00000000000000ab\n"
+        );
+        assert_eq!(parent(Items::LogMerge, &merge_status_key()), "");
+    }
+
+    #[test]
+    fn fs_items_without_a_reference_dump() {
+        let totl = TotlVal {
+            total: (-5i64) as u64,
+            count: 2,
+        };
+        assert_eq!(
+            item(Items::Fs, &totl_key(1, 2, 3), 7, 0, &totl.encode()),
+            "    12.1.0.2.3.0 7 -\n    xattr totl: 1.2.3 = -5, 2\n"
+        );
+        let k = indx_key(3, 0x1234, 77, 9);
+        assert!(item(Items::Fs, &k, 1, 0, &[])
+            .ends_with("\n    xattr indx: major 3 minor 4660 ino 77 xid 9\n"));
+        assert!(item(Items::Fs, &orphan_key(42), 1, 0, &[]).ends_with("\n    orphan: ino 42\n"));
+        // a deletion has no value to show
+        assert_eq!(
+            item(Items::Fs, &orphan_key(42), 5, 1, &[]),
+            "    8.0.4.42.0.0 5 d\n"
+        );
+        // short values are said to be short, never read past
+        let d = Key::fs(2, ty::DIRENT, 9, 3);
+        assert!(item(Items::Fs, &d, 1, 0, &[1, 2, 3])
+            .ends_with("      (short dirent value: val_len 3)\n"));
+        let x = Key::new(zone::FS, 2, ty::XATTR, 5, 6, 0);
+        assert!(
+            item(Items::Fs, &x, 1, 0, &[0; 4]).ends_with("      (short xattr value: val_len 4)\n")
+        );
+        // a name longer than its value is cut at the value
+        let mut v = vec![0u8; 10];
+        v[2] = 200;
+        v[8..].copy_from_slice(b"a\x01");
+        assert!(item(Items::Fs, &x, 1, 0, &v).ends_with("      name_len 200 val_len 0 name a.\n"));
+        // symlink: the NUL is not shown, unprintable bytes are '.'
+        let s = Key::fs(3, ty::SYMLINK, 0, 0);
+        assert!(item(Items::Fs, &s, 1, 0, b"a\tb\0")
+            .ends_with("    symlink: ino 3 nr 0\n      target a.b\n"));
+        assert!(item(Items::Fs, &Key::fs(3, 99, 0, 0), 1, 0, &[])
+            .ends_with("      (unknown zone 16 type 99)\n"));
+    }
+
+    #[test]
+    fn server_items() {
+        let mut v = [0u8; MountedClient::BYTES];
+        v[0] = 1;
+        v[2..4].copy_from_slice(&7100u16.to_le_bytes());
+        v[4..8].copy_from_slice(&0x0a00_0203u32.to_le_bytes());
+        v[32] = 1;
+        assert_eq!(
+            item(Items::MountedClients, &mounted_client_key(0xab), 0, 0, &v),
+            "    rid 00000000000000ab ipv4_addr 10.0.2.3 flags 0x1\n"
+        );
+        assert!(
+            item(Items::MountedClients, &mounted_client_key(1), 0, 0, &v[..5])
+                .contains("(short mounted client value: val_len 5)")
+        );
+        let st = MergeStatus {
+            next_range_key: Key::fs(5, ty::INODE, 0, 0),
+            nr_requests: 2,
+            nr_complete: 1,
+            seq: 9,
+        };
+        assert_eq!(
+            item(Items::LogMerge, &merge_status_key(), 0, 0, &st.encode()),
+            "    status: next_range_key 16.5.4.0.0.0 nr_req 2 nr_comp 1 seq 9\n"
+        );
+        let r = Key::new(zone::LOG_MERGE_RANGE, 0, 0, 0, 0, 0);
+        assert_eq!(
+            item(Items::LogMerge, &r, 0, 0, &[0; 3]),
+            "    (short log merge value: zone 48 val_len 3)\n"
+        );
+        let mut lt = LogTrees {
+            rid: 0x1234,
+            nr: 3,
+            flags: 1,
+            ..Default::default()
+        };
+        lt.data_alloc_zones[1] = 0b101;
+        let s = item(
+            Items::LogTrees,
+            &log_trees_key(0x1234, 3),
+            0,
+            0,
+            &lt.encode(),
+        );
+        assert!(
+            s.starts_with("    rid 4660 nr 3\n      meta_avail: blkno 0 "),
+            "{s}"
+        );
+        assert!(s.contains("\n      rid: 0000000000001234\n      nr: 3\n      flags: 1\n"));
+        assert!(s.ends_with("\n      data_alloc_zones: 64 66 \n"), "{s}");
+        assert!(item(Items::LogTrees, &log_trees_key(1, 1), 0, 0, &[0; 8])
+            .ends_with("      (bad log trees value: val_len 8)\n"));
+        let f = SrchFile {
+            first: SrchEntry {
+                hash: 0xff,
+                ino: 2,
+                id: 3,
+            },
+            blocks: 4,
+            entries: 5,
+            height: 1,
+            bref: BlockRef { blkno: 6, seq: 7 },
+            ..Default::default()
+        };
+        let mut b = [0u8; SrchFile::BYTES];
+        f.encode(&mut b);
+        let k = Key::new(zone::SRCH, 1, ty::SRCH_BLOCKS, 0, 0, 0);
+        assert_eq!(
+            item(Items::Srch, &k, 0, 0, &b),
+            "    32.1.8.0.0.0\n      f 00000000000000ff.2.3 l 0000000000000000.0.0 blks 4 ents 5 hei 1 blkno 6 seq 0000000000000007\n"
+        );
+    }
+}
