@@ -2,9 +2,10 @@
 //! does (same order and line formats for the super, quorum blocks, alloc
 //! list blocks and btree blocks), into any `core::fmt::Write`. Items are
 //! decoded by the tree they are in: free extents, fs items (inode, xattr,
-//! dirent/readdir/backref, symlink, extent, index, orphan, totl, indx),
-//! log trees (whose own allocators and item trees follow logs_root),
-//! mounted clients, log merge and srch items.
+//! dirent/readdir/backref, symlink, extent, index, orphan, quota, totl,
+//! indx), log trees (whose own allocators, srch files and item trees follow
+//! logs_root), mounted clients, log merge and srch items, and the srch
+//! files' parent and leaf blocks with their delta-coded entries.
 //!
 //! A dumper, not a checker: it reads raw blocks, shows crc mismatches and
 //! carries on; unreadable blocks are reported in the text. Trees are
@@ -367,6 +368,7 @@ fn print_fs_value(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
             writeln!(out, "      index: major {} ino {}", k.second, k.third)
         }
         zone::ORPHAN if k.ty == ty::ORPHAN => writeln!(out, "    orphan: ino {}", k.second),
+        zone::QUOTA => print_quota(out, k, val),
         zone::XATTR_TOTL => {
             if val.len() < TOTL_VAL_BYTES {
                 return short(out, "xattr totl", val);
@@ -421,6 +423,33 @@ fn print_fs_value(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
         },
         _ => writeln!(out, "      (unknown zone {} type {})", k.zone, k.ty),
     }
+}
+
+/// `scoutfs_quota_rule_val`: three name values, the limit, then prio, op,
+/// rule flags, three name sources and three name flags.
+const QUOTA_RULE_VAL_BYTES: usize = 48;
+
+fn print_quota(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
+    writeln!(
+        out,
+        "    quota rule: hash 0x{:016x} coll_nr {}",
+        k.second, k.third
+    )?;
+    if val.len() < QUOTA_RULE_VAL_BYTES {
+        return short(out, "quota rule", val);
+    }
+    let name = |i: usize| format!("{},{},{:x}", get_u64(val, i * 8), val[35 + i], val[38 + i]);
+    writeln!(
+        out,
+        "      [{} {} {} {} {} {} {:x}]",
+        val[32],
+        name(0),
+        name(1),
+        name(2),
+        val[33],
+        get_u64(val, 24),
+        val[34]
+    )
 }
 
 fn print_inode(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
@@ -1001,7 +1030,7 @@ pub fn print_structures(
     print_tree(out, dev, "logs_root", &sb.logs_root, Items::LogTrees)?;
     if !opts.skip_likely_huge {
         for (k, val) in leaf_items(dev, &sb.srch_root) {
-            print_srch_files(out, &k, &val)?;
+            print_srch_files(out, dev, &k, &val)?;
         }
     }
     for (_, val) in leaf_items(dev, &sb.logs_root) {
@@ -1013,9 +1042,7 @@ pub fn print_structures(
         print_list(out, dev, "lt_meta_freed", &lt.meta_freed)?;
         print_tree(out, dev, "data_avail", &lt.data_avail.root, Items::Alloc)?;
         print_tree(out, dev, "data_freed", &lt.data_freed.root, Items::Alloc)?;
-        if !lt.srch_file.bref.is_null() {
-            srch_not_decoded(out, &lt.srch_file)?;
-        }
+        print_srch_file(out, dev, &lt.srch_file)?;
         // the reference names the log trees' item trees ""
         print_tree(out, dev, "", &lt.item_root, Items::Fs)?;
     }
@@ -1026,7 +1053,7 @@ pub fn print_structures(
 }
 
 /// The srch files a srch_root item names.
-fn print_srch_files(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
+fn print_srch_files(out: &mut dyn Write, dev: &dyn BlockDev, k: &Key, val: &[u8]) -> fmt::Result {
     if k.ty == ty::SRCH_PENDING || k.ty == ty::SRCH_BUSY {
         if val.len() < SRCH_COMPACT_BYTES {
             return Ok(());
@@ -1034,30 +1061,122 @@ fn print_srch_files(out: &mut dyn Write, k: &Key, val: &[u8]) -> fmt::Result {
         for i in 0..(val[72] as usize).min(SRCH_COMPACT_NR) {
             let o = SRCH_COMPACT_IN_OFF + i * SRCH_COMPACT_IN_BYTES;
             let sfl = SrchFile::decode(&val[o..o + SrchFile::BYTES]);
-            if !sfl.bref.is_null() {
-                srch_not_decoded(out, &sfl)?;
-            }
+            print_srch_file(out, dev, &sfl)?;
         }
         Ok(())
     } else if val.len() >= SrchFile::BYTES {
-        let sfl = SrchFile::decode(val);
-        if sfl.bref.is_null() {
-            return Ok(());
-        }
-        srch_not_decoded(out, &sfl)
+        print_srch_file(out, dev, &SrchFile::decode(val))
     } else {
         Ok(())
     }
 }
 
-/// ScoutVM writes no srch files yet and print does not decode their
-/// blocks; a volume that has them says where they are.
-fn srch_not_decoded(out: &mut dyn Write, f: &SrchFile) -> fmt::Result {
+/// `SCOUTFS_SRCH_PARENT_REFS`: block refs after a parent's header.
+const SRCH_PARENT_REFS: usize = (LG_BLOCK_SIZE - BlockHeader::BYTES) / BlockRef::BYTES;
+/// Where a srch leaf block's encoded entries start.
+const SRCH_ENTRIES_OFF: usize = BlockHeader::BYTES + 3 * SrchEntry::BYTES + 8;
+/// `SCOUTFS_SRCH_ENTRY_MAX_BYTES`: a length word and three full deltas.
+const SRCH_ENTRY_MAX_BYTES: usize = 2 + 3 * 8;
+/// Entries start at most here, so a whole entry fits in the block.
+const SRCH_BLOCK_SAFE_BYTES: usize = LG_BLOCK_SIZE - SRCH_ENTRIES_OFF - SRCH_ENTRY_MAX_BYTES;
+
+/// Decode the srch entry at `b[0..]` after `prev`: a little-endian u16 of
+/// three 4-bit byte counts, then the three zigzag-coded deltas (hash, ino,
+/// id) in that many bytes each. Returns the entry and its encoded length.
+fn srch_decode_entry(b: &[u8], prev: &SrchEntry) -> (SrchEntry, usize) {
+    let lengths = get_u16(b, 0);
+    let mut tot = 2;
+    let mut diffs = [0u64; 3];
+    for (i, d) in diffs.iter_mut().enumerate() {
+        let bytes = (((lengths >> (i * 4)) & 15) as usize).min(8);
+        let mut w = [0u8; 8];
+        w[..bytes].copy_from_slice(&b[tot..tot + bytes]);
+        let v = u64::from_le_bytes(w);
+        *d = (v >> 1) ^ 0u64.wrapping_sub(v & 1);
+        tot += bytes;
+    }
+    let e = SrchEntry {
+        hash: prev.hash.wrapping_add(diffs[0]),
+        ino: prev.ino.wrapping_add(diffs[1]),
+        id: prev.id.wrapping_add(diffs[2]),
+    };
+    (e, tot)
+}
+
+/// A srch file: its parent blocks (refs listed, then each child) down to
+/// the leaf blocks and their decoded entries.
+fn print_srch_file(out: &mut dyn Write, dev: &dyn BlockDev, f: &SrchFile) -> fmt::Result {
+    let mut seen = BTreeSet::new();
+    print_srch_block(out, dev, &f.bref, f.height.saturating_sub(1), &mut seen)
+}
+
+fn print_srch_block(
+    out: &mut dyn Write,
+    dev: &dyn BlockDev,
+    bref: &BlockRef,
+    level: u8,
+    seen: &mut BTreeSet<u64>,
+) -> fmt::Result {
+    if bref.blkno == 0 {
+        return Ok(());
+    }
+    let parent = if level > 0 { "parent " } else { "" };
+    if !seen.insert(bref.blkno) {
+        return writeln!(
+            out,
+            "srch {parent}block blkno {}: (referenced again)",
+            bref.blkno
+        );
+    }
+    let Some(b) = read_lg(dev, bref.blkno) else {
+        return writeln!(out, "srch {parent}block blkno {}: (unreadable)", bref.blkno);
+    };
+    writeln!(out, "srch {parent}block blkno {}", bref.blkno)?;
+    hdr_line(out, &b)?;
+    if level > 0 {
+        let refs: Vec<(usize, BlockRef)> = (0..SRCH_PARENT_REFS)
+            .map(|i| {
+                let o = BlockHeader::BYTES + i * BlockRef::BYTES;
+                (i, BlockRef::decode(&b[o..o + BlockRef::BYTES]))
+            })
+            .filter(|(_, r)| r.blkno != 0)
+            .collect();
+        for (i, r) in &refs {
+            writeln!(out, "  [{i}]: blkno {} seq {}", r.blkno, r.seq)?;
+        }
+        for (_, r) in &refs {
+            print_srch_block(out, dev, r, level - 1, seen)?;
+        }
+        return Ok(());
+    }
+    let e = |o: usize| SrchEntry::decode(&b[o..o + SrchEntry::BYTES]);
+    let h = BlockHeader::BYTES;
+    let entry_nr = get_u32(&b, h + 72);
     writeln!(
         out,
-        "srch file blkno {} height {}: (srch blocks are not decoded)",
-        f.bref.blkno, f.height
-    )
+        "  first {} last {} tail {}",
+        srch_entry(&e(h)),
+        srch_entry(&e(h + 24)),
+        srch_entry(&e(h + 48))
+    )?;
+    writeln!(
+        out,
+        "  entry_nr {entry_nr} entry_bytes {}",
+        get_u32(&b, h + 76)
+    )?;
+    let entries = &b[SRCH_ENTRIES_OFF..];
+    let (mut pos, mut prev) = (0usize, SrchEntry::default());
+    for i in 0..entry_nr {
+        // past here an entry could run off the block: the block is damaged
+        if pos > SRCH_BLOCK_SAFE_BYTES {
+            return writeln!(out, "  (entries run past the end of the block)");
+        }
+        let (sre, n) = srch_decode_entry(&entries[pos..], &prev);
+        pos += n;
+        prev = sre;
+        writeln!(out, "  [{i}]: ({n}) {}", srch_entry(&sre))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1218,6 +1337,99 @@ mod tests {
         assert_eq!(
             item(Items::Srch, &k, 0, 0, &b),
             "    32.1.8.0.0.0\n      f 00000000000000ff.2.3 l 0000000000000000.0.0 blks 4 ents 5 hei 1 blkno 6 seq 0000000000000007\n"
+        );
+    }
+
+    /// The reference's srch entry encoding (for building test blocks).
+    fn srch_encode(e: &SrchEntry, prev: &SrchEntry, out: &mut Vec<u8>) {
+        let diffs = [
+            e.hash.wrapping_sub(prev.hash),
+            e.ino.wrapping_sub(prev.ino),
+            e.id.wrapping_sub(prev.id),
+        ];
+        let mut lengths = 0u16;
+        let mut body = Vec::new();
+        for (i, d) in diffs.iter().enumerate() {
+            let v = (d << 1) ^ ((*d as i64 >> 63) as u64);
+            let bytes = (64 - v.leading_zeros() as usize).div_ceil(8);
+            lengths |= (bytes as u16) << (i * 4);
+            body.extend_from_slice(&v.to_le_bytes()[..bytes]);
+        }
+        out.extend_from_slice(&lengths.to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+
+    #[test]
+    fn srch_files_and_quota_rules() {
+        use crate::storage::dev::MemDev;
+        let dev = MemDev::new(1 << 20);
+        let ents = [
+            SrchEntry {
+                hash: 0x10,
+                ino: 5,
+                id: 1,
+            },
+            // a negative delta
+            SrchEntry {
+                hash: 0x10,
+                ino: 3,
+                id: 2,
+            },
+        ];
+        let mut enc = Vec::new();
+        let mut prev = SrchEntry::default();
+        for e in &ents {
+            srch_encode(e, &prev, &mut enc);
+            prev = *e;
+        }
+        assert_eq!(enc.len(), 9);
+        let mut leaf = vec![0u8; LG_BLOCK_SIZE];
+        put_u64(&mut leaf, 24, 3);
+        ents[0].encode(&mut leaf[32..56]);
+        ents[1].encode(&mut leaf[56..80]);
+        put_u32(&mut leaf, 104, 2);
+        put_u32(&mut leaf, 108, enc.len() as u32);
+        leaf[SRCH_ENTRIES_OFF..SRCH_ENTRIES_OFF + enc.len()].copy_from_slice(&enc);
+        dev.write(3 << LG_BLOCK_SHIFT, &leaf).unwrap();
+        let mut par = vec![0u8; LG_BLOCK_SIZE];
+        put_u64(&mut par, 24, 4);
+        BlockRef { blkno: 3, seq: 9 }.encode(&mut par[32 + 5 * 16..32 + 6 * 16]);
+        dev.write(4 << LG_BLOCK_SHIFT, &par).unwrap();
+        let f = SrchFile {
+            bref: BlockRef { blkno: 4, seq: 1 },
+            height: 2,
+            ..Default::default()
+        };
+        let mut s = String::new();
+        print_srch_file(&mut s, &dev, &f).unwrap();
+        let want = [
+            "srch parent block blkno 4",
+            "  [5]: blkno 3 seq 9",
+            "srch block blkno 3",
+            "  first 0000000000000010.5.1 last 0000000000000010.3.2 tail 0000000000000000.0.0",
+            "  entry_nr 2 entry_bytes 9",
+            "  [0]: (5) 0000000000000010.5.1",
+            "  [1]: (4) 0000000000000010.3.2",
+        ];
+        let got: Vec<&str> = s.lines().filter(|l| !l.starts_with("  hdr:")).collect();
+        assert_eq!(got, want, "{s}");
+        // a damaged entry count stops at the end of the block
+        put_u32(&mut leaf, 104, 1_000_000);
+        dev.write(3 << LG_BLOCK_SHIFT, &leaf).unwrap();
+        let mut s = String::new();
+        print_srch_file(&mut s, &dev, &f).unwrap();
+        assert!(s.ends_with("  (entries run past the end of the block)\n"));
+
+        let mut v = [0u8; QUOTA_RULE_VAL_BYTES];
+        put_u64(&mut v, 0, 7);
+        put_u64(&mut v, 24, 100);
+        v[32..35].copy_from_slice(&[3, 1, 2]);
+        v[35] = 4;
+        v[38] = 5;
+        let k = Key::new(zone::QUOTA, 0, ty::QUOTA_RULE, 0xabc, 1, 0);
+        assert_eq!(
+            item(Items::Fs, &k, 2, 0, &v),
+            "    10.0.4.2748.1.0 2 -\n    quota rule: hash 0x0000000000000abc coll_nr 1\n      [3 7,4,5 0,0,0 0,0,0 1 100 2]\n"
         );
     }
 }
