@@ -35,7 +35,9 @@ const EXIT_USAGE: u8 = 64;
     name = "scoutvm",
     version,
     about = "Make, dump, check, change and mount scoutfs volumes on image files or block devices",
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    // like argp: a unique prefix of a long option names it
+    infer_long_args = true
 )]
 struct Cli {
     #[command(subcommand)]

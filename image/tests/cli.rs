@@ -346,6 +346,8 @@ fn reference_argument_habits() {
     }
     assert!(skipped.starts_with("super blkno 16\n") && skipped.contains("quorum blkno 31"));
     assert_eq!(stdout(&run(&["print", "--skip-likely-huge", ms])), skipped);
+    // a unique prefix of a long option names it, as with argp
+    assert_eq!(stdout(&run(&["print", "--skip", ms])), skipped);
     // --help on every subcommand, on stdout, exit 0
     for sub in [
         "mkfs",
