@@ -447,6 +447,7 @@ fn change_quorum_config_offline() {
     assert!(p.contains("  quorum config version 2\n    quorum slot  0: 10.0.3.1:7100\n    quorum slot  2: 10.0.3.3:7101\n  hdr:") || p.contains("  quorum config version 2\n    quorum slot  0: 10.0.3.1:7100\n    quorum slot  2: 10.0.3.3:7101\nquorum blkno 17"), "{p}");
     assert!(!p.contains("10.0.2.15"), "{p}");
     assert_code(&run(&["fsck", &ms, &ds]), 0);
+    scoutvm_image::volume::open_for_mount(&ms, &ds, false).unwrap();
     // refused while another process holds the device
     let held = scoutvm_image::filedev::FileDev::open(Path::new(&ms), true).unwrap();
     held.lock_exclusive().unwrap();
@@ -563,6 +564,7 @@ fn change_format_version_offline() {
     assert_eq!(read_super(&ds).fmt_vers, 2);
     assert!(stdout(&run(&["print", "-S", &ms])).contains("  fmt_vers 2 uuid "));
     assert_code(&run(&["fsck", &ms, &ds]), 0);
+    scoutvm_image::volume::open_for_mount(&ms, &ds, false).unwrap();
     // again: nothing to do; a downgrade is refused
     let o = run(&["change-format-version", "-F", "-V", "2", &ms, &ds]);
     assert_code(&o, 0);
@@ -636,6 +638,8 @@ fn prepare_empty_data_device_offline() {
     assert_eq!(dsb.total_data_blocks, msb.total_data_blocks);
     let o = run(&["fsck", &ms, fs_]);
     assert_code(&o, 0);
+    // and the pair opens for a mount (supers cross-checked, devices locked)
+    scoutvm_image::volume::open_for_mount(&ms, fs_, false).unwrap();
     // the used golden volume: its files hold data blocks
     let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

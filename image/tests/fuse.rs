@@ -546,3 +546,49 @@ fn a_volume_locked_by_another_process_is_refused() {
     assert!(!is_mounted(&mnt));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The offline changes leave a volume that mounts and works: a v1 volume
+/// upgraded by `change-format-version`, with new quorum slots from
+/// `change-quorum-config`, and (its files holding no data blocks) moved to
+/// a new data device by `prepare-empty-data-device`.
+#[test]
+fn volumes_changed_offline_mount_and_work() {
+    require_fuse();
+    let d = tmpdir("offline");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data, fresh) = (d.join("meta.img"), d.join("data.img"), d.join("fresh.img"));
+    for p in [&meta, &data, &fresh] {
+        std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+    }
+    let (m, dd, nd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let run = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    run(&["mkfs", "-AV1", "-Q", "0,127.0.0.1,7100", m, dd]);
+    run(&["change-format-version", "-F", m, dd]);
+    run(&["change-quorum-config", "-F", "-Q", "1,127.0.0.1,7200", m]);
+    // an empty volume's data device can be replaced
+    run(&["prepare-empty-data-device", m, nd]);
+    let first = MountProc::start(&[m, nd, dir], &mnt);
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/f"), vec![7u8; 100_000]).unwrap();
+    first.unmount();
+    fsck_clean(&meta, &fresh);
+    let second = MountProc::start(&[m, nd, dir], &mnt);
+    assert_eq!(std::fs::read(mnt.join("d/f")).unwrap(), vec![7u8; 100_000]);
+    second.unmount();
+    // now its files hold data: a new data device is refused
+    let o = bin()
+        .args(["prepare-empty-data-device", "--check", m])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}
