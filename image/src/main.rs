@@ -1,17 +1,25 @@
-//! `scoutvm`: make, dump, check and mount scoutfs volumes on image files
-//! or block devices: `mkfs`, `print` and `fsck`, with the reference tool's
-//! flags and output, and `mount` (a host FUSE mount). The work is done by
-//! `scoutvm_fs::{tools::mkfs, tools::print, tools::fsck}` and `scoutvm_image::{fuse, volume}`;
-//! this file parses arguments, opens devices, draws randomness and shows
-//! progress. Exit status: 0 success, 1 operation failed or fsck found
-//! problems, 2 usage error.
+//! `scoutvm`: make, dump, check, change and mount scoutfs volumes on image
+//! files or block devices: `mkfs`, `print`, `fsck` and the offline
+//! `change-quorum-config`, `change-format-version` and
+//! `prepare-empty-data-device`, with the reference tool's flags, habits
+//! (`--long=VALUE`, bundled short flags, `--help` everywhere) and output,
+//! and `mount` (a host FUSE mount). The work is done by
+//! `scoutvm_fs::tools::{mkfs, print, fsck, offline}` and
+//! `scoutvm_image::{fuse, volume}`; this file parses arguments (clap),
+//! opens devices, draws randomness and shows progress. Exit status: 0
+//! success, 1 operation failed or fsck found problems, 64 usage error (the
+//! reference's `EX_USAGE`).
 
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
 use scoutvm_fs::format::super_block::QuorumConfig;
-use scoutvm_fs::format::{FORMAT_VERSION_MAX, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
+use scoutvm_fs::format::{FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, LG_BLOCK_SIZE, SM_BLOCK_SIZE};
 use scoutvm_fs::posix::mount::MountOptions;
 use scoutvm_fs::runtime::env::Timespec;
 use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_fs::tools::mkfs::{self, MkfsParams};
+use scoutvm_fs::tools::offline::{self, FormatChange};
+use scoutvm_fs::tools::print::PrintOptions;
 use scoutvm_image::filedev::FileDev;
 use scoutvm_image::fuse::FuseOptions;
 use scoutvm_image::volume;
@@ -19,42 +27,188 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: scoutvm <command> [options]
+/// The reference tool's exit status for a usage error (`EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
 
-commands:
-  mkfs [-f] [-A] [-V VERS] [-m SIZE] [-d SIZE] [-z BLOCKS] -Q NR,ADDR,PORT [-Q ...] META DATA
-      make a new volume on the metadata and data devices
-        -Q NR,ADDR,PORT  quorum slot (repeatable, at least one)
-        -m SIZE, -d SIZE use at most SIZE bytes of the meta/data device (K/M/G/T/P)
-        -V VERS          format version, 1 or 2 (default 2)
-        -A               allow devices smaller than 64 GiB
-        -f               overwrite an existing volume
-        -z BLOCKS        data_alloc_zone_blocks volume option
-  print META
-      dump the super, quorum blocks, allocators and trees of a volume
-  fsck META [DATA]
-      check a volume; exit 0 only when it is clean
-  mount [-o OPTIONS] [--recover] META DATA DIR
-  mount --mem SIZE [-o OPTIONS] DIR
-      serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
-      foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit;
-      the devices are locked and a volume in use elsewhere is refused
-        --recover        the mounts the volume lists are dead (a crashed
-                         mount): reclaim them; only when no node on any
-                         host has the volume mounted
-        --mem SIZE       an in-memory volume with SIZE of data (K/M/G/T),
-                         discarded at unmount
-        -o OPTIONS       comma-separated:
-                           cache_mb=N   item cache budget (default 64)
-                           dirty_mb=N   commit at N MiB of dirty items (default 32)
-                           commit_s=N   commit every N seconds (default 10)
-                           ttl_ms=N     kernel attribute/name cache (default 1000)
-                           fsname=NAME  source name in the mount table
-                           private      only the mounting user may enter
-";
+#[derive(Parser)]
+#[command(
+    name = "scoutvm",
+    version,
+    about = "Make, dump, check, change and mount scoutfs volumes on image files or block devices",
+    arg_required_else_help = true,
+    // like argp: a unique prefix of a long option names it
+    infer_long_args = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-/// A usage error: message, exit 2.
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a new volume on the metadata and data devices
+    Mkfs(MkfsArgs),
+    /// Dump the super, quorum blocks, allocators, log trees and items of a volume
+    Print(PrintArgs),
+    /// Check a volume; exit 0 only when it is clean
+    Fsck(FsckArgs),
+    /// Serve a volume (or an in-memory one) on DIR through FUSE, in the foreground
+    #[command(long_about = MOUNT_ABOUT)]
+    Mount(MountArgs),
+    /// Change the quorum slots of an unmounted volume
+    ChangeQuorumConfig(ChangeQuorumArgs),
+    /// Upgrade the format version of an unmounted volume
+    ChangeFormatVersion(ChangeFormatArgs),
+    /// Write the super of a new, empty data device for an existing volume
+    PrepareEmptyDataDevice(PrepareDataArgs),
+}
+
+const MOUNT_ABOUT: &str = "\
+Serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
+foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit. The
+devices are locked and a volume in use elsewhere is refused.
+
+Mount options (-o, comma-separated):
+  cache_mb=N   item cache budget (default 64)
+  dirty_mb=N   commit at N MiB of dirty items (default 32)
+  commit_s=N   commit every N seconds (default 10)
+  ttl_ms=N     kernel attribute/name cache (default 1000)
+  fsname=NAME  source name in the mount table
+  private      only the mounting user may enter";
+
+#[derive(Args)]
+struct MkfsArgs {
+    /// Quorum slot (repeatable, at least one)
+    #[arg(
+        short = 'Q',
+        long = "quorum-slot",
+        value_name = "NR,ADDR,PORT",
+        required = true
+    )]
+    quorum_slot: Vec<String>,
+    /// Use at most SIZE bytes of the metadata device (K/M/G/T/P)
+    #[arg(short = 'm', long = "max-meta-size", value_name = "SIZE")]
+    max_meta_size: Option<String>,
+    /// Use at most SIZE bytes of the data device (K/M/G/T/P)
+    #[arg(short = 'd', long = "max-data-size", value_name = "SIZE")]
+    max_data_size: Option<String>,
+    /// The data_alloc_zone_blocks volume option
+    #[arg(short = 'z', long = "data-alloc-zone-blocks", value_name = "BLOCKS")]
+    data_alloc_zone_blocks: Option<u64>,
+    /// Overwrite an existing volume
+    #[arg(short = 'f', long = "force")]
+    force: bool,
+    /// Allow devices smaller than 64 GiB
+    #[arg(short = 'A', long = "allow-small-size")]
+    allow_small_size: bool,
+    /// Format version
+    #[arg(short = 'V', long = "format-version", value_name = "VERS",
+          default_value_t = FORMAT_VERSION_MAX, value_parser = format_version)]
+    format_version: u64,
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+    /// Data device
+    #[arg(value_name = "DATA-DEVICE")]
+    data: String,
+}
+
+#[derive(Args)]
+struct PrintArgs {
+    /// Skip the structures that can be huge (allocator trees, srch files, fs_root)
+    #[arg(short = 'S', long = "skip-likely-huge")]
+    skip_likely_huge: bool,
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+}
+
+#[derive(Args)]
+struct FsckArgs {
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+    /// Data device (its super and data allocator are checked too)
+    #[arg(value_name = "DATA-DEVICE")]
+    data: Option<String>,
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Mount options (see below), repeatable
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// The mounts the volume lists are dead (a crashed mount): reclaim them;
+    /// only when no node on any host has the volume mounted
+    #[arg(long)]
+    recover: bool,
+    /// An in-memory volume with SIZE of data (K/M/G/T), discarded at unmount
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// META-DEVICE DATA-DEVICE DIR, or DIR with --mem
+    #[arg(value_name = "PATHS")]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+struct ChangeQuorumArgs {
+    /// New quorum slot (repeatable, at least one); replaces all slots
+    #[arg(
+        short = 'Q',
+        long = "quorum-slot",
+        value_name = "NR,ADDR,PORT",
+        required = true
+    )]
+    quorum_slot: Vec<String>,
+    /// Write the config into the super of the unmounted device [required]
+    #[arg(short = 'F', long = "offline", required = true)]
+    offline: bool,
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+}
+
+#[derive(Args)]
+struct ChangeFormatArgs {
+    /// Format version to upgrade to
+    #[arg(short = 'V', long = "format-version", value_name = "VERS",
+          default_value_t = FORMAT_VERSION_MAX, value_parser = format_version)]
+    format_version: u64,
+    /// Write the version into the supers of the unmounted devices [required]
+    #[arg(short = 'F', long = "offline", required = true)]
+    offline: bool,
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+    /// Data device
+    #[arg(value_name = "DATA-DEVICE")]
+    data: String,
+}
+
+#[derive(Args)]
+struct PrepareDataArgs {
+    /// Only check for errors and do not write
+    #[arg(short = 'c', long = "check")]
+    check: bool,
+    /// Metadata device
+    #[arg(value_name = "META-DEVICE")]
+    meta: String,
+    /// The new data device (optional with --check)
+    #[arg(value_name = "DATA-DEVICE", required_unless_present = "check")]
+    data: Option<String>,
+}
+
+fn format_version(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "format version '{s}' is outside the supported range \
+             {FORMAT_VERSION_MIN}-{FORMAT_VERSION_MAX}"
+        )),
+    }
+}
+
+/// A usage error found after parsing: message, exit 64.
 struct Usage(String);
 
 fn usage<T>(msg: impl Into<String>) -> Result<T, Usage> {
@@ -62,29 +216,41 @@ fn usage<T>(msg: impl Into<String>) -> Result<T, Usage> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let rest = &args[1..];
-    let r = match cmd.as_str() {
-        "mkfs" => cmd_mkfs(rest),
-        "print" => cmd_print(rest),
-        "fsck" => cmd_fsck(rest),
-        "mount" => cmd_mount(rest),
-        "help" | "-h" | "--help" => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(EXIT_USAGE)
+                }
+                // named like the reference's argp errors ("scoutfs: ...")
+                _ => {
+                    eprint!("scoutvm: {}", e.render());
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
         }
-        other => usage(format!("unknown command '{other}'")),
+    };
+    let (name, r) = match cli.cmd {
+        Cmd::Mkfs(a) => ("mkfs", cmd_mkfs(a)),
+        Cmd::Print(a) => ("print", cmd_print(a)),
+        Cmd::Fsck(a) => ("fsck", cmd_fsck(a)),
+        Cmd::Mount(a) => ("mount", cmd_mount(a)),
+        Cmd::ChangeQuorumConfig(a) => ("change-quorum-config", cmd_change_quorum(a)),
+        Cmd::ChangeFormatVersion(a) => ("change-format-version", cmd_change_format(a)),
+        Cmd::PrepareEmptyDataDevice(a) => ("prepare-empty-data-device", cmd_prepare_data(a)),
     };
     match r {
         Ok(code) => code,
         Err(Usage(m)) => {
             eprintln!("scoutvm: {m}");
-            eprintln!("try 'scoutvm help'");
-            ExitCode::from(2)
+            eprintln!("try 'scoutvm {name} --help'");
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
@@ -115,107 +281,42 @@ fn now() -> Timespec {
     }
 }
 
-fn take_value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, Usage> {
-    *i += 1;
-    match args.get(*i) {
-        Some(v) => Ok(v),
-        None => usage(format!("option {flag} needs a value")),
-    }
-}
-
-fn cmd_mkfs(args: &[String]) -> Result<ExitCode, Usage> {
-    let mut force = false;
-    let mut allow_small = false;
-    let mut fmt_vers = FORMAT_VERSION_MAX;
-    let mut max_meta = 0u64;
-    let mut max_data = 0u64;
-    let mut zone_blocks = 0u64;
+fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, Usage> {
     let mut qconf = QuorumConfig::default();
-    let mut paths = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        // accept "-Q0,1.2.3.4,5" as well as "-Q 0,1.2.3.4,5"
-        let (flag, inline) = if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") {
-            (&a[..2], Some(&a[2..]))
-        } else {
-            (a, None)
-        };
-        let val = |i: &mut usize| -> Result<String, Usage> {
-            match inline {
-                Some(v) => Ok(v.to_string()),
-                None => take_value(args, i, flag).map(str::to_string),
-            }
-        };
-        match flag {
-            "-f" | "--force" if inline.is_none() => force = true,
-            "-A" | "--allow-small-size" if inline.is_none() => allow_small = true,
-            "-V" | "--format-version" => {
-                let v = val(&mut i)?;
-                fmt_vers = match v.parse::<u64>() {
-                    Ok(n) if (1..=FORMAT_VERSION_MAX).contains(&n) => n,
-                    _ => {
-                        return usage(format!(
-                            "format version '{v}' must be 1 or {FORMAT_VERSION_MAX}"
-                        ))
-                    }
-                };
-            }
-            "-m" | "--max-meta-size" => {
-                let v = val(&mut i)?;
-                let n = mkfs::parse_size(&v).map_err(Usage)?;
-                max_meta = n - n % LG_BLOCK_SIZE as u64;
-                if max_meta != n {
-                    eprintln!("Meta dev size {n} rounded down to {max_meta} bytes");
-                }
-                if max_meta == 0 {
-                    return usage(format!("meta size '{v}' is smaller than one 64KB block"));
-                }
-            }
-            "-d" | "--max-data-size" => {
-                let v = val(&mut i)?;
-                let n = mkfs::parse_size(&v).map_err(Usage)?;
-                max_data = n - n % SM_BLOCK_SIZE as u64;
-                if max_data != n {
-                    eprintln!("Data dev size {n} rounded down to {max_data} bytes");
-                }
-                if max_data == 0 {
-                    return usage(format!("data size '{v}' is smaller than one 4KB block"));
-                }
-            }
-            "-z" | "--data-alloc-zone-blocks" => {
-                let v = val(&mut i)?;
-                zone_blocks = v
-                    .parse()
-                    .map_err(|_| Usage(format!("invalid zone blocks '{v}'")))?;
-            }
-            "-Q" | "--quorum-slot" => {
-                let v = val(&mut i)?;
-                mkfs::parse_quorum_slot(&mut qconf, &v).map_err(Usage)?;
-            }
-            _ if a.starts_with('-') && a.len() > 1 => {
-                return usage(format!("unknown option '{a}'"))
-            }
-            _ => paths.push(a.to_string()),
+    for q in &a.quorum_slot {
+        mkfs::parse_quorum_slot(&mut qconf, q).map_err(Usage)?;
+    }
+    let mut max_meta = 0u64;
+    if let Some(v) = &a.max_meta_size {
+        let n = mkfs::parse_size(v).map_err(Usage)?;
+        max_meta = n - n % LG_BLOCK_SIZE as u64;
+        if max_meta != n {
+            eprintln!("Meta dev size {n} rounded down to {max_meta} bytes");
         }
-        i += 1;
+        if max_meta == 0 {
+            return usage(format!("meta size '{v}' is smaller than one 64KB block"));
+        }
     }
-    if paths.len() != 2 {
-        return usage("mkfs needs a META and a DATA device");
+    let mut max_data = 0u64;
+    if let Some(v) = &a.max_data_size {
+        let n = mkfs::parse_size(v).map_err(Usage)?;
+        max_data = n - n % SM_BLOCK_SIZE as u64;
+        if max_data != n {
+            eprintln!("Data dev size {n} rounded down to {max_data} bytes");
+        }
+        if max_data == 0 {
+            return usage(format!("data size '{v}' is smaller than one 4KB block"));
+        }
     }
-    if qconf.configured().next().is_none() {
-        return usage("must configure quorum slots with -Q options");
-    }
-    let (meta_path, data_path) = (&paths[0], &paths[1]);
     Ok(run_mkfs(
-        meta_path,
-        data_path,
-        force,
-        allow_small,
-        fmt_vers,
+        &a.meta,
+        &a.data,
+        a.force,
+        a.allow_small_size,
+        a.format_version,
         max_meta,
         max_data,
-        zone_blocks,
+        a.data_alloc_zone_blocks.unwrap_or(0),
         qconf,
     ))
 }
@@ -310,10 +411,8 @@ impl std::fmt::Write for StdoutFmt {
     }
 }
 
-fn cmd_print(args: &[String]) -> Result<ExitCode, Usage> {
-    let [path] = args else {
-        return usage("print needs exactly one META device");
-    };
+fn cmd_print(a: PrintArgs) -> Result<ExitCode, Usage> {
+    let path = &a.meta;
     let dev = match open_dev(path, false, "meta") {
         Ok(d) => d,
         Err(c) => return Ok(c),
@@ -322,7 +421,10 @@ fn cmd_print(args: &[String]) -> Result<ExitCode, Usage> {
         out: std::io::BufWriter::new(std::io::stdout()),
         failed: false,
     };
-    let r = scoutvm_fs::tools::print::print_volume(&dev, &mut out);
+    let opts = PrintOptions {
+        skip_likely_huge: a.skip_likely_huge,
+    };
+    let r = scoutvm_fs::tools::print::print_volume_with(&dev, &mut out, &opts);
     let flushed = out.out.flush().is_ok();
     Ok(match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -369,12 +471,8 @@ impl Progress {
     }
 }
 
-fn cmd_fsck(args: &[String]) -> Result<ExitCode, Usage> {
-    let (meta_path, data_path) = match args {
-        [m] => (m, None),
-        [m, d] => (m, Some(d)),
-        _ => return usage("fsck needs a META device and optionally a DATA device"),
-    };
+fn cmd_fsck(a: FsckArgs) -> Result<ExitCode, Usage> {
+    let (meta_path, data_path) = (&a.meta, a.data.as_ref());
     let meta = match open_dev(meta_path, false, "meta") {
         Ok(d) => d,
         Err(c) => return Ok(c),
@@ -436,39 +534,24 @@ fn parse_mount_options(
     Ok(())
 }
 
-fn cmd_mount(args: &[String]) -> Result<ExitCode, Usage> {
+fn cmd_mount(a: MountArgs) -> Result<ExitCode, Usage> {
     let mut mopts = MountOptions::default();
     let mut fopts = FuseOptions::default();
-    let mut mem_bytes = None;
-    let mut recover = false;
-    let mut paths = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        match a {
-            "-o" => {
-                let v = take_value(args, &mut i, a)?;
-                parse_mount_options(v, &mut mopts, &mut fopts)?;
-            }
-            "--recover" => recover = true,
-            "--mem" => {
-                let v = take_value(args, &mut i, a)?;
-                let n = mkfs::parse_size(v).map_err(Usage)?;
-                if n < 16 << 20 {
-                    return usage(format!("--mem size '{v}' is below 16M"));
-                }
-                mem_bytes = Some(n);
-            }
-            _ if a.starts_with("-o") && a.len() > 2 => {
-                parse_mount_options(&a[2..], &mut mopts, &mut fopts)?
-            }
-            _ if a.starts_with('-') && a.len() > 1 => {
-                return usage(format!("unknown option '{a}'"))
-            }
-            _ => paths.push(a.to_string()),
-        }
-        i += 1;
+    for o in &a.options {
+        parse_mount_options(o, &mut mopts, &mut fopts)?;
     }
+    let recover = a.recover;
+    let mem_bytes = match &a.mem {
+        Some(v) => {
+            let n = mkfs::parse_size(v).map_err(Usage)?;
+            if n < 16 << 20 {
+                return usage(format!("--mem size '{v}' is below 16M"));
+            }
+            Some(n)
+        }
+        None => None,
+    };
+    let paths = a.paths;
     if recover && mem_bytes.is_some() {
         return usage("--recover is for volumes, not --mem");
     }
@@ -523,4 +606,120 @@ fn check_mount_dir(dir: &str) -> Result<(), String> {
         Ok(_) => Err(format!("mount point '{dir}' is not a directory")),
         Err(e) => Err(format!("mount point '{dir}': {e}")),
     }
+}
+
+fn open_locked(path: &str, which: &str) -> Result<FileDev, ExitCode> {
+    volume::open_locked(path, which).map_err(fail)
+}
+
+fn cmd_change_quorum(a: ChangeQuorumArgs) -> Result<ExitCode, Usage> {
+    debug_assert!(a.offline, "clap requires --offline");
+    let mut qconf = QuorumConfig::default();
+    for q in &a.quorum_slot {
+        mkfs::parse_quorum_slot(&mut qconf, q).map_err(Usage)?;
+    }
+    let meta = match open_locked(&a.meta, "meta") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    Ok(match offline::change_quorum_config(&meta, &qconf) {
+        Ok(sb) => {
+            print!(
+                "{}{}",
+                offline::describe_change(
+                    "Successfully changed quorum config for scoutfs filesystem:",
+                    &sb,
+                    &[("meta", &a.meta)],
+                    24
+                ),
+                offline::describe_quorum(&sb)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    })
+}
+
+fn cmd_change_format(a: ChangeFormatArgs) -> Result<ExitCode, Usage> {
+    debug_assert!(a.offline, "clap requires --offline");
+    let meta = match open_locked(&a.meta, "meta") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    let data = match open_locked(&a.data, "data") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    Ok(
+        match offline::change_format_version(&meta, &data, a.format_version) {
+            Ok(FormatChange::Unchanged) => {
+                println!(
+                    "both metadata and data device format version are already {}, nothing to do.",
+                    a.format_version
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(FormatChange::Changed(sb)) => {
+                println!(
+                    "{}  {:<22}{}",
+                    offline::describe_change(
+                        "Successfully updated format version for scoutfs filesystem:",
+                        &sb,
+                        &[("meta", &a.meta), ("data", &a.data)],
+                        22
+                    ),
+                    "format version:",
+                    sb.fmt_vers
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    )
+}
+
+fn cmd_prepare_data(a: PrepareDataArgs) -> Result<ExitCode, Usage> {
+    let meta = match open_locked(&a.meta, "meta") {
+        Ok(d) => d,
+        Err(c) => return Ok(c),
+    };
+    let data = match a.data.as_deref().map(|p| open_locked(p, "data")) {
+        Some(Err(c)) => return Ok(c),
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    let target = match (&data, a.data.as_deref()) {
+        (Some(d), Some(p)) => Some((d as &dyn BlockDev, p)),
+        _ => None,
+    };
+    let r = offline::prepare_empty_data_device(&meta, target, a.check);
+    Ok(match (r, a.check) {
+        (Ok(_), true) => {
+            println!("All checks passed.");
+            ExitCode::SUCCESS
+        }
+        (Err(e), true) => {
+            eprintln!("scoutvm: {e}");
+            println!(
+                "Errors were found that must be addressed before a new empty data device \
+                 could be prepared and used."
+            );
+            ExitCode::from(1)
+        }
+        (Ok(sb), false) => {
+            let data_path = a.data.as_deref().unwrap_or_default();
+            print!(
+                "{}{}",
+                offline::describe_change(
+                    "Successfully initialized empty data device for scoutfs filesystem:",
+                    &sb,
+                    &[("meta", &a.meta), ("data", data_path)],
+                    24
+                ),
+                offline::describe_sizes(&sb)
+            );
+            ExitCode::SUCCESS
+        }
+        (Err(e), false) => fail(e),
+    })
 }

@@ -32,7 +32,9 @@ pub struct VolumeDevs {
     pub recover: bool,
 }
 
-fn open_locked(path: &str, which: &str) -> Result<FileDev, String> {
+/// Open a device read-write and lock it for this process (refused while a
+/// mount, QEMU or another tool holds it).
+pub fn open_locked(path: &str, which: &str) -> Result<FileDev, String> {
     let dev = FileDev::open(Path::new(path), true)
         .map_err(|e| format!("failed to open {which} device '{path}': {e}"))?;
     match dev.lock_exclusive() {

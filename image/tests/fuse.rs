@@ -384,19 +384,23 @@ fn bad_arguments_and_non_volumes_are_refused() {
         data.to_str().unwrap(),
         mnt.to_str().unwrap(),
     );
-    refused(&[], 2, "mount needs META, DATA and DIR");
-    refused(&[m, dir], 2, "mount needs META, DATA and DIR");
+    refused(&[], 64, "mount needs META, DATA and DIR");
+    refused(&[m, dir], 64, "mount needs META, DATA and DIR");
     refused(
         &["-o", "bogus", m, dd, dir],
-        2,
+        64,
         "unknown mount option 'bogus'",
     );
-    refused(&["-o", "cache_mb=0", m, dd, dir], 2, "must be 1..=");
-    refused(&["-o"], 2, "needs a value");
-    refused(&["--mem", "1K", dir], 2, "below 16M");
-    refused(&["--mem", "1G", m, dir], 2, "exactly one DIR");
-    refused(&["--bogus", m, dd, dir], 2, "unknown option");
-    refused(&["--recover", "--mem", "1G", dir], 2, "not --mem");
+    refused(&["-o", "cache_mb=0", m, dd, dir], 64, "must be 1..=");
+    refused(&["-o"], 64, "a value is required");
+    refused(&["--mem", "1K", dir], 64, "below 16M");
+    refused(&["--mem", "1G", m, dir], 64, "exactly one DIR");
+    refused(
+        &["--bogus", m, dd, dir],
+        64,
+        "unexpected argument '--bogus'",
+    );
+    refused(&["--recover", "--mem", "1G", dir], 64, "not --mem");
     refused(
         &[m, dd, "/nonexistent/dir"],
         1,
@@ -540,5 +544,51 @@ fn a_volume_locked_by_another_process_is_refused() {
         }
     }
     assert!(!is_mounted(&mnt));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The offline changes leave a volume that mounts and works: a v1 volume
+/// upgraded by `change-format-version`, with new quorum slots from
+/// `change-quorum-config`, and (its files holding no data blocks) moved to
+/// a new data device by `prepare-empty-data-device`.
+#[test]
+fn volumes_changed_offline_mount_and_work() {
+    require_fuse();
+    let d = tmpdir("offline");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (meta, data, fresh) = (d.join("meta.img"), d.join("data.img"), d.join("fresh.img"));
+    for p in [&meta, &data, &fresh] {
+        std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+    }
+    let (m, dd, nd, dir) = (
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    let run = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    run(&["mkfs", "-AV1", "-Q", "0,127.0.0.1,7100", m, dd]);
+    run(&["change-format-version", "-F", m, dd]);
+    run(&["change-quorum-config", "-F", "-Q", "1,127.0.0.1,7200", m]);
+    // an empty volume's data device can be replaced
+    run(&["prepare-empty-data-device", m, nd]);
+    let first = MountProc::start(&[m, nd, dir], &mnt);
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/f"), vec![7u8; 100_000]).unwrap();
+    first.unmount();
+    fsck_clean(&meta, &fresh);
+    let second = MountProc::start(&[m, nd, dir], &mnt);
+    assert_eq!(std::fs::read(mnt.join("d/f")).unwrap(), vec![7u8; 100_000]);
+    second.unmount();
+    // now its files hold data: a new data device is refused
+    let o = bin()
+        .args(["prepare-empty-data-device", "--check", m])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&d);
 }
