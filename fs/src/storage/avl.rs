@@ -68,7 +68,10 @@ fn set_height_raw(b: &mut [u8], n: u16, h: u8) {
 }
 
 fn fix_height(b: &mut [u8], n: u16) {
-    let h = 1 + height(b, left(b, n)).max(height(b, right(b, n)));
+    // heights come from the block: a damaged one must not overflow
+    let h = height(b, left(b, n))
+        .max(height(b, right(b, n)))
+        .saturating_add(1);
     set_height_raw(b, n, h);
 }
 
