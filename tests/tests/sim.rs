@@ -136,6 +136,60 @@ fn a_wrong_model_is_caught_and_replays() {
     );
 }
 
+/// Quorum seeds in CI (the acceptance run is the runner's
+/// `cargo xtask sim --workload quorum --seeds 1000`).
+const QUORUM_CI_SEEDS: u64 = 400;
+
+#[test]
+fn quorum_seeds_pass_every_checker_and_replay() {
+    let cfg = |s| RunConfig::new(s, WorkloadKind::Quorum);
+    let a: Vec<SeedReport> = (1..=QUORUM_CI_SEEDS)
+        .map(|s| run_seed(&cfg(s), None, None))
+        .collect();
+    let bad = failures(&a);
+    assert!(
+        bad.is_empty(),
+        "{} seeds failed:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    // every phase ended with a stable leader; members crashed and
+    // restarted along the way
+    assert!(a.iter().all(|r| r.steps == r.cfg.steps));
+    let crashes: u64 = a.iter().map(|r| r.world.crashes).sum();
+    assert!(crashes >= QUORUM_CI_SEEDS, "only {crashes} crashes");
+    let leaked: u64 = a.iter().map(|r| r.world.software_leaked).sum();
+    assert_eq!(leaked, 0, "crashed members' memory was leaked");
+    for x in a.iter().take(50) {
+        let y = run_seed(&x.cfg, None, None);
+        assert_eq!(
+            (x.hash, x.events, x.virt_ns),
+            (y.hash, y.events, y.virt_ns),
+            "quorum seed {} is not deterministic",
+            x.cfg.seed
+        );
+    }
+}
+
+#[test]
+fn a_lying_fence_is_caught_by_the_quorum_checkers_and_replays() {
+    let found = (1..=20).find_map(|s| {
+        let mut c = RunConfig::new(s, WorkloadKind::Quorum);
+        c.inject = Inject::LyingFence;
+        let r = run_seed(&c, None, None);
+        r.failure.is_some().then_some((c, r))
+    });
+    let (c, r) = found.expect("a lying fence agent was never caught in 20 seeds");
+    let f = r.failure.clone().unwrap();
+    assert!(
+        f.contains("after its fence") || f.contains("after one of term"),
+        "caught as: {f}"
+    );
+    let again = run_seed(&c, None, None);
+    assert_eq!(again.failure.as_deref(), Some(f.as_str()));
+    assert_eq!((again.hash, again.events), (r.hash, r.events));
+}
+
 // ---- the network model ----
 
 fn world(seed: u64, nodes: u8) -> Rc<World> {

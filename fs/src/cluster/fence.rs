@@ -247,7 +247,10 @@ impl ManualFence {
 
     /// `fence fail RID`: the operator could not fence it.
     pub fn fail(&self, rid: u64) -> bool {
-        self.answer(rid, Err(FenceError::Failed("operator reported failure".into())))
+        self.answer(
+            rid,
+            Err(FenceError::Failed("operator reported failure".into())),
+        )
     }
 }
 

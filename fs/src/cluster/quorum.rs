@@ -80,7 +80,11 @@ pub enum Dest {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
-    Msg { from: u8, term: u64, kind: MsgKind },
+    Msg {
+        from: u8,
+        term: u64,
+        kind: MsgKind,
+    },
     /// The time passed the machine's deadline (ignored if it did not).
     Timer,
     ServerUp,
@@ -90,7 +94,11 @@ pub enum Input {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    Send { to: Dest, kind: MsgKind, term: u64 },
+    Send {
+        to: Dest,
+        kind: MsgKind,
+        term: u64,
+    },
     /// Record these events in our quorum block, then flush.
     Write(Vec<(QEvent, u64)>),
     /// We lead this term: fence predecessors, then start the server.
@@ -177,7 +185,10 @@ impl Quorum {
         } else {
             q.elect_deadline(now)
         };
-        (q, alloc::vec![Effect::Write(alloc::vec![(QEvent::Begin, start_term)])])
+        (
+            q,
+            alloc::vec![Effect::Write(alloc::vec![(QEvent::Begin, start_term)])],
+        )
     }
 
     pub fn role(&self) -> Role {
@@ -491,66 +502,96 @@ mod tests {
         assert_eq!(a.role(), Role::Candidate);
         // the new term is not persisted before an answer
         assert!(!fx.iter().any(|e| matches!(e, Effect::Write(_))));
-        assert_eq!(sends(&fx), alloc::vec![(Dest::Others, MsgKind::RequestVote, 5)]);
-        let fx = b.step(1_000_000_001, Input::Msg {
-            from: 0,
-            term: 5,
-            kind: MsgKind::RequestVote,
-        });
+        assert_eq!(
+            sends(&fx),
+            alloc::vec![(Dest::Others, MsgKind::RequestVote, 5)]
+        );
+        let fx = b.step(
+            1_000_000_001,
+            Input::Msg {
+                from: 0,
+                term: 5,
+                kind: MsgKind::RequestVote,
+            },
+        );
         // the voter persists the term before its vote goes out
         assert_eq!(fx[0], Effect::Write(alloc::vec![(QEvent::Term, 5)]));
         assert_eq!(sends(&fx), alloc::vec![(Dest::Slot(0), MsgKind::Vote, 5)]);
         // a second candidate in the same term gets no vote
-        let fx = b.step(1_000_000_002, Input::Msg {
-            from: 2,
-            term: 5,
-            kind: MsgKind::RequestVote,
-        });
+        let fx = b.step(
+            1_000_000_002,
+            Input::Msg {
+                from: 2,
+                term: 5,
+                kind: MsgKind::RequestVote,
+            },
+        );
         assert!(sends(&fx).is_empty());
-        let fx = a.step(1_000_000_003, Input::Msg {
-            from: 1,
-            term: 5,
-            kind: MsgKind::Vote,
-        });
+        let fx = a.step(
+            1_000_000_003,
+            Input::Msg {
+                from: 1,
+                term: 5,
+                kind: MsgKind::Vote,
+            },
+        );
         assert_eq!(a.role(), Role::Leader);
         assert!(fx.contains(&Effect::Write(alloc::vec![(QEvent::Term, 5)])));
         assert!(fx.contains(&Effect::StartServer(5)));
         let fx = a.step(1_000_000_004, Input::ServerUp);
-        assert_eq!(fx, alloc::vec![Effect::Write(alloc::vec![(QEvent::Fence, 5)])]);
+        assert_eq!(
+            fx,
+            alloc::vec![Effect::Write(alloc::vec![(QEvent::Fence, 5)])]
+        );
         // a higher heartbeat dethrones it: the server is stopped, then STOP
-        let fx = a.step(1_000_000_005, Input::Msg {
-            from: 2,
-            term: 9,
-            kind: MsgKind::Heartbeat,
-        });
+        let fx = a.step(
+            1_000_000_005,
+            Input::Msg {
+                from: 2,
+                term: 9,
+                kind: MsgKind::Heartbeat,
+            },
+        );
         assert!(fx.contains(&Effect::StopServer));
         assert_eq!(a.role(), Role::Follower);
         let fx = a.step(1_000_000_006, Input::ServerDown);
-        assert_eq!(fx, alloc::vec![Effect::Write(alloc::vec![(QEvent::Stop, 5)])]);
+        assert_eq!(
+            fx,
+            alloc::vec![Effect::Write(alloc::vec![(QEvent::Stop, 5)])]
+        );
     }
 
     #[test]
     fn a_member_hearing_its_leader_ignores_higher_vote_requests() {
         let mut b = m(1, 4);
-        b.step(10, Input::Msg {
-            from: 0,
-            term: 4,
-            kind: MsgKind::Heartbeat,
-        });
-        let fx = b.step(20, Input::Msg {
-            from: 2,
-            term: 7,
-            kind: MsgKind::RequestVote,
-        });
+        b.step(
+            10,
+            Input::Msg {
+                from: 0,
+                term: 4,
+                kind: MsgKind::Heartbeat,
+            },
+        );
+        let fx = b.step(
+            20,
+            Input::Msg {
+                from: 2,
+                term: 7,
+                kind: MsgKind::RequestVote,
+            },
+        );
         assert!(fx.is_empty());
         assert_eq!((b.term(), b.leader()), (4, Some(0)));
         // a started member never votes in the term it started with
         let mut c = m(2, 4);
-        let fx = c.step(5, Input::Msg {
-            from: 0,
-            term: 4,
-            kind: MsgKind::RequestVote,
-        });
+        let fx = c.step(
+            5,
+            Input::Msg {
+                from: 0,
+                term: 4,
+                kind: MsgKind::RequestVote,
+            },
+        );
         assert!(sends(&fx).is_empty());
     }
 
@@ -559,13 +600,22 @@ mod tests {
         let mut c = m(2, 4);
         c.step(1_000_000_000, Input::Timer);
         c.step(2_000_000_000, Input::Timer);
-        assert_eq!((c.role(), c.term(), c.persisted_term()), (Role::Candidate, 6, 4));
-        c.step(2_000_000_001, Input::Msg {
-            from: 0,
-            term: 4,
-            kind: MsgKind::Heartbeat,
-        });
-        assert_eq!((c.role(), c.term(), c.leader()), (Role::Follower, 4, Some(0)));
+        assert_eq!(
+            (c.role(), c.term(), c.persisted_term()),
+            (Role::Candidate, 6, 4)
+        );
+        c.step(
+            2_000_000_001,
+            Input::Msg {
+                from: 0,
+                term: 4,
+                kind: MsgKind::Heartbeat,
+            },
+        );
+        assert_eq!(
+            (c.role(), c.term(), c.leader()),
+            (Role::Follower, 4, Some(0))
+        );
         // its next candidacy still goes past the terms it stood in
         c.step(9_000_000_000, Input::Timer);
         assert_eq!(c.term(), 7);

@@ -202,9 +202,8 @@ impl QuorumAgent {
         }
         let ok = || blocks.iter().filter_map(|(_, b)| b.as_ref().ok());
         let start_term = ok().map(quorum_blocks::block_term).max().unwrap_or(0);
-        let active = ok().any(|b| {
-            b.events[QEvent::Elect as usize].term > b.events[QEvent::Stop as usize].term
-        });
+        let active = ok()
+            .any(|b| b.events[QEvent::Elect as usize].term > b.events[QEvent::Stop as usize].term);
         let p = Params {
             slot: cfg.slot,
             slots: mask,

@@ -37,13 +37,25 @@ pub enum QEvent {
 pub enum QbError {
     Io(IoError),
     /// Bad crc, magic, fsid or blkno.
-    Corrupt { slot: usize, why: &'static str },
+    Corrupt {
+        slot: usize,
+        why: &'static str,
+    },
     /// Another mount wrote BEGIN in our slot (two mounts on one slot).
-    NotOurs { slot: usize, rid: u64 },
+    NotOurs {
+        slot: usize,
+        rid: u64,
+    },
     /// The write would lower the slot's persisted term (a bug: refused).
-    TermWentBack { slot: usize, have: u64, write: u64 },
+    TermWentBack {
+        slot: usize,
+        have: u64,
+        write: u64,
+    },
     /// The slot is not configured in the super block.
-    NoSlot { slot: usize },
+    NoSlot {
+        slot: usize,
+    },
 }
 
 impl core::fmt::Display for QbError {

@@ -143,7 +143,10 @@ mod tests {
     fn foreign_truncated_and_corrupt_datagrams_are_rejected() {
         let b = msg().encode();
         assert_eq!(QuorumMsg::decode(&b, 0x9999, 0b111), Err(WireError::Fsid));
-        assert_eq!(QuorumMsg::decode(&b[..31], 0x1234, 0b111), Err(WireError::Size));
+        assert_eq!(
+            QuorumMsg::decode(&b[..31], 0x1234, 0b111),
+            Err(WireError::Size)
+        );
         assert_eq!(QuorumMsg::decode(&b, 0x1234, 0b011), Err(WireError::Slot));
         let mut c = b;
         c[17] ^= 1;
