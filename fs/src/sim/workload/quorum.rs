@@ -20,7 +20,7 @@
 use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
 use crate::cluster::quorum::{Role, ServerState};
 use crate::cluster::quorum_agent::{AgentConfig, QuorumAgent, ServerControl};
-use crate::cluster::quorum_blocks::{block_term, read_block, QEvent};
+use crate::cluster::quorum_blocks::{block_term, find_leader, read_block, QEvent};
 use crate::cluster::transport::{Datagrams, LocalFut};
 use crate::format::super_block::{InetAddr, QuorumConfig, SuperBlock};
 use crate::runtime::env::{Entropy, SeededEntropy};
@@ -633,6 +633,20 @@ pub async fn run(w: Rc<World>, plan: QuorumPlan) -> Result<u64, Failure> {
             check(&w, &sh, &mut seen, phase)?;
             if let Some((l, t)) = stable_leader(&w, &sh) {
                 w.log(l, "quorum_leader", &[t, w.now() - healed], "");
+                // a client finds the same leader in the quorum blocks
+                let snap = sh.meta.snapshot();
+                let found = read_super_from(&snap)
+                    .ok()
+                    .and_then(|sb| find_leader(&snap, &sb));
+                let want = (l as usize, t, slot_addr(l));
+                if found.as_ref().map(|f| (f.slot, f.term, f.addr.clone())) != Some(want.clone()) {
+                    return Err(fail(
+                        &w,
+                        l,
+                        phase,
+                        format!("find_leader says {found:?}, the members say {want:?}"),
+                    ));
+                }
                 elections += 1;
                 break;
             }
