@@ -202,12 +202,15 @@ impl FenceRegistry {
     }
 }
 
+/// A request waiting for the operator, and the answer once given.
+type Waiting = (FenceRequest, Option<Result<(), FenceError>>);
+
 /// The operator's agent: a request waits for `fence ack RID` (the operator
 /// made sure the machine is off or cut from the disks) or `fence fail RID`.
 #[derive(Default)]
 pub struct ManualFence {
     /// rid -> (request, answer once given).
-    pending: RefCell<BTreeMap<u64, (FenceRequest, Option<Result<(), FenceError>>)>>,
+    pending: RefCell<BTreeMap<u64, Waiting>>,
     changed: Notify,
 }
 
