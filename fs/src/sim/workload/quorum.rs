@@ -260,7 +260,7 @@ impl Software for QNode {
 }
 
 /// Format the shared volume with `slots` quorum slots.
-fn format_volume(meta: &SimDisk, data: &SimDisk, slots: u8) -> Result<u64, String> {
+pub fn format_volume(meta: &SimDisk, data: &SimDisk, slots: u8) -> Result<u64, String> {
     let mut p = mkfs_params(meta.size(), data.size());
     p.qconf = QuorumConfig::default();
     for s in 0..slots {
