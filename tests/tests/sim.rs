@@ -1,5 +1,6 @@
 //! The deterministic simulator (docs/simulator.md): its CI seeds (every
-//! seed run twice gives the same hash and passes every checker), proof
+//! seed run twice gives the same hash and passes every checker; the
+//! quorum workload's seeds too, and its fence-ack path), proof
 //! that the checkers see planted faults and that a failing seed replays
 //! exactly, and the network and disk models on their own.
 
