@@ -178,23 +178,42 @@ fn quorum_seeds_pass_every_checker_and_replay() {
     }
 }
 
-#[test]
-fn a_lying_fence_is_caught_by_the_quorum_checkers_and_replays() {
+/// A planted quorum fault is caught within 20 seeds, as one of `want`,
+/// and replays to the same failure and hash.
+fn planted_quorum(inject: Inject, want: &[&str]) {
     let found = (1..=20).find_map(|s| {
         let mut c = RunConfig::new(s, WorkloadKind::Quorum);
-        c.inject = Inject::LyingFence;
+        c.inject = inject;
         let r = run_seed(&c, None, None);
         r.failure.is_some().then_some((c, r))
     });
-    let (c, r) = found.expect("a lying fence agent was never caught in 20 seeds");
+    let (c, r) = found.unwrap_or_else(|| panic!("{inject:?} never caught in 20 seeds"));
     let f = r.failure.clone().unwrap();
-    assert!(
-        f.contains("after its fence") || f.contains("after one of term"),
-        "caught as: {f}"
-    );
+    assert!(want.iter().any(|w| f.contains(w)), "caught as: {f}");
     let again = run_seed(&c, None, None);
     assert_eq!(again.failure.as_deref(), Some(f.as_str()));
     assert_eq!((again.hash, again.events), (r.hash, r.events));
+}
+
+#[test]
+fn a_lying_fence_is_caught_by_the_quorum_checkers_and_replays() {
+    planted_quorum(
+        Inject::LyingFence,
+        &["after its fence", "after one of term"],
+    );
+}
+
+#[test]
+fn a_lying_flush_under_the_quorum_blocks_is_caught_and_replays() {
+    planted_quorum(
+        Inject::LyingFlush,
+        &[
+            "after one of term",
+            "find_leader says",
+            "both lead term",
+            "two ELECTs",
+        ],
+    );
 }
 
 /// The node's side of the agent in the tests below: the server is up as

@@ -314,6 +314,7 @@ fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
         slots: quorum_slots(cfg),
         phases: cfg.steps,
         lying_fence: cfg.inject == Inject::LyingFence,
+        lying_flush: cfg.inject == Inject::LyingFlush,
     };
     w.log(
         crate::sim::hash::WORLD,

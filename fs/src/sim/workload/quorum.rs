@@ -58,6 +58,9 @@ pub struct QuorumPlan {
     pub phases: u64,
     /// Plant a bug: the fence agent reports fenced without revoking.
     pub lying_fence: bool,
+    /// Plant a bug: the shared disk acknowledges flushes without making
+    /// anything durable (a crashed voter forgets the term it voted in).
+    pub lying_flush: bool,
 }
 
 /// The quorum slot address of `node`.
@@ -520,6 +523,7 @@ pub async fn run(w: Rc<World>, plan: QuorumPlan) -> Result<u64, Failure> {
     let meta = w.add_disk("quorum.meta", 8 << 30);
     let data = w.add_disk("quorum.data", 1 << 30);
     let fsid = format_volume(&meta, &data, plan.slots).map_err(|e| fail(&w, 0, 0, e))?;
+    meta.set_lying_flush(plan.lying_flush);
     for n in 0..plan.slots {
         w.add_node(n);
         w.attach(n, meta.id());
