@@ -39,6 +39,9 @@ pub const HB_IVAL_NS: u64 = 100_000_000;
 pub const HB_TIMEOUT_DEFAULT_NS: u64 = 10_000_000_000;
 pub const HB_TIMEOUT_MIN_NS: u64 = 2_000_000_000;
 pub const HB_TIMEOUT_MAX_NS: u64 = 60_000_000_000;
+/// Heartbeat gaps at least this long are counted
+/// (`quorum.heartbeat_gaps_3s`).
+pub const HB_GAP_NOTED_NS: u64 = 3_000_000_000;
 /// Slots a quorum can have.
 pub const MAX_SLOTS: usize = 15;
 
@@ -390,6 +393,11 @@ impl Quorum {
     }
 
     fn follow(&mut self, now: u64, from: u8) {
+        // long gaps between a leader's heartbeats are worth knowing about
+        if self.leader == Some(from) && now.saturating_sub(self.leader_heard_ns) >= HB_GAP_NOTED_NS
+        {
+            counter!("quorum.heartbeat_gaps_3s").inc();
+        }
         self.leader = Some(from);
         self.leader_heard_ns = now;
         self.deadline_ns = now.saturating_add(self.p.hb_timeout_ns);
