@@ -1,15 +1,22 @@
 //! The deterministic simulator (docs/simulator.md): its CI seeds (every
-//! seed run twice gives the same hash and passes every checker), proof
+//! seed run twice gives the same hash and passes every checker; the
+//! quorum workload's seeds too, and its fence-ack path), proof
 //! that the checkers see planted faults and that a failing seed replays
 //! exactly, and the network and disk models on their own.
 
-use scoutvm_fs::cluster::transport::{NetError, Transport};
+use scoutvm_fs::cluster::fence::ManualFence;
+use scoutvm_fs::cluster::quorum::{Role, ServerState};
+use scoutvm_fs::cluster::quorum_agent::{AgentConfig, QuorumAgent, ServerControl};
+use scoutvm_fs::cluster::quorum_blocks::{find_leader, read_block, QEvent};
+use scoutvm_fs::cluster::transport::{Datagrams, NetError, Transport};
 use scoutvm_fs::runtime::exec::JoinHandle;
 use scoutvm_fs::sim::fault::{CrashTrigger, Fault, Loss};
 use scoutvm_fs::sim::net::NetConfig;
 use scoutvm_fs::sim::run::{run_seed, RunConfig, SeedReport, VolumeImage, WorkloadKind};
+use scoutvm_fs::sim::workload::quorum::{format_volume, slot_addr, SIM_HB_TIMEOUT_NS};
 use scoutvm_fs::sim::workload::Inject;
 use scoutvm_fs::sim::world::{NodeDown, NodeEnv, NodeState, World, WorldConfig};
+use scoutvm_fs::storage::block::read_super_from;
 use scoutvm_fs::storage::dev::{BlockDev, IoError};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -134,6 +141,204 @@ fn a_wrong_model_is_caught_and_replays() {
         Inject::ModelBug { step: 10 },
         "user.injected",
     );
+}
+
+/// Quorum seeds in CI (the acceptance run is the runner's
+/// `cargo xtask sim --workload quorum --seeds 1000`).
+const QUORUM_CI_SEEDS: u64 = 400;
+
+#[test]
+fn quorum_seeds_pass_every_checker_and_replay() {
+    let cfg = |s| RunConfig::new(s, WorkloadKind::Quorum);
+    let a: Vec<SeedReport> = (1..=QUORUM_CI_SEEDS)
+        .map(|s| run_seed(&cfg(s), None, None))
+        .collect();
+    let bad = failures(&a);
+    assert!(
+        bad.is_empty(),
+        "{} seeds failed:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    // every phase ended with a stable leader; members crashed and
+    // restarted along the way
+    assert!(a.iter().all(|r| r.steps == r.cfg.steps));
+    let crashes: u64 = a.iter().map(|r| r.world.crashes).sum();
+    assert!(crashes >= QUORUM_CI_SEEDS, "only {crashes} crashes");
+    let leaked: u64 = a.iter().map(|r| r.world.software_leaked).sum();
+    assert_eq!(leaked, 0, "crashed members' memory was leaked");
+    for x in a.iter().take(50) {
+        let y = run_seed(&x.cfg, None, None);
+        assert_eq!(
+            (x.hash, x.events, x.virt_ns),
+            (y.hash, y.events, y.virt_ns),
+            "quorum seed {} is not deterministic",
+            x.cfg.seed
+        );
+    }
+}
+
+/// A planted quorum fault is caught within 20 seeds, as one of `want`,
+/// and replays to the same failure and hash.
+fn planted_quorum(inject: Inject, want: &[&str]) {
+    let found = (1..=20).find_map(|s| {
+        let mut c = RunConfig::new(s, WorkloadKind::Quorum);
+        c.inject = inject;
+        let r = run_seed(&c, None, None);
+        r.failure.is_some().then_some((c, r))
+    });
+    let (c, r) = found.unwrap_or_else(|| panic!("{inject:?} never caught in 20 seeds"));
+    let f = r.failure.clone().unwrap();
+    assert!(want.iter().any(|w| f.contains(w)), "caught as: {f}");
+    let again = run_seed(&c, None, None);
+    assert_eq!(again.failure.as_deref(), Some(f.as_str()));
+    assert_eq!((again.hash, again.events), (r.hash, r.events));
+}
+
+#[test]
+fn a_lying_fence_is_caught_by_the_quorum_checkers_and_replays() {
+    planted_quorum(
+        Inject::LyingFence,
+        &["after its fence", "after one of term"],
+    );
+}
+
+#[test]
+fn a_lying_flush_under_the_quorum_blocks_is_caught_and_replays() {
+    planted_quorum(
+        Inject::LyingFlush,
+        &[
+            "after one of term",
+            "find_leader says",
+            "both lead term",
+            "two ELECTs",
+        ],
+    );
+}
+
+/// The node's side of the agent in the tests below: the server is up as
+/// soon as it is asked to start.
+struct InstantServer(RefCell<Option<QuorumAgent>>);
+
+impl ServerControl for InstantServer {
+    fn start_server(&self, _term: u64) {
+        if let Some(a) = self.0.borrow().clone() {
+            a.server_up();
+        }
+    }
+    fn stop_server(&self) {
+        if let Some(a) = self.0.borrow().clone() {
+            a.server_down();
+        }
+    }
+}
+
+#[test]
+fn a_new_leader_serves_only_after_fence_ack_of_its_dead_predecessor() {
+    let w = World::new(WorldConfig::new(11));
+    let meta = w.add_disk("quorum.meta", 8 << 30);
+    let data = w.add_disk("quorum.data", 1 << 30);
+    let fsid = format_volume(&meta, &data, 3).expect("mkfs");
+    let mut agents = Vec::new();
+    let mut manual = Vec::new();
+    for n in 0..3u8 {
+        w.add_node(n);
+        w.attach(n, meta.id());
+    }
+    for n in 0..3u8 {
+        let env = w.boot(n);
+        let sb = read_super_from(&*env.disks[0]).expect("super");
+        let sock: Rc<dyn Datagrams> = env.net.bind(&slot_addr(n)).expect("bind");
+        let ctl = Rc::new(InstantServer(RefCell::new(None)));
+        let man = ManualFence::new();
+        let cfg = AgentConfig {
+            slot: n,
+            rid: 100 + n as u64,
+            hb_timeout_ns: SIM_HB_TIMEOUT_NS,
+        };
+        let dev: Rc<dyn BlockDev> = env.disks[0].clone();
+        let a = QuorumAgent::start(
+            cfg,
+            &sb,
+            dev,
+            sock,
+            env.handle.clone(),
+            env.clock.clone(),
+            env.entropy.clone(),
+            ctl.clone(),
+            man.clone(),
+        )
+        .expect("agent");
+        *ctl.0.borrow_mut() = Some(a.clone());
+        agents.push(a);
+        manual.push(man);
+    }
+    let w2 = w.clone();
+    let (agents2, manual2) = (agents.clone(), manual.clone());
+    let out = w
+        .run(
+            async move {
+                let (w, agents, manual) = (w2, agents2, manual2);
+                let leader = |skip: Option<u8>| {
+                    (0..3u8).filter(|&n| Some(n) != skip).find_map(|n| {
+                        let st = agents[n as usize].status();
+                        (st.role == Role::Leader).then_some((n, st.term, st.server))
+                    })
+                };
+                let mut first = None;
+                for _ in 0..200 {
+                    w.sleep(50_000_000).await;
+                    if let Some((n, t, ServerState::Up(_))) = leader(None) {
+                        first = Some((n, t));
+                        break;
+                    }
+                }
+                let (old, t0) = first.expect("no first leader");
+                w.fault(Fault::Crash {
+                    node: old,
+                    loss: Loss::KeepAll,
+                })
+                .await;
+                let mut second = None;
+                for _ in 0..300 {
+                    w.sleep(50_000_000).await;
+                    if let Some((n, t, st)) = leader(Some(old)) {
+                        second = Some((n, t, st));
+                        break;
+                    }
+                }
+                let (new, t1, _) = second.expect("no second leader");
+                // it waits for the operator, however long
+                w.sleep(5_000_000_000).await;
+                let before = agents[new as usize].status().server;
+                let waiting: Vec<u64> = manual[new as usize]
+                    .waiting()
+                    .iter()
+                    .map(|r| r.rid)
+                    .collect();
+                let acked = manual[new as usize].ack(100 + old as u64);
+                w.sleep(50_000_000).await;
+                let after = agents[new as usize].status().server;
+                (old, t0, new, t1, before, waiting, acked, after)
+            },
+            120_000_000_000,
+        )
+        .expect("world stalled");
+    let (old, t0, new, t1, before, waiting, acked, after) = out;
+    assert!(t1 > t0, "terms {t0} then {t1}");
+    assert_ne!(old, new);
+    assert_eq!(before, ServerState::Starting(t1));
+    assert_eq!(waiting, vec![100 + old as u64]);
+    assert!(acked);
+    assert_eq!(after, ServerState::Up(t1));
+    // FENCE(t1) is on disk, and clients find the new leader
+    let snap = meta.snapshot();
+    let b = read_block(&snap, fsid, new as usize).expect("block");
+    assert_eq!(b.events[QEvent::Fence as usize].term, t1);
+    let sb = read_super_from(&snap).expect("super");
+    let l = find_leader(&snap, &sb).expect("a leader");
+    assert_eq!((l.slot, l.term, l.addr), (new as usize, t1, slot_addr(new)));
+    w.finish();
 }
 
 // ---- the network model ----

@@ -1,9 +1,16 @@
 //! The cluster machines. Today: the client/server messages ([`msg`]), the
 //! framed request/response connection ([`rpc`]), the stream transport seam
-//! with its in-process loopback ([`transport`]) and the cluster lock seam
-//! ([`lock`]). The session, quorum, lock server, recovery and fencing join
-//! them here.
+//! with its in-process loopback ([`transport`]), the cluster lock seam
+//! ([`lock`]), the quorum election ([`quorum`] machine, [`quorum_wire`]
+//! datagrams, [`quorum_blocks`] on disk, [`quorum_agent`] driver) and
+//! fencing ([`fence`]). The session, lock server and recovery join them
+//! here.
+pub mod fence;
 pub mod lock;
 pub mod msg;
+pub mod quorum;
+pub mod quorum_agent;
+pub mod quorum_blocks;
+pub mod quorum_wire;
 pub mod rpc;
 pub mod transport;

@@ -15,7 +15,7 @@
 //! | [`fault`] | the fault vocabulary and background pauses |
 //! | [`hash`] | the event log and its 64-bit digest |
 //! | [`fsnode`] | a real scoutfs node (server, client, mount) on a world node |
-//! | [`workload`] | workloads and their checkers (POSIX model, crash cycles) |
+//! | [`workload`] | workloads and their checkers (POSIX model, crash cycles, quorum) |
 //! | [`run`] | one seed, end to end: the runner's and CI's entry point |
 pub mod faultdev;
 pub mod mem_backend;

@@ -25,6 +25,9 @@ use alloc::vec::Vec;
 pub enum WorkloadKind {
     Posix,
     Crash,
+    /// Quorum election under datagram loss, partitions, pauses and
+    /// crashes (`workload/quorum.rs`); `steps` counts fault phases.
+    Quorum,
 }
 
 impl WorkloadKind {
@@ -32,6 +35,7 @@ impl WorkloadKind {
         match self {
             WorkloadKind::Posix => "posix",
             WorkloadKind::Crash => "crash",
+            WorkloadKind::Quorum => "quorum",
         }
     }
 
@@ -39,6 +43,7 @@ impl WorkloadKind {
         match s {
             "posix" => Some(WorkloadKind::Posix),
             "crash" => Some(WorkloadKind::Crash),
+            "quorum" => Some(WorkloadKind::Quorum),
             _ => None,
         }
     }
@@ -68,7 +73,11 @@ impl RunConfig {
             seed,
             workload,
             nodes: 1,
-            steps: 200,
+            steps: if workload == WorkloadKind::Quorum {
+                QUORUM_PHASES
+            } else {
+                200
+            },
             until_ns: u64::MAX / 4,
             inject: Inject::None,
             pauses: true,
@@ -76,6 +85,9 @@ impl RunConfig {
         }
     }
 }
+
+/// Fault phases of a quorum run unless told otherwise.
+pub const QUORUM_PHASES: u64 = 6;
 
 /// What one seed did.
 #[derive(Clone, Debug)]
@@ -125,6 +137,7 @@ impl VolumeImage {
 
 fn node_options(cfg: &RunConfig) -> NodeOptions {
     match cfg.workload {
+        WorkloadKind::Quorum => NodeOptions::default(),
         WorkloadKind::Posix => sim_node_options(
             MountOptions {
                 cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
@@ -164,6 +177,9 @@ pub fn run_seed(
         cfg.nodes >= 1 && (cfg.nodes as usize) <= MAX_SIM_NODES,
         "1..={MAX_SIM_NODES} nodes"
     );
+    if cfg.workload == WorkloadKind::Quorum {
+        return run_quorum_seed(cfg, observer);
+    }
     let mut wc = WorldConfig::new(cfg.seed);
     if cfg.pauses {
         wc.pauses = Some(PausePlan {
@@ -220,7 +236,9 @@ pub fn run_seed(
                     async move {
                         match kind {
                             WorkloadKind::Posix => workload::posix::run(e).await,
-                            WorkloadKind::Crash => workload::crash::run(e).await,
+                            WorkloadKind::Crash | WorkloadKind::Quorum => {
+                                workload::crash::run(e).await
+                            }
                         }
                     }
                 })
@@ -260,6 +278,82 @@ pub fn run_seed(
         net: w.net().stats(),
     };
     // the hash is taken; now drop every node and harness task
+    w.set_observer(None);
+    w.finish();
+    rep.world = w.stats();
+    rep
+}
+
+/// Quorum members of a run: `--nodes` if 3 or more (at most 15), else 3
+/// or 5 by the seed's parity.
+pub fn quorum_slots(cfg: &RunConfig) -> u8 {
+    if cfg.nodes >= 3 {
+        cfg.nodes.min(15)
+    } else if cfg.seed.is_multiple_of(2) {
+        3
+    } else {
+        5
+    }
+}
+
+/// One seed of the quorum workload: its own world (lossier datagrams),
+/// one shared volume with a slot per member.
+fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
+    let mut wc = WorldConfig::new(cfg.seed);
+    wc.net.dgram_loss_ppm = 30_000;
+    wc.net.dgram_dup_ppm = 20_000;
+    if cfg.pauses {
+        wc.pauses = Some(PausePlan {
+            mean_gap_ns: 3_000_000_000,
+            max_ns: 500_000_000,
+        });
+    }
+    let w = World::new(wc);
+    w.set_observer(observer);
+    let plan = workload::quorum::QuorumPlan {
+        slots: quorum_slots(cfg),
+        phases: cfg.steps,
+        lying_fence: cfg.inject == Inject::LyingFence,
+        lying_flush: cfg.inject == Inject::LyingFlush,
+    };
+    w.log(
+        crate::sim::hash::WORLD,
+        "run",
+        &[plan.slots as u64, cfg.steps],
+        cfg.workload.name(),
+    );
+    let w2 = w.clone();
+    let limit = cfg.until_ns.saturating_add(SLACK_NS);
+    let result = match w.run(workload::quorum::run(w2, plan), limit) {
+        Ok(Ok(phases)) => Ok(phases),
+        Ok(Err(f)) => Err((f.step, describe(&f))),
+        Err(stall) => Err((0, format!("the world stalled: {stall}"))),
+    };
+    let (steps, failure) = match result {
+        Ok(s) => (s, None),
+        Err((step, f)) => (step, Some(f)),
+    };
+    w.log(
+        crate::sim::hash::WORLD,
+        "end",
+        &[steps, failure.is_some() as u64],
+        failure.as_deref().unwrap_or(""),
+    );
+    let mut rep = SeedReport {
+        cfg: *cfg,
+        virt_ns: w.now(),
+        steps,
+        events: w.events(),
+        hash: w.hash(),
+        recent: if failure.is_some() {
+            w.recent_events()
+        } else {
+            Vec::new()
+        },
+        failure,
+        world: w.stats(),
+        net: w.net().stats(),
+    };
     w.set_observer(None);
     w.finish();
     rep.world = w.stats();

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|all] [--inject lying-flush|model-bug:STEP]
+//!             [--workload posix|crash|quorum|all] [--inject lying-flush|lying-fence|model-bug:STEP]
 //!             [--no-pauses] [--merge-liveness] [--trace] [--no-template]
 //! ```
 //!
@@ -26,7 +26,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|all] [--inject lying-flush|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--merge-liveness] [--trace] [--no-template]"
     );
     exit(2)
@@ -96,6 +96,7 @@ fn parse() -> Args {
             "--inject" => {
                 a.inject = match it.next().as_deref() {
                     Some("lying-flush") => Inject::LyingFlush,
+                    Some("lying-fence") => Inject::LyingFence,
                     Some(s) if s.starts_with("model-bug:") => Inject::ModelBug {
                         step: num("--inject model-bug:STEP", Some(s[10..].to_string())),
                     },
@@ -160,6 +161,7 @@ fn replay(c: &RunConfig, a: &Args) -> String {
     match c.inject {
         Inject::None => {}
         Inject::LyingFlush => s += " --inject lying-flush",
+        Inject::LyingFence => s += " --inject lying-fence",
         Inject::ModelBug { step } => s += &format!(" --inject model-bug:{step}"),
     }
     if !c.pauses {

@@ -20,6 +20,7 @@
 pub mod crash;
 pub mod model;
 pub mod posix;
+pub mod quorum;
 
 use crate::client::node::NodeOptions;
 use crate::errno::{Errno, FsResult};
@@ -79,6 +80,9 @@ pub enum Inject {
     ModelBug {
         step: u64,
     },
+    /// The quorum workload's fence agent reports fenced without cutting
+    /// the target off its disks.
+    LyingFence,
 }
 
 /// How long a workload runs.
