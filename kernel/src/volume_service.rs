@@ -26,10 +26,12 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
 /// Boot: mount in the background so the shell comes up at once; say why
 /// if there is nothing to mount.
 pub fn start(h: &Handle) -> Result<(), String> {
-    h.spawn_named("volume.mount", async {
+    let step = crate::services::BootStep::begin();
+    h.spawn_named("volume.mount", async move {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");
         }
+        drop(step);
     })
     .map(|_| ())
     .map_err(|e| format!("{e}"))
