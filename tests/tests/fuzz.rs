@@ -2,7 +2,8 @@
 //! stable-toolchain fuzzer of `scoutvm_tests::fuzz`); long runs are
 //! `cargo xtask fuzz --iterations 10000000`. A fresh seed per run unless
 //! `SCOUTVM_FUZZ_SEED` is set, printed so a failure can be replayed; the
-//! count per target is `SCOUTVM_FUZZ_ITERATIONS` (default 100 000).
+//! count per target is `SCOUTVM_FUZZ_ITERATIONS` (default 1 000 000, about
+//! a second in all).
 
 use scoutvm_tests::fuzz::{fuzz, targets};
 
@@ -20,7 +21,7 @@ fn wire_decoders_survive_mutated_messages() {
     let iterations = std::env::var("SCOUTVM_FUZZ_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(1_000_000);
     let names: Vec<&str> = targets().iter().map(|t| t.name).collect();
     assert!(names.contains(&"p9") && names.contains(&"cluster"), "{names:?}");
     for t in targets() {
