@@ -9,11 +9,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use scoutvm_drivers::{clock, irq};
-use scoutvm_kernel::datetime::Utc;
 use scoutvm_fs::runtime::counters;
 use scoutvm_fs::runtime::trace;
 use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_kernel::cmdline::{parse_ipv4, NetConfig};
+use scoutvm_kernel::datetime::Utc;
 
 use crate::shell::{boxed, expect_args, parse_arg, register, CmdFuture, CmdResult, Command};
 use crate::{console, devices, interrupts, mem, net};

@@ -16,8 +16,8 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + EPOCH_FROM_MARCH_0000;
     let era = z.div_euclid(DAYS_PER_ERA);
     let doe = z.rem_euclid(DAYS_PER_ERA); // day of era, 0..=146_096
-    // Year of era: take out the leap days of every 4th year, except every
-    // 100th, except the last day of the era.
+                                          // Year of era: take out the leap days of every 4th year, except every
+                                          // 100th, except the last day of the era.
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / (DAYS_PER_ERA - 1)) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March year
     let mp = (5 * doy + 2) / 153; // month from March, 0..=11

@@ -199,7 +199,11 @@ pub fn df_table(meta: (u64, u64), data: (u64, u64)) -> String {
         ]
     };
     let header = ["Type", "Size", "Total", "Used", "Free", "Use%"].map(|c| c.to_string());
-    let rows = [header, row("MetaData", "64KB", meta), row("Data", "4KB", data)];
+    let rows = [
+        header,
+        row("MetaData", "64KB", meta),
+        row("Data", "4KB", data),
+    ];
     let mut out = String::new();
     for r in &rows {
         for (c, cell) in r.iter().enumerate() {
@@ -280,9 +284,18 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(cells(lines[0]), ["Type", "Size", "Total", "Used", "Free", "Use%"]);
-        assert_eq!(cells(lines[1]), ["MetaData", "64KB", "16384", "4384", "12000", "26"]);
-        assert_eq!(cells(lines[2]), ["Data", "4KB", "262144", "144", "262000", "0"]);
+        assert_eq!(
+            cells(lines[0]),
+            ["Type", "Size", "Total", "Used", "Free", "Use%"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            ["MetaData", "64KB", "16384", "4384", "12000", "26"]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["Data", "4KB", "262144", "144", "262000", "0"]
+        );
         // Right-aligned columns: every row is as long as the header.
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
     }

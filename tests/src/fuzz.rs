@@ -49,7 +49,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -59,11 +59,11 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -73,7 +73,7 @@ pub struct Target {
     /// Valid inputs to start from.
     seeds: fn(&mut Rng) -> Vec<Vec<u8>>,
     /// Repair length fields after mutation (structure awareness).
-    fix: fn(&mut Vec<u8>),
+    fix: fn(&mut [u8]),
     /// Decode and check; `Ok(true)` when the input decoded as valid,
     /// `Err` when a property failed.
     run: fn(&[u8]) -> Result<bool, String>,
@@ -250,7 +250,7 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>, other: &[u8]) {
         }
         1 if len > 0 => {
             let at = rng.below(len) as usize;
-            b[at] = rng.next() as u8;
+            b[at] = rng.next_u64() as u8;
         }
         2 if len > 0 => {
             // a boundary value of 1, 2, 4 or 8 bytes, little-endian
@@ -300,7 +300,7 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>, other: &[u8]) {
             let (i, j) = (rng.below(len) as usize, rng.below(len) as usize);
             b.swap(i, j);
         }
-        _ => b.push(rng.next() as u8),
+        _ => b.push(rng.next_u64() as u8),
     }
     b.truncate(INPUT_MAX);
 }
@@ -328,7 +328,7 @@ fn p9_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
                 },
             };
             let call = Fcall {
-                tag: rng.next() as u16,
+                tag: rng.next_u64() as u16,
                 msg,
             };
             let mut buf = Vec::new();
@@ -341,7 +341,7 @@ fn p9_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
 }
 
 /// The size field is the whole frame's length.
-fn p9_fix(b: &mut Vec<u8>) {
+fn p9_fix(b: &mut [u8]) {
     if b.len() >= 4 {
         let n = (b.len() as u32).to_le_bytes();
         b[..4].copy_from_slice(&n);
@@ -374,7 +374,10 @@ fn p9_decode(data: &[u8]) -> Result<bool, String> {
             if have == data.len() && need > have {
                 Ok(false)
             } else {
-                Err(format!("incomplete: have {have} need {need} of {}", data.len()))
+                Err(format!(
+                    "incomplete: have {have} need {need} of {}",
+                    data.len()
+                ))
             }
         }
         Err(e) => {
@@ -391,7 +394,7 @@ fn p9_stream_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
     let frames = p9_seeds(rng);
     (0..256)
         .map(|_| {
-            let mut s = vec![rng.next() as u8];
+            let mut s = vec![rng.next_u64() as u8];
             for _ in 0..1 + rng.below(4) {
                 s.extend_from_slice(&frames[rng.below(frames.len() as u64) as usize]);
             }
@@ -458,14 +461,16 @@ fn frame_of(rng: &mut Rng, c: u8, response: bool, payload: &[u8]) -> Vec<u8> {
 fn cluster_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
     let mut payloads: Vec<(u8, Vec<u8>)> = vec![
         (cmd::GREETING, Greeting::default().encode()),
-        (cmd::ALLOC_INODES, cmsg::encode_u64(rng.next())),
+        (cmd::ALLOC_INODES, cmsg::encode_u64(rng.next_u64())),
         (cmd::ALLOC_INODES, InodeAlloc::default().encode()),
         (cmd::GET_ROOTS, NetRoots::default().encode()),
         (cmd::STATFS, NetStatfs::default().encode()),
-        (cmd::GET_LAST_SEQ, cmsg::encode_u64(rng.next())),
+        (cmd::GET_LAST_SEQ, cmsg::encode_u64(rng.next_u64())),
         (
             cmd::COMMIT_LOG_TREES,
-            scoutvm_fs::format::log::LogTrees::default().encode().to_vec(),
+            scoutvm_fs::format::log::LogTrees::default()
+                .encode()
+                .to_vec(),
         ),
         (
             cmd::COMMIT_LOG_MERGE,
@@ -487,7 +492,7 @@ fn cluster_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
     for _ in 0..4 {
         for (c, p) in &payloads {
             for response in [false, true] {
-                let mut s = vec![rng.next() as u8];
+                let mut s = vec![rng.next_u64() as u8];
                 s.extend_from_slice(&frame_of(rng, *c, response, p));
                 if rng.below(2) == 0 {
                     let (c2, p2) = &payloads[rng.below(payloads.len() as u64) as usize];
@@ -503,7 +508,7 @@ fn cluster_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
 
 /// The first frame's header gets `data_len` = what follows it (capped),
 /// zero pad bytes and non-zero seq and id.
-fn cluster_fix(b: &mut Vec<u8>) {
+fn cluster_fix(b: &mut [u8]) {
     let h = 1; // after the chunk byte
     if b.len() < h + HEADER_BYTES {
         return;
@@ -530,7 +535,9 @@ fn round_trip<T: PartialEq + std::fmt::Debug>(
     let bytes = encode(v);
     match decode(&bytes) {
         Some(back) if back == *v => Ok(()),
-        other => Err(format!("{what}: {v:?} encodes to what decodes as {other:?}")),
+        other => Err(format!(
+            "{what}: {v:?} encodes to what decodes as {other:?}"
+        )),
     }
 }
 
@@ -585,7 +592,9 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
             // A response: whatever the client would decode it as.
             valid = true;
             if let Ok(v) = Greeting::decode(p) {
-                round_trip("greeting", &v, Greeting::encode, |b| Greeting::decode(b).ok())?;
+                round_trip("greeting", &v, Greeting::encode, |b| {
+                    Greeting::decode(b).ok()
+                })?;
             }
             if let Ok(v) = InodeAlloc::decode(p) {
                 round_trip("inode alloc", &v, InodeAlloc::encode, |b| {
@@ -596,7 +605,9 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
                 round_trip("roots", &v, NetRoots::encode, |b| NetRoots::decode(b).ok())?;
             }
             if let Ok(v) = NetStatfs::decode(p) {
-                round_trip("statfs", &v, NetStatfs::encode, |b| NetStatfs::decode(b).ok())?;
+                round_trip("statfs", &v, NetStatfs::encode, |b| {
+                    NetStatfs::decode(b).ok()
+                })?;
             }
             if let Ok(v) = decode_u64(p) {
                 round_trip("u64", &v, |v| cmsg::encode_u64(*v), |b| decode_u64(b).ok())?;

@@ -230,7 +230,10 @@ fn ram_volume_runs_the_real_backend() {
     let (date, rest) = mtime.split_once(' ').unwrap();
     let (time, nanos) = rest.trim_end_matches(" UTC").split_once('.').unwrap();
     assert_eq!((date, time), (ls_date, ls_time), "{st}\n{line}");
-    assert!(nanos.len() == 9 && nanos.bytes().all(|b| b.is_ascii_digit()), "{st}");
+    assert!(
+        nanos.len() == 9 && nanos.bytes().all(|b| b.is_ascii_digit()),
+        "{st}"
+    );
     assert!(mtime.ends_with(" UTC"), "{st}");
 
     // df: metadata and data devices apart, like the reference df.
@@ -245,9 +248,12 @@ fn ram_volume_runs_the_real_backend() {
             .map(|v| v.parse().unwrap())
             .collect()
     };
-    assert!(df.lines().any(|l| l.split_whitespace().eq(
-        ["Type", "Size", "Total", "Used", "Free", "Use%"]
-    )), "{df}");
+    assert!(
+        df.lines().any(|l| l
+            .split_whitespace()
+            .eq(["Type", "Size", "Total", "Used", "Free", "Use%"])),
+        "{df}"
+    );
     let (meta_row, data_row) = (row("MetaData"), row("Data"));
     // volume=ram:64: a 64 MiB data device of 4 KiB blocks (its row holds
     // no metadata blocks) and a metadata device of 64 KiB blocks; each
@@ -269,12 +275,18 @@ fn ram_volume_runs_the_real_backend() {
 /// Seconds since the epoch of `YYYY-MM-DD` `HH:MM:SS` (UTC), counted by
 /// whole years and months.
 fn epoch_of(date: &str, time: &str) -> Option<u64> {
-    let d: Vec<u64> = date.split('-').map(|v| v.parse().ok()).collect::<Option<_>>()?;
-    let t: Vec<u64> = time.split(':').map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let d: Vec<u64> = date
+        .split('-')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<u64> = time
+        .split(':')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
     if d.len() != 3 || t.len() != 3 || d[0] < 1970 || !(1..=12).contains(&d[1]) {
         return None;
     }
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let mut days: u64 = (1970..d[0]).map(|y| if leap(y) { 366 } else { 365 }).sum();
     for m in 1..d[1] {
         days += match m {

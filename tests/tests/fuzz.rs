@@ -23,7 +23,10 @@ fn wire_decoders_survive_mutated_messages() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let names: Vec<&str> = targets().iter().map(|t| t.name).collect();
-    assert!(names.contains(&"p9") && names.contains(&"cluster"), "{names:?}");
+    assert!(
+        names.contains(&"p9") && names.contains(&"cluster"),
+        "{names:?}"
+    );
     for t in targets() {
         match fuzz(&t, iterations, seed, &mut |_| {}) {
             Ok(r) => {

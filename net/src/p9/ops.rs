@@ -1172,7 +1172,12 @@ mod error_kind_tests {
     #[test]
     fn faults_are_told_from_answers_the_request_asked_for() {
         assert_eq!(error_kind(Errno::ENOENT), ErrorKind::Enoent);
-        for e in [Errno::EEXIST, Errno::EACCES, Errno::ENOTEMPTY, Errno::ENODATA] {
+        for e in [
+            Errno::EEXIST,
+            Errno::EACCES,
+            Errno::ENOTEMPTY,
+            Errno::ENODATA,
+        ] {
             assert_eq!(error_kind(e), ErrorKind::Client, "{e:?}");
         }
         for e in [Errno::EIO, Errno::ENOMEM, Errno::ENOSPC, Errno::EUCLEAN] {

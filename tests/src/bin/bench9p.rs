@@ -143,7 +143,10 @@ fn bench_diod(a: &Args) -> Result<String, String> {
                     link.appliance_port, link.guest_port
                 ),
             )
-            .env("PEER_APPEND", format!("peer.ip={APPLIANCE_IP}/24 peer.gw=10.0.3.1"))
+            .env(
+                "PEER_APPEND",
+                format!("peer.ip={APPLIANCE_IP}/24 peer.gw=10.0.3.1"),
+            )
             .stdin(Stdio::null());
         c
     };

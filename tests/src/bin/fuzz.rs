@@ -98,5 +98,8 @@ fn main() {
             }
         }
     }
-    eprintln!("scoutvm-fuzz: done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "scoutvm-fuzz: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
