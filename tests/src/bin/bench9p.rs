@@ -100,13 +100,21 @@ fn p9bench_with(
         .arg("3600")
         .args(guest_opts)
         .arg(server)
-        .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.lines().find(|l| l.starts_with("P9BENCH ")) {
         Some(l) if out.status.success() => Ok(l.to_string()),
-        _ => Err(format!("the bench failed ({}): {text}", out.status)),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(format!(
+                "the bench failed ({}): {text}\n{}",
+                out.status,
+                tail.join("\n")
+            ))
+        }
     }
 }
 
