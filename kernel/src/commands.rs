@@ -8,11 +8,12 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use scoutvm_drivers::{clock, cmos, irq};
+use scoutvm_drivers::{clock, irq};
 use scoutvm_fs::runtime::counters;
 use scoutvm_fs::runtime::trace;
 use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_kernel::cmdline::{parse_ipv4, NetConfig};
+use scoutvm_kernel::datetime::Utc;
 
 use crate::shell::{boxed, expect_args, parse_arg, register, CmdFuture, CmdResult, Command};
 use crate::{console, devices, interrupts, mem, net};
@@ -171,30 +172,8 @@ async fn version(args: Vec<String>) -> CmdResult {
     Ok(())
 }
 
-/// (year, month, day) of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 pub fn format_wall(sec: u64) -> String {
-    let (y, m, d) = civil_from_days((sec / 86_400) as i64);
-    debug_assert_eq!(cmos::days_from_civil(y, m, d), (sec / 86_400) as i64);
-    let s = sec % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
+    format!("{} UTC", Utc(sec))
 }
 
 async fn uptime(args: Vec<String>) -> CmdResult {
@@ -411,7 +390,7 @@ fn refresh_counters() {
     // exec.max_poll_ns and exec.long_polls are kept by the executor itself
     let t = trace::stats();
     scoutvm_fs::counter!("trace.emitted").set(t.emitted);
-    scoutvm_fs::counter!("trace.dropped").set(t.dropped);
+    scoutvm_fs::counter!("trace.overwritten").set(t.overwritten);
 }
 
 async fn counters_cmd(args: Vec<String>) -> CmdResult {
@@ -470,11 +449,11 @@ async fn trace_cmd(args: Vec<String>) -> CmdResult {
     };
     let s = trace::stats();
     kprintln!(
-        "trace: {} emitted, {} held of {}, {} dropped",
+        "trace: {} emitted, {} held of {}, {} overwritten by newer ones",
         s.emitted,
         s.held,
         s.capacity,
-        s.dropped
+        s.overwritten
     );
     for e in trace::recent(n) {
         kprintln!("{}", e);

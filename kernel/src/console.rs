@@ -29,6 +29,11 @@ pub static SERIAL: Serial = Serial::new(COM1);
 static OUT: Mutex<()> = Mutex::new(());
 static INPUT: Mutex<heapless::Deque<u8, INPUT_MAX>> = Mutex::new(heapless::Deque::new());
 static INPUT_WAKER: Mutex<Option<Waker>> = Mutex::new(None);
+/// What the shell shows on the current line while it waits for input (its
+/// prompt and the text typed so far); `None` while a command runs. A log
+/// record printed meanwhile erases that line, prints itself and shows the
+/// line again, so the prompt always follows the log.
+static INPUT_LINE: Mutex<Option<Vec<u8>>> = Mutex::new(None);
 
 pub fn init() {
     SERIAL.init();
@@ -51,6 +56,30 @@ pub fn print_fmt(args: fmt::Arguments) {
     let _g = OUT.lock();
     let mut s = SERIAL;
     let _ = s.write_fmt(args);
+}
+
+/// The shell waits for input showing `line` (prompt and typed text), or
+/// runs a command (`None`): see [`INPUT_LINE`].
+pub fn set_input_line(line: Option<Vec<u8>>) {
+    let _g = OUT.lock();
+    *INPUT_LINE.lock() = line;
+}
+
+/// Print a log record: if the shell's prompt line is showing, erase it
+/// first (CR, erase to end of line) and show it again after the record.
+fn print_record(args: fmt::Arguments) {
+    let _g = OUT.lock();
+    let shown = INPUT_LINE.lock();
+    if shown.is_some() {
+        SERIAL.write_bytes(b"\r\x1b[K");
+    }
+    let mut s = SERIAL;
+    let _ = s.write_fmt(args);
+    if let Some(line) = shown.as_ref() {
+        for &c in line {
+            SERIAL.write_byte(c);
+        }
+    }
 }
 
 /// Unlocked output for fatal paths only.
@@ -141,7 +170,7 @@ impl log::Log for Logger {
             return;
         }
         let ns = scoutvm_drivers::clock::monotonic_ns();
-        print_fmt(format_args!(
+        print_record(format_args!(
             "[{:5}.{:06}] {:5} {}: {}\n",
             ns / 1_000_000_000,
             (ns % 1_000_000_000) / 1_000,

@@ -181,6 +181,40 @@ pub fn mode_string(mode: u32) -> String {
     s
 }
 
+/// The `df` table, as the reference `scoutfs df` lays it out: a row for
+/// the metadata device (64 KiB blocks) and one for the data device (4 KiB
+/// blocks), each `(total, free)` in its own blocks, never added together;
+/// every column right-aligned to its widest cell.
+pub fn df_table(meta: (u64, u64), data: (u64, u64)) -> String {
+    let row = |kind: &str, size: &str, (total, free): (u64, u64)| {
+        let used = total.saturating_sub(free);
+        let pct = used.saturating_mul(100).checked_div(total).unwrap_or(0);
+        [
+            kind.to_string(),
+            size.to_string(),
+            total.to_string(),
+            used.to_string(),
+            free.to_string(),
+            pct.to_string(),
+        ]
+    };
+    let header = ["Type", "Size", "Total", "Used", "Free", "Use%"].map(|c| c.to_string());
+    let rows = [
+        header,
+        row("MetaData", "64KB", meta),
+        row("Data", "4KB", data),
+    ];
+    let mut out = String::new();
+    for r in &rows {
+        for (c, cell) in r.iter().enumerate() {
+            let width = rows.iter().map(|r| r[c].len()).max().unwrap_or(0);
+            out.push_str(&format!("{cell:>width$}  "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +276,35 @@ mod tests {
         assert_eq!(mode_string(S_IFREG | 0o2755), "-rwxr-sr-x");
         assert_eq!(mode_string(S_IFDIR | 0o1777), "drwxrwxrwt");
         assert_eq!(mode_string(S_IFLNK | 0o777), "lrwxrwxrwx");
+    }
+
+    #[test]
+    fn df_keeps_metadata_and_data_apart() {
+        let t = df_table((16_384, 12_000), (262_144, 262_000));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[0]),
+            ["Type", "Size", "Total", "Used", "Free", "Use%"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            ["MetaData", "64KB", "16384", "4384", "12000", "26"]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["Data", "4KB", "262144", "144", "262000", "0"]
+        );
+        // Right-aligned columns: every row is as long as the header.
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
+    }
+
+    #[test]
+    fn df_survives_empty_and_inconsistent_counts() {
+        // No blocks at all, and more free than total (never a panic).
+        let t = df_table((0, 0), (10, 20));
+        assert!(t.lines().nth(1).unwrap().ends_with(" 0  "), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains(" 0  "), "{t}");
     }
 }

@@ -19,6 +19,7 @@ use scoutvm_fs::runtime::env::{Clock, Entropy};
 use scoutvm_fs::storage::block::read_super_from;
 use scoutvm_fs::storage::dev::BlockDev;
 use scoutvm_fs::tools::mkfs::{self, MkfsParams};
+use scoutvm_kernel::datetime::{Utc, UtcNanos};
 use scoutvm_kernel::fsargs::{self, MKFS_USAGE};
 
 use crate::devices::BlockEntry;
@@ -131,14 +132,6 @@ async fn parent_of(m: &Mount, path: &str) -> Result<(Ino, String), String> {
     Ok((ino, name.to_string()))
 }
 
-fn mib(bytes: u64) -> String {
-    format!(
-        "{}.{} MiB",
-        bytes >> 20,
-        ((bytes & ((1 << 20) - 1)) * 10) >> 20
-    )
-}
-
 async fn mkfs_cmd(args: Vec<String>) -> CmdResult {
     let a = fsargs::parse_mkfs(&args)?;
     if let Some(v) = volume::current() {
@@ -214,36 +207,34 @@ async fn mkfs_cmd(args: Vec<String>) -> CmdResult {
 async fn df(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "df")?;
     let v = volume::require()?;
-    let s = v.mount.statfs().await.map_err(err)?;
-    let bs = s.bsize as u64;
-    let used = s.blocks.saturating_sub(s.bfree);
-    let pct = (used * 100).checked_div(s.blocks).unwrap_or(0);
+    let s = v.mount.statfs_more().await.map_err(err)?;
+    let f = v.mount.statfs().await.map_err(err)?;
     kprintln!("volume    {}", v.describe());
-    kprintln!(
-        "space     {} total, {} used, {} free ({}% used)",
-        mib(s.blocks * bs),
-        mib(used * bs),
-        mib(s.bavail * bs),
-        pct
+    kprint!(
+        "{}",
+        fsargs::df_table(
+            (s.total_meta_blocks, s.free_meta_blocks),
+            (s.total_data_blocks, s.free_data_blocks)
+        )
     );
     kprintln!(
         "inodes    {} total, {} used, {} free",
-        s.files,
-        s.files.saturating_sub(s.ffree),
-        s.ffree
+        f.files,
+        f.files.saturating_sub(f.ffree),
+        f.ffree
     );
     Ok(())
 }
 
 fn long_line(a: &Attr, name: &str) -> String {
     format!(
-        "{} {:>3} {:>5} {:>5} {:>12} {:>10} {}",
+        "{} {:>3} {:>5} {:>5} {:>12} {} {}",
         fsargs::mode_string(a.mode),
         a.nlink,
         a.uid,
         a.gid,
         a.size,
-        a.mtime.sec,
+        Utc(a.mtime.sec),
         name
     )
 }
@@ -312,17 +303,14 @@ async fn stat(args: Vec<String>) -> CmdResult {
         a.blocks,
         a.rdev
     );
-    kprintln!(
-        "  atime: {}.{:09}  mtime: {}.{:09}  ctime: {}.{:09}  crtime: {}.{:09}",
-        a.atime.sec,
-        a.atime.nsec,
-        a.mtime.sec,
-        a.mtime.nsec,
-        a.ctime.sec,
-        a.ctime.nsec,
-        a.crtime.sec,
-        a.crtime.nsec
-    );
+    for (what, t) in [
+        ("atime", a.atime),
+        ("mtime", a.mtime),
+        ("ctime", a.ctime),
+        ("crtime", a.crtime),
+    ] {
+        kprintln!("  {what}: {} UTC", UtcNanos(t.sec, t.nsec));
+    }
     kprintln!(
         "  version: {}  data_version: {}  meta_seq: {}  data_seq: {}  online: {}  offline: {}",
         a.version,

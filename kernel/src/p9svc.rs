@@ -109,6 +109,8 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
     let v = v.clone();
     let h = runtime::handle();
     let h2 = h.clone();
+    // Until "serving" (or why not) is logged: the first prompt waits for it.
+    let step = crate::services::BootStep::begin();
     let task = h
         .spawn_named("p9.accept", async move {
             let mut said = false;
@@ -148,6 +150,7 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
                     ""
                 }
             );
+            drop(step);
             let server = Server::new(v.mount.clone(), h2.clone(), cfg);
             *v.p9.borrow_mut() = Some(server.clone());
             loop {

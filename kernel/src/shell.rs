@@ -90,10 +90,21 @@ pub async fn execute(line: &str) {
     }
 }
 
-/// The shell task: read, edit, run, forever.
+/// Show the prompt and the line typed so far; log records printed while
+/// it shows keep it below them (`console::set_input_line`).
+fn show_prompt(editor: &LineEditor, echo: &[u8]) {
+    let mut line = prompt().into_bytes();
+    console::write_bytes(echo);
+    line.extend_from_slice(editor.current().as_bytes());
+    console::set_input_line(Some(line));
+}
+
+/// The shell task: wait for the boot messages, then read, edit, run,
+/// forever.
 pub async fn run() {
     let mut editor = LineEditor::new();
-    console::write_str(&prompt());
+    crate::services::boot_settled().await;
+    show_prompt(&editor, prompt().as_bytes());
     loop {
         let input = console::read_input().await;
         let mut echo = Vec::new();
@@ -103,11 +114,17 @@ pub async fn run() {
                 lines.push(line);
             }
         }
+        if lines.is_empty() {
+            show_prompt(&editor, &echo);
+            continue;
+        }
         console::write_bytes(&echo);
+        console::set_input_line(None);
         for line in lines {
             execute(&line).await;
             console::write_str(&prompt());
         }
+        show_prompt(&editor, &[]);
     }
 }
 

@@ -54,10 +54,12 @@ pub fn start(h: &Handle) -> Result<(), String> {
         volume::note_unmounted(why);
         return Ok(());
     }
-    h.spawn_named("volume.mount", async {
+    let step = crate::services::BootStep::begin();
+    h.spawn_named("volume.mount", async move {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");
         }
+        drop(step);
     })
     .map(|_| ())
     .map_err(|e| format!("{e}"))

@@ -118,6 +118,27 @@ fn attach_gives_the_root_and_named_subtrees() {
     assert_eq!(users, vec![0, 1000, NOBODY]);
 }
 
+/// Error replies the request asked for are counted apart from server
+/// faults: a healthy server answering lookups of new names must not show
+/// errors in `counters`.
+#[test]
+fn error_replies_are_counted_by_whose_doing_they_are() {
+    let env = Env::new();
+    let c = env.connect();
+    let (enoent, client) = (counter("p9.enoent"), counter("p9.client_errors"));
+    env.run(async {
+        c.version(MSIZE).await;
+        c.attach(0, b"", b"", 0).await.unwrap();
+        assert_eq!(c.walk(0, 1, &["missing"]).await.err(), Some(Errno::ENOENT));
+        c.mkdir(0, "d", 0o755, 0).await.unwrap();
+        assert_eq!(c.mkdir(0, "d", 0o755, 0).await.err(), Some(Errno::EEXIST));
+    });
+    assert!(counter("p9.enoent") > enoent);
+    assert!(counter("p9.client_errors") > client);
+    // The old catch-all name is gone.
+    assert_eq!(scoutvm_fs::runtime::counters::get("p9.errors"), None);
+}
+
 #[test]
 fn clients_outside_the_allow_list_are_refused_at_attach() {
     let env = Env::with(ServerConfig {

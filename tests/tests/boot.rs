@@ -9,6 +9,9 @@ fn boot_and_check_shell(machine: Machine) {
     let data = TempImage::new("data", 32 << 20).unwrap();
     let cfg = standard_vm(machine, &meta, &data).node("n1");
     let mut vm = Vm::spawn(&cfg).unwrap();
+    // The boot messages (blank disks: no volume; DHCP: the address, in
+    // either order) and then the prompt, without a key pressed.
+    prompt_after(&mut vm, &cfg.prompt(), &["net: DHCP address", "volume: "]);
     vm.wait_prompt(TIMEOUT).unwrap();
 
     let version = vm.run("version").unwrap();
@@ -86,6 +89,30 @@ fn boot_and_check_shell(machine: Machine) {
         assert!(help.contains(cmd), "{cmd} not in help: {help}");
     }
     vm.poweroff().unwrap();
+}
+
+/// Wait until every message is on the console and a prompt follows the
+/// last of them.
+fn prompt_after(vm: &mut Vm, prompt: &str, messages: &[&str]) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let c = vm.console();
+        let last = messages
+            .iter()
+            .map(|m| c.rfind(m))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|at| at.into_iter().max());
+        if let Some(last) = last {
+            if c[last..].contains(prompt) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prompt after the boot messages {messages:?}:\n{c}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -172,20 +199,103 @@ fn ram_volume_runs_the_real_backend() {
     let data = TempImage::new("data", 16 << 20).unwrap();
     let cfg = standard_vm(Machine::Microvm, &meta, &data).append("volume=ram:64");
     let mut vm = Vm::spawn(&cfg).unwrap();
-    vm.wait_prompt(TIMEOUT).unwrap();
     vm.wait_for("volume: mounted in memory (64 MiB", TIMEOUT)
         .unwrap();
-    // Then 9P starts and logs once it has an address; wait for it so no log
-    // line lands between a command and its prompt.
-    vm.wait_for("p9: serving", TIMEOUT).unwrap();
+    // Then 9P starts and logs once it has an address: the last boot
+    // message, and the prompt comes after it without a key pressed.
+    prompt_after(&mut vm, &cfg.prompt(), &["p9: serving"]);
+    vm.wait_prompt(TIMEOUT).unwrap();
     let out = vm.run("mkdir /ramdir").unwrap();
     assert!(!out.contains("error"), "{out}");
     let out = vm.run("ls /").unwrap();
     assert!(out.contains("ramdir"), "{out}");
+
+    // Times as UTC dates: `ls -l` to the second, `stat` with nanoseconds,
+    // both the clock's (the RTC is the host's UTC) and the same mtime.
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ls = vm.run("ls -l /").unwrap();
+    let line = ls.lines().find(|l| l.ends_with(" ramdir")).unwrap();
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let (ls_date, ls_time) = (w[w.len() - 3], w[w.len() - 2]);
+    let shown = epoch_of(ls_date, ls_time).unwrap_or_else(|| panic!("{line}"));
+    assert!(shown.abs_diff(host_now) < 86_400, "{line} vs {host_now}");
+    let st = vm.run("stat /ramdir").unwrap();
+    let mtime = st
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mtime: "))
+        .unwrap_or_else(|| panic!("{st}"));
+    let (date, rest) = mtime.split_once(' ').unwrap();
+    let (time, nanos) = rest.trim_end_matches(" UTC").split_once('.').unwrap();
+    assert_eq!((date, time), (ls_date, ls_time), "{st}\n{line}");
+    assert!(
+        nanos.len() == 9 && nanos.bytes().all(|b| b.is_ascii_digit()),
+        "{st}"
+    );
+    assert!(mtime.ends_with(" UTC"), "{st}");
+
+    // df: metadata and data devices apart, like the reference df.
+    let df = vm.run("df").unwrap();
+    let row = |kind: &str| -> Vec<u64> {
+        let l = df
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(kind))
+            .unwrap_or_else(|| panic!("{kind}: {df}"));
+        l.split_whitespace()
+            .skip(2)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    assert!(
+        df.lines().any(|l| l
+            .split_whitespace()
+            .eq(["Type", "Size", "Total", "Used", "Free", "Use%"])),
+        "{df}"
+    );
+    let (meta_row, data_row) = (row("MetaData"), row("Data"));
+    // volume=ram:64: a 64 MiB data device of 4 KiB blocks (its row holds
+    // no metadata blocks) and a metadata device of 64 KiB blocks; each
+    // row's used + free is its total.
+    assert!(data_row[0] > 0 && data_row[0] <= 16_384, "{df}");
+    assert!(meta_row[0] > 0, "{df}");
+    for r in [&meta_row, &data_row] {
+        assert_eq!(r[1] + r[2], r[0], "{df}");
+    }
+    assert!(meta_row[1] > 0, "metadata in use: {df}");
     let out = vm.run("fsck").unwrap();
     assert!(out.lines().any(|l| l.trim() == "clean"), "{out}");
     assert!(out.contains("items"), "{out}");
     // The disk images were never touched: the volume lives in RAM.
     assert!(meta.read_at(0, 1 << 20).unwrap().iter().all(|&b| b == 0));
     vm.poweroff().unwrap();
+}
+
+/// Seconds since the epoch of `YYYY-MM-DD` `HH:MM:SS` (UTC), counted by
+/// whole years and months.
+fn epoch_of(date: &str, time: &str) -> Option<u64> {
+    let d: Vec<u64> = date
+        .split('-')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<u64> = time
+        .split(':')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 || d[0] < 1970 || !(1..=12).contains(&d[1]) {
+        return None;
+    }
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+    let mut days: u64 = (1970..d[0]).map(|y| if leap(y) { 366 } else { 365 }).sum();
+    for m in 1..d[1] {
+        days += match m {
+            2 if leap(d[0]) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+    }
+    days += d[2] - 1;
+    Some(days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2])
 }

@@ -2456,6 +2456,13 @@ impl Mount {
 
     // -- the volume ----------------------------------------------------------
 
+    /// The volume's metadata and data devices counted apart, each in its
+    /// own block size (scoutfs' `statfs_more` with its allocator detail:
+    /// what `scoutfs df` prints).
+    pub async fn statfs_more(&self) -> FsResult<crate::posix::backend::BackendStatfs> {
+        self.backend.statfs().await
+    }
+
     pub async fn statfs(&self) -> FsResult<StatFs> {
         let s = self.backend.statfs().await?;
         let lg_per_sm = 16; // 64 KiB metadata blocks in 4 KiB units

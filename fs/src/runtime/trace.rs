@@ -4,7 +4,8 @@
 //! A [`Tracepoint`] is a static schema (name and field names); an
 //! [`Event`] is one emission with a sequence number, the node that emitted
 //! it ([`node::current`]), a timestamp and up to [`MAX_ARGS`] integer
-//! fields. When the ring is full the oldest event is dropped and counted.
+//! fields. When the ring is full the newest event overwrites the oldest,
+//! and the overwrites are counted (a full ring is normal, not a loss).
 //! Never emit from interrupt context.
 //!
 //! # Timestamps
@@ -107,7 +108,7 @@ impl fmt::Display for Event {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceStats {
     pub emitted: u64,
-    pub dropped: u64,
+    pub overwritten: u64,
     pub held: usize,
     pub capacity: usize,
 }
@@ -128,7 +129,7 @@ pub enum TimeSource {
 struct Ring {
     events: heapless::Deque<Event, RING_CAPACITY>,
     next_seq: u64,
-    dropped: u64,
+    overwritten: u64,
 }
 
 impl Ring {
@@ -136,7 +137,7 @@ impl Ring {
         Ring {
             events: heapless::Deque::new(),
             next_seq: 0,
-            dropped: 0,
+            overwritten: 0,
         }
     }
 
@@ -157,7 +158,7 @@ impl Ring {
         self.next_seq += 1;
         if self.events.is_full() {
             self.events.pop_front();
-            self.dropped += 1;
+            self.overwritten += 1;
         }
         let pushed = self.events.push_back(event).is_ok();
         assert!(pushed, "trace ring has room after dropping the oldest");
@@ -374,7 +375,7 @@ pub fn clear() {
 pub fn stats() -> TraceStats {
     local::with_ring(|ring| TraceStats {
         emitted: ring.next_seq,
-        dropped: ring.dropped,
+        overwritten: ring.overwritten,
         held: ring.events.len(),
         capacity: RING_CAPACITY,
     })
@@ -416,7 +417,7 @@ mod tests {
         }
         let after = stats();
         assert_eq!(after.held, RING_CAPACITY);
-        assert!(after.dropped >= before.dropped + 11);
+        assert!(after.overwritten >= before.overwritten + 11);
         assert_eq!(after.emitted, before.emitted + RING_CAPACITY as u64 + 11);
         let all = snapshot();
         assert!(all.windows(2).all(|w| w[0].seq + 1 == w[1].seq));

@@ -10,9 +10,14 @@
 //!   rustup target, cargo-deny), then fmt, clippy (host and appliance),
 //!   the licence check, the image, and every test in the workspace.
 //! - `bench`: boot time, image size, idle CPU, virtio-blk MB/s.
-//! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]`: the 9P bench
-//!   from a Linux guest (mdtest-like pass, streaming write and read)
-//!   against a freshly booted appliance, or the server at ADDR:PORT.
+//! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]`:
+//!   the 9P bench from a Linux guest (mdtest-like pass, streaming write
+//!   and read) against a freshly booted appliance, or the server at
+//!   ADDR:PORT, then against the diod peer VM in the same run.
+//! - `fuzz [--iterations N] [--seed S] [--target NAME]...`: the wire
+//!   decoders (9P codec and framer, cluster frames and payloads) fuzzed by
+//!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
+//!   with its inputs and executions per second.
 //! - `sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!   [--workload posix|crash|all] ...`: the deterministic simulator
 //!   (`scoutvm-sim`, release build; docs/simulator.md). One line per run
@@ -381,6 +386,31 @@ fn cmd_sim(args: &[String]) {
     }
 }
 
+/// The stable-toolchain fuzzer of the wire decoders (no QEMU, no image).
+fn cmd_fuzz(args: &[String]) {
+    let c = cargo();
+    let mut a: Vec<&str> = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "scoutvm-tests",
+        "--bin",
+        "scoutvm-fuzz",
+        "--",
+    ];
+    a.extend(args.iter().map(|s| s.as_str()));
+    eprintln!("xtask: $ {c} {}", a.join(" "));
+    let status = Command::new(&c)
+        .args(&a)
+        .current_dir(root())
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run scoutvm-fuzz: {e}")));
+    if !status.success() {
+        fail("fuzzing found a failure (input saved under target/)");
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
@@ -389,8 +419,11 @@ fn usage() -> ! {
          \n                                boot one appliance on this terminal\
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
          \n  bench [--quick]               boot time, size, idle CPU, disk MB/s\
-         \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]\
-         \n                                9P bench from a Linux guest (boots an appliance)\
+         \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]\
+         \n                                9P bench from a Linux guest (boots an appliance,\
+         \n                                then the diod peer VM)\
+         \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster]...\
+         \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
          \n      [--workload posix|crash|all] [--trace] ...\
          \n                                the deterministic simulator (docs/simulator.md)"
@@ -410,6 +443,7 @@ fn main() {
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
+        "fuzz" => cmd_fuzz(&args[1..]),
         _ => usage(),
     }
 }

@@ -51,6 +51,54 @@ impl From<Errno> for Fail {
 
 type OpResult = Result<(), Fail>;
 
+/// Whose doing an error reply is, for the counters: a healthy server
+/// answers many requests with an error the request itself asked for (a
+/// lookup of a name that is not there, a create of one that is, a
+/// permission check), and those must not look like faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// `ENOENT`: the usual answer to a lookup of a new name.
+    Enoent,
+    /// The request was wrong for the state it found (exists, not empty,
+    /// not permitted, bad argument, would block, not supported, ...).
+    Client,
+    /// The server or the volume failed it (`EIO`, `ENOMEM`, `ENOSPC`,
+    /// `EUCLEAN`, ... and any errno not listed as the request's doing).
+    Server,
+}
+
+pub(crate) fn error_kind(e: Errno) -> ErrorKind {
+    use Errno as E;
+    match e {
+        E::ENOENT => ErrorKind::Enoent,
+        E::EPERM
+        | E::EBADF
+        | E::EAGAIN
+        | E::EACCES
+        | E::EBUSY
+        | E::EEXIST
+        | E::EXDEV
+        | E::ENOTDIR
+        | E::EISDIR
+        | E::EINVAL
+        | E::ETXTBSY
+        | E::EFBIG
+        | E::ESPIPE
+        | E::EMLINK
+        | E::ERANGE
+        | E::EDEADLK
+        | E::ENAMETOOLONG
+        | E::ENOTEMPTY
+        | E::ELOOP
+        | E::ENODATA
+        | E::EOVERFLOW
+        | E::EOPNOTSUPP
+        | E::ENOSYS
+        | E::ESTALE => ErrorKind::Client,
+        _ => ErrorKind::Server,
+    }
+}
+
 /// Run one request; returns whether `out` holds a reply (false: it was
 /// cancelled and must not be answered).
 pub(crate) async fn handle(
@@ -66,7 +114,11 @@ pub(crate) async fn handle(
     match r {
         Ok(()) => true,
         Err(Fail::Errno(e)) => {
-            counter!("p9.errors").inc();
+            match error_kind(e) {
+                ErrorKind::Enoent => counter!("p9.enoent").inc(),
+                ErrorKind::Client => counter!("p9.client_errors").inc(),
+                ErrorKind::Server => counter!("p9.server_errors").inc(),
+            }
             out.truncate(start);
             encode_into(out, tag, &Rmsg::lerror(e));
             true
@@ -1110,5 +1162,26 @@ pub(crate) async fn clunk_fid(conn: &Conn, no: u32, f: &Fid, discard: bool) -> R
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod error_kind_tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_told_from_answers_the_request_asked_for() {
+        assert_eq!(error_kind(Errno::ENOENT), ErrorKind::Enoent);
+        for e in [
+            Errno::EEXIST,
+            Errno::EACCES,
+            Errno::ENOTEMPTY,
+            Errno::ENODATA,
+        ] {
+            assert_eq!(error_kind(e), ErrorKind::Client, "{e:?}");
+        }
+        for e in [Errno::EIO, Errno::ENOMEM, Errno::ENOSPC, Errno::EUCLEAN] {
+            assert_eq!(error_kind(e), ErrorKind::Server, "{e:?}");
+        }
     }
 }

@@ -1,24 +1,27 @@
-//! `scoutvm-bench9p`: the 9P bench against a ScoutVM appliance, next to
-//! the diod baseline. Run by `cargo xtask bench-9p`.
+//! `scoutvm-bench9p`: the 9P bench against a ScoutVM appliance, and in
+//! the same run against diod, with the same arguments. Run by
+//! `cargo xtask bench-9p`.
 //!
 //! Without an address it boots an appliance (microvm, TCG) on fresh sparse
 //! images, makes a volume with the shell's `mkfs`, links a Linux guest to
 //! it over `-netdev dgram` and runs `qemu/p9bench.sh` (an mdtest-like
 //! create/stat/readdir/unlink pass and a streaming write and read) on the
 //! mount; with `ADDR:PORT` it runs the same bench against that server.
-//! Prints the guest's `P9BENCH ...` line, then the baseline.
+//! Then it starts the diod peer VM (`../shared/peers/diod-vm`, or
+//! `$SCOUTVM_DIOD_PEER`: Linux, ext4 on virtio-blk, Debian's diod, under
+//! the same QEMU TCG) on a link of the same kind and runs the same bench
+//! against it. Prints both `P9BENCH ...` lines; when diod cannot be
+//! measured it says why and prints no figures for it (`--no-diod` skips
+//! it). The machine is shared: only the two lines of one run compare.
 //!
-//! Usage: scoutvm-bench9p [--files N] [--mib M] [--ram] [ADDR:PORT]
+//! Usage: scoutvm-bench9p [--files N] [--mib M] [--ram] [--no-diod] [ADDR:PORT]
 
-use std::process::{exit, Command};
+use std::path::PathBuf;
+use std::process::{exit, Command, Stdio};
 use std::time::Duration;
 
 use scoutvm_tests::guest::{GuestLink, APPLIANCE_IP};
-use scoutvm_tests::{workspace_root, Machine, TempImage, Vm, VmConfig};
-
-/// diod 1.0.24 on the host, same guest and bench (docs/9p.md).
-const DIOD_BASELINE: &str = "P9BENCH files=1000 create_ops=215 stat_ops=384 readdir_ops=88953 \
-                             unlink_ops=310 mib=256 write_mbs=28.5 read_mbs=76.1";
+use scoutvm_tests::{free_tcp_port, workspace_root, Machine, TempImage, Vm, VmConfig};
 
 fn fail(msg: &str) -> ! {
     eprintln!("bench9p: {msg}");
@@ -29,6 +32,7 @@ struct Args {
     files: u32,
     mib: u32,
     ram: bool,
+    diod: bool,
     server: Option<String>,
 }
 
@@ -37,6 +41,7 @@ fn parse() -> Args {
         files: 1000,
         mib: 256,
         ram: false,
+        diod: true,
         server: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -57,8 +62,11 @@ fn parse() -> Args {
                 i += 1;
             }
             "--ram" => a.ram = true,
+            "--no-diod" => a.diod = false,
             "-h" | "--help" => {
-                eprintln!("usage: scoutvm-bench9p [--files N] [--mib M] [--ram] [ADDR:PORT]");
+                eprintln!(
+                    "usage: scoutvm-bench9p [--files N] [--mib M] [--ram] [--no-diod] [ADDR:PORT]"
+                );
                 exit(0)
             }
             s if s.starts_with('-') => fail(&format!("unknown option {s}")),
@@ -71,6 +79,15 @@ fn parse() -> Args {
 
 /// Run qemu/p9bench.sh; returns its P9BENCH line.
 fn p9bench(a: &Args, guest_opts: &[String], server: &str) -> String {
+    p9bench_with(a, "access=user", guest_opts, server).unwrap_or_else(|e| fail(&e))
+}
+
+fn p9bench_with(
+    a: &Args,
+    mount_opts: &str,
+    guest_opts: &[String],
+    server: &str,
+) -> Result<String, String> {
     let script = workspace_root().join("qemu/p9bench.sh");
     let out = Command::new(&script)
         .arg("--files")
@@ -78,19 +95,85 @@ fn p9bench(a: &Args, guest_opts: &[String], server: &str) -> String {
         .arg("--mib")
         .arg(a.mib.to_string())
         .arg("--mount-opts")
-        .arg("access=user")
+        .arg(mount_opts)
         .arg("--timeout")
         .arg("3600")
         .args(guest_opts)
         .arg(server)
-        .stderr(std::process::Stdio::null())
         .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", script.display())));
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.lines().find(|l| l.starts_with("P9BENCH ")) {
-        Some(l) if out.status.success() => l.to_string(),
-        _ => fail(&format!("the bench failed ({}): {text}", out.status)),
+        Some(l) if out.status.success() => Ok(l.to_string()),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(format!(
+                "the bench failed ({}): {text}\n{}",
+                out.status,
+                tail.join("\n")
+            ))
+        }
     }
+}
+
+/// The diod peer VM's scripts.
+fn diod_peer_dir() -> PathBuf {
+    std::env::var_os("SCOUTVM_DIOD_PEER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/peers/diod-vm"))
+}
+
+/// Boot the diod peer on a direct link like the appliance's, run the same
+/// bench against it, stop it. Its build and disks live under
+/// `target/diod-peer` unless `PEER_BUILD_DIR` says otherwise.
+fn bench_diod(a: &Args) -> Result<String, String> {
+    let dir = diod_peer_dir();
+    if !dir.join("peer-start.sh").exists() {
+        return Err(format!("no diod peer at {}", dir.display()));
+    }
+    let build = std::env::var_os("PEER_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/diod-peer"));
+    let link = GuestLink::new();
+    // Only names the run: the peer is reached over the link.
+    let name = free_tcp_port().to_string();
+    let peer = |script: &str| {
+        let mut c = Command::new(dir.join(script));
+        c.arg(&name)
+            .env("PEER_BUILD_DIR", &build)
+            .env(
+                "PEER_NETDEV",
+                format!(
+                    "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={},\
+                     remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                    link.appliance_port, link.guest_port
+                ),
+            )
+            .env(
+                "PEER_APPEND",
+                format!("peer.ip={APPLIANCE_IP}/24 peer.gw=10.0.3.1"),
+            )
+            .stdin(Stdio::null());
+        c
+    };
+    let started = peer("peer-start.sh")
+        .output()
+        .map_err(|e| format!("cannot run peer-start.sh: {e}"))?;
+    if !started.status.success() {
+        let _ = peer("peer-stop.sh").output();
+        return Err(format!(
+            "peer-start.sh failed ({}): {}",
+            started.status,
+            String::from_utf8_lossy(&started.stderr).trim()
+        ));
+    }
+    let mut opts = link.guest_args();
+    let server = opts.split_off(opts.len() - 2).pop().expect("server");
+    let line = p9bench_with(a, "access=user,aname=/export", &opts, &server);
+    let _ = peer("peer-stop.sh").output();
+    line
 }
 
 fn main() {
@@ -142,5 +225,10 @@ fn main() {
         (None, false) => "ScoutVM appliance, disk volume".to_string(),
     };
     println!("{line}    # {what}");
-    println!("{DIOD_BASELINE}    # diod baseline (docs/9p.md)");
+    if a.diod {
+        match bench_diod(&a) {
+            Ok(l) => println!("{l}    # diod peer VM (ext4 on virtio-blk), this run"),
+            Err(e) => println!("# diod not measured: {e}"),
+        }
+    }
 }
