@@ -1,9 +1,11 @@
 //! The cluster machines. Today: the client/server messages ([`msg`]), the
 //! framed request/response connection ([`rpc`]), the stream transport seam
-//! with its in-process loopback ([`transport`]) and the cluster lock seam
-//! ([`lock`]). The session, quorum, lock server, recovery and fencing join
+//! with its in-process loopback ([`transport`]), the reliable session over
+//! reconnects ([`session`]) and the cluster lock seam
+//! ([`lock`]). The quorum, lock server, recovery and fencing join
 //! them here.
 pub mod lock;
 pub mod msg;
 pub mod rpc;
+pub mod session;
 pub mod transport;
