@@ -596,12 +596,12 @@ impl ClientSession {
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                let closed = ep.is_closed();
                 ep.close();
-                return Err(if closed {
-                    ConnectError::Failed
-                } else {
-                    ConnectError::Refused(e)
+                // a broken socket fails the call with these; anything
+                // else is the server's answer
+                return Err(match e {
+                    Errno::ECONNABORTED | Errno::ENOLINK => ConnectError::Failed,
+                    e => ConnectError::Refused(e),
                 });
             }
             Err(_) => {
