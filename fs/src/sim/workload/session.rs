@@ -275,7 +275,9 @@ async fn client(w: Rc<World>, sh: Rc<Shared>, node: NodeId, ops: u64) -> Result<
 /// client (some longer than the idle timeout), one server crash and
 /// restart.
 async fn chaos(w: Rc<World>, sh: Rc<Shared>, clients: u8) -> Result<(), Failure> {
-    let crash_at = w.now() + 3_000_000_000 + w.random() % 10_000_000_000;
+    // early enough that every run has one (a client makes its requests
+    // over several seconds)
+    let crash_at = w.now() + 1_000_000_000 + w.random() % 3_000_000_000;
     let mut crashed = false;
     while !sh.finished.get() {
         w.sleep(500_000_000 + w.random() % 1_000_000_000).await;
