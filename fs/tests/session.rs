@@ -122,6 +122,11 @@ fn a_new_server_life_gets_the_request_again_and_calls_to_clients_work() {
     assert!(execs.borrow().values().all(|&n| n == 1));
     block_on(c.farewell()).unwrap();
     assert!(c.is_closed());
-    assert!(l2.client_rids().is_empty(), "farewell forgets the session");
+    assert!(
+        l2.client_rids().is_empty(),
+        "farewell forgets the session: {:?} {:?}",
+        l2.client_rids(),
+        c.session().counters()
+    );
     block_on(l2.shutdown());
 }

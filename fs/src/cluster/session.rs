@@ -866,10 +866,15 @@ impl ServerPeer {
     }
 
     /// The client left (farewell) or the server stops: calls to it fail.
-    pub fn forget(&self) {
+    /// The connection is left to the client to close after a farewell
+    /// (closing first would make it reconnect before it saw the answer);
+    /// the idle timeout ends it otherwise.
+    pub fn forget(&self, close: bool) {
         self.gone.set(true);
         if let Some(ep) = self.ep.borrow_mut().take() {
-            ep.close();
+            if close {
+                ep.close();
+            }
         }
         self.changed.notify();
     }

@@ -331,7 +331,7 @@ impl Inner {
         }
         let peers = core::mem::take(&mut *self.peers.borrow_mut());
         for p in peers.into_values() {
-            p.forget();
+            p.forget(true);
         }
         self.gate.changed.notify();
         self.freeing_kick.notify();
@@ -666,15 +666,17 @@ impl Inner {
                 };
                 if let Some(r) = r {
                     let left = f.header.cmd == msg::cmd::FAREWELL && r.is_ok();
-                    let _ = ep2.reply(&f.header, r).await;
                     if left {
-                        // the mount is gone: forget its session
+                        // the mount is gone: forget its session (a resent
+                        // farewell starts a new one and reclaims nothing)
                         let mut peers = me.peers.borrow_mut();
                         if peers.get(&rid).is_some_and(|p| Rc::ptr_eq(p, &p2)) {
                             peers.remove(&rid);
                         }
-                        drop(peers);
-                        p2.forget();
+                    }
+                    let _ = ep2.reply(&f.header, r).await;
+                    if left {
+                        p2.forget(false);
                     }
                 }
                 inf.set(inf.get() - 1);
