@@ -85,7 +85,11 @@ fn a_lost_response_is_resent_and_answered_once() {
     assert_eq!(b.ino, a.ino + 10, "the first range was allocated once");
     assert!(c.session().counters().resends >= 1);
     assert!(c.session().counters().connects >= 2);
-    assert!(execs.borrow().values().all(|&n| n == 1), "{:?}", execs.borrow());
+    assert!(
+        execs.borrow().values().all(|&n| n == 1),
+        "{:?}",
+        execs.borrow()
+    );
     block_on(l.shutdown());
 }
 

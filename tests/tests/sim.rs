@@ -716,7 +716,10 @@ fn session_seeds_survive_resets_partitions_and_a_server_crash() {
     // same server, retries on the new server after the crash, silent
     // links closed by the idle timeout (duplicates answered from the
     // replay table are rare here; fs/tests/session.rs forces them)
-    assert!(reps.iter().all(|r| r.world.crashes >= 1), "a server crash per seed");
+    assert!(
+        reps.iter().all(|r| r.world.crashes >= 1),
+        "a server crash per seed"
+    );
     for (n, v) in names.iter().zip(&d).take(4) {
         assert!(*v > 0, "{n} never happened");
     }

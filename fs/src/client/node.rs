@@ -159,17 +159,7 @@ pub async fn mount_volume(
     opts: NodeOptions,
 ) -> FsResult<(Rc<Mount>, NodeHandle)> {
     let net: Rc<dyn Transport> = Rc::new(MemNet::new());
-    mount_volume_on(
-        net,
-        LOOPBACK_ADDR,
-        meta,
-        data,
-        clock,
-        entropy,
-        handle,
-        opts,
-    )
-    .await
+    mount_volume_on(net, LOOPBACK_ADDR, meta, data, clock, entropy, handle, opts).await
 }
 
 /// [`mount_volume`] with the server listening at `addr` on `transport`

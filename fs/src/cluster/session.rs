@@ -156,12 +156,7 @@ impl IdWindow {
         loop {
             let n = self.changed.notified();
             let next = self.next.get();
-            let oldest = self
-                .outstanding
-                .borrow()
-                .first()
-                .copied()
-                .unwrap_or(next);
+            let oldest = self.outstanding.borrow().first().copied().unwrap_or(next);
             if next - oldest < self.window {
                 self.next.set(next + 1);
                 self.outstanding.borrow_mut().insert(next);
@@ -433,11 +428,7 @@ impl ClientSession {
 
     /// Is a greeted connection up right now?
     pub fn is_connected(&self) -> bool {
-        self.st
-            .borrow()
-            .ep
-            .as_ref()
-            .is_some_and(|e| !e.is_closed())
+        self.st.borrow().ep.as_ref().is_some_and(|e| !e.is_closed())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -572,8 +563,8 @@ impl ClientSession {
             Ok(Ok(c)) => c,
             Ok(Err(_)) | Err(_) => return Err(ConnectError::Failed),
         };
-        let ep = Endpoint::start(conn, Role::Client, &self.handle)
-            .map_err(|_| ConnectError::Failed)?;
+        let ep =
+            Endpoint::start(conn, Role::Client, &self.handle).map_err(|_| ConnectError::Failed)?;
         let (term, farewell) = {
             let st = self.st.borrow();
             (st.term, st.farewell)
@@ -654,9 +645,10 @@ impl ClientSession {
         let ep2 = ep.clone();
         if self
             .handle
-            .spawn_named("session.incoming", async move {
-                me.serve_incoming(ep2).await
-            })
+            .spawn_named(
+                "session.incoming",
+                async move { me.serve_incoming(ep2).await },
+            )
             .is_err()
         {
             ep.close();

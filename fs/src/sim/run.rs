@@ -194,7 +194,11 @@ pub fn run_seed(
     // the session workload: node 0 serves the one volume, nodes
     // 1..=cfg.nodes are its clients
     let nodes: Vec<NodeId> = (0..cfg.nodes).collect();
-    let vol_nodes: Vec<NodeId> = if session { alloc::vec![0] } else { nodes.clone() };
+    let vol_nodes: Vec<NodeId> = if session {
+        alloc::vec![0]
+    } else {
+        nodes.clone()
+    };
     if session {
         for n in 1..=cfg.nodes {
             w.add_node(n);

@@ -131,7 +131,7 @@ async fn start_server(w: &Rc<World>, sh: &Rc<Shared>) -> Result<(), Failure> {
 /// What one request's answer was.
 enum Out {
     Fine,
-    Next(LogTrees),
+    Next(Box<LogTrees>),
     Range(u64, u64),
     Bad(String),
 }
@@ -214,7 +214,7 @@ async fn client(w: Rc<World>, sh: Rc<Shared>, node: NodeId, ops: u64) -> Result<
                                 next.get_trans_seq, cur.get_trans_seq
                             ))
                         } else {
-                            Out::Next(next)
+                            Out::Next(Box::new(next))
                         }
                     }
                 })
@@ -234,7 +234,7 @@ async fn client(w: Rc<World>, sh: Rc<Shared>, node: NodeId, ops: u64) -> Result<
                     format!("an error surfaced to the mount: op {pick}: {e}"),
                 ))
             }
-            Ok(Out::Next(next)) => lt = next,
+            Ok(Out::Next(next)) => lt = *next,
             Ok(Out::Fine) => {}
             Ok(Out::Range(ino, nr)) => {
                 let mut ranges = sh.ranges.borrow_mut();
