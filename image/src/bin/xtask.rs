@@ -14,7 +14,7 @@
 //!   from a Linux guest (mdtest-like pass, streaming write and read)
 //!   against a freshly booted appliance, or the server at ADDR:PORT.
 //! - `sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!   [--workload posix|crash|all] ...`: the deterministic simulator
+//!   [--workload posix|crash|session|all] ...`: the deterministic simulator
 //!   (`scoutvm-sim`, release build; docs/simulator.md). One line per run
 //!   with its seed and hash, the replay command of every failure, and the
 //!   simulated seconds per host second.
@@ -392,7 +392,7 @@ fn usage() -> ! {
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram]\
          \n                                9P bench from a Linux guest (boots an appliance)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
-         \n      [--workload posix|crash|all] [--trace] ...\
+         \n      [--workload posix|crash|session|all] [--trace] ...\
          \n                                the deterministic simulator (docs/simulator.md)"
     );
     exit(2)
