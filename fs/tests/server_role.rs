@@ -34,7 +34,7 @@ fn connect(net: &MemNet, fsid: u64, fmt: u64, rid: u64) -> Rc<Client> {
         rid,
         flags: 0,
     };
-    block_on(Client::connect(net, ADDR, id, &handle())).unwrap()
+    block_on(Client::connect(Rc::new(net.clone()), ADDR, id, &handle())).unwrap()
 }
 
 #[test]
@@ -136,10 +136,19 @@ fn broken_frames_close_one_connection_only() {
         rid: 12,
         flags: 0,
     };
-    assert!(block_on(Client::connect(&net, ADDR, bad, &handle())).is_err());
+    assert!(block_on(Client::connect(Rc::new(net.clone()), ADDR, bad, &handle())).is_err());
     // the good client still works
     assert!(block_on(good.statfs()).unwrap().total_meta_blocks > 0);
     assert!(block_on(good.get_roots()).is_ok());
     block_on(l.shutdown());
-    assert!(block_on(good.statfs()).is_err(), "server gone: calls fail");
+    // server gone: the session keeps trying (no permanent error) until it
+    // is closed
+    let h = handle();
+    assert!(
+        block_on(h.timeout_ns(10_000_000_000, good.statfs())).is_err(),
+        "no server: the call waits"
+    );
+    assert!(!good.is_closed());
+    good.disconnect();
+    assert_eq!(block_on(good.statfs()).err(), Some(Errno::ENOLINK));
 }

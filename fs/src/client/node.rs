@@ -14,6 +14,7 @@
 use crate::client::btree_merge::{self, MergeLimits, MergeStats};
 use crate::client::log_txn::{ClientLogTxn, LogTxnConfig};
 use crate::client::requests::{Client, ClientIdentity};
+use crate::cluster::session::{SessionConfig, StaticLeader};
 use crate::cluster::transport::{MemNet, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
@@ -50,6 +51,8 @@ pub struct NodeOptions {
     /// Idle poll period of the merge worker; 0 = no background worker
     /// (tests drive merges with [`NodeHandle::merge_once`]).
     pub merge_poll_ns: u64,
+    /// The mount's session to the server (timeouts, ping, backoff).
+    pub session: SessionConfig,
 }
 
 impl Default for NodeOptions {
@@ -62,6 +65,7 @@ impl Default for NodeOptions {
             merge_limits: MergeLimits::default(),
             merge_cache_budget_bytes: 24 << 20,
             merge_poll_ns: MERGE_POLL_NS,
+            session: SessionConfig::default(),
         }
     }
 }
@@ -135,6 +139,9 @@ pub struct NodeHandle {
     trans: Rc<ClientLogTxn>,
     merge: Rc<MergeWorker>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Fails the client when the node's server stops (kept until the
+    /// server is shut down, so a farewell cannot wait forever).
+    server_watch: RefCell<Option<JoinHandle<()>>>,
     mount: RefCell<Option<Rc<Mount>>>,
     handle: Handle,
 }
@@ -151,25 +158,15 @@ pub async fn mount_volume(
     handle: Handle,
     opts: NodeOptions,
 ) -> FsResult<(Rc<Mount>, NodeHandle)> {
-    let net = MemNet::new();
-    mount_volume_on(
-        &net,
-        LOOPBACK_ADDR,
-        meta,
-        data,
-        clock,
-        entropy,
-        handle,
-        opts,
-    )
-    .await
+    let net: Rc<dyn Transport> = Rc::new(MemNet::new());
+    mount_volume_on(net, LOOPBACK_ADDR, meta, data, clock, entropy, handle, opts).await
 }
 
 /// [`mount_volume`] with the server listening at `addr` on `transport`
 /// (the simulator's network) instead of a private in-memory loopback.
 #[allow(clippy::too_many_arguments)]
 pub async fn mount_volume_on(
-    transport: &dyn Transport,
+    transport: Rc<dyn Transport>,
     addr: &str,
     meta: Rc<dyn BlockDev>,
     data: Rc<dyn BlockDev>,
@@ -229,13 +226,15 @@ pub async fn start_node(
     handle: Handle,
     opts: NodeOptions,
 ) -> FsResult<NodeHandle> {
-    let net = MemNet::new();
-    start_node_on(&net, LOOPBACK_ADDR, meta, data, entropy, handle, opts).await
+    let net: Rc<dyn Transport> = Rc::new(MemNet::new());
+    start_node_on(net, LOOPBACK_ADDR, meta, data, entropy, handle, opts).await
 }
 
 /// [`start_node`] with the server listening at `addr` on `transport`.
+/// The mount's client is an ordinary client of that server: a session to
+/// the fixed address `addr` (the quorum names the leader later).
 pub async fn start_node_on(
-    net: &dyn Transport,
+    net: Rc<dyn Transport>,
     addr: &str,
     meta: Rc<dyn BlockDev>,
     data: Rc<dyn BlockDev>,
@@ -250,7 +249,7 @@ pub async fn start_node_on(
         opts.server,
         handle.clone(),
     )?;
-    leader.start(net, addr).await?;
+    leader.start(&*net, addr).await?;
     let sb = leader.stable_super();
     let rid = loop {
         let r = entropy.next_u64();
@@ -264,12 +263,33 @@ pub async fn start_node_on(
         rid,
         flags: 0,
     };
-    let client = match Client::connect(net, addr, id, &handle).await {
+    let client = match Client::connect_via(
+        net,
+        Rc::new(StaticLeader::new(addr)),
+        id,
+        opts.session,
+        &handle,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             leader.shutdown().await;
             return Err(e);
         }
+    };
+    // the node's own server is the only one: when it stops, calls fail
+    // (EIO) instead of waiting for a server that never comes
+    let watch = {
+        let (l, c) = (leader.clone(), Rc::downgrade(&client));
+        handle
+            .spawn_named("node.server_watch", async move {
+                l.stopped().await;
+                if let Some(c) = c.upgrade() {
+                    c.session().close_with(Errno::EIO);
+                }
+            })
+            .map_err(|_| Errno::ENOMEM)?
     };
     let trans = match ClientLogTxn::open(
         client.clone(),
@@ -304,6 +324,7 @@ pub async fn start_node_on(
         trans,
         merge,
         tasks: RefCell::new(Vec::new()),
+        server_watch: RefCell::new(Some(watch)),
         mount: RefCell::new(None),
         handle: handle.clone(),
     };
@@ -319,7 +340,7 @@ pub async fn start_node_on(
                         Ok(false) => {}
                         Err(e) => {
                             counter!("node.merge_worker_errors").inc();
-                            if !w.client.is_connected() {
+                            if w.client.is_closed() {
                                 log::warn!("merge worker stops: {e}");
                                 return;
                             }
@@ -412,6 +433,7 @@ impl NodeHandle {
         self.trans.close();
         self.client.disconnect();
         self.leader.shutdown().await;
+        self.stop_server_watch();
         r
     }
 
@@ -423,5 +445,12 @@ impl NodeHandle {
         self.trans.close();
         self.client.disconnect();
         self.leader.shutdown().await;
+        self.stop_server_watch();
+    }
+
+    fn stop_server_watch(&self) {
+        if let Some(t) = self.server_watch.borrow_mut().take() {
+            t.abort();
+        }
     }
 }

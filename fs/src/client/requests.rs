@@ -1,108 +1,103 @@
-//! The mount's connection to the server: connect and greet, typed calls
-//! for every request the mount makes, and the answers to requests the
-//! server sends (SYNC_LOG_TREES).
+//! The mount's connection to the server: typed calls for every request
+//! the mount makes, over a reliable session (`cluster/session.rs`), and
+//! the answers to requests the server sends (SYNC_LOG_TREES).
 //!
-//! Called by the transaction engine (`trans.rs`), the merge worker and
-//! the node. Every call goes through the framed connection (`rpc.rs`) over
-//! a [`Transport`]; there is no other way to the server. Errors are errnos:
-//! the server's answer, or `ECONNABORTED`/`ENOLINK` when the connection is
-//! gone (no reconnect yet: that is the cluster session's job).
+//! Called by the transaction engine (`log_txn.rs`), the merge worker and
+//! the node. Every call goes through the session over a [`Transport`];
+//! there is no other way to the server. A broken connection is retried
+//! (reconnect with backoff, resend, retry on a new server life), never a
+//! permanent error; errors are the server's answers, or the close errno
+//! once the session is closed (`ENOLINK`, or `EIO` when the node's own
+//! server failed).
 
 use crate::cluster::msg::{
-    self, cmd, decode_log_trees, decode_merge_request, Greeting, InodeAlloc, NetRoots, NetStatfs,
-    Request, GREETING_FLAG_FAREWELL,
+    self, decode_log_trees, decode_merge_request, InodeAlloc, NetRoots, NetStatfs, Request,
 };
-use crate::cluster::rpc::{Endpoint, Role};
+use crate::cluster::session::{ClientSession, LeaderAddr, SessionConfig, StaticLeader};
 use crate::cluster::transport::Transport;
 use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
 use crate::runtime::exec::Handle;
+use alloc::boxed::Box;
 use alloc::rc::Rc;
+use alloc::vec::Vec;
 use core::cell::Cell;
 
-/// Identity a client greets with.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientIdentity {
-    pub fsid: u64,
-    pub fmt_vers: u64,
-    pub rid: u64,
-    /// `GREETING_FLAG_QUORUM` when the mount is a quorum member.
-    pub flags: u64,
-}
+pub use crate::cluster::session::ClientIdentity;
 
-/// A connected, greeted client.
+/// A mount's client: a session and what the server asked of it.
 pub struct Client {
-    ep: Rc<Endpoint>,
-    id: ClientIdentity,
-    server_term: u64,
+    session: Rc<ClientSession>,
     sync_requested: Rc<Cell<bool>>,
 }
 
 impl Client {
-    /// Connect to the server at `addr` and greet it.
+    /// Connect to the server at the fixed address `addr` and greet it.
     pub async fn connect(
-        transport: &dyn Transport,
+        transport: Rc<dyn Transport>,
         addr: &str,
         id: ClientIdentity,
         handle: &Handle,
     ) -> FsResult<Rc<Client>> {
-        if id.rid == 0 || id.rid == u64::MAX {
-            return Err(Errno::EINVAL);
-        }
-        let conn = transport.connect(addr).await.map_err(Errno::from)?;
-        let ep = Endpoint::start(conn, Role::Client, handle)?;
-        let g = Greeting {
-            fsid: id.fsid,
-            fmt_vers: id.fmt_vers,
-            server_term: 0,
-            rid: id.rid,
-            flags: id.flags & !GREETING_FLAG_FAREWELL,
-        };
-        let reply = match ep.call(cmd::GREETING, &g.encode()).await {
-            Ok(r) => r,
-            Err(e) => {
-                ep.close();
-                return Err(e);
-            }
-        };
-        let r = Greeting::decode(&reply)?;
-        if r.fsid != id.fsid || r.fmt_vers != id.fmt_vers || r.rid != id.rid || r.server_term == 0 {
-            ep.close();
-            return Err(Errno::EPROTO);
-        }
-        let client = Rc::new(Client {
-            ep: ep.clone(),
+        Client::connect_via(
+            transport,
+            Rc::new(StaticLeader::new(addr)),
             id,
-            server_term: r.server_term,
-            sync_requested: Rc::new(Cell::new(false)),
-        });
-        let sync = client.sync_requested.clone();
-        handle
-            .spawn(async move {
-                // requests the server sends us
-                while let Some(f) = ep.next_request().await {
-                    let r = match Request::decode(f.header.cmd, &f.payload) {
-                        Ok(Request::SyncLogTrees) => {
-                            sync.set(true);
-                            counter!("client.sync_requests").inc();
-                            Ok(alloc::vec::Vec::new())
-                        }
-                        Ok(_) | Err(_) => Err(Errno::EINVAL),
-                    };
-                    let _ = ep.reply(&f.header, r).await;
+            SessionConfig::default(),
+            handle,
+        )
+        .await
+    }
+
+    /// Start a session to whoever `leader` names and wait for the first
+    /// greeting: the server's error if it refused it (wrong filesystem).
+    /// Until a server answers, this waits (the session keeps trying).
+    pub async fn connect_via(
+        transport: Rc<dyn Transport>,
+        leader: Rc<dyn LeaderAddr>,
+        id: ClientIdentity,
+        cfg: SessionConfig,
+        handle: &Handle,
+    ) -> FsResult<Rc<Client>> {
+        let session = ClientSession::start(transport, leader, id, cfg, handle)?;
+        let sync = Rc::new(Cell::new(false));
+        let s2 = sync.clone();
+        session.set_handler(Rc::new(move |req| {
+            let sync = s2.clone();
+            Box::pin(async move {
+                match req {
+                    Request::SyncLogTrees => {
+                        sync.set(true);
+                        counter!("client.sync_requests").inc();
+                        Ok(Vec::new())
+                    }
+                    _ => Err(Errno::EINVAL),
                 }
             })
-            .map_err(|_| Errno::ENOMEM)?;
-        Ok(client)
+        }));
+        if let Err(e) = session.wait_connected().await {
+            session.close();
+            return Err(e);
+        }
+        Ok(Rc::new(Client {
+            session,
+            sync_requested: sync,
+        }))
     }
 
     pub fn rid(&self) -> u64 {
-        self.id.rid
+        self.session.rid()
     }
 
+    /// Term of the server life last greeted.
     pub fn server_term(&self) -> u64 {
-        self.server_term
+        self.session.server_term()
+    }
+
+    /// The session (counters, tests that break its socket).
+    pub fn session(&self) -> &Rc<ClientSession> {
+        &self.session
     }
 
     /// Did the server ask for a commit since the last call?
@@ -120,18 +115,24 @@ impl Client {
         self.sync_requested.get()
     }
 
+    /// Is a greeted connection up right now (it may come back)?
     pub fn is_connected(&self) -> bool {
-        !self.ep.is_closed()
+        self.session.is_connected()
     }
 
-    /// Drop the connection (pending calls fail).
+    /// Was the session closed (no call can succeed any more)?
+    pub fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+
+    /// Close the session (pending and later calls fail with `ENOLINK`).
     pub fn disconnect(&self) {
-        self.ep.close();
+        self.session.close();
     }
 
-    async fn call(&self, req: Request) -> FsResult<alloc::vec::Vec<u8>> {
+    async fn call(&self, req: Request) -> FsResult<Vec<u8>> {
         counter!("client.requests").inc();
-        self.ep.call(req.cmd(), &req.encode_payload()).await
+        self.session.call(req.cmd(), &req.encode_payload()).await
     }
 
     /// Up to `count` fresh inode numbers (`nr == 0`: exhausted).
@@ -143,7 +144,7 @@ impl Client {
     /// and a fresh `get_trans_seq`.
     pub async fn get_log_trees(&self) -> FsResult<LogTrees> {
         let lt = decode_log_trees(&self.call(Request::GetLogTrees).await?)?;
-        if lt.rid != self.id.rid || lt.is_finalized() || !lt.is_open() {
+        if lt.rid != self.rid() || lt.is_finalized() || !lt.is_open() {
             return Err(Errno::EPROTO);
         }
         Ok(lt)
@@ -171,7 +172,7 @@ impl Client {
         match self.call(Request::GetLogMerge).await {
             Ok(b) => {
                 let req = decode_merge_request(&b)?;
-                if req.rid != self.id.rid {
+                if req.rid != self.rid() {
                     return Err(Errno::EPROTO);
                 }
                 Ok(Some(req))
@@ -191,8 +192,16 @@ impl Client {
         NetStatfs::decode(&self.call(Request::Statfs).await?)
     }
 
-    /// Leave: the server reclaims this mount's resources and forgets it.
+    /// Leave: the server reclaims this mount's resources and forgets it;
+    /// the session closes.
     pub async fn farewell(&self) -> FsResult<()> {
-        self.call(Request::Farewell).await.map(|_| ())
+        counter!("client.requests").inc();
+        self.session.farewell().await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.session.close();
     }
 }

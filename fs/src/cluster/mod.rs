@@ -1,10 +1,10 @@
 //! The cluster machines. Today: the client/server messages ([`msg`]), the
 //! framed request/response connection ([`rpc`]), the stream transport seam
-//! with its in-process loopback ([`transport`]), the cluster lock seam
-//! ([`lock`]), the quorum election ([`quorum`] machine, [`quorum_wire`]
-//! datagrams, [`quorum_blocks`] on disk, [`quorum_agent`] driver) and
-//! fencing ([`fence`]). The session, lock server and recovery join them
-//! here.
+//! with its in-process loopback ([`transport`]), the reliable session over
+//! reconnects ([`session`]), the cluster lock seam ([`lock`]), the quorum
+//! election ([`quorum`] machine, [`quorum_wire`] datagrams,
+//! [`quorum_blocks`] on disk, [`quorum_agent`] driver) and fencing
+//! ([`fence`]). The lock server and recovery join them here.
 pub mod fence;
 pub mod lock;
 pub mod msg;
@@ -13,4 +13,5 @@ pub mod quorum_agent;
 pub mod quorum_blocks;
 pub mod quorum_wire;
 pub mod rpc;
+pub mod session;
 pub mod transport;

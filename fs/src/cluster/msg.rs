@@ -45,11 +45,14 @@ pub mod cmd {
     pub const RESIZE_DEVICES: u8 = 17;
     pub const STATFS: u8 = 18;
     pub const FAREWELL: u8 = 19;
+    /// Session liveness probe (ours, not in the kernel's enum): answered
+    /// at once with an empty payload, never executed as work.
+    pub const PING: u8 = 20;
     /// First invalid command.
-    pub const UNKNOWN: u8 = 20;
+    pub const UNKNOWN: u8 = 21;
 
     pub fn name(c: u8) -> &'static str {
-        const NAMES: [&str; 20] = [
+        const NAMES: [&str; 21] = [
             "GREETING",
             "ALLOC_INODES",
             "GET_LOG_TREES",
@@ -70,6 +73,7 @@ pub mod cmd {
             "RESIZE_DEVICES",
             "STATFS",
             "FAREWELL",
+            "PING",
         ];
         NAMES.get(c as usize).copied().unwrap_or("UNKNOWN")
     }
@@ -461,6 +465,7 @@ pub enum Request {
     CommitLogMerge(Box<MergeComplete>),
     Statfs,
     Farewell,
+    Ping,
     /// A valid command this node does not serve yet (locks, srch
     /// compaction, omap, volume options, resize): answered with EINVAL.
     Unsupported(u8),
@@ -489,6 +494,7 @@ impl Request {
             )),
             cmd::STATFS => empty(b).map(|_| Request::Statfs)?,
             cmd::FAREWELL => empty(b).map(|_| Request::Farewell)?,
+            cmd::PING => empty(b).map(|_| Request::Ping)?,
             c if c < cmd::UNKNOWN => Request::Unsupported(c),
             _ => return Err(Errno::EINVAL),
         })
@@ -507,6 +513,7 @@ impl Request {
             Request::CommitLogMerge(_) => cmd::COMMIT_LOG_MERGE,
             Request::Statfs => cmd::STATFS,
             Request::Farewell => cmd::FAREWELL,
+            Request::Ping => cmd::PING,
             Request::Unsupported(c) => *c,
         }
     }
@@ -568,7 +575,7 @@ mod tests {
         };
         assert_eq!(bad(&|b| b[0..8].fill(0)), Err(FrameError::ZeroSeq));
         assert_eq!(bad(&|b| b[16..24].fill(0)), Err(FrameError::ZeroId));
-        assert_eq!(bad(&|b| b[26] = 20), Err(FrameError::UnknownCmd(20)));
+        assert_eq!(bad(&|b| b[26] = 21), Err(FrameError::UnknownCmd(21)));
         assert_eq!(bad(&|b| b[27] = 3), Err(FrameError::UnknownFlags(3)));
         assert_eq!(bad(&|b| b[28] = 7), Err(FrameError::UnknownError(7)));
         assert_eq!(
@@ -682,6 +689,8 @@ mod tests {
             Ok(Request::Unsupported(cmd::LOCK))
         );
         assert_eq!(Request::decode(200, &[]), Err(Errno::EINVAL));
+        assert_eq!(Request::decode(cmd::PING, &[]), Ok(Request::Ping));
+        assert_eq!(Request::decode(cmd::PING, &[0]), Err(Errno::EINVAL));
         for e in [Errno::ENOENT, Errno::EIO, Errno::ENOSPC, Errno::ENOLINK] {
             assert_eq!(wire_to_errno(errno_to_wire(e)), e);
         }
@@ -699,7 +708,7 @@ mod tests {
                 let h = Header {
                     seq: 1 + e.next_u64() % 4,
                     id: 1 + e.next_u64() % 4,
-                    cmd: (e.next_u64() % 21) as u8,
+                    cmd: (e.next_u64() % cmd::UNKNOWN as u64) as u8,
                     flags: (e.next_u64() % 2) as u8,
                     ..Header::default()
                 };

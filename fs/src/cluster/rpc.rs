@@ -67,6 +67,9 @@ pub struct Endpoint {
     request_taken: Notify,
     sending: Cell<bool>,
     send_done: Notify,
+    handle: Handle,
+    /// When the last frame arrived (the session's idle timeout).
+    last_recv_ns: Cell<u64>,
 }
 
 impl Endpoint {
@@ -88,6 +91,8 @@ impl Endpoint {
             request_taken: Notify::new(),
             sending: Cell::new(false),
             send_done: Notify::new(),
+            handle: handle.clone(),
+            last_recv_ns: Cell::new(handle.now_ns()),
         });
         let reader = ep.clone();
         handle
@@ -98,6 +103,22 @@ impl Endpoint {
 
     pub fn is_closed(&self) -> bool {
         self.st.borrow().closed
+    }
+
+    /// When the last frame (of any kind) arrived, or the start.
+    pub fn last_recv_ns(&self) -> u64 {
+        self.last_recv_ns.get()
+    }
+
+    /// Wait until the connection is closed.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.request_taken.notified();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
     }
 
     /// Tear the connection down: outstanding requests fail with
@@ -163,6 +184,20 @@ impl Endpoint {
     /// Send a request and wait for its response payload (or the errno
     /// the peer answered, or `ECONNABORTED` if the connection died).
     pub async fn call(&self, c: u8, payload: &[u8]) -> FsResult<Vec<u8>> {
+        self.call_with(c, None, payload).await
+    }
+
+    /// [`Self::call`] with the request id chosen by the caller (the
+    /// session numbers requests across connections so that a resend
+    /// keeps its id). `EEXIST` if `(c, id)` is already outstanding here.
+    pub async fn call_id(&self, c: u8, id: u64, payload: &[u8]) -> FsResult<Vec<u8>> {
+        if id == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.call_with(c, Some(id), payload).await
+    }
+
+    async fn call_with(&self, c: u8, id: Option<u64>, payload: &[u8]) -> FsResult<Vec<u8>> {
         let (id, slot) = {
             let mut st = self.st.borrow_mut();
             if st.closed {
@@ -172,8 +207,19 @@ impl Endpoint {
                 counter!("rpc.outstanding_full").inc();
                 return Err(Errno::ENOBUFS);
             }
-            let id = st.next_id;
-            st.next_id += 1;
+            let id = match id {
+                Some(id) => {
+                    if st.pending.contains_key(&(c, id)) {
+                        return Err(Errno::EEXIST);
+                    }
+                    id
+                }
+                None => {
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    id
+                }
+            };
             let slot = Rc::new(Slot {
                 result: RefCell::new(None),
                 done: Notify::new(),
@@ -280,6 +326,7 @@ impl Endpoint {
     /// Handle one frame; false when the connection was closed.
     async fn dispatch(&self, f: Frame) -> bool {
         counter!("rpc.frames_received").inc();
+        self.last_recv_ns.set(self.handle.now_ns());
         let h = f.header;
         let greeting = h.cmd == cmd::GREETING;
         {

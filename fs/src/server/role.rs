@@ -26,6 +26,7 @@ use crate::cluster::msg::{
     GREETING_FLAG_QUORUM,
 };
 use crate::cluster::rpc::{Endpoint, Role};
+use crate::cluster::session::{Begin, ServerPeer, SessionConfig};
 use crate::cluster::transport::{Listener, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
@@ -42,6 +43,7 @@ use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
 use crate::storage::store_error::{StoreError, StoreResult};
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
@@ -73,8 +75,11 @@ pub struct ServerConfig {
     /// At startup, treat every mount listed in `mounted_clients` as dead
     /// and reclaim it (single node: a crash killed them all).
     pub reclaim_mounted_at_start: bool,
-    /// This server's term (greeting replies carry it).
+    /// This server's term (greeting replies carry it). Must differ for
+    /// every server life: clients tell a new server by it.
     pub term: u64,
+    /// Idle timeout, reconnect window, replay window of client sessions.
+    pub session: SessionConfig,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +92,7 @@ impl Default for ServerConfig {
             finalize_height: 2,
             reclaim_mounted_at_start: true,
             term: 1,
+            session: SessionConfig::default(),
         }
     }
 }
@@ -126,9 +132,16 @@ struct Inner {
     freeing_kick: Notify,
     listener: RefCell<Option<Rc<dyn Listener>>>,
     conns: RefCell<Vec<Rc<Endpoint>>>,
+    /// Session state of each greeted client (rid), for this server life.
+    peers: RefCell<BTreeMap<u64, Rc<ServerPeer>>>,
+    exec_observer: RefCell<Option<ExecObserver>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     counters: Cell<ServerRoleCounters>,
 }
+
+/// Sees every request the server executes: `(rid, request id, cmd)`
+/// (the simulator counts executions per server life).
+pub type ExecObserver = Rc<dyn Fn(u64, u64, u8)>;
 
 /// A hold on the open server transaction.
 #[must_use]
@@ -178,6 +191,8 @@ impl ServerRole {
                 freeing_kick: Notify::new(),
                 listener: RefCell::new(None),
                 conns: RefCell::new(Vec::new()),
+                peers: RefCell::new(BTreeMap::new()),
+                exec_observer: RefCell::new(None),
                 tasks: RefCell::new(Vec::new()),
                 counters: Cell::new(ServerRoleCounters::default()),
             }),
@@ -258,6 +273,38 @@ impl ServerRole {
         c
     }
 
+    /// Call the mount `rid` (SYNC_LOG_TREES; lock invalidation next):
+    /// resent on its next connection if this one breaks, `ENOLINK` if it
+    /// is not connected within the reconnect window or has left.
+    pub async fn call_client(&self, rid: u64, c: u8, payload: &[u8]) -> FsResult<Vec<u8>> {
+        let peer = self.inner.peers.borrow().get(&rid).cloned();
+        match peer {
+            Some(p) => p.call(c, payload).await,
+            None => Err(Errno::ENOLINK),
+        }
+    }
+
+    /// The rids that greeted this server life and have not left.
+    pub fn client_rids(&self) -> Vec<u64> {
+        self.inner.peers.borrow().keys().copied().collect()
+    }
+
+    /// Report every request executed to `o` (simulator checkers).
+    pub fn set_exec_observer(&self, o: Option<ExecObserver>) {
+        *self.inner.exec_observer.borrow_mut() = o;
+    }
+
+    /// Wait until the server stops (shutdown or a failed commit).
+    pub async fn stopped(&self) {
+        loop {
+            let n = self.inner.gate.changed.notified();
+            if self.inner.stopping.get() {
+                return;
+            }
+            n.await;
+        }
+    }
+
     /// Is a log merge (or freeing of merged trees) in progress?
     pub fn merge_pending(&self) -> bool {
         !self.stable_super().log_merge.is_empty()
@@ -281,6 +328,10 @@ impl Inner {
         }
         for ep in self.conns.borrow_mut().drain(..) {
             ep.close();
+        }
+        let peers = core::mem::take(&mut *self.peers.borrow_mut());
+        for p in peers.into_values() {
+            p.forget(true);
         }
         self.gate.changed.notify();
         self.freeing_kick.notify();
@@ -543,7 +594,7 @@ impl Inner {
                 let r = self.greeting(&g).await;
                 let ok = r.is_ok();
                 let _ = ep.reply(&first.header, r).await;
-                if !ok {
+                if !ok || self.stopping.get() {
                     ep.close();
                     return;
                 }
@@ -554,9 +605,27 @@ impl Inner {
                 return;
             }
         };
+        let peer = self
+            .peers
+            .borrow_mut()
+            .entry(rid)
+            .or_insert_with(|| Rc::new(ServerPeer::new(rid, self.cfg.session, &self.handle)))
+            .clone();
+        peer.attach(&ep);
+        let watchdog = {
+            let (p, e) = (peer.clone(), ep.clone());
+            self.handle
+                .spawn_named("server.idle", async move { p.watch_idle(&e).await })
+                .ok()
+        };
         let inflight = Rc::new(Cell::new(0u32));
         let done = Notify::new();
         while let Some(f) = ep.next_request().await {
+            if f.header.cmd == msg::cmd::PING {
+                // liveness only: not numbered with the session's requests
+                let _ = ep.reply(&f.header, Ok(Vec::new())).await;
+                continue;
+            }
             loop {
                 let d = done.notified();
                 if inflight.get() < MAX_HANDLERS_PER_CONN {
@@ -568,19 +637,48 @@ impl Inner {
             inflight.set(inflight.get() + 1);
             let me = self.clone();
             let ep2 = ep.clone();
+            let p2 = peer.clone();
             let (inf, dn) = (inflight.clone(), done.clone());
             let spawned = self.handle.spawn_named("server.request", async move {
-                let r = match Request::decode(f.header.cmd, &f.payload) {
-                    Ok(req) => me.handle_request(rid, req).await,
-                    Err(e) => Err(e),
-                };
-                me.count(|c| {
-                    c.requests += 1;
-                    if r.is_err() {
-                        c.request_errors += 1;
+                let id = f.header.id;
+                let r = match p2.begin(id) {
+                    Begin::Run => {
+                        let obs = me.exec_observer.borrow().clone();
+                        if let Some(o) = obs {
+                            o(rid, id, f.header.cmd);
+                        }
+                        let r = match Request::decode(f.header.cmd, &f.payload) {
+                            Ok(req) => me.handle_request(rid, req).await,
+                            Err(e) => Err(e),
+                        };
+                        me.count(|c| {
+                            c.requests += 1;
+                            if r.is_err() {
+                                c.request_errors += 1;
+                            }
+                        });
+                        p2.finish(id, r.clone());
+                        Some(r)
                     }
-                });
-                let _ = ep2.reply(&f.header, r).await;
+                    Begin::Wait(slot) => Some(slot.wait().await),
+                    Begin::Answer(r) => Some(r),
+                    Begin::Stale => None,
+                };
+                if let Some(r) = r {
+                    let left = f.header.cmd == msg::cmd::FAREWELL && r.is_ok();
+                    if left {
+                        // the mount is gone: forget its session (a resent
+                        // farewell starts a new one and reclaims nothing)
+                        let mut peers = me.peers.borrow_mut();
+                        if peers.get(&rid).is_some_and(|p| Rc::ptr_eq(p, &p2)) {
+                            peers.remove(&rid);
+                        }
+                    }
+                    let _ = ep2.reply(&f.header, r).await;
+                    if left {
+                        p2.forget(false);
+                    }
+                }
                 inf.set(inf.get() - 1);
                 dn.notify();
             });
@@ -588,6 +686,10 @@ impl Inner {
                 inflight.set(inflight.get() - 1);
                 let _ = ep.reply(&f.header, Err(Errno::ENOMEM)).await;
             }
+        }
+        peer.detach(&ep);
+        if let Some(w) = watchdog {
+            w.abort();
         }
     }
 
@@ -653,6 +755,7 @@ impl Inner {
             Request::CommitLogMerge(c) => self.commit_log_merge(rid, &c).await,
             Request::Statfs => self.statfs(),
             Request::Farewell => self.farewell(rid).await,
+            Request::Ping => Ok(Vec::new()),
             Request::SyncLogTrees | Request::Unsupported(_) => Err(Errno::EINVAL),
         }
     }

@@ -164,7 +164,7 @@ impl FsNode {
         let r = world
             .on(node, async move {
                 let addr = FsNode::server_addr(node);
-                mount_volume_on(&*net, &addr, meta, data, clock, entropy, handle, opts).await
+                mount_volume_on(net, &addr, meta, data, clock, entropy, handle, opts).await
             })
             .await?;
         match r {

@@ -28,6 +28,9 @@ pub enum WorkloadKind {
     /// Quorum election under datagram loss, partitions, pauses and
     /// crashes (`workload/quorum.rs`); `steps` counts fault phases.
     Quorum,
+    /// One server node and `nodes` client nodes over the session
+    /// (`workload/session.rs`); `steps` requests per client.
+    Session,
 }
 
 impl WorkloadKind {
@@ -36,6 +39,7 @@ impl WorkloadKind {
             WorkloadKind::Posix => "posix",
             WorkloadKind::Crash => "crash",
             WorkloadKind::Quorum => "quorum",
+            WorkloadKind::Session => "session",
         }
     }
 
@@ -44,6 +48,7 @@ impl WorkloadKind {
             "posix" => Some(WorkloadKind::Posix),
             "crash" => Some(WorkloadKind::Crash),
             "quorum" => Some(WorkloadKind::Quorum),
+            "session" => Some(WorkloadKind::Session),
             _ => None,
         }
     }
@@ -150,7 +155,7 @@ fn node_options(cfg: &RunConfig) -> NodeOptions {
             true,
         ),
         // only syncs commit (as far as the workload can help it)
-        WorkloadKind::Crash => sim_node_options(
+        WorkloadKind::Crash | WorkloadKind::Session => sim_node_options(
             MountOptions {
                 commit: CommitPolicy {
                     interval_ns: u64::MAX / 4,
@@ -195,10 +200,29 @@ pub fn run_seed(
         &[cfg.nodes as u64, cfg.steps],
         cfg.workload.name(),
     );
+    let session = cfg.workload == WorkloadKind::Session;
+    if session {
+        assert!(
+            (cfg.nodes as usize) < MAX_SIM_NODES,
+            "the session workload adds a server node"
+        );
+    }
+    // the session workload: node 0 serves the one volume, nodes
+    // 1..=cfg.nodes are its clients
     let nodes: Vec<NodeId> = (0..cfg.nodes).collect();
+    let vol_nodes: Vec<NodeId> = if session {
+        alloc::vec![0]
+    } else {
+        nodes.clone()
+    };
+    if session {
+        for n in 1..=cfg.nodes {
+            w.add_node(n);
+        }
+    }
     let mut vols = Vec::new();
     let mut setup_err = None;
-    for &n in &nodes {
+    for &n in &vol_nodes {
         w.add_node(n);
         let v = Volume::add(&w, n, &format!("vol{n}"));
         match image {
@@ -220,6 +244,15 @@ pub fn run_seed(
     let (inject, kind) = (cfg.inject, cfg.workload);
     let result: Result<u64, (u64, String)> = match setup_err {
         Some(e) => Err((0, e)),
+        None if session => {
+            let main = workload::session::run(w.clone(), cfg.nodes, cfg.steps);
+            let limit = cfg.until_ns.saturating_add(SLACK_NS);
+            match w.run(main, limit) {
+                Ok(Ok(steps)) => Ok(steps),
+                Ok(Err(f)) => Err((f.step, describe(&f))),
+                Err(stall) => Err((0, format!("the world stalled: {stall}"))),
+            }
+        }
         None => {
             let w2 = w.clone();
             let main = async move {
@@ -236,7 +269,7 @@ pub fn run_seed(
                     async move {
                         match kind {
                             WorkloadKind::Posix => workload::posix::run(e).await,
-                            WorkloadKind::Crash | WorkloadKind::Quorum => {
+                            WorkloadKind::Crash | WorkloadKind::Quorum | WorkloadKind::Session => {
                                 workload::crash::run(e).await
                             }
                         }

@@ -19,7 +19,7 @@
 //!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
 //!   with its inputs and executions per second.
 //! - `sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!   [--workload posix|crash|all] ...`: the deterministic simulator
+//!   [--workload posix|crash|session|all] ...`: the deterministic simulator
 //!   (`scoutvm-sim`, release build; docs/simulator.md). One line per run
 //!   with its seed and hash, the replay command of every failure, and the
 //!   simulated seconds per host second.
@@ -425,7 +425,7 @@ fn usage() -> ! {
          \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
-         \n      [--workload posix|crash|all] [--trace] ...\
+         \n      [--workload posix|crash|session|all] [--trace] ...\
          \n                                the deterministic simulator (docs/simulator.md)"
     );
     exit(2)

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|all] [--inject lying-flush|lying-fence|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]
 //!             [--no-pauses] [--merge-liveness] [--trace] [--no-template]
 //! ```
 //!
@@ -14,6 +14,9 @@
 //! S). `--steps` is per node (default 200); `--minutes M` bounds each run
 //! to M simulated minutes instead (with `--steps`: whichever ends first).
 //! `--trace` prints every event of the world (replaying a failure).
+//! `--workload session`: one server node and `--nodes` client nodes
+//! (default 3) over the cluster session, `--steps` requests per client,
+//! with link resets, partitions and a server crash (docs/simulator.md).
 //! `--merge-liveness` ends crash cycles with the merge liveness check
 //! (off by default: it finds a known server bug, docs/simulator.md).
 //! Everything that determines a run is in its replay command.
@@ -26,7 +29,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--merge-liveness] [--trace] [--no-template]"
     );
     exit(2)
@@ -36,6 +39,7 @@ struct Args {
     seeds: u64,
     seed: u64,
     nodes: u8,
+    nodes_given: bool,
     steps: Option<u64>,
     minutes: Option<u64>,
     workloads: Vec<WorkloadKind>,
@@ -58,6 +62,7 @@ fn parse() -> Args {
         seeds: 10,
         seed: 1,
         nodes: 1,
+        nodes_given: false,
         steps: None,
         minutes: None,
         workloads: vec![WorkloadKind::Posix, WorkloadKind::Crash],
@@ -80,12 +85,19 @@ fn parse() -> Args {
                 a.seed = num(&f, it.next());
                 seed_given = true;
             }
-            "--nodes" => a.nodes = num(&f, it.next()),
+            "--nodes" => {
+                a.nodes = num(&f, it.next());
+                a.nodes_given = true;
+            }
             "--steps" => a.steps = Some(num(&f, it.next())),
             "--minutes" => a.minutes = Some(num(&f, it.next())),
             "--workload" => {
                 a.workloads = match it.next().as_deref() {
-                    Some("all") => vec![WorkloadKind::Posix, WorkloadKind::Crash],
+                    Some("all") => vec![
+                        WorkloadKind::Posix,
+                        WorkloadKind::Crash,
+                        WorkloadKind::Session,
+                    ],
                     Some(w) => match WorkloadKind::parse(w) {
                         Some(k) => vec![k],
                         None => usage(),
@@ -130,6 +142,13 @@ fn parse() -> Args {
 fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
     let mut c = RunConfig::new(seed, w);
     c.nodes = a.nodes;
+    if w == WorkloadKind::Session {
+        // client nodes; the server node comes on top
+        c.nodes = if a.nodes_given { a.nodes.min(6) } else { 3 };
+        if a.steps.is_none() && a.minutes.is_none() {
+            c.steps = 60;
+        }
+    }
     c.pauses = a.pauses;
     c.inject = a.inject;
     c.crash_merge_liveness = a.merge_liveness;

@@ -21,6 +21,7 @@ pub mod crash;
 pub mod model;
 pub mod posix;
 pub mod quorum;
+pub mod session;
 
 use crate::client::node::NodeOptions;
 use crate::errno::{Errno, FsResult};
