@@ -11,7 +11,7 @@ fn boot_and_check_shell(machine: Machine) {
     let mut vm = Vm::spawn(&cfg).unwrap();
     // The boot messages (blank disks: no volume; DHCP: the address, in
     // either order) and then the prompt, without a key pressed.
-    prompt_after(&mut vm, &cfg.prompt(), &["net: DHCP address", "volume: "]);
+    prompt_after(&mut vm, &cfg.prompt(), &["DHCP address", "volume: "]);
     vm.wait_prompt(TIMEOUT).unwrap();
 
     let version = vm.run("version").unwrap();

@@ -184,14 +184,15 @@ mod tests {
 
     #[test]
     fn counters_register_on_first_use_and_sum_by_name() {
-        let a = counter!("test.counters.same");
-        let b = counter!("test.counters.same");
-        assert_eq!(get("test.counters.same"), None);
+        // a prefix no other test uses: tests run in parallel in one process
+        let a = counter!("test.sum_by_name.same");
+        let b = counter!("test.sum_by_name.same");
+        assert_eq!(get("test.sum_by_name.same"), None);
         a.inc();
         b.add(4);
-        assert_eq!(get("test.counters.same"), Some(5));
-        let snap = snapshot_prefix("test.counters.");
-        assert_eq!(snap, alloc::vec![("test.counters.same", 5)]);
+        assert_eq!(get("test.sum_by_name.same"), Some(5));
+        let snap = snapshot_prefix("test.sum_by_name.");
+        assert_eq!(snap, alloc::vec![("test.sum_by_name.same", 5)]);
     }
 
     #[test]
