@@ -7,15 +7,16 @@
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!             [--workload posix|crash|all] [--inject lying-flush|model-bug:STEP]
-//!             [--no-pauses] [--merge-liveness] [--trace] [--no-template]
+//!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
 //! Seeds `S..S+N` run (default S = 1, N = 10; `--seed S` alone runs just
 //! S). `--steps` is per node (default 200); `--minutes M` bounds each run
 //! to M simulated minutes instead (with `--steps`: whichever ends first).
 //! `--trace` prints every event of the world (replaying a failure).
-//! `--merge-liveness` ends crash cycles with the merge liveness check
-//! (off by default: it finds a known server bug, docs/simulator.md).
+//! Crash runs always end with the merge liveness check (`--merge-liveness`,
+//! which turned it on before it was the default, is still accepted so
+//! older replay commands run).
 //! Everything that determines a run is in its replay command.
 use scoutvm_fs::sim::run::{run_seed, RunConfig, SeedReport, VolumeImage, WorkloadKind};
 use scoutvm_fs::sim::workload::Inject;
@@ -27,7 +28,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
          \x20                  [--workload posix|crash|all] [--inject lying-flush|model-bug:STEP]\n\
-         \x20                  [--no-pauses] [--merge-liveness] [--trace] [--no-template]"
+         \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
 }
@@ -41,7 +42,6 @@ struct Args {
     workloads: Vec<WorkloadKind>,
     inject: Inject,
     pauses: bool,
-    merge_liveness: bool,
     trace: bool,
     template: bool,
 }
@@ -63,7 +63,6 @@ fn parse() -> Args {
         workloads: vec![WorkloadKind::Posix, WorkloadKind::Crash],
         inject: Inject::None,
         pauses: true,
-        merge_liveness: false,
         trace: false,
         template: true,
     };
@@ -103,7 +102,8 @@ fn parse() -> Args {
                 }
             }
             "--no-pauses" => a.pauses = false,
-            "--merge-liveness" => a.merge_liveness = true,
+            // the default now; older replay commands carry it
+            "--merge-liveness" => {}
             "--trace" => a.trace = true,
             "--no-template" => a.template = false,
             "-h" | "--help" => usage(),
@@ -131,7 +131,6 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
     c.nodes = a.nodes;
     c.pauses = a.pauses;
     c.inject = a.inject;
-    c.crash_merge_liveness = a.merge_liveness;
     match (a.steps, a.minutes) {
         (Some(s), _) => c.steps = s,
         (None, Some(_)) => c.steps = u64::MAX,
@@ -164,9 +163,6 @@ fn replay(c: &RunConfig, a: &Args) -> String {
     }
     if !c.pauses {
         s += " --no-pauses";
-    }
-    if c.crash_merge_liveness {
-        s += " --merge-liveness";
     }
     s
 }
