@@ -2236,6 +2236,11 @@ impl Mount {
             i.item.size = end;
             i.touch_data(self.backend.trans_seq());
         }
+        // like Linux: a preallocation changes the file (its allocation,
+        // maybe its size), so both times move
+        let now = self.now();
+        i.item.mtime = now;
+        i.item.ctime = now;
         self.store(&mut i);
         Ok(())
     }
