@@ -539,3 +539,90 @@ fn tall_fs_root_with_requests_given_back_among_others_finishes() {
     r.ex.block_on(node.shutdown()).unwrap().unwrap();
     assert_fsck_clean(&*r.meta, Some(&*r.data));
 }
+
+/// Drive this thread's executor until `done` is set, jumping virtual time
+/// to the next timer when nothing is ready; at most `max_runs` executor
+/// runs. A task that spins (always ready, never waiting for time) uses
+/// the runs up without time moving on.
+fn run_bounded(done: &std::cell::Cell<bool>, max_runs: u64) -> bool {
+    with_executor(|ex| {
+        for _ in 0..max_runs {
+            let r = ex.run_until_stalled(ex.now_ns());
+            if done.get() {
+                return true;
+            }
+            if !r.more_ready && r.yielded == 0 && !ex.has_ready() {
+                match ex.next_deadline_ns() {
+                    Some(d) => {
+                        ex.run_until_stalled(d);
+                    }
+                    None => panic!("executor stalled"),
+                }
+            }
+        }
+        done.get()
+    })
+}
+
+/// Issue 16 item 1, the hang at unmount: with the background merge worker
+/// on and a merge that cannot progress (each request stops where it
+/// began and gives its range back, which the fixed server hands out again
+/// at once), the worker waits its poll period after such a request
+/// instead of asking again at once, and the node unmounts within a
+/// bounded number of executor runs with the merge unfinished; the volume
+/// is clean.
+#[test]
+fn background_worker_backs_off_when_its_merges_stall_and_unmount_finishes() {
+    use scoutvm_fs::client::node::MERGE_POLL_NS;
+    use scoutvm_fs::posix::mount::MountOptions;
+    use scoutvm_fs::posix::types::Cred;
+    use std::cell::Cell;
+    let mut o = test_node_options(MountOptions::default());
+    o.merge_poll_ns = MERGE_POLL_NS;
+    // every request hits its allocator limit before merging anything
+    o.merge_limits.alloc_low_blocks = u64::MAX / 2;
+    let v = RealVol::new(256 << 20, 256 << 20, 21, o);
+    let (m, node) = v.mount();
+    let c = Cred::root();
+    for i in 0..200u32 {
+        block_on(m.create(&c, 1, format!("f{i}").as_bytes(), 0o644)).unwrap();
+    }
+    block_on(node.start_merge()).unwrap();
+    assert!(node.leader().merge_pending(), "a merge is running");
+    // ten poll periods of virtual time
+    let slept = Rc::new(Cell::new(false));
+    let s = slept.clone();
+    let h = handle();
+    handle()
+        .spawn(async move {
+            h.sleep_ns(10 * MERGE_POLL_NS).await;
+            s.set(true);
+        })
+        .unwrap();
+    assert!(
+        run_bounded(&slept, 200_000),
+        "virtual time stopped: the merge worker spins ({} requests)",
+        node.merge_stats().requests
+    );
+    let reqs = node.merge_stats().requests;
+    assert!(reqs >= 2, "the worker asked for work ({reqs})");
+    // a stalled request is followed by a whole poll period of waiting:
+    // at most one request per two periods (without the back-off the
+    // worker asks again at once, about one request per period here)
+    assert!(
+        reqs <= 6,
+        "{reqs} requests in 10 poll periods: the worker does not back off"
+    );
+    assert!(node.leader().merge_pending(), "the merge cannot finish here");
+    drop(m);
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    handle()
+        .spawn(async move {
+            node.unmount().await.unwrap();
+            d.set(true);
+        })
+        .unwrap();
+    assert!(run_bounded(&done, 200_000), "unmount did not finish");
+    v.fsck();
+}
