@@ -427,7 +427,10 @@ fn alloc_list_blocks_with_wrong_blknos_are_corrupt_not_panic() {
     for (what, edit) in edits {
         let img = copy(&meta);
         for head in sb.server_meta_avail {
-            assert!(!head.bref.is_null() && head.first_nr > 4, "{what}: {head:?}");
+            assert!(
+                !head.bref.is_null() && head.first_nr > 4,
+                "{what}: {head:?}"
+            );
             reseal(&img, head.bref.blkno, |b| edit(b));
         }
         let rep = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});

@@ -613,7 +613,10 @@ fn background_worker_backs_off_when_its_merges_stall_and_unmount_finishes() {
         reqs <= 6,
         "{reqs} requests in 10 poll periods: the worker does not back off"
     );
-    assert!(node.leader().merge_pending(), "the merge cannot finish here");
+    assert!(
+        node.leader().merge_pending(),
+        "the merge cannot finish here"
+    );
     drop(m);
     let done = Rc::new(Cell::new(false));
     let d = done.clone();

@@ -962,10 +962,7 @@ impl Mount {
         self.run(
             HoldKind::Write,
             self.storing(inode_lock(ino, LockMode::Write)),
-            async |op| {
-                self.setattr_locked(op, cred, ino, sa, open_for_write)
-                    .await
-            },
+            async |op| self.setattr_locked(op, cred, ino, sa, open_for_write).await,
         )
         .await
     }
