@@ -346,14 +346,12 @@ impl CommitCore {
         meta: Box<dyn BlockDev>,
         data: Box<dyn BlockDev>,
         entropy: Box<dyn Entropy>,
-        mut cfg: CommitConfig,
+        cfg: CommitConfig,
         forest: bool,
     ) -> StoreResult<CommitCore> {
         let sb = read_super_from(&*meta)?;
         let dsb = read_super_from(&*data)?;
         check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes()).map_err(invalid)?;
-        cfg.reserved_meta_blocks =
-            reserve_for_device(cfg.reserved_meta_blocks, sb.total_meta_blocks);
         if !forest
             && (!sb.logs_root.is_empty()
                 || !sb.log_merge.is_empty()
