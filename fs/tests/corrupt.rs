@@ -374,3 +374,93 @@ fn damaged_super_fields_never_panic() {
         }
     }
 }
+
+/// Issue 16 item 5: a crc-valid allocator list block whose blknos are
+/// wrong (block 0, a block past the device end, the same block twice) is
+/// a corruption error when the allocator hands them out, never a panic,
+/// and fsck reports it.
+#[test]
+fn alloc_list_blocks_with_wrong_blknos_are_corrupt_not_panic() {
+    use scoutvm_fs::format::alloc::off;
+    use scoutvm_fs::storage::allocator::{lb_nr, lb_start};
+    let (meta, data, _, _) = build();
+    let sb = scoutvm_fs::storage::block::read_super_from(&*meta).unwrap();
+    let dev_blocks = META / 65536;
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let set = |b: &mut [u8], i: usize, v: u64| {
+        b[off::BLKNOS + i * 8..off::BLKNOS + i * 8 + 8].copy_from_slice(&v.to_le_bytes())
+    };
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "blkno 0",
+            Box::new(move |b: &mut [u8]| {
+                let (s, n) = (lb_start(b), lb_nr(b));
+                for i in s..s + n {
+                    set(b, i, 0);
+                }
+            }),
+        ),
+        (
+            "past the device end",
+            Box::new(move |b: &mut [u8]| {
+                let (s, n) = (lb_start(b), lb_nr(b));
+                for i in s..s + n {
+                    set(b, i, dev_blocks + i as u64);
+                }
+            }),
+        ),
+        (
+            "a duplicate",
+            Box::new(move |b: &mut [u8]| {
+                let (s, n) = (lb_start(b), lb_nr(b));
+                let v = u64::from_le_bytes(
+                    b[off::BLKNOS + s * 8..off::BLKNOS + s * 8 + 8]
+                        .try_into()
+                        .unwrap(),
+                );
+                for i in s..s + n {
+                    set(b, i, v);
+                }
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        let img = copy(&meta);
+        for head in sb.server_meta_avail {
+            assert!(
+                !head.bref.is_null() && head.first_nr > 4,
+                "{what}: {head:?}"
+            );
+            reseal(&img, head.bref.blkno, |b| edit(b));
+        }
+        let rep = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        assert!(!rep.is_clean(), "{what}: not found by fsck");
+        let mut srv = CommitCore::open(
+            Box::new(img.clone()),
+            Box::new(data.clone()),
+            Box::new(SeededEntropy::new(1)),
+            CommitConfig::default(),
+        )
+        .unwrap();
+        let mut first_err = None;
+        for i in 0..64u64 {
+            let seq = srv.trans_seq();
+            let tx = srv.tx();
+            if let Err(e) = btree::insert(
+                tx.cache,
+                tx.alloc,
+                &mut tx.sb.fs_root,
+                Item::new(Key::fs(9, 9, i, 0), seq, b"new"),
+            ) {
+                first_err = Some(e);
+                break;
+            }
+        }
+        let e = first_err.unwrap_or_else(|| panic!("{what}: allocations succeeded"));
+        assert!(
+            matches!(e, StoreError::Corrupt { .. }),
+            "{what}: {e:?} is not a corruption"
+        );
+        assert_eq!(e.errno(), Errno::EIO, "{what}");
+    }
+}

@@ -981,3 +981,35 @@ fn corrupt_items_give_eio_not_panics() {
     ));
     assert!(matches!(r, Err(Errno::EIO)));
 }
+
+/// Issue 16 item 2: fallocate changes ctime and mtime like Linux (size
+/// growth and preallocation alike), and a punched hole does too.
+#[test]
+fn fallocate_updates_ctime_and_mtime() {
+    let v = Vol::new();
+    let (m, _be) = v.mount();
+    let c = root();
+    let f = block_on(m.create(&c, ROOT, b"f", 0o644)).unwrap().ino;
+    let mut last = block_on(m.getattr(f)).unwrap();
+    let cases = [
+        (0, 0, 123),                    // size 0 -> 123
+        (FALLOC_FL_KEEP_SIZE, 0, 8192), // allocation only
+        (0, 4096, 3 * 4096),            // allocation and size
+        (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096),
+    ];
+    for (mode, off, len) in cases {
+        v.clock.advance_ns(2_000_000_000);
+        block_on(m.fallocate(&c, f, mode, off, len)).unwrap();
+        let a = block_on(m.getattr(f)).unwrap();
+        assert!(
+            a.mtime > last.mtime && a.ctime > last.ctime,
+            "fallocate mode {mode:#x} {off}+{len}: times {:?}/{:?} after {:?}/{:?}",
+            a.mtime,
+            a.ctime,
+            last.mtime,
+            last.ctime
+        );
+        last = a;
+    }
+    assert_eq!(last.size, 4 * 4096);
+}

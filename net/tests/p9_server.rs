@@ -1637,3 +1637,46 @@ fn xattr_fids_are_bounded() {
         assert_eq!(c.xattr_get(0, 17, "user.b").await.unwrap(), b"x");
     });
 }
+
+/// Issue 16 item 3: `open(O_CREAT|O_RDWR, 0)` then `ftruncate` works, as
+/// on Linux: a size change through a fid open for writing is checked
+/// against how it was opened, not against the mode bits again. Through a
+/// fid that is not open for writing the mode bits still decide.
+#[test]
+fn ftruncate_through_a_fid_open_for_writing_ignores_the_mode_bits() {
+    let env = Env::new();
+    let root = env.client_as(0);
+    env.run(async {
+        root.mkdir(0, "t", 0o777, 0).await.unwrap();
+    });
+    let user = env.connect();
+    let truncate = |fid, size| Tmsg::Setattr {
+        fid,
+        valid: SetattrValid(0x8),
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size,
+        atime_sec: 0,
+        atime_nsec: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+    };
+    env.run(async {
+        user.version(MSIZE).await;
+        user.attach(0, b"nobody", b"", 1000).await.unwrap();
+        user.walk_path(0, 1, "t").await.unwrap();
+        user.lcreate(1, "f", RW, 0, 1000).await.unwrap();
+        user.write(1, 0, b"hello world").await.unwrap();
+        assert!(user.rpc(truncate(1, 5)).await.ok().is_ok());
+        let a = user.getattr(1).await.unwrap();
+        assert_eq!((a.size, a.mode & 0o7777), (5, 0));
+        // a fid that only names the file: the mode bits say no
+        user.walk_path(0, 2, "t/f").await.unwrap();
+        assert_eq!(
+            user.rpc(truncate(2, 0)).await.ok().unwrap_err(),
+            Errno::EACCES
+        );
+        assert_eq!(user.getattr(2).await.unwrap().size, 5);
+    });
+}

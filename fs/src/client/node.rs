@@ -97,10 +97,10 @@ struct MergeWorker {
 }
 
 impl MergeWorker {
-    /// Ask for one piece of work and do it. Ok(false): no work.
-    async fn once(&self) -> FsResult<bool> {
+    /// Ask for one piece of work and do it.
+    async fn once(&self) -> FsResult<Worked> {
         if self.busy.replace(true) {
-            return Ok(false);
+            return Ok(Worked::Nothing);
         }
         // not busy any more however this ends (also when dropped at an await)
         struct Idle<'a>(&'a Cell<bool>);
@@ -110,12 +110,13 @@ impl MergeWorker {
             }
         }
         let _idle = Idle(&self.busy);
-        self.once_inner().await
+        self.work_once().await
     }
 
-    async fn once_inner(&self) -> FsResult<bool> {
+    /// One request: ask, merge, complete.
+    async fn work_once(&self) -> FsResult<Worked> {
         let Some(req) = self.client.get_log_merge().await? else {
-            return Ok(false);
+            return Ok(Worked::Nothing);
         };
         let (comp, st): (_, MergeStats) =
             btree_merge::merge_request(&self.cache, &req, &self.limits).await;
@@ -123,13 +124,37 @@ impl MergeWorker {
         s.requests += 1;
         s.items_merged += st.items_merged;
         s.blocks_written += st.blocks_written;
-        if comp.flags & crate::format::log::MERGE_COMP_ERROR != 0 {
+        let failed = comp.flags & crate::format::log::MERGE_COMP_ERROR != 0;
+        if failed {
             s.errors += 1;
         }
         self.stats.set(s);
         self.client.commit_log_merge(&comp).await?;
-        Ok(true)
+        // a failed request, or one that stopped where it began, gives its
+        // range back and the server hands it out again: asking again at
+        // once would spin (commit after commit) for as long as the cause
+        // lasts
+        let stalled = comp.flags & crate::format::log::MERGE_COMP_REMAIN != 0
+            && comp.remain == req.start
+            && st.items_merged == 0;
+        Ok(if failed || stalled {
+            counter!("node.merge_worker_backoffs").inc();
+            Worked::Stalled
+        } else {
+            Worked::Progress
+        })
     }
+}
+
+/// What one request of the merge worker came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Worked {
+    /// No work was handed out.
+    Nothing,
+    /// Work was handed out but not done (an error, no progress).
+    Stalled,
+    /// Items were merged (more may follow at once).
+    Progress,
 }
 
 /// A running node: the server and the mount's persistent half.
@@ -336,8 +361,8 @@ pub async fn start_node_on(
             .spawn_named("client.merge", async move {
                 loop {
                     match w.once().await {
-                        Ok(true) => continue,
-                        Ok(false) => {}
+                        Ok(Worked::Progress) => continue,
+                        Ok(Worked::Nothing | Worked::Stalled) => {}
                         Err(e) => {
                             counter!("node.merge_worker_errors").inc();
                             if w.client.is_closed() {
@@ -372,7 +397,7 @@ impl NodeHandle {
     /// Ask the server for a piece of log merge work and do it (what the
     /// background worker does every poll). Ok(false): there was none.
     pub async fn merge_once(&self) -> FsResult<bool> {
-        self.merge.once().await
+        Ok(self.merge.once().await? != Worked::Nothing)
     }
 
     /// Finalize the mount's tree at its next transaction and merge

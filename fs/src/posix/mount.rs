@@ -935,10 +935,34 @@ impl Mount {
     }
 
     pub async fn setattr(&self, cred: &Cred, ino: Ino, sa: &SetAttr) -> FsResult<Attr> {
+        self.setattr_checked(cred, ino, sa, false).await
+    }
+
+    /// `setattr` through a file the caller opened for writing (an
+    /// `ftruncate`): like Linux, a size change is checked against how the
+    /// file was opened, not against its mode bits again (a file created
+    /// with mode 0 can be truncated through the descriptor that created
+    /// it). Every other attribute is checked as in [`Self::setattr`].
+    pub async fn setattr_open_for_write(
+        &self,
+        cred: &Cred,
+        ino: Ino,
+        sa: &SetAttr,
+    ) -> FsResult<Attr> {
+        self.setattr_checked(cred, ino, sa, true).await
+    }
+
+    async fn setattr_checked(
+        &self,
+        cred: &Cred,
+        ino: Ino,
+        sa: &SetAttr,
+        open_for_write: bool,
+    ) -> FsResult<Attr> {
         self.run(
             HoldKind::Write,
             self.storing(inode_lock(ino, LockMode::Write)),
-            async |op| self.setattr_locked(op, cred, ino, sa).await,
+            async |op| self.setattr_locked(op, cred, ino, sa, open_for_write).await,
         )
         .await
     }
@@ -949,6 +973,7 @@ impl Mount {
         cred: &Cred,
         ino: Ino,
         sa: &SetAttr,
+        open_for_write: bool,
     ) -> OpResult<Attr> {
         let mut i = self.load(ino).await?;
         i.check_retention()?;
@@ -960,7 +985,9 @@ impl Mount {
             if !i.is_reg() {
                 return Err(Errno::EINVAL.into());
             }
-            perm::check(cred, o, MAY_WRITE)?;
+            if !open_for_write {
+                perm::check(cred, o, MAY_WRITE)?;
+            }
             if size > MAX_FILE_SIZE {
                 return Err(Errno::EFBIG.into());
             }
@@ -2236,6 +2263,11 @@ impl Mount {
             i.item.size = end;
             i.touch_data(self.backend.trans_seq());
         }
+        // like Linux: a preallocation changes the file (its allocation,
+        // maybe its size), so both times move
+        let now = self.now();
+        i.item.mtime = now;
+        i.item.ctime = now;
         self.store(&mut i);
         Ok(())
     }

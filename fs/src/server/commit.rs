@@ -47,6 +47,15 @@ pub const SERVER_META_FILL_LO: u64 = ALLOC_LIST_MAX_BLOCKS as u64 / 2;
 /// `2*8185 + (8185 + 8185 + 1028 + 913)`.
 pub const RESERVED_META_BLOCKS: u64 = 2 * 8185 + 8185 + 8185 + 1028 + 913;
 
+/// The metadata reserve on a device of `total_meta_blocks`: the configured
+/// reserve (the reference's, about 2.1 GiB), but at most an eighth of the
+/// device, so that small metadata devices (1 or 2 GiB) are not all
+/// reserve. From about 17 GiB on the configured reserve applies as is
+/// (docs/commit.md).
+pub fn reserve_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
+    configured.min(total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 8)
+}
+
 static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
 
 /// Returned data extents inserted per step of a commit.

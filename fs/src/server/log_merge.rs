@@ -12,7 +12,11 @@
 //! splicing work is checked against a [`Budget`] first and nothing is ever
 //! half applied; phase 1 skips completions already spliced (both list
 //! heads zero), phase 2 deletes each completion as it finishes, phase 4
-//! deletes each input tree as it finishes.
+//! deletes each input tree as it finishes; a range given back (a failed,
+//! refused or cancelled request) is handed out again by the next pass,
+//! which starts once nothing is left at or after the cursor, and a
+//! completion whose request is gone is ignored, so nothing is merged
+//! twice and nothing is left behind.
 
 use crate::counter;
 use crate::format::block::AllocListHead;
@@ -210,32 +214,44 @@ fn least_input_key(
 
 /// GET_LOG_MERGE: splice when it is time, else hand `rid` the next piece
 /// of work.
+///
+/// A pass hands out requests in key order from the cursor
+/// `next_range_key`, which moves past each request's fs_root parent, so
+/// no two outstanding requests (or unspliced completions) share a parent.
+/// A request given back (an error or refused completion, a reclaimed
+/// client, requests cancelled at server start) puts its range back
+/// behind the cursor. So splicing is due when no range is left at or
+/// after the cursor, not only when no range is left at all: once no
+/// request is outstanding, the completions are spliced and the next pass
+/// starts from the least key (splice phase 3), handing out the ranges
+/// given back. Otherwise the merge would wait for them forever.
 pub fn get_request(tx: &mut ServerTxn<'_>, rid: u64, cfg: &MergeConfig) -> StoreResult<Work> {
     let budget = Budget::new(tx, cfg.hold_budget_blocks);
-    // bounded: each round either hands out work, stops, or drops a range
+    // bounded: each round hands out work, stops, drops a range, or
+    // splices (which finishes the merge or restarts the pass at the
+    // least key, where a range is found)
     for _ in 0..100_000 {
         let Some(mut st) = status(tx)? else {
             return Ok(Work::NoWork);
         };
-        let rs = ranges(tx)?;
-        if st.nr_requests == 0 && (rs.is_empty() || st.nr_complete >= cfg.splice_batch) {
+        let next = ranges(tx)?
+            .into_iter()
+            .filter(|(_, r)| r.start >= st.next_range_key)
+            .min_by_key(|(_, r)| r.start);
+        if st.nr_requests == 0 && (next.is_none() || st.nr_complete >= cfg.splice_batch) {
             match splice(tx, &mut st, cfg, &budget)? {
                 Step::More => return Ok(Work::More),
                 Step::Done(true) => return Ok(Work::NoWork),
                 Step::Done(false) => continue,
             }
         }
+        // nothing left in this pass: the outstanding requests finish it
+        let Some((rkey, r)) = next else {
+            return Ok(Work::NoWork);
+        };
         if st.nr_requests + st.nr_complete >= cfg.splice_batch {
             return Ok(Work::NoWork);
         }
-        let Some((rkey, r)) = rs
-            .iter()
-            .filter(|(_, r)| r.start >= st.next_range_key)
-            .min_by_key(|(_, r)| r.start)
-            .copied()
-        else {
-            return Ok(Work::NoWork);
-        };
         let ins = inputs(tx, st.seq)?;
         let Some(least) = least_input_key(tx, &ins, &r.start, &r.end)? else {
             // nothing left to merge in this range
@@ -395,9 +411,10 @@ fn completions(tx: &mut ServerTxn<'_>) -> StoreResult<Vec<MergeComplete>> {
 }
 
 /// Splice completions back into fs_root (only with no request
-/// outstanding). `Done(true)`: the merge finished and its inputs are
-/// queued for freeing; `Done(false)`: ranges remain, requests may flow;
-/// `More`: commit and call again.
+/// outstanding; due with a full batch or when the pass has no range left
+/// at or after the cursor). `Done(true)`: the merge finished and its
+/// inputs are queued for freeing; `Done(false)`: ranges remain, a new
+/// pass starts at the least key; `More`: commit and call again.
 fn splice(
     tx: &mut ServerTxn<'_>,
     st: &mut MergeStatus,
@@ -474,7 +491,9 @@ fn splice(
         TP_SPLICE.emit(&[2, units, 0]);
     }
 
-    // phase 3: ranges remain, let requests flow again
+    // phase 3: ranges remain (remainders, ranges given back behind the
+    // cursor, the rest of a pass cut short by a full batch): let requests
+    // flow again from the least key
     if !ranges(tx)?.is_empty() {
         st.next_range_key = Key::MIN;
         st.nr_complete = 0;

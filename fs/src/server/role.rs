@@ -164,12 +164,16 @@ impl ServerRole {
         meta: Rc<dyn BlockDev>,
         data: Rc<dyn BlockDev>,
         entropy: Box<dyn Entropy>,
-        cfg: ServerConfig,
+        mut cfg: ServerConfig,
         handle: Handle,
     ) -> FsResult<ServerRole> {
         let core = CommitCore::open_leader(Box::new(meta), Box::new(data), entropy, cfg.commit)
             .map_err(store_errno)?;
         let sb = *core.super_block();
+        cfg.log_trees.reserved_meta_blocks = crate::server::commit::reserve_for_device(
+            cfg.log_trees.reserved_meta_blocks,
+            sb.total_meta_blocks,
+        );
         Ok(ServerRole {
             inner: Rc::new(Inner {
                 core: RefCell::new(core),

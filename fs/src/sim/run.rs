@@ -67,8 +67,8 @@ pub struct RunConfig {
     pub inject: Inject,
     /// Background node pauses.
     pub pauses: bool,
-    /// Crash cycles end with the merge liveness check (see
-    /// [`Budget::crash_merge_liveness`]).
+    /// Crash runs end with the merge liveness check (see
+    /// [`Budget::crash_merge_liveness`]); on by default.
     pub crash_merge_liveness: bool,
 }
 
@@ -86,7 +86,7 @@ impl RunConfig {
             until_ns: u64::MAX / 4,
             inject: Inject::None,
             pauses: true,
-            crash_merge_liveness: false,
+            crash_merge_liveness: true,
         }
     }
 }

@@ -390,7 +390,7 @@ impl BlockCache {
             Some(self.read_ref(bref, magic)?)
         };
         let new_blkno = alloc.alloc_meta(self)?;
-        let (buf, old_blkno) = self.cow_into(bref, magic, old, new_blkno);
+        let (buf, old_blkno) = self.cow_into(bref, magic, old, new_blkno)?;
         if let Some(o) = old_blkno {
             alloc.free_meta(self, o)?;
         }
@@ -411,7 +411,30 @@ impl BlockCache {
         } else {
             Some(self.read_ref(bref, magic)?)
         };
-        Ok(self.cow_into(bref, magic, old, new_blkno))
+        self.cow_into(bref, magic, old, new_blkno)
+    }
+
+    /// Is `blkno` one an allocator may hand out: past the super, inside
+    /// the device, and not already dirty in this transaction? The blknos
+    /// come from allocator list blocks on disk; a crc-valid list block
+    /// can still hold 0, a block past the end or a duplicate.
+    fn check_new_blkno(&mut self, blkno: u64) -> StoreResult<()> {
+        let what = if blkno < crate::format::META_DEV_START_BLKNO {
+            Some("allocator handed out a block before the metadata area")
+        } else if blkno >= self.dev.size_bytes() / LG_BLOCK_SIZE as u64 {
+            Some("allocator handed out a block past the device end")
+        } else if self.dirty.contains_key(&blkno) {
+            Some("allocator handed out a block twice")
+        } else {
+            None
+        };
+        match what {
+            Some(what) => {
+                self.counters.corrupt += 1;
+                Err(StoreError::Corrupt { blkno, what })
+            }
+            None => Ok(()),
+        }
     }
 
     fn cow_into(
@@ -420,13 +443,9 @@ impl BlockCache {
         magic: u32,
         old: Option<BlockBuf>,
         new_blkno: u64,
-    ) -> (BlockBuf, Option<u64>) {
+    ) -> StoreResult<(BlockBuf, Option<u64>)> {
         assert!(!self.writing, "block dirtied during a write-out");
-        assert!(new_blkno != 0, "allocator handed out blkno 0");
-        assert!(
-            !self.dirty.contains_key(&new_blkno),
-            "allocator handed out dirty block {new_blkno}"
-        );
+        self.check_new_blkno(new_blkno)?;
         let mut data = match &old {
             Some(b) => b.borrow().clone(),
             None => vec![0u8; LG_BLOCK_SIZE],
@@ -462,7 +481,7 @@ impl BlockCache {
             blkno: new_blkno,
             seq,
         };
-        (buf, old_blkno)
+        Ok((buf, old_blkno))
     }
 
     /// Forget any cached copy of a block that was just freed; a dirty copy

@@ -360,7 +360,15 @@ impl Cx<'_> {
                     (mtime_sec, mtime_nsec),
                 )?;
                 let cred = f.ident.cred();
-                self.mount().setattr(&cred, f.ino, &sa).await?;
+                // an ftruncate comes on the fid of the open file: a fid
+                // open for writing was checked when it was opened
+                if sa.size.is_some() && f.writable().is_some() {
+                    self.mount()
+                        .setattr_open_for_write(&cred, f.ino, &sa)
+                        .await?;
+                } else {
+                    self.mount().setattr(&cred, f.ino, &sa).await?;
+                }
                 self.reply(out, Rmsg::Setattr {})
             }
             Tmsg::Xattrwalk { fid, newfid, name } => self.xattrwalk(out, fid, newfid, name).await,

@@ -7,7 +7,7 @@
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!             [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]
-//!             [--no-pauses] [--merge-liveness] [--trace] [--no-template]
+//!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
 //! Seeds `S..S+N` run (default S = 1, N = 10; `--seed S` alone runs just
@@ -17,8 +17,9 @@
 //! `--workload session`: one server node and `--nodes` client nodes
 //! (default 3) over the cluster session, `--steps` requests per client,
 //! with link resets, partitions and a server crash (docs/simulator.md).
-//! `--merge-liveness` ends crash cycles with the merge liveness check
-//! (off by default: it finds a known server bug, docs/simulator.md).
+//! Crash runs always end with the merge liveness check (`--merge-liveness`,
+//! which turned it on before it was the default, is still accepted so
+//! older replay commands run).
 //! Everything that determines a run is in its replay command.
 use scoutvm_fs::sim::run::{run_seed, RunConfig, SeedReport, VolumeImage, WorkloadKind};
 use scoutvm_fs::sim::workload::Inject;
@@ -30,7 +31,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
          \x20                  [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
-         \x20                  [--no-pauses] [--merge-liveness] [--trace] [--no-template]"
+         \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
 }
@@ -45,7 +46,6 @@ struct Args {
     workloads: Vec<WorkloadKind>,
     inject: Inject,
     pauses: bool,
-    merge_liveness: bool,
     trace: bool,
     template: bool,
 }
@@ -68,7 +68,6 @@ fn parse() -> Args {
         workloads: vec![WorkloadKind::Posix, WorkloadKind::Crash],
         inject: Inject::None,
         pauses: true,
-        merge_liveness: false,
         trace: false,
         template: true,
     };
@@ -116,7 +115,8 @@ fn parse() -> Args {
                 }
             }
             "--no-pauses" => a.pauses = false,
-            "--merge-liveness" => a.merge_liveness = true,
+            // the default now; older replay commands carry it
+            "--merge-liveness" => {}
             "--trace" => a.trace = true,
             "--no-template" => a.template = false,
             "-h" | "--help" => usage(),
@@ -151,7 +151,6 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
     }
     c.pauses = a.pauses;
     c.inject = a.inject;
-    c.crash_merge_liveness = a.merge_liveness;
     match (a.steps, a.minutes) {
         (Some(s), _) => c.steps = s,
         (None, Some(_)) => c.steps = u64::MAX,
@@ -185,9 +184,6 @@ fn replay(c: &RunConfig, a: &Args) -> String {
     }
     if !c.pauses {
         s += " --no-pauses";
-    }
-    if c.crash_merge_liveness {
-        s += " --merge-liveness";
     }
     s
 }

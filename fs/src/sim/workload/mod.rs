@@ -93,11 +93,10 @@ pub struct Budget {
     pub steps: u64,
     /// Stop starting steps after this virtual time.
     pub until_ns: u64,
-    /// Crash cycles end with the merge liveness check (pending merge work
-    /// finishes once faults stop). Off by default: it fails today (a
-    /// merge request cancelled at a crash leaves its range behind the
-    /// merge's `next_range_key`, never handed out again); see
-    /// docs/simulator.md.
+    /// Crash runs end with the merge liveness check (pending merge work
+    /// finishes once faults stop); the runner always sets it (it caught
+    /// merge ranges given back at a crash and never handed out again,
+    /// docs/simulator.md).
     pub crash_merge_liveness: bool,
 }
 
