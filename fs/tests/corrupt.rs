@@ -464,3 +464,79 @@ fn alloc_list_blocks_with_wrong_blknos_are_corrupt_not_panic() {
         assert_eq!(e.errno(), Errno::EIO, "{what}");
     }
 }
+
+/// A parent block whose child ref (crc valid) names block 0, a block past
+/// the device end, a blkno that would alias a low block when shifted, the
+/// parent itself (a cycle) or a block of another kind: reads fail with
+/// EIO/ESTALE (never a panic, never the aliased block) and fsck names the
+/// parent's child.
+#[test]
+fn btree_child_refs_with_wrong_targets_are_errors_not_panic() {
+    use scoutvm_fs::format::block::BlockHeader;
+    let (meta, data, _, fs_blocks) = build();
+    let sb = scoutvm_fs::storage::block::read_super_from(&*meta).unwrap();
+    let parent = fs_blocks[0];
+    let other = sb.server_meta_avail[0].bref;
+    let dev_blocks = META / 65536;
+    // the first child ref of the parent: (blkno, seq) at the item's value
+    let set_child = |b: &mut [u8], blkno: u64, seq: u64| {
+        let vo = u16::from_le_bytes([b[48 + 48], b[48 + 49]]) as usize;
+        b[vo..vo + 8].copy_from_slice(&blkno.to_le_bytes());
+        b[vo + 8..vo + 16].copy_from_slice(&seq.to_le_bytes());
+    };
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("blkno 0", Box::new(move |b: &mut [u8]| set_child(b, 0, 1))),
+        (
+            "past the device end",
+            Box::new(move |b: &mut [u8]| set_child(b, dev_blocks + 3, 1)),
+        ),
+        (
+            "aliasing blkno",
+            Box::new(move |b: &mut [u8]| {
+                let h = BlockHeader::decode(b);
+                set_child(b, (1 << 48) + h.blkno, h.seq)
+            }),
+        ),
+        (
+            "itself",
+            Box::new(move |b: &mut [u8]| {
+                let h = BlockHeader::decode(b);
+                set_child(b, h.blkno, h.seq)
+            }),
+        ),
+        (
+            "a block of another kind",
+            Box::new(move |b: &mut [u8]| set_child(b, other.blkno, other.seq)),
+        ),
+    ];
+    for (what, edit) in edits {
+        let img = copy(&meta);
+        reseal(&img, parent, |b| edit(b));
+        let rep = scoutvm_fs::tools::fsck::fsck(&*img, Some(&*data), &mut |_, _, _| {});
+        assert!(!rep.is_clean(), "{what}: not found by fsck");
+        assert!(
+            rep.findings.iter().any(|f| f.blkno.is_some()),
+            "{what}: no block named: {:?}",
+            rep.findings
+        );
+        let mut srv = CommitCore::open(
+            Box::new(img.clone()),
+            Box::new(data.clone()),
+            Box::new(SeededEntropy::new(1)),
+            CommitConfig::default(),
+        )
+        .unwrap();
+        let srv = std::cell::RefCell::new(&mut srv);
+        let e = retry_stale(
+            || read_everything(&mut srv.borrow_mut()),
+            |b| srv.borrow_mut().cache().invalidate(b),
+        )
+        .expect_err(what);
+        assert!(
+            matches!(e, StoreError::Corrupt { .. }),
+            "{what}: {e:?} is not a corruption"
+        );
+        assert_eq!(e.errno(), Errno::EIO, "{what}: {e}");
+    }
+}

@@ -278,9 +278,19 @@ impl BlockCache {
     /// Read the block `bref` names and check it is that block.
     pub fn read_ref(&mut self, bref: &BlockRef, magic: u32) -> StoreResult<BlockBuf> {
         if bref.blkno == 0 {
+            self.counters.corrupt += 1;
             return Err(StoreError::Corrupt {
                 blkno: 0,
                 what: "reference to block 0",
+            });
+        }
+        // a ref past the device end is bad metadata, not an i/o error (and a
+        // blkno of 2^48 or more would alias a low block in lg_off)
+        if bref.blkno >= self.dev.size_bytes() / LG_BLOCK_SIZE as u64 {
+            self.counters.corrupt += 1;
+            return Err(StoreError::Corrupt {
+                blkno: bref.blkno,
+                what: "reference past the device end",
             });
         }
         let stale = |reason| StoreError::Stale {

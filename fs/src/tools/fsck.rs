@@ -258,6 +258,14 @@ impl Checker<'_> {
     }
 
     fn read_lg(&mut self, bref: &BlockRef, magic: u32, who: &str) -> Option<Vec<u8>> {
+        // checked before the shift: a blkno of 2^48 or more would alias
+        if bref.blkno == 0 || bref.blkno >= self.meta.size_bytes() >> LG_BLOCK_SHIFT {
+            self.find(
+                Some(bref.blkno),
+                format!("{who}: block reference outside the device"),
+            );
+            return None;
+        }
         let mut buf = vec![0u8; LG_BLOCK_SIZE];
         if let Err(e) = self.meta.read(bref.blkno << LG_BLOCK_SHIFT, &mut buf) {
             self.find(Some(bref.blkno), format!("{who}: read failed: {e}"));
