@@ -1013,3 +1013,95 @@ fn fallocate_updates_ctime_and_mtime() {
     }
     assert_eq!(last.size, 4 * 4096);
 }
+
+/// Items as a damaged (but crc-valid) volume could hold them: extents past
+/// the data device or with byte offsets that overflow, a zero-length
+/// extent, short inode/dirent/xattr/symlink values, a symlink inode with an
+/// absurd size. Every operation that reads them fails with EIO; none
+/// panics.
+#[test]
+fn wrong_item_values_are_eio_not_panic() {
+    use scoutvm_fs::format::items::data_extent_key;
+    use scoutvm_fs::sim::mem_backend::MemStore;
+    fn fs_items(store: &MemStore, ino: u64, t: u8) -> Vec<(scoutvm_fs::format::key::Key, Vec<u8>)> {
+        store
+            .items()
+            .into_iter()
+            .filter(|(k, _)| k.zone == zone::FS && k.first == ino && k.ty == t)
+            .collect()
+    }
+    fn only(store: &MemStore, ino: u64, t: u8) -> (scoutvm_fs::format::key::Key, Vec<u8>) {
+        let v = fs_items(store, ino, t);
+        assert_eq!(v.len(), 1, "{t}: {v:?}");
+        v.into_iter().next().unwrap()
+    }
+    let c = root();
+    for case in [
+        "extent past the data device",
+        "extent byte offsets overflow",
+        "zero-length extent",
+        "short inode",
+        "short dirent",
+        "short xattr",
+        "short symlink chunk",
+        "huge symlink size",
+    ] {
+        let v = Vol::new();
+        let (f, s) = {
+            let (m, _be) = v.mount();
+            let f = block_on(m.create(&c, ROOT, b"f", 0o644)).unwrap();
+            block_on(m.write(f.ino, 0, &[7u8; 3 * 4096])).unwrap();
+            block_on(m.setxattr(&c, f.ino, b"user.a", b"value", 0)).unwrap();
+            let s = block_on(m.symlink(&c, ROOT, b"s", b"target/path")).unwrap();
+            block_on(m.sync()).unwrap();
+            (f.ino, s.ino)
+        };
+        let st = &v.store;
+        let set_blkno = |b: u64| {
+            let (k, mut val) = only(st, f, ty::DATA_EXTENT);
+            val[..8].copy_from_slice(&b.to_le_bytes());
+            st.put_raw(k, Some(&val));
+        };
+        let shorten = |ino: u64, t: u8, len: usize| {
+            let (k, val) = only(st, ino, t);
+            st.put_raw(k, Some(&val[..len]));
+        };
+        match case {
+            "extent past the data device" => set_blkno(MemMkfs::default().data_blocks + 10),
+            "extent byte offsets overflow" => set_blkno(u64::MAX - 8),
+            "zero-length extent" => {
+                let (k, val) = only(st, f, ty::DATA_EXTENT);
+                st.put_raw(k, None);
+                st.put_raw(data_extent_key(f, 2, 0), Some(&val));
+            }
+            "short inode" => shorten(f, ty::INODE, 40),
+            "short dirent" => {
+                let k = dirent_key(ROOT, dirent_name_hash(b"f"), 2);
+                let val = st.item(&k).expect("dirent of f");
+                st.put_raw(k, Some(&val[..20]));
+            }
+            "short xattr" => shorten(f, ty::XATTR, 10),
+            "short symlink chunk" => shorten(s, ty::SYMLINK, 4),
+            "huge symlink size" => {
+                let (k, val) = only(st, s, ty::INODE);
+                let mut i = InodeItem::decode(&val).unwrap();
+                i.size = u64::MAX;
+                st.put_raw(k, Some(&i.encode(if val.len() == 160 { 1 } else { 2 })));
+            }
+            _ => unreachable!(),
+        }
+        let (m, _be) = v.mount();
+        let got = match case {
+            "short inode" => block_on(m.getattr(f)).map(|_| ()),
+            "short dirent" => block_on(m.lookup(&c, ROOT, b"f")).map(|_| ()),
+            "short xattr" => block_on(m.getxattr(&c, f, b"user.a")).map(|_| ()),
+            "short symlink chunk" | "huge symlink size" => block_on(m.readlink(s)).map(|_| ()),
+            _ => block_on(m.read(f, 0, 3 * 4096)).map(|_| ()),
+        };
+        assert_eq!(got, Err(Errno::EIO), "{case}");
+        if case.starts_with("extent") {
+            // a partial write reads the block around it first
+            assert_eq!(block_on(m.write(f, 100, b"x")), Err(Errno::EIO), "{case}");
+        }
+    }
+}

@@ -418,7 +418,13 @@ impl DataExtent {
             return Err(BadItem("extent flags"));
         }
         let blkno = le64(val, 0);
-        if blkno != 0 && blkno.checked_add(len).is_none() {
+        // the whole run must have byte offsets that fit in 64 bits, so
+        // `phys * 4096` never overflows for any block of it
+        if blkno != 0
+            && blkno
+                .checked_add(len)
+                .is_none_or(|end| end > EXTENT_LAST_BLOCK + 1)
+        {
             return Err(BadItem("extent blkno"));
         }
         Ok(DataExtent {
@@ -701,6 +707,16 @@ mod tests {
         let mut badf = v.clone();
         badf[8] = 4;
         assert!(DataExtent::decode(&k, &badf).is_err());
+        // a run whose byte offsets would overflow (phys * 4096) is bad
+        for (blkno, ok) in [
+            (EXTENT_LAST_BLOCK + 1 - 5, true),
+            (EXTENT_LAST_BLOCK + 2 - 5, false),
+            (u64::MAX - 2, false),
+        ] {
+            let mut bv = v.clone();
+            bv[..8].copy_from_slice(&blkno.to_le_bytes());
+            assert_eq!(DataExtent::decode(&k, &bv).is_ok(), ok, "blkno {blkno:#x}");
+        }
     }
 
     #[test]
