@@ -249,7 +249,8 @@ pub fn get_request(tx: &mut ServerTxn<'_>, rid: u64, cfg: &MergeConfig) -> Store
         let Some((rkey, r)) = next else {
             return Ok(Work::NoWork);
         };
-        if st.nr_requests + st.nr_complete >= cfg.splice_batch {
+        // counts come from disk: saturate rather than overflow
+        if st.nr_requests.saturating_add(st.nr_complete) >= cfg.splice_batch {
             return Ok(Work::NoWork);
         }
         let ins = inputs(tx, st.seq)?;
@@ -296,7 +297,7 @@ pub fn get_request(tx: &mut ServerTxn<'_>, rid: u64, cfg: &MergeConfig) -> Store
             },
         };
         put(tx, merge_request_key(rid, req.seq), &req.encode())?;
-        st.nr_requests += 1;
+        st.nr_requests = st.nr_requests.saturating_add(1);
         st.next_range_key = if pend == Key::MAX {
             Key::MAX
         } else {
@@ -372,7 +373,7 @@ pub fn commit_completion(
     del(tx, &merge_request_key(rid, comp.seq))?;
     put(tx, merge_complete_key(comp.seq), &comp.encode())?;
     st.nr_requests = st.nr_requests.saturating_sub(1);
-    st.nr_complete += 1;
+    st.nr_complete = st.nr_complete.saturating_add(1);
     counter!("log_merge.completions").inc();
     store_status(tx, &st)
 }

@@ -220,12 +220,16 @@ pub fn drain_freed(
 /// Free metadata blocks the server holds: its extent trees and its own
 /// avail lists (outside every client allocator).
 pub fn server_meta_free(tx: &ServerTxn<'_>) -> u64 {
-    tx.sb.meta_alloc[0].total_len
-        + tx.sb.meta_alloc[1].total_len
-        + tx.alloc.avail.total_nr
-        + tx.sb.server_meta_avail[0]
-            .total_nr
-            .min(tx.sb.server_meta_avail[1].total_nr)
+    // totals from the super block: saturate rather than overflow
+    tx.sb.meta_alloc[0]
+        .total_len
+        .saturating_add(tx.sb.meta_alloc[1].total_len)
+        .saturating_add(tx.alloc.avail.total_nr)
+        .saturating_add(
+            tx.sb.server_meta_avail[0]
+                .total_nr
+                .min(tx.sb.server_meta_avail[1].total_nr),
+        )
 }
 
 /// Refill the tree's allocators for its next transaction and set or
