@@ -43,7 +43,7 @@ struct Model {
 
 struct Rig {
     ex: Executor,
-    net: MemNet,
+    net: Rc<MemNet>,
     meta: Rc<dyn BlockDev>,
     data: Rc<dyn BlockDev>,
     e: SeededEntropy,
@@ -64,7 +64,7 @@ impl Rig {
         let (meta, data) = small_volume(meta_bytes, 256 << 20, seed);
         Rig {
             ex: Executor::default(),
-            net: MemNet::new(),
+            net: Rc::new(MemNet::new()),
             meta,
             data,
             e: SeededEntropy::new(seed * 31 + 7),
@@ -77,7 +77,7 @@ impl Rig {
         let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(seed));
         self.ex
             .block_on(start_node_on(
-                &self.net,
+                self.net.clone(),
                 ADDR,
                 self.meta.clone(),
                 self.data.clone(),
@@ -100,7 +100,7 @@ impl Rig {
             flags: 0,
         };
         let h = self.ex.handle();
-        let net = &self.net;
+        let net: Rc<dyn scoutvm_fs::cluster::transport::Transport> = self.net.clone();
         self.ex
             .block_on(async move { Client::connect(net, ADDR, id, &h).await })
             .unwrap()
