@@ -1103,5 +1103,18 @@ fn wrong_item_values_are_eio_not_panic() {
             // a partial write reads the block around it first
             assert_eq!(block_on(m.write(f, 100, b"x")), Err(Errno::EIO), "{case}");
         }
+        if case == "extent past the data device" {
+            // truncating must not free blocks past the device
+            let free = st.free_data_blocks();
+            let sa = SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            assert_eq!(block_on(m.setattr(&c, f, &sa)).map(|_| ()), Err(Errno::EIO));
+            let _ = block_on(m.sync());
+            assert_eq!(st.free_data_blocks(), free);
+            // and the bad extent is left in place, not half unmapped
+            assert_eq!(fs_items(st, f, ty::DATA_EXTENT).len(), 1);
+        }
     }
 }

@@ -370,6 +370,10 @@ pub async fn punch(
         if e.start > last {
             return Ok(None);
         }
+        // never hand blocks past the data device to the allocator
+        if e.blkno != 0 && e.blkno + e.len > ctx.dev.size_bytes() / BS {
+            return Err(Errno::EIO);
+        }
         let s = e.start.max(cur);
         let t = e.last().min(last);
         for old in set_mapping(ctx.items, inode, s, t - s + 1, 0, 0).await? {
