@@ -71,7 +71,7 @@ impl Default for NodeOptions {
 }
 
 /// An [`Entropy`] shared by the node's parts.
-struct SharedEntropy(Rc<dyn Entropy>);
+pub(crate) struct SharedEntropy(pub(crate) Rc<dyn Entropy>);
 
 impl Entropy for SharedEntropy {
     fn next_u64(&self) -> u64 {
@@ -88,17 +88,17 @@ pub struct MergeWorkerStats {
     pub blocks_written: u64,
 }
 
-struct MergeWorker {
-    client: Rc<Client>,
-    cache: RefCell<BlockCache>,
-    limits: MergeLimits,
-    stats: Cell<MergeWorkerStats>,
-    busy: Cell<bool>,
+pub(crate) struct MergeWorker {
+    pub(crate) client: Rc<Client>,
+    pub(crate) cache: RefCell<BlockCache>,
+    pub(crate) limits: MergeLimits,
+    pub(crate) stats: Cell<MergeWorkerStats>,
+    pub(crate) busy: Cell<bool>,
 }
 
 impl MergeWorker {
     /// Ask for one piece of work and do it. Ok(false): no work.
-    async fn once(&self) -> FsResult<bool> {
+    pub(crate) async fn once(&self) -> FsResult<bool> {
         if self.busy.replace(true) {
             return Ok(false);
         }
