@@ -17,7 +17,13 @@ use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use core::cell::RefCell;
 
+use scoutvm_fs::client::cluster_node::{
+    mount_cluster, ClusterNode, ClusterSlot, OwnSlotFence, SoloDatagrams,
+};
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
+use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
+use scoutvm_fs::cluster::transport::{MemNet, Transport};
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
 use scoutvm_fs::format::FORMAT_VERSION_MAX;
@@ -84,7 +90,7 @@ pub struct Volume {
     pub mount: Rc<Mount>,
     pub kind: Kind,
     /// The server role and client under a disk volume.
-    node: RefCell<Option<NodeHandle>>,
+    node: RefCell<Option<Node>>,
     /// The 9P server once it listens.
     pub p9: RefCell<Option<Rc<Server>>>,
 }
@@ -97,6 +103,13 @@ impl Volume {
             Kind::Disk { meta, data } => format!("{} (meta) + {} (data)", meta.name, data.name),
         }
     }
+}
+
+/// What keeps a mount alive: a private node (the RAM volume) or a node
+/// of the volume's quorum (disk volumes).
+enum Node {
+    Single(NodeHandle),
+    Cluster(ClusterNode),
 }
 
 enum State {
@@ -243,7 +256,7 @@ async fn mount_ram(mib: u64) -> Result<Volume, String> {
     Ok(Volume {
         mount,
         kind: Kind::Ram { mib, meta, data },
-        node: RefCell::new(Some(node)),
+        node: RefCell::new(Some(Node::Single(node))),
         p9: RefCell::new(None),
     })
 }
@@ -302,22 +315,19 @@ pub async fn unmount(v: &Volume) -> Result<(), String> {
     r
 }
 
-/// Mount the volume on `meta`/`data` with the persistent backend (the
-/// server role and the mount's client, in this node).
+/// Mount the volume on `meta`/`data` through its quorum: a volume with a
+/// single quorum slot and no cluster words on the command line makes this
+/// node slot 0 (it elects itself; its own crashed earlier life is the only
+/// predecessor it can find and it acks that fence itself, see
+/// `OwnSlotFence`). The node's server and its mount talk in memory.
 async fn mount_disk_volume(
     meta: &'static BlockEntry,
     data: &'static BlockEntry,
 ) -> Result<Volume, String> {
-    let (mount, node) = node::mount_volume(
-        Rc::new(Disk(meta.dev)),
-        Rc::new(Disk(data.dev)),
-        Rc::new(KernelClock),
-        Rc::new(KernelEntropy::new()),
-        runtime::handle(),
-        NodeOptions::default(),
-    )
-    .await
-    .map_err(|e| {
+    let sb = read_super_from(meta.dev)
+        .map_err(|e| format!("cannot read the super block of {}: {e}", meta.name))?;
+    let slots: alloc::vec::Vec<_> = sb.qconf.configured().collect();
+    let failed = |e: scoutvm_fs::errno::Errno| {
         format!(
             "mounting the volume on {} + {} failed: {} ({})",
             meta.name,
@@ -325,7 +335,49 @@ async fn mount_disk_volume(
             e.text(),
             e.name()
         )
-    })?;
+    };
+    let (mount, node) = if let [(0, addr)] = slots[..] {
+        let addr = format!("{addr}");
+        log::info!(
+            "volume: the volume has one quorum slot ({addr}) and the command line names none: this node is slot 0"
+        );
+        let fence: Rc<dyn FenceAgent> = Rc::new(OwnSlotFence::new(&addr, ManualFence::new()));
+        let net: Rc<dyn Transport> = Rc::new(MemNet::new());
+        let (m, n) = mount_cluster(
+            Rc::new(Disk(meta.dev)),
+            Rc::new(Disk(data.dev)),
+            net,
+            Some(ClusterSlot {
+                slot: 0,
+                sock: Rc::new(SoloDatagrams),
+                hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+            }),
+            fence,
+            Rc::new(KernelClock),
+            Rc::new(KernelEntropy::new()),
+            runtime::handle(),
+            NodeOptions::default(),
+        )
+        .await
+        .map_err(failed)?;
+        (m, Node::Cluster(n))
+    } else {
+        log::warn!(
+            "volume: the volume has {} quorum slots but no cluster words were given: mounting it alone",
+            slots.len()
+        );
+        let (m, n) = node::mount_volume(
+            Rc::new(Disk(meta.dev)),
+            Rc::new(Disk(data.dev)),
+            Rc::new(KernelClock),
+            Rc::new(KernelEntropy::new()),
+            runtime::handle(),
+            NodeOptions::default(),
+        )
+        .await
+        .map_err(failed)?;
+        (m, Node::Single(n))
+    };
     Ok(Volume {
         mount,
         kind: Kind::Disk { meta, data },
@@ -337,15 +389,16 @@ async fn mount_disk_volume(
 /// Final commit and unmount: the volume is at rest afterwards.
 async fn unmount_volume(v: &Volume) -> Result<(), String> {
     let node = v.node.borrow_mut().take();
-    match node {
-        Some(node) => node
-            .unmount()
-            .await
-            .map_err(|e| format!("unmount failed: {} ({})", e.text(), e.name())),
-        None => v
-            .mount
-            .sync()
-            .await
-            .map_err(|e| format!("final commit failed: {}", e.name())),
-    }
+    let r = match node {
+        Some(Node::Single(node)) => node.unmount().await,
+        Some(Node::Cluster(node)) => node.unmount().await,
+        None => {
+            return v
+                .mount
+                .sync()
+                .await
+                .map_err(|e| format!("final commit failed: {}", e.name()))
+        }
+    };
+    r.map_err(|e| format!("unmount failed: {} ({})", e.text(), e.name()))
 }
