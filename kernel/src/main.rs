@@ -17,6 +17,8 @@ mod boot;
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod boot_steps;
+#[cfg(target_os = "none")]
 mod cluster_net;
 #[cfg(target_os = "none")]
 mod commands;

@@ -110,7 +110,7 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
     let h = runtime::handle();
     let h2 = h.clone();
     // Until "serving" (or why not) is logged: the first prompt waits for it.
-    let step = crate::services::BootStep::begin();
+    let step = crate::boot_steps::BootStep::begin();
     let task = h
         .spawn_named("p9.accept", async move {
             let mut said = false;

@@ -99,11 +99,12 @@ fn show_prompt(editor: &LineEditor, echo: &[u8]) {
     console::set_input_line(Some(line));
 }
 
-/// The shell task: wait for the boot messages, then read, edit, run,
+/// The shell task: wait for the boot messages (`settled`, given by the
+/// boot services, which the shell does not know), then read, edit, run,
 /// forever.
-pub async fn run() {
+pub async fn run(settled: impl core::future::Future<Output = ()>) {
     let mut editor = LineEditor::new();
-    crate::services::boot_settled().await;
+    settled.await;
     show_prompt(&editor, prompt().as_bytes());
     loop {
         let input = console::read_input().await;

@@ -54,7 +54,7 @@ pub fn start(h: &Handle) -> Result<(), String> {
         volume::note_unmounted(why);
         return Ok(());
     }
-    let step = crate::services::BootStep::begin();
+    let step = crate::boot_steps::BootStep::begin();
     h.spawn_named("volume.mount", async move {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");

@@ -27,7 +27,7 @@ const CI_SEEDS: u64 = 100;
 const CI_STEPS: u64 = 60;
 
 /// Session-workload seeds in CI; `SCOUTVM_SIM_SESSION_SEEDS=N` runs N.
-const CI_SESSION_SEEDS: u64 = 40;
+const CI_SESSION_SEEDS: u64 = 25;
 
 fn ci_config(seed: u64, w: WorkloadKind) -> RunConfig {
     let mut c = RunConfig::new(seed, w);

@@ -353,6 +353,10 @@ pub async fn run(w: Rc<World>, clients: u8, ops: u64) -> Result<u64, Failure> {
     if let Some(t) = sh.twice.borrow().clone() {
         first.get_or_insert(fail(&w, SERVER, steps, t));
     }
+    // the role's observer holds `sh`: break the cycle
+    if let Some(role) = sh.server.borrow_mut().take() {
+        role.set_exec_observer(None);
+    }
     match first {
         Some(f) => Err(f),
         None => Ok(steps),
