@@ -34,10 +34,13 @@ fn solo(
     Rc<scoutvm_fs::posix::mount::Mount>,
     scoutvm_fs::client::cluster_node::ClusterNode,
 ) {
-    let fence: Rc<dyn FenceAgent> = Rc::new(OwnSlotFence::new("10.0.2.15:7100", ManualFence::new()));
+    let fence: Rc<dyn FenceAgent> =
+        Rc::new(OwnSlotFence::new("10.0.2.15:7100", ManualFence::new()));
     let net: Rc<dyn Transport> = Rc::new(MemNet::new());
     let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(seed));
-    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(Default::default()));
+    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(
+        Default::default(),
+    ));
     block_on(mount_cluster(
         meta.clone(),
         data.clone(),
@@ -102,7 +105,9 @@ fn node_without_majority_never_writes() {
     let before = read_super();
     let net: Rc<dyn Transport> = Rc::new(MemNet::new());
     let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(4));
-    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(Default::default()));
+    let clock = Rc::new(scoutvm_fs::runtime::env::ManualClock::new(
+        Default::default(),
+    ));
     let fut = mount_cluster(
         meta.clone(),
         data.clone(),
@@ -121,5 +126,9 @@ fn node_without_majority_never_writes() {
     // two minutes of virtual time: elections fail (no vote from slots 1 and 2)
     let r = block_on(handle().timeout_ns(120_000_000_000, fut));
     assert!(r.is_err(), "mounted without a majority");
-    assert_eq!(read_super(), before, "the super block was written without quorum");
+    assert_eq!(
+        read_super(),
+        before,
+        "the super block was written without quorum"
+    );
 }

@@ -299,3 +299,36 @@ fn epoch_of(date: &str, time: &str) -> Option<u64> {
     days += d[2] - 1;
     Some(days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2])
 }
+
+/// A disk volume with one quorum slot mounts through the quorum (the node
+/// is slot 0 and elects itself), and after the node is killed it comes
+/// back by itself on the next boot: its crashed earlier life is the
+/// predecessor of its own slot, which it fences itself.
+#[test]
+fn single_slot_volume_mounts_through_quorum_and_after_a_crash() {
+    let meta = TempImage::new("meta", 4 << 30).unwrap();
+    let data = TempImage::new("data", 1 << 30).unwrap();
+    let cfg = standard_vm(Machine::Microvm, &meta, &data);
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    let out = vm
+        .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", TIMEOUT)
+        .unwrap();
+    assert!(!out.contains("error"), "{out}");
+    let c = vm.console();
+    assert!(c.contains("this node is slot 0"), "{c}");
+    assert!(c.contains("volume: mounted"), "{c}");
+    let out = vm.run("mkdir /before-crash").unwrap();
+    assert!(!out.contains("error"), "{out}");
+    let out = vm.run("sync").unwrap();
+    assert!(!out.contains("error"), "{out}");
+    drop(vm); // SIGKILL: no unmount, the quorum blocks keep the election
+
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_for("own slot: acked", TIMEOUT).unwrap();
+    vm.wait_for("volume: mounted", TIMEOUT).unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    let out = vm.run("ls /").unwrap();
+    assert!(out.contains("before-crash"), "{out}");
+    vm.poweroff().unwrap();
+}

@@ -271,7 +271,10 @@ pub async fn mount_cluster(
         Some(s) => match sb.qconf.configured().find(|(i, _)| *i == s.slot as usize) {
             Some((_, a)) => format!("{a}"),
             None => {
-                log::warn!("cluster: quorum slot {} is not configured on this volume", s.slot);
+                log::warn!(
+                    "cluster: quorum slot {} is not configured on this volume",
+                    s.slot
+                );
                 return Err(Errno::EINVAL);
             }
         },
