@@ -23,7 +23,8 @@ use scoutvm_fs::client::cluster_node::{
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
 use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
-use scoutvm_fs::cluster::transport::{MemNet, Transport};
+use scoutvm_fs::cluster::quorum_agent::QuorumStatus;
+use scoutvm_fs::cluster::transport::{Datagrams, MemNet, Transport};
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
 use scoutvm_fs::format::FORMAT_VERSION_MAX;
@@ -123,6 +124,37 @@ enum State {
 }
 
 static STATE: Local<RefCell<State>> = Local::new(RefCell::new(State::Idle));
+
+/// The fence agent of a cluster member: the shell's `fence` lists and
+/// acks what it waits for.
+static FENCE: Local<RefCell<Option<Rc<ManualFence>>>> = Local::new(RefCell::new(None));
+
+/// The manual fence agent, once this node joined a cluster.
+pub fn fence_agent() -> Option<Rc<ManualFence>> {
+    FENCE.borrow().clone()
+}
+
+impl Volume {
+    /// The quorum agent's state, on a node holding a quorum slot.
+    pub fn quorum_status(&self) -> Option<QuorumStatus> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => n.quorum_status(),
+            _ => None,
+        }
+    }
+
+    /// The rids of the mounts connected to this node's server (cluster
+    /// nodes, while this node leads) and this node's own rid.
+    pub fn cluster_clients(&self) -> Option<(u64, alloc::vec::Vec<u64>)> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => Some((
+                n.client().rid(),
+                n.server().map(|s| s.client_rids()).unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+}
 
 /// The mounted volume, if any.
 pub fn current() -> Option<Rc<Volume>> {
@@ -382,6 +414,97 @@ async fn mount_disk_volume(
         mount,
         kind: Kind::Disk { meta, data },
         node: RefCell::new(Some(node)),
+        p9: RefCell::new(None),
+    })
+}
+
+/// Join the cluster of the volume on this node's disks (cluster mode):
+/// `slot` is our quorum slot (its datagram socket made by `bind` at the
+/// slot's address), `net` the cluster transport. Waits until a leader
+/// serves (a node without quorum waits, and never writes).
+pub async fn mount_cluster_member(
+    slot: Option<u8>,
+    hb_timeout_ns: u64,
+    net: Rc<dyn Transport>,
+    bind: &dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>,
+) -> Result<Rc<Volume>, String> {
+    if let Some(v) = current() {
+        return Ok(v);
+    }
+    let r = join(slot, hb_timeout_ns, net, bind).await;
+    let v = match r {
+        Ok(v) => Rc::new(v),
+        Err(e) => {
+            VOLUME_EVENT.emit(&[EV_MOUNT_FAILED, 0]);
+            *STATE.borrow_mut() = State::Unmounted(e.clone());
+            return Err(e);
+        }
+    };
+    VOLUME_EVENT.emit(&[EV_MOUNTED, 0]);
+    log::info!("volume: mounted {} through the cluster", v.describe());
+    *STATE.borrow_mut() = State::Mounted(v.clone());
+    Ok(v)
+}
+
+async fn join(
+    slot: Option<u8>,
+    hb_timeout_ns: u64,
+    net: Rc<dyn Transport>,
+    bind: &dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>,
+) -> Result<Volume, String> {
+    let (meta, data) = find_devices()?;
+    let refuse = |why: String| format!("not joining the cluster: {why}");
+    let ms = read_super_from(meta.dev)
+        .map_err(|e| refuse(format!("no usable volume on {} (meta): {e}", meta.name)))?;
+    let ds = read_super_from(data.dev)
+        .map_err(|e| refuse(format!("no usable volume on {} (data): {e}", data.name)))?;
+    if ms.flags & FLAG_IS_META_BDEV == 0 || ds.hdr.fsid != ms.hdr.fsid {
+        return Err(refuse(format!(
+            "{} and {} are not the meta and data devices of one volume (fsid {:016x} / {:016x})",
+            meta.name, data.name, ms.hdr.fsid, ds.hdr.fsid
+        )));
+    }
+    let cslot = match slot {
+        Some(s) => {
+            let Some((_, a)) = ms.qconf.configured().find(|(i, _)| *i == s as usize) else {
+                return Err(refuse(format!(
+                    "quorum slot {s} is not configured on this volume"
+                )));
+            };
+            let addr = format!("{a}");
+            let sock = bind(&addr).map_err(|e| refuse(format!("quorum socket {addr}: {e}")))?;
+            log::info!("volume: joining as quorum slot {s} at {addr}");
+            Some(ClusterSlot {
+                slot: s,
+                sock,
+                hb_timeout_ns,
+            })
+        }
+        None => {
+            log::info!("volume: joining as a client-only node");
+            None
+        }
+    };
+    note_unmounted("waiting for a quorum leader".into());
+    let fence = ManualFence::new();
+    *FENCE.borrow_mut() = Some(fence.clone());
+    let (mount, node) = mount_cluster(
+        Rc::new(Disk(meta.dev)),
+        Rc::new(Disk(data.dev)),
+        net,
+        cslot,
+        fence,
+        Rc::new(KernelClock),
+        Rc::new(KernelEntropy::new()),
+        runtime::handle(),
+        NodeOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("joining the cluster failed: {} ({})", e.text(), e.name()))?;
+    Ok(Volume {
+        mount,
+        kind: Kind::Disk { meta, data },
+        node: RefCell::new(Some(Node::Cluster(node))),
         p9: RefCell::new(None),
     })
 }
