@@ -230,7 +230,13 @@ pub struct ClusterNode {
     merge: Rc<MergeWorker>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     mount: RefCell<Option<Rc<Mount>>>,
+    handle: Handle,
 }
+
+/// How long an unmount waits for a leader to take its last commit and
+/// farewell; past it the node leaves as if it crashed (the next leader
+/// reclaims the mount), so a power off never hangs on a lost quorum.
+pub const UNMOUNT_TIMEOUT_NS: u64 = 20_000_000_000;
 
 fn store_errno(e: crate::storage::store_error::StoreError) -> Errno {
     log::warn!("cluster: {e}");
@@ -329,6 +335,7 @@ pub async fn mount_cluster(
             merge,
             tasks: RefCell::new(Vec::new()),
             mount: RefCell::new(None),
+            handle: handle.clone(),
         },
         Err(e) => {
             if let Some(a) = &agent {
@@ -496,17 +503,31 @@ impl ClusterNode {
 
     /// Unmount: commit, say farewell to the leader, then leave the quorum
     /// (stopping our server if we lead: the others elect a new leader).
+    /// Bounded by [`UNMOUNT_TIMEOUT_NS`] without a leader.
     pub async fn unmount(self) -> FsResult<()> {
         self.stop_tasks();
         let mount = self.mount.borrow_mut().take();
-        if let Some(m) = mount {
-            if let Err(e) = m.sync().await {
-                log::warn!("unmount: final commit failed: {e}");
+        let last = async {
+            if let Some(m) = mount {
+                if let Err(e) = m.sync().await {
+                    log::warn!("unmount: final commit failed: {e}");
+                    return Err(e);
+                }
+            }
+            self.client.farewell().await
+        };
+        let r = match self.handle.timeout_ns(UNMOUNT_TIMEOUT_NS, last).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
                 self.abandon().await;
                 return Err(e);
             }
-        }
-        let r = self.client.farewell().await;
+            Err(_) => {
+                log::warn!("unmount: no leader took the last commit; leaving without it");
+                self.abandon().await;
+                return Err(Errno::ETIMEDOUT);
+            }
+        };
         self.trans.close();
         self.client.disconnect();
         self.leave().await;
