@@ -418,6 +418,9 @@ async fn mount_disk_volume(
     })
 }
 
+/// Makes the quorum slot's datagram socket at `"a.b.c.d:port"`.
+pub type BindDatagrams = dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>;
+
 /// Join the cluster of the volume on this node's disks (cluster mode):
 /// `slot` is our quorum slot (its datagram socket made by `bind` at the
 /// slot's address), `net` the cluster transport. Waits until a leader
@@ -426,7 +429,7 @@ pub async fn mount_cluster_member(
     slot: Option<u8>,
     hb_timeout_ns: u64,
     net: Rc<dyn Transport>,
-    bind: &dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>,
+    bind: &BindDatagrams,
 ) -> Result<Rc<Volume>, String> {
     if let Some(v) = current() {
         return Ok(v);
@@ -450,7 +453,7 @@ async fn join(
     slot: Option<u8>,
     hb_timeout_ns: u64,
     net: Rc<dyn Transport>,
-    bind: &dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>,
+    bind: &BindDatagrams,
 ) -> Result<Volume, String> {
     let (meta, data) = find_devices()?;
     let refuse = |why: String| format!("not joining the cluster: {why}");
