@@ -418,6 +418,11 @@ async fn mount_disk_volume(
     })
 }
 
+/// Binding the quorum socket is retried this often, this many times (a
+/// card configured by DHCP gets its address after the volume starts).
+const BIND_RETRY_NS: u64 = 500_000_000;
+const BIND_TRIES: u32 = 120;
+
 /// Makes the quorum slot's datagram socket at `"a.b.c.d:port"`.
 pub type BindDatagrams = dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>;
 
@@ -475,7 +480,25 @@ async fn join(
                 )));
             };
             let addr = format!("{a}");
-            let sock = bind(&addr).map_err(|e| refuse(format!("quorum socket {addr}: {e}")))?;
+            // the card may still be waiting for its (DHCP) address
+            let mut tries = 0u32;
+            let sock = loop {
+                match bind(&addr) {
+                    Ok(s) => break s,
+                    Err(e) if tries >= BIND_TRIES => {
+                        return Err(refuse(format!("quorum socket {addr}: {e}")));
+                    }
+                    Err(e) => {
+                        if tries == 0 {
+                            log::info!(
+                                "volume: quorum socket {addr}: {e}; waiting for the address"
+                            );
+                        }
+                        tries += 1;
+                        runtime::handle().sleep_ns(BIND_RETRY_NS).await;
+                    }
+                }
+            };
             log::info!("volume: joining as quorum slot {s} at {addr}");
             Some(ClusterSlot {
                 slot: s,
