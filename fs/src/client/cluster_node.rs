@@ -162,6 +162,20 @@ impl ServerSlot {
         *self.role.borrow_mut() = Some(role.clone());
         let a = self.agent.borrow().clone();
         if let Some(a) = a {
+            // the predecessors fenced for this start were mounts too (a
+            // node's quorum rid is its mount's rid): reclaim them
+            let fenced: Vec<u64> = a
+                .status()
+                .fences
+                .iter()
+                .filter(|(_, st)| st.as_str() == "Fenced")
+                .map(|(rid, _)| *rid)
+                .collect();
+            for rid in fenced {
+                if let Err(e) = role.reclaim_fenced(rid).await {
+                    log::warn!("cluster: reclaiming fenced rid {rid:016x}: {e}");
+                }
+            }
             a.server_up();
         }
         role.stopped().await;
