@@ -93,6 +93,18 @@ const COMMANDS: &[Command] = &[
         help: "9P connections: peer, users, fids, requests",
         run: |a| boxed(clients(a)),
     },
+    Command {
+        name: "quorum",
+        usage: "",
+        help: "the quorum: slots, term, leader, last heartbeats",
+        run: |a| boxed(quorum_cmd(a)),
+    },
+    Command {
+        name: "fence",
+        usage: "[ack RID]",
+        help: "list fence requests waiting, or acknowledge one (the node is off)",
+        run: |a| boxed(fence_cmd(a)),
+    },
 ];
 
 pub fn register() {
@@ -433,6 +445,20 @@ fn disks(
 async fn clients(args: Vec<String>) -> CmdResult {
     expect_args(&args, 0, 0, "clients")?;
     let v = volume::require()?;
+    if let Some((me, rids)) = v.cluster_clients() {
+        let leads = v.quorum_status().is_some_and(|q| q.leader == Some(q.slot));
+        kprintln!(
+            "cluster: this mount rid {me:016x}{}",
+            if leads { ", this node leads" } else { "" }
+        );
+        if leads {
+            kprintln!("{} cluster mount(s)", rids.len());
+            for r in rids {
+                let who = if r == me { " (this node)" } else { "" };
+                kprintln!("  rid {r:016x}{who}");
+            }
+        }
+    }
     let Some(server) = v.p9.borrow().clone() else {
         return Err("9P is not being served (no network address?)".to_string());
     };
@@ -469,4 +495,51 @@ async fn clients(args: Vec<String>) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// `quorum`: this node's quorum agent (slots, terms, leader, heartbeats).
+async fn quorum_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "quorum")?;
+    let v = volume::require()?;
+    match v.quorum_status() {
+        Some(st) => kprintln!("{st}"),
+        None => kprintln!("this node holds no quorum slot"),
+    }
+    Ok(())
+}
+
+/// `fence` lists the fence requests waiting for an operator;
+/// `fence ack RID` says RID can no longer write the shared disks.
+async fn fence_cmd(args: Vec<String>) -> CmdResult {
+    let Some(f) = volume::fence_agent() else {
+        return Err("this node is not a cluster member".to_string());
+    };
+    match args.first().map(|s| s.as_str()) {
+        None => {
+            let w = f.waiting();
+            kprintln!("{} fence request(s) waiting", w.len());
+            for r in w {
+                kprintln!(
+                    "  rid {:016x} at {} ({}, term {})",
+                    r.rid,
+                    r.addr,
+                    r.reason.name(),
+                    r.term
+                );
+            }
+            Ok(())
+        }
+        Some("ack") => {
+            expect_args(&args, 2, 2, "fence ack RID")?;
+            let rid = u64::from_str_radix(args[1].trim_start_matches("0x"), 16)
+                .map_err(|_| format!("bad rid '{}' (hex)", args[1]))?;
+            if f.ack(rid) {
+                kprintln!("fence of {rid:016x} acknowledged");
+                Ok(())
+            } else {
+                Err(format!("no fence request waits for rid {rid:016x}"))
+            }
+        }
+        _ => Err("usage: fence [ack RID]".to_string()),
+    }
 }

@@ -17,7 +17,14 @@ use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use core::cell::RefCell;
 
+use scoutvm_fs::client::cluster_node::{
+    mount_cluster, ClusterNode, ClusterSlot, OwnSlotFence, SoloDatagrams,
+};
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
+use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
+use scoutvm_fs::cluster::quorum_agent::QuorumStatus;
+use scoutvm_fs::cluster::transport::{Datagrams, MemNet, Transport};
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::format::super_block::FLAG_IS_META_BDEV;
 use scoutvm_fs::format::FORMAT_VERSION_MAX;
@@ -84,7 +91,7 @@ pub struct Volume {
     pub mount: Rc<Mount>,
     pub kind: Kind,
     /// The server role and client under a disk volume.
-    node: RefCell<Option<NodeHandle>>,
+    node: RefCell<Option<Node>>,
     /// The 9P server once it listens.
     pub p9: RefCell<Option<Rc<Server>>>,
 }
@@ -99,6 +106,13 @@ impl Volume {
     }
 }
 
+/// What keeps a mount alive: a private node (the RAM volume) or a node
+/// of the volume's quorum (disk volumes).
+enum Node {
+    Single(NodeHandle),
+    Cluster(ClusterNode),
+}
+
 enum State {
     /// Boot has not looked yet.
     Idle,
@@ -110,6 +124,37 @@ enum State {
 }
 
 static STATE: Local<RefCell<State>> = Local::new(RefCell::new(State::Idle));
+
+/// The fence agent of a cluster member: the shell's `fence` lists and
+/// acks what it waits for.
+static FENCE: Local<RefCell<Option<Rc<ManualFence>>>> = Local::new(RefCell::new(None));
+
+/// The manual fence agent, once this node joined a cluster.
+pub fn fence_agent() -> Option<Rc<ManualFence>> {
+    FENCE.borrow().clone()
+}
+
+impl Volume {
+    /// The quorum agent's state, on a node holding a quorum slot.
+    pub fn quorum_status(&self) -> Option<QuorumStatus> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => n.quorum_status(),
+            _ => None,
+        }
+    }
+
+    /// The rids of the mounts connected to this node's server (cluster
+    /// nodes, while this node leads) and this node's own rid.
+    pub fn cluster_clients(&self) -> Option<(u64, alloc::vec::Vec<u64>)> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => Some((
+                n.client().rid(),
+                n.server().map(|s| s.client_rids()).unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+}
 
 /// The mounted volume, if any.
 pub fn current() -> Option<Rc<Volume>> {
@@ -243,7 +288,7 @@ async fn mount_ram(mib: u64) -> Result<Volume, String> {
     Ok(Volume {
         mount,
         kind: Kind::Ram { mib, meta, data },
-        node: RefCell::new(Some(node)),
+        node: RefCell::new(Some(Node::Single(node))),
         p9: RefCell::new(None),
     })
 }
@@ -302,22 +347,19 @@ pub async fn unmount(v: &Volume) -> Result<(), String> {
     r
 }
 
-/// Mount the volume on `meta`/`data` with the persistent backend (the
-/// server role and the mount's client, in this node).
+/// Mount the volume on `meta`/`data` through its quorum: a volume with a
+/// single quorum slot and no cluster words on the command line makes this
+/// node slot 0 (it elects itself; its own crashed earlier life is the only
+/// predecessor it can find and it acks that fence itself, see
+/// `OwnSlotFence`). The node's server and its mount talk in memory.
 async fn mount_disk_volume(
     meta: &'static BlockEntry,
     data: &'static BlockEntry,
 ) -> Result<Volume, String> {
-    let (mount, node) = node::mount_volume(
-        Rc::new(Disk(meta.dev)),
-        Rc::new(Disk(data.dev)),
-        Rc::new(KernelClock),
-        Rc::new(KernelEntropy::new()),
-        runtime::handle(),
-        NodeOptions::default(),
-    )
-    .await
-    .map_err(|e| {
+    let sb = read_super_from(meta.dev)
+        .map_err(|e| format!("cannot read the super block of {}: {e}", meta.name))?;
+    let slots: alloc::vec::Vec<_> = sb.qconf.configured().collect();
+    let failed = |e: scoutvm_fs::errno::Errno| {
         format!(
             "mounting the volume on {} + {} failed: {} ({})",
             meta.name,
@@ -325,7 +367,49 @@ async fn mount_disk_volume(
             e.text(),
             e.name()
         )
-    })?;
+    };
+    let (mount, node) = if let [(0, addr)] = slots[..] {
+        let addr = format!("{addr}");
+        log::info!(
+            "volume: the volume has one quorum slot ({addr}) and the command line names none: this node is slot 0"
+        );
+        let fence: Rc<dyn FenceAgent> = Rc::new(OwnSlotFence::new(&addr, ManualFence::new()));
+        let net: Rc<dyn Transport> = Rc::new(MemNet::new());
+        let (m, n) = mount_cluster(
+            Rc::new(Disk(meta.dev)),
+            Rc::new(Disk(data.dev)),
+            net,
+            Some(ClusterSlot {
+                slot: 0,
+                sock: Rc::new(SoloDatagrams),
+                hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+            }),
+            fence,
+            Rc::new(KernelClock),
+            Rc::new(KernelEntropy::new()),
+            runtime::handle(),
+            NodeOptions::default(),
+        )
+        .await
+        .map_err(failed)?;
+        (m, Node::Cluster(n))
+    } else {
+        log::warn!(
+            "volume: the volume has {} quorum slots but no cluster words were given: mounting it alone",
+            slots.len()
+        );
+        let (m, n) = node::mount_volume(
+            Rc::new(Disk(meta.dev)),
+            Rc::new(Disk(data.dev)),
+            Rc::new(KernelClock),
+            Rc::new(KernelEntropy::new()),
+            runtime::handle(),
+            NodeOptions::default(),
+        )
+        .await
+        .map_err(failed)?;
+        (m, Node::Single(n))
+    };
     Ok(Volume {
         mount,
         kind: Kind::Disk { meta, data },
@@ -334,18 +418,136 @@ async fn mount_disk_volume(
     })
 }
 
+/// Binding the quorum socket is retried this often, this many times (a
+/// card configured by DHCP gets its address after the volume starts).
+const BIND_RETRY_NS: u64 = 500_000_000;
+const BIND_TRIES: u32 = 120;
+
+/// Makes the quorum slot's datagram socket at `"a.b.c.d:port"`.
+pub type BindDatagrams = dyn Fn(&str) -> Result<Rc<dyn Datagrams>, String>;
+
+/// Join the cluster of the volume on this node's disks (cluster mode):
+/// `slot` is our quorum slot (its datagram socket made by `bind` at the
+/// slot's address), `net` the cluster transport. Waits until a leader
+/// serves (a node without quorum waits, and never writes).
+pub async fn mount_cluster_member(
+    slot: Option<u8>,
+    hb_timeout_ns: u64,
+    net: Rc<dyn Transport>,
+    bind: &BindDatagrams,
+) -> Result<Rc<Volume>, String> {
+    if let Some(v) = current() {
+        return Ok(v);
+    }
+    let r = join(slot, hb_timeout_ns, net, bind).await;
+    let v = match r {
+        Ok(v) => Rc::new(v),
+        Err(e) => {
+            VOLUME_EVENT.emit(&[EV_MOUNT_FAILED, 0]);
+            *STATE.borrow_mut() = State::Unmounted(e.clone());
+            return Err(e);
+        }
+    };
+    VOLUME_EVENT.emit(&[EV_MOUNTED, 0]);
+    log::info!("volume: mounted {} through the cluster", v.describe());
+    *STATE.borrow_mut() = State::Mounted(v.clone());
+    Ok(v)
+}
+
+async fn join(
+    slot: Option<u8>,
+    hb_timeout_ns: u64,
+    net: Rc<dyn Transport>,
+    bind: &BindDatagrams,
+) -> Result<Volume, String> {
+    let (meta, data) = find_devices()?;
+    let refuse = |why: String| format!("not joining the cluster: {why}");
+    let ms = read_super_from(meta.dev)
+        .map_err(|e| refuse(format!("no usable volume on {} (meta): {e}", meta.name)))?;
+    let ds = read_super_from(data.dev)
+        .map_err(|e| refuse(format!("no usable volume on {} (data): {e}", data.name)))?;
+    if ms.flags & FLAG_IS_META_BDEV == 0 || ds.hdr.fsid != ms.hdr.fsid {
+        return Err(refuse(format!(
+            "{} and {} are not the meta and data devices of one volume (fsid {:016x} / {:016x})",
+            meta.name, data.name, ms.hdr.fsid, ds.hdr.fsid
+        )));
+    }
+    let cslot = match slot {
+        Some(s) => {
+            let Some((_, a)) = ms.qconf.configured().find(|(i, _)| *i == s as usize) else {
+                return Err(refuse(format!(
+                    "quorum slot {s} is not configured on this volume"
+                )));
+            };
+            let addr = format!("{a}");
+            // the card may still be waiting for its (DHCP) address
+            let mut tries = 0u32;
+            let sock = loop {
+                match bind(&addr) {
+                    Ok(s) => break s,
+                    Err(e) if tries >= BIND_TRIES => {
+                        return Err(refuse(format!("quorum socket {addr}: {e}")));
+                    }
+                    Err(e) => {
+                        if tries == 0 {
+                            log::info!(
+                                "volume: quorum socket {addr}: {e}; waiting for the address"
+                            );
+                        }
+                        tries += 1;
+                        runtime::handle().sleep_ns(BIND_RETRY_NS).await;
+                    }
+                }
+            };
+            log::info!("volume: joining as quorum slot {s} at {addr}");
+            Some(ClusterSlot {
+                slot: s,
+                sock,
+                hb_timeout_ns,
+            })
+        }
+        None => {
+            log::info!("volume: joining as a client-only node");
+            None
+        }
+    };
+    note_unmounted("waiting for a quorum leader".into());
+    let fence = ManualFence::new();
+    *FENCE.borrow_mut() = Some(fence.clone());
+    let (mount, node) = mount_cluster(
+        Rc::new(Disk(meta.dev)),
+        Rc::new(Disk(data.dev)),
+        net,
+        cslot,
+        fence,
+        Rc::new(KernelClock),
+        Rc::new(KernelEntropy::new()),
+        runtime::handle(),
+        NodeOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("joining the cluster failed: {} ({})", e.text(), e.name()))?;
+    Ok(Volume {
+        mount,
+        kind: Kind::Disk { meta, data },
+        node: RefCell::new(Some(Node::Cluster(node))),
+        p9: RefCell::new(None),
+    })
+}
+
 /// Final commit and unmount: the volume is at rest afterwards.
 async fn unmount_volume(v: &Volume) -> Result<(), String> {
     let node = v.node.borrow_mut().take();
-    match node {
-        Some(node) => node
-            .unmount()
-            .await
-            .map_err(|e| format!("unmount failed: {} ({})", e.text(), e.name())),
-        None => v
-            .mount
-            .sync()
-            .await
-            .map_err(|e| format!("final commit failed: {}", e.name())),
-    }
+    let r = match node {
+        Some(Node::Single(node)) => node.unmount().await,
+        Some(Node::Cluster(node)) => node.unmount().await,
+        None => {
+            return v
+                .mount
+                .sync()
+                .await
+                .map_err(|e| format!("final commit failed: {}", e.name()))
+        }
+    };
+    r.map_err(|e| format!("unmount failed: {} ({})", e.text(), e.name()))
 }

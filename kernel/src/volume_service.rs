@@ -6,9 +6,10 @@
 //! other. Called by the boot services, the shell's `mount` and `poweroff`.
 //!
 //! Cluster mode (`quorum_slot_nr=`, `cluster=1`, see `cmdline::ClusterMode`)
-//! is decided here: such a node must not mount the shared volume on its
-//! own (two nodes serving one volume corrupt it), so it boots without it,
-//! "waiting for quorum"; the quorum agent mounts it once elected.
+//! is decided here: such a node joins the volume's cluster
+//! (`volume::mount_cluster_member` over the cluster cards' transports): its
+//! quorum agent runs the server while this node leads, and the mount waits
+//! for a leader. Invalid cluster words keep the node out of the volume.
 
 use alloc::format;
 use alloc::rc::Rc;
@@ -17,23 +18,21 @@ use alloc::string::String;
 use scoutvm_fs::runtime::exec::Handle;
 use scoutvm_kernel::cmdline::ClusterMode;
 
+use crate::cluster_net::{SmolDatagrams, SmolTransport};
 use crate::volume::{self, Volume};
+use scoutvm_fs::cluster::transport::Datagrams;
 
-/// Why a cluster node does not mount by itself, or `None` on a single node.
+/// Why this node does not mount at all (invalid cluster words), or `None`.
 pub fn cluster_refusal() -> Option<String> {
     match &crate::runtime::config().cluster {
         ClusterMode::Off => None,
-        ClusterMode::On(_) => Some(
-            "cluster mode: the shared volume is mounted through the quorum, \
-             not on its own (waiting for quorum)"
-                .into(),
-        ),
+        ClusterMode::On(_) => None,
         ClusterMode::Invalid(why) => Some(format!("cluster settings invalid: {why}")),
     }
 }
 
-/// Mount whatever this node is configured for and start serving it. In
-/// cluster mode this refuses (see [`cluster_refusal`]).
+/// Mount whatever this node is configured for (in cluster mode: join the
+/// cluster) and start serving it.
 pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
     if let Some(v) = volume::current() {
         return Ok(v);
@@ -41,7 +40,23 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
     if let Some(why) = cluster_refusal() {
         return Err(why);
     }
-    let v = volume::mount().await?;
+    let v = match &crate::runtime::config().cluster {
+        ClusterMode::On(c) => {
+            let bind = |a: &str| -> Result<Rc<dyn Datagrams>, String> {
+                SmolDatagrams::bind(a)
+                    .map(|d| Rc::new(d) as Rc<dyn Datagrams>)
+                    .map_err(|e| format!("{e:?}"))
+            };
+            volume::mount_cluster_member(
+                c.quorum_slot_nr,
+                u64::from(c.heartbeat_timeout_ms) * 1_000_000,
+                Rc::new(SmolTransport::default()),
+                &bind,
+            )
+            .await?
+        }
+        _ => volume::mount().await?,
+    };
     crate::p9svc::start(&v)?;
     Ok(v)
 }
@@ -54,7 +69,9 @@ pub fn start(h: &Handle) -> Result<(), String> {
         volume::note_unmounted(why);
         return Ok(());
     }
-    let step = crate::boot_steps::BootStep::begin();
+    // a cluster member may wait for a leader for ever: not a boot step
+    let step = matches!(crate::runtime::config().cluster, ClusterMode::Off)
+        .then(crate::boot_steps::BootStep::begin);
     h.spawn_named("volume.mount", async move {
         if let Err(e) = mount_and_serve().await {
             log::warn!("volume: {e}");

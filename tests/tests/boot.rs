@@ -299,3 +299,73 @@ fn epoch_of(date: &str, time: &str) -> Option<u64> {
     days += d[2] - 1;
     Some(days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2])
 }
+
+/// A disk volume with one quorum slot mounts through the quorum (the node
+/// is slot 0 and elects itself), and after the node is killed it comes
+/// back by itself on the next boot: its crashed earlier life is the
+/// predecessor of its own slot, which it fences itself.
+#[test]
+fn single_slot_volume_mounts_through_quorum_and_after_a_crash() {
+    let meta = TempImage::new("meta", 4 << 30).unwrap();
+    let data = TempImage::new("data", 1 << 30).unwrap();
+    let cfg = standard_vm(Machine::Microvm, &meta, &data);
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    let out = vm
+        .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", TIMEOUT)
+        .unwrap();
+    assert!(!out.contains("error"), "{out}");
+    let c = vm.console();
+    assert!(c.contains("this node is slot 0"), "{c}");
+    assert!(c.contains("volume: mounted"), "{c}");
+    let out = vm.run("mkdir /before-crash").unwrap();
+    assert!(!out.contains("error"), "{out}");
+    let out = vm.run("sync").unwrap();
+    assert!(!out.contains("error"), "{out}");
+    drop(vm); // SIGKILL: no unmount, the quorum blocks keep the election
+
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_for("own slot: acked", TIMEOUT).unwrap();
+    vm.wait_for("volume: mounted", TIMEOUT).unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    let out = vm.run("ls /").unwrap();
+    assert!(out.contains("before-crash"), "{out}");
+    vm.poweroff().unwrap();
+}
+
+/// A node holding slot 0 of a 3-slot volume with nobody else running never
+/// gets a majority: it never leads, never mounts, and the super block on
+/// its meta disk stays as it was.
+#[test]
+fn cluster_node_without_majority_never_writes() {
+    let meta = TempImage::new("meta", 4 << 30).unwrap();
+    let data = TempImage::new("data", 1 << 30).unwrap();
+    let cfg = standard_vm(Machine::Microvm, &meta, &data);
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    let out = vm
+        .run_timeout(
+            "mkfs -A -Q 0,10.0.2.15,7100 -Q 1,10.0.2.16,7100 -Q 2,10.0.2.17,7100",
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(!out.contains("error"), "{out}");
+    vm.poweroff().unwrap();
+    let before = meta.read_at(16 * 4096, 4096).unwrap();
+
+    let cfg = cfg.append("quorum_slot_nr=0 quorum_heartbeat_timeout_ms=2000");
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_for("joining as quorum slot 0", TIMEOUT).unwrap();
+    // several election rounds (2 s heartbeat, elections every ~0.3 s)
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    vm.wait_prompt(TIMEOUT).ok();
+    let out = vm.run("volume").unwrap_or_default();
+    let c = vm.console();
+    assert!(!c.contains("leading term"), "{c}");
+    assert!(!c.contains("volume: mounted"), "{c}\n{out}");
+    assert_eq!(
+        meta.read_at(16 * 4096, 4096).unwrap(),
+        before,
+        "the super block was written without quorum"
+    );
+}

@@ -9,6 +9,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use scoutvm_tests::{elf_path, workspace_root};
 
@@ -86,6 +87,44 @@ impl Cluster {
         self.ok(&args)
     }
 
+    /// Poll `cmd` on `node` until `done` holds (generous: TCG, loaded host).
+    fn wait_shell(&self, node: usize, cmd: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let n = node.to_string();
+            let mut args = vec!["shell", n.as_str()];
+            args.extend(cmd.split_whitespace());
+            // not mounted yet: the command errors, try again
+            let out = String::from_utf8_lossy(&self.run(&args).stdout).into_owned();
+            if done(&out) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cmd} on node{node}: {out}\n{}",
+                self.consoles()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The slot leading with its server up, as node 0..3 (not `not`) see it.
+    fn wait_leader(&self, not: Option<usize>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            for i in (0..3).filter(|&i| Some(i) != not) {
+                let n = i.to_string();
+                let q = String::from_utf8_lossy(&self.run(&["shell", &n, "quorum"]).stdout)
+                    .into_owned();
+                if q.contains(&format!("leader {i} server Up")) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader:\n{}", self.consoles());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn consoles(&self) -> String {
         let mut s = String::new();
         for i in 0..4 {
@@ -114,6 +153,15 @@ impl Cluster {
 }
 
 /// Whether `pid` is a live (not zombie) process.
+/// The term in a `quorum` output's first line.
+fn term_of(q: &str) -> u64 {
+    q.split_whitespace()
+        .skip_while(|w| *w != "term")
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no term in {q}"))
+}
+
 fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
@@ -163,11 +211,50 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
             out.contains(&format!("eth1: 10.77.0.{}/24", 10 + i)),
             "{out}"
         );
-        assert!(
-            out.contains("waiting for quorum"),
-            "not mounted on its own: {out}"
-        );
     }
+    // One leader elected, every node mounted through it.
+    let leader = c.wait_leader(None);
+    let out = c.wait_shell(leader, "clients", |o| o.contains("3 cluster mount(s)"));
+    assert!(out.contains("this node leads"), "{out}");
+    let q = c.shell(leader, "quorum");
+    let term1 = term_of(&q);
+
+    // The leader dies: a survivor is elected once the operator acks the
+    // fence of the dead leader's mount, in a higher term.
+    let pid = pid_of(&c.dir, leader);
+    c.ok(&["kill", &leader.to_string()]);
+    assert!(!alive(pid));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut acked = None;
+    while acked.is_none() && Instant::now() < deadline {
+        for i in (0..3).filter(|&i| i != leader) {
+            let f = c.shell(i, "fence");
+            if let Some(rid) = f
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("rid "))
+                .and_then(|r| r.split_whitespace().next())
+            {
+                let out = c.shell(i, &format!("fence ack {rid}"));
+                assert!(out.contains("acknowledged"), "{out}");
+                acked = Some(i);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        acked.is_some(),
+        "no survivor asked to fence the dead leader"
+    );
+    let next = c.wait_leader(Some(leader));
+    assert_ne!(next, leader);
+    let term2 = term_of(&c.shell(next, "quorum"));
+    assert!(term2 > term1, "term {term2} after {term1}");
+    c.wait_shell(next, "clients", |o| o.contains("2 cluster mount(s)"));
+    // the dead node comes back as a follower and mounts again
+    c.ok(&["start", &leader.to_string()]);
+    c.wait_shell(next, "clients", |o| o.contains("3 cluster mount(s)"));
+
     let status = c.ok(&["status"]);
     assert_eq!(status.matches(": running pid").count(), 3, "{status}");
     assert!(

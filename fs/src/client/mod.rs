@@ -4,6 +4,7 @@
 //! ([`btree_merge`]), and [`node`], which wires the server role, the client
 //! and the POSIX mount into one node.
 pub mod btree_merge;
+pub mod cluster_node;
 pub mod forest;
 pub mod log_txn;
 pub mod node;

@@ -71,7 +71,7 @@ impl Default for NodeOptions {
 }
 
 /// An [`Entropy`] shared by the node's parts.
-struct SharedEntropy(Rc<dyn Entropy>);
+pub(crate) struct SharedEntropy(pub(crate) Rc<dyn Entropy>);
 
 impl Entropy for SharedEntropy {
     fn next_u64(&self) -> u64 {
@@ -88,12 +88,12 @@ pub struct MergeWorkerStats {
     pub blocks_written: u64,
 }
 
-struct MergeWorker {
-    client: Rc<Client>,
-    cache: RefCell<BlockCache>,
-    limits: MergeLimits,
-    stats: Cell<MergeWorkerStats>,
-    busy: Cell<bool>,
+pub(crate) struct MergeWorker {
+    pub(crate) client: Rc<Client>,
+    pub(crate) cache: RefCell<BlockCache>,
+    pub(crate) limits: MergeLimits,
+    pub(crate) stats: Cell<MergeWorkerStats>,
+    pub(crate) busy: Cell<bool>,
 }
 
 impl MergeWorker {
@@ -144,6 +144,68 @@ impl MergeWorker {
             Worked::Progress
         })
     }
+}
+
+impl MergeWorker {
+    /// One piece of merge work, if the server had any (admin, tests).
+    /// Ok(false): there was none.
+    pub(crate) async fn merge_once(&self) -> FsResult<bool> {
+        Ok(self.once().await? != Worked::Nothing)
+    }
+}
+
+/// The commit ticker of a mount: every `period_ns` ask it whether a
+/// commit is due; ends with the mount.
+pub(crate) fn spawn_commit_ticker(
+    mount: &Rc<Mount>,
+    handle: &Handle,
+    period_ns: u64,
+) -> FsResult<JoinHandle<()>> {
+    let weak = Rc::downgrade(mount);
+    let h = handle.clone();
+    handle
+        .spawn_named("client.tick", async move {
+            loop {
+                h.sleep_ns(period_ns).await;
+                let Some(m) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = m.tick().await {
+                    counter!("node.tick_commit_errors").inc();
+                    log::warn!("periodic commit failed: {e}");
+                }
+            }
+        })
+        .map_err(|_| Errno::ENOMEM)
+}
+
+/// The background merge worker of a mount (single node and cluster node
+/// alike): ask for work every `poll_ns`, at once again after progress, and
+/// wait a poll after a stall; ends when the client is closed.
+pub(crate) fn spawn_merge_worker(
+    w: Rc<MergeWorker>,
+    handle: &Handle,
+    poll_ns: u64,
+) -> FsResult<JoinHandle<()>> {
+    let h = handle.clone();
+    handle
+        .spawn_named("client.merge", async move {
+            loop {
+                match w.once().await {
+                    Ok(Worked::Progress) => continue,
+                    Ok(Worked::Nothing | Worked::Stalled) => {}
+                    Err(e) => {
+                        counter!("node.merge_worker_errors").inc();
+                        if w.client.is_closed() {
+                            log::warn!("merge worker stops: {e}");
+                            return;
+                        }
+                    }
+                }
+                h.sleep_ns(poll_ns).await;
+            }
+        })
+        .map_err(|_| Errno::ENOMEM)
 }
 
 /// What one request of the merge worker came to.
@@ -220,23 +282,7 @@ pub async fn mount_volume_on(
     };
     *node.mount.borrow_mut() = Some(mount.clone());
     if opts.tick_ns > 0 {
-        let weak = Rc::downgrade(&mount);
-        let h = handle.clone();
-        let period = opts.tick_ns;
-        let t = handle
-            .spawn_named("client.tick", async move {
-                loop {
-                    h.sleep_ns(period).await;
-                    let Some(m) = weak.upgrade() else {
-                        return;
-                    };
-                    if let Err(e) = m.tick().await {
-                        counter!("node.tick_commit_errors").inc();
-                        log::warn!("periodic commit failed: {e}");
-                    }
-                }
-            })
-            .map_err(|_| Errno::ENOMEM)?;
+        let t = spawn_commit_ticker(&mount, &handle, opts.tick_ns)?;
         node.tasks.borrow_mut().push(t);
     }
     Ok((mount, node))
@@ -354,27 +400,7 @@ pub async fn start_node_on(
         handle: handle.clone(),
     };
     if opts.merge_poll_ns > 0 {
-        let w = node.merge.clone();
-        let h = handle.clone();
-        let poll = opts.merge_poll_ns;
-        let t = handle
-            .spawn_named("client.merge", async move {
-                loop {
-                    match w.once().await {
-                        Ok(Worked::Progress) => continue,
-                        Ok(Worked::Nothing | Worked::Stalled) => {}
-                        Err(e) => {
-                            counter!("node.merge_worker_errors").inc();
-                            if w.client.is_closed() {
-                                log::warn!("merge worker stops: {e}");
-                                return;
-                            }
-                        }
-                    }
-                    h.sleep_ns(poll).await;
-                }
-            })
-            .map_err(|_| Errno::ENOMEM)?;
+        let t = spawn_merge_worker(node.merge.clone(), &handle, opts.merge_poll_ns)?;
         node.tasks.borrow_mut().push(t);
     }
     Ok(node)
@@ -397,7 +423,7 @@ impl NodeHandle {
     /// Ask the server for a piece of log merge work and do it (what the
     /// background worker does every poll). Ok(false): there was none.
     pub async fn merge_once(&self) -> FsResult<bool> {
-        Ok(self.merge.once().await? != Worked::Nothing)
+        self.merge.merge_once().await
     }
 
     /// Finalize the mount's tree at its next transaction and merge

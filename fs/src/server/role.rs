@@ -288,6 +288,14 @@ impl ServerRole {
         }
     }
 
+    /// Reclaim the mount `rid`, which can no longer write (fenced): its
+    /// open trees are finalized, its merge requests cancelled, and it is
+    /// removed from `mounted_clients` (what a farewell does for it).
+    pub async fn reclaim_fenced(&self, rid: u64) -> FsResult<()> {
+        log::info!("server: reclaiming fenced rid {rid:016x}");
+        self.inner.reclaim_rid(rid).await
+    }
+
     /// The rids that greeted this server life and have not left.
     pub fn client_rids(&self) -> Vec<u64> {
         self.inner.peers.borrow().keys().copied().collect()
