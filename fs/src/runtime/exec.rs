@@ -407,6 +407,27 @@ pub struct Executor {
     inner: Rc<Inner>,
 }
 
+impl Drop for Executor {
+    /// Drop every task with the executor. Tasks commonly hold a [`Handle`]
+    /// (an `Rc` of the executor's state), so without this the state, the
+    /// tasks and everything they hold would keep each other alive (a
+    /// crashed simulated node would leak all of it). Futures dropped here
+    /// may drop or abort other tasks, hence the loop; it is bounded by the
+    /// task limit.
+    fn drop(&mut self) {
+        for _ in 0..=self.inner.limits.max_tasks {
+            let tasks = core::mem::take(&mut *self.inner.tasks.borrow_mut());
+            let timers = core::mem::take(&mut *self.inner.timers.borrow_mut());
+            if tasks.is_empty() && timers.is_empty() {
+                break;
+            }
+            drop(timers);
+            drop(tasks);
+        }
+        self.inner.alive.set(0);
+    }
+}
+
 impl Default for Executor {
     fn default() -> Self {
         Executor::new(Limits::default())
