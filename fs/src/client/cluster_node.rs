@@ -17,8 +17,8 @@
 
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    spawn_commit_ticker, spawn_merge_worker, MergeWorker, MergeWorkerStats, NodeOptions,
-    SharedEntropy,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, MergeWorkerStats,
+    NodeOptions, SharedEntropy,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
@@ -33,7 +33,7 @@ use crate::posix::mount::Mount;
 use crate::runtime::env::{Clock, Entropy};
 use crate::runtime::exec::{Handle, JoinHandle};
 use crate::server::role::{ServerConfig, ServerRole};
-use crate::storage::block::{read_super_from, BlockCache};
+use crate::storage::block::read_super_from;
 use crate::storage::dev::BlockDev;
 use alloc::boxed::Box;
 use alloc::format;
@@ -398,32 +398,7 @@ async fn connect(
         sb: *sb,
     });
     let client = Client::connect_via(net.clone(), leader, id, opts.session, handle).await?;
-    let trans = match ClientLogTxn::open(
-        client.clone(),
-        meta.clone(),
-        Box::new(SharedEntropy(entropy.clone())),
-        opts.trans,
-    )
-    .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            client.disconnect();
-            return Err(e);
-        }
-    };
-    let merge = Rc::new(MergeWorker {
-        client: client.clone(),
-        cache: RefCell::new(BlockCache::new(
-            Box::new(meta.clone()),
-            Box::new(SharedEntropy(entropy.clone())),
-            sb.hdr.fsid,
-            opts.merge_cache_budget_bytes,
-        )),
-        limits: opts.merge_limits,
-        stats: Cell::new(MergeWorkerStats::default()),
-        busy: Cell::new(false),
-    });
+    let (trans, merge) = open_client_half(&client, meta, entropy, sb.hdr.fsid, opts).await?;
     Ok((client, trans, merge))
 }
 

@@ -154,6 +154,45 @@ impl MergeWorker {
     }
 }
 
+/// The mount's persistent half over a connected client: its first log
+/// transaction and its merge worker (single node and cluster node alike).
+/// On failure the client is disconnected.
+pub(crate) async fn open_client_half(
+    client: &Rc<Client>,
+    meta: &Rc<dyn BlockDev>,
+    entropy: &Rc<dyn Entropy>,
+    fsid: u64,
+    opts: &NodeOptions,
+) -> FsResult<(Rc<ClientLogTxn>, Rc<MergeWorker>)> {
+    let trans = match ClientLogTxn::open(
+        client.clone(),
+        meta.clone(),
+        Box::new(SharedEntropy(entropy.clone())),
+        opts.trans,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            client.disconnect();
+            return Err(e);
+        }
+    };
+    let merge = Rc::new(MergeWorker {
+        client: client.clone(),
+        cache: RefCell::new(BlockCache::new(
+            Box::new(meta.clone()),
+            Box::new(SharedEntropy(entropy.clone())),
+            fsid,
+            opts.merge_cache_budget_bytes,
+        )),
+        limits: opts.merge_limits,
+        stats: Cell::new(MergeWorkerStats::default()),
+        busy: Cell::new(false),
+    });
+    Ok((trans, merge))
+}
+
 /// The commit ticker of a mount: every `period_ns` ask it whether a
 /// commit is due; ends with the mount.
 pub(crate) fn spawn_commit_ticker(
@@ -362,33 +401,14 @@ pub async fn start_node_on(
             })
             .map_err(|_| Errno::ENOMEM)?
     };
-    let trans = match ClientLogTxn::open(
-        client.clone(),
-        meta.clone(),
-        Box::new(SharedEntropy(entropy.clone())),
-        opts.trans,
-    )
-    .await
+    let (trans, merge) = match open_client_half(&client, &meta, &entropy, sb.hdr.fsid, &opts).await
     {
-        Ok(t) => t,
+        Ok(parts) => parts,
         Err(e) => {
-            client.disconnect();
             leader.shutdown().await;
             return Err(e);
         }
     };
-    let merge = Rc::new(MergeWorker {
-        client: client.clone(),
-        cache: RefCell::new(BlockCache::new(
-            Box::new(meta),
-            Box::new(SharedEntropy(entropy)),
-            sb.hdr.fsid,
-            opts.merge_cache_budget_bytes,
-        )),
-        limits: opts.merge_limits,
-        stats: Cell::new(MergeWorkerStats::default()),
-        busy: Cell::new(false),
-    });
     let node = NodeHandle {
         leader,
         client,
