@@ -285,6 +285,12 @@ pub fn run_seed(
             }
         }
     };
+    end_report(&w, cfg, result)
+}
+
+/// Log the end of a run, take its report (hash, events, stats), then drop
+/// every node and harness task.
+fn end_report(w: &Rc<World>, cfg: &RunConfig, result: Result<u64, (u64, String)>) -> SeedReport {
     let (steps, failure) = match result {
         Ok(s) => (s, None),
         Err((step, f)) => (step, Some(f)),
@@ -362,35 +368,7 @@ fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
         Ok(Err(f)) => Err((f.step, describe(&f))),
         Err(stall) => Err((0, format!("the world stalled: {stall}"))),
     };
-    let (steps, failure) = match result {
-        Ok(s) => (s, None),
-        Err((step, f)) => (step, Some(f)),
-    };
-    w.log(
-        crate::sim::hash::WORLD,
-        "end",
-        &[steps, failure.is_some() as u64],
-        failure.as_deref().unwrap_or(""),
-    );
-    let mut rep = SeedReport {
-        cfg: *cfg,
-        virt_ns: w.now(),
-        steps,
-        events: w.events(),
-        hash: w.hash(),
-        recent: if failure.is_some() {
-            w.recent_events()
-        } else {
-            Vec::new()
-        },
-        failure,
-        world: w.stats(),
-        net: w.net().stats(),
-    };
-    w.set_observer(None);
-    w.finish();
-    rep.world = w.stats();
-    rep
+    end_report(&w, cfg, result)
 }
 
 fn describe(f: &Failure) -> String {
