@@ -201,6 +201,15 @@ impl LockRange {
         }
     }
 
+    /// The lock whose range starts at `start`, if there is one: how a lock
+    /// named on the wire (by its start key) is checked. Of the lock zone
+    /// only the rename lock exists.
+    pub fn from_start(start: &Key) -> Option<LockRange> {
+        let r = LockRange::covering(start);
+        let valid = r.start == *start && (start.zone != zone::LOCK || r == LockRange::rename());
+        valid.then_some(r)
+    }
+
     pub fn contains(&self, key: &Key) -> bool {
         self.start <= *key && *key <= self.end
     }

@@ -8,8 +8,10 @@
 //! payload of the wrong size or with bad contents decodes to `EINVAL`.
 //! Decoding never panics on any input (fuzzed in the tests).
 
+use crate::cluster::lock::{LockMode, LockRange};
 use crate::errno::Errno;
 use crate::format::block::BtreeRoot;
+use crate::format::key::{Key, KEY_BYTES};
 use crate::format::le::*;
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
 use alloc::boxed::Box;
@@ -346,6 +348,55 @@ impl Greeting {
     }
 }
 
+/// `scoutfs_net_lock` (48): one lock named by the start key of its range,
+/// a mode change and the grant's `write_seq`. Both directions use it:
+/// a mount asks the server for `old_mode -> new_mode` (the response is the
+/// grant, `write_seq` set for write-capable modes), and the server asks a
+/// mount to go down from `old_mode` to `new_mode` (an invalidation; the
+/// response echoes it once done).
+///
+/// Layout: key 0..32, write_seq 32..40, old_mode 40, new_mode 41, zero
+/// padding 42..48. Decoding refuses a key that starts no lock range, an
+/// unknown mode and non-zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetLock {
+    pub range: LockRange,
+    pub write_seq: u64,
+    pub old_mode: LockMode,
+    pub new_mode: LockMode,
+}
+
+impl NetLock {
+    pub const BYTES: usize = 48;
+
+    pub fn decode(b: &[u8]) -> Result<Self, Errno> {
+        need(b, Self::BYTES)?;
+        let mut kb = [0u8; KEY_BYTES];
+        kb.copy_from_slice(&b[..KEY_BYTES]);
+        let key = Key::decode_strict(&kb).map_err(|_| Errno::EINVAL)?;
+        let range = LockRange::from_start(&key).ok_or(Errno::EINVAL)?;
+        let mode = |v: u8| LockMode::from_wire(v).ok_or(Errno::EINVAL);
+        if b[42..48].iter().any(|&x| x != 0) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(NetLock {
+            range,
+            write_seq: get_u64(b, 32),
+            old_mode: mode(b[40])?,
+            new_mode: mode(b[41])?,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; Self::BYTES];
+        b[..KEY_BYTES].copy_from_slice(&self.range.start.to_bytes());
+        put_u64(&mut b, 32, self.write_seq);
+        b[40] = self.old_mode.to_wire();
+        b[41] = self.new_mode.to_wire();
+        b
+    }
+}
+
 /// `scoutfs_net_inode_alloc` (16): `nr` inode numbers from `ino`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InodeAlloc {
@@ -466,7 +517,10 @@ pub enum Request {
     Statfs,
     Farewell,
     Ping,
-    /// A valid command this node does not serve yet (locks, srch
+    /// A lock request (mount to server) or an invalidation (server to
+    /// mount): see [`NetLock`].
+    Lock(NetLock),
+    /// A valid command this node does not serve yet (lock recovery, srch
     /// compaction, omap, volume options, resize): answered with EINVAL.
     Unsupported(u8),
 }
@@ -495,6 +549,7 @@ impl Request {
             cmd::STATFS => empty(b).map(|_| Request::Statfs)?,
             cmd::FAREWELL => empty(b).map(|_| Request::Farewell)?,
             cmd::PING => empty(b).map(|_| Request::Ping)?,
+            cmd::LOCK => Request::Lock(NetLock::decode(b)?),
             c if c < cmd::UNKNOWN => Request::Unsupported(c),
             _ => return Err(Errno::EINVAL),
         })
@@ -514,6 +569,7 @@ impl Request {
             Request::Statfs => cmd::STATFS,
             Request::Farewell => cmd::FAREWELL,
             Request::Ping => cmd::PING,
+            Request::Lock(_) => cmd::LOCK,
             Request::Unsupported(c) => *c,
         }
     }
@@ -524,6 +580,7 @@ impl Request {
             Request::AllocInodes(n) => encode_u64(*n),
             Request::CommitLogTrees(lt) => lt.encode().to_vec(),
             Request::CommitLogMerge(c) => c.encode().to_vec(),
+            Request::Lock(l) => l.encode(),
             _ => Vec::new(),
         }
     }
@@ -554,6 +611,55 @@ mod tests {
             cmd,
             flags,
             error,
+        }
+    }
+
+    #[test]
+    fn net_locks_round_trip_and_refuse_what_names_no_lock() {
+        use crate::cluster::lock::{LockMode, LockRange};
+        use crate::format::key::ty;
+        for range in [
+            LockRange::inode_group(5000),
+            LockRange::inode_index(ty::INODE_INDEX_DATA_SEQ, 9000),
+            LockRange::orphan(),
+            LockRange::rename(),
+            LockRange::xattr_totl(),
+        ] {
+            let l = NetLock {
+                range,
+                write_seq: 77,
+                old_mode: LockMode::Read,
+                new_mode: LockMode::Write,
+            };
+            let b = Request::Lock(l).encode_payload();
+            assert_eq!(b.len(), NetLock::BYTES);
+            assert_eq!(Request::decode(cmd::LOCK, &b), Ok(Request::Lock(l)));
+        }
+        let good = NetLock {
+            range: LockRange::inode_group(0),
+            write_seq: 0,
+            old_mode: LockMode::Null,
+            new_mode: LockMode::Read,
+        }
+        .encode();
+        let mut mid_group = good.clone();
+        mid_group[..KEY_BYTES].copy_from_slice(&Key::fs(5, ty::INODE, 0, 0).to_bytes());
+        let mut bad_mode = good.clone();
+        bad_mode[41] = 4;
+        let mut pad = good.clone();
+        pad[47] = 1;
+        let mut other_lock_key = good.clone();
+        let mut k = LockRange::rename().start;
+        k.first += 1;
+        other_lock_key[..KEY_BYTES].copy_from_slice(&k.to_bytes());
+        for b in [
+            mid_group,
+            bad_mode,
+            pad,
+            other_lock_key,
+            good[..47].to_vec(),
+        ] {
+            assert_eq!(NetLock::decode(&b), Err(Errno::EINVAL));
         }
     }
 

@@ -768,7 +768,9 @@ impl Inner {
             Request::Statfs => self.statfs(),
             Request::Farewell => self.farewell(rid).await,
             Request::Ping => Ok(Vec::new()),
-            Request::SyncLogTrees | Request::Unsupported(_) => Err(Errno::EINVAL),
+            Request::SyncLogTrees | Request::Lock(_) | Request::Unsupported(_) => {
+                Err(Errno::EINVAL)
+            }
         }
     }
 
