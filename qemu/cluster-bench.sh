@@ -6,7 +6,9 @@
 #    with quorum_heartbeat_timeout_ms 10000 and 3000 (the fence of the dead
 #    leader is acked as soon as a survivor asks: operator time ~0);
 #  - a TCP stream round trip between two nodes over the private segment
-#    (`clusternet ping`; the session's RPCs ride the same path).
+#    (`clusternet ping`; the session's RPCs ride the same path);
+#  - a no-op RPC (PING) round trip from a non-leader's mount to the
+#    leader's server through the session (`rpcping`).
 # Polling goes through the serial console (`cluster.sh shell`), so each
 # figure is late by up to one poll (~0.2-0.5 s).
 #   qemu/cluster-bench.sh            (CLUSTER_DIR default target/cluster-bench)
@@ -42,6 +44,7 @@ for hb in 10000 3000; do
         far=$(( (l + 2) % 3 ))
         "$cs" shell "$other" clusternet serve 7300 >/dev/null
         "$cs" shell "$far" clusternet ping "10.77.0.$((10 + other)):7300" rtt | sed 's/^/  round trip: /'
+        "$cs" shell "$far" rpcping 50 | sed "s/^/  node$far: /"
     fi
     survivors=$(for i in 0 1 2; do [ "$i" != "$l" ] && echo "$i"; done)
     "$cs" kill "$l" >/dev/null

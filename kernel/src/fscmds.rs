@@ -100,6 +100,12 @@ const COMMANDS: &[Command] = &[
         run: |a| boxed(quorum_cmd(a)),
     },
     Command {
+        name: "rpcping",
+        usage: "[COUNT]",
+        help: "no-op RPCs (PING) to the leader's server through this mount's session: round trips",
+        run: |a| boxed(rpcping(a)),
+    },
+    Command {
         name: "fence",
         usage: "[ack RID]",
         help: "list fence requests waiting, or acknowledge one (the node is off)",
@@ -505,6 +511,45 @@ async fn quorum_cmd(args: Vec<String>) -> CmdResult {
         Some(st) => kprintln!("{st}"),
         None => kprintln!("this node holds no quorum slot"),
     }
+    Ok(())
+}
+
+/// `rpcping [COUNT]`: COUNT (default 20, at most 10000) PING requests,
+/// one at a time, through the same session, framing and server request
+/// path every cluster RPC takes; prints min, median and max round trip.
+async fn rpcping(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 1, "rpcping [COUNT]")?;
+    let count: usize = match args.first() {
+        None => 20,
+        Some(a) => a
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| format!("bad count '{a}' (1..10000)"))?,
+    };
+    let v = volume::require()?;
+    let client = v
+        .cluster_client()
+        .ok_or_else(|| "this node is not a cluster member".to_string())?;
+    let clock = KernelClock;
+    let mut rtts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = clock.monotonic_ns();
+        client
+            .session()
+            .call(scoutvm_fs::cluster::msg::cmd::PING, &[])
+            .await
+            .map_err(|e| format!("ping: {e}"))?;
+        rtts.push(clock.monotonic_ns().saturating_sub(t0));
+    }
+    rtts.sort_unstable();
+    let us = |ns: u64| format!("{}.{:03} ms", ns / 1_000_000, (ns / 1000) % 1000);
+    kprintln!(
+        "{count} no-op RPCs to the server: min {}, median {}, max {}",
+        us(rtts[0]),
+        us(rtts[rtts.len() / 2]),
+        us(rtts[rtts.len() - 1])
+    );
     Ok(())
 }
 

@@ -156,6 +156,16 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// This cluster mount's session client (None on a single node).
+    pub fn cluster_client(&self) -> Option<Rc<scoutvm_fs::client::requests::Client>> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => Some(n.client().clone()),
+            _ => None,
+        }
+    }
+}
+
 /// The mounted volume, if any.
 pub fn current() -> Option<Rc<Volume>> {
     match &*STATE.borrow() {
