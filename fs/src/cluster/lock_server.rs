@@ -295,6 +295,13 @@ impl LockServer {
         v
     }
 
+    /// Is an invalidation of `range` to `rid` still unanswered?
+    pub fn is_invalidating(&self, rid: u64, range: &LockRange) -> bool {
+        self.ranges
+            .get(&range.start)
+            .is_some_and(|st| st.invalidating.contains_key(&rid))
+    }
+
     pub fn stats(&self) -> LockServerStats {
         self.stats
     }
