@@ -15,6 +15,7 @@ pub mod clock;
 pub mod cmos;
 pub mod irq;
 pub mod net;
+pub mod paging;
 pub mod pci;
 pub mod port;
 pub mod serial;

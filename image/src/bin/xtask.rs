@@ -1,6 +1,10 @@
 //! `cargo xtask`: build, run, test and bench the appliance.
 //!
 //! - `build`: the bootable ELF at `target/scoutvm/scoutvm.elf`.
+//! - `image [--cmdline FILE] [--esp-mib N]`: the UEFI disk image
+//!   `target/scoutvm/scoutvm.img` (raw, GPT, one FAT EFI system partition
+//!   with `\EFI\BOOT\BOOTX64.EFI`, `scoutvm.elf` and `cmdline.txt`) and
+//!   `scoutvm.qcow2` (docs/image.md).
 //! - `run [--q35] [--meta IMG --data IMG] [-- CMDLINE...]`: build, then
 //!   boot one node through `qemu/run.sh` (serial on this terminal). Blank
 //!   or missing images are made (sparse) and formatted with the host
@@ -29,6 +33,9 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
 
 const TARGET: &str = "x86_64-unknown-none";
+const UEFI_TARGET: &str = "x86_64-unknown-uefi";
+/// Default size of the EFI system partition: room for a few kernels.
+const ESP_MIB: u64 = 32;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,6 +103,10 @@ fn ensure_qemu() {
 }
 
 fn ensure_target() {
+    ensure_rust_target(TARGET);
+}
+
+fn ensure_rust_target(target: &str) {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .current_dir(root())
@@ -103,12 +114,12 @@ fn ensure_target() {
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim() == TARGET)
+                .any(|l| l.trim() == target)
         })
         .unwrap_or(false);
     if !installed {
-        eprintln!("xtask: rust target {TARGET} is missing; adding it with rustup");
-        run("rustup", &["target", "add", TARGET]);
+        eprintln!("xtask: rust target {target} is missing; adding it with rustup");
+        run("rustup", &["target", "add", target]);
     }
 }
 
@@ -176,6 +187,90 @@ fn build() -> PathBuf {
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!("xtask: built {} ({} bytes)", out.display(), size);
     out
+}
+
+/// Build the UEFI loader; returns the path of its `.efi`.
+fn build_loader() -> PathBuf {
+    ensure_rust_target(UEFI_TARGET);
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scoutvm-loader",
+            "--bin",
+            "scoutvm-loader",
+            "--target",
+            UEFI_TARGET,
+        ],
+    );
+    target_dir()
+        .join(UEFI_TARGET)
+        .join("release/scoutvm-loader.efi")
+}
+
+/// `cargo xtask image`: the kernel and the loader on a GPT disk with one
+/// EFI system partition, raw and qcow2.
+fn cmd_image(args: &[String]) {
+    use scoutvm_image::disk_image::{build_disk, EspFile};
+    let elf = build();
+    let loader = build_loader();
+    let read =
+        |p: &Path| std::fs::read(p).unwrap_or_else(|e| fail(&format!("read {}: {e}", p.display())));
+    let cmdline_path = flag_value(args, "--cmdline")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("loader/cmdline.txt"));
+    let esp_mib = match flag_value(args, "--esp-mib") {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|m| (1..=4096).contains(m))
+            .unwrap_or_else(|| fail(&format!("--esp-mib {v}: want 1..=4096"))),
+        None => ESP_MIB,
+    };
+    let (elf_bytes, loader_bytes, cmdline) = (read(&elf), read(&loader), read(&cmdline_path));
+    let files = [
+        EspFile {
+            path: "EFI/BOOT/BOOTX64.EFI",
+            data: &loader_bytes,
+        },
+        EspFile {
+            path: "scoutvm.elf",
+            data: &elf_bytes,
+        },
+        EspFile {
+            path: "cmdline.txt",
+            data: &cmdline,
+        },
+    ];
+    let img = build_disk(&files, esp_mib << 20).unwrap_or_else(|e| fail(&e));
+    let raw = root().join("target/scoutvm/scoutvm.img");
+    std::fs::write(&raw, &img).unwrap_or_else(|e| fail(&format!("write {}: {e}", raw.display())));
+    eprintln!(
+        "xtask: wrote {} ({} MiB raw: ESP {} MiB with loader {} B, kernel {} B, cmdline.txt {} B)",
+        raw.display(),
+        img.len() >> 20,
+        esp_mib,
+        loader_bytes.len(),
+        elf_bytes.len(),
+        cmdline.len()
+    );
+    let qcow = root().join("target/scoutvm/scoutvm.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow)
+        .status()
+        .is_ok_and(|s| s.success());
+    if converted {
+        let size = std::fs::metadata(&qcow).map(|m| m.len()).unwrap_or(0);
+        eprintln!("xtask: wrote {} ({size} bytes)", qcow.display());
+    } else {
+        eprintln!(
+            "xtask: qemu-img is not available: no scoutvm.qcow2 (the raw image boots as it is)"
+        );
+    }
 }
 
 /// The value of `--flag VALUE` in `args`.
@@ -415,6 +510,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n  build                         build target/scoutvm/scoutvm.elf\
+         \n  image [--cmdline FILE] [--esp-mib N]\
+         \n                                the UEFI disk image target/scoutvm/scoutvm.img and .qcow2\
          \n  run [--q35] [--meta IMG] [--data IMG] [-- CMDLINE...]\
          \n                                boot one appliance on this terminal\
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
@@ -438,6 +535,7 @@ fn main() {
         "build" => {
             build();
         }
+        "image" => cmd_image(&args[1..]),
         "run" => cmd_run(&args[1..]),
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
