@@ -236,6 +236,29 @@ pub fn esp_range(img: &[u8]) -> Result<(usize, usize), String> {
     Ok((range.0 as usize, range.1 as usize))
 }
 
+/// Replace (or add) one file in the ESP of a disk made by [`build_disk`]:
+/// how tests and operators edit `cmdline.txt` without rebuilding.
+pub fn write_esp_file(img: &mut [u8], path: &str, data: &[u8]) -> Result<(), String> {
+    let (a, b) = esp_range(img)?;
+    let fs = fatfs::FileSystem::new(Cursor::new(&mut img[a..b]), fatfs::FsOptions::new())
+        .map_err(|e| format!("the ESP is not a FAT file system: {e}"))?;
+    {
+        let mut f = fs
+            .root_dir()
+            .create_file(path)
+            .map_err(|e| format!("ESP: open {path}: {e}"))?;
+        f.truncate()
+            .map_err(|e| format!("ESP: truncate {path}: {e}"))?;
+        f.write_all(data).map_err(|e| {
+            format!(
+                "ESP: write {path} ({} bytes): {e} (is the ESP full?)",
+                data.len()
+            )
+        })?;
+    }
+    fs.unmount().map_err(|e| format!("ESP: unmount: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +324,27 @@ mod tests {
         }];
         let err = build_disk(&files, 2 << 20).unwrap_err();
         assert!(err.contains("scoutvm.elf") && err.contains("full"), "{err}");
+    }
+
+    #[test]
+    fn an_esp_file_is_replaced_in_place() {
+        let files = [EspFile {
+            path: "cmdline.txt",
+            data: b"node=a",
+        }];
+        let mut img = build_disk(&files, 2 << 20).unwrap();
+        write_esp_file(&mut img, "cmdline.txt", b"node=b ip=dhcp").unwrap();
+        let (a, b) = esp_range(&img).unwrap();
+        let fs = fatfs::FileSystem::new(Cursor::new(img[a..b].to_vec()), fatfs::FsOptions::new())
+            .unwrap();
+        let mut got = String::new();
+        fs.root_dir()
+            .open_file("cmdline.txt")
+            .unwrap()
+            .read_to_string(&mut got)
+            .unwrap();
+        assert_eq!(got, "node=b ip=dhcp");
+        assert!(write_esp_file(&mut [0u8; 4096], "x", b"y").is_err());
     }
 
     #[test]
