@@ -133,7 +133,7 @@ pub fn build_esp(files: &[EspFile], bytes: u64) -> Result<Vec<u8>, String> {
 /// A raw disk: protective MBR, GPT (primary and backup) with one ESP of
 /// `esp_bytes` (a multiple of the sector size) holding `files`.
 pub fn build_disk(files: &[EspFile], esp_bytes: u64) -> Result<Vec<u8>, String> {
-    if esp_bytes == 0 || esp_bytes % SECTOR != 0 {
+    if esp_bytes == 0 || !esp_bytes.is_multiple_of(SECTOR) {
         return Err(format!(
             "ESP size {esp_bytes} is not a positive multiple of {SECTOR}"
         ));

@@ -4,6 +4,7 @@
 //! `hvm_start_info` block. The firmware calls and the jump into the kernel
 //! live in `main.rs` (built for `x86_64-unknown-uefi` only).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 pub mod cmdline;
 pub mod elf;

@@ -49,7 +49,7 @@ mod uefi_main {
     const LOW_MEMMAP: usize = 2 * 4096 + 256;
     const MEMMAP_ENTRIES: usize = 128;
     const LOW_STACK_TOP: usize = LOW_PAGES * 4096;
-    const _: () = assert!(LOW_CMDLINE + cmdline::MAX + 1 <= LOW_MEMMAP);
+    const _: () = assert!(LOW_CMDLINE + cmdline::MAX < LOW_MEMMAP);
     const _: () =
         assert!(LOW_MEMMAP + MEMMAP_ENTRIES * start_info::ENTRY_SIZE + 1024 <= LOW_STACK_TOP);
 

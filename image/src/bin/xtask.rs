@@ -12,8 +12,12 @@
 //!   (forwarded to 127.0.0.1:5640).
 //! - `test`: the whole CI. Installs what a fresh machine lacks (QEMU, the
 //!   rustup target, cargo-deny), then fmt, clippy (host and appliance),
-//!   the licence check, the image, and every test in the workspace.
+//!   the licence check, the ELF and the UEFI disk image, and every test in
+//!   the workspace.
 //! - `bench`: boot time, image size, idle CPU, virtio-blk MB/s.
+//! - `bench-image [--runs N]`: boot to the shell prompt from the UEFI disk
+//!   image under OVMF against `-kernel` (PVH) on q35, split into the
+//!   firmware's, the loader's and the kernel's share; image sizes.
 //! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]`:
 //!   the 9P bench from a Linux guest (mdtest-like pass, streaming write
 //!   and read) against a freshly booted appliance, or the server at
@@ -77,10 +81,13 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
 }
 
 fn ensure_qemu() {
-    if succeeds("qemu-system-x86_64", &["--version"]) {
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists();
+    if succeeds("qemu-system-x86_64", &["--version"]) && ovmf {
         return;
     }
-    eprintln!("xtask: qemu-system-x86_64 is missing; installing Debian's qemu-system-x86");
+    eprintln!(
+        "xtask: qemu-system-x86_64 or OVMF is missing; installing Debian's qemu-system-x86 and ovmf"
+    );
     let root_user = Command::new("id")
         .arg("-u")
         .output()
@@ -95,7 +102,8 @@ fn ensure_qemu() {
     update.extend(["update", "-q"]);
     run(prog, &update);
     let mut install = pre;
-    install.extend(["install", "-y", "-q", "qemu-system-x86"]);
+    // ovmf: the UEFI firmware the disk-image test boots (tests/tests/image.rs)
+    install.extend(["install", "-y", "-q", "qemu-system-x86", "ovmf"]);
     run(prog, &install);
     if !succeeds("qemu-system-x86_64", &["--version"]) {
         fail("qemu-system-x86_64 still missing after installing qemu-system-x86");
@@ -210,9 +218,23 @@ fn build_loader() -> PathBuf {
         .join("release/scoutvm-loader.efi")
 }
 
+/// Write `data` to `path` leaving all-zero 64 KiB runs as holes.
+fn write_sparse(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(path)?;
+    for chunk in data.chunks(64 << 10) {
+        if chunk.iter().all(|&b| b == 0) {
+            f.seek(SeekFrom::Current(chunk.len() as i64))?;
+        } else {
+            f.write_all(chunk)?;
+        }
+    }
+    f.set_len(data.len() as u64)
+}
+
 /// `cargo xtask image`: the kernel and the loader on a GPT disk with one
 /// EFI system partition, raw and qcow2.
-fn cmd_image(args: &[String]) {
+fn make_image(args: &[String]) -> PathBuf {
     use scoutvm_image::disk_image::{build_disk, EspFile};
     let elf = build();
     let loader = build_loader();
@@ -246,7 +268,7 @@ fn cmd_image(args: &[String]) {
     ];
     let img = build_disk(&files, esp_mib << 20).unwrap_or_else(|e| fail(&e));
     let raw = root().join("target/scoutvm/scoutvm.img");
-    std::fs::write(&raw, &img).unwrap_or_else(|e| fail(&format!("write {}: {e}", raw.display())));
+    write_sparse(&raw, &img).unwrap_or_else(|e| fail(&format!("write {}: {e}", raw.display())));
     eprintln!(
         "xtask: wrote {} ({} MiB raw: ESP {} MiB with loader {} B, kernel {} B, cmdline.txt {} B)",
         raw.display(),
@@ -271,6 +293,7 @@ fn cmd_image(args: &[String]) {
             "xtask: qemu-img is not available: no scoutvm.qcow2 (the raw image boots as it is)"
         );
     }
+    raw
 }
 
 /// The value of `--flag VALUE` in `args`.
@@ -402,8 +425,25 @@ fn cmd_test() {
             "warnings",
         ],
     );
+    run(
+        &c,
+        &[
+            "clippy",
+            "--release",
+            "-p",
+            "scoutvm-loader",
+            "--bin",
+            "scoutvm-loader",
+            "--target",
+            UEFI_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
     run(&c, &["deny", "check", "licenses"]);
     let elf = build();
+    let img = make_image(&[]);
     let nextest = succeeds(&c, &["nextest", "--version"]);
     let args: Vec<&str> = if nextest {
         vec!["nextest", "run", "--workspace", "--no-fail-fast"]
@@ -418,6 +458,7 @@ fn cmd_test() {
     let status = Command::new(&c)
         .args(&args)
         .env("SCOUTVM_ELF", &elf)
+        .env("SCOUTVM_IMG", &img)
         .current_dir(root())
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run tests: {e}")));
@@ -432,6 +473,12 @@ fn cmd_test() {
 fn run_bench_bin(bin: &str, args: &[String]) {
     ensure_qemu();
     let elf = build();
+    // the boot-path bench also boots the UEFI disk image
+    let img = if bin == "scoutvm-bench-image" {
+        make_image(&[])
+    } else {
+        PathBuf::new()
+    };
     let c = cargo();
     let mut a: Vec<&str> = vec![
         "run",
@@ -448,6 +495,7 @@ fn run_bench_bin(bin: &str, args: &[String]) {
     let status = Command::new(&c)
         .args(&a)
         .env("SCOUTVM_ELF", &elf)
+        .env("SCOUTVM_IMG", &img)
         .current_dir(root())
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run {bin}: {e}")));
@@ -516,6 +564,7 @@ fn usage() -> ! {
          \n                                boot one appliance on this terminal\
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
          \n  bench [--quick]               boot time, size, idle CPU, disk MB/s\
+         \n  bench-image [--runs N]        boot to prompt: UEFI disk image vs -kernel, image sizes\
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]\
          \n                                9P bench from a Linux guest (boots an appliance,\
          \n                                then the diod peer VM)\
@@ -535,11 +584,14 @@ fn main() {
         "build" => {
             build();
         }
-        "image" => cmd_image(&args[1..]),
+        "image" => {
+            make_image(&args[1..]);
+        }
         "run" => cmd_run(&args[1..]),
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
+        "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
         _ => usage(),
