@@ -105,6 +105,9 @@ pub fn parse(file: &[u8]) -> Result<Kernel, ElfError> {
         let ph = phoff
             .checked_add(i.checked_mul(phentsize).ok_or(ElfError::Truncated)?)
             .ok_or(ElfError::Truncated)?;
+        if ph.checked_add(56).is_none_or(|end| end > file.len()) {
+            return Err(ElfError::Truncated);
+        }
         let kind = u32_at(file, ph)?;
         let offset = u64_at(file, ph + 8)?;
         let paddr = u64_at(file, ph + 24)?;
@@ -230,6 +233,9 @@ mod tests {
         for cut in [70, 64 + 56 + 10, f.len() - 3] {
             assert!(parse(&f[..cut]).is_err(), "cut at {cut}");
         }
+        let mut far = f.clone();
+        far[32..40].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+        assert_eq!(parse(&far), Err(ElfError::Truncated));
         let mut arm = f.clone();
         arm[18] = 183;
         assert_eq!(parse(&arm), Err(ElfError::NotX86_64));

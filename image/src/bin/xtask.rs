@@ -395,6 +395,7 @@ fn cmd_run(args: &[String]) {
 fn cmd_test() {
     ensure_qemu();
     ensure_target();
+    ensure_rust_target(UEFI_TARGET);
     ensure_cargo_deny();
     let c = cargo();
     run(&c, &["fmt", "--all", "--", "--check"]);
