@@ -259,6 +259,17 @@ pub fn write_esp_file(img: &mut [u8], path: &str, data: &[u8]) -> Result<(), Str
     fs.unmount().map_err(|e| format!("ESP: unmount: {e}"))
 }
 
+/// Remove one file from the ESP of a disk made by [`build_disk`].
+pub fn remove_esp_file(img: &mut [u8], path: &str) -> Result<(), String> {
+    let (a, b) = esp_range(img)?;
+    let fs = fatfs::FileSystem::new(Cursor::new(&mut img[a..b]), fatfs::FsOptions::new())
+        .map_err(|e| format!("the ESP is not a FAT file system: {e}"))?;
+    fs.root_dir()
+        .remove(path)
+        .map_err(|e| format!("ESP: remove {path}: {e}"))?;
+    fs.unmount().map_err(|e| format!("ESP: unmount: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +356,11 @@ mod tests {
             .unwrap();
         assert_eq!(got, "node=b ip=dhcp");
         assert!(write_esp_file(&mut [0u8; 4096], "x", b"y").is_err());
+        remove_esp_file(&mut img, "cmdline.txt").unwrap();
+        let fs = fatfs::FileSystem::new(Cursor::new(img[a..b].to_vec()), fatfs::FsOptions::new())
+            .unwrap();
+        assert!(fs.root_dir().open_file("cmdline.txt").is_err());
+        assert!(remove_esp_file(&mut img, "cmdline.txt").is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! two blank disks, answers a 9P version handshake from the host and
 //! powers off cleanly; a bad `cmdline.txt` is reported
 //! and the default used; the boot disk (GPT) is never made a volume even
-//! when its serial says `meta`. Skipped, with a message, when Debian's
+//! when its serial says `meta`; no cmdline.txt and no volume disks still
+//! reach the shell with a message. Skipped, with a message, when Debian's
 //! `ovmf` package is not installed. Each boot takes ~10-20 s under TCG.
 
 use std::io::{Read, Write};
@@ -12,7 +13,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use scoutvm_image::disk_image::{esp_range, write_esp_file};
+use scoutvm_image::disk_image::{esp_range, remove_esp_file, write_esp_file};
 use scoutvm_tests::{
     disk_image_path, free_tcp_port, Machine, Net, TempImage, UefiBoot, Vm, VmConfig, OVMF_CODE,
     OVMF_VARS, TIMEOUT,
@@ -34,9 +35,13 @@ struct Boot {
 }
 
 impl Boot {
-    fn new(cmdline: &[u8]) -> Boot {
+    /// `cmdline`: the file's bytes, or `None` for no cmdline.txt at all.
+    fn new(cmdline: Option<&[u8]>) -> Boot {
         let mut img = std::fs::read(disk_image_path()).unwrap();
-        write_esp_file(&mut img, "cmdline.txt", cmdline).unwrap();
+        match cmdline {
+            Some(text) => write_esp_file(&mut img, "cmdline.txt", text).unwrap(),
+            None => remove_esp_file(&mut img, "cmdline.txt").unwrap(),
+        }
         let image = TempImage::new("uefi-boot", 0).unwrap();
         std::fs::write(&image.path, &img).unwrap();
         let vars = TempImage::new("ovmf-vars", 0).unwrap();
@@ -59,7 +64,9 @@ fn uefi_image_boots_makes_a_volume_and_powers_off() {
     if !ovmf_present() {
         return;
     }
-    let boot = Boot::new(b"# written by the test\nnode=imgtest\n  log=info # comment\n");
+    let boot = Boot::new(Some(
+        b"# written by the test\nnode=imgtest\n  log=info # comment\n",
+    ));
     let head_before = boot.image.read_at(0, 64 << 10).unwrap();
     let meta = TempImage::new("meta", 4 << 30).unwrap();
     let data = TempImage::new("data", 1 << 30).unwrap();
@@ -113,7 +120,7 @@ fn bad_cmdline_txt_uses_the_default_and_the_boot_disk_is_never_a_volume() {
     if !ovmf_present() {
         return;
     }
-    let boot = Boot::new(b"node=caf\xe9\n");
+    let boot = Boot::new(Some(b"node=caf\xe9\n"));
     let data = TempImage::new("data", 1 << 30).unwrap();
     // the boot disk claims to be the metadata disk
     let cfg = VmConfig::new(Machine::Q35)
@@ -163,4 +170,28 @@ fn p9_version(port: u16) -> String {
     assert_eq!(body[0], 101, "Rversion type: {body:?}");
     let vlen = u16::from_le_bytes([body[7], body[8]]) as usize;
     String::from_utf8_lossy(&body[9..9 + vlen]).into_owned()
+}
+
+#[test]
+fn missing_cmdline_txt_and_no_volume_disks_still_reach_the_shell() {
+    if !ovmf_present() {
+        return;
+    }
+    let boot = Boot::new(None);
+    let cfg = VmConfig::new(Machine::Q35)
+        .node("scoutvm")
+        .uefi(boot.uefi(""));
+    let mut vm = Vm::spawn(&cfg).unwrap();
+    vm.wait_for(
+        "cannot read \\cmdline.txt on the ESP; booting with the built-in default command line",
+        TIMEOUT,
+    )
+    .unwrap();
+    vm.wait_prompt(TIMEOUT).unwrap();
+    if !vm.console().contains("volume: no metadata disk") {
+        vm.wait_for("volume: no metadata disk", TIMEOUT).unwrap();
+    }
+    let out = vm.run("devices").unwrap();
+    assert!(out.contains("vda") && !out.contains("vdb"), "{out}");
+    vm.poweroff().unwrap();
 }
