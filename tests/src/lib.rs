@@ -830,6 +830,27 @@ mod tests {
     }
 
     #[test]
+    fn qemu_args_for_a_uefi_boot() {
+        let u = VmConfig::new(Machine::Microvm)
+            .uefi(UefiBoot {
+                code: "/c.fd".into(),
+                vars: "/v.fd".into(),
+                image: "/i.img".into(),
+                serial: "meta".into(),
+            })
+            .disk(Path::new("/tmp/d.img"), "data")
+            .qemu_args(Path::new("/k.elf"))
+            .join(" ");
+        assert!(u.contains("-M q35"), "{u}");
+        assert!(u.contains("if=pflash,format=raw,readonly=on,file=/c.fd"));
+        assert!(u.contains("if=pflash,format=raw,file=/v.fd"));
+        assert!(u.contains("virtio-blk-pci,drive=boot,bootindex=0,serial=meta"));
+        // the boot disk comes first: it is vda
+        assert!(u.find("drive=boot").unwrap() < u.find("drive=d0").unwrap());
+        assert!(!u.contains("-kernel") && !u.contains("-append"), "{u}");
+    }
+
+    #[test]
     fn free_ports_differ_from_zero() {
         assert_ne!(free_tcp_port(), 0);
         assert_ne!(free_udp_port(), 0);
