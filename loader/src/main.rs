@@ -479,7 +479,21 @@ scoutvm_tramp_end:
             table,
         );
         lowmem[LOW_START_INFO..LOW_START_INFO + start_info::SIZE].copy_from_slice(&info);
-        com1(b"entering the kernel (PVH, 32-bit)");
+        let mut msg = [0u8; 120];
+        let mut w = Writer {
+            out: &mut msg,
+            len: 0,
+        };
+        w.put(b"entering the kernel (PVH, 32-bit); memory map of ");
+        w.dec(conv.count as u64);
+        w.put(b" entries");
+        if conv.dropped > 0 {
+            w.put(b", ");
+            w.dec(conv.dropped as u64);
+            w.put(b" high ones dropped");
+        }
+        let n = w.len;
+        com1(&msg[..n]);
         // SAFETY: the low block holds the trampoline (position-independent,
         // copied whole) and is identity-mapped below 4 GiB; the kernel is
         // loaded at its physical addresses; boot services are gone, so

@@ -252,6 +252,17 @@ fn make_image(args: &[String]) -> PathBuf {
         None => ESP_MIB,
     };
     let (elf_bytes, loader_bytes, cmdline) = (read(&elf), read(&loader), read(&cmdline_path));
+    // the loader would boot with its default instead: refuse it here
+    let mut words = [0u8; scoutvm_loader::cmdline::MAX];
+    if let Err(e) = scoutvm_loader::cmdline::parse(&cmdline, &mut words) {
+        let mut why = [0u8; 80];
+        let n = e.describe(&mut why);
+        fail(&format!(
+            "{}: {}",
+            cmdline_path.display(),
+            String::from_utf8_lossy(&why[..n])
+        ));
+    }
     let files = [
         EspFile {
             path: "EFI/BOOT/BOOTX64.EFI",
