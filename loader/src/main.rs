@@ -237,7 +237,14 @@ scoutvm_tramp_end:
                     efi::Status::BAD_BUFFER_SIZE
                 });
             }
-            let buf = self.pool(size as usize)?;
+            let buf = match self.pool(size as usize) {
+                Ok(b) => b,
+                Err(s) => {
+                    // SAFETY: f is open.
+                    unsafe { ((*f).close)(f) };
+                    return Err(s);
+                }
+            };
             let mut done = 0usize;
             // SAFETY: f is open; each read writes at most the bytes left in
             // `buf`, which is `size` bytes long.
