@@ -1,5 +1,6 @@
 //! PCI configuration space through the legacy 0xCF8/0xCFC ports (q35;
-//! SeaBIOS has assigned the BARs). On microvm the ports read all-ones and
+//! the firmware (SeaBIOS, or OVMF which puts 64-bit BARs above 4 GiB: see
+//! `paging`) has assigned the BARs). On microvm the ports read all-ones and
 //! [`present`] says so.
 
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};

@@ -42,6 +42,18 @@ pub unsafe fn outl(port: u16, value: u32) {
     }
 }
 
+/// Write a 16-bit value to an I/O port.
+///
+/// # Safety
+/// The port must belong to a device whose side effects the caller owns.
+#[inline]
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: the caller guarantees the port write has no unexpected effect.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Read a 32-bit value from an I/O port.
 ///
 /// # Safety

@@ -23,8 +23,6 @@ pub const MMIO_BASE: usize = 0xfeb0_0000;
 pub const MMIO_SLOT_SIZE: usize = 0x200;
 pub const MMIO_SLOTS: usize = 24;
 const MMIO_MAGIC: u32 = 0x7472_6976;
-/// Everything the kernel maps is below 4 GiB (identity, 2 MiB pages).
-const MAPPED_LIMIT: u64 = 1 << 32;
 
 /// DMA and MMIO for an identity-mapped kernel: physical == virtual.
 pub struct KernelHal;
@@ -53,10 +51,10 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        assert!(
-            paddr.saturating_add(size as u64) <= MAPPED_LIMIT,
-            "virtio BAR at {paddr:#x} is above the 4 GiB identity map"
-        );
+        // UEFI firmware puts 64-bit BARs above what the boot tables map.
+        if let Err(e) = crate::paging::map_mmio(paddr, size as u64) {
+            panic!("virtio BAR at {paddr:#x} ({size} bytes) cannot be mapped: {e:?}");
+        }
         NonNull::new(paddr as *mut u8).expect("BAR at address 0")
     }
 

@@ -248,6 +248,11 @@ async fn devices_cmd(args: Vec<String>) -> CmdResult {
         } else {
             ""
         };
+        let role = match devices::partition_table(b) {
+            Some("GPT") => " GPT-partitioned (not a volume disk)",
+            Some(_) => " partitioned (not a volume disk)",
+            None => role,
+        };
         kprintln!(
             "{:<5} virtio-blk {:<4} {:<16} size {} ({} bytes) serial '{}'{}{} {}",
             b.name,

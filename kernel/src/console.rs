@@ -140,11 +140,23 @@ pub async fn read_input() -> Vec<u8> {
     .await
 }
 
+/// QEMU q35's ACPI PM1a control register (ICH9 PMBASE 0x600, as SeaBIOS
+/// and OVMF program it, + 4) and its S5 sleep request (SLP_TYP 0 | SLP_EN).
+const Q35_PM1A_CNT: u16 = 0x604;
+const Q35_SLEEP_S5: u16 = 1 << 13;
+
 /// Leave the VM with `code` (QEMU exit status `(code << 1) | 1`). Without
-/// the debug-exit device, stop the CPU.
+/// the debug-exit device (libvirt, a cloud), a power-off asks q35's ACPI
+/// power management for S5 (elsewhere the port is unused and the write is
+/// ignored); anything else stops the CPU.
 pub fn exit(code: u32) -> ! {
     // SAFETY: isa-debug-exit's port; the write ends the VM when present.
     unsafe { outl(DEBUG_EXIT_PORT, code) };
+    if code == EXIT_POWEROFF {
+        // SAFETY: the PM1a control port of q35's ICH9; on machines without
+        // it nothing decodes the port.
+        unsafe { scoutvm_drivers::port::outw(Q35_PM1A_CNT, Q35_SLEEP_S5) };
+    }
     loop {
         // SAFETY: nothing left to do; park the CPU with interrupts off.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };

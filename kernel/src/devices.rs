@@ -132,6 +132,15 @@ pub fn block(name: &str) -> Option<&'static BlockEntry> {
     })
 }
 
+/// The partition table on `b` ("GPT", "MBR"), if any: such a disk (the
+/// boot disk of the UEFI image) is never a volume device.
+pub fn partition_table(b: &BlockEntry) -> Option<&'static str> {
+    use scoutvm_fs::storage::dev::BlockDev;
+    let mut head = alloc::vec![0u8; scoutvm_kernel::partition::PROBE_BYTES];
+    b.dev.read(0, &mut head).ok()?;
+    scoutvm_kernel::partition::table_of(&head)
+}
+
 /// The disk playing `role` ("meta", "data"): the one named by the
 /// `role=` cmdline key, else the one whose serial is the role name.
 pub fn role(role: &str) -> Option<&'static BlockEntry> {

@@ -240,6 +240,15 @@ pub fn find_devices() -> Result<(&'static BlockEntry, &'static BlockEntry), Stri
     if meta.name == data.name {
         return Err(format!("meta and data are the same disk ({})", meta.name));
     }
+    for (role, b) in [("meta", meta), ("data", data)] {
+        if let Some(table) = devices::partition_table(b) {
+            return Err(format!(
+                "{role} disk {} holds a {table} partition table (the boot disk?): \
+                 a volume device is a whole disk; name others with meta=/data=",
+                b.name
+            ));
+        }
+    }
     Ok((meta, data))
 }
 

@@ -1,6 +1,9 @@
 //! The house rules on imports, checked from the sources (docs/layout.md):
 //! each `fs` subsystem imports only the subsystems below it, and the
-//! modules of the kernel and of the 9P server form no cycle.
+//! modules of the kernel and of the 9P server form no cycle; `unsafe`
+//! lives only where the hardware is (drivers/, kernel/, and the UEFI
+//! loader's firmware side, loader/src/main.rs), each use with a
+//! `// SAFETY:` comment, and the crates without hardware forbid it.
 //!
 //! Comments and `#[cfg(test)]` modules are not scanned: unit tests may
 //! use test support from anywhere.
@@ -234,4 +237,119 @@ fn the_checker_sees_a_cycle_and_a_forbidden_import() {
             .map(|s| s.to_string())
             .collect()
     );
+}
+
+/// Where `unsafe` may appear in the appliance's crates: the drivers, the
+/// kernel binary, and the firmware side of the UEFI loader. The pure
+/// crates (and the pure halves of kernel and loader) forbid it.
+const UNSAFE_ALLOWED: [&str; 3] = ["drivers/src", "kernel/src", "loader/src/main.rs"];
+const UNSAFE_FORBIDDEN_BY_ATTRIBUTE: [&str; 4] = [
+    "fs/src/lib.rs",
+    "net/src/lib.rs",
+    "kernel/src/lib.rs",
+    "loader/src/lib.rs",
+];
+
+/// `(line number, line)` of each `unsafe` block or impl in `text` with no
+/// `SAFETY:` comment on its line, within the 3 lines above, or in the
+/// comment block those lines end. (`unsafe fn`
+/// declarations state their contract in docs; the blocks inside and the
+/// calls to them are what is checked.)
+fn unsafe_without_reason(text: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut bad = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if t.starts_with("//") {
+            continue;
+        }
+        let code = t.split("//").next().unwrap_or("");
+        if !(code.contains("unsafe {") || code.contains("unsafe impl")) {
+            continue;
+        }
+        // the line itself, up to 3 lines above, and the whole comment
+        // block those reach into
+        let mut j = i;
+        let mut reason = line.contains("SAFETY:");
+        while !reason && j > 0 {
+            j -= 1;
+            let above = lines[j].trim_start();
+            if i - j > 3 && !above.starts_with("//") {
+                break;
+            }
+            reason = above.contains("SAFETY:");
+        }
+        if !reason {
+            bad.push((i + 1, line.to_string()));
+        }
+    }
+    bad
+}
+
+#[test]
+fn unsafe_only_where_the_hardware_is_and_always_with_a_reason() {
+    let root = workspace_root();
+    for f in UNSAFE_FORBIDDEN_BY_ATTRIBUTE {
+        let text = fs::read_to_string(root.join(f)).unwrap();
+        assert!(
+            text.contains("#![forbid(unsafe_code)]"),
+            "{f} must forbid unsafe_code"
+        );
+    }
+    let mut files = Vec::new();
+    for dir in [
+        "fs/src",
+        "net/src",
+        "drivers/src",
+        "kernel/src",
+        "loader/src",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let mut seen_allowed = 0;
+    for path in files {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let text = fs::read_to_string(&path).unwrap();
+        if !code_of(&text).contains("unsafe") {
+            continue;
+        }
+        let allowed = UNSAFE_ALLOWED.iter().any(|a| rel.starts_with(a));
+        // `forbid(unsafe_code)` itself names the word
+        let only_forbid = code_of(&text)
+            .lines()
+            .filter(|l| l.contains("unsafe"))
+            .all(|l| l.contains("forbid(unsafe_code)"));
+        if only_forbid {
+            continue;
+        }
+        assert!(
+            allowed,
+            "unsafe code in {rel}: only {UNSAFE_ALLOWED:?} may hold it"
+        );
+        seen_allowed += 1;
+        let bad = unsafe_without_reason(&text);
+        assert!(
+            bad.is_empty(),
+            "{rel}: unsafe without a SAFETY comment: {bad:?}"
+        );
+    }
+    assert!(seen_allowed > 5, "the scan found the drivers and kernel");
+}
+
+#[test]
+fn the_unsafe_checker_sees_a_missing_reason() {
+    let good =
+        "fn f() {\n    // SAFETY: port 0x80 is a debug port.\n    unsafe { outb(0x80, 1) };\n}\n";
+    assert!(unsafe_without_reason(good).is_empty());
+    let bad = "fn f() {\n    let x = 1;\n    unsafe { outb(0x80, x) };\n}\n";
+    assert_eq!(unsafe_without_reason(bad).len(), 1);
+    let far = "// SAFETY: too far above.\n\n\n\n\nunsafe impl Send for X {}\n";
+    assert_eq!(unsafe_without_reason(far).len(), 1);
 }

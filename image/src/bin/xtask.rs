@@ -1,6 +1,10 @@
 //! `cargo xtask`: build, run, test and bench the appliance.
 //!
 //! - `build`: the bootable ELF at `target/scoutvm/scoutvm.elf`.
+//! - `image [--cmdline FILE] [--esp-mib N]`: the UEFI disk image
+//!   `target/scoutvm/scoutvm.img` (raw, GPT, one FAT EFI system partition
+//!   with `\EFI\BOOT\BOOTX64.EFI`, `scoutvm.elf` and `cmdline.txt`) and
+//!   `scoutvm.qcow2` (docs/image.md).
 //! - `run [--q35] [--meta IMG --data IMG] [-- CMDLINE...]`: build, then
 //!   boot one node through `qemu/run.sh` (serial on this terminal). Blank
 //!   or missing images are made (sparse) and formatted with the host
@@ -8,8 +12,12 @@
 //!   (forwarded to 127.0.0.1:5640).
 //! - `test`: the whole CI. Installs what a fresh machine lacks (QEMU, the
 //!   rustup target, cargo-deny), then fmt, clippy (host and appliance),
-//!   the licence check, the image, and every test in the workspace.
+//!   the licence check, the ELF and the UEFI disk image, and every test in
+//!   the workspace.
 //! - `bench`: boot time, image size, idle CPU, virtio-blk MB/s.
+//! - `bench-image [--runs N]`: boot to the shell prompt from the UEFI disk
+//!   image under OVMF against `-kernel` (PVH) on q35, split into the
+//!   firmware's, the loader's and the kernel's share; image sizes.
 //! - `bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]`:
 //!   the 9P bench from a Linux guest (mdtest-like pass, streaming write
 //!   and read) against a freshly booted appliance, or the server at
@@ -29,6 +37,9 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
 
 const TARGET: &str = "x86_64-unknown-none";
+const UEFI_TARGET: &str = "x86_64-unknown-uefi";
+/// Default size of the EFI system partition: room for a few kernels.
+const ESP_MIB: u64 = 32;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,10 +81,13 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
 }
 
 fn ensure_qemu() {
-    if succeeds("qemu-system-x86_64", &["--version"]) {
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists();
+    if succeeds("qemu-system-x86_64", &["--version"]) && ovmf {
         return;
     }
-    eprintln!("xtask: qemu-system-x86_64 is missing; installing Debian's qemu-system-x86");
+    eprintln!(
+        "xtask: qemu-system-x86_64 or OVMF is missing; installing Debian's qemu-system-x86 and ovmf"
+    );
     let root_user = Command::new("id")
         .arg("-u")
         .output()
@@ -88,7 +102,8 @@ fn ensure_qemu() {
     update.extend(["update", "-q"]);
     run(prog, &update);
     let mut install = pre;
-    install.extend(["install", "-y", "-q", "qemu-system-x86"]);
+    // ovmf: the UEFI firmware the disk-image test boots (tests/tests/image.rs)
+    install.extend(["install", "-y", "-q", "qemu-system-x86", "ovmf"]);
     run(prog, &install);
     if !succeeds("qemu-system-x86_64", &["--version"]) {
         fail("qemu-system-x86_64 still missing after installing qemu-system-x86");
@@ -96,6 +111,10 @@ fn ensure_qemu() {
 }
 
 fn ensure_target() {
+    ensure_rust_target(TARGET);
+}
+
+fn ensure_rust_target(target: &str) {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .current_dir(root())
@@ -103,12 +122,12 @@ fn ensure_target() {
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim() == TARGET)
+                .any(|l| l.trim() == target)
         })
         .unwrap_or(false);
     if !installed {
-        eprintln!("xtask: rust target {TARGET} is missing; adding it with rustup");
-        run("rustup", &["target", "add", TARGET]);
+        eprintln!("xtask: rust target {target} is missing; adding it with rustup");
+        run("rustup", &["target", "add", target]);
     }
 }
 
@@ -176,6 +195,116 @@ fn build() -> PathBuf {
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!("xtask: built {} ({} bytes)", out.display(), size);
     out
+}
+
+/// Build the UEFI loader; returns the path of its `.efi`.
+fn build_loader() -> PathBuf {
+    ensure_rust_target(UEFI_TARGET);
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scoutvm-loader",
+            "--bin",
+            "scoutvm-loader",
+            "--target",
+            UEFI_TARGET,
+        ],
+    );
+    target_dir()
+        .join(UEFI_TARGET)
+        .join("release/scoutvm-loader.efi")
+}
+
+/// Write `data` to `path` leaving all-zero 64 KiB runs as holes.
+fn write_sparse(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(path)?;
+    for chunk in data.chunks(64 << 10) {
+        if chunk.iter().all(|&b| b == 0) {
+            f.seek(SeekFrom::Current(chunk.len() as i64))?;
+        } else {
+            f.write_all(chunk)?;
+        }
+    }
+    f.set_len(data.len() as u64)
+}
+
+/// `cargo xtask image`: the kernel and the loader on a GPT disk with one
+/// EFI system partition, raw and qcow2.
+fn make_image(args: &[String]) -> PathBuf {
+    use scoutvm_image::disk_image::{build_disk, EspFile};
+    let elf = build();
+    let loader = build_loader();
+    let read =
+        |p: &Path| std::fs::read(p).unwrap_or_else(|e| fail(&format!("read {}: {e}", p.display())));
+    let cmdline_path = flag_value(args, "--cmdline")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("loader/cmdline.txt"));
+    let esp_mib = match flag_value(args, "--esp-mib") {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|m| (1..=4096).contains(m))
+            .unwrap_or_else(|| fail(&format!("--esp-mib {v}: want 1..=4096"))),
+        None => ESP_MIB,
+    };
+    let (elf_bytes, loader_bytes, cmdline) = (read(&elf), read(&loader), read(&cmdline_path));
+    // the loader would boot with its default instead: refuse it here
+    let mut words = [0u8; scoutvm_loader::cmdline::MAX];
+    if let Err(e) = scoutvm_loader::cmdline::parse(&cmdline, &mut words) {
+        let mut why = [0u8; 80];
+        let n = e.describe(&mut why);
+        fail(&format!(
+            "{}: {}",
+            cmdline_path.display(),
+            String::from_utf8_lossy(&why[..n])
+        ));
+    }
+    let files = [
+        EspFile {
+            path: "EFI/BOOT/BOOTX64.EFI",
+            data: &loader_bytes,
+        },
+        EspFile {
+            path: "scoutvm.elf",
+            data: &elf_bytes,
+        },
+        EspFile {
+            path: "cmdline.txt",
+            data: &cmdline,
+        },
+    ];
+    let img = build_disk(&files, esp_mib << 20).unwrap_or_else(|e| fail(&e));
+    let raw = root().join("target/scoutvm/scoutvm.img");
+    write_sparse(&raw, &img).unwrap_or_else(|e| fail(&format!("write {}: {e}", raw.display())));
+    eprintln!(
+        "xtask: wrote {} ({} MiB raw: ESP {} MiB with loader {} B, kernel {} B, cmdline.txt {} B)",
+        raw.display(),
+        img.len() >> 20,
+        esp_mib,
+        loader_bytes.len(),
+        elf_bytes.len(),
+        cmdline.len()
+    );
+    let qcow = root().join("target/scoutvm/scoutvm.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow)
+        .status()
+        .is_ok_and(|s| s.success());
+    if converted {
+        let size = std::fs::metadata(&qcow).map(|m| m.len()).unwrap_or(0);
+        eprintln!("xtask: wrote {} ({size} bytes)", qcow.display());
+    } else {
+        eprintln!(
+            "xtask: qemu-img is not available: no scoutvm.qcow2 (the raw image boots as it is)"
+        );
+    }
+    raw
 }
 
 /// The value of `--flag VALUE` in `args`.
@@ -277,6 +406,7 @@ fn cmd_run(args: &[String]) {
 fn cmd_test() {
     ensure_qemu();
     ensure_target();
+    ensure_rust_target(UEFI_TARGET);
     ensure_cargo_deny();
     let c = cargo();
     run(&c, &["fmt", "--all", "--", "--check"]);
@@ -307,8 +437,25 @@ fn cmd_test() {
             "warnings",
         ],
     );
+    run(
+        &c,
+        &[
+            "clippy",
+            "--release",
+            "-p",
+            "scoutvm-loader",
+            "--bin",
+            "scoutvm-loader",
+            "--target",
+            UEFI_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
     run(&c, &["deny", "check", "licenses"]);
     let elf = build();
+    let img = make_image(&[]);
     let nextest = succeeds(&c, &["nextest", "--version"]);
     let args: Vec<&str> = if nextest {
         vec!["nextest", "run", "--workspace", "--no-fail-fast"]
@@ -323,6 +470,7 @@ fn cmd_test() {
     let status = Command::new(&c)
         .args(&args)
         .env("SCOUTVM_ELF", &elf)
+        .env("SCOUTVM_IMG", &img)
         .current_dir(root())
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run tests: {e}")));
@@ -337,6 +485,12 @@ fn cmd_test() {
 fn run_bench_bin(bin: &str, args: &[String]) {
     ensure_qemu();
     let elf = build();
+    // the boot-path bench also boots the UEFI disk image
+    let img = if bin == "scoutvm-bench-image" {
+        make_image(&[])
+    } else {
+        PathBuf::new()
+    };
     let c = cargo();
     let mut a: Vec<&str> = vec![
         "run",
@@ -353,6 +507,7 @@ fn run_bench_bin(bin: &str, args: &[String]) {
     let status = Command::new(&c)
         .args(&a)
         .env("SCOUTVM_ELF", &elf)
+        .env("SCOUTVM_IMG", &img)
         .current_dir(root())
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run {bin}: {e}")));
@@ -415,10 +570,13 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n  build                         build target/scoutvm/scoutvm.elf\
+         \n  image [--cmdline FILE] [--esp-mib N]\
+         \n                                the UEFI disk image target/scoutvm/scoutvm.img and .qcow2\
          \n  run [--q35] [--meta IMG] [--data IMG] [-- CMDLINE...]\
          \n                                boot one appliance on this terminal\
          \n  test                          the whole CI (fmt, clippy, deny, image, tests)\
          \n  bench [--quick]               boot time, size, idle CPU, disk MB/s\
+         \n  bench-image [--runs N]        boot to prompt: UEFI disk image vs -kernel, image sizes\
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]\
          \n                                9P bench from a Linux guest (boots an appliance,\
          \n                                then the diod peer VM)\
@@ -438,10 +596,14 @@ fn main() {
         "build" => {
             build();
         }
+        "image" => {
+            make_image(&args[1..]);
+        }
         "run" => cmd_run(&args[1..]),
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
+        "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
         _ => usage(),
