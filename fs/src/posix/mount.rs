@@ -2069,6 +2069,9 @@ impl Mount {
                             return Ok(0);
                         }
                         let n = (buf.len() as u64).min(i.item.size - off) as usize;
+                        if n == 0 {
+                            return Ok(0);
+                        }
                         let end = off + n as u64;
                         self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
                             .await?;
@@ -2085,18 +2088,42 @@ impl Mount {
         Err(Errno::EIO)
     }
 
-    /// Read up to `len` bytes at `off`.
+    /// Read up to `len` bytes at `off` (one operation, like
+    /// [`Self::read_into`]).
     pub async fn read(&self, ino: Ino, off: u64, len: usize) -> FsResult<Vec<u8>> {
-        let size = self.getattr(ino).await?.size;
-        let n = if off >= size {
-            0
-        } else {
-            (len as u64).min(size - off) as usize
-        };
-        let mut buf = vec![0u8; n];
-        let got = self.read_into(ino, off, &mut buf).await?;
-        buf.truncate(got);
-        Ok(buf)
+        for _ in 0..archive::MAX_DATA_WAITS {
+            let blocked = Cell::new(None);
+            let r = self
+                .run(
+                    HoldKind::Read,
+                    inode_lock(ino, LockMode::Read),
+                    async |_| {
+                        let i = self.load_file(ino).await?;
+                        if off > MAX_FILE_SIZE {
+                            return Err(Errno::EINVAL.into());
+                        }
+                        if off >= i.item.size {
+                            return Ok(Vec::new());
+                        }
+                        let n = (len as u64).min(i.item.size - off) as usize;
+                        if n == 0 {
+                            return Ok(Vec::new());
+                        }
+                        let end = off + n as u64;
+                        self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
+                            .await?;
+                        let mut buf = vec![0u8; n];
+                        data::read(&self.dctx(), &i, off, &mut buf).await?;
+                        Ok(buf)
+                    },
+                )
+                .await;
+            match blocked.get() {
+                Some(b) => self.waiters.wait(ino, b, DWO_READ)?.await?,
+                None => return r,
+            }
+        }
+        Err(Errno::EIO)
     }
 
     /// Under an operation's locks: if blocks `[first, last]` of `ino`
