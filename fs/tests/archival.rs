@@ -799,3 +799,106 @@ fn offline_extents_on_disk_are_fsck_clean() {
     }
     vol.fsck();
 }
+
+// ---- the control xattrs front ends carry ----
+
+#[test]
+fn control_xattrs_drive_the_archival_operations() {
+    use scoutvm_fs::posix::archive_ctl::{ctl_get, ctl_set, is_ctl, walk_name};
+    let v = Vol::new();
+    let (m, _be) = v.mount();
+    let m = Rc::new(m);
+    let c = root();
+    let golden = bytes(8192, 77);
+    let ino = create_file(&m, "f", &golden);
+    let get = |name: &str| {
+        block_on(ctl_get(&m, &c, ino, name.as_bytes())).map(|v| String::from_utf8(v).unwrap())
+    };
+    let set = |name: &str, val: &[u8]| block_on(ctl_set(&m, &c, ino, name.as_bytes(), val));
+    assert!(is_ctl(b"scoutvm.ctl.stat") && !is_ctl(b"user.x"));
+
+    let stat = get("scoutvm.ctl.stat").unwrap();
+    let field = |stat: &str, f: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(&format!("{f} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let vers = field(&stat, "data_version");
+    assert_eq!(vers, block_on(m.stat_more(ino)).unwrap().data_version);
+    assert_eq!(field(&stat, "online_blocks"), 2);
+
+    // release through the channel; a reader waits; listed; staged
+    assert_eq!(
+        set(
+            "scoutvm.ctl.release",
+            format!("{} 0 8192", vers + 1).as_bytes()
+        ),
+        Err(Errno::ESTALE)
+    );
+    set("scoutvm.ctl.release", format!("{vers} 0 8192").as_bytes()).unwrap();
+    let stat = get("scoutvm.ctl.stat").unwrap();
+    assert_eq!(field(&stat, "offline_blocks"), 2);
+    let r = spawn_read(&m, ino, 4096, 4096);
+    settle();
+    assert_eq!(
+        get("scoutvm.ctl.data_waiting.0.0").unwrap(),
+        format!("ino {ino} iblock 1 ops read\n")
+    );
+    assert_eq!(
+        get(&format!("scoutvm.ctl.data_waiting.{ino}.1")).unwrap(),
+        ""
+    );
+    let mut val = format!("{vers} 0\n").into_bytes();
+    val.extend_from_slice(&golden);
+    set("scoutvm.ctl.stage", &val).unwrap();
+    settle();
+    assert_eq!(r.try_take().unwrap().unwrap(), &golden[4096..]);
+    assert_eq!(get("scoutvm.ctl.data_waiting.0.0").unwrap(), "");
+
+    // data_wait_err fails a waiter with the errno given
+    set("scoutvm.ctl.release", format!("{vers} 0 4096").as_bytes()).unwrap();
+    let r = spawn_read(&m, ino, 0, 10);
+    settle();
+    set(
+        "scoutvm.ctl.data_wait_err",
+        format!("{ino} {vers} 0 4096 1 -5").as_bytes(),
+    )
+    .unwrap();
+    settle();
+    assert_eq!(r.try_take().unwrap(), Err(Errno::EIO));
+
+    // walk: the file's data_seq entry once it is stable
+    block_on(m.sync()).unwrap();
+    let d = block_on(m.stat_more(ino)).unwrap().data_seq;
+    let walk = get(&walk_name(
+        WalkIndex::DataSeq,
+        WalkEntry::default(),
+        WalkEntry::MAX,
+    ))
+    .unwrap();
+    assert!(walk.lines().any(|l| l == format!("{d} 0 {ino}")), "{walk}");
+
+    // bad requests
+    for (name, val) in [
+        ("scoutvm.ctl.release", &b"1 2"[..]),
+        ("scoutvm.ctl.release", b"x 0 4096"),
+        ("scoutvm.ctl.stage", b"1 0"),
+        ("scoutvm.ctl.data_wait_err", b"1 2 3"),
+    ] {
+        assert_eq!(set(name, val), Err(Errno::EINVAL), "{name}");
+    }
+    assert_eq!(get("scoutvm.ctl.data_waiting.x.0"), Err(Errno::EINVAL));
+    assert_eq!(get("scoutvm.ctl.walk.nope.0.0.1.1"), Err(Errno::EINVAL));
+    assert_eq!(get("scoutvm.ctl.nope"), Err(Errno::EOPNOTSUPP));
+    assert_eq!(set("scoutvm.ctl.nope", b""), Err(Errno::EOPNOTSUPP));
+    let user = Cred {
+        uid: 1000,
+        ..Cred::root()
+    };
+    assert_eq!(
+        block_on(ctl_set(&m, &user, ino, b"scoutvm.ctl.release", b"0 0 4096")),
+        Err(Errno::EPERM)
+    );
+}
