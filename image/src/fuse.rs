@@ -22,6 +22,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use scoutvm_fs::errno::Errno;
+use scoutvm_fs::posix::archive_ctl;
 use scoutvm_fs::posix::mount::Mount;
 use scoutvm_fs::posix::types::*;
 use std::ffi::OsStr;
@@ -665,7 +666,13 @@ impl Filesystem for ScoutFuse {
         let name = name_of(name);
         let value = value.to_vec();
         self.run(move |m| async move {
-            empty_reply(reply, m.setxattr(&cred, ino.0, &name, &value, flags).await);
+            // the archival control channel (docs/archival.md)
+            let r = if archive_ctl::is_ctl(&name) {
+                archive_ctl::ctl_set(&m, &cred, ino.0, &name, &value).await
+            } else {
+                m.setxattr(&cred, ino.0, &name, &value, flags).await
+            };
+            empty_reply(reply, r);
         });
     }
 
@@ -673,7 +680,12 @@ impl Filesystem for ScoutFuse {
         let cred = cred_of(req);
         let name = name_of(name);
         self.run(move |m| async move {
-            match m.getxattr(&cred, ino.0, &name).await {
+            let r = if archive_ctl::is_ctl(&name) {
+                archive_ctl::ctl_get(&m, &cred, ino.0, &name).await
+            } else {
+                m.getxattr(&cred, ino.0, &name).await
+            };
+            match r {
                 Ok(v) => send_xattr(reply, &v, size),
                 Err(e) => reply.error(ferr(e)),
             }

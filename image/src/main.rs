@@ -10,6 +10,8 @@
 //! success, 1 operation failed or fsck found problems, 64 usage error (the
 //! reference's `EX_USAGE`).
 
+mod archive_cli;
+
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use scoutvm_fs::format::super_block::QuorumConfig;
@@ -61,6 +63,18 @@ enum Cmd {
     ChangeFormatVersion(ChangeFormatArgs),
     /// Write the super of a new, empty data device for an existing volume
     PrepareEmptyDataDevice(PrepareDataArgs),
+    /// Show a mounted file's archival attributes (seqs, data_version, block counts)
+    Stat(archive_cli::StatArgs),
+    /// Free a mounted file's data blocks in a range, leaving offline extents
+    Release(archive_cli::ReleaseArgs),
+    /// Write archived data back into a mounted file's offline extents
+    Stage(archive_cli::StageArgs),
+    /// List operations of a mount waiting for offline data
+    DataWaiting(archive_cli::DataWaitingArgs),
+    /// Fail operations waiting for offline data with an errno
+    DataWaitErr(archive_cli::DataWaitErrArgs),
+    /// Walk a mount's meta_seq or data_seq inode index
+    WalkInodes(archive_cli::WalkArgs),
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -244,6 +258,21 @@ fn main() -> ExitCode {
         Cmd::ChangeQuorumConfig(a) => ("change-quorum-config", cmd_change_quorum(a)),
         Cmd::ChangeFormatVersion(a) => ("change-format-version", cmd_change_format(a)),
         Cmd::PrepareEmptyDataDevice(a) => ("prepare-empty-data-device", cmd_prepare_data(a)),
+        Cmd::Stat(a) => ("stat", archive_cli::cmd_stat(a).map_err(Usage)),
+        Cmd::Release(a) => ("release", archive_cli::cmd_release(a).map_err(Usage)),
+        Cmd::Stage(a) => ("stage", archive_cli::cmd_stage(a).map_err(Usage)),
+        Cmd::DataWaiting(a) => (
+            "data-waiting",
+            archive_cli::cmd_data_waiting(a).map_err(Usage),
+        ),
+        Cmd::DataWaitErr(a) => (
+            "data-wait-err",
+            archive_cli::cmd_data_wait_err(a).map_err(Usage),
+        ),
+        Cmd::WalkInodes(a) => (
+            "walk-inodes",
+            archive_cli::cmd_walk_inodes(a).map_err(Usage),
+        ),
     };
     match r {
         Ok(code) => code,

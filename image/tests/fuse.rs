@@ -592,3 +592,141 @@ fn volumes_changed_offline_mount_and_work() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `scoutvm` with arguments, its exit code and output.
+fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let o = bin().args(args).output().expect("run scoutvm");
+    (o.status.code(), text(&o))
+}
+
+/// Poll `scoutvm data-waiting` until a line contains `want`.
+#[track_caller]
+fn wait_listed(mnt: &str, want: &str) {
+    let deadline = Instant::now() + MOUNT_TIMEOUT;
+    loop {
+        let (code, out) = cli(&["data-waiting", "-I", "0", "-B", "0", "-p", mnt]);
+        assert_eq!(code, Some(0), "{out}");
+        if out.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never listed '{want}': {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The archival subcommands on a FUSE mount: release a file, a reader
+/// of it waits (listed by data-waiting) and gets its bytes once stage
+/// brings them back; data-wait-err fails a waiting reader; walk-inodes
+/// finds the file once committed; bad versions and arguments fail.
+#[test]
+fn archival_subcommands_through_an_in_memory_mount() {
+    use std::os::unix::fs::MetadataExt;
+    require_fuse();
+    let d = tmpdir("archival");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = MountProc::start(&["--mem", "1G", mnt.to_str().unwrap()], &mnt);
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let file = mnt.join("file");
+    let file_s = file.to_str().unwrap().to_string();
+    let golden: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i * 31 + (i >> 12)) as u8)
+        .collect();
+    let golden_path = d.join("golden");
+    std::fs::write(&golden_path, &golden).unwrap();
+    std::fs::write(&file, &golden).unwrap();
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    let stat = |field: &str| -> u64 {
+        let (code, out) = cli(&["stat", "-s", field, &file_s]);
+        assert_eq!(code, Some(0), "{out}");
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("stat {field}: {out}"))
+    };
+    let vers = stat("data_version").to_string();
+    assert_eq!(stat("online_blocks"), 256);
+
+    // release; a stale version and bad arguments fail
+    let (code, out) = cli(&["release", &file_s, "-V", "999", "-o", "0", "-l", "1M"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("Stale"), "{out}");
+    let (code, out) = cli(&["release", &file_s, "-V", &vers, "-o", "1", "-l", "4K"]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = cli(&["release", &file_s, "-V", &vers, "-o", "0", "-l", "1M"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!((stat("online_blocks"), stat("offline_blocks")), (0, 256));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+
+    // a reader waits, is listed, and gets its bytes after the stage
+    let reader = {
+        let f = file.clone();
+        std::thread::spawn(move || std::fs::read(f))
+    };
+    wait_listed(&mnt_s, &format!("ino {ino} iblock 0 ops read"));
+    let g = golden_path.to_str().unwrap();
+    let (code, out) = cli(&["stage", g, &file_s, "-V", &vers, "-o", "0", "-l", "1M"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(reader.join().unwrap().unwrap(), golden);
+    assert_eq!((stat("online_blocks"), stat("offline_blocks")), (256, 0));
+    assert_eq!(stat("data_version").to_string(), vers, "stage keeps it");
+    let (_, out) = cli(&["data-waiting", "-I", "0", "-B", "0", "-p", &mnt_s]);
+    assert!(!out.contains(&format!("ino {ino} ")), "{out}");
+
+    // data-wait-err fails a waiting reader with EIO
+    let (code, out) = cli(&["release", &file_s, "-V", &vers, "-o", "0", "-l", "4K"]);
+    assert_eq!(code, Some(0), "{out}");
+    let reader = {
+        let f = file.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 10];
+            std::fs::File::open(f)?.read_exact(&mut b)
+        })
+    };
+    wait_listed(&mnt_s, &format!("ino {ino} iblock 0 ops read"));
+    let ino_s = ino.to_string();
+    // the kernel retries a failed readahead once with a read of its own,
+    // which waits again: fail waiters until the reader gives up
+    let deadline = Instant::now() + MOUNT_TIMEOUT;
+    while !reader.is_finished() {
+        let (code, out) = cli(&[
+            "data-wait-err",
+            "-p",
+            &mnt_s,
+            "-I",
+            &ino_s,
+            "-V",
+            &vers,
+            "-F",
+            "0",
+            "-C",
+            "4096",
+            "-O",
+            "read",
+            "-E",
+            "-5",
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(Instant::now() < deadline, "the reader never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+    let (code, out) = cli(&["stage", g, &file_s, "-V", &vers, "-o", "0", "-l", "4K"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(std::fs::read(&file).unwrap(), golden);
+
+    // walk-inodes finds the file once its change is committed (fsync)
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let data_seq = stat("data_seq");
+    let (code, out) = cli(&["walk-inodes", "-p", &mnt_s, "data_seq", "0", "-1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines().any(|l| l == format!("{data_seq} 0 {ino}")),
+        "{out}"
+    );
+    let (code, out) = cli(&["walk-inodes", "-p", &mnt_s, "nope", "0", "-1"]);
+    assert_eq!(code, Some(64), "{out}");
+    m.unmount();
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,5 +1,7 @@
 //! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
-//! `cat`, `mkdir`, `rm`, `sync`, `fsck` and `clients` (9P connections).
+//! `cat`, `mkdir`, `rm`, `sync`, `fsck`, `clients` (9P connections) and
+//! the archival `release`, `stage`, `data-waiting`, `data-wait-err` and
+//! `walk-inodes` (docs/archival.md).
 //!
 //! Registered by the volume service at boot; they act as root on the
 //! mounted `posix::mount::Mount` (through `volume::require`) and print one-line
@@ -13,6 +15,7 @@ use alloc::vec::Vec;
 
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::{LG_BLOCK_SIZE, SM_BLOCK_SIZE};
+use scoutvm_fs::posix::archive;
 use scoutvm_fs::posix::mount::Mount;
 use scoutvm_fs::posix::types::{Attr, Cred, Ino, S_IFMT};
 use scoutvm_fs::runtime::env::{Clock, Entropy};
@@ -104,6 +107,36 @@ const COMMANDS: &[Command] = &[
         usage: "[COUNT]",
         help: "no-op RPCs (PING) to the leader's server through this mount's session: round trips",
         run: |a| boxed(rpcping(a)),
+    },
+    Command {
+        name: "release",
+        usage: "PATH VERS OFFSET LENGTH",
+        help: "free a file's blocks in a range, leaving offline extents (data_version VERS)",
+        run: |a| boxed(release_cmd(a)),
+    },
+    Command {
+        name: "stage",
+        usage: "ARCHIVE PATH VERS OFFSET LENGTH",
+        help: "copy ARCHIVE (a file of the volume, from 0) into PATH's offline extents",
+        run: |a| boxed(stage_cmd(a)),
+    },
+    Command {
+        name: "data-waiting",
+        usage: "[INO BLOCK]",
+        help: "operations waiting for offline data (after INO, BLOCK)",
+        run: |a| boxed(data_waiting_cmd(a)),
+    },
+    Command {
+        name: "data-wait-err",
+        usage: "INO VERS OFFSET COUNT read|write|change_size[,..] ERR",
+        help: "fail operations waiting for offline data with the negative errno ERR",
+        run: |a| boxed(data_wait_err_cmd(a)),
+    },
+    Command {
+        name: "walk-inodes",
+        usage: "meta_seq|data_seq FIRST LAST",
+        help: "inodes of a seq index from FIRST to LAST (-1: up to the stable seq)",
+        run: |a| boxed(walk_inodes_cmd(a)),
     },
     Command {
         name: "fence",
@@ -586,5 +619,153 @@ async fn fence_cmd(args: Vec<String>) -> CmdResult {
             }
         }
         _ => Err("usage: fence [ack RID]".to_string()),
+    }
+}
+
+// -- archival ------------------------------------------------------------
+
+/// Bytes `stage` copies per operation.
+const STAGE_CHUNK: u64 = 1 << 20;
+/// Entries `walk-inodes` and `data-waiting` ask for at a time.
+const WALK_BATCH: usize = 1024;
+
+/// A number with an optional K/M/G/T/P suffix, or `0x` hex.
+fn num(what: &str, s: &str) -> Result<u64, String> {
+    mkfs::parse_size(s).map_err(|_| format!("bad {what} '{s}'"))
+}
+
+async fn release_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 4, 4, "release PATH VERS OFFSET LENGTH")?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    let vers = num("version", &args[1])?;
+    let (off, len) = (num("offset", &args[2])?, num("length", &args[3])?);
+    v.mount
+        .release_data(a.ino, off, len, vers)
+        .await
+        .map_err(|e| format!("release: {}", err(e)))
+}
+
+async fn stage_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 5, 5, "stage ARCHIVE PATH VERS OFFSET LENGTH")?;
+    let v = volume::require()?;
+    let m = &v.mount;
+    let src = resolve(m, &args[0]).await?;
+    let dst = resolve(m, &args[1]).await?;
+    let vers = num("version", &args[2])?;
+    let (off, len) = (num("offset", &args[3])?, num("length", &args[4])?);
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(STAGE_CHUNK) as usize;
+        let chunk = m.read(src.ino, done, n).await.map_err(err)?;
+        if chunk.len() != n {
+            return Err(format!("{}: shorter than {len} bytes", args[0]));
+        }
+        let at = off.checked_add(done).ok_or("offset + length overflows")?;
+        m.stage(dst.ino, vers, at, &chunk)
+            .await
+            .map_err(|e| format!("stage: {}", err(e)))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+async fn data_waiting_cmd(args: Vec<String>) -> CmdResult {
+    if !args.is_empty() && args.len() != 2 {
+        return Err("usage: data-waiting [INO BLOCK]".to_string());
+    }
+    let v = volume::require()?;
+    let (mut ino, mut block) = match args.len() {
+        2 => (num("inode", &args[0])?, num("block", &args[1])?),
+        _ => (0, 0),
+    };
+    loop {
+        let batch = v.mount.data_waiting(ino, block, WALK_BATCH);
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        (ino, block) = (last.ino, last.iblock);
+        for e in &batch {
+            kprintln!(
+                "ino {} iblock {} ops {}",
+                e.ino,
+                e.iblock,
+                archive::dwo_names(e.ops)
+            );
+        }
+    }
+}
+
+async fn data_wait_err_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(
+        &args,
+        6,
+        6,
+        "data-wait-err INO VERS OFFSET COUNT read|write|change_size[,..] ERR",
+    )?;
+    let v = volume::require()?;
+    let ino = num("inode", &args[0])?;
+    let vers = num("version", &args[1])?;
+    let (off, count) = (num("offset", &args[2])?, num("count", &args[3])?);
+    let mut ops = 0;
+    for name in args[4].split(',') {
+        ops |= archive::dwo_parse(name).ok_or(format!("unknown op '{name}'"))?;
+    }
+    let e: i64 = args[5]
+        .parse()
+        .map_err(|_| format!("bad errno '{}'", args[5]))?;
+    let n = v
+        .mount
+        .data_wait_err(ino, vers, off, count, ops, e)
+        .await
+        .map_err(|e| format!("data-wait-err: {}", err(e)))?;
+    kprintln!("{n} waiting operations failed");
+    Ok(())
+}
+
+async fn walk_inodes_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 3, 3, "walk-inodes meta_seq|data_seq FIRST LAST")?;
+    let v = volume::require()?;
+    let index = archive::WalkIndex::parse(&args[0]).ok_or(format!(
+        "unknown index '{}' (meta_seq or data_seq)",
+        args[0]
+    ))?;
+    let bound = |what, s: &str| {
+        if s == "-1" {
+            Ok(u64::MAX)
+        } else {
+            num(what, s)
+        }
+    };
+    let mut first = archive::WalkEntry {
+        major: bound("first", &args[1])?,
+        minor: 0,
+        ino: 0,
+    };
+    let last = archive::WalkEntry {
+        major: bound("last", &args[2])?,
+        ..archive::WalkEntry::MAX
+    };
+    loop {
+        let batch = v
+            .mount
+            .walk_inodes(index, first, last, WALK_BATCH)
+            .await
+            .map_err(err)?;
+        let Some(l) = batch.last() else {
+            return Ok(());
+        };
+        for e in &batch {
+            kprintln!("{} {} {}", e.major, e.minor, e.ino);
+        }
+        first = match (l.ino.checked_add(1), l.major.checked_add(1)) {
+            (Some(i), _) => archive::WalkEntry { ino: i, ..*l },
+            (None, Some(m)) => archive::WalkEntry {
+                major: m,
+                minor: 0,
+                ino: 0,
+            },
+            (None, None) => return Ok(()),
+        };
     }
 }

@@ -160,6 +160,17 @@ pub trait Backend {
     /// Make the set durable and open the next transaction (new
     /// [`Self::trans_seq`]).
     fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>>;
+
+    /// The highest seq no open transaction can still add items at
+    /// (scoutfs: the server's stable or `committed_seq`): inode index
+    /// walks stop there, so an agent that processed everything up to it
+    /// never misses a change committed later. Alone on a volume that is
+    /// the seq before the open transaction's; a backend sharing the
+    /// volume answers the server's figure (one less than the oldest open
+    /// transaction of any mount).
+    fn stable_seq(&self) -> u64 {
+        self.trans_seq().saturating_sub(1)
+    }
 }
 
 pub use crate::cluster::lock::{LOCK_INODE_GROUP_NR, LOCK_SEQ_GROUP_NR};

@@ -435,3 +435,138 @@ pub async fn preallocate(
     }
     Ok((if cur > last { None } else { Some(cur) }, false))
 }
+
+// -- archival: offline extents ----------------------------------------------
+
+/// The first OFFLINE block of `ino` in `[first, last]`, if any.
+pub async fn first_offline(
+    items: &ItemCache,
+    ino: u64,
+    first: u64,
+    last: u64,
+) -> FsResult<Option<u64>> {
+    let mut cur = first;
+    while cur <= last {
+        let Some(e) = next_extent(items, ino, cur).await? else {
+            return Ok(None);
+        };
+        if e.start > last {
+            return Ok(None);
+        }
+        if e.flags & SEF_OFFLINE != 0 {
+            return Ok(Some(e.start.max(cur)));
+        }
+        if e.last() >= last {
+            return Ok(None);
+        }
+        cur = e.last() + 1;
+    }
+    Ok(None)
+}
+
+/// Release blocks `[first, last]`: mapped blocks (written or UNWRITTEN)
+/// are freed and become OFFLINE (unmapped) extents, merged with offline
+/// neighbours; holes and offline blocks stay as they are. Touches at
+/// most `max_extents` extents; returns the block to continue from, or
+/// `None` when the range is done.
+pub async fn release(
+    ctx: &DataCtx<'_>,
+    inode: &mut Inode,
+    first: u64,
+    last: u64,
+    max_extents: usize,
+) -> FsResult<Option<u64>> {
+    let mut cur = first;
+    for _ in 0..max_extents {
+        if cur > last {
+            return Ok(None);
+        }
+        let Some(e) = next_extent(ctx.items, inode.ino, cur).await? else {
+            return Ok(None);
+        };
+        if e.start > last {
+            return Ok(None);
+        }
+        let s = e.start.max(cur);
+        let t = e.last().min(last);
+        if e.blkno != 0 {
+            // never hand blocks past the data device to the allocator
+            if e.blkno
+                .checked_add(e.len)
+                .is_none_or(|end| end > ctx.dev.size_bytes() / BS)
+            {
+                return Err(Errno::EIO);
+            }
+            for old in set_mapping(ctx.items, inode, s, t - s + 1, 0, SEF_OFFLINE).await? {
+                if old.blkno != 0 {
+                    ctx.backend
+                        .free_data(DataRun {
+                            blkno: old.blkno,
+                            len: old.len,
+                        })
+                        .await?;
+                }
+            }
+        }
+        if t == LAST_BLOCK {
+            return Ok(None);
+        }
+        cur = t + 1;
+    }
+    Ok(if cur > last { None } else { Some(cur) })
+}
+
+/// Stage `data` at byte `off` (block aligned; the caller checked the
+/// range against the file size): the OFFLINE blocks of the range get
+/// fresh blocks holding the archived bytes (the rest of a final partial
+/// block is zero); online blocks and holes of the range are left as they
+/// are. The caller leaves `data_version`, `data_seq` and the times alone.
+pub async fn stage(
+    ctx: &DataCtx<'_>,
+    inode: &mut Inode,
+    off: u64,
+    data: &[u8],
+) -> FsResult<WriteOutcome> {
+    assert!(off.is_multiple_of(BS));
+    let end = off + data.len() as u64;
+    let mut pos = off;
+    while pos < end {
+        let iblock = pos / BS;
+        let last_block = (end - 1) / BS;
+        let cap = last_block.min(iblock + MAX_RUN_BLOCKS - 1);
+        let run_last = match next_extent(ctx.items, inode.ino, iblock).await? {
+            Some(e) if e.start <= iblock && e.flags & SEF_OFFLINE != 0 && e.blkno == 0 => {
+                let want = e.last().min(cap) - iblock + 1;
+                let run = match ctx.backend.alloc_data(want).await {
+                    Ok(r) => r,
+                    Err(Errno::ENOBUFS) => {
+                        return Ok(WriteOutcome {
+                            written: (pos - off) as usize,
+                            needs_commit: true,
+                        })
+                    }
+                    Err(e) => return Err(e),
+                };
+                if run.len == 0 || run.len > want {
+                    return Err(Errno::EIO);
+                }
+                let run_last = iblock + run.len - 1;
+                let chunk_end = end.min((run_last + 1) * BS);
+                let chunk = &data[(pos - off) as usize..(chunk_end - off) as usize];
+                write_run(ctx.dev, run.blkno, run.len, pos, chunk, false)?;
+                set_mapping(ctx.items, inode, iblock, run.len, run.blkno, 0).await?;
+                run_last
+            }
+            // online (or unwritten) blocks: already staged
+            Some(e) if e.start <= iblock => e.last().min(cap),
+            // a hole: nothing was archived there
+            Some(e) => (e.start - 1).min(cap),
+            None => last_block,
+        };
+        pos = end.min((run_last + 1) * BS);
+    }
+    Ok(WriteOutcome {
+        written: data.len(),
+        needs_commit: false,
+    })
+}

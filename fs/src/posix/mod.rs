@@ -4,6 +4,8 @@
 //! symlinks, data extents, orphans), permission rules, the transaction
 //! holds that keep operations and commits apart ([`hold`]), and the
 //! [`backend::Backend`] seam to the persistent half.
+pub mod archive;
+pub mod archive_ctl;
 pub mod backend;
 pub mod data;
 pub mod dir;

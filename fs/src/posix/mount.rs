@@ -35,10 +35,14 @@ use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
-use crate::format::items::{DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
+use crate::format::items::{inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
 use crate::format::key::{ty, Key};
 use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
+};
+use crate::posix::archive::{
+    self, Blocked, DataWaiters, StatMore, WaitingEntry, WalkEntry, WalkIndex, DWO_CHANGE_SIZE,
+    DWO_READ, DWO_WRITE,
 };
 use crate::posix::backend::{Backend, DataRun, InoRange};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
@@ -129,6 +133,8 @@ pub struct Mount {
     inos: Cell<InoRange>,
     /// Changed in place (`count`): no copy of the whole set per event.
     counters: RefCell<MountCounters>,
+    /// Operations waiting for offline data to be staged.
+    waiters: DataWaiters,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -555,6 +561,7 @@ impl Mount {
             open: RefCell::new(BTreeMap::new()),
             inos: Cell::new(InoRange { first: 0, count: 0 }),
             counters: RefCell::new(MountCounters::default()),
+            waiters: DataWaiters::new(),
         };
         let root = m
             .run(
@@ -959,12 +966,29 @@ impl Mount {
         sa: &SetAttr,
         open_for_write: bool,
     ) -> FsResult<Attr> {
-        self.run(
-            HoldKind::Write,
-            self.storing(inode_lock(ino, LockMode::Write)),
-            async |op| self.setattr_locked(op, cred, ino, sa, open_for_write).await,
-        )
-        .await
+        for _ in 0..archive::MAX_DATA_WAITS {
+            let blocked = Cell::new(None);
+            let r = self
+                .run(
+                    HoldKind::Write,
+                    self.storing(inode_lock(ino, LockMode::Write)),
+                    async |op| {
+                        self.setattr_locked(op, cred, ino, sa, open_for_write, &blocked)
+                            .await
+                    },
+                )
+                .await;
+            match blocked.get() {
+                Some(b) => self.waiters.wait(ino, b, DWO_CHANGE_SIZE)?.await?,
+                None => {
+                    if r.is_ok() && sa.size.is_some() {
+                        self.waiters.wake_inode(ino);
+                    }
+                    return r;
+                }
+            }
+        }
+        Err(Errno::EIO)
     }
 
     async fn setattr_locked(
@@ -974,6 +998,7 @@ impl Mount {
         ino: Ino,
         sa: &SetAttr,
         open_for_write: bool,
+        blocked: &Cell<Option<Blocked>>,
     ) -> OpResult<Attr> {
         let mut i = self.load(ino).await?;
         i.check_retention()?;
@@ -1015,6 +1040,12 @@ impl Mount {
         }
         if times_set && !perm::owner_or_capable(cred, o) {
             return Err(Errno::EPERM.into());
+        }
+        // a size change waits for the file's offline data (scoutfs checks
+        // from block 0 up to the larger size)
+        if let Some(size) = sa.size.filter(|s| *s != i.item.size) {
+            let top = size.max(i.item.size);
+            self.check_offline(ino, 0, (top - 1) / BS, blocked).await?;
         }
         op.need_store(&i);
         op.ready()?;
@@ -2021,57 +2052,118 @@ impl Mount {
     }
 
     /// Read into `buf` at `off`; returns the bytes read (0 at or past EOF).
+    /// Offline data is waited for (see [`Self::stage`]).
     pub async fn read_into(&self, ino: Ino, off: u64, buf: &mut [u8]) -> FsResult<usize> {
-        self.run(
-            HoldKind::Read,
-            inode_lock(ino, LockMode::Read),
-            async |_| {
-                let i = self.load_file(ino).await?;
-                if off > MAX_FILE_SIZE {
-                    return Err(Errno::EINVAL.into());
-                }
-                if off >= i.item.size {
-                    return Ok(0);
-                }
-                let n = (buf.len() as u64).min(i.item.size - off) as usize;
-                data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
-                Ok(n)
-            },
-        )
-        .await
+        for _ in 0..archive::MAX_DATA_WAITS {
+            let blocked = Cell::new(None);
+            let r = self
+                .run(
+                    HoldKind::Read,
+                    inode_lock(ino, LockMode::Read),
+                    async |_| {
+                        let i = self.load_file(ino).await?;
+                        if off > MAX_FILE_SIZE {
+                            return Err(Errno::EINVAL.into());
+                        }
+                        if off >= i.item.size {
+                            return Ok(0);
+                        }
+                        let n = (buf.len() as u64).min(i.item.size - off) as usize;
+                        if n == 0 {
+                            return Ok(0);
+                        }
+                        let end = off + n as u64;
+                        self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
+                            .await?;
+                        data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
+                        Ok(n)
+                    },
+                )
+                .await;
+            match blocked.get() {
+                Some(b) => self.waiters.wait(ino, b, DWO_READ)?.await?,
+                None => return r,
+            }
+        }
+        Err(Errno::EIO)
     }
 
-    /// Read up to `len` bytes at `off`.
+    /// Read up to `len` bytes at `off` (one operation, like
+    /// [`Self::read_into`]).
     pub async fn read(&self, ino: Ino, off: u64, len: usize) -> FsResult<Vec<u8>> {
-        self.run(
-            HoldKind::Read,
-            inode_lock(ino, LockMode::Read),
-            async |_| {
-                let i = self.load_file(ino).await?;
-                if off > MAX_FILE_SIZE {
-                    return Err(Errno::EINVAL.into());
-                }
-                if off >= i.item.size {
-                    return Ok(Vec::new());
-                }
-                let n = (len as u64).min(i.item.size - off) as usize;
-                let mut buf = vec![0u8; n];
-                data::read(&self.dctx(), &i, off, &mut buf).await?;
-                Ok(buf)
-            },
-        )
-        .await
+        for _ in 0..archive::MAX_DATA_WAITS {
+            let blocked = Cell::new(None);
+            let r = self
+                .run(
+                    HoldKind::Read,
+                    inode_lock(ino, LockMode::Read),
+                    async |_| {
+                        let i = self.load_file(ino).await?;
+                        if off > MAX_FILE_SIZE {
+                            return Err(Errno::EINVAL.into());
+                        }
+                        if off >= i.item.size {
+                            return Ok(Vec::new());
+                        }
+                        let n = (len as u64).min(i.item.size - off) as usize;
+                        if n == 0 {
+                            return Ok(Vec::new());
+                        }
+                        let end = off + n as u64;
+                        self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
+                            .await?;
+                        let mut buf = vec![0u8; n];
+                        data::read(&self.dctx(), &i, off, &mut buf).await?;
+                        Ok(buf)
+                    },
+                )
+                .await;
+            match blocked.get() {
+                Some(b) => self.waiters.wait(ino, b, DWO_READ)?.await?,
+                None => return r,
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    /// Under an operation's locks: if blocks `[first, last]` of `ino`
+    /// hold offline data, note where (and the waiters' change count) in
+    /// `blocked` and stop the operation (nothing changed yet); its caller
+    /// waits for the data and starts over.
+    async fn check_offline(
+        &self,
+        ino: Ino,
+        first: u64,
+        last: u64,
+        blocked: &Cell<Option<Blocked>>,
+    ) -> FsResult<()> {
+        let seen = self.waiters.changes();
+        if let Some(iblock) = data::first_offline(&self.items, ino, first, last).await? {
+            blocked.set(Some(Blocked { iblock, seen }));
+            // only the caller sees this errno: it waits instead
+            return Err(Errno::EAGAIN);
+        }
+        Ok(())
     }
 
     /// Write `data` at `off`; returns the bytes written (short only when
     /// the maximum file size or free space runs out part way).
     pub async fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<usize> {
-        self.run(
-            HoldKind::Write,
-            self.storing(inode_lock(ino, LockMode::Write)),
-            async |op| self.write_locked(op, ino, off, data).await,
-        )
-        .await
+        for _ in 0..archive::MAX_DATA_WAITS {
+            let blocked = Cell::new(None);
+            let r = self
+                .run(
+                    HoldKind::Write,
+                    self.storing(inode_lock(ino, LockMode::Write)),
+                    async |op| self.write_locked(op, ino, off, data, &blocked).await,
+                )
+                .await;
+            match blocked.get() {
+                Some(b) => self.waiters.wait(ino, b, DWO_WRITE)?.await?,
+                None => return r,
+            }
+        }
+        Err(Errno::EIO)
     }
 
     async fn write_locked(
@@ -2080,6 +2172,7 @@ impl Mount {
         ino: Ino,
         off: u64,
         data: &[u8],
+        blocked: &Cell<Option<Blocked>>,
     ) -> OpResult<usize> {
         let mut i = self.load_file(ino).await?;
         i.check_retention()?;
@@ -2094,6 +2187,8 @@ impl Mount {
         }
         let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
         let data = &data[..len];
+        self.check_offline(ino, off / BS, (off + len as u64 - 1) / BS, blocked)
+            .await?;
         op.need_store(&i);
         op.ready()?;
         self.finish_truncate(op, &mut i).await?;
@@ -2175,12 +2270,18 @@ impl Mount {
             Some(e) if e <= MAX_FILE_SIZE => e,
             _ => return Err(Errno::EFBIG),
         };
-        self.run(
-            HoldKind::Write,
-            self.storing(inode_lock(ino, LockMode::Write)),
-            async |op| self.fallocate_locked(op, cred, ino, mode, off, end).await,
-        )
-        .await
+        let r = self
+            .run(
+                HoldKind::Write,
+                self.storing(inode_lock(ino, LockMode::Write)),
+                async |op| self.fallocate_locked(op, cred, ino, mode, off, end).await,
+            )
+            .await;
+        if r.is_ok() && punch {
+            // offline extents may have become holes
+            self.waiters.wake_inode(ino);
+        }
+        r
     }
 
     async fn fallocate_locked(
@@ -2519,6 +2620,294 @@ impl Mount {
             fsid,
             namelen: NAME_LEN_MAX as u32,
         })
+    }
+}
+
+// -- archival: data_version, release, stage, waiting, index walks ----------
+
+impl Mount {
+    /// scoutfs `stat_more`: the seqs, data version, block counts and
+    /// creation time of an inode.
+    pub async fn stat_more(&self, ino: Ino) -> FsResult<StatMore> {
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let i = self.load(ino).await?.item;
+                Ok(StatMore {
+                    meta_seq: i.meta_seq,
+                    data_seq: i.data_seq,
+                    data_version: i.data_version,
+                    online_blocks: i.online_blocks,
+                    offline_blocks: i.offline_blocks,
+                    crtime: i.crtime,
+                    size: i.size,
+                })
+            },
+        )
+        .await
+    }
+
+    /// Load a regular file whose data version is `data_version`
+    /// (`ESTALE`: its contents changed since the agent looked).
+    async fn load_versioned(&self, ino: Ino, data_version: u64) -> FsResult<Inode> {
+        let i = self.load(ino).await?;
+        if !i.is_reg() {
+            return Err(Errno::EINVAL);
+        }
+        if i.item.data_version != data_version {
+            return Err(Errno::ESTALE);
+        }
+        Ok(i)
+    }
+
+    /// scoutfs `release`: the data of bytes `[off, off + len)` (4 KiB
+    /// multiples) now lives in the archive: mapped blocks are freed and
+    /// become offline extents. Size, data version and times stay; the
+    /// inode's meta_seq moves. When no online block is left, extents past
+    /// the end of the file go. `ESTALE` if `data_version` moved.
+    pub async fn release_data(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: u64,
+        data_version: u64,
+    ) -> FsResult<()> {
+        if !off.is_multiple_of(BS) || !len.is_multiple_of(BS) {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        if off.checked_add(len - 1).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let (first, last) = (off / BS, (off + (len - 1)) / BS);
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| {
+                let mut i = self.load_versioned(ino, data_version).await?;
+                i.check_retention()?;
+                op.need_store(&i);
+                op.ready()?;
+                self.finish_truncate(op, &mut i).await?;
+                let mut cur = first;
+                while let Some(next) =
+                    data::release(&self.dctx(), &mut i, cur, last, STEP_ITEMS).await?
+                {
+                    cur = next;
+                    self.store(&mut i);
+                    op.checkpoint().await?;
+                }
+                if i.item.online_blocks == 0 {
+                    let past_end = i.item.size.div_ceil(BS);
+                    self.punch_blocks(op, &mut i, past_end, LAST_BLOCK, false)
+                        .await?;
+                }
+                self.store(&mut i);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// scoutfs `stage`: write archived bytes `data` at `off` (block
+    /// aligned) into the file's offline extents, and wake the operations
+    /// waiting for them. The range must lie inside the file and end on a
+    /// block boundary or at the end of the file (`EINVAL`); online blocks
+    /// and holes in it are left as they are. Data version, data_seq and
+    /// times stay; meta_seq moves. `ESTALE` if `data_version` moved.
+    pub async fn stage(&self, ino: Ino, data_version: u64, off: u64, data: &[u8]) -> FsResult<()> {
+        let len = data.len() as u64;
+        let end = off.checked_add(len).ok_or(Errno::EINVAL)?;
+        if !off.is_multiple_of(BS) {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let r = self
+            .run(
+                HoldKind::Write,
+                self.storing(inode_lock(ino, LockMode::Write)),
+                async |op| {
+                    let mut i = self.load_versioned(ino, data_version).await?;
+                    i.check_retention()?;
+                    let size = i.item.size;
+                    if end > size || (!end.is_multiple_of(BS) && end != size) {
+                        return Err(Errno::EINVAL.into());
+                    }
+                    op.need_store(&i);
+                    op.ready()?;
+                    self.finish_truncate(op, &mut i).await?;
+                    self.stage_locked(op, &mut i, off, data).await
+                },
+            )
+            .await;
+        // the extents may have changed even when it failed part way
+        self.waiters.wake_inode(ino);
+        r
+    }
+
+    async fn stage_locked(
+        &self,
+        op: &mut Op<'_>,
+        i: &mut Inode,
+        off: u64,
+        data: &[u8],
+    ) -> OpResult<()> {
+        let mut done = 0usize;
+        let mut stalled = false;
+        while done < data.len() {
+            let o = data::stage(&self.dctx(), i, off + done as u64, &data[done..]).await;
+            let o = match o {
+                Ok(o) => o,
+                Err(e) => {
+                    self.store(i);
+                    return Err(e.into());
+                }
+            };
+            done += o.written;
+            if !o.needs_commit {
+                break;
+            }
+            if stalled && o.written == 0 {
+                self.store(i);
+                return Err(Errno::ENOSPC.into());
+            }
+            stalled = o.written == 0;
+            self.store(i);
+            self.count(|c| c.enobufs_commits += 1);
+            op.commit(true).await?;
+        }
+        self.store(i);
+        Ok(())
+    }
+
+    /// scoutfs `data_waiting`: up to `max` blocks operations wait on,
+    /// after `(after_ino, after_iblock)`, in order.
+    pub fn data_waiting(&self, after_ino: Ino, after_iblock: u64, max: usize) -> Vec<WaitingEntry> {
+        self.waiters.list(after_ino, after_iblock, max)
+    }
+
+    /// scoutfs `data_wait_err`: fail the operations waiting on bytes
+    /// `[off, off + count)` of `ino` whose op is in `ops` with the
+    /// negative errno `err`. Returns how many it failed. `ESTALE` if
+    /// `data_version` moved.
+    pub async fn data_wait_err(
+        &self,
+        ino: Ino,
+        data_version: u64,
+        off: u64,
+        count: u64,
+        ops: u8,
+        err: i64,
+    ) -> FsResult<u64> {
+        if count == 0 || off.checked_add(count - 1).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if ops == 0 || ops & !archive::DWO_ALL != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if !(-archive::MAX_ERRNO..=-1).contains(&err) {
+            return Err(Errno::EINVAL);
+        }
+        let errno = Errno(-err as i32);
+        let (first, last) = (off / BS, (off + (count - 1)) / BS);
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                self.load_versioned(ino, data_version).await?;
+                Ok(self.waiters.fail(ino, first, last, ops, errno))
+            },
+        )
+        .await
+    }
+
+    /// The highest seq an index walk returns (see
+    /// [`Backend::stable_seq`]).
+    pub fn stable_seq(&self) -> u64 {
+        self.backend.stable_seq()
+    }
+
+    /// scoutfs `walk_inodes`: up to `max` entries of an inode index from
+    /// `first` to `last` (inclusive, in order), `last` clamped to the
+    /// stable seq so that a change still in an open transaction is never
+    /// skipped by an agent that walks again from where it stopped.
+    pub async fn walk_inodes(
+        &self,
+        index: WalkIndex,
+        first: WalkEntry,
+        last: WalkEntry,
+        max: usize,
+    ) -> FsResult<Vec<WalkEntry>> {
+        let index_type = match index {
+            WalkIndex::MetaSeq => ty::INODE_INDEX_META_SEQ,
+            WalkIndex::DataSeq => ty::INODE_INDEX_DATA_SEQ,
+        };
+        let stable = self.stable_seq();
+        let mut last = last;
+        if last.major > stable {
+            last = WalkEntry {
+                major: stable,
+                ..WalkEntry::MAX
+            };
+        }
+        // the seq indexes keep minor 0: a minor above it moves past the
+        // inodes of that major
+        let start_key = match (first.minor, first.major.checked_add(1)) {
+            (0, _) => inode_index_key(index_type, first.major, first.ino),
+            (_, Some(m)) => inode_index_key(index_type, m, 0),
+            (_, None) => return Ok(Vec::new()),
+        };
+        let last_ino = if last.minor > 0 { u64::MAX } else { last.ino };
+        let last_key = inode_index_key(index_type, last.major, last_ino);
+        let mut out = Vec::new();
+        let mut cur = start_key;
+        while out.len() < max && cur <= last_key {
+            let group = LockRange::inode_index(index_type, cur.second);
+            let hi = group.end.min(last_key);
+            let lock = LockSet::new().with(group, LockMode::Read);
+            let found = self
+                .run(HoldKind::Read, lock, async |_| {
+                    let mut found = Vec::new();
+                    let mut k = cur;
+                    while out.len() + found.len() < max {
+                        let Some((key, _)) = self.items.next(k, hi).await? else {
+                            break;
+                        };
+                        found.push(WalkEntry {
+                            major: key.second,
+                            minor: 0,
+                            ino: key.third,
+                        });
+                        if key >= hi {
+                            break;
+                        }
+                        k = key.inc();
+                    }
+                    Ok(found)
+                })
+                .await?;
+            if let Some(e) = found.last() {
+                cur = inode_index_key(index_type, e.major, e.ino).inc();
+            }
+            let full = out.len() + found.len() >= max;
+            out.extend(found);
+            if full || hi >= last_key {
+                break;
+            }
+            if out.len() < max {
+                // this group is done
+                match (group.end.second).checked_add(1) {
+                    Some(m) => cur = inode_index_key(index_type, m, 0),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
