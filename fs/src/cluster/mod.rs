@@ -7,6 +7,7 @@
 //! ([`fence`]). The lock server and recovery join them here.
 pub mod fence;
 pub mod lock;
+pub mod lock_client;
 pub mod msg;
 pub mod quorum;
 pub mod quorum_agent;
