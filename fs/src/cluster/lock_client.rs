@@ -335,6 +335,7 @@ impl LockClient {
             }
         }
         self.changed.notify();
+        self.maybe_start_lru();
     }
 
     fn guard(&self, granted: Vec<GrantedLock>) -> HeldLocks {
@@ -351,11 +352,14 @@ impl LockClient {
 
     /// Get `range` granted in a mode that covers `want` and take a user.
     async fn acquire_one(&self, range: LockRange, want: LockMode) -> FsResult<GrantedLock> {
+        let mut asked = false;
         loop {
             self.check_server()?;
             let changed = self.changed.notified();
             if let Some(g) = self.try_use(&range, want) {
-                self.count(|s| s.cached += 1);
+                if !asked {
+                    self.count(|s| s.cached += 1);
+                }
                 return Ok(g);
             }
             let ask = {
@@ -377,6 +381,7 @@ impl LockClient {
                 changed.await;
                 continue;
             };
+            asked = true;
             self.request(range, old, new).await?;
         }
     }
@@ -404,6 +409,8 @@ impl LockClient {
         });
         let newly_readable = {
             let mut inner = self.inner.borrow_mut();
+            inner.use_clock += 1;
+            let now = inner.use_clock;
             let e = inner
                 .entries
                 .get_mut(&range.start)
@@ -415,6 +422,8 @@ impl LockClient {
                     // old one meanwhile: it told us what we hold)
                     let was_readable = e.mode.can_read();
                     e.mode = g.new_mode;
+                    // a fresh grant is the most recently used lock
+                    e.last_use = now;
                     e.write_seq = if g.new_mode.can_write() {
                         g.write_seq
                     } else {
@@ -631,9 +640,12 @@ impl LockClient {
 
     /// Idle held locks over the bound.
     pub fn idle_excess(&self) -> usize {
-        let idle = self
-            .inner
-            .borrow()
+        let inner = self.inner.borrow();
+        if inner.entries.len() <= self.cfg.max_idle {
+            // the usual answer, without a walk
+            return 0;
+        }
+        let idle = inner
             .entries
             .values()
             .filter(|e| e.idle())
@@ -708,5 +720,399 @@ impl LockProvider for LockClient {
             .collect();
         self.count(|s| s.cached += granted.len() as u64);
         Some(self.guard(granted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::exec::Executor;
+    use alloc::vec;
+    use LockMode::{Null, Read, Write, WriteOnly};
+
+    type Slot = Rc<RefCell<Option<FsResult<NetLock>>>>;
+
+    /// A lock server in a test: answers requests at once (`auto`) or when
+    /// the test says, with fresh write seqs, and logs every request.
+    #[derive(Default)]
+    struct FakeServer {
+        auto: Cell<bool>,
+        pending: RefCell<Vec<(NetLock, Slot)>>,
+        log: RefCell<Vec<NetLock>>,
+        seq: Cell<u64>,
+        term: Cell<u64>,
+        closed: Cell<bool>,
+        answered: Notify,
+    }
+
+    impl FakeServer {
+        fn new(auto: bool) -> Rc<FakeServer> {
+            let s = FakeServer::default();
+            s.auto.set(auto);
+            s.term.set(1);
+            Rc::new(s)
+        }
+
+        fn grant(&self, nl: NetLock) -> NetLock {
+            let write_seq = if nl.new_mode.can_write() {
+                self.seq.set(self.seq.get() + 1);
+                100 + self.seq.get()
+            } else {
+                0
+            };
+            NetLock { write_seq, ..nl }
+        }
+
+        /// Answer the oldest pending request.
+        fn grant_next(&self) -> NetLock {
+            let (nl, slot) = self.pending.borrow_mut().remove(0);
+            let g = self.grant(nl);
+            *slot.borrow_mut() = Some(Ok(g));
+            self.answered.notify();
+            g
+        }
+
+        fn fail_all(&self, e: Errno) {
+            for (_, slot) in self.pending.borrow_mut().drain(..) {
+                *slot.borrow_mut() = Some(Err(e));
+            }
+            self.answered.notify();
+        }
+    }
+
+    struct FakeRequester(Rc<FakeServer>);
+
+    impl LockRequester for FakeRequester {
+        fn request(&self, nl: NetLock) -> LockFut<'static, FsResult<NetLock>> {
+            let s = self.0.clone();
+            s.log.borrow_mut().push(nl);
+            let slot: Slot = Rc::new(RefCell::new(None));
+            if s.auto.get() || nl.new_mode == Null {
+                *slot.borrow_mut() = Some(Ok(s.grant(nl)));
+            } else {
+                s.pending.borrow_mut().push((nl, slot.clone()));
+            }
+            Box::pin(async move {
+                loop {
+                    let n = s.answered.notified();
+                    if let Some(r) = slot.borrow_mut().take() {
+                        return r;
+                    }
+                    n.await;
+                }
+            })
+        }
+        fn server_term(&self) -> u64 {
+            self.0.term.get()
+        }
+        fn is_closed(&self) -> bool {
+            self.0.closed.get()
+        }
+    }
+
+    /// What the hooks saw.
+    #[derive(Default)]
+    struct Seen {
+        commits: Cell<u32>,
+        drops: RefCell<Vec<LockRange>>,
+        stale: Cell<u32>,
+    }
+
+    struct World {
+        ex: Executor,
+        srv: Rc<FakeServer>,
+        lc: Rc<LockClient>,
+        seen: Rc<Seen>,
+    }
+
+    fn world(auto: bool, max_idle: usize) -> World {
+        let ex = Executor::default();
+        let srv = FakeServer::new(auto);
+        let lc = LockClient::new(
+            Rc::new(FakeRequester(srv.clone())),
+            ex.handle(),
+            LockClientConfig { max_idle },
+        );
+        let seen = Rc::new(Seen::default());
+        let s = seen.clone();
+        lc.set_commit_hook(Rc::new(move || {
+            let s = s.clone();
+            Box::pin(async move {
+                s.commits.set(s.commits.get() + 1);
+                Ok(())
+            })
+        }));
+        let s = seen.clone();
+        lc.set_drop_hook(Rc::new(move |r: &LockRange| {
+            s.drops.borrow_mut().push(*r);
+            0
+        }));
+        let s = seen.clone();
+        lc.set_roots_stale_hook(Rc::new(move || s.stale.set(s.stale.get() + 1)));
+        World { ex, srv, lc, seen }
+    }
+
+    fn g(n: u64) -> LockRange {
+        LockRange::inode_group(n * 1024)
+    }
+
+    fn set(r: LockRange, m: LockMode) -> LockSet {
+        LockSet::new().with(r, m)
+    }
+
+    type Out<T> = Rc<RefCell<Option<T>>>;
+
+    impl World {
+        fn run(&self) {
+            self.ex.run_until_stalled(self.ex.now_ns());
+        }
+
+        fn acquire(&self, s: LockSet) -> Out<FsResult<HeldLocks>> {
+            let out: Out<FsResult<HeldLocks>> = Rc::new(RefCell::new(None));
+            let (lc, o) = (self.lc.clone(), out.clone());
+            self.ex
+                .spawn(async move {
+                    let r = lc.acquire(&s).await;
+                    *o.borrow_mut() = Some(r);
+                })
+                .unwrap();
+            self.run();
+            out
+        }
+
+        fn acquired(&self, s: LockSet) -> HeldLocks {
+            let out = self.acquire(s);
+            let r = out.borrow_mut().take();
+            r.expect("granted at once").unwrap()
+        }
+
+        fn invalidate(&self, range: LockRange, old: LockMode, new: LockMode) -> Out<NetLock> {
+            let out: Out<NetLock> = Rc::new(RefCell::new(None));
+            let (lc, o) = (self.lc.clone(), out.clone());
+            let nl = NetLock {
+                range,
+                write_seq: 0,
+                old_mode: old,
+                new_mode: new,
+            };
+            self.ex
+                .spawn(async move {
+                    let r = lc.invalidate(nl).await.unwrap();
+                    assert_eq!(r, nl, "the answer echoes the invalidation");
+                    *o.borrow_mut() = Some(r);
+                })
+                .unwrap();
+            self.run();
+            out
+        }
+
+        fn held(&self) -> Vec<(LockRange, LockMode, u32)> {
+            self.lc.held()
+        }
+    }
+
+    #[test]
+    fn grants_are_cached_and_reused() {
+        let w = world(true, 16);
+        let h = w.acquired(set(g(1), Read).with(g(2), Write));
+        assert_eq!(w.lc.stats().requests, 2);
+        assert_eq!(w.held(), vec![(g(1), Read, 1), (g(2), Write, 1)]);
+        assert_eq!(h.grants()[1].write_seq, 101, "the grant's write_seq");
+        drop(h);
+        assert_eq!(w.held(), vec![(g(1), Read, 0), (g(2), Write, 0)]);
+        // READ and WRITE_ONLY are served by the held WRITE
+        let h = w.acquired(set(g(1), Read).with(g(2), Read));
+        let h2 = w.acquired(set(g(2), WriteOnly));
+        assert!(set(g(2), WriteOnly).granted_by(h2.grants()));
+        assert_eq!(w.lc.stats().requests, 2, "no new request");
+        assert_eq!(w.lc.stats().cached, 3);
+        assert_eq!(w.held()[1], (g(2), Write, 2));
+        let h3 = w.lc.try_acquire(&set(g(1), Read)).expect("cached");
+        assert!(w.lc.try_acquire(&set(g(3), Read)).is_none(), "not held");
+        drop((h, h2, h3));
+        assert!(w.held().iter().all(|(_, _, u)| *u == 0));
+    }
+
+    #[test]
+    fn read_is_upgraded_to_write_and_only_new_reads_mark_roots_stale() {
+        let w = world(true, 16);
+        drop(w.acquired(set(g(1), Read)));
+        assert_eq!(w.seen.stale.get(), 1, "a new readable grant");
+        let h = w.acquired(set(g(1), Write));
+        let log = w.srv.log.borrow().clone();
+        assert_eq!(
+            (log[1].old_mode, log[1].new_mode),
+            (Read, Write),
+            "an upgrade asks from the held mode"
+        );
+        assert_eq!(h.grants()[0].mode, Write);
+        assert_eq!(w.seen.stale.get(), 1, "already readable");
+        drop(h);
+        // WRITE_ONLY reads nothing; going on to WRITE makes it readable
+        drop(w.acquired(set(g(2), WriteOnly)));
+        assert_eq!(w.seen.stale.get(), 1);
+        drop(w.acquired(set(g(2), Read)));
+        let last = *w.srv.log.borrow().last().unwrap();
+        assert_eq!((last.old_mode, last.new_mode), (WriteOnly, Write), "the union");
+        assert_eq!(w.seen.stale.get(), 2);
+        assert_eq!(w.lc.stats().roots_stale, 2);
+    }
+
+    #[test]
+    fn invalidation_waits_for_users_and_admits_none_meanwhile() {
+        let w = world(true, 16);
+        let h = w.acquired(set(g(1), Write));
+        let inv = w.invalidate(g(1), Write, Null);
+        assert!(inv.borrow().is_none(), "a user holds the lock");
+        assert!(
+            w.lc.try_acquire(&set(g(1), Read)).is_none(),
+            "no try during an invalidation"
+        );
+        let late = w.acquire(set(g(1), Read));
+        assert!(late.borrow().is_none(), "no new user during an invalidation");
+        assert_eq!(w.seen.commits.get(), 0);
+        drop(h);
+        w.run();
+        assert!(inv.borrow().is_some(), "answered once the user left");
+        assert_eq!(w.seen.commits.get(), 1, "WRITE committed first");
+        assert_eq!(*w.seen.drops.borrow(), vec![g(1)]);
+        // the waiting user asked again, from NULL
+        let last = *w.srv.log.borrow().last().unwrap();
+        assert_eq!((last.old_mode, last.new_mode), (Null, Read));
+        assert!(late.borrow().as_ref().unwrap().is_ok());
+        assert_eq!(w.held(), vec![(g(1), Read, 1)]);
+        assert_eq!(w.lc.stats().invalidations, 1);
+    }
+
+    #[test]
+    fn commit_only_for_write_modes_and_cache_drop_only_for_null() {
+        let w = world(true, 16);
+        drop(w.acquired(set(g(1), Write)));
+        drop(w.acquired(set(g(2), Read)));
+        drop(w.acquired(set(g(3), WriteOnly)));
+        // WRITE -> READ: commit, keep the cache
+        assert!(w.invalidate(g(1), Write, Read).borrow().is_some());
+        assert_eq!(w.seen.commits.get(), 1);
+        assert!(w.seen.drops.borrow().is_empty());
+        // READ -> NULL: no commit, drop
+        assert!(w.invalidate(g(2), Read, Null).borrow().is_some());
+        assert_eq!(w.seen.commits.get(), 1);
+        assert_eq!(*w.seen.drops.borrow(), vec![g(2)]);
+        // WRITE_ONLY -> NULL: commit and drop
+        assert!(w.invalidate(g(3), WriteOnly, Null).borrow().is_some());
+        assert_eq!(w.seen.commits.get(), 2);
+        assert_eq!(*w.seen.drops.borrow(), vec![g(2), g(3)]);
+        assert_eq!(w.held(), vec![(g(1), Read, 0)]);
+        // READ asked to go to READ, and a lock not held: answered at once
+        assert!(w.invalidate(g(1), Read, Read).borrow().is_some());
+        assert!(w.invalidate(g(9), Write, Null).borrow().is_some());
+        assert_eq!(w.seen.commits.get(), 2);
+        assert_eq!(w.seen.drops.borrow().len(), 2);
+        assert_eq!(w.lc.stats().commits_for_invalidation, 2);
+        assert_eq!(w.lc.stats().cache_drops, 2);
+    }
+
+    #[test]
+    fn invalidation_ahead_of_its_grant_waits_for_the_grant() {
+        let w = world(false, 16);
+        let got = w.acquire(set(g(1), Read));
+        assert_eq!(w.srv.pending.borrow().len(), 1);
+        // the server granted READ and already invalidates it, but the
+        // grant has not arrived: the invalidation waits for it
+        let inv = w.invalidate(g(1), Read, Null);
+        assert!(inv.borrow().is_none());
+        assert!(w.seen.drops.borrow().is_empty());
+        w.srv.grant_next();
+        w.run();
+        // the grant is recorded and used first, then the invalidation
+        // waits for that user
+        let held = got.borrow_mut().take().unwrap().unwrap();
+        assert!(inv.borrow().is_none());
+        drop(held);
+        w.run();
+        assert!(inv.borrow().is_some());
+        assert_eq!(*w.seen.drops.borrow(), vec![g(1)]);
+        assert!(w.held().is_empty());
+        // an invalidation of the mode the in-flight upgrade starts from is
+        // handled at once (the server waits for it before the upgrade)
+        drop(w.acquired_with_grant(set(g(2), Read)));
+        let up = w.acquire(set(g(2), Write));
+        let inv = w.invalidate(g(2), Read, Null);
+        assert!(inv.borrow().is_some(), "not held up by the upgrade");
+        w.srv.grant_next();
+        w.run();
+        assert!(up.borrow().as_ref().unwrap().is_ok());
+        assert_eq!(w.held(), vec![(g(2), Write, 1)]);
+        assert_eq!(w.seen.stale.get(), 3, "READ, then WRITE after NULL");
+    }
+
+    impl World {
+        fn acquired_with_grant(&self, s: LockSet) -> HeldLocks {
+            let out = self.acquire(s);
+            self.srv.grant_next();
+            self.run();
+            let r = out.borrow_mut().take();
+            r.unwrap().unwrap()
+        }
+    }
+
+    #[test]
+    fn idle_locks_over_the_bound_are_given_back_oldest_first() {
+        let w = world(true, 2);
+        drop(w.acquired(set(g(1), Write)));
+        for n in 2..=4 {
+            drop(w.acquired(set(g(n), Read)));
+        }
+        w.run();
+        let held: Vec<LockRange> = w.held().iter().map(|h| h.0).collect();
+        assert_eq!(held, vec![g(3), g(4)]);
+        assert_eq!(w.lc.stats().lru_give_backs, 2);
+        let back: Vec<(LockRange, LockMode, LockMode)> = w
+            .srv
+            .log
+            .borrow()
+            .iter()
+            .filter(|n| n.new_mode == Null)
+            .map(|n| (n.range, n.old_mode, n.new_mode))
+            .collect();
+        assert_eq!(back, vec![(g(1), Write, Null), (g(2), Read, Null)]);
+        assert_eq!(w.seen.commits.get(), 1, "the WRITE lock committed first");
+        assert_eq!(*w.seen.drops.borrow(), vec![g(1), g(2)]);
+        // a lock in use is never given back; shrink takes idle ones only
+        let h = w.acquired(set(g(3), Read));
+        assert_eq!(block_on_in(&w, w.lc.shrink(10)), Ok(1));
+        assert_eq!(w.held(), vec![(g(3), Read, 1)]);
+        drop(h);
+    }
+
+    fn block_on_in<F: core::future::Future>(w: &World, f: F) -> F::Output {
+        w.ex.block_on(f).expect("finishes")
+    }
+
+    #[test]
+    fn a_new_server_life_or_a_closed_session_fails_instead_of_waiting() {
+        let w = world(false, 16);
+        let h = w.acquired_with_grant(set(g(1), Read));
+        let waiting = w.acquire(set(g(2), Read));
+        // the server life ends: the session fails the call, the grants
+        // the new one never made are not trusted
+        w.srv.term.set(2);
+        w.srv.fail_all(Errno::ESTALE);
+        w.run();
+        let r = waiting.borrow_mut().take().unwrap();
+        assert_eq!(r.unwrap_err(), Errno::ESTALE);
+        assert!(w.lc.try_acquire(&set(g(1), Read)).is_none());
+        let r = w.acquire(set(g(1), Read)).borrow_mut().take().unwrap();
+        assert_eq!(r.unwrap_err(), Errno::ESTALE);
+        drop(h);
+        // closed session
+        let w = world(false, 16);
+        let waiting = w.acquire(set(g(2), Read));
+        w.srv.closed.set(true);
+        w.srv.fail_all(Errno::ENOLINK);
+        w.run();
+        let r = waiting.borrow_mut().take().unwrap();
+        assert_eq!(r.unwrap_err(), Errno::ENOLINK);
+        assert!(w.held().is_empty());
     }
 }
