@@ -1,0 +1,273 @@
+//! Two cluster nodes on one volume, each mount taking its locks from the
+//! leader's lock server through its lock client (`NodeOptions::
+//! cluster_locks`): what one node writes the other reads (the writer's
+//! WRITE is invalidated, it commits, the reader's grant makes its roots
+//! stale), back and forth, and the server never records a WRITE beside
+//! another grant of the range. Virtual time, host RAM disks.
+
+mod common;
+use common::*;
+use scoutvm_fs::client::cluster_node::{
+    mount_cluster, ClusterNode, ClusterSlot, OwnSlotFence, SoloDatagrams,
+};
+use scoutvm_fs::client::node::NodeOptions;
+use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::lock::{LockMode, LockRange};
+use scoutvm_fs::cluster::lock_client::LockClientConfig;
+use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
+use scoutvm_fs::cluster::transport::{MemNet, Transport};
+use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::posix::types::Cred;
+use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy};
+use scoutvm_fs::server::role::ServerRole;
+use scoutvm_fs::sim::faultdev::FaultDev;
+use std::rc::Rc;
+
+const META: u64 = 1 << 30;
+const DATA: u64 = 256 << 20;
+
+fn opts() -> NodeOptions {
+    let mut o = test_node_options(MountOptions::default());
+    o.cluster_locks = Some(LockClientConfig::default());
+    // the background merge worker and commit ticker run, as in a node
+    let d = NodeOptions::default();
+    o.merge_poll_ns = d.merge_poll_ns;
+    o.tick_ns = d.tick_ns;
+    o
+}
+
+/// Mount a node: `lead` holds the volume's one quorum slot (and serves),
+/// the other finds the leader in the quorum blocks.
+fn node(
+    meta: &Rc<FaultDev>,
+    data: &Rc<FaultDev>,
+    net: &MemNet,
+    lead: bool,
+    seed: u64,
+) -> (Rc<Mount>, ClusterNode) {
+    let fence: Rc<dyn FenceAgent> =
+        Rc::new(OwnSlotFence::new("10.0.2.15:7100", ManualFence::new()));
+    let t: Rc<dyn Transport> = Rc::new(net.clone());
+    let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(seed));
+    let clock = Rc::new(ManualClock::new(Default::default()));
+    let slot = lead.then(|| ClusterSlot {
+        slot: 0,
+        sock: Rc::new(SoloDatagrams),
+        hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+    });
+    run(
+        "mount_cluster",
+        mount_cluster(
+            meta.clone(),
+            data.clone(),
+            t,
+            slot,
+            fence,
+            clock,
+            ent,
+            handle(),
+            opts(),
+        ),
+    )
+    .expect("mount_cluster")
+}
+
+/// Run `f`, bounded in virtual time: a lock hand-off that never ends is
+/// a failure, not a hang.
+fn run<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    eprintln!("step: {what}");
+    block_on(handle().timeout_ns(120_000_000_000, f))
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+/// Never a WRITE beside another mount's grant of the same range.
+fn assert_exclusive(server: &ServerRole) {
+    let grants = server.lock_grants();
+    for (i, (rid, r, m)) in grants.iter().enumerate() {
+        for (rid2, r2, m2) in &grants[i + 1..] {
+            if r == r2 && rid != rid2 && *m != LockMode::Null && *m2 != LockMode::Null {
+                assert!(
+                    scoutvm_fs::cluster::lock::compatible(*m, *m2, false),
+                    "{r:?}: {m:?} on {rid:016x} beside {m2:?} on {rid2:016x}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn two_nodes_see_each_others_writes_through_cluster_locks() {
+    let (meta, data) = small_volume(META, DATA, 21);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 1);
+    let (mb, b) = node(&meta, &data, &net, false, 2);
+    let server = a.server().expect("node a leads");
+    let (la, lb) = (
+        a.lock_client().unwrap().clone(),
+        b.lock_client().unwrap().clone(),
+    );
+
+    // a creates and writes; b sees it without any explicit sync
+    let f = run(
+        "ma.create(&c, 1, b'f', 0o644)",
+        ma.create(&c, 1, b"f", 0o644),
+    )
+    .unwrap();
+    run("ma.write(f.ino, 0, b'hello')", ma.write(f.ino, 0, b"hello")).unwrap();
+    assert_exclusive(&server);
+    let r = block_on(handle().timeout_ns(30_000_000_000, mb.lookup(&c, 1, b"f")));
+    if r.is_err() {
+        eprintln!(
+            "A {:x} held {:?}\n stats {:?}",
+            a.client().rid(),
+            la.held(),
+            la.stats()
+        );
+        eprintln!(
+            "B {:x} held {:?}\n stats {:?}",
+            b.client().rid(),
+            lb.held(),
+            lb.stats()
+        );
+        eprintln!("server {:?}", server.lock_grants());
+        eprintln!(
+            "counters {:?}",
+            scoutvm_fs::runtime::counters::snapshot()
+                .iter()
+                .filter(|(n, _)| n.starts_with("lock"))
+                .collect::<Vec<_>>()
+        );
+    }
+    let seen = r.unwrap().expect("b sees a's create");
+    assert_eq!(seen.ino, f.ino);
+    assert_eq!(
+        run("mb.read(f.ino, 0, 16)", mb.read(f.ino, 0, 16)).unwrap(),
+        b"hello"
+    );
+    assert!(
+        la.stats().commits_for_invalidation >= 1,
+        "a committed for b: {:?}",
+        la.stats()
+    );
+    assert!(lb.stats().roots_stale >= 1);
+    assert_exclusive(&server);
+
+    // b appends, a reads it back
+    run(
+        "mb.write(f.ino, 5, b' world')",
+        mb.write(f.ino, 5, b" world"),
+    )
+    .unwrap();
+    assert_exclusive(&server);
+    assert_eq!(
+        run("ma.read(f.ino, 0, 32)", ma.read(f.ino, 0, 32)).unwrap(),
+        b"hello world"
+    );
+    assert!(lb.stats().commits_for_invalidation >= 1);
+    assert!(
+        la.stats().cache_drops >= 1,
+        "a's cache of the group went: {:?}",
+        la.stats()
+    );
+
+    // b renames, a sees the new name only
+    run(
+        "mb.rename(&c, 1, b'f', 1, b'g', 0)",
+        mb.rename(&c, 1, b"f", 1, b"g", 0),
+    )
+    .unwrap();
+    assert!(run("ma.lookup(&c, 1, b'f')", ma.lookup(&c, 1, b"f")).is_err());
+    assert_eq!(
+        run("ma.lookup(&c, 1, b'g')", ma.lookup(&c, 1, b"g"))
+            .unwrap()
+            .ino,
+        f.ino
+    );
+    assert_exclusive(&server);
+    let group = LockRange::inode_group(f.ino);
+    assert!(la
+        .held()
+        .iter()
+        .any(|(r, m, _)| *r == group && m.can_read()));
+    println!("a: {:?}\nb: {:?}", la.stats(), lb.stats());
+
+    run("b.unmount()", b.unmount()).unwrap();
+    drop(mb);
+    run("a.unmount()", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}
+
+/// Tasks on both nodes at once: each appends its own records to one
+/// shared file and creates files in one shared directory; every record
+/// and every file is there in the end, seen alike from both nodes.
+#[test]
+fn concurrent_writers_on_two_nodes_hand_locks_back_and_forth() {
+    let (meta, data) = small_volume(META, DATA, 22);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 3);
+    let (mb, b) = node(&meta, &data, &net, false, 4);
+    let server = a.server().expect("node a leads");
+    let f = run("create", ma.create(&c, 1, b"shared", 0o644)).unwrap();
+    const TASKS: u64 = 3;
+    const ROUNDS: u64 = 4;
+    let mut joins = Vec::new();
+    for (n, m, tr) in [
+        (0u64, ma.clone(), a.trans().clone()),
+        (1, mb.clone(), b.trans().clone()),
+    ] {
+        for t in 0..TASKS {
+            let m = m.clone();
+            let tr = tr.clone();
+            let c = c.clone();
+            joins.push(
+                handle()
+                    .spawn(async move {
+                        for r in 0..ROUNDS {
+                            let id = (n * TASKS + t) * ROUNDS + r;
+                            // one 8-byte record per id: its own slot
+                            if let Err(e) = m.write(f.ino, id * 8, &id.to_le_bytes()).await {
+                                panic!("node {n} write {id}: {e:?} trans failed {} counters {:?} trans {:?}", tr.is_failed(), m.counters(), tr.counters());
+                            }
+                            let name = format!("n{n}t{t}r{r}");
+                            if let Err(e) = m.create(&c, 1, name.as_bytes(), 0o644).await {
+                                panic!("node {n} create {name}: {e:?} trans failed {} counters {:?} trans {:?}", tr.is_failed(), m.counters(), tr.counters());
+                            }
+                        }
+                    })
+                    .unwrap(),
+            );
+        }
+    }
+    for j in joins {
+        run("writers", j);
+        assert_exclusive(&server);
+    }
+    let total = 2 * TASKS * ROUNDS;
+    for m in [&ma, &mb] {
+        let got = run("read", m.read(f.ino, 0, (total * 8) as usize)).unwrap();
+        assert_eq!(got.len() as u64, total * 8);
+        for id in 0..total {
+            let i = (id * 8) as usize;
+            assert_eq!(u64::from_le_bytes(got[i..i + 8].try_into().unwrap()), id);
+        }
+        for n in 0..2 {
+            for t in 0..TASKS {
+                for r in 0..ROUNDS {
+                    let name = format!("n{n}t{t}r{r}");
+                    run("lookup", m.lookup(&c, 1, name.as_bytes())).unwrap();
+                }
+            }
+        }
+    }
+    let (la, lb) = (a.lock_client().unwrap(), b.lock_client().unwrap());
+    println!("a: {:?}\nb: {:?}", la.stats(), lb.stats());
+    assert!(la.stats().invalidations > 0 && lb.stats().invalidations > 0);
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}
