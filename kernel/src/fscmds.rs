@@ -103,6 +103,12 @@ const COMMANDS: &[Command] = &[
         run: |a| boxed(quorum_cmd(a)),
     },
     Command {
+        name: "locks",
+        usage: "[all]",
+        help: "cluster locks this mount holds (range, mode, users) and, on the leader, the grants per node",
+        run: |a| boxed(locks_cmd(a)),
+    },
+    Command {
         name: "rpcping",
         usage: "[COUNT]",
         help: "no-op RPCs (PING) to the leader's server through this mount's session: round trips",
@@ -543,6 +549,71 @@ async fn quorum_cmd(args: Vec<String>) -> CmdResult {
     match v.quorum_status() {
         Some(st) => kprintln!("{st}"),
         None => kprintln!("this node holds no quorum slot"),
+    }
+    Ok(())
+}
+
+/// Lines `locks` prints per list unless asked for `all`.
+const LOCKS_SHOWN: usize = 40;
+
+/// `locks [all]`: this mount's lock client (figures, then each range held
+/// with its mode and users) and, on the leader, the lock server's grants.
+async fn locks_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 1, "locks [all]")?;
+    let all = match args.first().map(|s| s.as_str()) {
+        None => false,
+        Some("all") => true,
+        Some(a) => return Err(format!("unknown argument '{a}' (usage: locks [all])")),
+    };
+    let v = volume::require()?;
+    let Some((client, grants)) = v.cluster_locks() else {
+        return Err("this node is not a cluster member: every lock is local".to_string());
+    };
+    let shown = if all { usize::MAX } else { LOCKS_SHOWN };
+    match client {
+        None => kprintln!("this mount grants its locks locally (cluster locks are off)"),
+        Some(lc) => {
+            let st = lc.stats();
+            let mut held = lc.held();
+            held.sort_by(|a, b| scoutvm_fs::cluster::lock::lock_order(&a.0, &b.0));
+            kprintln!(
+                "{} lock(s) held; requests {} grants {} cached {} invalidations {} \
+                 (commits {}, cache drops {}) give-backs {}",
+                held.len(),
+                st.requests,
+                st.grants,
+                st.cached,
+                st.invalidations,
+                st.commits_for_invalidation,
+                st.cache_drops,
+                st.lru_give_backs
+            );
+            for (range, mode, users) in held.iter().take(shown) {
+                kprintln!("  {range}: {mode:?}, {users} user(s)");
+            }
+            if held.len() > shown {
+                kprintln!("  ... {} more (locks all)", held.len() - shown);
+            }
+        }
+    }
+    if let Some(mut g) = grants {
+        g.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(scoutvm_fs::cluster::lock::lock_order(&a.1, &b.1))
+        });
+        let mut rids: Vec<u64> = g.iter().map(|x| x.0).collect();
+        rids.dedup();
+        kprintln!(
+            "lock server: {} grant(s) to {} mount(s)",
+            g.len(),
+            rids.len()
+        );
+        for (rid, range, mode) in g.iter().take(shown) {
+            kprintln!("  rid {rid:016x} {range}: {mode:?}");
+        }
+        if g.len() > shown {
+            kprintln!("  ... {} more (locks all)", g.len() - shown);
+        }
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use scoutvm_fs::client::cluster_node::{
 };
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::lock::{LockMode, LockRange};
 use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
 use scoutvm_fs::cluster::quorum_agent::QuorumStatus;
 use scoutvm_fs::cluster::transport::{Datagrams, MemNet, Transport};
@@ -157,6 +158,24 @@ impl Volume {
 }
 
 impl Volume {
+    /// This cluster mount's lock client and, while this node leads, every
+    /// grant its lock server records (rid, range, mode).
+    #[allow(clippy::type_complexity)]
+    pub fn cluster_locks(
+        &self,
+    ) -> Option<(
+        Option<Rc<scoutvm_fs::cluster::lock_client::LockClient>>,
+        Option<alloc::vec::Vec<(u64, LockRange, LockMode)>>,
+    )> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => Some((
+                n.lock_client().cloned(),
+                n.server().map(|s| s.lock_grants()),
+            )),
+            _ => None,
+        }
+    }
+
     /// This cluster mount's session client (None on a single node).
     pub fn cluster_client(&self) -> Option<Rc<scoutvm_fs::client::requests::Client>> {
         match &*self.node.borrow() {

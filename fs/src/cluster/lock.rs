@@ -233,6 +233,31 @@ impl LockRange {
     }
 }
 
+/// How the shell and logs name a lock: `inode group 4096-5119`,
+/// `meta_seq index 2048-3071`, `orphans`, `rename`, `zone 12`.
+impl core::fmt::Display for LockRange {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = &self.start;
+        match s.zone {
+            zone::FS => write!(f, "inode group {}-{}", s.first, self.end.first),
+            zone::INODE_INDEX => {
+                let which = match s.ty {
+                    ty::INODE_INDEX_META_SEQ => "meta_seq",
+                    ty::INODE_INDEX_DATA_SEQ => "data_seq",
+                    _ => "unknown",
+                };
+                write!(f, "{which} index {}-{}", s.second, self.end.second)
+            }
+            zone::ORPHAN => f.write_str("orphans"),
+            zone::LOCK if *self == LockRange::rename() => f.write_str("rename"),
+            zone::XATTR_TOTL => f.write_str(".totl. xattrs"),
+            zone::XATTR_INDX => f.write_str(".indx. xattrs"),
+            zone::QUOTA => f.write_str("quota"),
+            z => write!(f, "zone {z} from {s:?}"),
+        }
+    }
+}
+
 /// The one global acquisition order: class, then start key (inode groups
 /// therefore in ascending inode order).
 #[inline]
@@ -641,6 +666,22 @@ mod tests {
         let r = LockRange::rename();
         assert_eq!(r.start, r.end);
         assert_eq!(LockRange::covering(&r.start), r);
+    }
+
+    #[test]
+    fn ranges_print_what_they_cover() {
+        use alloc::string::ToString;
+        assert_eq!(
+            LockRange::inode_group(5000).to_string(),
+            "inode group 4096-5119"
+        );
+        assert_eq!(
+            LockRange::inode_index(ty::INODE_INDEX_DATA_SEQ, 2050).to_string(),
+            "data_seq index 2048-3071"
+        );
+        assert_eq!(LockRange::orphan().to_string(), "orphans");
+        assert_eq!(LockRange::rename().to_string(), "rename");
+        assert_eq!(LockRange::xattr_totl().to_string(), ".totl. xattrs");
     }
 
     #[test]
