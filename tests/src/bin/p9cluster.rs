@@ -36,7 +36,15 @@ const USAGE: &str = "usage: p9cluster COMMAND ...
   pingpong --secs S --tag T FILE...
       setxattr user.pp on FILE... in turn for S seconds, each followed by a
       read of a well-formed value, and user.own.T (this process's own
-      attribute) read back as last set; prints `PINGPONG tag=T ops=N`.";
+      attribute) read back as last set; prints `PINGPONG tag=T ops=N`.
+  handoff FILE_A FILE_B [--rounds N]
+      one file seen through two mounts: write 4 KiB at offset 0 through
+      FILE_A, then FILE_B, alternately (open, pwrite, close), N times each;
+      then N writes through FILE_A only. Prints `HANDOFF alternate ...`
+      and `HANDOFF same-mount ...` with median and p99 per write in us.
+  creates DIR... [--files N]
+      one thread per DIR creating N empty files in it (open O_CREAT|O_EXCL,
+      close) at once; prints `CREATES dirs=D files=TOTAL secs=S per_sec=R`.";
 
 type Res<T = ()> = Result<T, String>;
 
@@ -47,6 +55,8 @@ fn main() -> ExitCode {
         Some("race") => race_cmd(&args[1..]),
         Some("race-child") => race_child(),
         Some("pingpong") => pingpong_cmd(&args[1..]),
+        Some("handoff") => handoff_cmd(&args[1..]),
+        Some("creates") => creates_cmd(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -384,5 +394,113 @@ fn pingpong_cmd(a: &[String]) -> Res<u8> {
         }
     }
     println!("PINGPONG tag={tag} ops={ops}");
+    Ok(0)
+}
+
+/// Median and 99th percentile of `us`, sorted in place.
+fn median_p99(us: &mut [u64]) -> (u64, u64) {
+    us.sort_unstable();
+    let at = |q: usize| us[((us.len() - 1) * q) / 100];
+    (at(50), at(99))
+}
+
+/// One open, 4 KiB pwrite at 0, close; its duration in microseconds.
+fn timed_write(path: &Path, buf: &[u8]) -> Res<u64> {
+    use std::os::unix::fs::FileExt;
+    let t = Instant::now();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    f.write_all_at(buf, 0)
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    drop(f);
+    Ok(t.elapsed().as_micros() as u64)
+}
+
+fn handoff_cmd(a: &[String]) -> Res<u8> {
+    let args = Args::parse(a.iter().cloned(), &[])?;
+    if let Some(e) = args.unknown(&["rounds"]) {
+        return Err(e);
+    }
+    let [fa, fb] = &args.positional[..] else {
+        eprintln!("{USAGE}");
+        return Ok(2);
+    };
+    let (fa, fb) = (PathBuf::from(fa), PathBuf::from(fb));
+    let rounds: usize = args.num("rounds", 50)?;
+    if rounds == 0 {
+        return Err("handoff: --rounds must be > 0".into());
+    }
+    fs::write(&fa, [0u8; 4096]).map_err(|e| format!("create {}: {e}", fa.display()))?;
+    let mut alternate = Vec::with_capacity(2 * rounds);
+    for r in 0..rounds {
+        let buf = [(r % 251) as u8; 4096];
+        alternate.push(timed_write(&fa, &buf)?);
+        alternate.push(timed_write(&fb, &buf)?);
+    }
+    // What the other mount reads is the last write.
+    let last = fs::read(&fa).map_err(|e| format!("read {}: {e}", fa.display()))?;
+    if last != [((rounds - 1) % 251) as u8; 4096] {
+        return Err("handoff: the file does not hold the last write".into());
+    }
+    let mut same = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        same.push(timed_write(&fa, &[(r % 251) as u8; 4096])?);
+    }
+    let (m, p) = median_p99(&mut alternate);
+    println!(
+        "HANDOFF alternate writes={} median_us={m} p99_us={p}",
+        alternate.len()
+    );
+    let (m, p) = median_p99(&mut same);
+    println!(
+        "HANDOFF same-mount writes={} median_us={m} p99_us={p}",
+        same.len()
+    );
+    Ok(0)
+}
+
+fn creates_cmd(a: &[String]) -> Res<u8> {
+    let args = Args::parse(a.iter().cloned(), &[])?;
+    if let Some(e) = args.unknown(&["files"]) {
+        return Err(e);
+    }
+    let files: u64 = args.num("files", 1000)?;
+    let dirs: Vec<PathBuf> = args.positional.iter().map(PathBuf::from).collect();
+    if dirs.is_empty() {
+        return Err("creates: no directories".into());
+    }
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+    }
+    let t = Instant::now();
+    let workers: Vec<_> = dirs
+        .iter()
+        .cloned()
+        .map(|d| {
+            std::thread::spawn(move || -> Res {
+                for i in 0..files {
+                    let p = d.join(format!("f{i}"));
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .map_err(|e| format!("create {}: {e}", p.display()))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| "creates: a worker panicked")??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let total = files * dirs.len() as u64;
+    println!(
+        "CREATES dirs={} files={total} secs={secs:.2} per_sec={:.0}",
+        dirs.len(),
+        total as f64 / secs
+    );
     Ok(0)
 }
