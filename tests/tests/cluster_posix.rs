@@ -177,6 +177,18 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The value of counter `name` in a `counters` listing (0 when absent:
+/// counters appear at their first use).
+fn counter(listing: &str, name: &str) -> u64 {
+    listing
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().and_then(|v| v.parse().ok()))?
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
     let lock_secs = env_num("CLUSTER_POSIX_LOCK_SECS", 8);
@@ -249,6 +261,19 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
             .unwrap_or_else(|| panic!("no PINGPONG line for {tag}:\n{}", run.tail(40)));
         assert!(ops > 0, "pingpong {tag} made no progress");
     }
+
+    // Both nodes went through the cluster locks: each asked for locks, and
+    // the ping-pong made the server take some back.
+    let mut invalidations = 0;
+    for i in 0..2 {
+        // (an error when no lock_client counter exists yet: then 0)
+        let out = c.run(&["shell", &i.to_string(), "counters", "lock_client."]);
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let requests = counter(&out, "lock_client.requests");
+        assert!(requests > 0, "node{i} sent no lock requests:\n{out}");
+        invalidations += counter(&out, "lock_client.invalidations");
+    }
+    assert!(invalidations > 0, "no lock was ever invalidated");
 
     // Clean power off of both nodes, no QEMU left, a clean volume.
     let pids = c.recorded_pids();
