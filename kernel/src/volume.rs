@@ -22,6 +22,7 @@ use scoutvm_fs::client::cluster_node::{
 };
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::lock_client::LockClientConfig;
 use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
 use scoutvm_fs::cluster::quorum_agent::QuorumStatus;
 use scoutvm_fs::cluster::transport::{Datagrams, MemNet, Transport};
@@ -523,7 +524,12 @@ async fn join(
         Rc::new(KernelClock),
         Rc::new(KernelEntropy::new()),
         runtime::handle(),
-        NodeOptions::default(),
+        // Several nodes share the volume: every mount takes cluster locks
+        // (issue 11), so what one node commits the others read.
+        NodeOptions {
+            cluster_locks: Some(LockClientConfig::default()),
+            ..NodeOptions::default()
+        },
     )
     .await
     .map_err(|e| format!("joining the cluster failed: {} ({})", e.text(), e.name()))?;
