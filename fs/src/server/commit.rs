@@ -192,6 +192,12 @@ impl ServerTxn<'_> {
         s
     }
 
+    /// The next seq [`Self::next_seq`] would hand out: every seq the server
+    /// handed out so far (transactions, lock grants' write_seq) is below.
+    pub fn peek_seq(&self) -> u64 {
+        *self.counter
+    }
+
     /// Blocks the transaction's allocator can still hand out and record
     /// as freed: the headroom multi-commit jobs budget against.
     pub fn alloc_room(&self) -> u64 {

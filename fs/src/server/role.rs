@@ -902,7 +902,10 @@ impl Inner {
                     counter!("server.commit_log_trees_resent").inc();
                     return Ok(Step::Done(Ok(())));
                 }
-                if lt.max_item_seq > stored.get_trans_seq.max(stored.max_item_seq) {
+                // Items carry the transaction's seq or, newer, the write_seq
+                // of the WRITE lock covering them (handed out by a grant
+                // after this transaction began): never a seq not handed out.
+                if lt.max_item_seq >= tx.peek_seq().max(stored.max_item_seq.saturating_add(1)) {
                     return Ok(Step::Done(Err(Errno::EINVAL)));
                 }
                 let new = LogTrees {
