@@ -209,7 +209,7 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
         "--mount-opts".into(),
         "access=user,cache=none".into(),
         "--timeout".into(),
-        "900".into(),
+        "600".into(),
     ]
     .to_vec();
     let cmd =
@@ -233,8 +233,9 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
             run.console
                 .lines()
                 .any(|l| l.trim_end() == format!("CLUSTER-POSIX PASS {check}")),
-            "no PASS for {check}:\n{}",
-            run.tail(80)
+            "no PASS for {check}:\n{}\n{}",
+            run.tail(80),
+            c.consoles()
         );
     }
     assert!(
