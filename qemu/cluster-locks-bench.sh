@@ -84,9 +84,9 @@ lock_counters() {
 
 echo "== lock hand-off, creates with 1, 2, 3 nodes (TCG, 3 nodes up)"
 guest "p9cluster handoff /mnt/a/handoff /mnt/b/handoff --rounds $rounds \
-    && p9cluster creates /mnt/a/one --files $files \
-    && p9cluster creates /mnt/a/two /mnt/b/two --files $files \
-    && p9cluster creates /mnt/a/three /mnt/b/three /mnt/c/three --files $files"
+    && p9cluster creates /mnt/a/n1-a --files $files \
+    && p9cluster creates /mnt/a/n2-a /mnt/b/n2-b --files $files \
+    && p9cluster creates /mnt/a/n3-a /mnt/b/n3-b /mnt/c/n3-c --files $files"
 
 echo "== lock messages of $many creates in one directory through node0"
 before="$(lock_counters)"
