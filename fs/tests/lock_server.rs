@@ -286,7 +286,10 @@ fn a_commit_carries_item_seqs_of_its_write_grant_but_none_never_handed_out() {
         block_on(a.client.commit_log_trees(&lt2)),
         Err(scoutvm_fs::errno::Errno::EINVAL)
     );
+    block_on(l.shutdown());
+}
 
+#[test]
 fn waiting_lock_requests_leave_room_for_other_requests() {
     let net = MemNet::new();
     let l = server(&net);

@@ -486,7 +486,9 @@ fn set_mount_hooks(lc: &LockClient, mount: &Rc<Mount>) {
         })
     }));
     let m = Rc::downgrade(mount);
-    lc.set_drop_hook(Rc::new(move |r| m.upgrade().map_or(0, |m| m.drop_cached_range(r))));
+    lc.set_drop_hook(Rc::new(move |r| {
+        m.upgrade().map_or(0, |m| m.drop_cached_range(r))
+    }));
     lc.hooks_ready();
 }
 
