@@ -257,13 +257,15 @@ fn race_cmd(a: &[String]) -> Res<u8> {
         let srcs: Vec<PathBuf> = (0..2)
             .map(|i| dirs[i].join(format!("src-{op}-{round}-{i}")))
             .collect();
-        for (i, src) in srcs.iter().enumerate() {
-            fs::write(src, format!("racer {i} round {round}\n"))
-                .map_err(|e| format!("write {}: {e}", src.display()))?;
+        // The order alternates, so both get to win: the racer told first
+        // is the one whose mount did not write the directory last (the
+        // other holds its lock), so both ask the lock server at once.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            fs::write(&srcs[i], format!("racer {i} round {round}\n"))
+                .map_err(|e| format!("write {}: {e}", srcs[i].display()))?;
         }
         let name = format!("target-{op}-{round}");
-        // Who is told first alternates, so both get to win.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             racers[i].send(&format!(
                 "{op} {} {}",
