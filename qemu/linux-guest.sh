@@ -3,9 +3,11 @@
 #
 # Builds and caches (under qemu/cache/linux-guest, or $SCOUTVM_GUEST_CACHE)
 # a Debian 6.1 kernel plus a busybox-static initramfs holding the 9p, 9pnet
-# and virtio-net modules and the static guest tools (p9check, p9fsx,
-# p9bench). Booted, the guest brings up eth0, mounts a 9P2000.L server on
-# /mnt over TCP, runs one command, prints a result marker and powers off.
+# and virtio-net modules, and an overlay (rebuilt every run) with the init,
+# the static guest tools (p9check, p9fsx, p9bench, p9cluster) and the guest
+# scripts of tests/guest/. Booted, the guest brings up eth0, mounts a
+# 9P2000.L server on /mnt over TCP (and any --mount ones), runs one command,
+# prints a result marker and powers off.
 #
 # Usage:
 #   qemu/linux-guest.sh build
@@ -23,7 +25,10 @@
 #   --mac MAC            guest MAC (default 52:54:00:12:34:56)
 #   --msize N            9P msize (default 524288)
 #   --mount-opts OPTS    extra mount options, e.g. access=user,cache=none
-#   --no-mount           do not mount; just run COMMAND
+#                        (for every mount)
+#   --mount DIR=ADDR:PORT  also mount that 9P server on DIR (repeatable;
+#                        e.g. two cluster nodes on /mnt/a and /mnt/b)
+#   --no-mount           do not mount /mnt (--mount ones still are)
 #   --mem MIB            guest memory (default 1024)
 #   --timeout SEC        kill the guest after SEC seconds (default 900)
 #   --log FILE           also copy the console to FILE
@@ -40,7 +45,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${SCOUTVM_GUEST_CACHE:-$repo/qemu/cache/linux-guest}"
-tools=(p9check p9fsx p9bench)
+tools=(p9check p9fsx p9bench p9cluster)
 # Modules the guest loads, 9pnet_fd being the TCP transport (their
 # dependencies are found from the .ko files).
 want_modules=(virtio_pci virtio_net 9p 9pnet 9pnet_fd)
@@ -164,6 +169,15 @@ build_tools() {
     for t in "${tools[@]}"; do
         cp "$target_dir/x86_64-unknown-linux-gnu/release/$t" "$root/bin/$t"
     done
+    # The init and the guest scripts ride the overlay: a later cpio entry
+    # replaces an earlier one, so changing them needs no base rebuild.
+    cp "$here/guest/init" "$root/init"
+    chmod 755 "$root/init"
+    for g in "$repo"/tests/guest/*.sh; do
+        [ -f "$g" ] || continue
+        cp "$g" "$root/bin/$(basename "$g")"
+        chmod 755 "$root/bin/$(basename "$g")"
+    done
     tmp="$(mktemp "$cache/tools.cpio.gz.XXXXXX")"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) > "$tmp"
     mv "$tmp" "$cache/tools.cpio.gz"
@@ -194,7 +208,7 @@ build() {
 run() {
     local server="10.0.2.2:5640" net="user" ip="10.0.2.15/24" gw="" gw_set=""
     local mac="52:54:00:12:34:56" msize=524288 mopts="" mem=1024 timeout=900
-    local log="" mount=1
+    local log="" mount=1 extra_mounts=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --server) server="$2"; shift 2 ;;
@@ -205,6 +219,12 @@ run() {
             --msize) msize="$2"; shift 2 ;;
             --mount-opts) mopts="$2"; shift 2 ;;
             --no-mount) mount=0; shift ;;
+            --mount)
+                local spec="$2" mdir maddr
+                mdir="${spec%%=*}"; maddr="${spec#*=}"
+                [[ "$mdir" == /* && "$spec" == *=*:* ]] || die "--mount wants DIR=ADDR:PORT, got $spec"
+                extra_mounts+="${extra_mounts:+,}$mdir@${maddr%:*}@${maddr##*:}"
+                shift 2 ;;
             --mem) mem="$2"; shift 2 ;;
             --timeout) timeout="$2"; shift 2 ;;
             --log) log="$2"; shift 2 ;;
@@ -229,8 +249,12 @@ run() {
     cmd_b64="$(printf '%s' "$*" | base64 -w0)"
     append="console=ttyS0 loglevel=4 panic=-1 guest_ip=$ip guest_gw=${gw:-none}"
     if [ "$mount" = 1 ]; then
-        append+=" p9_addr=${server%:*} p9_port=${server##*:} p9_msize=$msize p9_opts=${mopts:-none}"
+        append+=" p9_addr=${server%:*} p9_port=${server##*:}"
     fi
+    if [ "$mount" = 1 ] || [ -n "$extra_mounts" ]; then
+        append+=" p9_msize=$msize p9_opts=${mopts:-none}"
+    fi
+    [ -z "$extra_mounts" ] || append+=" p9_mounts=$extra_mounts"
     append+=" guest_cmd=$cmd_b64"
     [ ${#append} -lt 2000 ] || die "command too long for the kernel command line"
 

@@ -426,7 +426,12 @@ async fn mount_disk_volume(
             Rc::new(KernelClock),
             Rc::new(KernelEntropy::new()),
             runtime::handle(),
-            NodeOptions::default(),
+            // its server listens on this node's memory only, so no other
+            // mount can ever ask it for a lock: grant them locally
+            NodeOptions {
+                cluster_locks: None,
+                ..NodeOptions::default()
+            },
         )
         .await
         .map_err(failed)?;
@@ -561,6 +566,9 @@ async fn join(
         Rc::new(KernelClock),
         Rc::new(KernelEntropy::new()),
         runtime::handle(),
+        // every cluster mount takes its locks from the leader's lock
+        // server (NodeOptions' default), so what one node commits the
+        // others read
         NodeOptions::default(),
     )
     .await

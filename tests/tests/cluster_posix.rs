@@ -1,0 +1,296 @@
+//! POSIX stays consistent between nodes (issue 11, QEMU acceptance): two
+//! appliance nodes on shared images (`qemu/cluster.sh up 2`), one Linux
+//! guest mounting node0's 9P on /mnt/a and node1's on /mnt/b (user
+//! networking: each node's 9P port is forwarded to a free host port, which
+//! the guest reaches at 10.0.2.2), running `tests/guest/cluster-posix.sh`:
+//! ports of basic-posix-consistency (both directions), dirent-consistency,
+//! mkdir-rename-rmdir, renameat2-noreplace and lock-ex-race-processes.
+//! Then both nodes power off and the host `scoutvm fsck` of the images is
+//! clean.
+//!
+//! The guest mounts with `access=user,cache=none`: no page, attribute or
+//! dentry cache survives a call, so what one node answers is what the
+//! cluster holds (close-to-open and fsync are then up to the nodes' locks).
+//!
+//! `CLUSTER_POSIX_LOCK_SECS` sets the lock-ex-race-processes duration
+//! (default 8 s; the reference runs 30), `CLUSTER_POSIX_ROUNDS` the
+//! noreplace race rounds (default 20).
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use scoutvm_tests::guest::{fsck_images, run_linux_guest};
+use scoutvm_tests::{elf_path, workspace_root};
+
+/// The checks cluster-posix.sh runs (its `CLUSTER-POSIX PASS` names).
+const CHECKS: [&str; 6] = [
+    "basic-posix-consistency-ab",
+    "basic-posix-consistency-ba",
+    "dirent-consistency",
+    "mkdir-rename-rmdir",
+    "renameat2-noreplace",
+    "lock-ex-race-processes",
+];
+
+struct Cluster {
+    dir: PathBuf,
+    elf: PathBuf,
+    p9_base: u16,
+}
+
+/// A base port with `n` free TCP ports after it on 127.0.0.1.
+fn free_port_run(n: u16) -> u16 {
+    'outer: for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        if base > u16::MAX - n {
+            continue;
+        }
+        let mut held = Vec::new();
+        for p in base..base + n {
+            match TcpListener::bind(("127.0.0.1", p)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'outer,
+            }
+        }
+        return base;
+    }
+    panic!("no run of {n} free TCP ports");
+}
+
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            dir: workspace_root().join(format!(
+                "target/scoutvm/cluster-posix-{}",
+                std::process::id()
+            )),
+            elf: elf_path(),
+            p9_base: free_port_run(2),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(workspace_root().join("qemu/cluster.sh"))
+            .args(args)
+            .env("CLUSTER_DIR", &self.dir)
+            .env("SCOUTVM_ELF", &self.elf)
+            .env("CLUSTER_P9_BASE", self.p9_base.to_string())
+            .env("CLUSTER_BOOT_TIMEOUT", "240")
+            .env("CLUSTER_SHELL_TIMEOUT", "90")
+            .output()
+            .expect("run qemu/cluster.sh")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.consoles()
+        );
+        stdout
+    }
+
+    /// Wait until `node` has the volume mounted (its `ls /` answers).
+    fn wait_mounted(&self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let n = node.to_string();
+        loop {
+            let out = self.run(&["shell", &n, "ls", "/"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{node} did not mount: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                self.consoles()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The last lines of every node's console.
+    fn consoles(&self) -> String {
+        let mut s = String::new();
+        for i in 0..2 {
+            let p = self.dir.join(format!("node{i}/console.log"));
+            if let Ok(text) = fs::read_to_string(&p) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                s.push_str(&format!("--- node{i} console (tail) ---\n{tail}\n"));
+            }
+        }
+        s
+    }
+
+    fn recorded_pids(&self) -> Vec<u32> {
+        (0..2)
+            .filter_map(|i| {
+                fs::read_to_string(self.dir.join(format!("node{i}/qemu.pid")))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // On a failed assertion: power off what is left, then kill by pid.
+        let _ = self.run(&["down"]);
+        for pid in self.recorded_pids() {
+            if alive(pid) {
+                // SAFETY: kill(2) on a pid this run recorded and just saw alive.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// The value of counter `name` in a `counters` listing (0 when absent:
+/// counters appear at their first use).
+fn counter(listing: &str, name: &str) -> u64 {
+    listing
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().and_then(|v| v.parse().ok()))?
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
+    let lock_secs = env_num("CLUSTER_POSIX_LOCK_SECS", 8);
+    let rounds = env_num("CLUSTER_POSIX_ROUNDS", 20);
+    let c = Cluster::new();
+    let up = c.ok(&["up", "2"]);
+    assert!(up.contains("made a volume with 2 quorum slots"), "{up}");
+    c.wait_mounted(0);
+    c.wait_mounted(1);
+
+    let (pa, pb) = (c.p9_base, c.p9_base + 1);
+    let args: Vec<String> = [
+        "--no-mount".to_string(),
+        "--mount".into(),
+        format!("/mnt/a=10.0.2.2:{pa}"),
+        "--mount".into(),
+        format!("/mnt/b=10.0.2.2:{pb}"),
+        "--mount-opts".into(),
+        "access=user,cache=none".into(),
+        "--timeout".into(),
+        "600".into(),
+    ]
+    .to_vec();
+    let cmd =
+        format!("LOCK_RACE_SECS={lock_secs} RACE_ROUNDS={rounds} cluster-posix.sh /mnt/a /mnt/b");
+    let run = run_linux_guest(&args, &cmd).expect("start qemu/linux-guest.sh");
+    eprintln!("guest run took {:?}", run.elapsed);
+    let fails: Vec<&str> = run
+        .console
+        .lines()
+        .filter(|l| l.contains("CLUSTER-POSIX FAIL"))
+        .collect();
+    assert!(
+        fails.is_empty(),
+        "checks failed:\n{}\n\nguest tail:\n{}\n{}",
+        fails.join("\n"),
+        run.tail(40),
+        c.consoles()
+    );
+    for check in CHECKS {
+        assert!(
+            run.console
+                .lines()
+                .any(|l| l.trim_end() == format!("CLUSTER-POSIX PASS {check}")),
+            "no PASS for {check}:\n{}\n{}",
+            run.tail(80),
+            c.consoles()
+        );
+    }
+    assert!(
+        run.console.contains("CLUSTER-POSIX DONE failed=0"),
+        "{}",
+        run.tail(80)
+    );
+    assert!(
+        run.status.success(),
+        "guest exit {}:\n{}",
+        run.status,
+        run.tail(40)
+    );
+    // The lock-ex race made progress on both mounts.
+    for tag in ["a1", "a2", "b1", "b2"] {
+        let ops: u64 = run
+            .console
+            .lines()
+            .find_map(|l| {
+                l.trim_end()
+                    .strip_prefix(&format!("PINGPONG tag={tag} ops="))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no PINGPONG line for {tag}:\n{}", run.tail(40)));
+        assert!(ops > 0, "pingpong {tag} made no progress");
+    }
+
+    // Both nodes went through the cluster locks: each asked for locks, and
+    // the ping-pong made the server take some back.
+    let mut invalidations = 0;
+    for i in 0..2 {
+        // (an error when no lock_client counter exists yet: then 0)
+        let out = c.run(&["shell", &i.to_string(), "counters", "lock_client."]);
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let requests = counter(&out, "lock_client.requests");
+        assert!(requests > 0, "node{i} sent no lock requests:\n{out}");
+        invalidations += counter(&out, "lock_client.invalidations");
+    }
+    assert!(invalidations > 0, "no lock was ever invalidated");
+
+    // Clean power off of both nodes, no QEMU left, a clean volume.
+    let pids = c.recorded_pids();
+    assert_eq!(pids.len(), 2);
+    let down = c.ok(&["down"]);
+    for i in 0..2 {
+        assert!(
+            down.contains(&format!("node{i}: powered off")),
+            "{down}\n{}",
+            c.consoles()
+        );
+    }
+    for pid in pids {
+        assert!(!alive(pid), "QEMU {pid} left running");
+    }
+    let (meta, data) = (c.dir.join("meta.img"), c.dir.join("data.img"));
+    let (clean, report) = fsck_images(Path::new(&meta), Path::new(&data));
+    assert!(clean, "fsck after the run:\n{report}");
+}
