@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]
 //!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
@@ -17,6 +17,9 @@
 //! `--workload session`: one server node and `--nodes` client nodes
 //! (default 3) over the cluster session, `--steps` requests per client,
 //! with link resets, partitions and a server crash (docs/simulator.md).
+//! `--workload cluster-disjoint`: one server node and three mounts of its
+//! volume, each mount in its own directory, `--steps` operations per
+//! mount (default 60).
 //! Crash runs always end with the merge liveness check (`--merge-liveness`,
 //! which turned it on before it was the default, is still accepted so
 //! older replay commands run).
@@ -30,7 +33,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
@@ -148,6 +151,9 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
         if a.steps.is_none() && a.minutes.is_none() {
             c.steps = 60;
         }
+    }
+    if w == WorkloadKind::ClusterDisjoint && a.steps.is_none() && a.minutes.is_none() {
+        c.steps = 60;
     }
     c.pauses = a.pauses;
     c.inject = a.inject;
