@@ -35,6 +35,10 @@ pub enum WorkloadKind {
     /// directory with local locks (`workload/cluster.rs`); `steps`
     /// operations per mount.
     ClusterDisjoint,
+    /// One server node and three mounts sharing one directory tree under
+    /// the cluster locks (`workload/cluster.rs`); `steps` operations per
+    /// mount.
+    Cluster,
 }
 
 impl WorkloadKind {
@@ -45,6 +49,7 @@ impl WorkloadKind {
             WorkloadKind::Quorum => "quorum",
             WorkloadKind::Session => "session",
             WorkloadKind::ClusterDisjoint => "cluster-disjoint",
+            WorkloadKind::Cluster => "cluster",
         }
     }
 
@@ -55,6 +60,7 @@ impl WorkloadKind {
             "quorum" => Some(WorkloadKind::Quorum),
             "session" => Some(WorkloadKind::Session),
             "cluster-disjoint" => Some(WorkloadKind::ClusterDisjoint),
+            "cluster" => Some(WorkloadKind::Cluster),
             _ => None,
         }
     }
@@ -149,7 +155,7 @@ impl VolumeImage {
 fn node_options(cfg: &RunConfig) -> NodeOptions {
     match cfg.workload {
         WorkloadKind::Quorum => NodeOptions::default(),
-        WorkloadKind::ClusterDisjoint => {
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster => {
             let mut o = sim_node_options(
                 MountOptions {
                     cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
@@ -206,7 +212,10 @@ pub fn run_seed(
     if cfg.workload == WorkloadKind::Quorum {
         return run_quorum_seed(cfg, observer);
     }
-    if cfg.workload == WorkloadKind::ClusterDisjoint {
+    if matches!(
+        cfg.workload,
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster
+    ) {
         return run_cluster_seed(cfg, image, observer);
     }
     let mut wc = WorldConfig::new(cfg.seed);
@@ -296,7 +305,8 @@ pub fn run_seed(
                             WorkloadKind::Crash
                             | WorkloadKind::Quorum
                             | WorkloadKind::Session
-                            | WorkloadKind::ClusterDisjoint => workload::crash::run(e).await,
+                            | WorkloadKind::ClusterDisjoint
+                            | WorkloadKind::Cluster => workload::crash::run(e).await,
                         }
                     }
                 })
@@ -439,7 +449,11 @@ fn run_cluster_seed(
         until_ns: cfg.until_ns,
         crash_merge_liveness: true,
     };
-    let mode = Mode::Disjoint;
+    let mode = if cfg.workload == WorkloadKind::Cluster {
+        Mode::Shared
+    } else {
+        Mode::Disjoint
+    };
     let result = match setup {
         Err(e) => Err((0, e)),
         Ok(()) => {

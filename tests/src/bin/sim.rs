@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|session|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]
 //!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
@@ -17,9 +17,11 @@
 //! `--workload session`: one server node and `--nodes` client nodes
 //! (default 3) over the cluster session, `--steps` requests per client,
 //! with link resets, partitions and a server crash (docs/simulator.md).
-//! `--workload cluster-disjoint`: one server node and three mounts of its
-//! volume, each mount in its own directory, `--steps` operations per
-//! mount (default 60).
+//! `--workload cluster`: one server node and three mounts of its volume
+//! sharing one directory tree under the cluster locks, checked against
+//! one model, `--steps` operations per mount (default 60);
+//! `cluster-disjoint`: the same with each mount in its own directory and
+//! local locks.
 //! Crash runs always end with the merge liveness check (`--merge-liveness`,
 //! which turned it on before it was the default, is still accepted so
 //! older replay commands run).
@@ -33,7 +35,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|session|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
@@ -152,7 +154,10 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
             c.steps = 60;
         }
     }
-    if w == WorkloadKind::ClusterDisjoint && a.steps.is_none() && a.minutes.is_none() {
+    if matches!(w, WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster)
+        && a.steps.is_none()
+        && a.minutes.is_none()
+    {
         c.steps = 60;
     }
     c.pauses = a.pauses;

@@ -24,7 +24,7 @@
 //! against the model, drains the log merge (liveness), walks again and
 //! unmounts; fsck.
 
-use super::{model, Engine, Failure, Inject, Stop};
+use super::{model, Engine, Failure, Inject, Mark, Stop, XNAMES};
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
     open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, NodeOptions,
@@ -35,7 +35,7 @@ use crate::cluster::session::StaticLeader;
 use crate::cluster::transport::LocalFut;
 use crate::errno::FsResult;
 use crate::posix::mount::Mount;
-use crate::posix::types::{Cred, S_IFDIR};
+use crate::posix::types::{Cred, RENAME_NOREPLACE, S_IFDIR, S_IFREG};
 use crate::runtime::exec::JoinHandle;
 use crate::runtime::node::NodeId;
 use crate::server::role::{ServerConfig, ServerRole};
@@ -50,7 +50,7 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 /// The server's node.
 pub const SERVER: NodeId = 0;
@@ -62,6 +62,12 @@ pub const MOUNTS: u8 = 3;
 pub enum Mode {
     /// Each mount in its own directory, local locks.
     Disjoint,
+    /// One directory tree for all, the cluster locks keeping the mounts
+    /// coherent: after an operation on one mount another reads back what
+    /// it named ([`probe`]); now and then two mounts race the same create
+    /// or RENAME_NOREPLACE ([`race`]); walks of the whole tree on any
+    /// mount.
+    Shared,
 }
 
 /// One mount of the shared volume on a client node (installed as the
@@ -297,6 +303,8 @@ struct Run {
     mounts: Vec<Rc<ClusterMount>>,
     server_commits: u64,
     fscks: u64,
+    /// The steps are over: the chaos task stops.
+    done: Rc<Cell<bool>>,
 }
 
 impl Run {
@@ -361,11 +369,15 @@ async fn run_inner(
         mounts: alloc::vec![first.clone()],
         server_commits: 0,
         fscks: 0,
+        done: Rc::new(Cell::new(false)),
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
     on_mount(e, &first);
     for i in 1..=MOUNTS {
+        if mode == Mode::Shared {
+            break;
+        }
         let name = format!("m{i}").into_bytes();
         let n2 = name.clone();
         let got = e
@@ -388,34 +400,25 @@ async fn run_inner(
         let m = start_mount(w, n, opts).await.map_err(Stop::Fail)?;
         run.mounts.push(m);
     }
-    let total = e.budget.steps.saturating_mul(MOUNTS as u64);
-    while e.step < total && w.now() < e.budget.until_ns {
-        e.step += 1;
-        let i = e.r(MOUNTS as u64) as usize;
-        let m = run.mounts[i].clone();
-        on_mount(e, &m);
-        e.scope = match mode {
-            Mode::Disjoint => Some(dirs[i]),
-        };
-        e.marks.clear();
-        match e.r(100) {
-            0..=3 => sync(e, &m).await?,
-            _ => e.random_op().await?,
-        }
-        run.check_locks(e)?;
-        run.fsck_if_committed(e)?;
-        e.think().await;
-    }
+    let chaos = w.spawn(chaos(w.clone(), run.done.clone()));
+    let r = steps(w, mode, e, &mut run, &dirs).await;
+    run.done.set(true);
+    let _ = chaos.await;
+    r?;
     // the end: every mount commits and leaves
     e.scope = None;
     for m in core::mem::take(&mut run.mounts) {
         on_mount(e, &m);
+        if mode == Mode::Shared {
+            verify(e).await?;
+        }
         let node = m.node;
         let got = e.op("unmount".into(), move |_| m.unmount()).await?;
         if let Err(er) = got {
             return Err(e.fail(format!("unmount: {er}")));
         }
         w.fault(Fault::Stop { node }).await;
+        run.check_locks(e)?;
     }
     run.fsck_if_committed(e)?;
     check_fsck(e, &run.vol, "after every mount left")?;
@@ -433,6 +436,368 @@ async fn run_inner(
     w.fault(Fault::Stop { node: fresh.node }).await;
     e.note("server_fscks", &format!("{}", run.fscks));
     check_fsck(e, &run.vol, "at the end")
+}
+
+/// Link resets about every 0.5-2.5 s (a random mount's or the server's
+/// streams) and now and then a short partition of a mount from the
+/// server (under the session's idle timeout): the sessions reconnect
+/// and resend; no error may surface to a mount.
+async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>) {
+    while !done.get() {
+        w.sleep(500_000_000 + w.random() % 2_000_000_000).await;
+        if done.get() {
+            break;
+        }
+        let victim = (w.random() % (MOUNTS as u64 + 1)) as NodeId;
+        if w.random() % 4 == 0 && victim != SERVER {
+            w.fault(Fault::Cut {
+                from: SERVER,
+                to: victim,
+            })
+            .await;
+            w.fault(Fault::Cut {
+                from: victim,
+                to: SERVER,
+            })
+            .await;
+            w.sleep(w.random() % 2_000_000_000).await;
+            w.fault(Fault::HealAll).await;
+        } else {
+            w.fault(Fault::ResetStreams { node: victim }).await;
+        }
+    }
+    w.fault(Fault::HealAll).await;
+}
+
+/// The random steps of every mount.
+async fn steps(
+    w: &Rc<World>,
+    mode: Mode,
+    e: &mut Engine,
+    run: &mut Run,
+    dirs: &[u64],
+) -> Result<(), Stop> {
+    let total = e.budget.steps.saturating_mul(MOUNTS as u64);
+    while e.step < total && w.now() < e.budget.until_ns {
+        e.step += 1;
+        let i = e.r(MOUNTS as u64) as usize;
+        let m = run.mounts[i].clone();
+        on_mount(e, &m);
+        e.scope = match mode {
+            Mode::Disjoint => Some(dirs[i]),
+            Mode::Shared => None,
+        };
+        e.marks.clear();
+        match e.r(100) {
+            0..=3 => sync(e, &m).await?,
+            4 if mode == Mode::Shared => verify(e).await?,
+            5..=9 if mode == Mode::Shared => {
+                let j = (i + 1 + e.r(MOUNTS as u64 - 1) as usize) % MOUNTS as usize;
+                let other = run.mounts[j].clone();
+                race(w, e, &m, &other).await?;
+            }
+            _ => {
+                e.random_op().await?;
+                if mode == Mode::Shared && !e.marks.is_empty() {
+                    // another mount reads back what the operation named
+                    let j = (i + 1 + e.r(MOUNTS as u64 - 1) as usize) % MOUNTS as usize;
+                    let other = run.mounts[j].clone();
+                    probe(e, &other).await?;
+                }
+            }
+        }
+        run.check_locks(e)?;
+        run.fsck_if_committed(e)?;
+        e.think().await;
+    }
+    Ok(())
+}
+
+/// Mount `m` reads back what the last operation named (on another
+/// mount): each (directory, name) by lookup and the directory by readdir,
+/// each inode by getattr, its contents (files: the head and the tail;
+/// symlinks: the target) and its xattrs. All must equal the model.
+async fn probe(e: &mut Engine, m: &ClusterMount) -> Result<(), Stop> {
+    on_mount(e, m);
+    let mut marks = core::mem::take(&mut e.marks);
+    let mut inos = Vec::new();
+    let mut dirs = Vec::new();
+    for mk in marks.drain(..) {
+        match mk {
+            Mark::Name(dir, name) => {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                let desc = format!("probe lookup {dir} {:?}", String::from_utf8_lossy(&name));
+                let want = e.model.lookup(dir, &name);
+                let n2 = name.clone();
+                let got = e
+                    .op(desc.clone(), move |m| async move {
+                        m.lookup(&Cred::root(), dir, &n2).await
+                    })
+                    .await?;
+                e.agree(&desc, &got, &want)?;
+                if let (Ok(a), Ok(ino)) = (&got, &want) {
+                    if a.ino != *ino {
+                        return Err(e.fail(format!("{desc}: ino {} want {ino}", a.ino)));
+                    }
+                    inos.push(*ino);
+                }
+            }
+            Mark::Ino(ino) => inos.push(ino),
+        }
+    }
+    for dir in dirs {
+        probe_readdir(e, dir).await?;
+    }
+    inos.sort_unstable();
+    inos.dedup();
+    for ino in inos {
+        probe_ino(e, ino).await?;
+    }
+    Ok(())
+}
+
+async fn probe_readdir(e: &mut Engine, dir: u64) -> Result<(), Stop> {
+    let desc = format!("probe readdir {dir}");
+    let want = e.model.dir(dir).and_then(|d| {
+        if d.nlink == 0 {
+            Err(crate::errno::Errno::ENOENT)
+        } else {
+            Ok(d.kids.clone())
+        }
+    });
+    let got = e
+        .op(desc.clone(), move |m| async move {
+            let mut out = alloc::collections::BTreeMap::new();
+            let mut pos = 0;
+            loop {
+                let ents = m.readdir(&Cred::root(), dir, pos, 16).await?;
+                let Some(last) = ents.last() else {
+                    break;
+                };
+                pos = last.next_pos;
+                for en in ents {
+                    if en.name != b"." && en.name != b".." {
+                        out.insert(en.name, en.ino);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    e.agree(&desc, &got, &want)?;
+    if let (Ok(a), Ok(b)) = (&got, &want) {
+        if a != b {
+            return Err(e.fail(format!("{desc}: entries {a:?} want {b:?}")));
+        }
+    }
+    Ok(())
+}
+
+async fn probe_ino(e: &mut Engine, ino: u64) -> Result<(), Stop> {
+    let desc = format!("probe getattr {ino}");
+    let want = e.model.get(ino).cloned();
+    let got = e
+        .op(desc.clone(), move |m| async move { m.getattr(ino).await })
+        .await?;
+    e.agree(&desc, &got, &want)?;
+    let (Ok(a), Ok(n)) = (got, want) else {
+        return Ok(());
+    };
+    if (a.mode, a.nlink, a.size) != (n.mode, n.nlink, n.attr_size()) {
+        return Err(e.fail(format!(
+            "{desc}: mode/nlink/size {:o}/{}/{} want {:o}/{}/{}",
+            a.mode,
+            a.nlink,
+            a.size,
+            n.mode,
+            n.nlink,
+            n.attr_size()
+        )));
+    }
+    if n.is_reg() {
+        // the head, and the tail (files may be sparse far past their head)
+        const SPAN: u64 = 16 << 10;
+        let tail = n.size.saturating_sub(SPAN).max(SPAN.min(n.size));
+        for off in [0, tail] {
+            let desc = format!("probe read {ino} {off} {SPAN}");
+            let want = n.read(off, SPAN);
+            let got = e
+                .op(desc.clone(), move |m| async move {
+                    m.read(ino, off, SPAN as usize).await
+                })
+                .await?;
+            match got {
+                Ok(d) if d == want => {}
+                Ok(d) => {
+                    let at = d.iter().zip(&want).position(|(x, y)| x != y);
+                    return Err(e.fail(format!(
+                        "{desc}: {} bytes read, model {}; first difference at {at:?}",
+                        d.len(),
+                        want.len()
+                    )));
+                }
+                Err(er) => return Err(e.fail(format!("{desc}: {er}"))),
+            }
+        }
+    } else if !n.target.is_empty() {
+        let desc = format!("probe readlink {ino}");
+        let got = e
+            .op(desc.clone(), move |m| async move { m.readlink(ino).await })
+            .await?;
+        if got.as_ref() != Ok(&n.target) {
+            return Err(e.fail(format!("{desc}: not the model's target")));
+        }
+    }
+    for x in XNAMES {
+        let desc = format!("probe getxattr {ino} {}", String::from_utf8_lossy(x));
+        let want = n.xattrs.get(x).cloned().ok_or(crate::errno::Errno::ENODATA);
+        let got = e
+            .op(desc.clone(), move |m| async move {
+                m.getxattr(&Cred::root(), ino, x).await
+            })
+            .await?;
+        e.agree(&desc, &got, &want)?;
+        if let (Ok(a), Ok(b)) = (&got, &want) {
+            if a != b {
+                return Err(e.fail(format!("{desc}: value differs")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two mounts race the same change at once: both create one name, or
+/// both RENAME_NOREPLACE a different entry onto one name. At most one
+/// may succeed (exactly one if the name was free), the other sees
+/// EEXIST; the model takes the winner's change, then a third read on
+/// each mount must agree.
+async fn race(
+    w: &Rc<World>,
+    e: &mut Engine,
+    a: &Rc<ClusterMount>,
+    b: &Rc<ClusterMount>,
+) -> Result<(), Stop> {
+    let dirs: Vec<u64> = e
+        .model
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.is_dir() && n.nlink > 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let nd = dirs[e.r(dirs.len() as u64) as usize];
+    let nn = super::NAMES[e.r(super::NAMES.len() as u64) as usize].to_vec();
+    let free = e.model.lookup(nd, &nn).is_err();
+    // sources of renames: two different non-directory entries
+    let mut ents: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (&d, n) in &e.model.nodes {
+        for (k, &i) in &n.kids {
+            if e.model.nodes.get(&i).is_some_and(|c| !c.is_dir()) {
+                ents.push((d, k.clone()));
+            }
+        }
+    }
+    let renames = ents.len() >= 2 && e.r(2) == 0;
+    let srcs = if renames {
+        let x = e.r(ents.len() as u64) as usize;
+        let y = (x + 1 + e.r(ents.len() as u64 - 1) as usize) % ents.len();
+        Some((ents[x].clone(), ents[y].clone()))
+    } else {
+        None
+    };
+    let desc = match &srcs {
+        Some(((d1, n1), (d2, n2))) => format!(
+            "race rename-noreplace {d1} {:?} / {d2} {:?} -> {nd} {:?}",
+            String::from_utf8_lossy(n1),
+            String::from_utf8_lossy(n2),
+            String::from_utf8_lossy(&nn)
+        ),
+        None => format!("race create {nd} {:?}", String::from_utf8_lossy(&nn)),
+    };
+    let start = |m: &Rc<ClusterMount>, src: Option<(u64, Vec<u8>)>| {
+        let (mnt, nn) = (m.mount.clone(), nn.clone());
+        w.spawn(w.on(m.node, async move {
+            match src {
+                Some((od, on)) => mnt
+                    .rename(&Cred::root(), od, &on, nd, &nn, RENAME_NOREPLACE)
+                    .await
+                    .map(|_| 0),
+                None => mnt
+                    .create(&Cred::root(), nd, &nn, 0o644)
+                    .await
+                    .map(|a| a.ino),
+            }
+        }))
+    };
+    let (sa, sb) = match &srcs {
+        Some((x, y)) => (Some(x.clone()), Some(y.clone())),
+        None => (None, None),
+    };
+    let ta = start(a, sa.clone());
+    let tb = start(b, sb.clone());
+    let ra = ta.await;
+    let rb = tb.await;
+    let (ra, rb) = match (ra, rb) {
+        (Ok(Ok(x)), Ok(Ok(y))) => (x, y),
+        _ => return Err(Stop::Down),
+    };
+    let show = |r: &FsResult<u64>| match r {
+        Ok(_) => "ok".into(),
+        Err(er) => String::from(er.name()),
+    };
+    e.w.log(
+        a.node,
+        "op",
+        &[e.step],
+        &format!(
+            "{desc} -> n{} {} n{} {}",
+            a.node,
+            show(&ra),
+            b.node,
+            show(&rb)
+        ),
+    );
+    let eexist = |r: &FsResult<u64>| *r == Err(crate::errno::Errno::EEXIST);
+    let winner = match (&ra, &rb) {
+        (Ok(_), r) if free && eexist(r) => Some((ra.clone(), sa)),
+        (r, Ok(_)) if free && eexist(r) => Some((rb.clone(), sb)),
+        (x, y) if !free && eexist(x) && eexist(y) => None,
+        _ => {
+            return Err(e.fail(format!(
+                "{desc}: n{} {} and n{} {} with the name {}",
+                a.node,
+                show(&ra),
+                b.node,
+                show(&rb),
+                if free { "free" } else { "taken" }
+            )))
+        }
+    };
+    if let Some((r, src)) = winner {
+        match src {
+            Some((od, on)) => {
+                if e.model.check_rename(od, &on, nd, &nn, RENAME_NOREPLACE) != Ok(true) {
+                    return Err(e.fail(format!("{desc}: the model refuses the winner")));
+                }
+                e.model.apply_rename(od, &on, nd, &nn, RENAME_NOREPLACE);
+                e.mark_name(od, &on);
+            }
+            None => {
+                let want = e
+                    .model
+                    .check_create(nd, &nn, S_IFREG | 0o644)
+                    .map_err(|er| e.fail(format!("{desc}: model: {er}")))?;
+                let ino = r.unwrap_or(0);
+                e.model.add(nd, &nn, ino, want).map_err(|s| e.fail(s))?;
+            }
+        }
+    }
+    e.mark_name(nd, &nn);
+    let marks = e.marks.clone();
+    probe(e, a).await?;
+    e.marks = marks;
+    probe(e, b).await
 }
 
 fn check_fsck(e: &Engine, vol: &Volume, when: &str) -> Result<(), Stop> {
