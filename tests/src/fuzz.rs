@@ -25,13 +25,16 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use scoutvm_fs::cluster::lock::{LockMode, LockRange};
+use scoutvm_fs::cluster::lock_server::{LockServer, LockServerConfig};
 use scoutvm_fs::cluster::msg::{
     self as cmsg, cmd, decode_log_trees, decode_merge_request, decode_u64, encode_frame,
-    FrameDecoder, Greeting, Header, InodeAlloc, NetRoots, NetStatfs, Request, FLAG_RESPONSE,
-    HEADER_BYTES, MAX_DATA_LEN,
+    FrameDecoder, Greeting, Header, InodeAlloc, NetLock, NetRoots, NetStatfs, Request,
+    FLAG_RESPONSE, HEADER_BYTES, MAX_DATA_LEN,
 };
 use scoutvm_net::p9::wire::{self, DecodeError, Dirents, Fcall, Gen, Msg, Rmsg, Tmsg};
 use scoutvm_net::p9::FrameReader;
+use std::cell::Cell;
 
 /// Longest input the mutator makes.
 const INPUT_MAX: usize = 64 * 1024;
@@ -485,6 +488,27 @@ fn cluster_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
                 .to_vec(),
         ),
     ];
+    let modes = [
+        LockMode::Null,
+        LockMode::Read,
+        LockMode::Write,
+        LockMode::WriteOnly,
+    ];
+    for range in [
+        LockRange::inode_group(rng.next_u64()),
+        LockRange::inode_index(4, rng.next_u64()),
+        LockRange::orphan(),
+        LockRange::rename(),
+        LockRange::xattr_totl(),
+    ] {
+        let nl = NetLock {
+            range,
+            write_seq: if rng.below(2) == 0 { 0 } else { rng.next_u64() },
+            old_mode: modes[rng.below(4) as usize],
+            new_mode: modes[rng.below(4) as usize],
+        };
+        payloads.push((cmd::LOCK, nl.encode()));
+    }
     for c in 0..cmd::UNKNOWN {
         payloads.push((c, Vec::new()));
     }
@@ -541,6 +565,33 @@ fn round_trip<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+thread_local! {
+    /// LOCK requests decoded (tests check the mutations reach them).
+    static LOCKS_DECODED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A decoded LOCK request, asked by two mounts of a fresh lock server
+/// (with a give-back and a departure): its table stays consistent.
+fn lock_server_takes(nl: &NetLock) -> Result<(), String> {
+    LOCKS_DECODED.with(|c| c.set(c.get() + 1));
+    let mut ls = LockServer::new(LockServerConfig::default());
+    let mut seq = 0u64;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    ls.request(1, nl, &mut next);
+    ls.request(2, nl, &mut next);
+    ls.request(1, nl, &mut next);
+    ls.check()
+        .map_err(|e| format!("lock server after {nl:?}: {e}"))?;
+    ls.rid_gone(1, &mut next);
+    ls.check()
+        .map_err(|e| format!("lock server after {nl:?}: {e}"))?;
+    while ls.poll_output().is_some() {}
+    Ok(())
+}
+
 /// Frames from a byte stream in chunks, then every payload decoder that
 /// applies to the command; what decodes re-encodes to its bytes.
 fn cluster_decode(data: &[u8]) -> Result<bool, String> {
@@ -586,6 +637,9 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
                             Request::decode(c, b).ok()
                         })?;
                     }
+                    if let Request::Lock(nl) = &r {
+                        lock_server_takes(nl)?;
+                    }
                 }
                 continue;
             }
@@ -612,6 +666,9 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
             if let Ok(v) = decode_u64(p) {
                 round_trip("u64", &v, |v| cmsg::encode_u64(*v), |b| decode_u64(b).ok())?;
             }
+            if let Ok(v) = NetLock::decode(p) {
+                round_trip("lock", &v, NetLock::encode, |b| NetLock::decode(b).ok())?;
+            }
             let _ = decode_log_trees(p);
             let _ = decode_merge_request(p);
         }
@@ -633,6 +690,17 @@ mod tests {
             assert!(x.len() <= INPUT_MAX);
         }
         assert_eq!(x, y);
+    }
+
+    #[test]
+    fn mutated_cluster_frames_reach_the_lock_server() {
+        let t = targets().into_iter().find(|t| t.name == "cluster").unwrap();
+        let before = LOCKS_DECODED.with(|c| c.get());
+        fuzz(&t, 20_000, 3, &mut |_| {}).unwrap();
+        // 5 LOCK request seeds per round, 4 rounds: more means mutated
+        // inputs reached it too
+        let n = LOCKS_DECODED.with(|c| c.get()) - before;
+        assert!(n > 5 * 4, "{n} LOCK requests decoded");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! reconnects ([`session`]), the cluster lock seam ([`lock`]), the quorum
 //! election ([`quorum`] machine, [`quorum_wire`] datagrams,
 //! [`quorum_blocks`] on disk, [`quorum_agent`] driver) and fencing
-//! ([`fence`]). The lock server and recovery join them here.
+//! ([`fence`]), and the lock server's machine ([`lock_server`]). The lock
+//! client and recovery join them here.
 pub mod fence;
 pub mod lock;
+pub mod lock_server;
 pub mod msg;
 pub mod quorum;
 pub mod quorum_agent;

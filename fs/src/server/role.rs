@@ -16,13 +16,22 @@
 //! multi-commit job commits between its steps; a failed commit stops the
 //! server (the volume reopens at the last durable commit).
 //!
+//! Cluster locks: each LOCK request runs in its own request task, feeds
+//! the lock server machine (`cluster::lock_server`) and answers when its
+//! grant comes out; invalidations are calls to the holding mount, each
+//! from a task of its own, resent while the mount is known; a mount's
+//! farewell or reclaim releases its locks. WRITE grants take their
+//! `write_seq` from the transaction seq counter.
+//!
 //! A commit runs in bounded steps with a yield between them, so the node
 //! keeps answering (heartbeats, reads of the stable super) while it
 //! writes; no holder is admitted while one is under way, so the
 //! transaction it writes never changes, and shutdown waits for it.
 
+use crate::cluster::lock::{LockMode, LockRange};
+use crate::cluster::lock_server::{LockOutput, LockServer, LockServerConfig};
 use crate::cluster::msg::{
-    self, Greeting, InodeAlloc, NetRoots, NetStatfs, Request, GREETING_FLAG_FAREWELL,
+    self, Greeting, InodeAlloc, NetLock, NetRoots, NetStatfs, Request, GREETING_FLAG_FAREWELL,
     GREETING_FLAG_QUORUM,
 };
 use crate::cluster::rpc::{Endpoint, Role};
@@ -60,6 +69,10 @@ pub const ALLOC_INODES_MAX: u64 = 1 << 20;
 pub const MAX_HANDLERS_PER_CONN: u32 = 32;
 /// How often the freeing job looks for work when not kicked.
 pub const FREEING_POLL_NS: u64 = 1_000_000_000;
+/// First pause before an invalidation that failed is sent again (doubled
+/// up to [`LOCK_INVALIDATE_RETRY_MAX_NS`]) while its mount is still known.
+pub const LOCK_INVALIDATE_RETRY_NS: u64 = 100_000_000;
+pub const LOCK_INVALIDATE_RETRY_MAX_NS: u64 = 5_000_000_000;
 
 /// Tunables of the server role.
 #[derive(Clone, Copy, Debug)]
@@ -80,6 +93,8 @@ pub struct ServerConfig {
     pub term: u64,
     /// Idle timeout, reconnect window, replay window of client sessions.
     pub session: SessionConfig,
+    /// Bounds of the lock server's table.
+    pub locks: LockServerConfig,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +108,7 @@ impl Default for ServerConfig {
             reclaim_mounted_at_start: true,
             term: 1,
             session: SessionConfig::default(),
+            locks: LockServerConfig::default(),
         }
     }
 }
@@ -137,6 +153,12 @@ struct Inner {
     exec_observer: RefCell<Option<ExecObserver>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     counters: Cell<ServerRoleCounters>,
+    /// The cluster lock table (in memory only, per server life).
+    locks: RefCell<LockServer>,
+    /// Answers of lock requests by token, until their task takes them.
+    lock_answers: RefCell<BTreeMap<u64, FsResult<NetLock>>>,
+    /// Lock answers arrived, or the server stops.
+    lock_changed: Notify,
 }
 
 /// Sees every request the server executes: `(rid, request id, cmd)`
@@ -199,6 +221,9 @@ impl ServerRole {
                 exec_observer: RefCell::new(None),
                 tasks: RefCell::new(Vec::new()),
                 counters: Cell::new(ServerRoleCounters::default()),
+                locks: RefCell::new(LockServer::new(cfg.locks)),
+                lock_answers: RefCell::new(BTreeMap::new()),
+                lock_changed: Notify::new(),
             }),
         })
     }
@@ -296,6 +321,12 @@ impl ServerRole {
         self.inner.reclaim_rid(rid).await
     }
 
+    /// Every cluster lock grant recorded: (rid, range, mode), by range
+    /// then rid.
+    pub fn lock_grants(&self) -> Vec<(u64, LockRange, LockMode)> {
+        self.inner.locks.borrow().granted()
+    }
+
     /// The rids that greeted this server life and have not left.
     pub fn client_rids(&self) -> Vec<u64> {
         self.inner.peers.borrow().keys().copied().collect()
@@ -347,6 +378,8 @@ impl Inner {
         }
         self.gate.changed.notify();
         self.freeing_kick.notify();
+        // waiting lock requests fail
+        self.lock_changed.notify();
     }
 
     // ---- the commit gate ----
@@ -502,7 +535,7 @@ impl Inner {
 
     // ---- startup ----
 
-    async fn recover(&self) -> FsResult<()> {
+    async fn recover(self: &Rc<Self>) -> FsResult<()> {
         // future seqs above every item seq a client ever wrote
         let (mounted, trees) = {
             let mut core = self.core.borrow_mut();
@@ -538,7 +571,7 @@ impl Inner {
     }
 
     /// Finalize `rid`'s trees, cancel its merge requests, forget it.
-    async fn reclaim_rid(&self, rid: u64) -> FsResult<()> {
+    async fn reclaim_rid(self: &Rc<Self>, rid: u64) -> FsResult<()> {
         let trees = self
             .run_steps(|tx, me| {
                 let root = tx.sb.logs_root;
@@ -568,6 +601,7 @@ impl Inner {
             .await?;
         self.count(|c| c.reclaimed_rids += 1);
         TP_RECLAIM.emit(&[rid, trees]);
+        self.lock_rid_gone(rid);
         Ok(())
     }
 
@@ -685,6 +719,10 @@ impl Inner {
                         if peers.get(&rid).is_some_and(|p| Rc::ptr_eq(p, &p2)) {
                             peers.remove(&rid);
                         }
+                        drop(peers);
+                        // a lock request that slipped in after the
+                        // reclaim: no one will give it back
+                        me.lock_rid_gone(rid);
                     }
                     let _ = ep2.reply(&f.header, r).await;
                     if left {
@@ -747,7 +785,7 @@ impl Inner {
         .encode())
     }
 
-    async fn handle_request(&self, rid: u64, req: Request) -> FsResult<Vec<u8>> {
+    async fn handle_request(self: &Rc<Self>, rid: u64, req: Request) -> FsResult<Vec<u8>> {
         match req {
             Request::Greeting(_) => Err(Errno::EINVAL),
             Request::AllocInodes(count) => self.alloc_inodes(count).await,
@@ -768,9 +806,8 @@ impl Inner {
             Request::Statfs => self.statfs(),
             Request::Farewell => self.farewell(rid).await,
             Request::Ping => Ok(Vec::new()),
-            Request::SyncLogTrees | Request::Lock(_) | Request::Unsupported(_) => {
-                Err(Errno::EINVAL)
-            }
+            Request::Lock(nl) => self.lock_request(rid, nl).await,
+            Request::SyncLogTrees | Request::Unsupported(_) => Err(Errno::EINVAL),
         }
     }
 
@@ -951,10 +988,151 @@ impl Inner {
         Ok(Vec::new())
     }
 
-    async fn farewell(&self, rid: u64) -> FsResult<Vec<u8>> {
+    async fn farewell(self: &Rc<Self>, rid: u64) -> FsResult<Vec<u8>> {
         self.reclaim_rid(rid).await?;
         TP_FAREWELL.emit(&[rid]);
         Ok(Vec::new())
+    }
+
+    // ---- cluster locks ----
+
+    /// A fresh seq for a WRITE grant, from the counter transactions use:
+    /// above every seq handed out, below every later transaction's.
+    fn lock_seq(&self) -> u64 {
+        self.core.borrow_mut().next_seq()
+    }
+
+    /// A LOCK request of `rid`: answered when granted (a give-back at
+    /// once), with an error if refused or if the server stops first.
+    async fn lock_request(self: &Rc<Self>, rid: u64, nl: NetLock) -> FsResult<Vec<u8>> {
+        counter!("lock_server.requests").inc();
+        if nl.new_mode == LockMode::Null {
+            counter!("lock_server.give_backs").inc();
+        }
+        if self.stopping.get() {
+            return Err(Errno::EIO);
+        }
+        if !self.peers.borrow().contains_key(&rid) {
+            // it said farewell: it must not hold locks again
+            return Err(Errno::ENOLINK);
+        }
+        let token = self
+            .locks
+            .borrow_mut()
+            .request(rid, &nl, &mut || self.lock_seq());
+        self.drain_locks();
+        // a cancelled wait leaves no answer behind
+        struct Forget<'a>(&'a Inner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.lock_answers.borrow_mut().remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, token);
+        loop {
+            let changed = self.lock_changed.notified();
+            let answer = self.lock_answers.borrow_mut().remove(&token);
+            if let Some(r) = answer {
+                return r.map(|l| l.encode());
+            }
+            if self.stopping.get() {
+                return Err(Errno::EIO);
+            }
+            changed.await;
+        }
+    }
+
+    /// Send what the lock machine decided: answers to the waiting request
+    /// tasks, invalidations from tasks of their own.
+    fn drain_locks(self: &Rc<Self>) {
+        let mut answered = false;
+        loop {
+            let out = self.locks.borrow_mut().poll_output();
+            match out {
+                None => break,
+                Some(LockOutput::Grant { token, lock, .. }) => {
+                    if lock.new_mode != LockMode::Null {
+                        counter!("lock_server.grants").inc();
+                    }
+                    self.lock_answers.borrow_mut().insert(token, Ok(lock));
+                    answered = true;
+                }
+                Some(LockOutput::Refuse { token, errno, .. }) => {
+                    counter!("lock_server.refused").inc();
+                    self.lock_answers.borrow_mut().insert(token, Err(errno));
+                    answered = true;
+                }
+                Some(LockOutput::Invalidate { rid, lock }) => {
+                    counter!("lock_server.invalidations_sent").inc();
+                    let me = self.clone();
+                    let spawned = self
+                        .handle
+                        .spawn_named("server.lock_invalidate", async move {
+                            me.invalidate(rid, lock).await
+                        });
+                    if spawned.is_err() {
+                        // the range waits until the rid is reclaimed
+                        counter!("lock_server.invalidate_spawn_failed").inc();
+                        log::error!("server: no task for a lock invalidation of rid {rid:016x}");
+                    }
+                }
+            }
+        }
+        if answered {
+            self.lock_changed.notify();
+        }
+    }
+
+    /// Call `rid` with the invalidation `lock` until it answers, it is
+    /// gone (its reclaim releases the range) or the server stops.
+    async fn invalidate(self: Rc<Self>, rid: u64, lock: NetLock) {
+        let mut pause = LOCK_INVALIDATE_RETRY_NS;
+        // bounded by the mount's departure or fencing, which ends it
+        loop {
+            if self.stopping.get() || !self.locks.borrow().is_invalidating(rid, &lock.range) {
+                return;
+            }
+            let peer = self.peers.borrow().get(&rid).cloned();
+            let Some(peer) = peer else {
+                return;
+            };
+            match peer.call(msg::cmd::LOCK, &lock.encode()).await {
+                Ok(reply) => match NetLock::decode(&reply) {
+                    Ok(r) if r.range == lock.range && r.new_mode == lock.new_mode => {
+                        let done = self.locks.borrow_mut().invalidation_done(
+                            rid,
+                            &lock.range,
+                            lock.new_mode,
+                            &mut || self.lock_seq(),
+                        );
+                        if done.is_err() {
+                            // the rid left meanwhile
+                            counter!("lock_server.stale_invalidation_answers").inc();
+                        }
+                        self.drain_locks();
+                        return;
+                    }
+                    _ => {
+                        counter!("lock_server.bad_invalidation_answers").inc();
+                        log::warn!("server: bad lock invalidation answer from rid {rid:016x}");
+                    }
+                },
+                Err(e) => {
+                    counter!("lock_server.invalidation_call_errors").inc();
+                    log::debug!("server: lock invalidation of rid {rid:016x}: {e:?}");
+                }
+            }
+            self.handle.sleep_ns(pause).await;
+            pause = (pause * 2).min(LOCK_INVALIDATE_RETRY_MAX_NS);
+        }
+    }
+
+    /// `rid` left or was reclaimed: release its locks.
+    fn lock_rid_gone(self: &Rc<Self>, rid: u64) {
+        self.locks
+            .borrow_mut()
+            .rid_gone(rid, &mut || self.lock_seq());
+        self.drain_locks();
     }
 
     async fn freeing_worker(self: Rc<Self>) {
