@@ -8,6 +8,7 @@
 //! client and recovery join them here.
 pub mod fence;
 pub mod lock;
+pub mod lock_client;
 pub mod lock_server;
 pub mod msg;
 pub mod quorum;

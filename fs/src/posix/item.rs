@@ -95,6 +95,10 @@ pub struct ItemCounters {
     pub backend_read_items: u64,
     pub evicted_ranges: u64,
     pub evicted_items: u64,
+    /// Cached ranges removed or trimmed, and clean items dropped, because
+    /// their lock went away ([`ItemCache::drop_range`]).
+    pub dropped_ranges: u64,
+    pub dropped_items: u64,
     pub eviction_runs: u64,
     pub dirtied: u64,
     pub commits: u64,
@@ -691,6 +695,79 @@ impl ItemCache {
         });
     }
 
+    /// Drop what is cached of `[start, end]` (a lock of that range went to
+    /// NULL: another mount may change it now): its clean items, and the
+    /// cached ranges inside it (ranges that reach outside are trimmed to
+    /// the part outside). Dirty items stay (they are this mount's
+    /// uncommitted changes, the truth for their keys); returns how many
+    /// were found, which after the lock's commit must be none.
+    pub fn drop_range(&self, start: Key, end: Key) -> usize {
+        if start > end {
+            return 0;
+        }
+        let mut inner = self.inner.borrow_mut();
+        // ranges overlapping [start, end]: one starting before it, and
+        // every one starting inside it
+        let mut overlap: Vec<(Key, Key)> = Vec::new();
+        if let Some((rs, r)) = inner.ranges.range(..start).next_back() {
+            if r.end >= start {
+                overlap.push((*rs, r.end));
+            }
+        }
+        overlap.extend(
+            inner
+                .ranges
+                .range((Included(start), Included(end)))
+                .map(|(k, r)| (*k, r.end)),
+        );
+        let mut ranges = 0u64;
+        for (rs, re) in overlap {
+            let r = inner.ranges.remove(&rs).expect("listed");
+            ranges += 1;
+            if rs < start {
+                inner.ranges.insert(
+                    rs,
+                    Range {
+                        end: start.dec(),
+                        last_use: r.last_use,
+                    },
+                );
+            }
+            if re > end {
+                inner.ranges.insert(
+                    end.inc(),
+                    Range {
+                        end: re,
+                        last_use: r.last_use,
+                    },
+                );
+            }
+        }
+        let (clean, dirty): (Vec<Key>, Vec<Key>) = inner
+            .items
+            .range(start..=end)
+            .map(|(k, e)| (*k, e.dirty))
+            .fold((Vec::new(), Vec::new()), |(mut c, mut d), (k, is_dirty)| {
+                if is_dirty {
+                    d.push(k);
+                } else {
+                    c.push(k);
+                }
+                (c, d)
+            });
+        for k in &clean {
+            let e = inner.items.remove(k).expect("listed");
+            inner.bytes_total -= entry_bytes(&e.val);
+        }
+        drop(inner);
+        let items = clean.len() as u64;
+        self.count(|c| {
+            c.dropped_ranges += ranges;
+            c.dropped_items += items;
+        });
+        dirty.len()
+    }
+
     /// Forget everything, dirty items included (a crash, for tests).
     pub fn discard_all(&self) {
         let mut inner = self.inner.borrow_mut();
@@ -904,6 +981,45 @@ mod tests {
             &*block_on(c.lookup(k(20))).unwrap().unwrap(),
             &10u64.to_le_bytes()
         );
+    }
+
+    #[test]
+    fn drop_range_forgets_clean_items_inside_and_keeps_dirty_ones() {
+        let (be, c) = setup(100, 1000, 1 << 20);
+        // one read caches the whole lock range
+        assert!(block_on(c.lookup(k(4))).unwrap().is_some());
+        let reads = be.reads.get();
+        c.write(k(15), b"dirty");
+        // another mount changes items inside and outside the range
+        be.items.borrow_mut().insert(k(12), Rc::from(&b"theirs"[..]));
+        be.items.borrow_mut().insert(k(40), Rc::from(&b"theirs"[..]));
+        let before = c.usage();
+        assert_eq!(c.drop_range(k(10), k(20)), 1, "the dirty item is reported");
+        let after = c.usage();
+        // k(10) .. k(20): 10, 12, .. 20 clean (6 items) go, the dirty one stays
+        assert_eq!(before.items - after.items, 6);
+        assert_eq!(after.ranges, 2, "the range is trimmed to both sides");
+        assert_eq!(c.counters().dropped_items, 6);
+        // outside: still cached (no read, the old value)
+        assert_eq!(
+            &*block_on(c.lookup(k(40))).unwrap().unwrap(),
+            &20u64.to_le_bytes()
+        );
+        assert_eq!(&*block_on(c.lookup(k(8))).unwrap().unwrap(), &4u64.to_le_bytes());
+        assert_eq!(be.reads.get(), reads);
+        // inside: the dirty item is the truth, the rest is read again
+        assert_eq!(&*block_on(c.lookup(k(15))).unwrap().unwrap(), b"dirty");
+        assert_eq!(&*block_on(c.lookup(k(12))).unwrap().unwrap(), b"theirs");
+        assert_eq!(be.reads.get(), reads + 1);
+        // a range inside and nothing cached: nothing to do
+        let (_be2, c2) = setup(10, 1000, 1 << 20);
+        assert_eq!(c2.drop_range(k(0), k(100)), 0);
+        assert_eq!(c2.drop_range(k(5), k(1)), 0);
+        // dropping all of a range leaves nothing of it
+        block_on(c2.lookup(k(2))).unwrap();
+        assert_eq!(c2.drop_range(Key::MIN, Key::MAX), 0);
+        assert_eq!(c2.usage().ranges, 0);
+        assert_eq!(c2.usage().items, 0);
     }
 
     #[test]
