@@ -31,6 +31,7 @@ use crate::client::node::{
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::lock::{compatible, LocalLocks, LockMode, LockProvider, LockRange};
+use crate::cluster::lock_client::LockClient;
 use crate::cluster::session::StaticLeader;
 use crate::cluster::transport::LocalFut;
 use crate::errno::FsResult;
@@ -80,12 +81,17 @@ pub struct ClusterMount {
     trans: Rc<ClientLogTxn>,
     merge: Rc<MergeWorker>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The cluster lock client (shared mode; local locks hold nothing
+    /// another mount could see).
+    locks: Option<Rc<LockClient>>,
 }
 
 impl ClusterMount {
-    /// What the mount's lock provider holds: (range, mode).
+    /// What the mount's lock client holds: (range, mode).
     pub fn held(&self) -> Vec<(LockRange, LockMode)> {
-        Vec::new()
+        self.locks.as_ref().map_or_else(Vec::new, |l| {
+            l.held().into_iter().map(|(r, m, _)| (r, m)).collect()
+        })
     }
 
     fn stop_tasks(&self) {
@@ -276,6 +282,7 @@ async fn start_mount(
                 trans,
                 merge,
                 tasks: RefCell::new(tasks),
+                locks: None,
             })
         })
         .await;
@@ -316,7 +323,18 @@ impl Run {
             .iter()
             .map(|m| (format!("mount n{}", m.node), m.held()))
             .collect();
-        exclusion(&mounts).map_err(|s| e.fail(format!("lock exclusion among the mounts: {s}")))
+        exclusion(&mounts).map_err(|s| e.fail(format!("lock exclusion among the mounts: {s}")))?;
+        let mut by_rid: alloc::collections::BTreeMap<u64, Vec<(LockRange, LockMode)>> =
+            alloc::collections::BTreeMap::new();
+        for (rid, r, m) in self.server.role.lock_grants() {
+            by_rid.entry(rid).or_default().push((r, m));
+        }
+        let grants: Vec<(String, Vec<(LockRange, LockMode)>)> = by_rid
+            .into_iter()
+            .map(|(rid, v)| (format!("rid {rid:#x}"), v))
+            .collect();
+        exclusion(&grants)
+            .map_err(|s| e.fail(format!("lock exclusion among the server's grants: {s}")))
     }
 
     /// fsck of what the disks hold durably if the server committed since
