@@ -22,6 +22,8 @@ use crate::client::node::{
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
+use crate::cluster::lock::LockProvider;
+use crate::cluster::lock_client::{LockClient, SessionRequester};
 use crate::cluster::quorum_agent::{AgentConfig, QuorumAgent, QuorumStatus, ServerControl};
 use crate::cluster::quorum_blocks::find_leader;
 use crate::cluster::session::LeaderAddr;
@@ -247,6 +249,8 @@ pub struct ClusterNode {
     merge: Rc<MergeWorker>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     mount: RefCell<Option<Rc<Mount>>>,
+    /// The mount's cluster locks (`NodeOptions::cluster_locks`).
+    locks: Option<Rc<LockClient>>,
     handle: Handle,
 }
 
@@ -258,6 +262,43 @@ pub const UNMOUNT_TIMEOUT_NS: u64 = 20_000_000_000;
 fn store_errno(e: crate::storage::store_error::StoreError) -> Errno {
     log::warn!("cluster: {e}");
     e.errno()
+}
+
+/// Memory pressure: when the item cache had to evict since the last look,
+/// a quarter of the idle locks goes back to the server (their cached items
+/// go with them, and a lock nobody uses is a grant others may want).
+fn spawn_lock_shrinker(
+    lc: &Rc<LockClient>,
+    mount: &Rc<Mount>,
+    handle: &Handle,
+    period_ns: u64,
+) -> FsResult<JoinHandle<()>> {
+    let (lc, m) = (Rc::downgrade(lc), Rc::downgrade(mount));
+    let h = handle.clone();
+    handle
+        .spawn_named("lock_client.shrink", async move {
+            let mut evictions = 0;
+            loop {
+                h.sleep_ns(period_ns).await;
+                let (Some(lc), Some(m)) = (lc.upgrade(), m.upgrade()) else {
+                    return;
+                };
+                let now = m.counters().items.eviction_runs;
+                if now == evictions {
+                    continue;
+                }
+                evictions = now;
+                drop(m);
+                let idle = lc.held().iter().filter(|(_, _, users)| *users == 0).count();
+                if idle > 0 {
+                    counter!("lock_client.shrinks").inc();
+                    if let Err(e) = lc.shrink(idle.div_ceil(4)).await {
+                        log::warn!("lock client: giving back idle locks: {e}");
+                    }
+                }
+            }
+        })
+        .map_err(|_| Errno::ENOMEM)
 }
 
 /// Join the cluster on `meta`/`data`: pick a rid, start the quorum agent of
@@ -344,16 +385,22 @@ pub async fn mount_cluster(
         None => None,
     };
     let node = match connect(&meta, &sb, rid, &net, &entropy, &handle, &opts).await {
-        Ok((client, trans, merge)) => ClusterNode {
-            server,
-            agent,
-            client,
-            trans,
-            merge,
-            tasks: RefCell::new(Vec::new()),
-            mount: RefCell::new(None),
-            handle: handle.clone(),
-        },
+        Ok((client, trans, merge)) => {
+            let locks = opts
+                .cluster_locks
+                .map(|cfg| start_lock_client(&client, &trans, &handle, cfg));
+            ClusterNode {
+                server,
+                agent,
+                client,
+                trans,
+                merge,
+                tasks: RefCell::new(Vec::new()),
+                mount: RefCell::new(None),
+                locks,
+                handle: handle.clone(),
+            }
+        }
         Err(e) => {
             if let Some(a) = &agent {
                 a.shutdown().await;
@@ -364,19 +411,84 @@ pub async fn mount_cluster(
         }
     };
     let backend: Rc<dyn crate::posix::backend::Backend> = node.trans.clone();
-    let mount = match Mount::mount(backend, data, clock, opts.mount).await {
+    let mounted = match &node.locks {
+        Some(lc) => {
+            let provider: Rc<dyn LockProvider> = lc.clone();
+            Mount::mount_with_locks(backend, data, clock, opts.mount, provider).await
+        }
+        None => Mount::mount(backend, data, clock, opts.mount).await,
+    };
+    let mount = match mounted {
         Ok(m) => Rc::new(m),
         Err(e) => {
+            if let Some(lc) = &node.locks {
+                // nothing of the mount is left to commit or drop
+                lc.hooks_ready();
+            }
             node.abandon().await;
             return Err(e);
         }
     };
+    if let Some(lc) = &node.locks {
+        set_mount_hooks(lc, &mount);
+    }
     *node.mount.borrow_mut() = Some(mount.clone());
     node.start_tasks(&mount, &handle, &opts)?;
     Ok((mount, node))
 }
 
 type Parts = (Rc<Client>, Rc<ClientLogTxn>, Rc<MergeWorker>);
+
+/// The mount's lock client over its session: it answers the server's
+/// invalidations, and its new readable grants make the forest roots stale.
+fn start_lock_client(
+    client: &Rc<Client>,
+    trans: &Rc<ClientLogTxn>,
+    handle: &Handle,
+    cfg: crate::cluster::lock_client::LockClientConfig,
+) -> Rc<LockClient> {
+    let lc = LockClient::new(
+        Rc::new(SessionRequester(client.session().clone())),
+        handle.clone(),
+        cfg,
+    );
+    // weak links: the mount holds the lock client, the client the handler
+    let weak = Rc::downgrade(&lc);
+    client.set_lock_handler(Rc::new(move |nl| {
+        let lc = weak.upgrade();
+        Box::pin(async move {
+            match lc {
+                Some(lc) => lc.invalidate(nl).await,
+                None => Err(Errno::ENOLINK),
+            }
+        })
+    }));
+    let t = Rc::downgrade(trans);
+    lc.set_roots_stale_hook(Rc::new(move || {
+        if let Some(t) = t.upgrade() {
+            t.mark_roots_stale();
+        }
+    }));
+    lc
+}
+
+/// Invalidations commit the mount's transaction and drop its cached items.
+fn set_mount_hooks(lc: &LockClient, mount: &Rc<Mount>) {
+    let m = Rc::downgrade(mount);
+    lc.set_commit_hook(Rc::new(move || {
+        let m = m.upgrade();
+        Box::pin(async move {
+            match m {
+                Some(m) => m.sync().await,
+                // unmounted: its last commit is done or abandoned
+                None => Ok(()),
+            }
+        })
+    }));
+    let m = Rc::downgrade(mount);
+    lc.set_drop_hook(Rc::new(move |r| m.upgrade().map_or(0, |m| m.drop_cached_range(r))));
+    lc.hooks_ready();
+}
 
 async fn connect(
     meta: &Rc<dyn BlockDev>,
@@ -412,7 +524,16 @@ impl ClusterNode {
             let t = spawn_merge_worker(self.merge.clone(), handle, opts.merge_poll_ns)?;
             self.tasks.borrow_mut().push(t);
         }
+        if let (Some(lc), true) = (&self.locks, opts.tick_ns > 0) {
+            let t = spawn_lock_shrinker(lc, mount, handle, opts.tick_ns)?;
+            self.tasks.borrow_mut().push(t);
+        }
         Ok(())
+    }
+
+    /// The mount's lock client, when it takes cluster locks.
+    pub fn lock_client(&self) -> Option<&Rc<LockClient>> {
+        self.locks.as_ref()
     }
 
     pub fn client(&self) -> &Rc<Client> {

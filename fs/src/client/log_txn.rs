@@ -131,6 +131,8 @@ pub struct LogTxnCounters {
     pub blocks_written: u64,
     pub reads: u64,
     pub stale_retries: u64,
+    /// Times the roots were marked stale by a lock grant.
+    pub roots_marked_stale: u64,
     pub bloom_skips: u64,
     pub data_allocs: u64,
     pub data_frees: u64,
@@ -217,7 +219,11 @@ pub struct ClientLogTxn {
     client: Rc<Client>,
     cache: RefCell<BlockCache>,
     lt: Cell<LogTrees>,
-    roots: RefCell<Option<ForestRoots>>,
+    /// The roots reads use; `None`: fetch them (GET_ROOTS) first.
+    roots: RefCell<Option<Rc<ForestRoots>>>,
+    /// Bumped whenever the roots go stale: roots fetched across a bump
+    /// serve the read that fetched them but are not kept.
+    roots_gen: Cell<u64>,
     data: RefCell<DataState>,
     fmt_vers: u64,
     total_data_blocks: u64,
@@ -242,6 +248,7 @@ impl ClientLogTxn {
             cache: RefCell::new(cache),
             lt: Cell::new(lt),
             roots: RefCell::new(None),
+            roots_gen: Cell::new(0),
             data: RefCell::new(DataState::default()),
             fmt_vers: sb.fmt_vers,
             total_data_blocks: sb.total_data_blocks,
@@ -312,28 +319,47 @@ impl ClientLogTxn {
 
     /// Fetch the stable roots (and the merge in progress) for reads.
     pub async fn refresh_roots(&self) -> FsResult<()> {
+        self.load_roots().await.map(|_| ())
+    }
+
+    /// Forget the roots: the next read fetches them again (GET_ROOTS). The
+    /// lock client calls it when a grant makes a range readable, so a
+    /// read after a grant sees every commit that preceded the grant.
+    pub fn mark_roots_stale(&self) {
+        self.roots_gen.set(self.roots_gen.get() + 1);
+        *self.roots.borrow_mut() = None;
+        self.count(|c| c.roots_marked_stale += 1);
+    }
+
+    /// Fetch the roots; they are kept for later reads unless they went
+    /// stale while they were fetched (asked before a grant that came
+    /// meanwhile: fresh enough for the read that asked, not for others).
+    async fn load_roots(&self) -> FsResult<Rc<ForestRoots>> {
+        let gen = self.roots_gen.get();
         let nr = self.client.get_roots().await?;
         let mut cache = self.cache.borrow_mut();
         let sb = cache.read_super().map_err(store_errno)?;
         let seq = forest::merge_input_seq(&mut cache, &sb.log_merge).unwrap_or(0);
-        let roots =
-            ForestRoots::load(&mut cache, nr.fs_root, nr.logs_root, seq).map_err(store_errno)?;
-        *self.roots.borrow_mut() = Some(roots);
-        Ok(())
+        let roots = Rc::new(
+            ForestRoots::load(&mut cache, nr.fs_root, nr.logs_root, seq).map_err(store_errno)?,
+        );
+        if self.roots_gen.get() == gen {
+            *self.roots.borrow_mut() = Some(roots.clone());
+        }
+        Ok(roots)
     }
 
     /// Persistent items around `key` in `[lo, hi]` (see `forest`).
     pub async fn forest_read(&self, key: Key, lo: Key, hi: Key) -> FsResult<ForestItems> {
         self.check()?;
         for attempt in 0..2 {
-            if self.roots.borrow().is_none() {
-                self.refresh_roots().await?;
-            }
-            let r = {
-                let roots = self.roots.borrow();
-                let roots = roots.as_ref().expect("roots loaded");
-                forest::read_items(&mut self.cache.borrow_mut(), roots, &key, &lo, &hi)
+            let kept = self.roots.borrow().clone();
+            let roots = match kept {
+                Some(r) => r,
+                None => self.load_roots().await?,
             };
+            // no await from here to the end of the read
+            let r = forest::read_items(&mut self.cache.borrow_mut(), &roots, &key, &lo, &hi);
             match r {
                 Ok(fi) => {
                     let skipped = fi.bloom_skipped as u64;
@@ -613,6 +639,7 @@ impl ClientLogTxn {
             return Err(self.fail(&alloc::format!("loading data_avail: {e}")));
         }
         // our committed items must be visible to reads from now on
+        self.roots_gen.set(self.roots_gen.get() + 1);
         *self.roots.borrow_mut() = None;
         if let Err(e) = self.refresh_roots().await {
             log::warn!("client: refreshing roots after commit: {e}");

@@ -53,6 +53,13 @@ pub struct NodeOptions {
     pub merge_poll_ns: u64,
     /// The mount's session to the server (timeouts, ping, backoff).
     pub session: SessionConfig,
+    /// Cluster nodes ([`crate::client::cluster_node::mount_cluster`]):
+    /// take locks from the lock server through a lock client with this
+    /// configuration; `None`: grant every lock locally (`LocalLocks`, as
+    /// a single node does). `None` by default until the lock server
+    /// answers LOCK requests (it refuses them with EINVAL before).
+    /// Single-node mounts ignore it.
+    pub cluster_locks: Option<crate::cluster::lock_client::LockClientConfig>,
 }
 
 impl Default for NodeOptions {
@@ -66,6 +73,7 @@ impl Default for NodeOptions {
             merge_cache_budget_bytes: 24 << 20,
             merge_poll_ns: MERGE_POLL_NS,
             session: SessionConfig::default(),
+            cluster_locks: None,
         }
     }
 }

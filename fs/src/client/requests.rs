@@ -11,10 +11,11 @@
 //! server failed).
 
 use crate::cluster::msg::{
-    self, decode_log_trees, decode_merge_request, InodeAlloc, NetRoots, NetStatfs, Request,
+    self, decode_log_trees, decode_merge_request, InodeAlloc, NetLock, NetRoots, NetStatfs,
+    Request,
 };
 use crate::cluster::session::{ClientSession, LeaderAddr, SessionConfig, StaticLeader};
-use crate::cluster::transport::Transport;
+use crate::cluster::transport::{LocalFut, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
@@ -22,14 +23,18 @@ use crate::runtime::exec::Handle;
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 
 pub use crate::cluster::session::ClientIdentity;
+
+/// Answers the server's LOCK calls (invalidations): the lock client.
+pub type LockHandler = Rc<dyn Fn(NetLock) -> LocalFut<'static, FsResult<NetLock>>>;
 
 /// A mount's client: a session and what the server asked of it.
 pub struct Client {
     session: Rc<ClientSession>,
     sync_requested: Rc<Cell<bool>>,
+    lock_handler: Rc<RefCell<Option<LockHandler>>>,
 }
 
 impl Client {
@@ -63,8 +68,11 @@ impl Client {
         let session = ClientSession::start(transport, leader, id, cfg, handle)?;
         let sync = Rc::new(Cell::new(false));
         let s2 = sync.clone();
+        let locks: Rc<RefCell<Option<LockHandler>>> = Rc::new(RefCell::new(None));
+        let l2 = locks.clone();
         session.set_handler(Rc::new(move |req| {
             let sync = s2.clone();
+            let lock = l2.borrow().clone();
             Box::pin(async move {
                 match req {
                     Request::SyncLogTrees => {
@@ -72,6 +80,12 @@ impl Client {
                         counter!("client.sync_requests").inc();
                         Ok(Vec::new())
                     }
+                    // without a lock client (a single node) there are no
+                    // grants to invalidate
+                    Request::Lock(nl) => match lock {
+                        Some(h) => h(nl).await.map(|r| r.encode()),
+                        None => Err(Errno::EINVAL),
+                    },
                     _ => Err(Errno::EINVAL),
                 }
             })
@@ -83,6 +97,7 @@ impl Client {
         Ok(Rc::new(Client {
             session,
             sync_requested: sync,
+            lock_handler: locks,
         }))
     }
 
@@ -98,6 +113,11 @@ impl Client {
     /// The session (counters, tests that break its socket).
     pub fn session(&self) -> &Rc<ClientSession> {
         &self.session
+    }
+
+    /// Answer the server's LOCK calls with `h` (the mount's lock client).
+    pub fn set_lock_handler(&self, h: LockHandler) {
+        *self.lock_handler.borrow_mut() = Some(h);
     }
 
     /// Did the server ask for a commit since the last call?

@@ -193,6 +193,8 @@ pub struct LockClient {
     /// Any change of an entry (grant recorded, user gone, lowering done).
     changed: Notify,
     hooks: RefCell<Hooks>,
+    /// The hooks are set (or never will be): modes may be lowered.
+    ready: Cell<bool>,
     stats: Cell<LockClientStats>,
 }
 
@@ -219,6 +221,7 @@ impl LockClient {
             }),
             changed: Notify::new(),
             hooks: RefCell::new(Hooks::default()),
+            ready: Cell::new(false),
             stats: Cell::new(LockClientStats::default()),
         })
     }
@@ -236,6 +239,15 @@ impl LockClient {
     /// Mark the forest roots stale when a range becomes readable.
     pub fn set_roots_stale_hook(&self, h: RootsStaleHook) {
         self.hooks.borrow_mut().roots_stale = Some(h);
+    }
+
+    /// The hooks are set (the mount exists), or the mount failed and they
+    /// never will be. Until then invalidations and give-backs wait before
+    /// they commit or drop anything: locks are granted while the mount
+    /// mounts, but only the mount can commit or drop its cache.
+    pub fn hooks_ready(&self) {
+        self.ready.set(true);
+        self.changed.notify();
     }
 
     pub fn stats(&self) -> LockClientStats {
@@ -482,6 +494,9 @@ impl LockClient {
     /// Make a range held in `mode` (users drained) ready to hold `to`:
     /// commit if `mode` wrote, drop its cache if `to` is NULL.
     async fn lower(&self, range: &LockRange, mode: LockMode, to: LockMode) -> FsResult<()> {
+        while !self.ready.get() {
+            self.changed.notified().await;
+        }
         if mode.can_write() && !to.can_write() {
             let commit = self.hooks.borrow().commit.clone();
             if let Some(commit) = commit {
@@ -826,6 +841,12 @@ mod tests {
     }
 
     fn world(auto: bool, max_idle: usize) -> World {
+        let w = world_unready(auto, max_idle);
+        w.lc.hooks_ready();
+        w
+    }
+
+    fn world_unready(auto: bool, max_idle: usize) -> World {
         let ex = Executor::default();
         let srv = FakeServer::new(auto);
         let lc = LockClient::new(
@@ -1083,6 +1104,19 @@ mod tests {
         assert_eq!(block_on_in(&w, w.lc.shrink(10)), Ok(1));
         assert_eq!(w.held(), vec![(g(3), Read, 1)]);
         drop(h);
+    }
+
+    #[test]
+    fn nothing_is_lowered_before_the_mount_sets_its_hooks() {
+        let w = world_unready(true, 16);
+        drop(w.acquired(set(g(1), Write)));
+        let inv = w.invalidate(g(1), Write, Null);
+        assert!(inv.borrow().is_none(), "waits for the mount");
+        assert_eq!(w.seen.commits.get(), 0);
+        w.lc.hooks_ready();
+        w.run();
+        assert!(inv.borrow().is_some());
+        assert_eq!(w.seen.commits.get(), 1);
     }
 
     fn block_on_in<F: core::future::Future>(w: &World, f: F) -> F::Output {

@@ -595,6 +595,13 @@ impl Mount {
         self.items.evict_clean();
     }
 
+    /// Forget the cached items of `range` (its cluster lock went to NULL:
+    /// another mount may change them now). Dirty items stay; returns how
+    /// many there were (after the lock's commit: none).
+    pub fn drop_cached_range(&self, range: &LockRange) -> usize {
+        self.items.drop_range(range.start, range.end)
+    }
+
     /// Is anything waiting to be committed?
     pub fn is_dirty(&self) -> bool {
         self.items.is_dirty()
