@@ -11,8 +11,7 @@
 //! server failed).
 
 use crate::cluster::msg::{
-    self, decode_log_trees, decode_merge_request, InodeAlloc, NetLock, NetRoots, NetStatfs,
-    Request,
+    self, decode_log_trees, decode_merge_request, InodeAlloc, NetLock, NetRoots, NetStatfs, Request,
 };
 use crate::cluster::session::{ClientSession, LeaderAddr, SessionConfig, StaticLeader};
 use crate::cluster::transport::{LocalFut, Transport};

@@ -563,8 +563,8 @@ impl LockClient {
                 // for it; and for another lowering of the range
                 let grant_ahead = e.requesting && e.mode != nl.old_mode;
                 if !grant_ahead && !e.lowering {
-                    let at_most =
-                        e.mode == LockMode::Null || (e.mode == LockMode::Read && nl.new_mode == LockMode::Read);
+                    let at_most = e.mode == LockMode::Null
+                        || (e.mode == LockMode::Read && nl.new_mode == LockMode::Read);
                     if at_most {
                         return Ok(nl);
                     }
@@ -660,11 +660,7 @@ impl LockClient {
             // the usual answer, without a walk
             return 0;
         }
-        let idle = inner
-            .entries
-            .values()
-            .filter(|e| e.idle())
-            .count();
+        let idle = inner.entries.values().filter(|e| e.idle()).count();
         idle.saturating_sub(self.cfg.max_idle)
     }
 
@@ -720,9 +716,10 @@ impl LockProvider for LockClient {
         {
             let inner = self.inner.borrow();
             let all = set.requests().iter().all(|r| {
-                inner.entries.get(&r.range.start).is_some_and(|e| {
-                    !e.lowering && !e.requesting && covers(e.mode, r.mode)
-                })
+                inner
+                    .entries
+                    .get(&r.range.start)
+                    .is_some_and(|e| !e.lowering && !e.requesting && covers(e.mode, r.mode))
             });
             if !all {
                 return None;
@@ -974,7 +971,11 @@ mod tests {
         assert_eq!(w.seen.stale.get(), 1);
         drop(w.acquired(set(g(2), Read)));
         let last = *w.srv.log.borrow().last().unwrap();
-        assert_eq!((last.old_mode, last.new_mode), (WriteOnly, Write), "the union");
+        assert_eq!(
+            (last.old_mode, last.new_mode),
+            (WriteOnly, Write),
+            "the union"
+        );
         assert_eq!(w.seen.stale.get(), 2);
         assert_eq!(w.lc.stats().roots_stale, 2);
     }
@@ -990,7 +991,10 @@ mod tests {
             "no try during an invalidation"
         );
         let late = w.acquire(set(g(1), Read));
-        assert!(late.borrow().is_none(), "no new user during an invalidation");
+        assert!(
+            late.borrow().is_none(),
+            "no new user during an invalidation"
+        );
         assert_eq!(w.seen.commits.get(), 0);
         drop(h);
         w.run();

@@ -991,8 +991,12 @@ mod tests {
         let reads = be.reads.get();
         c.write(k(15), b"dirty");
         // another mount changes items inside and outside the range
-        be.items.borrow_mut().insert(k(12), Rc::from(&b"theirs"[..]));
-        be.items.borrow_mut().insert(k(40), Rc::from(&b"theirs"[..]));
+        be.items
+            .borrow_mut()
+            .insert(k(12), Rc::from(&b"theirs"[..]));
+        be.items
+            .borrow_mut()
+            .insert(k(40), Rc::from(&b"theirs"[..]));
         let before = c.usage();
         assert_eq!(c.drop_range(k(10), k(20)), 1, "the dirty item is reported");
         let after = c.usage();
@@ -1005,7 +1009,10 @@ mod tests {
             &*block_on(c.lookup(k(40))).unwrap().unwrap(),
             &20u64.to_le_bytes()
         );
-        assert_eq!(&*block_on(c.lookup(k(8))).unwrap().unwrap(), &4u64.to_le_bytes());
+        assert_eq!(
+            &*block_on(c.lookup(k(8))).unwrap().unwrap(),
+            &4u64.to_le_bytes()
+        );
         assert_eq!(be.reads.get(), reads);
         // inside: the dirty item is the truth, the rest is read again
         assert_eq!(&*block_on(c.lookup(k(15))).unwrap().unwrap(), b"dirty");

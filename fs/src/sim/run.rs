@@ -5,6 +5,7 @@
 //! [`run_seed`]; the same [`RunConfig`] always gives the same report.
 
 use crate::client::node::NodeOptions;
+use crate::cluster::lock_client::LockClientConfig;
 use crate::posix::hold::CommitPolicy;
 use crate::posix::mount::MountOptions;
 use crate::runtime::node::NodeId;
@@ -168,6 +169,16 @@ fn node_options(cfg: &RunConfig) -> NodeOptions {
                 true,
             );
             o.session = workload::session::sim_session_config();
+            if cfg.workload == WorkloadKind::Cluster && cfg.inject != Inject::NoLocks {
+                o.cluster_locks = Some(LockClientConfig {
+                    // a tight LRU bound now and then: idle locks go back
+                    max_idle: if cfg.seed.is_multiple_of(4) {
+                        8
+                    } else {
+                        LockClientConfig::default().max_idle
+                    },
+                });
+            }
             o
         }
         WorkloadKind::Posix => sim_node_options(

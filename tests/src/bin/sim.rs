@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
 //!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
@@ -35,7 +35,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
@@ -113,6 +113,7 @@ fn parse() -> Args {
                 a.inject = match it.next().as_deref() {
                     Some("lying-flush") => Inject::LyingFlush,
                     Some("lying-fence") => Inject::LyingFence,
+                    Some("no-locks") => Inject::NoLocks,
                     Some(s) if s.starts_with("model-bug:") => Inject::ModelBug {
                         step: num("--inject model-bug:STEP", Some(s[10..].to_string())),
                     },
@@ -191,6 +192,7 @@ fn replay(c: &RunConfig, a: &Args) -> String {
         Inject::None => {}
         Inject::LyingFlush => s += " --inject lying-flush",
         Inject::LyingFence => s += " --inject lying-fence",
+        Inject::NoLocks => s += " --inject no-locks",
         Inject::ModelBug { step } => s += &format!(" --inject model-bug:{step}"),
     }
     if !c.pauses {

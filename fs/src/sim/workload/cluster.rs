@@ -25,6 +25,7 @@
 //! unmounts; fsck.
 
 use super::{model, Engine, Failure, Inject, Mark, Stop, XNAMES};
+use crate::client::cluster_node::{set_mount_hooks, spawn_lock_shrinker, start_lock_client};
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
     open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, NodeOptions,
@@ -251,21 +252,38 @@ async fn start_mount(
             )
             .await?;
             let (trans, merge) = open_client_half(&client, &meta, &entropy, p.fsid, &opts).await?;
-            let locks: Rc<dyn LockProvider> = Rc::new(LocalLocks::new());
+            // the composition of mount_cluster: the lock client answers the
+            // server's invalidations through the session
+            let lc = opts
+                .cluster_locks
+                .map(|cfg| start_lock_client(&client, &trans, &handle, cfg));
+            let locks: Rc<dyn LockProvider> = match &lc {
+                Some(lc) => lc.clone(),
+                None => Rc::new(LocalLocks::new()),
+            };
             let backend: Rc<dyn crate::posix::backend::Backend> = trans.clone();
             let mount = match Mount::mount_with_locks(backend, data, clock, opts.mount, locks).await
             {
                 Ok(m) => Rc::new(m),
                 Err(e) => {
+                    if let Some(lc) = &lc {
+                        lc.hooks_ready();
+                    }
                     trans.discard();
                     trans.close();
                     client.disconnect();
                     return Err(e);
                 }
             };
+            if let Some(lc) = &lc {
+                set_mount_hooks(lc, &mount);
+            }
             let mut tasks = Vec::new();
             if opts.tick_ns > 0 {
                 tasks.push(spawn_commit_ticker(&mount, &handle, opts.tick_ns)?);
+                if let Some(lc) = &lc {
+                    tasks.push(spawn_lock_shrinker(lc, &mount, &handle, opts.tick_ns)?);
+                }
             }
             if opts.merge_poll_ns > 0 {
                 tasks.push(spawn_merge_worker(
@@ -282,7 +300,7 @@ async fn start_mount(
                 trans,
                 merge,
                 tasks: RefCell::new(tasks),
-                locks: None,
+                locks: lc,
             })
         })
         .await;

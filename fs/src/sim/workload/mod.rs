@@ -85,6 +85,9 @@ pub enum Inject {
     /// The quorum workload's fence agent reports fenced without cutting
     /// the target off its disks.
     LyingFence,
+    /// The cluster workload's mounts share their tree with local locks
+    /// (no coherence): the cross-mount probes must see it.
+    NoLocks,
 }
 
 /// How long a workload runs.
