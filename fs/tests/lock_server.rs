@@ -265,3 +265,36 @@ fn a_shutdown_fails_a_waiting_request() {
     assert!(!wb.is_finished());
     wb.abort();
 }
+
+#[test]
+fn waiting_lock_requests_leave_room_for_other_requests() {
+    let net = MemNet::new();
+    let l = server(&net);
+    let a = Mount::new(&net, &l, A, false);
+    let b = Mount::new(&net, &l, B, true);
+    // more waiting LOCK requests than the connection's other handlers
+    let n = scoutvm_fs::server::role::MAX_HANDLERS_PER_CONN as u64 + 8;
+    let ranges: Vec<LockRange> = (0..n).map(|i| LockRange::inode_group(i * 1024)).collect();
+    for r in &ranges {
+        block_on(a.lock(*r, LockMode::Null, LockMode::Write)).unwrap();
+    }
+    let waits: Vec<_> = ranges
+        .iter()
+        .map(|r| b.lock(*r, LockMode::Null, LockMode::Write))
+        .collect();
+    settle();
+    assert!(waits.iter().all(|w| !w.is_finished()));
+    // (A's session runs at most MAX_INCOMING_HANDLERS of them at once)
+    let at_once = n.min(scoutvm_fs::cluster::session::MAX_INCOMING_HANDLERS as u64);
+    assert_eq!(a.invalidations.borrow().len(), at_once as usize);
+    // B can still commit (what answering an invalidation may need)
+    let lt = block_on(b.client.get_log_trees()).unwrap();
+    block_on(b.client.commit_log_trees(&lt)).unwrap();
+    a.open();
+    for w in waits {
+        assert_eq!(block_on(w).unwrap().new_mode, LockMode::Write);
+    }
+    assert_eq!(l.lock_grants().len(), n as usize);
+    assert!(l.lock_grants().iter().all(|(rid, ..)| *rid == B));
+    block_on(l.shutdown());
+}

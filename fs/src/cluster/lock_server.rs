@@ -551,6 +551,23 @@ mod tests {
     }
 
     #[test]
+    fn a_mounts_own_grant_never_blocks_its_request() {
+        for held in MODES {
+            for want in MODES {
+                let mut g = Rig::new();
+                g.hold(1, r0(), held);
+                let t = g.req(1, r0(), held, want);
+                assert_eq!(
+                    grants_of(&g.drain()),
+                    vec![(t, 1, want)],
+                    "{held:?} {want:?}"
+                );
+                assert_eq!(g.ls.granted(), vec![(1, r0(), want)]);
+            }
+        }
+    }
+
+    #[test]
     fn every_mode_triple_of_three_rids() {
         for a in MODES {
             for b in MODES {

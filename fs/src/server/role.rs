@@ -67,6 +67,11 @@ pub use crate::server::commit::COMMIT_HOLD_ALLOC_BUDGET;
 pub const ALLOC_INODES_MAX: u64 = 1 << 20;
 /// Requests of one connection handled at once.
 pub const MAX_HANDLERS_PER_CONN: u32 = 32;
+/// LOCK requests of one connection handled (mostly: waiting for their
+/// grant) at once. Apart from the other requests: a mount whose lock
+/// requests wait must still reach the server to commit, or it could not
+/// answer the invalidations they wait for.
+pub const MAX_LOCK_HANDLERS_PER_CONN: u32 = 1024;
 /// How often the freeing job looks for work when not kicked.
 pub const FREEING_POLL_NS: u64 = 1_000_000_000;
 /// First pause before an invalidation that failed is sent again (doubled
@@ -665,6 +670,7 @@ impl Inner {
                 .ok()
         };
         let inflight = Rc::new(Cell::new(0u32));
+        let locks_inflight = Rc::new(Cell::new(0u32));
         let done = Notify::new();
         while let Some(f) = ep.next_request().await {
             if f.header.cmd == msg::cmd::PING {
@@ -672,19 +678,24 @@ impl Inner {
                 let _ = ep.reply(&f.header, Ok(Vec::new())).await;
                 continue;
             }
+            let (slots, max) = if f.header.cmd == msg::cmd::LOCK {
+                (locks_inflight.clone(), MAX_LOCK_HANDLERS_PER_CONN)
+            } else {
+                (inflight.clone(), MAX_HANDLERS_PER_CONN)
+            };
             loop {
                 let d = done.notified();
-                if inflight.get() < MAX_HANDLERS_PER_CONN {
+                if slots.get() < max {
                     break;
                 }
                 counter!("server.handlers_full").inc();
                 d.await;
             }
-            inflight.set(inflight.get() + 1);
+            slots.set(slots.get() + 1);
             let me = self.clone();
             let ep2 = ep.clone();
             let p2 = peer.clone();
-            let (inf, dn) = (inflight.clone(), done.clone());
+            let (inf, dn) = (slots.clone(), done.clone());
             let spawned = self.handle.spawn_named("server.request", async move {
                 let id = f.header.id;
                 let r = match p2.begin(id) {
@@ -733,7 +744,7 @@ impl Inner {
                 dn.notify();
             });
             if spawned.is_err() {
-                inflight.set(inflight.get() - 1);
+                slots.set(slots.get() - 1);
                 let _ = ep.reply(&f.header, Err(Errno::ENOMEM)).await;
             }
         }
