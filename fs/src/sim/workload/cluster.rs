@@ -156,7 +156,7 @@ pub fn exclusion(holders: &[(String, Vec<(LockRange, LockMode)>)]) -> Result<(),
     for (i, (_, held)) in holders.iter().enumerate() {
         all.extend(held.iter().map(|(r, m)| (r, *m, i)));
     }
-    all.sort_by(|a, b| a.0.start.cmp(&b.0.start));
+    all.sort_by_key(|a| a.0.start);
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
             if b.0.start > a.0.end {
@@ -485,7 +485,7 @@ async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>) {
             break;
         }
         let victim = (w.random() % (MOUNTS as u64 + 1)) as NodeId;
-        if w.random() % 4 == 0 && victim != SERVER {
+        if w.random().is_multiple_of(4) && victim != SERVER {
             w.fault(Fault::Cut {
                 from: SERVER,
                 to: victim,
@@ -796,8 +796,8 @@ async fn race(
     );
     let eexist = |r: &FsResult<u64>| *r == Err(crate::errno::Errno::EEXIST);
     let winner = match (&ra, &rb) {
-        (Ok(_), r) if free && eexist(r) => Some((ra.clone(), sa)),
-        (r, Ok(_)) if free && eexist(r) => Some((rb.clone(), sb)),
+        (Ok(_), r) if free && eexist(r) => Some((ra, sa)),
+        (r, Ok(_)) if free && eexist(r) => Some((rb, sb)),
         (x, y) if !free && eexist(x) && eexist(y) => None,
         _ => {
             return Err(e.fail(format!(
