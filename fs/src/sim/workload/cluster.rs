@@ -19,7 +19,8 @@
 //! and errno against the model as the operation returns; fsck of the
 //! durable disks after every step in which the server committed; the
 //! lock-exclusion checker ([`exclusion`]) over what every mount holds and
-//! what the server granted, after every step; at the end every mount
+//! what the server granted, after every step and every 2 ms of virtual
+//! time (shared mode); at the end every mount
 //! synced and unmounted, fsck, then a fresh mount walks the volume
 //! against the model, drains the log merge (liveness), walks again and
 //! unmounts; fsck.
@@ -330,29 +331,21 @@ struct Run {
     fscks: u64,
     /// The steps are over: the chaos task stops.
     done: Rc<Cell<bool>>,
+    /// What the lock watcher saw between steps.
+    watched: Rc<RefCell<Option<String>>>,
 }
 
 impl Run {
     /// The lock-exclusion checker: across mounts, and across the
     /// server's grants.
     fn check_locks(&self, e: &Engine) -> Result<(), Stop> {
-        let mounts: Vec<(String, Vec<(LockRange, LockMode)>)> = self
-            .mounts
-            .iter()
-            .map(|m| (format!("mount n{}", m.node), m.held()))
-            .collect();
-        exclusion(&mounts).map_err(|s| e.fail(format!("lock exclusion among the mounts: {s}")))?;
-        let mut by_rid: alloc::collections::BTreeMap<u64, Vec<(LockRange, LockMode)>> =
-            alloc::collections::BTreeMap::new();
-        for (rid, r, m) in self.server.role.lock_grants() {
-            by_rid.entry(rid).or_default().push((r, m));
+        if let Some(v) = self.watched.borrow_mut().take() {
+            return Err(e.fail(v));
         }
-        let grants: Vec<(String, Vec<(LockRange, LockMode)>)> = by_rid
-            .into_iter()
-            .map(|(rid, v)| (format!("rid {rid:#x}"), v))
-            .collect();
-        exclusion(&grants)
-            .map_err(|s| e.fail(format!("lock exclusion among the server's grants: {s}")))
+        match lock_violation(&self.mounts, &self.server) {
+            Some(v) => Err(e.fail(v)),
+            None => Ok(()),
+        }
     }
 
     /// fsck of what the disks hold durably if the server committed since
@@ -368,6 +361,61 @@ impl Run {
         self.vol
             .fsck()
             .map_err(|t| e.fail(format!("fsck after server commit {c}: {t}")))
+    }
+}
+
+/// The lock-exclusion checker over the mounts' lock clients and the
+/// server's grants at this instant.
+fn lock_violation(mounts: &[Rc<ClusterMount>], server: &ServerNode) -> Option<String> {
+    let held: Vec<(String, Vec<(LockRange, LockMode)>)> = mounts
+        .iter()
+        .map(|m| (format!("mount n{}", m.node), m.held()))
+        .collect();
+    if let Err(s) = exclusion(&held) {
+        // what the server recorded for the ranges named (which side lied)
+        let recorded: Vec<(u64, LockMode)> = server
+            .role
+            .lock_grants()
+            .into_iter()
+            .filter(|(_, r, _)| s.contains(&format!("{:?}", r.start)))
+            .map(|(rid, _, m)| (rid, m))
+            .collect();
+        return Some(format!(
+            "lock exclusion among the mounts: {s}; the server records (rid, mode) {recorded:x?}"
+        ));
+    }
+    let mut by_rid: alloc::collections::BTreeMap<u64, Vec<(LockRange, LockMode)>> =
+        alloc::collections::BTreeMap::new();
+    for (rid, r, m) in server.role.lock_grants() {
+        by_rid.entry(rid).or_default().push((r, m));
+    }
+    let grants: Vec<(String, Vec<(LockRange, LockMode)>)> = by_rid
+        .into_iter()
+        .map(|(rid, v)| (format!("rid {rid:#x}"), v))
+        .collect();
+    exclusion(&grants)
+        .err()
+        .map(|s| format!("lock exclusion among the server's grants: {s}"))
+}
+
+/// The lock-exclusion checker between the steps too, every 2 ms of
+/// virtual time (inside operations, invalidations and commits): the rule
+/// holds at every instant, as a mount records its lower mode before it
+/// answers and the server grants only after the answers.
+async fn watch_locks(
+    w: Rc<World>,
+    mounts: Vec<Rc<ClusterMount>>,
+    server: Rc<ServerNode>,
+    done: Rc<Cell<bool>>,
+    verdict: Rc<RefCell<Option<String>>>,
+) {
+    while !done.get() {
+        w.sleep(2_000_000).await;
+        if let Some(v) = lock_violation(&mounts, &server) {
+            w.log(SERVER, "lock_violation", &[], &v);
+            *verdict.borrow_mut() = Some(format!("{v} (between steps)"));
+            return;
+        }
     }
 }
 
@@ -406,6 +454,7 @@ async fn run_inner(
         server_commits: 0,
         fscks: 0,
         done: Rc::new(Cell::new(false)),
+        watched: Rc::new(RefCell::new(None)),
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
@@ -437,9 +486,21 @@ async fn run_inner(
         run.mounts.push(m);
     }
     let chaos = w.spawn(chaos(w.clone(), run.done.clone()));
+    let watcher = (mode == Mode::Shared).then(|| {
+        w.spawn(watch_locks(
+            w.clone(),
+            run.mounts.clone(),
+            run.server.clone(),
+            run.done.clone(),
+            run.watched.clone(),
+        ))
+    });
     let r = steps(w, mode, e, &mut run, &dirs).await;
     run.done.set(true);
     let _ = chaos.await;
+    if let Some(t) = watcher {
+        let _ = t.await;
+    }
     r?;
     // the end: every mount commits and leaves
     e.scope = None;
