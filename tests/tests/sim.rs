@@ -932,3 +932,116 @@ fn session_seeds_survive_resets_partitions_and_a_server_crash() {
     let again = run_seed(&cfg(1), Some(&img), None);
     assert_eq!(again.hash, reps[0].hash);
 }
+
+/// Cluster-workload seeds in CI (three mounts sharing one tree on the
+/// cluster locks); `SCOUTVM_SIM_CLUSTER_SEEDS=N` runs N.
+const CI_CLUSTER_SEEDS: u64 = 100;
+/// Operations per mount of a CI cluster seed (the runner's default: 60).
+const CI_CLUSTER_STEPS: u64 = 20;
+/// Cluster-disjoint seeds in CI (each mount in its own directory).
+const CI_CLUSTER_DISJOINT_SEEDS: u64 = 30;
+
+fn cluster_config(seed: u64, w: WorkloadKind, inject: Inject) -> RunConfig {
+    let mut c = RunConfig::new(seed, w);
+    c.steps = CI_CLUSTER_STEPS;
+    c.inject = inject;
+    c
+}
+
+/// The runner's command that replays `c` exactly.
+fn cluster_replay(c: &RunConfig) -> String {
+    let mut s = format!(
+        "cargo xtask sim --seed {} --workload {} --nodes 1 --steps {}",
+        c.seed,
+        c.workload.name(),
+        c.steps
+    );
+    if c.inject == Inject::NoLocks {
+        s += " --inject no-locks";
+    }
+    s
+}
+
+/// Run `seeds` seeds of a cluster workload: every one must pass every
+/// checker (a failure prints its seed and replay command), and the first
+/// replays to the same hash.
+fn cluster_seeds(w: WorkloadKind, env: &str, default_seeds: u64) -> Vec<SeedReport> {
+    let seeds = std::env::var(env)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_seeds);
+    let img = VolumeImage::mkfs().expect("mkfs");
+    let reps: Vec<SeedReport> = (1..=seeds)
+        .map(|s| run_seed(&cluster_config(s, w, Inject::None), Some(&img), None))
+        .collect();
+    let bad: Vec<String> = reps
+        .iter()
+        .filter_map(|r| {
+            r.failure.as_ref().map(|f| {
+                format!(
+                    "seed {} {}: {f}\n  replay: {}\n  last events:\n    {}",
+                    r.cfg.seed,
+                    r.cfg.workload.name(),
+                    cluster_replay(&r.cfg),
+                    r.recent.join("\n    ")
+                )
+            })
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    let again = run_seed(&reps[0].cfg, Some(&img), None);
+    assert_eq!(again.hash, reps[0].hash, "seed 1 replays to the same hash");
+    reps
+}
+
+#[test]
+fn cluster_disjoint_seeds_pass_every_checker_and_replay() {
+    let reps = cluster_seeds(
+        WorkloadKind::ClusterDisjoint,
+        "SCOUTVM_SIM_CLUSTER_DISJOINT_SEEDS",
+        CI_CLUSTER_DISJOINT_SEEDS,
+    );
+    // the link faults reached the sessions
+    let resets: u64 = reps.iter().map(|r| r.net.resets).sum();
+    assert!(resets > 0, "no stream was reset");
+}
+
+#[test]
+#[ignore = "blocked on the server refusing commits of items stamped with a lock write_seq \
+            (/work/notes/simcluster-findings.md #1); run with --ignored once fixed"]
+fn cluster_seeds_on_the_cluster_locks_pass_every_checker_and_replay() {
+    let names = [
+        "lock_server.grants",
+        "lock_server.invalidations_sent",
+        "lock_client.commits_for_invalidation",
+        "lock_client.cache_drops",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| counter(n)).collect();
+    cluster_seeds(
+        WorkloadKind::Cluster,
+        "SCOUTVM_SIM_CLUSTER_SEEDS",
+        CI_CLUSTER_SEEDS,
+    );
+    // the locks were handed between the mounts: grants, invalidations,
+    // commits before a WRITE went, cached items dropped
+    for (n, b) in names.iter().zip(&before) {
+        assert!(counter(n) > *b, "{n} never happened");
+    }
+}
+
+#[test]
+fn a_cluster_without_locks_is_caught_by_the_cross_mount_probes_and_replays() {
+    let img = VolumeImage::mkfs().expect("mkfs");
+    let c = cluster_config(1, WorkloadKind::Cluster, Inject::NoLocks);
+    let r = run_seed(&c, Some(&img), None);
+    let f = r.failure.clone().expect("incoherent mounts must be caught");
+    assert!(f.contains("probe") || f.contains("race"), "{f}");
+    let again = run_seed(&c, Some(&img), None);
+    assert_eq!(again.hash, r.hash);
+    assert_eq!(again.failure, r.failure);
+}

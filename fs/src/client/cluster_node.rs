@@ -267,7 +267,7 @@ fn store_errno(e: crate::storage::store_error::StoreError) -> Errno {
 /// Memory pressure: when the item cache had to evict since the last look,
 /// a quarter of the idle locks goes back to the server (their cached items
 /// go with them, and a lock nobody uses is a grant others may want).
-fn spawn_lock_shrinker(
+pub(crate) fn spawn_lock_shrinker(
     lc: &Rc<LockClient>,
     mount: &Rc<Mount>,
     handle: &Handle,
@@ -441,7 +441,7 @@ type Parts = (Rc<Client>, Rc<ClientLogTxn>, Rc<MergeWorker>);
 
 /// The mount's lock client over its session: it answers the server's
 /// invalidations, and its new readable grants make the forest roots stale.
-fn start_lock_client(
+pub(crate) fn start_lock_client(
     client: &Rc<Client>,
     trans: &Rc<ClientLogTxn>,
     handle: &Handle,
@@ -473,7 +473,7 @@ fn start_lock_client(
 }
 
 /// Invalidations commit the mount's transaction and drop its cached items.
-fn set_mount_hooks(lc: &LockClient, mount: &Rc<Mount>) {
+pub(crate) fn set_mount_hooks(lc: &LockClient, mount: &Rc<Mount>) {
     let m = Rc::downgrade(mount);
     lc.set_commit_hook(Rc::new(move || {
         let m = m.upgrade();

@@ -5,6 +5,7 @@
 //! [`run_seed`]; the same [`RunConfig`] always gives the same report.
 
 use crate::client::node::NodeOptions;
+use crate::cluster::lock_client::LockClientConfig;
 use crate::posix::hold::CommitPolicy;
 use crate::posix::mount::MountOptions;
 use crate::runtime::node::NodeId;
@@ -31,6 +32,14 @@ pub enum WorkloadKind {
     /// One server node and `nodes` client nodes over the session
     /// (`workload/session.rs`); `steps` requests per client.
     Session,
+    /// One server node and three mounts of its volume, each in its own
+    /// directory with local locks (`workload/cluster.rs`); `steps`
+    /// operations per mount.
+    ClusterDisjoint,
+    /// One server node and three mounts sharing one directory tree under
+    /// the cluster locks (`workload/cluster.rs`); `steps` operations per
+    /// mount.
+    Cluster,
 }
 
 impl WorkloadKind {
@@ -40,6 +49,8 @@ impl WorkloadKind {
             WorkloadKind::Crash => "crash",
             WorkloadKind::Quorum => "quorum",
             WorkloadKind::Session => "session",
+            WorkloadKind::ClusterDisjoint => "cluster-disjoint",
+            WorkloadKind::Cluster => "cluster",
         }
     }
 
@@ -49,6 +60,8 @@ impl WorkloadKind {
             "crash" => Some(WorkloadKind::Crash),
             "quorum" => Some(WorkloadKind::Quorum),
             "session" => Some(WorkloadKind::Session),
+            "cluster-disjoint" => Some(WorkloadKind::ClusterDisjoint),
+            "cluster" => Some(WorkloadKind::Cluster),
             _ => None,
         }
     }
@@ -143,6 +156,31 @@ impl VolumeImage {
 fn node_options(cfg: &RunConfig) -> NodeOptions {
     match cfg.workload {
         WorkloadKind::Quorum => NodeOptions::default(),
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster => {
+            let mut o = sim_node_options(
+                MountOptions {
+                    cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
+                        32 << 10
+                    } else {
+                        8 << 20
+                    },
+                    commit: CommitPolicy::default(),
+                },
+                true,
+            );
+            o.session = workload::session::sim_session_config();
+            if cfg.workload == WorkloadKind::Cluster && cfg.inject != Inject::NoLocks {
+                o.cluster_locks = Some(LockClientConfig {
+                    // a tight LRU bound now and then: idle locks go back
+                    max_idle: if cfg.seed.is_multiple_of(4) {
+                        8
+                    } else {
+                        LockClientConfig::default().max_idle
+                    },
+                });
+            }
+            o
+        }
         WorkloadKind::Posix => sim_node_options(
             MountOptions {
                 cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
@@ -184,6 +222,12 @@ pub fn run_seed(
     );
     if cfg.workload == WorkloadKind::Quorum {
         return run_quorum_seed(cfg, observer);
+    }
+    if matches!(
+        cfg.workload,
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster
+    ) {
+        return run_cluster_seed(cfg, image, observer);
     }
     let mut wc = WorldConfig::new(cfg.seed);
     if cfg.pauses {
@@ -269,9 +313,11 @@ pub fn run_seed(
                     async move {
                         match kind {
                             WorkloadKind::Posix => workload::posix::run(e).await,
-                            WorkloadKind::Crash | WorkloadKind::Quorum | WorkloadKind::Session => {
-                                workload::crash::run(e).await
-                            }
+                            WorkloadKind::Crash
+                            | WorkloadKind::Quorum
+                            | WorkloadKind::Session
+                            | WorkloadKind::ClusterDisjoint
+                            | WorkloadKind::Cluster => workload::crash::run(e).await,
                         }
                     }
                 })
@@ -367,6 +413,75 @@ fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
         Ok(Ok(phases)) => Ok(phases),
         Ok(Err(f)) => Err((f.step, describe(&f))),
         Err(stall) => Err((0, format!("the world stalled: {stall}"))),
+    };
+    end_report(&w, cfg, result)
+}
+
+/// One seed of a cluster workload: node 0 serves the one volume, nodes
+/// 1..=3 mount it (the volume's disks attached to all four).
+fn run_cluster_seed(
+    cfg: &RunConfig,
+    image: Option<&VolumeImage>,
+    observer: Option<Observer>,
+) -> SeedReport {
+    use workload::cluster::{Mode, MOUNTS, SERVER};
+    let mut wc = WorldConfig::new(cfg.seed);
+    if cfg.seed % 3 == 1 {
+        // slow links on every third seed: lock hand-offs and racing
+        // operations overlap for longer
+        wc.net.link_ns = (1_000_000, 30_000_000);
+    }
+    if cfg.pauses {
+        wc.pauses = Some(PausePlan {
+            mean_gap_ns: 3_000_000_000,
+            max_ns: 500_000_000,
+        });
+    }
+    let w = World::new(wc);
+    w.set_observer(observer);
+    w.log(
+        crate::sim::hash::WORLD,
+        "run",
+        &[MOUNTS as u64, cfg.steps],
+        cfg.workload.name(),
+    );
+    w.add_node(SERVER);
+    let vol = Volume::add(&w, SERVER, "vol");
+    for n in 1..=MOUNTS {
+        w.add_node(n);
+        w.attach(n, vol.meta.id());
+        w.attach(n, vol.data.id());
+    }
+    let setup = match image {
+        Some(img) => {
+            vol.format_from(img.meta.clone(), img.data.clone());
+            Ok(())
+        }
+        None => vol.mkfs(),
+    };
+    let opts = node_options(cfg);
+    let budget = Budget {
+        steps: cfg.steps,
+        until_ns: cfg.until_ns,
+        crash_merge_liveness: true,
+    };
+    let mode = if cfg.workload == WorkloadKind::Cluster {
+        Mode::Shared
+    } else {
+        Mode::Disjoint
+    };
+    let result = match setup {
+        Err(e) => Err((0, e)),
+        Ok(()) => {
+            let e = Engine::new(w.clone(), 1, vol.clone(), opts, budget, cfg.inject, false);
+            let main = workload::cluster::run(w.clone(), vol, mode, opts, e);
+            let limit = cfg.until_ns.saturating_add(SLACK_NS);
+            match w.run(main, limit) {
+                Ok(Ok(steps)) => Ok(steps),
+                Ok(Err(f)) => Err((f.step, describe(&f))),
+                Err(stall) => Err((0, format!("the world stalled: {stall}"))),
+            }
+        }
     };
     end_report(&w, cfg, result)
 }

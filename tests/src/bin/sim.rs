@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
 //!             [--no-pauses] [--trace] [--no-template]
 //! ```
 //!
@@ -17,6 +17,11 @@
 //! `--workload session`: one server node and `--nodes` client nodes
 //! (default 3) over the cluster session, `--steps` requests per client,
 //! with link resets, partitions and a server crash (docs/simulator.md).
+//! `--workload cluster`: one server node and three mounts of its volume
+//! sharing one directory tree under the cluster locks, checked against
+//! one model, `--steps` operations per mount (default 60);
+//! `cluster-disjoint`: the same with each mount in its own directory and
+//! local locks.
 //! Crash runs always end with the merge liveness check (`--merge-liveness`,
 //! which turned it on before it was the default, is still accepted so
 //! older replay commands run).
@@ -30,7 +35,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--trace] [--no-template]"
     );
     exit(2)
@@ -108,6 +113,7 @@ fn parse() -> Args {
                 a.inject = match it.next().as_deref() {
                     Some("lying-flush") => Inject::LyingFlush,
                     Some("lying-fence") => Inject::LyingFence,
+                    Some("no-locks") => Inject::NoLocks,
                     Some(s) if s.starts_with("model-bug:") => Inject::ModelBug {
                         step: num("--inject model-bug:STEP", Some(s[10..].to_string())),
                     },
@@ -149,6 +155,12 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
             c.steps = 60;
         }
     }
+    if matches!(w, WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster)
+        && a.steps.is_none()
+        && a.minutes.is_none()
+    {
+        c.steps = 60;
+    }
     c.pauses = a.pauses;
     c.inject = a.inject;
     match (a.steps, a.minutes) {
@@ -180,6 +192,7 @@ fn replay(c: &RunConfig, a: &Args) -> String {
         Inject::None => {}
         Inject::LyingFlush => s += " --inject lying-flush",
         Inject::LyingFence => s += " --inject lying-fence",
+        Inject::NoLocks => s += " --inject no-locks",
         Inject::ModelBug { step } => s += &format!(" --inject model-bug:{step}"),
     }
     if !c.pauses {

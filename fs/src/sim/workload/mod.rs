@@ -17,6 +17,7 @@
 //! both share: the model, the operation mix and the bookkeeping of what
 //! may be durable.
 
+pub mod cluster;
 pub mod crash;
 pub mod model;
 pub mod posix;
@@ -84,6 +85,9 @@ pub enum Inject {
     /// The quorum workload's fence agent reports fenced without cutting
     /// the target off its disks.
     LyingFence,
+    /// The cluster workload's mounts share their tree with local locks
+    /// (no coherence): the cross-mount probes must see it.
+    NoLocks,
 }
 
 /// How long a workload runs.
@@ -136,6 +140,24 @@ pub struct Engine {
     seen: Vec<u64>,
     dur: Durability,
     injected: bool,
+    /// The mount operations run on instead of the node's own
+    /// [`FsNode`] (the cluster workload: several mounts of one volume,
+    /// `node` set to the mount's node before each step).
+    pub mount_override: Option<Rc<Mount>>,
+    /// Pick targets only under this directory (each mount of the
+    /// cluster-disjoint workload keeps to its own).
+    pub scope: Option<u64>,
+    /// What the last operation named: (directory, name) pairs and
+    /// inodes, so another mount can read them back (the cluster
+    /// workload's cross-mount probe).
+    pub marks: Vec<Mark>,
+}
+
+/// A target of an operation another mount reads back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Name(u64, Vec<u8>),
+    Ino(u64),
 }
 
 fn code<T>(r: &FsResult<T>) -> String {
@@ -173,7 +195,34 @@ impl Engine {
                 ..Durability::default()
             },
             injected: false,
+            mount_override: None,
+            scope: None,
+            marks: Vec::new(),
         }
+    }
+
+    fn mark_name(&mut self, dir: u64, name: &[u8]) {
+        self.marks.push(Mark::Name(dir, name.to_vec()));
+    }
+
+    fn mark_ino(&mut self, ino: u64) {
+        self.marks.push(Mark::Ino(ino));
+    }
+
+    /// The inodes under `self.scope` (with it), if there is a scope.
+    fn in_scope(&self) -> Option<BTreeSet<u64>> {
+        let root = self.scope?;
+        let mut out = BTreeSet::new();
+        let mut todo = alloc::vec![root];
+        while let Some(d) = todo.pop() {
+            if !out.insert(d) {
+                continue;
+            }
+            if let Some(n) = self.model.nodes.get(&d) {
+                todo.extend(n.kids.values().copied());
+            }
+        }
+        Some(out)
     }
 
     pub fn r(&self, n: u64) -> u64 {
@@ -216,7 +265,10 @@ impl Engine {
     where
         Fut: Future<Output = FsResult<T>> + 'static,
     {
-        let m = self.fs()?.mount.clone();
+        let m = match &self.mount_override {
+            Some(m) => m.clone(),
+            None => self.fs()?.mount.clone(),
+        };
         let r = self.w.on(self.node, make(m)).await;
         let result = match &r {
             Ok(x) => code(x),
@@ -261,19 +313,29 @@ impl Engine {
     }
 
     fn any_ino(&self) -> u64 {
-        if self.r(10) == 0 && !self.seen.is_empty() {
+        let scope = self.in_scope();
+        // a scoped mount keeps off inodes gone from the model (another
+        // mount's, which it may still see in roots it has not refreshed)
+        if self.r(10) == 0 && !self.seen.is_empty() && scope.is_none() {
             return self.seen[self.r(self.seen.len() as u64) as usize];
         }
-        let keys: Vec<u64> = self.model.nodes.keys().copied().collect();
+        let keys: Vec<u64> = self
+            .model
+            .nodes
+            .keys()
+            .copied()
+            .filter(|k| scope.as_ref().is_none_or(|s| s.contains(k)))
+            .collect();
         keys[self.r(keys.len() as u64) as usize]
     }
 
     fn pick(&self, f: impl Fn(&model::MNode) -> bool) -> u64 {
+        let scope = self.in_scope();
         let v: Vec<u64> = self
             .model
             .nodes
             .iter()
-            .filter(|(_, n)| f(n))
+            .filter(|(k, n)| f(n) && scope.as_ref().is_none_or(|s| s.contains(k)))
             .map(|(k, _)| *k)
             .collect();
         if v.is_empty() || self.r(20) == 0 {
@@ -394,6 +456,7 @@ impl Engine {
             if is_dir { "mkdir" } else { "create" },
             String::from_utf8_lossy(&name)
         );
+        self.mark_name(dir, &name);
         let want = self.model.check_create(dir, &name, full);
         let n2 = name.clone();
         let got = self
@@ -433,6 +496,7 @@ impl Engine {
             String::from_utf8_lossy(&name),
             target.len()
         );
+        self.mark_name(dir, &name);
         let want = self.model.check_create(dir, &name, S_IFLNK | 0o777);
         let (n2, t2) = (name.clone(), target.clone());
         let got = self
@@ -455,6 +519,8 @@ impl Engine {
     async fn op_link(&mut self) -> Result<(), Stop> {
         let (ino, dir, name) = (self.any_ino(), self.dir_ino(), self.name());
         let desc = format!("link {ino} {dir} {:?}", String::from_utf8_lossy(&name));
+        self.mark_name(dir, &name);
+        self.mark_ino(ino);
         let want = self.model.check_link(ino, dir, &name);
         let n2 = name.clone();
         let got = self
@@ -476,6 +542,7 @@ impl Engine {
             if rmdir { "rmdir" } else { "unlink" },
             String::from_utf8_lossy(&name)
         );
+        self.mark_name(dir, &name);
         let want = self.model.check_unlink(dir, &name, rmdir);
         let n2 = name.clone();
         let got = self
@@ -502,6 +569,8 @@ impl Engine {
             String::from_utf8_lossy(&on),
             String::from_utf8_lossy(&nn)
         );
+        self.mark_name(od, &on);
+        self.mark_name(nd, &nn);
         let want = self.model.check_rename(od, &on, nd, &nn, flags);
         let (o2, n2) = (on.clone(), nn.clone());
         let got = self
@@ -530,6 +599,7 @@ impl Engine {
             self.offset()
         };
         let desc = format!("truncate {ino} {size}");
+        self.mark_ino(ino);
         let want = self.model.file(ino).map(|_| ());
         let got = self
             .op(desc.clone(), move |m| async move {
@@ -568,6 +638,7 @@ impl Engine {
         };
         let data = self.bytes(if self.crash_mode { 20_000 } else { 9000 });
         let desc = format!("write {ino} {off} {}", data.len());
+        self.mark_ino(ino);
         let want = self.model.file(ino).map(|_| data.len());
         let d2 = data.clone();
         let got = self
@@ -622,6 +693,7 @@ impl Engine {
         let ino = self.any_ino();
         let name = XNAMES[self.r(XNAMES.len() as u64) as usize].to_vec();
         let shown = String::from_utf8_lossy(&name).into_owned();
+        self.mark_ino(ino);
         match self.r(4) {
             0 | 1 => {
                 let value = self.bytes(if name == b"user.long" { 3000 } else { 40 });
