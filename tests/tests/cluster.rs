@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use scoutvm_tests::guest::run_linux_guest;
 use scoutvm_tests::{elf_path, workspace_root};
 
 struct Cluster {
@@ -218,6 +219,30 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     assert!(out.contains("this node leads"), "{out}");
     let q = c.shell(leader, "quorum");
     let term1 = term_of(&q);
+
+    // A Linux guest writes a file through node0 and closes it; node1 and
+    // node2 never saw it, yet read it at once (their cluster lock grants
+    // make them fetch fresh roots). Each node's 9P port is forwarded to
+    // the host, which the guest reaches at 10.0.2.2.
+    let mut args = vec!["--no-mount".to_string()];
+    for (i, dir) in ["/mnt/n0", "/mnt/n1", "/mnt/n2"].iter().enumerate() {
+        args.push("--mount".into());
+        args.push(format!("{dir}=10.0.2.2:{}", c.p9_base + i as u16));
+    }
+    args.extend(["--mount-opts", "access=user,cache=none", "--timeout", "300"].map(String::from));
+    let cmd = "echo written-through-node0 > /mnt/n0/seen && \
+               for n in n1 n2; do echo \"READ $n: $(cat /mnt/$n/seen)\"; done";
+    let run = run_linux_guest(&args, cmd).expect("start qemu/linux-guest.sh");
+    for n in ["n1", "n2"] {
+        assert!(
+            run.console
+                .lines()
+                .any(|l| l.trim_end() == format!("READ {n}: written-through-node0")),
+            "node {n} did not read what node0 wrote:\n{}\n{}",
+            run.tail(40),
+            c.consoles()
+        );
+    }
 
     // The leader dies: a survivor is elected once the operator acks the
     // fence of the dead leader's mount, in a higher term.

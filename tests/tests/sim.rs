@@ -1012,8 +1012,6 @@ fn cluster_disjoint_seeds_pass_every_checker_and_replay() {
 }
 
 #[test]
-#[ignore = "blocked on the server refusing commits of items stamped with a lock write_seq \
-            (/work/notes/simcluster-findings.md #1); run with --ignored once fixed"]
 fn cluster_seeds_on_the_cluster_locks_pass_every_checker_and_replay() {
     let names = [
         "lock_server.grants",

@@ -628,6 +628,17 @@ impl LockClient {
             self.lowered(&range, None);
             return Err(e);
         }
+        // committed and dropped: nothing usable is held any more, and the
+        // server records NULL as soon as the request arrives (it may grant
+        // another mount at once), so record it before sending
+        {
+            let mut inner = self.inner.borrow_mut();
+            if let Some(e) = inner.entries.get_mut(&range.start) {
+                e.mode = LockMode::Null;
+                e.write_seq = 0;
+            }
+            Self::update_held_counter(&inner);
+        }
         self.count(|s| {
             s.requests += 1;
             s.lru_give_backs += 1;
@@ -643,9 +654,8 @@ impl LockClient {
                 new_mode: LockMode::Null,
             })
             .await;
-        // committed and dropped: we hold nothing whatever the answer (a
-        // server that still counts the grant just invalidates it, which
-        // is answered at once)
+        // whatever the answer (a server that still counts the grant just
+        // invalidates it, which is answered at once)
         if let Some(e) = self.inner.borrow_mut().entries.get_mut(&range.start) {
             e.requesting = false;
         }
