@@ -62,6 +62,12 @@ pub const ALLOC_DATA_LG_THRESH: u64 = 2048;
 /// when the data allocator holds less.
 pub const ALLOC_DATA_REFILL_THRESH: u64 = 65536;
 
+/// A commit is wanted when meta_avail holds fewer than this share
+/// (`1 / 2^shift`) of the device's metadata blocks (and fewer than
+/// [`LogTxnConfig::meta_commit_thresh`]): a quarter of the most a small
+/// device's client list is filled to.
+pub const META_COMMIT_SHARE_SHIFT: u32 = 5;
+
 /// Items converted or inserted into the log btree per step of a commit.
 pub const BUILD_STEP_ITEMS: usize = 2048;
 /// Data extent changes per step of a commit.
@@ -241,6 +247,16 @@ impl ClientLogTxn {
         cfg: LogTxnConfig,
     ) -> FsResult<Rc<ClientLogTxn>> {
         let sb = crate::storage::block::read_super_from(&*meta).map_err(store_errno)?;
+        let mut cfg = cfg;
+        // the server scales a client's meta_avail fill to small devices
+        // (`commit::fill_for_device`): commit before the list runs dry,
+        // not on every operation
+        let usable = sb
+            .total_meta_blocks
+            .saturating_sub(crate::format::META_DEV_START_BLKNO);
+        cfg.meta_commit_thresh = cfg
+            .meta_commit_thresh
+            .min(usable >> META_COMMIT_SHARE_SHIFT);
         let cache = BlockCache::new(Box::new(meta), entropy, sb.hdr.fsid, cfg.cache_budget_bytes);
         let lt = client.get_log_trees().await?;
         let t = Rc::new(ClientLogTxn {

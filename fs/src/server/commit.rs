@@ -56,6 +56,37 @@ pub fn reserve_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
     configured.min(total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 8)
 }
 
+/// A metadata list fill (`lo`, `target`) on a device of
+/// `total_meta_blocks`: the configured one, but a target of at most
+/// `1 / 2^share_shift` of the device's metadata blocks past the super (or
+/// `floor`, if more: what the list's user needs to work at all), and `lo`
+/// at most half the target (or `floor`). The reference targets (a full list block,
+/// 8185 blocks, 512 MiB) are sized for big devices: on a 256 MiB metadata
+/// device (4096 blocks) the server's own lists took every free block out
+/// of the meta_avail tree at each commit, and a client's refill got none
+/// (docs/commit.md).
+pub fn fill_for_device(
+    lo: u64,
+    target: u64,
+    total_meta_blocks: u64,
+    share_shift: u32,
+    floor: u64,
+) -> (u64, u64) {
+    let usable = total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO);
+    let target = target.min((usable >> share_shift).max(floor).max(1));
+    (lo.min((target / 2).max(floor)), target)
+}
+
+/// The server's own lists (active and idle) each fill to at most a
+/// quarter of the device...
+pub const SERVER_LIST_SHARE_SHIFT: u32 = 2;
+/// ...but to at least what a hold of the server transaction needs (the
+/// role's gate waits for twice a hold budget of room, plus one per
+/// holder).
+pub const SERVER_LIST_FLOOR: u64 = 3 * COMMIT_HOLD_ALLOC_BUDGET;
+/// A client's meta_avail list fills to at most an eighth of the device.
+pub const CLIENT_LIST_SHARE_SHIFT: u32 = 3;
+
 static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
 
 /// Returned data extents inserted per step of a commit.
@@ -367,6 +398,14 @@ impl CommitCore {
                 "volume has client log trees or mounts: open it through a mount",
             ));
         }
+        let mut cfg = cfg;
+        (cfg.fill_lo, cfg.fill_target) = fill_for_device(
+            cfg.fill_lo,
+            cfg.fill_target,
+            sb.total_meta_blocks,
+            SERVER_LIST_SHARE_SHIFT,
+            SERVER_LIST_FLOOR,
+        );
         let cache = BlockCache::new(meta, entropy, sb.hdr.fsid, cfg.cache_budget_bytes);
         let other_ind = if sb.server_meta_avail[0].total_nr < sb.server_meta_avail[1].total_nr {
             0

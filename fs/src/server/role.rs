@@ -201,6 +201,14 @@ impl ServerRole {
             cfg.log_trees.reserved_meta_blocks,
             sb.total_meta_blocks,
         );
+        (cfg.log_trees.meta_fill_lo, cfg.log_trees.meta_fill_target) =
+            crate::server::commit::fill_for_device(
+                cfg.log_trees.meta_fill_lo,
+                cfg.log_trees.meta_fill_target,
+                sb.total_meta_blocks,
+                crate::server::commit::CLIENT_LIST_SHARE_SHIFT,
+                0,
+            );
         Ok(ServerRole {
             inner: Rc::new(Inner {
                 core: RefCell::new(core),
