@@ -271,3 +271,51 @@ fn concurrent_writers_on_two_nodes_hand_locks_back_and_forth() {
     drop(ma);
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// The non-leader commits again and again (each round a create, a
+/// write with data, a sync): every commit of its log trees is accepted,
+/// the server's metadata reserve is never used up.
+#[test]
+fn many_commits_on_the_follower() {
+    let (meta, data) = small_volume(META, DATA, 22);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 3);
+    let (mb, b) = node(&meta, &data, &net, false, 4);
+    for i in 0..30u64 {
+        let name = format!("f{i}");
+        let f = match run("create", mb.create(&c, 1, name.as_bytes(), 0o644)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!(
+                    "counters {:?}",
+                    scoutvm_fs::runtime::counters::snapshot()
+                        .iter()
+                        .filter(|(_, v)| *v != 0)
+                        .collect::<Vec<_>>()
+                );
+                eprintln!("server {:?}", a.server().unwrap().counters());
+                eprintln!("trans {:?}", b.trans().counters());
+                let sb = a.server().unwrap().stable_super();
+                eprintln!(
+                    "meta_alloc {} {} server_avail {} {} server_freed {} {} total {}",
+                    sb.meta_alloc[0].total_len,
+                    sb.meta_alloc[1].total_len,
+                    sb.server_meta_avail[0].total_nr,
+                    sb.server_meta_avail[1].total_nr,
+                    sb.server_meta_freed[0].total_nr,
+                    sb.server_meta_freed[1].total_nr,
+                    sb.total_meta_blocks
+                );
+                panic!("create {i}: {e:?}");
+            }
+        };
+        run("write", mb.write(f.ino, 0, &[i as u8; 5000])).unwrap();
+        run("sync", mb.sync()).unwrap_or_else(|e| panic!("sync {i}: {e:?}"));
+    }
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}

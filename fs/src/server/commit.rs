@@ -56,6 +56,17 @@ pub fn reserve_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
     configured.min(total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 8)
 }
 
+/// The fill target of one metadata allocator list (the server's two and
+/// each mount's) on a device of `total_meta_blocks`: the configured target
+/// (one list block, about 8185), but at most a sixth of the device. The
+/// reference's targets assume a large device: on a 1 GiB metadata device
+/// (16384 blocks) the server's two lists and one mount's list take it all,
+/// and the next refill finds the extent trees empty. From about 3 GiB on
+/// the configured target applies as is (docs/commit.md).
+pub fn fill_target_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
+    configured.min(total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 6)
+}
+
 static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
 
 /// Returned data extents inserted per step of a commit.
@@ -358,6 +369,9 @@ impl CommitCore {
         let sb = read_super_from(&*meta)?;
         let dsb = read_super_from(&*data)?;
         check_supers(&sb, &dsb, meta.size_bytes(), data.size_bytes()).map_err(invalid)?;
+        let mut cfg = cfg;
+        cfg.fill_target = fill_target_for_device(cfg.fill_target, sb.total_meta_blocks);
+        cfg.fill_lo = cfg.fill_lo.min(cfg.fill_target / 2);
         if !forest
             && (!sb.logs_root.is_empty()
                 || !sb.log_merge.is_empty()

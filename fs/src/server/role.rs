@@ -201,6 +201,12 @@ impl ServerRole {
             cfg.log_trees.reserved_meta_blocks,
             sb.total_meta_blocks,
         );
+        let lt = &mut cfg.log_trees;
+        lt.meta_fill_target = crate::server::commit::fill_target_for_device(
+            lt.meta_fill_target,
+            sb.total_meta_blocks,
+        );
+        lt.meta_fill_lo = lt.meta_fill_lo.min(lt.meta_fill_target / 2);
         Ok(ServerRole {
             inner: Rc::new(Inner {
                 core: RefCell::new(core),
