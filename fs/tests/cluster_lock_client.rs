@@ -340,6 +340,9 @@ fn many_commits_from_both_nodes() {
             run("unlink", m.unlink(&c, 1, format!("f{j}").as_bytes()))
                 .unwrap_or_else(|e| panic!("unlink f{j} at {i}: {e:?}"));
         }
+        if i == n / 2 {
+            server.request_merge();
+        }
         run("sync", m.sync()).unwrap_or_else(|e| panic!("sync {i}: {e:?}"));
         let (open, fin) = server.log_tree_counts().unwrap();
         max_trees = max_trees.max(open + fin);
@@ -359,6 +362,8 @@ fn many_commits_from_both_nodes() {
             }
         }
     }
+    let end = run("statfs", ma.statfs_more()).unwrap();
+    println!("end statfs {end:?} reserve {reserve} merge pending {}", server.merge_pending());
     println!(
         "rounds {n} max log trees {max_trees} server {:?} counters {:?}",
         server.counters(),
