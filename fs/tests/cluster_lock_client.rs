@@ -363,7 +363,10 @@ fn many_commits_from_both_nodes() {
         }
     }
     let end = run("statfs", ma.statfs_more()).unwrap();
-    println!("end statfs {end:?} reserve {reserve} merge pending {}", server.merge_pending());
+    println!(
+        "end statfs {end:?} reserve {reserve} merge pending {}",
+        server.merge_pending()
+    );
     println!(
         "rounds {n} max log trees {max_trees} server {:?} counters {:?}",
         server.counters(),

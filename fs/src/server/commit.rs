@@ -62,10 +62,22 @@ pub fn reserve_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
 /// reference's targets assume a large device: on a 1 GiB metadata device
 /// (16384 blocks) the server's two lists and one mount's list take it all,
 /// and the next refill finds the extent trees empty. From about 3 GiB on
-/// the configured target applies as is (docs/commit.md).
+/// the configured target applies as is (docs/commit.md). A sixth under
+/// [`MIN_FILL_TARGET`] (a device under about 960 MiB) is too small for a
+/// list (half of it must cover a hold's `2 * COMMIT_HOLD_ALLOC_BUDGET`
+/// and a client's early-commit mark): such a device keeps the configured
+/// target and serves one mount.
 pub fn fill_target_for_device(configured: u64, total_meta_blocks: u64) -> u64 {
-    configured.min(total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 6)
+    let sixth = total_meta_blocks.saturating_sub(crate::format::META_DEV_START_BLKNO) / 6;
+    if sixth < MIN_FILL_TARGET {
+        configured
+    } else {
+        configured.min(sixth)
+    }
 }
+
+/// The smallest fill target [`fill_target_for_device`] scales to.
+pub const MIN_FILL_TARGET: u64 = 2560;
 
 static TP_COMMIT: Tracepoint = Tracepoint::new("server_commit", &["seq", "blocks_written"]);
 
