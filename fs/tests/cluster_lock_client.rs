@@ -271,3 +271,120 @@ fn concurrent_writers_on_two_nodes_hand_locks_back_and_forth() {
     drop(ma);
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// Commit rounds of the two-writer test (`SCOUTVM_MANY_COMMITS=<n>` for
+/// longer runs; the default keeps it a few seconds).
+fn rounds() -> u64 {
+    std::env::var("SCOUTVM_MANY_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// The non-leader commits again and again (each round a create, a
+/// write with data, a sync): every commit of its log trees is accepted.
+/// Before `commit::fill_target_for_device` its 4th COMMIT_LOG_TREES got
+/// ENOSPC on this 1 GiB metadata device (the list refills had emptied
+/// the extent trees).
+#[test]
+fn many_commits_on_the_follower() {
+    let (meta, data) = small_volume(META, DATA, 22);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 3);
+    let (mb, b) = node(&meta, &data, &net, false, 4);
+    for i in 0..60u64 {
+        let name = format!("f{i}");
+        let f = run("create", mb.create(&c, 1, name.as_bytes(), 0o644))
+            .unwrap_or_else(|e| panic!("create {i}: {e:?}"));
+        run("write", mb.write(f.ino, 0, &[i as u8; 5000])).unwrap();
+        run("sync", mb.sync()).unwrap_or_else(|e| panic!("sync {i}: {e:?}"));
+    }
+    assert!(b.trans().counters().commits >= 60);
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}
+
+/// Both nodes commit in turn, hundreds of times, creating files with data
+/// and unlinking some the other node wrote: no commit fails, statfs stays
+/// sane (the metadata used stays far from the reserve, the data used
+/// covers the live files), the log trees stay bounded, fsck is clean.
+#[test]
+fn many_commits_from_both_nodes() {
+    let (meta, data) = small_volume(META, DATA, 23);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 5);
+    let (mb, b) = node(&meta, &data, &net, false, 6);
+    let server = a.server().expect("node a leads");
+    let reserve = scoutvm_fs::server::commit::reserve_for_device(
+        scoutvm_fs::server::commit::RESERVED_META_BLOCKS,
+        server.stable_super().total_meta_blocks,
+    );
+    let mut live: Vec<u64> = Vec::new();
+    let mut max_trees = 0;
+    let n = rounds();
+    for i in 0..n {
+        let m = if i % 2 == 0 { &ma } else { &mb };
+        let name = format!("f{i}");
+        let f = run("create", m.create(&c, 1, name.as_bytes(), 0o644))
+            .unwrap_or_else(|e| panic!("create {i}: {e:?}"));
+        run("write", m.write(f.ino, 0, &[i as u8; 5000])).unwrap();
+        live.push(i);
+        if i % 7 == 6 {
+            // unlink a file the other node wrote
+            let j = live.remove(live.len() - 2);
+            run("unlink", m.unlink(&c, 1, format!("f{j}").as_bytes()))
+                .unwrap_or_else(|e| panic!("unlink f{j} at {i}: {e:?}"));
+        }
+        if i == n / 2 {
+            server.request_merge();
+        }
+        run("sync", m.sync()).unwrap_or_else(|e| panic!("sync {i}: {e:?}"));
+        let (open, fin) = server.log_tree_counts().unwrap();
+        max_trees = max_trees.max(open + fin);
+        if i % 25 == 24 {
+            for m in [&ma, &mb] {
+                let s = run("statfs", m.statfs_more()).unwrap();
+                assert!(s.free_meta_blocks <= s.total_meta_blocks, "{s:?}");
+                assert!(s.free_data_blocks <= s.total_data_blocks, "{s:?}");
+                // a few hundred small files: nowhere near the reserve
+                assert!(
+                    s.free_meta_blocks > s.total_meta_blocks / 2 + reserve,
+                    "round {i}: {s:?}"
+                );
+                // 5000 bytes: two 4 KiB blocks a live file
+                let used = s.total_data_blocks - s.free_data_blocks;
+                assert!(used >= 2 * live.len() as u64, "round {i}: {s:?}");
+            }
+        }
+    }
+    let end = run("statfs", ma.statfs_more()).unwrap();
+    println!(
+        "end statfs {end:?} reserve {reserve} merge pending {}",
+        server.merge_pending()
+    );
+    println!(
+        "rounds {n} max log trees {max_trees} server {:?} counters {:?}",
+        server.counters(),
+        scoutvm_fs::runtime::counters::snapshot()
+            .iter()
+            .filter(|(k, _)| k.starts_with("server.") || k.starts_with("merge"))
+            .collect::<Vec<_>>()
+    );
+    // one open tree a mount, plus finalized ones waiting for a merge
+    assert!(max_trees <= 4, "log trees: {max_trees}");
+    for m in [&ma, &mb] {
+        for j in &live {
+            run("lookup", m.lookup(&c, 1, format!("f{j}").as_bytes())).unwrap();
+        }
+    }
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}

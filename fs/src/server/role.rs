@@ -361,6 +361,15 @@ impl ServerRole {
         }
     }
 
+    /// The log trees of the open transaction: (open, finalized) counts.
+    pub fn log_tree_counts(&self) -> FsResult<(usize, usize)> {
+        let mut core = self.inner.core.borrow_mut();
+        let root = core.super_block().logs_root;
+        let all = log_trees::all(core.cache(), &root).map_err(store_errno)?;
+        let fin = all.iter().filter(|lt| lt.is_finalized()).count();
+        Ok((all.len() - fin, fin))
+    }
+
     /// Is a log merge (or freeing of merged trees) in progress?
     pub fn merge_pending(&self) -> bool {
         !self.stable_super().log_merge.is_empty()
