@@ -935,7 +935,7 @@ fn session_seeds_survive_resets_partitions_and_a_server_crash() {
 
 /// Cluster-workload seeds in CI (three mounts sharing one tree on the
 /// cluster locks); `SCOUTVM_SIM_CLUSTER_SEEDS=N` runs N.
-const CI_CLUSTER_SEEDS: u64 = 100;
+const CI_CLUSTER_SEEDS: u64 = 300;
 /// Operations per mount of a CI cluster seed (the runner's default: 60).
 const CI_CLUSTER_STEPS: u64 = 20;
 /// Cluster-disjoint seeds in CI (each mount in its own directory).
