@@ -119,6 +119,30 @@ impl WalkEntry {
     };
 }
 
+/// A link to an inode (`get-referring-entries`): the directory, the
+/// entry's readdir position, its Linux `DT_*` type and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferringEntry {
+    pub dir: u64,
+    pub pos: u64,
+    pub ino: u64,
+    pub dtype: u8,
+    pub name: Vec<u8>,
+}
+
+/// One path to an inode (`ino-path`): the link `(dir, pos)` it goes
+/// through (the next cursor is `pos + 1`) and the path from the root,
+/// without a leading `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InoPath {
+    pub dir: u64,
+    pub pos: u64,
+    pub path: Vec<u8>,
+}
+
+/// Longest path `ino_path` returns (Linux `PATH_MAX`, with its NUL).
+pub const PATH_MAX: usize = 4096;
+
 /// One line of `data-waiting`: the ops waiting on one block, merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitingEntry {

@@ -18,6 +18,16 @@
 //! * get `scoutvm.ctl.walk.INDEX.FIRST_MAJOR.FIRST_INO.LAST_MAJOR.LAST_INO`
 //!   (`INDEX` `meta_seq` or `data_seq`) -> up to [`MAX_LINES`] lines
 //!   `MAJOR MINOR INO`.
+//! * get `scoutvm.ctl.referring.INO.DIR.POS` -> the links to `INO` from
+//!   the cursor `(DIR, POS)` on, a record each:
+//!   `DIR POS INO DTYPE NAMELEN NAME\n` (`DTYPE` the Linux `DT_*` code,
+//!   `NAME` its `NAMELEN` raw bytes).
+//! * get `scoutvm.ctl.ino_path.INO.DIR.POS` -> the paths of the links to
+//!   `INO` from the cursor on, a record each: `DIR POS LEN PATH\n`
+//!   (`PATH` from the root without a leading `/`, `LEN` raw bytes).
+//!
+//! Answers of names end when [`NAMES_BUDGET`] bytes are used; the next
+//! cursor is the last record's `(DIR, POS + 1)`.
 //!
 //! Changing requests need root. Answers stay under the kernel's 64 KiB
 //! xattr limit; callers page with the last record as the next cursor.
@@ -38,6 +48,10 @@ pub const CTL_PREFIX: &[u8] = b"scoutvm.ctl.";
 /// Most records in one answer (each line is well under 64 bytes).
 pub const MAX_LINES: usize = 1000;
 
+/// Answers with names stop growing past this many bytes (one more record
+/// of at most a path fits under 64 KiB).
+pub const NAMES_BUDGET: usize = 56 << 10;
+
 /// Is `name` a control request rather than an xattr?
 pub fn is_ctl(name: &[u8]) -> bool {
     name.starts_with(CTL_PREFIX)
@@ -57,6 +71,19 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
     let mut parts = req.split('.');
     let mut out = String::new();
     match parts.next() {
+        Some(which @ ("referring" | "ino_path")) => {
+            let target: u64 = num(parts.next())?;
+            let dir: u64 = num(parts.next())?;
+            let pos: u64 = num(parts.next())?;
+            if parts.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            return if which == "referring" {
+                referring(m, target, dir, pos).await
+            } else {
+                ino_paths(m, target, dir, pos).await
+            };
+        }
         Some("stat") if parts.next().is_none() => {
             let s = m.stat_more(ino).await?;
             let _ = write!(
@@ -114,6 +141,82 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
         _ => return Err(Errno::EOPNOTSUPP),
     }
     Ok(out.into_bytes())
+}
+
+/// The next cursor after the link at `(dir, pos)`, or None past the last.
+fn next_cursor(dir: u64, pos: u64) -> Option<(u64, u64)> {
+    match pos.checked_add(1) {
+        Some(p) => Some((dir, p)),
+        None => dir.checked_add(1).map(|d| (d, 0)),
+    }
+}
+
+async fn referring(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Some((dir, pos));
+    while let Some((dir, pos)) = cur {
+        if out.len() >= NAMES_BUDGET {
+            break;
+        }
+        let found = m.referring_entries(ino, dir, pos, 64).await?;
+        let Some(last) = found.last() else {
+            break;
+        };
+        cur = next_cursor(last.dir, last.pos);
+        for e in found {
+            if out.len() >= NAMES_BUDGET {
+                // the cursor starts again at this entry
+                cur = Some((e.dir, e.pos));
+                break;
+            }
+            out.extend_from_slice(
+                format!("{} {} {} {} {} ", e.dir, e.pos, e.ino, e.dtype, e.name.len()).as_bytes(),
+            );
+            out.extend_from_slice(&e.name);
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+async fn ino_paths(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Some((dir, pos));
+    while let Some((dir, pos)) = cur {
+        if out.len() >= NAMES_BUDGET {
+            break;
+        }
+        let Some(p) = m.ino_path(ino, dir, pos).await? else {
+            break;
+        };
+        out.extend_from_slice(format!("{} {} {} ", p.dir, p.pos, p.path.len()).as_bytes());
+        out.extend_from_slice(&p.path);
+        out.push(b'\n');
+        cur = next_cursor(p.dir, p.pos);
+    }
+    Ok(out)
+}
+
+/// One record of a names answer: `(dir, pos, the numbers between, the
+/// name)`, and the rest of the answer. `numbers` is how many decimal
+/// fields sit between `POS` and `LEN`.
+pub fn parse_named_record(
+    b: &[u8],
+    numbers: usize,
+) -> Option<((u64, u64, Vec<u64>, &[u8]), &[u8])> {
+    let mut fields = Vec::new();
+    let mut rest = b;
+    for _ in 0..numbers + 3 {
+        let sp = rest.iter().position(|&c| c == b' ')?;
+        fields.push(core::str::from_utf8(&rest[..sp]).ok()?.parse::<u64>().ok()?);
+        rest = &rest[sp + 1..];
+    }
+    let len = usize::try_from(*fields.last()?).ok()?;
+    if rest.len() <= len || rest[len] != b'\n' {
+        return None;
+    }
+    let (name, tail) = (&rest[..len], &rest[len + 1..]);
+    Some(((fields[0], fields[1], fields[2..2 + numbers].to_vec(), name), tail))
 }
 
 /// Carry out a set request on `ino`.

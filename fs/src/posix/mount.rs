@@ -41,8 +41,8 @@ use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use crate::posix::archive::{
-    self, Blocked, DataWaiters, StatMore, WaitingEntry, WalkEntry, WalkIndex, DWO_CHANGE_SIZE,
-    DWO_READ, DWO_WRITE,
+    self, Blocked, DataWaiters, InoPath, ReferringEntry, StatMore, WaitingEntry, WalkEntry,
+    WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
 };
 use crate::posix::backend::{Backend, DataRun, InoRange};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
@@ -2823,6 +2823,91 @@ impl Mount {
                 Ok(self.waiters.fail(ino, first, last, ops, errno))
             },
         )
+        .await
+    }
+
+    /// scoutfs `get_referring_entries`: up to `max` entries that link to
+    /// `ino`, from the cursor `(dir, pos)` on (inclusive), in (directory,
+    /// position) order, read from the inode's LINK_BACKREF items. An
+    /// inode without links (the root, an unused number) has none.
+    pub async fn referring_entries(
+        &self,
+        ino: Ino,
+        dir: u64,
+        pos: u64,
+        max: usize,
+    ) -> FsResult<Vec<ReferringEntry>> {
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let found = dir::backrefs(&self.items, ino, dir, pos, max).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|(dir, d)| ReferringEntry {
+                        dir,
+                        pos: d.pos,
+                        ino: d.ino,
+                        dtype: dtype_from_scoutfs(d.dtype),
+                        name: d.name,
+                    })
+                    .collect())
+            },
+        )
+        .await
+    }
+
+    /// scoutfs `ino_path`: the path from the root of the first link to
+    /// `ino` at or after the cursor `(dir, pos)`, or None when there is
+    /// none left. Each directory's name comes from its backref, read under
+    /// a READ lock of its group and the rename lock (the tree keeps its
+    /// shape meanwhile). `ENOENT`: a directory on the way was removed;
+    /// `ENAMETOOLONG`: the path exceeds [`archive::PATH_MAX`].
+    pub async fn ino_path(&self, ino: Ino, dir: u64, pos: u64) -> FsResult<Option<InoPath>> {
+        let first = LockSet::new()
+            .with(LockRange::rename(), LockMode::Read)
+            .with(LockRange::inode_group(ino), LockMode::Read);
+        self.run(HoldKind::Read, first, async |op| {
+            let Some((first_dir, d)) = dir::backrefs(&self.items, ino, dir, pos, 1).await?.pop()
+            else {
+                return Ok(None);
+            };
+            // names from the inode up, joined in reverse at the end
+            let mut names = vec![d.name];
+            let mut len = names[0].len();
+            let mut cur = first_dir;
+            let mut depth = 0usize;
+            while cur != ROOT_INO {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Errno::EIO.into());
+                }
+                op.need_inode(cur, LockMode::Read);
+                op.ready()?;
+                let Some((parent, pd)) = dir::backrefs(&self.items, cur, 0, 0, 1).await?.pop()
+                else {
+                    return Err(Errno::ENOENT.into());
+                };
+                len += 1 + pd.name.len();
+                if len >= archive::PATH_MAX {
+                    return Err(Errno::ENAMETOOLONG.into());
+                }
+                names.push(pd.name);
+                cur = parent;
+            }
+            let mut path = Vec::with_capacity(len);
+            for (i, n) in names.iter().rev().enumerate() {
+                if i > 0 {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(n);
+            }
+            Ok(Some(InoPath {
+                dir: first_dir,
+                pos: d.pos,
+                path,
+            }))
+        })
         .await
     }
 
