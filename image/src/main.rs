@@ -75,6 +75,10 @@ enum Cmd {
     DataWaitErr(archive_cli::DataWaitErrArgs),
     /// Walk a mount's meta_seq or data_seq inode index
     WalkInodes(archive_cli::WalkArgs),
+    /// Print the directory entries that refer to an inode number
+    GetReferringEntries(archive_cli::ReferringArgs),
+    /// Print the paths that refer to an inode number
+    InoPath(archive_cli::InoPathArgs),
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -273,6 +277,11 @@ fn main() -> ExitCode {
             "walk-inodes",
             archive_cli::cmd_walk_inodes(a).map_err(Usage),
         ),
+        Cmd::GetReferringEntries(a) => (
+            "get-referring-entries",
+            archive_cli::cmd_get_referring_entries(a).map_err(Usage),
+        ),
+        Cmd::InoPath(a) => ("ino-path", archive_cli::cmd_ino_path(a).map_err(Usage)),
     };
     match r {
         Ok(code) => code,

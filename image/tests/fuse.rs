@@ -727,6 +727,32 @@ fn archival_subcommands_through_an_in_memory_mount() {
     );
     let (code, out) = cli(&["walk-inodes", "-p", &mnt_s, "nope", "0", "-1"]);
     assert_eq!(code, Some(64), "{out}");
+
+    // get-referring-entries and ino-path: the names a walk finds
+    for i in 1..=3 {
+        let dir = mnt.join(format!("dir-{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(&file, dir.join(format!("file-{i}"))).unwrap();
+    }
+    let (code, out) = cli(&["get-referring-entries", "-p", &mnt_s, &ino_s]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut names: Vec<&str> = out
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.splitn(8, ' ').collect();
+            assert_eq!((w[0], w[2], w[4], w[5], w[6]), ("dir", "pos", "type", "8", "name"));
+            w[7]
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["file", "file-1", "file-2", "file-3"], "{out}");
+    let (code, out) = cli(&["ino-path", &ino_s, &mnt_s]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut paths: Vec<&str> = out.lines().collect();
+    paths.sort();
+    assert_eq!(paths, ["dir-1/file-1", "dir-2/file-2", "dir-3/file-3", "file"]);
+    let (code, out) = cli(&["get-referring-entries", "-p", &mnt_s, "1"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
     m.unmount();
     let _ = std::fs::remove_dir_all(&d);
 }
