@@ -128,7 +128,10 @@ fn get_referring_entries() {
     // file types: each entry's type is its DT_* code
     let dir = block_on(m.mkdir(&c(), d0, b"dir", 0o755)).unwrap().ino;
     let kinds = [
-        (block_on(m.create(&c(), dir, b"file", 0o644)).unwrap(), DT_REG),
+        (
+            block_on(m.create(&c(), dir, b"file", 0o644)).unwrap(),
+            DT_REG,
+        ),
         (block_on(m.mkdir(&c(), dir, b"dir", 0o755)).unwrap(), DT_DIR),
         (
             block_on(m.symlink(&c(), dir, b"symlink", b"file")).unwrap(),
@@ -189,7 +192,10 @@ fn ino_path_follows_renames_and_unlinks() {
     block_on(m.sync()).unwrap();
     drop(m);
     let (m, _be) = v.mount();
-    assert_eq!(ino_paths(&m, f).into_iter().collect::<Vec<_>>(), ["x/moved/f"]);
+    assert_eq!(
+        ino_paths(&m, f).into_iter().collect::<Vec<_>>(),
+        ["x/moved/f"]
+    );
     // unlinked files and directories (still open) have no names
     let open_dir = block_on(m.mkdir(&c(), ROOT, b"gone", 0o755)).unwrap().ino;
     block_on(m.open(&c(), open_dir, 0)).unwrap();
@@ -205,7 +211,9 @@ fn names_through_the_control_xattrs() {
     let v = Vol::new();
     let (m, _be) = v.mount();
     let d = block_on(m.mkdir(&c(), ROOT, b"d", 0o755)).unwrap().ino;
-    let f = block_on(m.create(&c(), d, b"odd\nname", 0o644)).unwrap().ino;
+    let f = block_on(m.create(&c(), d, b"odd\nname", 0o644))
+        .unwrap()
+        .ino;
     // enough long links to need more than one answer
     for i in 0..300 {
         let name = format!("{i:03}{}", "x".repeat(240));
@@ -227,7 +235,8 @@ fn names_through_the_control_xattrs() {
             answers += 1;
             let mut rest = &ans[..];
             while !rest.is_empty() {
-                let ((rd, rp, nums, n), tail) = parse_named_record(rest, numbers).unwrap();
+                let (r, tail) = parse_named_record(rest, numbers).unwrap();
+                let (rd, rp, nums, n) = (r.dir, r.pos, r.numbers, r.name);
                 rest = tail;
                 if numbers == 2 {
                     assert_eq!(nums, [f, DT_REG as u64]);

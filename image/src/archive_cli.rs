@@ -372,12 +372,13 @@ fn names_pages(
         }
         let mut rest = &ans[..];
         while !rest.is_empty() {
-            let Some(((d, p, nums, name), tail)) = parse_named_record(rest, numbers) else {
+            let Some((r, tail)) = parse_named_record(rest, numbers) else {
                 eprintln!("scoutvm: {what}: bad answer");
                 return Ok(ExitCode::from(1));
             };
             rest = tail;
-            if let Err(e) = each(d, p, &nums, name) {
+            let (d, p) = (r.dir, r.pos);
+            if let Err(e) = each(d, p, &r.numbers, r.name) {
                 return Err(format!("writing the output: {e}"));
             }
             (dir, pos) = match p.checked_add(1) {

@@ -740,7 +740,10 @@ fn archival_subcommands_through_an_in_memory_mount() {
         .lines()
         .map(|l| {
             let w: Vec<&str> = l.splitn(8, ' ').collect();
-            assert_eq!((w[0], w[2], w[4], w[5], w[6]), ("dir", "pos", "type", "8", "name"));
+            assert_eq!(
+                (w[0], w[2], w[4], w[5], w[6]),
+                ("dir", "pos", "type", "8", "name")
+            );
             w[7]
         })
         .collect();
@@ -750,7 +753,10 @@ fn archival_subcommands_through_an_in_memory_mount() {
     assert_eq!(code, Some(0), "{out}");
     let mut paths: Vec<&str> = out.lines().collect();
     paths.sort();
-    assert_eq!(paths, ["dir-1/file-1", "dir-2/file-2", "dir-3/file-3", "file"]);
+    assert_eq!(
+        paths,
+        ["dir-1/file-1", "dir-2/file-2", "dir-3/file-3", "file"]
+    );
     let (code, out) = cli(&["get-referring-entries", "-p", &mnt_s, "1"]);
     assert_eq!((code, out.as_str()), (Some(0), ""));
     m.unmount();

@@ -170,7 +170,15 @@ async fn referring(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>>
                 break;
             }
             out.extend_from_slice(
-                format!("{} {} {} {} {} ", e.dir, e.pos, e.ino, e.dtype, e.name.len()).as_bytes(),
+                format!(
+                    "{} {} {} {} {} ",
+                    e.dir,
+                    e.pos,
+                    e.ino,
+                    e.dtype,
+                    e.name.len()
+                )
+                .as_bytes(),
             );
             out.extend_from_slice(&e.name);
             out.push(b'\n');
@@ -197,18 +205,29 @@ async fn ino_paths(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>>
     Ok(out)
 }
 
-/// One record of a names answer: `(dir, pos, the numbers between, the
-/// name)`, and the rest of the answer. `numbers` is how many decimal
-/// fields sit between `POS` and `LEN`.
-pub fn parse_named_record(
-    b: &[u8],
-    numbers: usize,
-) -> Option<((u64, u64, Vec<u64>, &[u8]), &[u8])> {
+/// One record of a names answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NamedRecord<'a> {
+    pub dir: u64,
+    pub pos: u64,
+    /// The fields between `POS` and `LEN`.
+    pub numbers: Vec<u64>,
+    pub name: &'a [u8],
+}
+
+/// The first record of a names answer and the rest of the answer.
+/// `numbers` is how many decimal fields sit between `POS` and `LEN`.
+pub fn parse_named_record(b: &[u8], numbers: usize) -> Option<(NamedRecord<'_>, &[u8])> {
     let mut fields = Vec::new();
     let mut rest = b;
     for _ in 0..numbers + 3 {
         let sp = rest.iter().position(|&c| c == b' ')?;
-        fields.push(core::str::from_utf8(&rest[..sp]).ok()?.parse::<u64>().ok()?);
+        fields.push(
+            core::str::from_utf8(&rest[..sp])
+                .ok()?
+                .parse::<u64>()
+                .ok()?,
+        );
         rest = &rest[sp + 1..];
     }
     let len = usize::try_from(*fields.last()?).ok()?;
@@ -216,7 +235,13 @@ pub fn parse_named_record(
         return None;
     }
     let (name, tail) = (&rest[..len], &rest[len + 1..]);
-    Some(((fields[0], fields[1], fields[2..2 + numbers].to_vec(), name), tail))
+    let rec = NamedRecord {
+        dir: fields[0],
+        pos: fields[1],
+        numbers: fields[2..2 + numbers].to_vec(),
+        name,
+    };
+    Some((rec, tail))
 }
 
 /// Carry out a set request on `ino`.
