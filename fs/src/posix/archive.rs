@@ -119,6 +119,21 @@ impl WalkEntry {
     };
 }
 
+/// What `setattr_more` sets on a new, empty regular file (an archive
+/// restore): each `None` leaves the attribute alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrMore {
+    /// Non-zero; only while the file's data_version is 0.
+    pub data_version: Option<u64>,
+    /// Only on an empty file (size 0, no extents).
+    pub size: Option<u64>,
+    /// One offline extent over `[0, size)` (needs a non-zero `size`).
+    pub offline: bool,
+    /// Otherwise the current time.
+    pub ctime: Option<Timespec>,
+    pub crtime: Option<Timespec>,
+}
+
 /// A link to an inode (`get-referring-entries`): the directory, the
 /// entry's readdir position, its Linux `DT_*` type and name.
 #[derive(Clone, Debug, PartialEq, Eq)]

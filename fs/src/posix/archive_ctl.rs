@@ -18,6 +18,10 @@
 //! * get `scoutvm.ctl.walk.INDEX.FIRST_MAJOR.FIRST_INO.LAST_MAJOR.LAST_INO`
 //!   (`INDEX` `meta_seq` or `data_seq`) -> up to [`MAX_LINES`] lines
 //!   `MAJOR MINOR INO`.
+//! * set `scoutvm.ctl.setattr` = `VERS SIZE OFFLINE CTIME CRTIME`
+//!   (`setattr_more`; `-` leaves a field alone, `OFFLINE` 0 or 1, times
+//!   `SEC.NSEC`).
+//! * set `scoutvm.ctl.punch_offline` = `VERS OFF LEN`.
 //! * get `scoutvm.ctl.referring.INO.DIR.POS` -> the links to `INO` from
 //!   the cursor `(DIR, POS)` on, a record each:
 //!   `DIR POS INO DTYPE NAMELEN NAME\n` (`DTYPE` the Linux `DT_*` code,
@@ -39,9 +43,10 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::errno::{Errno, FsResult};
-use crate::posix::archive::{dwo_names, WalkEntry, WalkIndex};
+use crate::posix::archive::{dwo_names, SetAttrMore, WalkEntry, WalkIndex};
 use crate::posix::mount::Mount;
 use crate::posix::types::{Cred, Ino};
+use crate::runtime::env::Timespec;
 
 /// The namespace of control requests.
 pub const CTL_PREFIX: &[u8] = b"scoutvm.ctl.";
@@ -63,6 +68,29 @@ fn text(b: &[u8]) -> FsResult<&str> {
 
 fn num<T: core::str::FromStr>(s: Option<&str>) -> FsResult<T> {
     s.and_then(|s| s.parse().ok()).ok_or(Errno::EINVAL)
+}
+
+/// A field that may be `-` (left alone).
+fn opt<T>(s: Option<&str>, parse: fn(Option<&str>) -> FsResult<T>) -> FsResult<Option<T>> {
+    match s {
+        Some("-") => Ok(None),
+        s => parse(s).map(Some),
+    }
+}
+
+/// `SEC.NSEC` (`NSEC` below 10^9, any number of digits up to 9) or `SEC`.
+pub fn timespec(s: Option<&str>) -> FsResult<Timespec> {
+    let s = s.ok_or(Errno::EINVAL)?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec = sec.parse().map_err(|_| Errno::EINVAL)?;
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Errno::EINVAL);
+    }
+    let mut nsec = 0u32;
+    for i in 0..9 {
+        nsec = nsec * 10 + frac.as_bytes().get(i).map_or(0, |b| (b - b'0') as u32);
+    }
+    Ok(Timespec { sec, nsec })
 }
 
 /// Answer a get request on `ino`.
@@ -247,7 +275,10 @@ pub fn parse_named_record(b: &[u8], numbers: usize) -> Option<(NamedRecord<'_>, 
 /// Carry out a set request on `ino`.
 pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]) -> FsResult<()> {
     let req = text(&name[CTL_PREFIX.len()..])?;
-    if !matches!(req, "release" | "stage" | "data_wait_err") {
+    if !matches!(
+        req,
+        "release" | "stage" | "data_wait_err" | "setattr" | "punch_offline"
+    ) {
         return Err(Errno::EOPNOTSUPP);
     }
     if cred.uid != 0 {
@@ -262,6 +293,39 @@ pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]
                 return Err(Errno::EINVAL);
             }
             m.release_data(ino, off, len, vers).await
+        }
+        "setattr" => {
+            let v = text(value)?;
+            let mut w = v.split_ascii_whitespace();
+            let data_version = opt(w.next(), num)?;
+            let size = opt(w.next(), num)?;
+            let offline = match w.next() {
+                Some("0") => false,
+                Some("1") => true,
+                _ => return Err(Errno::EINVAL),
+            };
+            let ctime = opt(w.next(), timespec)?;
+            let crtime = opt(w.next(), timespec)?;
+            if w.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            let sa = SetAttrMore {
+                data_version,
+                size,
+                offline,
+                ctime,
+                crtime,
+            };
+            m.setattr_more(ino, &sa).await
+        }
+        "punch_offline" => {
+            let v = text(value)?;
+            let mut w = v.split_ascii_whitespace();
+            let (vers, off, len) = (num(w.next())?, num(w.next())?, num(w.next())?);
+            if w.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            m.punch_offline(ino, vers, off, len).await
         }
         "stage" => {
             let nl = value

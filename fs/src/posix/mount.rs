@@ -35,14 +35,16 @@ use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
-use crate::format::items::{inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
+use crate::format::items::{
+    inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
+};
 use crate::format::key::{ty, Key};
 use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use crate::posix::archive::{
-    self, Blocked, DataWaiters, InoPath, ReferringEntry, StatMore, WaitingEntry, WalkEntry,
-    WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
+    self, Blocked, DataWaiters, InoPath, ReferringEntry, SetAttrMore, StatMore, WaitingEntry,
+    WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
 };
 use crate::posix::backend::{Backend, DataRun, InoRange};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
@@ -2824,6 +2826,118 @@ impl Mount {
             },
         )
         .await
+    }
+
+    /// scoutfs `setattr_more` / `scoutfs setattr`: what an archive restore
+    /// sets on a new, empty regular file: its data_version, its size
+    /// (with one OFFLINE extent over it when `offline`), ctime (else now)
+    /// and crtime. `EINVAL`: a data_version of 0 or the file's is not 0;
+    /// `offline` without a size; size or offline on a file that is not
+    /// regular or not empty (size or extents). A size change moves
+    /// data_seq (the file's contents changed); meta_seq moves.
+    pub async fn setattr_more(&self, ino: Ino, sa: &SetAttrMore) -> FsResult<()> {
+        if sa.data_version == Some(0) || (sa.offline && sa.size.unwrap_or(0) == 0) {
+            return Err(Errno::EINVAL);
+        }
+        if sa.size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let data = sa.data_version.is_some() || sa.size.is_some();
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| {
+                let mut i = self.load(ino).await?;
+                i.check_retention()?;
+                if data && !i.is_reg() {
+                    return Err(Errno::EINVAL.into());
+                }
+                if sa.data_version.is_some() && i.item.data_version != 0 {
+                    return Err(Errno::EINVAL.into());
+                }
+                if sa.size.is_some()
+                    && (i.item.size != 0 || i.item.online_blocks != 0 || i.item.offline_blocks != 0)
+                {
+                    return Err(Errno::EINVAL.into());
+                }
+                op.need_store(&i);
+                op.ready()?;
+                self.finish_truncate(op, &mut i).await?;
+                if sa.size.is_some() && data::next_extent(&self.items, ino, 0).await?.is_some() {
+                    // unwritten (preallocated) blocks count in neither total
+                    return Err(Errno::EINVAL.into());
+                }
+                if let Some(v) = sa.data_version {
+                    i.item.data_version = v;
+                }
+                if let Some(size) = sa.size {
+                    i.item.size = size;
+                    i.item.data_seq = self.backend.trans_seq();
+                    if sa.offline {
+                        let blocks = size.div_ceil(BS);
+                        data::set_mapping(&self.items, &mut i, 0, blocks, 0, SEF_OFFLINE).await?;
+                    }
+                }
+                i.item.ctime = sa.ctime.unwrap_or(self.now());
+                if let Some(t) = sa.crtime {
+                    i.item.crtime = t;
+                }
+                self.store(&mut i);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// scoutfs `punch_offline`: the OFFLINE extents of bytes
+    /// `[off, off + len)` (4 KiB multiples, `len` > 0) become holes (a
+    /// restore of a sparse file); online and unwritten blocks stay, as do
+    /// data_version, size and times; meta_seq moves. `EINVAL` also when
+    /// `data_version` moved (as the reference) or the file is not regular.
+    pub async fn punch_offline(
+        &self,
+        ino: Ino,
+        data_version: u64,
+        off: u64,
+        len: u64,
+    ) -> FsResult<()> {
+        if len == 0 || !off.is_multiple_of(BS) || !len.is_multiple_of(BS) {
+            return Err(Errno::EINVAL);
+        }
+        let last_byte = off.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        let (first, last) = (off / BS, last_byte / BS);
+        let r = self
+            .run(
+                HoldKind::Write,
+                self.storing(inode_lock(ino, LockMode::Write)),
+                async |op| {
+                    let mut i = self.load_versioned(ino, data_version).await.map_err(|e| {
+                        if e == Errno::ESTALE {
+                            Errno::EINVAL
+                        } else {
+                            e
+                        }
+                    })?;
+                    i.check_retention()?;
+                    op.need_store(&i);
+                    op.ready()?;
+                    self.finish_truncate(op, &mut i).await?;
+                    let mut cur = first;
+                    while let Some(next) =
+                        data::punch_offline(&self.dctx(), &mut i, cur, last, STEP_ITEMS).await?
+                    {
+                        cur = next;
+                        self.store(&mut i);
+                        op.checkpoint().await?;
+                    }
+                    self.store(&mut i);
+                    Ok(())
+                },
+            )
+            .await;
+        // a waiter on a block that is a hole now reads zeros
+        self.waiters.wake_inode(ino);
+        r
     }
 
     /// scoutfs `get_referring_entries`: up to `max` entries that link to
