@@ -1,6 +1,7 @@
 //! The archival subcommands of `scoutvm`, with the reference tool's names
 //! and flags: `stat`, `release`, `stage`, `data-waiting`,
-//! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`. Each works on a path inside a mounted
+//! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr`,
+//! `punch-offline`. Each works on a path inside a mounted
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
 //! `getxattr(2)`/`setxattr(2)`: no ioctl numbers, nothing but a path.
@@ -121,6 +122,42 @@ pub struct WalkArgs {
 }
 
 #[derive(Args)]
+pub struct SetattrArgs {
+    /// The data_version to set (non-zero; the file's must be 0)
+    #[arg(short = 'V', long = "data-version", value_name = "VERS")]
+    data_version: Option<u64>,
+    /// The size to set (the file must be empty)
+    #[arg(short = 's', long = "size", value_name = "SIZE", value_parser = size)]
+    size: Option<u64>,
+    /// Make the whole size one offline extent (needs -s)
+    #[arg(short = 'o', long = "offline")]
+    offline: bool,
+    /// ctime, SEC.NSEC
+    #[arg(short = 't', long = "ctime", value_name = "SEC.NSEC", value_parser = time)]
+    ctime: Option<String>,
+    /// crtime, SEC.NSEC
+    #[arg(short = 'r', long = "crtime", value_name = "SEC.NSEC", value_parser = time)]
+    crtime: Option<String>,
+    /// A new, empty regular file in a mounted volume
+    path: String,
+}
+
+#[derive(Args)]
+pub struct PunchOfflineArgs {
+    /// A file in a mounted volume
+    path: String,
+    /// The file's data_version
+    #[arg(short = 'V', long = "data-version", value_name = "VERS")]
+    data_version: u64,
+    /// Byte offset (4 KiB aligned)
+    #[arg(short = 'o', long = "offset", value_name = "OFFSET", value_parser = size)]
+    offset: u64,
+    /// Byte length (4 KiB multiple, not 0)
+    #[arg(short = 'l', long = "length", value_name = "LENGTH", value_parser = size)]
+    length: u64,
+}
+
+#[derive(Args)]
 pub struct ReferringArgs {
     /// A path in a mounted volume (default: the current directory)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
@@ -141,6 +178,12 @@ pub struct InoPathArgs {
     ino: u64,
     /// A path in a mounted volume
     trailing_path: Option<String>,
+}
+
+fn time(s: &str) -> Result<String, String> {
+    scoutvm_fs::posix::archive_ctl::timespec(Some(s))
+        .map(|t| format!("{}.{:09}", t.sec, t.nsec))
+        .map_err(|_| format!("bad time '{s}' (SEC.NSEC)"))
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -411,4 +454,32 @@ pub fn cmd_ino_path(a: InoPathArgs) -> Result<ExitCode, String> {
         out.write_all(name)?;
         out.write_all(b"\n")
     })
+}
+
+pub fn cmd_setattr(a: SetattrArgs) -> Result<ExitCode, String> {
+    let field = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let req = format!(
+        "{} {} {} {} {}",
+        field(a.data_version.map(|v| v.to_string())),
+        field(a.size.map(|v| v.to_string())),
+        u8::from(a.offline),
+        field(a.ctime),
+        field(a.crtime)
+    );
+    Ok(
+        match ctl_set(&a.path, "scoutvm.ctl.setattr", req.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => os_err("setattr", e),
+        },
+    )
+}
+
+pub fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
+    let req = format!("{} {} {}", a.data_version, a.offset, a.length);
+    Ok(
+        match ctl_set(&a.path, "scoutvm.ctl.punch_offline", req.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => os_err("punch-offline", e),
+        },
+    )
 }

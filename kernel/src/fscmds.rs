@@ -1,8 +1,8 @@
 //! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
 //! `cat`, `mkdir`, `rm`, `sync`, `fsck`, `clients` (9P connections) and
 //! the archival `release`, `stage`, `data-waiting`, `data-wait-err`,
-//! `walk-inodes`, `get-referring-entries` and `ino-path`
-//! (docs/archival.md).
+//! `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr` and
+//! `punch-offline` (docs/archival.md).
 //!
 //! Registered by the volume service at boot; they act as root on the
 //! mounted `posix::mount::Mount` (through `volume::require`) and print one-line
@@ -150,6 +150,18 @@ const COMMANDS: &[Command] = &[
         usage: "INO",
         help: "the paths of inode INO from the root",
         run: |a| boxed(ino_path_cmd(a)),
+    },
+    Command {
+        name: "setattr",
+        usage: "PATH VERS|- SIZE|- [offline]",
+        help: "set data_version and size (one offline extent) on a new, empty file",
+        run: |a| boxed(setattr_cmd(a)),
+    },
+    Command {
+        name: "punch-offline",
+        usage: "PATH VERS OFFSET LENGTH",
+        help: "turn a file's offline extents in a range into holes (data_version VERS)",
+        run: |a| boxed(punch_offline_cmd(a)),
     },
     Command {
         name: "fence",
@@ -833,4 +845,42 @@ async fn ino_path_cmd(args: Vec<String>) -> CmdResult {
         kprintln!("{}", String::from_utf8_lossy(&p.path));
     }
     Ok(())
+}
+
+async fn setattr_cmd(args: Vec<String>) -> CmdResult {
+    const USAGE: &str = "setattr PATH VERS|- SIZE|- [offline]";
+    expect_args(&args, 3, 4, USAGE)?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    let field = |what, s: &str| match s {
+        "-" => Ok(None),
+        s => num(what, s).map(Some),
+    };
+    let offline = match args.get(3).map(String::as_str) {
+        None => false,
+        Some("offline") => true,
+        Some(_) => return Err(format!("usage: {USAGE}")),
+    };
+    let sa = archive::SetAttrMore {
+        data_version: field("version", &args[1])?,
+        size: field("size", &args[2])?,
+        offline,
+        ..archive::SetAttrMore::default()
+    };
+    v.mount
+        .setattr_more(a.ino, &sa)
+        .await
+        .map_err(|e| format!("setattr: {}", err(e)))
+}
+
+async fn punch_offline_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 4, 4, "punch-offline PATH VERS OFFSET LENGTH")?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    let vers = num("version", &args[1])?;
+    let (off, len) = (num("offset", &args[2])?, num("length", &args[3])?);
+    v.mount
+        .punch_offline(a.ino, vers, off, len)
+        .await
+        .map_err(|e| format!("punch-offline: {}", err(e)))
 }
