@@ -1,15 +1,16 @@
 //! The archival subcommands of `scoutvm`, with the reference tool's names
 //! and flags: `stat`, `release`, `stage`, `data-waiting`,
-//! `data-wait-err`, `walk-inodes`. Each works on a path inside a mounted
+//! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr`,
+//! `punch-offline`. Each works on a path inside a mounted
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
 //! `getxattr(2)`/`setxattr(2)`: no ioctl numbers, nothing but a path.
 
 use clap::Args;
 use scoutvm_fs::posix::archive::{dwo_parse, WalkEntry, WalkIndex};
-use scoutvm_fs::posix::archive_ctl::walk_name;
+use scoutvm_fs::posix::archive_ctl::{parse_named_record, walk_name};
 use scoutvm_fs::tools::mkfs::parse_size;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 /// Bytes of archived data per stage request (15 blocks: the request and
@@ -120,6 +121,71 @@ pub struct WalkArgs {
     trailing_path: Option<String>,
 }
 
+#[derive(Args)]
+pub struct SetattrArgs {
+    /// The data_version to set (non-zero; the file's must be 0)
+    #[arg(short = 'V', long = "data-version", value_name = "VERS")]
+    data_version: Option<u64>,
+    /// The size to set (the file must be empty)
+    #[arg(short = 's', long = "size", value_name = "SIZE", value_parser = size)]
+    size: Option<u64>,
+    /// Make the whole size one offline extent (needs -s)
+    #[arg(short = 'o', long = "offline")]
+    offline: bool,
+    /// ctime, SEC.NSEC
+    #[arg(short = 't', long = "ctime", value_name = "SEC.NSEC", value_parser = time)]
+    ctime: Option<String>,
+    /// crtime, SEC.NSEC
+    #[arg(short = 'r', long = "crtime", value_name = "SEC.NSEC", value_parser = time)]
+    crtime: Option<String>,
+    /// A new, empty regular file in a mounted volume
+    path: String,
+}
+
+#[derive(Args)]
+pub struct PunchOfflineArgs {
+    /// A file in a mounted volume
+    path: String,
+    /// The file's data_version
+    #[arg(short = 'V', long = "data-version", value_name = "VERS")]
+    data_version: u64,
+    /// Byte offset (4 KiB aligned)
+    #[arg(short = 'o', long = "offset", value_name = "OFFSET", value_parser = size)]
+    offset: u64,
+    /// Byte length (4 KiB multiple, not 0)
+    #[arg(short = 'l', long = "length", value_name = "LENGTH", value_parser = size)]
+    length: u64,
+}
+
+#[derive(Args)]
+pub struct ReferringArgs {
+    /// A path in a mounted volume (default: the current directory)
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    path: Option<String>,
+    /// The inode number whose entries to print
+    #[arg(value_name = "INODE-NUM", value_parser = size)]
+    ino: u64,
+}
+
+#[derive(Args)]
+pub struct InoPathArgs {
+    /// A path in a mounted volume (or give it last; default: the current
+    /// directory)
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    path: Option<String>,
+    /// The inode number whose paths to print
+    #[arg(value_name = "INODE-NUM", value_parser = size)]
+    ino: u64,
+    /// A path in a mounted volume
+    trailing_path: Option<String>,
+}
+
+fn time(s: &str) -> Result<String, String> {
+    scoutvm_fs::posix::archive_ctl::timespec(Some(s))
+        .map(|t| format!("{}.{:09}", t.sec, t.nsec))
+        .map_err(|_| format!("bad time '{s}' (SEC.NSEC)"))
+}
+
 fn size(s: &str) -> Result<u64, String> {
     parse_size(s)
 }
@@ -135,6 +201,13 @@ fn ctl_get(path: &str, name: &str) -> Result<String, rustix::io::Errno> {
     let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
     buf.truncate(n);
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn ctl_get_raw(path: &str, name: &str) -> Result<Vec<u8>, rustix::io::Errno> {
+    let mut buf = vec![0u8; ANSWER_MAX];
+    let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 fn ctl_set(path: &str, name: &str, value: &[u8]) -> Result<(), rustix::io::Errno> {
@@ -319,4 +392,94 @@ pub fn cmd_walk_inodes(a: WalkArgs) -> Result<ExitCode, String> {
             };
         }
     }
+}
+
+/// Page through a names answer (`referring` or `ino_path`) of `ino`,
+/// handing each record to `each`: `(dir, pos, numbers, name)`.
+fn names_pages(
+    path: &str,
+    req: &str,
+    ino: u64,
+    numbers: usize,
+    mut each: impl FnMut(u64, u64, &[u64], &[u8]) -> std::io::Result<()>,
+) -> Result<ExitCode, String> {
+    let what = req.replace('_', "-");
+    let (mut dir, mut pos) = (0u64, 0u64);
+    loop {
+        let ans = match ctl_get_raw(path, &format!("scoutvm.ctl.{req}.{ino}.{dir}.{pos}")) {
+            Ok(a) => a,
+            Err(e) => return Ok(os_err(&what, e)),
+        };
+        if ans.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut rest = &ans[..];
+        while !rest.is_empty() {
+            let Some((r, tail)) = parse_named_record(rest, numbers) else {
+                eprintln!("scoutvm: {what}: bad answer");
+                return Ok(ExitCode::from(1));
+            };
+            rest = tail;
+            let (d, p) = (r.dir, r.pos);
+            if let Err(e) = each(d, p, &r.numbers, r.name) {
+                return Err(format!("writing the output: {e}"));
+            }
+            (dir, pos) = match p.checked_add(1) {
+                Some(p) => (d, p),
+                None => match d.checked_add(1) {
+                    Some(d) => (d, 0),
+                    None => return Ok(ExitCode::SUCCESS),
+                },
+            };
+        }
+    }
+}
+
+/// `dir D pos P type T name NAME` a line, as the reference tool prints.
+pub fn cmd_get_referring_entries(a: ReferringArgs) -> Result<ExitCode, String> {
+    let path = a.path.unwrap_or_else(|| ".".into());
+    let mut out = std::io::stdout().lock();
+    names_pages(&path, "referring", a.ino, 2, |d, p, nums, name| {
+        write!(out, "dir {d} pos {p} type {} name ", nums[1])?;
+        out.write_all(name)?;
+        out.write_all(b"\n")
+    })
+}
+
+/// Every path to the inode, relative to the mount's root, a line each.
+pub fn cmd_ino_path(a: InoPathArgs) -> Result<ExitCode, String> {
+    let path = a.path.or(a.trailing_path).unwrap_or_else(|| ".".into());
+    let mut out = std::io::stdout().lock();
+    names_pages(&path, "ino_path", a.ino, 0, |_, _, _, name| {
+        out.write_all(name)?;
+        out.write_all(b"\n")
+    })
+}
+
+pub fn cmd_setattr(a: SetattrArgs) -> Result<ExitCode, String> {
+    let field = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let req = format!(
+        "{} {} {} {} {}",
+        field(a.data_version.map(|v| v.to_string())),
+        field(a.size.map(|v| v.to_string())),
+        u8::from(a.offline),
+        field(a.ctime),
+        field(a.crtime)
+    );
+    Ok(
+        match ctl_set(&a.path, "scoutvm.ctl.setattr", req.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => os_err("setattr", e),
+        },
+    )
+}
+
+pub fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
+    let req = format!("{} {} {}", a.data_version, a.offset, a.length);
+    Ok(
+        match ctl_set(&a.path, "scoutvm.ctl.punch_offline", req.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => os_err("punch-offline", e),
+        },
+    )
 }

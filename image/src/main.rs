@@ -75,6 +75,14 @@ enum Cmd {
     DataWaitErr(archive_cli::DataWaitErrArgs),
     /// Walk a mount's meta_seq or data_seq inode index
     WalkInodes(archive_cli::WalkArgs),
+    /// Print the directory entries that refer to an inode number
+    GetReferringEntries(archive_cli::ReferringArgs),
+    /// Print the paths that refer to an inode number
+    InoPath(archive_cli::InoPathArgs),
+    /// Set data_version, size (offline), ctime and crtime on a new, empty file
+    Setattr(archive_cli::SetattrArgs),
+    /// Turn a mounted file's offline extents in a range into holes
+    PunchOffline(archive_cli::PunchOfflineArgs),
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -272,6 +280,16 @@ fn main() -> ExitCode {
         Cmd::WalkInodes(a) => (
             "walk-inodes",
             archive_cli::cmd_walk_inodes(a).map_err(Usage),
+        ),
+        Cmd::GetReferringEntries(a) => (
+            "get-referring-entries",
+            archive_cli::cmd_get_referring_entries(a).map_err(Usage),
+        ),
+        Cmd::InoPath(a) => ("ino-path", archive_cli::cmd_ino_path(a).map_err(Usage)),
+        Cmd::Setattr(a) => ("setattr", archive_cli::cmd_setattr(a).map_err(Usage)),
+        Cmd::PunchOffline(a) => (
+            "punch-offline",
+            archive_cli::cmd_punch_offline(a).map_err(Usage),
         ),
     };
     match r {

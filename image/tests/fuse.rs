@@ -727,6 +727,89 @@ fn archival_subcommands_through_an_in_memory_mount() {
     );
     let (code, out) = cli(&["walk-inodes", "-p", &mnt_s, "nope", "0", "-1"]);
     assert_eq!(code, Some(64), "{out}");
+
+    // get-referring-entries and ino-path: the names a walk finds
+    for i in 1..=3 {
+        let dir = mnt.join(format!("dir-{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(&file, dir.join(format!("file-{i}"))).unwrap();
+    }
+    let (code, out) = cli(&["get-referring-entries", "-p", &mnt_s, &ino_s]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut names: Vec<&str> = out
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.splitn(8, ' ').collect();
+            assert_eq!(
+                (w[0], w[2], w[4], w[5], w[6]),
+                ("dir", "pos", "type", "8", "name")
+            );
+            w[7]
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["file", "file-1", "file-2", "file-3"], "{out}");
+    let (code, out) = cli(&["ino-path", &ino_s, &mnt_s]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut paths: Vec<&str> = out.lines().collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["dir-1/file-1", "dir-2/file-2", "dir-3/file-3", "file"]
+    );
+    let (code, out) = cli(&["get-referring-entries", "-p", &mnt_s, "1"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+
+    // setattr: an offline stub of 3 blocks, staged, one block punched
+    let stub = mnt.join("stub");
+    std::fs::File::create(&stub).unwrap();
+    let stub_s = stub.to_str().unwrap().to_string();
+    let (code, out) = cli(&["setattr", "-V", "0", "-s", "1", &stub_s]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = cli(&[
+        "setattr",
+        "-V",
+        "9",
+        "-o",
+        "-s",
+        "12K",
+        "-t",
+        "67305985.5",
+        &stub_s,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let md = std::fs::metadata(&stub).unwrap();
+    assert_eq!(
+        (md.len(), md.ctime(), md.ctime_nsec()),
+        (12288, 67305985, 500_000_000)
+    );
+    let (_, out) = cli(&["stat", "-s", "offline_blocks", &stub_s]);
+    assert_eq!(out.trim(), "3");
+    let (code, out) = cli(&["stage", g, &stub_s, "-V", "9", "-o", "0", "-l", "4K"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["punch-offline", &stub_s, "-V", "9", "-o", "4K", "-l", "4K"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["punch-offline", &stub_s, "-V", "9", "-o", "1", "-l", "4K"]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = cli(&["punch-offline", &stub_s, "-o", "0", "-l", "4K"]);
+    assert_eq!(code, Some(64), "{out}");
+    let (_, out) = cli(&["stat", "-s", "offline_blocks", &stub_s]);
+    assert_eq!(out.trim(), "1");
+    // stage the last block too: the kernel's readahead would wait on it
+    let (code, out) = cli(&["stage", g, &stub_s, "-V", "9", "-o", "8K", "-l", "4K"]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut want = golden[..4096].to_vec();
+    want.extend_from_slice(&[0u8; 4096]);
+    let head = {
+        use std::io::Read;
+        let mut b = vec![0u8; 8192];
+        std::fs::File::open(&stub)
+            .unwrap()
+            .read_exact(&mut b)
+            .unwrap();
+        b
+    };
+    assert_eq!(head, want);
     m.unmount();
     let _ = std::fs::remove_dir_all(&d);
 }

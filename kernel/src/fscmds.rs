@@ -1,7 +1,8 @@
 //! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
 //! `cat`, `mkdir`, `rm`, `sync`, `fsck`, `clients` (9P connections) and
-//! the archival `release`, `stage`, `data-waiting`, `data-wait-err` and
-//! `walk-inodes` (docs/archival.md).
+//! the archival `release`, `stage`, `data-waiting`, `data-wait-err`,
+//! `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr` and
+//! `punch-offline` (docs/archival.md).
 //!
 //! Registered by the volume service at boot; they act as root on the
 //! mounted `posix::mount::Mount` (through `volume::require`) and print one-line
@@ -143,6 +144,30 @@ const COMMANDS: &[Command] = &[
         usage: "meta_seq|data_seq FIRST LAST",
         help: "inodes of a seq index from FIRST to LAST (-1: up to the stable seq)",
         run: |a| boxed(walk_inodes_cmd(a)),
+    },
+    Command {
+        name: "get-referring-entries",
+        usage: "INO",
+        help: "the directory entries that refer to inode INO",
+        run: |a| boxed(referring_cmd(a)),
+    },
+    Command {
+        name: "ino-path",
+        usage: "INO",
+        help: "the paths of inode INO from the root",
+        run: |a| boxed(ino_path_cmd(a)),
+    },
+    Command {
+        name: "setattr",
+        usage: "PATH VERS|- SIZE|- [offline]",
+        help: "set data_version and size (one offline extent) on a new, empty file",
+        run: |a| boxed(setattr_cmd(a)),
+    },
+    Command {
+        name: "punch-offline",
+        usage: "PATH VERS OFFSET LENGTH",
+        help: "turn a file's offline extents in a range into holes (data_version VERS)",
+        run: |a| boxed(punch_offline_cmd(a)),
     },
     Command {
         name: "fence",
@@ -839,4 +864,94 @@ async fn walk_inodes_cmd(args: Vec<String>) -> CmdResult {
             (None, None) => return Ok(()),
         };
     }
+}
+
+/// The cursor after the link at `(dir, pos)`.
+fn next_link(dir: u64, pos: u64) -> Option<(u64, u64)> {
+    match (pos.checked_add(1), dir.checked_add(1)) {
+        (Some(p), _) => Some((dir, p)),
+        (None, Some(d)) => Some((d, 0)),
+        (None, None) => None,
+    }
+}
+
+async fn referring_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "get-referring-entries INO")?;
+    let v = volume::require()?;
+    let ino = num("inode", &args[0])?;
+    let mut cur = Some((0, 0));
+    while let Some((dir, pos)) = cur {
+        let batch = v
+            .mount
+            .referring_entries(ino, dir, pos, WALK_BATCH)
+            .await
+            .map_err(err)?;
+        let Some(l) = batch.last() else {
+            return Ok(());
+        };
+        cur = next_link(l.dir, l.pos);
+        for e in &batch {
+            kprintln!(
+                "dir {} pos {} type {} name {}",
+                e.dir,
+                e.pos,
+                e.dtype,
+                String::from_utf8_lossy(&e.name)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn ino_path_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "ino-path INO")?;
+    let v = volume::require()?;
+    let ino = num("inode", &args[0])?;
+    let mut cur = Some((0, 0));
+    while let Some((dir, pos)) = cur {
+        let Some(p) = v.mount.ino_path(ino, dir, pos).await.map_err(err)? else {
+            return Ok(());
+        };
+        cur = next_link(p.dir, p.pos);
+        kprintln!("{}", String::from_utf8_lossy(&p.path));
+    }
+    Ok(())
+}
+
+async fn setattr_cmd(args: Vec<String>) -> CmdResult {
+    const USAGE: &str = "setattr PATH VERS|- SIZE|- [offline]";
+    expect_args(&args, 3, 4, USAGE)?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    let field = |what, s: &str| match s {
+        "-" => Ok(None),
+        s => num(what, s).map(Some),
+    };
+    let offline = match args.get(3).map(String::as_str) {
+        None => false,
+        Some("offline") => true,
+        Some(_) => return Err(format!("usage: {USAGE}")),
+    };
+    let sa = archive::SetAttrMore {
+        data_version: field("version", &args[1])?,
+        size: field("size", &args[2])?,
+        offline,
+        ..archive::SetAttrMore::default()
+    };
+    v.mount
+        .setattr_more(a.ino, &sa)
+        .await
+        .map_err(|e| format!("setattr: {}", err(e)))
+}
+
+async fn punch_offline_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 4, 4, "punch-offline PATH VERS OFFSET LENGTH")?;
+    let v = volume::require()?;
+    let a = resolve(&v.mount, &args[0]).await?;
+    let vers = num("version", &args[1])?;
+    let (off, len) = (num("offset", &args[2])?, num("length", &args[3])?);
+    v.mount
+        .punch_offline(a.ino, vers, off, len)
+        .await
+        .map_err(|e| format!("punch-offline: {}", err(e)))
 }

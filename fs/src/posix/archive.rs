@@ -119,6 +119,45 @@ impl WalkEntry {
     };
 }
 
+/// What `setattr_more` sets on a new, empty regular file (an archive
+/// restore): each `None` leaves the attribute alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrMore {
+    /// Non-zero; only while the file's data_version is 0.
+    pub data_version: Option<u64>,
+    /// Only on an empty file (size 0, no extents).
+    pub size: Option<u64>,
+    /// One offline extent over `[0, size)` (needs a non-zero `size`).
+    pub offline: bool,
+    /// Otherwise the current time.
+    pub ctime: Option<Timespec>,
+    pub crtime: Option<Timespec>,
+}
+
+/// A link to an inode (`get-referring-entries`): the directory, the
+/// entry's readdir position, its Linux `DT_*` type and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferringEntry {
+    pub dir: u64,
+    pub pos: u64,
+    pub ino: u64,
+    pub dtype: u8,
+    pub name: Vec<u8>,
+}
+
+/// One path to an inode (`ino-path`): the link `(dir, pos)` it goes
+/// through (the next cursor is `pos + 1`) and the path from the root,
+/// without a leading `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InoPath {
+    pub dir: u64,
+    pub pos: u64,
+    pub path: Vec<u8>,
+}
+
+/// Longest path `ino_path` returns (Linux `PATH_MAX`, with its NUL).
+pub const PATH_MAX: usize = 4096;
+
 /// One line of `data-waiting`: the ops waiting on one block, merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitingEntry {

@@ -18,6 +18,20 @@
 //! * get `scoutvm.ctl.walk.INDEX.FIRST_MAJOR.FIRST_INO.LAST_MAJOR.LAST_INO`
 //!   (`INDEX` `meta_seq` or `data_seq`) -> up to [`MAX_LINES`] lines
 //!   `MAJOR MINOR INO`.
+//! * set `scoutvm.ctl.setattr` = `VERS SIZE OFFLINE CTIME CRTIME`
+//!   (`setattr_more`; `-` leaves a field alone, `OFFLINE` 0 or 1, times
+//!   `SEC.NSEC`).
+//! * set `scoutvm.ctl.punch_offline` = `VERS OFF LEN`.
+//! * get `scoutvm.ctl.referring.INO.DIR.POS` -> the links to `INO` from
+//!   the cursor `(DIR, POS)` on, a record each:
+//!   `DIR POS INO DTYPE NAMELEN NAME\n` (`DTYPE` the Linux `DT_*` code,
+//!   `NAME` its `NAMELEN` raw bytes).
+//! * get `scoutvm.ctl.ino_path.INO.DIR.POS` -> the paths of the links to
+//!   `INO` from the cursor on, a record each: `DIR POS LEN PATH\n`
+//!   (`PATH` from the root without a leading `/`, `LEN` raw bytes).
+//!
+//! Answers of names end when [`NAMES_BUDGET`] bytes are used; the next
+//! cursor is the last record's `(DIR, POS + 1)`.
 //!
 //! Changing requests need root. Answers stay under the kernel's 64 KiB
 //! xattr limit; callers page with the last record as the next cursor.
@@ -29,14 +43,19 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::errno::{Errno, FsResult};
-use crate::posix::archive::{dwo_names, WalkEntry, WalkIndex};
+use crate::posix::archive::{dwo_names, SetAttrMore, WalkEntry, WalkIndex};
 use crate::posix::mount::Mount;
 use crate::posix::types::{Cred, Ino};
+use crate::runtime::env::Timespec;
 
 /// The namespace of control requests.
 pub const CTL_PREFIX: &[u8] = b"scoutvm.ctl.";
 /// Most records in one answer (each line is well under 64 bytes).
 pub const MAX_LINES: usize = 1000;
+
+/// Answers with names stop growing past this many bytes (one more record
+/// of at most a path fits under 64 KiB).
+pub const NAMES_BUDGET: usize = 56 << 10;
 
 /// Is `name` a control request rather than an xattr?
 pub fn is_ctl(name: &[u8]) -> bool {
@@ -51,12 +70,48 @@ fn num<T: core::str::FromStr>(s: Option<&str>) -> FsResult<T> {
     s.and_then(|s| s.parse().ok()).ok_or(Errno::EINVAL)
 }
 
+/// A field that may be `-` (left alone).
+fn opt<T>(s: Option<&str>, parse: fn(Option<&str>) -> FsResult<T>) -> FsResult<Option<T>> {
+    match s {
+        Some("-") => Ok(None),
+        s => parse(s).map(Some),
+    }
+}
+
+/// `SEC.NSEC` (`NSEC` below 10^9, any number of digits up to 9) or `SEC`.
+pub fn timespec(s: Option<&str>) -> FsResult<Timespec> {
+    let s = s.ok_or(Errno::EINVAL)?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec = sec.parse().map_err(|_| Errno::EINVAL)?;
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Errno::EINVAL);
+    }
+    let mut nsec = 0u32;
+    for i in 0..9 {
+        nsec = nsec * 10 + frac.as_bytes().get(i).map_or(0, |b| (b - b'0') as u32);
+    }
+    Ok(Timespec { sec, nsec })
+}
+
 /// Answer a get request on `ino`.
 pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
     let req = text(&name[CTL_PREFIX.len()..])?;
     let mut parts = req.split('.');
     let mut out = String::new();
     match parts.next() {
+        Some(which @ ("referring" | "ino_path")) => {
+            let target: u64 = num(parts.next())?;
+            let dir: u64 = num(parts.next())?;
+            let pos: u64 = num(parts.next())?;
+            if parts.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            return if which == "referring" {
+                referring(m, target, dir, pos).await
+            } else {
+                ino_paths(m, target, dir, pos).await
+            };
+        }
         Some("stat") if parts.next().is_none() => {
             let s = m.stat_more(ino).await?;
             let _ = write!(
@@ -116,10 +171,114 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
     Ok(out.into_bytes())
 }
 
+/// The next cursor after the link at `(dir, pos)`, or None past the last.
+fn next_cursor(dir: u64, pos: u64) -> Option<(u64, u64)> {
+    match pos.checked_add(1) {
+        Some(p) => Some((dir, p)),
+        None => dir.checked_add(1).map(|d| (d, 0)),
+    }
+}
+
+async fn referring(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Some((dir, pos));
+    while let Some((dir, pos)) = cur {
+        if out.len() >= NAMES_BUDGET {
+            break;
+        }
+        let found = m.referring_entries(ino, dir, pos, 64).await?;
+        let Some(last) = found.last() else {
+            break;
+        };
+        cur = next_cursor(last.dir, last.pos);
+        for e in found {
+            if out.len() >= NAMES_BUDGET {
+                // the cursor starts again at this entry
+                cur = Some((e.dir, e.pos));
+                break;
+            }
+            out.extend_from_slice(
+                format!(
+                    "{} {} {} {} {} ",
+                    e.dir,
+                    e.pos,
+                    e.ino,
+                    e.dtype,
+                    e.name.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&e.name);
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+async fn ino_paths(m: &Mount, ino: Ino, dir: u64, pos: u64) -> FsResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Some((dir, pos));
+    while let Some((dir, pos)) = cur {
+        if out.len() >= NAMES_BUDGET {
+            break;
+        }
+        let Some(p) = m.ino_path(ino, dir, pos).await? else {
+            break;
+        };
+        out.extend_from_slice(format!("{} {} {} ", p.dir, p.pos, p.path.len()).as_bytes());
+        out.extend_from_slice(&p.path);
+        out.push(b'\n');
+        cur = next_cursor(p.dir, p.pos);
+    }
+    Ok(out)
+}
+
+/// One record of a names answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NamedRecord<'a> {
+    pub dir: u64,
+    pub pos: u64,
+    /// The fields between `POS` and `LEN`.
+    pub numbers: Vec<u64>,
+    pub name: &'a [u8],
+}
+
+/// The first record of a names answer and the rest of the answer.
+/// `numbers` is how many decimal fields sit between `POS` and `LEN`.
+pub fn parse_named_record(b: &[u8], numbers: usize) -> Option<(NamedRecord<'_>, &[u8])> {
+    let mut fields = Vec::new();
+    let mut rest = b;
+    for _ in 0..numbers + 3 {
+        let sp = rest.iter().position(|&c| c == b' ')?;
+        fields.push(
+            core::str::from_utf8(&rest[..sp])
+                .ok()?
+                .parse::<u64>()
+                .ok()?,
+        );
+        rest = &rest[sp + 1..];
+    }
+    let len = usize::try_from(*fields.last()?).ok()?;
+    if rest.len() <= len || rest[len] != b'\n' {
+        return None;
+    }
+    let (name, tail) = (&rest[..len], &rest[len + 1..]);
+    let rec = NamedRecord {
+        dir: fields[0],
+        pos: fields[1],
+        numbers: fields[2..2 + numbers].to_vec(),
+        name,
+    };
+    Some((rec, tail))
+}
+
 /// Carry out a set request on `ino`.
 pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]) -> FsResult<()> {
     let req = text(&name[CTL_PREFIX.len()..])?;
-    if !matches!(req, "release" | "stage" | "data_wait_err") {
+    if !matches!(
+        req,
+        "release" | "stage" | "data_wait_err" | "setattr" | "punch_offline"
+    ) {
         return Err(Errno::EOPNOTSUPP);
     }
     if cred.uid != 0 {
@@ -134,6 +293,39 @@ pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]
                 return Err(Errno::EINVAL);
             }
             m.release_data(ino, off, len, vers).await
+        }
+        "setattr" => {
+            let v = text(value)?;
+            let mut w = v.split_ascii_whitespace();
+            let data_version = opt(w.next(), num)?;
+            let size = opt(w.next(), num)?;
+            let offline = match w.next() {
+                Some("0") => false,
+                Some("1") => true,
+                _ => return Err(Errno::EINVAL),
+            };
+            let ctime = opt(w.next(), timespec)?;
+            let crtime = opt(w.next(), timespec)?;
+            if w.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            let sa = SetAttrMore {
+                data_version,
+                size,
+                offline,
+                ctime,
+                crtime,
+            };
+            m.setattr_more(ino, &sa).await
+        }
+        "punch_offline" => {
+            let v = text(value)?;
+            let mut w = v.split_ascii_whitespace();
+            let (vers, off, len) = (num(w.next())?, num(w.next())?, num(w.next())?);
+            if w.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            m.punch_offline(ino, vers, off, len).await
         }
         "stage" => {
             let nl = value

@@ -516,6 +516,40 @@ pub async fn release(
     Ok(if cur > last { None } else { Some(cur) })
 }
 
+/// Turn the OFFLINE unmapped extents of blocks `[first, last]` into holes
+/// (`punch_offline`); online, unwritten and sparse parts stay. Stops after
+/// `max_extents` extents: returns the block to continue from.
+pub async fn punch_offline(
+    ctx: &DataCtx<'_>,
+    inode: &mut Inode,
+    first: u64,
+    last: u64,
+    max_extents: usize,
+) -> FsResult<Option<u64>> {
+    let mut cur = first;
+    for _ in 0..max_extents {
+        if cur > last {
+            return Ok(None);
+        }
+        let Some(e) = next_extent(ctx.items, inode.ino, cur).await? else {
+            return Ok(None);
+        };
+        if e.start > last {
+            return Ok(None);
+        }
+        let s = e.start.max(cur);
+        let t = e.last().min(last);
+        if e.blkno == 0 && e.flags & SEF_OFFLINE != 0 {
+            set_mapping(ctx.items, inode, s, t - s + 1, 0, 0).await?;
+        }
+        if t == LAST_BLOCK {
+            return Ok(None);
+        }
+        cur = t + 1;
+    }
+    Ok(if cur > last { None } else { Some(cur) })
+}
+
 /// Stage `data` at byte `off` (block aligned; the caller checked the
 /// range against the file size): the OFFLINE blocks of the range get
 /// fresh blocks holding the archived bytes (the rest of a final partial

@@ -66,6 +66,35 @@ pub async fn parent_of(items: &ItemCache, ino: u64) -> FsResult<Option<u64>> {
     Ok(items.next(first, last).await?.map(|(k, _)| k.second))
 }
 
+/// Up to `max` links to `ino` at or after `(dir, pos)`, in that order,
+/// each with its directory (from the LINK_BACKREF items).
+pub async fn backrefs(
+    items: &ItemCache,
+    ino: u64,
+    dir: u64,
+    pos: u64,
+    max: usize,
+) -> FsResult<Vec<(u64, Dirent)>> {
+    let mut out = Vec::new();
+    let last = backref_key(ino, u64::MAX, u64::MAX);
+    let mut cur = backref_key(ino, dir, pos);
+    while out.len() < max {
+        let Some((key, val)) = items.next(cur, last).await? else {
+            break;
+        };
+        let d = Dirent::decode(&val)?;
+        if d.pos != key.third || d.ino != ino {
+            return Err(Errno::EIO);
+        }
+        out.push((key.second, d));
+        if key == last {
+            break;
+        }
+        cur = key.inc();
+    }
+    Ok(out)
+}
+
 /// Up to `max` entries at positions >= `pos`, in position order.
 pub async fn read_from(items: &ItemCache, dir: u64, pos: u64, max: usize) -> FsResult<Vec<Dirent>> {
     let mut out = Vec::new();

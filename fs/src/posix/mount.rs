@@ -35,14 +35,16 @@ use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
-use crate::format::items::{inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE};
+use crate::format::items::{
+    inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
+};
 use crate::format::key::{ty, Key};
 use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use crate::posix::archive::{
-    self, Blocked, DataWaiters, StatMore, WaitingEntry, WalkEntry, WalkIndex, DWO_CHANGE_SIZE,
-    DWO_READ, DWO_WRITE,
+    self, Blocked, DataWaiters, InoPath, ReferringEntry, SetAttrMore, StatMore, WaitingEntry,
+    WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
 };
 use crate::posix::backend::{Backend, DataRun, InoRange};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
@@ -2830,6 +2832,203 @@ impl Mount {
                 Ok(self.waiters.fail(ino, first, last, ops, errno))
             },
         )
+        .await
+    }
+
+    /// scoutfs `setattr_more` / `scoutfs setattr`: what an archive restore
+    /// sets on a new, empty regular file: its data_version, its size
+    /// (with one OFFLINE extent over it when `offline`), ctime (else now)
+    /// and crtime. `EINVAL`: a data_version of 0 or the file's is not 0;
+    /// `offline` without a size; size or offline on a file that is not
+    /// regular or not empty (size or extents). A size change moves
+    /// data_seq (the file's contents changed); meta_seq moves.
+    pub async fn setattr_more(&self, ino: Ino, sa: &SetAttrMore) -> FsResult<()> {
+        if sa.data_version == Some(0) || (sa.offline && sa.size.unwrap_or(0) == 0) {
+            return Err(Errno::EINVAL);
+        }
+        if sa.size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let data = sa.data_version.is_some() || sa.size.is_some();
+        self.run(
+            HoldKind::Write,
+            self.storing(inode_lock(ino, LockMode::Write)),
+            async |op| {
+                let mut i = self.load(ino).await?;
+                i.check_retention()?;
+                if data && !i.is_reg() {
+                    return Err(Errno::EINVAL.into());
+                }
+                if sa.data_version.is_some() && i.item.data_version != 0 {
+                    return Err(Errno::EINVAL.into());
+                }
+                if sa.size.is_some()
+                    && (i.item.size != 0 || i.item.online_blocks != 0 || i.item.offline_blocks != 0)
+                {
+                    return Err(Errno::EINVAL.into());
+                }
+                op.need_store(&i);
+                op.ready()?;
+                self.finish_truncate(op, &mut i).await?;
+                if sa.size.is_some() && data::next_extent(&self.items, ino, 0).await?.is_some() {
+                    // unwritten (preallocated) blocks count in neither total
+                    return Err(Errno::EINVAL.into());
+                }
+                if let Some(v) = sa.data_version {
+                    i.item.data_version = v;
+                }
+                if let Some(size) = sa.size {
+                    i.item.size = size;
+                    i.item.data_seq = self.backend.trans_seq();
+                    if sa.offline {
+                        let blocks = size.div_ceil(BS);
+                        data::set_mapping(&self.items, &mut i, 0, blocks, 0, SEF_OFFLINE).await?;
+                    }
+                }
+                i.item.ctime = sa.ctime.unwrap_or(self.now());
+                if let Some(t) = sa.crtime {
+                    i.item.crtime = t;
+                }
+                self.store(&mut i);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// scoutfs `punch_offline`: the OFFLINE extents of bytes
+    /// `[off, off + len)` (4 KiB multiples, `len` > 0) become holes (a
+    /// restore of a sparse file); online and unwritten blocks stay, as do
+    /// data_version, size and times; meta_seq moves. `EINVAL` also when
+    /// `data_version` moved (as the reference) or the file is not regular.
+    pub async fn punch_offline(
+        &self,
+        ino: Ino,
+        data_version: u64,
+        off: u64,
+        len: u64,
+    ) -> FsResult<()> {
+        if len == 0 || !off.is_multiple_of(BS) || !len.is_multiple_of(BS) {
+            return Err(Errno::EINVAL);
+        }
+        let last_byte = off.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        let (first, last) = (off / BS, last_byte / BS);
+        let r = self
+            .run(
+                HoldKind::Write,
+                self.storing(inode_lock(ino, LockMode::Write)),
+                async |op| {
+                    let mut i = self.load_versioned(ino, data_version).await.map_err(|e| {
+                        if e == Errno::ESTALE {
+                            Errno::EINVAL
+                        } else {
+                            e
+                        }
+                    })?;
+                    i.check_retention()?;
+                    op.need_store(&i);
+                    op.ready()?;
+                    self.finish_truncate(op, &mut i).await?;
+                    let mut cur = first;
+                    while let Some(next) =
+                        data::punch_offline(&self.dctx(), &mut i, cur, last, STEP_ITEMS).await?
+                    {
+                        cur = next;
+                        self.store(&mut i);
+                        op.checkpoint().await?;
+                    }
+                    self.store(&mut i);
+                    Ok(())
+                },
+            )
+            .await;
+        // a waiter on a block that is a hole now reads zeros
+        self.waiters.wake_inode(ino);
+        r
+    }
+
+    /// scoutfs `get_referring_entries`: up to `max` entries that link to
+    /// `ino`, from the cursor `(dir, pos)` on (inclusive), in (directory,
+    /// position) order, read from the inode's LINK_BACKREF items. An
+    /// inode without links (the root, an unused number) has none.
+    pub async fn referring_entries(
+        &self,
+        ino: Ino,
+        dir: u64,
+        pos: u64,
+        max: usize,
+    ) -> FsResult<Vec<ReferringEntry>> {
+        self.run(
+            HoldKind::Read,
+            inode_lock(ino, LockMode::Read),
+            async |_| {
+                let found = dir::backrefs(&self.items, ino, dir, pos, max).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|(dir, d)| ReferringEntry {
+                        dir,
+                        pos: d.pos,
+                        ino: d.ino,
+                        dtype: dtype_from_scoutfs(d.dtype),
+                        name: d.name,
+                    })
+                    .collect())
+            },
+        )
+        .await
+    }
+
+    /// scoutfs `ino_path`: the path from the root of the first link to
+    /// `ino` at or after the cursor `(dir, pos)`, or None when there is
+    /// none left. Each directory's name comes from its backref, read under
+    /// a READ lock of its group and the rename lock (the tree keeps its
+    /// shape meanwhile). `ENOENT`: a directory on the way was removed;
+    /// `ENAMETOOLONG`: the path exceeds [`archive::PATH_MAX`].
+    pub async fn ino_path(&self, ino: Ino, dir: u64, pos: u64) -> FsResult<Option<InoPath>> {
+        let first = LockSet::new()
+            .with(LockRange::rename(), LockMode::Read)
+            .with(LockRange::inode_group(ino), LockMode::Read);
+        self.run(HoldKind::Read, first, async |op| {
+            let Some((first_dir, d)) = dir::backrefs(&self.items, ino, dir, pos, 1).await?.pop()
+            else {
+                return Ok(None);
+            };
+            // names from the inode up, joined in reverse at the end
+            let mut names = vec![d.name];
+            let mut len = names[0].len();
+            let mut cur = first_dir;
+            let mut depth = 0usize;
+            while cur != ROOT_INO {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Errno::EIO.into());
+                }
+                op.need_inode(cur, LockMode::Read);
+                op.ready()?;
+                let Some((parent, pd)) = dir::backrefs(&self.items, cur, 0, 0, 1).await?.pop()
+                else {
+                    return Err(Errno::ENOENT.into());
+                };
+                len += 1 + pd.name.len();
+                if len >= archive::PATH_MAX {
+                    return Err(Errno::ENAMETOOLONG.into());
+                }
+                names.push(pd.name);
+                cur = parent;
+            }
+            let mut path = Vec::with_capacity(len);
+            for (i, n) in names.iter().rev().enumerate() {
+                if i > 0 {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(n);
+            }
+            Ok(Some(InoPath {
+                dir: first_dir,
+                pos: d.pos,
+                path,
+            }))
+        })
         .await
     }
 
