@@ -6,6 +6,7 @@
 //! [`quorum_blocks`] on disk, [`quorum_agent`] driver) and fencing
 //! ([`fence`]), and the lock server's machine ([`lock_server`]). The lock
 //! client and recovery join them here.
+pub mod auth;
 pub mod fence;
 pub mod lock;
 pub mod lock_server;
