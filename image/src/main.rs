@@ -61,6 +61,8 @@ enum Cmd {
     ChangeFormatVersion(ChangeFormatArgs),
     /// Write the super of a new, empty data device for an existing volume
     PrepareEmptyDataDevice(PrepareDataArgs),
+    /// Print a new random cluster key (64 hex digits) for `cluster.key=`
+    ClusterKey,
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -244,6 +246,7 @@ fn main() -> ExitCode {
         Cmd::ChangeQuorumConfig(a) => ("change-quorum-config", cmd_change_quorum(a)),
         Cmd::ChangeFormatVersion(a) => ("change-format-version", cmd_change_format(a)),
         Cmd::PrepareEmptyDataDevice(a) => ("prepare-empty-data-device", cmd_prepare_data(a)),
+        Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
     };
     match r {
         Ok(code) => code,
@@ -252,6 +255,19 @@ fn main() -> ExitCode {
             eprintln!("try 'scoutvm {name} --help'");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// A key from the OS random source only (no weaker fallback for a secret).
+fn cmd_cluster_key() -> ExitCode {
+    use std::io::Read;
+    let mut k = [0u8; scoutvm_fs::cluster::auth::KEY_BYTES];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k)) {
+        Ok(()) => {
+            println!("{}", scoutvm_fs::cluster::auth::ClusterKey(k).to_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cluster-key: cannot read /dev/urandom: {e}")),
     }
 }
 
