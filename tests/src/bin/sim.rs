@@ -7,7 +7,7 @@
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!             [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]
-//!             [--no-pauses] [--trace] [--no-template]
+//!             [--no-pauses] [--adversary] [--trace] [--no-template]
 //! ```
 //!
 //! Seeds `S..S+N` run (default S = 1, N = 10; `--seed S` alone runs just
@@ -31,7 +31,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
          \x20                  [--workload posix|crash|quorum|session|all] [--inject lying-flush|lying-fence|model-bug:STEP]\n\
-         \x20                  [--no-pauses] [--trace] [--no-template]"
+         \x20                  [--no-pauses] [--adversary] [--trace] [--no-template]"
     );
     exit(2)
 }
@@ -46,6 +46,7 @@ struct Args {
     workloads: Vec<WorkloadKind>,
     inject: Inject,
     pauses: bool,
+    adversary: bool,
     trace: bool,
     template: bool,
 }
@@ -68,6 +69,7 @@ fn parse() -> Args {
         workloads: vec![WorkloadKind::Posix, WorkloadKind::Crash],
         inject: Inject::None,
         pauses: true,
+        adversary: false,
         trace: false,
         template: true,
     };
@@ -115,6 +117,7 @@ fn parse() -> Args {
                 }
             }
             "--no-pauses" => a.pauses = false,
+            "--adversary" => a.adversary = true,
             // the default now; older replay commands carry it
             "--merge-liveness" => {}
             "--trace" => a.trace = true,
@@ -150,6 +153,7 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
         }
     }
     c.pauses = a.pauses;
+    c.adversary = a.adversary;
     c.inject = a.inject;
     match (a.steps, a.minutes) {
         (Some(s), _) => c.steps = s,
@@ -181,6 +185,9 @@ fn replay(c: &RunConfig, a: &Args) -> String {
         Inject::LyingFlush => s += " --inject lying-flush",
         Inject::LyingFence => s += " --inject lying-fence",
         Inject::ModelBug { step } => s += &format!(" --inject model-bug:{step}"),
+    }
+    if c.adversary {
+        s += " --adversary";
     }
     if !c.pauses {
         s += " --no-pauses";
