@@ -938,14 +938,14 @@ fn session_seeds_survive_resets_partitions_and_a_server_crash() {
 /// datagrams and stream segments, `sim::net`): every checker holds, no
 /// forged term reaches a quorum block (quorum checker), no forged request
 /// executes (session checker), and the refusals were counted.
-/// `SCOUTVM_SIM_ADVERSARY_SEEDS=N` runs N seeds of each (default 60 quorum,
-/// 6 session).
+/// `SCOUTVM_SIM_ADVERSARY_SEEDS=N` runs N seeds of each (default 300
+/// quorum, 20 session).
 #[test]
 fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
     let env_seeds = std::env::var("SCOUTVM_SIM_ADVERSARY_SEEDS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    let (q_seeds, s_seeds) = env_seeds.map_or((60, 6), |n| (n, n));
+    let (q_seeds, s_seeds) = env_seeds.map_or((300, 20), |n| (n, n));
     let names = [
         "cluster_auth.bad_mac",
         "cluster_auth.replay",
