@@ -8,7 +8,7 @@
 //! constant time.
 //!
 //! Session streams ([`SessionAuth`]): each end first sends a hello (magic,
-//! fsid, a fresh 16-byte nonce); every frame after it is followed by a tag
+//! fsid, a fresh 16-byte nonce, a tag over them); every frame after it is followed by a tag
 //! over the direction, both nonces, an implicit per-direction frame counter
 //! and the frame bytes. A frame captured on one connection fails on any
 //! other (other nonces), and a frame dropped, repeated or reordered within
@@ -43,8 +43,9 @@ pub const TAG_BYTES: usize = 16;
 pub const NONCE_BYTES: usize = 16;
 /// First bytes of an authenticated stream's hello.
 pub const HELLO_MAGIC: [u8; 8] = *b"SVMAUTH1";
-/// A hello: magic, fsid u64, nonce.
-pub const HELLO_BYTES: usize = 8 + 8 + NONCE_BYTES;
+/// A hello: magic, fsid u64, nonce, and a tag over them (so a node with
+/// another key learns it at once, and says so).
+pub const HELLO_BYTES: usize = 8 + 8 + NONCE_BYTES + TAG_BYTES;
 /// What an authenticated quorum datagram adds: counter u64 and tag.
 pub const QUORUM_TRAILER_BYTES: usize = 8 + TAG_BYTES;
 
@@ -188,8 +189,14 @@ pub fn refuse(r: Refusal, what: &str) {
     }
     let n = REFUSALS.fetch_add(1, Ordering::Relaxed);
     if n < LOG_FIRST || n % LOG_EVERY == 0 {
+        let hint = match r {
+            Refusal::BadMac => " (another cluster key?)",
+            Refusal::NoKey => " (the peer has no cluster.key=)",
+            Refusal::WrongVolume => " (another volume's node)",
+            Refusal::Replay => "",
+        };
         log::warn!(
-            "cluster auth: refused {what}: {} (refusal #{})",
+            "cluster auth: refused {what}: {}{hint} (refusal #{})",
             r.name(),
             n + 1
         );
@@ -226,7 +233,9 @@ impl SessionAuth {
         let mut b = [0u8; HELLO_BYTES];
         b[..8].copy_from_slice(&HELLO_MAGIC);
         put_u64(&mut b, 8, self.key.fsid);
-        b[16..].copy_from_slice(&self.local_nonce);
+        b[16..32].copy_from_slice(&self.local_nonce);
+        let t = self.key.tag(&[b"hello", &b[..32]]);
+        b[32..].copy_from_slice(&t);
         b
     }
 
@@ -243,8 +252,11 @@ impl SessionAuth {
         if get_u64(b, 8) != self.key.fsid {
             return Err(Refusal::WrongVolume);
         }
+        if !self.key.verify(&[b"hello", &b[..32]], &b[32..]) {
+            return Err(Refusal::BadMac);
+        }
         let mut n = [0u8; NONCE_BYTES];
-        n.copy_from_slice(&b[16..]);
+        n.copy_from_slice(&b[16..32]);
         self.peer_nonce = Some(n);
         Ok(())
     }
@@ -515,10 +527,14 @@ mod tests {
         fresh.accept_hello(&s.hello()).unwrap();
         let t = fresh.seal(b"one").unwrap();
         assert_eq!(s3.open(b"one", &t), Err(Refusal::BadMac));
-        // wrong key
-        let (mut cw, mut sw) = pair(&key(1), &key(2));
-        let t = cw.seal(b"greet").unwrap();
-        assert_eq!(sw.open(b"greet", &t), Err(Refusal::BadMac));
+        // wrong key: the hello already fails
+        let cw = SessionAuth::new(VolumeKey::derive(&key(1), 7), true, [1; NONCE_BYTES]);
+        let mut sw = SessionAuth::new(VolumeKey::derive(&key(2), 7), false, [2; NONCE_BYTES]);
+        assert_eq!(sw.accept_hello(&cw.hello()), Err(Refusal::BadMac));
+        let mut h = s.hello();
+        h[20] ^= 1;
+        let mut fresh = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, [1; NONCE_BYTES]);
+        assert_eq!(fresh.accept_hello(&h), Err(Refusal::BadMac));
         // hello of another volume, and of a node without a key
         let other = SessionAuth::new(VolumeKey::derive(&key(9), 8), true, [1; NONCE_BYTES]);
         let mut s4 = SessionAuth::new(VolumeKey::derive(&key(9), 7), false, [2; NONCE_BYTES]);
