@@ -35,7 +35,11 @@ fn frames(what: &str, len: usize, n: u64) {
     let secs = t0.elapsed().as_secs_f64();
     rate(what, n, secs);
     println!("  {:.0} ns per frame (seal + open)", secs * 1e9 / n as f64);
-    mbps(&format!("{what}, bytes MACed twice"), 2 * n * len as u64, secs);
+    mbps(
+        &format!("{what}, bytes MACed twice"),
+        2 * n * len as u64,
+        secs,
+    );
 }
 
 fn main() {

@@ -37,10 +37,10 @@ use scoutvm_fs::storage::dev::{BlockDev, IoError, MemDev};
 use scoutvm_fs::tools::mkfs::{self, MkfsParams};
 use scoutvm_net::p9::Server;
 
-use scoutvm_kernel::cmdline::ClusterMode;
 use crate::devices::{self, BlockEntry};
 use crate::platform::{KernelClock, KernelEntropy};
 use crate::runtime::{self, Local};
+use scoutvm_kernel::cmdline::ClusterMode;
 
 static VOLUME_EVENT: Tracepoint = Tracepoint::new("volume", &["event", "errno"]);
 const EV_MOUNTED: u64 = 1;

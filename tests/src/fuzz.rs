@@ -25,15 +25,15 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use scoutvm_fs::cluster::auth::{
+    ClusterKey, QuorumAuth, Refusal, SessionAuth, VolumeKey, QUORUM_TRAILER_BYTES, TAG_BYTES,
+};
 use scoutvm_fs::cluster::lock::{LockMode, LockRange};
 use scoutvm_fs::cluster::lock_server::{LockServer, LockServerConfig};
 use scoutvm_fs::cluster::msg::{
     self as cmsg, cmd, decode_log_trees, decode_merge_request, decode_u64, encode_frame,
     FrameDecoder, Greeting, Header, InodeAlloc, NetLock, NetRoots, NetStatfs, Request,
     FLAG_RESPONSE, HEADER_BYTES, MAX_DATA_LEN,
-};
-use scoutvm_fs::cluster::auth::{
-    ClusterKey, QuorumAuth, Refusal, SessionAuth, VolumeKey, QUORUM_TRAILER_BYTES, TAG_BYTES,
 };
 use scoutvm_fs::cluster::quorum_wire::{MsgKind, QuorumMsg, QUORUM_MSG_BYTES};
 use scoutvm_net::p9::wire::{self, DecodeError, Dirents, Fcall, Gen, Msg, Rmsg, Tmsg};

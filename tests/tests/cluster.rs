@@ -346,11 +346,15 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
             .map(str::to_string)
     };
     // the client-only node mounts through the leader too
-    let mounts_before = mounts(&c.wait_shell(next, "clients", |o| {
-        o.contains("4 cluster mount(s)")
-    }));
+    let mounts_before =
+        mounts(&c.wait_shell(next, "clients", |o| o.contains("4 cluster mount(s)")));
     assert!(mounts_before.is_some());
-    c.ok(&["start", "4", "--", &format!("cluster.key={}", "0".repeat(64))]);
+    c.ok(&[
+        "start",
+        "4",
+        "--",
+        &format!("cluster.key={}", "0".repeat(64)),
+    ]);
     let console = c.dir.join("node4/console.log");
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {

@@ -975,7 +975,9 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
         bad.len(),
         bad.join("\n")
     );
-    assert!(reps.iter().all(|r| r.steps == r.cfg.steps || r.cfg.workload == WorkloadKind::Session));
+    assert!(reps
+        .iter()
+        .all(|r| r.steps == r.cfg.steps || r.cfg.workload == WorkloadKind::Session));
     // the adversary acted on both kinds of run
     for w in [WorkloadKind::Quorum, WorkloadKind::Session] {
         let acts: u64 = reps
@@ -995,6 +997,9 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
         assert!(*v > 0, "{n} never counted");
     }
     let again = run_seed(&session(1), Some(&img), None);
-    let first = reps.iter().find(|r| r.cfg.workload == WorkloadKind::Session).unwrap();
+    let first = reps
+        .iter()
+        .find(|r| r.cfg.workload == WorkloadKind::Session)
+        .unwrap();
     assert_eq!(again.hash, first.hash, "an adversary seed replays");
 }

@@ -269,7 +269,10 @@ impl SessionAuth {
             (peer, self.local_nonce)
         };
         let dir: &[u8] = if from_client { b"c2s" } else { b"s2c" };
-        Some(self.key.tag(&[b"session", dir, &cn, &sn, &n.to_le_bytes(), frame]))
+        Some(
+            self.key
+                .tag(&[b"session", dir, &cn, &sn, &n.to_le_bytes(), frame]),
+        )
     }
 
     /// The tag to send after `frame` (the next frame of this end).
@@ -448,7 +451,11 @@ pub fn session(client: bool) -> Option<SessionAuth> {
 /// The quorum authentication of the running node, `None` without a key.
 pub fn quorum(start: u64) -> Option<QuorumAuth> {
     let me = node::current() as usize;
-    store::with(|n| n[me].as_ref().map(|a| QuorumAuth::new(a.key.clone(), start)))
+    store::with(|n| {
+        n[me]
+            .as_ref()
+            .map(|a| QuorumAuth::new(a.key.clone(), start))
+    })
 }
 
 #[cfg(test)]

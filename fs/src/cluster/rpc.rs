@@ -357,7 +357,12 @@ impl Endpoint {
                 let Some(h) = dec.take(HELLO_BYTES) else {
                     continue;
                 };
-                let r = self.st.borrow_mut().auth.as_mut().map(|a| a.accept_hello(&h));
+                let r = self
+                    .st
+                    .borrow_mut()
+                    .auth
+                    .as_mut()
+                    .map(|a| a.accept_hello(&h));
                 if let Some(Err(r)) = r {
                     self.auth_refused(r);
                     return;
@@ -370,7 +375,12 @@ impl Endpoint {
                     dec.next_frame_trailed(TAG_BYTES).map(|o| {
                         o.map(|(f, raw)| {
                             let (frame, tag) = raw.split_at(raw.len() - TAG_BYTES);
-                            let r = self.st.borrow_mut().auth.as_mut().map(|a| a.open(frame, tag));
+                            let r = self
+                                .st
+                                .borrow_mut()
+                                .auth
+                                .as_mut()
+                                .map(|a| a.open(frame, tag));
                             (f, r)
                         })
                     })

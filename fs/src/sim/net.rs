@@ -369,7 +369,8 @@ impl SimNet {
                 if let Some((sid, mut bytes)) = other {
                     bytes.extend_from_slice(data);
                     *data = bytes;
-                    self.core.log(node, "adversary_replay_seg", &[s.id, sid], "");
+                    self.core
+                        .log(node, "adversary_replay_seg", &[s.id, sid], "");
                 }
             }
         }
@@ -807,7 +808,8 @@ impl SimNet {
                 return d;
             }
         };
-        let at = self.core.now() + self.latency(node, to_node) + self.rng.next_u64() % 2_000_000_000;
+        let at =
+            self.core.now() + self.latency(node, to_node) + self.rng.next_u64() % 2_000_000_000;
         self.core.schedule(
             at,
             Event::Net(NetEvent::Dgram {
