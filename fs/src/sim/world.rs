@@ -494,13 +494,16 @@ impl World {
         let net = Rc::new(SimTransport::new(self.net.clone(), node, exec.handle()));
         let entropy: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.rng.next_u64()));
         {
-            // this life's key and nonce seed (none: the node runs keyless)
+            // this life's key and nonce seed (none: the node runs keyless;
+            // keyless worlds draw nothing, so their seeds replay as before)
             let _g = crate::runtime::node::enter(node);
-            let mut seed = [0u8; 32];
-            for c in seed.chunks_exact_mut(8) {
-                c.copy_from_slice(&self.rng.next_u64().to_le_bytes());
-            }
             let fsid = crate::sim::fsnode::mkfs_params(0, 0).fsid;
+            let mut seed = [0u8; 32];
+            if self.cfg.cluster_key.is_some() {
+                for c in seed.chunks_exact_mut(8) {
+                    c.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                }
+            }
             let key = self.cfg.cluster_key.map(crate::cluster::auth::ClusterKey);
             crate::cluster::auth::configure(key.as_ref(), fsid, seed);
         }
