@@ -188,7 +188,7 @@ pub fn refuse(r: Refusal, what: &str) {
         Refusal::NoKey => counter!("cluster_auth.no_key").inc(),
     }
     let n = REFUSALS.fetch_add(1, Ordering::Relaxed);
-    if n < LOG_FIRST || n % LOG_EVERY == 0 {
+    if n < LOG_FIRST || n.is_multiple_of(LOG_EVERY) {
         let hint = match r {
             Refusal::BadMac => " (another cluster key?)",
             Refusal::NoKey => " (the peer has no cluster.key=)",
@@ -390,7 +390,7 @@ mod store {
 
     std::thread_local! {
         static NODES: RefCell<[Option<NodeAuth>; MAX_NODES]> =
-            RefCell::new([const { None }; MAX_NODES]);
+            const { RefCell::new([const { None }; MAX_NODES]) };
     }
 
     pub fn with<R>(f: impl FnOnce(&mut [Option<NodeAuth>; MAX_NODES]) -> R) -> R {

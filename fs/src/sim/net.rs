@@ -335,7 +335,7 @@ impl SimNet {
             1 => {
                 // a well-formed request (or a greeting) with a forged id
                 use crate::cluster::msg::{cmd, encode_frame, encode_u64, Greeting, Header};
-                let greet = self.rng.next_u64() % 2 == 0;
+                let greet = self.rng.next_u64().is_multiple_of(2);
                 let (c, payload) = if greet {
                     let g = Greeting {
                         fsid: crate::sim::fsnode::mkfs_params(0, 0).fsid,
@@ -792,7 +792,7 @@ impl SimNet {
                 }
                 .encode()
                 .to_vec();
-                if self.rng.next_u64() % 2 == 0 {
+                if self.rng.next_u64().is_multiple_of(2) {
                     m.extend(
                         (0..crate::cluster::auth::QUORUM_TRAILER_BYTES)
                             .map(|_| self.rng.next_u64() as u8),

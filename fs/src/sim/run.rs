@@ -385,7 +385,7 @@ pub const ADVERSARY_PPM: u32 = 200_000;
 fn adversary(wc: &mut WorldConfig, cfg: &RunConfig) {
     if cfg.adversary {
         use crate::runtime::env::Entropy;
-        let k = crate::runtime::env::SeededEntropy::new(cfg.seed ^ 0x6b65_79);
+        let k = crate::runtime::env::SeededEntropy::new(cfg.seed ^ 0x006b_6579);
         let mut key = [0u8; 32];
         for c in key.chunks_exact_mut(8) {
             c.copy_from_slice(&k.next_u64().to_le_bytes());
