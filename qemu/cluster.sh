@@ -5,10 +5,14 @@
 # node has two cards: eth0 on user networking (DHCP, its 9P port forwarded
 # to 127.0.0.1:$((P9_BASE + I))) and eth1 on a private segment between the
 # nodes (a QEMU multicast socket on the loopback, group and port random per
-# run) at 10.77.0.$((10 + I))/24. See docs/cluster.md.
+# run) at 10.77.0.$((10 + I))/24. `up` makes one cluster key per cluster
+# (`scoutvm cluster-key`, kept in cluster.env) and gives every node
+# `cluster.key=`; `--no-key` runs unauthenticated (`cluster.insecure=1`).
+# A `cluster.key=`/`cluster.insecure=` word given to `start` replaces the
+# cluster's (a node with a wrong key). See docs/cluster.md.
 #
 #   qemu/cluster.sh up N [--disks file|nbd] [--meta IMG --data IMG] [--mem MB]
-#                        [-- EXTRA KERNEL CMDLINE WORDS]
+#                        [--no-key] [-- EXTRA KERNEL CMDLINE WORDS]
 #   qemu/cluster.sh status
 #   qemu/cluster.sh shell I COMMAND...     run one shell command on node I
 #   qemu/cluster.sh kill I                 SIGKILL node I's QEMU (a crash)
@@ -30,7 +34,7 @@ shell_timeout="${CLUSTER_SHELL_TIMEOUT:-60}"
 boot_timeout="${CLUSTER_BOOT_TIMEOUT:-120}"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,25p' "$0"; }
+usage() { sed -n '2,27p' "$0"; }
 
 # A free TCP port on 127.0.0.1 (the kernel picks it; racy but brief).
 free_port() {
@@ -85,6 +89,14 @@ start_node() {
         words="$words quorum_slot_nr=$i"
     else
         words="$words cluster=1"
+    fi
+    # the node's own key word (start I -- cluster.key=...) wins
+    if [[ " $extra $EXTRA " != *" cluster.key="* && " $extra $EXTRA " != *" cluster.insecure="* ]]; then
+        if [ -n "${KEY:-}" ]; then
+            words="$words cluster.key=$KEY"
+        else
+            words="$words cluster.insecure=1"
+        fi
     fi
     [ -n "$EXTRA" ] && words="$words $EXTRA"
     [ -n "$extra" ] && words="$words $extra"
@@ -177,13 +189,14 @@ PY
 cmd_up() {
     local n="${1:-}"; shift || true
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 15 ] || die "up wants a node count 1..15"
-    local disks=file meta="" data="" mem=512 extra=""
+    local disks=file meta="" data="" mem=512 extra="" keyed=1
     while [ $# -gt 0 ]; do
         case "$1" in
             --disks) disks="$2"; shift ;;
             --meta) meta="$2"; shift ;;
             --data) data="$2"; shift ;;
             --mem) mem="$2"; shift ;;
+            --no-key) keyed=0 ;;
             --) shift; extra="$*"; break ;;
             *) die "up: unknown option '$1'" ;;
         esac
@@ -221,6 +234,11 @@ cmd_up() {
     else
         echo "$out" >&2; die "mkfs failed"
     fi
+    local key=""
+    if [ "$keyed" = 1 ]; then
+        key="$("$tool" cluster-key)" || die "scoutvm cluster-key failed"
+        [[ "$key" =~ ^[0-9a-f]{64}$ ]] || die "scoutvm cluster-key printed no key"
+    fi
     local nbd_meta="" nbd_data=""
     if [ "$disks" = nbd ]; then
         command -v qemu-nbd >/dev/null || die "qemu-nbd is missing (apt-get install qemu-utils)"
@@ -248,7 +266,9 @@ MCAST=$mcast
 P9_BASE=${CLUSTER_P9_BASE:-5650}
 MEM=$mem
 EXTRA='$extra'
+KEY=$key
 EOF
+    chmod 600 "$dir/cluster.env"
     echo "cluster.sh: run directory $dir, private segment mcast $mcast"
     for ((i = 0; i < n; i++)); do start_node "$i"; done
     for ((i = 0; i < n; i++)); do wait_prompt "$i"; done

@@ -83,6 +83,8 @@ enum Cmd {
     Setattr(archive_cli::SetattrArgs),
     /// Turn a mounted file's offline extents in a range into holes
     PunchOffline(archive_cli::PunchOfflineArgs),
+    /// Print a new random cluster key (64 hex digits) for `cluster.key=`
+    ClusterKey,
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -291,6 +293,7 @@ fn main() -> ExitCode {
             "punch-offline",
             archive_cli::cmd_punch_offline(a).map_err(Usage),
         ),
+        Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
     };
     match r {
         Ok(code) => code,
@@ -299,6 +302,19 @@ fn main() -> ExitCode {
             eprintln!("try 'scoutvm {name} --help'");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// A key from the OS random source only (no weaker fallback for a secret).
+fn cmd_cluster_key() -> ExitCode {
+    use std::io::Read;
+    let mut k = [0u8; scoutvm_fs::cluster::auth::KEY_BYTES];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k)) {
+        Ok(()) => {
+            println!("{}", scoutvm_fs::cluster::auth::ClusterKey(k).to_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cluster-key: cannot read /dev/urandom: {e}")),
     }
 }
 

@@ -430,6 +430,16 @@ async fn cluster_cmd(args: Vec<String>) -> CmdResult {
                 None => kprintln!("cluster: on, client only (no quorum slot)"),
             }
             kprintln!("heartbeat timeout: {} ms", c.heartbeat_timeout_ms);
+            match (&c.key, c.insecure) {
+                (Some(_), _) => kprintln!("auth: cluster key set"),
+                (None, true) => kprintln!("auth: none (cluster.insecure=1)"),
+                (None, false) => kprintln!("auth: none"),
+            }
+            for why in ["bad_mac", "replay", "wrong_volume", "no_key"] {
+                let name = format!("cluster_auth.{why}");
+                let n = scoutvm_fs::runtime::counters::get(&name).unwrap_or(0);
+                kprintln!("{}: {}", name, n);
+            }
         }
         ClusterMode::Invalid(why) => kprintln!("cluster: not joining: {why}"),
     }

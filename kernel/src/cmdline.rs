@@ -9,6 +9,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
+use scoutvm_fs::cluster::auth::ClusterKey;
 
 /// Longest node name accepted.
 pub const NODE_NAME_MAX: usize = 32;
@@ -144,6 +145,10 @@ pub struct ClusterConfig {
     pub quorum_slot_nr: Option<u8>,
     /// How long without a leader's heartbeat before an election.
     pub heartbeat_timeout_ms: u32,
+    /// `cluster.key=` (64 hex digits): cluster traffic is authenticated.
+    pub key: Option<ClusterKey>,
+    /// `cluster.insecure=1`: a quorum of several slots may run without a key.
+    pub insecure: bool,
 }
 
 /// Whether (and how) the node runs as a cluster member.
@@ -167,9 +172,25 @@ impl ClusterMode {
     /// Read the cluster words. Any of `quorum_slot_nr=`,
     /// `quorum_heartbeat_timeout_ms=` or `cluster=1` makes the node a
     /// cluster member; `cluster=0` with a slot is a contradiction.
+    /// `cluster.key=` and `cluster.insecure=` only qualify a member.
     pub fn from_cmdline(c: &Cmdline) -> ClusterMode {
         let slot = c.get("quorum_slot_nr");
         let hb = c.get("quorum_heartbeat_timeout_ms");
+        let key = match c.get("cluster.key") {
+            None => None,
+            Some(v) => match ClusterKey::parse_hex(v) {
+                Ok(k) => Some(k),
+                // never echo the (maybe nearly right) secret
+                Err(why) => return ClusterMode::Invalid(format!("cluster.key=: {why}")),
+            },
+        };
+        let insecure = match c.get("cluster.insecure") {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(v) => {
+                return ClusterMode::Invalid(format!("cluster.insecure={v}: expected 0 or 1"))
+            }
+        };
         let wanted = match c.get("cluster") {
             None => slot.is_some() || hb.is_some(),
             Some("1") => true,
@@ -212,6 +233,8 @@ impl ClusterMode {
         ClusterMode::On(ClusterConfig {
             quorum_slot_nr,
             heartbeat_timeout_ms,
+            key,
+            insecure,
         })
     }
 }
@@ -544,14 +567,18 @@ mod tests {
             mode("quorum_slot_nr=2"),
             ClusterMode::On(ClusterConfig {
                 quorum_slot_nr: Some(2),
-                heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT
+                heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
+                key: None,
+                insecure: false,
             })
         );
         assert_eq!(
             mode("cluster=1 quorum_heartbeat_timeout_ms=3000"),
             ClusterMode::On(ClusterConfig {
                 quorum_slot_nr: None,
-                heartbeat_timeout_ms: 3000
+                heartbeat_timeout_ms: 3000,
+                key: None,
+                insecure: false,
             }),
             "a client-only node"
         );
@@ -587,5 +614,37 @@ mod tests {
         assert!(matches!(cfg.cluster, ClusterMode::Invalid(_)));
         assert_eq!(errs.len(), 1);
         assert!(errs[0].0.contains("2000..=60000"), "{errs:?}");
+    }
+
+    #[test]
+    fn cluster_key_words() {
+        let mode = |s: &str| ClusterMode::from_cmdline(&Cmdline::parse(s));
+        let hex = "0123456789abcdef".repeat(4);
+        match mode(&format!("quorum_slot_nr=1 cluster.key={hex}")) {
+            ClusterMode::On(c) => {
+                assert_eq!(c.key.unwrap().to_hex(), hex);
+                assert!(!c.insecure);
+            }
+            m => panic!("{m:?}"),
+        }
+        match mode("quorum_slot_nr=1 cluster.insecure=1") {
+            ClusterMode::On(c) => assert!(c.insecure && c.key.is_none()),
+            m => panic!("{m:?}"),
+        }
+        for bad in [
+            format!("quorum_slot_nr=1 cluster.key={}", &hex[1..]),
+            format!("quorum_slot_nr=1 cluster.key={}x", &hex[1..]),
+            "quorum_slot_nr=1 cluster.key=".to_string(),
+            "quorum_slot_nr=1 cluster.insecure=yes".to_string(),
+        ] {
+            let m = mode(&bad);
+            assert!(matches!(m, ClusterMode::Invalid(_)), "{bad}: {m:?}");
+            // a refused key is never echoed
+            if let ClusterMode::Invalid(why) = m {
+                assert!(!why.contains(&hex[1..20]), "{why}");
+            }
+        }
+        // without a cluster word the key alone does not make a member
+        assert_eq!(mode(&format!("cluster.key={hex}")), ClusterMode::Off);
     }
 }

@@ -21,6 +21,7 @@ use scoutvm_fs::client::cluster_node::{
     mount_cluster, ClusterNode, ClusterSlot, OwnSlotFence, SoloDatagrams,
 };
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
+use scoutvm_fs::cluster::auth;
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
 use scoutvm_fs::cluster::lock::{LockMode, LockRange};
 use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
@@ -40,6 +41,7 @@ use scoutvm_net::p9::Server;
 use crate::devices::{self, BlockEntry};
 use crate::platform::{KernelClock, KernelEntropy};
 use crate::runtime::{self, Local};
+use scoutvm_kernel::cmdline::ClusterMode;
 
 static VOLUME_EVENT: Tracepoint = Tracepoint::new("volume", &["event", "errno"]);
 const EV_MOUNTED: u64 = 1;
@@ -515,6 +517,7 @@ async fn join(
             meta.name, data.name, ms.hdr.fsid, ds.hdr.fsid
         )));
     }
+    set_cluster_key(ms.hdr.fsid, ms.qconf.configured().count()).map_err(refuse)?;
     let cslot = match slot {
         Some(s) => {
             let Some((_, a)) = ms.qconf.configured().find(|(i, _)| *i == s as usize) else {
@@ -579,6 +582,38 @@ async fn join(
         node: RefCell::new(Some(Node::Cluster(node))),
         p9: RefCell::new(None),
     })
+}
+
+/// Give the cluster layer this node's key (`cluster.key=`) for volume
+/// `fsid`, or refuse an unauthenticated quorum of several `slots` unless
+/// `cluster.insecure=1` says so.
+fn set_cluster_key(fsid: u64, slots: usize) -> Result<(), String> {
+    let (key, insecure) = match &runtime::config().cluster {
+        ClusterMode::On(c) => (c.key.clone(), c.insecure),
+        _ => (None, false),
+    };
+    let e = KernelEntropy::new();
+    let mut seed = [0u8; 32];
+    for c in seed.chunks_exact_mut(8) {
+        c.copy_from_slice(&e.next_u64().to_le_bytes());
+    }
+    match key {
+        Some(k) => {
+            auth::configure(Some(&k), fsid, seed);
+            log::info!("cluster: traffic authenticated with the cluster key");
+        }
+        None if slots > 1 && !insecure => {
+            return Err(format!(
+                "the volume has {slots} quorum slots and no cluster.key= was given \
+                 (cluster.insecure=1 allows an unauthenticated cluster)"
+            ));
+        }
+        None => {
+            auth::configure(None, fsid, seed);
+            log::warn!("cluster: no cluster.key=: cluster traffic is unauthenticated");
+        }
+    }
+    Ok(())
 }
 
 /// Final commit and unmount: the volume is at rest afterwards.

@@ -25,6 +25,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use scoutvm_fs::cluster::auth::{
+    ClusterKey, QuorumAuth, Refusal, SessionAuth, VolumeKey, QUORUM_TRAILER_BYTES, TAG_BYTES,
+};
 use scoutvm_fs::cluster::lock::{LockMode, LockRange};
 use scoutvm_fs::cluster::lock_server::{LockServer, LockServerConfig};
 use scoutvm_fs::cluster::msg::{
@@ -32,6 +35,7 @@ use scoutvm_fs::cluster::msg::{
     FrameDecoder, Greeting, Header, InodeAlloc, NetLock, NetRoots, NetStatfs, Request,
     FLAG_RESPONSE, HEADER_BYTES, MAX_DATA_LEN,
 };
+use scoutvm_fs::cluster::quorum_wire::{MsgKind, QuorumMsg, QUORUM_MSG_BYTES};
 use scoutvm_net::p9::wire::{self, DecodeError, Dirents, Fcall, Gen, Msg, Rmsg, Tmsg};
 use scoutvm_net::p9::FrameReader;
 use std::cell::Cell;
@@ -102,6 +106,12 @@ pub fn targets() -> Vec<Target> {
             seeds: cluster_seeds,
             fix: cluster_fix,
             run: cluster_decode,
+        },
+        Target {
+            name: "cluster_auth",
+            seeds: auth_seeds,
+            fix: auth_fix,
+            run: auth_decode,
         },
     ]
 }
@@ -671,6 +681,169 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
             }
             let _ = decode_log_trees(p);
             let _ = decode_merge_request(p);
+        }
+    }
+    Ok(valid)
+}
+
+// ---- cluster traffic under a key ------------------------------------------
+
+const AUTH_FSID: u64 = 0x5eed;
+/// Flag byte: the fixer writes valid tags (else mutated tags stay).
+const AUTH_SEALED: u8 = 1;
+/// Flag byte: quorum datagrams (else a session stream).
+const AUTH_QUORUM: u8 = 2;
+const DGRAM_BYTES: usize = QUORUM_MSG_BYTES + QUORUM_TRAILER_BYTES;
+
+fn auth_key() -> VolumeKey {
+    VolumeKey::derive(&ClusterKey([7; 32]), AUTH_FSID)
+}
+
+/// Both ends of one keyed connection, hellos exchanged.
+fn auth_pair() -> (SessionAuth, SessionAuth) {
+    let mut c = SessionAuth::new(auth_key(), true, [1; 16]);
+    let mut s = SessionAuth::new(auth_key(), false, [2; 16]);
+    let (hc, hs) = (c.hello(), s.hello());
+    c.accept_hello(&hs).expect("own hello");
+    s.accept_hello(&hc).expect("own hello");
+    (c, s)
+}
+
+/// Sealed and unsealed session streams (the cluster seeds' frames with
+/// tags) and quorum datagrams.
+fn auth_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (i, seed) in cluster_seeds(rng).into_iter().enumerate().step_by(4) {
+        let mut s = vec![if i % 8 == 0 { AUTH_SEALED } else { 0 }];
+        let mut dec = FrameDecoder::new();
+        if dec.push(&seed[1..]).is_err() {
+            continue;
+        }
+        s.push(seed[0]);
+        while let Ok(Some((_, raw))) = dec.next_frame_trailed(0) {
+            s.extend_from_slice(&raw);
+            s.extend_from_slice(&[0; TAG_BYTES]);
+        }
+        auth_fix(&mut s);
+        out.push(s);
+    }
+    for sealed in [0, AUTH_SEALED] {
+        let mut s = vec![AUTH_QUORUM | sealed, 1];
+        for t in 0..4 {
+            let m = QuorumMsg {
+                fsid: AUTH_FSID,
+                term: 10 + t,
+                kind: MsgKind::Heartbeat,
+                from: (t % 3) as u8,
+            };
+            s.extend_from_slice(&m.encode());
+            s.extend_from_slice(&[0; QUORUM_TRAILER_BYTES]);
+        }
+        auth_fix(&mut s);
+        out.push(s);
+    }
+    out
+}
+
+/// With [`AUTH_SEALED`]: write the tags a key holder would.
+fn auth_fix(b: &mut [u8]) {
+    if b.len() < 2 || b[0] & AUTH_SEALED == 0 {
+        return;
+    }
+    let quorum = b[0] & AUTH_QUORUM != 0;
+    let body = &mut b[2..];
+    if quorum {
+        let mut q = QuorumAuth::new(auth_key(), 1);
+        for d in body.chunks_exact_mut(DGRAM_BYTES) {
+            let sealed = q.seal(&d[..QUORUM_MSG_BYTES]);
+            d.copy_from_slice(&sealed);
+        }
+        return;
+    }
+    let (mut c, _) = auth_pair();
+    let mut at = 0;
+    while at + HEADER_BYTES <= body.len() {
+        let Ok(h) = Header::decode(&body[at..at + HEADER_BYTES]) else {
+            return;
+        };
+        let end = at + HEADER_BYTES + h.data_len as usize;
+        if end + TAG_BYTES > body.len() {
+            return;
+        }
+        let tag = c.seal(&body[at..end]).expect("hellos exchanged");
+        body[end..end + TAG_BYTES].copy_from_slice(&tag);
+        at = end + TAG_BYTES;
+    }
+}
+
+/// A keyed server end reads the stream (or the datagrams): what passes
+/// the tag goes on to the cluster decoders; a sealed input is never
+/// refused for its tag.
+fn auth_decode(data: &[u8]) -> Result<bool, String> {
+    if data.len() < 2 {
+        return Ok(false);
+    }
+    // the fixer ran on it (it runs on half the inputs): tags are right
+    let sealed = data[0] & AUTH_SEALED != 0 && {
+        let mut again = data.to_vec();
+        auth_fix(&mut again);
+        again == data
+    };
+    let body = &data[2..];
+    let mut valid = false;
+    if data[0] & AUTH_QUORUM != 0 {
+        let mut q = QuorumAuth::new(auth_key(), 0);
+        for d in body.chunks(DGRAM_BYTES) {
+            match q.open(d) {
+                Ok(m) => {
+                    valid = true;
+                    if let Ok(msg) = QuorumMsg::decode(m, AUTH_FSID, 0x7fff) {
+                        if msg.encode() != m {
+                            return Err("an opened datagram does not round-trip".into());
+                        }
+                    }
+                }
+                Err(Refusal::BadMac) if sealed && d.len() == DGRAM_BYTES => {
+                    return Err("a sealed datagram was refused for its tag".into());
+                }
+                Err(_) => {}
+            }
+        }
+        return Ok(valid);
+    }
+    let chunk = data[1] as usize % 97 + 1;
+    let (_, mut s) = auth_pair();
+    let mut dec = FrameDecoder::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let n = rest.len().min(chunk).min(dec.room());
+        if n == 0 {
+            // a frame plus its tag always fits: nothing to hand out
+            return Err("decoder full with no frame to hand out".into());
+        }
+        if dec.push(&rest[..n]).is_err() {
+            return Err("push within room refused".into());
+        }
+        rest = &rest[n..];
+        loop {
+            let (_, raw) = match dec.next_frame_trailed(TAG_BYTES) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => return Ok(valid),
+            };
+            let (frame, tag) = raw.split_at(raw.len() - TAG_BYTES);
+            match s.open(frame, tag) {
+                Ok(()) => {
+                    let mut one = vec![1u8];
+                    one.extend_from_slice(frame);
+                    valid |= cluster_decode(&one)?;
+                }
+                Err(_) if sealed => {
+                    return Err("a sealed frame was refused for its tag".into());
+                }
+                // the connection closes
+                Err(_) => return Ok(valid),
+            }
         }
     }
     Ok(valid)

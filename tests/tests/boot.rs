@@ -353,7 +353,7 @@ fn cluster_node_without_majority_never_writes() {
     vm.poweroff().unwrap();
     let before = meta.read_at(16 * 4096, 4096).unwrap();
 
-    let cfg = cfg.append("quorum_slot_nr=0 quorum_heartbeat_timeout_ms=2000");
+    let cfg = cfg.append("quorum_slot_nr=0 quorum_heartbeat_timeout_ms=2000 cluster.insecure=1");
     let mut vm = Vm::spawn(&cfg).unwrap();
     vm.wait_for("joining as quorum slot 0", TIMEOUT).unwrap();
     // several election rounds (2 s heartbeat, elections every ~0.3 s)

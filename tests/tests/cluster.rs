@@ -2,7 +2,8 @@
 //! in cluster mode without mounting the volume, see each other on the
 //! private segment (ICMP, and a stream and a datagram exchange through the
 //! kernel's cluster transports, also to itself), survive `kill`/`start`,
-//! take a client-only node, and `down` leaves no QEMU behind. Ports are
+//! take a client-only node, refuse a node with another cluster key, and
+//! `down` leaves no QEMU behind. Ports are
 //! picked at run time; the run directory is under target/.
 
 use std::fs;
@@ -355,8 +356,61 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     let out = c.shell(3, "ping 10.77.0.12 1");
     assert!(out.contains("1 received"), "{out}");
 
+    // A node with another cluster key cannot join: it says why, the
+    // leader counts the refusals and does not list it, the others serve.
+    let refused = |o: &str| {
+        o.lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_auth.bad_mac: "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = refused(&c.shell(next, "cluster"));
+    // the rids the leader lists once node 3's mount is among them
+    let rid_of = |o: &str| {
+        o.lines()
+            .find_map(|l| l.trim().strip_prefix("cluster: this mount rid "))
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let rids = |o: &str| -> std::collections::BTreeSet<String> {
+        o.lines()
+            .filter_map(|l| l.trim().strip_prefix("rid "))
+            .filter_map(|r| r.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let rid3 = rid_of(&c.wait_shell(3, "clients", |o| rid_of(o).is_some())).unwrap();
+    let known = rids(&c.wait_shell(next, "clients", |o| rids(o).contains(&rid3)));
+    c.ok(&[
+        "start",
+        "4",
+        "--",
+        &format!("cluster.key={}", "0".repeat(64)),
+    ]);
+    let console = c.dir.join("node4/console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if log.contains("refused session frame: bad_mac (another cluster key?)") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        log.contains("refused session frame: bad_mac (another cluster key?)"),
+        "{log}"
+    );
+    let out = c.wait_shell(next, "cluster", |o| refused(o) > before);
+    assert!(out.contains("auth: cluster key set"), "{out}");
+    let out = c.shell(next, "clients");
+    assert!(rids(&out).is_subset(&known), "{out}");
+    let out = c.shell(3, "ping 10.77.0.12 1");
+    assert!(out.contains("1 received"), "{out}");
+
+    // the refused node has nothing to unmount: it goes at once
     let pids = c.recorded_pids();
-    assert_eq!(pids.len(), 4);
+    assert_eq!(pids.len(), 5);
+    c.ok(&["kill", "4"]);
     let out = c.ok(&["down"]);
     assert_eq!(out.matches("powered off").count(), 4, "{out}");
     for pid in pids {

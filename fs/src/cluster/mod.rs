@@ -4,8 +4,10 @@
 //! reconnects ([`session`]), the cluster lock seam ([`lock`]), the quorum
 //! election ([`quorum`] machine, [`quorum_wire`] datagrams,
 //! [`quorum_blocks`] on disk, [`quorum_agent`] driver) and fencing
-//! ([`fence`]), the lock server's machine ([`lock_server`]) and the
-//! mount's lock client ([`lock_client`]). Recovery joins them here.
+//! ([`fence`]), the lock server's machine ([`lock_server`]), the
+//! mount's lock client ([`lock_client`]) and the cluster key's tags on
+//! every frame and datagram ([`auth`]). Recovery joins them here.
+pub mod auth;
 pub mod fence;
 pub mod lock;
 pub mod lock_client;

@@ -270,6 +270,35 @@ impl FrameDecoder {
         Ok(())
     }
 
+    /// The first `n` buffered bytes, once there are that many (an
+    /// authenticated stream's hello).
+    pub fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        if self.buf.len() < n {
+            return None;
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// The next complete frame followed by `trailer` more bytes (its tag):
+    /// the frame, and its bytes with the trailer (the trailer is the last
+    /// `trailer` bytes).
+    pub fn next_frame_trailed(
+        &mut self,
+        trailer: usize,
+    ) -> Result<Option<(Frame, Vec<u8>)>, FrameError> {
+        if self.buf.len() < HEADER_BYTES {
+            return Ok(None);
+        }
+        let header = Header::decode(&self.buf[..HEADER_BYTES])?;
+        let total = HEADER_BYTES + header.data_len as usize;
+        if self.buf.len() < total + trailer {
+            return Ok(None);
+        }
+        let raw: Vec<u8> = self.buf.drain(..total + trailer).collect();
+        let payload = raw[HEADER_BYTES..total].to_vec();
+        Ok(Some((Frame { header, payload }, raw)))
+    }
+
     /// The next complete frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buf.len() < HEADER_BYTES {

@@ -10,6 +10,7 @@
 //! A quorum-block I/O error ends the agent (the node's server is stopped
 //! and it no longer takes part: a fenced node cannot write).
 
+use crate::cluster::auth::{self, QuorumAuth};
 use crate::cluster::fence::{
     FenceAgent, FenceReason, FenceRegistry, FenceRequest, PREDECESSOR_FENCE_TIMEOUT_NS,
 };
@@ -157,6 +158,8 @@ struct Inner {
     ended: RefCell<Option<String>>,
     done: Notify,
     task: RefCell<Option<JoinHandle<()>>>,
+    /// With a cluster key: datagram tags and the replay window.
+    auth: RefCell<Option<QuorumAuth>>,
 }
 
 /// The running agent (cheap to clone).
@@ -218,7 +221,12 @@ impl QuorumAgent {
                     .map_err(AgentError::Blocks)?;
             }
         }
+        // the counter starts at the wall clock so that a restarted node
+        // sends above what it sent before
+        let wall = clock.wall();
+        let auth = auth::quorum(wall.sec.saturating_mul(1_000_000_000) + u64::from(wall.nsec));
         let inner = Rc::new(Inner {
+            auth: RefCell::new(auth),
             cfg,
             fsid,
             mask,
@@ -380,7 +388,18 @@ impl Inner {
                 Err(_) => self.step(Input::Timer),
                 Ok(Woke::Kick) => {}
                 Ok(Woke::Dgram(Ok((_from, bytes)))) => {
-                    if let Ok(m) = QuorumMsg::decode(&bytes, self.fsid, self.mask) {
+                    let opened = match self.auth.borrow_mut().as_mut() {
+                        None => Ok(&bytes[..]),
+                        Some(a) => a.open(&bytes),
+                    };
+                    let bytes = match opened {
+                        Ok(b) => b,
+                        Err(r) => {
+                            auth::refuse(r, "quorum datagram");
+                            continue;
+                        }
+                    };
+                    if let Ok(m) = QuorumMsg::decode(bytes, self.fsid, self.mask) {
                         self.step(Input::Msg {
                             from: m.from,
                             term: m.term,
@@ -414,6 +433,10 @@ impl Inner {
                     from: self.cfg.slot,
                 }
                 .encode();
+                let msg = match self.auth.borrow_mut().as_mut() {
+                    Some(a) => a.seal(&msg),
+                    None => msg.to_vec(),
+                };
                 for (s, a) in &self.addrs {
                     let hit = match to {
                         Dest::Others => *s != self.cfg.slot,

@@ -12,7 +12,12 @@
 //! [`MAX_QUEUED_REQUESTS`] unhandled requests (the reader waits, which
 //! back-pressures the peer). Resend and reconnect migration belong to the
 //! cluster session layer; the framing here is already what it needs.
+//!
+//! When the node has a cluster key ([`auth`]), both ends send a hello
+//! first and every frame carries a tag; a frame that fails it is counted
+//! (`cluster_auth.*`), never dispatched, and closes the connection.
 
+use crate::cluster::auth::{self, Refusal, SessionAuth, HELLO_BYTES, TAG_BYTES};
 use crate::cluster::msg::{
     self, cmd, encode_frame, wire_to_errno, Frame, FrameDecoder, Header, FLAG_RESPONSE,
 };
@@ -54,6 +59,8 @@ struct State {
     requests: VecDeque<Frame>,
     greeting_seen: bool,
     closed: bool,
+    /// With a cluster key: this connection's tags.
+    auth: Option<SessionAuth>,
 }
 
 /// One framed connection.
@@ -86,6 +93,7 @@ impl Endpoint {
                 requests: VecDeque::new(),
                 greeting_seen: false,
                 closed: false,
+                auth: auth::session(role == Role::Client),
             }),
             request_arrived: Notify::new(),
             request_taken: Notify::new(),
@@ -153,19 +161,32 @@ impl Endpoint {
             if self.is_closed() {
                 return Err(Errno::ENOLINK);
             }
-            if !self.sending.get() {
+            // with a key, frames wait for the peer's hello
+            let ready = self.st.borrow().auth.as_ref().is_none_or(|a| a.ready());
+            if !self.sending.get() && ready {
                 break;
             }
             done.await;
         }
         self.sending.set(true);
-        {
+        let bytes = {
             let mut st = self.st.borrow_mut();
             header.seq = st.next_seq;
             st.next_seq += 1;
             header.recv_seq = st.recv_seq;
-        }
-        let bytes = encode_frame(&header, payload);
+            let mut bytes = encode_frame(&header, payload);
+            if let Some(a) = st.auth.as_mut() {
+                // ready: checked under `sending` above
+                let Some(tag) = a.seal(&bytes) else {
+                    drop(st);
+                    self.sending.set(false);
+                    self.send_done.notify();
+                    return Err(Errno::ENOLINK);
+                };
+                bytes.extend_from_slice(&tag);
+            }
+            bytes
+        };
         let r = self.conn.send(&bytes).await;
         self.sending.set(false);
         self.send_done.notify();
@@ -287,9 +308,38 @@ impl Endpoint {
         self.close();
     }
 
+    /// Refuse the peer's traffic: counted, logged, connection closed.
+    fn auth_refused(&self, r: Refusal) {
+        auth::refuse(r, "session frame");
+        self.close();
+    }
+
+    /// Send this end's hello (before any frame: senders wait for the
+    /// peer's hello, which comes after ours on the other end).
+    async fn send_hello(&self) -> bool {
+        let hello = match self.st.borrow().auth.as_ref() {
+            Some(a) => a.hello(),
+            None => return true,
+        };
+        self.sending.set(true);
+        let r = self.conn.send(&hello).await;
+        self.sending.set(false);
+        self.send_done.notify();
+        if r.is_err() {
+            self.close();
+            return false;
+        }
+        true
+    }
+
     async fn read_loop(self: Rc<Self>) {
         let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 4096];
+        let keyed = self.st.borrow().auth.is_some();
+        if !self.send_hello().await {
+            return;
+        }
+        let mut hello_pending = keyed;
         loop {
             let want = buf.len().min(dec.room());
             let n = match self.conn.recv(&mut buf[..want]).await {
@@ -303,14 +353,55 @@ impl Endpoint {
                 self.protocol_error(None, &alloc::format!("{e}"));
                 return;
             }
+            if hello_pending {
+                let Some(h) = dec.take(HELLO_BYTES) else {
+                    continue;
+                };
+                let r = self
+                    .st
+                    .borrow_mut()
+                    .auth
+                    .as_mut()
+                    .map(|a| a.accept_hello(&h));
+                if let Some(Err(r)) = r {
+                    self.auth_refused(r);
+                    return;
+                }
+                hello_pending = false;
+                self.send_done.notify();
+            }
             loop {
-                match dec.next_frame() {
-                    Ok(Some(f)) => {
+                let next = if keyed {
+                    dec.next_frame_trailed(TAG_BYTES).map(|o| {
+                        o.map(|(f, raw)| {
+                            let (frame, tag) = raw.split_at(raw.len() - TAG_BYTES);
+                            let r = self
+                                .st
+                                .borrow_mut()
+                                .auth
+                                .as_mut()
+                                .map(|a| a.open(frame, tag));
+                            (f, r)
+                        })
+                    })
+                } else {
+                    dec.next_frame().map(|o| o.map(|f| (f, None)))
+                };
+                match next {
+                    Ok(Some((f, None | Some(Ok(()))))) => {
                         if !self.dispatch(f).await {
                             return;
                         }
                     }
+                    Ok(Some((_, Some(Err(r))))) => {
+                        self.auth_refused(r);
+                        return;
+                    }
                     Ok(None) => break,
+                    Err(_) if keyed => {
+                        self.auth_refused(Refusal::BadMac);
+                        return;
+                    }
                     Err(e) => {
                         self.protocol_error(None, &alloc::format!("{e}"));
                         return;
@@ -495,5 +586,78 @@ mod tests {
         })
         .unwrap();
         assert!(crate::runtime::counters::get("rpc.protocol_errors").unwrap() >= 2);
+    }
+
+    fn greet(ex: &Executor, client: &Rc<Endpoint>, server: &Rc<Endpoint>) -> FsResult<Vec<u8>> {
+        let srv = server.clone();
+        ex.spawn(async move {
+            while let Some(f) = srv.next_request().await {
+                let _ = srv.reply(&f.header, Ok(f.payload.clone())).await;
+            }
+        })
+        .unwrap();
+        let c = client.clone();
+        ex.block_on(async move {
+            let g = Greeting {
+                fsid: 7,
+                rid: 5,
+                ..Greeting::default()
+            };
+            c.call(cmd::GREETING, &g.encode()).await?;
+            c.call(cmd::STATFS, &[3]).await
+        })
+        .unwrap()
+    }
+
+    fn refused(why: &str) -> u64 {
+        crate::runtime::counters::get(&alloc::format!("cluster_auth.{why}")).unwrap_or(0)
+    }
+
+    #[test]
+    fn keyed_connections_work_and_refuse_wrong_or_missing_keys() {
+        use crate::cluster::auth::{configure, ClusterKey};
+        let ex = Executor::default();
+        let h = ex.handle();
+        let k1 = ClusterKey([1; 32]);
+        let k2 = ClusterKey([2; 32]);
+
+        configure(Some(&k1), 7, [1; 32]);
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        assert_eq!(greet(&ex, &client, &server), Ok(vec![3]));
+
+        // a client with another key: its greeting never reaches a handler
+        let bad_mac = refused("bad_mac");
+        configure(Some(&k2), 7, [2; 32]);
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        configure(Some(&k1), 7, [1; 32]);
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        assert!(greet(&ex, &client, &server).is_err());
+        assert!(server.is_closed() && client.is_closed());
+        assert!(refused("bad_mac") > bad_mac);
+
+        // a client without a key
+        let no_key = refused("no_key");
+        configure(None, 7, [0; 32]);
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        configure(Some(&k1), 7, [1; 32]);
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        assert!(greet(&ex, &client, &server).is_err());
+        assert!(server.is_closed());
+        assert!(refused("no_key") > no_key);
+
+        // another volume's node with the same key
+        let wrong = refused("wrong_volume");
+        configure(Some(&k1), 8, [3; 32]);
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        configure(Some(&k1), 7, [1; 32]);
+        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        assert!(greet(&ex, &client, &server).is_err());
+        assert!(refused("wrong_volume") > wrong);
+        configure(None, 7, [0; 32]);
     }
 }

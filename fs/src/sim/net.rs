@@ -19,6 +19,14 @@
 //! drops datagrams. Datagrams are lost and duplicated by seeded
 //! per-million rates and may be reordered by latency jitter.
 //!
+//! An adversary on the wire (`NetConfig::adversary_ppm`, for runs with a
+//! cluster key) acts on that share of datagrams and on a quarter of that
+//! share of stream segments: it replays captured datagrams later,
+//! delays (reorders), mutates and forges them, and mutates stream
+//! segments or injects forged frames and segments captured from other
+//! streams. Forgeries carry terms from [`FORGED_TERM`] and request ids
+//! from [`FORGED_ID`] so that a checker can tell if one was ever taken.
+//!
 //! Every send, delivery, close, reset, connect and drop is a world event.
 
 use crate::cluster::transport::{Conn, Datagrams, Listener, LocalFut, NetError, Transport};
@@ -54,7 +62,17 @@ pub struct NetConfig {
     pub dgram_queue: usize,
     /// Largest datagram.
     pub dgram_max: usize,
+    /// Datagrams (per million) the adversary acts on; a quarter of that
+    /// share of stream segments. 0: no adversary.
+    pub adversary_ppm: u32,
 }
+
+/// Terms of the adversary's forged quorum datagrams start here.
+pub const FORGED_TERM: u64 = 1 << 60;
+/// Request ids of the adversary's forged session frames start here.
+pub const FORGED_ID: u64 = 1 << 62;
+/// Captured datagrams and segments the adversary keeps for replays.
+const CAPTURED_MAX: usize = 32;
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -68,6 +86,7 @@ impl Default for NetConfig {
             dgram_dup_ppm: 5_000,
             dgram_queue: 256,
             dgram_max: 65_507,
+            adversary_ppm: 0,
         }
     }
 }
@@ -171,6 +190,9 @@ struct NetState {
     cut: BTreeSet<(NodeId, NodeId)>,
     down: BTreeSet<NodeId>,
     next_stream: u64,
+    /// The adversary's captures: datagrams, and (stream, segment).
+    captured_dgrams: VecDeque<Vec<u8>>,
+    captured_segs: VecDeque<(u64, Vec<u8>)>,
 }
 
 /// Totals of one network.
@@ -185,6 +207,8 @@ pub struct NetStats {
     pub dgrams_sent: u64,
     pub dgrams_delivered: u64,
     pub dgrams_dropped: u64,
+    /// The adversary's replays, mutations, forgeries and delays.
+    pub adversary_acts: u64,
 }
 
 /// The network of one world.
@@ -283,7 +307,79 @@ impl SimNet {
         self.st.borrow().streams.len()
     }
 
-    fn push_seg(&self, s: &Rc<Stream>, dir: usize, seg: Seg) {
+    /// The adversary acts on a stream segment about to be sent: it may
+    /// mutate it, or put a forged frame or another stream's segment
+    /// before it.
+    fn adversary_seg(&self, s: &Rc<Stream>, dir: usize, data: &mut Vec<u8>) {
+        if self.cfg.adversary_ppm == 0 {
+            return;
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            if st.captured_segs.len() >= CAPTURED_MAX {
+                st.captured_segs.pop_front();
+            }
+            st.captured_segs.push_back((s.id, data.clone()));
+        }
+        if !self.roll(self.cfg.adversary_ppm / 4) || data.is_empty() {
+            return;
+        }
+        self.bump(|st| st.adversary_acts += 1);
+        let node = s.ends[dir].node;
+        match self.rng.next_u64() % 3 {
+            0 => {
+                let bit = (self.rng.next_u64() % (data.len() as u64 * 8)) as usize;
+                data[bit / 8] ^= 1 << (bit % 8);
+                self.core.log(node, "adversary_mutate_seg", &[s.id], "");
+            }
+            1 => {
+                // a well-formed request (or a greeting) with a forged id
+                use crate::cluster::msg::{cmd, encode_frame, encode_u64, Greeting, Header};
+                let greet = self.rng.next_u64().is_multiple_of(2);
+                let (c, payload) = if greet {
+                    let g = Greeting {
+                        fsid: crate::sim::fsnode::mkfs_params(0, 0).fsid,
+                        rid: 0x100 + self.rng.next_u64() % 8,
+                        ..Greeting::default()
+                    };
+                    (cmd::GREETING, g.encode())
+                } else {
+                    (cmd::ALLOC_INODES, encode_u64(1 + self.rng.next_u64() % 100))
+                };
+                let h = Header {
+                    seq: 1 + self.rng.next_u64() % (1 << 20),
+                    id: FORGED_ID + self.rng.next_u64() % (1 << 20),
+                    cmd: c,
+                    ..Header::default()
+                };
+                let mut f = encode_frame(&h, &payload);
+                // a guessed tag
+                f.extend((0..crate::cluster::auth::TAG_BYTES).map(|_| self.rng.next_u64() as u8));
+                f.extend_from_slice(data);
+                *data = f;
+                self.core.log(node, "adversary_forge_seg", &[s.id], "");
+            }
+            _ => {
+                let other = {
+                    let st = self.st.borrow();
+                    let n = st.captured_segs.len() as u64;
+                    let k = (self.rng.next_u64() % n) as usize;
+                    st.captured_segs.get(k).cloned()
+                };
+                if let Some((sid, mut bytes)) = other {
+                    bytes.extend_from_slice(data);
+                    *data = bytes;
+                    self.core
+                        .log(node, "adversary_replay_seg", &[s.id, sid], "");
+                }
+            }
+        }
+    }
+
+    fn push_seg(&self, s: &Rc<Stream>, dir: usize, mut seg: Seg) {
+        if let Seg::Data(d) = &mut seg {
+            self.adversary_seg(s, dir, d);
+        }
         let from = &s.ends[dir];
         let to_node = s.ends[1 - dir].node;
         let now = self.core.now();
@@ -622,8 +718,9 @@ impl SimNet {
         } else {
             1
         };
+        let delay = self.adversary_dgram(node, to_node, to, &from.addr, data);
         for _ in 0..copies {
-            let at = self.core.now() + self.latency(node, to_node);
+            let at = self.core.now() + self.latency(node, to_node) + delay;
             self.core.schedule(
                 at,
                 Event::Net(NetEvent::Dgram {
@@ -635,6 +732,94 @@ impl SimNet {
             );
         }
         Ok(())
+    }
+
+    /// The adversary sees a datagram from `node` to `to`: it captures it
+    /// and may deliver a replayed, mutated or forged one beside it, or
+    /// delay it (the extra delay returned).
+    fn adversary_dgram(
+        &self,
+        node: NodeId,
+        to_node: NodeId,
+        to: &str,
+        from: &str,
+        data: &[u8],
+    ) -> u64 {
+        if self.cfg.adversary_ppm == 0 {
+            return 0;
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            if st.captured_dgrams.len() >= CAPTURED_MAX {
+                st.captured_dgrams.pop_front();
+            }
+            st.captured_dgrams.push_back(data.to_vec());
+        }
+        if !self.roll(self.cfg.adversary_ppm) {
+            return 0;
+        }
+        self.bump(|st| st.adversary_acts += 1);
+        let r = self.rng.next_u64();
+        let bad = match r % 4 {
+            0 => {
+                let st = self.st.borrow();
+                let k = (self.rng.next_u64() % st.captured_dgrams.len() as u64) as usize;
+                self.core.log(node, "adversary_replay_dgram", &[], to);
+                st.captured_dgrams[k].clone()
+            }
+            1 if !data.is_empty() => {
+                let mut m = data.to_vec();
+                let bit = (self.rng.next_u64() % (m.len() as u64 * 8)) as usize;
+                m[bit / 8] ^= 1 << (bit % 8);
+                self.core.log(node, "adversary_mutate_dgram", &[], to);
+                m
+            }
+            2 => {
+                // a well-formed datagram of this volume with a forged term
+                // and sender, with or without a guessed trailer
+                use crate::cluster::quorum_wire::{MsgKind, QuorumMsg};
+                let kinds = [
+                    MsgKind::RequestVote,
+                    MsgKind::Vote,
+                    MsgKind::Heartbeat,
+                    MsgKind::Resignation,
+                ];
+                let mut m = QuorumMsg {
+                    fsid: crate::sim::fsnode::mkfs_params(0, 0).fsid,
+                    term: FORGED_TERM + self.rng.next_u64() % (1 << 20),
+                    kind: kinds[(self.rng.next_u64() % 4) as usize],
+                    from: (self.rng.next_u64() % 5) as u8,
+                }
+                .encode()
+                .to_vec();
+                if self.rng.next_u64().is_multiple_of(2) {
+                    m.extend(
+                        (0..crate::cluster::auth::QUORUM_TRAILER_BYTES)
+                            .map(|_| self.rng.next_u64() as u8),
+                    );
+                }
+                self.core.log(node, "adversary_forge_dgram", &[], to);
+                m
+            }
+            _ => {
+                // reorder: hold the real one back
+                let d = self.rng.next_u64() % 1_000_000_000;
+                self.core.log(node, "adversary_delay_dgram", &[d], to);
+                return d;
+            }
+        };
+        let at =
+            self.core.now() + self.latency(node, to_node) + self.rng.next_u64() % 2_000_000_000;
+        self.core.schedule(
+            at,
+            Event::Net(NetEvent::Dgram {
+                to: to.into(),
+                from: from.into(),
+                from_node: node,
+                data: bad,
+            }),
+        );
+        0
     }
 
     /// Reasons: 0 nobody bound, 1 lost, 2 cut link, 3 queue full.

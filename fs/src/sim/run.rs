@@ -83,6 +83,10 @@ pub struct RunConfig {
     /// Crash runs end with the merge liveness check (see
     /// [`Budget::crash_merge_liveness`]); on by default.
     pub crash_merge_liveness: bool,
+    /// Quorum and session runs: every node holds a cluster key and an
+    /// adversary on the network replays, reorders, mutates and forges
+    /// traffic (see `sim::net`).
+    pub adversary: bool,
 }
 
 impl RunConfig {
@@ -100,6 +104,7 @@ impl RunConfig {
             inject: Inject::None,
             pauses: true,
             crash_merge_liveness: true,
+            adversary: false,
         }
     }
 }
@@ -236,6 +241,7 @@ pub fn run_seed(
             max_ns: 500_000_000,
         });
     }
+    adversary(&mut wc, cfg);
     let w = World::new(wc);
     w.set_observer(observer);
     w.log(
@@ -393,6 +399,7 @@ fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
             max_ns: 500_000_000,
         });
     }
+    adversary(&mut wc, cfg);
     let w = World::new(wc);
     w.set_observer(observer);
     let plan = workload::quorum::QuorumPlan {
@@ -484,6 +491,23 @@ fn run_cluster_seed(
         }
     };
     end_report(&w, cfg, result)
+}
+
+/// The adversary's share of datagrams (a quarter of it of stream segments).
+pub const ADVERSARY_PPM: u32 = 200_000;
+
+/// Keys on every node and the adversary on the wire, if the run asks.
+fn adversary(wc: &mut WorldConfig, cfg: &RunConfig) {
+    if cfg.adversary {
+        use crate::runtime::env::Entropy;
+        let k = crate::runtime::env::SeededEntropy::new(cfg.seed ^ 0x006b_6579);
+        let mut key = [0u8; 32];
+        for c in key.chunks_exact_mut(8) {
+            c.copy_from_slice(&k.next_u64().to_le_bytes());
+        }
+        wc.cluster_key = Some(key);
+        wc.net.adversary_ppm = ADVERSARY_PPM;
+    }
 }
 
 fn describe(f: &Failure) -> String {

@@ -213,6 +213,9 @@ pub struct WorldConfig {
     pub max_rounds_per_instant: u64,
     /// Polls of a dying node's executor for its teardown.
     pub teardown_rounds: usize,
+    /// Every node's cluster key (set at each boot, for the fixed fsid of
+    /// the simulator's volumes); `None`: unauthenticated.
+    pub cluster_key: Option<[u8; 32]>,
 }
 
 impl WorldConfig {
@@ -224,6 +227,7 @@ impl WorldConfig {
             pauses: None,
             max_rounds_per_instant: 100_000,
             teardown_rounds: 1000,
+            cluster_key: None,
         }
     }
 }
@@ -489,6 +493,20 @@ impl World {
         self.net.node_up(node);
         let net = Rc::new(SimTransport::new(self.net.clone(), node, exec.handle()));
         let entropy: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.rng.next_u64()));
+        {
+            // this life's key and nonce seed (none: the node runs keyless;
+            // keyless worlds draw nothing, so their seeds replay as before)
+            let _g = crate::runtime::node::enter(node);
+            let fsid = crate::sim::fsnode::mkfs_params(0, 0).fsid;
+            let mut seed = [0u8; 32];
+            if self.cfg.cluster_key.is_some() {
+                for c in seed.chunks_exact_mut(8) {
+                    c.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                }
+            }
+            let key = self.cfg.cluster_key.map(crate::cluster::auth::ClusterKey);
+            crate::cluster::auth::configure(key.as_ref(), fsid, seed);
+        }
         s.state = NodeState::Up;
         s.exec = Some(exec.clone());
         s.power = Some(power);

@@ -7,7 +7,7 @@
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
-//!             [--no-pauses] [--trace] [--no-template]
+//!             [--no-pauses] [--adversary] [--trace] [--no-template]
 //! ```
 //!
 //! Seeds `S..S+N` run (default S = 1, N = 10; `--seed S` alone runs just
@@ -36,7 +36,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
          \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
-         \x20                  [--no-pauses] [--trace] [--no-template]"
+         \x20                  [--no-pauses] [--adversary] [--trace] [--no-template]"
     );
     exit(2)
 }
@@ -51,6 +51,7 @@ struct Args {
     workloads: Vec<WorkloadKind>,
     inject: Inject,
     pauses: bool,
+    adversary: bool,
     trace: bool,
     template: bool,
 }
@@ -73,6 +74,7 @@ fn parse() -> Args {
         workloads: vec![WorkloadKind::Posix, WorkloadKind::Crash],
         inject: Inject::None,
         pauses: true,
+        adversary: false,
         trace: false,
         template: true,
     };
@@ -121,6 +123,7 @@ fn parse() -> Args {
                 }
             }
             "--no-pauses" => a.pauses = false,
+            "--adversary" => a.adversary = true,
             // the default now; older replay commands carry it
             "--merge-liveness" => {}
             "--trace" => a.trace = true,
@@ -162,6 +165,7 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
         c.steps = 60;
     }
     c.pauses = a.pauses;
+    c.adversary = a.adversary;
     c.inject = a.inject;
     match (a.steps, a.minutes) {
         (Some(s), _) => c.steps = s,
@@ -194,6 +198,9 @@ fn replay(c: &RunConfig, a: &Args) -> String {
         Inject::LyingFence => s += " --inject lying-fence",
         Inject::NoLocks => s += " --inject no-locks",
         Inject::ModelBug { step } => s += &format!(" --inject model-bug:{step}"),
+    }
+    if c.adversary {
+        s += " --adversary";
     }
     if !c.pauses {
         s += " --no-pauses";

@@ -384,6 +384,14 @@ fn check(w: &World, sh: &Shared, seen: &mut Seen, step: u64) -> Result<(), Failu
             ));
         };
         let t = block_term(&b);
+        if t >= crate::sim::net::FORGED_TERM {
+            return Err(fail(
+                w,
+                s as NodeId,
+                step,
+                format!("slot {s} took the forged term {t}"),
+            ));
+        }
         let prev = seen.slot_term.insert(s, t).unwrap_or(0);
         if t < prev {
             return Err(fail(

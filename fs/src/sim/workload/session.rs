@@ -103,6 +103,11 @@ async fn start_server(w: &Rc<World>, sh: &Rc<Shared>) -> Result<(), Failure> {
             )?;
             let sh3 = sh2.clone();
             role.set_exec_observer(Some(Rc::new(move |rid, id, c| {
+                if id >= crate::sim::net::FORGED_ID && sh3.twice.borrow().is_none() {
+                    *sh3.twice.borrow_mut() = Some(format!(
+                        "a forged request {id} (cmd {c}) of rid {rid} executed"
+                    ));
+                }
                 let mut ex = sh3.executed.borrow_mut();
                 let n = ex.entry((life, rid, id)).or_insert(0);
                 *n += 1;
