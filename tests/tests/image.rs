@@ -1,7 +1,8 @@
 //! The UEFI disk image (`cargo xtask image`, docs/image.md) boots under
 //! QEMU q35 + OVMF: the loader reads `cmdline.txt` from the ESP, the kernel
 //! finds its disks and network card on PCI, makes and mounts a volume on
-//! two blank disks, answers a 9P version handshake from the host and
+//! two blank disks, answers a 9P version handshake from the host, serves a
+//! Linux guest over 9P and
 //! powers off cleanly; a bad `cmdline.txt` is reported
 //! and the default used; the boot disk (GPT) is never made a volume even
 //! when its serial says `meta`; no cmdline.txt and no volume disks still
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use scoutvm_image::disk_image::{esp_range, remove_esp_file, write_esp_file};
+use scoutvm_tests::guest::run_linux_guest;
 use scoutvm_tests::{
     disk_image_path, free_tcp_port, Machine, Net, TempImage, UefiBoot, Vm, VmConfig, OVMF_CODE,
     OVMF_VARS, TIMEOUT,
@@ -107,6 +109,35 @@ fn uefi_image_boots_makes_a_volume_and_powers_off() {
         vm.wait_for("p9: serving", TIMEOUT).unwrap();
     }
     assert_eq!(p9_version(p9_port), "9P2000.L");
+    // a Linux guest mounts it over 9P (the forwarded port, reached at the
+    // host's 10.0.2.2), lists what the shell made and writes a file back
+    let args: Vec<String> = [
+        "--no-mount".to_string(),
+        "--mount".into(),
+        format!("/mnt/v=10.0.2.2:{p9_port}"),
+        "--mount-opts".into(),
+        "access=user,cache=none".into(),
+        "--timeout".into(),
+        "300".into(),
+    ]
+    .to_vec();
+    let cmd = "ls /mnt/v && echo from-the-guest > /mnt/v/guest-file && \
+               echo \"GUEST READ $(cat /mnt/v/guest-file)\"";
+    let run = run_linux_guest(&args, cmd).expect("start qemu/linux-guest.sh");
+    assert!(
+        run.console.lines().any(|l| l.trim_end() == "from-uefi"),
+        "the guest did not list /from-uefi:\n{}",
+        run.tail(30)
+    );
+    assert!(
+        run.console
+            .lines()
+            .any(|l| l.trim_end() == "GUEST READ from-the-guest"),
+        "{}",
+        run.tail(30)
+    );
+    let out = vm.run("ls /").unwrap();
+    assert!(out.contains("guest-file"), "{out}");
     vm.poweroff().unwrap();
     // the boot disk's partition table and ESP are as they were
     let head_after = boot.image.read_at(0, 64 << 10).unwrap();
