@@ -1044,13 +1044,14 @@ fn a_cluster_without_locks_is_caught_by_the_cross_mount_probes_and_replays() {
     assert_eq!(again.failure, r.failure);
 }
 
-/// Quorum and session seeds with a cluster key on every node and an
+/// Quorum, session and cluster seeds with a cluster key on every node and an
 /// adversary on the wire (replays, delays, mutations, forgeries of
 /// datagrams and stream segments, `sim::net`): every checker holds, no
 /// forged term reaches a quorum block (quorum checker), no forged request
-/// executes (session checker), and the refusals were counted.
+/// executes (session checker), the cluster workload's lock exclusion,
+/// model and fsck hold, and the refusals were counted.
 /// `SCOUTVM_SIM_ADVERSARY_SEEDS=N` runs N seeds of each (default 300
-/// quorum, 20 session).
+/// quorum, 20 session, 20 cluster).
 #[test]
 fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
     let env_seeds = std::env::var("SCOUTVM_SIM_ADVERSARY_SEEDS")
@@ -1079,6 +1080,13 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
         c
     };
     reps.extend((1..=s_seeds).map(|s| run_seed(&session(s), Some(&img), None)));
+    // three mounts sharing a tree on the cluster locks, under the same
+    // adversary: lock exclusion, the model and fsck hold
+    reps.extend((1..=s_seeds).map(|s| {
+        let mut c = cluster_config(s, WorkloadKind::Cluster, Inject::None);
+        c.adversary = true;
+        run_seed(&c, Some(&img), None)
+    }));
     let bad = failures(&reps);
     assert!(
         bad.is_empty(),
@@ -1088,9 +1096,13 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
     );
     assert!(reps
         .iter()
-        .all(|r| r.steps == r.cfg.steps || r.cfg.workload == WorkloadKind::Session));
-    // the adversary acted on both kinds of run
-    for w in [WorkloadKind::Quorum, WorkloadKind::Session] {
+        .all(|r| r.steps == r.cfg.steps || r.cfg.workload != WorkloadKind::Quorum));
+    // the adversary acted on every kind of run
+    for w in [
+        WorkloadKind::Quorum,
+        WorkloadKind::Session,
+        WorkloadKind::Cluster,
+    ] {
         let acts: u64 = reps
             .iter()
             .filter(|r| r.cfg.workload == w)

@@ -438,6 +438,7 @@ fn run_cluster_seed(
         // operations overlap for longer
         wc.net.link_ns = (1_000_000, 30_000_000);
     }
+    adversary(&mut wc, cfg);
     if cfg.pauses {
         wc.pauses = Some(PausePlan {
             mean_gap_ns: 3_000_000_000,
