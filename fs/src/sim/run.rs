@@ -174,16 +174,17 @@ fn node_options(cfg: &RunConfig) -> NodeOptions {
                 true,
             );
             o.session = workload::session::sim_session_config();
-            if cfg.workload == WorkloadKind::Cluster && cfg.inject != Inject::NoLocks {
-                o.cluster_locks = Some(LockClientConfig {
-                    // a tight LRU bound now and then: idle locks go back
-                    max_idle: if cfg.seed.is_multiple_of(4) {
-                        8
-                    } else {
-                        LockClientConfig::default().max_idle
-                    },
-                });
-            }
+            // the shared tree takes real cluster locks (unless the run
+            // injects their absence); disjoint mounts grant them locally
+            let locks = cfg.workload == WorkloadKind::Cluster && cfg.inject != Inject::NoLocks;
+            o.cluster_locks = locks.then(|| LockClientConfig {
+                // a tight LRU bound now and then: idle locks go back
+                max_idle: if cfg.seed.is_multiple_of(4) {
+                    8
+                } else {
+                    LockClientConfig::default().max_idle
+                },
+            });
             o
         }
         WorkloadKind::Posix => sim_node_options(
