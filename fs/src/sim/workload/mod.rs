@@ -814,7 +814,17 @@ impl Engine {
 
     async fn op_readdir(&mut self) -> Result<(), Stop> {
         let dir = self.dir_ino();
-        let desc = format!("readdir {dir}");
+        self.check_readdir(format!("readdir {dir}"), dir, 7).await
+    }
+
+    /// List `dir` whole, `batch` entries a call, and check it against the
+    /// model (`desc` names the check in a failure).
+    pub(super) async fn check_readdir(
+        &mut self,
+        desc: String,
+        dir: u64,
+        batch: usize,
+    ) -> Result<(), Stop> {
         let want = self.model.dir(dir).and_then(|d| {
             if d.nlink == 0 {
                 Err(Errno::ENOENT)
@@ -827,7 +837,7 @@ impl Engine {
                 let mut out = BTreeMap::new();
                 let mut pos = 0;
                 loop {
-                    let ents = m.readdir(&Cred::root(), dir, pos, 7).await?;
+                    let ents = m.readdir(&Cred::root(), dir, pos, batch).await?;
                     let Some(last) = ents.last() else {
                         break;
                     };
