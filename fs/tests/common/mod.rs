@@ -366,3 +366,16 @@ pub fn check_sparse_pattern(m: &Mount, ino: u64) {
         }
     }
 }
+
+/// Deterministic bytes (xorshift), different per `seed`.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
