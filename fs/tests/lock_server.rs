@@ -320,26 +320,3 @@ fn waiting_lock_requests_leave_room_for_other_requests() {
     assert_eq!(l.lock_grants().len(), n as usize);
     assert!(l.lock_grants().iter().all(|(rid, ..)| *rid == B));
 }
-
-#[test]
-fn a_commit_carries_item_seqs_of_its_write_grant_but_none_never_handed_out() {
-    let net = MemNet::new();
-    let l = server(&net);
-    let a = Mount::new(&net, &l, A, true);
-    let range = LockRange::inode_group(4096);
-    // the transaction begins, then a WRITE is granted with a newer seq:
-    // items dirtied under it carry that seq (reference §3.7.6)
-    let mut lt = block_on(a.client.get_log_trees()).unwrap();
-    let g = block_on(a.lock(range, LockMode::Null, LockMode::Write)).unwrap();
-    assert!(g.write_seq > lt.get_trans_seq);
-    lt.max_item_seq = g.write_seq;
-    block_on(a.client.commit_log_trees(&lt)).expect("a commit with its grant's write_seq");
-    // a seq the server never handed out is refused
-    let mut lt2 = block_on(a.client.get_log_trees()).unwrap();
-    lt2.max_item_seq = lt2.get_trans_seq + 1_000_000;
-    assert_eq!(
-        block_on(a.client.commit_log_trees(&lt2)),
-        Err(scoutvm_fs::errno::Errno::EINVAL)
-    );
-    block_on(l.shutdown());
-}
