@@ -9,7 +9,7 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{block_on, bytes, handle, RealVol, Vol};
+use common::{block_on, bytes, handle, offline, RealVol, Vol};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::items::{DataExtent, SEF_OFFLINE};
 use scoutvm_fs::posix::archive::{
@@ -60,15 +60,6 @@ fn extents(m: &Mount, ino: u64) -> Vec<DataExtent> {
 fn read_all(m: &Mount, ino: u64) -> Vec<u8> {
     let size = block_on(m.getattr(ino)).unwrap().size;
     block_on(m.read(ino, 0, size as usize)).unwrap()
-}
-
-fn offline(start: u64, len: u64) -> DataExtent {
-    DataExtent {
-        start,
-        len,
-        blkno: 0,
-        flags: SEF_OFFLINE,
-    }
 }
 
 // ---- simple-staging ----

@@ -4,6 +4,7 @@
 //! remounts.
 #![allow(dead_code)]
 
+use scoutvm_fs::format::items::{DataExtent, SEF_OFFLINE};
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::runtime::env::{SeededEntropy, Timespec};
 use scoutvm_fs::sim::faultdev::FaultDev;
@@ -378,4 +379,14 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// An OFFLINE unmapped extent of blocks `[start, start + len)`.
+pub fn offline(start: u64, len: u64) -> DataExtent {
+    DataExtent {
+        start,
+        len,
+        blkno: 0,
+        flags: SEF_OFFLINE,
+    }
 }
