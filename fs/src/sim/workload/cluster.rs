@@ -615,19 +615,8 @@ async fn probe(e: &mut Engine, m: &ClusterMount) -> Result<(), Stop> {
                     dirs.push(dir);
                 }
                 let desc = format!("probe lookup {dir} {:?}", String::from_utf8_lossy(&name));
-                let want = e.model.lookup(dir, &name);
-                let n2 = name.clone();
-                let got = e
-                    .op(desc.clone(), move |m| async move {
-                        m.lookup(&Cred::root(), dir, &n2).await
-                    })
-                    .await?;
-                e.agree(&desc, &got, &want)?;
-                if let (Ok(a), Ok(ino)) = (&got, &want) {
-                    if a.ino != *ino {
-                        return Err(e.fail(format!("{desc}: ino {} want {ino}", a.ino)));
-                    }
-                    inos.push(*ino);
+                if let Some(ino) = e.check_lookup(desc, dir, name).await? {
+                    inos.push(ino);
                 }
             }
             Mark::Ino(ino) => inos.push(ino),
