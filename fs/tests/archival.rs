@@ -9,7 +9,7 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{block_on, handle, RealVol, Vol};
+use common::{block_on, bytes, handle, offline, RealVol, Vol};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::items::{DataExtent, SEF_OFFLINE};
 use scoutvm_fs::posix::archive::{
@@ -23,19 +23,6 @@ const BS: u64 = 4096;
 
 fn root() -> Cred {
     Cred::root()
-}
-
-/// Deterministic bytes (xorshift), different per `seed`.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Let spawned tasks run until they wait (a little virtual time).
@@ -73,15 +60,6 @@ fn extents(m: &Mount, ino: u64) -> Vec<DataExtent> {
 fn read_all(m: &Mount, ino: u64) -> Vec<u8> {
     let size = block_on(m.getattr(ino)).unwrap().size;
     block_on(m.read(ino, 0, size as usize)).unwrap()
-}
-
-fn offline(start: u64, len: u64) -> DataExtent {
-    DataExtent {
-        start,
-        len,
-        blkno: 0,
-        flags: SEF_OFFLINE,
-    }
 }
 
 // ---- simple-staging ----

@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{block_on, Vol};
+use common::{block_on, offline, Vol};
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::format::items::{DataExtent, SEF_OFFLINE, SEF_UNWRITTEN};
+use scoutvm_fs::format::items::{DataExtent, SEF_UNWRITTEN};
 use scoutvm_fs::posix::archive::SetAttrMore;
 use scoutvm_fs::posix::archive_ctl::ctl_set;
 use scoutvm_fs::posix::mount::Mount;
@@ -42,15 +42,6 @@ fn sam(vers: u64, size: u64, offline: bool) -> SetAttrMore {
 
 fn extents(m: &Mount, ino: u64) -> Vec<DataExtent> {
     block_on(m.extents(ino, 0, 10_000)).unwrap()
-}
-
-fn offline(start: u64, len: u64) -> DataExtent {
-    DataExtent {
-        start,
-        len,
-        blkno: 0,
-        flags: SEF_OFFLINE,
-    }
 }
 
 fn vers(m: &Mount, ino: u64) -> u64 {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{block_on, RealVol};
+use common::{block_on, bytes, RealVol};
 use scoutvm_fs::posix::mount::Mount;
 use scoutvm_fs::posix::types::*;
 
@@ -15,19 +15,6 @@ const BS: u64 = 4096;
 
 fn root() -> Cred {
     Cred::root()
-}
-
-/// Deterministic bytes (xorshift), different per `seed`.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn vol(seed: u64) -> RealVol {

@@ -7,6 +7,7 @@
 //! is dropped. A QEMU exit status of 0 is a reset or triple fault (our
 //! appliance only leaves through isa-debug-exit), never a success.
 
+pub mod cluster_sh;
 pub mod fuzz;
 pub mod guest;
 

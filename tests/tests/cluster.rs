@@ -6,155 +6,27 @@
 //! `down` leaves no QEMU behind. Ports are
 //! picked at run time; the run directory is under target/.
 
-use std::fs;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use scoutvm_tests::cluster_sh::{alive, Cluster};
 use scoutvm_tests::guest::run_linux_guest;
-use scoutvm_tests::{elf_path, workspace_root};
 
-struct Cluster {
-    dir: PathBuf,
-    elf: PathBuf,
-    p9_base: u16,
-}
-
-/// A base port with `n` free TCP ports after it on 127.0.0.1.
-fn free_port_run(n: u16) -> u16 {
-    'outer: for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("an ephemeral port");
-        if base > u16::MAX - n {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match TcpListener::bind(("127.0.0.1", p)) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'outer,
+/// The slot leading with its server up, as node 0..3 (not `not`) see it.
+fn wait_leader(c: &Cluster, not: Option<usize>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        for i in (0..3).filter(|&i| Some(i) != not) {
+            let n = i.to_string();
+            let q = String::from_utf8_lossy(&c.run(&["shell", &n, "quorum"]).stdout).into_owned();
+            if q.contains(&format!("leader {i} server Up")) {
+                return i;
             }
         }
-        return base;
-    }
-    panic!("no run of {n} free TCP ports");
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let dir = workspace_root().join(format!(
-            "target/scoutvm/cluster-test-{}",
-            std::process::id()
-        ));
-        Cluster {
-            dir,
-            elf: elf_path(),
-            p9_base: free_port_run(4),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(workspace_root().join("qemu/cluster.sh"))
-            .args(args)
-            .env("CLUSTER_DIR", &self.dir)
-            .env("SCOUTVM_ELF", &self.elf)
-            .env("CLUSTER_P9_BASE", self.p9_base.to_string())
-            .env("CLUSTER_BOOT_TIMEOUT", "180")
-            .env("CLUSTER_SHELL_TIMEOUT", "60")
-            .output()
-            .expect("run qemu/cluster.sh")
-    }
-
-    /// Run and insist on success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "cluster.sh {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.consoles()
-        );
-        stdout
-    }
-
-    fn shell(&self, node: usize, cmd: &str) -> String {
-        let n = node.to_string();
-        let mut args = vec!["shell", n.as_str()];
-        args.extend(cmd.split_whitespace());
-        self.ok(&args)
-    }
-
-    /// Poll `cmd` on `node` until `done` holds (generous: TCG, loaded host).
-    fn wait_shell(&self, node: usize, cmd: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let n = node.to_string();
-            let mut args = vec!["shell", n.as_str()];
-            args.extend(cmd.split_whitespace());
-            // not mounted yet: the command errors, try again
-            let out = String::from_utf8_lossy(&self.run(&args).stdout).into_owned();
-            if done(&out) {
-                return out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{cmd} on node{node}: {out}\n{}",
-                self.consoles()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// The slot leading with its server up, as node 0..3 (not `not`) see it.
-    fn wait_leader(&self, not: Option<usize>) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            for i in (0..3).filter(|&i| Some(i) != not) {
-                let n = i.to_string();
-                let q = String::from_utf8_lossy(&self.run(&["shell", &n, "quorum"]).stdout)
-                    .into_owned();
-                if q.contains(&format!("leader {i} server Up")) {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader:\n{}", self.consoles());
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn consoles(&self) -> String {
-        let mut s = String::new();
-        for i in 0..4 {
-            let p = self.dir.join(format!("node{i}/console.log"));
-            if let Ok(text) = fs::read_to_string(&p) {
-                s.push_str(&format!("--- node{i} console ---\n{text}\n"));
-            }
-        }
-        s
-    }
-
-    /// The pids the run directory recorded (running or not).
-    fn recorded_pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let f = entry.path().join("qemu.pid");
-            if let Some(pid) = fs::read_to_string(&f)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-            {
-                pids.push(pid);
-            }
-        }
-        pids
+        assert!(Instant::now() < deadline, "no leader:\n{}", c.consoles());
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-/// Whether `pid` is a live (not zombie) process.
 /// The term in a `quorum` output's first line.
 fn term_of(q: &str) -> u64 {
     q.split_whitespace()
@@ -164,40 +36,9 @@ fn term_of(q: &str) -> u64 {
         .unwrap_or_else(|| panic!("no term in {q}"))
 }
 
-fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn pid_of(dir: &Path, node: usize) -> u32 {
-    fs::read_to_string(dir.join(format!("node{node}/qemu.pid")))
-        .expect("a pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // On a failed assertion: power off what is left, then kill by pid.
-        let _ = self.run(&["down"]);
-        for pid in self.recorded_pids() {
-            if alive(pid) {
-                // SAFETY: kill(2) on a pid this run recorded and just saw alive.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn cluster_sh_three_nodes_up_talk_kill_start_down() {
-    let c = Cluster::new();
+    let c = Cluster::new("cluster-test", 4);
     let up = c.ok(&["up", "3"]);
     assert!(up.contains("made a volume with 3 quorum slots"), "{up}");
     assert!(up.contains("3 nodes up"), "{up}");
@@ -215,7 +56,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         );
     }
     // One leader elected, every node mounted through it.
-    let leader = c.wait_leader(None);
+    let leader = wait_leader(&c, None);
     let out = c.wait_shell(leader, "clients", |o| o.contains("3 cluster mount(s)"));
     assert!(out.contains("this node leads"), "{out}");
     let q = c.shell(leader, "quorum");
@@ -247,7 +88,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
 
     // The leader dies: a survivor is elected once the operator acks the
     // fence of the dead leader's mount, in a higher term.
-    let pid = pid_of(&c.dir, leader);
+    let pid = c.pid_of(leader);
     c.ok(&["kill", &leader.to_string()]);
     assert!(!alive(pid));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -272,7 +113,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         acked.is_some(),
         "no survivor asked to fence the dead leader"
     );
-    let next = c.wait_leader(Some(leader));
+    let next = wait_leader(&c, Some(leader));
     assert_ne!(next, leader);
     let term2 = term_of(&c.shell(next, "quorum"));
     assert!(term2 > term1, "term {term2} after {term1}");
@@ -286,7 +127,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     assert!(
         status.contains(&format!(
             "node2: running pid {}, 9P 127.0.0.1:{}",
-            pid_of(&c.dir, 2),
+            c.pid_of(2),
             c.p9_base + 2
         )),
         "{status}"
@@ -332,7 +173,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     );
 
     // A crash and a restart of node1.
-    let pid1 = pid_of(&c.dir, 1);
+    let pid1 = c.pid_of(1);
     let out = c.ok(&["kill", "1"]);
     assert!(
         out.contains(&format!("node1: killed (pid {pid1})")),
@@ -342,7 +183,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     let status = c.ok(&["status"]);
     assert!(status.contains("node1: stopped"), "{status}");
     c.ok(&["start", "1"]);
-    assert_ne!(pid_of(&c.dir, 1), pid1);
+    assert_ne!(c.pid_of(1), pid1);
     let out = c.shell(1, "cluster");
     assert!(out.contains("quorum slot 1"), "{out}");
     let out = c.shell(1, "ping 10.77.0.10 1");

@@ -16,14 +16,10 @@
 //! (default 8 s; the reference runs 30), `CLUSTER_POSIX_ROUNDS` the
 //! noreplace race rounds (default 20).
 
-use std::fs;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use scoutvm_tests::cluster_sh::{alive, Cluster};
 use scoutvm_tests::guest::{fsck_images, run_linux_guest};
-use scoutvm_tests::{elf_path, workspace_root};
 
 /// The checks cluster-posix.sh runs (its `CLUSTER-POSIX PASS` names).
 const CHECKS: [&str; 6] = [
@@ -34,138 +30,6 @@ const CHECKS: [&str; 6] = [
     "renameat2-noreplace",
     "lock-ex-race-processes",
 ];
-
-struct Cluster {
-    dir: PathBuf,
-    elf: PathBuf,
-    p9_base: u16,
-}
-
-/// A base port with `n` free TCP ports after it on 127.0.0.1.
-fn free_port_run(n: u16) -> u16 {
-    'outer: for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("an ephemeral port");
-        if base > u16::MAX - n {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match TcpListener::bind(("127.0.0.1", p)) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'outer,
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free TCP ports");
-}
-
-fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        Cluster {
-            dir: workspace_root().join(format!(
-                "target/scoutvm/cluster-posix-{}",
-                std::process::id()
-            )),
-            elf: elf_path(),
-            p9_base: free_port_run(2),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(workspace_root().join("qemu/cluster.sh"))
-            .args(args)
-            .env("CLUSTER_DIR", &self.dir)
-            .env("SCOUTVM_ELF", &self.elf)
-            .env("CLUSTER_P9_BASE", self.p9_base.to_string())
-            .env("CLUSTER_BOOT_TIMEOUT", "240")
-            .env("CLUSTER_SHELL_TIMEOUT", "90")
-            .output()
-            .expect("run qemu/cluster.sh")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "cluster.sh {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.consoles()
-        );
-        stdout
-    }
-
-    /// Wait until `node` has the volume mounted (its `ls /` answers).
-    fn wait_mounted(&self, node: usize) {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let n = node.to_string();
-        loop {
-            let out = self.run(&["shell", &n, "ls", "/"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node{node} did not mount: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                self.consoles()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// The last lines of every node's console.
-    fn consoles(&self) -> String {
-        let mut s = String::new();
-        for i in 0..2 {
-            let p = self.dir.join(format!("node{i}/console.log"));
-            if let Ok(text) = fs::read_to_string(&p) {
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-                s.push_str(&format!("--- node{i} console (tail) ---\n{tail}\n"));
-            }
-        }
-        s
-    }
-
-    fn recorded_pids(&self) -> Vec<u32> {
-        (0..2)
-            .filter_map(|i| {
-                fs::read_to_string(self.dir.join(format!("node{i}/qemu.pid")))
-                    .ok()
-                    .and_then(|p| p.trim().parse().ok())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // On a failed assertion: power off what is left, then kill by pid.
-        let _ = self.run(&["down"]);
-        for pid in self.recorded_pids() {
-            if alive(pid) {
-                // SAFETY: kill(2) on a pid this run recorded and just saw alive.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -193,7 +57,10 @@ fn counter(listing: &str, name: &str) -> u64 {
 fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
     let lock_secs = env_num("CLUSTER_POSIX_LOCK_SECS", 8);
     let rounds = env_num("CLUSTER_POSIX_ROUNDS", 20);
-    let c = Cluster::new();
+    let mut c = Cluster::new("cluster-posix", 2);
+    c.boot_timeout = 240;
+    c.shell_timeout = 90;
+    c.console_tail = Some(60);
     let up = c.ok(&["up", "2"]);
     assert!(up.contains("made a volume with 2 quorum slots"), "{up}");
     c.wait_mounted(0);

@@ -359,6 +359,31 @@ pub async fn punch(
     last: u64,
     max_extents: usize,
 ) -> FsResult<Option<u64>> {
+    unmap(ctx, inode, first, last, max_extents, Unmap::Punch).await
+}
+
+/// What [`unmap`] does to the extents of its range.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unmap {
+    /// Every extent becomes a hole; mapped blocks are freed.
+    Punch,
+    /// Mapped extents are freed and become OFFLINE; the rest stay.
+    Release,
+    /// OFFLINE unmapped extents become holes; the rest stay.
+    PunchOffline,
+}
+
+/// Walk the extents of blocks `[first, last]`, at most `max_extents` of
+/// them, doing `how` to each piece in range. Returns the block to
+/// continue from, or `None` when the range is done.
+async fn unmap(
+    ctx: &DataCtx<'_>,
+    inode: &mut Inode,
+    first: u64,
+    last: u64,
+    max_extents: usize,
+    how: Unmap,
+) -> FsResult<Option<u64>> {
     let mut cur = first;
     for _ in 0..max_extents {
         if cur > last {
@@ -371,19 +396,31 @@ pub async fn punch(
             return Ok(None);
         }
         // never hand blocks past the data device to the allocator
-        if e.blkno != 0 && e.blkno + e.len > ctx.dev.size_bytes() / BS {
+        if how != Unmap::PunchOffline
+            && e.blkno != 0
+            && e.blkno
+                .checked_add(e.len)
+                .is_none_or(|end| end > ctx.dev.size_bytes() / BS)
+        {
             return Err(Errno::EIO);
         }
         let s = e.start.max(cur);
         let t = e.last().min(last);
-        for old in set_mapping(ctx.items, inode, s, t - s + 1, 0, 0).await? {
-            if old.blkno != 0 {
-                ctx.backend
-                    .free_data(DataRun {
-                        blkno: old.blkno,
-                        len: old.len,
-                    })
-                    .await?;
+        let flags = match how {
+            Unmap::Punch => Some(0),
+            Unmap::Release => (e.blkno != 0).then_some(SEF_OFFLINE),
+            Unmap::PunchOffline => (e.blkno == 0 && e.flags & SEF_OFFLINE != 0).then_some(0),
+        };
+        if let Some(flags) = flags {
+            for old in set_mapping(ctx.items, inode, s, t - s + 1, 0, flags).await? {
+                if old.blkno != 0 {
+                    ctx.backend
+                        .free_data(DataRun {
+                            blkno: old.blkno,
+                            len: old.len,
+                        })
+                        .await?;
+                }
             }
         }
         if t == LAST_BLOCK {
@@ -476,44 +513,7 @@ pub async fn release(
     last: u64,
     max_extents: usize,
 ) -> FsResult<Option<u64>> {
-    let mut cur = first;
-    for _ in 0..max_extents {
-        if cur > last {
-            return Ok(None);
-        }
-        let Some(e) = next_extent(ctx.items, inode.ino, cur).await? else {
-            return Ok(None);
-        };
-        if e.start > last {
-            return Ok(None);
-        }
-        let s = e.start.max(cur);
-        let t = e.last().min(last);
-        if e.blkno != 0 {
-            // never hand blocks past the data device to the allocator
-            if e.blkno
-                .checked_add(e.len)
-                .is_none_or(|end| end > ctx.dev.size_bytes() / BS)
-            {
-                return Err(Errno::EIO);
-            }
-            for old in set_mapping(ctx.items, inode, s, t - s + 1, 0, SEF_OFFLINE).await? {
-                if old.blkno != 0 {
-                    ctx.backend
-                        .free_data(DataRun {
-                            blkno: old.blkno,
-                            len: old.len,
-                        })
-                        .await?;
-                }
-            }
-        }
-        if t == LAST_BLOCK {
-            return Ok(None);
-        }
-        cur = t + 1;
-    }
-    Ok(if cur > last { None } else { Some(cur) })
+    unmap(ctx, inode, first, last, max_extents, Unmap::Release).await
 }
 
 /// Turn the OFFLINE unmapped extents of blocks `[first, last]` into holes
@@ -526,28 +526,7 @@ pub async fn punch_offline(
     last: u64,
     max_extents: usize,
 ) -> FsResult<Option<u64>> {
-    let mut cur = first;
-    for _ in 0..max_extents {
-        if cur > last {
-            return Ok(None);
-        }
-        let Some(e) = next_extent(ctx.items, inode.ino, cur).await? else {
-            return Ok(None);
-        };
-        if e.start > last {
-            return Ok(None);
-        }
-        let s = e.start.max(cur);
-        let t = e.last().min(last);
-        if e.blkno == 0 && e.flags & SEF_OFFLINE != 0 {
-            set_mapping(ctx.items, inode, s, t - s + 1, 0, 0).await?;
-        }
-        if t == LAST_BLOCK {
-            return Ok(None);
-        }
-        cur = t + 1;
-    }
-    Ok(if cur > last { None } else { Some(cur) })
+    unmap(ctx, inode, first, last, max_extents, Unmap::PunchOffline).await
 }
 
 /// Stage `data` at byte `off` (block aligned; the caller checked the

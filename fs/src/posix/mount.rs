@@ -2063,43 +2063,27 @@ impl Mount {
     /// Read into `buf` at `off`; returns the bytes read (0 at or past EOF).
     /// Offline data is waited for (see [`Self::stage`]).
     pub async fn read_into(&self, ino: Ino, off: u64, buf: &mut [u8]) -> FsResult<usize> {
-        for _ in 0..archive::MAX_DATA_WAITS {
-            let blocked = Cell::new(None);
-            let r = self
-                .run(
-                    HoldKind::Read,
-                    inode_lock(ino, LockMode::Read),
-                    async |_| {
-                        let i = self.load_file(ino).await?;
-                        if off > MAX_FILE_SIZE {
-                            return Err(Errno::EINVAL.into());
-                        }
-                        if off >= i.item.size {
-                            return Ok(0);
-                        }
-                        let n = (buf.len() as u64).min(i.item.size - off) as usize;
-                        if n == 0 {
-                            return Ok(0);
-                        }
-                        let end = off + n as u64;
-                        self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
-                            .await?;
-                        data::read(&self.dctx(), &i, off, &mut buf[..n]).await?;
-                        Ok(n)
-                    },
-                )
-                .await;
-            match blocked.get() {
-                Some(b) => self.waiters.wait(ino, b, DWO_READ)?.await?,
-                None => return r,
-            }
-        }
-        Err(Errno::EIO)
+        let (len, mut buf) = (buf.len(), buf);
+        self.read_to(ino, off, len, &mut buf).await
     }
 
     /// Read up to `len` bytes at `off` (one operation, like
     /// [`Self::read_into`]).
     pub async fn read(&self, ino: Ino, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_to(ino, off, len, &mut buf).await?;
+        Ok(buf)
+    }
+
+    /// Read up to `len` bytes at `off` into what `buf` hands out once the
+    /// count is known; returns the count.
+    async fn read_to(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+        buf: &mut impl ReadBuf,
+    ) -> FsResult<usize> {
         for _ in 0..archive::MAX_DATA_WAITS {
             let blocked = Cell::new(None);
             let r = self
@@ -2112,18 +2096,17 @@ impl Mount {
                             return Err(Errno::EINVAL.into());
                         }
                         if off >= i.item.size {
-                            return Ok(Vec::new());
+                            return Ok(0);
                         }
                         let n = (len as u64).min(i.item.size - off) as usize;
                         if n == 0 {
-                            return Ok(Vec::new());
+                            return Ok(0);
                         }
                         let end = off + n as u64;
                         self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
                             .await?;
-                        let mut buf = vec![0u8; n];
-                        data::read(&self.dctx(), &i, off, &mut buf).await?;
-                        Ok(buf)
+                        data::read(&self.dctx(), &i, off, buf.take(n)).await?;
+                        Ok(n)
                     },
                 )
                 .await;
@@ -3114,6 +3097,28 @@ impl Mount {
             }
         }
         Ok(out)
+    }
+}
+
+/// Where [`Mount::read_to`] puts what it reads: `take(n)` is the `n` bytes
+/// to fill (`n` at most the length asked for).
+trait ReadBuf {
+    fn take(&mut self, n: usize) -> &mut [u8];
+}
+
+/// A caller's buffer: its first `n` bytes.
+impl ReadBuf for &mut [u8] {
+    fn take(&mut self, n: usize) -> &mut [u8] {
+        &mut self[..n]
+    }
+}
+
+/// A fresh buffer of `n` zeros (allocated only once the count is known).
+impl ReadBuf for Vec<u8> {
+    fn take(&mut self, n: usize) -> &mut [u8] {
+        self.clear();
+        self.resize(n, 0);
+        self
     }
 }
 

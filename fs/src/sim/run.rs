@@ -215,6 +215,33 @@ fn node_options(cfg: &RunConfig) -> NodeOptions {
 /// Virtual time a run may take past its budget before it counts as hung.
 const SLACK_NS: u64 = 3600 * 1_000_000_000;
 
+/// The world of one seed's run: `wc` with the run's pauses and keys (the
+/// adversary, if asked), the
+/// observer set, and the run's first log line (`nodes`, steps, workload).
+fn new_world(
+    cfg: &RunConfig,
+    mut wc: WorldConfig,
+    nodes: u64,
+    observer: Option<Observer>,
+) -> Rc<World> {
+    adversary(&mut wc, cfg);
+    if cfg.pauses {
+        wc.pauses = Some(PausePlan {
+            mean_gap_ns: 3_000_000_000,
+            max_ns: 500_000_000,
+        });
+    }
+    let w = World::new(wc);
+    w.set_observer(observer);
+    w.log(
+        crate::sim::hash::WORLD,
+        "run",
+        &[nodes, cfg.steps],
+        cfg.workload.name(),
+    );
+    w
+}
+
 /// Run one seed. `image`: a formatted volume to start from (else mkfs
 /// runs); `observer`: sees every event (tracing).
 pub fn run_seed(
@@ -235,22 +262,7 @@ pub fn run_seed(
     ) {
         return run_cluster_seed(cfg, image, observer);
     }
-    let mut wc = WorldConfig::new(cfg.seed);
-    if cfg.pauses {
-        wc.pauses = Some(PausePlan {
-            mean_gap_ns: 3_000_000_000,
-            max_ns: 500_000_000,
-        });
-    }
-    adversary(&mut wc, cfg);
-    let w = World::new(wc);
-    w.set_observer(observer);
-    w.log(
-        crate::sim::hash::WORLD,
-        "run",
-        &[cfg.nodes as u64, cfg.steps],
-        cfg.workload.name(),
-    );
+    let w = new_world(cfg, WorldConfig::new(cfg.seed), cfg.nodes as u64, observer);
     let session = cfg.workload == WorkloadKind::Session;
     if session {
         assert!(
@@ -394,27 +406,13 @@ fn run_quorum_seed(cfg: &RunConfig, observer: Option<Observer>) -> SeedReport {
     let mut wc = WorldConfig::new(cfg.seed);
     wc.net.dgram_loss_ppm = 30_000;
     wc.net.dgram_dup_ppm = 20_000;
-    if cfg.pauses {
-        wc.pauses = Some(PausePlan {
-            mean_gap_ns: 3_000_000_000,
-            max_ns: 500_000_000,
-        });
-    }
-    adversary(&mut wc, cfg);
-    let w = World::new(wc);
-    w.set_observer(observer);
     let plan = workload::quorum::QuorumPlan {
         slots: quorum_slots(cfg),
         phases: cfg.steps,
         lying_fence: cfg.inject == Inject::LyingFence,
         lying_flush: cfg.inject == Inject::LyingFlush,
     };
-    w.log(
-        crate::sim::hash::WORLD,
-        "run",
-        &[plan.slots as u64, cfg.steps],
-        cfg.workload.name(),
-    );
+    let w = new_world(cfg, wc, plan.slots as u64, observer);
     let w2 = w.clone();
     let limit = cfg.until_ns.saturating_add(SLACK_NS);
     let result = match w.run(workload::quorum::run(w2, plan), limit) {
@@ -439,21 +437,7 @@ fn run_cluster_seed(
         // operations overlap for longer
         wc.net.link_ns = (1_000_000, 30_000_000);
     }
-    adversary(&mut wc, cfg);
-    if cfg.pauses {
-        wc.pauses = Some(PausePlan {
-            mean_gap_ns: 3_000_000_000,
-            max_ns: 500_000_000,
-        });
-    }
-    let w = World::new(wc);
-    w.set_observer(observer);
-    w.log(
-        crate::sim::hash::WORLD,
-        "run",
-        &[MOUNTS as u64, cfg.steps],
-        cfg.workload.name(),
-    );
+    let w = new_world(cfg, wc, MOUNTS as u64, observer);
     w.add_node(SERVER);
     let vol = Volume::add(&w, SERVER, "vol");
     for n in 1..=MOUNTS {

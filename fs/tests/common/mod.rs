@@ -4,6 +4,7 @@
 //! remounts.
 #![allow(dead_code)]
 
+use scoutvm_fs::format::items::{DataExtent, SEF_OFFLINE};
 use scoutvm_fs::format::super_block::QuorumConfig;
 use scoutvm_fs::runtime::env::{SeededEntropy, Timespec};
 use scoutvm_fs::sim::faultdev::FaultDev;
@@ -364,5 +365,28 @@ pub fn check_sparse_pattern(m: &Mount, ino: u64) {
                 .iter()
                 .all(|&b| b == 0));
         }
+    }
+}
+
+/// Deterministic bytes (xorshift), different per `seed`.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An OFFLINE unmapped extent of blocks `[start, start + len)`.
+pub fn offline(start: u64, len: u64) -> DataExtent {
+    DataExtent {
+        start,
+        len,
+        blkno: 0,
+        flags: SEF_OFFLINE,
     }
 }

@@ -772,6 +772,18 @@ impl Engine {
     async fn op_lookup(&mut self) -> Result<(), Stop> {
         let (dir, name) = (self.dir_ino(), self.name());
         let desc = format!("lookup {dir} {:?}", String::from_utf8_lossy(&name));
+        self.check_lookup(desc, dir, name).await?;
+        Ok(())
+    }
+
+    /// Look `name` up in `dir` and check it against the model (`desc`
+    /// names the check in a failure); returns the inode both agree on.
+    pub(super) async fn check_lookup(
+        &mut self,
+        desc: String,
+        dir: u64,
+        name: Vec<u8>,
+    ) -> Result<Option<u64>, Stop> {
         let want = self.model.lookup(dir, &name);
         let n2 = name.clone();
         let got = self
@@ -784,8 +796,9 @@ impl Engine {
             if a.ino != *ino {
                 return Err(self.fail(format!("{desc}: ino {} want {ino}", a.ino)));
             }
+            return Ok(Some(*ino));
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn op_getattr(&mut self) -> Result<(), Stop> {
@@ -814,7 +827,17 @@ impl Engine {
 
     async fn op_readdir(&mut self) -> Result<(), Stop> {
         let dir = self.dir_ino();
-        let desc = format!("readdir {dir}");
+        self.check_readdir(format!("readdir {dir}"), dir, 7).await
+    }
+
+    /// List `dir` whole, `batch` entries a call, and check it against the
+    /// model (`desc` names the check in a failure).
+    pub(super) async fn check_readdir(
+        &mut self,
+        desc: String,
+        dir: u64,
+        batch: usize,
+    ) -> Result<(), Stop> {
         let want = self.model.dir(dir).and_then(|d| {
             if d.nlink == 0 {
                 Err(Errno::ENOENT)
@@ -827,7 +850,7 @@ impl Engine {
                 let mut out = BTreeMap::new();
                 let mut pos = 0;
                 loop {
-                    let ents = m.readdir(&Cred::root(), dir, pos, 7).await?;
+                    let ents = m.readdir(&Cred::root(), dir, pos, batch).await?;
                     let Some(last) = ents.last() else {
                         break;
                     };

@@ -276,6 +276,15 @@ async fn client(w: Rc<World>, sh: Rc<Shared>, node: NodeId, ops: u64) -> Result<
     Ok(ops)
 }
 
+/// Cut `a` and `b` apart both ways for a random time under `max_ns`,
+/// then heal every link.
+pub(super) async fn partition(w: &World, a: NodeId, b: NodeId, max_ns: u64) {
+    w.fault(Fault::Cut { from: a, to: b }).await;
+    w.fault(Fault::Cut { from: b, to: a }).await;
+    w.sleep(w.random() % max_ns).await;
+    w.fault(Fault::HealAll).await;
+}
+
 /// Links reset about once a second, partitions between the server and a
 /// client (some longer than the idle timeout), one server crash and
 /// restart.
@@ -292,20 +301,7 @@ async fn chaos(w: Rc<World>, sh: Rc<Shared>, clients: u8) -> Result<(), Failure>
         let victim = (w.random() % (clients as u64 + 1)) as NodeId;
         match w.random() % 4 {
             0 | 1 => w.fault(Fault::ResetStreams { node: victim }).await,
-            2 if victim != SERVER => {
-                w.fault(Fault::Cut {
-                    from: SERVER,
-                    to: victim,
-                })
-                .await;
-                w.fault(Fault::Cut {
-                    from: victim,
-                    to: SERVER,
-                })
-                .await;
-                w.sleep(w.random() % 6_000_000_000).await;
-                w.fault(Fault::HealAll).await;
-            }
+            2 if victim != SERVER => partition(&w, SERVER, victim, 6_000_000_000).await,
             _ => {}
         }
         if !crashed && w.now() >= crash_at {
