@@ -24,7 +24,7 @@
 # CLUSTER_P9_BASE (default 5650), CLUSTER_QUORUM_PORT (default 7100),
 # CLUSTER_SHELL_TIMEOUT (seconds, default 60), CLUSTER_BOOT_TIMEOUT
 # (seconds, default 120), SCOUTVM_ELF (the appliance image), SCOUTVM_TOOL
-# (the host `scoutvm` tool, built if missing).
+# (the host `scoutvm` tool, built or brought up to date through cargo).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -66,10 +66,8 @@ node_pid() {
 find_tool() {
     if [ -n "${SCOUTVM_TOOL:-}" ]; then echo "$SCOUTVM_TOOL"; return; fi
     local t="${CARGO_TARGET_DIR:-$root/target}"
-    for c in "$t/debug/scoutvm" "$t/release/scoutvm"; do
-        if [ -x "$c" ]; then echo "$c"; return; fi
-    done
-    echo "cluster.sh: building the host tool (cargo build -p scoutvm-image --bin scoutvm)" >&2
+    # always through cargo (a no-op when it is fresh): a tool left from an
+    # older checkout may lack a subcommand this script uses
     (cd "$root" && cargo build -q -p scoutvm-image --bin scoutvm) >&2 || die "building scoutvm failed"
     echo "$t/debug/scoutvm"
 }

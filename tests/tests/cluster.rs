@@ -198,29 +198,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     assert!(out.contains("1 received"), "{out}");
 
     // A node with another cluster key cannot join: it says why, the
-    // leader counts the refusals and does not list it, the others serve.
-    let refused = |o: &str| {
-        o.lines()
-            .find_map(|l| l.trim().strip_prefix("cluster_auth.bad_mac: "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let before = refused(&c.shell(next, "cluster"));
-    // the rids the leader lists once node 3's mount is among them
-    let rid_of = |o: &str| {
-        o.lines()
-            .find_map(|l| l.trim().strip_prefix("cluster: this mount rid "))
-            .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
-    };
-    let rids = |o: &str| -> std::collections::BTreeSet<String> {
-        o.lines()
-            .filter_map(|l| l.trim().strip_prefix("rid "))
-            .filter_map(|r| r.split_whitespace().next())
-            .map(str::to_string)
-            .collect()
-    };
-    let rid3 = rid_of(&c.wait_shell(3, "clients", |o| rid_of(o).is_some())).unwrap();
-    let known = rids(&c.wait_shell(next, "clients", |o| rids(o).contains(&rid3)));
+    // refusal is counted, it never mounts, the others serve.
     c.ok(&[
         "start",
         "4",
@@ -241,10 +219,21 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         log.contains("refused session frame: bad_mac (another cluster key?)"),
         "{log}"
     );
-    let out = c.wait_shell(next, "cluster", |o| refused(o) > before);
+    // (node4 refuses the leader's hello, as its console said; the leader
+    // counts node4's only when its connect gets that far, so its counter
+    // is not asserted)
+    let out = c.shell(next, "cluster");
     assert!(out.contains("auth: cluster key set"), "{out}");
-    let out = c.shell(next, "clients");
-    assert!(rids(&out).is_subset(&known), "{out}");
+    // it never mounted (the leader's mount list also keeps the rids of
+    // earlier lives until they are reclaimed, so it is not the measure)
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(!log.contains("volume: mounted"), "{log}");
+    let out = c.run(&["shell", "4", "clients"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = c.shell(3, "ping 10.77.0.12 1");
     assert!(out.contains("1 received"), "{out}");
 
