@@ -643,9 +643,10 @@ fn simple_inode_index() {
         .unwrap()
         .ino;
     assert_eq!(major_of(&m, WalkIndex::MetaSeq, dirty), None);
+    let stable = block_on(m.stable_seq()).unwrap();
     assert!(walk(&m, WalkIndex::MetaSeq)
         .iter()
-        .all(|e| e.major <= m.stable_seq()));
+        .all(|e| e.major <= stable));
     sync();
     assert!(major_of(&m, WalkIndex::MetaSeq, dirty).is_some());
 

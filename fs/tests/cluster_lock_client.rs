@@ -388,3 +388,69 @@ fn many_commits_from_both_nodes() {
     drop(ma);
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// Archival across nodes: a reader of released data on one node waits and
+/// gets its bytes once the other node stages them (the stager's lock
+/// request invalidates the reader's and wakes its waiters), and index
+/// walks stop below any node's open transaction, not only the walker's.
+#[test]
+fn a_stage_on_one_node_wakes_readers_on_the_other() {
+    use scoutvm_fs::posix::backend::Backend;
+    let (meta, data) = small_volume(META, DATA, 24);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 7);
+    let (mb, b) = node(&meta, &data, &net, false, 8);
+    let bytes: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    let f = run("create", ma.create(&c, 1, b"archived", 0o644)).unwrap();
+    run("write", ma.write(f.ino, 0, &bytes)).unwrap();
+    run("sync", ma.sync()).unwrap();
+    let dv = run("stat_more", ma.stat_more(f.ino)).unwrap().data_version;
+    run("release", ma.release_data(f.ino, 0, 8192, dv)).unwrap();
+    assert_eq!(
+        run("stat_more", ma.stat_more(f.ino))
+            .unwrap()
+            .offline_blocks,
+        2
+    );
+
+    // b reads the offline range: it waits
+    let reader = {
+        let mb = mb.clone();
+        handle()
+            .spawn(async move { mb.read(f.ino, 0, 8192).await })
+            .unwrap()
+    };
+    run("let b block", handle().sleep_ns(2_000_000_000));
+    assert_eq!(
+        mb.data_waiting(0, 0, 16).len(),
+        1,
+        "b's reader waits on the offline blocks"
+    );
+
+    // a stages: b's reader wakes, takes its lock again and reads the bytes
+    run("stage", ma.stage(f.ino, dv, 0, &bytes)).unwrap();
+    let got = run("reader", reader).expect("b reads the staged bytes");
+    assert_eq!(got, bytes);
+    assert!(mb.data_waiting(0, 0, 16).is_empty());
+
+    // b holds an open transaction with a change: a's walks stop below it
+    run("b dirties", mb.create(&c, 1, b"dirty-on-b", 0o644)).unwrap();
+    for i in 0..3u64 {
+        run("a writes", ma.write(f.ino, 8192 + i, b"x")).unwrap();
+        run("a syncs", ma.sync()).unwrap();
+    }
+    let stable = run("stable_seq", ma.stable_seq()).unwrap();
+    let b_open = b.trans().trans_seq();
+    assert!(
+        stable < b_open,
+        "a's stable seq {stable} must stay below b's open transaction {b_open}"
+    );
+    run("b syncs", mb.sync()).unwrap();
+
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}

@@ -774,6 +774,11 @@ impl Backend for ClientLogTxn {
         self.lt.get().get_trans_seq
     }
 
+    /// The server's figure: other mounts' open transactions count too.
+    fn stable_seq<'a>(&'a self) -> BoxFut<'a, FsResult<u64>> {
+        Box::pin(self.client.get_last_seq())
+    }
+
     fn read_items<'a>(&'a self, key: Key, lo: Key, hi: Key) -> BoxFut<'a, FsResult<ReadBatch>> {
         Box::pin(async move {
             let fi = self.forest_read(key, lo, hi).await?;

@@ -245,9 +245,18 @@ impl DataWaiters {
 
     /// The extents of `ino` changed: every waiter of it retries.
     pub fn wake_inode(&self, ino: u64) {
+        self.wake_inodes(ino, ino);
+    }
+
+    /// The extents of inodes `lo..=hi` may have changed elsewhere (another
+    /// node took their lock): their waiters retry and read them again.
+    pub fn wake_inodes(&self, lo: u64, hi: u64) {
         let mut st = self.state.borrow_mut();
         st.changes = st.changes.wrapping_add(1);
-        for (_, slot) in st.slots.range_mut((ino, 0, 0)..=(ino, u64::MAX, u64::MAX)) {
+        if lo > hi {
+            return;
+        }
+        for (_, slot) in st.slots.range_mut((lo, 0, 0)..=(hi, u64::MAX, u64::MAX)) {
             if slot.woken.is_none() {
                 slot.woken = Some(Ok(()));
                 if let Some(w) = slot.waker.take() {

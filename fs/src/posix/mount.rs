@@ -608,7 +608,14 @@ impl Mount {
     /// another mount may change them now). Dirty items stay; returns how
     /// many there were (after the lock's commit: none).
     pub fn drop_cached_range(&self, range: &LockRange) -> usize {
-        self.items.drop_range(range.start, range.end)
+        let dropped = self.items.drop_range(range.start, range.end);
+        // another node wants an inode group: it may stage into offline
+        // extents that readers here wait on, so they look again (once the
+        // lock comes back) rather than wait for a local stage
+        if range.start.zone == crate::format::key::zone::FS {
+            self.waiters.wake_inodes(range.start.first, range.end.first);
+        }
+        dropped
     }
 
     /// Is anything waiting to be committed?
@@ -3017,8 +3024,8 @@ impl Mount {
 
     /// The highest seq an index walk returns (see
     /// [`Backend::stable_seq`]).
-    pub fn stable_seq(&self) -> u64 {
-        self.backend.stable_seq()
+    pub async fn stable_seq(&self) -> FsResult<u64> {
+        self.backend.stable_seq().await
     }
 
     /// scoutfs `walk_inodes`: up to `max` entries of an inode index from
@@ -3036,7 +3043,7 @@ impl Mount {
             WalkIndex::MetaSeq => ty::INODE_INDEX_META_SEQ,
             WalkIndex::DataSeq => ty::INODE_INDEX_DATA_SEQ,
         };
-        let stable = self.stable_seq();
+        let stable = self.stable_seq().await?;
         let mut last = last;
         if last.major > stable {
             last = WalkEntry {
