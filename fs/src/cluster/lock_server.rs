@@ -75,6 +75,8 @@ pub struct LockServerStats {
     /// Requests whose `old_mode` was not the server's record (a client
     /// racing a give-back or an invalidation); served from the record.
     pub old_mode_mismatches: u64,
+    /// Grants rebuilt from LOCK_RECOVER reports.
+    pub recovered: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -122,6 +124,10 @@ pub struct LockServer {
     nr_waiting: usize,
     out: VecDeque<LockOutput>,
     stats: LockServerStats,
+    /// A new server life rebuilds the table from the mounts' reports
+    /// (LOCK_RECOVER): until that ends nothing is granted and requests
+    /// wait in their queues.
+    recovering: bool,
 }
 
 impl LockServer {
@@ -135,6 +141,74 @@ impl LockServer {
             nr_waiting: 0,
             out: VecDeque::new(),
             stats: LockServerStats::default(),
+            recovering: false,
+        }
+    }
+
+    /// A new server life: hold every request until [`Self::end_recovery`]
+    /// while the mounts of the last life report what they hold.
+    pub fn begin_recovery(&mut self) {
+        self.recovering = true;
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// `rid` reports holding `lock.new_mode` on `lock.range` (a LOCK_RECOVER
+    /// answer). `EINVAL` for a range that is no lock, a NULL mode, a
+    /// second report of one range by one rid, a mode incompatible with
+    /// another rid's report (a confused or lying mount: refused rather
+    /// than recorded), or outside recovery; `ENOLCK` when the table is
+    /// full.
+    pub fn recover(&mut self, rid: u64, lock: &NetLock) -> Result<(), Errno> {
+        let range = lock.range;
+        let mode = lock.new_mode;
+        if !self.recovering
+            || mode == LockMode::Null
+            || LockRange::from_start(&range.start) != Some(range)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if self.nr_granted + self.nr_waiting >= self.cfg.max_entries {
+            return Err(Errno::ENOLCK);
+        }
+        let st = self
+            .ranges
+            .entry(range.start)
+            .or_insert_with(|| RangeState {
+                range,
+                granted: BTreeMap::new(),
+                waiting: VecDeque::new(),
+                invalidating: BTreeMap::new(),
+            });
+        let conflict = st.granted.contains_key(&rid)
+            || st
+                .granted
+                .iter()
+                .any(|(&other, &held)| other != rid && !compatible(held, mode, false));
+        if conflict {
+            if st.is_idle() {
+                self.ranges.remove(&range.start);
+            }
+            return Err(Errno::EINVAL);
+        }
+        st.granted.insert(rid, mode);
+        self.nr_granted += 1;
+        self.stats.recovered += 1;
+        Ok(())
+    }
+
+    /// Every mount reported (or was fenced and is gone): serve the
+    /// requests that waited, in their arrival order per range.
+    pub fn end_recovery(&mut self, next_seq: &mut dyn FnMut() -> u64) {
+        if !self.recovering {
+            return;
+        }
+        self.recovering = false;
+        let keys: Vec<Key> = self.ranges.keys().copied().collect();
+        for key in keys {
+            self.process(&key, next_seq);
         }
     }
 
@@ -358,8 +432,9 @@ impl LockServer {
         let Some(st) = self.ranges.get_mut(key) else {
             return;
         };
-        // one round at a time: answers lower exactly what they were sent for
-        while st.invalidating.is_empty() {
+        // one round at a time: answers lower exactly what they were sent
+        // for; during recovery the table is not complete yet
+        while st.invalidating.is_empty() && !self.recovering {
             let Some(&w) = st.waiting.front() else {
                 break;
             };
@@ -1029,5 +1104,84 @@ mod tests {
         for seed in 0..40 {
             run_random(seed, 2000);
         }
+    }
+
+    fn report(rid: u64, range: LockRange, mode: LockMode, write_seq: u64) -> NetLock {
+        NetLock {
+            range,
+            write_seq,
+            old_mode: mode,
+            new_mode: mode,
+        }
+    }
+
+    /// A new life: the reports rebuild the table, requests wait until
+    /// recovery ends and are then served against the recovered grants.
+    #[test]
+    fn recovery_rebuilds_grants_and_holds_requests_until_it_ends() {
+        let mut g = Rig::new();
+        let r1 = LockRange::inode_group(1 << 20);
+        g.ls.begin_recovery();
+        assert!(g.ls.is_recovering());
+        g.ls.recover(1, &report(1, r0(), Write, 50)).unwrap();
+        g.ls.recover(2, &report(2, r1, Read, 0)).unwrap();
+        g.ls.recover(3, &report(3, r1, Read, 0)).unwrap();
+        g.ls.check().unwrap();
+        // refused reports: twice, NULL, incompatible, not a lock range
+        assert_eq!(
+            g.ls.recover(1, &report(1, r0(), Write, 50)),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            g.ls.recover(4, &report(4, r0(), Null, 0)),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            g.ls.recover(4, &report(4, r0(), Read, 0)),
+            Err(Errno::EINVAL)
+        );
+        let mut bad = report(4, r1, Read, 0);
+        bad.range.end = bad.range.start;
+        assert_eq!(g.ls.recover(4, &bad), Err(Errno::EINVAL));
+        assert_eq!(g.ls.stats().recovered, 3);
+        // a request waits, even one compatible with every grant
+        let t_read = g.req(4, r1, Null, Read);
+        let t_write = g.req(2, r0(), Null, Write);
+        assert!(g.drain().is_empty(), "nothing granted during recovery");
+        // a give-back is answered at once
+        let t_back = g.req(3, r1, Read, Null);
+        assert!(matches!(g.drain()[..], [LockOutput::Grant { token, .. }] if token == t_back));
+        let seq = &mut g.seq;
+        g.ls.end_recovery(&mut || {
+            *seq += 1;
+            *seq
+        });
+        g.ls.check().unwrap();
+        let out = g.drain();
+        // r0: rid 1's recovered WRITE is invalidated for rid 2; r1: granted
+        assert_eq!(invals_of(&out), [(1, Write, Null)]);
+        assert_eq!(grants_of(&out), [(t_read, 4, Read)]);
+        g.done(1, r0(), Null).unwrap();
+        assert_eq!(grants_of(&g.drain()), [(t_write, 2, Write)]);
+        assert!(g.ls.recover(5, &report(5, r1, Read, 0)).is_err(), "over");
+    }
+
+    /// A rid fenced during recovery leaves: its reported grants go and
+    /// the requests behind them are served once recovery ends.
+    #[test]
+    fn a_fenced_rid_releases_its_recovered_grants() {
+        let mut g = Rig::new();
+        g.ls.begin_recovery();
+        g.ls.recover(1, &report(1, r0(), Write, 9)).unwrap();
+        let t = g.req(2, r0(), Null, Read);
+        g.gone(1);
+        assert!(g.drain().is_empty());
+        let seq = &mut g.seq;
+        g.ls.end_recovery(&mut || {
+            *seq += 1;
+            *seq
+        });
+        assert_eq!(grants_of(&g.drain()), [(t, 2, Read)]);
+        g.ls.check().unwrap();
     }
 }

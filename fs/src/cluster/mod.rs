@@ -6,7 +6,8 @@
 //! [`quorum_blocks`] on disk, [`quorum_agent`] driver) and fencing
 //! ([`fence`]), the lock server's machine ([`lock_server`]), the
 //! mount's lock client ([`lock_client`]) and the cluster key's tags on
-//! every frame and datagram ([`auth`]). Recovery joins them here.
+//! every frame and datagram ([`auth`]), and what a new server life
+//! recovers from the mounts of the last ([`recovery`]).
 pub mod auth;
 pub mod fence;
 pub mod lock;
@@ -17,6 +18,7 @@ pub mod quorum;
 pub mod quorum_agent;
 pub mod quorum_blocks;
 pub mod quorum_wire;
+pub mod recovery;
 pub mod rpc;
 pub mod session;
 pub mod transport;
