@@ -679,6 +679,11 @@ fn cluster_decode(data: &[u8]) -> Result<bool, String> {
             if let Ok(v) = NetLock::decode(p) {
                 round_trip("lock", &v, NetLock::encode, |b| NetLock::decode(b).ok())?;
             }
+            if let Ok(v) = cmsg::LockRecover::decode(p) {
+                round_trip("lock recover", &v, cmsg::LockRecover::encode, |b| {
+                    cmsg::LockRecover::decode(b).ok()
+                })?;
+            }
             let _ = decode_log_trees(p);
             let _ = decode_merge_request(p);
         }

@@ -123,6 +123,8 @@ struct ServerSlot {
     handle: Handle,
     net: Rc<dyn Transport>,
     addr: String,
+    /// Fences mounts that do not recover in a new life's window.
+    fencer: Rc<dyn FenceAgent>,
     agent: RefCell<Option<QuorumAgent>>,
     role: RefCell<Option<ServerRole>>,
     /// Opens, starts, then watches the role for a failure of its own.
@@ -155,6 +157,7 @@ impl ServerSlot {
                 return;
             }
         };
+        role.set_fence_agent(self.fencer.clone());
         if let Err(e) = role.start(&*self.net, &self.addr).await {
             log::warn!("cluster: server of term {term} failed to start: {e}");
             role.shutdown().await;
@@ -352,6 +355,7 @@ pub async fn mount_cluster(
         handle: handle.clone(),
         net: net.clone(),
         addr,
+        fencer: fencer.clone(),
         agent: RefCell::new(None),
         role: RefCell::new(None),
         task: RefCell::new(None),
@@ -462,6 +466,12 @@ pub(crate) fn start_lock_client(
                 None => Err(Errno::ENOLINK),
             }
         })
+    }));
+    let weak = Rc::downgrade(&lc);
+    client.set_lock_recover_handler(Rc::new(move |start| {
+        weak.upgrade()
+            .map(|lc| lc.recover_report(start))
+            .unwrap_or_default()
     }));
     let t = Rc::downgrade(trans);
     lc.set_roots_stale_hook(Rc::new(move || {

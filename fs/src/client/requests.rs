@@ -1,6 +1,7 @@
 //! The mount's connection to the server: typed calls for every request
 //! the mount makes, over a reliable session (`cluster/session.rs`), and
-//! the answers to requests the server sends (SYNC_LOG_TREES).
+//! the answers to requests the server sends (SYNC_LOG_TREES, LOCK,
+//! LOCK_RECOVER).
 //!
 //! Called by the transaction engine (`log_txn.rs`), the merge worker and
 //! the node. Every call goes through the session over a [`Transport`];
@@ -11,12 +12,14 @@
 //! server failed).
 
 use crate::cluster::msg::{
-    self, decode_log_trees, decode_merge_request, InodeAlloc, NetLock, NetRoots, NetStatfs, Request,
+    self, decode_log_trees, decode_merge_request, InodeAlloc, LockRecover, NetLock, NetRoots,
+    NetStatfs, Request,
 };
 use crate::cluster::session::{ClientSession, LeaderAddr, SessionConfig, StaticLeader};
 use crate::cluster::transport::{LocalFut, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
+use crate::format::key::Key;
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
 use crate::runtime::exec::Handle;
 use alloc::boxed::Box;
@@ -29,11 +32,16 @@ pub use crate::cluster::session::ClientIdentity;
 /// Answers the server's LOCK calls (invalidations): the lock client.
 pub type LockHandler = Rc<dyn Fn(NetLock) -> LocalFut<'static, FsResult<NetLock>>>;
 
+/// Answers a new server's LOCK_RECOVER from a key: the lock client's
+/// report of what it holds.
+pub type LockRecoverHandler = Rc<dyn Fn(&Key) -> Vec<NetLock>>;
+
 /// A mount's client: a session and what the server asked of it.
 pub struct Client {
     session: Rc<ClientSession>,
     sync_requested: Rc<Cell<bool>>,
     lock_handler: Rc<RefCell<Option<LockHandler>>>,
+    recover_handler: Rc<RefCell<Option<LockRecoverHandler>>>,
 }
 
 impl Client {
@@ -69,9 +77,12 @@ impl Client {
         let s2 = sync.clone();
         let locks: Rc<RefCell<Option<LockHandler>>> = Rc::new(RefCell::new(None));
         let l2 = locks.clone();
+        let recover: Rc<RefCell<Option<LockRecoverHandler>>> = Rc::new(RefCell::new(None));
+        let r2 = recover.clone();
         session.set_handler(Rc::new(move |req| {
             let sync = s2.clone();
             let lock = l2.borrow().clone();
+            let recover = r2.borrow().clone();
             Box::pin(async move {
                 match req {
                     Request::SyncLogTrees => {
@@ -85,6 +96,11 @@ impl Client {
                         Some(h) => h(nl).await.map(|r| r.encode()),
                         None => Err(Errno::EINVAL),
                     },
+                    // no lock client: no locks to report
+                    Request::LockRecover(start) => Ok(LockRecover {
+                        locks: recover.map(|h| h(&start)).unwrap_or_default(),
+                    }
+                    .encode()),
                     _ => Err(Errno::EINVAL),
                 }
             })
@@ -97,6 +113,7 @@ impl Client {
             session,
             sync_requested: sync,
             lock_handler: locks,
+            recover_handler: recover,
         }))
     }
 
@@ -117,6 +134,11 @@ impl Client {
     /// Answer the server's LOCK calls with `h` (the mount's lock client).
     pub fn set_lock_handler(&self, h: LockHandler) {
         *self.lock_handler.borrow_mut() = Some(h);
+    }
+
+    /// Answer a new server's LOCK_RECOVER with `h` (the lock client).
+    pub fn set_lock_recover_handler(&self, h: LockRecoverHandler) {
+        *self.recover_handler.borrow_mut() = Some(h);
     }
 
     /// Did the server ask for a commit since the last call?

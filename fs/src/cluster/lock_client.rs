@@ -21,11 +21,13 @@
 //! roots stale) set once the mount exists: this file knows no mount.
 //!
 //! Server lives: a session that reconnects to the same server keeps every
-//! grant. A new server term (or a closed session) leaves the grants
-//! unknown to the server, and lock recovery (issue 13) does not exist
-//! yet: from then on every acquisition fails with `ESTALE` (`ENOLINK`
-//! when closed) instead of waiting for a grant that would never come or
-//! trusting one the new server never made.
+//! grant. A new server life rebuilds its table from the mounts: it asks
+//! with LOCK_RECOVER and [`LockClient::recover_report`] answers with what
+//! this mount holds (the mode before any lowering in progress, so the
+//! new server sends a lost invalidation again). A request whose answer
+//! was lost with the old life fails in the session with `ESTALE` and is
+//! sent again to the new one (which holds it until its recovery ends). A
+//! closed session fails every acquisition with `ENOLINK`.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -36,7 +38,7 @@ use core::cell::{Cell, RefCell};
 use crate::cluster::lock::{
     GrantedLock, HeldLocks, LockFut, LockMode, LockProvider, LockRange, LockSet,
 };
-use crate::cluster::msg::{cmd, NetLock};
+use crate::cluster::msg::{cmd, NetLock, LOCK_RECOVER_MAX_NR};
 use crate::cluster::session::ClientSession;
 use crate::counter;
 use crate::errno::{Errno, FsResult};
@@ -45,6 +47,9 @@ use crate::runtime::exec::{Handle, Notify};
 
 /// Idle held locks past which the least recently used are given back.
 pub const DEFAULT_MAX_IDLE_LOCKS: usize = 4096;
+/// Times one acquisition sends its request again after losing the answer
+/// to a server failover, before it gives up with `ESTALE`.
+pub const MAX_FAILOVER_RETRIES: u32 = 64;
 
 /// Tunables of a [`LockClient`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +129,12 @@ pub struct LockClientStats {
     pub dirty_after_commit: u64,
     /// Grants that made a range readable (roots marked stale).
     pub roots_stale: u64,
+    /// New server lives seen while holding locks (each recovered them).
+    pub new_server_lives: u64,
+    /// Requests sent again after their answer was lost to a failover.
+    pub failover_retries: u64,
+    /// Locks reported to a new server (LOCK_RECOVER answers).
+    pub recovered_reported: u64,
 }
 
 struct Entry {
@@ -179,7 +190,7 @@ struct Inner {
     use_clock: u64,
     /// Term of the server life the grants come from (0: none yet).
     term: u64,
-    /// Set once the grants cannot be trusted (new server life, closed).
+    /// Set once no grant can come any more (the session closed).
     failed: Option<Errno>,
     lru_running: bool,
 }
@@ -296,12 +307,22 @@ impl LockClient {
                 inner.term = term;
                 None
             } else if term != inner.term && term != 0 {
-                log::warn!(
-                    "lock client: new server life (term {} -> {term}); cluster locks \
-                     fail with ESTALE until lock recovery exists",
-                    inner.term
+                // the new life asks for our grants (LOCK_RECOVER) and holds
+                // every request until all mounts have told it theirs
+                log::info!(
+                    "lock client: new server life (term {} -> {term}): {} locks to recover",
+                    inner.term,
+                    inner
+                        .entries
+                        .values()
+                        .filter(|e| e.mode != LockMode::Null)
+                        .count()
                 );
-                Some(Errno::ESTALE)
+                inner.term = term;
+                drop(inner);
+                self.count(|s| s.new_server_lives += 1);
+                counter!("lock_client.new_server_lives").inc();
+                return Ok(());
             } else {
                 None
             }
@@ -365,6 +386,7 @@ impl LockClient {
     /// Get `range` granted in a mode that covers `want` and take a user.
     async fn acquire_one(&self, range: LockRange, want: LockMode) -> FsResult<GrantedLock> {
         let mut asked = false;
+        let mut retries = 0u32;
         loop {
             self.check_server()?;
             let changed = self.changed.notified();
@@ -394,8 +416,44 @@ impl LockClient {
                 continue;
             };
             asked = true;
-            self.request(range, old, new).await?;
+            match self.request(range, old, new).await {
+                // the answer died with a server life: ask the next one
+                Err(Errno::ESTALE)
+                    if !self.requester.is_closed() && retries < MAX_FAILOVER_RETRIES =>
+                {
+                    retries += 1;
+                    self.count(|s| s.failover_retries += 1);
+                    counter!("lock_client.failover_retries").inc();
+                }
+                r => r?,
+            }
         }
+    }
+
+    /// Answer a new server's LOCK_RECOVER: up to [`LOCK_RECOVER_MAX_NR`]
+    /// locks held from `start` on, in key order, each reported as
+    /// `old_mode == new_mode ==` its recorded mode (while an invalidation
+    /// or give-back lowers it, the mode it is lowered from: the server
+    /// then invalidates it again and the answer is immediate).
+    pub fn recover_report(&self, start: &Key) -> Vec<NetLock> {
+        let inner = self.inner.borrow();
+        let v: Vec<NetLock> = inner
+            .entries
+            .range(*start..)
+            .map(|(_, e)| e)
+            .filter(|e| e.mode != LockMode::Null)
+            .take(LOCK_RECOVER_MAX_NR)
+            .map(|e| NetLock {
+                range: e.range,
+                write_seq: e.write_seq,
+                old_mode: e.mode,
+                new_mode: e.mode,
+            })
+            .collect();
+        drop(inner);
+        self.count(|s| s.recovered_reported += v.len() as u64);
+        counter!("lock_client.recovered_reported").add(v.len() as u64);
+        v
     }
 
     /// Send one request for `range` (marked `requesting`) and record its
@@ -1138,22 +1196,45 @@ mod tests {
     }
 
     #[test]
-    fn a_new_server_life_or_a_closed_session_fails_instead_of_waiting() {
+    fn a_new_server_life_recovers_the_grants_and_resends_requests() {
         let w = world(false, 16);
         let h = w.acquired_with_grant(set(g(1), Read));
+        drop(w.acquired_with_grant(set(g(3), Write)));
         let waiting = w.acquire(set(g(2), Read));
-        // the server life ends: the session fails the call, the grants
-        // the new one never made are not trusted
+        // the server life ends: the session fails the call with ESTALE
         w.srv.term.set(2);
         w.srv.fail_all(Errno::ESTALE);
         w.run();
-        let r = waiting.borrow_mut().take().unwrap();
-        assert_eq!(r.unwrap_err(), Errno::ESTALE);
-        assert!(w.lc.try_acquire(&set(g(1), Read)).is_none());
-        let r = w.acquire(set(g(1), Read)).borrow_mut().take().unwrap();
-        assert_eq!(r.unwrap_err(), Errno::ESTALE);
+        assert!(waiting.borrow().is_none(), "sent again, not failed");
+        assert_eq!(w.lc.stats().failover_retries, 1);
+        let last = *w.srv.log.borrow().last().unwrap();
+        assert_eq!(
+            (last.range, last.old_mode, last.new_mode),
+            (g(2), Null, Read)
+        );
+        // the new server asks what this mount holds: both grants, in key
+        // order, reported as held (from a key on: only the later one)
+        let rep = w.lc.recover_report(&Key::MIN);
+        let seen: Vec<_> = rep
+            .iter()
+            .map(|n| (n.range, n.old_mode, n.new_mode))
+            .collect();
+        assert_eq!(seen, vec![(g(1), Read, Read), (g(3), Write, Write)]);
+        assert!(rep[1].write_seq > 0, "a WRITE reports its write_seq");
+        let later = w.lc.recover_report(&g(2).start);
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].range, g(3));
+        // cached grants keep serving; the resent request is granted
+        assert!(w.lc.try_acquire(&set(g(1), Read)).is_some());
+        w.srv.grant_next();
+        w.run();
+        assert!(waiting.borrow_mut().take().unwrap().is_ok());
+        assert_eq!(w.lc.stats().new_server_lives, 1);
         drop(h);
-        // closed session
+    }
+
+    #[test]
+    fn a_closed_session_fails_instead_of_waiting() {
         let w = world(false, 16);
         let waiting = w.acquire(set(g(2), Read));
         w.srv.closed.set(true);

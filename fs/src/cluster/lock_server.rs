@@ -1106,7 +1106,7 @@ mod tests {
         }
     }
 
-    fn report(rid: u64, range: LockRange, mode: LockMode, write_seq: u64) -> NetLock {
+    fn report(range: LockRange, mode: LockMode, write_seq: u64) -> NetLock {
         NetLock {
             range,
             write_seq,
@@ -1123,24 +1123,18 @@ mod tests {
         let r1 = LockRange::inode_group(1 << 20);
         g.ls.begin_recovery();
         assert!(g.ls.is_recovering());
-        g.ls.recover(1, &report(1, r0(), Write, 50)).unwrap();
-        g.ls.recover(2, &report(2, r1, Read, 0)).unwrap();
-        g.ls.recover(3, &report(3, r1, Read, 0)).unwrap();
+        g.ls.recover(1, &report(r0(), Write, 50)).unwrap();
+        g.ls.recover(2, &report(r1, Read, 0)).unwrap();
+        g.ls.recover(3, &report(r1, Read, 0)).unwrap();
         g.ls.check().unwrap();
         // refused reports: twice, NULL, incompatible, not a lock range
         assert_eq!(
-            g.ls.recover(1, &report(1, r0(), Write, 50)),
+            g.ls.recover(1, &report(r0(), Write, 50)),
             Err(Errno::EINVAL)
         );
-        assert_eq!(
-            g.ls.recover(4, &report(4, r0(), Null, 0)),
-            Err(Errno::EINVAL)
-        );
-        assert_eq!(
-            g.ls.recover(4, &report(4, r0(), Read, 0)),
-            Err(Errno::EINVAL)
-        );
-        let mut bad = report(4, r1, Read, 0);
+        assert_eq!(g.ls.recover(4, &report(r0(), Null, 0)), Err(Errno::EINVAL));
+        assert_eq!(g.ls.recover(4, &report(r0(), Read, 0)), Err(Errno::EINVAL));
+        let mut bad = report(r1, Read, 0);
         bad.range.end = bad.range.start;
         assert_eq!(g.ls.recover(4, &bad), Err(Errno::EINVAL));
         assert_eq!(g.ls.stats().recovered, 3);
@@ -1163,7 +1157,7 @@ mod tests {
         assert_eq!(grants_of(&out), [(t_read, 4, Read)]);
         g.done(1, r0(), Null).unwrap();
         assert_eq!(grants_of(&g.drain()), [(t_write, 2, Write)]);
-        assert!(g.ls.recover(5, &report(5, r1, Read, 0)).is_err(), "over");
+        assert!(g.ls.recover(5, &report(r1, Read, 0)).is_err(), "over");
     }
 
     /// A rid fenced during recovery leaves: its reported grants go and
@@ -1172,7 +1166,7 @@ mod tests {
     fn a_fenced_rid_releases_its_recovered_grants() {
         let mut g = Rig::new();
         g.ls.begin_recovery();
-        g.ls.recover(1, &report(1, r0(), Write, 9)).unwrap();
+        g.ls.recover(1, &report(r0(), Write, 9)).unwrap();
         let t = g.req(2, r0(), Null, Read);
         g.gone(1);
         assert!(g.drain().is_empty());

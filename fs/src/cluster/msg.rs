@@ -426,6 +426,49 @@ impl NetLock {
     }
 }
 
+/// Most locks in one LOCK_RECOVER reply (`SCOUTFS_NET_LOCK_MAX_RECOVER_NR`).
+pub const LOCK_RECOVER_MAX_NR: usize = 22;
+
+/// `scoutfs_net_lock_recover`: a mount's answer to LOCK_RECOVER, the locks
+/// it holds from the asked key on, in key order (`old_mode == new_mode`:
+/// the mode held, or the mode being invalidated from). Layout: `nr` u16,
+/// 6 zero bytes, `nr` [`NetLock`]s. Decoding refuses more than
+/// [`LOCK_RECOVER_MAX_NR`], a length that is not exactly `8 + nr * 48`,
+/// non-zero padding and any bad lock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockRecover {
+    pub locks: Vec<NetLock>,
+}
+
+impl LockRecover {
+    pub const HEADER_BYTES: usize = 8;
+
+    pub fn decode(b: &[u8]) -> Result<Self, Errno> {
+        if b.len() < Self::HEADER_BYTES || b[2..8].iter().any(|&x| x != 0) {
+            return Err(Errno::EINVAL);
+        }
+        let nr = u16::from_le_bytes([b[0], b[1]]) as usize;
+        if nr > LOCK_RECOVER_MAX_NR || b.len() != Self::HEADER_BYTES + nr * NetLock::BYTES {
+            return Err(Errno::EINVAL);
+        }
+        let locks = b[Self::HEADER_BYTES..]
+            .chunks_exact(NetLock::BYTES)
+            .map(NetLock::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LockRecover { locks })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.locks.len() <= LOCK_RECOVER_MAX_NR, "too many locks");
+        let mut b = vec![0u8; Self::HEADER_BYTES];
+        b[..2].copy_from_slice(&(self.locks.len() as u16).to_le_bytes());
+        for l in &self.locks {
+            b.extend_from_slice(&l.encode());
+        }
+        b
+    }
+}
+
 /// `scoutfs_net_inode_alloc` (16): `nr` inode numbers from `ino`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InodeAlloc {
@@ -549,6 +592,9 @@ pub enum Request {
     /// A lock request (mount to server) or an invalidation (server to
     /// mount): see [`NetLock`].
     Lock(NetLock),
+    /// The server asks a mount for the locks it holds from this key on
+    /// (server to mount, after a failover).
+    LockRecover(Key),
     /// A valid command this node does not serve yet (lock recovery, srch
     /// compaction, omap, volume options, resize): answered with EINVAL.
     Unsupported(u8),
@@ -579,6 +625,12 @@ impl Request {
             cmd::FAREWELL => empty(b).map(|_| Request::Farewell)?,
             cmd::PING => empty(b).map(|_| Request::Ping)?,
             cmd::LOCK => Request::Lock(NetLock::decode(b)?),
+            cmd::LOCK_RECOVER => {
+                need(b, KEY_BYTES)?;
+                let mut kb = [0u8; KEY_BYTES];
+                kb.copy_from_slice(b);
+                Request::LockRecover(Key::decode_strict(&kb).map_err(|_| Errno::EINVAL)?)
+            }
             c if c < cmd::UNKNOWN => Request::Unsupported(c),
             _ => return Err(Errno::EINVAL),
         })
@@ -599,6 +651,7 @@ impl Request {
             Request::Farewell => cmd::FAREWELL,
             Request::Ping => cmd::PING,
             Request::Lock(_) => cmd::LOCK,
+            Request::LockRecover(_) => cmd::LOCK_RECOVER,
             Request::Unsupported(c) => *c,
         }
     }
@@ -610,6 +663,7 @@ impl Request {
             Request::CommitLogTrees(lt) => lt.encode().to_vec(),
             Request::CommitLogMerge(c) => c.encode().to_vec(),
             Request::Lock(l) => l.encode(),
+            Request::LockRecover(k) => k.to_bytes().to_vec(),
             _ => Vec::new(),
         }
     }
@@ -630,6 +684,47 @@ mod tests {
     use super::*;
     use crate::format::key::Key;
     use crate::runtime::env::{Entropy, SeededEntropy};
+
+    #[test]
+    fn lock_recover_round_trips_and_refuses_bad_lengths() {
+        let l = |ino| NetLock {
+            range: LockRange::inode_group(ino),
+            write_seq: ino + 1,
+            old_mode: LockMode::Write,
+            new_mode: LockMode::Write,
+        };
+        let r = LockRecover {
+            locks: (0..LOCK_RECOVER_MAX_NR as u64)
+                .map(|i| l(i << 20))
+                .collect(),
+        };
+        let b = r.encode();
+        assert_eq!(b.len(), 8 + 22 * 48);
+        assert_eq!(LockRecover::decode(&b).unwrap(), r);
+        assert_eq!(
+            LockRecover::decode(&LockRecover::default().encode())
+                .unwrap()
+                .locks
+                .len(),
+            0
+        );
+        assert!(LockRecover::decode(&b[..b.len() - 1]).is_err());
+        let mut over = b.clone();
+        over[0] = 23;
+        over.extend_from_slice(&l(0).encode());
+        assert!(LockRecover::decode(&over).is_err(), "more than 22");
+        let mut pad = b.clone();
+        pad[5] = 1;
+        assert!(LockRecover::decode(&pad).is_err());
+        assert!(LockRecover::decode(&[]).is_err());
+        let k = LockRange::inode_group(1 << 20).start;
+        let q = Request::LockRecover(k);
+        assert_eq!(
+            Request::decode(cmd::LOCK_RECOVER, &q.encode_payload()).unwrap(),
+            q
+        );
+        assert!(Request::decode(cmd::LOCK_RECOVER, &[0u8; 31]).is_err());
+    }
 
     fn hdr(cmd: u8, flags: u8, error: u8) -> Header {
         Header {

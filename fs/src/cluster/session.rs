@@ -212,8 +212,8 @@ enum Entry {
 
 /// What to do with a received request.
 pub enum Begin {
-    /// New: execute it, then [`Replay::finish`].
-    Run,
+    /// New: execute it, then [`Replay::finish`] with this slot.
+    Run(Rc<ReplaySlot>),
     /// Being executed (a resend overtook it): answer with its result.
     Wait(Rc<ReplaySlot>),
     /// Executed: answer from the retained response.
@@ -265,13 +265,11 @@ impl Replay {
             }
             None => {}
         }
-        self.entries.insert(
-            id,
-            Entry::Running(Rc::new(ReplaySlot {
-                result: RefCell::new(None),
-                done: Notify::new(),
-            })),
-        );
+        let slot = Rc::new(ReplaySlot {
+            result: RefCell::new(None),
+            done: Notify::new(),
+        });
+        self.entries.insert(id, Entry::Running(slot.clone()));
         // id acknowledges everything a window below it
         let floor = id.saturating_sub(self.window);
         if floor > self.floor {
@@ -279,14 +277,22 @@ impl Replay {
             self.entries
                 .retain(|&k, e| k > floor || matches!(e, Entry::Running(_)));
         }
-        Begin::Run
+        Begin::Run(slot)
     }
 
-    /// `id` executed with `r`: wake duplicates, retain the response.
-    pub fn finish(&mut self, id: u64, r: FsResult<Vec<u8>>) {
-        if let Some(Entry::Running(s)) = self.entries.get(&id) {
-            *s.result.borrow_mut() = Some(r.clone());
-            s.done.notify();
+    /// `id` executed with `r` in `slot` (what [`Self::begin`] handed
+    /// out): wake duplicates, retain the response. A request of a life
+    /// the table was [`reset`](Self::reset) from since retains nothing:
+    /// its id may already name another request of the new life, which
+    /// must never be answered with this one's result.
+    pub fn finish(&mut self, id: u64, slot: &Rc<ReplaySlot>, r: FsResult<Vec<u8>>) {
+        *slot.result.borrow_mut() = Some(r.clone());
+        slot.done.notify();
+        let current =
+            matches!(self.entries.get(&id), Some(Entry::Running(s)) if Rc::ptr_eq(s, slot));
+        if !current {
+            counter!("session.finished_after_reset").inc();
+            return;
         }
         if id <= self.floor {
             self.entries.remove(&id);
@@ -721,14 +727,14 @@ impl ClientSession {
                 let id = f.header.id;
                 let begin = me.incoming.borrow_mut().begin(id);
                 let r = match begin {
-                    Begin::Run => {
+                    Begin::Run(slot) => {
                         let handler = me.handler.borrow().clone();
                         let r = match (Request::decode(f.header.cmd, &f.payload), handler) {
                             (Ok(req), Some(h)) => h(req).await,
                             (Ok(_), None) => Err(Errno::EINVAL),
                             (Err(e), _) => Err(e),
                         };
-                        me.incoming.borrow_mut().finish(id, r.clone());
+                        me.incoming.borrow_mut().finish(id, &slot, r.clone());
                         Some(r)
                     }
                     Begin::Wait(s) => Some(s.wait().await),
@@ -885,8 +891,8 @@ impl ServerPeer {
         self.replay.borrow_mut().begin(id)
     }
 
-    pub fn finish(&self, id: u64, r: FsResult<Vec<u8>>) {
-        self.replay.borrow_mut().finish(id, r)
+    pub fn finish(&self, id: u64, slot: &Rc<ReplaySlot>, r: FsResult<Vec<u8>>) {
+        self.replay.borrow_mut().finish(id, slot, r)
     }
 
     async fn current(&self, deadline: u64) -> FsResult<Rc<Endpoint>> {
@@ -952,23 +958,53 @@ mod tests {
     #[test]
     fn replay_runs_once_answers_duplicates_and_forgets_below_the_window() {
         let mut r = Replay::new(4);
-        assert!(matches!(r.begin(1), Begin::Run));
+        let Begin::Run(s1) = r.begin(1) else {
+            panic!("new id runs")
+        };
         assert!(matches!(r.begin(1), Begin::Wait(_)));
-        r.finish(1, Ok(alloc::vec![7]));
+        r.finish(1, &s1, Ok(alloc::vec![7]));
         assert!(matches!(r.begin(1), Begin::Answer(Ok(ref v)) if v == &[7]));
         for id in 2..=5 {
-            assert!(matches!(r.begin(id), Begin::Run));
-            r.finish(id, Err(Errno::ENOSPC));
+            let Begin::Run(s) = r.begin(id) else {
+                panic!("new id runs")
+            };
+            r.finish(id, &s, Err(Errno::ENOSPC));
         }
         assert!(matches!(r.begin(2), Begin::Answer(Err(Errno::ENOSPC))));
         // id 5 acknowledged id 1: forgotten and refused
         assert!(matches!(r.begin(1), Begin::Stale));
         assert!(r.retained() <= 4);
-        assert!(matches!(r.begin(100), Begin::Run));
+        assert!(matches!(r.begin(100), Begin::Run(_)));
         assert!(matches!(r.begin(90), Begin::Stale));
         assert!(r.retained() <= 5);
         r.reset();
-        assert!(matches!(r.begin(1), Begin::Run));
+        assert!(matches!(r.begin(1), Begin::Run(_)));
+    }
+
+    /// A request of the last life that finishes after the reset must not
+    /// answer the new life's request of the same id (a stale lock
+    /// invalidation answer would tell a new server a lock was lowered).
+    #[test]
+    fn a_request_finishing_after_a_reset_answers_no_one_of_the_new_life() {
+        let mut r = Replay::new(8);
+        let Begin::Run(old) = r.begin(5) else {
+            panic!("new id runs")
+        };
+        r.reset();
+        let Begin::Run(new) = r.begin(5) else {
+            panic!("the new life's id 5 runs")
+        };
+        r.finish(5, &old, Ok(alloc::vec![9]));
+        assert!(matches!(r.begin(5), Begin::Wait(_)), "still the new one's");
+        r.finish(5, &new, Ok(alloc::vec![1]));
+        assert!(matches!(r.begin(5), Begin::Answer(Ok(ref v)) if v == &[1]));
+        // and with no new request of that id: nothing retained
+        let Begin::Run(old) = r.begin(6) else {
+            panic!("new id runs")
+        };
+        r.reset();
+        r.finish(6, &old, Ok(alloc::vec![9]));
+        assert_eq!(r.retained(), 0);
     }
 
     #[test]
@@ -977,11 +1013,13 @@ mod tests {
         let out = ex
             .block_on(async {
                 let mut r = Replay::new(8);
-                assert!(matches!(r.begin(3), Begin::Run));
+                let Begin::Run(run) = r.begin(3) else {
+                    panic!("new id runs")
+                };
                 let Begin::Wait(s) = r.begin(3) else {
                     panic!("duplicate must wait")
                 };
-                r.finish(3, Ok(alloc::vec![1, 2]));
+                r.finish(3, &run, Ok(alloc::vec![1, 2]));
                 s.wait().await
             })
             .unwrap();

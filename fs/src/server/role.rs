@@ -28,11 +28,18 @@
 //! writes; no holder is admitted while one is under way, so the
 //! transaction it writes never changes, and shutdown waits for it.
 
+use crate::cluster::fence::{
+    FenceAgent, FenceReason, FenceRegistry, FenceRequest, FenceState, FENCE_TIMEOUT_NS,
+};
 use crate::cluster::lock::{LockMode, LockRange};
 use crate::cluster::lock_server::{LockOutput, LockServer, LockServerConfig};
 use crate::cluster::msg::{
-    self, Greeting, InodeAlloc, NetLock, NetRoots, NetStatfs, Request, GREETING_FLAG_FAREWELL,
-    GREETING_FLAG_QUORUM,
+    self, Greeting, InodeAlloc, LockRecover, NetLock, NetRoots, NetStatfs, Request,
+    GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM,
+};
+use crate::cluster::recovery::{
+    RecoveryStatus, RecoveryTracker, RECOVERY_WINDOW_NS, RECOV_ALL, RECOV_GREETING, RECOV_LOCKS,
+    TP_LOCK_SERVER_GREETING, TP_RECOV_FENCE_RID,
 };
 use crate::cluster::rpc::{Endpoint, Role};
 use crate::cluster::session::{Begin, ServerPeer, SessionConfig};
@@ -100,6 +107,9 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Bounds of the lock server's table.
     pub locks: LockServerConfig,
+    /// How long the mounts of the last server life have to greet and
+    /// report their locks before they are fenced (reference §5.2).
+    pub recovery_window_ns: u64,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +124,7 @@ impl Default for ServerConfig {
             term: 1,
             session: SessionConfig::default(),
             locks: LockServerConfig::default(),
+            recovery_window_ns: RECOVERY_WINDOW_NS,
         }
     }
 }
@@ -164,6 +175,13 @@ struct Inner {
     lock_answers: RefCell<BTreeMap<u64, FsResult<NetLock>>>,
     /// Lock answers arrived, or the server stops.
     lock_changed: Notify,
+    /// What the mounts of the last life still owe this one.
+    recov: RefCell<RecoveryTracker>,
+    /// A rid finished some of its recovery.
+    recov_changed: Notify,
+    /// Fences the mounts that do not recover in time (the node's agent).
+    fence_agent: RefCell<Option<Rc<dyn FenceAgent>>>,
+    fences: RefCell<Option<Rc<FenceRegistry>>>,
 }
 
 /// Sees every request the server executes: `(rid, request id, cmd)`
@@ -237,8 +255,37 @@ impl ServerRole {
                 locks: RefCell::new(LockServer::new(cfg.locks)),
                 lock_answers: RefCell::new(BTreeMap::new()),
                 lock_changed: Notify::new(),
+                recov: RefCell::new(RecoveryTracker::new()),
+                recov_changed: Notify::new(),
+                fence_agent: RefCell::new(None),
+                fences: RefCell::new(None),
             }),
         })
+    }
+
+    /// Fence mounts that do not recover within the window through
+    /// `agent` (set before [`Self::start`]). Without one, such a mount
+    /// stops this server (nothing else may take its work over).
+    pub fn set_fence_agent(&self, agent: Rc<dyn FenceAgent>) {
+        *self.inner.fence_agent.borrow_mut() = Some(agent);
+    }
+
+    /// Rids of the last server life still owing recovery (with the
+    /// [`RECOV_GREETING`]/[`RECOV_LOCKS`] bits), and whether the window
+    /// closed on them.
+    pub fn recovery_pending(&self) -> (Vec<(u64, u8)>, bool) {
+        let r = self.inner.recov.borrow();
+        (r.pending(), r.timed_out())
+    }
+
+    /// Fence requests of this server life: (request, state, age ns).
+    pub fn fence_requests(&self) -> Vec<(FenceRequest, FenceState, u64)> {
+        self.inner
+            .fences
+            .borrow()
+            .as_ref()
+            .map(|f| f.list())
+            .unwrap_or_default()
     }
 
     /// Recover what a previous server or mount left, then listen on
@@ -402,6 +449,7 @@ impl Inner {
         self.freeing_kick.notify();
         // waiting lock requests fail
         self.lock_changed.notify();
+        self.recov_changed.notify();
     }
 
     // ---- the commit gate ----
@@ -585,9 +633,31 @@ impl Inner {
                 dead.push(lt.rid);
             }
         }
-        for rid in dead {
+        for &rid in &dead {
             log::info!("server: reclaiming resources of rid {rid:016x}");
             self.reclaim_rid(rid).await?;
+        }
+        // the live mounts of the last life owe their greeting and locks
+        let mut recov = self.recov.borrow_mut();
+        for &rid in mounted.iter().filter(|r| !dead.contains(r)) {
+            recov.prepare(rid, RECOV_ALL);
+        }
+        let now = self.handle.now_ns();
+        if recov.begin(now, self.cfg.recovery_window_ns) == RecoveryStatus::Pending {
+            log::info!(
+                "server: waiting for {} clients to recover",
+                recov.pending().len()
+            );
+            self.locks.borrow_mut().begin_recovery();
+            drop(recov);
+            let me = self.clone();
+            let t = self
+                .handle
+                .spawn_named("server.recovery_timeout", async move {
+                    me.recovery_timeout().await
+                })
+                .map_err(|_| Errno::ENOMEM)?;
+            self.tasks.borrow_mut().push(t);
         }
         Ok(())
     }
@@ -673,6 +743,7 @@ impl Inner {
                 return;
             }
         };
+        let first_contact = !self.peers.borrow().contains_key(&rid);
         let peer = self
             .peers
             .borrow_mut()
@@ -680,6 +751,9 @@ impl Inner {
             .or_insert_with(|| Rc::new(ServerPeer::new(rid, self.cfg.session, &self.handle)))
             .clone();
         peer.attach(&ep);
+        if first_contact {
+            self.recovery_greeting(rid);
+        }
         let watchdog = {
             let (p, e) = (peer.clone(), ep.clone());
             self.handle
@@ -716,7 +790,7 @@ impl Inner {
             let spawned = self.handle.spawn_named("server.request", async move {
                 let id = f.header.id;
                 let r = match p2.begin(id) {
-                    Begin::Run => {
+                    Begin::Run(slot) => {
                         let obs = me.exec_observer.borrow().clone();
                         if let Some(o) = obs {
                             o(rid, id, f.header.cmd);
@@ -731,7 +805,7 @@ impl Inner {
                                 c.request_errors += 1;
                             }
                         });
-                        p2.finish(id, r.clone());
+                        p2.finish(id, &slot, r.clone());
                         Some(r)
                     }
                     Begin::Wait(slot) => Some(slot.wait().await),
@@ -817,8 +891,14 @@ impl Inner {
         match req {
             Request::Greeting(_) => Err(Errno::EINVAL),
             Request::AllocInodes(count) => self.alloc_inodes(count).await,
-            Request::GetLogTrees => self.get_log_trees(rid).await,
-            Request::CommitLogTrees(lt) => self.commit_log_trees(rid, &lt).await,
+            Request::GetLogTrees => {
+                self.wait_locks_recovered(rid).await?;
+                self.get_log_trees(rid).await
+            }
+            Request::CommitLogTrees(lt) => {
+                self.wait_locks_recovered(rid).await?;
+                self.commit_log_trees(rid, &lt).await
+            }
             Request::GetRoots => {
                 let sb = *self.core.borrow().stable_super();
                 Ok(NetRoots {
@@ -835,7 +915,10 @@ impl Inner {
             Request::Farewell => self.farewell(rid).await,
             Request::Ping => Ok(Vec::new()),
             Request::Lock(nl) => self.lock_request(rid, nl).await,
-            Request::SyncLogTrees | Request::Unsupported(_) => Err(Errno::EINVAL),
+            // server to mount only
+            Request::SyncLogTrees | Request::LockRecover(_) | Request::Unsupported(_) => {
+                Err(Errno::EINVAL)
+            }
         }
     }
 
@@ -1158,12 +1241,193 @@ impl Inner {
         }
     }
 
-    /// `rid` left or was reclaimed: release its locks.
+    /// `rid` left or was reclaimed: release its locks; it owes no
+    /// recovery any more.
     fn lock_rid_gone(self: &Rc<Self>, rid: u64) {
         self.locks
             .borrow_mut()
             .rid_gone(rid, &mut || self.lock_seq());
         self.drain_locks();
+        self.recovery_finish(rid, RECOV_ALL);
+    }
+
+    // ---- recovery of the last life's mounts (reference §3.6, §5) ----
+
+    /// `rid` paid `which`: when it was the last, the lock server serves
+    /// the requests that waited.
+    fn recovery_finish(self: &Rc<Self>, rid: u64, which: u8) {
+        let st = self.recov.borrow_mut().finish(rid, which);
+        self.recov_changed.notify();
+        if st == RecoveryStatus::AllDone {
+            log::info!("server: all clients recovered");
+        }
+        let locks_done = !self.recov.borrow().locks_pending();
+        if locks_done && self.locks.borrow().is_recovering() {
+            self.locks
+                .borrow_mut()
+                .end_recovery(&mut || self.lock_seq());
+            self.drain_locks();
+        }
+    }
+
+    /// A mount's transaction requests wait until it reported its locks:
+    /// the items it wrote under a WRITE lock of the last life carry that
+    /// grant's write_seq, which the server's seq must be raised above
+    /// before the transaction is committed or a new one is opened.
+    async fn wait_locks_recovered(&self, rid: u64) -> FsResult<()> {
+        loop {
+            let changed = self.recov_changed.notified();
+            if !self.recov.borrow().is_pending(rid, RECOV_LOCKS) {
+                return Ok(());
+            }
+            if self.stopping.get() {
+                return Err(Errno::EIO);
+            }
+            counter!("server.requests_held_for_recovery").inc();
+            changed.await;
+        }
+    }
+
+    /// First contact of `rid` in this life: its greeting is paid; if it
+    /// owes its locks, ask for them.
+    fn recovery_greeting(self: &Rc<Self>, rid: u64) {
+        self.recovery_finish(rid, RECOV_GREETING);
+        let owes_locks = self.recov.borrow().is_pending(rid, RECOV_LOCKS);
+        TP_LOCK_SERVER_GREETING.emit(&[rid, owes_locks as u64]);
+        if !owes_locks {
+            return;
+        }
+        let me = self.clone();
+        let spawned =
+            self.handle.spawn_named(
+                "server.lock_recover",
+                async move { me.lock_recover(rid).await },
+            );
+        if spawned.is_err() {
+            // the window's end fences it
+            counter!("server.lock_recover_spawn_failed").inc();
+        }
+    }
+
+    /// Pull `rid`'s locks with LOCK_RECOVER, a batch at a time, until an
+    /// empty answer; every reported write_seq raises the server's seq.
+    async fn lock_recover(self: Rc<Self>, rid: u64) {
+        let mut from = Key::MIN;
+        let mut pause = LOCK_INVALIDATE_RETRY_NS;
+        // bounded by the window: a rid still owing then is fenced
+        loop {
+            if self.stopping.get() || !self.recov.borrow().is_pending(rid, RECOV_LOCKS) {
+                return;
+            }
+            let peer = self.peers.borrow().get(&rid).cloned();
+            let Some(peer) = peer else {
+                return;
+            };
+            let reply = match peer.call(msg::cmd::LOCK_RECOVER, &from.to_bytes()).await {
+                Ok(r) => LockRecover::decode(&r),
+                Err(e) => Err(e),
+            };
+            let batch = match reply {
+                Ok(b) => b,
+                Err(e) => {
+                    counter!("server.lock_recover_errors").inc();
+                    log::debug!("server: lock recovery of rid {rid:016x}: {e:?}");
+                    self.handle.sleep_ns(pause).await;
+                    pause = (pause * 2).min(LOCK_INVALIDATE_RETRY_MAX_NS);
+                    continue;
+                }
+            };
+            let Some(last) = batch.locks.last().copied() else {
+                log::info!("server: rid {rid:016x} recovered its locks");
+                self.recovery_finish(rid, RECOV_LOCKS);
+                return;
+            };
+            for l in &batch.locks {
+                if l.range.start < from {
+                    counter!("server.lock_recover_refused").inc();
+                    continue;
+                }
+                let r = self.locks.borrow_mut().recover(rid, l);
+                match r {
+                    Ok(()) => {
+                        counter!("lock_server.recovered").inc();
+                        self.core.borrow_mut().raise_seq(l.write_seq);
+                    }
+                    Err(e) => {
+                        counter!("server.lock_recover_refused").inc();
+                        log::warn!(
+                            "server: rid {rid:016x} reported a lock it cannot hold: {l:?} ({e:?})"
+                        );
+                    }
+                }
+            }
+            from = last.range.start.inc();
+            if from == Key::MAX {
+                self.recovery_finish(rid, RECOV_LOCKS);
+                return;
+            }
+        }
+    }
+
+    /// At the end of the window, fence every rid still owing recovery;
+    /// a fenced rid is reclaimed (which finishes it), a failed fence
+    /// stops this server so that another leader tries.
+    async fn recovery_timeout(self: Rc<Self>) {
+        let Some(deadline) = self.recov.borrow().deadline_ns() else {
+            return;
+        };
+        self.handle.sleep_until(deadline).await;
+        if self.stopping.get() {
+            return;
+        }
+        let rids = self.recov.borrow_mut().timer(self.handle.now_ns());
+        if rids.is_empty() {
+            return;
+        }
+        let agent = self.fence_agent.borrow().clone();
+        let Some(agent) = agent else {
+            log::error!(
+                "server: {} clients did not recover and no fence agent is set: stopping",
+                rids.len()
+            );
+            self.stop();
+            return;
+        };
+        let reg = FenceRegistry::new(agent, self.handle.clone());
+        *self.fences.borrow_mut() = Some(reg.clone());
+        for &rid in &rids {
+            log::error!("server: recovery timeout expired for client rid {rid:016x}, fencing");
+            TP_RECOV_FENCE_RID.emit(&[rid]);
+            reg.start(
+                FenceRequest {
+                    rid,
+                    addr: alloc::string::String::new(),
+                    reason: FenceReason::ClientRecovery,
+                    term: self.cfg.term,
+                },
+                FENCE_TIMEOUT_NS,
+            );
+        }
+        for rid in rids {
+            match reg.wait_all(&[rid]).await {
+                Ok(()) => {
+                    if self.stopping.get() {
+                        return;
+                    }
+                    if let Err(e) = self.reclaim_rid(rid).await {
+                        log::error!("server: reclaiming fenced rid {rid:016x}: {e:?}");
+                        self.stop();
+                        return;
+                    }
+                    log::info!("server: reclaimed the resources of fenced rid {rid:016x}");
+                }
+                Err((_, e)) => {
+                    log::error!("server: fencing rid {rid:016x} failed ({e:?}): stopping");
+                    self.stop();
+                    return;
+                }
+            }
+        }
     }
 
     async fn freeing_worker(self: Rc<Self>) {

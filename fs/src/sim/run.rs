@@ -40,6 +40,9 @@ pub enum WorkloadKind {
     /// the cluster locks (`workload/cluster.rs`); `steps` operations per
     /// mount.
     Cluster,
+    /// [`WorkloadKind::Cluster`] while the server node crashes and comes
+    /// back as new lives that recover the mounts' locks.
+    ClusterFailover,
 }
 
 impl WorkloadKind {
@@ -51,6 +54,7 @@ impl WorkloadKind {
             WorkloadKind::Session => "session",
             WorkloadKind::ClusterDisjoint => "cluster-disjoint",
             WorkloadKind::Cluster => "cluster",
+            WorkloadKind::ClusterFailover => "cluster-failover",
         }
     }
 
@@ -62,6 +66,7 @@ impl WorkloadKind {
             "session" => Some(WorkloadKind::Session),
             "cluster-disjoint" => Some(WorkloadKind::ClusterDisjoint),
             "cluster" => Some(WorkloadKind::Cluster),
+            "cluster-failover" => Some(WorkloadKind::ClusterFailover),
             _ => None,
         }
     }
@@ -161,7 +166,7 @@ impl VolumeImage {
 fn node_options(cfg: &RunConfig) -> NodeOptions {
     match cfg.workload {
         WorkloadKind::Quorum => NodeOptions::default(),
-        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster => {
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster | WorkloadKind::ClusterFailover => {
             let mut o = sim_node_options(
                 MountOptions {
                     cache_budget_bytes: if cfg.seed.is_multiple_of(3) {
@@ -176,7 +181,10 @@ fn node_options(cfg: &RunConfig) -> NodeOptions {
             o.session = workload::session::sim_session_config();
             // the shared tree takes real cluster locks (unless the run
             // injects their absence); disjoint mounts grant them locally
-            let locks = cfg.workload == WorkloadKind::Cluster && cfg.inject != Inject::NoLocks;
+            let locks = matches!(
+                cfg.workload,
+                WorkloadKind::Cluster | WorkloadKind::ClusterFailover
+            ) && cfg.inject != Inject::NoLocks;
             o.cluster_locks = locks.then(|| LockClientConfig {
                 // a tight LRU bound now and then: idle locks go back
                 max_idle: if cfg.seed.is_multiple_of(4) {
@@ -258,7 +266,7 @@ pub fn run_seed(
     }
     if matches!(
         cfg.workload,
-        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster | WorkloadKind::ClusterFailover
     ) {
         return run_cluster_seed(cfg, image, observer);
     }
@@ -336,7 +344,8 @@ pub fn run_seed(
                             | WorkloadKind::Quorum
                             | WorkloadKind::Session
                             | WorkloadKind::ClusterDisjoint
-                            | WorkloadKind::Cluster => workload::crash::run(e).await,
+                            | WorkloadKind::Cluster
+                            | WorkloadKind::ClusterFailover => workload::crash::run(e).await,
                         }
                     }
                 })
@@ -458,10 +467,10 @@ fn run_cluster_seed(
         until_ns: cfg.until_ns,
         crash_merge_liveness: true,
     };
-    let mode = if cfg.workload == WorkloadKind::Cluster {
-        Mode::Shared
-    } else {
-        Mode::Disjoint
+    let mode = match cfg.workload {
+        WorkloadKind::Cluster => Mode::Shared,
+        WorkloadKind::ClusterFailover => Mode::Failover,
+        _ => Mode::Disjoint,
     };
     let result = match setup {
         Err(e) => Err((0, e)),

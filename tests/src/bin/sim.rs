@@ -158,8 +158,10 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
             c.steps = 60;
         }
     }
-    if matches!(w, WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster)
-        && a.steps.is_none()
+    if matches!(
+        w,
+        WorkloadKind::ClusterDisjoint | WorkloadKind::Cluster | WorkloadKind::ClusterFailover
+    ) && a.steps.is_none()
         && a.minutes.is_none()
     {
         c.steps = 60;

@@ -42,7 +42,7 @@ use crate::posix::types::{Cred, RENAME_NOREPLACE, S_IFDIR, S_IFREG};
 use crate::runtime::exec::JoinHandle;
 use crate::runtime::node::NodeId;
 use crate::server::role::{ServerConfig, ServerRole};
-use crate::sim::fault::Fault;
+use crate::sim::fault::{Fault, Loss};
 use crate::sim::fsnode::{mkfs_params, FsNode, Volume};
 use crate::sim::workload::session::{partition, sim_session_config};
 use crate::sim::world::{Software, World};
@@ -71,7 +71,25 @@ pub enum Mode {
     /// or RENAME_NOREPLACE ([`race`]); walks of the whole tree on any
     /// mount.
     Shared,
+    /// [`Mode::Shared`] while the server node crashes now and then and
+    /// comes back as a new life, which recovers the mounts' locks
+    /// (LOCK_RECOVER) in its window: operations only pause; after every
+    /// new life, recovery must end (every mount greeted and reported its
+    /// locks) within the window, nothing may be fenced, and every other
+    /// checker holds throughout.
+    Failover,
 }
+
+impl Mode {
+    /// Do the mounts share one tree under the cluster locks?
+    pub fn shared(self) -> bool {
+        self != Mode::Disjoint
+    }
+}
+
+/// Virtual time a failover run gives a new server life to finish its
+/// recovery (its window plus reconnect backoff), before it fails.
+const RECOVERY_LIMIT_NS: u64 = 40_000_000_000;
 
 /// One mount of the shared volume on a client node (installed as the
 /// node's software: a crash tears it down).
@@ -131,12 +149,25 @@ impl Software for ClusterMount {
     }
 }
 
-/// The server role of the run (node 0).
+/// The server of the run (node 0): the role of its current life (a
+/// failover run crashes the node and starts a new life).
 pub struct ServerNode {
-    pub role: ServerRole,
+    role: RefCell<ServerRole>,
 }
 
-impl Software for ServerNode {
+impl ServerNode {
+    pub fn role(&self) -> ServerRole {
+        self.role.borrow().clone()
+    }
+}
+
+/// One life of the server node, installed as its software (a crash
+/// tears it down).
+struct ServerLife {
+    role: ServerRole,
+}
+
+impl Software for ServerLife {
     fn teardown(&self) -> LocalFut<'static, ()> {
         let role = self.role.clone();
         Box::pin(async move { role.shutdown().await })
@@ -184,13 +215,20 @@ fn fail(w: &World, node: NodeId, step: u64, what: String) -> Failure {
 }
 
 /// Boot the server node and start the server role on the volume.
-async fn start_server(w: &Rc<World>, opts: &NodeOptions) -> Result<Rc<ServerNode>, Failure> {
+async fn start_server(
+    w: &Rc<World>,
+    opts: &NodeOptions,
+    mode: Mode,
+) -> Result<Rc<ServerNode>, Failure> {
     let env = w.boot(SERVER);
     let meta: Rc<dyn BlockDev> = env.disks[0].clone();
     let data: Rc<dyn BlockDev> = env.disks[1].clone();
     let cfg = ServerConfig {
         term: env.life as u64,
         session: sim_session_config(),
+        // a failover run's mounts outlive the server: a new life recovers
+        // them instead of reclaiming them
+        reclaim_mounted_at_start: mode != Mode::Failover && opts.server.reclaim_mounted_at_start,
         ..opts.server
     };
     let (net, handle, entropy) = (env.net.clone(), env.handle.clone(), env.entropy.clone());
@@ -209,9 +247,10 @@ async fn start_server(w: &Rc<World>, opts: &NodeOptions) -> Result<Rc<ServerNode
         .await;
     match r {
         Ok(Ok(role)) => {
-            let s = Rc::new(ServerNode { role });
-            w.install(SERVER, s.clone());
-            Ok(s)
+            w.install(SERVER, Rc::new(ServerLife { role: role.clone() }));
+            Ok(Rc::new(ServerNode {
+                role: RefCell::new(role),
+            }))
         }
         Ok(Err(e)) => Err(fail(w, SERVER, 0, format!("server start: {e}"))),
         Err(_) => Err(fail(w, SERVER, 0, "server node died starting".into())),
@@ -351,7 +390,7 @@ impl Run {
     /// fsck of what the disks hold durably if the server committed since
     /// the last look.
     fn fsck_if_committed(&mut self, e: &Engine) -> Result<(), Stop> {
-        let c = self.server.role.counters().commits;
+        let c = self.server.role().counters().commits;
         if c == self.server_commits {
             return Ok(());
         }
@@ -374,7 +413,7 @@ fn lock_violation(mounts: &[Rc<ClusterMount>], server: &ServerNode) -> Option<St
     if let Err(s) = exclusion(&held) {
         // what the server recorded for the ranges named (which side lied)
         let recorded: Vec<(u64, LockMode)> = server
-            .role
+            .role()
             .lock_grants()
             .into_iter()
             .filter(|(_, r, _)| s.contains(&format!("{:?}", r.start)))
@@ -386,7 +425,7 @@ fn lock_violation(mounts: &[Rc<ClusterMount>], server: &ServerNode) -> Option<St
     }
     let mut by_rid: alloc::collections::BTreeMap<u64, Vec<(LockRange, LockMode)>> =
         alloc::collections::BTreeMap::new();
-    for (rid, r, m) in server.role.lock_grants() {
+    for (rid, r, m) in server.role().lock_grants() {
         by_rid.entry(rid).or_default().push((r, m));
     }
     let grants: Vec<(String, Vec<(LockRange, LockMode)>)> = by_rid
@@ -445,7 +484,7 @@ async fn run_inner(
         vol.meta.set_lying_flush(true);
         vol.data.set_lying_flush(true);
     }
-    let server = start_server(w, &opts).await.map_err(Stop::Fail)?;
+    let server = start_server(w, &opts, mode).await.map_err(Stop::Fail)?;
     let first = start_mount(w, 1, opts).await.map_err(Stop::Fail)?;
     let mut run = Run {
         vol,
@@ -460,7 +499,7 @@ async fn run_inner(
     let mut dirs = Vec::new();
     on_mount(e, &first);
     for i in 1..=MOUNTS {
-        if mode == Mode::Shared {
+        if mode.shared() {
             break;
         }
         let name = format!("m{i}").into_bytes();
@@ -485,8 +524,15 @@ async fn run_inner(
         let m = start_mount(w, n, opts).await.map_err(Stop::Fail)?;
         run.mounts.push(m);
     }
-    let chaos = w.spawn(chaos(w.clone(), run.done.clone()));
-    let watcher = (mode == Mode::Shared).then(|| {
+    let bounce = (mode == Mode::Failover).then(|| Bounce {
+        server: run.server.clone(),
+        opts,
+        verdict: run.watched.clone(),
+        lives: Rc::new(Cell::new(1)),
+    });
+    let lives = bounce.as_ref().map(|b| b.lives.clone());
+    let chaos = w.spawn(chaos(w.clone(), run.done.clone(), bounce));
+    let watcher = (mode.shared()).then(|| {
         w.spawn(watch_locks(
             w.clone(),
             run.mounts.clone(),
@@ -502,11 +548,15 @@ async fn run_inner(
         let _ = t.await;
     }
     r?;
+    run.check_locks(e)?;
+    if let Some(l) = lives {
+        e.note("server_lives", &format!("{}", l.get()));
+    }
     // the end: every mount commits and leaves
     e.scope = None;
     for m in core::mem::take(&mut run.mounts) {
         on_mount(e, &m);
-        if mode == Mode::Shared {
+        if mode.shared() {
             verify(e).await?;
         }
         let node = m.node;
@@ -539,11 +589,21 @@ async fn run_inner(
 /// streams) and now and then a short partition of a mount from the
 /// server (under the session's idle timeout): the sessions reconnect
 /// and resend; no error may surface to a mount.
-async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>) {
+async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>, bounce: Option<Bounce>) {
+    let mut next_bounce = w.now() + 3_000_000_000;
     while !done.get() {
         w.sleep(500_000_000 + w.random() % 2_000_000_000).await;
         if done.get() {
             break;
+        }
+        if let Some(b) = &bounce {
+            if w.now() >= next_bounce {
+                if !b.bounce(&w).await {
+                    break;
+                }
+                next_bounce = w.now() + 3_000_000_000 + w.random() % 6_000_000_000;
+                continue;
+            }
         }
         let victim = (w.random() % (MOUNTS as u64 + 1)) as NodeId;
         if w.random().is_multiple_of(4) && victim != SERVER {
@@ -553,6 +613,70 @@ async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>) {
         }
     }
     w.fault(Fault::HealAll).await;
+}
+
+/// The server bounces of a failover run.
+struct Bounce {
+    server: Rc<ServerNode>,
+    opts: NodeOptions,
+    /// Where a failure found between steps is left for the harness.
+    verdict: Rc<RefCell<Option<String>>>,
+    /// Server lives so far.
+    lives: Rc<Cell<u64>>,
+}
+
+impl Bounce {
+    /// Crash the server node, start a new life after a short while and
+    /// wait for its recovery to end. `false`: the run failed (the verdict
+    /// says why).
+    async fn bounce(&self, w: &Rc<World>) -> bool {
+        w.fault(Fault::Crash {
+            node: SERVER,
+            loss: Loss::Any,
+        })
+        .await;
+        w.sleep(100_000_000 + w.random() % 2_000_000_000).await;
+        let s = match start_server(w, &self.opts, Mode::Failover).await {
+            Ok(s) => s,
+            Err(f) => {
+                *self.verdict.borrow_mut() = Some(format!("server restart: {}", f.what));
+                return false;
+            }
+        };
+        let role = s.role();
+        *self.server.role.borrow_mut() = role.clone();
+        self.lives.set(self.lives.get() + 1);
+        let started = w.now();
+        loop {
+            let (pending, timed_out) = role.recovery_pending();
+            if timed_out {
+                *self.verdict.borrow_mut() = Some(format!(
+                    "server life {}: the recovery window closed with every mount alive \
+                     (still owing: {pending:x?})",
+                    self.lives.get()
+                ));
+                return false;
+            }
+            if pending.is_empty() {
+                w.log(
+                    SERVER,
+                    "recovered",
+                    &[self.lives.get(), w.now() - started],
+                    "",
+                );
+                return true;
+            }
+            if w.now() - started > RECOVERY_LIMIT_NS {
+                *self.verdict.borrow_mut() = Some(format!(
+                    "server life {}: recovery not over after {} s (owing: {pending:x?})",
+                    self.lives.get(),
+                    RECOVERY_LIMIT_NS / 1_000_000_000
+                ));
+                return false;
+            }
+            w.sleep(100_000_000).await;
+        }
+    }
 }
 
 /// The random steps of every mount.
@@ -571,20 +695,20 @@ async fn steps(
         on_mount(e, &m);
         e.scope = match mode {
             Mode::Disjoint => Some(dirs[i]),
-            Mode::Shared => None,
+            Mode::Shared | Mode::Failover => None,
         };
         e.marks.clear();
         match e.r(100) {
             0..=3 => sync(e, &m).await?,
-            4 if mode == Mode::Shared => verify(e).await?,
-            5..=9 if mode == Mode::Shared => {
+            4 if mode.shared() => verify(e).await?,
+            5..=9 if mode.shared() => {
                 let j = (i + 1 + e.r(MOUNTS as u64 - 1) as usize) % MOUNTS as usize;
                 let other = run.mounts[j].clone();
                 race(w, e, &m, &other).await?;
             }
             _ => {
                 e.random_op().await?;
-                if mode == Mode::Shared && !e.marks.is_empty() {
+                if mode.shared() && !e.marks.is_empty() {
                     // another mount reads back what the operation named
                     let j = (i + 1 + e.r(MOUNTS as u64 - 1) as usize) % MOUNTS as usize;
                     let other = run.mounts[j].clone();
@@ -879,7 +1003,7 @@ async fn drain_merges(
             Ok(false) => {}
             Err(er) => return Err(e.fail(format!("merge_once: {er}"))),
         }
-        if !server.role.merge_pending() {
+        if !server.role().merge_pending() {
             return Ok(());
         }
         e.w.sleep(2_000_000_000).await;
