@@ -84,15 +84,55 @@ impl Target {
 /// One archival request, whichever way it goes.
 pub enum Op<'a> {
     Stat,
-    Release { vers: u64, off: u64, len: u64 },
-    Stage { vers: u64, off: u64, data: &'a [u8] },
-    DataWaiting { ino: u64, iblock: u64 },
-    DataWaitErr { ino: u64, vers: u64, off: u64, count: u64, ops: u8, err: i64 },
-    Walk { index: WalkIndex, first: WalkEntry, last: WalkEntry },
-    Setattr { vers: Option<u64>, size: Option<u64>, offline: bool, ctime: Option<String>, crtime: Option<String> },
-    PunchOffline { vers: u64, off: u64, len: u64 },
-    Referring { ino: u64, dir: u64, pos: u64 },
-    InoPath { ino: u64, dir: u64, pos: u64 },
+    Release {
+        vers: u64,
+        off: u64,
+        len: u64,
+    },
+    Stage {
+        vers: u64,
+        off: u64,
+        data: &'a [u8],
+    },
+    DataWaiting {
+        ino: u64,
+        iblock: u64,
+    },
+    DataWaitErr {
+        ino: u64,
+        vers: u64,
+        off: u64,
+        count: u64,
+        ops: u8,
+        err: i64,
+    },
+    Walk {
+        index: WalkIndex,
+        first: WalkEntry,
+        last: WalkEntry,
+    },
+    Setattr {
+        vers: Option<u64>,
+        size: Option<u64>,
+        offline: bool,
+        ctime: Option<String>,
+        crtime: Option<String>,
+    },
+    PunchOffline {
+        vers: u64,
+        off: u64,
+        len: u64,
+    },
+    Referring {
+        ino: u64,
+        dir: u64,
+        pos: u64,
+    },
+    InoPath {
+        ino: u64,
+        dir: u64,
+        pos: u64,
+    },
 }
 
 /// Why a request failed.
@@ -114,12 +154,28 @@ impl Op<'_> {
                 v.extend_from_slice(data);
                 ("scoutvm.ctl.stage".into(), Some(v))
             }
-            Op::DataWaiting { ino, iblock } => (format!("scoutvm.ctl.data_waiting.{ino}.{iblock}"), None),
-            Op::DataWaitErr { ino, vers, off, count, ops, err } => {
-                set("data_wait_err", format!("{ino} {vers} {off} {count} {ops} {err}"))
+            Op::DataWaiting { ino, iblock } => {
+                (format!("scoutvm.ctl.data_waiting.{ino}.{iblock}"), None)
             }
+            Op::DataWaitErr {
+                ino,
+                vers,
+                off,
+                count,
+                ops,
+                err,
+            } => set(
+                "data_wait_err",
+                format!("{ino} {vers} {off} {count} {ops} {err}"),
+            ),
             Op::Walk { index, first, last } => (walk_name(*index, *first, *last), None),
-            Op::Setattr { vers, size, offline, ctime, crtime } => {
+            Op::Setattr {
+                vers,
+                size,
+                offline,
+                ctime,
+                crtime,
+            } => {
                 let f = |v: Option<String>| v.unwrap_or_else(|| "-".into());
                 set(
                     "setattr",
@@ -133,9 +189,15 @@ impl Op<'_> {
                     ),
                 )
             }
-            Op::PunchOffline { vers, off, len } => set("punch_offline", format!("{vers} {off} {len}")),
-            Op::Referring { ino, dir, pos } => (format!("scoutvm.ctl.referring.{ino}.{dir}.{pos}"), None),
-            Op::InoPath { ino, dir, pos } => (format!("scoutvm.ctl.ino_path.{ino}.{dir}.{pos}"), None),
+            Op::PunchOffline { vers, off, len } => {
+                set("punch_offline", format!("{vers} {off} {len}"))
+            }
+            Op::Referring { ino, dir, pos } => {
+                (format!("scoutvm.ctl.referring.{ino}.{dir}.{pos}"), None)
+            }
+            Op::InoPath { ino, dir, pos } => {
+                (format!("scoutvm.ctl.ino_path.{ino}.{dir}.{pos}"), None)
+            }
         }
     }
 
@@ -148,7 +210,10 @@ impl Op<'_> {
                 "stat"
             }
             Op::Release { vers, off, len } => {
-                w.str("path", path).u64("data_version", *vers).u64("offset", *off).u64("length", *len);
+                w.str("path", path)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .u64("length", *len);
                 "release"
             }
             Op::Stage { vers, off, data } => {
@@ -162,7 +227,14 @@ impl Op<'_> {
                 w.u64("after_ino", *ino).u64("after_iblock", *iblock);
                 "data-waiting"
             }
-            Op::DataWaitErr { ino, vers, off, count, ops, err } => {
+            Op::DataWaitErr {
+                ino,
+                vers,
+                off,
+                count,
+                ops,
+                err,
+            } => {
                 w.u64("ino", *ino)
                     .u64("data_version", *vers)
                     .u64("offset", *off)
@@ -179,7 +251,13 @@ impl Op<'_> {
                     .u64("last_ino", last.ino);
                 "walk-inodes"
             }
-            Op::Setattr { vers, size, offline, ctime, crtime } => {
+            Op::Setattr {
+                vers,
+                size,
+                offline,
+                ctime,
+                crtime,
+            } => {
                 w.str("path", path);
                 if let Some(v) = vers {
                     w.u64("data_version", *v);
@@ -197,7 +275,10 @@ impl Op<'_> {
                 "setattr"
             }
             Op::PunchOffline { vers, off, len } => {
-                w.str("path", path).u64("data_version", *vers).u64("offset", *off).u64("length", *len);
+                w.str("path", path)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .u64("length", *len);
                 "punch-offline"
             }
             Op::Referring { ino, dir, pos } => {
@@ -232,12 +313,23 @@ impl Op<'_> {
             Op::DataWaiting { .. } => {
                 for e in list("entries")? {
                     let ops = e.get("ops").and_then(Value::as_str).ok_or_else(bad)?;
-                    let _ = writeln!(out, "ino {} iblock {} ops {ops}", num(e, "ino")?, num(e, "iblock")?);
+                    let _ = writeln!(
+                        out,
+                        "ino {} iblock {} ops {ops}",
+                        num(e, "ino")?,
+                        num(e, "iblock")?
+                    );
                 }
             }
             Op::Walk { .. } => {
                 for e in list("entries")? {
-                    let _ = writeln!(out, "{} {} {}", num(e, "major")?, num(e, "minor")?, num(e, "ino")?);
+                    let _ = writeln!(
+                        out,
+                        "{} {} {}",
+                        num(e, "major")?,
+                        num(e, "minor")?,
+                        num(e, "ino")?
+                    );
                 }
             }
             Op::Referring { .. } | Op::InoPath { .. } => {
@@ -273,7 +365,9 @@ pub fn call(t: &Target, path: &str, op: &Op) -> Result<Vec<u8>, CallErr> {
             let (name, value) = op.ctl();
             match value {
                 None => ctl_get_raw(path, &name).map_err(CallErr::Os),
-                Some(v) => ctl_set(path, &name, &v).map(|()| Vec::new()).map_err(CallErr::Os),
+                Some(v) => ctl_set(path, &name, &v)
+                    .map(|()| Vec::new())
+                    .map_err(CallErr::Os),
             }
         }
         Target::Node(c) => {
@@ -753,11 +847,18 @@ pub fn cmd_get_referring_entries(a: ReferringArgs) -> Result<ExitCode, String> {
     let ino = a.ino;
     let mut out = std::io::stdout().lock();
     let op = |dir, pos| Op::Referring { ino, dir, pos };
-    names_pages(&t, &path, "get-referring-entries", op, 2, |d, p, nums, name| {
-        write!(out, "dir {d} pos {p} type {} name ", nums[1])?;
-        out.write_all(name)?;
-        out.write_all(b"\n")
-    })
+    names_pages(
+        &t,
+        &path,
+        "get-referring-entries",
+        op,
+        2,
+        |d, p, nums, name| {
+            write!(out, "dir {d} pos {p} type {} name ", nums[1])?;
+            out.write_all(name)?;
+            out.write_all(b"\n")
+        },
+    )
 }
 
 /// Every path to the inode, relative to the mount's root, a line each.

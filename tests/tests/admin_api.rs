@@ -97,7 +97,9 @@ fn cli_releases_and_stages_while_a_linux_guest_waits() {
     until(240, "the guest's file", || {
         cli(&api, TOKEN, &["stat", "/wrote"]).0.then_some(())
     });
-    let expect: Vec<u8> = (1..=LINES).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    let expect: Vec<u8> = (1..=LINES)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
     let size = expect.len() as u64;
     let blocks = size.div_ceil(BS);
     let stat = ok(&api, &["stat", "/f"]);
@@ -121,14 +123,21 @@ fn cli_releases_and_stages_while_a_linux_guest_waits() {
 
     // release: every block offline, data_version kept
     let len = (blocks * BS).to_string();
-    ok(&api, &["release", "/f", "-V", &vers_s, "-o", "0", "-l", &len]);
+    ok(
+        &api,
+        &["release", "/f", "-V", &vers_s, "-o", "0", "-l", &len],
+    );
     let stat = ok(&api, &["stat", "/f"]);
     assert_eq!(field(&stat, "online_blocks"), 0, "{stat}");
     assert_eq!(field(&stat, "offline_blocks"), blocks, "{stat}");
     assert_eq!(field(&stat, "data_version"), vers);
     // a stale data_version is refused with the errno's message
     let stale = (vers + 1).to_string();
-    let (good, text) = cli(&api, TOKEN, &["release", "/f", "-V", &stale, "-o", "0", "-l", "4096"]);
+    let (good, text) = cli(
+        &api,
+        TOKEN,
+        &["release", "/f", "-V", &stale, "-o", "0", "-l", "4096"],
+    );
     assert!(!good && text.contains("Stale file handle"), "{text}");
 
     // the guest reads the released file and waits
@@ -145,7 +154,17 @@ fn cli_releases_and_stages_while_a_linux_guest_waits() {
     let archive_s = archive.to_str().unwrap().to_string();
     ok(
         &api,
-        &["stage", &archive_s, "/f", "-V", &vers_s, "-o", "0", "-l", &size.to_string()],
+        &[
+            "stage",
+            &archive_s,
+            "/f",
+            "-V",
+            &vers_s,
+            "-o",
+            "0",
+            "-l",
+            &size.to_string(),
+        ],
     );
     let _ = std::fs::remove_file(&archive);
     let stat = ok(&api, &["stat", "/f"]);
@@ -154,11 +173,7 @@ fn cli_releases_and_stages_while_a_linux_guest_waits() {
     assert_eq!(field(&stat, "data_version"), vers);
 
     let run = guest.join().expect("guest thread").expect("run the guest");
-    assert!(
-        run.status.success(),
-        "guest failed:\n{}",
-        run.tail(40)
-    );
+    assert!(run.status.success(), "guest failed:\n{}", run.tail(40));
     let sums: Vec<&str> = run
         .console
         .lines()

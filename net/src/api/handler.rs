@@ -302,10 +302,7 @@ impl Api {
             .u64("data_version", s.data_version)
             .u64("online_blocks", s.online_blocks)
             .u64("offline_blocks", s.offline_blocks)
-            .str(
-                "crtime",
-                &format!("{}.{:09}", s.crtime.sec, s.crtime.nsec),
-            )
+            .str("crtime", &format!("{}.{:09}", s.crtime.sec, s.crtime.nsec))
             .u64("size", s.size);
         Ok(w.finish())
     }
@@ -376,7 +373,9 @@ impl Api {
                 let mut m = 0u8;
                 for n in s.split(',') {
                     m |= dwo_parse(n.trim()).ok_or_else(|| {
-                        bad(format!("field 'ops': unknown op '{n}' (read, write, change_size)"))
+                        bad(format!(
+                            "field 'ops': unknown op '{n}' (read, write, change_size)"
+                        ))
                     })?;
                 }
                 m
@@ -407,8 +406,8 @@ impl Api {
         let index = f
             .str("index")?
             .ok_or_else(|| bad("missing field 'index'"))?;
-        let index = WalkIndex::parse(index)
-            .ok_or_else(|| bad("field 'index': meta_seq or data_seq"))?;
+        let index =
+            WalkIndex::parse(index).ok_or_else(|| bad("field 'index': meta_seq or data_seq"))?;
         // `last` -1: no limit (the walk stops at the stable seq)
         let last = match f.get("last") {
             Some(v) if v.as_i64() == Some(-1) => u64::MAX,
@@ -561,4 +560,3 @@ impl core::fmt::Debug for Api {
         f.write_str("Api { token: <hidden> }")
     }
 }
-

@@ -168,7 +168,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
                 (Some(n), _) => length = Some(n),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return bad(501, "Transfer-Encoding is not supported; send Content-Length");
+            return bad(
+                501,
+                "Transfer-Encoding is not supported; send Content-Length",
+            );
         } else if h.name.eq_ignore_ascii_case("authorization") {
             if authorization.is_some() {
                 return bad(400, "more than one Authorization header");

@@ -234,7 +234,8 @@ impl Parser<'_> {
             }
         }
         // only ASCII was consumed
-        let text = core::str::from_utf8(&self.b[start..self.i]).map_err(|_| self.err("bad number"))?;
+        let text =
+            core::str::from_utf8(&self.b[start..self.i]).map_err(|_| self.err("bad number"))?;
         Ok(Value::Num(text.into()))
     }
 

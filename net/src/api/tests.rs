@@ -38,7 +38,10 @@ fn json_reads_objects_strings_and_numbers() {
     )
     .unwrap();
     assert_eq!(v.get("a").unwrap().as_u64(), Some(1));
-    assert_eq!(v.get("b").unwrap().as_str(), Some("x\"\\/\n\u{e9}\u{1f600}"));
+    assert_eq!(
+        v.get("b").unwrap().as_str(),
+        Some("x\"\\/\n\u{e9}\u{1f600}")
+    );
     let c = v.get("c").unwrap().as_array().unwrap();
     assert_eq!(c[0], Value::Bool(true));
     assert_eq!(c[3].as_i64(), Some(-2));
@@ -75,7 +78,11 @@ fn json_rejects_what_is_not_json() {
         b"{\"a\":1,\"a\":2}",
         b"[[[[[[[[[[1]]]]]]]]]]",
     ] {
-        assert!(json::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        assert!(
+            json::parse(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -147,7 +154,10 @@ proptest! {
 // HTTP framing
 
 fn post(path: &str, token: Option<&str>, body: &str) -> Vec<u8> {
-    let mut r = format!("POST {path} HTTP/1.1\r\nHost: node\r\nContent-Length: {}\r\n", body.len());
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: node\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(t) = token {
         r.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -174,7 +184,10 @@ fn a_request_is_whole_only_with_its_body() {
     assert_eq!(req.method, "POST");
     assert_eq!(req.path, "/v1/stat");
     assert_eq!(req.body, br#"{"path":"/f"}"#);
-    assert_eq!(req.authorization.as_deref(), Some(&b"Bearer s3cret-token"[..]));
+    assert_eq!(
+        req.authorization.as_deref(),
+        Some(&b"Bearer s3cret-token"[..])
+    );
     assert!(!req.close);
 }
 
@@ -192,8 +205,14 @@ fn bad_status(bytes: &[u8]) -> u16 {
 #[test]
 fn framing_errors_get_4xx_or_501() {
     assert_eq!(bad_status(b"GARBAGE\r\n\r\n"), 400);
-    assert_eq!(bad_status(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
-    assert_eq!(bad_status(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+    assert_eq!(
+        bad_status(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+        400
+    );
+    assert_eq!(
+        bad_status(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+        400
+    );
     assert_eq!(
         bad_status(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
         400
@@ -202,11 +221,12 @@ fn framing_errors_get_4xx_or_501() {
         bad_status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
         501
     );
-    let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
-    assert_eq!(bad_status(big.as_bytes()), 413);
-    let huge = format!(
-        "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n"
+    let big = format!(
+        "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        MAX_BODY + 1
     );
+    assert_eq!(bad_status(big.as_bytes()), 413);
+    let huge = "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
     assert_eq!(bad_status(huge.as_bytes()), 400);
     let mut many = String::from("POST / HTTP/1.1\r\n");
     for i in 0..40 {
@@ -317,7 +337,11 @@ impl Env {
         assert!(!r.body.contains('\n'), "one line: {}", r.body);
         let v = json::parse(r.body.as_bytes()).expect("answers are JSON");
         if r.status != 200 {
-            assert!(v.get("error").and_then(Value::as_str).is_some(), "{}", r.body);
+            assert!(
+                v.get("error").and_then(Value::as_str).is_some(),
+                "{}",
+                r.body
+            );
         }
         (r.status, v)
     }
@@ -344,11 +368,15 @@ impl Env {
 }
 
 fn n(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("{k} in {v:?}"))
+    v.get(k)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{k} in {v:?}"))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -374,7 +402,9 @@ fn the_token_is_needed_for_everything() {
             r.push_str(body);
             let resp = e.raw(r.as_bytes());
             assert_eq!(resp.status, 401, "{op} {auth:?}");
-            assert!(String::from_utf8(resp.encode()).unwrap().contains("WWW-Authenticate: Bearer"));
+            assert!(String::from_utf8(resp.encode())
+                .unwrap()
+                .contains("WWW-Authenticate: Bearer"));
         }
     }
     // the scheme is case-insensitive, as HTTP says
@@ -394,7 +424,9 @@ fn routing_and_malformed_bodies() {
     let get = format!("GET /v1/stat HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
     let r = e.raw(get.as_bytes());
     assert_eq!(r.status, 405);
-    assert!(String::from_utf8(r.encode()).unwrap().contains("Allow: POST"));
+    assert!(String::from_utf8(r.encode())
+        .unwrap()
+        .contains("Allow: POST"));
     for (op, body, why) in [
         ("stat", "{", "not JSON"),
         ("stat", "[1]", "must be a JSON object"),
@@ -406,15 +438,51 @@ fn routing_and_malformed_bodies() {
         ("stat", r#"{"ino":1.0}"#, "unsigned"),
         ("stat", r#"{"path":5}"#, "expected a string"),
         ("stat", r#"{"path":"/../x"}"#, "'..'"),
-        ("stat", r#"{"path":"/","colour":1}"#, "unknown field 'colour'"),
-        ("release", r#"{"ino":1,"offset":0,"length":4096}"#, "missing field 'data_version'"),
-        ("stage", r#"{"ino":1,"data_version":1,"offset":0}"#, "missing field 'data'"),
-        ("stage", r#"{"ino":1,"data_version":1,"offset":0,"data":"!!"}"#, "not base64"),
-        ("walk-inodes", r#"{"index":"nope","first":0,"last":1}"#, "meta_seq or data_seq"),
-        ("walk-inodes", r#"{"index":"meta_seq","first":0,"last":-2}"#, "'last'"),
-        ("walk-inodes", r#"{"index":"meta_seq","first":0,"last":1,"max":0}"#, "at least 1"),
-        ("data-wait-err", r#"{"ino":1,"data_version":1,"offset":0,"count":1,"ops":"eat","err":-5}"#, "unknown op 'eat'"),
-        ("data-wait-err", r#"{"ino":1,"data_version":1,"offset":0,"count":1,"ops":"read","err":"x"}"#, "'err'"),
+        (
+            "stat",
+            r#"{"path":"/","colour":1}"#,
+            "unknown field 'colour'",
+        ),
+        (
+            "release",
+            r#"{"ino":1,"offset":0,"length":4096}"#,
+            "missing field 'data_version'",
+        ),
+        (
+            "stage",
+            r#"{"ino":1,"data_version":1,"offset":0}"#,
+            "missing field 'data'",
+        ),
+        (
+            "stage",
+            r#"{"ino":1,"data_version":1,"offset":0,"data":"!!"}"#,
+            "not base64",
+        ),
+        (
+            "walk-inodes",
+            r#"{"index":"nope","first":0,"last":1}"#,
+            "meta_seq or data_seq",
+        ),
+        (
+            "walk-inodes",
+            r#"{"index":"meta_seq","first":0,"last":-2}"#,
+            "'last'",
+        ),
+        (
+            "walk-inodes",
+            r#"{"index":"meta_seq","first":0,"last":1,"max":0}"#,
+            "at least 1",
+        ),
+        (
+            "data-wait-err",
+            r#"{"ino":1,"data_version":1,"offset":0,"count":1,"ops":"eat","err":-5}"#,
+            "unknown op 'eat'",
+        ),
+        (
+            "data-wait-err",
+            r#"{"ino":1,"data_version":1,"offset":0,"count":1,"ops":"read","err":"x"}"#,
+            "'err'",
+        ),
         ("setattr", r#"{"ino":1,"offline":1}"#, "true or false"),
         ("setattr", r#"{"ino":1,"ctime":"yesterday"}"#, "SEC.NSEC"),
     ] {
@@ -443,7 +511,11 @@ fn stat_release_stage_and_punch_offline() {
     let ino = e.file(dir, "f", &data);
     let s = e.stat(r#"{"path":"/d/f"}"#);
     assert_eq!(n(&s, "ino"), ino);
-    assert_eq!(s, e.stat(&format!(r#"{{"ino":{ino}}}"#)), "by path or inode");
+    assert_eq!(
+        s,
+        e.stat(&format!(r#"{{"ino":{ino}}}"#)),
+        "by path or inode"
+    );
     let want = e.run(e.m().stat_more(ino)).unwrap();
     assert_eq!(n(&s, "data_version"), want.data_version);
     assert_eq!(n(&s, "size"), 3 * BS);
@@ -458,13 +530,20 @@ fn stat_release_stage_and_punch_offline() {
     // a stale data_version is a conflict
     let (st, v) = e.call(
         "release",
-        &format!(r#"{{"path":"d/f","data_version":{},"offset":0,"length":8192}}"#, vers + 1),
+        &format!(
+            r#"{{"path":"d/f","data_version":{},"offset":0,"length":8192}}"#,
+            vers + 1
+        ),
     );
     assert_eq!(st, 409, "{v:?}");
     assert_eq!(v.get("errname").unwrap().as_str(), Some("ESTALE"));
     // unaligned is EINVAL
     assert_eq!(
-        e.call("release", &format!(r#"{{"ino":{ino},"data_version":{vers},"offset":1,"length":4096}}"#)).0,
+        e.call(
+            "release",
+            &format!(r#"{{"ino":{ino},"data_version":{vers},"offset":1,"length":4096}}"#)
+        )
+        .0,
         400
     );
     e.ok(
@@ -514,7 +593,10 @@ fn setattr_restores_an_offline_file() {
     assert_eq!(n(&s, "data_version"), 77);
     assert_eq!(n(&s, "size"), 12288);
     assert_eq!(n(&s, "offline_blocks"), 3);
-    assert_eq!(s.get("crtime").unwrap().as_str(), Some("1500000000.000000001"));
+    assert_eq!(
+        s.get("crtime").unwrap().as_str(),
+        Some("1500000000.000000001")
+    );
     let a = e.run(e.m().getattr(ino)).unwrap();
     assert_eq!((a.ctime.sec, a.ctime.nsec), (1_600_000_000, 500_000_000));
     // only once: the file is no longer new
@@ -533,8 +615,7 @@ fn readers_wait_are_listed_and_failed() {
     );
     let spawn_read = |off: u64| {
         let api = e.api.clone();
-        e.ex
-            .handle()
+        e.ex.handle()
             .spawn(async move { api.mount().read(ino, off, BS as usize).await })
             .unwrap()
     };
@@ -547,11 +628,20 @@ fn readers_wait_are_listed_and_failed() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|x| (n(x, "ino"), n(x, "iblock"), x.get("ops").unwrap().as_str().unwrap()))
+        .map(|x| {
+            (
+                n(x, "ino"),
+                n(x, "iblock"),
+                x.get("ops").unwrap().as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(list, [(ino, 0, "read"), (ino, 1, "read")]);
     // paging: the cursor is exclusive, max bounds an answer
-    let v = e.ok("data-waiting", &format!(r#"{{"after_ino":{ino},"after_iblock":0}}"#));
+    let v = e.ok(
+        "data-waiting",
+        &format!(r#"{{"after_ino":{ino},"after_iblock":0}}"#),
+    );
     assert_eq!(v.get("entries").unwrap().as_array().unwrap().len(), 1);
     let v = e.ok("data-waiting", r#"{"max":1}"#);
     assert_eq!(v.get("entries").unwrap().as_array().unwrap().len(), 1);
@@ -559,7 +649,9 @@ fn readers_wait_are_listed_and_failed() {
     // fail the first block's reader, stage the second's
     let v = e.ok(
         "data-wait-err",
-        &format!(r#"{{"ino":{ino},"data_version":{vers},"offset":0,"count":4096,"ops":"read","err":-5}}"#),
+        &format!(
+            r#"{{"ino":{ino},"data_version":{vers},"offset":0,"count":4096,"ops":"read","err":-5}}"#
+        ),
     );
     assert_eq!(n(&v, "failed"), 1);
     let b64 = json::base64_encode(&data[BS as usize..]);
@@ -576,7 +668,9 @@ fn readers_wait_are_listed_and_failed() {
     assert_eq!(
         e.call(
             "data-wait-err",
-            &format!(r#"{{"ino":{ino},"data_version":{vers},"offset":0,"count":4096,"ops":1,"err":5}}"#)
+            &format!(
+                r#"{{"ino":{ino},"data_version":{vers},"offset":0,"count":4096,"ops":1,"err":5}}"#
+            )
         )
         .0,
         400
@@ -586,9 +680,13 @@ fn readers_wait_are_listed_and_failed() {
 #[test]
 fn walk_inodes_and_names() {
     let e = Env::new();
-    let d = e.run(e.m().mkdir(&Cred::root(), 1, b"dir", 0o755)).unwrap().ino;
+    let d = e
+        .run(e.m().mkdir(&Cred::root(), 1, b"dir", 0o755))
+        .unwrap()
+        .ino;
     let a = e.file(d, "a", b"x");
-    e.run(e.m().link(&Cred::root(), a, 1, "b\u{e9}".as_bytes())).unwrap();
+    e.run(e.m().link(&Cred::root(), a, 1, "b\u{e9}".as_bytes()))
+        .unwrap();
     e.run(e.m().link(&Cred::root(), a, d, b"raw\xff")).unwrap();
     e.run(e.m().sync()).unwrap();
 
@@ -611,12 +709,21 @@ fn walk_inodes_and_names() {
         .unwrap();
     assert_eq!(
         found,
-        brute.iter().map(|e| (e.major, u64::from(e.minor), e.ino)).collect::<Vec<_>>()
+        brute
+            .iter()
+            .map(|e| (e.major, u64::from(e.minor), e.ino))
+            .collect::<Vec<_>>()
     );
     assert!(found.iter().any(|f| f.2 == a));
-    assert!(!found.iter().any(|f| f.2 == d), "directories have no data_seq");
+    assert!(
+        !found.iter().any(|f| f.2 == d),
+        "directories have no data_seq"
+    );
     // max and an upper bound limit the answer
-    let v = e.ok("walk-inodes", r#"{"index":"meta_seq","first":0,"last":-1,"max":1}"#);
+    let v = e.ok(
+        "walk-inodes",
+        r#"{"index":"meta_seq","first":0,"last":-1,"max":1}"#,
+    );
     assert_eq!(v.get("entries").unwrap().as_array().unwrap().len(), 1);
     let v = e.ok("walk-inodes", r#"{"index":"meta_seq","first":0,"last":0}"#);
     assert!(v.get("entries").unwrap().as_array().unwrap().is_empty());
@@ -628,7 +735,13 @@ fn walk_inodes_and_names() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|x| (n(x, "dir"), json::bytes_of(x, "name").unwrap(), n(x, "type")))
+        .map(|x| {
+            (
+                n(x, "dir"),
+                json::bytes_of(x, "name").unwrap(),
+                n(x, "type"),
+            )
+        })
         .collect();
     names.sort();
     assert_eq!(
@@ -662,7 +775,11 @@ fn walk_inodes_and_names() {
     let first = &v.get("paths").unwrap().as_array().unwrap()[0];
     let v = e.ok(
         "ino-path",
-        &format!(r#"{{"ino":{a},"dir":{},"pos":{}}}"#, n(first, "dir"), n(first, "pos") + 1),
+        &format!(
+            r#"{{"ino":{a},"dir":{},"pos":{}}}"#,
+            n(first, "dir"),
+            n(first, "pos") + 1
+        ),
     );
     assert_eq!(v.get("paths").unwrap().as_array().unwrap().len(), 2);
 }
@@ -749,7 +866,10 @@ fn a_connection_answers_in_order_and_closes_when_asked() {
     input.extend(post("/v1/stat", Some(TOKEN), r#"{"path":"/"}"#));
     pipe.to_server.borrow_mut().extend(input);
     let (api, p) = (e.api.clone(), pipe.clone());
-    let task = e.ex.handle().spawn(async move { super::serve(&api, &*p).await }).unwrap();
+    let task =
+        e.ex.handle()
+            .spawn(async move { super::serve(&api, &*p).await })
+            .unwrap();
     e.settle();
     assert!(task.try_take().is_some(), "the connection ended");
     assert!(pipe.closed.get());
@@ -763,7 +883,10 @@ fn a_connection_answers_in_order_and_closes_when_asked() {
         .borrow_mut()
         .extend(b"POST /v1/stat HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".iter());
     let (api, p) = (e.api.clone(), pipe.clone());
-    let task = e.ex.handle().spawn(async move { super::serve(&api, &*p).await }).unwrap();
+    let task =
+        e.ex.handle()
+            .spawn(async move { super::serve(&api, &*p).await })
+            .unwrap();
     e.settle();
     assert!(task.try_take().is_some());
     assert_eq!(statuses(&pipe.to_client.borrow()), [501]);
@@ -773,7 +896,10 @@ fn a_connection_answers_in_order_and_closes_when_asked() {
     pipe.to_server.borrow_mut().extend(b"POST /v1/st".iter());
     pipe.closed.set(true);
     let (api, p) = (e.api.clone(), pipe.clone());
-    let task = e.ex.handle().spawn(async move { super::serve(&api, &*p).await }).unwrap();
+    let task =
+        e.ex.handle()
+            .spawn(async move { super::serve(&api, &*p).await })
+            .unwrap();
     e.settle();
     assert!(task.try_take().is_some());
     assert!(pipe.to_client.borrow().is_empty());
@@ -794,7 +920,11 @@ fn responses_are_well_formed() {
         .unwrap();
     assert_eq!(len, body.len());
     assert_eq!(
-        json::parse(body.as_bytes()).unwrap().get("error").unwrap().as_str(),
+        json::parse(body.as_bytes())
+            .unwrap()
+            .get("error")
+            .unwrap()
+            .as_str(),
         Some("bad \"thing\"")
     );
     let _ = Request {
