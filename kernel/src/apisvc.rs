@@ -3,7 +3,7 @@
 //! (`scoutvm_net::api`, docs/archival.md) over the mounted volume, one
 //! task per connection. Off unless the command line sets
 //! `api.token=TOKEN` (8 to 256 visible ASCII characters); the boot log
-//! says which. Invariant: after [`stop`] no connection is accepted or
+//! says which. A connection idle for 60 s is closed. Invariant: after [`stop`] no connection is accepted or
 //! served.
 
 use alloc::collections::BTreeMap;
@@ -12,8 +12,9 @@ use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use core::cell::{Cell, RefCell};
 
-use scoutvm_fs::runtime::exec::JoinHandle;
+use scoutvm_fs::runtime::exec::{Handle, JoinHandle};
 use scoutvm_net::api::{serve, token_ok, Api};
+use scoutvm_net::p9::{ByteStream, StreamClosed};
 
 use crate::net::{self, TcpListener};
 use crate::p9svc::TcpConn;
@@ -30,6 +31,35 @@ const MAX_CONNS: usize = 16;
 const TCP_BUFFER_BYTES: usize = 64 * 1024;
 /// How often to look for an address while the network comes up.
 const ADDRESS_POLL_NS: u64 = 200_000_000;
+/// A connection that sends nothing for this long is closed (its slot of
+/// [`MAX_CONNS`] is not held for ever).
+const IDLE_NS: u64 = 60_000_000_000;
+
+/// A connection whose reads give up after [`IDLE_NS`] of silence.
+struct IdleConn {
+    conn: TcpConn,
+    h: Handle,
+}
+
+impl ByteStream for IdleConn {
+    async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamClosed> {
+        match self.h.timeout_ns(IDLE_NS, self.conn.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                scoutvm_fs::counter!("api.idle_closed").inc();
+                Err(StreamClosed)
+            }
+        }
+    }
+
+    async fn write_all(&self, buf: &[u8]) -> Result<(), StreamClosed> {
+        self.conn.write_all(buf).await
+    }
+
+    fn close(&self) {
+        self.conn.close();
+    }
+}
 
 static LISTENER: Local<RefCell<Option<JoinHandle<()>>>> = Local::new(RefCell::new(None));
 static CONNS: Local<RefCell<BTreeMap<u64, JoinHandle<()>>>> =
@@ -103,8 +133,12 @@ pub fn start(v: &Rc<Volume>) -> Result<(), String> {
                 let id = NEXT_CONN.get();
                 NEXT_CONN.set(id + 1);
                 let api = api.clone();
+                let h3 = h2.clone();
                 let conn = async move {
-                    let s = TcpConn(stream);
+                    let s = IdleConn {
+                        conn: TcpConn(stream),
+                        h: h3,
+                    };
                     serve(&api, &s).await;
                     CONNS.borrow_mut().remove(&id);
                 };
