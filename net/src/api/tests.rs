@@ -935,3 +935,30 @@ fn responses_are_well_formed() {
         close: false,
     };
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+    /// Random bytes after a valid request, through a whole connection:
+    /// the connection ends (or waits for more) without a panic, and
+    /// every answer is a whole HTTP response.
+    #[test]
+    fn a_connection_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let e = Env::new();
+        let pipe = Rc::new(Pipe::default());
+        let mut input = post("/v1/stat", Some(TOKEN), r#"{"path":"/"}"#);
+        input.extend_from_slice(&tail);
+        pipe.to_server.borrow_mut().extend(input);
+        let (api, p) = (e.api.clone(), pipe.clone());
+        let task = e.ex.handle().spawn(async move { super::serve(&api, &*p).await }).unwrap();
+        e.settle();
+        {
+            let out = pipe.to_client.borrow();
+            let st = statuses(&out);
+            prop_assert!(!st.is_empty() && st[0] == 200, "{}", String::from_utf8_lossy(&out));
+        }
+        // the rest was answered and closed, or waits for more: end it
+        pipe.close();
+        e.settle();
+        prop_assert!(task.try_take().is_some(), "the connection ended");
+    }
+}
