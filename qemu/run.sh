@@ -2,7 +2,9 @@
 # Boot one ScoutVM appliance under QEMU (TCG): microvm by default, q35 with
 # --q35. Two raw disks (metadata, data) are created if missing; the serial
 # console is this terminal (Ctrl-A x quits QEMU); user networking forwards
-# host TCP 127.0.0.1:5640 to the node's 9P port 564. With --link the node
+# host TCP 127.0.0.1:5640 to the node's 9P port 564 and 127.0.0.1:8564 to
+# the admin API's port (8564, or the command line's api.port=; the API is
+# on only with api.token=, docs/archival.md). With --link the node
 # is instead on a point-to-point Ethernet (UDP ports on 127.0.0.1) with a
 # Linux guest, at 10.0.3.10/24:
 #   qemu/run.sh --link 47001:47002
@@ -10,7 +12,8 @@
 #       --server 10.0.3.10:564 --mount-opts access=user -- 'ls -la /mnt'
 #
 #   qemu/run.sh [--q35] [--meta IMG] [--data IMG] [--elf ELF] [--mem MB]
-#               [--port HOSTPORT | --link LOCALPORT:REMOTEPORT]
+#               [--port HOSTPORT] [--api-port HOSTPORT]
+#               [--link LOCALPORT:REMOTEPORT]
 #               [-- KERNEL CMDLINE WORDS...]
 set -euo pipefail
 
@@ -21,6 +24,7 @@ data="$root/target/scoutvm/data.img"
 elf="$root/target/scoutvm/scoutvm.elf"
 mem=512
 port=5640
+api_port=8564
 link=""
 append=""
 
@@ -33,9 +37,10 @@ while [ $# -gt 0 ]; do
         --elf) elf="$2"; shift ;;
         --mem) mem="$2"; shift ;;
         --port) port="$2"; shift ;;
+        --api-port) api_port="$2"; shift ;;
         --link) link="$2"; shift ;;
         --) shift; append="$*"; break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -75,7 +80,11 @@ if [ -n "$link" ]; then
         *) append="ip=10.0.3.10/24 $append" ;;
     esac
 else
-    netdev="user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564"
+    guest_api=8564
+    for w in $append; do
+        case "$w" in api.port=*) guest_api="${w#api.port=}" ;; esac
+    done
+    netdev="user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564,hostfwd=tcp:127.0.0.1:${api_port}-:${guest_api}"
 fi
 
 exec qemu-system-x86_64 "${mach[@]}" -accel tcg -m "${mem}M" \

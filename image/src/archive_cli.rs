@@ -5,22 +5,398 @@
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
 //! `getxattr(2)`/`setxattr(2)`: no ioctl numbers, nothing but a path.
+//! With `--node ADDR:PORT` (and `--token` or `SCOUTVM_TOKEN`) the same
+//! requests go to a running appliance's admin API (`scoutvm_net::api`)
+//! and PATH names a file from the volume's root; the output is the same.
+//!
+//! A request is an [`Op`]; [`call`] carries it either way and hands back
+//! the control channel's text answer (the API's JSON is turned into it),
+//! so each subcommand is written once.
 
 use clap::Args;
 use scoutvm_fs::posix::archive::{dwo_parse, WalkEntry, WalkIndex};
 use scoutvm_fs::posix::archive_ctl::{parse_named_record, walk_name};
 use scoutvm_fs::tools::mkfs::parse_size;
+use scoutvm_image::api_client::{ApiClient, ApiError};
+use scoutvm_net::api::json::{self, ObjWriter, Value};
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
 /// Bytes of archived data per stage request (15 blocks: the request and
 /// its header stay under the kernel's 64 KiB xattr value limit).
 const STAGE_CHUNK: usize = 15 * 4096;
+/// Bytes per stage request to a node (base64 in JSON stays under the
+/// API's 260 KiB body).
+const STAGE_CHUNK_NODE: usize = 32 * 4096;
 /// Largest answer the control channel gives.
 const ANSWER_MAX: usize = 64 << 10;
+/// The environment variable with the API token.
+pub const TOKEN_ENV: &str = "SCOUTVM_TOKEN";
+
+/// Where the requests go: `--node` and its token.
+#[derive(Args, Clone, Default)]
+pub struct NodeArgs {
+    /// Talk to a running appliance's admin API at ADDR:PORT instead of a
+    /// mount (PATH is then from the volume's root)
+    #[arg(long = "node", value_name = "ADDR:PORT")]
+    node: Option<String>,
+    /// The admin API's bearer token (default: $SCOUTVM_TOKEN)
+    #[arg(long = "token", value_name = "TOKEN", requires = "node")]
+    token: Option<String>,
+}
+
+/// A FUSE mount's control xattrs, or a node's admin API.
+pub enum Target {
+    Mount,
+    Node(RefCell<ApiClient>),
+}
+
+impl Target {
+    fn of(a: &NodeArgs) -> Result<Target, String> {
+        let Some(addr) = &a.node else {
+            return Ok(Target::Mount);
+        };
+        let token = match &a.token {
+            Some(t) => t.clone(),
+            None => std::env::var(TOKEN_ENV)
+                .map_err(|_| format!("--node needs --token TOKEN or {TOKEN_ENV}"))?,
+        };
+        Ok(Target::Node(RefCell::new(ApiClient::new(addr, &token))))
+    }
+
+    fn is_node(&self) -> bool {
+        matches!(self, Target::Node(_))
+    }
+
+    /// The path a request goes through: any path of the mount (required
+    /// there), nothing for a node.
+    fn any_path(&self, p: Option<String>) -> Result<String, String> {
+        match (self, p) {
+            (Target::Node(_), p) => Ok(p.unwrap_or_else(|| "/".into())),
+            (Target::Mount, Some(p)) => Ok(p),
+            (Target::Mount, None) => Err("a path in a mounted volume is needed (-p PATH)".into()),
+        }
+    }
+}
+
+/// One archival request, whichever way it goes.
+pub enum Op<'a> {
+    Stat,
+    Release {
+        vers: u64,
+        off: u64,
+        len: u64,
+    },
+    Stage {
+        vers: u64,
+        off: u64,
+        data: &'a [u8],
+    },
+    DataWaiting {
+        ino: u64,
+        iblock: u64,
+    },
+    DataWaitErr {
+        ino: u64,
+        vers: u64,
+        off: u64,
+        count: u64,
+        ops: u8,
+        err: i64,
+    },
+    Walk {
+        index: WalkIndex,
+        first: WalkEntry,
+        last: WalkEntry,
+    },
+    Setattr {
+        vers: Option<u64>,
+        size: Option<u64>,
+        offline: bool,
+        ctime: Option<String>,
+        crtime: Option<String>,
+    },
+    PunchOffline {
+        vers: u64,
+        off: u64,
+        len: u64,
+    },
+    Referring {
+        ino: u64,
+        dir: u64,
+        pos: u64,
+    },
+    InoPath {
+        ino: u64,
+        dir: u64,
+        pos: u64,
+    },
+}
+
+/// Why a request failed.
+pub enum CallErr {
+    /// The mount's errno.
+    Os(rustix::io::Errno),
+    Api(ApiError),
+}
+
+impl Op<'_> {
+    /// The control xattr: its name and, for a set, its value.
+    fn ctl(&self) -> (String, Option<Vec<u8>>) {
+        let set = |n: &str, v: String| (format!("scoutvm.ctl.{n}"), Some(v.into_bytes()));
+        match self {
+            Op::Stat => ("scoutvm.ctl.stat".into(), None),
+            Op::Release { vers, off, len } => set("release", format!("{vers} {off} {len}")),
+            Op::Stage { vers, off, data } => {
+                let mut v = format!("{vers} {off}\n").into_bytes();
+                v.extend_from_slice(data);
+                ("scoutvm.ctl.stage".into(), Some(v))
+            }
+            Op::DataWaiting { ino, iblock } => {
+                (format!("scoutvm.ctl.data_waiting.{ino}.{iblock}"), None)
+            }
+            Op::DataWaitErr {
+                ino,
+                vers,
+                off,
+                count,
+                ops,
+                err,
+            } => set(
+                "data_wait_err",
+                format!("{ino} {vers} {off} {count} {ops} {err}"),
+            ),
+            Op::Walk { index, first, last } => (walk_name(*index, *first, *last), None),
+            Op::Setattr {
+                vers,
+                size,
+                offline,
+                ctime,
+                crtime,
+            } => {
+                let f = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                set(
+                    "setattr",
+                    format!(
+                        "{} {} {} {} {}",
+                        f(vers.map(|v| v.to_string())),
+                        f(size.map(|v| v.to_string())),
+                        u8::from(*offline),
+                        f(ctime.clone()),
+                        f(crtime.clone())
+                    ),
+                )
+            }
+            Op::PunchOffline { vers, off, len } => {
+                set("punch_offline", format!("{vers} {off} {len}"))
+            }
+            Op::Referring { ino, dir, pos } => {
+                (format!("scoutvm.ctl.referring.{ino}.{dir}.{pos}"), None)
+            }
+            Op::InoPath { ino, dir, pos } => {
+                (format!("scoutvm.ctl.ino_path.{ino}.{dir}.{pos}"), None)
+            }
+        }
+    }
+
+    /// The API endpoint and JSON body; `path` names the file.
+    fn api(&self, path: &str) -> (&'static str, String) {
+        let mut w = ObjWriter::new();
+        let op = match self {
+            Op::Stat => {
+                w.str("path", path);
+                "stat"
+            }
+            Op::Release { vers, off, len } => {
+                w.str("path", path)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .u64("length", *len);
+                "release"
+            }
+            Op::Stage { vers, off, data } => {
+                w.str("path", path)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .str("data", &json::base64_encode(data));
+                "stage"
+            }
+            Op::DataWaiting { ino, iblock } => {
+                w.u64("after_ino", *ino).u64("after_iblock", *iblock);
+                "data-waiting"
+            }
+            Op::DataWaitErr {
+                ino,
+                vers,
+                off,
+                count,
+                ops,
+                err,
+            } => {
+                w.u64("ino", *ino)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .u64("count", *count)
+                    .u64("ops", u64::from(*ops))
+                    .i64("err", *err);
+                "data-wait-err"
+            }
+            Op::Walk { index, first, last } => {
+                w.str("index", index.name())
+                    .u64("first", first.major)
+                    .u64("first_ino", first.ino)
+                    .u64("last", last.major)
+                    .u64("last_ino", last.ino);
+                "walk-inodes"
+            }
+            Op::Setattr {
+                vers,
+                size,
+                offline,
+                ctime,
+                crtime,
+            } => {
+                w.str("path", path);
+                if let Some(v) = vers {
+                    w.u64("data_version", *v);
+                }
+                if let Some(v) = size {
+                    w.u64("size", *v);
+                }
+                w.raw("offline", if *offline { "true" } else { "false" });
+                if let Some(t) = ctime {
+                    w.str("ctime", t);
+                }
+                if let Some(t) = crtime {
+                    w.str("crtime", t);
+                }
+                "setattr"
+            }
+            Op::PunchOffline { vers, off, len } => {
+                w.str("path", path)
+                    .u64("data_version", *vers)
+                    .u64("offset", *off)
+                    .u64("length", *len);
+                "punch-offline"
+            }
+            Op::Referring { ino, dir, pos } => {
+                w.u64("ino", *ino).u64("dir", *dir).u64("pos", *pos);
+                "get-referring-entries"
+            }
+            Op::InoPath { ino, dir, pos } => {
+                w.u64("ino", *ino).u64("dir", *dir).u64("pos", *pos);
+                "ino-path"
+            }
+        };
+        (op, w.finish())
+    }
+
+    /// The API's answer as the control channel's text answer.
+    fn text(&self, v: &Value) -> Result<Vec<u8>, String> {
+        let bad = || "malformed answer from the node".to_string();
+        let num = |x: &Value, k: &str| x.get(k).and_then(Value::as_u64).ok_or_else(bad);
+        let list = |k: &str| v.get(k).and_then(Value::as_array).ok_or_else(bad);
+        let mut out = String::new();
+        match self {
+            Op::Stat => {
+                for f in STAT_FIELDS {
+                    let val = match v.get(f) {
+                        Some(Value::Str(s)) => s.clone(),
+                        Some(x) => x.as_u64().ok_or_else(bad)?.to_string(),
+                        None => return Err(bad()),
+                    };
+                    let _ = writeln!(out, "{f} {val}");
+                }
+            }
+            Op::DataWaiting { .. } => {
+                for e in list("entries")? {
+                    let ops = e.get("ops").and_then(Value::as_str).ok_or_else(bad)?;
+                    let _ = writeln!(
+                        out,
+                        "ino {} iblock {} ops {ops}",
+                        num(e, "ino")?,
+                        num(e, "iblock")?
+                    );
+                }
+            }
+            Op::Walk { .. } => {
+                for e in list("entries")? {
+                    let _ = writeln!(
+                        out,
+                        "{} {} {}",
+                        num(e, "major")?,
+                        num(e, "minor")?,
+                        num(e, "ino")?
+                    );
+                }
+            }
+            Op::Referring { .. } | Op::InoPath { .. } => {
+                let (key, name, with_ino) = match self {
+                    Op::Referring { .. } => ("entries", "name", true),
+                    _ => ("paths", "path", false),
+                };
+                let mut bytes = Vec::new();
+                for e in list(key)? {
+                    let n = json::bytes_of(e, name).ok_or_else(bad)?;
+                    let mut head = format!("{} {} ", num(e, "dir")?, num(e, "pos")?);
+                    if with_ino {
+                        let _ = write!(head, "{} {} ", num(e, "ino")?, num(e, "type")?);
+                    }
+                    let _ = write!(head, "{} ", n.len());
+                    bytes.extend_from_slice(head.as_bytes());
+                    bytes.extend_from_slice(&n);
+                    bytes.push(b'\n');
+                }
+                return Ok(bytes);
+            }
+            _ => {}
+        }
+        Ok(out.into_bytes())
+    }
+}
+
+/// Carry `op` on the file `path` to its target: the text answer (empty
+/// for a change).
+pub fn call(t: &Target, path: &str, op: &Op) -> Result<Vec<u8>, CallErr> {
+    match t {
+        Target::Mount => {
+            let (name, value) = op.ctl();
+            match value {
+                None => ctl_get_raw(path, &name).map_err(CallErr::Os),
+                Some(v) => ctl_set(path, &name, &v)
+                    .map(|()| Vec::new())
+                    .map_err(CallErr::Os),
+            }
+        }
+        Target::Node(c) => {
+            let (endpoint, body) = op.api(path);
+            let v = c.borrow_mut().call(endpoint, &body).map_err(CallErr::Api)?;
+            op.text(&v).map_err(|e| CallErr::Api(ApiError::Io(e)))
+        }
+    }
+}
+
+fn call_err(what: &str, e: CallErr) -> ExitCode {
+    match e {
+        CallErr::Os(e) => os_err(what, e),
+        CallErr::Api(e) => {
+            eprintln!("scoutvm: {what} failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// [`call`] with a text answer.
+fn call_text(t: &Target, path: &str, op: &Op) -> Result<String, CallErr> {
+    call(t, path, op).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
 
 #[derive(Args)]
 pub struct StatArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// Print only this field's value
     #[arg(short = 's', long = "single-field", value_name = "FIELD")]
     single_field: Option<String>,
@@ -30,6 +406,8 @@ pub struct StatArgs {
 
 #[derive(Args)]
 pub struct ReleaseArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A file in a mounted volume
     path: String,
     /// The data_version the file was archived at
@@ -45,6 +423,8 @@ pub struct ReleaseArgs {
 
 #[derive(Args)]
 pub struct StageArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// The archived copy, read from its start
     archive: String,
     /// A file in a mounted volume
@@ -62,22 +442,26 @@ pub struct StageArgs {
 
 #[derive(Args)]
 pub struct DataWaitingArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// List after this inode ...
     #[arg(short = 'I', long = "inode", value_name = "INO", default_value_t = 0)]
     inode: u64,
     /// ... and this block
     #[arg(short = 'B', long = "block", value_name = "BLOCK", default_value_t = 0)]
     block: u64,
-    /// A path in a mounted volume
+    /// A path in a mounted volume (not with --node)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
-    path: String,
+    path: Option<String>,
 }
 
 #[derive(Args)]
 pub struct DataWaitErrArgs {
-    /// A path in a mounted volume
+    #[command(flatten)]
+    node: NodeArgs,
+    /// A path in a mounted volume (not with --node)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
-    path: String,
+    path: Option<String>,
     /// The inode whose waiters fail
     #[arg(short = 'I', long = "inode", value_name = "INO")]
     inode: u64,
@@ -105,6 +489,8 @@ pub struct DataWaitErrArgs {
 
 #[derive(Args)]
 pub struct WalkArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A path in a mounted volume (or give it last)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
     path: Option<String>,
@@ -123,6 +509,8 @@ pub struct WalkArgs {
 
 #[derive(Args)]
 pub struct SetattrArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// The data_version to set (non-zero; the file's must be 0)
     #[arg(short = 'V', long = "data-version", value_name = "VERS")]
     data_version: Option<u64>,
@@ -144,6 +532,8 @@ pub struct SetattrArgs {
 
 #[derive(Args)]
 pub struct PunchOfflineArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A file in a mounted volume
     path: String,
     /// The file's data_version
@@ -159,6 +549,8 @@ pub struct PunchOfflineArgs {
 
 #[derive(Args)]
 pub struct ReferringArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A path in a mounted volume (default: the current directory)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
     path: Option<String>,
@@ -169,6 +561,8 @@ pub struct ReferringArgs {
 
 #[derive(Args)]
 pub struct InoPathArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A path in a mounted volume (or give it last; default: the current
     /// directory)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
@@ -194,13 +588,6 @@ fn os_err(what: &str, e: rustix::io::Errno) -> ExitCode {
     let io = std::io::Error::from_raw_os_error(e.raw_os_error());
     eprintln!("scoutvm: {what} failed: {io}");
     ExitCode::from(1)
-}
-
-fn ctl_get(path: &str, name: &str) -> Result<String, rustix::io::Errno> {
-    let mut buf = vec![0u8; ANSWER_MAX];
-    let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
-    buf.truncate(n);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn ctl_get_raw(path: &str, name: &str) -> Result<Vec<u8>, rustix::io::Errno> {
@@ -233,9 +620,10 @@ pub fn cmd_stat(a: StatArgs) -> Result<ExitCode, String> {
             ));
         }
     }
-    let ans = match ctl_get(&a.path, "scoutvm.ctl.stat") {
+    let t = Target::of(&a.node)?;
+    let ans = match call_text(&t, &a.path, &Op::Stat) {
         Ok(s) => s,
-        Err(e) => return Ok(os_err("stat", e)),
+        Err(e) => return Ok(call_err("stat", e)),
     };
     for line in ans.lines() {
         let (k, v) = line.split_once(' ').unwrap_or((line, ""));
@@ -248,17 +636,26 @@ pub fn cmd_stat(a: StatArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Carry a change and say how it went.
+fn change(t: &Target, path: &str, what: &str, op: &Op) -> ExitCode {
+    match call(t, path, op) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => call_err(what, e),
+    }
+}
+
 pub fn cmd_release(a: ReleaseArgs) -> Result<ExitCode, String> {
-    let req = format!("{} {} {}", a.data_version, a.offset, a.length);
-    Ok(
-        match ctl_set(&a.path, "scoutvm.ctl.release", req.as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => os_err("release", e),
-        },
-    )
+    let t = Target::of(&a.node)?;
+    let op = Op::Release {
+        vers: a.data_version,
+        off: a.offset,
+        len: a.length,
+    };
+    Ok(change(&t, &a.path, "release", &op))
 }
 
 pub fn cmd_stage(a: StageArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
     let mut f = match std::fs::File::open(&a.archive) {
         Ok(f) => f,
         Err(e) => {
@@ -266,10 +663,15 @@ pub fn cmd_stage(a: StageArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(1));
         }
     };
+    let step = if t.is_node() {
+        STAGE_CHUNK_NODE
+    } else {
+        STAGE_CHUNK
+    };
     let mut done = 0u64;
-    let mut chunk = vec![0u8; STAGE_CHUNK];
+    let mut chunk = vec![0u8; step];
     while done < a.length {
-        let n = (a.length - done).min(STAGE_CHUNK as u64) as usize;
+        let n = (a.length - done).min(step as u64) as usize;
         if let Err(e) = f.read_exact(&mut chunk[..n]) {
             eprintln!("scoutvm: reading '{}' at {done}: {e}", a.archive);
             return Ok(ExitCode::from(1));
@@ -278,10 +680,13 @@ pub fn cmd_stage(a: StageArgs) -> Result<ExitCode, String> {
             .offset
             .checked_add(done)
             .ok_or("offset + length overflows")?;
-        let mut req = format!("{} {}\n", a.data_version, off).into_bytes();
-        req.extend_from_slice(&chunk[..n]);
-        if let Err(e) = ctl_set(&a.path, "scoutvm.ctl.stage", &req) {
-            return Ok(os_err("stage", e));
+        let op = Op::Stage {
+            vers: a.data_version,
+            off,
+            data: &chunk[..n],
+        };
+        if let Err(e) = call(&t, &a.path, &op) {
+            return Ok(call_err("stage", e));
         }
         done += n as u64;
     }
@@ -289,12 +694,13 @@ pub fn cmd_stage(a: StageArgs) -> Result<ExitCode, String> {
 }
 
 pub fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
-    let (mut ino, mut block) = (a.inode, a.block);
+    let t = Target::of(&a.node)?;
+    let path = t.any_path(a.path)?;
+    let (mut ino, mut iblock) = (a.inode, a.block);
     loop {
-        let name = format!("scoutvm.ctl.data_waiting.{ino}.{block}");
-        let ans = match ctl_get(&a.path, &name) {
+        let ans = match call_text(&t, &path, &Op::DataWaiting { ino, iblock }) {
             Ok(s) => s,
-            Err(e) => return Ok(os_err("data-waiting", e)),
+            Err(e) => return Ok(call_err("data-waiting", e)),
         };
         if ans.is_empty() {
             return Ok(ExitCode::SUCCESS);
@@ -307,7 +713,7 @@ pub fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
                 w.get(1).and_then(|s| s.parse().ok()),
                 w.get(3).and_then(|s| s.parse().ok()),
             ) {
-                (Some(i), Some(b)) => (ino, block) = (i, b),
+                (Some(i), Some(b)) => (ino, iblock) = (i, b),
                 _ => {
                     eprintln!("scoutvm: data-waiting: bad answer line '{line}'");
                     return Ok(ExitCode::from(1));
@@ -322,16 +728,17 @@ pub fn cmd_data_wait_err(a: DataWaitErrArgs) -> Result<ExitCode, String> {
     for name in a.op.split(',') {
         ops |= dwo_parse(name).ok_or(format!("unknown op '{name}' (read, write, change_size)"))?;
     }
-    let req = format!(
-        "{} {} {} {} {} {}",
-        a.inode, a.data_version, a.offset, a.count, ops, a.err
-    );
-    Ok(
-        match ctl_set(&a.path, "scoutvm.ctl.data_wait_err", req.as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => os_err("data-wait-err", e),
-        },
-    )
+    let t = Target::of(&a.node)?;
+    let path = t.any_path(a.path)?;
+    let op = Op::DataWaitErr {
+        ino: a.inode,
+        vers: a.data_version,
+        off: a.offset,
+        count: a.count,
+        ops,
+        err: a.err,
+    };
+    Ok(change(&t, &path, "data-wait-err", &op))
 }
 
 /// A walk bound: a u64, or -1 for the largest.
@@ -347,10 +754,8 @@ pub fn cmd_walk_inodes(a: WalkArgs) -> Result<ExitCode, String> {
         "unknown index '{}' (meta_seq or data_seq)",
         a.index
     ))?;
-    let path = a
-        .path
-        .or(a.trailing_path)
-        .ok_or("a path in a mounted volume is needed (-p PATH)")?;
+    let t = Target::of(&a.node)?;
+    let path = t.any_path(a.path.or(a.trailing_path))?;
     let mut first = WalkEntry {
         major: walk_bound(&a.first)?,
         minor: 0,
@@ -361,9 +766,9 @@ pub fn cmd_walk_inodes(a: WalkArgs) -> Result<ExitCode, String> {
         ..WalkEntry::MAX
     };
     loop {
-        let ans = match ctl_get(&path, &walk_name(index, first, last)) {
+        let ans = match call_text(&t, &path, &Op::Walk { index, first, last }) {
             Ok(s) => s,
-            Err(e) => return Ok(os_err("walk-inodes", e)),
+            Err(e) => return Ok(call_err("walk-inodes", e)),
         };
         if ans.is_empty() {
             return Ok(ExitCode::SUCCESS);
@@ -394,21 +799,21 @@ pub fn cmd_walk_inodes(a: WalkArgs) -> Result<ExitCode, String> {
     }
 }
 
-/// Page through a names answer (`referring` or `ino_path`) of `ino`,
+/// Page through a names answer (`get-referring-entries` or `ino-path`),
 /// handing each record to `each`: `(dir, pos, numbers, name)`.
 fn names_pages(
+    t: &Target,
     path: &str,
-    req: &str,
-    ino: u64,
+    what: &str,
+    op: impl Fn(u64, u64) -> Op<'static>,
     numbers: usize,
     mut each: impl FnMut(u64, u64, &[u64], &[u8]) -> std::io::Result<()>,
 ) -> Result<ExitCode, String> {
-    let what = req.replace('_', "-");
     let (mut dir, mut pos) = (0u64, 0u64);
     loop {
-        let ans = match ctl_get_raw(path, &format!("scoutvm.ctl.{req}.{ino}.{dir}.{pos}")) {
+        let ans = match call(t, path, &op(dir, pos)) {
             Ok(a) => a,
-            Err(e) => return Ok(os_err(&what, e)),
+            Err(e) => return Ok(call_err(what, e)),
         };
         if ans.is_empty() {
             return Ok(ExitCode::SUCCESS);
@@ -437,49 +842,56 @@ fn names_pages(
 
 /// `dir D pos P type T name NAME` a line, as the reference tool prints.
 pub fn cmd_get_referring_entries(a: ReferringArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
     let path = a.path.unwrap_or_else(|| ".".into());
+    let ino = a.ino;
     let mut out = std::io::stdout().lock();
-    names_pages(&path, "referring", a.ino, 2, |d, p, nums, name| {
-        write!(out, "dir {d} pos {p} type {} name ", nums[1])?;
-        out.write_all(name)?;
-        out.write_all(b"\n")
-    })
+    let op = |dir, pos| Op::Referring { ino, dir, pos };
+    names_pages(
+        &t,
+        &path,
+        "get-referring-entries",
+        op,
+        2,
+        |d, p, nums, name| {
+            write!(out, "dir {d} pos {p} type {} name ", nums[1])?;
+            out.write_all(name)?;
+            out.write_all(b"\n")
+        },
+    )
 }
 
 /// Every path to the inode, relative to the mount's root, a line each.
 pub fn cmd_ino_path(a: InoPathArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
     let path = a.path.or(a.trailing_path).unwrap_or_else(|| ".".into());
+    let ino = a.ino;
     let mut out = std::io::stdout().lock();
-    names_pages(&path, "ino_path", a.ino, 0, |_, _, _, name| {
+    let op = |dir, pos| Op::InoPath { ino, dir, pos };
+    names_pages(&t, &path, "ino-path", op, 0, |_, _, _, name| {
         out.write_all(name)?;
         out.write_all(b"\n")
     })
 }
 
 pub fn cmd_setattr(a: SetattrArgs) -> Result<ExitCode, String> {
-    let field = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let req = format!(
-        "{} {} {} {} {}",
-        field(a.data_version.map(|v| v.to_string())),
-        field(a.size.map(|v| v.to_string())),
-        u8::from(a.offline),
-        field(a.ctime),
-        field(a.crtime)
-    );
-    Ok(
-        match ctl_set(&a.path, "scoutvm.ctl.setattr", req.as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => os_err("setattr", e),
-        },
-    )
+    let t = Target::of(&a.node)?;
+    let op = Op::Setattr {
+        vers: a.data_version,
+        size: a.size,
+        offline: a.offline,
+        ctime: a.ctime,
+        crtime: a.crtime,
+    };
+    Ok(change(&t, &a.path, "setattr", &op))
 }
 
 pub fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
-    let req = format!("{} {} {}", a.data_version, a.offset, a.length);
-    Ok(
-        match ctl_set(&a.path, "scoutvm.ctl.punch_offline", req.as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => os_err("punch-offline", e),
-        },
-    )
+    let t = Target::of(&a.node)?;
+    let op = Op::PunchOffline {
+        vers: a.data_version,
+        off: a.offset,
+        len: a.length,
+    };
+    Ok(change(&t, &a.path, "punch-offline", &op))
 }

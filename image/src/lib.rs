@@ -3,6 +3,7 @@
 //! front end and the volume openers. The `scoutvm` tool, the FUSE tests
 //! and the FUSE bench use it.
 
+pub mod api_client;
 pub mod disk_image;
 pub mod filedev;
 pub mod fs_thread;

@@ -12,6 +12,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod apisvc;
+#[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
 #[macro_use]

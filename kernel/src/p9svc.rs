@@ -36,8 +36,8 @@ const ADDRESS_POLL_NS: u64 = 200_000_000;
 
 static LISTENER: Local<RefCell<Option<JoinHandle<()>>>> = Local::new(RefCell::new(None));
 
-/// A TCP connection as the server's byte stream.
-struct TcpConn(TcpStream);
+/// A TCP connection as a server's byte stream (9P and the admin API).
+pub(crate) struct TcpConn(pub(crate) TcpStream);
 
 impl ByteStream for TcpConn {
     async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamClosed> {

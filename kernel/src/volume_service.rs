@@ -1,9 +1,10 @@
-//! The boot service "volume": mount the node's volume, serve it over 9P,
-//! and take both down for power off.
+//! The boot service "volume": mount the node's volume, serve it over 9P
+//! and the admin API, and take them down for power off.
 //!
 //! It sits above [`crate::volume`] (finding devices, mounting) and
-//! [`crate::p9svc`] (the 9P listener) so that neither of them knows the
-//! other. Called by the boot services, the shell's `mount` and `poweroff`.
+//! [`crate::p9svc`] (the 9P listener) and [`crate::apisvc`] (the admin
+//! API) so that none of them knows the
+//! others. Called by the boot services, the shell's `mount` and `poweroff`.
 //!
 //! Cluster mode (`quorum_slot_nr=`, `cluster=1`, see `cmdline::ClusterMode`)
 //! is decided here: such a node joins the volume's cluster
@@ -58,6 +59,10 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
         _ => volume::mount().await?,
     };
     crate::p9svc::start(&v)?;
+    // a bad api.* word leaves the volume served over 9P
+    if let Err(e) = crate::apisvc::start(&v) {
+        log::error!("{e}; the admin API is off");
+    }
     Ok(v)
 }
 
@@ -82,13 +87,14 @@ pub fn start(h: &Handle) -> Result<(), String> {
     .map_err(|e| format!("{e}"))
 }
 
-/// Take the volume down for power off: stop 9P first (connections release
+/// Take the volume down for power off: stop the admin API and 9P first (connections release
 /// their fids, nothing changes after it), then the final commit. Safe to
 /// call when nothing is mounted.
 pub async fn shutdown() -> Result<(), String> {
     let Some(v) = volume::take_for_poweroff() else {
         return Ok(());
     };
+    crate::apisvc::stop();
     let p9 = v.p9.borrow_mut().take();
     if let Some(server) = p9 {
         crate::p9svc::stop(&server).await;

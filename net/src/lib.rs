@@ -8,4 +8,5 @@
 
 extern crate alloc;
 
+pub mod api;
 pub mod p9;

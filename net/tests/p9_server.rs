@@ -1680,3 +1680,69 @@ fn ftruncate_through_a_fid_open_for_writing_ignores_the_mode_bits() {
         assert_eq!(user.getattr(2).await.unwrap().size, 5);
     });
 }
+
+/// The archival control xattrs (`scoutvm.ctl.*`, docs/archival.md) reach
+/// the mount's control channel over 9P as they do over FUSE: stat,
+/// release, stage; changes need root (a squashed or other user gets
+/// EPERM); unknown requests are EOPNOTSUPP, not an xattr.
+#[test]
+fn archival_control_xattrs_over_9p() {
+    let env = Env::new();
+    let c = env.client_as(0);
+    let other = env.client_as(1000);
+    env.run(async {
+        c.create_file(1, "/", "f", 0o644).await.unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        c.write(1, 0, &data).await.unwrap();
+        c.walk(0, 2, &["f"]).await.unwrap();
+        let stat = |t: Vec<u8>| -> Vec<(String, String)> {
+            String::from_utf8(t)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let (k, v) = l.split_once(' ').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect()
+        };
+        let field = |s: &[(String, String)], k: &str| -> u64 {
+            s.iter().find(|(n, _)| n == k).unwrap().1.parse().unwrap()
+        };
+        let s = stat(c.xattr_get(2, 11, "scoutvm.ctl.stat").await.unwrap());
+        assert_eq!(field(&s, "online_blocks"), 2);
+        let vers = field(&s, "data_version");
+        let release = format!("{vers} 0 8192");
+        other.walk(0, 2, &["f"]).await.unwrap();
+        assert_eq!(
+            other
+                .xattr_set(2, 10, "scoutvm.ctl.release", release.as_bytes(), 0)
+                .await,
+            Err(Errno::EPERM)
+        );
+        c.xattr_set(2, 10, "scoutvm.ctl.release", release.as_bytes(), 0)
+            .await
+            .unwrap();
+        let s = stat(c.xattr_get(2, 11, "scoutvm.ctl.stat").await.unwrap());
+        assert_eq!(
+            (field(&s, "online_blocks"), field(&s, "offline_blocks")),
+            (0, 2)
+        );
+        let mut req = format!("{vers} 0\n").into_bytes();
+        req.extend_from_slice(&data);
+        c.xattr_set(2, 10, "scoutvm.ctl.stage", &req, 0)
+            .await
+            .unwrap();
+        let s = stat(c.xattr_get(2, 11, "scoutvm.ctl.stat").await.unwrap());
+        assert_eq!(
+            (field(&s, "online_blocks"), field(&s, "offline_blocks")),
+            (2, 0)
+        );
+        assert_eq!(
+            c.xattr_get(2, 11, "scoutvm.ctl.nope").await,
+            Err(Errno::EOPNOTSUPP)
+        );
+        // not stored as an xattr
+        let names = c.xattr_get(2, 11, "").await.unwrap();
+        assert!(!names.windows(7).any(|w| w == b"scoutvm"));
+    });
+}

@@ -17,6 +17,9 @@ pub struct Cluster {
     pub elf: PathBuf,
     /// Node `i`'s 9P is forwarded to host port `p9_base + i`.
     pub p9_base: u16,
+    /// Node `i`'s admin API (on with `api.token=`) is forwarded to host
+    /// port `api_base + i`.
+    pub api_base: u16,
     /// `CLUSTER_BOOT_TIMEOUT` and `CLUSTER_SHELL_TIMEOUT`, in seconds.
     pub boot_timeout: u32,
     pub shell_timeout: u32,
@@ -62,10 +65,16 @@ impl Cluster {
     /// A cluster in `target/scoutvm/<name>-<pid>` with `ports` free 9P
     /// ports; callers set the timeouts and consoles fields as they need.
     pub fn new(name: &str, ports: u16) -> Cluster {
+        let p9_base = free_port_run(ports);
+        let mut api_base = free_port_run(ports);
+        while api_base.abs_diff(p9_base) < ports {
+            api_base = free_port_run(ports);
+        }
         Cluster {
             dir: workspace_root().join(format!("target/scoutvm/{name}-{}", std::process::id())),
             elf: elf_path(),
-            p9_base: free_port_run(ports),
+            p9_base,
+            api_base,
             boot_timeout: 180,
             shell_timeout: 60,
             consoles: ports.into(),
@@ -79,6 +88,7 @@ impl Cluster {
             .env("CLUSTER_DIR", &self.dir)
             .env("SCOUTVM_ELF", &self.elf)
             .env("CLUSTER_P9_BASE", self.p9_base.to_string())
+            .env("CLUSTER_API_BASE", self.api_base.to_string())
             .env("CLUSTER_BOOT_TIMEOUT", self.boot_timeout.to_string())
             .env("CLUSTER_SHELL_TIMEOUT", self.shell_timeout.to_string())
             .output()

@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use scoutvm_fs::counter;
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::format::ROOT_INO;
+use scoutvm_fs::posix::archive_ctl;
 use scoutvm_fs::posix::types::*;
 
 use super::access::{uid_of, Identity};
@@ -869,6 +870,9 @@ impl Cx<'_> {
                 list.push(0);
             }
             list
+        } else if archive_ctl::is_ctl(name) {
+            // the archival control channel (docs/archival.md), as on FUSE
+            archive_ctl::ctl_get(self.mount(), &cred, f.ino, name).await?
         } else {
             self.mount().getxattr(&cred, f.ino, name).await?
         };
@@ -1158,7 +1162,9 @@ pub(crate) async fn clunk_fid(conn: &Conn, no: u32, f: &Fid, discard: bool) -> R
             }
             let cred = f.ident.cred();
             let m = &conn.server.mount;
-            if w.size == 0 && w.flags & XATTR_REPLACE != 0 {
+            if archive_ctl::is_ctl(&w.name) {
+                archive_ctl::ctl_set(m, &cred, f.ino, &w.name, &w.value).await
+            } else if w.size == 0 && w.flags & XATTR_REPLACE != 0 {
                 // Linux's removexattr arrives as a zero-size replace.
                 m.removexattr(&cred, f.ino, &w.name).await
             } else {
