@@ -13,14 +13,18 @@
 # the MAC alone: `cargo bench -p scoutvm-fs --bench cluster_auth`.
 #   qemu/cluster-auth-bench.sh [COUNT]   (default 200 RPCs; CLUSTER_DIR
 #                                         default target/cluster-auth-bench)
-# Environment: BENCH_FILES (200 per node; 0 skips the creates), SCOUTVM_ELF,
-# SCOUTVM_GUEST_SKIP_TOOLS=1 (reuse the guest tools build).
+# Environment: BENCH_FILES (200 per node; 0 skips the creates), BENCH_ROUNDS
+# (1: how many times the key / no-key pair runs, alternating, so drift of
+# the host's load hits both alike; the table lists every round and the
+# median), SCOUTVM_ELF, SCOUTVM_GUEST_SKIP_TOOLS=1 (reuse the guest tools
+# build).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cs="$here/cluster.sh"
 lg="$here/linux-guest.sh"
 count="${1:-200}"
 files="${BENCH_FILES:-200}"
+rounds="${BENCH_ROUNDS:-1}"
 export CLUSTER_DIR="${CLUSTER_DIR:-$here/../target/cluster-auth-bench}"
 
 # Three free TCP ports in a row on 127.0.0.1 for the nodes' 9P.
@@ -71,6 +75,7 @@ creates() {
 }
 
 declare -A rtt per_sec
+for round in $(seq 1 "$rounds"); do
 for mode in key no-key; do
     if [ "$mode" = key ]; then "$cs" up 3 >/dev/null; else "$cs" up 3 --no-key >/dev/null; fi
     deadline=$(($(date +%s) + 300))
@@ -88,11 +93,11 @@ for mode in key no-key; do
     "$cs" shell "$far" rpcping 20 >/dev/null
     line=$("$cs" shell "$far" rpcping "$count" | tr -d '\r' | grep "no-op RPCs")
     echo "$mode: node$far -> leader node$l: $line"
-    rtt[$mode]=$(sed -n 's/.*median \([0-9.]* ms\).*/\1/p' <<<"$line")
+    rtt[$mode]+=" $(sed -n 's/.*median \([0-9.]*\) ms.*/\1/p' <<<"$line")"
     if [ "$files" -gt 0 ]; then
-        c=$(creates "$mode")
+        c=$(creates "$mode$round")
         echo "$mode: $c"
-        per_sec[$mode]=$(sed -n 's/.*per_sec=\([0-9]*\).*/\1/p' <<<"$c")
+        per_sec[$mode]+=" $(sed -n 's/.*per_sec=\([0-9]*\).*/\1/p' <<<"$c")"
         for i in 0 1 2; do
             { "$cs" shell "$i" counters cluster_auth. 2>/dev/null || true; } | tr -d '\r' \
                 | awk -v m="$mode" -v n="$i" '$2 ~ /^[0-9]+$/ && $2 > 0 { print m ": node" n " " $0 }'
@@ -100,10 +105,18 @@ for mode in key no-key; do
     fi
     "$cs" down >/dev/null 2>&1 || true
 done
+done
 
-echo "== side by side (3 nodes, TCG)"
-printf "%-34s %12s %12s\n" "" "key" "no key"
-printf "%-34s %12s %12s\n" "no-op RPC median round trip" "${rtt[key]:-?}" "${rtt[no-key]:-?}"
+# "v1 v2 ... (median m)" of a list of numbers
+summary() {
+    python3 -c 'import sys, statistics
+v = sys.argv[1:]
+print(" / ".join(v) + " (median %g)" % statistics.median(float(x) for x in v) if v else "?")' $1
+}
+echo "== side by side (3 nodes, TCG, $rounds round(s))"
+printf "%-34s %s\n" "no-op RPC median round trip, ms" ""
+printf "  %-32s %s\n" "key" "$(summary "${rtt[key]:-}")" "no key" "$(summary "${rtt[no-key]:-}")"
 if [ "$files" -gt 0 ]; then
-    printf "%-34s %12s %12s\n" "creates/s, 3 nodes x $files files" "${per_sec[key]:-?}" "${per_sec[no-key]:-?}"
+    printf "%-34s %s\n" "creates/s, 3 nodes x $files files" ""
+    printf "  %-32s %s\n" "key" "$(summary "${per_sec[key]:-}")" "no key" "$(summary "${per_sec[no-key]:-}")"
 fi
