@@ -24,7 +24,11 @@ fn cred() -> Cred {
 fn touch(m: &Mount, name: &str) -> u64 {
     match block_on(m.create(&cred(), ROOT, name.as_bytes(), 0o644)) {
         Ok(a) => a.ino,
-        Err(Errno::EEXIST) => block_on(m.lookup(&cred(), ROOT, name.as_bytes())).unwrap().ino,
+        Err(Errno::EEXIST) => {
+            block_on(m.lookup(&cred(), ROOT, name.as_bytes()))
+                .unwrap()
+                .ino
+        }
         Err(e) => panic!("create {name}: {e:?}"),
     }
 }
@@ -230,7 +234,10 @@ fn totals_sum_log_trees_and_fs_root_and_survive_a_merge_and_remount() {
             block_on(m.read_xattr_totals([7, 8, 9], 1000)).unwrap(),
             want[1..]
         );
-        assert_eq!(block_on(m.read_xattr_totals([1, 1, 1], 1)).unwrap(), want[..1]);
+        assert_eq!(
+            block_on(m.read_xattr_totals([1, 1, 1], 1)).unwrap(),
+            want[..1]
+        );
         assert_eq!(next_totals_name([u64::MAX; 3]), None);
         // the merge moves the log trees' deltas into fs_root: same totals
         merge_until_idle(&node);

@@ -730,10 +730,14 @@ fn archival_subcommands_through_an_in_memory_mount() {
 
     // read-xattr-totals sums the committed .totl. xattrs of the volume
     for (name, val) in [("scoutfs.totl.a.1.2.3", "7"), ("scoutfs.totl.b.1.2.3", "5")] {
-        rustix::fs::setxattr(&file, name, val.as_bytes(), rustix::fs::XattrFlags::empty())
-            .unwrap();
+        rustix::fs::setxattr(&file, name, val.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
     }
-    let e = rustix::fs::setxattr(&file, "scoutfs.totl.c.1.2", b"1", rustix::fs::XattrFlags::empty());
+    let e = rustix::fs::setxattr(
+        &file,
+        "scoutfs.totl.c.1.2",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    );
     assert_eq!(e, Err(rustix::io::Errno::INVAL));
     std::fs::File::open(&file).unwrap().sync_all().unwrap();
     let (code, out) = cli(&["read-xattr-totals", "-p", &mnt_s]);

@@ -290,7 +290,10 @@ impl SessionAuth {
         if get_u64(b, 8) != self.key.fsid {
             return Err(Refusal::WrongVolume);
         }
-        if !self.key.verify(&[b"hello", &b[..HELLO_TAG_AT]], &b[HELLO_TAG_AT..]) {
+        if !self
+            .key
+            .verify(&[b"hello", &b[..HELLO_TAG_AT]], &b[HELLO_TAG_AT..])
+        {
             return Err(Refusal::BadMac);
         }
         let mut n = [0u8; NONCE_BYTES];
@@ -621,7 +624,11 @@ mod tests {
             s.accept_hello(&SessionAuth::new(vk(), true, 5, [1; NONCE_BYTES]).hello())
                 .unwrap();
             let t = c.seal(b"frame").unwrap();
-            let want = if rid == 5 { Ok(()) } else { Err(Refusal::BadMac) };
+            let want = if rid == 5 {
+                Ok(())
+            } else {
+                Err(Refusal::BadMac)
+            };
             assert_eq!(s.open(b"frame", &t), want, "rid {rid}");
         }
     }

@@ -3107,7 +3107,14 @@ impl Mount {
     /// Totals that came back to zero are not listed.
     pub async fn read_xattr_totals(&self, from: [u64; 3], max: usize) -> FsResult<Vec<XattrTotal>> {
         self.backend.refresh_reads();
-        let last = Key::new(zone::XATTR_TOTL, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+        let last = Key::new(
+            zone::XATTR_TOTL,
+            u64::MAX,
+            u8::MAX,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        );
         let mut cur = totl_key(from[0], from[1], from[2]);
         let mut out = Vec::new();
         while out.len() < max {
