@@ -16,8 +16,8 @@ use report::{env_num, mbps, rate};
 
 fn pair() -> (SessionAuth, SessionAuth) {
     let k = VolumeKey::derive(&ClusterKey([7; 32]), 1);
-    let mut c = SessionAuth::new(k.clone(), true, [1; 16]);
-    let mut s = SessionAuth::new(k, false, [2; 16]);
+    let mut c = SessionAuth::new(k.clone(), true, 5, [1; 16]);
+    let mut s = SessionAuth::new(k, false, 0, [2; 16]);
     let (hc, hs) = (c.hello(), s.hello());
     c.accept_hello(&hs).unwrap();
     s.accept_hello(&hc).unwrap();

@@ -1,7 +1,7 @@
 //! The archival subcommands of `scoutvm`, with the reference tool's names
 //! and flags: `stat`, `release`, `stage`, `data-waiting`,
 //! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr`,
-//! `punch-offline`. Each works on a path inside a mounted
+//! `punch-offline`, `read-xattr-totals`. Each works on a path inside a mounted
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
 //! `getxattr(2)`/`setxattr(2)`: no ioctl numbers, nothing but a path.
@@ -15,7 +15,7 @@
 
 use clap::Args;
 use scoutvm_fs::posix::archive::{dwo_parse, WalkEntry, WalkIndex};
-use scoutvm_fs::posix::archive_ctl::{parse_named_record, walk_name};
+use scoutvm_fs::posix::archive_ctl::{next_totals_name, parse_named_record, walk_name};
 use scoutvm_fs::tools::mkfs::parse_size;
 use scoutvm_image::api_client::{ApiClient, ApiError};
 use scoutvm_net::api::json::{self, ObjWriter, Value};
@@ -560,6 +560,16 @@ pub struct ReferringArgs {
 }
 
 #[derive(Args)]
+pub struct TotalsArgs {
+    /// A path in a mounted volume (or give it last; default: the current
+    /// directory)
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    path: Option<String>,
+    /// A path in a mounted volume
+    trailing_path: Option<String>,
+}
+
+#[derive(Args)]
 pub struct InoPathArgs {
     #[command(flatten)]
     node: NodeArgs,
@@ -595,6 +605,13 @@ fn ctl_get_raw(path: &str, name: &str) -> Result<Vec<u8>, rustix::io::Errno> {
     let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// A control answer as text (FUSE mode of the subcommands without an API
+/// endpoint).
+fn ctl_get(path: &str, name: &str) -> Result<String, rustix::io::Errno> {
+    let b = ctl_get_raw(path, name)?;
+    String::from_utf8(b).map_err(|_| rustix::io::Errno::INVAL)
 }
 
 fn ctl_set(path: &str, name: &str, value: &[u8]) -> Result<(), rustix::io::Errno> {
@@ -894,4 +911,38 @@ pub fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
         len: a.length,
     };
     Ok(change(&t, &a.path, "punch-offline", &op))
+}
+
+/// `A.B.C` of a totals answer line `A.B.C = TOTAL, COUNT`.
+fn totals_name(line: &str) -> Option<[u64; 3]> {
+    let (name, _) = line.split_once(" = ")?;
+    let mut it = name.split('.').map(|s| s.parse::<u64>().ok());
+    let n = [it.next()??, it.next()??, it.next()??];
+    it.next().is_none().then_some(n)
+}
+
+pub fn cmd_read_xattr_totals(a: TotalsArgs) -> Result<ExitCode, String> {
+    let path = a.path.or(a.trailing_path).unwrap_or_else(|| ".".into());
+    let mut from = [0u64; 3];
+    loop {
+        let name = format!("scoutvm.ctl.totals.{}.{}.{}", from[0], from[1], from[2]);
+        let ans = match ctl_get(&path, &name) {
+            Ok(s) => s,
+            Err(e) => return Ok(os_err("read-xattr-totals", e)),
+        };
+        if ans.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        for line in ans.lines() {
+            println!("{line}");
+            let Some(n) = totals_name(line) else {
+                eprintln!("scoutvm: read-xattr-totals: bad answer line '{line}'");
+                return Ok(ExitCode::from(1));
+            };
+            match next_totals_name(n) {
+                Some(next) => from = next,
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
 }

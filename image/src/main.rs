@@ -83,6 +83,8 @@ enum Cmd {
     Setattr(archive_cli::SetattrArgs),
     /// Turn a mounted file's offline extents in a range into holes
     PunchOffline(archive_cli::PunchOfflineArgs),
+    /// Print the volume's `.totl.` xattr totals: `A.B.C = TOTAL, COUNT`
+    ReadXattrTotals(archive_cli::TotalsArgs),
     /// Print a new random cluster key (64 hex digits) for `cluster.key=`
     ClusterKey,
 }
@@ -292,6 +294,10 @@ fn main() -> ExitCode {
         Cmd::PunchOffline(a) => (
             "punch-offline",
             archive_cli::cmd_punch_offline(a).map_err(Usage),
+        ),
+        Cmd::ReadXattrTotals(a) => (
+            "read-xattr-totals",
+            archive_cli::cmd_read_xattr_totals(a).map_err(Usage),
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
     };

@@ -728,6 +728,21 @@ fn archival_subcommands_through_an_in_memory_mount() {
     let (code, out) = cli(&["walk-inodes", "-p", &mnt_s, "nope", "0", "-1"]);
     assert_eq!(code, Some(64), "{out}");
 
+    // read-xattr-totals sums the committed .totl. xattrs of the volume
+    for (name, val) in [("scoutfs.totl.a.1.2.3", "7"), ("scoutfs.totl.b.1.2.3", "5")] {
+        rustix::fs::setxattr(&file, name, val.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    let e = rustix::fs::setxattr(
+        &file,
+        "scoutfs.totl.c.1.2",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    );
+    assert_eq!(e, Err(rustix::io::Errno::INVAL));
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let (code, out) = cli(&["read-xattr-totals", "-p", &mnt_s]);
+    assert_eq!((code, out.as_str()), (Some(0), "1.2.3 = 12, 2\n"));
+
     // get-referring-entries and ino-path: the names a walk finds
     for i in 1..=3 {
         let dir = mnt.join(format!("dir-{i}"));

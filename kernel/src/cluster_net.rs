@@ -435,7 +435,7 @@ async fn cluster_cmd(args: Vec<String>) -> CmdResult {
                 (None, true) => kprintln!("auth: none (cluster.insecure=1)"),
                 (None, false) => kprintln!("auth: none"),
             }
-            for why in ["bad_mac", "replay", "wrong_volume", "no_key"] {
+            for why in ["bad_mac", "replay", "wrong_volume", "no_key", "wrong_rid"] {
                 let name = format!("cluster_auth.{why}");
                 let n = scoutvm_fs::runtime::counters::get(&name).unwrap_or(0);
                 kprintln!("{}: {}", name, n);

@@ -146,6 +146,12 @@ const COMMANDS: &[Command] = &[
         run: |a| boxed(walk_inodes_cmd(a)),
     },
     Command {
+        name: "read-xattr-totals",
+        usage: "",
+        help: "the volume's .totl. xattr totals (committed): A.B.C = TOTAL, COUNT",
+        run: |a| boxed(read_xattr_totals_cmd(a)),
+    },
+    Command {
         name: "get-referring-entries",
         usage: "INO",
         help: "the directory entries that refer to inode INO",
@@ -817,6 +823,29 @@ async fn data_wait_err_cmd(args: Vec<String>) -> CmdResult {
         .map_err(|e| format!("data-wait-err: {}", err(e)))?;
     kprintln!("{n} waiting operations failed");
     Ok(())
+}
+
+async fn read_xattr_totals_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "read-xattr-totals")?;
+    let v = volume::require()?;
+    let mut from = [0u64; 3];
+    loop {
+        let batch = v
+            .mount
+            .read_xattr_totals(from, WALK_BATCH)
+            .await
+            .map_err(err)?;
+        let Some(l) = batch.last() else {
+            return Ok(());
+        };
+        for t in &batch {
+            kprintln!("{}", scoutvm_fs::posix::archive_ctl::totals_line(t));
+        }
+        match scoutvm_fs::posix::archive_ctl::next_totals_name(l.name) {
+            Some(n) => from = n,
+            None => return Ok(()),
+        }
+    }
 }
 
 async fn walk_inodes_cmd(args: Vec<String>) -> CmdResult {

@@ -706,8 +706,8 @@ fn auth_key() -> VolumeKey {
 
 /// Both ends of one keyed connection, hellos exchanged.
 fn auth_pair() -> (SessionAuth, SessionAuth) {
-    let mut c = SessionAuth::new(auth_key(), true, [1; 16]);
-    let mut s = SessionAuth::new(auth_key(), false, [2; 16]);
+    let mut c = SessionAuth::new(auth_key(), true, 5, [1; 16]);
+    let mut s = SessionAuth::new(auth_key(), false, 0, [2; 16]);
     let (hc, hs) = (c.hello(), s.hello());
     c.accept_hello(&hs).expect("own hello");
     s.accept_hello(&hc).expect("own hello");

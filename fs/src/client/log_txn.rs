@@ -770,6 +770,10 @@ impl Backend for ClientLogTxn {
         self.fmt_vers
     }
 
+    fn refresh_reads(&self) {
+        self.mark_roots_stale();
+    }
+
     fn trans_seq(&self) -> u64 {
         self.lt.get().get_trans_seq
     }

@@ -8,11 +8,23 @@
 //! constant time.
 //!
 //! Session streams ([`SessionAuth`]): each end first sends a hello (magic,
-//! fsid, a fresh 16-byte nonce, a tag over them); every frame after it is followed by a tag
-//! over the direction, both nonces, an implicit per-direction frame counter
-//! and the frame bytes. A frame captured on one connection fails on any
-//! other (other nonces), and a frame dropped, repeated or reordered within
-//! one fails the counter. Any refusal closes the connection.
+//! fsid, the sender's rid, a fresh 16-byte nonce, a tag over them; the
+//! client's rid is the mount's, the server's is 0); every frame after it
+//! is followed by a tag over the direction, the client's rid, both nonces,
+//! an implicit per-direction frame counter and the frame bytes. A frame
+//! captured on one connection fails on any other (other nonces or rid),
+//! and a frame dropped, repeated or reordered within one fails the
+//! counter. The server's endpoint refuses a greeting whose rid is not the
+//! one the client's hello named ([`Refusal::WrongRid`]). Any refusal
+//! closes the connection.
+//!
+//! Trust: one key is shared by the whole cluster, so every key holder is
+//! trusted equally. The rid and slot bindings stop a captured frame from
+//! being passed off as another node's, not a key holder from claiming
+//! another rid in its own hello or another slot in its own datagrams;
+//! per-node keys (each node's hello and datagrams tagged under its own key,
+//! the others holding its public half or a derived verifier) would be the
+//! next step.
 //!
 //! Quorum datagrams ([`QuorumAuth`]): the 32-byte datagram is followed by
 //! the sender's counter (u64, seeded from its wall clock so a restarted
@@ -42,10 +54,12 @@ pub const TAG_BYTES: usize = 16;
 /// Bytes of a connection nonce.
 pub const NONCE_BYTES: usize = 16;
 /// First bytes of an authenticated stream's hello.
-pub const HELLO_MAGIC: [u8; 8] = *b"SVMAUTH1";
-/// A hello: magic, fsid u64, nonce, and a tag over them (so a node with
-/// another key learns it at once, and says so).
-pub const HELLO_BYTES: usize = 8 + 8 + NONCE_BYTES + TAG_BYTES;
+pub const HELLO_MAGIC: [u8; 8] = *b"SVMAUTH2";
+/// A hello: magic, fsid u64, rid u64, nonce, and a tag over them (so a
+/// node with another key learns it at once, and says so).
+pub const HELLO_BYTES: usize = 8 + 8 + 8 + NONCE_BYTES + TAG_BYTES;
+/// Where the hello's tag starts.
+const HELLO_TAG_AT: usize = HELLO_BYTES - TAG_BYTES;
 /// What an authenticated quorum datagram adds: counter u64 and tag.
 pub const QUORUM_TRAILER_BYTES: usize = 8 + TAG_BYTES;
 
@@ -160,6 +174,8 @@ pub enum Refusal {
     WrongVolume,
     /// The peer sent no authentication (it runs without a key).
     NoKey,
+    /// A greeting whose rid is not the one its connection's hello named.
+    WrongRid,
 }
 
 impl Refusal {
@@ -169,6 +185,7 @@ impl Refusal {
             Refusal::Replay => "replay",
             Refusal::WrongVolume => "wrong_volume",
             Refusal::NoKey => "no_key",
+            Refusal::WrongRid => "wrong_rid",
         }
     }
 }
@@ -186,6 +203,7 @@ pub fn refuse(r: Refusal, what: &str) {
         Refusal::Replay => counter!("cluster_auth.replay").inc(),
         Refusal::WrongVolume => counter!("cluster_auth.wrong_volume").inc(),
         Refusal::NoKey => counter!("cluster_auth.no_key").inc(),
+        Refusal::WrongRid => counter!("cluster_auth.wrong_rid").inc(),
     }
     let n = REFUSALS.fetch_add(1, Ordering::Relaxed);
     if n < LOG_FIRST || n.is_multiple_of(LOG_EVERY) {
@@ -193,6 +211,7 @@ pub fn refuse(r: Refusal, what: &str) {
             Refusal::BadMac => " (another cluster key?)",
             Refusal::NoKey => " (the peer has no cluster.key=)",
             Refusal::WrongVolume => " (another volume's node)",
+            Refusal::WrongRid => " (a greeting for another mount's rid)",
             Refusal::Replay => "",
         };
         log::warn!(
@@ -210,6 +229,10 @@ pub struct SessionAuth {
     key: VolumeKey,
     /// This end opened the connection.
     client: bool,
+    /// This end's rid in its hello (the mount's on a client, 0 on a server).
+    local_rid: u64,
+    /// The rid of the peer's hello, once taken.
+    peer_rid: u64,
     local_nonce: [u8; NONCE_BYTES],
     peer_nonce: Option<[u8; NONCE_BYTES]>,
     tx: u64,
@@ -217,10 +240,14 @@ pub struct SessionAuth {
 }
 
 impl SessionAuth {
-    pub fn new(key: VolumeKey, client: bool, nonce: [u8; NONCE_BYTES]) -> SessionAuth {
+    /// `rid`: on a client the mount's rid (what its greeting will name),
+    /// on a server 0.
+    pub fn new(key: VolumeKey, client: bool, rid: u64, nonce: [u8; NONCE_BYTES]) -> SessionAuth {
         SessionAuth {
             key,
             client,
+            local_rid: if client { rid } else { 0 },
+            peer_rid: 0,
             local_nonce: nonce,
             peer_nonce: None,
             tx: 0,
@@ -233,10 +260,21 @@ impl SessionAuth {
         let mut b = [0u8; HELLO_BYTES];
         b[..8].copy_from_slice(&HELLO_MAGIC);
         put_u64(&mut b, 8, self.key.fsid);
-        b[16..32].copy_from_slice(&self.local_nonce);
-        let t = self.key.tag(&[b"hello", &b[..32]]);
-        b[32..].copy_from_slice(&t);
+        put_u64(&mut b, 16, self.local_rid);
+        b[24..HELLO_TAG_AT].copy_from_slice(&self.local_nonce);
+        let t = self.key.tag(&[b"hello", &b[..HELLO_TAG_AT]]);
+        b[HELLO_TAG_AT..].copy_from_slice(&t);
         b
+    }
+
+    /// The rid the client's hello named (its own on a client, the peer's
+    /// on a server); `None` on a server before the client's hello.
+    pub fn client_rid(&self) -> Option<u64> {
+        if self.client {
+            Some(self.local_rid)
+        } else {
+            self.peer_nonce.map(|_| self.peer_rid)
+        }
     }
 
     /// Whether the peer's hello has been taken.
@@ -252,27 +290,36 @@ impl SessionAuth {
         if get_u64(b, 8) != self.key.fsid {
             return Err(Refusal::WrongVolume);
         }
-        if !self.key.verify(&[b"hello", &b[..32]], &b[32..]) {
+        if !self
+            .key
+            .verify(&[b"hello", &b[..HELLO_TAG_AT]], &b[HELLO_TAG_AT..])
+        {
             return Err(Refusal::BadMac);
         }
         let mut n = [0u8; NONCE_BYTES];
-        n.copy_from_slice(&b[16..32]);
+        n.copy_from_slice(&b[24..HELLO_TAG_AT]);
+        self.peer_rid = get_u64(b, 16);
         self.peer_nonce = Some(n);
         Ok(())
     }
 
     fn parts_tag(&self, from_client: bool, n: u64, frame: &[u8]) -> Option<[u8; TAG_BYTES]> {
         let peer = self.peer_nonce?;
-        let (cn, sn) = if self.client {
-            (self.local_nonce, peer)
+        let (cn, sn, rid) = if self.client {
+            (self.local_nonce, peer, self.local_rid)
         } else {
-            (peer, self.local_nonce)
+            (peer, self.local_nonce, self.peer_rid)
         };
         let dir: &[u8] = if from_client { b"c2s" } else { b"s2c" };
-        Some(
-            self.key
-                .tag(&[b"session", dir, &cn, &sn, &n.to_le_bytes(), frame]),
-        )
+        Some(self.key.tag(&[
+            b"session",
+            dir,
+            &rid.to_le_bytes(),
+            &cn,
+            &sn,
+            &n.to_le_bytes(),
+            frame,
+        ]))
     }
 
     /// The tag to send after `frame` (the next frame of this end).
@@ -431,8 +478,8 @@ pub fn enabled() -> bool {
 }
 
 /// A new connection's authentication for the running node, `None`
-/// without a key.
-pub fn session(client: bool) -> Option<SessionAuth> {
+/// without a key. `rid`: the mount's rid on a client, ignored on a server.
+pub fn session(client: bool, rid: u64) -> Option<SessionAuth> {
     let me = node::current() as usize;
     store::with(|n| {
         let a = n[me].as_mut()?;
@@ -444,7 +491,7 @@ pub fn session(client: bool) -> Option<SessionAuth> {
             .finalize_fixed();
         let mut nonce = [0u8; NONCE_BYTES];
         nonce.copy_from_slice(&out[..NONCE_BYTES]);
-        Some(SessionAuth::new(a.key.clone(), client, nonce))
+        Some(SessionAuth::new(a.key.clone(), client, rid, nonce))
     })
 }
 
@@ -468,8 +515,8 @@ mod tests {
     }
 
     fn pair(k1: &ClusterKey, k2: &ClusterKey) -> (SessionAuth, SessionAuth) {
-        let mut c = SessionAuth::new(VolumeKey::derive(k1, 7), true, [1; NONCE_BYTES]);
-        let mut s = SessionAuth::new(VolumeKey::derive(k2, 7), false, [2; NONCE_BYTES]);
+        let mut c = SessionAuth::new(VolumeKey::derive(k1, 7), true, 5, [1; NONCE_BYTES]);
+        let mut s = SessionAuth::new(VolumeKey::derive(k2, 7), false, 0, [2; NONCE_BYTES]);
         let (hc, hs) = (c.hello(), s.hello());
         c.accept_hello(&hs).unwrap();
         s.accept_hello(&hc).unwrap();
@@ -526,29 +573,64 @@ mod tests {
         // the same frame again (the counter moved on)
         assert_eq!(s.open(b"one", &t0), Err(Refusal::BadMac));
         // into a new connection with other nonces
-        let mut c3 = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, [5; NONCE_BYTES]);
-        let mut s3 = SessionAuth::new(VolumeKey::derive(&key(9), 7), false, [6; NONCE_BYTES]);
+        let mut c3 = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, 5, [5; NONCE_BYTES]);
+        let mut s3 = SessionAuth::new(VolumeKey::derive(&key(9), 7), false, 0, [6; NONCE_BYTES]);
         s3.accept_hello(&c3.hello()).unwrap();
         c3.accept_hello(&s3.hello()).unwrap();
-        let mut fresh = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, [1; NONCE_BYTES]);
+        let mut fresh = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, 5, [1; NONCE_BYTES]);
         fresh.accept_hello(&s.hello()).unwrap();
         let t = fresh.seal(b"one").unwrap();
         assert_eq!(s3.open(b"one", &t), Err(Refusal::BadMac));
         // wrong key: the hello already fails
-        let cw = SessionAuth::new(VolumeKey::derive(&key(1), 7), true, [1; NONCE_BYTES]);
-        let mut sw = SessionAuth::new(VolumeKey::derive(&key(2), 7), false, [2; NONCE_BYTES]);
+        let cw = SessionAuth::new(VolumeKey::derive(&key(1), 7), true, 5, [1; NONCE_BYTES]);
+        let mut sw = SessionAuth::new(VolumeKey::derive(&key(2), 7), false, 0, [2; NONCE_BYTES]);
         assert_eq!(sw.accept_hello(&cw.hello()), Err(Refusal::BadMac));
         let mut h = s.hello();
         h[20] ^= 1;
-        let mut fresh = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, [1; NONCE_BYTES]);
+        let mut fresh = SessionAuth::new(VolumeKey::derive(&key(9), 7), true, 5, [1; NONCE_BYTES]);
         assert_eq!(fresh.accept_hello(&h), Err(Refusal::BadMac));
         // hello of another volume, and of a node without a key
-        let other = SessionAuth::new(VolumeKey::derive(&key(9), 8), true, [1; NONCE_BYTES]);
-        let mut s4 = SessionAuth::new(VolumeKey::derive(&key(9), 7), false, [2; NONCE_BYTES]);
+        let other = SessionAuth::new(VolumeKey::derive(&key(9), 8), true, 5, [1; NONCE_BYTES]);
+        let mut s4 = SessionAuth::new(VolumeKey::derive(&key(9), 7), false, 0, [2; NONCE_BYTES]);
         assert_eq!(s4.accept_hello(&other.hello()), Err(Refusal::WrongVolume));
         assert_eq!(s4.accept_hello(&[0u8; HELLO_BYTES]), Err(Refusal::NoKey));
         assert!(!s4.ready());
         assert!(s4.seal(b"x").is_none());
+    }
+
+    #[test]
+    fn hellos_carry_the_clients_rid_and_frames_are_bound_to_it() {
+        let vk = || VolumeKey::derive(&key(9), 7);
+        let (c, s) = pair(&key(9), &key(9));
+        assert_eq!(c.client_rid(), Some(5));
+        assert_eq!(s.client_rid(), Some(5));
+        let fresh = SessionAuth::new(vk(), false, 0, [2; NONCE_BYTES]);
+        assert_eq!(fresh.client_rid(), None);
+        // a server's hello never names a rid
+        let server_side = SessionAuth::new(vk(), false, 77, [2; NONCE_BYTES]);
+        let mut probe = SessionAuth::new(vk(), true, 5, [1; NONCE_BYTES]);
+        probe.accept_hello(&server_side.hello()).unwrap();
+        assert_eq!(probe.peer_rid, 0);
+        // another rid in a captured hello: its tag fails
+        let mut h = SessionAuth::new(vk(), true, 5, [1; NONCE_BYTES]).hello();
+        h[16] ^= 3;
+        let mut s2 = SessionAuth::new(vk(), false, 0, [2; NONCE_BYTES]);
+        assert_eq!(s2.accept_hello(&h), Err(Refusal::BadMac));
+        // same nonces, other rid: the frames of one do not pass on the other
+        for rid in [5u64, 6] {
+            let mut c = SessionAuth::new(vk(), true, rid, [1; NONCE_BYTES]);
+            let mut s = SessionAuth::new(vk(), false, 0, [2; NONCE_BYTES]);
+            c.accept_hello(&s.hello()).unwrap();
+            s.accept_hello(&SessionAuth::new(vk(), true, 5, [1; NONCE_BYTES]).hello())
+                .unwrap();
+            let t = c.seal(b"frame").unwrap();
+            let want = if rid == 5 {
+                Ok(())
+            } else {
+                Err(Refusal::BadMac)
+            };
+            assert_eq!(s.open(b"frame", &t), want, "rid {rid}");
+        }
     }
 
     fn dgram(term: u64, from: u8) -> [u8; 32] {
@@ -610,11 +692,11 @@ mod tests {
         {
             let _g = node::enter(4);
             assert!(!enabled());
-            assert!(session(true).is_none());
+            assert!(session(true, 5).is_none());
         }
         let _g = node::enter(3);
-        let a = session(true).unwrap();
-        let b = session(true).unwrap();
+        let a = session(true, 5).unwrap();
+        let b = session(true, 5).unwrap();
         assert_ne!(a.local_nonce, b.local_nonce);
         assert!(quorum(0).is_some());
         configure(None, fsid, [0; 32]);

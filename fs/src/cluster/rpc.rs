@@ -15,7 +15,9 @@
 //!
 //! When the node has a cluster key ([`auth`]), both ends send a hello
 //! first and every frame carries a tag; a frame that fails it is counted
-//! (`cluster_auth.*`), never dispatched, and closes the connection.
+//! (`cluster_auth.*`), never dispatched, and closes the connection. The
+//! client's hello names its rid; a server refuses a greeting for any other
+//! rid (`cluster_auth.wrong_rid`) before a handler sees it.
 
 use crate::cluster::auth::{self, Refusal, SessionAuth, HELLO_BYTES, TAG_BYTES};
 use crate::cluster::msg::{
@@ -80,8 +82,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Wrap a stream and start its reader task on `handle`.
-    pub fn start(conn: Rc<dyn Conn>, role: Role, handle: &Handle) -> FsResult<Rc<Endpoint>> {
+    /// Wrap a stream and start its reader task on `handle`. `rid`: on a
+    /// client, the mount's rid its greeting will name (bound into the
+    /// connection's tags with a cluster key); ignored on a server.
+    pub fn start(
+        conn: Rc<dyn Conn>,
+        role: Role,
+        rid: u64,
+        handle: &Handle,
+    ) -> FsResult<Rc<Endpoint>> {
         let ep = Rc::new(Endpoint {
             conn,
             role,
@@ -93,7 +102,7 @@ impl Endpoint {
                 requests: VecDeque::new(),
                 greeting_seen: false,
                 closed: false,
-                auth: auth::session(role == Role::Client),
+                auth: auth::session(role == Role::Client, rid),
             }),
             request_arrived: Notify::new(),
             request_taken: Notify::new(),
@@ -435,6 +444,17 @@ impl Endpoint {
                     self.protocol_error(Some(&h), "unexpected greeting");
                     return false;
                 }
+                // with a key, the greeting must be for the rid the hello
+                // named (what the tags are bound to)
+                let hello_rid = st.auth.as_ref().and_then(|a| a.client_rid());
+                if self.role == Role::Server && st.auth.is_some() {
+                    let named = msg::Greeting::decode(&f.payload).ok().map(|g| g.rid);
+                    if named.is_none() || named != hello_rid {
+                        drop(st);
+                        self.auth_refused(Refusal::WrongRid);
+                        return false;
+                    }
+                }
                 st.greeting_seen = true;
             } else {
                 if h.seq <= st.recv_seq {
@@ -496,8 +516,8 @@ mod tests {
         let ex = Executor::default();
         let h = ex.handle();
         let (a, b) = MemConn::pair();
-        let client = Endpoint::start(a, Role::Client, &h).unwrap();
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let client = Endpoint::start(a, Role::Client, 5, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         let srv = server.clone();
         let hs = h.clone();
         // answer greeting at once, ALLOC_INODES in reverse order
@@ -562,8 +582,8 @@ mod tests {
             .block_on(async {
                 let c = net.connect("s").await.unwrap();
                 let s = l.accept().await.unwrap();
-                let client = Endpoint::start(c, Role::Client, &h).unwrap();
-                let server = Endpoint::start(s, Role::Server, &h).unwrap();
+                let client = Endpoint::start(c, Role::Client, 5, &h).unwrap();
+                let server = Endpoint::start(s, Role::Server, 0, &h).unwrap();
                 let c2 = client.clone();
                 let call = h
                     .spawn(async move { c2.call(cmd::GET_ROOTS, &[]).await })
@@ -579,7 +599,7 @@ mod tests {
 
         // garbage bytes close the connection
         let (a, b) = MemConn::pair();
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         ex.block_on(async {
             a.send(&[0xffu8; 64]).await.unwrap();
             assert!(server.next_request().await.is_none());
@@ -623,17 +643,17 @@ mod tests {
 
         configure(Some(&k1), 7, [1; 32]);
         let (a, b) = MemConn::pair();
-        let client = Endpoint::start(a, Role::Client, &h).unwrap();
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let client = Endpoint::start(a, Role::Client, 5, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         assert_eq!(greet(&ex, &client, &server), Ok(vec![3]));
 
         // a client with another key: its greeting never reaches a handler
         let bad_mac = refused("bad_mac");
         configure(Some(&k2), 7, [2; 32]);
         let (a, b) = MemConn::pair();
-        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        let client = Endpoint::start(a, Role::Client, 5, &h).unwrap();
         configure(Some(&k1), 7, [1; 32]);
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         assert!(greet(&ex, &client, &server).is_err());
         assert!(server.is_closed() && client.is_closed());
         assert!(refused("bad_mac") > bad_mac);
@@ -642,20 +662,37 @@ mod tests {
         let no_key = refused("no_key");
         configure(None, 7, [0; 32]);
         let (a, b) = MemConn::pair();
-        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        let client = Endpoint::start(a, Role::Client, 5, &h).unwrap();
         configure(Some(&k1), 7, [1; 32]);
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         assert!(greet(&ex, &client, &server).is_err());
         assert!(server.is_closed());
         assert!(refused("no_key") > no_key);
+
+        // a key holder greeting for another mount's rid than its hello
+        // named: refused before the server's handler sees it
+        let wrong_rid = refused("wrong_rid");
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, 6, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
+        assert!(greet(&ex, &client, &server).is_err());
+        assert!(server.is_closed() && client.is_closed());
+        assert!(refused("wrong_rid") > wrong_rid);
+        // without a key there is no hello, and nothing to check it against
+        configure(None, 7, [0; 32]);
+        let (a, b) = MemConn::pair();
+        let client = Endpoint::start(a, Role::Client, 6, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
+        assert_eq!(greet(&ex, &client, &server), Ok(vec![3]));
+        configure(Some(&k1), 7, [1; 32]);
 
         // another volume's node with the same key
         let wrong = refused("wrong_volume");
         configure(Some(&k1), 8, [3; 32]);
         let (a, b) = MemConn::pair();
-        let client = Endpoint::start(a, Role::Client, &h).unwrap();
+        let client = Endpoint::start(a, Role::Client, 5, &h).unwrap();
         configure(Some(&k1), 7, [1; 32]);
-        let server = Endpoint::start(b, Role::Server, &h).unwrap();
+        let server = Endpoint::start(b, Role::Server, 0, &h).unwrap();
         assert!(greet(&ex, &client, &server).is_err());
         assert!(refused("wrong_volume") > wrong);
         configure(None, 7, [0; 32]);

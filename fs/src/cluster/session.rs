@@ -569,8 +569,8 @@ impl ClientSession {
             Ok(Ok(c)) => c,
             Ok(Err(_)) | Err(_) => return Err(ConnectError::Failed),
         };
-        let ep =
-            Endpoint::start(conn, Role::Client, &self.handle).map_err(|_| ConnectError::Failed)?;
+        let ep = Endpoint::start(conn, Role::Client, self.id.rid, &self.handle)
+            .map_err(|_| ConnectError::Failed)?;
         let (term, farewell) = {
             let st = self.st.borrow();
             (st.term, st.farewell)

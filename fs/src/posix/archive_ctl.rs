@@ -29,6 +29,10 @@
 //! * get `scoutvm.ctl.ino_path.INO.DIR.POS` -> the paths of the links to
 //!   `INO` from the cursor on, a record each: `DIR POS LEN PATH\n`
 //!   (`PATH` from the root without a leading `/`, `LEN` raw bytes).
+//! * get `scoutvm.ctl.totals.A.B.C` -> the `.totl.` totals of the volume
+//!   from the name `A.B.C` on, up to [`MAX_LINES`] lines
+//!   `A.B.C = TOTAL, COUNT` (signed, as `scoutfs read-xattr-totals`
+//!   prints them); committed deltas of every mount, no lock taken.
 //!
 //! Answers of names end when [`NAMES_BUDGET`] bytes are used; the next
 //! cursor is the last record's `(DIR, POS + 1)`.
@@ -44,7 +48,7 @@ use core::fmt::Write;
 
 use crate::errno::{Errno, FsResult};
 use crate::posix::archive::{dwo_names, SetAttrMore, WalkEntry, WalkIndex};
-use crate::posix::mount::Mount;
+use crate::posix::mount::{Mount, XattrTotal};
 use crate::posix::types::{Cred, Ino};
 use crate::runtime::env::Timespec;
 
@@ -166,9 +170,38 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
                 let _ = writeln!(out, "{} {} {}", e.major, e.minor, e.ino);
             }
         }
+        Some("totals") => {
+            let from = [num(parts.next())?, num(parts.next())?, num(parts.next())?];
+            if parts.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            for t in m.read_xattr_totals(from, MAX_LINES).await? {
+                let _ = writeln!(out, "{}", totals_line(&t));
+            }
+        }
         _ => return Err(Errno::EOPNOTSUPP),
     }
     Ok(out.into_bytes())
+}
+
+/// A total as `scoutfs read-xattr-totals` prints it: `A.B.C = TOTAL, COUNT`.
+pub fn totals_line(t: &XattrTotal) -> String {
+    format!(
+        "{}.{}.{} = {}, {}",
+        t.name[0], t.name[1], t.name[2], t.total, t.count
+    )
+}
+
+/// The name after `name` in totals order (`A.B.C` counting up from `C`),
+/// or None past the last.
+pub fn next_totals_name(name: [u64; 3]) -> Option<[u64; 3]> {
+    let [a, b, c] = name;
+    match (c.checked_add(1), b.checked_add(1), a.checked_add(1)) {
+        (Some(c), _, _) => Some([a, b, c]),
+        (None, Some(b), _) => Some([a, b, 0]),
+        (None, None, Some(a)) => Some([a, 0, 0]),
+        (None, None, None) => None,
+    }
 }
 
 /// The next cursor after the link at `(dir, pos)`, or None past the last.

@@ -172,6 +172,12 @@ pub trait Backend {
         let s = self.trans_seq().saturating_sub(1);
         Box::pin(async move { Ok(s) })
     }
+
+    /// Make the next [`Self::read_items`] see every commit made so far,
+    /// by any mount, without a lock (a backend sharing the volume fetches
+    /// fresh roots; alone on a volume there is nothing to do). For reads
+    /// that take no cluster lock, like `.totl.` totals.
+    fn refresh_reads(&self) {}
 }
 
 pub use crate::cluster::lock::{LOCK_INODE_GROUP_NR, LOCK_SEQ_GROUP_NR};

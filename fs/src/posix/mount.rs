@@ -36,9 +36,9 @@ use crate::cluster::lock::{
 };
 use crate::errno::{Errno, FsResult};
 use crate::format::items::{
-    inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
+    inode_index_key, totl_key, DataExtent, TotlVal, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
 };
-use crate::format::key::{ty, Key};
+use crate::format::key::{ty, zone, Key};
 use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
@@ -3105,6 +3105,57 @@ impl Mount {
         }
         Ok(out)
     }
+
+    /// The `.totl.` totals of the volume from `from` on (names `a.b.c`
+    /// in order, at most `max`): every mount's committed deltas summed
+    /// over fs_root and the log trees (the forest read resolves merges in
+    /// progress). Takes no lock, like scoutfs: the totals lag the open
+    /// transactions of every mount (`sync` first to see this mount's).
+    /// Totals that came back to zero are not listed.
+    pub async fn read_xattr_totals(&self, from: [u64; 3], max: usize) -> FsResult<Vec<XattrTotal>> {
+        self.backend.refresh_reads();
+        let last = Key::new(
+            zone::XATTR_TOTL,
+            u64::MAX,
+            u8::MAX,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        );
+        let mut cur = totl_key(from[0], from[1], from[2]);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let batch = self.backend.read_items(cur, cur, last).await?;
+            for (k, v) in &batch.items {
+                if *k < cur || k.zone != zone::XATTR_TOTL || out.len() >= max {
+                    continue;
+                }
+                let t = TotlVal::decode(v).map_err(|_| Errno::EIO)?;
+                if t.total == 0 && t.count == 0 {
+                    continue;
+                }
+                out.push(XattrTotal {
+                    name: [k.first, k.second, k.third],
+                    total: t.total as i64,
+                    count: t.count as i64,
+                });
+            }
+            if batch.end >= last {
+                break;
+            }
+            cur = batch.end.inc();
+        }
+        Ok(out)
+    }
+}
+
+/// One `.totl.` total: the sum of the values of every `scoutfs.totl.*.a.b.c`
+/// xattr of the volume, and how many there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XattrTotal {
+    pub name: [u64; 3],
+    pub total: i64,
+    pub count: i64,
 }
 
 /// Where [`Mount::read_to`] puts what it reads: `take(n)` is the `n` bytes

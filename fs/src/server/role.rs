@@ -705,7 +705,7 @@ impl Inner {
                 conn.close();
                 return;
             }
-            let Ok(ep) = Endpoint::start(conn.clone(), Role::Server, &self.handle) else {
+            let Ok(ep) = Endpoint::start(conn.clone(), Role::Server, 0, &self.handle) else {
                 conn.close();
                 continue;
             };
