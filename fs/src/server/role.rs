@@ -48,6 +48,7 @@ use crate::runtime::trace::Tracepoint;
 use crate::server::commit::{CommitConfig, CommitCore, ServerTxn};
 use crate::server::log_merge::{self, MergeConfig, Work};
 use crate::server::log_trees::{self, Budget, LogTreesConfig, Step};
+use crate::server::srch_compact;
 use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
 use crate::storage::store_error::{StoreError, StoreResult};
@@ -100,6 +101,9 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Bounds of the lock server's table.
     pub locks: LockServerConfig,
+    /// Rotate a mount's srch log file into `srch_root` once it holds this
+    /// many blocks (scoutfs: 16; tests lower it to force rotations).
+    pub srch_rotate_blocks: u64,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +118,7 @@ impl Default for ServerConfig {
             term: 1,
             session: SessionConfig::default(),
             locks: LockServerConfig::default(),
+            srch_rotate_blocks: crate::format::srch::LOG_BLOCK_LIMIT,
         }
     }
 }
@@ -905,6 +910,10 @@ impl Inner {
                     return Ok(Step::More);
                 }
                 log_trees::refill(tx, &mut lt, &me.cfg.log_trees, &budget)?;
+                srch_compact::maybe_rotate(tx, &mut lt, me.cfg.srch_rotate_blocks)?;
+                if budget.ok(tx) {
+                    srch_compact::compact_one(tx)?;
+                }
                 lt.get_trans_seq = tx.next_seq();
                 log_trees::store(tx, &lt)?;
                 Ok(Step::Done(lt))
