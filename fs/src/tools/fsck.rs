@@ -78,6 +78,7 @@ pub struct FsckReport {
     /// srch files (rotated, sorted and the log trees' own) and the
     /// entries their leaves hold.
     pub srch_files: u64,
+    pub srch_sorted_files: u64,
     pub srch_entries: u64,
 }
 
@@ -112,8 +113,8 @@ impl FsckReport {
         if self.srch_files > 0 {
             writeln!(
                 out,
-                "{} srch files, {} srch entries",
-                self.srch_files, self.srch_entries
+                "{} srch files ({} sorted), {} srch entries",
+                self.srch_files, self.srch_sorted_files, self.srch_entries
             )?;
         }
         if self.is_clean() {
@@ -589,6 +590,9 @@ impl Checker<'_> {
             return;
         }
         self.rep.srch_files += 1;
+        if sorted {
+            self.rep.srch_sorted_files += 1;
+        }
         let mut w = SrchWalk {
             sorted,
             ..Default::default()
