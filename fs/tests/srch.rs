@@ -161,7 +161,10 @@ fn check_all(m: &Mount, live: &BTreeMap<String, u64>, names: &[&[u8]]) {
         }
     }
     for n in names {
-        let want: Vec<u64> = scan.get(n).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let want: Vec<u64> = scan
+            .get(n)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         assert_eq!(search(m, n), want, "name {}", String::from_utf8_lossy(n));
     }
 }

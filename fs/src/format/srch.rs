@@ -122,7 +122,11 @@ pub fn encode_entry(out: &mut [u8], e: &SrchEntry, prev: &SrchEntry) -> usize {
 
 /// Decode the entry at `b[pos..]` following `prev`; returns it and the
 /// bytes it took. Counts above 8 or an entry running past `b` are errors.
-pub fn decode_entry(b: &[u8], pos: usize, prev: &SrchEntry) -> Result<(SrchEntry, usize), BadValue> {
+pub fn decode_entry(
+    b: &[u8],
+    pos: usize,
+    prev: &SrchEntry,
+) -> Result<(SrchEntry, usize), BadValue> {
     let end = |n: usize| pos.checked_add(n).filter(|&e| e <= b.len());
     let Some(p2) = end(2) else {
         return Err(BadValue("srch entry past its block"));
@@ -214,7 +218,10 @@ pub fn leaf_append(b: &mut [u8], e: &SrchEntry) -> Result<bool, BadValue> {
         h.last = h.last.max(*e);
     }
     h.tail = *e;
-    h.entry_nr = h.entry_nr.checked_add(1).ok_or(BadValue("srch entry_nr overflow"))?;
+    h.entry_nr = h
+        .entry_nr
+        .checked_add(1)
+        .ok_or(BadValue("srch entry_nr overflow"))?;
     h.entry_bytes += n as u32;
     h.encode(b);
     Ok(true)
@@ -313,7 +320,10 @@ mod tests {
         assert!(h.entry_bytes as usize + LEAF_HEAD_BYTES <= LG_BLOCK_SIZE);
         assert_eq!(h.first, *want.iter().min().unwrap());
         assert_eq!(h.last, *want.iter().max().unwrap());
-        assert!(decode_leaf(&b, true).is_err(), "random entries are not sorted");
+        assert!(
+            decode_leaf(&b, true).is_err(),
+            "random entries are not sorted"
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
+use crate::format::hash::fnv1a64;
 use crate::format::items::{
     inode_index_key, DataExtent, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
 };
@@ -46,7 +47,6 @@ use crate::posix::archive::{
     self, Blocked, DataWaiters, InoPath, ReferringEntry, SetAttrMore, StatMore, WaitingEntry,
     WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
 };
-use crate::format::hash::fnv1a64;
 use crate::posix::backend::{Backend, DataRun, InoRange, SrchCandidates};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
 use crate::posix::dir;

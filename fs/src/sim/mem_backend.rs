@@ -26,8 +26,8 @@ use crate::format::items::{inode_index_key, inode_key, InodeItem, TotlVal, DIREN
 use crate::format::key::{ty, zone, Key};
 use crate::format::{DATA_DEV_START_BLKNO, ROOT_INO};
 use crate::posix::backend::{
-    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, SrchCandidates, SrchEntry,
-    Value,
+    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, SrchCandidates,
+    SrchEntry, Value,
 };
 use crate::posix::types::S_IFDIR;
 use crate::runtime::env::Timespec;

@@ -42,7 +42,10 @@ pub fn check_file(f: &SrchFile) -> StoreResult<()> {
         return Err(corrupt(blk, "srch file height or blocks out of range"));
     }
     if srch::height_for_blk(f.blocks - 1) > f.height {
-        return Err(corrupt(blk, "srch file has more blocks than its height holds"));
+        return Err(corrupt(
+            blk,
+            "srch file has more blocks than its height holds",
+        ));
     }
     Ok(())
 }
@@ -104,7 +107,8 @@ pub fn append(
     let mut leaf = dirty_leaf(cache, alloc, f, blk)?;
     for e in entries {
         let buf = cache.dirty_ref(&mut leaf, MAGIC_SRCH_BLOCK, alloc)?;
-        let added = srch::leaf_append(&mut buf.borrow_mut(), e).map_err(|x| corrupt(leaf.blkno, x.0))?;
+        let added =
+            srch::leaf_append(&mut buf.borrow_mut(), e).map_err(|x| corrupt(leaf.blkno, x.0))?;
         if !added {
             blk += 1;
             leaf = dirty_leaf(cache, alloc, f, blk)?;
@@ -135,7 +139,8 @@ pub fn leaf_ref(cache: &mut BlockCache, f: &SrchFile, blk: u64) -> StoreResult<B
     let mut level = f.height - 1;
     while level > 0 {
         let b = cache.read_ref(&r, MAGIC_SRCH_PARENT)?;
-        let c = srch::parent_ref(&b.borrow(), srch::ref_index(blk, level)).map_err(|e| corrupt(r.blkno, e.0))?;
+        let c = srch::parent_ref(&b.borrow(), srch::ref_index(blk, level))
+            .map_err(|e| corrupt(r.blkno, e.0))?;
         if c.is_null() {
             return Err(corrupt(r.blkno, "srch parent misses a leaf of the file"));
         }
@@ -328,7 +333,12 @@ impl SearchSet {
     /// Toggle the matching entries of every leaf of a file: a sorted
     /// file by binary search on its leaves' bounds, a log file by
     /// scanning the leaves whose min/max cover the range.
-    pub fn add_file(&mut self, cache: &mut BlockCache, f: &SrchFile, sorted: bool) -> StoreResult<()> {
+    pub fn add_file(
+        &mut self,
+        cache: &mut BlockCache,
+        f: &SrchFile,
+        sorted: bool,
+    ) -> StoreResult<()> {
         check_file(f)?;
         if f.is_empty() || f.entries == 0 || f.last < self.lo() || f.first > self.hi() {
             return Ok(());

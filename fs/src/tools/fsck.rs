@@ -645,7 +645,9 @@ impl Checker<'_> {
                             if w.sorted && *first < prev {
                                 self.find(
                                     Some(r.blkno),
-                                    format!("{who}: sorted srch block starts before the previous ends"),
+                                    format!(
+                                        "{who}: sorted srch block starts before the previous ends"
+                                    ),
                                 );
                             }
                         }
