@@ -146,6 +146,38 @@ fn srch_basic_functionality() {
     report(&v);
 }
 
+/// The control request front ends carry (`scoutvm search-xattrs`).
+#[test]
+fn search_through_the_control_xattr() {
+    use scoutvm_fs::posix::archive_ctl::{ctl_get, parse_search_answer, search_name};
+    let v = vol(45, 256 << 20);
+    let (m, node) = v.mount();
+    let inos: Vec<u64> = (0..30).map(|i| create(&m, &format!("c{i}"))).collect();
+    for &ino in &inos[..20] {
+        set(&m, ino, NAME, b"x");
+    }
+    let ask = |req: &str| block_on(ctl_get(&m, &cred(), ROOT, req.as_bytes()));
+    let ans = ask(&search_name(0, u64::MAX, "scoutfs.srch.test")).unwrap();
+    let (last, got) = parse_search_answer(core::str::from_utf8(&ans).unwrap()).unwrap();
+    assert_eq!((last, got), (u64::MAX, inos[..20].to_vec()));
+    let ans = ask(&search_name(inos[5], inos[9], "scoutfs.srch.test")).unwrap();
+    let (last, got) = parse_search_answer(core::str::from_utf8(&ans).unwrap()).unwrap();
+    assert_eq!((last, got), (inos[9], inos[5..=9].to_vec()));
+    for bad in [
+        "scoutvm.ctl.search.0.10.user.x",
+        "scoutvm.ctl.search.0.10",
+        "scoutvm.ctl.search.x.10.scoutfs.srch.test",
+        "scoutvm.ctl.search.10.0.scoutfs.srch.test",
+        "scoutvm.ctl.search.-1.10.scoutfs.srch.test",
+    ] {
+        assert_eq!(ask(bad).unwrap_err(), Errno::EINVAL, "{bad}");
+    }
+    assert!(parse_search_answer("last 5\nnot a number\n").is_none());
+    assert!(parse_search_answer("").is_none());
+    drop(m);
+    block_on(node.unmount()).unwrap();
+}
+
 /// Every name's search against a scan of every live inode's xattrs.
 fn check_all(m: &Mount, live: &BTreeMap<String, u64>, names: &[&[u8]]) {
     let mut scan: BTreeMap<&[u8], BTreeSet<u64>> = BTreeMap::new();

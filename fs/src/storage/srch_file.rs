@@ -398,3 +398,158 @@ pub fn search_roots(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::env::{Entropy, SeededEntropy};
+    use crate::storage::dev::MemDev;
+    use alloc::boxed::Box;
+    use alloc::collections::BTreeMap;
+    use alloc::rc::Rc;
+
+    struct Bump(u64, Vec<u64>);
+    impl MetaAlloc for Bump {
+        fn alloc_meta(&mut self, _: &mut BlockCache) -> StoreResult<u64> {
+            self.0 += 1;
+            Ok(self.0)
+        }
+        fn free_meta(&mut self, _: &mut BlockCache, b: u64) -> StoreResult<()> {
+            self.1.push(b);
+            Ok(())
+        }
+    }
+
+    fn cache() -> BlockCache {
+        let dev = Rc::new(MemDev::new(64 << 20));
+        BlockCache::new(Box::new(dev), Box::new(SeededEntropy::new(3)), 77, 4 << 20)
+    }
+
+    fn entries(n: usize, seed: u64) -> Vec<SrchEntry> {
+        let e = SeededEntropy::new(seed);
+        (0..n)
+            .map(|_| {
+                let r = e.next_u64();
+                SrchEntry {
+                    hash: r % 5,
+                    ino: 100 + (r >> 8) % 3000,
+                    id: (r >> 40) % 4,
+                }
+            })
+            .collect()
+    }
+
+    fn read_file(c: &mut BlockCache, f: &SrchFile, sorted: bool) -> Vec<SrchEntry> {
+        (0..f.blocks)
+            .flat_map(|b| read_leaf(c, f, b, sorted).unwrap().1)
+            .collect()
+    }
+
+    /// The inodes a parity count of `all` leaves for `hash`.
+    fn brute(all: &[SrchEntry], hash: u64, lo: u64, hi: u64) -> Vec<u64> {
+        let mut n: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+        for e in all
+            .iter()
+            .filter(|e| e.hash == hash && e.ino >= lo && e.ino <= hi)
+        {
+            *n.entry((e.ino, e.id)).or_default() += 1;
+        }
+        let mut v: Vec<u64> = n
+            .iter()
+            .filter(|(_, c)| *c % 2 == 1)
+            .map(|(k, _)| k.0)
+            .collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn log_file_grows_a_radix_across_commits_and_searches_by_parity() {
+        let mut c = cache();
+        let mut a = Bump(10, Vec::new());
+        let mut f = SrchFile::default();
+        let all = entries(30_000, 5);
+        for chunk in all.chunks(10_000) {
+            append(&mut c, &mut a, &mut f, chunk).unwrap();
+            c.write_dirty().unwrap();
+        }
+        assert!(f.blocks > 1 && f.height == 2, "{f:?}");
+        assert_eq!(f.entries, 30_000);
+        assert!(
+            !a.1.is_empty(),
+            "later commits copied the last leaf and root"
+        );
+        assert_eq!(read_file(&mut c, &f, false), all);
+        assert_eq!(f.first, *all.iter().min().unwrap());
+        assert_eq!(f.last, *all.iter().max().unwrap());
+        assert_eq!(blocks(&mut c, &f).unwrap().len() as u64, f.blocks + 1);
+
+        // the same entries as a sorted file answer the same searches
+        let sorted = sort_cancel(all.clone());
+        let mut s = SrchFile::default();
+        append(&mut c, &mut a, &mut s, &sorted).unwrap();
+        c.write_dirty().unwrap();
+        assert_eq!(read_file(&mut c, &s, true), sorted);
+        for (hash, lo, hi) in [(0, 0, u64::MAX), (3, 500, 900), (4, 3099, 3099), (9, 0, 10)] {
+            let want = brute(&all, hash, lo, hi);
+            for (file, is_sorted) in [(&f, false), (&s, true)] {
+                let mut set = SearchSet::new(hash, lo, hi, usize::MAX);
+                set.add_file(&mut c, file, is_sorted).unwrap();
+                assert_eq!(set.inos(), want, "hash {hash} sorted {is_sorted}");
+            }
+        }
+        // a capped search covers a prefix of the range, exactly
+        let mut set = SearchSet::new(1, 0, u64::MAX, 50);
+        set.add_file(&mut c, &s, true).unwrap();
+        assert!(set.last_ino < u64::MAX);
+        assert_eq!(set.inos(), brute(&all, 1, 0, set.last_ino));
+
+        // freeing hands back every block
+        let before = a.1.len();
+        assert_eq!(free(&mut c, &mut a, &s).unwrap(), s.blocks + 1);
+        assert_eq!(a.1.len() - before, s.blocks as usize + 1);
+    }
+
+    #[test]
+    fn damaged_files_are_errors() {
+        let mut c = cache();
+        let mut a = Bump(10, Vec::new());
+        let mut f = SrchFile::default();
+        append(&mut c, &mut a, &mut f, &entries(20_000, 9)).unwrap();
+        c.write_dirty().unwrap();
+        let bad = [
+            SrchFile { height: 0, ..f },
+            SrchFile { height: 9, ..f },
+            SrchFile { blocks: 0, ..f },
+            SrchFile {
+                blocks: 5000,
+                height: 2,
+                ..f
+            },
+            SrchFile {
+                height: 1,
+                blocks: 1,
+                ..f
+            },
+        ];
+        for b in bad {
+            let mut set = SearchSet::new(1, 0, u64::MAX, usize::MAX);
+            // the last: a height-1 view reads the parent as a leaf
+            assert!(set.add_file(&mut c, &b, false).is_err(), "{b:?}");
+        }
+        assert!(leaf_ref(&mut c, &f, f.blocks).is_err());
+        // a sorted read of a log file's leaves finds them out of order
+        assert!(read_leaf(&mut c, &f, 0, true).is_err());
+    }
+
+    #[test]
+    fn sort_cancel_keeps_odd_counts() {
+        let e = |i| SrchEntry {
+            hash: 1,
+            ino: i,
+            id: 0,
+        };
+        let v = alloc::vec![e(3), e(1), e(3), e(2), e(2), e(2), e(5)];
+        assert_eq!(sort_cancel(v), alloc::vec![e(1), e(2), e(5)]);
+    }
+}
