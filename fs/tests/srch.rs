@@ -270,6 +270,8 @@ fn search_xattrs_bench() {
     let meta = (n * 4096).max(512 << 20);
     let mut o = common::test_node_options(Default::default());
     o.trans.cache_budget_bytes = 64 << 20;
+    // merges run in the background, as on a real node
+    o.merge_poll_ns = scoutvm_fs::client::node::NodeOptions::default().merge_poll_ns;
     let v = RealVol::new(meta, 64 << 20, 9, o);
     let (m, node) = v.mount();
     let t = Instant::now();
