@@ -319,7 +319,10 @@ fn search_xattrs_bench() {
     block_on(node.unmount()).unwrap();
     let rep = report(&v);
     println!(
-        "{} srch files ({} sorted), {} entries",
-        rep.srch_files, rep.srch_sorted_files, rep.srch_entries
+        "{} srch files ({} sorted), {} entries; {:?}",
+        rep.srch_files,
+        rep.srch_sorted_files,
+        rep.srch_entries,
+        scoutvm_fs::runtime::counters::snapshot_prefix("server.srch")
     );
 }

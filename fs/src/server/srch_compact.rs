@@ -59,7 +59,15 @@ fn pick(files: &[RootFile]) -> Option<Vec<RootFile>> {
 /// Input files that cannot be read are left in place (counted), so a
 /// damaged file never stops the server.
 pub fn compact_one(tx: &mut ServerTxn<'_>) -> StoreResult<bool> {
-    let files = srch_file::root_files(tx.cache, &tx.sb.srch_root)?;
+    let files = match srch_file::root_files(tx.cache, &tx.sb.srch_root) {
+        Ok(f) => f,
+        Err(e @ StoreError::Corrupt { .. }) => {
+            log::warn!("srch: not compacting, srch_root is damaged: {e}");
+            counter!("server.srch_compact_bad_input").inc();
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
     let Some(inputs) = pick(&files) else {
         return Ok(false);
     };
