@@ -178,6 +178,53 @@ fn search_through_the_control_xattr() {
     block_on(node.unmount()).unwrap();
 }
 
+/// fsck decodes srch leaves: a leaf whose entry count disagrees with its
+/// bytes (crc and header intact) is a finding, not a panic.
+#[test]
+fn fsck_finds_a_damaged_srch_leaf() {
+    use scoutvm_fs::storage::block::{read_super_from, seal_block, BlockCache};
+    use scoutvm_fs::storage::dev::BlockDev;
+    use scoutvm_fs::storage::srch_file::{leaf_ref, root_files};
+    let v = vol(47, 256 << 20);
+    {
+        let (m, node) = v.mount();
+        for i in 0..10 {
+            let ino = create(&m, &format!("d{i}"));
+            set(&m, ino, NAME, b"1");
+        }
+        drop(m);
+        block_on(node.unmount()).unwrap();
+    }
+    assert!(report(&v).srch_entries >= 10);
+    let sb = read_super_from(&*v.meta).unwrap();
+    let mut c = BlockCache::new(
+        Box::new(v.meta.clone()),
+        Box::new(SeededEntropy::new(1)),
+        sb.hdr.fsid,
+        1 << 20,
+    );
+    let files = root_files(&mut c, &sb.srch_root).unwrap();
+    let f = files
+        .first()
+        .expect("the unmount rotated the log file")
+        .file;
+    let blkno = leaf_ref(&mut c, &f, 0).unwrap().blkno;
+    let mut b = vec![0u8; 1 << 16];
+    v.meta.read(blkno << 16, &mut b).unwrap();
+    let nr = u32::from_le_bytes(b[104..108].try_into().unwrap());
+    b[104..108].copy_from_slice(&(nr + 1).to_le_bytes());
+    seal_block(&mut b);
+    v.meta.write(blkno << 16, &b).unwrap();
+    let rep = fsck(&*v.meta, Some(&*v.data), &mut |_, _, _| {});
+    assert!(
+        rep.findings
+            .iter()
+            .any(|f| f.blkno == Some(blkno) && f.msg.contains("srch")),
+        "{:?}",
+        rep.findings
+    );
+}
+
 /// Every name's search against a scan of every live inode's xattrs.
 fn check_all(m: &Mount, live: &BTreeMap<String, u64>, names: &[&[u8]]) {
     let mut scan: BTreeMap<&[u8], BTreeSet<u64>> = BTreeMap::new();
