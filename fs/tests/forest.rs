@@ -122,6 +122,7 @@ fn random_commit(e: &SeededEntropy, seq: u64, model: &mut Model, n: usize, inos:
         items: items.into_values().collect(),
         totl: Vec::new(),
         inode_count_delta: 0,
+        srch: Vec::new(),
     }
 }
 
@@ -279,6 +280,7 @@ fn bulk_commit(
         items: items.into_values().collect(),
         totl: Vec::new(),
         inode_count_delta: 0,
+        srch: Vec::new(),
     }
 }
 

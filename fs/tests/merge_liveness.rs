@@ -189,6 +189,7 @@ impl Rig {
             items: items.into_values().collect(),
             totl,
             inode_count_delta: 0,
+            srch: Vec::new(),
         };
         self.ex
             .block_on(async move { t.commit_log(&lc).await })

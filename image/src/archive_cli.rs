@@ -946,3 +946,38 @@ pub fn cmd_read_xattr_totals(a: TotalsArgs) -> Result<ExitCode, String> {
         }
     }
 }
+
+#[derive(Args)]
+pub struct SearchXattrsArgs {
+    /// A path in a mounted volume
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    path: String,
+    /// The full `.srch.`-tagged xattr name (e.g. scoutfs.srch.tape)
+    #[arg(value_name = "XATTR-NAME")]
+    name: String,
+}
+
+/// `search-xattrs`: print, one a line, the inode numbers of the files
+/// that have the `.srch.` xattr (the mount checks every candidate).
+pub fn cmd_search_xattrs(a: SearchXattrsArgs) -> Result<ExitCode, String> {
+    let mut from = 0u64;
+    loop {
+        let req = scoutvm_fs::posix::archive_ctl::search_name(from, u64::MAX, &a.name);
+        let ans = match ctl_get(&a.path, &req) {
+            Ok(s) => s,
+            Err(e) => return Ok(os_err("search-xattrs", e)),
+        };
+        let Some((last, inos)) = scoutvm_fs::posix::archive_ctl::parse_search_answer(&ans) else {
+            eprintln!("scoutvm: search-xattrs: bad answer '{ans}'");
+            return Ok(ExitCode::from(1));
+        };
+        for ino in inos {
+            println!("{ino}");
+        }
+        // a capped answer covers less: go on after it
+        match last.checked_add(1) {
+            Some(n) if n > from => from = n,
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}

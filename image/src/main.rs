@@ -85,6 +85,8 @@ enum Cmd {
     PunchOffline(archive_cli::PunchOfflineArgs),
     /// Print the volume's `.totl.` xattr totals: `A.B.C = TOTAL, COUNT`
     ReadXattrTotals(archive_cli::TotalsArgs),
+    /// Print the inode numbers of the files that have a `.srch.` xattr
+    SearchXattrs(archive_cli::SearchXattrsArgs),
     /// Print a new random cluster key (64 hex digits) for `cluster.key=`
     ClusterKey,
 }
@@ -280,6 +282,10 @@ fn main() -> ExitCode {
         Cmd::DataWaitErr(a) => (
             "data-wait-err",
             archive_cli::cmd_data_wait_err(a).map_err(Usage),
+        ),
+        Cmd::SearchXattrs(a) => (
+            "search-xattrs",
+            archive_cli::cmd_search_xattrs(a).map_err(Usage),
         ),
         Cmd::WalkInodes(a) => (
             "walk-inodes",

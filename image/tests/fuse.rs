@@ -828,3 +828,53 @@ fn archival_subcommands_through_an_in_memory_mount() {
     m.unmount();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `scoutvm search-xattrs` on a FUSE mount: the files that have a
+/// `.srch.` xattr, one inode number a line, none after removal or unlink;
+/// an untagged name fails.
+#[test]
+fn search_xattrs_through_a_mount() {
+    use std::os::unix::fs::MetadataExt;
+    require_fuse();
+    let d = tmpdir("srch");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = MountProc::start(&["--mem", "1G", mnt.to_str().unwrap()], &mnt);
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let mut inos = Vec::new();
+    for i in 0..5 {
+        let f = mnt.join(format!("s{i}"));
+        std::fs::write(&f, b"x").unwrap();
+        if i != 2 {
+            rustix::fs::setxattr(
+                &f,
+                "scoutfs.srch.tape",
+                b"1",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+            inos.push(std::fs::metadata(&f).unwrap().ino());
+        }
+    }
+    let search = |name: &str| {
+        let (code, out) = cli(&["search-xattrs", "-p", &mnt_s, name]);
+        assert_eq!(code, Some(0), "{out}");
+        out.lines()
+            .map(|l| l.parse::<u64>().unwrap())
+            .collect::<Vec<u64>>()
+    };
+    inos.sort();
+    assert_eq!(search("scoutfs.srch.tape"), inos);
+    rustix::fs::removexattr(mnt.join("s0"), "scoutfs.srch.tape").unwrap();
+    std::fs::remove_file(mnt.join("s1")).unwrap();
+    let left: Vec<u64> = ["s3", "s4"]
+        .iter()
+        .map(|n| std::fs::metadata(mnt.join(n)).unwrap().ino())
+        .collect();
+    assert_eq!(search("scoutfs.srch.tape"), left);
+    assert!(search("scoutfs.srch.other").is_empty());
+    let (code, out) = cli(&["search-xattrs", "-p", &mnt_s, "user.plain"]);
+    assert_eq!(code, Some(1), "{out}");
+    m.unmount();
+    let _ = std::fs::remove_dir_all(&d);
+}

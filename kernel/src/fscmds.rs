@@ -1,7 +1,7 @@
 //! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
 //! `cat`, `mkdir`, `rm`, `sync`, `fsck`, `clients` (9P connections) and
 //! the archival `release`, `stage`, `data-waiting`, `data-wait-err`,
-//! `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr` and
+//! `walk-inodes`, `search-xattrs`, `get-referring-entries`, `ino-path`, `setattr` and
 //! `punch-offline` (docs/archival.md).
 //!
 //! Registered by the volume service at boot; they act as root on the
@@ -150,6 +150,12 @@ const COMMANDS: &[Command] = &[
         usage: "",
         help: "the volume's .totl. xattr totals (committed): A.B.C = TOTAL, COUNT",
         run: |a| boxed(read_xattr_totals_cmd(a)),
+    },
+    Command {
+        name: "search-xattrs",
+        usage: "XATTR-NAME",
+        help: "inodes that have the .srch.-tagged xattr XATTR-NAME",
+        run: |a| boxed(search_xattrs_cmd(a)),
     },
     Command {
         name: "get-referring-entries",
@@ -892,6 +898,27 @@ async fn walk_inodes_cmd(args: Vec<String>) -> CmdResult {
             },
             (None, None) => return Ok(()),
         };
+    }
+}
+
+async fn search_xattrs_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 1, 1, "search-xattrs XATTR-NAME")?;
+    let v = volume::require()?;
+    let mut from = 0u64;
+    loop {
+        let r = v
+            .mount
+            .search_xattrs(args[0].as_bytes(), from, u64::MAX, WALK_BATCH)
+            .await
+            .map_err(|e| format!("search-xattrs: {}", err(e)))?;
+        for ino in &r.inos {
+            kprintln!("{ino}");
+        }
+        // a capped answer covers less: go on after it
+        match r.last_ino.checked_add(1) {
+            Some(n) if n > from => from = n,
+            _ => return Ok(()),
+        }
     }
 }
 

@@ -32,10 +32,10 @@ use crate::format::block::ALLOC_FLAG_LOW;
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::key::{zone, Key};
 use crate::format::le::{get_u64, put_u64};
-use crate::format::log::{bloom_bits, bloom_set, LogTrees, BLOOM_TOTAL_SET_OFF};
+use crate::format::log::{bloom_bits, bloom_set, LogTrees, SrchEntry, BLOOM_TOTAL_SET_OFF};
 use crate::format::{DATA_DEV_START_BLKNO, MAGIC_BLOOM};
 use crate::posix::backend::{
-    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, Value,
+    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, SrchCandidates, Value,
 };
 use crate::runtime::env::Entropy;
 use crate::runtime::exec::yield_now;
@@ -44,6 +44,7 @@ use crate::storage::allocator::{ext_insert, ext_list, ext_remove, ListAlloc};
 use crate::storage::block::{BlockCache, WRITE_STEP_BLOCKS};
 use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
+use crate::storage::srch_file::{self, SearchSet};
 use crate::storage::store_error::StoreError;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,10 @@ pub const META_COMMIT_SHARE_SHIFT: u32 = 5;
 
 /// Items converted or inserted into the log btree per step of a commit.
 pub const BUILD_STEP_ITEMS: usize = 2048;
+/// A search that finds a block of its files reused starts again this
+/// many times before it fails (the server compacts and frees them).
+pub const SRCH_STALE_RETRIES: u32 = 8;
+
 /// Data extent changes per step of a commit.
 pub const BUILD_STEP_EXTENTS: usize = 64;
 
@@ -126,6 +131,8 @@ pub struct LogCommit {
     /// `.totl.` deltas: (key, seq, total, count), two's complement, sorted.
     pub totl: Vec<(Key, u64, u64, u64)>,
     pub inode_count_delta: i64,
+    /// srch entries, in append order: appended to the log tree's srch file.
+    pub srch: Vec<SrchEntry>,
 }
 
 /// Counters of the engine.
@@ -505,6 +512,7 @@ impl ClientLogTxn {
             mut items,
             totl,
             inode_count_delta,
+            srch,
             ..
         } = lc;
         let mut max_seq = lt.max_item_seq;
@@ -580,6 +588,13 @@ impl ClientLogTxn {
                 }
             }
             put_u64(&mut b, BLOOM_TOTAL_SET_OFF, set);
+        }
+        for chunk in srch.chunks(BUILD_STEP_ITEMS) {
+            {
+                let mut cache = self.cache.borrow_mut();
+                srch_file::append(&mut cache, &mut alloc, &mut lt.srch_file, chunk)?;
+            }
+            yield_now().await;
         }
         lt.max_item_seq = max_seq;
         lt.inode_count_delta = lt.inode_count_delta.wrapping_add(inode_count_delta as u64);
@@ -678,6 +693,46 @@ impl ClientLogTxn {
         Ok((a.ino, a.nr))
     }
 
+    /// The srch candidates of committed entries (see
+    /// [`Backend::srch_candidates`]): the files of the stable roots,
+    /// searched again from fresh roots when a block was reused meanwhile.
+    pub async fn srch_search(
+        &self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        cap: usize,
+    ) -> FsResult<SrchCandidates> {
+        self.check()?;
+        let mut tries = 0;
+        loop {
+            let nr = self.client.get_roots().await?;
+            let mut set = SearchSet::new(hash, first_ino, last_ino, cap);
+            let r = {
+                let mut cache = self.cache.borrow_mut();
+                crate::server::log_trees::all(&mut cache, &nr.logs_root).and_then(|trees| {
+                    let logs: Vec<_> = trees.iter().map(|lt| lt.srch_file).collect();
+                    srch_file::search_roots(&mut cache, &nr.srch_root, &logs, &mut set)
+                })
+            };
+            match r {
+                Ok(()) => {
+                    counter!("client.srch_searches").inc();
+                    return Ok(SrchCandidates {
+                        inos: set.inos(),
+                        last_ino: set.last_ino,
+                    });
+                }
+                Err(StoreError::Stale { .. }) if tries < SRCH_STALE_RETRIES => {
+                    tries += 1;
+                    counter!("client.srch_stale_retries").inc();
+                    yield_now().await;
+                }
+                Err(e) => return Err(store_errno(e)),
+            }
+        }
+    }
+
     /// Stop serving (after unmount): every later call fails with EIO.
     pub fn close(&self) {
         self.failed.set(true);
@@ -716,7 +771,7 @@ impl LogCommit {
             items: dirty,
             totl,
             inode_count_delta,
-            ..
+            srch,
         } = set;
         let mut items = Vec::with_capacity(dirty.len());
         let mut rest = dirty.into_iter();
@@ -739,11 +794,12 @@ impl LogCommit {
                 .map(|t| (t.key, t.seq, t.delta.total, t.delta.count))
                 .collect(),
             inode_count_delta,
+            srch: srch.iter().map(srch_entry).collect(),
         }
     }
 
-    /// The log btree form of a mount's commit set. srch entries are not
-    /// written (srch log files are not implemented; see docs/forest.md).
+    /// The log btree form of a mount's commit set (srch entries go to the
+    /// log tree's srch file).
     pub fn from_set(set: &CommitSet) -> LogCommit {
         LogCommit {
             seq: set.seq,
@@ -761,7 +817,16 @@ impl LogCommit {
                 .map(|t| (t.key, t.seq, t.delta.total, t.delta.count))
                 .collect(),
             inode_count_delta: set.inode_count_delta,
+            srch: set.srch.iter().map(srch_entry).collect(),
         }
+    }
+}
+
+fn srch_entry(e: &crate::posix::backend::SrchEntry) -> SrchEntry {
+    SrchEntry {
+        hash: e.hash,
+        ino: e.ino,
+        id: e.id,
     }
 }
 
@@ -841,13 +906,20 @@ impl Backend for ClientLogTxn {
         })
     }
 
+    fn srch_candidates<'a>(
+        &'a self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        cap: usize,
+    ) -> BoxFut<'a, FsResult<SrchCandidates>> {
+        Box::pin(self.srch_search(hash, first_ino, last_ino, cap))
+    }
+
     fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>> {
         Box::pin(async move {
             // the mount gathered the set in this poll: let others run first
             yield_now().await;
-            if !set.srch.is_empty() {
-                counter!("client.srch_entries_dropped").add(set.srch.len() as u64);
-            }
             let lc = LogCommit::from_set_paced(set).await;
             let r = self.commit_log_owned(lc).await;
             // the mount marks the set clean next: a poll of its own

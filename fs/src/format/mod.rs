@@ -13,6 +13,7 @@ pub mod key;
 pub mod le;
 pub mod log;
 pub mod quorum;
+pub mod srch;
 pub mod super_block;
 
 pub use block::{AllocListHead, AllocRoot, BlockHeader, BlockRef, BtreeRoot};

@@ -34,6 +34,12 @@
 //!   `A.B.C = TOTAL, COUNT` (signed, as `scoutfs read-xattr-totals`
 //!   prints them); committed deltas of every mount, no lock taken.
 //!
+//! * get `scoutvm.ctl.search.FIRST_INO.LAST_INO.NAME` (`NAME` the full
+//!   `.srch.`-tagged xattr name, dots and all) -> a first line
+//!   `last N` (the answer covers inodes up to `N`; below `LAST_INO` when
+//!   the search was capped at [`MAX_LINES`] entries: ask again from
+//!   `N + 1`), then one line per inode that has the xattr, ascending.
+//!
 //! Answers of names end when [`NAMES_BUDGET`] bytes are used; the next
 //! cursor is the last record's `(DIR, POS + 1)`.
 //!
@@ -100,6 +106,20 @@ pub fn timespec(s: Option<&str>) -> FsResult<Timespec> {
 /// Answer a get request on `ino`.
 pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
     let req = text(&name[CTL_PREFIX.len()..])?;
+    if let Some(rest) = req.strip_prefix("search.") {
+        let mut p = rest.splitn(3, '.');
+        let first: u64 = num(p.next())?;
+        let last: u64 = num(p.next())?;
+        let xname = p.next().ok_or(Errno::EINVAL)?;
+        let r = m
+            .search_xattrs(xname.as_bytes(), first, last, MAX_LINES)
+            .await?;
+        let mut out = format!("last {}\n", r.last_ino);
+        for ino in r.inos {
+            let _ = writeln!(out, "{ino}");
+        }
+        return Ok(out.into_bytes());
+    }
     let mut parts = req.split('.');
     let mut out = String::new();
     match parts.next() {
@@ -393,6 +413,21 @@ pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]
 }
 
 /// The request name of a walk from `first` to `last`.
+/// The request name of a search (see the module comment).
+pub fn search_name(first_ino: u64, last_ino: u64, xattr: &str) -> String {
+    format!("scoutvm.ctl.search.{first_ino}.{last_ino}.{xattr}")
+}
+
+/// Parse a search answer: how far it covers and the inodes.
+pub fn parse_search_answer(ans: &str) -> Option<(u64, Vec<u64>)> {
+    let mut lines = ans.lines();
+    let last = lines.next()?.strip_prefix("last ")?.parse().ok()?;
+    let inos = lines
+        .map(|l| l.parse().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    Some((last, inos))
+}
+
 pub fn walk_name(index: WalkIndex, first: WalkEntry, last: WalkEntry) -> String {
     format!(
         "scoutvm.ctl.walk.{}.{}.{}.{}.{}",

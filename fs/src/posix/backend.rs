@@ -31,7 +31,7 @@ use core::future::Future;
 use core::pin::Pin;
 
 use crate::cluster::lock::LockRange;
-use crate::errno::FsResult;
+use crate::errno::{Errno, FsResult};
 use crate::format::items::TotlVal;
 use crate::format::key::Key;
 
@@ -178,6 +178,32 @@ pub trait Backend {
     /// fresh roots; alone on a volume there is nothing to do). For reads
     /// that take no cluster lock, like `.totl.` totals.
     fn refresh_reads(&self) {}
+    /// The inodes in `[first_ino, last_ino]` whose committed srch entries
+    /// of `hash` leave an entry set (an odd count of some `(ino, id)`):
+    /// the candidates of a search, which may include inodes that no
+    /// longer have the xattr (or a colliding name). At most `cap` entries
+    /// are kept: the answer's `last_ino` tells how far it covers. A
+    /// backend that keeps no srch files answers `EOPNOTSUPP`.
+    fn srch_candidates<'a>(
+        &'a self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        cap: usize,
+    ) -> BoxFut<'a, FsResult<SrchCandidates>> {
+        let _ = (hash, first_ino, last_ino, cap);
+        Box::pin(async { Err(Errno::EOPNOTSUPP) })
+    }
+}
+
+/// The answer of [`Backend::srch_candidates`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SrchCandidates {
+    /// Ascending, unique.
+    pub inos: Vec<u64>,
+    /// The candidates are complete up to this inode (the request's last
+    /// unless the entry set was capped).
+    pub last_ino: u64,
 }
 
 pub use crate::cluster::lock::{LOCK_INODE_GROUP_NR, LOCK_SEQ_GROUP_NR};

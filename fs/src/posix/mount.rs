@@ -35,6 +35,7 @@ use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
 use crate::errno::{Errno, FsResult};
+use crate::format::hash::fnv1a64;
 use crate::format::items::{
     inode_index_key, totl_key, DataExtent, TotlVal, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
 };
@@ -46,7 +47,7 @@ use crate::posix::archive::{
     self, Blocked, DataWaiters, InoPath, ReferringEntry, SetAttrMore, StatMore, WaitingEntry,
     WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
 };
-use crate::posix::backend::{Backend, DataRun, InoRange};
+use crate::posix::backend::{Backend, DataRun, InoRange, SrchCandidates};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
 use crate::posix::dir;
 use crate::posix::hold::{CommitPolicy, HoldLock, ReadHold, WriteHold};
@@ -101,6 +102,8 @@ pub struct MountCounters {
     pub commits_on_size: u64,
     pub commits_on_time: u64,
     pub commits_for_backend: u64,
+    /// search-xattrs candidates that did not have the xattr.
+    pub srch_false_candidates: u64,
     pub inodes_deleted: u64,
     pub orphans_found: u64,
     pub enobufs_commits: u64,
@@ -3026,6 +3029,53 @@ impl Mount {
     /// [`Backend::stable_seq`]).
     pub async fn stable_seq(&self) -> FsResult<u64> {
         self.backend.stable_seq().await
+    }
+
+    /// search-xattrs: the inodes in `[first_ino, last_ino]` that have the
+    /// `.srch.`-tagged xattr `name`. Commits first (searches see committed
+    /// srch entries), takes the candidates of the srch files (at most
+    /// `max` entries: the answer's `last_ino` says how far it covers) and
+    /// keeps those that have the xattr now, read under the inode's lock
+    /// (hashes collide and deletions by other mounts may be unsynced).
+    pub async fn search_xattrs(
+        &self,
+        name: &[u8],
+        first_ino: u64,
+        last_ino: u64,
+        max: usize,
+    ) -> FsResult<SrchCandidates> {
+        Self::xattr_name_ok(name)?;
+        if !xattr::parse_tags(name)?.srch || first_ino > last_ino {
+            return Err(Errno::EINVAL);
+        }
+        self.sync().await?;
+        let c = self
+            .backend
+            .srch_candidates(fnv1a64(name), first_ino, last_ino, max)
+            .await?;
+        let mut inos = Vec::with_capacity(c.inos.len());
+        for ino in c.inos {
+            let has = self
+                .run(
+                    HoldKind::Read,
+                    inode_lock(ino, LockMode::Read),
+                    async |_| match self.load(ino).await {
+                        Ok(_) => Ok(xattr::find(&self.items, ino, name).await?.is_some()),
+                        Err(Errno::ENOENT) => Ok(false),
+                        Err(e) => Err(e.into()),
+                    },
+                )
+                .await?;
+            if has {
+                inos.push(ino);
+            } else {
+                self.count(|c| c.srch_false_candidates += 1);
+            }
+        }
+        Ok(SrchCandidates {
+            inos,
+            last_ino: c.last_ino,
+        })
     }
 
     /// scoutfs `walk_inodes`: up to `max` entries of an inode index from

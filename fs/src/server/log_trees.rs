@@ -265,10 +265,9 @@ pub fn refill(
     Ok(())
 }
 
-/// Move a tree's srch log file (written by a kernel mount; this client
-/// writes none) into `srch_root` as a LOG file, where searches and
-/// compaction find it; the tree no longer owns its blocks.
-fn rotate_srch(tx: &mut ServerTxn<'_>, lt: &mut LogTrees) -> StoreResult<()> {
+/// Move a tree's srch log file into `srch_root` as a LOG file, where
+/// searches and compaction find it; the tree no longer owns its blocks.
+pub fn rotate_srch(tx: &mut ServerTxn<'_>, lt: &mut LogTrees) -> StoreResult<()> {
     if lt.srch_file.is_empty() {
         return Ok(());
     }

@@ -12,3 +12,4 @@ pub mod commit;
 pub mod log_merge;
 pub mod log_trees;
 pub mod role;
+pub mod srch_compact;

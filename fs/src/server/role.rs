@@ -55,6 +55,7 @@ use crate::runtime::trace::Tracepoint;
 use crate::server::commit::{CommitConfig, CommitCore, ServerTxn};
 use crate::server::log_merge::{self, MergeConfig, Work};
 use crate::server::log_trees::{self, Budget, LogTreesConfig, Step};
+use crate::server::srch_compact;
 use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
 use crate::storage::store_error::{StoreError, StoreResult};
@@ -110,6 +111,9 @@ pub struct ServerConfig {
     /// How long the mounts of the last server life have to greet and
     /// report their locks before they are fenced (reference §5.2).
     pub recovery_window_ns: u64,
+    /// Rotate a mount's srch log file into `srch_root` once it holds this
+    /// many blocks (scoutfs: 16; tests lower it to force rotations).
+    pub srch_rotate_blocks: u64,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +129,7 @@ impl Default for ServerConfig {
             session: SessionConfig::default(),
             locks: LockServerConfig::default(),
             recovery_window_ns: RECOVERY_WINDOW_NS,
+            srch_rotate_blocks: crate::format::srch::LOG_BLOCK_LIMIT,
         }
     }
 }
@@ -988,6 +993,10 @@ impl Inner {
                     return Ok(Step::More);
                 }
                 log_trees::refill(tx, &mut lt, &me.cfg.log_trees, &budget)?;
+                srch_compact::maybe_rotate(tx, &mut lt, me.cfg.srch_rotate_blocks)?;
+                if budget.ok(tx) {
+                    srch_compact::compact_one(tx)?;
+                }
                 lt.get_trans_seq = tx.next_seq();
                 log_trees::store(tx, &lt)?;
                 Ok(Step::Done(lt))

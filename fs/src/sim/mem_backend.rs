@@ -26,7 +26,8 @@ use crate::format::items::{inode_index_key, inode_key, InodeItem, TotlVal, DIREN
 use crate::format::key::{ty, zone, Key};
 use crate::format::{DATA_DEV_START_BLKNO, ROOT_INO};
 use crate::posix::backend::{
-    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, SrchEntry, Value,
+    Backend, BackendStatfs, BoxFut, CommitSet, DataRun, InoRange, ReadBatch, SrchCandidates,
+    SrchEntry, Value,
 };
 use crate::posix::types::S_IFDIR;
 use crate::runtime::env::Timespec;
@@ -517,6 +518,28 @@ impl Backend for MemBackend {
 
     fn commit<'a>(&'a self, set: CommitSet) -> BoxFut<'a, FsResult<()>> {
         Box::pin(ready(self.commit_now(set)))
+    }
+    fn srch_candidates<'a>(
+        &'a self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        cap: usize,
+    ) -> BoxFut<'a, FsResult<SrchCandidates>> {
+        // the committed entries, toggled in append order
+        let mut set = crate::storage::srch_file::SearchSet::new(hash, first_ino, last_ino, cap);
+        for e in self.store.inner.borrow().srch.iter() {
+            set.toggle(&crate::format::log::SrchEntry {
+                hash: e.hash,
+                ino: e.ino,
+                id: e.id,
+            });
+        }
+        let r = SrchCandidates {
+            inos: set.inos(),
+            last_ino: set.last_ino,
+        };
+        Box::pin(ready(Ok(r)))
     }
 }
 

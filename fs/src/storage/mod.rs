@@ -7,4 +7,5 @@ pub mod block;
 pub mod btree;
 pub mod btree_block;
 pub mod dev;
+pub mod srch_file;
 pub mod store_error;

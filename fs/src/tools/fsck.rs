@@ -75,6 +75,21 @@ pub struct FsckReport {
     pub items: u64,
     /// Every metadata block reached through a reference, sorted.
     pub referenced: Vec<u64>,
+    /// srch files (rotated, sorted and the log trees' own) and the
+    /// entries their leaves hold.
+    pub srch_files: u64,
+    pub srch_sorted_files: u64,
+    pub srch_entries: u64,
+}
+
+/// What a walk of one srch file gathered.
+#[derive(Default)]
+struct SrchWalk {
+    sorted: bool,
+    leaves: u64,
+    entries: u64,
+    min: Option<crate::format::log::SrchEntry>,
+    max: Option<crate::format::log::SrchEntry>,
 }
 
 impl FsckReport {
@@ -95,6 +110,13 @@ impl FsckReport {
             "{} metadata blocks referenced, {} free; {} btree blocks, {} items; {} data blocks free, {} mapped",
             self.meta_referenced, self.meta_free, self.btree_blocks, self.items, self.data_free, self.data_mapped
         )?;
+        if self.srch_files > 0 {
+            writeln!(
+                out,
+                "{} srch files ({} sorted), {} srch entries",
+                self.srch_files, self.srch_sorted_files, self.srch_entries
+            )?;
+        }
         if self.is_clean() {
             writeln!(out, "clean")
         } else {
@@ -550,44 +572,93 @@ impl Checker<'_> {
         self.record(blkno, who, k, seq, flags, val);
     }
 
-    fn srch_file(&mut self, name: &str, f: &SrchFile) {
+    fn srch_file(&mut self, name: &str, f: &SrchFile, sorted: bool) {
         if f.bref.is_null() {
-            if f.blocks != 0 || f.height != 0 {
+            if f.blocks != 0 || f.height != 0 || f.entries != 0 {
                 self.find(
                     None,
-                    format!("{name}: empty srch file with blocks or height"),
+                    format!("{name}: empty srch file with blocks, entries or height"),
                 );
             }
             return;
         }
-        if f.height == 0 || f.height > 8 {
+        if f.height == 0 || f.height > crate::format::srch::HEIGHT_MAX {
             self.find(
                 Some(f.bref.blkno),
                 format!("{name}: srch file height {} out of range", f.height),
             );
             return;
         }
-        let mut leaves = 0u64;
-        self.srch_block(name, &f.bref, f.height, &mut leaves);
-        if leaves != f.blocks {
+        self.rep.srch_files += 1;
+        if sorted {
+            self.rep.srch_sorted_files += 1;
+        }
+        let mut w = SrchWalk {
+            sorted,
+            ..Default::default()
+        };
+        self.srch_block(name, &f.bref, f.height, &mut w);
+        if w.leaves != f.blocks {
             self.find(
                 Some(f.bref.blkno),
                 format!(
-                    "{name}: srch file claims {} blocks, holds {leaves}",
-                    f.blocks
+                    "{name}: srch file claims {} blocks, holds {}",
+                    f.blocks, w.leaves
                 ),
             );
         }
+        if w.entries != f.entries {
+            self.find(
+                Some(f.bref.blkno),
+                format!(
+                    "{name}: srch file claims {} entries, its blocks hold {}",
+                    f.entries, w.entries
+                ),
+            );
+        }
+        // a sorted file's bounds are its ends; a log file's cover it
+        let ends_ok = match (w.min, w.max) {
+            (Some(lo), Some(hi)) if sorted => f.first == lo && f.last == hi,
+            (Some(lo), Some(hi)) => f.first <= lo && f.last >= hi,
+            _ => true,
+        };
+        if !ends_ok {
+            self.find(
+                Some(f.bref.blkno),
+                format!("{name}: srch file first/last do not bound its entries"),
+            );
+        }
+        self.rep.srch_entries += w.entries;
     }
 
-    fn srch_block(&mut self, name: &str, r: &BlockRef, height: u8, leaves: &mut u64) {
+    fn srch_block(&mut self, name: &str, r: &BlockRef, height: u8, w: &mut SrchWalk) {
         let who = format!("{name} srch height {height}");
         if !self.claim(r.blkno, &who) {
             return;
         }
         if height == 1 {
-            if self.read_lg(r, MAGIC_SRCH_BLOCK, &who).is_some() {
-                *leaves += 1;
+            if let Some(b) = self.read_lg(r, MAGIC_SRCH_BLOCK, &who) {
+                w.leaves += 1;
+                match crate::format::srch::decode_leaf(&b, w.sorted) {
+                    Ok((_, ents)) => {
+                        if let (Some(prev), Some(first)) = (w.max, ents.first()) {
+                            if w.sorted && *first < prev {
+                                self.find(
+                                    Some(r.blkno),
+                                    format!(
+                                        "{who}: sorted srch block starts before the previous ends"
+                                    ),
+                                );
+                            }
+                        }
+                        for e in &ents {
+                            w.min = Some(w.min.map_or(*e, |m| m.min(*e)));
+                            w.max = Some(w.max.map_or(*e, |m| m.max(*e)));
+                        }
+                        w.entries += ents.len() as u64;
+                    }
+                    Err(e) => self.find(Some(r.blkno), format!("{who}: {}", e.0)),
+                }
             }
             return;
         }
@@ -597,7 +668,7 @@ impl Checker<'_> {
         for i in 0..SRCH_PARENT_REFS {
             let c = BlockRef::decode(&b[32 + i * 16..48 + i * 16]);
             if !c.is_null() {
-                self.srch_block(name, &c, height - 1, leaves);
+                self.srch_block(name, &c, height - 1, w);
             }
         }
     }
@@ -606,7 +677,8 @@ impl Checker<'_> {
         match k.ty {
             ty::SRCH_LOG | ty::SRCH_BLOCKS if val.len() == SrchFile::BYTES => {
                 let f = SrchFile::decode(val);
-                self.srch_file(&format!("srch file {k}"), &f);
+                let sorted = k.ty == ty::SRCH_BLOCKS;
+                self.srch_file(&format!("srch file {k}"), &f, sorted);
             }
             ty::SRCH_PENDING | ty::SRCH_BUSY => self.rep.notes.push(format!(
                 "srch compaction item {k}: its allocators are not checked"
@@ -748,7 +820,7 @@ impl Checker<'_> {
             &lt.data_freed,
             Kind::DataAlloc,
         );
-        self.srch_file(&format!("{name} srch"), &lt.srch_file);
+        self.srch_file(&format!("{name} srch"), &lt.srch_file, false);
         self.inode_deltas = self.inode_deltas.wrapping_add(lt.inode_count_delta);
     }
 

@@ -1383,6 +1383,15 @@ mod tests {
             prev = *e;
         }
         assert_eq!(enc.len(), 9);
+        // the filesystem's encoder writes the same bytes
+        let mut leaf = vec![0u8; LG_BLOCK_SIZE];
+        for e in &ents {
+            assert!(crate::format::srch::leaf_append(&mut leaf, e).unwrap());
+        }
+        assert_eq!(
+            &leaf[SRCH_ENTRIES_OFF..SRCH_ENTRIES_OFF + enc.len()],
+            &enc[..]
+        );
         let mut leaf = vec![0u8; LG_BLOCK_SIZE];
         put_u64(&mut leaf, 24, 3);
         ents[0].encode(&mut leaf[32..56]);
