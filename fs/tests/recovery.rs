@@ -1,0 +1,227 @@
+//! A new server life recovers the mounts of the last one (reference §3.6,
+//! §5): a mount that comes back greets and reports its locks
+//! (LOCK_RECOVER); one that does not is fenced at the end of the window
+//! and reclaimed; lock requests wait until then and are served after. The
+//! five recovery trace events fire with the reference's arguments.
+//! Virtual time, RAM disks, the server role over the in-process network.
+
+mod common;
+use common::*;
+use scoutvm_fs::client::requests::{Client, ClientIdentity};
+use scoutvm_fs::cluster::fence::{FenceAgent, FenceReason, ManualFence};
+use scoutvm_fs::cluster::lock::{LockMode, LockRange};
+use scoutvm_fs::cluster::msg::{cmd, NetLock};
+use scoutvm_fs::cluster::recovery::{RECOV_ALL, RECOV_GREETING, RECOV_LOCKS};
+use scoutvm_fs::cluster::transport::MemNet;
+use scoutvm_fs::runtime::env::SeededEntropy;
+use scoutvm_fs::runtime::trace;
+use scoutvm_fs::server::role::{ServerConfig, ServerRole};
+use std::rc::Rc;
+
+const ADDR: &str = "srv";
+const WINDOW_NS: u64 = 5_000_000_000;
+
+fn cfg(term: u64) -> ServerConfig {
+    let mut cfg = ServerConfig::default();
+    cfg.commit.reserved_meta_blocks = 64;
+    cfg.log_trees.reserved_meta_blocks = 64;
+    cfg.reclaim_mounted_at_start = false;
+    cfg.recovery_window_ns = WINDOW_NS;
+    cfg.term = term;
+    cfg
+}
+
+fn connect(net: &MemNet, sb: &scoutvm_fs::format::super_block::SuperBlock, rid: u64) -> Rc<Client> {
+    let id = ClientIdentity {
+        fsid: sb.hdr.fsid,
+        fmt_vers: sb.fmt_vers,
+        rid,
+        flags: 0,
+    };
+    block_on(Client::connect(Rc::new(net.clone()), ADDR, id, &handle())).unwrap()
+}
+
+fn lock(c: &Client, range: LockRange, old: LockMode, new: LockMode) -> NetLock {
+    let nl = NetLock {
+        range,
+        write_seq: 0,
+        old_mode: old,
+        new_mode: new,
+    };
+    let r = block_on(c.session().call(cmd::LOCK, &nl.encode())).unwrap();
+    NetLock::decode(&r).unwrap()
+}
+
+fn events(name: &str) -> Vec<[u64; 4]> {
+    trace::snapshot()
+        .into_iter()
+        .filter(|e| e.point.name == name)
+        .map(|e| e.args)
+        .collect()
+}
+
+#[test]
+fn a_mount_that_does_not_come_back_is_fenced_and_its_locks_released() {
+    trace::clear();
+    let (meta, data) = small_volume(8 << 30, 1 << 30, 31);
+    let net = MemNet::new();
+    let group = LockRange::inode_group(1 << 20);
+
+    // life 1: mount 7 writes under a WRITE lock, mount 8 holds nothing
+    let one = ServerRole::open(
+        meta.clone(),
+        data.clone(),
+        Box::new(SeededEntropy::new(1)),
+        cfg(1),
+        handle(),
+    )
+    .unwrap();
+    block_on(one.start(&net, ADDR)).unwrap();
+    let sb = one.stable_super();
+    let a = connect(&net, &sb, 7);
+    let b = connect(&net, &sb, 8);
+    let granted = lock(&a, group, LockMode::Null, LockMode::Write);
+    assert!(granted.write_seq > 0);
+    // mount 7 answers a new life's LOCK_RECOVER with its WRITE, and
+    // invalidations by lowering
+    let report = NetLock {
+        old_mode: LockMode::Write,
+        ..granted
+    };
+    let lowered = Rc::new(std::cell::Cell::new(false));
+    a.set_lock_recover_handler(Rc::new(move |from| {
+        if report.range.start >= *from {
+            vec![report]
+        } else {
+            Vec::new()
+        }
+    }));
+    let l2 = lowered.clone();
+    a.set_lock_handler(Rc::new(move |nl| {
+        l2.set(true);
+        Box::pin(async move { Ok(nl) })
+    }));
+
+    // the server dies; mount 8's node dies with it
+    block_on(one.shutdown());
+    b.session().close();
+    drop(b);
+
+    // life 2 recovers: 7 comes back, 8 does not
+    let fence = ManualFence::new();
+    let two = ServerRole::open(
+        meta.clone(),
+        data.clone(),
+        Box::new(SeededEntropy::new(2)),
+        cfg(2),
+        handle(),
+    )
+    .unwrap();
+    let agent: Rc<dyn FenceAgent> = fence.clone();
+    two.set_fence_agent(agent);
+    block_on(two.start(&net, ADDR)).unwrap();
+    let c = connect(&net, &sb, 9);
+    let h = handle();
+    let c2 = c.clone();
+    let wants_read = h
+        .spawn(async move {
+            let nl = NetLock {
+                range: group,
+                write_seq: 0,
+                old_mode: LockMode::Null,
+                new_mode: LockMode::Read,
+            };
+            let r = c2.session().call(cmd::LOCK, &nl.encode()).await;
+            r.map(|b| NetLock::decode(&b).unwrap())
+        })
+        .unwrap();
+    block_on(h.sleep_ns(WINDOW_NS / 2));
+    let (pending, timed_out) = two.recovery_pending();
+    assert_eq!(pending, [(8, RECOV_ALL)], "7 recovered, 8 owes everything");
+    assert!(!timed_out);
+    assert_eq!(two.lock_grants(), [(7, group, LockMode::Write)]);
+    assert!(!lowered.get(), "nothing is served during recovery");
+
+    // the window closes: 8 is fenced (the request waits for the agent)
+    block_on(h.sleep_ns(WINDOW_NS));
+    let (pending, timed_out) = two.recovery_pending();
+    assert!(timed_out);
+    assert_eq!(pending, [(8, RECOV_ALL)], "pending until reclaimed");
+    let asked = fence.waiting();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (asked[0].rid, asked[0].reason),
+        (8, FenceReason::ClientRecovery)
+    );
+    assert_eq!(two.fence_requests().len(), 1);
+    assert!(fence.ack(8));
+    let got = block_on(handle().timeout_ns(60_000_000_000, wants_read))
+        .expect("granted once 8 is reclaimed")
+        .expect("read granted");
+    assert_eq!(got.new_mode, LockMode::Read);
+    assert!(lowered.get(), "7's WRITE was invalidated for the reader");
+    assert!(two.recovery_pending().0.is_empty());
+    assert!(
+        two.lock_grants().iter().all(|(rid, _, _)| *rid != 8),
+        "no grant of the fenced rid"
+    );
+
+    // the events, with the reference's arguments
+    let prepared = events("recov_prepare");
+    assert_eq!(prepared.len(), 2);
+    assert!(prepared.iter().all(|e| e[1] == RECOV_ALL as u64));
+    let greet = events("lock_server_greeting");
+    assert!(greet.contains(&[7, 1, 0, 0]), "{greet:?}");
+    assert!(greet.contains(&[9, 0, 0, 0]), "a new mount owes nothing");
+    let fin = events("recov_finish");
+    // remaining counts rids still owing anything
+    assert!(fin.contains(&[7, RECOV_GREETING as u64, 2, 0]), "{fin:?}");
+    assert!(fin.contains(&[7, RECOV_LOCKS as u64, 1, 0]), "{fin:?}");
+    assert!(fin.contains(&[8, RECOV_ALL as u64, 0, 0]), "{fin:?}");
+    let fire = events("recov_timeout_fire");
+    assert_eq!(fire, [[1, 0, 0, 0]]);
+    assert_eq!(events("recov_fence_rid"), [[8, 0, 0, 0]]);
+
+    drop(a);
+    drop(c);
+    block_on(two.shutdown());
+    assert_fsck_clean(&*meta, Some(&*data));
+}
+
+#[test]
+fn a_failed_fence_stops_the_server() {
+    let (meta, data) = small_volume(8 << 30, 1 << 30, 32);
+    let net = MemNet::new();
+    let one = ServerRole::open(
+        meta.clone(),
+        data.clone(),
+        Box::new(SeededEntropy::new(1)),
+        cfg(1),
+        handle(),
+    )
+    .unwrap();
+    block_on(one.start(&net, ADDR)).unwrap();
+    let sb = one.stable_super();
+    let b = connect(&net, &sb, 8);
+    block_on(one.shutdown());
+    b.session().close();
+    drop(b);
+    let fence = ManualFence::new();
+    let two = ServerRole::open(
+        meta,
+        data,
+        Box::new(SeededEntropy::new(2)),
+        cfg(2),
+        handle(),
+    )
+    .unwrap();
+    let agent: Rc<dyn FenceAgent> = fence.clone();
+    two.set_fence_agent(agent);
+    block_on(two.start(&net, ADDR)).unwrap();
+    block_on(handle().sleep_ns(WINDOW_NS + 1_000_000_000));
+    assert_eq!(fence.waiting().len(), 1);
+    assert!(fence.fail(8));
+    block_on(handle().timeout_ns(60_000_000_000, two.stopped()))
+        .expect("a failed fence stops the server: another leader retries");
+    block_on(two.shutdown());
+}
