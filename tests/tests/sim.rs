@@ -941,9 +941,18 @@ const CI_CLUSTER_STEPS: u64 = 20;
 /// Cluster-disjoint seeds in CI (each mount in its own directory).
 const CI_CLUSTER_DISJOINT_SEEDS: u64 = 30;
 
+/// Cluster-failover seeds in CI, and their steps per mount (long enough
+/// for several server lives: the first bounce comes after 3 s).
+const CI_CLUSTER_FAILOVER_SEEDS: u64 = 25;
+const CI_CLUSTER_FAILOVER_STEPS: u64 = 60;
+
 fn cluster_config(seed: u64, w: WorkloadKind, inject: Inject) -> RunConfig {
     let mut c = RunConfig::new(seed, w);
-    c.steps = CI_CLUSTER_STEPS;
+    c.steps = if w == WorkloadKind::ClusterFailover {
+        CI_CLUSTER_FAILOVER_STEPS
+    } else {
+        CI_CLUSTER_STEPS
+    };
     c.inject = inject;
     c
 }
@@ -1030,6 +1039,34 @@ fn cluster_seeds_on_the_cluster_locks_pass_every_checker_and_replay() {
     for (n, b) in names.iter().zip(&before) {
         assert!(counter(n) > *b, "{n} never happened");
     }
+}
+
+/// Server bounces under lock load: every new life recovers every mount
+/// (greeting and LOCK_RECOVER) within its window, nothing is fenced, and
+/// the model, lock exclusion and fsck hold throughout.
+#[test]
+fn cluster_failover_seeds_recover_every_mount_and_replay() {
+    let names = [
+        "recov.completed",
+        "lock_server.recovered",
+        "lock_client.recovered_reported",
+        "lock_client.new_server_lives",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| counter(n)).collect();
+    let fenced = counter("recov.timeouts");
+    cluster_seeds(
+        WorkloadKind::ClusterFailover,
+        "SCOUTVM_SIM_CLUSTER_FAILOVER_SEEDS",
+        CI_CLUSTER_FAILOVER_SEEDS,
+    );
+    for (n, b) in names.iter().zip(&before) {
+        assert!(counter(n) > *b, "{n} never happened");
+    }
+    assert_eq!(
+        counter("recov.timeouts"),
+        fenced,
+        "a live mount missed its window"
+    );
 }
 
 #[test]
