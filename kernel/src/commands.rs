@@ -69,8 +69,8 @@ const BUILTINS: &[Command] = &[
     },
     Command {
         name: "trace",
-        usage: "[COUNT]",
-        help: "newest trace ring events",
+        usage: "[PREFIX] [COUNT]",
+        help: "newest trace ring events (those whose name starts with PREFIX)",
         run: |a| boxed(trace_cmd(a)),
     },
     Command {
@@ -447,11 +447,19 @@ async fn exec_cmd(args: Vec<String>) -> CmdResult {
 }
 
 async fn trace_cmd(args: Vec<String>) -> CmdResult {
-    expect_args(&args, 0, 1, "trace [COUNT]")?;
-    let n: usize = match args.first() {
-        Some(a) => parse_arg("count", a)?,
-        None => 50,
-    };
+    expect_args(&args, 0, 2, "trace [PREFIX] [COUNT]")?;
+    // a name prefix (`trace recov`, `trace lock_server`) and/or a count
+    let mut n: usize = 50;
+    let mut prefix: Option<&str> = None;
+    for a in &args {
+        if a.bytes().all(|b| b.is_ascii_digit()) {
+            n = parse_arg("count", a)?;
+        } else if prefix.is_none() {
+            prefix = Some(a.as_str());
+        } else {
+            return Err("usage: trace [PREFIX] [COUNT]".to_string());
+        }
+    }
     let s = trace::stats();
     kprintln!(
         "trace: {} emitted, {} held of {}, {} overwritten by newer ones",
@@ -460,7 +468,20 @@ async fn trace_cmd(args: Vec<String>) -> CmdResult {
         s.capacity,
         s.overwritten
     );
-    for e in trace::recent(n) {
+    let events = match prefix {
+        // filter the whole ring, then keep the newest n
+        Some(p) => {
+            let mut v: alloc::vec::Vec<_> = trace::recent(usize::MAX)
+                .into_iter()
+                .filter(|e| e.point.name.starts_with(p))
+                .collect();
+            let skip = v.len().saturating_sub(n);
+            v.drain(..skip);
+            v
+        }
+        None => trace::recent(n),
+    };
+    for e in events {
         kprintln!("{}", e);
     }
     Ok(())

@@ -183,9 +183,15 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "fence",
-        usage: "[ack RID]",
-        help: "list fence requests waiting, or acknowledge one (the node is off)",
+        usage: "[ack RID | fail RID]",
+        help: "list fence requests waiting, acknowledge one (the node is off) or fail it",
         run: |a| boxed(fence_cmd(a)),
+    },
+    Command {
+        name: "recovery",
+        usage: "",
+        help: "the leader's recovery of the last server life's mounts, and its fence requests",
+        run: |a| boxed(recovery_cmd(a)),
     },
 ];
 
@@ -715,19 +721,70 @@ async fn fence_cmd(args: Vec<String>) -> CmdResult {
             }
             Ok(())
         }
-        Some("ack") => {
-            expect_args(&args, 2, 2, "fence ack RID")?;
+        Some(verb @ ("ack" | "fail")) => {
+            expect_args(&args, 2, 2, "fence ack|fail RID")?;
             let rid = u64::from_str_radix(args[1].trim_start_matches("0x"), 16)
                 .map_err(|_| format!("bad rid '{}' (hex)", args[1]))?;
-            if f.ack(rid) {
-                kprintln!("fence of {rid:016x} acknowledged");
+            let done = if verb == "ack" {
+                f.ack(rid)
+            } else {
+                f.fail(rid)
+            };
+            if done {
+                let what = if verb == "ack" {
+                    "acknowledged"
+                } else {
+                    "failed (the server stops; another leader retries)"
+                };
+                kprintln!("fence of {rid:016x} {what}");
                 Ok(())
             } else {
                 Err(format!("no fence request waits for rid {rid:016x}"))
             }
         }
-        _ => Err("usage: fence [ack RID]".to_string()),
+        _ => Err("usage: fence [ack RID | fail RID]".to_string()),
     }
+}
+
+async fn recovery_cmd(args: Vec<String>) -> CmdResult {
+    expect_args(&args, 0, 0, "recovery")?;
+    let v = volume::require()?;
+    let Some(server) = v.cluster_server() else {
+        return Err("this node does not lead: the leader recovers".to_string());
+    };
+    let (pending, timed_out) = server.recovery_pending();
+    if pending.is_empty() {
+        kprintln!("no mount owes recovery");
+    } else {
+        kprintln!(
+            "{} mount(s) owe recovery{}",
+            pending.len(),
+            if timed_out {
+                " (window closed: being fenced)"
+            } else {
+                ""
+            }
+        );
+        for (rid, which) in pending {
+            let g = which & scoutvm_fs::cluster::recovery::RECOV_GREETING != 0;
+            let l = which & scoutvm_fs::cluster::recovery::RECOV_LOCKS != 0;
+            kprintln!(
+                "  rid {rid:016x}:{}{}",
+                if g { " greeting" } else { "" },
+                if l { " locks" } else { "" }
+            );
+        }
+    }
+    for (req, state, started_ns) in server.fence_requests() {
+        kprintln!(
+            "  fence rid {:016x} ({}) {:?}, started at {} ms",
+            req.rid,
+            req.reason.name(),
+            state,
+            started_ns / 1_000_000
+        );
+    }
+    Ok(())
 }
 
 // -- archival ------------------------------------------------------------

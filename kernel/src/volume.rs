@@ -178,6 +178,15 @@ impl Volume {
         }
     }
 
+    /// The server role this node runs while it leads (None on a single
+    /// node or a follower).
+    pub fn cluster_server(&self) -> Option<scoutvm_fs::server::role::ServerRole> {
+        match &*self.node.borrow() {
+            Some(Node::Cluster(n)) => n.server(),
+            _ => None,
+        }
+    }
+
     /// This cluster mount's session client (None on a single node).
     pub fn cluster_client(&self) -> Option<Rc<scoutvm_fs::client::requests::Client>> {
         match &*self.node.borrow() {

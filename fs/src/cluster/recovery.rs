@@ -75,6 +75,7 @@ impl RecoveryTracker {
         assert!(which & !RECOV_ALL == 0 && which != 0, "bad recovery bits");
         *self.pending.entry(rid).or_insert(0) |= which;
         TP_RECOV_PREPARE.emit(&[rid, which as u64]);
+        log::info!("recov_prepare rid {rid:016x} which {which:#x}");
         counter!("recov.prepared").inc();
     }
 
@@ -101,6 +102,7 @@ impl RecoveryTracker {
         }
         let remaining = self.pending.len();
         TP_RECOV_FINISH.emit(&[rid, which as u64, remaining as u64]);
+        log::info!("recov_finish rid {rid:016x} which {which:#x} remaining {remaining}");
         if remaining == 0 && self.begun && !self.over {
             self.over = true;
             self.deadline_ns = None;
@@ -151,6 +153,7 @@ impl RecoveryTracker {
         self.deadline_ns = None;
         self.timed_out = true;
         TP_RECOV_TIMEOUT_FIRE.emit(&[self.pending.len() as u64]);
+        log::info!("recov_timeout_fire nr_pending {}", self.pending.len());
         counter!("recov.timeouts").inc();
         self.pending.keys().copied().collect()
     }

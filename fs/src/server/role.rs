@@ -283,7 +283,8 @@ impl ServerRole {
         (r.pending(), r.timed_out())
     }
 
-    /// Fence requests of this server life: (request, state, age ns).
+    /// Fence requests of this server life: (request, state, started at
+    /// ns).
     pub fn fence_requests(&self) -> Vec<(FenceRequest, FenceState, u64)> {
         self.inner
             .fences
@@ -1303,6 +1304,10 @@ impl Inner {
         self.recovery_finish(rid, RECOV_GREETING);
         let owes_locks = self.recov.borrow().is_pending(rid, RECOV_LOCKS);
         TP_LOCK_SERVER_GREETING.emit(&[rid, owes_locks as u64]);
+        log::info!(
+            "lock_server_greeting rid {rid:016x} recov_pending {}",
+            owes_locks as u8
+        );
         if !owes_locks {
             return;
         }
@@ -1407,6 +1412,7 @@ impl Inner {
         for &rid in &rids {
             log::error!("server: recovery timeout expired for client rid {rid:016x}, fencing");
             TP_RECOV_FENCE_RID.emit(&[rid]);
+            log::info!("recov_fence_rid rid {rid:016x}");
             reg.start(
                 FenceRequest {
                     rid,

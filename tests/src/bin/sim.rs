@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
-//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
+//!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|cluster-failover|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
 //!             [--no-pauses] [--adversary] [--trace] [--no-template]
 //! ```
 //!
@@ -21,7 +21,8 @@
 //! sharing one directory tree under the cluster locks, checked against
 //! one model, `--steps` operations per mount (default 60);
 //! `cluster-disjoint`: the same with each mount in its own directory and
-//! local locks.
+//! local locks; `cluster-failover`: `cluster` while the server node
+//! crashes and comes back as new lives that recover the mounts' locks.
 //! Crash runs always end with the merge liveness check (`--merge-liveness`,
 //! which turned it on before it was the default, is still accepted so
 //! older replay commands run).
@@ -35,7 +36,7 @@ use std::time::Instant;
 fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
-         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
+         \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|cluster-failover|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
          \x20                  [--no-pauses] [--adversary] [--trace] [--no-template]"
     );
     exit(2)
