@@ -921,6 +921,58 @@ fn totals_name(line: &str) -> Option<[u64; 3]> {
     it.next().is_none().then_some(n)
 }
 
+#[derive(Args)]
+pub struct IndexArgs {
+    /// A path in a mounted volume (default: the current directory)
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    path: Option<String>,
+    /// First position, MAJOR.MINOR.INO
+    first: String,
+    /// Last position, MAJOR.MINOR.INO
+    last: String,
+}
+
+pub fn cmd_read_xattr_index(a: IndexArgs) -> Result<ExitCode, String> {
+    use scoutvm_fs::posix::archive_ctl::{next_indx_entry, parse_indx_entry};
+    let pos = |s: &str| parse_indx_entry(s).ok_or(format!("bad position '{s}' (MAJOR.MINOR.INO)"));
+    let mut first = pos(&a.first)?;
+    let last = pos(&a.last)?;
+    if first > last {
+        return Err(format!(
+            "first position {} is past the last {}",
+            a.first, a.last
+        ));
+    }
+    let path = a.path.unwrap_or_else(|| ".".into());
+    loop {
+        let name = format!(
+            "scoutvm.ctl.indx.{}.{}.{}.{}.{}.{}",
+            first.major, first.minor, first.ino, last.major, last.minor, last.ino
+        );
+        let ans = match ctl_get(&path, &name) {
+            Ok(s) => s,
+            Err(e) => return Ok(os_err("read-xattr-index", e)),
+        };
+        let mut end = None;
+        for line in ans.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let e = (f.len() == 3)
+                .then(|| parse_indx_entry(&f.join(".")))
+                .flatten();
+            let Some(e) = e else {
+                eprintln!("scoutvm: read-xattr-index: bad answer line '{line}'");
+                return Ok(ExitCode::from(1));
+            };
+            println!("{}.{}.{}", e.major, e.minor, e.ino);
+            end = Some(e);
+        }
+        match end.and_then(next_indx_entry) {
+            Some(n) if n <= last => first = n,
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
 pub fn cmd_read_xattr_totals(a: TotalsArgs) -> Result<ExitCode, String> {
     let path = a.path.or(a.trailing_path).unwrap_or_else(|| ".".into());
     let mut from = [0u64; 3];

@@ -85,6 +85,9 @@ enum Cmd {
     PunchOffline(archive_cli::PunchOfflineArgs),
     /// Print the volume's `.totl.` xattr totals: `A.B.C = TOTAL, COUNT`
     ReadXattrTotals(archive_cli::TotalsArgs),
+    /// Print the inodes of the `.indx.` xattr index from FIRST to LAST
+    /// (MAJOR.MINOR.INO each)
+    ReadXattrIndex(archive_cli::IndexArgs),
     /// Print the inode numbers of the files that have a `.srch.` xattr
     SearchXattrs(archive_cli::SearchXattrsArgs),
     /// Print a new random cluster key (64 hex digits) for `cluster.key=`
@@ -304,6 +307,10 @@ fn main() -> ExitCode {
         Cmd::ReadXattrTotals(a) => (
             "read-xattr-totals",
             archive_cli::cmd_read_xattr_totals(a).map_err(Usage),
+        ),
+        Cmd::ReadXattrIndex(a) => (
+            "read-xattr-index",
+            archive_cli::cmd_read_xattr_index(a).map_err(Usage),
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
     };

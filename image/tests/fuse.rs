@@ -743,6 +743,31 @@ fn archival_subcommands_through_an_in_memory_mount() {
     let (code, out) = cli(&["read-xattr-totals", "-p", &mnt_s]);
     assert_eq!((code, out.as_str()), (Some(0), "1.2.3 = 12, 2\n"));
 
+    // read-xattr-index lists the inode under its committed .indx. position
+    rustix::fs::setxattr(
+        &file,
+        "scoutfs.indx.t.4.99",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let (code, out) = cli(&[
+        "read-xattr-index",
+        "-p",
+        &mnt_s,
+        "0.0.0",
+        "255.18446744073709551615.18446744073709551615",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), format!("4.99.{ino}\n").as_str())
+    );
+    let (code, out) = cli(&["read-xattr-index", "-p", &mnt_s, "5.0.0", "6.0.0"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    let (code, _) = cli(&["read-xattr-index", "-p", &mnt_s, "4.99", "5.0.0"]);
+    assert_eq!(code, Some(64), "a position needs MAJOR.MINOR.INO");
+
     // get-referring-entries and ino-path: the names a walk finds
     for i in 1..=3 {
         let dir = mnt.join(format!("dir-{i}"));

@@ -146,6 +146,12 @@ const COMMANDS: &[Command] = &[
         run: |a| boxed(walk_inodes_cmd(a)),
     },
     Command {
+        name: "read-xattr-index",
+        usage: "[FIRST [LAST]]",
+        help: "inodes in the .indx. xattr index from FIRST to LAST (MAJOR.MINOR.INO), committed",
+        run: |a| boxed(read_xattr_index_cmd(a)),
+    },
+    Command {
         name: "read-xattr-totals",
         usage: "",
         help: "the volume's .totl. xattr totals (committed): A.B.C = TOTAL, COUNT",
@@ -907,6 +913,49 @@ async fn read_xattr_totals_cmd(args: Vec<String>) -> CmdResult {
         match scoutvm_fs::posix::archive_ctl::next_totals_name(l.name) {
             Some(n) => from = n,
             None => return Ok(()),
+        }
+    }
+}
+
+async fn read_xattr_index_cmd(args: Vec<String>) -> CmdResult {
+    use scoutvm_fs::posix::archive_ctl::{next_indx_entry, parse_indx_entry};
+    expect_args(&args, 0, 2, "read-xattr-index [FIRST [LAST]]")?;
+    let pos = |i: usize, dflt| match args.get(i) {
+        None => Ok(dflt),
+        Some(a) => parse_indx_entry(a).ok_or(format!("bad position '{a}' (MAJOR.MINOR.INO)")),
+    };
+    let mut first = pos(
+        0,
+        scoutvm_fs::posix::mount::IndxEntry {
+            major: 0,
+            minor: 0,
+            ino: 0,
+        },
+    )?;
+    let last = pos(
+        1,
+        scoutvm_fs::posix::mount::IndxEntry {
+            major: u8::MAX,
+            minor: u64::MAX,
+            ino: u64::MAX,
+        },
+    )?;
+    let v = volume::require()?;
+    loop {
+        let batch = v
+            .mount
+            .read_xattr_index(first, last, WALK_BATCH)
+            .await
+            .map_err(err)?;
+        for e in &batch {
+            kprintln!("{}.{}.{}", e.major, e.minor, e.ino);
+        }
+        match batch.last() {
+            Some(&l) if batch.len() == WALK_BATCH => match next_indx_entry(l) {
+                Some(n) if n <= last => first = n,
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
         }
     }
 }

@@ -33,6 +33,10 @@
 //!   from the name `A.B.C` on, up to [`MAX_LINES`] lines
 //!   `A.B.C = TOTAL, COUNT` (signed, as `scoutfs read-xattr-totals`
 //!   prints them); committed deltas of every mount, no lock taken.
+//! * get `scoutvm.ctl.indx.MAJ.MIN.INO.LAST_MAJ.LAST_MIN.LAST_INO` -> the
+//!   `.indx.` index from the first position to the last, up to
+//!   [`MAX_LINES`] lines `MAJOR MINOR INO` (committed entries of every
+//!   mount, no lock taken); page from the last line's `INO + 1`.
 //!
 //! * get `scoutvm.ctl.search.FIRST_INO.LAST_INO.NAME` (`NAME` the full
 //!   `.srch.`-tagged xattr name, dots and all) -> a first line
@@ -54,7 +58,7 @@ use core::fmt::Write;
 
 use crate::errno::{Errno, FsResult};
 use crate::posix::archive::{dwo_names, SetAttrMore, WalkEntry, WalkIndex};
-use crate::posix::mount::{Mount, XattrTotal};
+use crate::posix::mount::{IndxEntry, Mount, XattrTotal};
 use crate::posix::types::{Cred, Ino};
 use crate::runtime::env::Timespec;
 
@@ -190,6 +194,24 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
                 let _ = writeln!(out, "{} {} {}", e.major, e.minor, e.ino);
             }
         }
+        Some("indx") => {
+            let first = IndxEntry {
+                major: num(parts.next())?,
+                minor: num(parts.next())?,
+                ino: num(parts.next())?,
+            };
+            let last = IndxEntry {
+                major: num(parts.next())?,
+                minor: num(parts.next())?,
+                ino: num(parts.next())?,
+            };
+            if parts.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            for e in m.read_xattr_index(first, last, MAX_LINES).await? {
+                let _ = writeln!(out, "{} {} {}", e.major, e.minor, e.ino);
+            }
+        }
         Some("totals") => {
             let from = [num(parts.next())?, num(parts.next())?, num(parts.next())?];
             if parts.next().is_some() {
@@ -202,6 +224,33 @@ pub async fn ctl_get(m: &Mount, _cred: &Cred, ino: Ino, name: &[u8]) -> FsResult
         _ => return Err(Errno::EOPNOTSUPP),
     }
     Ok(out.into_bytes())
+}
+
+/// An `.indx.` position as `scoutfs read-xattr-index` names it on its
+/// command line and prints it: `MAJOR.MINOR.INO`.
+pub fn parse_indx_entry(s: &str) -> Option<IndxEntry> {
+    let mut it = s.split('.');
+    let e = IndxEntry {
+        major: it.next()?.parse().ok()?,
+        minor: it.next()?.parse().ok()?,
+        ino: it.next()?.parse().ok()?,
+    };
+    it.next().is_none().then_some(e)
+}
+
+/// The position after `e` (to page on from the last entry answered).
+pub fn next_indx_entry(e: IndxEntry) -> Option<IndxEntry> {
+    if let Some(ino) = e.ino.checked_add(1) {
+        return Some(IndxEntry { ino, ..e });
+    }
+    if let Some(minor) = e.minor.checked_add(1) {
+        return Some(IndxEntry { minor, ino: 0, ..e });
+    }
+    e.major.checked_add(1).map(|major| IndxEntry {
+        major,
+        minor: 0,
+        ino: 0,
+    })
 }
 
 /// A total as `scoutfs read-xattr-totals` prints it: `A.B.C = TOTAL, COUNT`.

@@ -37,7 +37,8 @@ use crate::cluster::lock::{
 use crate::errno::{Errno, FsResult};
 use crate::format::hash::fnv1a64;
 use crate::format::items::{
-    inode_index_key, totl_key, DataExtent, TotlVal, DIRENT_LAST_POS, INO_FLAG_TRUNCATE, SEF_OFFLINE,
+    indx_key, indx_key_fields, inode_index_key, totl_key, DataExtent, TotlVal, DIRENT_LAST_POS,
+    INO_FLAG_TRUNCATE, SEF_OFFLINE,
 };
 use crate::format::key::{ty, zone, Key};
 use crate::format::{
@@ -3197,6 +3198,54 @@ impl Mount {
         }
         Ok(out)
     }
+
+    /// scoutfs `read-xattr-index`: the inodes of the `.indx.` index from
+    /// `first` to `last` (inclusive, in (major, minor, ino) order, each
+    /// once however many of its xattrs name that position), at most
+    /// `max`. Like the totals, committed entries of every mount read from
+    /// fresh roots without a lock (`sync` first to see this mount's).
+    pub async fn read_xattr_index(
+        &self,
+        first: IndxEntry,
+        last: IndxEntry,
+        max: usize,
+    ) -> FsResult<Vec<IndxEntry>> {
+        if first > last {
+            return Err(Errno::EINVAL);
+        }
+        self.backend.refresh_reads();
+        let lo = indx_key(first.major, first.minor, first.ino, 0);
+        let hi = indx_key(last.major, last.minor, last.ino, u64::MAX);
+        let mut cur = lo;
+        let mut out: Vec<IndxEntry> = Vec::new();
+        while out.len() < max && cur <= hi {
+            let batch = self.backend.read_items(cur, cur, hi).await?;
+            for (k, _) in &batch.items {
+                if *k < cur || *k > hi || k.zone != zone::XATTR_INDX {
+                    continue;
+                }
+                let (major, minor, ino, _) = indx_key_fields(k);
+                let e = IndxEntry { major, minor, ino };
+                if out.last() != Some(&e) && out.len() < max {
+                    out.push(e);
+                }
+            }
+            if batch.end >= hi {
+                break;
+            }
+            cur = batch.end.inc();
+        }
+        Ok(out)
+    }
+}
+
+/// One `.indx.` index entry: an inode with an `scoutfs.indx.*.MAJOR.MINOR`
+/// xattr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IndxEntry {
+    pub major: u8,
+    pub minor: u64,
+    pub ino: u64,
 }
 
 /// One `.totl.` total: the sum of the values of every `scoutfs.totl.*.a.b.c`
