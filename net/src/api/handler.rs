@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::posix::archive::{dwo_names, dwo_parse, SetAttrMore, WalkEntry, WalkIndex};
 use scoutvm_fs::posix::archive_ctl::{timespec, NAMES_BUDGET};
-use scoutvm_fs::posix::mount::Mount;
+use scoutvm_fs::posix::mount::{IndxEntry, Mount};
 use scoutvm_fs::posix::types::{Cred, Ino};
 use scoutvm_fs::runtime::env::Timespec;
 
@@ -39,6 +39,9 @@ pub const ENDPOINTS: &[&str] = &[
     "punch-offline",
     "get-referring-entries",
     "ino-path",
+    "search-xattrs",
+    "read-xattr-totals",
+    "read-xattr-index",
 ];
 
 /// A failed request: its status and one line of reason.
@@ -131,6 +134,23 @@ impl<'a> Fields<'a> {
                 .map(Some)
                 .map_err(|_| bad(format!("field '{k}': expected \"SEC.NSEC\""))),
         }
+    }
+
+    /// An `.indx.` position from `PREFIX_major`, `PREFIX_minor`,
+    /// `PREFIX_ino`, each `dflt`'s where missing.
+    fn indx(&self, prefix: &str, dflt: IndxEntry) -> Result<IndxEntry, Fail> {
+        let k = |f: &str| format!("{prefix}_{f}");
+        let major = match self.opt_u64(&k("major"))? {
+            None => dflt.major,
+            Some(m) => {
+                u8::try_from(m).map_err(|_| bad(format!("field '{prefix}_major': 0 to 255")))?
+            }
+        };
+        Ok(IndxEntry {
+            major,
+            minor: self.opt_u64(&k("minor"))?.unwrap_or(dflt.minor),
+            ino: self.opt_u64(&k("ino"))?.unwrap_or(dflt.ino),
+        })
     }
 
     /// A listing's `max`: at most [`MAX_ENTRIES`], 1 or more.
@@ -252,6 +272,9 @@ impl Api {
             "setattr" => self.setattr(&f).await,
             "punch-offline" => self.punch_offline(&f).await,
             "get-referring-entries" => self.referring(&f).await,
+            "search-xattrs" => self.search_xattrs(&f).await,
+            "read-xattr-totals" => self.read_xattr_totals(&f).await,
+            "read-xattr-index" => self.read_xattr_index(&f).await,
             _ => self.ino_path(&f).await,
         }
     }
@@ -553,6 +576,136 @@ impl Api {
         w.objects("paths", items);
         Ok(w.finish())
     }
+
+    /// The inodes with the `.srch.` xattr `name` from `first_ino` to
+    /// `last_ino`; `last_ino` of the answer says how far it covers (less
+    /// than asked when `max` capped it: ask again from the next inode).
+    async fn search_xattrs(&self, f: &Fields<'_>) -> Result<String, Fail> {
+        f.only(&["name", "first_ino", "last_ino", "max"])?;
+        let name = f.str("name")?.ok_or_else(|| bad("missing field 'name'"))?;
+        let first = f.opt_u64("first_ino")?.unwrap_or(0);
+        let last = f.opt_u64("last_ino")?.unwrap_or(u64::MAX);
+        if first > last {
+            return Err(bad("field 'first_ino': past 'last_ino'"));
+        }
+        let r = self
+            .mount
+            .search_xattrs(name.as_bytes(), first, last, f.max()?)
+            .await
+            .map_err(|e| fs_fail("search-xattrs", e))?;
+        let mut w = ObjWriter::new();
+        w.u64("last_ino", r.last_ino)
+            .raw("inos", &u64_array(r.inos));
+        Ok(w.finish())
+    }
+
+    /// The `.totl.` totals from the name `from` (`[A,B,C]`) on.
+    async fn read_xattr_totals(&self, f: &Fields<'_>) -> Result<String, Fail> {
+        f.only(&["from", "max"])?;
+        let from = match f.get("from") {
+            None | Some(Value::Null) => [0; 3],
+            Some(v) => totl_name(v, "from")?,
+        };
+        let found = self
+            .mount
+            .read_xattr_totals(from, f.max()?)
+            .await
+            .map_err(|e| fs_fail("read-xattr-totals", e))?;
+        let items = found
+            .into_iter()
+            .map(|t| {
+                let mut w = ObjWriter::new();
+                w.raw("name", &u64_array(t.name))
+                    .i64("total", t.total)
+                    .i64("count", t.count);
+                w.finish()
+            })
+            .collect();
+        let mut w = ObjWriter::new();
+        w.objects("entries", items);
+        Ok(w.finish())
+    }
+
+    /// The `.indx.` index from the position `first_*` to `last_*`
+    /// (inclusive; the whole index by default).
+    async fn read_xattr_index(&self, f: &Fields<'_>) -> Result<String, Fail> {
+        f.only(&[
+            "first_major",
+            "first_minor",
+            "first_ino",
+            "last_major",
+            "last_minor",
+            "last_ino",
+            "max",
+        ])?;
+        let first = f.indx(
+            "first",
+            IndxEntry {
+                major: 0,
+                minor: 0,
+                ino: 0,
+            },
+        )?;
+        let last = f.indx(
+            "last",
+            IndxEntry {
+                major: u8::MAX,
+                minor: u64::MAX,
+                ino: u64::MAX,
+            },
+        )?;
+        if first > last {
+            return Err(bad("the first position is past the last"));
+        }
+        let found = self
+            .mount
+            .read_xattr_index(first, last, f.max()?)
+            .await
+            .map_err(|e| fs_fail("read-xattr-index", e))?;
+        let items = found
+            .into_iter()
+            .map(|e| {
+                let mut w = ObjWriter::new();
+                w.u64("major", u64::from(e.major))
+                    .u64("minor", e.minor)
+                    .u64("ino", e.ino);
+                w.finish()
+            })
+            .collect();
+        let mut w = ObjWriter::new();
+        w.objects("entries", items);
+        Ok(w.finish())
+    }
+}
+
+/// `[A,B,C]` of unsigned integers (a `.totl.` name).
+fn totl_name(v: &Value, k: &str) -> Result<[u64; 3], Fail> {
+    let why = || {
+        bad(format!(
+            "field '{k}': expected [A,B,C] of unsigned integers"
+        ))
+    };
+    match v.as_array() {
+        Some([a, b, c]) => Ok([
+            a.as_u64().ok_or_else(why)?,
+            b.as_u64().ok_or_else(why)?,
+            c.as_u64().ok_or_else(why)?,
+        ]),
+        _ => Err(why()),
+    }
+}
+
+/// JSON text of an array of unsigned integers.
+fn u64_array(v: impl IntoIterator<Item = u64>) -> String {
+    let mut s = String::from("[");
+    for (i, n) in v.into_iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{n}"));
+    }
+    s.push(']');
+    s
 }
 
 impl core::fmt::Debug for Api {

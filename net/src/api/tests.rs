@@ -784,6 +784,222 @@ fn walk_inodes_and_names() {
     assert_eq!(v.get("paths").unwrap().as_array().unwrap().len(), 2);
 }
 
+fn inos_of(v: &Value) -> Vec<u64> {
+    v.get("inos")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn search_xattrs_pages_and_checks_its_fields() {
+    let e = Env::new();
+    let root = Cred::root();
+    let mut tagged = Vec::new();
+    for i in 0..7 {
+        let ino = e.file(1, &format!("s{i}"), b"x");
+        if i % 3 != 1 {
+            e.run(e.m().setxattr(&root, ino, b"scoutfs.srch.tape", b"1", 0))
+                .unwrap();
+            tagged.push(ino);
+        }
+    }
+    e.run(e.m().removexattr(&root, tagged[0], b"scoutfs.srch.tape"))
+        .unwrap();
+    let want = tagged[1..].to_vec();
+    // the answer is the mount's own (the brute force of fs/tests/srch.rs)
+    let m = e
+        .run(e.m().search_xattrs(b"scoutfs.srch.tape", 0, u64::MAX, 1000))
+        .unwrap();
+    assert_eq!(m.inos, want);
+    let v = e.ok("search-xattrs", r#"{"name":"scoutfs.srch.tape"}"#);
+    assert_eq!(inos_of(&v), want);
+    assert_eq!(n(&v, "last_ino"), m.last_ino);
+    // an inode range
+    let v = e.ok(
+        "search-xattrs",
+        &format!(
+            r#"{{"name":"scoutfs.srch.tape","first_ino":{},"last_ino":{}}}"#,
+            want[1], want[2]
+        ),
+    );
+    assert_eq!(inos_of(&v), want[1..3]);
+    // paging with max 1: every inode once, in order, from last_ino + 1
+    let (mut from, mut paged, mut rounds) = (0u64, Vec::new(), 0);
+    loop {
+        rounds += 1;
+        assert!(rounds < 100, "paging ends");
+        let v = e.ok(
+            "search-xattrs",
+            &format!(r#"{{"name":"scoutfs.srch.tape","first_ino":{from},"max":1}}"#),
+        );
+        let got = inos_of(&v);
+        assert!(got.len() <= 1, "{v:?}");
+        paged.extend(got);
+        match n(&v, "last_ino").checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(paged, want);
+    assert!(inos_of(&e.ok("search-xattrs", r#"{"name":"scoutfs.srch.other"}"#)).is_empty());
+    // an untagged name is the filesystem's EINVAL
+    let (s, v) = e.call("search-xattrs", r#"{"name":"user.plain"}"#);
+    assert_eq!(s, 400, "{v:?}");
+    assert_eq!(v.get("errname").unwrap().as_str(), Some("EINVAL"));
+}
+
+#[test]
+fn xattr_totals_and_index() {
+    let e = Env::new();
+    let root = Cred::root();
+    let a = e.file(1, "a", b"");
+    let b = e.file(1, "b", b"");
+    for (ino, name, val) in [
+        (a, "scoutfs.totl.x.1.2.3", "7"),
+        (b, "scoutfs.totl.y.1.2.3", "5"),
+        (a, "scoutfs.totl.x.4.5.6", "1"),
+        (a, "scoutfs.indx.t.4.99", ""),
+        (b, "scoutfs.indx.t.4.99", ""),
+        (b, "scoutfs.indx.t.200.1", ""),
+    ] {
+        e.run(
+            e.m()
+                .setxattr(&root, ino, name.as_bytes(), val.as_bytes(), 0),
+        )
+        .unwrap();
+    }
+    e.run(e.m().sync()).unwrap();
+
+    let totals = |body: &str| -> Vec<([u64; 3], i64, i64)> {
+        let v = e.ok("read-xattr-totals", body);
+        v.get("entries")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                let nm: Vec<u64> = x
+                    .get("name")
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap())
+                    .collect();
+                let i = |k: &str| x.get(k).unwrap().as_i64().unwrap();
+                ([nm[0], nm[1], nm[2]], i("total"), i("count"))
+            })
+            .collect()
+    };
+    let all = totals("{}");
+    assert_eq!(all, [([1, 2, 3], 12, 2), ([4, 5, 6], 1, 1)]);
+    let mount: Vec<_> = e
+        .run(e.m().read_xattr_totals([0; 3], 1000))
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.total, t.count))
+        .collect();
+    assert_eq!(all, mount);
+    assert_eq!(totals(r#"{"from":[1,2,4]}"#), [([4, 5, 6], 1, 1)]);
+    assert_eq!(totals(r#"{"max":1}"#), [([1, 2, 3], 12, 2)]);
+
+    let index = |body: &str| -> Vec<(u64, u64, u64)> {
+        let v = e.ok("read-xattr-index", body);
+        v.get("entries")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (n(x, "major"), n(x, "minor"), n(x, "ino")))
+            .collect()
+    };
+    let mut at_4_99 = vec![(4, 99, a), (4, 99, b)];
+    at_4_99.sort();
+    let mut all = at_4_99.clone();
+    all.push((200, 1, b));
+    assert_eq!(index("{}"), all);
+    assert_eq!(
+        index(r#"{"first_major":4,"first_minor":99,"last_major":4,"last_minor":99}"#),
+        at_4_99
+    );
+    assert_eq!(
+        index(&format!(
+            r#"{{"first_major":4,"first_minor":99,"first_ino":{}}}"#,
+            at_4_99[1].2
+        )),
+        all[1..]
+    );
+    assert_eq!(index(r#"{"max":1}"#), all[..1]);
+    assert!(index(r#"{"first_major":5,"last_major":199}"#).is_empty());
+}
+
+#[test]
+fn malformed_search_totals_and_index_requests() {
+    let e = Env::new();
+    for (op, body, why) in [
+        ("search-xattrs", "{}", "missing field 'name'"),
+        ("search-xattrs", r#"{"name":7}"#, "expected a string"),
+        (
+            "search-xattrs",
+            r#"{"name":"scoutfs.srch.t","first_ino":5,"last_ino":4}"#,
+            "past 'last_ino'",
+        ),
+        (
+            "search-xattrs",
+            r#"{"name":"scoutfs.srch.t","max":0}"#,
+            "at least 1",
+        ),
+        (
+            "search-xattrs",
+            r#"{"name":"scoutfs.srch.t","path":"/"}"#,
+            "unknown field 'path'",
+        ),
+        (
+            "search-xattrs",
+            r#"{"name":"scoutfs.srch.t","first_ino":-1}"#,
+            "unsigned",
+        ),
+        ("read-xattr-totals", r#"{"from":[1,2]}"#, "[A,B,C]"),
+        ("read-xattr-totals", r#"{"from":[1,2,-3]}"#, "[A,B,C]"),
+        ("read-xattr-totals", r#"{"from":"1.2.3"}"#, "[A,B,C]"),
+        ("read-xattr-totals", r#"{"max":0}"#, "at least 1"),
+        (
+            "read-xattr-totals",
+            r#"{"to":[1,2,3]}"#,
+            "unknown field 'to'",
+        ),
+        ("read-xattr-index", r#"{"first_major":256}"#, "0 to 255"),
+        ("read-xattr-index", r#"{"last_minor":"x"}"#, "unsigned"),
+        (
+            "read-xattr-index",
+            r#"{"first_major":5,"last_major":4}"#,
+            "past the last",
+        ),
+        (
+            "read-xattr-index",
+            r#"{"first_major":4,"first_minor":2,"last_major":4,"last_minor":1}"#,
+            "past the last",
+        ),
+        (
+            "read-xattr-index",
+            r#"{"major":1}"#,
+            "unknown field 'major'",
+        ),
+        ("read-xattr-index", r#"{"max":0}"#, "at least 1"),
+    ] {
+        let (s, v) = e.call(op, body);
+        assert_eq!(s, 400, "{op} {body}: {v:?}");
+        let reason = v.get("error").unwrap().as_str().unwrap();
+        assert!(reason.contains(why), "{op} {body}: {reason}");
+    }
+    // a name past the xattr limit is the filesystem's to refuse
+    let long = format!(r#"{{"name":"scoutfs.srch.{}"}}"#, "n".repeat(300));
+    assert_eq!(e.call("search-xattrs", &long).0, 400);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
     /// Random bodies to every endpoint: an answer, never a panic, and a
