@@ -1,7 +1,8 @@
 //! The archival subcommands of `scoutvm`, with the reference tool's names
 //! and flags: `stat`, `release`, `stage`, `data-waiting`,
 //! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr`,
-//! `punch-offline`, `read-xattr-totals`. Each works on a path inside a mounted
+//! `punch-offline`, `search-xattrs`, `read-xattr-totals`,
+//! `read-xattr-index`. Each works on a path inside a mounted
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
 //! `getxattr(2)`/`setxattr(2)`: no ioctl numbers, nothing but a path.
@@ -15,7 +16,11 @@
 
 use clap::Args;
 use scoutvm_fs::posix::archive::{dwo_parse, WalkEntry, WalkIndex};
-use scoutvm_fs::posix::archive_ctl::{next_totals_name, parse_named_record, walk_name};
+use scoutvm_fs::posix::archive_ctl::{
+    next_indx_entry, next_totals_name, parse_indx_entry, parse_named_record, parse_search_answer,
+    search_name, totals_line, walk_name,
+};
+use scoutvm_fs::posix::mount::{IndxEntry, XattrTotal};
 use scoutvm_fs::tools::mkfs::parse_size;
 use scoutvm_image::api_client::{ApiClient, ApiError};
 use scoutvm_net::api::json::{self, ObjWriter, Value};
@@ -133,6 +138,18 @@ pub enum Op<'a> {
         dir: u64,
         pos: u64,
     },
+    Search {
+        name: &'a str,
+        first: u64,
+        last: u64,
+    },
+    Totals {
+        from: [u64; 3],
+    },
+    Index {
+        first: IndxEntry,
+        last: IndxEntry,
+    },
 }
 
 /// Why a request failed.
@@ -198,6 +215,15 @@ impl Op<'_> {
             Op::InoPath { ino, dir, pos } => {
                 (format!("scoutvm.ctl.ino_path.{ino}.{dir}.{pos}"), None)
             }
+            Op::Search { name, first, last } => (search_name(*first, *last, name), None),
+            Op::Totals { from: [a, b, c] } => (format!("scoutvm.ctl.totals.{a}.{b}.{c}"), None),
+            Op::Index { first: f, last: l } => (
+                format!(
+                    "scoutvm.ctl.indx.{}.{}.{}.{}.{}.{}",
+                    f.major, f.minor, f.ino, l.major, l.minor, l.ino
+                ),
+                None,
+            ),
         }
     }
 
@@ -289,6 +315,25 @@ impl Op<'_> {
                 w.u64("ino", *ino).u64("dir", *dir).u64("pos", *pos);
                 "ino-path"
             }
+            Op::Search { name, first, last } => {
+                w.str("name", name)
+                    .u64("first_ino", *first)
+                    .u64("last_ino", *last);
+                "search-xattrs"
+            }
+            Op::Totals { from: [a, b, c] } => {
+                w.raw("from", &format!("[{a},{b},{c}]"));
+                "read-xattr-totals"
+            }
+            Op::Index { first, last } => {
+                w.u64("first_major", u64::from(first.major))
+                    .u64("first_minor", first.minor)
+                    .u64("first_ino", first.ino)
+                    .u64("last_major", u64::from(last.major))
+                    .u64("last_minor", last.minor)
+                    .u64("last_ino", last.ino);
+                "read-xattr-index"
+            }
         };
         (op, w.finish())
     }
@@ -321,7 +366,31 @@ impl Op<'_> {
                     );
                 }
             }
-            Op::Walk { .. } => {
+            Op::Search { .. } => {
+                let _ = writeln!(out, "last {}", num(v, "last_ino")?);
+                for i in list("inos")? {
+                    let _ = writeln!(out, "{}", i.as_u64().ok_or_else(bad)?);
+                }
+            }
+            Op::Totals { .. } => {
+                for e in list("entries")? {
+                    let name = match e.get("name").and_then(Value::as_array) {
+                        Some([a, b, c]) => [a, b, c].map(Value::as_u64),
+                        _ => return Err(bad()),
+                    };
+                    let [Some(a), Some(b), Some(c)] = name else {
+                        return Err(bad());
+                    };
+                    let signed = |k: &str| e.get(k).and_then(Value::as_i64).ok_or_else(bad);
+                    let t = XattrTotal {
+                        name: [a, b, c],
+                        total: signed("total")?,
+                        count: signed("count")?,
+                    };
+                    let _ = writeln!(out, "{}", totals_line(&t));
+                }
+            }
+            Op::Walk { .. } | Op::Index { .. } => {
                 for e in list("entries")? {
                     let _ = writeln!(
                         out,
@@ -561,6 +630,8 @@ pub struct ReferringArgs {
 
 #[derive(Args)]
 pub struct TotalsArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A path in a mounted volume (or give it last; default: the current
     /// directory)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
@@ -605,13 +676,6 @@ fn ctl_get_raw(path: &str, name: &str) -> Result<Vec<u8>, rustix::io::Errno> {
     let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
     buf.truncate(n);
     Ok(buf)
-}
-
-/// A control answer as text (FUSE mode of the subcommands without an API
-/// endpoint).
-fn ctl_get(path: &str, name: &str) -> Result<String, rustix::io::Errno> {
-    let b = ctl_get_raw(path, name)?;
-    String::from_utf8(b).map_err(|_| rustix::io::Errno::INVAL)
 }
 
 fn ctl_set(path: &str, name: &str, value: &[u8]) -> Result<(), rustix::io::Errno> {
@@ -923,6 +987,8 @@ fn totals_name(line: &str) -> Option<[u64; 3]> {
 
 #[derive(Args)]
 pub struct IndexArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// A path in a mounted volume (default: the current directory)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
     path: Option<String>,
@@ -933,7 +999,6 @@ pub struct IndexArgs {
 }
 
 pub fn cmd_read_xattr_index(a: IndexArgs) -> Result<ExitCode, String> {
-    use scoutvm_fs::posix::archive_ctl::{next_indx_entry, parse_indx_entry};
     let pos = |s: &str| parse_indx_entry(s).ok_or(format!("bad position '{s}' (MAJOR.MINOR.INO)"));
     let mut first = pos(&a.first)?;
     let last = pos(&a.last)?;
@@ -943,15 +1008,12 @@ pub fn cmd_read_xattr_index(a: IndexArgs) -> Result<ExitCode, String> {
             a.first, a.last
         ));
     }
+    let t = Target::of(&a.node)?;
     let path = a.path.unwrap_or_else(|| ".".into());
     loop {
-        let name = format!(
-            "scoutvm.ctl.indx.{}.{}.{}.{}.{}.{}",
-            first.major, first.minor, first.ino, last.major, last.minor, last.ino
-        );
-        let ans = match ctl_get(&path, &name) {
+        let ans = match call_text(&t, &path, &Op::Index { first, last }) {
             Ok(s) => s,
-            Err(e) => return Ok(os_err("read-xattr-index", e)),
+            Err(e) => return Ok(call_err("read-xattr-index", e)),
         };
         let mut end = None;
         for line in ans.lines() {
@@ -974,13 +1036,13 @@ pub fn cmd_read_xattr_index(a: IndexArgs) -> Result<ExitCode, String> {
 }
 
 pub fn cmd_read_xattr_totals(a: TotalsArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
     let path = a.path.or(a.trailing_path).unwrap_or_else(|| ".".into());
     let mut from = [0u64; 3];
     loop {
-        let name = format!("scoutvm.ctl.totals.{}.{}.{}", from[0], from[1], from[2]);
-        let ans = match ctl_get(&path, &name) {
+        let ans = match call_text(&t, &path, &Op::Totals { from }) {
             Ok(s) => s,
-            Err(e) => return Ok(os_err("read-xattr-totals", e)),
+            Err(e) => return Ok(call_err("read-xattr-totals", e)),
         };
         if ans.is_empty() {
             return Ok(ExitCode::SUCCESS);
@@ -1001,9 +1063,11 @@ pub fn cmd_read_xattr_totals(a: TotalsArgs) -> Result<ExitCode, String> {
 
 #[derive(Args)]
 pub struct SearchXattrsArgs {
-    /// A path in a mounted volume
+    #[command(flatten)]
+    node: NodeArgs,
+    /// A path in a mounted volume (not with --node)
     #[arg(short = 'p', long = "path", value_name = "PATH")]
-    path: String,
+    path: Option<String>,
     /// The full `.srch.`-tagged xattr name (e.g. scoutfs.srch.tape)
     #[arg(value_name = "XATTR-NAME")]
     name: String,
@@ -1012,14 +1076,20 @@ pub struct SearchXattrsArgs {
 /// `search-xattrs`: print, one a line, the inode numbers of the files
 /// that have the `.srch.` xattr (the mount checks every candidate).
 pub fn cmd_search_xattrs(a: SearchXattrsArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
+    let path = t.any_path(a.path)?;
     let mut from = 0u64;
     loop {
-        let req = scoutvm_fs::posix::archive_ctl::search_name(from, u64::MAX, &a.name);
-        let ans = match ctl_get(&a.path, &req) {
-            Ok(s) => s,
-            Err(e) => return Ok(os_err("search-xattrs", e)),
+        let op = Op::Search {
+            name: &a.name,
+            first: from,
+            last: u64::MAX,
         };
-        let Some((last, inos)) = scoutvm_fs::posix::archive_ctl::parse_search_answer(&ans) else {
+        let ans = match call_text(&t, &path, &op) {
+            Ok(s) => s,
+            Err(e) => return Ok(call_err("search-xattrs", e)),
+        };
+        let Some((last, inos)) = parse_search_answer(&ans) else {
             eprintln!("scoutvm: search-xattrs: bad answer '{ans}'");
             return Ok(ExitCode::from(1));
         };

@@ -53,6 +53,8 @@ struct Facts {
     addr: String,
     f_ino: u64,
     d_ino: u64,
+    /// The files /s0../s4 with the xattr `scoutfs.srch.tape`, ascending.
+    srch_inos: Vec<u64>,
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -60,7 +62,9 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Serve the API of a fresh volume (/d/f with 3 blocks, its second name
-/// /g, an empty /empty) on a free port, in a thread of its own.
+/// /g, an empty /empty; /s0../s4, all but /s2 with a `.srch.` xattr, /s0
+/// with `.totl.` 1.2.3 = 7 and `.indx.` 4.99, /s1 with 1.2.3 = 5) on a
+/// free port, in a thread of its own.
 fn start_node() -> Facts {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -84,21 +88,50 @@ fn start_node() -> Facts {
             .unwrap()
             .unwrap();
         let root = Cred::root();
-        let (d_ino, f_ino) = ex
+        let (d_ino, f_ino, srch_inos) = ex
             .block_on(async {
                 let d = m.mkdir(&root, 1, b"d", 0o755).await.unwrap().ino;
                 let f = m.create(&root, d, b"f", 0o644).await.unwrap().ino;
                 m.write(f, 0, &pattern(3 * BS)).await.unwrap();
                 m.link(&root, f, 1, b"g").await.unwrap();
                 m.create(&root, 1, b"empty", 0o644).await.unwrap();
+                let mut srch = Vec::new();
+                for i in 0..5 {
+                    let name = format!("s{i}");
+                    let s = m
+                        .create(&root, 1, name.as_bytes(), 0o644)
+                        .await
+                        .unwrap()
+                        .ino;
+                    let mut xattrs = match i {
+                        0 => vec![("scoutfs.totl.a.1.2.3", "7"), ("scoutfs.indx.t.4.99", "")],
+                        1 => vec![("scoutfs.totl.b.1.2.3", "5")],
+                        _ => vec![],
+                    };
+                    if i != 2 {
+                        xattrs.push(("scoutfs.srch.tape", "1"));
+                        srch.push(s);
+                    }
+                    for (n, v) in xattrs {
+                        m.setxattr(&root, s, n.as_bytes(), v.as_bytes(), 0)
+                            .await
+                            .unwrap();
+                    }
+                }
                 m.sync().await.unwrap();
-                (d, f)
+                (d, f, srch)
             })
             .unwrap();
         let api = Api::new(Rc::new(m), TOKEN);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        tx.send(Facts { addr, f_ino, d_ino }).unwrap();
+        tx.send(Facts {
+            addr,
+            f_ino,
+            d_ino,
+            srch_inos,
+        })
+        .unwrap();
         for s in l.incoming() {
             let Ok(s) = s else { continue };
             let s = Blocking(s);
@@ -286,6 +319,35 @@ fn every_archival_subcommand_speaks_to_a_node() {
             "-5",
         ],
     );
+
+    // search-xattrs, read-xattr-totals, read-xattr-index: the lines of
+    // image/tests/fuse.rs
+    let out = ok(a, &["search-xattrs", "scoutfs.srch.tape"]);
+    let found: Vec<u64> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(found, n.srch_inos, "{out}");
+    assert_eq!(ok(a, &["search-xattrs", "scoutfs.srch.other"]), "");
+    let (code, out) = cli(a, Some(TOKEN), &["search-xattrs", "user.plain"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out.trim(),
+        "scoutvm: search-xattrs failed: Invalid argument (os error 22)"
+    );
+    assert_eq!(ok(a, &["read-xattr-totals"]), "1.2.3 = 12, 2\n");
+    let s0 = n.srch_inos[0];
+    assert_eq!(
+        ok(
+            a,
+            &[
+                "read-xattr-index",
+                "0.0.0",
+                "255.18446744073709551615.18446744073709551615"
+            ]
+        ),
+        format!("4.99.{s0}\n")
+    );
+    assert_eq!(ok(a, &["read-xattr-index", "5.0.0", "6.0.0"]), "");
+    let (code, _) = cli(a, Some(TOKEN), &["read-xattr-index", "4.99", "5.0.0"]);
+    assert_eq!(code, Some(64), "a position needs MAJOR.MINOR.INO");
 
     // a wrong token, no token
     let (code, out) = cli(a, Some("wrong-token"), &["stat", "/d/f"]);
