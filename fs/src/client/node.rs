@@ -226,6 +226,48 @@ pub(crate) fn spawn_commit_ticker(
         .map_err(|_| Errno::ENOMEM)
 }
 
+/// The mount's answer to the server's SYNC_LOG_TREES: commit at once
+/// (even with nothing dirty: the server finalizes the tree at the next
+/// GET_LOG_TREES), not at the next tick, so a coordinated finalization
+/// finds every mount within its wait. Ends with the mount.
+pub(crate) fn spawn_sync_worker(
+    mount: &Rc<Mount>,
+    client: &Rc<Client>,
+    handle: &Handle,
+) -> FsResult<JoinHandle<()>> {
+    let (weak, c) = (Rc::downgrade(mount), Rc::downgrade(client));
+    handle
+        .spawn_named("client.sync", async move {
+            loop {
+                let Some(client) = c.upgrade() else {
+                    return;
+                };
+                let asked = client.sync_notified();
+                let pending = client.sync_pending();
+                let closed = client.is_closed();
+                drop(client);
+                if closed {
+                    return;
+                }
+                if pending {
+                    let Some(m) = weak.upgrade() else {
+                        return;
+                    };
+                    counter!("node.sync_commits").inc();
+                    if let Err(e) = m.tick().await {
+                        counter!("node.sync_commit_errors").inc();
+                        log::warn!("commit asked by the server failed: {e}");
+                        // the mount failed: the next ask would fail too
+                        return;
+                    }
+                    continue;
+                }
+                asked.await;
+            }
+        })
+        .map_err(|_| Errno::ENOMEM)
+}
+
 /// The background merge worker of a mount (single node and cluster node
 /// alike): ask for work every `poll_ns`, at once again after progress, and
 /// wait a poll after a stall; ends when the client is closed.
@@ -332,6 +374,8 @@ pub async fn mount_volume_on(
         let t = spawn_commit_ticker(&mount, &handle, opts.tick_ns)?;
         node.tasks.borrow_mut().push(t);
     }
+    let t = spawn_sync_worker(&mount, &node.client, &handle)?;
+    node.tasks.borrow_mut().push(t);
     Ok((mount, node))
 }
 

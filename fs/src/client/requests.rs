@@ -18,7 +18,7 @@ use crate::cluster::transport::{LocalFut, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
-use crate::runtime::exec::Handle;
+use crate::runtime::exec::{Handle, Notified, Notify};
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -33,6 +33,8 @@ pub type LockHandler = Rc<dyn Fn(NetLock) -> LocalFut<'static, FsResult<NetLock>
 pub struct Client {
     session: Rc<ClientSession>,
     sync_requested: Rc<Cell<bool>>,
+    /// Notified when the server asks for a commit.
+    sync_kick: Notify,
     lock_handler: Rc<RefCell<Option<LockHandler>>>,
 }
 
@@ -67,15 +69,19 @@ impl Client {
         let session = ClientSession::start(transport, leader, id, cfg, handle)?;
         let sync = Rc::new(Cell::new(false));
         let s2 = sync.clone();
+        let kick = Notify::new();
+        let k2 = kick.clone();
         let locks: Rc<RefCell<Option<LockHandler>>> = Rc::new(RefCell::new(None));
         let l2 = locks.clone();
         session.set_handler(Rc::new(move |req| {
             let sync = s2.clone();
+            let kick = k2.clone();
             let lock = l2.borrow().clone();
             Box::pin(async move {
                 match req {
                     Request::SyncLogTrees => {
                         sync.set(true);
+                        kick.notify();
                         counter!("client.sync_requests").inc();
                         Ok(Vec::new())
                     }
@@ -96,6 +102,7 @@ impl Client {
         Ok(Rc::new(Client {
             session,
             sync_requested: sync,
+            sync_kick: kick,
             lock_handler: locks,
         }))
     }
@@ -127,6 +134,12 @@ impl Client {
     /// Ask the mount for a commit (as a server's SYNC_LOG_TREES would).
     pub fn request_sync(&self) {
         self.sync_requested.set(true);
+    }
+
+    /// Completes at the next SYNC_LOG_TREES from the server (take it
+    /// before looking at [`Self::sync_pending`]).
+    pub fn sync_notified(&self) -> Notified {
+        self.sync_kick.notified()
     }
 
     /// Has the server asked for a commit that has not happened yet?

@@ -150,18 +150,29 @@ pub fn inputs(tx: &mut ServerTxn<'_>, seq: u64) -> StoreResult<Vec<LogTrees>> {
         .collect())
 }
 
-/// Start a merge of every finalized tree if none is in progress and
-/// there is one. Returns whether a merge is (now) in progress.
+/// Start a merge of every finalized tree if none is in progress, there
+/// is one, and no tree is open. Returns whether a merge is (now) in
+/// progress.
+///
+/// Why no open tree: merged items keep their seqs and overwrite fs_root,
+/// so every tree left out of a merge must hold only newer items than its
+/// inputs. A tree open now may hold older versions of keys an input
+/// holds (written before a lock moved to the input's mount); a tree
+/// opened after this instant gets seqs above the status seq (and so
+/// above every input item). The server's GET_LOG_TREES brings every
+/// mount to finalize (coordinated finalization, `role.rs`).
 pub fn start(tx: &mut ServerTxn<'_>) -> StoreResult<bool> {
     if status(tx)?.is_some() {
         return Ok(true);
     }
     let root = tx.sb.logs_root;
-    let finalized = log_trees::all(tx.cache, &root)?
-        .into_iter()
-        .filter(|lt| lt.is_finalized())
-        .count();
+    let all = log_trees::all(tx.cache, &root)?;
+    let finalized = all.iter().filter(|lt| lt.is_finalized()).count();
     if finalized == 0 {
+        return Ok(false);
+    }
+    if finalized < all.len() {
+        counter!("log_merge.start_with_open_trees_refused").inc();
         return Ok(false);
     }
     let st = MergeStatus {
@@ -529,7 +540,8 @@ fn splice(
     del(tx, &merge_status_key())?;
     counter!("log_merge.finished").inc();
     TP_MERGE_DONE.emit(&[st.seq, ins.len() as u64]);
-    // trees finalized while this merge ran are the next one's inputs
+    // trees finalized while this merge ran (a mount left or was
+    // reclaimed) are the next one's inputs, once no tree is open
     start(tx)?;
     Ok(Step::Done(true))
 }

@@ -29,7 +29,8 @@ use super::{model, Engine, Failure, Inject, Mark, Stop, XNAMES};
 use crate::client::cluster_node::{set_mount_hooks, spawn_lock_shrinker, start_lock_client};
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, NodeOptions,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_sync_worker, MergeWorker,
+    NodeOptions,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::lock::{compatible, LocalLocks, LockMode, LockProvider, LockRange};
@@ -286,6 +287,7 @@ async fn start_mount(
                     tasks.push(spawn_lock_shrinker(lc, &mount, &handle, opts.tick_ns)?);
                 }
             }
+            tasks.push(spawn_sync_worker(&mount, &client, &handle)?);
             if opts.merge_poll_ns > 0 {
                 tasks.push(spawn_merge_worker(
                     merge.clone(),
