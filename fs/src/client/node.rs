@@ -201,6 +201,18 @@ pub(crate) async fn open_client_half(
     Ok((trans, merge))
 }
 
+/// `Mount::tick` in a task of its own, awaited: aborting the caller (an
+/// unmount stops the background tasks) must not drop a commit half way
+/// (published, its next transaction not yet opened: with coordinated
+/// finalization GET_LOG_TREES may wait up to half a second). The
+/// unmount's own commit waits for this one (the commit hold).
+async fn tick_detached(handle: &Handle, m: Rc<Mount>) -> FsResult<()> {
+    match handle.spawn_named("client.commit", async move { m.tick().await }) {
+        Ok(t) => t.await,
+        Err(_) => Err(Errno::ENOMEM),
+    }
+}
+
 /// The commit ticker of a mount: every `period_ns` ask it whether a
 /// commit is due; ends with the mount.
 pub(crate) fn spawn_commit_ticker(
@@ -217,7 +229,7 @@ pub(crate) fn spawn_commit_ticker(
                 let Some(m) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = m.tick().await {
+                if let Err(e) = tick_detached(&h, m).await {
                     counter!("node.tick_commit_errors").inc();
                     log::warn!("periodic commit failed: {e}");
                 }
@@ -236,6 +248,7 @@ pub(crate) fn spawn_sync_worker(
     handle: &Handle,
 ) -> FsResult<JoinHandle<()>> {
     let (weak, c) = (Rc::downgrade(mount), Rc::downgrade(client));
+    let h = handle.clone();
     handle
         .spawn_named("client.sync", async move {
             loop {
@@ -254,7 +267,7 @@ pub(crate) fn spawn_sync_worker(
                         return;
                     };
                     counter!("node.sync_commits").inc();
-                    if let Err(e) = m.tick().await {
+                    if let Err(e) = tick_detached(&h, m).await {
                         counter!("node.sync_commit_errors").inc();
                         log::warn!("commit asked by the server failed: {e}");
                         // the mount failed: the next ask would fail too

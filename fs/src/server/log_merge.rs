@@ -587,3 +587,67 @@ pub fn free_some(tx: &mut ServerTxn<'_>, cfg: &MergeConfig) -> StoreResult<Step<
         }
     }
 }
+
+/// The ordering merges rely on (cluster reference §1.9, storage §3.1):
+/// while a merge is in progress, every log tree that is not one of its
+/// inputs holds only items newer than every item of every input, so no
+/// later merge can put an older version over what this one merged.
+/// `Ok(Err(what))` names the tree and item that break it (simulator and
+/// test checker; reads every non-input tree).
+pub fn check_order(
+    cache: &mut crate::storage::block::BlockCache,
+    sb: &crate::format::super_block::SuperBlock,
+) -> StoreResult<Result<(), alloc::string::String>> {
+    let Some(it) = btree::lookup(cache, &sb.log_merge, &merge_status_key())? else {
+        return Ok(Ok(()));
+    };
+    let st = MergeStatus::decode(&it.val).map_err(|e| bad(e.0))?;
+    let trees = log_trees::all(cache, &sb.logs_root)?;
+    let is_input = |lt: &LogTrees| lt.is_finalized() && lt.finalize_seq < st.seq;
+    let newest = trees
+        .iter()
+        .filter(|lt| is_input(lt))
+        .map(|lt| lt.max_item_seq)
+        .max()
+        .unwrap_or(0);
+    let (s, e) = (Key::MIN, Key::MAX);
+    for lt in trees.iter().filter(|lt| !is_input(lt)) {
+        let mut old = None;
+        btree::for_each_range(cache, &lt.item_root, &s, &e, |it| {
+            if it.seq <= newest {
+                old = Some((it.key, it.seq));
+                return false;
+            }
+            true
+        })?;
+        if let Some((k, seq)) = old {
+            let all: Vec<_> = trees
+                .iter()
+                .map(|t| {
+                    (
+                        t.rid,
+                        t.nr,
+                        t.get_trans_seq,
+                        t.commit_trans_seq,
+                        t.max_item_seq,
+                        t.finalize_seq,
+                    )
+                })
+                .collect();
+            return Ok(Err(alloc::format!(
+                "log tree (rid {:#x}, nr {}, {}) holds {k:?} at seq {seq}, not newer than \
+                 the newest item ({newest}) of the inputs of the merge at seq {}; trees \
+                 (rid, nr, get, commit, max item, finalize seqs): {all:x?}",
+                lt.rid,
+                lt.nr,
+                if lt.is_finalized() {
+                    "finalized"
+                } else {
+                    "open"
+                },
+                st.seq
+            )));
+        }
+    }
+    Ok(Ok(()))
+}

@@ -388,6 +388,16 @@ impl ServerRole {
         Ok((all.len() - fin, fin))
     }
 
+    /// The ordering merges rely on, over the open transaction's trees
+    /// ([`log_merge::check_order`]): `Ok(Err(what))` when a tree that is
+    /// not an input of the merge in progress holds an item no newer than
+    /// an input's.
+    pub fn check_log_order(&self) -> FsResult<Result<(), alloc::string::String>> {
+        let mut core = self.inner.core.borrow_mut();
+        let sb = *core.super_block();
+        log_merge::check_order(core.cache(), &sb).map_err(store_errno)
+    }
+
     /// Is a log merge (or freeing of merged trees) in progress?
     pub fn merge_pending(&self) -> bool {
         !self.stable_super().log_merge.is_empty()
@@ -661,7 +671,8 @@ impl Inner {
         self.count(|c| c.reclaimed_rids += 1);
         TP_RECLAIM.emit(&[rid, trees]);
         self.lock_rid_gone(rid);
-        Ok(())
+        // its finalized tree must not wait for a busy mount's tree to grow
+        self.kick_finalization().await
     }
 
     // ---- connections ----
@@ -974,6 +985,54 @@ impl Inner {
         Ok(!open)
     }
 
+    /// Finalized trees wait for a merge, which starts only while no tree
+    /// is open: ask the mounts with open trees to commit (their next
+    /// GET_LOG_TREES finalizes them), or start the merge if none is open.
+    /// Called where finalized trees may otherwise wait unseen on an idle
+    /// volume: after a mount left or was reclaimed, and on every
+    /// GET_LOG_MERGE that found no work (the merge workers poll).
+    async fn kick_finalization(&self) -> FsResult<()> {
+        let (pending, open, seq) = {
+            let mut core = self.core.borrow_mut();
+            let sb = *core.super_block();
+            let merging = btree::lookup(core.cache(), &sb.log_merge, &merge_status_key())
+                .map_err(store_errno)?
+                .is_some();
+            let trees = log_trees::all(core.cache(), &sb.logs_root).map_err(store_errno)?;
+            let finalized = trees.iter().any(|t| t.is_finalized());
+            let open: Vec<(u64, u64)> = last_trees(&trees)
+                .filter(|t| !t.is_finalized())
+                .map(|t| (t.rid, t.get_trans_seq))
+                .collect();
+            (!merging && finalized, open, core.peek_seq())
+        };
+        if !pending {
+            return Ok(());
+        }
+        if open.is_empty() {
+            counter!("server.merge_kicked").inc();
+            return self
+                .run_steps(|tx, me| {
+                    if log_merge::start(tx)? {
+                        me.force_merge.set(false);
+                    }
+                    Ok(Step::Done(()))
+                })
+                .await;
+        }
+        let sent = self.finalize_sent_seq.get();
+        let rids: Vec<u64> = open
+            .iter()
+            .filter(|(_, s)| *s > sent)
+            .map(|(r, _)| *r)
+            .collect();
+        if !rids.is_empty() {
+            self.finalize_sent_seq.set(seq);
+            self.send_syncs(rids);
+        }
+        Ok(())
+    }
+
     /// Ask `rids` to commit (SYNC_LOG_TREES), each from a task of its own:
     /// the answer only says the mount heard it; a mount that is away gets
     /// it when it reconnects, or is reclaimed.
@@ -1150,7 +1209,10 @@ impl Inner {
         self.freeing_kick.notify();
         match work {
             Work::Request(req) => Ok(req.encode().to_vec()),
-            _ => Err(Errno::ENOENT),
+            _ => {
+                self.kick_finalization().await?;
+                Err(Errno::ENOENT)
+            }
         }
     }
 

@@ -61,6 +61,26 @@ pub const SERVER: NodeId = 0;
 /// Mounts of a run (nodes 1..=MOUNTS).
 pub const MOUNTS: u8 = 3;
 
+/// Most log trees (open and finalized) the volume may hold after any
+/// step: a tree per mount (and one of a crashed mount until it is
+/// reclaimed), the inputs of the merge in flight (at most a tree per
+/// mount per finalization round it waited for: rounds the
+/// 500 ms wait gave up on), trees finalized while it runs.
+pub const MAX_LOG_TREES: usize = 6 * MOUNTS as usize;
+
+/// Knobs of the cluster workload (issue 12's acceptance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Knobs {
+    /// Ask the server for a log merge this often (virtual ns): the next
+    /// GET_LOG_TREES finalizes every mount's tree; 0: only when trees
+    /// grow (`--merge-every-ms`).
+    pub merge_every_ns: u64,
+    /// About 2 % of steps crash a mount (after a sync, so the model loses
+    /// nothing), reclaim it as a fenced mount on the server, and mount
+    /// again on the node as a new rid (`--mount-crashes`).
+    pub mount_crashes: bool,
+}
+
 /// How the mounts share the volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -335,6 +355,11 @@ struct Run {
     done: Rc<Cell<bool>>,
     /// What the lock watcher saw between steps.
     watched: Rc<RefCell<Option<String>>>,
+    /// The mounts now (the lock watcher's view; a crash replaces one).
+    live: Rc<RefCell<Vec<Rc<ClusterMount>>>>,
+    knobs: Knobs,
+    opts: NodeOptions,
+    mode: Mode,
 }
 
 impl Run {
@@ -362,7 +387,62 @@ impl Run {
         e.w.log(SERVER, "fsck", &[e.step, c], "after a server commit");
         self.vol
             .fsck()
-            .map_err(|t| e.fail(format!("fsck after server commit {c}: {t}")))
+            .map_err(|t| e.fail(format!("fsck after server commit {c}: {t}")))?;
+        self.check_log_trees(e)
+    }
+
+    /// The log tree checkers (issue 12): the count stays bounded, and
+    /// every tree that is not an input of the merge in progress is newer
+    /// than all its inputs.
+    fn check_log_trees(&self, e: &Engine) -> Result<(), Stop> {
+        let role = &self.server.role;
+        let (open, fin) = role
+            .log_tree_counts()
+            .map_err(|er| e.fail(format!("log tree counts: {er}")))?;
+        if open + fin > MAX_LOG_TREES {
+            return Err(e.fail(format!(
+                "{open} open and {fin} finalized log trees, over the bound {MAX_LOG_TREES}"
+            )));
+        }
+        match role.check_log_order() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(what)) => Err(e.fail(format!("log merge order: {what}"))),
+            Err(er) => Err(e.fail(format!("log merge order: reading the trees: {er}"))),
+        }
+    }
+
+    /// Mount `i` syncs, crashes, is reclaimed by the server as a fenced
+    /// mount would be, and its node mounts again (a new rid; a fresh
+    /// cache reads what every mount committed).
+    async fn crash_mount(&mut self, w: &Rc<World>, e: &mut Engine, i: usize) -> Result<(), Stop> {
+        let m = self.mounts[i].clone();
+        on_mount(e, &m);
+        sync(e, &m).await?;
+        let (node, rid) = (m.node, m.rid);
+        drop(m);
+        w.log(node, "mount_crash", &[e.step, rid], "after a sync");
+        w.fault(Fault::Crash {
+            node,
+            loss: crate::sim::fault::Loss::Any,
+        })
+        .await;
+        let role = self.server.role.clone();
+        match w
+            .on(SERVER, async move { role.reclaim_fenced(rid).await })
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(er)) => return Err(e.fail(format!("reclaiming crashed rid {rid:#x}: {er}"))),
+            Err(_) => return Err(Stop::Down),
+        }
+        let nm = start_mount(w, node, self.opts).await.map_err(Stop::Fail)?;
+        self.mounts[i] = nm.clone();
+        self.live.borrow_mut()[i] = nm.clone();
+        on_mount(e, &nm);
+        if self.mode == Mode::Shared {
+            verify(e).await?;
+        }
+        Ok(())
     }
 }
 
@@ -406,14 +486,15 @@ fn lock_violation(mounts: &[Rc<ClusterMount>], server: &ServerNode) -> Option<St
 /// answers and the server grants only after the answers.
 async fn watch_locks(
     w: Rc<World>,
-    mounts: Vec<Rc<ClusterMount>>,
+    mounts: Rc<RefCell<Vec<Rc<ClusterMount>>>>,
     server: Rc<ServerNode>,
     done: Rc<Cell<bool>>,
     verdict: Rc<RefCell<Option<String>>>,
 ) {
     while !done.get() {
         w.sleep(2_000_000).await;
-        if let Some(v) = lock_violation(&mounts, &server) {
+        let now = mounts.borrow().clone();
+        if let Some(v) = lock_violation(&now, &server) {
             w.log(SERVER, "lock_violation", &[], &v);
             *verdict.borrow_mut() = Some(format!("{v} (between steps)"));
             return;
@@ -427,9 +508,10 @@ pub async fn run(
     vol: Volume,
     mode: Mode,
     opts: NodeOptions,
+    knobs: Knobs,
     mut e: Engine,
 ) -> Result<u64, Failure> {
-    match run_inner(&w, vol, mode, opts, &mut e).await {
+    match run_inner(&w, vol, mode, opts, knobs, &mut e).await {
         Ok(()) => Ok(e.step),
         Err(Stop::Fail(f)) => Err(f),
         Err(Stop::Down) => Err(e.failure("a node went down under the workload".into())),
@@ -441,6 +523,7 @@ async fn run_inner(
     vol: Volume,
     mode: Mode,
     opts: NodeOptions,
+    knobs: Knobs,
     e: &mut Engine,
 ) -> Result<(), Stop> {
     if e.inject == Inject::LyingFlush {
@@ -457,6 +540,10 @@ async fn run_inner(
         fscks: 0,
         done: Rc::new(Cell::new(false)),
         watched: Rc::new(RefCell::new(None)),
+        live: Rc::new(RefCell::new(Vec::new())),
+        knobs,
+        opts,
+        mode,
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
@@ -487,11 +574,20 @@ async fn run_inner(
         let m = start_mount(w, n, opts).await.map_err(Stop::Fail)?;
         run.mounts.push(m);
     }
+    *run.live.borrow_mut() = run.mounts.clone();
     let chaos = w.spawn(chaos(w.clone(), run.done.clone()));
+    let forcer = (knobs.merge_every_ns > 0).then(|| {
+        w.spawn(force_merges(
+            w.clone(),
+            run.server.clone(),
+            run.done.clone(),
+            knobs.merge_every_ns,
+        ))
+    });
     let watcher = (mode == Mode::Shared).then(|| {
         w.spawn(watch_locks(
             w.clone(),
-            run.mounts.clone(),
+            run.live.clone(),
             run.server.clone(),
             run.done.clone(),
             run.watched.clone(),
@@ -500,6 +596,9 @@ async fn run_inner(
     let r = steps(w, mode, e, &mut run, &dirs).await;
     run.done.set(true);
     let _ = chaos.await;
+    if let Some(t) = forcer {
+        let _ = t.await;
+    }
     if let Some(t) = watcher {
         let _ = t.await;
     }
@@ -527,6 +626,16 @@ async fn run_inner(
     verify(e).await?;
     drain_merges(e, &fresh, &run.server, 200).await?;
     verify(e).await?;
+    // nothing finalized is left unmerged
+    match run.server.role.log_tree_counts() {
+        Ok((_, 0)) => {}
+        Ok((open, fin)) => {
+            return Err(e.fail(format!(
+                "{fin} finalized log trees ({open} open) left after the merge drained"
+            )))
+        }
+        Err(er) => return Err(e.fail(format!("log tree counts: {er}"))),
+    }
     let f2 = fresh.clone();
     let got = e.op("unmount".into(), move |_| f2.unmount()).await?;
     if let Err(er) = got {
@@ -557,6 +666,15 @@ async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>) {
     w.fault(Fault::HealAll).await;
 }
 
+/// Ask the server for a merge every `every_ns` (the `--merge-every-ms`
+/// knob): the next GET_LOG_TREES finalizes every mount's tree.
+async fn force_merges(w: Rc<World>, server: Rc<ServerNode>, done: Rc<Cell<bool>>, every_ns: u64) {
+    while !done.get() {
+        w.sleep(every_ns).await;
+        server.role.request_merge();
+    }
+}
+
 /// The random steps of every mount.
 async fn steps(
     w: &Rc<World>,
@@ -576,6 +694,12 @@ async fn steps(
             Mode::Shared => None,
         };
         e.marks.clear();
+        if run.knobs.mount_crashes && e.r(50) == 0 {
+            run.crash_mount(w, e, i).await?;
+            run.check_locks(e)?;
+            run.fsck_if_committed(e)?;
+            continue;
+        }
         match e.r(100) {
             0..=3 => sync(e, &m).await?,
             4 if mode == Mode::Shared => verify(e).await?,
@@ -881,7 +1005,10 @@ async fn drain_merges(
             Ok(false) => {}
             Err(er) => return Err(e.fail(format!("merge_once: {er}"))),
         }
-        if !server.role.merge_pending() {
+        // the merge finished and nothing finalized waits for the next one
+        // (a GET_LOG_MERGE without work asks the open trees to commit)
+        let finalized = server.role.log_tree_counts().map_or(1, |c| c.1);
+        if !server.role.merge_pending() && finalized == 0 {
             return Ok(());
         }
         e.w.sleep(2_000_000_000).await;
