@@ -1081,7 +1081,20 @@ impl Inner {
                 .filter(|t| t.rid != rid && !t.is_finalized())
                 .copied()
                 .collect();
-            if self.should_finalize(&lt) || saw_finalized {
+            // a tree of a mount that is not connected (it died and is
+            // not reclaimed yet, or has not reconnected to this server
+            // life) cannot be finalized before it comes back or is
+            // reclaimed: finalizing ours meanwhile would only pile up
+            // finalized trees (one per commit) and make every commit wait
+            let absent = {
+                let peers = self.peers.borrow();
+                others
+                    .iter()
+                    .any(|t| !peers.get(&t.rid).is_some_and(|p| p.is_connected()))
+            };
+            if absent && (self.should_finalize(&lt) || saw_finalized) {
+                counter!("server.finalize_blocked_by_absent").inc();
+            } else if self.should_finalize(&lt) || saw_finalized {
                 if stored {
                     if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
                         return Ok(Step::More);
