@@ -407,7 +407,7 @@ impl ServerRole {
 /// What a step of GET_LOG_TREES came to.
 enum GotLogTrees {
     /// The transaction is open in this tree.
-    Opened(LogTrees),
+    Opened(Box<LogTrees>),
     /// The caller's tree is finalized; wait for the other mounts (these
     /// rids are asked to commit).
     WaitFor(Vec<u64>),
@@ -1071,7 +1071,7 @@ impl Inner {
         };
         if lt.is_open() {
             // a resend: the transaction is already open
-            return Ok(Step::Done(Opened(lt)));
+            return Ok(Step::Done(Opened(Box::new(lt))));
         }
         if log_merge::status(tx)?.is_none() {
             let root = tx.sb.logs_root;
@@ -1127,7 +1127,7 @@ impl Inner {
         log_trees::refill(tx, &mut lt, &self.cfg.log_trees, &budget)?;
         lt.get_trans_seq = tx.next_seq();
         log_trees::store(tx, &lt)?;
-        Ok(Step::Done(Opened(lt)))
+        Ok(Step::Done(Opened(Box::new(lt))))
     }
 
     async fn commit_log_trees(&self, rid: u64, lt: &LogTrees) -> FsResult<Vec<u8>> {

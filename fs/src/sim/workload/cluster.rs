@@ -360,6 +360,8 @@ struct Run {
     knobs: Knobs,
     opts: NodeOptions,
     mode: Mode,
+    /// The most log trees seen after a server commit (reported at the end).
+    most_trees: Cell<usize>,
 }
 
 impl Run {
@@ -399,6 +401,7 @@ impl Run {
         let (open, fin) = role
             .log_tree_counts()
             .map_err(|er| e.fail(format!("log tree counts: {er}")))?;
+        self.most_trees.set(self.most_trees.get().max(open + fin));
         if open + fin > MAX_LOG_TREES {
             return Err(e.fail(format!(
                 "{open} open and {fin} finalized log trees, over the bound {MAX_LOG_TREES}"
@@ -544,6 +547,7 @@ async fn run_inner(
         knobs,
         opts,
         mode,
+        most_trees: Cell::new(0),
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
@@ -643,6 +647,13 @@ async fn run_inner(
     }
     w.fault(Fault::Stop { node: fresh.node }).await;
     e.note("server_fscks", &format!("{}", run.fscks));
+    e.note(
+        "max_log_trees",
+        &format!(
+            "{} log trees at most after a server commit",
+            run.most_trees.get()
+        ),
+    );
     check_fsck(e, &run.vol, "at the end")
 }
 
