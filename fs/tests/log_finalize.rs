@@ -152,16 +152,20 @@ fn idle(clock: &ManualClock, ns: u64) {
     }
 }
 
-fn drain_merges(c: &Cluster, cm: &ClientMount) {
+fn drain_merges(c: &Cluster, m: &Mount, cm: &ClientMount) {
     let server = &c.server;
     for _ in 0..10_000 {
         if block_on(cm.merge_once()).unwrap() {
             continue;
         }
-        // merged, and nothing finalized waits for the next merge (a
-        // GET_LOG_MERGE without work asks open trees to commit)
+        // merged, and nothing finalized waits for the next merge
         if !server.merge_pending() && server.log_tree_counts().unwrap().1 == 0 {
             return;
+        }
+        if !server.merge_pending() {
+            // finalized trees wait for the idle mount's next commit
+            cm.client().request_sync();
+            block_on(m.tick()).unwrap();
         }
         idle(&c.clock, 500_000_000);
     }
@@ -249,7 +253,7 @@ fn three_writing_mounts_finalize_together_and_their_trees_stay_bounded() {
         block_on(cm.unmount()).unwrap();
     }
     let (fresh, cm) = c.mount(0x200);
-    drain_merges(&c, &cm);
+    drain_merges(&c, &fresh, &cm);
     // the fresh mount's own tree is all that is left, finalized or not
     let (open, fin) = c.server.log_tree_counts().unwrap();
     assert!(
@@ -329,11 +333,13 @@ fn bench_log_merge_with_three_writing_mounts() {
         .map(|(_, cm)| cm.merge_stats().items_merged)
         .sum();
     c.server.request_merge();
-    for (m, _) in &mounts {
-        block_on(m.sync()).unwrap();
+    for (m, cm) in &mounts {
+        // a commit even with nothing dirty (as SYNC_LOG_TREES asks)
+        cm.client().request_sync();
+        block_on(m.tick()).unwrap();
     }
     let t = std::time::Instant::now();
-    drain_merges(&c, &mounts[0].1);
+    drain_merges(&c, &mounts[0].0, &mounts[0].1);
     let dt = t.elapsed().as_secs_f64();
     let after: u64 = mounts
         .iter()

@@ -672,7 +672,7 @@ impl Inner {
         TP_RECLAIM.emit(&[rid, trees]);
         self.lock_rid_gone(rid);
         // its finalized tree must not wait for a busy mount's tree to grow
-        self.kick_finalization().await
+        self.kick_finalization(None).await
     }
 
     // ---- connections ----
@@ -986,12 +986,15 @@ impl Inner {
     }
 
     /// Finalized trees wait for a merge, which starts only while no tree
-    /// is open: ask the mounts with open trees to commit (their next
-    /// GET_LOG_TREES finalizes them), or start the merge if none is open.
-    /// Called where finalized trees may otherwise wait unseen on an idle
-    /// volume: after a mount left or was reclaimed, and on every
-    /// GET_LOG_MERGE that found no work (the merge workers poll).
-    async fn kick_finalization(&self) -> FsResult<()> {
+    /// is open: start it if none is, else ask the mounts with open trees
+    /// (but `except`) to commit: their next GET_LOG_TREES finalizes them.
+    /// Called after a mount left or was reclaimed (its tree would wait for
+    /// a busy mount's tree to grow), and on GET_LOG_MERGE polls that found
+    /// no work, unless the caller is the only mount with an open tree: a
+    /// commit a lone mount did not ask for would change what a crash
+    /// leaves behind (the crash workload's state model); its next commit
+    /// merges them.
+    async fn kick_finalization(&self, except: Option<u64>) -> FsResult<()> {
         let (pending, open, seq) = {
             let mut core = self.core.borrow_mut();
             let sb = *core.super_block();
@@ -1009,26 +1012,32 @@ impl Inner {
         if !pending {
             return Ok(());
         }
-        if open.is_empty() {
-            counter!("server.merge_kicked").inc();
-            return self
-                .run_steps(|tx, me| {
-                    if log_merge::start(tx)? {
-                        me.force_merge.set(false);
-                    }
-                    Ok(Step::Done(()))
-                })
-                .await;
+        if !open.is_empty() {
+            let sent = self.finalize_sent_seq.get();
+            // a lone mount (the caller) is not asked: see above
+            let lone = open.len() == 1 && except.is_some_and(|e| open[0].0 == e);
+            let rids: Vec<u64> = open
+                .iter()
+                .filter(|(_, s)| *s > sent && !lone)
+                .map(|(r, _)| *r)
+                .collect();
+            if !rids.is_empty() {
+                self.finalize_sent_seq.set(seq);
+                self.send_syncs(rids);
+            }
+            return Ok(());
         }
-        let sent = self.finalize_sent_seq.get();
-        let rids: Vec<u64> = open
-            .iter()
-            .filter(|(_, s)| *s > sent)
-            .map(|(r, _)| *r)
-            .collect();
-        if !rids.is_empty() {
-            self.finalize_sent_seq.set(seq);
-            self.send_syncs(rids);
+        let started = self
+            .run_steps(|tx, me| {
+                let started = log_merge::start(tx)?;
+                if started {
+                    me.force_merge.set(false);
+                }
+                Ok(Step::Done(started))
+            })
+            .await?;
+        if started {
+            counter!("server.merge_kicked").inc();
         }
         Ok(())
     }
@@ -1223,7 +1232,8 @@ impl Inner {
         match work {
             Work::Request(req) => Ok(req.encode().to_vec()),
             _ => {
-                self.kick_finalization().await?;
+                // finalized trees waiting: the other mounts commit
+                self.kick_finalization(Some(rid)).await?;
                 Err(Errno::ENOENT)
             }
         }

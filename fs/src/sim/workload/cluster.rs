@@ -1017,10 +1017,22 @@ async fn drain_merges(
             Err(er) => return Err(e.fail(format!("merge_once: {er}"))),
         }
         // the merge finished and nothing finalized waits for the next one
-        // (a GET_LOG_MERGE without work asks the open trees to commit)
+        // (the last farewell started the merge of every finalized tree)
         let finalized = server.role.log_tree_counts().map_or(1, |c| c.1);
         if !server.role.merge_pending() && finalized == 0 {
             return Ok(());
+        }
+        if !server.role.merge_pending() {
+            // finalized trees wait for the lone idle mount's next commit
+            // (as SYNC_LOG_TREES or any write would bring it)
+            m.client.request_sync();
+            let mnt = m.mount.clone();
+            if let Err(er) = e
+                .op("commit".into(), move |_| async move { mnt.tick().await })
+                .await?
+            {
+                return Err(e.fail(format!("commit of the idle mount: {er}")));
+            }
         }
         e.w.sleep(2_000_000_000).await;
     }
