@@ -968,6 +968,12 @@ fn cluster_replay(c: &RunConfig) -> String {
     if c.inject == Inject::NoLocks {
         s += " --inject no-locks";
     }
+    if c.merge_every_ns > 0 {
+        s += &format!(" --merge-every-ms {}", c.merge_every_ns / 1_000_000);
+    }
+    if c.mount_crashes {
+        s += " --mount-crashes";
+    }
     s
 }
 
@@ -975,13 +981,27 @@ fn cluster_replay(c: &RunConfig) -> String {
 /// checker (a failure prints its seed and replay command), and the first
 /// replays to the same hash.
 fn cluster_seeds(w: WorkloadKind, env: &str, default_seeds: u64) -> Vec<SeedReport> {
+    cluster_seeds_with(w, env, default_seeds, |_| {})
+}
+
+/// [`cluster_seeds`] with the configuration changed by `tune`.
+fn cluster_seeds_with(
+    w: WorkloadKind,
+    env: &str,
+    default_seeds: u64,
+    tune: impl Fn(&mut RunConfig),
+) -> Vec<SeedReport> {
     let seeds = std::env::var(env)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default_seeds);
     let img = VolumeImage::mkfs().expect("mkfs");
     let reps: Vec<SeedReport> = (1..=seeds)
-        .map(|s| run_seed(&cluster_config(s, w, Inject::None), Some(&img), None))
+        .map(|s| {
+            let mut c = cluster_config(s, w, Inject::None);
+            tune(&mut c);
+            run_seed(&c, Some(&img), None)
+        })
         .collect();
     let bad: Vec<String> = reps
         .iter()
@@ -1006,6 +1026,41 @@ fn cluster_seeds(w: WorkloadKind, env: &str, default_seeds: u64) -> Vec<SeedRepo
     let again = run_seed(&reps[0].cfg, Some(&img), None);
     assert_eq!(again.hash, reps[0].hash, "seed 1 replays to the same hash");
     reps
+}
+
+/// Seeds of each cluster workload with merges forced every second and
+/// mount crashes (issue 12's acceptance) in CI.
+const CI_FINALIZE_SEEDS: u64 = 40;
+
+/// Coordinated finalization under three writers: merges forced every
+/// second of virtual time, mounts crashing (after a sync), reclaimed and
+/// mounting again; every checker of the cluster workload plus the log
+/// tree count bound, the merge order (every tree outside a merge newer
+/// than its inputs) and nothing finalized left after the drain. Both
+/// workloads; `SCOUTVM_SIM_FINALIZE_SEEDS=N` for more (the long run:
+/// `cargo xtask sim --workload cluster --merge-every-ms 1000
+/// --mount-crashes --seeds N`).
+#[test]
+fn cluster_seeds_with_forced_merges_and_mount_crashes_pass_every_checker() {
+    let names = [
+        "server.sync_log_trees_sent",
+        "log_merge.finished",
+        "node.sync_commits",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| counter(n)).collect();
+    let mut crashes = 0;
+    for w in [WorkloadKind::Cluster, WorkloadKind::ClusterDisjoint] {
+        let reps = cluster_seeds_with(w, "SCOUTVM_SIM_FINALIZE_SEEDS", CI_FINALIZE_SEEDS, |c| {
+            c.merge_every_ns = 1_000_000_000;
+            c.mount_crashes = true;
+        });
+        crashes += reps.iter().map(|r| r.world.crashes).sum::<u64>();
+    }
+    assert!(crashes > 0, "no mount crashed");
+    // the server asked mounts to commit, they did, and merges finished
+    for (n, b) in names.iter().zip(&before) {
+        assert!(counter(n) > *b, "{n} never moved");
+    }
 }
 
 #[test]

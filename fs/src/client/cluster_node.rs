@@ -17,8 +17,8 @@
 
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, MergeWorkerStats,
-    NodeOptions, SharedEntropy,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_sync_worker, MergeWorker,
+    MergeWorkerStats, NodeOptions, SharedEntropy,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
@@ -540,6 +540,8 @@ impl ClusterNode {
             let t = spawn_lock_shrinker(lc, mount, handle, opts.tick_ns)?;
             self.tasks.borrow_mut().push(t);
         }
+        let t = spawn_sync_worker(mount, &self.client, handle)?;
+        self.tasks.borrow_mut().push(t);
         Ok(())
     }
 
@@ -644,5 +646,139 @@ impl ClusterNode {
         }
         self.server.stop().await;
         self.server.agent.borrow_mut().take();
+    }
+}
+
+/// A mount that is only a client of a server at a fixed address (no
+/// quorum, no server of its own): what the tests and benches of several
+/// mounts of one in-process server use. Composed as [`mount_cluster`]
+/// composes a node's mount.
+pub struct ClientMount {
+    client: Rc<Client>,
+    trans: Rc<ClientLogTxn>,
+    merge: Rc<MergeWorker>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    mount: Rc<Mount>,
+    locks: Option<Rc<LockClient>>,
+}
+
+/// Mount the volume as a client of the server listening at `addr` on
+/// `net`, as mount `rid`, with the commit ticker, the merge worker, the
+/// answer to SYNC_LOG_TREES and (with `opts.cluster_locks`) a lock client.
+#[allow(clippy::too_many_arguments)]
+pub async fn mount_client(
+    net: Rc<dyn Transport>,
+    addr: &str,
+    rid: u64,
+    meta: Rc<dyn BlockDev>,
+    data: Rc<dyn BlockDev>,
+    clock: Rc<dyn Clock>,
+    entropy: Rc<dyn Entropy>,
+    handle: Handle,
+    opts: NodeOptions,
+) -> FsResult<(Rc<Mount>, ClientMount)> {
+    let sb = read_super_from(&*meta).map_err(store_errno)?;
+    let id = ClientIdentity {
+        fsid: sb.hdr.fsid,
+        fmt_vers: sb.fmt_vers,
+        rid,
+        flags: 0,
+    };
+    let leader = Rc::new(crate::cluster::session::StaticLeader::new(addr));
+    let client = Client::connect_via(net, leader, id, opts.session, &handle).await?;
+    let (trans, merge) = open_client_half(&client, &meta, &entropy, sb.hdr.fsid, &opts).await?;
+    let locks = opts
+        .cluster_locks
+        .map(|cfg| start_lock_client(&client, &trans, &handle, cfg));
+    let backend: Rc<dyn crate::posix::backend::Backend> = trans.clone();
+    let mounted = match &locks {
+        Some(lc) => {
+            let provider: Rc<dyn LockProvider> = lc.clone();
+            Mount::mount_with_locks(backend, data, clock, opts.mount, provider).await
+        }
+        None => Mount::mount(backend, data, clock, opts.mount).await,
+    };
+    let mount = match mounted {
+        Ok(m) => Rc::new(m),
+        Err(e) => {
+            if let Some(lc) = &locks {
+                lc.hooks_ready();
+            }
+            trans.discard();
+            trans.close();
+            client.disconnect();
+            return Err(e);
+        }
+    };
+    if let Some(lc) = &locks {
+        set_mount_hooks(lc, &mount);
+    }
+    let cm = ClientMount {
+        client,
+        trans,
+        merge,
+        tasks: RefCell::new(Vec::new()),
+        mount: mount.clone(),
+        locks,
+    };
+    let mut tasks = Vec::new();
+    if opts.tick_ns > 0 {
+        tasks.push(spawn_commit_ticker(&mount, &handle, opts.tick_ns)?);
+        if let Some(lc) = &cm.locks {
+            tasks.push(spawn_lock_shrinker(lc, &mount, &handle, opts.tick_ns)?);
+        }
+    }
+    if opts.merge_poll_ns > 0 {
+        tasks.push(spawn_merge_worker(
+            cm.merge.clone(),
+            &handle,
+            opts.merge_poll_ns,
+        )?);
+    }
+    tasks.push(spawn_sync_worker(&mount, &cm.client, &handle)?);
+    *cm.tasks.borrow_mut() = tasks;
+    Ok((mount, cm))
+}
+
+impl ClientMount {
+    pub fn client(&self) -> &Rc<Client> {
+        &self.client
+    }
+
+    pub fn trans(&self) -> &Rc<ClientLogTxn> {
+        &self.trans
+    }
+
+    pub fn merge_stats(&self) -> MergeWorkerStats {
+        self.merge.stats.get()
+    }
+
+    /// One piece of log merge work, if the server had any.
+    pub async fn merge_once(&self) -> FsResult<bool> {
+        self.merge.merge_once().await
+    }
+
+    fn stop_tasks(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Commit, say farewell, close.
+    pub async fn unmount(self) -> FsResult<()> {
+        self.stop_tasks();
+        self.mount.sync().await?;
+        let r = self.client.farewell().await;
+        self.trans.close();
+        self.client.disconnect();
+        r
+    }
+
+    /// Stop without committing or saying farewell (a crash).
+    pub fn abandon(self) {
+        self.stop_tasks();
+        self.trans.discard();
+        self.trans.close();
+        self.client.disconnect();
     }
 }

@@ -201,6 +201,18 @@ pub(crate) async fn open_client_half(
     Ok((trans, merge))
 }
 
+/// `Mount::tick` in a task of its own, awaited: aborting the caller (an
+/// unmount stops the background tasks) must not drop a commit half way
+/// (published, its next transaction not yet opened: with coordinated
+/// finalization GET_LOG_TREES may wait up to half a second). The
+/// unmount's own commit waits for this one (the commit hold).
+async fn tick_detached(handle: &Handle, m: Rc<Mount>) -> FsResult<()> {
+    match handle.spawn_named("client.commit", async move { m.tick().await }) {
+        Ok(t) => t.await,
+        Err(_) => Err(Errno::ENOMEM),
+    }
+}
+
 /// The commit ticker of a mount: every `period_ns` ask it whether a
 /// commit is due; ends with the mount.
 pub(crate) fn spawn_commit_ticker(
@@ -217,10 +229,53 @@ pub(crate) fn spawn_commit_ticker(
                 let Some(m) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = m.tick().await {
+                if let Err(e) = tick_detached(&h, m).await {
                     counter!("node.tick_commit_errors").inc();
                     log::warn!("periodic commit failed: {e}");
                 }
+            }
+        })
+        .map_err(|_| Errno::ENOMEM)
+}
+
+/// The mount's answer to the server's SYNC_LOG_TREES: commit at once
+/// (even with nothing dirty: the server finalizes the tree at the next
+/// GET_LOG_TREES), not at the next tick, so a coordinated finalization
+/// finds every mount within its wait. Ends with the mount.
+pub(crate) fn spawn_sync_worker(
+    mount: &Rc<Mount>,
+    client: &Rc<Client>,
+    handle: &Handle,
+) -> FsResult<JoinHandle<()>> {
+    let (weak, c) = (Rc::downgrade(mount), Rc::downgrade(client));
+    let h = handle.clone();
+    handle
+        .spawn_named("client.sync", async move {
+            loop {
+                let Some(client) = c.upgrade() else {
+                    return;
+                };
+                let asked = client.sync_notified();
+                let pending = client.sync_pending();
+                let closed = client.is_closed();
+                drop(client);
+                if closed {
+                    return;
+                }
+                if pending {
+                    let Some(m) = weak.upgrade() else {
+                        return;
+                    };
+                    counter!("node.sync_commits").inc();
+                    if let Err(e) = tick_detached(&h, m).await {
+                        counter!("node.sync_commit_errors").inc();
+                        log::warn!("commit asked by the server failed: {e}");
+                        // the mount failed: the next ask would fail too
+                        return;
+                    }
+                    continue;
+                }
+                asked.await;
             }
         })
         .map_err(|_| Errno::ENOMEM)
@@ -332,6 +387,8 @@ pub async fn mount_volume_on(
         let t = spawn_commit_ticker(&mount, &handle, opts.tick_ns)?;
         node.tasks.borrow_mut().push(t);
     }
+    let t = spawn_sync_worker(&mount, &node.client, &handle)?;
+    node.tasks.borrow_mut().push(t);
     Ok((mount, node))
 }
 

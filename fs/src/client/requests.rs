@@ -21,7 +21,7 @@ use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::key::Key;
 use crate::format::log::{LogTrees, MergeComplete, MergeRequest};
-use crate::runtime::exec::Handle;
+use crate::runtime::exec::{Handle, Notified, Notify};
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -40,6 +40,8 @@ pub type LockRecoverHandler = Rc<dyn Fn(&Key) -> Vec<NetLock>>;
 pub struct Client {
     session: Rc<ClientSession>,
     sync_requested: Rc<Cell<bool>>,
+    /// Notified when the server asks for a commit.
+    sync_kick: Notify,
     lock_handler: Rc<RefCell<Option<LockHandler>>>,
     recover_handler: Rc<RefCell<Option<LockRecoverHandler>>>,
 }
@@ -75,18 +77,22 @@ impl Client {
         let session = ClientSession::start(transport, leader, id, cfg, handle)?;
         let sync = Rc::new(Cell::new(false));
         let s2 = sync.clone();
+        let kick = Notify::new();
+        let k2 = kick.clone();
         let locks: Rc<RefCell<Option<LockHandler>>> = Rc::new(RefCell::new(None));
         let l2 = locks.clone();
         let recover: Rc<RefCell<Option<LockRecoverHandler>>> = Rc::new(RefCell::new(None));
         let r2 = recover.clone();
         session.set_handler(Rc::new(move |req| {
             let sync = s2.clone();
+            let kick = k2.clone();
             let lock = l2.borrow().clone();
             let recover = r2.borrow().clone();
             Box::pin(async move {
                 match req {
                     Request::SyncLogTrees => {
                         sync.set(true);
+                        kick.notify();
                         counter!("client.sync_requests").inc();
                         Ok(Vec::new())
                     }
@@ -112,6 +118,7 @@ impl Client {
         Ok(Rc::new(Client {
             session,
             sync_requested: sync,
+            sync_kick: kick,
             lock_handler: locks,
             recover_handler: recover,
         }))
@@ -149,6 +156,12 @@ impl Client {
     /// Ask the mount for a commit (as a server's SYNC_LOG_TREES would).
     pub fn request_sync(&self) {
         self.sync_requested.set(true);
+    }
+
+    /// Completes at the next SYNC_LOG_TREES from the server (take it
+    /// before looking at [`Self::sync_pending`]).
+    pub fn sync_notified(&self) -> Notified {
+        self.sync_kick.notified()
     }
 
     /// Has the server asked for a commit that has not happened yet?

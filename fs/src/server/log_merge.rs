@@ -150,18 +150,29 @@ pub fn inputs(tx: &mut ServerTxn<'_>, seq: u64) -> StoreResult<Vec<LogTrees>> {
         .collect())
 }
 
-/// Start a merge of every finalized tree if none is in progress and
-/// there is one. Returns whether a merge is (now) in progress.
+/// Start a merge of every finalized tree if none is in progress, there
+/// is one, and no tree is open. Returns whether a merge is (now) in
+/// progress.
+///
+/// Why no open tree: merged items keep their seqs and overwrite fs_root,
+/// so every tree left out of a merge must hold only newer items than its
+/// inputs. A tree open now may hold older versions of keys an input
+/// holds (written before a lock moved to the input's mount); a tree
+/// opened after this instant gets seqs above the status seq (and so
+/// above every input item). The server's GET_LOG_TREES brings every
+/// mount to finalize (coordinated finalization, `role.rs`).
 pub fn start(tx: &mut ServerTxn<'_>) -> StoreResult<bool> {
     if status(tx)?.is_some() {
         return Ok(true);
     }
     let root = tx.sb.logs_root;
-    let finalized = log_trees::all(tx.cache, &root)?
-        .into_iter()
-        .filter(|lt| lt.is_finalized())
-        .count();
+    let all = log_trees::all(tx.cache, &root)?;
+    let finalized = all.iter().filter(|lt| lt.is_finalized()).count();
     if finalized == 0 {
+        return Ok(false);
+    }
+    if finalized < all.len() {
+        counter!("log_merge.start_with_open_trees_refused").inc();
         return Ok(false);
     }
     let st = MergeStatus {
@@ -529,7 +540,8 @@ fn splice(
     del(tx, &merge_status_key())?;
     counter!("log_merge.finished").inc();
     TP_MERGE_DONE.emit(&[st.seq, ins.len() as u64]);
-    // trees finalized while this merge ran are the next one's inputs
+    // trees finalized while this merge ran (a mount left or was
+    // reclaimed) are the next one's inputs, once no tree is open
     start(tx)?;
     Ok(Step::Done(true))
 }
@@ -574,4 +586,68 @@ pub fn free_some(tx: &mut ServerTxn<'_>, cfg: &MergeConfig) -> StoreResult<Step<
             put(tx, it.key, &f.encode())?;
         }
     }
+}
+
+/// The ordering merges rely on (cluster reference §1.9, storage §3.1):
+/// while a merge is in progress, every log tree that is not one of its
+/// inputs holds only items newer than every item of every input, so no
+/// later merge can put an older version over what this one merged.
+/// `Ok(Err(what))` names the tree and item that break it (simulator and
+/// test checker; reads every non-input tree).
+pub fn check_order(
+    cache: &mut crate::storage::block::BlockCache,
+    sb: &crate::format::super_block::SuperBlock,
+) -> StoreResult<Result<(), alloc::string::String>> {
+    let Some(it) = btree::lookup(cache, &sb.log_merge, &merge_status_key())? else {
+        return Ok(Ok(()));
+    };
+    let st = MergeStatus::decode(&it.val).map_err(|e| bad(e.0))?;
+    let trees = log_trees::all(cache, &sb.logs_root)?;
+    let is_input = |lt: &LogTrees| lt.is_finalized() && lt.finalize_seq < st.seq;
+    let newest = trees
+        .iter()
+        .filter(|lt| is_input(lt))
+        .map(|lt| lt.max_item_seq)
+        .max()
+        .unwrap_or(0);
+    let (s, e) = (Key::MIN, Key::MAX);
+    for lt in trees.iter().filter(|lt| !is_input(lt)) {
+        let mut old = None;
+        btree::for_each_range(cache, &lt.item_root, &s, &e, |it| {
+            if it.seq <= newest {
+                old = Some((it.key, it.seq));
+                return false;
+            }
+            true
+        })?;
+        if let Some((k, seq)) = old {
+            let all: Vec<_> = trees
+                .iter()
+                .map(|t| {
+                    (
+                        t.rid,
+                        t.nr,
+                        t.get_trans_seq,
+                        t.commit_trans_seq,
+                        t.max_item_seq,
+                        t.finalize_seq,
+                    )
+                })
+                .collect();
+            return Ok(Err(alloc::format!(
+                "log tree (rid {:#x}, nr {}, {}) holds {k:?} at seq {seq}, not newer than \
+                 the newest item ({newest}) of the inputs of the merge at seq {}; trees \
+                 (rid, nr, get, commit, max item, finalize seqs): {all:x?}",
+                lt.rid,
+                lt.nr,
+                if lt.is_finalized() {
+                    "finalized"
+                } else {
+                    "open"
+                },
+                st.seq
+            )));
+        }
+    }
+    Ok(Ok(()))
 }

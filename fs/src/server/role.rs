@@ -86,6 +86,14 @@ pub const FREEING_POLL_NS: u64 = 1_000_000_000;
 /// up to [`LOCK_INVALIDATE_RETRY_MAX_NS`]) while its mount is still known.
 pub const LOCK_INVALIDATE_RETRY_NS: u64 = 100_000_000;
 pub const LOCK_INVALIDATE_RETRY_MAX_NS: u64 = 5_000_000_000;
+/// `log_merge_wait_timeout_ms` (500 ms): how long a GET_LOG_TREES that
+/// finalized its tree waits for every other mount to finalize theirs.
+pub const FINALIZE_WAIT_NS: u64 = 500_000_000;
+/// The waiting GET_LOG_TREES looks again after this pause, growing by
+/// half each time up to [`FINALIZE_POLL_MAX_NS`] (5 ms, 150 %, 100 ms as
+/// the reference).
+pub const FINALIZE_POLL_MIN_NS: u64 = 5_000_000;
+pub const FINALIZE_POLL_MAX_NS: u64 = 100_000_000;
 
 /// Tunables of the server role.
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +122,11 @@ pub struct ServerConfig {
     /// Rotate a mount's srch log file into `srch_root` once it holds this
     /// many blocks (scoutfs: 16; tests lower it to force rotations).
     pub srch_rotate_blocks: u64,
+    /// Coordinated finalization: how long a GET_LOG_TREES that finalized
+    /// its tree waits for the other mounts' trees (after that it opens
+    /// its next tree and the merge starts at a later GET_LOG_TREES that
+    /// finds every tree finalized).
+    pub finalize_wait_ns: u64,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +143,7 @@ impl Default for ServerConfig {
             locks: LockServerConfig::default(),
             recovery_window_ns: RECOVERY_WINDOW_NS,
             srch_rotate_blocks: crate::format::srch::LOG_BLOCK_LIMIT,
+            finalize_wait_ns: FINALIZE_WAIT_NS,
         }
     }
 }
@@ -166,6 +180,9 @@ struct Inner {
     stopping: Cell<bool>,
     stopped: Cell<bool>,
     force_merge: Cell<bool>,
+    /// Seq when SYNC_LOG_TREES last went out: trees opened since get one
+    /// (the reference's `finalize_sent_seq`).
+    finalize_sent_seq: Cell<u64>,
     freeing_kick: Notify,
     listener: RefCell<Option<Rc<dyn Listener>>>,
     conns: RefCell<Vec<Rc<Endpoint>>>,
@@ -250,6 +267,7 @@ impl ServerRole {
                 stopping: Cell::new(false),
                 stopped: Cell::new(false),
                 force_merge: Cell::new(false),
+                finalize_sent_seq: Cell::new(0),
                 freeing_kick: Notify::new(),
                 listener: RefCell::new(None),
                 conns: RefCell::new(Vec::new()),
@@ -423,10 +441,39 @@ impl ServerRole {
         Ok((all.len() - fin, fin))
     }
 
+    /// The ordering merges rely on, over the open transaction's trees
+    /// ([`log_merge::check_order`]): `Ok(Err(what))` when a tree that is
+    /// not an input of the merge in progress holds an item no newer than
+    /// an input's.
+    pub fn check_log_order(&self) -> FsResult<Result<(), alloc::string::String>> {
+        let mut core = self.inner.core.borrow_mut();
+        let sb = *core.super_block();
+        log_merge::check_order(core.cache(), &sb).map_err(store_errno)
+    }
+
     /// Is a log merge (or freeing of merged trees) in progress?
     pub fn merge_pending(&self) -> bool {
         !self.stable_super().log_merge.is_empty()
     }
+}
+
+/// What a step of GET_LOG_TREES came to.
+enum GotLogTrees {
+    /// The transaction is open in this tree.
+    Opened(Box<LogTrees>),
+    /// The caller's tree is finalized; wait for the other mounts (these
+    /// rids are asked to commit).
+    WaitFor(Vec<u64>),
+}
+use GotLogTrees::{Opened, WaitFor};
+
+/// The newest tree of each rid (`trees` in (rid, nr) order).
+fn last_trees(trees: &[LogTrees]) -> impl Iterator<Item = &LogTrees> {
+    trees
+        .iter()
+        .enumerate()
+        .filter(move |(i, t)| trees.get(i + 1).is_none_or(|n| n.rid != t.rid))
+        .map(|(_, t)| t)
 }
 
 impl Inner {
@@ -700,7 +747,8 @@ impl Inner {
         self.count(|c| c.reclaimed_rids += 1);
         TP_RECLAIM.emit(&[rid, trees]);
         self.lock_rid_gone(rid);
-        Ok(())
+        // its finalized tree must not wait for a busy mount's tree to grow
+        self.kick_finalization(None).await
     }
 
     // ---- connections ----
@@ -955,55 +1003,233 @@ impl Inner {
                 || self.force_merge.get())
     }
 
-    async fn get_log_trees(&self, rid: u64) -> FsResult<Vec<u8>> {
-        let lt = self
+    /// GET_LOG_TREES: open the mount's next transaction, finalizing its
+    /// tree first when a merge is due (coordinated finalization,
+    /// reference §1.9 / storage §3.1-3.2).
+    ///
+    /// Items must never go back in time when log trees are merged into
+    /// fs_root: every tree that is not an input of a merge must hold only
+    /// items newer than every input's. A lone tree cannot be finalized
+    /// while others stay open (an open tree may hold an older version of
+    /// a key that a newer lock let another mount overwrite), so once any
+    /// tree is finalized (it grew, its allocator ran LOW, a merge was
+    /// requested, or its mount left or was reclaimed) every mount's next
+    /// GET_LOG_TREES finalizes its tree too, and the merge starts only at
+    /// an instant when no tree is open: the trees opened afterwards get
+    /// transaction seqs (and their locks write_seqs) above the merge's
+    /// status seq, above every input item.
+    ///
+    /// The caller that finalized asks the mounts with open trees to commit
+    /// (SYNC_LOG_TREES) and waits for them without holding the
+    /// transaction, looking again after 5 ms growing 150 % up to 100 ms,
+    /// for at most `ServerConfig::finalize_wait_ns` (500 ms). Past that it
+    /// opens its next tree anyway; its finalized tree waits, and the merge
+    /// starts at a later GET_LOG_TREES that finds every tree finalized
+    /// (`server.merge_start_deferred` counts these timeouts).
+    async fn get_log_trees(self: &Rc<Self>, rid: u64) -> FsResult<Vec<u8>> {
+        let start = self.handle.now_ns();
+        let mut delay = FINALIZE_POLL_MIN_NS;
+        let mut give_up = false;
+        // bounded: after finalize_wait_ns the step always opens the tree
+        loop {
+            let got = self
+                .run_steps(|tx, me| me.get_log_trees_step(tx, rid, give_up))
+                .await?;
+            let sync = match got {
+                Opened(lt) => return Ok(lt.encode().to_vec()),
+                WaitFor(sync) => sync,
+            };
+            self.send_syncs(sync);
+            counter!("server.finalize_waits").inc();
+            loop {
+                self.handle.sleep_ns(delay).await;
+                delay = (delay * 3 / 2).min(FINALIZE_POLL_MAX_NS);
+                if self.stopping.get() {
+                    return Err(Errno::EIO);
+                }
+                if self.handle.now_ns().saturating_sub(start) >= self.cfg.finalize_wait_ns {
+                    give_up = true;
+                    break;
+                }
+                if self.finalize_wait_over(rid)? {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Has what a finalizing GET_LOG_TREES waits for happened: a merge
+    /// started, or no other mount's tree is open? (Read only, no hold.)
+    fn finalize_wait_over(&self, rid: u64) -> FsResult<bool> {
+        let mut core = self.core.borrow_mut();
+        let sb = *core.super_block();
+        let merging = btree::lookup(core.cache(), &sb.log_merge, &merge_status_key())
+            .map_err(store_errno)?
+            .is_some();
+        if merging {
+            return Ok(true);
+        }
+        let trees = log_trees::all(core.cache(), &sb.logs_root).map_err(store_errno)?;
+        let open = last_trees(&trees).any(|lt| lt.rid != rid && !lt.is_finalized());
+        Ok(!open)
+    }
+
+    /// Finalized trees wait for a merge, which starts only while no tree
+    /// is open: start it if none is, else ask the mounts with open trees
+    /// (but `except`) to commit: their next GET_LOG_TREES finalizes them.
+    /// Called after a mount left or was reclaimed (its tree would wait for
+    /// a busy mount's tree to grow), and on GET_LOG_MERGE polls that found
+    /// no work, unless the caller is the only mount with an open tree: a
+    /// commit a lone mount did not ask for would change what a crash
+    /// leaves behind (the crash workload's state model); its next commit
+    /// merges them.
+    async fn kick_finalization(&self, except: Option<u64>) -> FsResult<()> {
+        let (pending, open, seq) = {
+            let mut core = self.core.borrow_mut();
+            let sb = *core.super_block();
+            let merging = btree::lookup(core.cache(), &sb.log_merge, &merge_status_key())
+                .map_err(store_errno)?
+                .is_some();
+            let trees = log_trees::all(core.cache(), &sb.logs_root).map_err(store_errno)?;
+            let finalized = trees.iter().any(|t| t.is_finalized());
+            let open: Vec<(u64, u64)> = last_trees(&trees)
+                .filter(|t| !t.is_finalized())
+                .map(|t| (t.rid, t.get_trans_seq))
+                .collect();
+            (!merging && finalized, open, core.peek_seq())
+        };
+        if !pending {
+            return Ok(());
+        }
+        if !open.is_empty() {
+            let sent = self.finalize_sent_seq.get();
+            // a lone mount (the caller) is not asked: see above
+            let lone = open.len() == 1 && except.is_some_and(|e| open[0].0 == e);
+            let rids: Vec<u64> = open
+                .iter()
+                .filter(|(_, s)| *s > sent && !lone)
+                .map(|(r, _)| *r)
+                .collect();
+            if !rids.is_empty() {
+                self.finalize_sent_seq.set(seq);
+                self.send_syncs(rids);
+            }
+            return Ok(());
+        }
+        let started = self
             .run_steps(|tx, me| {
-                let budget = Budget::new(tx, me.cfg.hold_budget_blocks);
-                let mut lt = match log_trees::last_for_rid(tx, rid)? {
-                    Some(lt) if !lt.is_finalized() => lt,
-                    Some(lt) => log_trees::new_tree(rid, lt.nr + 1),
-                    None => log_trees::new_tree(rid, 1),
-                };
-                if lt.is_open() {
-                    // a resend: the transaction is already open
-                    return Ok(Step::Done(lt));
+                let started = log_merge::start(tx)?;
+                if started {
+                    me.force_merge.set(false);
                 }
-                if me.should_finalize(&lt) && log_merge::status(tx)?.is_none() {
-                    let root = tx.sb.logs_root;
-                    let others_open = log_trees::all(tx.cache, &root)?
-                        .iter()
-                        .any(|o| o.rid != rid && !o.is_finalized());
-                    if others_open {
-                        // finalization must be coordinated across mounts:
-                        // wait until the cluster layer can do that
-                        counter!("server.merge_start_deferred").inc();
-                    } else {
-                        if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
-                            return Ok(Step::More);
-                        }
-                        me.force_merge.set(false);
-                        log_merge::start(tx)?;
-                        lt = log_trees::new_tree(rid, lt.nr + 1);
-                    }
-                } else if log_merge::status(tx)?.is_none() {
-                    // finalized trees left by an unmount or a crash
-                    log_merge::start(tx)?;
-                }
-                if log_trees::drain_freed(tx, &mut lt, &budget)? == Step::More {
-                    log_trees::store(tx, &lt)?;
-                    return Ok(Step::More);
-                }
-                log_trees::refill(tx, &mut lt, &me.cfg.log_trees, &budget)?;
-                srch_compact::maybe_rotate(tx, &mut lt, me.cfg.srch_rotate_blocks)?;
-                if budget.ok(tx) {
-                    srch_compact::compact_one(tx)?;
-                }
-                lt.get_trans_seq = tx.next_seq();
-                log_trees::store(tx, &lt)?;
-                Ok(Step::Done(lt))
+                Ok(Step::Done(started))
             })
             .await?;
-        Ok(lt.encode().to_vec())
+        if started {
+            counter!("server.merge_kicked").inc();
+        }
+        Ok(())
+    }
+
+    /// Ask `rids` to commit (SYNC_LOG_TREES), each from a task of its own:
+    /// the answer only says the mount heard it; a mount that is away gets
+    /// it when it reconnects, or is reclaimed.
+    fn send_syncs(&self, rids: Vec<u64>) {
+        for rid in rids {
+            let peer = self.peers.borrow().get(&rid).cloned();
+            let Some(peer) = peer else {
+                continue;
+            };
+            counter!("server.sync_log_trees_sent").inc();
+            let spawned = self
+                .handle
+                .spawn_named("server.sync_log_trees", async move {
+                    if let Err(e) = peer.call(msg::cmd::SYNC_LOG_TREES, &[]).await {
+                        log::debug!("server: SYNC_LOG_TREES to a mount: {e:?}");
+                    }
+                });
+            if spawned.is_err() {
+                counter!("server.sync_spawn_failed").inc();
+            }
+        }
+    }
+
+    /// One held step of GET_LOG_TREES (see [`Self::get_log_trees`]).
+    fn get_log_trees_step(
+        &self,
+        tx: &mut ServerTxn<'_>,
+        rid: u64,
+        give_up: bool,
+    ) -> StoreResult<Step<GotLogTrees>> {
+        let budget = Budget::new(tx, self.cfg.hold_budget_blocks);
+        let (mut lt, stored) = match log_trees::last_for_rid(tx, rid)? {
+            Some(lt) if !lt.is_finalized() => (lt, true),
+            Some(lt) => (log_trees::new_tree(rid, lt.nr + 1), false),
+            None => (log_trees::new_tree(rid, 1), false),
+        };
+        if lt.is_open() {
+            // a resend: the transaction is already open
+            return Ok(Step::Done(Opened(Box::new(lt))));
+        }
+        if log_merge::status(tx)?.is_none() {
+            let root = tx.sb.logs_root;
+            let trees = log_trees::all(tx.cache, &root)?;
+            let saw_finalized = trees.iter().any(|t| t.is_finalized());
+            let others: Vec<LogTrees> = last_trees(&trees)
+                .filter(|t| t.rid != rid && !t.is_finalized())
+                .copied()
+                .collect();
+            // a tree of a mount that is not connected (it died and is
+            // not reclaimed yet, or has not reconnected to this server
+            // life) cannot be finalized before it comes back or is
+            // reclaimed: finalizing ours meanwhile would only pile up
+            // finalized trees (one per commit) and make every commit wait
+            let absent = {
+                let peers = self.peers.borrow();
+                others
+                    .iter()
+                    .any(|t| !peers.get(&t.rid).is_some_and(|p| p.is_connected()))
+            };
+            if absent && (self.should_finalize(&lt) || saw_finalized) {
+                counter!("server.finalize_blocked_by_absent").inc();
+            } else if self.should_finalize(&lt) || saw_finalized {
+                if stored {
+                    if log_trees::finalize(tx, &mut lt, &budget)? == Step::More {
+                        return Ok(Step::More);
+                    }
+                    lt = log_trees::new_tree(rid, lt.nr + 1);
+                }
+                if others.is_empty() {
+                    // no tree is open: everything finalized is older than
+                    // every tree opened from now on
+                    self.force_merge.set(false);
+                    log_merge::start(tx)?;
+                } else if give_up {
+                    counter!("server.merge_start_deferred").inc();
+                } else {
+                    let sent = self.finalize_sent_seq.get();
+                    let sync = others
+                        .iter()
+                        .filter(|t| t.get_trans_seq > sent)
+                        .map(|t| t.rid)
+                        .collect();
+                    self.finalize_sent_seq.set(tx.peek_seq());
+                    return Ok(Step::Done(WaitFor(sync)));
+                }
+            }
+        }
+        if log_trees::drain_freed(tx, &mut lt, &budget)? == Step::More {
+            log_trees::store(tx, &lt)?;
+            return Ok(Step::More);
+        }
+        log_trees::refill(tx, &mut lt, &self.cfg.log_trees, &budget)?;
+        srch_compact::maybe_rotate(tx, &mut lt, self.cfg.srch_rotate_blocks)?;
+        if budget.ok(tx) {
+            srch_compact::compact_one(tx)?;
+        }
+        lt.get_trans_seq = tx.next_seq();
+        log_trees::store(tx, &lt)?;
+        Ok(Step::Done(Opened(Box::new(lt))))
     }
 
     async fn commit_log_trees(&self, rid: u64, lt: &LogTrees) -> FsResult<Vec<u8>> {
@@ -1098,7 +1324,11 @@ impl Inner {
         self.freeing_kick.notify();
         match work {
             Work::Request(req) => Ok(req.encode().to_vec()),
-            _ => Err(Errno::ENOENT),
+            _ => {
+                // finalized trees waiting: the other mounts commit
+                self.kick_finalization(Some(rid)).await?;
+                Err(Errno::ENOENT)
+            }
         }
     }
 

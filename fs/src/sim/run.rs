@@ -92,6 +92,12 @@ pub struct RunConfig {
     /// adversary on the network replays, reorders, mutates and forges
     /// traffic (see `sim::net`).
     pub adversary: bool,
+    /// Cluster workloads: ask the server for a log merge this often
+    /// (virtual ns; 0: only when trees grow). `--merge-every-ms`.
+    pub merge_every_ns: u64,
+    /// Cluster workloads: crash, reclaim and remount mounts now and then.
+    /// `--mount-crashes`.
+    pub mount_crashes: bool,
 }
 
 impl RunConfig {
@@ -110,6 +116,8 @@ impl RunConfig {
             pauses: true,
             crash_merge_liveness: true,
             adversary: false,
+            merge_every_ns: 0,
+            mount_crashes: false,
         }
     }
 }
@@ -476,7 +484,11 @@ fn run_cluster_seed(
         Err(e) => Err((0, e)),
         Ok(()) => {
             let e = Engine::new(w.clone(), 1, vol.clone(), opts, budget, cfg.inject, false);
-            let main = workload::cluster::run(w.clone(), vol, mode, opts, e);
+            let knobs = workload::cluster::Knobs {
+                merge_every_ns: cfg.merge_every_ns,
+                mount_crashes: cfg.mount_crashes,
+            };
+            let main = workload::cluster::run(w.clone(), vol, mode, opts, knobs, e);
             let limit = cfg.until_ns.saturating_add(SLACK_NS);
             match w.run(main, limit) {
                 Ok(Ok(steps)) => Ok(steps),

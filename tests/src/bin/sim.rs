@@ -7,7 +7,7 @@
 //! ```text
 //! scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]
 //!             [--workload posix|crash|quorum|session|cluster|cluster-disjoint|cluster-failover|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]
-//!             [--no-pauses] [--adversary] [--trace] [--no-template]
+//!             [--no-pauses] [--adversary] [--merge-every-ms N] [--mount-crashes] [--trace] [--no-template]
 //! ```
 //!
 //! Seeds `S..S+N` run (default S = 1, N = 10; `--seed S` alone runs just
@@ -37,7 +37,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: scoutvm-sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\n\
          \x20                  [--workload posix|crash|quorum|session|cluster|cluster-disjoint|cluster-failover|all] [--inject lying-flush|lying-fence|no-locks|model-bug:STEP]\n\
-         \x20                  [--no-pauses] [--adversary] [--trace] [--no-template]"
+         \x20                  [--no-pauses] [--adversary] [--merge-every-ms N] [--mount-crashes] [--trace] [--no-template]"
     );
     exit(2)
 }
@@ -53,6 +53,8 @@ struct Args {
     inject: Inject,
     pauses: bool,
     adversary: bool,
+    merge_every_ms: u64,
+    mount_crashes: bool,
     trace: bool,
     template: bool,
 }
@@ -76,6 +78,8 @@ fn parse() -> Args {
         inject: Inject::None,
         pauses: true,
         adversary: false,
+        merge_every_ms: 0,
+        mount_crashes: false,
         trace: false,
         template: true,
     };
@@ -125,6 +129,8 @@ fn parse() -> Args {
             }
             "--no-pauses" => a.pauses = false,
             "--adversary" => a.adversary = true,
+            "--merge-every-ms" => a.merge_every_ms = num(&f, it.next()),
+            "--mount-crashes" => a.mount_crashes = true,
             // the default now; older replay commands carry it
             "--merge-liveness" => {}
             "--trace" => a.trace = true,
@@ -169,6 +175,8 @@ fn config(a: &Args, seed: u64, w: WorkloadKind) -> RunConfig {
     }
     c.pauses = a.pauses;
     c.adversary = a.adversary;
+    c.merge_every_ns = a.merge_every_ms.saturating_mul(1_000_000);
+    c.mount_crashes = a.mount_crashes;
     c.inject = a.inject;
     match (a.steps, a.minutes) {
         (Some(s), _) => c.steps = s,
@@ -204,6 +212,12 @@ fn replay(c: &RunConfig, a: &Args) -> String {
     }
     if c.adversary {
         s += " --adversary";
+    }
+    if c.merge_every_ns > 0 {
+        s += &format!(" --merge-every-ms {}", c.merge_every_ns / 1_000_000);
+    }
+    if c.mount_crashes {
+        s += " --mount-crashes";
     }
     if !c.pauses {
         s += " --no-pauses";

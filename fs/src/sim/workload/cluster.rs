@@ -29,7 +29,8 @@ use super::{model, Engine, Failure, Inject, Mark, Stop, XNAMES};
 use crate::client::cluster_node::{set_mount_hooks, spawn_lock_shrinker, start_lock_client};
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    open_client_half, spawn_commit_ticker, spawn_merge_worker, MergeWorker, NodeOptions,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_sync_worker, MergeWorker,
+    NodeOptions,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::lock::{compatible, LocalLocks, LockMode, LockProvider, LockRange};
@@ -59,6 +60,26 @@ use core::cell::{Cell, RefCell};
 pub const SERVER: NodeId = 0;
 /// Mounts of a run (nodes 1..=MOUNTS).
 pub const MOUNTS: u8 = 3;
+
+/// Most log trees (open and finalized) the volume may hold after any
+/// step: a tree per mount (and one of a crashed mount until it is
+/// reclaimed), the inputs of the merge in flight (at most a tree per
+/// mount per finalization round it waited for: rounds the
+/// 500 ms wait gave up on), trees finalized while it runs.
+pub const MAX_LOG_TREES: usize = 6 * MOUNTS as usize;
+
+/// Knobs of the cluster workload (issue 12's acceptance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Knobs {
+    /// Ask the server for a log merge this often (virtual ns): the next
+    /// GET_LOG_TREES finalizes every mount's tree; 0: only when trees
+    /// grow (`--merge-every-ms`).
+    pub merge_every_ns: u64,
+    /// About 2 % of steps crash a mount (after a sync, so the model loses
+    /// nothing), reclaim it as a fenced mount on the server, and mount
+    /// again on the node as a new rid (`--mount-crashes`).
+    pub mount_crashes: bool,
+}
 
 /// How the mounts share the volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +346,7 @@ async fn start_mount(
                     tasks.push(spawn_lock_shrinker(lc, &mount, &handle, opts.tick_ns)?);
                 }
             }
+            tasks.push(spawn_sync_worker(&mount, &client, &handle)?);
             if opts.merge_poll_ns > 0 {
                 tasks.push(spawn_merge_worker(
                     merge.clone(),
@@ -372,6 +394,13 @@ struct Run {
     done: Rc<Cell<bool>>,
     /// What the lock watcher saw between steps.
     watched: Rc<RefCell<Option<String>>>,
+    /// The mounts now (the lock watcher's view; a crash replaces one).
+    live: Rc<RefCell<Vec<Rc<ClusterMount>>>>,
+    knobs: Knobs,
+    opts: NodeOptions,
+    mode: Mode,
+    /// The most log trees seen after a server commit (reported at the end).
+    most_trees: Cell<usize>,
 }
 
 impl Run {
@@ -399,7 +428,63 @@ impl Run {
         e.w.log(SERVER, "fsck", &[e.step, c], "after a server commit");
         self.vol
             .fsck()
-            .map_err(|t| e.fail(format!("fsck after server commit {c}: {t}")))
+            .map_err(|t| e.fail(format!("fsck after server commit {c}: {t}")))?;
+        self.check_log_trees(e)
+    }
+
+    /// The log tree checkers (issue 12): the count stays bounded, and
+    /// every tree that is not an input of the merge in progress is newer
+    /// than all its inputs.
+    fn check_log_trees(&self, e: &Engine) -> Result<(), Stop> {
+        let role = self.server.role();
+        let (open, fin) = role
+            .log_tree_counts()
+            .map_err(|er| e.fail(format!("log tree counts: {er}")))?;
+        self.most_trees.set(self.most_trees.get().max(open + fin));
+        if open + fin > MAX_LOG_TREES {
+            return Err(e.fail(format!(
+                "{open} open and {fin} finalized log trees, over the bound {MAX_LOG_TREES}"
+            )));
+        }
+        match role.check_log_order() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(what)) => Err(e.fail(format!("log merge order: {what}"))),
+            Err(er) => Err(e.fail(format!("log merge order: reading the trees: {er}"))),
+        }
+    }
+
+    /// Mount `i` syncs, crashes, is reclaimed by the server as a fenced
+    /// mount would be, and its node mounts again (a new rid; a fresh
+    /// cache reads what every mount committed).
+    async fn crash_mount(&mut self, w: &Rc<World>, e: &mut Engine, i: usize) -> Result<(), Stop> {
+        let m = self.mounts[i].clone();
+        on_mount(e, &m);
+        sync(e, &m).await?;
+        let (node, rid) = (m.node, m.rid);
+        drop(m);
+        w.log(node, "mount_crash", &[e.step, rid], "after a sync");
+        w.fault(Fault::Crash {
+            node,
+            loss: crate::sim::fault::Loss::Any,
+        })
+        .await;
+        let role = self.server.role().clone();
+        match w
+            .on(SERVER, async move { role.reclaim_fenced(rid).await })
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(er)) => return Err(e.fail(format!("reclaiming crashed rid {rid:#x}: {er}"))),
+            Err(_) => return Err(Stop::Down),
+        }
+        let nm = start_mount(w, node, self.opts).await.map_err(Stop::Fail)?;
+        self.mounts[i] = nm.clone();
+        self.live.borrow_mut()[i] = nm.clone();
+        on_mount(e, &nm);
+        if self.mode.shared() {
+            verify(e).await?;
+        }
+        Ok(())
     }
 }
 
@@ -443,14 +528,15 @@ fn lock_violation(mounts: &[Rc<ClusterMount>], server: &ServerNode) -> Option<St
 /// answers and the server grants only after the answers.
 async fn watch_locks(
     w: Rc<World>,
-    mounts: Vec<Rc<ClusterMount>>,
+    mounts: Rc<RefCell<Vec<Rc<ClusterMount>>>>,
     server: Rc<ServerNode>,
     done: Rc<Cell<bool>>,
     verdict: Rc<RefCell<Option<String>>>,
 ) {
     while !done.get() {
         w.sleep(2_000_000).await;
-        if let Some(v) = lock_violation(&mounts, &server) {
+        let now = mounts.borrow().clone();
+        if let Some(v) = lock_violation(&now, &server) {
             w.log(SERVER, "lock_violation", &[], &v);
             *verdict.borrow_mut() = Some(format!("{v} (between steps)"));
             return;
@@ -464,9 +550,10 @@ pub async fn run(
     vol: Volume,
     mode: Mode,
     opts: NodeOptions,
+    knobs: Knobs,
     mut e: Engine,
 ) -> Result<u64, Failure> {
-    match run_inner(&w, vol, mode, opts, &mut e).await {
+    match run_inner(&w, vol, mode, opts, knobs, &mut e).await {
         Ok(()) => Ok(e.step),
         Err(Stop::Fail(f)) => Err(f),
         Err(Stop::Down) => Err(e.failure("a node went down under the workload".into())),
@@ -478,6 +565,7 @@ async fn run_inner(
     vol: Volume,
     mode: Mode,
     opts: NodeOptions,
+    knobs: Knobs,
     e: &mut Engine,
 ) -> Result<(), Stop> {
     if e.inject == Inject::LyingFlush {
@@ -494,6 +582,11 @@ async fn run_inner(
         fscks: 0,
         done: Rc::new(Cell::new(false)),
         watched: Rc::new(RefCell::new(None)),
+        live: Rc::new(RefCell::new(Vec::new())),
+        knobs,
+        opts,
+        mode,
+        most_trees: Cell::new(0),
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
@@ -524,6 +617,7 @@ async fn run_inner(
         let m = start_mount(w, n, opts).await.map_err(Stop::Fail)?;
         run.mounts.push(m);
     }
+    *run.live.borrow_mut() = run.mounts.clone();
     let bounce = (mode == Mode::Failover).then(|| Bounce {
         server: run.server.clone(),
         opts,
@@ -532,10 +626,18 @@ async fn run_inner(
     });
     let lives = bounce.as_ref().map(|b| b.lives.clone());
     let chaos = w.spawn(chaos(w.clone(), run.done.clone(), bounce));
-    let watcher = (mode.shared()).then(|| {
+    let forcer = (knobs.merge_every_ns > 0).then(|| {
+        w.spawn(force_merges(
+            w.clone(),
+            run.server.clone(),
+            run.done.clone(),
+            knobs.merge_every_ns,
+        ))
+    });
+    let watcher = mode.shared().then(|| {
         w.spawn(watch_locks(
             w.clone(),
-            run.mounts.clone(),
+            run.live.clone(),
             run.server.clone(),
             run.done.clone(),
             run.watched.clone(),
@@ -544,6 +646,9 @@ async fn run_inner(
     let r = steps(w, mode, e, &mut run, &dirs).await;
     run.done.set(true);
     let _ = chaos.await;
+    if let Some(t) = forcer {
+        let _ = t.await;
+    }
     if let Some(t) = watcher {
         let _ = t.await;
     }
@@ -575,6 +680,16 @@ async fn run_inner(
     verify(e).await?;
     drain_merges(e, &fresh, &run.server, 200).await?;
     verify(e).await?;
+    // nothing finalized is left unmerged
+    match run.server.role().log_tree_counts() {
+        Ok((_, 0)) => {}
+        Ok((open, fin)) => {
+            return Err(e.fail(format!(
+                "{fin} finalized log trees ({open} open) left after the merge drained"
+            )))
+        }
+        Err(er) => return Err(e.fail(format!("log tree counts: {er}"))),
+    }
     let f2 = fresh.clone();
     let got = e.op("unmount".into(), move |_| f2.unmount()).await?;
     if let Err(er) = got {
@@ -582,6 +697,13 @@ async fn run_inner(
     }
     w.fault(Fault::Stop { node: fresh.node }).await;
     e.note("server_fscks", &format!("{}", run.fscks));
+    e.note(
+        "max_log_trees",
+        &format!(
+            "{} log trees at most after a server commit",
+            run.most_trees.get()
+        ),
+    );
     check_fsck(e, &run.vol, "at the end")
 }
 
@@ -679,6 +801,15 @@ impl Bounce {
     }
 }
 
+/// Ask the server for a merge every `every_ns` (the `--merge-every-ms`
+/// knob): the next GET_LOG_TREES finalizes every mount's tree.
+async fn force_merges(w: Rc<World>, server: Rc<ServerNode>, done: Rc<Cell<bool>>, every_ns: u64) {
+    while !done.get() {
+        w.sleep(every_ns).await;
+        server.role().request_merge();
+    }
+}
+
 /// The random steps of every mount.
 async fn steps(
     w: &Rc<World>,
@@ -698,6 +829,12 @@ async fn steps(
             Mode::Shared | Mode::Failover => None,
         };
         e.marks.clear();
+        if run.knobs.mount_crashes && e.r(50) == 0 {
+            run.crash_mount(w, e, i).await?;
+            run.check_locks(e)?;
+            run.fsck_if_committed(e)?;
+            continue;
+        }
         match e.r(100) {
             0..=3 => sync(e, &m).await?,
             4 if mode.shared() => verify(e).await?,
@@ -1003,8 +1140,23 @@ async fn drain_merges(
             Ok(false) => {}
             Err(er) => return Err(e.fail(format!("merge_once: {er}"))),
         }
-        if !server.role().merge_pending() {
+        // the merge finished and nothing finalized waits for the next one
+        // (the last farewell started the merge of every finalized tree)
+        let finalized = server.role().log_tree_counts().map_or(1, |c| c.1);
+        if !server.role().merge_pending() && finalized == 0 {
             return Ok(());
+        }
+        if !server.role().merge_pending() {
+            // finalized trees wait for the lone idle mount's next commit
+            // (as SYNC_LOG_TREES or any write would bring it)
+            m.client.request_sync();
+            let mnt = m.mount.clone();
+            if let Err(er) = e
+                .op("commit".into(), move |_| async move { mnt.tick().await })
+                .await?
+            {
+                return Err(e.fail(format!("commit of the idle mount: {er}")));
+            }
         }
         e.w.sleep(2_000_000_000).await;
     }
