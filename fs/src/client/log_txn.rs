@@ -661,7 +661,15 @@ impl ClientLogTxn {
             Ok(n) => n,
             Err(e) => return Err(self.fail(&alloc::format!("GET_LOG_TREES failed: {e}"))),
         };
-        if next.nr == lt.nr && next.item_root != lt.item_root {
+        // the same transaction back with another root: the server lost
+        // our commit. (A newer transaction on a tree of the same number
+        // is fine: once a merge took every tree of ours away, numbering
+        // starts again, e.g. after a failover finished a merge our commit
+        // was part of.)
+        if next.nr == lt.nr
+            && next.get_trans_seq <= lt.get_trans_seq
+            && next.item_root != lt.item_root
+        {
             return Err(self.fail("server returned a different tree"));
         }
         self.lt.set(next);
