@@ -317,6 +317,9 @@ mod tests {
         let sock = n.join("console.sock");
         let child = Command::new("sh")
             .args(["-c", "while :; do sleep 1; done", &sock.to_string_lossy()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::fs::write(n.join("qemu.pid"), child.id().to_string()).unwrap();
@@ -335,7 +338,7 @@ mod tests {
                 if line.contains("quit") {
                     w.write_all(b"{\"return\": {}}\n").unwrap();
                     Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
+                        .args(["-KILL", &pid.to_string()])
                         .status()
                         .unwrap();
                     return;
