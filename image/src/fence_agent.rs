@@ -93,7 +93,11 @@ pub fn resolve(dir: &Path, req: &ParsedRequest) -> Result<Target, String> {
         let Some(at) = l.iter().rposition(|rids| rids.contains(&req.rid)) else {
             continue;
         };
-        let name = n.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = n
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         return Ok(if at + 1 == l.len() {
             Target::Running(n)
         } else {
@@ -103,11 +107,19 @@ pub fn resolve(dir: &Path, req: &ParsedRequest) -> Result<Target, String> {
     // a rid never printed: the node died before it mounted, or it is not
     // one of ours; the address names the slot's node
     let Some(addr) = &req.addr else {
-        return Err(format!("no node of {} has rid {:016x}", dir.display(), req.rid));
+        return Err(format!(
+            "no node of {} has rid {:016x}",
+            dir.display(),
+            req.rid
+        ));
     };
     let n = node_by_addr(dir, addr)
         .ok_or_else(|| format!("no node has rid {:016x} or address {addr}", req.rid))?;
-    let name = n.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = n
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     match lives(&n).last() {
         // its running life mounted under another rid: the rid was an
         // earlier life's
@@ -146,7 +158,8 @@ fn qmp_quit(sock: &Path) -> Result<(), String> {
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
     let mut w = s;
     let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| format!("QMP greeting: {e}"))?;
+    r.read_line(&mut line)
+        .map_err(|e| format!("QMP greeting: {e}"))?;
     if !line.contains("\"QMP\"") {
         return Err(format!("QMP greeting: {}", line.trim()));
     }
@@ -215,15 +228,25 @@ pub fn answer(dir: &Path, line: &str) -> (String, String) {
     let r = resolve(dir, &req).and_then(|t| match t {
         Target::Gone(why) => Ok(format!("{why}: already gone")),
         Target::Running(n) => {
-            let name = n.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = n
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             stop(&n).map(|how| format!("{name}: {how}"))
         }
     });
     match r {
-        Ok(what) => (format!("FENCED {rid:016x}\n"), format!("FENCED {rid:016x}: {what}")),
+        Ok(what) => (
+            format!("FENCED {rid:016x}\n"),
+            format!("FENCED {rid:016x}: {what}"),
+        ),
         Err(e) => {
             let e = e.replace('\n', " ");
-            (format!("ERROR {rid:016x} {e}\n"), format!("ERROR {rid:016x}: {e}"))
+            (
+                format!("ERROR {rid:016x} {e}\n"),
+                format!("ERROR {rid:016x}: {e}"),
+            )
         }
     }
 }
@@ -257,7 +280,11 @@ pub fn serve(listener: TcpListener, dir: PathBuf, log: PathBuf) -> std::io::Resu
     let lock = std::sync::Arc::new(Mutex::new(()));
     let say = move |lock: &Mutex<()>, text: &str| {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
             let _ = writeln!(f, "{} {text}", stamp());
         }
     };
@@ -368,8 +395,13 @@ mod tests {
             term: 1,
         };
         assert!(matches!(resolve(&d, &req(0xa0, None)), Ok(Target::Gone(_))));
-        assert_eq!(resolve(&d, &req(0xb1, None)), Ok(Target::Running(d.join("node1"))));
-        assert!(resolve(&d, &req(0xc3, None)).unwrap_err().contains("no node"));
+        assert_eq!(
+            resolve(&d, &req(0xb1, None)),
+            Ok(Target::Running(d.join("node1")))
+        );
+        assert!(resolve(&d, &req(0xc3, None))
+            .unwrap_err()
+            .contains("no node"));
         // unknown rid, a known address: node0's running life printed no rid
         assert_eq!(
             resolve(&d, &req(0xc3, Some("10.77.0.10:7100"))),
@@ -399,7 +431,10 @@ mod tests {
         assert!(qemu_pid(&n).is_some());
         // the agent's own reaping is the init's job; here the test reaps
         let waiter = std::thread::spawn(move || child.wait());
-        let (a, log) = answer(&d, "FENCE 00000000000000a0 10.77.0.10:7100 quorum_block_leader 2");
+        let (a, log) = answer(
+            &d,
+            "FENCE 00000000000000a0 10.77.0.10:7100 quorum_block_leader 2",
+        );
         assert_eq!(a, "FENCED 00000000000000a0\n", "{log}");
         assert!(log.contains("node0: quit through QMP"), "{log}");
         assert!(waiter.join().is_ok());
@@ -421,12 +456,16 @@ mod tests {
         let (dd, ll) = (d.clone(), log.clone());
         std::thread::spawn(move || serve(l, dd, ll));
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"FENCE 00000000000000a0 - client_recovery 4\n").unwrap();
+        s.write_all(b"FENCE 00000000000000a0 - client_recovery 4\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         assert_eq!(out, "FENCED 00000000000000a0\n");
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.contains("FENCE 00000000000000a0 - client_recovery 4"), "{text}");
+        assert!(
+            text.contains("FENCE 00000000000000a0 - client_recovery 4"),
+            "{text}"
+        );
         assert!(text.contains("FENCED 00000000000000a0: node0"), "{text}");
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -349,11 +349,16 @@ fn cmd_fence_agent(a: FenceAgentArgs) -> ExitCode {
     if let Some(f) = &a.port_file {
         // written whole then renamed: a reader never sees half a port
         let tmp = f.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, format!("{port}\n")).and_then(|_| std::fs::rename(&tmp, f)) {
+        if let Err(e) =
+            std::fs::write(&tmp, format!("{port}\n")).and_then(|_| std::fs::rename(&tmp, f))
+        {
             return fail(format!("fence-agent: {}: {e}", f.display()));
         }
     }
-    eprintln!("fence-agent: listening on port {port} for {}", a.dir.display());
+    eprintln!(
+        "fence-agent: listening on port {port} for {}",
+        a.dir.display()
+    );
     match scoutvm_image::fence_agent::serve(l, a.dir, a.log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("fence-agent: {e}")),

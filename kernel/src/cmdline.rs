@@ -197,9 +197,7 @@ impl ClusterMode {
         let fence_agent = match c.get("fence.agent") {
             None => None,
             Some(v) if parse_socket_addr(v).is_some() => Some(String::from(v)),
-            Some(v) => {
-                return ClusterMode::Invalid(format!("fence.agent={v}: expected IP:PORT"))
-            }
+            Some(v) => return ClusterMode::Invalid(format!("fence.agent={v}: expected IP:PORT")),
         };
         let wanted = match c.get("cluster") {
             None => slot.is_some() || hb.is_some(),
@@ -674,7 +672,10 @@ mod tests {
         }
         for bad in ["10.0.2.2", "10.0.2.2:0", "host:7700", "10.0.2.2:70000", ""] {
             let m = mode(&format!("quorum_slot_nr=0 fence.agent={bad}"));
-            assert!(matches!(m, ClusterMode::Invalid(ref w) if w.contains("fence.agent")), "{bad}: {m:?}");
+            assert!(
+                matches!(m, ClusterMode::Invalid(ref w) if w.contains("fence.agent")),
+                "{bad}: {m:?}"
+            );
         }
     }
 }

@@ -356,8 +356,17 @@ mod tests {
             parse_answer("ERROR 1234 no such vm", rid),
             Ok(Answer::Error("no such vm".into()))
         );
-        assert!(parse_answer("FENCED 1235", rid).unwrap_err().contains("asked for"));
-        for bad in ["", "FENCED", "OK 1234", "FENCED 1234 extra", "FENCED zz", "ERROR"] {
+        assert!(parse_answer("FENCED 1235", rid)
+            .unwrap_err()
+            .contains("asked for"));
+        for bad in [
+            "",
+            "FENCED",
+            "OK 1234",
+            "FENCED 1234 extra",
+            "FENCED zz",
+            "ERROR",
+        ] {
             assert!(parse_answer(bad, rid).is_err(), "{bad:?} accepted");
         }
         let mut rd = LineReader::default();
@@ -431,11 +440,15 @@ mod tests {
     fn host_error_and_garbage_fail_the_request() {
         let ex = Executor::new(Limits::default());
         let net = MemNet::new();
-        serve(&ex, &net, 1, |l| Some(format!("ERROR {} no such vm\n", rid_of(l))));
+        serve(&ex, &net, 1, |l| {
+            Some(format!("ERROR {} no such vm\n", rid_of(l)))
+        });
         let (reg, _) = run(&net, &ex, 7);
         ex.run_until_stalled(0);
         match reg.state(7) {
-            Some(FenceState::Error(FenceError::Failed(w))) => assert!(w.contains("no such vm"), "{w}"),
+            Some(FenceState::Error(FenceError::Failed(w))) => {
+                assert!(w.contains("no such vm"), "{w}")
+            }
             s => panic!("{s:?}"),
         }
 
@@ -445,7 +458,9 @@ mod tests {
         let (reg, _) = run(&net, &ex, 8);
         ex.run_until_stalled(0);
         match reg.state(8) {
-            Some(FenceState::Error(FenceError::Failed(w))) => assert!(w.contains("bad answer"), "{w}"),
+            Some(FenceState::Error(FenceError::Failed(w))) => {
+                assert!(w.contains("bad answer"), "{w}")
+            }
             s => panic!("{s:?}"),
         }
 
