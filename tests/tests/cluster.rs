@@ -130,12 +130,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     // it would then fence (stop) the serving leader. Until that is fixed
     // it restarts with an agent nobody answers at (its fence times out
     // and its server stops, as with an unacked manual fence).
-    c.ok(&[
-        "start",
-        &leader.to_string(),
-        "--",
-        "fence.agent=10.0.2.2:1",
-    ]);
+    c.ok(&["start", &leader.to_string(), "--", "fence.agent=10.0.2.2:1"]);
     c.wait_shell(next, "clients", |o| o.contains("3 cluster mount(s)"));
 
     let status = c.ok(&["status"]);
