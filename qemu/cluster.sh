@@ -43,7 +43,7 @@ shell_timeout="${CLUSTER_SHELL_TIMEOUT:-60}"
 boot_timeout="${CLUSTER_BOOT_TIMEOUT:-120}"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,37p' "$0"; }
+usage() { sed -n '2,36p' "$0"; }
 
 # A free TCP port on 127.0.0.1 (the kernel picks it; racy but brief).
 free_port() {
