@@ -3,8 +3,8 @@
 #  - time from `cluster.sh up 3` to every node mounted (the leader's
 #    `clients` lists 3 cluster mounts), including mkfs and the boots;
 #  - time from SIGKILL of the leader to a new leader with its server up,
-#    with quorum_heartbeat_timeout_ms 10000 and 3000 (the fence of the dead
-#    leader is acked as soon as a survivor asks: operator time ~0);
+#    with quorum_heartbeat_timeout_ms 10000 and 3000 (the host fence agent
+#    `up` starts fences the dead leader; the shell ack below only races it);
 #  - a TCP stream round trip between two nodes over the private segment
 #    (`clusternet ping`; the session's RPCs ride the same path);
 #  - a no-op RPC (PING) round trip from a non-leader's mount to the

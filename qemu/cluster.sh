@@ -10,15 +10,22 @@
 # (`scoutvm cluster-key`, kept in cluster.env) and gives every node
 # `cluster.key=`; `--no-key` runs unauthenticated (`cluster.insecure=1`).
 # A `cluster.key=`/`cluster.insecure=` word given to `start` replaces the
-# cluster's (a node with a wrong key). See docs/cluster.md.
+# cluster's (a node with a wrong key). `up` also starts the host fence
+# agent (`scoutvm fence-agent`, on a free port of 127.0.0.1, log in
+# fence-agent.log) and gives every node `fence.agent=10.0.2.2:PORT`: a
+# fence request stops the target node's QEMU through QMP before it is
+# acknowledged; `--no-fence-agent` leaves fencing to the shell's
+# `fence ack RID`. See docs/cluster.md.
 #
 #   qemu/cluster.sh up N [--disks file|nbd] [--meta IMG --data IMG] [--mem MB]
-#                        [--no-key] [-- EXTRA KERNEL CMDLINE WORDS]
+#                        [--no-key] [--no-fence-agent]
+#                        [-- EXTRA KERNEL CMDLINE WORDS]
 #   qemu/cluster.sh status
 #   qemu/cluster.sh shell I COMMAND...     run one shell command on node I
 #   qemu/cluster.sh kill I                 SIGKILL node I's QEMU (a crash)
 #   qemu/cluster.sh start I [-- WORDS]     (re)start node I; I >= N adds a
 #                                          client-only node (no quorum slot)
+#   qemu/cluster.sh fence-log              the fence agent's requests and answers
 #   qemu/cluster.sh down                   poweroff every node, stop what is left
 #
 # Environment: CLUSTER_DIR (run directory, default target/cluster),
@@ -36,7 +43,7 @@ shell_timeout="${CLUSTER_SHELL_TIMEOUT:-60}"
 boot_timeout="${CLUSTER_BOOT_TIMEOUT:-120}"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,29p' "$0"; }
+usage() { sed -n '2,36p' "$0"; }
 
 # A free TCP port on 127.0.0.1 (the kernel picks it; racy but brief).
 free_port() {
@@ -63,6 +70,43 @@ node_pid() {
     # an exited QEMU not yet reaped (a zombie) is not running
     [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)" != Z ] || return 1
     echo "$pid"
+}
+
+# The pid of the cluster's fence agent if it runs (checked against its
+# command line).
+agent_pid() {
+    local pid
+    pid="$(cat "$dir/fence-agent.pid" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "fence-agent --dir $dir " || return 1
+    echo "$pid"
+}
+
+stop_agent() {
+    local pid
+    pid="$(agent_pid)" || { rm -f "$dir/fence-agent.pid"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$dir/fence-agent.pid"
+    echo "cluster.sh: fence agent stopped (pid $pid)"
+}
+
+# Start the host fence agent; print its port.
+start_agent() {
+    local tool="$1"
+    stop_agent >/dev/null
+    rm -f "$dir/fence-agent.port"
+    setsid "$tool" fence-agent --dir "$dir" --log "$dir/fence-agent.log" \
+        --port-file "$dir/fence-agent.port" </dev/null >>"$dir/fence-agent.out" 2>&1 &
+    echo $! >"$dir/fence-agent.pid"
+    for _ in $(seq 100); do
+        [ -s "$dir/fence-agent.port" ] && break
+        agent_pid >/dev/null || die "the fence agent exited (see $dir/fence-agent.out)"
+        sleep 0.1
+    done
+    [ -s "$dir/fence-agent.port" ] || die "the fence agent did not listen in 10s"
+    cat "$dir/fence-agent.port"
 }
 
 find_tool() {
@@ -97,6 +141,10 @@ start_node() {
         else
             words="$words cluster.insecure=1"
         fi
+    fi
+    if [ -n "${FENCE_PORT:-}" ] && [[ " $extra $EXTRA " != *" fence.agent="* ]]; then
+        # the host is 10.0.2.2 on each node's user-networking card
+        words="$words fence.agent=10.0.2.2:$FENCE_PORT"
     fi
     [ -n "$EXTRA" ] && words="$words $EXTRA"
     [ -n "$extra" ] && words="$words $extra"
@@ -193,7 +241,7 @@ PY
 cmd_up() {
     local n="${1:-}"; shift || true
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 15 ] || die "up wants a node count 1..15"
-    local disks=file meta="" data="" mem=512 extra="" keyed=1
+    local disks=file meta="" data="" mem=512 extra="" keyed=1 agent=1
     while [ $# -gt 0 ]; do
         case "$1" in
             --disks) disks="$2"; shift ;;
@@ -201,6 +249,7 @@ cmd_up() {
             --data) data="$2"; shift ;;
             --mem) mem="$2"; shift ;;
             --no-key) keyed=0 ;;
+            --no-fence-agent) agent=0 ;;
             --) shift; extra="$*"; break ;;
             *) die "up: unknown option '$1'" ;;
         esac
@@ -217,7 +266,8 @@ cmd_up() {
     fi
     mkdir -p "$dir"
     # The last run's state goes; given images stay, even inside $dir.
-    rm -rf "$dir"/node* "$dir/cluster.env" "$dir"/nbd-*.pid
+    stop_agent >/dev/null
+    rm -rf "$dir"/node* "$dir/cluster.env" "$dir"/nbd-*.pid "$dir"/fence-agent.*
     local tool; tool="$(find_tool)"
     local fresh=0
     if [ -z "$meta" ]; then
@@ -257,6 +307,11 @@ cmd_up() {
     fi
     # A random multicast group and port per run, so parallel runs never
     # share a segment.
+    local fence_port=""
+    if [ "$agent" = 1 ]; then
+        fence_port="$(start_agent "$tool")"
+        echo "cluster.sh: fence agent on 127.0.0.1:$fence_port (pid $(cat "$dir/fence-agent.pid")), log $dir/fence-agent.log"
+    fi
     local mcast
     mcast="239.77.$((RANDOM % 256)).$((RANDOM % 254 + 1)):$((20000 + RANDOM % 40000))"
     cat >"$dir/cluster.env" <<EOF
@@ -272,6 +327,7 @@ API_BASE=${CLUSTER_API_BASE:-8650}
 MEM=$mem
 EXTRA='$extra'
 KEY=$key
+FENCE_PORT=$fence_port
 EOF
     chmod 600 "$dir/cluster.env"
     echo "cluster.sh: run directory $dir, private segment mcast $mcast"
@@ -283,6 +339,13 @@ EOF
 cmd_status() {
     load_env
     echo "cluster in $dir: $N quorum nodes, disks $DISKS, segment mcast $MCAST"
+    if [ -n "${FENCE_PORT:-}" ]; then
+        if pid="$(agent_pid)"; then
+            echo "fence agent: pid $pid, listening on 127.0.0.1:$FENCE_PORT, log $dir/fence-agent.log"
+        else
+            echo "fence agent: stopped"
+        fi
+    fi
     for d in "$dir"/node*; do
         [ -d "$d" ] || continue
         local i="${d##*/node}" state
@@ -359,6 +422,7 @@ PY
         fi
         rm -f "$f"
     done
+    stop_agent
     echo "cluster.sh: down"
 }
 
@@ -369,6 +433,7 @@ case "${1:-}" in
     kill) shift; cmd_kill "$@" ;;
     start) shift; cmd_start "$@" ;;
     down) cmd_down ;;
+    fence-log) load_env; cat "$dir/fence-agent.log" 2>/dev/null || true ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

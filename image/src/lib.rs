@@ -5,6 +5,7 @@
 
 pub mod api_client;
 pub mod disk_image;
+pub mod fence_agent;
 pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;

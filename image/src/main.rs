@@ -92,6 +92,24 @@ enum Cmd {
     SearchXattrs(archive_cli::SearchXattrsArgs),
     /// Print a new random cluster key (64 hex digits) for `cluster.key=`
     ClusterKey,
+    /// Fence nodes of a `qemu/cluster.sh` run directory on request (QMP quit)
+    FenceAgent(FenceAgentArgs),
+}
+
+#[derive(Args)]
+struct FenceAgentArgs {
+    /// The cluster's run directory (its node0, node1, ... directories)
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// Where to listen (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Append every request and answer here
+    #[arg(long)]
+    log: std::path::PathBuf,
+    /// Write the port listened on here once listening
+    #[arg(long)]
+    port_file: Option<std::path::PathBuf>,
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -313,6 +331,7 @@ fn main() -> ExitCode {
             archive_cli::cmd_read_xattr_index(a).map_err(Usage),
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
+        Cmd::FenceAgent(a) => ("fence-agent", Ok(cmd_fence_agent(a))),
     };
     match r {
         Ok(code) => code,
@@ -321,6 +340,35 @@ fn main() -> ExitCode {
             eprintln!("try 'scoutvm {name} --help'");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// Serve fence requests until killed.
+fn cmd_fence_agent(a: FenceAgentArgs) -> ExitCode {
+    let l = match std::net::TcpListener::bind(&a.listen) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("fence-agent: listen on {}: {e}", a.listen)),
+    };
+    let port = match l.local_addr() {
+        Ok(ad) => ad.port(),
+        Err(e) => return fail(format!("fence-agent: {e}")),
+    };
+    if let Some(f) = &a.port_file {
+        // written whole then renamed: a reader never sees half a port
+        let tmp = f.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, format!("{port}\n")).and_then(|_| std::fs::rename(&tmp, f))
+        {
+            return fail(format!("fence-agent: {}: {e}", f.display()));
+        }
+    }
+    eprintln!(
+        "fence-agent: listening on port {port} for {}",
+        a.dir.display()
+    );
+    match scoutvm_image::fence_agent::serve(l, a.dir, a.log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("fence-agent: {e}")),
     }
 }
 

@@ -149,6 +149,9 @@ pub struct ClusterConfig {
     pub key: Option<ClusterKey>,
     /// `cluster.insecure=1`: a quorum of several slots may run without a key.
     pub insecure: bool,
+    /// `fence.agent=IP:PORT`: the host fence agent fence requests go to
+    /// (without it only the shell's `fence ack` fences).
+    pub fence_agent: Option<String>,
 }
 
 /// Whether (and how) the node runs as a cluster member.
@@ -190,6 +193,11 @@ impl ClusterMode {
             Some(v) => {
                 return ClusterMode::Invalid(format!("cluster.insecure={v}: expected 0 or 1"))
             }
+        };
+        let fence_agent = match c.get("fence.agent") {
+            None => None,
+            Some(v) if parse_socket_addr(v).is_some() => Some(String::from(v)),
+            Some(v) => return ClusterMode::Invalid(format!("fence.agent={v}: expected IP:PORT")),
         };
         let wanted = match c.get("cluster") {
             None => slot.is_some() || hb.is_some(),
@@ -235,6 +243,7 @@ impl ClusterMode {
             heartbeat_timeout_ms,
             key,
             insecure,
+            fence_agent,
         })
     }
 }
@@ -570,6 +579,7 @@ mod tests {
                 heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
                 key: None,
                 insecure: false,
+                fence_agent: None,
             })
         );
         assert_eq!(
@@ -579,6 +589,7 @@ mod tests {
                 heartbeat_timeout_ms: 3000,
                 key: None,
                 insecure: false,
+                fence_agent: None,
             }),
             "a client-only node"
         );
@@ -646,5 +657,25 @@ mod tests {
         }
         // without a cluster word the key alone does not make a member
         assert_eq!(mode(&format!("cluster.key={hex}")), ClusterMode::Off);
+    }
+
+    #[test]
+    fn fence_agent_word() {
+        let mode = |s: &str| ClusterMode::from_cmdline(&Cmdline::parse(s));
+        match mode("quorum_slot_nr=0 fence.agent=10.0.2.2:7700") {
+            ClusterMode::On(c) => assert_eq!(c.fence_agent.as_deref(), Some("10.0.2.2:7700")),
+            m => panic!("{m:?}"),
+        }
+        match mode("quorum_slot_nr=0") {
+            ClusterMode::On(c) => assert_eq!(c.fence_agent, None),
+            m => panic!("{m:?}"),
+        }
+        for bad in ["10.0.2.2", "10.0.2.2:0", "host:7700", "10.0.2.2:70000", ""] {
+            let m = mode(&format!("quorum_slot_nr=0 fence.agent={bad}"));
+            assert!(
+                matches!(m, ClusterMode::Invalid(ref w) if w.contains("fence.agent")),
+                "{bad}: {m:?}"
+            );
+        }
     }
 }

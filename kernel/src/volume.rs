@@ -23,6 +23,7 @@ use scoutvm_fs::client::cluster_node::{
 use scoutvm_fs::client::node::{self, NodeHandle, NodeOptions};
 use scoutvm_fs::cluster::auth;
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+use scoutvm_fs::cluster::host_fence::HostFence;
 use scoutvm_fs::cluster::lock::{LockMode, LockRange};
 use scoutvm_fs::cluster::quorum::HB_TIMEOUT_MIN_NS;
 use scoutvm_fs::cluster::quorum_agent::QuorumStatus;
@@ -503,7 +504,13 @@ pub async fn mount_cluster_member(
         }
     };
     VOLUME_EVENT.emit(&[EV_MOUNTED, 0]);
-    log::info!("volume: mounted {} through the cluster", v.describe());
+    // the rid on the console: a host fence agent maps rids to machines
+    // by this line (docs/cluster.md)
+    let rid = v.cluster_clients().map(|(rid, _)| rid).unwrap_or(0);
+    log::info!(
+        "volume: mounted {} through the cluster as rid {rid:016x}",
+        v.describe()
+    );
     *STATE.borrow_mut() = State::Mounted(v.clone());
     Ok(v)
 }
@@ -567,8 +574,20 @@ async fn join(
         }
     };
     note_unmounted("waiting for a quorum leader".into());
-    let fence = ManualFence::new();
-    *FENCE.borrow_mut() = Some(fence.clone());
+    let manual = ManualFence::new();
+    *FENCE.borrow_mut() = Some(manual.clone());
+    let fence: Rc<dyn FenceAgent> = match fence_agent_addr() {
+        Some(agent) => {
+            log::info!("volume: fence requests go to the host agent at {agent} (and the shell)");
+            Rc::new(HostFence::new(
+                &agent,
+                net.clone(),
+                manual,
+                runtime::handle(),
+            ))
+        }
+        None => manual,
+    };
     let (mount, node) = mount_cluster(
         Rc::new(Disk(meta.dev)),
         Rc::new(Disk(data.dev)),
@@ -591,6 +610,14 @@ async fn join(
         node: RefCell::new(Some(Node::Cluster(node))),
         p9: RefCell::new(None),
     })
+}
+
+/// `fence.agent=IP:PORT`, if given.
+fn fence_agent_addr() -> Option<String> {
+    match &runtime::config().cluster {
+        ClusterMode::On(c) => c.fence_agent.clone(),
+        _ => None,
+    }
 }
 
 /// Give the cluster layer this node's key (`cluster.key=`) for volume

@@ -257,6 +257,16 @@ impl ManualFence {
     }
 }
 
+impl ManualFence {
+    /// Drop `rid`'s entry (another agent answered, or the request
+    /// ended): the shell no longer lists it.
+    pub fn forget(&self, rid: u64) {
+        if self.pending.borrow_mut().remove(&rid).is_some() {
+            self.changed.notify();
+        }
+    }
+}
+
 impl FenceAgent for ManualFence {
     fn fence(&self, req: FenceRequest) -> LocalFut<'_, Result<(), FenceError>> {
         let rid = req.rid;

@@ -10,6 +10,7 @@
 //! recovers from the mounts of the last ([`recovery`]).
 pub mod auth;
 pub mod fence;
+pub mod host_fence;
 pub mod lock;
 pub mod lock_client;
 pub mod lock_server;
