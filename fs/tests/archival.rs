@@ -881,3 +881,87 @@ fn control_xattrs_drive_the_archival_operations() {
         Err(Errno::EPERM)
     );
 }
+
+/// Port of the reference stage-multi-part: a released file is staged
+/// back in parts, out of order, while a reader of the whole file waits;
+/// the reader gets every byte once the last part is in, the data version
+/// never moves, every block is online again and the volume is fsck
+/// clean after a remount. The reference stages 4 GiB;
+/// `SCOUTVM_STAGE_MULTI_PART_MIB` sets the size here (default 16).
+#[test]
+fn stage_multi_part() {
+    let mib: u64 = std::env::var("SCOUTVM_STAGE_MULTI_PART_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let size = mib << 20;
+    let vol = RealVol::new(
+        256 << 20,
+        (size + (64 << 20)).max(256 << 20),
+        13,
+        common::test_node_options(Default::default()),
+    );
+    const PART: u64 = 1 << 20;
+    let part_bytes = |i: u64| bytes(PART as usize, 1000 + i);
+    let ino;
+    {
+        let (m, node) = vol.mount();
+        ino = create_file(&m, "big", &[]);
+        for i in 0..mib {
+            let n = block_on(m.write(ino, i * PART, &part_bytes(i))).unwrap();
+            assert_eq!(n as u64, PART);
+        }
+        block_on(m.sync()).unwrap();
+        let v = vers(&m, ino);
+        release(&m, ino, 0, size).unwrap();
+        let st = block_on(m.stat_more(ino)).unwrap();
+        assert_eq!((st.online_blocks, st.offline_blocks), (0, size / BS));
+
+        // a reader of the whole file waits on the first offline block
+        let reader = spawn_read(&m, ino, 0, size as usize);
+        settle();
+        assert!(!waiting(&m).is_empty(), "the reader waits");
+
+        // the parts in a scattered order: every 5th index mod the count
+        let mut order: Vec<u64> = (0..mib).map(|i| (i * 5 + 3) % mib).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut rest: Vec<u64> = (0..mib).filter(|i| !order.contains(i)).collect();
+        order.append(&mut rest);
+        let order: Vec<u64> = order.into_iter().rev().collect();
+        for (n, &i) in order.iter().enumerate() {
+            block_on(m.stage(ino, v, i * PART, &part_bytes(i))).unwrap();
+            settle();
+            if n + 1 < order.len() {
+                assert!(
+                    !reader.is_finished(),
+                    "the reader finished before part {n} of {mib}"
+                );
+            }
+        }
+        let got = block_on(handle().timeout_ns(60_000_000_000, reader))
+            .expect("the reader wakes")
+            .expect("the reader reads");
+        assert_eq!(got.len() as u64, size);
+        for i in 0..mib {
+            let s = (i * PART) as usize;
+            assert!(
+                got[s..s + PART as usize] == part_bytes(i)[..],
+                "part {i} read back wrong"
+            );
+        }
+        assert!(waiting(&m).is_empty());
+        let st = block_on(m.stat_more(ino)).unwrap();
+        assert_eq!(st.data_version, v, "staging leaves the data version");
+        assert_eq!((st.online_blocks, st.offline_blocks), (size / BS, 0));
+        block_on(m.sync()).unwrap();
+        drop(m);
+        block_on(node.unmount()).unwrap();
+    }
+    vol.fsck();
+    let (m, node) = vol.mount();
+    let last = block_on(m.read(ino, size - PART, PART as usize)).unwrap();
+    assert!(last == part_bytes(mib - 1), "after a remount");
+    drop(m);
+    block_on(node.unmount()).unwrap();
+}

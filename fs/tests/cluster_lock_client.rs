@@ -454,3 +454,158 @@ fn a_stage_on_one_node_wakes_readers_on_the_other() {
     drop(ma);
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// Port of the reference archive-light-cycle: rounds in which every node,
+/// at once, writes its files, verifies them and the other node's, releases
+/// its own, and stages them back while the other node reads them (those
+/// readers wait on the offline blocks and then get the staged bytes).
+/// Data versions move only with writes; fsck clean at the end.
+#[test]
+// node n's mount, files and versions sit at index n of parallel arrays
+#[allow(clippy::needless_range_loop)]
+fn archive_light_cycle() {
+    let (meta, data) = small_volume(META, DATA, 25);
+    let net = MemNet::new();
+    let c = Cred::root();
+    let (ma, a) = node(&meta, &data, &net, true, 9);
+    let (mb, b) = node(&meta, &data, &net, false, 10);
+    const FILES: u64 = 6;
+    const ROUNDS: u64 = 2;
+    let content = |n: u64, f: u64, r: u64| -> Vec<u8> {
+        let len = 1000 + ((n * 7 + f * 13 + r * 5) % 9) * 4096 + f * 37;
+        (0..len)
+            .map(|i| (i * 31 + n * 7 + f * 3 + r) as u8)
+            .collect()
+    };
+    let mounts = [ma.clone(), mb.clone()];
+    let dirs: Vec<u64> = mounts
+        .iter()
+        .enumerate()
+        .map(|(n, m)| {
+            run("mkdir", m.mkdir(&c, 1, format!("n{n}").as_bytes(), 0o755))
+                .unwrap()
+                .ino
+        })
+        .collect();
+    let mut inos: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for (n, m) in mounts.iter().enumerate() {
+        for f in 0..FILES {
+            let ino = run(
+                "create",
+                m.create(&c, dirs[n], format!("f{f}").as_bytes(), 0o644),
+            )
+            .unwrap()
+            .ino;
+            inos[n].push(ino);
+        }
+    }
+    for r in 0..ROUNDS {
+        // write, at once on both nodes
+        let writers: Vec<_> = (0..2)
+            .map(|n| {
+                let (m, inos) = (mounts[n].clone(), inos[n].clone());
+                handle()
+                    .spawn(async move {
+                        for (f, &ino) in inos.iter().enumerate() {
+                            let want = content(n as u64, f as u64, r);
+                            let trunc = scoutvm_fs::posix::types::SetAttr {
+                                size: Some(0),
+                                ..Default::default()
+                            };
+                            m.setattr(&Cred::root(), ino, &trunc).await?;
+                            m.write(ino, 0, &want).await?;
+                        }
+                        m.sync().await
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for w in writers {
+            run("writers", w).expect("write round");
+        }
+        // verify everything from both nodes
+        for m in &mounts {
+            for n in 0..2 {
+                for (f, &ino) in inos[n].iter().enumerate() {
+                    let want = content(n as u64, f as u64, r);
+                    let got = run("verify", m.read(ino, 0, want.len() + 10)).unwrap();
+                    assert!(got == want, "round {r} node {n} file {f}");
+                }
+            }
+        }
+        // release each node's own files (data versions checked)
+        let mut vers = [Vec::new(), Vec::new()];
+        for n in 0..2 {
+            let m = &mounts[n];
+            for &ino in &inos[n] {
+                let st = run("stat_more", m.stat_more(ino)).unwrap();
+                let len = st.size.div_ceil(4096) * 4096;
+                run("release", m.release_data(ino, 0, len, st.data_version)).unwrap();
+                vers[n].push(st.data_version);
+            }
+        }
+        // the other node reads (and waits) while the owner stages
+        let readers: Vec<Vec<_>> = (0..2)
+            .map(|n| {
+                let other = mounts[1 - n].clone();
+                inos[n]
+                    .iter()
+                    .enumerate()
+                    .map(|(f, &ino)| {
+                        let (o, len) = (other.clone(), content(n as u64, f as u64, r).len());
+                        handle()
+                            .spawn(async move { o.read(ino, 0, len).await })
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        run("let readers block", handle().sleep_ns(1_000_000_000));
+        for n in 0..2 {
+            assert!(
+                !mounts[1 - n].data_waiting(0, 0, 64).is_empty(),
+                "round {r}: node {}'s readers wait",
+                1 - n
+            );
+        }
+        let stagers: Vec<_> = (0..2)
+            .map(|n| {
+                let (m, inos, vers) = (mounts[n].clone(), inos[n].clone(), vers[n].clone());
+                handle()
+                    .spawn(async move {
+                        for (f, &ino) in inos.iter().enumerate() {
+                            let want = content(n as u64, f as u64, r);
+                            m.stage(ino, vers[f], 0, &want).await?;
+                        }
+                        m.sync().await
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for s in stagers {
+            run("stagers", s).expect("stage round");
+        }
+        for (n, rs) in readers.into_iter().enumerate() {
+            for (f, rd) in rs.into_iter().enumerate() {
+                let got = run("reader", rd).expect("a reader gets the staged bytes");
+                assert!(
+                    got == content(n as u64, f as u64, r),
+                    "round {r} node {n} file {f}"
+                );
+            }
+        }
+        for n in 0..2 {
+            for (f, &ino) in inos[n].iter().enumerate() {
+                let st = run("stat_more", mounts[n].stat_more(ino)).unwrap();
+                assert_eq!(st.data_version, vers[n][f], "staging keeps the version");
+                assert_eq!(st.offline_blocks, 0);
+            }
+        }
+    }
+    drop(mounts);
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(&*meta, Some(&*data));
+}
