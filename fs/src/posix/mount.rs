@@ -986,29 +986,23 @@ impl Mount {
         sa: &SetAttr,
         open_for_write: bool,
     ) -> FsResult<Attr> {
-        for _ in 0..archive::MAX_DATA_WAITS {
-            let blocked = Cell::new(None);
-            let r = self
-                .run(
+        let r = self
+            .until_online(ino, DWO_CHANGE_SIZE, async |blocked| {
+                self.run(
                     HoldKind::Write,
                     self.storing(inode_lock(ino, LockMode::Write)),
                     async |op| {
-                        self.setattr_locked(op, cred, ino, sa, open_for_write, &blocked)
+                        self.setattr_locked(op, cred, ino, sa, open_for_write, blocked)
                             .await
                     },
                 )
-                .await;
-            match blocked.get() {
-                Some(b) => self.waiters.wait(ino, b, DWO_CHANGE_SIZE)?.await?,
-                None => {
-                    if r.is_ok() && sa.size.is_some() {
-                        self.waiters.wake_inode(ino);
-                    }
-                    return r;
-                }
-            }
+                .await
+            })
+            .await;
+        if r.is_ok() && sa.size.is_some() {
+            self.waiters.wake_inode(ino);
         }
-        Err(Errno::EIO)
+        r
     }
 
     async fn setattr_locked(
@@ -2095,38 +2089,32 @@ impl Mount {
         len: usize,
         buf: &mut impl ReadBuf,
     ) -> FsResult<usize> {
-        for _ in 0..archive::MAX_DATA_WAITS {
-            let blocked = Cell::new(None);
-            let r = self
-                .run(
-                    HoldKind::Read,
-                    inode_lock(ino, LockMode::Read),
-                    async |_| {
-                        let i = self.load_file(ino).await?;
-                        if off > MAX_FILE_SIZE {
-                            return Err(Errno::EINVAL.into());
-                        }
-                        if off >= i.item.size {
-                            return Ok(0);
-                        }
-                        let n = (len as u64).min(i.item.size - off) as usize;
-                        if n == 0 {
-                            return Ok(0);
-                        }
-                        let end = off + n as u64;
-                        self.check_offline(ino, off / BS, (end - 1) / BS, &blocked)
-                            .await?;
-                        data::read(&self.dctx(), &i, off, buf.take(n)).await?;
-                        Ok(n)
-                    },
-                )
-                .await;
-            match blocked.get() {
-                Some(b) => self.waiters.wait(ino, b, DWO_READ)?.await?,
-                None => return r,
-            }
-        }
-        Err(Errno::EIO)
+        self.until_online(ino, DWO_READ, async |blocked| {
+            self.run(
+                HoldKind::Read,
+                inode_lock(ino, LockMode::Read),
+                async |_| {
+                    let i = self.load_file(ino).await?;
+                    if off > MAX_FILE_SIZE {
+                        return Err(Errno::EINVAL.into());
+                    }
+                    if off >= i.item.size {
+                        return Ok(0);
+                    }
+                    let n = (len as u64).min(i.item.size - off) as usize;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    let end = off + n as u64;
+                    self.check_offline(ino, off / BS, (end - 1) / BS, blocked)
+                        .await?;
+                    data::read(&self.dctx(), &i, off, buf.take(n)).await?;
+                    Ok(n)
+                },
+            )
+            .await
+        })
+        .await
     }
 
     /// Under an operation's locks: if blocks `[first, last]` of `ino`
@@ -2152,17 +2140,31 @@ impl Mount {
     /// Write `data` at `off`; returns the bytes written (short only when
     /// the maximum file size or free space runs out part way).
     pub async fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.until_online(ino, DWO_WRITE, async |blocked| {
+            self.run(
+                HoldKind::Write,
+                self.storing(inode_lock(ino, LockMode::Write)),
+                async |op| self.write_locked(op, ino, off, data, blocked).await,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Run `attempt` until it finds no offline data in its way: when it
+    /// notes where it was blocked (see [`Self::check_offline`]), wait for
+    /// that data as a `wait_op` waiter and start over (bounded).
+    async fn until_online<T>(
+        &self,
+        ino: Ino,
+        wait_op: u8,
+        mut attempt: impl AsyncFnMut(&Cell<Option<Blocked>>) -> FsResult<T>,
+    ) -> FsResult<T> {
         for _ in 0..archive::MAX_DATA_WAITS {
             let blocked = Cell::new(None);
-            let r = self
-                .run(
-                    HoldKind::Write,
-                    self.storing(inode_lock(ino, LockMode::Write)),
-                    async |op| self.write_locked(op, ino, off, data, &blocked).await,
-                )
-                .await;
+            let r = attempt(&blocked).await;
             match blocked.get() {
-                Some(b) => self.waiters.wait(ino, b, DWO_WRITE)?.await?,
+                Some(b) => self.waiters.wait(ino, b, wait_op)?.await?,
                 None => return r,
             }
         }
