@@ -528,20 +528,15 @@ async fn connect(
 
 impl ClusterNode {
     fn start_tasks(&self, mount: &Rc<Mount>, handle: &Handle, opts: &NodeOptions) -> FsResult<()> {
-        if opts.tick_ns > 0 {
-            let t = spawn_commit_ticker(mount, handle, opts.tick_ns)?;
-            self.tasks.borrow_mut().push(t);
-        }
-        if opts.merge_poll_ns > 0 {
-            let t = spawn_merge_worker(self.merge.clone(), handle, opts.merge_poll_ns)?;
-            self.tasks.borrow_mut().push(t);
-        }
-        if let (Some(lc), true) = (&self.locks, opts.tick_ns > 0) {
-            let t = spawn_lock_shrinker(lc, mount, handle, opts.tick_ns)?;
-            self.tasks.borrow_mut().push(t);
-        }
-        let t = spawn_sync_worker(mount, &self.client, handle)?;
-        self.tasks.borrow_mut().push(t);
+        let t = spawn_mount_tasks(
+            mount,
+            &self.client,
+            &self.merge,
+            self.locks.as_ref(),
+            handle,
+            opts,
+        )?;
+        self.tasks.borrow_mut().extend(t);
         Ok(())
     }
 
@@ -721,23 +716,45 @@ pub async fn mount_client(
         mount: mount.clone(),
         locks,
     };
+    let tasks = spawn_mount_tasks(
+        &mount,
+        &cm.client,
+        &cm.merge,
+        cm.locks.as_ref(),
+        &handle,
+        &opts,
+    )?;
+    *cm.tasks.borrow_mut() = tasks;
+    Ok((mount, cm))
+}
+
+/// The background tasks of a mount on a cluster: the commit ticker and
+/// the idle-lock shrinker (when ticking), the merge worker (when polling)
+/// and the answer to the server's SYNC_LOG_TREES.
+fn spawn_mount_tasks(
+    mount: &Rc<Mount>,
+    client: &Rc<Client>,
+    merge: &Rc<MergeWorker>,
+    locks: Option<&Rc<LockClient>>,
+    handle: &Handle,
+    opts: &NodeOptions,
+) -> FsResult<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if opts.tick_ns > 0 {
-        tasks.push(spawn_commit_ticker(&mount, &handle, opts.tick_ns)?);
-        if let Some(lc) = &cm.locks {
-            tasks.push(spawn_lock_shrinker(lc, &mount, &handle, opts.tick_ns)?);
+        tasks.push(spawn_commit_ticker(mount, handle, opts.tick_ns)?);
+        if let Some(lc) = locks {
+            tasks.push(spawn_lock_shrinker(lc, mount, handle, opts.tick_ns)?);
         }
     }
     if opts.merge_poll_ns > 0 {
         tasks.push(spawn_merge_worker(
-            cm.merge.clone(),
-            &handle,
+            merge.clone(),
+            handle,
             opts.merge_poll_ns,
         )?);
     }
-    tasks.push(spawn_sync_worker(&mount, &cm.client, &handle)?);
-    *cm.tasks.borrow_mut() = tasks;
-    Ok((mount, cm))
+    tasks.push(spawn_sync_worker(mount, client, handle)?);
+    Ok(tasks)
 }
 
 impl ClientMount {
