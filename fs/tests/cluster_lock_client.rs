@@ -72,6 +72,40 @@ fn node(
     .expect("mount_cluster")
 }
 
+/// A volume (from `vol_seed`) and two nodes on it over one in-process
+/// network: the first leads (entropy seed `seed`), the second follows
+/// (`seed + 1`).
+#[allow(clippy::type_complexity)]
+fn two_nodes(
+    vol_seed: u64,
+    seed: u64,
+) -> (
+    Rc<FaultDev>,
+    Rc<FaultDev>,
+    (Rc<Mount>, ClusterNode),
+    (Rc<Mount>, ClusterNode),
+) {
+    let (meta, data) = small_volume(META, DATA, vol_seed);
+    let net = MemNet::new();
+    let a = node(&meta, &data, &net, true, seed);
+    let b = node(&meta, &data, &net, false, seed + 1);
+    (meta, data, a, b)
+}
+
+/// The follower unmounts, then the leader; the volume is fsck clean.
+fn unmount_both_and_fsck(
+    meta: &FaultDev,
+    data: &FaultDev,
+    (ma, a): (Rc<Mount>, ClusterNode),
+    (mb, b): (Rc<Mount>, ClusterNode),
+) {
+    run("unmount b", b.unmount()).unwrap();
+    drop(mb);
+    run("unmount a", a.unmount()).unwrap();
+    drop(ma);
+    assert_fsck_clean(meta, Some(data));
+}
+
 /// Run `f`, bounded in virtual time: a lock hand-off that never ends is
 /// a failure, not a hang.
 fn run<F: std::future::Future>(what: &str, f: F) -> F::Output {
@@ -97,11 +131,8 @@ fn assert_exclusive(server: &ServerRole) {
 
 #[test]
 fn two_nodes_see_each_others_writes_through_cluster_locks() {
-    let (meta, data) = small_volume(META, DATA, 21);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(21, 1);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 1);
-    let (mb, b) = node(&meta, &data, &net, false, 2);
     let server = a.server().expect("node a leads");
     let (la, lb) = (
         a.lock_client().unwrap().clone(),
@@ -204,11 +235,8 @@ fn two_nodes_see_each_others_writes_through_cluster_locks() {
 /// and every file is there in the end, seen alike from both nodes.
 #[test]
 fn concurrent_writers_on_two_nodes_hand_locks_back_and_forth() {
-    let (meta, data) = small_volume(META, DATA, 22);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(22, 3);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 3);
-    let (mb, b) = node(&meta, &data, &net, false, 4);
     let server = a.server().expect("node a leads");
     let f = run("create", ma.create(&c, 1, b"shared", 0o644)).unwrap();
     const TASKS: u64 = 3;
@@ -265,11 +293,7 @@ fn concurrent_writers_on_two_nodes_hand_locks_back_and_forth() {
     let (la, lb) = (a.lock_client().unwrap(), b.lock_client().unwrap());
     println!("a: {:?}\nb: {:?}", la.stats(), lb.stats());
     assert!(la.stats().invalidations > 0 && lb.stats().invalidations > 0);
-    run("unmount b", b.unmount()).unwrap();
-    drop(mb);
-    run("unmount a", a.unmount()).unwrap();
-    drop(ma);
-    assert_fsck_clean(&*meta, Some(&*data));
+    unmount_both_and_fsck(&meta, &data, (ma, a), (mb, b));
 }
 
 /// Commit rounds of the two-writer test (`SCOUTVM_MANY_COMMITS=<n>` for
@@ -288,11 +312,8 @@ fn rounds() -> u64 {
 /// the extent trees).
 #[test]
 fn many_commits_on_the_follower() {
-    let (meta, data) = small_volume(META, DATA, 22);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(22, 3);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 3);
-    let (mb, b) = node(&meta, &data, &net, false, 4);
     for i in 0..60u64 {
         let name = format!("f{i}");
         let f = run("create", mb.create(&c, 1, name.as_bytes(), 0o644))
@@ -301,11 +322,7 @@ fn many_commits_on_the_follower() {
         run("sync", mb.sync()).unwrap_or_else(|e| panic!("sync {i}: {e:?}"));
     }
     assert!(b.trans().counters().commits >= 60);
-    run("unmount b", b.unmount()).unwrap();
-    drop(mb);
-    run("unmount a", a.unmount()).unwrap();
-    drop(ma);
-    assert_fsck_clean(&*meta, Some(&*data));
+    unmount_both_and_fsck(&meta, &data, (ma, a), (mb, b));
 }
 
 /// Both nodes commit in turn, hundreds of times, creating files with data
@@ -314,11 +331,8 @@ fn many_commits_on_the_follower() {
 /// covers the live files), the log trees stay bounded, fsck is clean.
 #[test]
 fn many_commits_from_both_nodes() {
-    let (meta, data) = small_volume(META, DATA, 23);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(23, 5);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 5);
-    let (mb, b) = node(&meta, &data, &net, false, 6);
     let server = a.server().expect("node a leads");
     let reserve = scoutvm_fs::server::commit::reserve_for_device(
         scoutvm_fs::server::commit::RESERVED_META_BLOCKS,
@@ -382,11 +396,7 @@ fn many_commits_from_both_nodes() {
             run("lookup", m.lookup(&c, 1, format!("f{j}").as_bytes())).unwrap();
         }
     }
-    run("unmount b", b.unmount()).unwrap();
-    drop(mb);
-    run("unmount a", a.unmount()).unwrap();
-    drop(ma);
-    assert_fsck_clean(&*meta, Some(&*data));
+    unmount_both_and_fsck(&meta, &data, (ma, a), (mb, b));
 }
 
 /// Archival across nodes: a reader of released data on one node waits and
@@ -396,11 +406,8 @@ fn many_commits_from_both_nodes() {
 #[test]
 fn a_stage_on_one_node_wakes_readers_on_the_other() {
     use scoutvm_fs::posix::backend::Backend;
-    let (meta, data) = small_volume(META, DATA, 24);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(24, 7);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 7);
-    let (mb, b) = node(&meta, &data, &net, false, 8);
     let bytes: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
     let f = run("create", ma.create(&c, 1, b"archived", 0o644)).unwrap();
     run("write", ma.write(f.ino, 0, &bytes)).unwrap();
@@ -448,11 +455,7 @@ fn a_stage_on_one_node_wakes_readers_on_the_other() {
     );
     run("b syncs", mb.sync()).unwrap();
 
-    run("unmount b", b.unmount()).unwrap();
-    drop(mb);
-    run("unmount a", a.unmount()).unwrap();
-    drop(ma);
-    assert_fsck_clean(&*meta, Some(&*data));
+    unmount_both_and_fsck(&meta, &data, (ma, a), (mb, b));
 }
 
 /// Port of the reference archive-light-cycle: rounds in which every node,
@@ -464,11 +467,8 @@ fn a_stage_on_one_node_wakes_readers_on_the_other() {
 // node n's mount, files and versions sit at index n of parallel arrays
 #[allow(clippy::needless_range_loop)]
 fn archive_light_cycle() {
-    let (meta, data) = small_volume(META, DATA, 25);
-    let net = MemNet::new();
+    let (meta, data, (ma, a), (mb, b)) = two_nodes(25, 9);
     let c = Cred::root();
-    let (ma, a) = node(&meta, &data, &net, true, 9);
-    let (mb, b) = node(&meta, &data, &net, false, 10);
     const FILES: u64 = 6;
     const ROUNDS: u64 = 2;
     let content = |n: u64, f: u64, r: u64| -> Vec<u8> {
@@ -603,9 +603,5 @@ fn archive_light_cycle() {
         }
     }
     drop(mounts);
-    run("unmount b", b.unmount()).unwrap();
-    drop(mb);
-    run("unmount a", a.unmount()).unwrap();
-    drop(ma);
-    assert_fsck_clean(&*meta, Some(&*data));
+    unmount_both_and_fsck(&meta, &data, (ma, a), (mb, b));
 }

@@ -31,6 +31,31 @@ fn cfg(term: u64) -> ServerConfig {
     cfg
 }
 
+/// Open the volume for server life `term` and serve it on `net`, fencing
+/// through `fence` if given.
+fn life(
+    meta: &Rc<scoutvm_fs::sim::faultdev::FaultDev>,
+    data: &Rc<scoutvm_fs::sim::faultdev::FaultDev>,
+    net: &MemNet,
+    term: u64,
+    fence: Option<&Rc<ManualFence>>,
+) -> ServerRole {
+    let role = ServerRole::open(
+        meta.clone(),
+        data.clone(),
+        Box::new(SeededEntropy::new(term)),
+        cfg(term),
+        handle(),
+    )
+    .unwrap();
+    if let Some(f) = fence {
+        let agent: Rc<dyn FenceAgent> = f.clone();
+        role.set_fence_agent(agent);
+    }
+    block_on(role.start(net, ADDR)).unwrap();
+    role
+}
+
 fn connect(net: &MemNet, sb: &scoutvm_fs::format::super_block::SuperBlock, rid: u64) -> Rc<Client> {
     let id = ClientIdentity {
         fsid: sb.hdr.fsid,
@@ -68,15 +93,7 @@ fn a_mount_that_does_not_come_back_is_fenced_and_its_locks_released() {
     let group = LockRange::inode_group(1 << 20);
 
     // life 1: mount 7 writes under a WRITE lock, mount 8 holds nothing
-    let one = ServerRole::open(
-        meta.clone(),
-        data.clone(),
-        Box::new(SeededEntropy::new(1)),
-        cfg(1),
-        handle(),
-    )
-    .unwrap();
-    block_on(one.start(&net, ADDR)).unwrap();
+    let one = life(&meta, &data, &net, 1, None);
     let sb = one.stable_super();
     let a = connect(&net, &sb, 7);
     let b = connect(&net, &sb, 8);
@@ -109,17 +126,7 @@ fn a_mount_that_does_not_come_back_is_fenced_and_its_locks_released() {
 
     // life 2 recovers: 7 comes back, 8 does not
     let fence = ManualFence::new();
-    let two = ServerRole::open(
-        meta.clone(),
-        data.clone(),
-        Box::new(SeededEntropy::new(2)),
-        cfg(2),
-        handle(),
-    )
-    .unwrap();
-    let agent: Rc<dyn FenceAgent> = fence.clone();
-    two.set_fence_agent(agent);
-    block_on(two.start(&net, ADDR)).unwrap();
+    let two = life(&meta, &data, &net, 2, Some(&fence));
     let c = connect(&net, &sb, 9);
     let h = handle();
     let c2 = c.clone();
@@ -192,32 +199,14 @@ fn a_mount_that_does_not_come_back_is_fenced_and_its_locks_released() {
 fn a_failed_fence_stops_the_server() {
     let (meta, data) = small_volume(8 << 30, 1 << 30, 32);
     let net = MemNet::new();
-    let one = ServerRole::open(
-        meta.clone(),
-        data.clone(),
-        Box::new(SeededEntropy::new(1)),
-        cfg(1),
-        handle(),
-    )
-    .unwrap();
-    block_on(one.start(&net, ADDR)).unwrap();
+    let one = life(&meta, &data, &net, 1, None);
     let sb = one.stable_super();
     let b = connect(&net, &sb, 8);
     block_on(one.shutdown());
     b.session().close();
     drop(b);
     let fence = ManualFence::new();
-    let two = ServerRole::open(
-        meta,
-        data,
-        Box::new(SeededEntropy::new(2)),
-        cfg(2),
-        handle(),
-    )
-    .unwrap();
-    let agent: Rc<dyn FenceAgent> = fence.clone();
-    two.set_fence_agent(agent);
-    block_on(two.start(&net, ADDR)).unwrap();
+    let two = life(&meta, &data, &net, 2, Some(&fence));
     block_on(handle().sleep_ns(WINDOW_NS + 1_000_000_000));
     assert_eq!(fence.waiting().len(), 1);
     assert!(fence.fail(8));
