@@ -428,6 +428,13 @@ mod tests {
         let d = tmp("qmp");
         let n = node(&d, 0, LIFE0);
         let mut child = fake_qemu(&n);
+        // the child shows its own command line once it has exec'd
+        for _ in 0..500 {
+            if qemu_pid(&n).is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(qemu_pid(&n).is_some());
         // the agent's own reaping is the init's job; here the test reaps
         let waiter = std::thread::spawn(move || child.wait());
