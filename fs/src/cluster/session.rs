@@ -44,6 +44,7 @@ use core::cell::{Cell, RefCell};
 static TP_CONNECTED: Tracepoint = Tracepoint::new("session_connected", &["rid", "term", "life"]);
 static TP_DISCONNECTED: Tracepoint = Tracepoint::new("session_disconnected", &["rid", "idle"]);
 static TP_NEW_SERVER: Tracepoint = Tracepoint::new("session_new_server", &["rid", "term"]);
+static TP_RECLAIMED: Tracepoint = Tracepoint::new("session_reclaimed", &["rid"]);
 
 /// Where the server is: `(term, address)` of the current leader, `None`
 /// while there is none. A static address now; the quorum's find-leader
@@ -779,9 +780,21 @@ async fn run(weak: alloc::rc::Weak<ClientSession>) {
             }
             Err(e) => {
                 if let ConnectError::Refused(e) = e {
-                    if s.st.borrow().life == 0 {
+                    let life = s.st.borrow().life;
+                    if life == 0 {
                         s.st.borrow_mut().refused = Some(e);
                         s.changed.notify();
+                    } else if e == Errno::ENOENT {
+                        // the server has no mount of this rid any more:
+                        // it was fenced and reclaimed while away
+                        TP_RECLAIMED.emit(&[s.id.rid]);
+                        counter!("session.reclaimed").inc();
+                        log::error!(
+                            "session: the server reclaimed rid {:016x} (fenced): closing",
+                            s.id.rid
+                        );
+                        s.close_with(Errno::EIO);
+                        return;
                     }
                 }
                 s.count(|k| k.connect_failures += 1);

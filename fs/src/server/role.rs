@@ -908,6 +908,19 @@ impl Inner {
             return Err(Errno::EINVAL);
         }
         let new = g.server_term == 0 && g.flags & GREETING_FLAG_FAREWELL == 0;
+        if !new && g.flags & GREETING_FLAG_FAREWELL == 0 && !self.is_mounted(g.rid)? {
+            // it greeted a server before, and its mount is gone: fenced
+            // and reclaimed while it was away (a paused VM that woke).
+            // Welcoming it back would hand locks and log trees to a rid
+            // nobody will ever reclaim again.
+            counter!("server.greeting_reclaimed").inc();
+            log::warn!(
+                "server: rid {:016x} reconnects but its mount was reclaimed: refused",
+                g.rid
+            );
+            // ENOENT on the wire: no mounted_clients item for it
+            return Err(Errno::ENOENT);
+        }
         if new {
             let rid = g.rid;
             let flags = if g.flags & GREETING_FLAG_QUORUM != 0 {
@@ -939,6 +952,15 @@ impl Inner {
             flags: 0,
         }
         .encode())
+    }
+
+    /// Is `rid` in `mounted_clients` (the server's current view)?
+    fn is_mounted(&self, rid: u64) -> FsResult<bool> {
+        let mut core = self.core.borrow_mut();
+        let root = core.super_block().mounted_clients;
+        let found =
+            btree::lookup(core.cache(), &root, &mounted_client_key(rid)).map_err(store_errno)?;
+        Ok(found.is_some())
     }
 
     async fn handle_request(self: &Rc<Self>, rid: u64, req: Request) -> FsResult<Vec<u8>> {

@@ -10,6 +10,7 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// Events the log keeps for a failure report.
@@ -115,6 +116,9 @@ pub struct EventLog {
     count: u64,
     recent: VecDeque<Event>,
     observer: Option<Observer>,
+    /// Kinds (by prefix) kept whole for a checker ([`EventLog::keep`]).
+    keep: Vec<&'static str>,
+    kept: Vec<Event>,
 }
 
 impl Default for EventLog {
@@ -130,7 +134,21 @@ impl EventLog {
             count: 0,
             recent: VecDeque::with_capacity(RECENT),
             observer: None,
+            keep: Vec::new(),
+            kept: Vec::new(),
         }
+    }
+
+    /// Keep every later event whose kind starts with one of `prefixes`
+    /// (a checker reads them with [`EventLog::kept`]; the rest of the log
+    /// keeps only the newest).
+    pub fn keep(&mut self, prefixes: &[&'static str]) {
+        self.keep.extend_from_slice(prefixes);
+    }
+
+    /// The events kept by [`EventLog::keep`], oldest first.
+    pub fn kept(&self) -> &[Event] {
+        &self.kept
     }
 
     pub fn set_observer(&mut self, o: Option<Observer>) {
@@ -166,6 +184,9 @@ impl EventLog {
         self.count += 1;
         if let Some(o) = self.observer.as_mut() {
             o(&ev);
+        }
+        if self.keep.iter().any(|p| kind.starts_with(p)) {
+            self.kept.push(ev.clone());
         }
         if self.recent.len() == RECENT {
             self.recent.pop_front();

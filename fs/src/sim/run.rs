@@ -95,11 +95,11 @@ pub struct RunConfig {
     /// Cluster workloads: ask the server for a log merge this often
     /// (virtual ns; 0: only when trees grow). `--merge-every-ms`.
     pub merge_every_ns: u64,
-    /// Cluster workloads: crash, reclaim and remount mounts now and then.
-    /// `--mount-crashes`. Not with cluster-failover: its harness reclaims
-    /// a crashed mount through the server of the moment, which a bounce
-    /// may take away (a mount dead across a failover is fenced at the
-    /// window's end, which the failover checker counts as a failure).
+    /// Cluster workloads: crash, reclaim and remount mounts now and then
+    /// (`--mount-crashes`). In cluster-failover a crashed mount is one
+    /// frozen across a server bounce: the new life fences it at the end
+    /// of its window and reclaims it, and the zombie's writes after the
+    /// fence must fail.
     pub mount_crashes: bool,
 }
 
@@ -489,7 +489,7 @@ fn run_cluster_seed(
             let e = Engine::new(w.clone(), 1, vol.clone(), opts, budget, cfg.inject, false);
             let knobs = workload::cluster::Knobs {
                 merge_every_ns: cfg.merge_every_ns,
-                mount_crashes: cfg.mount_crashes && cfg.workload != WorkloadKind::ClusterFailover,
+                mount_crashes: cfg.mount_crashes,
             };
             let main = workload::cluster::run(w.clone(), vol, mode, opts, knobs, e);
             let limit = cfg.until_ns.saturating_add(SLACK_NS);

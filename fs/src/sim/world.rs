@@ -385,6 +385,17 @@ impl World {
         self.core.log(node, kind, args, text);
     }
 
+    /// Keep every later event (the world's and the nodes' trace events)
+    /// whose kind starts with one of `prefixes`, for a checker.
+    pub fn keep_events(&self, prefixes: &[&'static str]) {
+        self.core.log.borrow_mut().keep(prefixes);
+    }
+
+    /// The events kept by [`World::keep_events`], oldest first.
+    pub fn kept_events(&self) -> Vec<crate::sim::hash::Event> {
+        self.core.log.borrow().kept().to_vec()
+    }
+
     pub fn stats(&self) -> WorldStats {
         self.stats.get()
     }

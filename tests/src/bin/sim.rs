@@ -152,10 +152,6 @@ fn parse() -> Args {
         );
         exit(2);
     }
-    if a.mount_crashes && a.workloads.contains(&WorkloadKind::ClusterFailover) {
-        eprintln!("scoutvm-sim: --mount-crashes is not combined with cluster-failover yet");
-        exit(2);
-    }
     a
 }
 

@@ -45,6 +45,9 @@ use crate::runtime::node::NodeId;
 use crate::server::role::{ServerConfig, ServerRole};
 use crate::sim::fault::{Fault, Loss};
 use crate::sim::fsnode::{mkfs_params, FsNode, Volume};
+use crate::sim::workload::failover::{
+    check_recovery_events, Fences, RecoveryTally, SimFenceAgent, WatchedDev, KEPT_EVENTS,
+};
 use crate::sim::workload::session::{partition, sim_session_config};
 use crate::sim::world::{Software, World};
 use crate::storage::dev::BlockDev;
@@ -240,8 +243,17 @@ async fn start_server(
     w: &Rc<World>,
     opts: &NodeOptions,
     mode: Mode,
+    fence: Option<(&Rc<Fences>, bool)>,
 ) -> Result<Rc<ServerNode>, Failure> {
     let env = w.boot(SERVER);
+    let agent = fence.map(|(fences, lying)| {
+        Rc::new(SimFenceAgent {
+            handle: env.handle.clone(),
+            entropy: env.entropy.clone(),
+            fences: fences.clone(),
+            lying,
+        })
+    });
     let meta: Rc<dyn BlockDev> = env.disks[0].clone();
     let data: Rc<dyn BlockDev> = env.disks[1].clone();
     let cfg = ServerConfig {
@@ -262,6 +274,9 @@ async fn start_server(
                 cfg,
                 handle,
             )?;
+            if let Some(a) = agent {
+                role.set_fence_agent(a);
+            }
             role.start(&*net, &FsNode::server_addr(SERVER)).await?;
             FsResult::Ok(role)
         })
@@ -283,13 +298,30 @@ async fn start_mount(
     w: &Rc<World>,
     node: NodeId,
     opts: NodeOptions,
+    fences: Option<&Rc<Fences>>,
 ) -> Result<Rc<ClusterMount>, Failure> {
     let env = w.boot(node);
-    let meta: Rc<dyn BlockDev> = env.disks[0].clone();
-    let data: Rc<dyn BlockDev> = env.disks[1].clone();
     let p = mkfs_params(0, 0);
     // a fresh rid per life: a remount is a new mount
     let rid = 0x100 + ((env.life as u64) << 8) + node as u64;
+    let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = match fences {
+        // a failover run watches what a mount writes after its fence
+        Some(f) => {
+            f.register(rid, env.disks.clone());
+            let watch = |d: &Rc<crate::sim::disk::DiskHandle>| -> Rc<dyn BlockDev> {
+                let h = env.handle.clone();
+                Rc::new(WatchedDev {
+                    inner: d.clone(),
+                    fences: f.clone(),
+                    rid,
+                    node,
+                    now: Rc::new(move || h.now_ns()),
+                })
+            };
+            (watch(&env.disks[0]), watch(&env.disks[1]))
+        }
+        None => (env.disks[0].clone(), env.disks[1].clone()),
+    };
     let id = ClientIdentity {
         fsid: p.fsid,
         fmt_vers: p.fmt_vers,
@@ -401,6 +433,9 @@ struct Run {
     mode: Mode,
     /// The most log trees seen after a server commit (reported at the end).
     most_trees: Cell<usize>,
+    /// Failover runs: the server bounces and what the fence agent did.
+    bounce: Option<Rc<Bounce>>,
+    fences: Option<Rc<Fences>>,
 }
 
 impl Run {
@@ -477,7 +512,9 @@ impl Run {
             Ok(Err(er)) => return Err(e.fail(format!("reclaiming crashed rid {rid:#x}: {er}"))),
             Err(_) => return Err(Stop::Down),
         }
-        let nm = start_mount(w, node, self.opts).await.map_err(Stop::Fail)?;
+        let nm = start_mount(w, node, self.opts, self.fences.as_ref())
+            .await
+            .map_err(Stop::Fail)?;
         self.mounts[i] = nm.clone();
         self.live.borrow_mut()[i] = nm.clone();
         on_mount(e, &nm);
@@ -486,6 +523,101 @@ impl Run {
         }
         Ok(())
     }
+}
+
+impl Run {
+    /// A failover run's mount crash: mount `i` syncs, dirties a file
+    /// again with the bytes it holds (so the model is right whether the
+    /// change survives or not), and its node freezes (a paused VM) for
+    /// longer than the recovery window while the server bounces. The new
+    /// life must time out on it alone, fence it and reclaim it; the
+    /// zombie then wakes and tries to commit: none of its writes may
+    /// succeed. Its node mounts again as a new rid.
+    async fn lose_mount(&mut self, w: &Rc<World>, e: &mut Engine, i: usize) -> Result<(), Stop> {
+        let Some(b) = self.bounce.clone() else {
+            return Ok(());
+        };
+        // no chaos bounce may start (or be running) until this one ends
+        while b.busy.get() {
+            w.sleep(10_000_000).await;
+        }
+        b.busy.set(true);
+        let r = self.lose_mount_bounce(w, e, i, &b).await;
+        b.busy.set(false);
+        r?;
+        let node = self.mounts[i].node;
+        let nm = start_mount(w, node, self.opts, self.fences.as_ref())
+            .await
+            .map_err(Stop::Fail)?;
+        self.mounts[i] = nm.clone();
+        self.live.borrow_mut().push(nm.clone());
+        on_mount(e, &nm);
+        verify(e).await
+    }
+
+    async fn lose_mount_bounce(
+        &mut self,
+        w: &Rc<World>,
+        e: &mut Engine,
+        i: usize,
+        b: &Bounce,
+    ) -> Result<(), Stop> {
+        let m = self.mounts[i].clone();
+        on_mount(e, &m);
+        sync(e, &m).await?;
+        rewrite_in_place(e).await?;
+        let (node, rid) = (m.node, m.rid);
+        drop(m);
+        // what the zombie holds stops counting: the new life reclaims it
+        self.live.borrow_mut().retain(|x| x.rid != rid);
+        let pause = self.opts.server.recovery_window_ns + LOST_PAUSE_EXTRA_NS;
+        w.log(node, "mount_lost", &[e.step, rid], "paused across a bounce");
+        w.fault(Fault::Pause { node, ns: pause }).await;
+        let wakes = w.now() + pause;
+        b.bounce_once(w, Some(rid)).await.map_err(|v| e.fail(v))?;
+        // the zombie wakes after its fence and commits what it dirtied
+        let after = wakes + ZOMBIE_AWAKE_NS;
+        if w.now() < after {
+            w.sleep(after - w.now()).await;
+        }
+        w.fault(Fault::Crash {
+            node,
+            loss: Loss::Any,
+        })
+        .await;
+        match b.fences.violation() {
+            Some(v) => Err(e.fail(format!("no write after fence: {v}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How much longer than the recovery window a lost mount stays frozen.
+const LOST_PAUSE_EXTRA_NS: u64 = 15_000_000_000;
+/// How long the zombie runs after it wakes: time to commit what it
+/// dirtied and to reconnect (the server must refuse its greeting).
+const ZOMBIE_AWAKE_NS: u64 = 8_000_000_000;
+
+/// Write the first bytes of a file of the model again, unchanged: dirty
+/// items and blocks in the mount's transaction whether or not they ever
+/// reach the disk.
+async fn rewrite_in_place(e: &mut Engine) -> Result<(), Stop> {
+    let Some((ino, bytes)) = e
+        .model
+        .nodes
+        .iter()
+        .find(|(_, n)| n.is_reg() && n.size > 0)
+        .map(|(&ino, n)| (ino, n.read(0, n.size.min(4096))))
+    else {
+        return Ok(());
+    };
+    let got = e
+        .op(format!("rewrite {ino} in place"), move |m| async move {
+            m.write(ino, 0, &bytes).await
+        })
+        .await?;
+    got.map(|_| ())
+        .map_err(|er| e.fail(format!("rewrite {ino} in place: {er}")))
 }
 
 /// The lock-exclusion checker over the mounts' lock clients and the
@@ -572,8 +704,17 @@ async fn run_inner(
         vol.meta.set_lying_flush(true);
         vol.data.set_lying_flush(true);
     }
-    let server = start_server(w, &opts, mode).await.map_err(Stop::Fail)?;
-    let first = start_mount(w, 1, opts).await.map_err(Stop::Fail)?;
+    let fences = (mode == Mode::Failover).then(|| {
+        w.keep_events(KEPT_EVENTS);
+        Fences::new()
+    });
+    let lying = e.inject == Inject::LyingFence;
+    let server = start_server(w, &opts, mode, fences.as_ref().map(|f| (f, lying)))
+        .await
+        .map_err(Stop::Fail)?;
+    let first = start_mount(w, 1, opts, fences.as_ref())
+        .await
+        .map_err(Stop::Fail)?;
     let mut run = Run {
         vol,
         server,
@@ -587,6 +728,8 @@ async fn run_inner(
         opts,
         mode,
         most_trees: Cell::new(0),
+        bounce: None,
+        fences: fences.clone(),
     };
     // each mount's directory, made and committed by the first mount
     let mut dirs = Vec::new();
@@ -614,17 +757,24 @@ async fn run_inner(
     }
     sync(e, &first).await?;
     for n in 2..=MOUNTS {
-        let m = start_mount(w, n, opts).await.map_err(Stop::Fail)?;
+        let m = start_mount(w, n, opts, fences.as_ref())
+            .await
+            .map_err(Stop::Fail)?;
         run.mounts.push(m);
     }
     *run.live.borrow_mut() = run.mounts.clone();
-    let bounce = (mode == Mode::Failover).then(|| Bounce {
-        server: run.server.clone(),
-        opts,
-        verdict: run.watched.clone(),
-        lives: Rc::new(Cell::new(1)),
+    let bounce = fences.as_ref().map(|f| {
+        Rc::new(Bounce {
+            server: run.server.clone(),
+            opts,
+            verdict: run.watched.clone(),
+            lives: Rc::new(Cell::new(1)),
+            fences: f.clone(),
+            lying,
+            busy: Cell::new(false),
+        })
     });
-    let lives = bounce.as_ref().map(|b| b.lives.clone());
+    run.bounce = bounce.clone();
     let chaos = w.spawn(chaos(w.clone(), run.done.clone(), bounce));
     let forcer = (knobs.merge_every_ns > 0).then(|| {
         w.spawn(force_merges(
@@ -654,8 +804,16 @@ async fn run_inner(
     }
     r?;
     run.check_locks(e)?;
-    if let Some(l) = lives {
-        e.note("server_lives", &format!("{}", l.get()));
+    if let Some(b) = &run.bounce {
+        e.note("server_lives", &format!("{}", b.lives.get()));
+        let t = b.check_events(w).map_err(|v| e.fail(v))?;
+        e.note(
+            "recovery",
+            &format!(
+                "{} rids prepared, {} recovered, {} fenced, {} timeouts",
+                t.prepared, t.recovered, t.fenced, t.timeouts
+            ),
+        );
     }
     // the end: every mount commits and leaves
     e.scope = None;
@@ -675,7 +833,9 @@ async fn run_inner(
     run.fsck_if_committed(e)?;
     check_fsck(e, &run.vol, "after every mount left")?;
     // a fresh mount sees every mount's work, merged or not
-    let fresh = start_mount(w, 1, opts).await.map_err(Stop::Fail)?;
+    let fresh = start_mount(w, 1, opts, fences.as_ref())
+        .await
+        .map_err(Stop::Fail)?;
     on_mount(e, &fresh);
     verify(e).await?;
     drain_merges(e, &fresh, &run.server, 200).await?;
@@ -711,7 +871,7 @@ async fn run_inner(
 /// streams) and now and then a short partition of a mount from the
 /// server (under the session's idle timeout): the sessions reconnect
 /// and resend; no error may surface to a mount.
-async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>, bounce: Option<Bounce>) {
+async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>, bounce: Option<Rc<Bounce>>) {
     let mut next_bounce = w.now() + 3_000_000_000;
     while !done.get() {
         w.sleep(500_000_000 + w.random() % 2_000_000_000).await;
@@ -719,8 +879,8 @@ async fn chaos(w: Rc<World>, done: Rc<Cell<bool>>, bounce: Option<Bounce>) {
             break;
         }
         if let Some(b) = &bounce {
-            if w.now() >= next_bounce {
-                if !b.bounce(&w).await {
+            if w.now() >= next_bounce && !b.busy.get() {
+                if !b.bounce(&w, None).await {
                     break;
                 }
                 next_bounce = w.now() + 3_000_000_000 + w.random() % 6_000_000_000;
@@ -745,59 +905,89 @@ struct Bounce {
     verdict: Rc<RefCell<Option<String>>>,
     /// Server lives so far.
     lives: Rc<Cell<u64>>,
+    /// What the fence agent of every life did.
+    fences: Rc<Fences>,
+    /// The fence agent lies (a planted bug).
+    lying: bool,
+    /// A bounce is under way (the chaos task's or a lost mount's).
+    busy: Cell<bool>,
 }
 
 impl Bounce {
     /// Crash the server node, start a new life after a short while and
-    /// wait for its recovery to end. `false`: the run failed (the verdict
-    /// says why).
-    async fn bounce(&self, w: &Rc<World>) -> bool {
+    /// wait for its recovery to end. `lost`: the rid of a mount that
+    /// will not come back, which the new life must fence and reclaim;
+    /// with none, nothing may be fenced. `false`: the run failed (the
+    /// verdict says why).
+    async fn bounce(&self, w: &Rc<World>, lost: Option<u64>) -> bool {
+        self.busy.set(true);
+        let r = self.bounce_once(w, lost).await;
+        self.busy.set(false);
+        if let Err(v) = r {
+            *self.verdict.borrow_mut() = Some(v);
+            return false;
+        }
+        true
+    }
+
+    async fn bounce_once(&self, w: &Rc<World>, lost: Option<u64>) -> Result<(), String> {
+        w.log(SERVER, "server_crash", &[self.lives.get()], "");
         w.fault(Fault::Crash {
             node: SERVER,
             loss: Loss::Any,
         })
         .await;
         w.sleep(100_000_000 + w.random() % 2_000_000_000).await;
-        let s = match start_server(w, &self.opts, Mode::Failover).await {
-            Ok(s) => s,
-            Err(f) => {
-                *self.verdict.borrow_mut() = Some(format!("server restart: {}", f.what));
-                return false;
-            }
-        };
+        let life = self.lives.get() + 1;
+        w.log(SERVER, "server_life", &[life], "");
+        let s = start_server(
+            w,
+            &self.opts,
+            Mode::Failover,
+            Some((&self.fences, self.lying)),
+        )
+        .await
+        .map_err(|f| format!("server restart: {}", f.what))?;
         let role = s.role();
         *self.server.role.borrow_mut() = role.clone();
-        self.lives.set(self.lives.get() + 1);
+        self.lives.set(life);
         let started = w.now();
         loop {
             let (pending, timed_out) = role.recovery_pending();
-            if timed_out {
-                *self.verdict.borrow_mut() = Some(format!(
-                    "server life {}: the recovery window closed with every mount alive \
-                     (still owing: {pending:x?})",
-                    self.lives.get()
+            if timed_out && pending.iter().any(|&(rid, _)| Some(rid) != lost) {
+                return Err(format!(
+                    "server life {life}: the recovery window closed with a live mount \
+                     still owing (owing: {pending:x?}, lost: {lost:x?})"
                 ));
-                return false;
             }
             if pending.is_empty() {
-                w.log(
-                    SERVER,
-                    "recovered",
-                    &[self.lives.get(), w.now() - started],
-                    "",
-                );
-                return true;
+                if let Some(rid) = lost {
+                    if !timed_out || !self.fences.fenced().contains_key(&rid) {
+                        return Err(format!(
+                            "server life {life}: the lost mount rid {rid:#x} was not fenced \
+                             (window timed out: {timed_out})"
+                        ));
+                    }
+                }
+                w.log(SERVER, "recovered", &[life, w.now() - started], "");
+                self.check_events(w)?;
+                return Ok(());
             }
             if w.now() - started > RECOVERY_LIMIT_NS {
-                *self.verdict.borrow_mut() = Some(format!(
-                    "server life {}: recovery not over after {} s (owing: {pending:x?})",
-                    self.lives.get(),
+                return Err(format!(
+                    "server life {life}: recovery not over after {} s (owing: {pending:x?})",
                     RECOVERY_LIMIT_NS / 1_000_000_000
                 ));
-                return false;
             }
             w.sleep(100_000_000).await;
         }
+    }
+
+    /// The recovery-event checker over every life so far.
+    fn check_events(&self, w: &World) -> Result<RecoveryTally, String> {
+        let window = self.opts.server.recovery_window_ns;
+        let slack = RECOVERY_LIMIT_NS.saturating_sub(window);
+        check_recovery_events(&w.kept_events(), window, slack, w.now())
     }
 }
 
@@ -830,7 +1020,11 @@ async fn steps(
         };
         e.marks.clear();
         if run.knobs.mount_crashes && e.r(50) == 0 {
-            run.crash_mount(w, e, i).await?;
+            if mode == Mode::Failover {
+                run.lose_mount(w, e, i).await?;
+            } else {
+                run.crash_mount(w, e, i).await?;
+            }
             run.check_locks(e)?;
             run.fsck_if_committed(e)?;
             continue;

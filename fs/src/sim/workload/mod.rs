@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod crash;
+pub mod failover;
 pub mod model;
 pub mod posix;
 pub mod quorum;
