@@ -1126,7 +1126,9 @@ fn cluster_failover_seeds_recover_every_mount_and_replay() {
 /// Server bounces with lost mounts (`--mount-crashes` in a failover run):
 /// a mount frozen across a bounce is fenced by the new life at the end of
 /// its window (the recovery events say so: one rid pending at the
-/// timeout, one fence), reclaimed, refused when it wakes and reconnects,
+/// timeout, one fence), one frozen under the same server life is fenced
+/// for `client_reconnect` after the idle timeout and the reconnect
+/// window; either is reclaimed, refused when it wakes and reconnects,
 /// and none of its writes after the fence succeed; the other mounts
 /// recover in time and every checker holds.
 /// `SCOUTVM_SIM_CLUSTER_LOST_SEEDS=N` for more (the long run: `cargo
@@ -1135,6 +1137,7 @@ fn cluster_failover_seeds_recover_every_mount_and_replay() {
 fn cluster_failover_fences_lost_mounts_and_no_zombie_writes_after_its_fence() {
     let names = [
         "recov.timeouts",
+        "server.reconnect_fences",
         "session.reclaimed",
         "server.greeting_reclaimed",
     ];

@@ -835,6 +835,8 @@ pub struct ServerPeer {
     changed: Notify,
     ids: IdWindow,
     gone: Cell<bool>,
+    /// When its last connection ended, while it has none.
+    away_since: Cell<Option<u64>>,
 }
 
 impl ServerPeer {
@@ -848,7 +850,18 @@ impl ServerPeer {
             changed: Notify::new(),
             ids: IdWindow::new(cfg.window.max(1)),
             gone: Cell::new(false),
+            away_since: Cell::new(None),
         }
+    }
+
+    /// When the client's last connection ended, while it has none.
+    pub fn away_since(&self) -> Option<u64> {
+        self.away_since.get()
+    }
+
+    /// It left (farewell) or the server forgot it.
+    pub fn is_gone(&self) -> bool {
+        self.gone.get()
     }
 
     pub fn rid(&self) -> u64 {
@@ -859,6 +872,7 @@ impl ServerPeer {
     /// (its requests are resent on `ep`).
     pub fn attach(&self, ep: &Rc<Endpoint>) {
         let old = self.ep.borrow_mut().replace(ep.clone());
+        self.away_since.set(None);
         if let Some(old) = old.filter(|o| !Rc::ptr_eq(o, ep)) {
             counter!("session.server_conn_replaced").inc();
             old.close();
@@ -871,6 +885,7 @@ impl ServerPeer {
         let mut cur = self.ep.borrow_mut();
         if cur.as_ref().is_some_and(|c| Rc::ptr_eq(c, ep)) {
             *cur = None;
+            self.away_since.set(Some(self.handle.now_ns()));
         }
         drop(cur);
         self.changed.notify();

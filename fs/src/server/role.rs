@@ -68,6 +68,7 @@ use core::cell::{Cell, RefCell};
 static TP_GREETING: Tracepoint = Tracepoint::new("server_greeting", &["rid", "term", "new"]);
 static TP_FAREWELL: Tracepoint = Tracepoint::new("server_farewell", &["rid"]);
 static TP_RECLAIM: Tracepoint = Tracepoint::new("server_reclaim_rid", &["rid", "trees"]);
+static TP_RECONNECT_FENCE: Tracepoint = Tracepoint::new("server_reconnect_fence", &["rid"]);
 static TP_STOP: Tracepoint = Tracepoint::new("server_stop", &["failed"]);
 
 pub use crate::server::commit::COMMIT_HOLD_ALLOC_BUDGET;
@@ -204,6 +205,8 @@ struct Inner {
     /// Fences the mounts that do not recover in time (the node's agent).
     fence_agent: RefCell<Option<Rc<dyn FenceAgent>>>,
     fences: RefCell<Option<Rc<FenceRegistry>>>,
+    /// Rids whose connection ended, waited on to come back.
+    reconnect_waits: RefCell<alloc::collections::BTreeSet<u64>>,
 }
 
 /// Sees every request the server executes: `(rid, request id, cmd)`
@@ -282,6 +285,7 @@ impl ServerRole {
                 recov_changed: Notify::new(),
                 fence_agent: RefCell::new(None),
                 fences: RefCell::new(None),
+                reconnect_waits: RefCell::new(alloc::collections::BTreeSet::new()),
             }),
         })
     }
@@ -896,6 +900,22 @@ impl Inner {
         peer.detach(&ep);
         if let Some(w) = watchdog {
             w.abort();
+        }
+        let wait = !self.stopping.get()
+            && !peer.is_gone()
+            && !peer.is_connected()
+            && self.reconnect_waits.borrow_mut().insert(rid);
+        if wait {
+            let me = self.clone();
+            if self
+                .handle
+                .spawn_named("server.reconnect_wait", async move {
+                    me.reconnect_wait(rid, peer).await
+                })
+                .is_err()
+            {
+                self.reconnect_waits.borrow_mut().remove(&rid);
+            }
         }
     }
 
@@ -1650,32 +1670,53 @@ impl Inner {
         if rids.is_empty() {
             return;
         }
-        let agent = self.fence_agent.borrow().clone();
-        let Some(agent) = agent else {
-            log::error!(
-                "server: {} clients did not recover and no fence agent is set: stopping",
-                rids.len()
-            );
-            self.stop();
-            return;
-        };
-        let reg = FenceRegistry::new(agent, self.handle.clone());
-        *self.fences.borrow_mut() = Some(reg.clone());
         for &rid in &rids {
             log::error!("server: recovery timeout expired for client rid {rid:016x}, fencing");
             TP_RECOV_FENCE_RID.emit(&[rid]);
             log::info!("recov_fence_rid rid {rid:016x}");
+        }
+        self.fence_and_reclaim(&rids, FenceReason::ClientRecovery)
+            .await;
+    }
+
+    /// Fence `rids` through the node's fence agent and reclaim each once
+    /// it is fenced. No agent, or a fence that fails, stops this server
+    /// (another leader tries). A rid fenced twice keeps its first request.
+    async fn fence_and_reclaim(self: &Rc<Self>, rids: &[u64], reason: FenceReason) {
+        let reg = {
+            let mut fences = self.fences.borrow_mut();
+            match (fences.as_ref(), self.fence_agent.borrow().clone()) {
+                (Some(reg), _) => reg.clone(),
+                (None, Some(agent)) => {
+                    let reg = FenceRegistry::new(agent, self.handle.clone());
+                    *fences = Some(reg.clone());
+                    reg
+                }
+                (None, None) => {
+                    log::error!(
+                        "server: {} clients must be fenced ({}) and no fence agent is set: \
+                         stopping",
+                        rids.len(),
+                        reason.name()
+                    );
+                    drop(fences);
+                    self.stop();
+                    return;
+                }
+            }
+        };
+        for &rid in rids {
             reg.start(
                 FenceRequest {
                     rid,
                     addr: alloc::string::String::new(),
-                    reason: FenceReason::ClientRecovery,
+                    reason,
                     term: self.cfg.term,
                 },
                 FENCE_TIMEOUT_NS,
             );
         }
-        for rid in rids {
+        for &rid in rids {
             match reg.wait_all(&[rid]).await {
                 Ok(()) => {
                     if self.stopping.get() {
@@ -1686,6 +1727,11 @@ impl Inner {
                         self.stop();
                         return;
                     }
+                    // calls to it fail now; a reconnect is refused
+                    let peer = self.peers.borrow_mut().remove(&rid);
+                    if let Some(p) = peer {
+                        p.forget(true);
+                    }
                     log::info!("server: reclaimed the resources of fenced rid {rid:016x}");
                 }
                 Err((_, e)) => {
@@ -1695,6 +1741,49 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// A mount's connection ended without a farewell: if it has not
+    /// connected again within the session's reconnect window (counted
+    /// from its last disconnect), fence it (`client_reconnect`) and
+    /// reclaim it, so the locks it held go to the others (reference
+    /// §2.3's reconnect wait). Rids still owing recovery are the
+    /// recovery window's to fence.
+    async fn reconnect_wait(self: Rc<Self>, rid: u64, peer: Rc<ServerPeer>) {
+        let window = self.cfg.session.reconnect_window_ns;
+        loop {
+            let Some(since) = peer.away_since() else {
+                // back: a later disconnect waits afresh
+                self.reconnect_waits.borrow_mut().remove(&rid);
+                return;
+            };
+            let deadline = since.saturating_add(window);
+            if self.handle.now_ns() >= deadline {
+                break;
+            }
+            self.handle.sleep_until(deadline).await;
+        }
+        self.reconnect_waits.borrow_mut().remove(&rid);
+        let ours = self
+            .peers
+            .borrow()
+            .get(&rid)
+            .is_some_and(|p| Rc::ptr_eq(p, &peer));
+        if self.stopping.get() || peer.is_gone() || !ours {
+            return;
+        }
+        if self.recov.borrow().is_pending(rid, RECOV_ALL) || !self.is_mounted(rid).unwrap_or(false)
+        {
+            return;
+        }
+        log::error!(
+            "server: client rid {rid:016x} did not reconnect within {} ms, fencing",
+            window / 1_000_000
+        );
+        TP_RECONNECT_FENCE.emit(&[rid]);
+        counter!("server.reconnect_fences").inc();
+        self.fence_and_reclaim(&[rid], FenceReason::ClientReconnect)
+            .await;
     }
 
     async fn freeing_worker(self: Rc<Self>) {

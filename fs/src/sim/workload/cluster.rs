@@ -570,11 +570,30 @@ impl Run {
         drop(m);
         // what the zombie holds stops counting: the new life reclaims it
         self.live.borrow_mut().retain(|x| x.rid != rid);
-        let pause = self.opts.server.recovery_window_ns + LOST_PAUSE_EXTRA_NS;
-        w.log(node, "mount_lost", &[e.step, rid], "paused across a bounce");
+        // half the time the server bounces while it is frozen (the new
+        // life's recovery fences it); else the same life notices it gone
+        // (idle timeout, reconnect window) and fences it
+        let across_bounce = e.r(2) == 0;
+        let sc = sim_session_config();
+        let away = sc.idle_timeout_ns + sc.reconnect_window_ns;
+        let pause = if across_bounce {
+            self.opts.server.recovery_window_ns
+        } else {
+            away
+        } + LOST_PAUSE_EXTRA_NS;
+        let how = if across_bounce {
+            "frozen across a bounce"
+        } else {
+            "frozen under the same server life"
+        };
+        w.log(node, "mount_lost", &[e.step, rid], how);
         w.fault(Fault::Pause { node, ns: pause }).await;
         let wakes = w.now() + pause;
-        b.bounce_once(w, Some(rid)).await.map_err(|v| e.fail(v))?;
+        if across_bounce {
+            b.bounce_once(w, Some(rid)).await.map_err(|v| e.fail(v))?;
+        } else {
+            self.await_reconnect_fence(w, e, rid, away).await?;
+        }
         // the zombie wakes after its fence and commits what it dirtied
         let after = wakes + ZOMBIE_AWAKE_NS;
         if w.now() < after {
@@ -591,6 +610,60 @@ impl Run {
         }
     }
 }
+
+impl Run {
+    /// A frozen mount's connection times out and it does not come back:
+    /// the server life that runs must fence it (`client_reconnect`) and
+    /// reclaim it within the idle timeout plus the reconnect window
+    /// (`away`) plus slack.
+    async fn await_reconnect_fence(
+        &self,
+        w: &Rc<World>,
+        e: &Engine,
+        rid: u64,
+        away: u64,
+    ) -> Result<(), Stop> {
+        use crate::cluster::fence::FenceReason;
+        let role = self.server.role();
+        let before = role.counters().reclaimed_rids;
+        let limit = w.now() + away + RECONNECT_FENCE_SLACK_NS;
+        loop {
+            let fenced = self
+                .fences
+                .as_ref()
+                .is_some_and(|f| f.fenced().contains_key(&rid));
+            if fenced && role.counters().reclaimed_rids > before {
+                break;
+            }
+            if role.is_failed() {
+                return Err(e.fail(format!("the server failed while rid {rid:#x} was away")));
+            }
+            if w.now() > limit {
+                return Err(e.fail(format!(
+                    "rid {rid:#x}, away, was not fenced and reclaimed within {} s \
+                     (fenced: {fenced})",
+                    (away + RECONNECT_FENCE_SLACK_NS) / 1_000_000_000
+                )));
+            }
+            w.sleep(100_000_000).await;
+        }
+        let reason = role
+            .fence_requests()
+            .into_iter()
+            .find(|(r, _, _)| r.rid == rid)
+            .map(|(r, _, _)| r.reason);
+        if reason != Some(FenceReason::ClientReconnect) {
+            return Err(e.fail(format!(
+                "rid {rid:#x} was fenced for {reason:?}, not client_reconnect"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Slack over the idle timeout plus the reconnect window for the fence
+/// (5-300 ms) and the reclaim.
+const RECONNECT_FENCE_SLACK_NS: u64 = 5_000_000_000;
 
 /// How much longer than the recovery window a lost mount stays frozen.
 const LOST_PAUSE_EXTRA_NS: u64 = 15_000_000_000;
