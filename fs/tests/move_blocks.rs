@@ -101,7 +101,11 @@ fn move_and_compare(m: &Mount, from: u64, from_off: u64, len: u64, to: u64, to_o
     }
     want_to[to_off as usize..t_end].copy_from_slice(&src[start..end]);
     mv(m, from, from_off, len, to, to_off).unwrap();
-    assert_eq!(read_all(m, from), want_from, "source after {from_off}+{len}");
+    assert_eq!(
+        read_all(m, from),
+        want_from,
+        "source after {from_off}+{len}"
+    );
     assert_eq!(read_all(m, to), want_to, "target after {from_off}+{len}");
 }
 
@@ -372,7 +376,10 @@ fn control_xattr_moves_blocks() {
         ))
     };
     assert_eq!(set(&format!("{} 0 4096 0 0", f.from)), Err(Errno::EINVAL));
-    assert_eq!(set(&format!("{} 0 4096 0 0 0 9", f.from)), Err(Errno::EINVAL));
+    assert_eq!(
+        set(&format!("{} 0 4096 0 0 0 9", f.from)),
+        Err(Errno::EINVAL)
+    );
     assert_eq!(set(&format!("{} 1 4096 0 0 0", f.from)), Err(Errno::EINVAL));
     set(&format!("{} 4096 4096 0 0 0", f.from)).unwrap();
     assert_eq!(read_all(&m, f.to), &f.golden[BS as usize..2 * BS as usize]);
@@ -430,10 +437,7 @@ fn moved_extents_on_disk_are_fsck_clean() {
         assert_eq!(read_all(&m, to), &golden[half..]);
         let t = block_on(m.stat_more(target)).unwrap();
         assert_eq!((t.online_blocks, t.offline_blocks), (33, 32));
-        assert_eq!(
-            block_on(m.read(target, 0, half)).unwrap(),
-            &golden[..half]
-        );
+        assert_eq!(block_on(m.read(target, 0, half)).unwrap(), &golden[..half]);
         drop(m);
         block_on(node.unmount()).unwrap();
     }

@@ -686,7 +686,12 @@ pub struct MoveBlocksArgs {
     #[arg(short = 's', long = "stage", requires = "data_version")]
     stage: bool,
     /// With --stage: the to file's data_version
-    #[arg(short = 'V', long = "data-version", value_name = "VERS", requires = "stage")]
+    #[arg(
+        short = 'V',
+        long = "data-version",
+        value_name = "VERS",
+        requires = "stage"
+    )]
     data_version: Option<u64>,
 }
 

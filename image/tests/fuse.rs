@@ -989,7 +989,10 @@ fn move_blocks_through_a_mount() {
     let e_inval = "Invalid argument (os error 22)";
     fails(mb(from_s, huge, "8192", to_s, "0"), e_overflow);
     fails(mb(from_s, "0", huge, to_s, "8192"), e_overflow);
-    fails(mb(from_s, "0", "4096", hard.to_str().unwrap(), "0"), e_inval);
+    fails(
+        mb(from_s, "0", "4096", hard.to_str().unwrap(), "0"),
+        e_inval,
+    );
     fails(
         mb(other.to_str().unwrap(), "0", "4096", to_s, "0"),
         "Invalid cross-device link (os error 18)",

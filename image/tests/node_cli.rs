@@ -427,7 +427,10 @@ fn move_blocks_speaks_to_a_node() {
     // --stage: the last source block into the released first block of
     // /mv_dst, whose data_version is checked and stays
     let vers = stat(a, "/mv_dst", "data_version").to_string();
-    ok(a, &["release", "/mv_dst", "-V", &vers, "-o", "0", "-l", "4K"]);
+    ok(
+        a,
+        &["release", "/mv_dst", "-V", &vers, "-o", "0", "-l", "4K"],
+    );
     let stage = |v: &str| {
         mb(&[
             "/mv_src", "-f", "0", "-l", "4K", "/mv_dst", "-t", "0", "--stage", "-V", v,

@@ -600,9 +600,7 @@ fn move_blocks_by_path_and_by_inode() {
     // the target has blocks there now: EINVAL
     let (st, v) = e.call(
         "move-blocks",
-        &format!(
-            r#"{{"ino":{to},"from_ino":{from},"from_offset":0,"length":4096,"to_offset":0}}"#
-        ),
+        &format!(r#"{{"ino":{to},"from_ino":{from},"from_offset":0,"length":4096,"to_offset":0}}"#),
     );
     assert_eq!(st, 400, "{v:?}");
     assert_eq!(v.get("errname").unwrap().as_str(), Some("EINVAL"));
@@ -619,7 +617,10 @@ fn move_blocks_by_path_and_by_inode() {
             vers + 1
         ),
     );
-    assert_eq!((st, v.get("errname").unwrap().as_str()), (409, Some("ESTALE")));
+    assert_eq!(
+        (st, v.get("errname").unwrap().as_str()),
+        (409, Some("ESTALE"))
+    );
     e.ok(
         "move-blocks",
         &format!(
