@@ -1,7 +1,7 @@
 //! The archival subcommands of `scoutvm`, with the reference tool's names
 //! and flags: `stat`, `release`, `stage`, `data-waiting`,
 //! `data-wait-err`, `walk-inodes`, `get-referring-entries`, `ino-path`, `setattr`,
-//! `punch-offline`, `search-xattrs`, `read-xattr-totals`,
+//! `punch-offline`, `move-blocks`, `search-xattrs`, `read-xattr-totals`,
 //! `read-xattr-index`. Each works on a path inside a mounted
 //! volume (`scoutvm mount`) and speaks the mount's control xattrs
 //! (`scoutvm_fs::posix::archive_ctl`, docs/archival.md) with
@@ -128,6 +128,17 @@ pub enum Op<'a> {
         off: u64,
         len: u64,
     },
+    /// Asked of the target file; the source by inode on a mount, by path
+    /// on a node.
+    MoveBlocks {
+        from_ino: u64,
+        from_path: &'a str,
+        from_off: u64,
+        len: u64,
+        to_off: u64,
+        vers: u64,
+        stage: bool,
+    },
     Referring {
         ino: u64,
         dir: u64,
@@ -209,6 +220,21 @@ impl Op<'_> {
             Op::PunchOffline { vers, off, len } => {
                 set("punch_offline", format!("{vers} {off} {len}"))
             }
+            Op::MoveBlocks {
+                from_ino,
+                from_off,
+                len,
+                to_off,
+                vers,
+                stage,
+                ..
+            } => set(
+                "move_blocks",
+                format!(
+                    "{from_ino} {from_off} {len} {to_off} {vers} {}",
+                    u8::from(*stage)
+                ),
+            ),
             Op::Referring { ino, dir, pos } => {
                 (format!("scoutvm.ctl.referring.{ino}.{dir}.{pos}"), None)
             }
@@ -306,6 +332,24 @@ impl Op<'_> {
                     .u64("offset", *off)
                     .u64("length", *len);
                 "punch-offline"
+            }
+            Op::MoveBlocks {
+                from_path,
+                from_off,
+                len,
+                to_off,
+                vers,
+                stage,
+                ..
+            } => {
+                w.str("path", path)
+                    .str("from_path", from_path)
+                    .u64("from_offset", *from_off)
+                    .u64("length", *len)
+                    .u64("to_offset", *to_off)
+                    .u64("data_version", *vers)
+                    .raw("stage", if *stage { "true" } else { "false" });
+                "move-blocks"
             }
             Op::Referring { ino, dir, pos } => {
                 w.u64("ino", *ino).u64("dir", *dir).u64("pos", *pos);
@@ -614,6 +658,41 @@ pub struct PunchOfflineArgs {
     /// Byte length (4 KiB multiple, not 0)
     #[arg(short = 'l', long = "length", value_name = "LENGTH", value_parser = size)]
     length: u64,
+}
+
+/// The reference's `move-blocks FROM_FILE --from-offset OFFSET --length
+/// LENGTH TO_FILE --to-offset OFFSET`, plus `--stage -V VERS` (the
+/// reference ioctl's STAGE flag, which its tool does not offer).
+#[derive(Args)]
+pub struct MoveBlocksArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The file whose extents move (a hole is left behind)
+    from_path: String,
+    /// Byte offset in the from file of the region to move (4 KiB aligned)
+    #[arg(short = 'f', long = "from-offset", value_name = "OFFSET", value_parser = size)]
+    from_offset: u64,
+    /// Length in bytes of the region (a 4 KiB multiple, or ending at the
+    /// from file's size)
+    #[arg(short = 'l', long = "length", value_name = "LENGTH", value_parser = size)]
+    length: u64,
+    /// The file the extents move into
+    to_path: String,
+    /// Byte offset in the to file where the region goes (4 KiB aligned)
+    #[arg(short = 't', long = "to-offset", value_name = "OFFSET", value_parser = size)]
+    to_offset: u64,
+    /// Move into offline extents of the to file (a stage that copies
+    /// nothing; its data_version stays)
+    #[arg(short = 's', long = "stage", requires = "data_version")]
+    stage: bool,
+    /// With --stage: the to file's data_version
+    #[arg(
+        short = 'V',
+        long = "data-version",
+        value_name = "VERS",
+        requires = "stage"
+    )]
+    data_version: Option<u64>,
 }
 
 #[derive(Args)]
@@ -975,6 +1054,36 @@ pub fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
         len: a.length,
     };
     Ok(change(&t, &a.path, "punch-offline", &op))
+}
+
+pub fn cmd_move_blocks(a: MoveBlocksArgs) -> Result<ExitCode, String> {
+    let t = Target::of(&a.node)?;
+    let from_ino = match t {
+        Target::Node(_) => 0,
+        Target::Mount => {
+            // the control request names the source by inode: both files
+            // must be on the one mount (EXDEV, as the reference)
+            let stat = |p: &str| rustix::fs::stat(p).map_err(|e| os_err("move-blocks", e));
+            let (from, to) = match (stat(&a.from_path), stat(&a.to_path)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(code), _) | (_, Err(code)) => return Ok(code),
+            };
+            if from.st_dev != to.st_dev {
+                return Ok(os_err("move-blocks", rustix::io::Errno::XDEV));
+            }
+            from.st_ino
+        }
+    };
+    let op = Op::MoveBlocks {
+        from_ino,
+        from_path: &a.from_path,
+        from_off: a.from_offset,
+        len: a.length,
+        to_off: a.to_offset,
+        vers: a.data_version.unwrap_or(0),
+        stage: a.stage,
+    };
+    Ok(change(&t, &a.to_path, "move-blocks", &op))
 }
 
 /// `A.B.C` of a totals answer line `A.B.C = TOTAL, COUNT`.

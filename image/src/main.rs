@@ -83,6 +83,8 @@ enum Cmd {
     Setattr(archive_cli::SetattrArgs),
     /// Turn a mounted file's offline extents in a range into holes
     PunchOffline(archive_cli::PunchOfflineArgs),
+    /// Move the extents of a region of one mounted file into another
+    MoveBlocks(archive_cli::MoveBlocksArgs),
     /// Print the volume's `.totl.` xattr totals: `A.B.C = TOTAL, COUNT`
     ReadXattrTotals(archive_cli::TotalsArgs),
     /// Print the inodes of the `.indx.` xattr index from FIRST to LAST
@@ -321,6 +323,10 @@ fn main() -> ExitCode {
         Cmd::PunchOffline(a) => (
             "punch-offline",
             archive_cli::cmd_punch_offline(a).map_err(Usage),
+        ),
+        Cmd::MoveBlocks(a) => (
+            "move-blocks",
+            archive_cli::cmd_move_blocks(a).map_err(Usage),
         ),
         Cmd::ReadXattrTotals(a) => (
             "read-xattr-totals",

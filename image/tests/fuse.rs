@@ -903,3 +903,192 @@ fn search_xattrs_through_a_mount() {
     m.unmount();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The reference test move-blocks through `scoutvm move-blocks` on a
+/// FUSE mount: its argument errors with their messages (wrapped offsets,
+/// the same file, another filesystem, misaligned, an existing extent,
+/// offline extents), moves compared against copies made by hand, the
+/// final partial block, moving backwards, combining files; plus
+/// `--stage` into a released file.
+#[test]
+fn move_blocks_through_a_mount() {
+    require_fuse();
+    const BS: u64 = 4096;
+    const BLOCKS: u64 = 8;
+    const PART: u64 = 123;
+    const LEN: u64 = BS * BLOCKS + PART;
+    let d = tmpdir("move-blocks");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = MountProc::start(&["--mem", "1G", mnt.to_str().unwrap()], &mnt);
+    let from = mnt.join("from");
+    let to = mnt.join("to");
+    let (from_s, to_s) = (from.to_str().unwrap(), to.to_str().unwrap());
+    let mut seed = 1u32;
+    let mut random = |len: u64| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
+    };
+    let regenerate = |random: &mut dyn FnMut(u64) -> Vec<u8>| {
+        let _ = std::fs::remove_file(&from);
+        let _ = std::fs::remove_file(&to);
+        std::fs::write(&from, random(LEN)).unwrap();
+        std::fs::write(&to, b"").unwrap();
+    };
+    let mb = |f: &str, fo: &str, l: &str, t: &str, to_off: &str| {
+        cli(&["move-blocks", f, "-f", fo, "-l", l, t, "-t", to_off])
+    };
+    let fails = |r: (Option<i32>, String), says: &str| {
+        assert_eq!(r.0, Some(1), "{}", r.1);
+        assert_eq!(
+            r.1.trim(),
+            format!("scoutvm: move-blocks failed: {says}"),
+            "{}",
+            r.1
+        );
+    };
+    // the reference's move_and_compare
+    let move_and_compare = |f: &Path, fo: u64, len: u64, t: &Path, to_off: u64| {
+        let (src, dst) = (std::fs::read(f).unwrap(), std::fs::read(t).unwrap());
+        let end = (fo + len.div_ceil(BS) * BS).min(src.len() as u64) as usize;
+        let mut want_from = src.clone();
+        want_from[fo as usize..end].fill(0);
+        let mut want_to = dst;
+        let t_end = to_off as usize + end - fo as usize;
+        if want_to.len() < t_end {
+            want_to.resize(t_end, 0);
+        }
+        want_to[to_off as usize..t_end].copy_from_slice(&src[fo as usize..end]);
+        let (code, out) = mb(
+            f.to_str().unwrap(),
+            &fo.to_string(),
+            &len.to_string(),
+            t.to_str().unwrap(),
+            &to_off.to_string(),
+        );
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(std::fs::read(f).unwrap(), want_from, "from {fo}+{len}");
+        assert_eq!(std::fs::read(t).unwrap(), want_to, "to {fo}+{len}");
+    };
+
+    // build test files
+    regenerate(&mut random);
+    let hard = mnt.join("hardlink");
+    std::fs::hard_link(&from, &hard).unwrap();
+    let other = d.join("other");
+    std::fs::write(&other, b"").unwrap();
+
+    let huge = "0xfffffffffffff000";
+    let e_overflow = "Value too large for defined data type (os error 75)";
+    let e_inval = "Invalid argument (os error 22)";
+    fails(mb(from_s, huge, "8192", to_s, "0"), e_overflow);
+    fails(mb(from_s, "0", huge, to_s, "8192"), e_overflow);
+    fails(
+        mb(from_s, "0", "4096", hard.to_str().unwrap(), "0"),
+        e_inval,
+    );
+    fails(
+        mb(other.to_str().unwrap(), "0", "4096", to_s, "0"),
+        "Invalid cross-device link (os error 18)",
+    );
+    fails(mb(from_s, "1", "4096", to_s, "0"), e_inval);
+    fails(mb(from_s, "0", "1", to_s, "0"), e_inval);
+    fails(mb(from_s, "0", "4096", to_s, "1"), e_inval);
+    // can't move onto an existing extent
+    std::fs::write(&to, random(BS)).unwrap();
+    fails(mb(from_s, "0", "4096", to_s, "0"), e_inval);
+    // can't move between files with offline extents
+    let release = |p: &str| {
+        let (_, v) = cli(&["stat", "-s", "data_version", p]);
+        let (code, out) = cli(&["release", p, "-V", v.trim(), "-o", "0", "-l", "4K"]);
+        assert_eq!(code, Some(0), "{out}");
+    };
+    let e_nodata = "No data available (os error 61)";
+    std::fs::write(&to, [0u8; BS as usize]).unwrap();
+    release(to_s);
+    fails(mb(from_s, "0", "4096", to_s, "0"), e_nodata);
+    regenerate(&mut random);
+    release(from_s);
+    fails(mb(from_s, "0", "4096", to_s, "0"), e_nodata);
+    // usage: all three offsets are required
+    let (code, out) = cli(&["move-blocks", from_s, "-f", "0", "-l", "4K", to_s]);
+    assert_eq!(code, Some(64), "{out}");
+
+    // basic moves work
+    for (fo, len, to_off) in [(0, BS, 0), (0, BS, BS), (0, LEN, 0)] {
+        regenerate(&mut random);
+        move_and_compare(&from, fo, len, &to, to_off);
+    }
+    // moving the final partial block sets a partial size
+    regenerate(&mut random);
+    move_and_compare(&from, LEN - PART, PART, &to, 0);
+    assert_eq!(std::fs::metadata(&to).unwrap().len(), PART);
+    // moving blocks backwards works
+    regenerate(&mut random);
+    let orig = std::fs::read(&from).unwrap();
+    move_and_compare(&from, LEN - PART, PART, &to, LEN - PART);
+    for i in (0..BLOCKS).rev() {
+        move_and_compare(&from, i * BS, BS, &to, i * BS);
+    }
+    assert_eq!(std::fs::read(&to).unwrap(), orig);
+    // combine many files into one
+    regenerate(&mut random);
+    let mut large = Vec::new();
+    for i in 0..4u64 {
+        let piece_path = mnt.join(format!("from.{i}"));
+        let piece = random(BS * BLOCKS);
+        std::fs::write(&piece_path, &piece).unwrap();
+        large.extend_from_slice(&piece);
+        move_and_compare(&piece_path, 0, BS * BLOCKS, &to, i * BS * BLOCKS);
+    }
+    large.extend_from_slice(&std::fs::read(&from).unwrap());
+    move_and_compare(&from, 0, LEN, &to, 4 * BS * BLOCKS);
+    assert_eq!(std::fs::read(&to).unwrap(), large);
+
+    // --stage moves a scratch copy into a released file's offline range
+    let target = mnt.join("target");
+    let target_s = target.to_str().unwrap();
+    let golden = random(4 * BS);
+    std::fs::write(&target, &golden).unwrap();
+    let (_, v) = cli(&["stat", "-s", "data_version", target_s]);
+    let vers = v.trim().to_string();
+    let (code, out) = cli(&["release", target_s, "-V", &vers, "-o", "0", "-l", "16K"]);
+    assert_eq!(code, Some(0), "{out}");
+    let scratch = mnt.join("scratch");
+    std::fs::write(&scratch, &golden).unwrap();
+    let stage = |v: &str| {
+        cli(&[
+            "move-blocks",
+            scratch.to_str().unwrap(),
+            "-f",
+            "0",
+            "-l",
+            "16K",
+            target_s,
+            "-t",
+            "0",
+            "--stage",
+            "-V",
+            v,
+        ])
+    };
+    fails(stage("999"), "Stale file handle (os error 116)");
+    let (code, out) = stage(&vers);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(std::fs::read(&target).unwrap(), golden);
+    let (_, v) = cli(&["stat", "-s", "data_version", target_s]);
+    assert_eq!(v.trim(), vers, "a staging move keeps the data_version");
+    let (_, off) = cli(&["stat", "-s", "offline_blocks", target_s]);
+    assert_eq!(off.trim(), "0");
+    // (st_blocks of the source may be the kernel's cached value for a
+    // second: it saw no request on that file)
+    let (_, on) = cli(&["stat", "-s", "online_blocks", scratch.to_str().unwrap()]);
+    assert_eq!(on.trim(), "0");
+    m.unmount();
+}

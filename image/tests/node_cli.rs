@@ -62,7 +62,8 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Serve the API of a fresh volume (/d/f with 3 blocks, its second name
-/// /g, an empty /empty; /s0../s4, all but /s2 with a `.srch.` xattr, /s0
+/// /g, an empty /empty; /mv_src of 2 blocks and 100 bytes, an empty
+/// /mv_dst; /s0../s4, all but /s2 with a `.srch.` xattr, /s0
 /// with `.totl.` 1.2.3 = 7 and `.indx.` 4.99, /s1 with 1.2.3 = 5) on a
 /// free port, in a thread of its own.
 fn start_node() -> Facts {
@@ -95,6 +96,9 @@ fn start_node() -> Facts {
                 m.write(f, 0, &pattern(3 * BS)).await.unwrap();
                 m.link(&root, f, 1, b"g").await.unwrap();
                 m.create(&root, 1, b"empty", 0o644).await.unwrap();
+                let src = m.create(&root, 1, b"mv_src", 0o644).await.unwrap().ino;
+                m.write(src, 0, &pattern(2 * BS + 100)).await.unwrap();
+                m.create(&root, 1, b"mv_dst", 0o644).await.unwrap();
                 let mut srch = Vec::new();
                 for i in 0..5 {
                     let name = format!("s{i}");
@@ -356,4 +360,104 @@ fn every_archival_subcommand_speaks_to_a_node() {
     let (code, out) = cli(a, None, &["stat", "/d/f"]);
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("SCOUTVM_TOKEN"), "{out}");
+}
+
+/// `move-blocks` against a node: the reference's flags, both paths from
+/// the volume's root, errors as on a mount, `--stage` into a released
+/// file.
+#[test]
+fn move_blocks_speaks_to_a_node() {
+    let n = start_node();
+    let a = n.addr.as_str();
+    let mb = |args: &[&str]| {
+        let mut v = vec!["move-blocks"];
+        v.extend_from_slice(args);
+        cli(a, Some(TOKEN), &v)
+    };
+    let src_vers = stat(a, "/mv_src", "data_version");
+    let (code, out) = mb(&["/mv_src", "-f", "4K", "-l", "4196", "/mv_dst", "-t", "0"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(stat(a, "/mv_dst", "size"), BS as u64 + 100, "partial tail");
+    assert_eq!(stat(a, "/mv_dst", "online_blocks"), 2);
+    assert_eq!(stat(a, "/mv_src", "online_blocks"), 1);
+    assert_eq!(stat(a, "/mv_src", "size"), 2 * BS as u64 + 100);
+    assert_ne!(stat(a, "/mv_src", "data_version"), src_vers);
+
+    // errors: the errno's message, as on a mount
+    for (args, says) in [
+        (
+            ["/mv_src", "-f", "0", "-l", "4K", "/mv_dst", "-t", "0"],
+            "Invalid argument (os error 22)",
+        ),
+        (
+            ["/mv_src", "-f", "1", "-l", "4K", "/mv_dst", "-t", "8K"],
+            "Invalid argument (os error 22)",
+        ),
+        (
+            [
+                "/mv_src",
+                "-f",
+                "0xfffffffffffff000",
+                "-l",
+                "8K",
+                "/mv_dst",
+                "-t",
+                "0",
+            ],
+            "Value too large for defined data type (os error 75)",
+        ),
+        (
+            ["/mv_src", "-f", "0", "-l", "4K", "/d", "-t", "0"],
+            "Is a directory (os error 21)",
+        ),
+        (
+            ["/nope", "-f", "0", "-l", "4K", "/mv_dst", "-t", "8K"],
+            "No such file or directory (os error 2)",
+        ),
+    ] {
+        let (code, out) = mb(&args);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert_eq!(
+            out.trim(),
+            format!("scoutvm: move-blocks failed: {says}"),
+            "{args:?}"
+        );
+    }
+
+    // --stage: the last source block into the released first block of
+    // /mv_dst, whose data_version is checked and stays
+    let vers = stat(a, "/mv_dst", "data_version").to_string();
+    ok(
+        a,
+        &["release", "/mv_dst", "-V", &vers, "-o", "0", "-l", "4K"],
+    );
+    let stage = |v: &str| {
+        mb(&[
+            "/mv_src", "-f", "0", "-l", "4K", "/mv_dst", "-t", "0", "--stage", "-V", v,
+        ])
+    };
+    let (code, out) = stage("999");
+    assert_eq!(
+        (code, out.trim()),
+        (
+            Some(1),
+            "scoutvm: move-blocks failed: Stale file handle (os error 116)"
+        )
+    );
+    let (code, out) = stage(&vers);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        (
+            stat(a, "/mv_dst", "online_blocks"),
+            stat(a, "/mv_dst", "offline_blocks"),
+            stat(a, "/mv_dst", "data_version").to_string()
+        ),
+        (2, 0, vers)
+    );
+    assert_eq!(stat(a, "/mv_src", "online_blocks"), 0);
+    // --stage needs -V
+    let (code, out) = mb(&[
+        "/mv_src", "-f", "0", "-l", "4K", "/mv_dst", "-t", "0", "--stage",
+    ]);
+    assert_eq!(code, Some(64), "{out}");
 }

@@ -1,8 +1,8 @@
 //! Shell commands on the node's volume: `mkfs`, `df`, `ls`, `stat`,
 //! `cat`, `mkdir`, `rm`, `sync`, `fsck`, `clients` (9P connections) and
 //! the archival `release`, `stage`, `data-waiting`, `data-wait-err`,
-//! `walk-inodes`, `search-xattrs`, `get-referring-entries`, `ino-path`, `setattr` and
-//! `punch-offline` (docs/archival.md).
+//! `walk-inodes`, `search-xattrs`, `get-referring-entries`, `ino-path`, `setattr`,
+//! `punch-offline` and `move-blocks` (docs/archival.md).
 //!
 //! Registered by the volume service at boot; they act as root on the
 //! mounted `posix::mount::Mount` (through `volume::require`) and print one-line
@@ -186,6 +186,12 @@ const COMMANDS: &[Command] = &[
         usage: "PATH VERS OFFSET LENGTH",
         help: "turn a file's offline extents in a range into holes (data_version VERS)",
         run: |a| boxed(punch_offline_cmd(a)),
+    },
+    Command {
+        name: "move-blocks",
+        usage: "FROM FROM_OFFSET LENGTH TO TO_OFFSET [stage VERS]",
+        help: "move a region's extents from one file into another (stage: into TO's offline extents)",
+        run: |a| boxed(move_blocks_cmd(a)),
     },
     Command {
         name: "fence",
@@ -1104,6 +1110,31 @@ async fn setattr_cmd(args: Vec<String>) -> CmdResult {
         .setattr_more(a.ino, &sa)
         .await
         .map_err(|e| format!("setattr: {}", err(e)))
+}
+
+async fn move_blocks_cmd(args: Vec<String>) -> CmdResult {
+    const USAGE: &str = "move-blocks FROM FROM_OFFSET LENGTH TO TO_OFFSET [stage VERS]";
+    expect_args(&args, 5, 7, USAGE)?;
+    let v = volume::require()?;
+    let from = resolve(&v.mount, &args[0]).await?;
+    let to = resolve(&v.mount, &args[3]).await?;
+    let (flags, data_version) = match args.get(5).map(String::as_str) {
+        None => (0, 0),
+        Some("stage") if args.len() == 7 => (archive::MB_STAGE, num("version", &args[6])?),
+        Some(_) => return Err(format!("usage: {USAGE}")),
+    };
+    let mb = archive::MoveBlocks {
+        from: from.ino,
+        from_off: num("offset", &args[1])?,
+        len: num("length", &args[2])?,
+        to_off: num("offset", &args[4])?,
+        data_version,
+        flags,
+    };
+    v.mount
+        .move_blocks(&Cred::root(), to.ino, &mb)
+        .await
+        .map_err(|e| format!("move-blocks: {}", err(e)))
 }
 
 async fn punch_offline_cmd(args: Vec<String>) -> CmdResult {

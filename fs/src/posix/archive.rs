@@ -155,6 +155,26 @@ pub struct InoPath {
     pub path: Vec<u8>,
 }
 
+/// `move_blocks` flag (scoutfs `SCOUTFS_IOC_MB_STAGE`): move into the
+/// target's OFFLINE extents, as a stage that copies nothing; the target's
+/// data_version must be the caller's and stays.
+pub const MB_STAGE: u64 = 1;
+
+/// A `move_blocks` request (scoutfs `scoutfs_ioctl_move_blocks`), made
+/// on the target file: move the extents of bytes `[from_off, from_off +
+/// len)` of `from` to `to_off` of the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoveBlocks {
+    pub from: u64,
+    pub from_off: u64,
+    pub len: u64,
+    pub to_off: u64,
+    /// Checked against the target's with [`MB_STAGE`], ignored otherwise.
+    pub data_version: u64,
+    /// [`MB_STAGE`] or 0; other bits are `EINVAL`.
+    pub flags: u64,
+}
+
 /// Longest path `ino_path` returns (Linux `PATH_MAX`, with its NUL).
 pub const PATH_MAX: usize = 4096;
 

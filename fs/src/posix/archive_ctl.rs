@@ -22,6 +22,9 @@
 //!   (`setattr_more`; `-` leaves a field alone, `OFFLINE` 0 or 1, times
 //!   `SEC.NSEC`).
 //! * set `scoutvm.ctl.punch_offline` = `VERS OFF LEN`.
+//! * set `scoutvm.ctl.move_blocks` = `FROM_INO FROM_OFF LEN TO_OFF VERS
+//!   FLAGS` on the target file (`move_blocks`; `FLAGS` 1 stages into the
+//!   target's offline extents, `VERS` is then the target's data_version).
 //! * get `scoutvm.ctl.referring.INO.DIR.POS` -> the links to `INO` from
 //!   the cursor `(DIR, POS)` on, a record each:
 //!   `DIR POS INO DTYPE NAMELEN NAME\n` (`DTYPE` the Linux `DT_*` code,
@@ -57,7 +60,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::errno::{Errno, FsResult};
-use crate::posix::archive::{dwo_names, SetAttrMore, WalkEntry, WalkIndex};
+use crate::posix::archive::{dwo_names, MoveBlocks, SetAttrMore, WalkEntry, WalkIndex};
 use crate::posix::mount::{IndxEntry, Mount, XattrTotal};
 use crate::posix::types::{Cred, Ino};
 use crate::runtime::env::Timespec;
@@ -379,7 +382,7 @@ pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]
     let req = text(&name[CTL_PREFIX.len()..])?;
     if !matches!(
         req,
-        "release" | "stage" | "data_wait_err" | "setattr" | "punch_offline"
+        "release" | "stage" | "data_wait_err" | "setattr" | "punch_offline" | "move_blocks"
     ) {
         return Err(Errno::EOPNOTSUPP);
     }
@@ -428,6 +431,22 @@ pub async fn ctl_set(m: &Mount, cred: &Cred, ino: Ino, name: &[u8], value: &[u8]
                 return Err(Errno::EINVAL);
             }
             m.punch_offline(ino, vers, off, len).await
+        }
+        "move_blocks" => {
+            let v = text(value)?;
+            let mut w = v.split_ascii_whitespace();
+            let mb = MoveBlocks {
+                from: num(w.next())?,
+                from_off: num(w.next())?,
+                len: num(w.next())?,
+                to_off: num(w.next())?,
+                data_version: num(w.next())?,
+                flags: num(w.next())?,
+            };
+            if w.next().is_some() {
+                return Err(Errno::EINVAL);
+            }
+            m.move_blocks(cred, ino, &mb).await
         }
         "stage" => {
             let nl = value

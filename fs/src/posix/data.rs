@@ -583,3 +583,80 @@ pub async fn stage(
         needs_commit: false,
     })
 }
+
+/// Move the extents of source blocks `[cur, first + count)` of `from` to
+/// the same places relative to `to_first` in `to` (scoutfs
+/// `move_blocks`; the caller checked the arguments, the files and their
+/// offline blocks): each source piece's blocks change owner, no data is
+/// copied, and the source piece becomes a hole. Without `stage` the
+/// target blocks must be holes, with `stage` one OFFLINE unmapped extent
+/// (`EINVAL` otherwise; pieces moved before stay moved, as in the
+/// reference). The target grows to cover what it got, keeping the
+/// source's final partial block. Touches at most `max_extents` source
+/// extents; returns the source block to continue from, or `None`.
+#[allow(clippy::too_many_arguments)]
+pub async fn move_blocks(
+    items: &ItemCache,
+    from: &mut Inode,
+    to: &mut Inode,
+    cur: u64,
+    first: u64,
+    count: u64,
+    to_first: u64,
+    stage: bool,
+    max_extents: usize,
+) -> FsResult<Option<u64>> {
+    assert!(count > 0 && first <= cur);
+    let last = first + (count - 1);
+    let mut cur = cur;
+    for _ in 0..max_extents {
+        if cur > last {
+            return Ok(None);
+        }
+        let Some(e) = next_extent(items, from.ino, cur).await? else {
+            return Ok(None);
+        };
+        if e.start > last {
+            return Ok(None);
+        }
+        let s = e.start.max(cur);
+        let t = e.last().min(last);
+        let len = t - s + 1;
+        if e.blkno == 0 || e.flags & SEF_OFFLINE != 0 {
+            // the caller refused sources with offline blocks; an unmapped
+            // extent that is not offline is damage
+            return Err(Errno::EIO);
+        }
+        let blkno = e.blkno + (s - e.start);
+        let ts = to_first + (s - first);
+        let tl = ts + (len - 1);
+        let there = next_extent(items, to.ino, ts).await?;
+        let fits = match there {
+            Some(o) if stage => {
+                o.start <= ts && o.last() >= tl && o.blkno == 0 && o.flags & SEF_OFFLINE != 0
+            }
+            Some(o) => o.start > tl,
+            None => !stage,
+        };
+        if !fits {
+            return Err(Errno::EINVAL);
+        }
+        set_mapping(items, to, ts, len, blkno, e.flags).await?;
+        set_mapping(items, from, s, len, 0, 0).await?;
+        // the target's size covers the moved blocks, but a source's final
+        // partial block stays partial
+        let mut to_end = (tl + 1).checked_mul(BS).ok_or(Errno::EFBIG)?;
+        let from_end = (t + 1) * BS;
+        if from_end > from.item.size {
+            to_end -= from_end - from.item.size;
+        }
+        if to_end > to.item.size {
+            to.item.size = to_end;
+        }
+        if t == LAST_BLOCK {
+            return Ok(None);
+        }
+        cur = t + 1;
+    }
+    Ok(if cur > last { None } else { Some(cur) })
+}

@@ -45,8 +45,8 @@ use crate::format::{
     NAME_LEN_MAX, ROOT_INO, SM_BLOCK_SIZE, SYMLINK_MAX_SIZE, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use crate::posix::archive::{
-    self, Blocked, DataWaiters, InoPath, ReferringEntry, SetAttrMore, StatMore, WaitingEntry,
-    WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE,
+    self, Blocked, DataWaiters, InoPath, MoveBlocks, ReferringEntry, SetAttrMore, StatMore,
+    WaitingEntry, WalkEntry, WalkIndex, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE, MB_STAGE,
 };
 use crate::posix::backend::{Backend, DataRun, InoRange, SrchCandidates};
 use crate::posix::data::{self, DataCtx, LAST_BLOCK, MAX_FILE_SIZE};
@@ -2940,6 +2940,122 @@ impl Mount {
             .await;
         // a waiter on a block that is a hole now reads zeros
         self.waiters.wake_inode(ino);
+        r
+    }
+
+    /// scoutfs `move_blocks`, asked on the target `to`: the extents of
+    /// bytes `[from_off, from_off + len)` of `mb.from` move to `to_off` of
+    /// `to` without copying data; the source range becomes a hole, both
+    /// sizes stay except that the target grows to cover what it got.
+    /// Offsets are 4 KiB multiples and so is `len` unless the range ends
+    /// at the source's size; only blocks inside the source's size move.
+    /// Both inodes are locked for writing in the global lock order.
+    ///
+    /// Without [`MB_STAGE`] the target range must be holes (`EINVAL`) and
+    /// neither file may have offline blocks (`ENODATA`); ctime, mtime,
+    /// data_version and data_seq of both move. With it the target range
+    /// must lie in OFFLINE extents (`EINVAL`), the target's data_version
+    /// must be `mb.data_version` (`ESTALE`) and only the source's fields
+    /// move; waiters on the target wake. Errors as the reference:
+    /// `EOVERFLOW` for a range that wraps, `EINVAL` for the same inode,
+    /// unknown flags, misalignment or a file that is not regular,
+    /// `EISDIR` for a directory. A failure part way leaves the pieces
+    /// moved before it moved (as in the reference).
+    pub async fn move_blocks(&self, cred: &Cred, to: Ino, mb: &MoveBlocks) -> FsResult<()> {
+        if mb.len == 0 {
+            return Ok(());
+        }
+        if mb.from_off.checked_add(mb.len - 1).is_none()
+            || mb.to_off.checked_add(mb.len - 1).is_none()
+        {
+            return Err(Errno::EOVERFLOW);
+        }
+        if mb.from == to || mb.flags & !MB_STAGE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let stage = mb.flags & MB_STAGE != 0;
+        let locks = self.storing(
+            inode_lock(mb.from, LockMode::Write).with(LockRange::inode_group(to), LockMode::Write),
+        );
+        let r = self
+            .run(HoldKind::Write, locks, async |op| {
+                let mut f = self.load(mb.from).await?;
+                let mut t = self.load(to).await?;
+                if !stage {
+                    t.check_retention()?;
+                }
+                if !mb.from_off.is_multiple_of(BS)
+                    || !mb.to_off.is_multiple_of(BS)
+                    || (!mb.len.is_multiple_of(BS) && mb.from_off + mb.len != f.item.size)
+                {
+                    return Err(Errno::EINVAL.into());
+                }
+                if stage && t.item.data_version != mb.data_version {
+                    return Err(Errno::ESTALE.into());
+                }
+                let size = f.item.size;
+                if mb.from_off >= size {
+                    return Ok(());
+                }
+                if f.is_dir() || t.is_dir() {
+                    return Err(Errno::EISDIR.into());
+                }
+                if !f.is_reg() || !t.is_reg() {
+                    return Err(Errno::EINVAL.into());
+                }
+                perm::check(cred, f.owner(), MAY_WRITE)?;
+                perm::check(cred, t.owner(), MAY_WRITE)?;
+                if f.item.offline_blocks != 0 || (t.item.offline_blocks != 0 && !stage) {
+                    return Err(Errno::ENODATA.into());
+                }
+                let count = mb.len.min(size - mb.from_off).div_ceil(BS);
+                let (first, to_first) = (mb.from_off / BS, mb.to_off / BS);
+                // the target's size could not hold the moved blocks
+                if mb
+                    .to_off
+                    .checked_add(count * BS)
+                    .is_none_or(|end| end > MAX_FILE_SIZE)
+                {
+                    return Err(Errno::EFBIG.into());
+                }
+                op.need_store(&f);
+                op.need_store(&t);
+                op.ready()?;
+                self.finish_truncate(op, &mut f).await?;
+                self.finish_truncate(op, &mut t).await?;
+                let mut cur = first;
+                loop {
+                    let r = data::move_blocks(
+                        &self.items,
+                        &mut f,
+                        &mut t,
+                        cur,
+                        first,
+                        count,
+                        to_first,
+                        stage,
+                        STEP_ITEMS,
+                    )
+                    .await;
+                    let (now, seq) = (self.now(), self.backend.trans_seq());
+                    for (i, contents) in [(&mut f, true), (&mut t, !stage)] {
+                        if contents {
+                            i.touch_data(seq);
+                            i.item.mtime = now;
+                            i.item.ctime = now;
+                        }
+                        self.store(i);
+                    }
+                    match r? {
+                        Some(next) => cur = next,
+                        None => return Ok(()),
+                    }
+                    op.checkpoint().await?;
+                }
+            })
+            .await;
+        // the target's offline extents may have been filled, even part way
+        self.waiters.wake_inode(to);
         r
     }
 

@@ -13,7 +13,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use scoutvm_fs::errno::Errno;
-use scoutvm_fs::posix::archive::{dwo_names, dwo_parse, SetAttrMore, WalkEntry, WalkIndex};
+use scoutvm_fs::posix::archive::{
+    dwo_names, dwo_parse, MoveBlocks, SetAttrMore, WalkEntry, WalkIndex, MB_STAGE,
+};
 use scoutvm_fs::posix::archive_ctl::{timespec, NAMES_BUDGET};
 use scoutvm_fs::posix::mount::{IndxEntry, Mount};
 use scoutvm_fs::posix::types::{Cred, Ino};
@@ -37,6 +39,7 @@ pub const ENDPOINTS: &[&str] = &[
     "walk-inodes",
     "setattr",
     "punch-offline",
+    "move-blocks",
     "get-referring-entries",
     "ino-path",
     "search-xattrs",
@@ -271,6 +274,7 @@ impl Api {
             "walk-inodes" => self.walk_inodes(&f).await,
             "setattr" => self.setattr(&f).await,
             "punch-offline" => self.punch_offline(&f).await,
+            "move-blocks" => self.move_blocks(&f).await,
             "get-referring-entries" => self.referring(&f).await,
             "search-xattrs" => self.search_xattrs(&f).await,
             "read-xattr-totals" => self.read_xattr_totals(&f).await,
@@ -505,6 +509,50 @@ impl Api {
             .punch_offline(ino, vers, off, len)
             .await
             .map_err(|e| fs_fail("punch-offline", e))?;
+        Ok("{}".into())
+    }
+
+    /// `move-blocks`, asked of the target (`"path"` or `"ino"`); the
+    /// source is `"from_path"` or `"from_ino"`. `"stage": true` moves into
+    /// the target's offline extents, checked against `"data_version"`.
+    async fn move_blocks(&self, f: &Fields<'_>) -> Result<String, Fail> {
+        f.only(&[
+            "path",
+            "ino",
+            "from_path",
+            "from_ino",
+            "from_offset",
+            "length",
+            "to_offset",
+            "data_version",
+            "stage",
+        ])?;
+        let to = self.target(f).await?;
+        let from = match (f.opt_u64("from_ino")?, f.str("from_path")?) {
+            (Some(_), Some(_)) => return Err(bad("give 'from_ino' or 'from_path', not both")),
+            (None, None) => return Err(bad("missing field 'from_path' (or 'from_ino')")),
+            (Some(0), None) => return Err(bad("field 'from_ino': inode 0 does not exist")),
+            (Some(ino), None) => ino,
+            (None, Some(p)) => self.resolve(p).await?,
+        };
+        let stage = match f.get("stage") {
+            None | Some(Value::Null) => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad("field 'stage': expected true or false"))?,
+        };
+        let mb = MoveBlocks {
+            from,
+            from_off: f.u64("from_offset")?,
+            len: f.u64("length")?,
+            to_off: f.u64("to_offset")?,
+            data_version: f.opt_u64("data_version")?.unwrap_or(0),
+            flags: if stage { MB_STAGE } else { 0 },
+        };
+        self.mount
+            .move_blocks(&Cred::root(), to, &mb)
+            .await
+            .map_err(|e| fs_fail("move-blocks", e))?;
         Ok("{}".into())
     }
 

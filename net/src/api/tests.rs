@@ -582,6 +582,72 @@ fn stat_release_stage_and_punch_offline() {
 }
 
 #[test]
+fn move_blocks_by_path_and_by_inode() {
+    let e = Env::new();
+    let data = pattern(3 * BS as usize, 9);
+    let from = e.file(1, "from", &data);
+    let to = e.file(1, "to", b"");
+    e.ok(
+        "move-blocks",
+        r#"{"path":"/to","from_path":"/from","from_offset":4096,"length":8192,"to_offset":0}"#,
+    );
+    assert_eq!(
+        e.run(e.m().read(to, 0, 3 * BS as usize)).unwrap(),
+        &data[BS as usize..]
+    );
+    let s = e.stat(r#"{"path":"/from"}"#);
+    assert_eq!((n(&s, "size"), n(&s, "online_blocks")), (3 * BS, 1));
+    // the target has blocks there now: EINVAL
+    let (st, v) = e.call(
+        "move-blocks",
+        &format!(r#"{{"ino":{to},"from_ino":{from},"from_offset":0,"length":4096,"to_offset":0}}"#),
+    );
+    assert_eq!(st, 400, "{v:?}");
+    assert_eq!(v.get("errname").unwrap().as_str(), Some("EINVAL"));
+    // into offline extents: the data_version is checked
+    let vers = n(&e.stat(r#"{"path":"/to"}"#), "data_version");
+    e.ok(
+        "release",
+        &format!(r#"{{"path":"/to","data_version":{vers},"offset":0,"length":8192}}"#),
+    );
+    let (st, v) = e.call(
+        "move-blocks",
+        &format!(
+            r#"{{"path":"/to","from_path":"/from","from_offset":0,"length":4096,"to_offset":0,"stage":true,"data_version":{}}}"#,
+            vers + 1
+        ),
+    );
+    assert_eq!(
+        (st, v.get("errname").unwrap().as_str()),
+        (409, Some("ESTALE"))
+    );
+    e.ok(
+        "move-blocks",
+        &format!(
+            r#"{{"path":"/to","from_path":"/from","from_offset":0,"length":4096,"to_offset":4096,"stage":true,"data_version":{vers}}}"#
+        ),
+    );
+    let s = e.stat(r#"{"path":"/to"}"#);
+    assert_eq!((n(&s, "online_blocks"), n(&s, "offline_blocks")), (1, 1));
+    assert_eq!(n(&s, "data_version"), vers);
+    assert_eq!(
+        e.run(e.m().read(to, BS, BS as usize)).unwrap(),
+        &data[..BS as usize]
+    );
+    // malformed: no source, both sources, a stage that is not a bool
+    for body in [
+        r#"{"path":"/to","from_offset":0,"length":4096,"to_offset":0}"#,
+        r#"{"path":"/to","from_path":"/from","from_ino":5,"from_offset":0,"length":4096,"to_offset":0}"#,
+        r#"{"path":"/to","from_path":"/from","from_offset":0,"length":4096,"to_offset":0,"stage":1}"#,
+        r#"{"path":"/to","from_path":"/from","length":4096,"to_offset":0}"#,
+    ] {
+        let (st, v) = e.call("move-blocks", body);
+        assert_eq!(st, 400, "{body}: {v:?}");
+        assert!(v.get("errno").is_none(), "{body}: {v:?}");
+    }
+}
+
+#[test]
 fn setattr_restores_an_offline_file() {
     let e = Env::new();
     let ino = e.file(1, "restored", b"");
