@@ -10,4 +10,5 @@ pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
 pub mod hostenv;
+pub mod virtiofs;
 pub mod volume;
