@@ -94,6 +94,28 @@ enum Cmd {
     ClusterKey,
     /// Fence nodes of a `qemu/cluster.sh` run directory on request (QMP quit)
     FenceAgent(FenceAgentArgs),
+    /// Be a vhost-user-fs device (virtio-fs) for a QEMU guest, relaying its
+    /// FUSE requests to a running appliance
+    #[command(long_about = VIRTIOFS_ABOUT)]
+    Virtiofs(VirtiofsArgs),
+}
+
+const VIRTIOFS_ABOUT: &str = "\
+Be the vhost-user-fs backend of a QEMU guest's virtio-fs device and relay
+its FUSE requests to a running appliance's FUSE service (fuse.port=, 7564 by
+default). Serves one frontend, then exits when it disconnects. QEMU side:
+  -object memory-backend-memfd,id=mem,size=<guest mem>,share=on -numa node,memdev=mem
+  -chardev socket,id=vfs,path=SOCKET -device vhost-user-fs-pci,chardev=vfs,tag=scoutvm
+and in the guest: mount -t virtiofs scoutvm /mnt";
+
+#[derive(Args)]
+struct VirtiofsArgs {
+    /// The appliance's FUSE service
+    #[arg(long, value_name = "ADDR:PORT")]
+    node: String,
+    /// The vhost-user socket to create and listen on
+    #[arg(long, value_name = "PATH")]
+    socket: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -332,6 +354,13 @@ fn main() -> ExitCode {
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
         Cmd::FenceAgent(a) => ("fence-agent", Ok(cmd_fence_agent(a))),
+        Cmd::Virtiofs(a) => (
+            "virtiofs",
+            Ok(match scoutvm_image::virtiofs::run(&a.node, &a.socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("virtiofs: {e}")),
+            }),
+        ),
     };
     match r {
         Ok(code) => code,

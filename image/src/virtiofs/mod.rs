@@ -9,3 +9,91 @@
 
 pub mod guest_memory;
 pub mod virtqueue;
+pub mod relay;
+pub mod vhost_user;
+
+use relay::Relay;
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vhost::vhost_user::{BackendReqHandler, Error as VuError};
+
+/// Connects to the appliance's FUSE service at `node` (ADDR:PORT).
+pub fn connect_node(node: &str) -> Result<TcpStream, String> {
+    let addrs: Vec<_> = node
+        .to_socket_addrs()
+        .map_err(|e| format!("--node {node}: {e}"))?
+        .collect();
+    let mut last = format!("--node {node}: no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = format!("connecting to the appliance at {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Serves one vhost-user frontend connection until it disconnects,
+/// relaying to `node`. Returns the relay (its `stats`).
+pub fn serve(frontend: UnixStream, node: TcpStream) -> Result<Arc<Relay>, String> {
+    let writer = node.try_clone().map_err(|e| format!("appliance socket: {e}"))?;
+    let reader = node.try_clone().map_err(|e| format!("appliance socket: {e}"))?;
+    let relay = Relay::new(Box::new(writer)).map_err(|e| format!("wake-up socket: {e}"))?;
+    let queues = {
+        let r = relay.clone();
+        std::thread::spawn(move || r.run_queues())
+    };
+    let replies = {
+        let r = relay.clone();
+        std::thread::spawn(move || r.run_replies(reader))
+    };
+    let handler = vhost_user::Handler {
+        relay: relay.clone(),
+    };
+    let mut backend = BackendReqHandler::from_stream(frontend, Arc::new(Mutex::new(handler)));
+    let result = loop {
+        match backend.handle_request() {
+            Ok(()) => {}
+            Err(VuError::Disconnected) | Err(VuError::PartialMessage) => break Ok(()),
+            Err(e) => break Err(format!("vhost-user frontend: {e}")),
+        }
+    };
+    relay.stop();
+    let _ = node.shutdown(Shutdown::Both);
+    let _ = queues.join();
+    let _ = replies.join();
+    result.map(|()| relay)
+}
+
+/// `scoutvm virtiofs`: connect to the appliance, listen on `socket`, serve
+/// the first frontend (QEMU's vhost-user-fs device) until it goes away.
+pub fn run(node: &str, socket: &Path) -> Result<(), String> {
+    let tcp = connect_node(node)?;
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if !meta.file_type().is_socket() {
+            return Err(format!("{}: exists and is not a socket", socket.display()));
+        }
+        std::fs::remove_file(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    eprintln!(
+        "scoutvm virtiofs: relaying to {node}, waiting for the frontend on {}",
+        socket.display()
+    );
+    let (frontend, _) = listener
+        .accept()
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    drop(listener);
+    let _ = std::fs::remove_file(socket);
+    let relay = serve(frontend, tcp)?;
+    eprintln!("scoutvm virtiofs: frontend gone; {}", relay.stats);
+    Ok(())
+}
