@@ -31,7 +31,10 @@ pub enum MemError {
     TooManyRegions(usize),
     BadRegion(RegionDesc, String),
     /// A guest-physical range outside every region.
-    OutOfRange { addr: u64, len: u64 },
+    OutOfRange {
+        addr: u64,
+        len: u64,
+    },
     /// A frontend virtual address outside every region.
     BadUserAddr(u64),
     Misaligned(u64),

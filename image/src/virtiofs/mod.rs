@@ -8,9 +8,9 @@
 //! - `relay.rs`: requests out over TCP, replies back into the queues.
 
 pub mod guest_memory;
-pub mod virtqueue;
 pub mod relay;
 pub mod vhost_user;
+pub mod virtqueue;
 
 use relay::Relay;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -43,8 +43,12 @@ pub fn connect_node(node: &str) -> Result<TcpStream, String> {
 /// Serves one vhost-user frontend connection until it disconnects,
 /// relaying to `node`. Returns the relay (its `stats`).
 pub fn serve(frontend: UnixStream, node: TcpStream) -> Result<Arc<Relay>, String> {
-    let writer = node.try_clone().map_err(|e| format!("appliance socket: {e}"))?;
-    let reader = node.try_clone().map_err(|e| format!("appliance socket: {e}"))?;
+    let writer = node
+        .try_clone()
+        .map_err(|e| format!("appliance socket: {e}"))?;
+    let reader = node
+        .try_clone()
+        .map_err(|e| format!("appliance socket: {e}"))?;
     let relay = Relay::new(Box::new(writer)).map_err(|e| format!("wake-up socket: {e}"))?;
     let queues = {
         let r = relay.clone();
@@ -82,8 +86,7 @@ pub fn run(node: &str, socket: &Path) -> Result<(), String> {
         }
         std::fs::remove_file(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     }
-    let listener =
-        UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let listener = UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     eprintln!(
         "scoutvm virtiofs: relaying to {node}, waiting for the frontend on {}",
         socket.display()
@@ -97,3 +100,6 @@ pub fn run(node: &str, socket: &Path) -> Result<(), String> {
     eprintln!("scoutvm virtiofs: frontend gone; {}", relay.stats);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -171,7 +171,11 @@ impl Relay {
                     .collect()
             };
             let mut fds = vec![PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN)];
-            fds.extend(kicks.iter().map(|k| PollFd::new(k.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                kicks
+                    .iter()
+                    .map(|k| PollFd::new(k.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(&mut fds, PollTimeout::from(1000u16)) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -241,7 +245,9 @@ impl Relay {
         }
         let result = {
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            out.iter().try_for_each(|m| w.write_all(m)).and_then(|_| w.flush())
+            out.iter()
+                .try_for_each(|m| w.write_all(m))
+                .and_then(|_| w.flush())
         };
         if let Err(e) = result {
             eprintln!("scoutvm virtiofs: sending to the appliance: {e}");
@@ -250,7 +256,14 @@ impl Relay {
     }
 
     /// Queue `q`'s used ring gets `head`; `true` when the driver must be told.
-    fn push_used(&self, st: &mut DeviceState, mem: &GuestMem, q: usize, head: u16, len: u32) -> bool {
+    fn push_used(
+        &self,
+        st: &mut DeviceState,
+        mem: &GuestMem,
+        q: usize,
+        head: u16,
+        len: u32,
+    ) -> bool {
         match st.vrings[q].queue.push_used(mem, head, len) {
             Ok(()) => true,
             Err(e) => {
@@ -263,7 +276,15 @@ impl Relay {
     }
 
     /// Answers a chain with just an error header (or empty, without room).
-    fn answer_error(&self, st: &mut DeviceState, mem: &GuestMem, q: usize, c: &Chain, unique: u64, errno: i32) -> bool {
+    fn answer_error(
+        &self,
+        st: &mut DeviceState,
+        mem: &GuestMem,
+        q: usize,
+        c: &Chain,
+        unique: u64,
+        errno: i32,
+    ) -> bool {
         let h = error_header(unique, errno);
         let len = match c.write_all(mem, &h) {
             Ok(true) => OUT_HEADER_LEN as u32,
@@ -272,7 +293,14 @@ impl Relay {
         self.push_used(st, mem, q, c.head, len)
     }
 
-    fn take_request(&self, st: &mut DeviceState, mem: &GuestMem, q: usize, c: Chain, out: &mut Vec<Vec<u8>>) -> bool {
+    fn take_request(
+        &self,
+        st: &mut DeviceState,
+        mem: &GuestMem,
+        q: usize,
+        c: Chain,
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
         let bytes = match c.read_all(mem, MAX_REQUEST) {
             Ok(Some(b)) if b.len() >= IN_HEADER_LEN => b,
             Ok(_) => {
@@ -284,7 +312,9 @@ impl Relay {
                 return self.push_used(st, mem, q, c.head, 0);
             }
         };
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let len = word(0);
         let opcode = word(4);
         let unique = u64::from(word(8)) | (u64::from(word(12)) << 32);
@@ -312,7 +342,14 @@ impl Relay {
             return self.answer_error(st, mem, q, &c, unique, EIO);
         }
         let generation = st.vrings[q].generation;
-        st.pending.insert(unique, Pending { queue: q, generation, chain: c });
+        st.pending.insert(
+            unique,
+            Pending {
+                queue: q,
+                generation,
+                chain: c,
+            },
+        );
         Stats::bump(&self.stats.requests);
         out.push(bytes);
         false

@@ -16,12 +16,14 @@ use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserInflight, VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg, VhostUserSingleMemoryRegion,
-    VhostUserVirtioFeatures, VhostUserVringAddrFlags, VhostUserVringState,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
+    VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost::vhost_user::{Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
+use vhost::vhost_user::{
+    Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
+};
 use vhost::VhostUserMemoryRegionBase;
 
 /// The hiprio queue plus up to 16 request queues.
@@ -108,7 +110,11 @@ pub struct Handler {
 }
 
 impl Handler {
-    fn vring<R>(&self, index: u32, f: impl FnOnce(&mut DeviceState, usize) -> VuResult<R>) -> VuResult<R> {
+    fn vring<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut DeviceState, usize) -> VuResult<R>,
+    ) -> VuResult<R> {
         let i = index as usize;
         if i >= MAX_QUEUES {
             return Err(VuError::InvalidParam);
@@ -202,7 +208,10 @@ impl VhostUserBackendReqHandlerMut for Handler {
             return Err(bad("dirty logging not offered"));
         }
         self.vring(index, |st, i| {
-            let mem = st.mem.clone().ok_or(bad("vring address before the memory table"))?;
+            let mem = st
+                .mem
+                .clone()
+                .ok_or(bad("vring address before the memory table"))?;
             let tr = |a| {
                 mem.user_to_guest(a).map_err(|e| {
                     eprintln!("scoutvm virtiofs: SET_VRING_ADDR {i}: {e}");
@@ -233,7 +242,10 @@ impl VhostUserBackendReqHandlerMut for Handler {
             v.started = false;
             v.kick = None;
             v.generation += 1;
-            Ok(VhostUserVringState::new(index, u32::from(v.queue.next_avail)))
+            Ok(VhostUserVringState::new(
+                index,
+                u32::from(v.queue.next_avail),
+            ))
         })
     }
 

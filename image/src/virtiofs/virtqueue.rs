@@ -92,7 +92,10 @@ pub enum QueueError {
     /// Not configured (size, addresses) or the rings lie outside memory.
     NotReady(&'static str),
     /// The driver's available index is more than a queue ahead of ours.
-    AvailRunaway { avail: u16, next: u16 },
+    AvailRunaway {
+        avail: u16,
+        next: u16,
+    },
     Mem(MemError),
 }
 
@@ -102,7 +105,9 @@ impl std::fmt::Display for ChainError {
             ChainError::HeadOutOfRange(h) => write!(f, "chain head {h} out of the table"),
             ChainError::NextOutOfRange(n) => write!(f, "next index {n} out of the table"),
             ChainError::Loop => write!(f, "chain longer than the queue (loop)"),
-            ChainError::ReadableAfterWritable => write!(f, "readable descriptor after a writable one"),
+            ChainError::ReadableAfterWritable => {
+                write!(f, "readable descriptor after a writable one")
+            }
             ChainError::Indirect => write!(f, "indirect descriptor (not negotiated)"),
             ChainError::Mem(e) => write!(f, "{e}"),
         }
@@ -114,7 +119,10 @@ impl std::fmt::Display for QueueError {
         match self {
             QueueError::NotReady(why) => write!(f, "queue not ready: {why}"),
             QueueError::AvailRunaway { avail, next } => {
-                write!(f, "available index {avail} runs more than a queue ahead of {next}")
+                write!(
+                    f,
+                    "available index {avail} runs more than a queue ahead of {next}"
+                )
             }
             QueueError::Mem(e) => write!(f, "{e}"),
         }
@@ -126,7 +134,10 @@ impl std::fmt::Display for QueueError {
 pub enum Popped {
     Chain(Chain),
     /// A malformed chain; complete `head` with length 0.
-    Bad { head: u16, error: ChainError },
+    Bad {
+        head: u16,
+        error: ChainError,
+    },
 }
 
 /// One split virtqueue's device-side state.
@@ -148,12 +159,15 @@ impl SplitQueue {
     pub fn validate(&self, mem: &GuestMem) -> Result<(), QueueError> {
         let n = u64::from(self.size);
         if self.size == 0 || self.size > MAX_QUEUE_SIZE || !self.size.is_power_of_two() {
-            return Err(QueueError::NotReady("queue size not a power of two up to 32768"));
+            return Err(QueueError::NotReady(
+                "queue size not a power of two up to 32768",
+            ));
         }
         if self.desc % 16 != 0 || self.avail % 2 != 0 || self.used % 4 != 0 {
             return Err(QueueError::NotReady("misaligned ring"));
         }
-        mem.check(self.desc, DESC_SIZE * n).map_err(QueueError::Mem)?;
+        mem.check(self.desc, DESC_SIZE * n)
+            .map_err(QueueError::Mem)?;
         mem.check(self.avail, 6 + 2 * n).map_err(QueueError::Mem)?;
         mem.check(self.used, 6 + 8 * n).map_err(QueueError::Mem)?;
         Ok(())
@@ -162,7 +176,9 @@ impl SplitQueue {
     /// The next available chain, if any.
     pub fn pop(&mut self, mem: &GuestMem) -> Result<Option<Popped>, QueueError> {
         self.validate(mem)?;
-        let avail_idx = mem.load_u16_acquire(self.avail + 2).map_err(QueueError::Mem)?;
+        let avail_idx = mem
+            .load_u16_acquire(self.avail + 2)
+            .map_err(QueueError::Mem)?;
         let pending = avail_idx.wrapping_sub(self.next_avail);
         if pending == 0 {
             return Ok(None);
@@ -174,7 +190,9 @@ impl SplitQueue {
             });
         }
         let slot = u64::from(self.next_avail % self.size);
-        let head = mem.read_u16(self.avail + 4 + 2 * slot).map_err(QueueError::Mem)?;
+        let head = mem
+            .read_u16(self.avail + 4 + 2 * slot)
+            .map_err(QueueError::Mem)?;
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(Some(match self.walk(mem, head) {
             Ok(chain) => Popped::Chain(chain),
