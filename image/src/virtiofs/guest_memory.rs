@@ -204,7 +204,7 @@ impl GuestMem {
     /// An atomic load of a ring index (acquire: what the driver wrote
     /// before publishing the index is visible after).
     pub fn load_u16_acquire(&self, addr: u64) -> Result<u16, MemError> {
-        if addr % 2 != 0 {
+        if !addr.is_multiple_of(2) {
             return Err(MemError::Misaligned(addr));
         }
         self.check(addr, 2)?;
@@ -217,7 +217,7 @@ impl GuestMem {
     /// An atomic store of a ring index (release: the used elements written
     /// before are visible to the driver once it sees the index).
     pub fn store_u16_release(&self, addr: u64, v: u16) -> Result<(), MemError> {
-        if addr % 2 != 0 {
+        if !addr.is_multiple_of(2) {
             return Err(MemError::Misaligned(addr));
         }
         self.check(addr, 2)?;

@@ -163,7 +163,10 @@ impl SplitQueue {
                 "queue size not a power of two up to 32768",
             ));
         }
-        if self.desc % 16 != 0 || self.avail % 2 != 0 || self.used % 4 != 0 {
+        if !self.desc.is_multiple_of(16)
+            || !self.avail.is_multiple_of(2)
+            || !self.used.is_multiple_of(4)
+        {
             return Err(QueueError::NotReady("misaligned ring"));
         }
         mem.check(self.desc, DESC_SIZE * n)
