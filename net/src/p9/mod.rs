@@ -24,6 +24,7 @@ mod tests;
 
 pub use conn::{ByteStream, Conn, StreamClosed};
 pub use dispatch::serve;
+pub(crate) use ops::{error_kind, ErrorKind};
 pub use frame::FrameReader;
 pub use server::{ClientInfo, Peer, Server, ServerConfig};
 pub use wire::{
