@@ -116,6 +116,10 @@ pub struct Conn {
     pub(crate) next_fh: Cell<u64>,
     pub(crate) users: RefCell<BTreeMap<u32, Rc<Identity>>>,
     inflight: RefCell<BTreeMap<u64, Rc<Req>>>,
+    /// Requests in flight blocked in `SETLKW`: they do not count against
+    /// `requests_max`, so the unlock (or `INTERRUPT`) that frees them can
+    /// still be read.
+    pub(crate) lock_waiters: Cell<usize>,
     outbox: RefCell<VecDeque<Vec<u8>>>,
     /// Bytes reserved by requests in flight and held by unsent replies.
     held: Cell<usize>,
@@ -153,6 +157,7 @@ impl Conn {
                 next_fh: Cell::new(1),
                 users: RefCell::new(BTreeMap::new()),
                 inflight: RefCell::new(BTreeMap::new()),
+                lock_waiters: Cell::new(0),
                 outbox: RefCell::new(VecDeque::new()),
                 held: Cell::new(0),
                 stalled: RefCell::new(None),
@@ -184,9 +189,25 @@ impl Conn {
     /// Can another request be dispatched now? (Not while an `INIT` runs
     /// or the queue is full.)
     pub fn can_dispatch(&self) -> bool {
-        !self.barrier.get()
-            && !self.closing.get()
-            && self.inflight.borrow().len() < self.server.config.requests_max
+        let busy = self.inflight.borrow().len() - self.lock_waiters.get();
+        !self.barrier.get() && !self.closing.get() && busy < self.server.config.requests_max
+    }
+
+    /// A `SETLKW` starts (`true`) or stops waiting. `false` if the
+    /// connection already has `lock_waiters_max` waiters.
+    pub(crate) fn lock_wait(&self, start: bool) -> bool {
+        let n = self.lock_waiters.get();
+        if start {
+            if n >= self.server.config.lock_waiters_max {
+                return false;
+            }
+            self.lock_waiters.set(n + 1);
+        } else {
+            assert!(n > 0, "lock waiter count out of step");
+            self.lock_waiters.set(n - 1);
+        }
+        self.progress.notify();
+        true
     }
 
     /// A frame waits for this connection's memory (replies to drain).
@@ -197,6 +218,11 @@ impl Conn {
     /// Bytes held by requests in flight and unsent replies.
     pub fn memory_held(&self) -> usize {
         self.held.get()
+    }
+
+    /// Nothing in flight and no `INIT` under way.
+    pub fn is_idle(&self) -> bool {
+        self.inflight.borrow().is_empty() && !self.barrier.get()
     }
 
     pub fn requests_in_flight(&self) -> usize {
@@ -380,7 +406,11 @@ impl Conn {
                 if !self.try_reserve(64) {
                     return Some(frame);
                 }
-                log::debug!("fuse: connection {}: opcode {} malformed", self.id, h.opcode);
+                log::debug!(
+                    "fuse: connection {}: opcode {} malformed",
+                    self.id,
+                    h.opcode
+                );
                 self.push_error(h.unique, Errno::EINVAL);
                 self.release_bytes(64);
                 return None;
@@ -523,7 +553,10 @@ impl Conn {
         self.push_output(reply);
         {
             let mut inflight = self.inflight.borrow_mut();
-            if inflight.get(&req.unique).is_some_and(|r| Rc::ptr_eq(r, req)) {
+            if inflight
+                .get(&req.unique)
+                .is_some_and(|r| Rc::ptr_eq(r, req))
+            {
                 inflight.remove(&req.unique);
             }
         }

@@ -96,7 +96,10 @@ pub(crate) fn init(conn: &Conn, unique: u64, init: (u32, u32, u32, u32)) -> Vec<
     wire::put_u32(&mut out, readahead.min(cfg.max_readahead));
     wire::put_u32(&mut out, granted);
     wire::put_u16(&mut out, cfg.requests_max.min(u16::MAX as usize) as u16); // max_background
-    wire::put_u16(&mut out, (cfg.requests_max * 3 / 4).min(u16::MAX as usize) as u16); // congestion_threshold
+    wire::put_u16(
+        &mut out,
+        (cfg.requests_max * 3 / 4).min(u16::MAX as usize) as u16,
+    ); // congestion_threshold
     wire::put_u32(&mut out, max_write);
     wire::put_u32(&mut out, 1); // time_gran: nanoseconds
     wire::put_u16(&mut out, max_pages);
@@ -186,11 +189,7 @@ impl Cx<'_> {
             match users.get(&uid) {
                 Some(i) => i.clone(),
                 None => {
-                    let i = Rc::new(Identity::new(
-                        b"",
-                        uid,
-                        self.conn.server.config.root_squash,
-                    ));
+                    let i = Rc::new(Identity::new(b"", uid, self.conn.server.config.root_squash));
                     if users.len() < self.conn.server.config.users_max {
                         users.insert(uid, i.clone());
                     } else {
@@ -385,9 +384,7 @@ impl Cx<'_> {
             Request::Opendir { flags } => self.open(flags, true).await,
             Request::Read { fh, offset, size } => self.read(fh, offset, size).await,
             Request::Readdir { fh, offset, size } => self.readdir(fh, offset, size, false).await,
-            Request::Readdirplus { fh, offset, size } => {
-                self.readdir(fh, offset, size, true).await
-            }
+            Request::Readdirplus { fh, offset, size } => self.readdir(fh, offset, size, true).await,
             Request::Write {
                 fh, offset, data, ..
             } => self.write(fh, offset, data).await,
@@ -611,10 +608,7 @@ impl Cx<'_> {
         let dir = self.ino()?;
         Self::check_name(name)?;
         let cred = self.cred()?;
-        let created = self
-            .mount()
-            .create(&cred, dir, name, mode & 0o7777)
-            .await;
+        let created = self.mount().create(&cred, dir, name, mode & 0o7777).await;
         let a = match created {
             // The creator may open what it made whatever the new mode
             // says (open(O_CREAT|O_WRONLY, 0444) works).
@@ -674,9 +668,7 @@ impl Cx<'_> {
             let batch = match self.mount().readdir(&cred, h.ino, pos, want).await {
                 Ok(b) => b,
                 // A removed directory that is still open reads as empty.
-                Err(Errno::ENOENT) if self.mount().getattr(h.ino).await?.nlink == 0 => {
-                    Vec::new()
-                }
+                Err(Errno::ENOENT) if self.mount().getattr(h.ino).await?.nlink == 0 => Vec::new(),
                 Err(e) => return Err(e),
             };
             if batch.is_empty() {
@@ -729,7 +721,10 @@ impl Cx<'_> {
         wire::start_reply(&mut out, self.h.unique);
         let hdr = out.len();
         out.resize(hdr + max, 0);
-        let n = self.mount().read_into(h.ino, offset, &mut out[hdr..]).await?;
+        let n = self
+            .mount()
+            .read_into(h.ino, offset, &mut out[hdr..])
+            .await?;
         assert!(n <= max, "read_into returned more than asked");
         out.truncate(hdr + n);
         wire::finish_reply(&mut out);
@@ -949,7 +944,13 @@ impl Cx<'_> {
                 Err(LockError::Conflict(_)) if !wait => return Err(Errno::EAGAIN),
                 Err(LockError::Conflict(_)) => {
                     counter!("fuse.lock_waits").inc();
-                    self.req.cancellable(changed).await.ok_or(Errno::EINTR)?;
+                    if !self.conn.lock_wait(true) {
+                        counter!("fuse.lock_waiter_limit").inc();
+                        return Err(Errno::ENOLCK);
+                    }
+                    let woke = self.req.cancellable(changed).await;
+                    self.conn.lock_wait(false);
+                    woke.ok_or(Errno::EINTR)?;
                 }
             }
         }

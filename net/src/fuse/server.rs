@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub nodes_max: usize,
     /// Lock ranges held in all.
     pub locks_max: usize,
+    /// `SETLKW`s one connection may have waiting (they do not count in
+    /// `requests_max`); past it a blocked `SETLKW` gets `ENOLCK`.
+    pub lock_waiters_max: usize,
     /// Treat uid 0 (and gid 0) as `nobody`.
     pub root_squash: bool,
     /// Client networks that may use the service.
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             handles_max: 16384,
             nodes_max: 1 << 20,
             locks_max: 16384,
+            lock_waiters_max: 1024,
             root_squash: false,
             allow: AllowList::any(),
             users_max: 64,

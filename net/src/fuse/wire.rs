@@ -251,15 +251,21 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u16(&mut self) -> Result<u16, Short> {
-        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().map_err(|_| Short)?))
+        Ok(u16::from_le_bytes(
+            self.bytes(2)?.try_into().map_err(|_| Short)?,
+        ))
     }
 
     pub fn u32(&mut self) -> Result<u32, Short> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().map_err(|_| Short)?))
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().map_err(|_| Short)?,
+        ))
     }
 
     pub fn u64(&mut self) -> Result<u64, Short> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().map_err(|_| Short)?))
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().map_err(|_| Short)?,
+        ))
     }
 
     /// A NUL-terminated string of at most `max` bytes (NUL excluded).
@@ -1003,7 +1009,9 @@ mod tests {
         let f = encode_request(op::BATCH_FORGET, 12, 0, 0, 0, &b);
         assert!(matches!(decode_request(&f), Err(DecodeError::BadBody(_))));
         assert_eq!(
-            decode_request(&encode_request(999, 13, 1, 0, 0, b"")).unwrap().1,
+            decode_request(&encode_request(999, 13, 1, 0, 0, b""))
+                .unwrap()
+                .1,
             Request::Unknown(999)
         );
     }
