@@ -1,8 +1,8 @@
 //! Moves FUSE messages: requests from the queues' chains out to the
 //! appliance over one TCP stream (the readable bytes as they are), replies
 //! (`fuse_out_header` first, any order) back into the chain with the same
-//! FUSE unique. FORGET and BATCH_FORGET get no reply: their chains are used
-//! at once. A request or reply that cannot be delivered is answered with an
+//! FUSE unique. FORGET, BATCH_FORGET and INTERRUPT get no reply (the
+//! appliance's contract): their chains are used at once. A request or reply that cannot be delivered is answered with an
 //! error header when the chain has room for one, else used empty; all of it
 //! is counted in `Stats`.
 //!
@@ -32,6 +32,7 @@ pub const MAX_REPLY: u32 = 16 << 20;
 
 const FUSE_FORGET: u32 = 2;
 const FUSE_BATCH_FORGET: u32 = 42;
+const FUSE_INTERRUPT: u32 = 36;
 const EIO: i32 = 5;
 const ENOTCONN: i32 = 107;
 
@@ -322,7 +323,7 @@ impl Relay {
             Stats::bump(&self.stats.bad_requests);
             return self.answer_error(st, mem, q, &c, unique, EIO);
         }
-        if opcode == FUSE_FORGET || opcode == FUSE_BATCH_FORGET {
+        if matches!(opcode, FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT) {
             Stats::bump(&self.stats.forgets);
             if st.node_up {
                 out.push(bytes);

@@ -4,9 +4,9 @@
 //!
 //! Features offered: VIRTIO_F_VERSION_1 and VHOST_USER_F_PROTOCOL_FEATURES;
 //! protocol features MQ (QEMU's vhost-user-fs asks GET_QUEUE_NUM for its
-//! 1 + N queues) and REPLY_ACK (the crate answers it). No indirect
-//! descriptors, no event index, no dirty log, no config space (QEMU's
-//! vhost-user-fs-pci serves the tag itself).
+//! 1 + N queues) and REPLY_ACK (the crate answers it). Indirect
+//! descriptors (see virtqueue.rs); no event index, no dirty log, no config
+//! space (QEMU's vhost-user-fs-pci serves the tag itself).
 
 use super::guest_memory::{GuestMem, RegionDesc};
 use super::relay::Relay;
@@ -30,9 +30,12 @@ use vhost::VhostUserMemoryRegionBase;
 pub const MAX_QUEUES: usize = 17;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 pub fn offered_features() -> u64 {
-    VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    VIRTIO_F_VERSION_1
+        | VIRTIO_RING_F_INDIRECT_DESC
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
 /// One queue's configuration and run state.
@@ -252,7 +255,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         self.vring(u32::from(index), |st, i| {
             let mem = st.mem.clone();
+            let indirect = st.acked_features & VIRTIO_RING_F_INDIRECT_DESC != 0;
             let v = &mut st.vrings[i];
+            v.queue.indirect = indirect;
             v.kick = fd.map(Arc::new);
             v.broken = false;
             v.started = false;

@@ -1,8 +1,10 @@
 //! The device side of a split virtqueue (virtio 1.x, 2.7): pop the chains
-//! the driver made available, hand back used ones. No indirect descriptors
-//! and no event index (neither is offered). Everything read from the rings
+//! the driver made available, hand back used ones. Indirect descriptor
+//! tables when negotiated (Linux 6.1's virtio-fs does not cap a request's
+//! pages by the queue size: a 1 MiB write is ~260 descriptors, more than a
+//! 128-entry ring holds); no event index. Everything read from the rings
 //! is checked: a chain that leaves guest memory, loops, mixes writable
-//! before readable or uses an indirect table is a `BadChain` the caller
+//! before readable or misuses an indirect table is a `BadChain` the caller
 //! completes with length 0; a broken ring (an available index running more
 //! than a queue ahead) stops the queue.
 
@@ -10,6 +12,8 @@ use super::guest_memory::{GuestMem, MemError};
 use std::sync::atomic::{fence, Ordering};
 
 pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// The most descriptors in one indirect table (QEMU's bound too).
+pub const MAX_INDIRECT: u32 = 1024;
 
 const DESC_SIZE: u64 = 16;
 const F_NEXT: u16 = 1;
@@ -83,6 +87,8 @@ pub enum ChainError {
     /// More descriptors than the queue has: a loop.
     Loop,
     ReadableAfterWritable,
+    /// An indirect descriptor not negotiated, nested, chained on, or
+    /// with a table of a bad size.
     Indirect,
     Mem(MemError),
 }
@@ -108,7 +114,7 @@ impl std::fmt::Display for ChainError {
             ChainError::ReadableAfterWritable => {
                 write!(f, "readable descriptor after a writable one")
             }
-            ChainError::Indirect => write!(f, "indirect descriptor (not negotiated)"),
+            ChainError::Indirect => write!(f, "bad or unnegotiated indirect descriptor"),
             ChainError::Mem(e) => write!(f, "{e}"),
         }
     }
@@ -152,6 +158,8 @@ pub struct SplitQueue {
     pub next_avail: u16,
     /// The next used slot to write.
     pub next_used: u16,
+    /// VIRTIO_RING_F_INDIRECT_DESC was negotiated.
+    pub indirect: bool,
 }
 
 impl SplitQueue {
@@ -212,20 +220,40 @@ impl SplitQueue {
             readable: Vec::new(),
             writable: Vec::new(),
         };
+        // the table being walked: the ring's, or one indirect table
+        let mut table = self.desc;
+        let mut table_len = u32::from(self.size);
+        let mut in_indirect = false;
         let mut index = head;
         let mut count = 0u32;
         loop {
             count += 1;
-            if count > u32::from(self.size) {
+            if count > table_len {
                 return Err(ChainError::Loop);
             }
-            let at = self.desc + DESC_SIZE * u64::from(index);
+            let at = table + DESC_SIZE * u64::from(index);
             let addr = mem.read_u64(at).map_err(ChainError::Mem)?;
             let len = mem.read_u32(at + 8).map_err(ChainError::Mem)?;
             let flags = mem.read_u16(at + 12).map_err(ChainError::Mem)?;
             let next = mem.read_u16(at + 14).map_err(ChainError::Mem)?;
             if flags & F_INDIRECT != 0 {
-                return Err(ChainError::Indirect);
+                let entries = len / DESC_SIZE as u32;
+                if !self.indirect
+                    || in_indirect
+                    || flags & F_NEXT != 0
+                    || len % DESC_SIZE as u32 != 0
+                    || entries == 0
+                    || entries > MAX_INDIRECT
+                {
+                    return Err(ChainError::Indirect);
+                }
+                mem.check(addr, u64::from(len)).map_err(ChainError::Mem)?;
+                table = addr;
+                table_len = entries;
+                in_indirect = true;
+                index = 0;
+                count = 0;
+                continue;
             }
             mem.check(addr, u64::from(len)).map_err(ChainError::Mem)?;
             let buf = Buf { addr, len };
@@ -239,7 +267,7 @@ impl SplitQueue {
             if flags & F_NEXT == 0 {
                 return Ok(chain);
             }
-            if next >= self.size {
+            if u32::from(next) >= table_len {
                 return Err(ChainError::NextOutOfRange(next));
             }
             index = next;
@@ -406,6 +434,58 @@ mod tests {
         ));
     }
 
+    fn put_at(mem: &GuestMem, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = table + 16 * u64::from(i);
+        mem.write(at, &addr.to_le_bytes()).unwrap();
+        mem.write(at + 8, &len.to_le_bytes()).unwrap();
+        mem.write(at + 12, &flags.to_le_bytes()).unwrap();
+        mem.write(at + 14, &next.to_le_bytes()).unwrap();
+    }
+
+    #[test]
+    fn indirect_tables_when_negotiated() {
+        let mem = mem();
+        let mut q = queue();
+        let table = DATA + 0x1000;
+        // 20 entries: more than the ring has
+        for i in 0..20u16 {
+            let flags = if i < 19 { F_NEXT } else { 0 } | if i >= 10 { F_WRITE } else { 0 };
+            put_at(&mem, table, i, DATA + 64 * u64::from(i), 64, flags, i + 1);
+        }
+        put_desc(&mem, 0, table, 20 * 16, F_INDIRECT, 0);
+        offer(&mem, &[0]);
+        assert!(
+            matches!(bad(&mut q, &mem), (0, ChainError::Indirect)),
+            "not negotiated"
+        );
+        q.indirect = true;
+        offer(&mem, &[0]);
+        let c = chain(&mut q, &mem);
+        assert_eq!((c.readable.len(), c.writable.len()), (10, 10));
+        assert_eq!(c.writable[0].addr, DATA + 640);
+        // a loop inside the table, a nested table, a chained-on indirect,
+        // a table of a bad size, a next past the table
+        put_at(&mem, table, 19, DATA, 64, F_WRITE | F_NEXT, 5);
+        offer(&mem, &[0]);
+        assert!(matches!(bad(&mut q, &mem), (0, ChainError::Loop)));
+        put_at(&mem, table, 0, table, 32, F_INDIRECT, 0);
+        offer(&mem, &[0]);
+        assert!(matches!(bad(&mut q, &mem), (0, ChainError::Indirect)));
+        put_desc(&mem, 1, table, 32, F_INDIRECT | F_NEXT, 2);
+        put_desc(&mem, 2, table, 33, F_INDIRECT, 0);
+        put_desc(&mem, 3, MEM_END - 16, 32, F_INDIRECT, 0);
+        put_at(&mem, table + 0x800, 0, DATA, 8, F_NEXT, 2);
+        put_desc(&mem, 4, table + 0x800, 32, F_INDIRECT, 0);
+        offer(&mem, &[1, 2, 3, 4]);
+        assert!(matches!(bad(&mut q, &mem), (1, ChainError::Indirect)));
+        assert!(matches!(bad(&mut q, &mem), (2, ChainError::Indirect)));
+        assert!(matches!(bad(&mut q, &mem), (3, ChainError::Mem(_))));
+        assert!(matches!(
+            bad(&mut q, &mem),
+            (4, ChainError::NextOutOfRange(2))
+        ));
+    }
+
     #[test]
     fn zero_length_buffers_and_wrapped_indices() {
         let mem = mem();
@@ -492,9 +572,11 @@ mod tests {
             heads in proptest::collection::vec(0u16..12, 0..20),
             avail_idx in any::<u16>(),
             start in any::<u16>(),
+            indirect in any::<bool>(),
         ) {
             let mem = mem();
             let mut q = queue();
+            q.indirect = indirect;
             q.next_avail = start;
             q.next_used = start;
             for (i, &(addr, len, flags, next)) in table.iter().enumerate() {
@@ -509,7 +591,7 @@ mod tests {
                 match q.pop(&mem) {
                     Ok(None) => break,
                     Ok(Some(Popped::Chain(c))) => {
-                        prop_assert!(c.readable.len() + c.writable.len() <= SIZE as usize);
+                        prop_assert!(c.readable.len() + c.writable.len() <= SIZE as usize + MAX_INDIRECT as usize);
                         for b in c.readable.iter().chain(&c.writable) {
                             prop_assert!(mem.check(b.addr, u64::from(b.len)).is_ok());
                         }
