@@ -1198,12 +1198,20 @@ proptest! {
         let mut stream = Vec::new();
         for (i, (pick, m)) in muts.iter().enumerate() {
             let unique = 1000 + i as u64;
-            let f = apply(m, &corpus[pick % corpus.len()], unique);
-            // A mutation may have changed the unique: the frame says.
-            if f.len() >= 16 {
-                sent.insert(u64::from_le_bytes(f[8..16].try_into().unwrap()));
+            stream.extend(apply(m, &corpus[pick % corpus.len()], unique));
+        }
+        // The frames the server sees: a mutated length moves the frame
+        // boundaries after it, so cut the stream by its length fields.
+        let mut at = 0;
+        while stream.len() - at >= 4 {
+            let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+            if len < 7 || len > env.server.frame_max() as usize || stream.len() - at < len {
+                break;
             }
-            stream.extend(f);
+            if len >= 16 {
+                sent.insert(u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap()));
+            }
+            at += len;
         }
         c.pipe.c2s.push(&stream);
         c.pipe.c2s.close();
