@@ -7,7 +7,7 @@
 //! FUSE session), reads it. Then the appliance powers off cleanly.
 //!
 //! Needs the appliance image (`SCOUTVM_ELF`, else `cargo xtask build`) and
-//! about 80 s under TCG, so it runs only with `SCOUTVM_VIRTIOFS_APPLIANCE=1`
+//! about 50 s under TCG, so it runs only with `SCOUTVM_VIRTIOFS_APPLIANCE=1`
 //! (the in-process server test, `virtiofs_guest.rs`, covers the same path
 //! in CI). `SCOUTVM_TOOL` names the host tool (default: built in release).
 
@@ -102,7 +102,7 @@ fn md5_of(run: &GuestRun) -> String {
 #[test]
 fn virtiofs_and_9p_guests_on_a_booted_appliance() {
     if std::env::var_os("SCOUTVM_VIRTIOFS_APPLIANCE").is_none_or(|v| v == "0") {
-        eprintln!("skipped: set SCOUTVM_VIRTIOFS_APPLIANCE=1 to boot an appliance (~80 s)");
+        eprintln!("skipped: set SCOUTVM_VIRTIOFS_APPLIANCE=1 to boot an appliance (~50 s)");
         return;
     }
     let fuse_port = free_tcp_port();
