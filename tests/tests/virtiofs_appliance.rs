@@ -1,13 +1,15 @@
 //! virtio-fs against a booted appliance (issue 15's host half end to end):
-//! one node on a RAM volume, its FUSE (7564) and 9P ports forwarded to free
-//! host ports. `scoutvm virtiofs --node 127.0.0.1:PORT` relays a Linux
-//! guest mounted `-t virtiofs`, which writes a file and runs `p9check all`;
-//! a second guest on 9P reads that file (same md5) and writes one of its
-//! own; a third guest, on virtio-fs again through a fresh backend (a new
-//! FUSE session), reads it. Then the appliance powers off cleanly.
+//! one node on blank disk images (mkfs from its shell), its FUSE (7564) and
+//! 9P ports forwarded to free host ports. `scoutvm virtiofs --node
+//! 127.0.0.1:PORT` relays a Linux guest mounted `-t virtiofs`, which writes
+//! a file and runs `p9check all`; a second guest on 9P reads that file
+//! (same md5) and writes one of its own. The appliance powers off and boots
+//! again; a third guest, on virtio-fs through a fresh backend (a new FUSE
+//! session), reads both files and `p9check verify`s the tree. The
+//! appliance's fsck and the host fsck of the images are clean.
 //!
 //! Needs the appliance image (`SCOUTVM_ELF`, else `cargo xtask build`) and
-//! about 50 s under TCG, so it runs only with `SCOUTVM_VIRTIOFS_APPLIANCE=1`
+//! about 30-50 s under TCG, so it runs only with `SCOUTVM_VIRTIOFS_APPLIANCE=1`
 //! (the in-process server test, `virtiofs_guest.rs`, covers the same path
 //! in CI). `SCOUTVM_TOOL` names the host tool (default: built in release).
 
@@ -15,8 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scoutvm_tests::guest::{host_tool, run_linux_guest, GuestRun};
-use scoutvm_tests::{free_tcp_port, Machine, Net, Reaped, Vm, VmConfig};
+use scoutvm_tests::guest::{fsck_images, host_tool, run_linux_guest, GuestRun};
+use scoutvm_tests::{free_tcp_port, Machine, Net, Reaped, TempImage, Vm, VmConfig};
+
+const BOOT: Duration = Duration::from_secs(120);
+const SHELL: Duration = Duration::from_secs(300);
 
 /// `scoutvm virtiofs` relaying to `node`, once its socket is there.
 fn start_backend(dir: &Path, node: &str, name: &str) -> (Reaped, PathBuf, PathBuf) {
@@ -100,9 +105,9 @@ fn md5_of(run: &GuestRun) -> String {
 }
 
 #[test]
-fn virtiofs_and_9p_guests_on_a_booted_appliance() {
+fn virtiofs_and_9p_guests_on_a_booted_appliance_across_a_reboot() {
     if std::env::var_os("SCOUTVM_VIRTIOFS_APPLIANCE").is_none_or(|v| v == "0") {
-        eprintln!("skipped: set SCOUTVM_VIRTIOFS_APPLIANCE=1 to boot an appliance (~50 s)");
+        eprintln!("skipped: set SCOUTVM_VIRTIOFS_APPLIANCE=1 to boot an appliance (~30-50 s)");
         return;
     }
     let fuse_port = free_tcp_port();
@@ -110,18 +115,28 @@ fn virtiofs_and_9p_guests_on_a_booted_appliance() {
     while p9_port == fuse_port {
         p9_port = free_tcp_port();
     }
-    let cfg = VmConfig::new(Machine::Microvm)
+    let meta = TempImage::new("vfs-meta", 2 << 30).unwrap();
+    let data = TempImage::new("vfs-data", 4 << 30).unwrap();
+    let mut cfg = VmConfig::new(Machine::Microvm)
+        .disk(&meta.path, "meta")
+        .disk(&data.path, "data")
         .net(Net::User {
             hostfwd: vec![(p9_port, 564), (fuse_port, 7564)],
-        })
-        .append("volume=ram");
-    let mut vm = Vm::spawn(&cfg).expect("boot the appliance");
-    vm.wait_for("fuse: serving", Duration::from_secs(120))
-        .expect("the FUSE service listens");
-    vm.wait_prompt(Duration::from_secs(120)).expect("prompt");
+        });
+    cfg.mem_mb = 1024;
     let dir = std::env::temp_dir().join(format!("scoutvm-virtiofs-app-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let node = format!("127.0.0.1:{fuse_port}");
+
+    // Boot 1: blank disks; mkfs mounts and serves 9P and FUSE.
+    let mut vm = Vm::spawn(&cfg).expect("boot the appliance");
+    vm.wait_for("no scoutfs volume", BOOT).expect("blank disks");
+    let out = vm
+        .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", SHELL)
+        .unwrap();
+    assert!(out.contains("Created scoutfs filesystem"), "{out}");
+    vm.wait_for("fuse: serving", BOOT)
+        .expect("the FUSE service listens");
 
     let first = virtiofs_guest(
         &dir,
@@ -155,7 +170,14 @@ fn virtiofs_and_9p_guests_on_a_booted_appliance() {
         written,
         "the 9P guest reads the virtio-fs guest's file"
     );
+    vm.poweroff().expect("clean power off");
+    drop(vm);
 
+    // Boot 2: the volume mounts by itself; a new backend, a new session.
+    let mut vm = Vm::spawn(&cfg).expect("boot the appliance again");
+    vm.wait_for("fuse: serving", BOOT)
+        .expect("the FUSE service listens again");
+    vm.wait_prompt(BOOT).expect("prompt");
     let second = virtiofs_guest(
         &dir,
         &node,
@@ -165,7 +187,11 @@ fn virtiofs_and_9p_guests_on_a_booted_appliance() {
     );
     assert!(second.console.contains("VFS2-DONE"));
     assert_eq!(md5_of(&second), written);
-
+    let fsck = vm.run_timeout("fsck", SHELL).unwrap();
+    assert!(fsck.contains("clean"), "appliance fsck: {fsck}");
+    vm.poweroff().expect("clean power off after verify");
+    drop(vm);
     let _ = std::fs::remove_dir_all(&dir);
-    vm.poweroff().expect("clean power off");
+    let (clean, report) = fsck_images(&meta.path, &data.path);
+    assert!(clean, "host fsck of the images:\n{report}");
 }
