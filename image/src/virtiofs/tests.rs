@@ -131,28 +131,7 @@ fn read_request(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn frontend_to_appliance_and_back() {
-    let path = std::env::temp_dir().join(format!("scoutvm-virtiofs-test-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file.set_len(MEM).unwrap();
-    let region = RegionDesc {
-        guest_phys: 0,
-        size: MEM,
-        user_addr: UADDR,
-        mmap_offset: 0,
-    };
-    let mut d = Driver {
-        mem: GuestMem::from_files(&[region], vec![file.try_clone().unwrap()]).unwrap(),
-        next_desc: 0,
-        avail: 0,
-        data: DATA,
-    };
+    let (file, mut d) = guest_file("relay");
 
     let req1 = fuse_request(15, 1, b"hello");
     let req2 = fuse_request(1, 2, b"abc");
@@ -275,4 +254,102 @@ fn frontend_to_appliance_and_back() {
     assert_eq!(Stats::get(&s.unmatched), 1);
     assert_eq!(Stats::get(&s.bad_chains), 1);
     assert_eq!(Stats::get(&s.bad_requests), 1);
+}
+
+/// Guest memory in an unlinked file, shared by the fake frontend and driver.
+fn guest_file(tag: &str) -> (std::fs::File, Driver) {
+    let path = std::env::temp_dir().join(format!("scoutvm-virtiofs-{tag}-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file.set_len(MEM).unwrap();
+    let region = RegionDesc {
+        guest_phys: 0,
+        size: MEM,
+        user_addr: UADDR,
+        mmap_offset: 0,
+    };
+    let d = Driver {
+        mem: GuestMem::from_files(&[region], vec![file.try_clone().unwrap()]).unwrap(),
+        next_desc: 0,
+        avail: 0,
+        data: DATA,
+    };
+    (file, d)
+}
+
+/// Negotiates, shares memory and starts request queue 1, enabled.
+fn start_queue(f: &mut Frontend, file: &std::fs::File) -> (EventFd, EventFd) {
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    let pf = f.get_protocol_features().unwrap();
+    f.set_protocol_features(pf).unwrap();
+    f.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: MEM,
+        userspace_addr: UADDR,
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    }])
+    .unwrap();
+    f.set_vring_num(1, QSIZE).unwrap();
+    f.set_vring_addr(
+        1,
+        &VringConfigData {
+            queue_max_size: QSIZE,
+            queue_size: QSIZE,
+            flags: 0,
+            desc_table_addr: UADDR + DESC,
+            used_ring_addr: UADDR + USED,
+            avail_ring_addr: UADDR + AVAIL,
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    f.set_vring_base(1, 0).unwrap();
+    let call = EventFd::new(0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    f.set_vring_call(1, &call).unwrap();
+    f.set_vring_kick(1, &kick).unwrap();
+    f.set_vring_enable(1, true).unwrap();
+    (call, kick)
+}
+
+#[test]
+fn appliance_gone_answers_enotconn() {
+    let (file, mut d) = guest_file("gone");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // the fake appliance takes one request and goes away unanswered
+    let appliance = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        read_request(&mut s)
+    });
+    let node = TcpStream::connect(addr).unwrap();
+    let (front, back) = UnixStream::pair().unwrap();
+    let backend = std::thread::spawn(move || serve(back, node));
+    let mut f = Frontend::from_stream(front, 17);
+    let (_call, kick) = start_queue(&mut f, &file);
+
+    let (h1, w1) = d.request(&fuse_request(3, 1, b""), 64);
+    kick.write(1).unwrap();
+    assert_eq!(appliance.join().unwrap(), fuse_request(3, 1, b""));
+    assert_eq!(d.used(1), vec![(u32::from(h1), 16)]);
+    assert_eq!(d.out_header(w1), (16, -107, 1), "in flight: ENOTCONN");
+    let (h2, w2) = d.request(&fuse_request(3, 2, b""), 64);
+    kick.write(1).unwrap();
+    assert_eq!(d.used(2)[1], (u32::from(h2), 16));
+    assert_eq!(d.out_header(w2), (16, -107, 2), "after: ENOTCONN");
+
+    drop(f);
+    let relay = backend.join().unwrap().unwrap();
+    assert_eq!(Stats::get(&relay.stats.requests), 1);
+    assert_eq!(Stats::get(&relay.stats.not_connected), 2);
+    assert_eq!(Stats::get(&relay.stats.replies), 0);
 }
