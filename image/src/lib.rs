@@ -9,5 +9,6 @@ pub mod fence_agent;
 pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
+pub mod fuse_relay;
 pub mod hostenv;
 pub mod volume;
