@@ -180,8 +180,8 @@ fn pump_replies(dev: &File, mut tcp: &TcpStream, init_unique: &AtomicU64) -> (u6
 pub fn run_relay(node: &str, dir: &Path, mounted: impl FnOnce()) -> Result<RelayStats, String> {
     use nix::mount::{mount, MsFlags};
     use nix::sys::signal::{SigSet, Signal};
-    let dir: PathBuf = std::fs::canonicalize(dir)
-        .map_err(|e| format!("mount point '{}': {e}", dir.display()))?;
+    let dir: PathBuf =
+        std::fs::canonicalize(dir).map_err(|e| format!("mount point '{}': {e}", dir.display()))?;
     // Blocked before any thread starts; only the signal thread takes them.
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGINT);
@@ -210,7 +210,12 @@ pub fn run_relay(node: &str, dir: &Path, mounted: impl FnOnce()) -> Result<Relay
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
-    .map_err(|e| format!("cannot mount FUSE on '{}': {e} (root needed)", dir.display()))?;
+    .map_err(|e| {
+        format!(
+            "cannot mount FUSE on '{}': {e} (root needed)",
+            dir.display()
+        )
+    })?;
     let conn = fuse_conn_of(&dir);
     let sig_dir = dir.clone();
     std::thread::Builder::new()
@@ -288,7 +293,10 @@ mod tests {
         b[20..24].copy_from_slice(&(16u32 << 20).to_le_bytes());
         b[28..30].copy_from_slice(&4096u16.to_le_bytes());
         clamp_init_reply(&mut b);
-        assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), RELAY_MAX_WRITE);
+        assert_eq!(
+            u32::from_le_bytes(b[20..24].try_into().unwrap()),
+            RELAY_MAX_WRITE
+        );
         assert_eq!(u16::from_le_bytes([b[28], b[29]]), 256);
         let mut small = vec![0u8; 64];
         small[20..24].copy_from_slice(&65536u32.to_le_bytes());
@@ -300,7 +308,10 @@ mod tests {
         let mut compat = vec![0u8; 24];
         compat[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         clamp_init_reply(&mut compat);
-        assert_eq!(u32::from_le_bytes(compat[20..24].try_into().unwrap()), RELAY_MAX_WRITE);
+        assert_eq!(
+            u32::from_le_bytes(compat[20..24].try_into().unwrap()),
+            RELAY_MAX_WRITE
+        );
         clamp_init_reply(&mut [0u8; 3]);
         assert!(READ_BUF_BYTES >= RELAY_MAX_WRITE as usize + 8192);
     }
