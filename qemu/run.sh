@@ -5,7 +5,7 @@
 # host TCP 127.0.0.1:5640 to the node's 9P port 564 and 127.0.0.1:8564 to
 # the admin API's port (8564, or the command line's api.port=; the API is
 # on only with api.token=, docs/archival.md) and 127.0.0.1:7564 to the FUSE
-# service's port (7564, or fuse.port=; docs/fuse.md). With --link the node
+# service's port (7564, or fuse.port=; docs/fuse-service.md). With --link the node
 # is instead on a point-to-point Ethernet (UDP ports on 127.0.0.1) with a
 # Linux guest, at 10.0.3.10/24:
 #   qemu/run.sh --link 47001:47002

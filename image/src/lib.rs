@@ -9,6 +9,7 @@ pub mod fence_agent;
 pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
+pub mod fuse_relay;
 pub mod hostenv;
 pub mod virtiofs;
 pub mod volume;

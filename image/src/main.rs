@@ -139,6 +139,10 @@ Serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
 foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit. The
 devices are locked and a volume in use elsewhere is refused.
 
+`mount --node ADDR:PORT DIR` mounts a running appliance's volume instead,
+relaying FUSE to its FUSE service (TCP 7564 on the appliance; qemu/run.sh
+forwards 127.0.0.1:7564), until `umount DIR` or SIGINT/SIGTERM.
+
 Mount options (-o, comma-separated):
   cache_mb=N   item cache budget (default 64)
   dirty_mb=N   commit at N MiB of dirty items (default 32)
@@ -216,7 +220,11 @@ struct MountArgs {
     /// An in-memory volume with SIZE of data (K/M/G/T), discarded at unmount
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
-    /// META-DEVICE DATA-DEVICE DIR, or DIR with --mem
+    /// A running appliance's volume through its FUSE service (ADDR:PORT,
+    /// port 7564 by default on the appliance)
+    #[arg(long, value_name = "ADDR:PORT")]
+    node: Option<String>,
+    /// META-DEVICE DATA-DEVICE DIR, or DIR with --mem or --node
     #[arg(value_name = "PATHS")]
     paths: Vec<String>,
 }
@@ -694,6 +702,9 @@ fn parse_mount_options(
 }
 
 fn cmd_mount(a: MountArgs) -> Result<ExitCode, Usage> {
+    if let Some(node) = &a.node {
+        return cmd_mount_node(node, &a);
+    }
     let mut mopts = MountOptions::default();
     let mut fopts = FuseOptions::default();
     for o in &a.options {
@@ -752,6 +763,35 @@ fn cmd_mount(a: MountArgs) -> Result<ExitCode, Usage> {
             println!(
                 "scoutvm: unmounted {dir} cleanly ({} requests, {} periodic commit checks)",
                 stats.jobs, stats.ticks
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    })
+}
+
+/// `mount --node ADDR:PORT DIR`: relay the host's FUSE to an appliance.
+fn cmd_mount_node(node: &str, a: &MountArgs) -> Result<ExitCode, Usage> {
+    if a.mem.is_some() || a.recover || !a.options.is_empty() {
+        return usage("mount --node takes no -o, --mem or --recover");
+    }
+    let [dir] = a.paths.as_slice() else {
+        return usage("mount --node needs exactly one DIR");
+    };
+    if let Err(e) = check_mount_dir(dir) {
+        return Ok(fail(e));
+    }
+    let shown = dir.clone();
+    let r = scoutvm_image::fuse_relay::run_relay(node, Path::new(dir), || {
+        println!("scoutvm: mounted the appliance at {node} on {shown}");
+        println!("scoutvm: relaying until `umount {shown}` or SIGINT/SIGTERM");
+        let _ = std::io::stdout().flush();
+    });
+    Ok(match r {
+        Ok(s) => {
+            println!(
+                "scoutvm: unmounted {dir} cleanly ({} requests, {} replies relayed)",
+                s.requests, s.replies
             );
             ExitCode::SUCCESS
         }

@@ -1,0 +1,395 @@
+//! `scoutvm mount --node ADDR:PORT DIR` end to end without a VM: the
+//! FUSE server (`scoutvm_net::fuse`) serves a file volume in this process
+//! over TCP on 127.0.0.1 (on the `fs_thread` that `scoutvm mount` uses),
+//! the relay mounts it through the kernel's FUSE, and ordinary file
+//! operations (std::fs: create, write, read, readdir, rename, unlink,
+//! xattrs, symlink, hard link, chmod, truncate, append) go through the
+//! kernel to the server; then `umount`, the relay exits 0, the volume is
+//! closed and fsck is clean.
+//!
+//! Needs root and /dev/fuse: without them the test says so and passes
+//! without running (the FUSE tests of image/tests/fuse.rs fail instead).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use scoutvm_fs::posix::mount::MountOptions;
+use scoutvm_fs::runtime::exec::{Handle, Notify};
+use scoutvm_image::fs_thread::{FsThread, OpenCtx, Opener, Submitter};
+use scoutvm_net::fuse::{serve, Server, ServerConfig};
+use scoutvm_net::p9::{ByteStream, Peer, StreamClosed};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoutvm"))
+}
+
+thread_local! {
+    /// On the fs thread: its executor, the FUSE server, each
+    /// connection's bytes not yet read.
+    static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+    static SERVER: RefCell<Option<Rc<Server>>> = const { RefCell::new(None) };
+    static INBOX: RefCell<BTreeMap<u64, Rc<Inbox>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Bytes a reader thread brought in for one connection.
+#[derive(Default)]
+struct Inbox {
+    buf: RefCell<VecDeque<u8>>,
+    notify: Notify,
+    closed: Cell<bool>,
+}
+
+/// The server's end of a TCP connection: reads from the inbox the reader
+/// thread fills, writes straight to the socket (the relay drains it).
+struct Sock {
+    inbox: Rc<Inbox>,
+    out: TcpStream,
+}
+
+impl ByteStream for Sock {
+    async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamClosed> {
+        loop {
+            let n = self.inbox.notify.notified();
+            {
+                let mut q = self.inbox.buf.borrow_mut();
+                if !q.is_empty() {
+                    let k = q.len().min(buf.len());
+                    for (i, b) in q.drain(..k).enumerate() {
+                        buf[i] = b;
+                    }
+                    return Ok(k);
+                }
+            }
+            if self.inbox.closed.get() {
+                return Ok(0);
+            }
+            n.await;
+        }
+    }
+
+    fn write_all<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Future<Output = Result<(), StreamClosed>> + 'a {
+        std::future::ready((&self.out).write_all(buf).map_err(|_| StreamClosed))
+    }
+
+    fn close(&self) {
+        let _ = self.out.shutdown(std::net::Shutdown::Both);
+        self.inbox.closed.set(true);
+        self.inbox.notify.notify();
+    }
+}
+
+/// A job that runs `f` on the fs thread at once.
+fn on_fs_thread(
+    sub: &Submitter,
+    f: impl FnOnce(Rc<scoutvm_fs::posix::mount::Mount>) + Send + 'static,
+) {
+    assert!(sub.submit(Box::new(move |m| {
+        f(m);
+        Box::pin(async {})
+    })));
+}
+
+/// Serve the volume on `meta`/`data` over FUSE on a free port.
+fn start_server(meta: &Path, data: &Path) -> (FsThread, u16) {
+    let devs = scoutvm_image::volume::open_for_mount(
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        false,
+    )
+    .expect("open the volume");
+    let inner = scoutvm_image::volume::volume_opener(devs, MountOptions::default());
+    let opener: Opener = Box::new(move |ctx: OpenCtx| {
+        HANDLE.with(|h| *h.borrow_mut() = Some(ctx.handle.clone()));
+        inner(ctx)
+    });
+    let fs = FsThread::start(opener).expect("fs thread");
+    let sub = fs.submitter();
+    on_fs_thread(&sub, |m| {
+        let h = HANDLE.with(|h| h.borrow().clone()).unwrap();
+        let s = Server::new(m, h, ServerConfig::default());
+        SERVER.with(|x| *x.borrow_mut() = Some(s));
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let id = id as u64;
+            let _ = stream.set_nodelay(true);
+            let out = stream.try_clone().unwrap();
+            let peer_port = stream.peer_addr().map(|a| a.port()).unwrap_or(0);
+            on_fs_thread(&sub, move |_| {
+                let inbox = Rc::new(Inbox::default());
+                INBOX.with(|i| i.borrow_mut().insert(id, inbox.clone()));
+                let server = SERVER.with(|s| s.borrow().clone()).unwrap();
+                let h = HANDLE.with(|h| h.borrow().clone()).unwrap();
+                let peer = Peer {
+                    addr: [127, 0, 0, 1],
+                    port: peer_port,
+                };
+                h.spawn(serve(server, Rc::new(Sock { inbox, out }), peer))
+                    .expect("spawn");
+            });
+            let sub = sub.clone();
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    let bytes = buf[..n].to_vec();
+                    let ok = sub.submit(Box::new(move |_| {
+                        INBOX.with(|i| {
+                            if let Some(ib) = i.borrow().get(&id) {
+                                if n == 0 {
+                                    ib.closed.set(true);
+                                } else {
+                                    ib.buf.borrow_mut().extend(bytes);
+                                }
+                                ib.notify.notify();
+                            }
+                        });
+                        Box::pin(async {})
+                    }));
+                    if n == 0 || !ok {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (fs, port)
+}
+
+/// Stop the FUSE server (its connections release everything), then
+/// close the volume cleanly.
+fn stop_server(fs: FsThread) {
+    let sub = fs.submitter();
+    assert!(sub.submit(Box::new(|_| {
+        Box::pin(async {
+            let s = SERVER.with(|s| s.borrow_mut().take());
+            if let Some(s) = s {
+                s.shutdown().await;
+            }
+        })
+    })));
+    fs.shutdown().expect("clean close of the volume");
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| Path::new(m) == dir)
+}
+
+fn output_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(o) = child.stdout.as_mut() {
+        let _ = o.read_to_string(&mut s);
+    }
+    if let Some(e) = child.stderr.as_mut() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the relay did not exit: {}", output_of(child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mkfs(meta: &Path, data: &Path) {
+    for p in [meta, data] {
+        std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+    }
+    let o = bin()
+        .args(["mkfs", "-A", "-Q", "0,127.0.0.1,7100"])
+        .arg(meta)
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn can_mount_fuse() -> bool {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !Path::new("/dev/fuse").exists() || !root {
+        eprintln!("fuse_relay: skipped: needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// Unmounts (lazily if busy) if the test fails half way.
+struct Guard(PathBuf);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = scoutvm_image::fuse::unmount_dir(&self.0);
+        }
+    }
+}
+
+#[test]
+fn file_operations_through_the_kernel_and_the_relay() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let d = std::env::temp_dir().join(format!("scoutvm-fuse-relay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let (meta, data, mnt) = (d.join("meta"), d.join("data"), d.join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&meta, &data);
+    let (fs, port) = start_server(&meta, &data);
+
+    let mut child = bin()
+        .args(["mount", "--node", &format!("127.0.0.1:{port}")])
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = Guard(mnt.clone());
+    let deadline = Instant::now() + TIMEOUT;
+    while !is_mounted(&mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the relay exited ({st}): {}", output_of(&mut child));
+        }
+        assert!(Instant::now() < deadline, "not mounted in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // create, write, read
+    let dir = mnt.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("f");
+    let body: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&f, &body).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), body);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), body.len() as u64);
+    // readdir
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("n{i}")), format!("{i}")).unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 21);
+    assert!(names.contains(&"f".to_string()) && names.contains(&"n19".to_string()));
+    assert_eq!(std::fs::read_to_string(dir.join("n7")).unwrap(), "7");
+    // rename
+    let g = mnt.join("g");
+    std::fs::rename(&f, &g).unwrap();
+    assert!(!f.exists());
+    assert_eq!(std::fs::read(&g).unwrap(), body);
+    // symlink and hard link
+    std::os::unix::fs::symlink("g", mnt.join("s")).unwrap();
+    assert_eq!(std::fs::read_link(mnt.join("s")).unwrap(), Path::new("g"));
+    assert_eq!(std::fs::read(mnt.join("s")).unwrap().len(), body.len());
+    std::fs::hard_link(&g, mnt.join("h")).unwrap();
+    assert_eq!(std::fs::metadata(&g).unwrap().nlink(), 2);
+    // chmod, truncate, append
+    std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::metadata(&g).unwrap().mode() & 0o7777, 0o600);
+    let fh = std::fs::OpenOptions::new().write(true).open(&g).unwrap();
+    fh.set_len(10).unwrap();
+    drop(fh);
+    assert_eq!(std::fs::read(&g).unwrap(), &body[..10]);
+    let mut a = std::fs::OpenOptions::new().append(true).open(&g).unwrap();
+    a.write_all(b"tail").unwrap();
+    drop(a);
+    assert_eq!(std::fs::metadata(&g).unwrap().len(), 14);
+    // xattrs
+    rustix::fs::setxattr(&g, "user.k", b"value", rustix::fs::XattrFlags::empty()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(&g, "user.k", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"value");
+    let mut list = [0u8; 256];
+    let n = rustix::fs::listxattr(&g, &mut list).unwrap();
+    assert!(list[..n].split(|&b| b == 0).any(|x| x == b"user.k"));
+    rustix::fs::removexattr(&g, "user.k").unwrap();
+    assert!(rustix::fs::getxattr(&g, "user.k", &mut buf).is_err());
+    // unlink, rmdir
+    std::fs::remove_file(mnt.join("h")).unwrap();
+    assert_eq!(std::fs::metadata(&g).unwrap().nlink(), 1);
+    std::fs::remove_file(mnt.join("s")).unwrap();
+    for i in 0..20 {
+        std::fs::remove_file(dir.join(format!("n{i}"))).unwrap();
+    }
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(!dir.exists());
+    // (a ReadDir kept alive would keep the mount busy)
+    let left = std::fs::read_dir(&mnt).unwrap().count();
+    assert_eq!(left, 1, "only g is left");
+
+    // umount: the relay exits 0.
+    scoutvm_image::fuse::unmount_dir(&mnt).unwrap();
+    let st = wait_exit(&mut child);
+    let out = output_of(&mut child);
+    assert!(st.success(), "relay: {st}: {out}");
+    assert!(out.contains("unmounted"), "{out}");
+    drop(guard);
+    stop_server(fs);
+    let o = bin().arg("fsck").arg(&meta).arg(&data).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && text.contains("clean"), "fsck: {text}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_node_arguments_are_refused() {
+    let d = std::env::temp_dir().join(format!("scoutvm-fuse-relay-args-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let dir = d.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["mount", "--node", "127.0.0.1:1", dir, dir],
+            "exactly one DIR",
+        ),
+        (
+            vec!["mount", "--node", "127.0.0.1:1", "--mem", "64M", dir],
+            "takes no",
+        ),
+        (
+            vec!["mount", "--node", "nonsense", dir],
+            "--node 'nonsense'",
+        ),
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text.contains(says), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
