@@ -150,10 +150,13 @@ impl Relay {
     pub fn reset_queues(&self) {
         let mut st = self.lock_state();
         let acked = st.acked_features;
+        // without protocol features a ring is enabled from the start
+        let enabled = acked & super::vhost_user::PROTOCOL_FEATURES_BIT == 0;
         for v in st.vrings.iter_mut() {
             let generation = v.generation + 1;
             *v = Default::default();
             v.generation = generation;
+            v.enabled = enabled;
         }
         st.acked_features = acked;
         drop(st);

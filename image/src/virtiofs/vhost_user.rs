@@ -18,8 +18,7 @@ use std::sync::Arc;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
-    VhostUserVringAddrFlags, VhostUserVringState,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
 use vhost::vhost_user::{
     Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
@@ -31,11 +30,10 @@ pub const MAX_QUEUES: usize = 17;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 
 pub fn offered_features() -> u64 {
-    VIRTIO_F_VERSION_1
-        | VIRTIO_RING_F_INDIRECT_DESC
-        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | PROTOCOL_FEATURES_BIT
 }
 
 /// One queue's configuration and run state.
@@ -156,7 +154,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         let mut st = self.relay.lock_state();
         st.acked_features = features;
         // without protocol features rings are enabled from the start
-        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+        if features & PROTOCOL_FEATURES_BIT == 0 {
             for v in st.vrings.iter_mut() {
                 v.enabled = true;
             }
