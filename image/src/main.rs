@@ -116,6 +116,11 @@ struct VirtiofsArgs {
     /// The vhost-user socket to create and listen on
     #[arg(long, value_name = "PATH")]
     socket: std::path::PathBuf,
+    /// When the appliance connection is lost (a reboot), keep trying to
+    /// connect again for this long, holding the guest's requests; then
+    /// answer ENOTCONN. 0: answer ENOTCONN at once
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    reconnect_secs: u64,
 }
 
 #[derive(Args)]
@@ -364,10 +369,12 @@ fn main() -> ExitCode {
         Cmd::FenceAgent(a) => ("fence-agent", Ok(cmd_fence_agent(a))),
         Cmd::Virtiofs(a) => (
             "virtiofs",
-            Ok(match scoutvm_image::virtiofs::run(&a.node, &a.socket) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(format!("virtiofs: {e}")),
-            }),
+            Ok(
+                match scoutvm_image::virtiofs::run(&a.node, &a.socket, a.reconnect_secs) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format!("virtiofs: {e}")),
+                },
+            ),
         ),
     };
     match r {

@@ -12,8 +12,8 @@ pub mod relay;
 pub mod vhost_user;
 pub mod virtqueue;
 
-use relay::Relay;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use relay::{Reconnect, Relay};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -42,14 +42,17 @@ pub fn connect_node(node: &str) -> Result<TcpStream, String> {
 
 /// Serves one vhost-user frontend connection until it disconnects,
 /// relaying to `node`. Returns the relay (its `stats`).
-pub fn serve(frontend: UnixStream, node: TcpStream) -> Result<Arc<Relay>, String> {
-    let writer = node
-        .try_clone()
-        .map_err(|e| format!("appliance socket: {e}"))?;
+/// With `reconnect`, a lost appliance connection is made again (see
+/// relay.rs).
+pub fn serve(
+    frontend: UnixStream,
+    node: TcpStream,
+    reconnect: Option<Reconnect>,
+) -> Result<Arc<Relay>, String> {
     let reader = node
         .try_clone()
         .map_err(|e| format!("appliance socket: {e}"))?;
-    let relay = Relay::new(Box::new(writer)).map_err(|e| format!("wake-up socket: {e}"))?;
+    let relay = Relay::new(node, reconnect).map_err(|e| format!("wake-up socket: {e}"))?;
     let queues = {
         let r = relay.clone();
         std::thread::spawn(move || r.run_queues())
@@ -70,7 +73,6 @@ pub fn serve(frontend: UnixStream, node: TcpStream) -> Result<Arc<Relay>, String
         }
     };
     relay.stop();
-    let _ = node.shutdown(Shutdown::Both);
     let _ = queues.join();
     let _ = replies.join();
     result.map(|()| relay)
@@ -78,7 +80,9 @@ pub fn serve(frontend: UnixStream, node: TcpStream) -> Result<Arc<Relay>, String
 
 /// `scoutvm virtiofs`: connect to the appliance, listen on `socket`, serve
 /// the first frontend (QEMU's vhost-user-fs device) until it goes away.
-pub fn run(node: &str, socket: &Path) -> Result<(), String> {
+/// `reconnect_secs`: how long to try to connect again when the appliance
+/// connection is lost (0: not at all).
+pub fn run(node: &str, socket: &Path, reconnect_secs: u64) -> Result<(), String> {
     let tcp = connect_node(node)?;
     if let Ok(meta) = std::fs::symlink_metadata(socket) {
         if !meta.file_type().is_socket() {
@@ -96,7 +100,11 @@ pub fn run(node: &str, socket: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", socket.display()))?;
     drop(listener);
     let _ = std::fs::remove_file(socket);
-    let relay = serve(frontend, tcp)?;
+    let reconnect = (reconnect_secs > 0).then(|| Reconnect {
+        node: node.to_string(),
+        window: Duration::from_secs(reconnect_secs),
+    });
+    let relay = serve(frontend, tcp, reconnect)?;
     eprintln!("scoutvm virtiofs: frontend gone; {}", relay.stats);
     Ok(())
 }

@@ -6,19 +6,30 @@
 //! error header when the chain has room for one, else used empty; all of it
 //! is counted in `Stats`.
 //!
+//! When the appliance connection ends (an appliance reboot) and a reconnect
+//! window is set, requests are held while the relay connects again; on the
+//! new connection it first replays the guest's `INIT` (its reply is
+//! swallowed) and then every request not answered yet, re-read from the
+//! guest's buffers, so the guest's mount carries on (open file handles are
+//! gone on the new session: `EBADF`, per the service's contract). Past the
+//! window, or without one, everything is answered `ENOTCONN`.
+//!
 //! Two threads: `run_queues` (poll on the kick eventfds, pop, send) and
-//! `run_replies` (read replies, complete). One lock (`DeviceState`), never
-//! held across socket I/O.
+//! `run_replies` (read replies, complete, reconnect). One lock
+//! (`DeviceState`) for the queues; the writer's lock is taken first when
+//! both are held.
 
 use super::guest_memory::GuestMem;
-use super::vhost_user::{DeviceState, Pending};
+use super::vhost_user::{DeviceState, Link, Pending};
 use super::virtqueue::{Chain, Popped};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, extlen, pad.
 pub const IN_HEADER_LEN: usize = 40;
@@ -33,6 +44,9 @@ pub const MAX_REPLY: u32 = 16 << 20;
 const FUSE_FORGET: u32 = 2;
 const FUSE_BATCH_FORGET: u32 = 42;
 const FUSE_INTERRUPT: u32 = 36;
+const FUSE_INIT: u32 = 26;
+/// The unique of a replayed `INIT` (Linux counts uniques up from 1).
+pub const REPLAY_UNIQUE: u64 = u64::MAX;
 const EIO: i32 = 5;
 const ENOTCONN: i32 = 107;
 
@@ -57,6 +71,10 @@ pub struct Stats {
     pub not_connected: AtomicU64,
     /// Queues stopped for a broken ring.
     pub broken_rings: AtomicU64,
+    /// New appliance connections after a lost one.
+    pub reconnects: AtomicU64,
+    /// Requests sent again on a new connection.
+    pub resent: AtomicU64,
 }
 
 impl Stats {
@@ -75,7 +93,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "requests {} replies {} forgets {} bad_chains {} bad_requests {} too_big {} \
-             unmatched {} stale {} not_connected {} broken_rings {}",
+             unmatched {} stale {} not_connected {} broken_rings {} reconnects {} resent {}",
             g(&self.requests),
             g(&self.replies),
             g(&self.forgets),
@@ -85,14 +103,27 @@ impl std::fmt::Display for Stats {
             g(&self.unmatched),
             g(&self.stale),
             g(&self.not_connected),
-            g(&self.broken_rings)
+            g(&self.broken_rings),
+            g(&self.reconnects),
+            g(&self.resent)
         )
     }
 }
 
+/// Where to connect again when the appliance connection is lost, and for
+/// how long to keep trying.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    pub node: String,
+    pub window: Duration,
+}
+
 pub struct Relay {
     state: Mutex<DeviceState>,
-    writer: Mutex<Box<dyn Write + Send>>,
+    writer: Mutex<TcpStream>,
+    reconnect: Option<Reconnect>,
+    /// The guest's last `INIT`, replayed on a new connection.
+    saved_init: Mutex<Option<Vec<u8>>>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
     stop: AtomicBool,
@@ -116,13 +147,15 @@ fn signal(st: &DeviceState, queue: usize) {
 
 impl Relay {
     /// `writer`: the stream to the appliance.
-    pub fn new(writer: Box<dyn Write + Send>) -> io::Result<Arc<Self>> {
+    pub fn new(writer: TcpStream, reconnect: Option<Reconnect>) -> io::Result<Arc<Self>> {
         let (wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
         Ok(Arc::new(Relay {
             state: Mutex::new(DeviceState::new()),
             writer: Mutex::new(writer),
+            reconnect,
+            saved_init: Mutex::new(None),
             wake_tx,
             wake_rx,
             stop: AtomicBool::new(false),
@@ -140,9 +173,15 @@ impl Relay {
         let _ = (&self.wake_tx).write(&[1]);
     }
 
+    /// Ends both threads (the reply thread through its socket).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake();
+        let _ = self.lock_writer().shutdown(Shutdown::Both);
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, TcpStream> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// RESET_OWNER / RESET_DEVICE: every queue back to unconfigured;
@@ -211,8 +250,10 @@ impl Relay {
     /// Takes every available chain of queue `q` and sends its request.
     pub fn service(&self, q: usize) {
         let mut out: Vec<Vec<u8>> = Vec::new();
+        let epoch;
         {
             let mut st = self.lock_state();
+            epoch = st.epoch;
             let Some(mem) = st.mem.clone() else { return };
             if !st.vrings[q].runnable() {
                 return;
@@ -247,15 +288,15 @@ impl Relay {
         if out.is_empty() {
             return;
         }
-        let result = {
-            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            out.iter()
-                .try_for_each(|m| w.write_all(m))
-                .and_then(|_| w.flush())
-        };
-        if let Err(e) = result {
+        let mut w = self.lock_writer();
+        if self.lock_state().epoch != epoch {
+            // a new connection came meanwhile and its replay sent these
+            return;
+        }
+        if let Err(e) = out.iter().try_for_each(|m| w.write_all(m)) {
             eprintln!("scoutvm virtiofs: sending to the appliance: {e}");
-            self.node_lost();
+            // the reply thread sees the end and reconnects or gives up
+            let _ = w.shutdown(Shutdown::Both);
         }
     }
 
@@ -326,9 +367,13 @@ impl Relay {
             Stats::bump(&self.stats.bad_requests);
             return self.answer_error(st, mem, q, &c, unique, EIO);
         }
+        if opcode == FUSE_INIT {
+            *self.saved_init.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.clone());
+        }
         if matches!(opcode, FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT) {
             Stats::bump(&self.stats.forgets);
-            if st.node_up {
+            // (a new session has no lookup counts to forget)
+            if st.link == Link::Up {
                 out.push(bytes);
             }
             return self.push_used(st, mem, q, c.head, 0);
@@ -337,11 +382,11 @@ impl Relay {
             Stats::bump(&self.stats.bad_requests);
             return self.push_used(st, mem, q, c.head, 0);
         }
-        if !st.node_up {
+        if st.link == Link::Gone {
             Stats::bump(&self.stats.not_connected);
             return self.answer_error(st, mem, q, &c, unique, ENOTCONN);
         }
-        if st.pending.contains_key(&unique) {
+        if unique == REPLAY_UNIQUE || st.pending.contains_key(&unique) {
             Stats::bump(&self.stats.bad_requests);
             return self.answer_error(st, mem, q, &c, unique, EIO);
         }
@@ -355,37 +400,148 @@ impl Relay {
             },
         );
         Stats::bump(&self.stats.requests);
-        out.push(bytes);
+        if st.link == Link::Up {
+            out.push(bytes);
+        }
         false
     }
 
-    /// The reply thread: reads the appliance's replies until the stream ends.
-    pub fn run_replies(&self, mut reader: impl Read) {
-        let why = loop {
+    /// The reply thread: reads the appliance's replies until the stream
+    /// ends, then connects again (within the window) or gives up.
+    pub fn run_replies(&self, mut reader: TcpStream) {
+        loop {
+            let why = self.read_replies(&mut reader);
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            eprintln!("scoutvm virtiofs: {why}");
+            match self.reconnect_node() {
+                Some(r) => reader = r,
+                None => {
+                    if !self.stop.load(Ordering::Acquire) {
+                        eprintln!(
+                            "scoutvm virtiofs: appliance gone; answering ENOTCONN from now on"
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.node_lost();
+    }
+
+    /// Connects again within the window: the `INIT` replayed, then every
+    /// request not answered yet. The new connection's reader, or `None`.
+    fn reconnect_node(&self) -> Option<TcpStream> {
+        let rc = self.reconnect.as_ref()?;
+        self.lock_state().link = Link::Reconnecting;
+        let deadline = Instant::now() + rc.window;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            let attempt = super::connect_node(&rc.node).and_then(|s| {
+                let r = s.try_clone().map_err(|e| e.to_string())?;
+                Ok((s, r))
+            });
+            match attempt {
+                Ok((s, r)) => {
+                    self.resume_on(s);
+                    eprintln!("scoutvm virtiofs: connected again to {}", rc.node);
+                    return Some(r);
+                }
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        eprintln!("scoutvm virtiofs: {e}; giving up after {:?}", rc.window);
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// A new connection: the saved `INIT` first, then what is in flight
+    /// (oldest first); requests taken meanwhile follow (the writer's lock
+    /// is held throughout).
+    fn resume_on(&self, stream: TcpStream) {
+        let mut w = self.lock_writer();
+        *w = stream;
+        Stats::bump(&self.stats.reconnects);
+        let mut out = Vec::new();
+        let init = self
+            .saved_init
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(mut init) = init {
+            init[8..16].copy_from_slice(&REPLAY_UNIQUE.to_le_bytes());
+            out.push(init);
+        }
+        {
+            let mut st = self.lock_state();
+            st.link = Link::Up;
+            st.epoch += 1;
+            if let Some(mem) = st.mem.clone() {
+                let mut ids: Vec<u64> = st.pending.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    let bytes = st
+                        .pending
+                        .get(&id)
+                        .map(|p| p.chain.read_all(&mem, MAX_REQUEST));
+                    match bytes {
+                        Some(Ok(Some(b))) => {
+                            Stats::bump(&self.stats.resent);
+                            out.push(b);
+                        }
+                        _ => {
+                            // its buffers are no longer readable: nothing to send
+                            st.pending.remove(&id);
+                            Stats::bump(&self.stats.bad_chains);
+                        }
+                    }
+                }
+            }
+        }
+        if out.iter().try_for_each(|m| w.write_all(m)).is_err() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn read_replies(&self, reader: &mut TcpStream) -> String {
+        loop {
             let mut head = [0u8; OUT_HEADER_LEN];
             if let Err(e) = reader.read_exact(&mut head) {
-                break format!("appliance connection: {e}");
+                return format!("appliance connection: {e}");
             }
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             if !(OUT_HEADER_LEN as u32..=MAX_REPLY).contains(&len) {
-                break format!("appliance sent a reply of length {len}");
+                let _ = reader.shutdown(Shutdown::Both);
+                return format!("appliance sent a reply of length {len}");
             }
             let mut msg = vec![0u8; len as usize];
             msg[..OUT_HEADER_LEN].copy_from_slice(&head);
             if let Err(e) = reader.read_exact(&mut msg[OUT_HEADER_LEN..]) {
-                break format!("appliance connection: {e}");
+                return format!("appliance connection: {e}");
             }
             self.deliver(&msg);
-        };
-        if !self.stop.load(Ordering::Acquire) {
-            eprintln!("scoutvm virtiofs: {why}; answering ENOTCONN from now on");
         }
-        self.node_lost();
     }
 
     /// Writes one reply (a whole message, header checked) into its chain.
     pub fn deliver(&self, msg: &[u8]) {
         let unique = u64::from_le_bytes(msg[8..16].try_into().unwrap_or([0; 8]));
+        if unique == REPLAY_UNIQUE {
+            let error = i32::from_le_bytes(msg[4..8].try_into().unwrap_or([0; 4]));
+            if error != 0 {
+                eprintln!(
+                    "scoutvm virtiofs: the replayed INIT failed: errno {}",
+                    -error
+                );
+            }
+            return;
+        }
         let mut st = self.lock_state();
         let Some(p) = st.pending.remove(&unique) else {
             Stats::bump(&self.stats.unmatched);
@@ -420,7 +576,7 @@ impl Relay {
     /// The appliance is gone: everything in flight gets ENOTCONN.
     fn node_lost(&self) {
         let mut st = self.lock_state();
-        st.node_up = false;
+        st.link = Link::Gone;
         let pending: Vec<(u64, Pending)> = st.pending.drain().collect();
         let Some(mem) = st.mem.clone() else { return };
         let mut touched = vec![false; st.vrings.len()];

@@ -154,7 +154,7 @@ fn frontend_to_appliance_and_back() {
     });
     let node = TcpStream::connect(addr).unwrap();
     let (front, back) = UnixStream::pair().unwrap();
-    let backend = std::thread::spawn(move || serve(back, node));
+    let backend = std::thread::spawn(move || serve(back, node, None));
 
     let mut f = Frontend::from_stream(front, 17);
     f.set_owner().unwrap();
@@ -333,7 +333,7 @@ fn appliance_gone_answers_enotconn() {
     });
     let node = TcpStream::connect(addr).unwrap();
     let (front, back) = UnixStream::pair().unwrap();
-    let backend = std::thread::spawn(move || serve(back, node));
+    let backend = std::thread::spawn(move || serve(back, node, None));
     let mut f = Frontend::from_stream(front, 17);
     let (_call, kick) = start_queue(&mut f, &file);
 
@@ -352,4 +352,77 @@ fn appliance_gone_answers_enotconn() {
     assert_eq!(Stats::get(&relay.stats.requests), 1);
     assert_eq!(Stats::get(&relay.stats.not_connected), 2);
     assert_eq!(Stats::get(&relay.stats.replies), 0);
+}
+
+#[test]
+fn appliance_reboot_replays_init_and_what_was_in_flight() {
+    let (file, mut d) = guest_file("reboot");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let init = fuse_request(26, 1, &[7, 0, 0, 0, 31, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0]);
+    let getattr = fuse_request(3, 2, b"");
+    let lookup = fuse_request(1, 3, b"x\0");
+    // connection 1: INIT answered, GETATTR taken, then the appliance
+    // "reboots"; connection 2: the replayed INIT, GETATTR again, LOOKUP
+    let appliance = {
+        let (init, getattr, lookup) = (init.clone(), getattr.clone(), lookup.clone());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            assert_eq!(read_request(&mut s), init);
+            s.write_all(&fuse_reply(1, b"init-1")).unwrap();
+            assert_eq!(read_request(&mut s), getattr);
+            drop(s);
+            let (mut s, _) = listener.accept().unwrap();
+            let replay = read_request(&mut s);
+            assert_eq!(replay[..8], init[..8], "INIT first");
+            assert_eq!(replay[16..], init[16..]);
+            assert_eq!(u64_at(&replay, 8), super::relay::REPLAY_UNIQUE);
+            s.write_all(&fuse_reply(super::relay::REPLAY_UNIQUE, b"init-2"))
+                .unwrap();
+            assert_eq!(read_request(&mut s), getattr, "in flight, sent again");
+            s.write_all(&fuse_reply(2, b"attr")).unwrap();
+            assert_eq!(read_request(&mut s), lookup);
+            s.write_all(&fuse_reply(3, b"entry")).unwrap();
+            // hold the connection until the backend goes
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        })
+    };
+    let node = TcpStream::connect(addr).unwrap();
+    let (front, back) = UnixStream::pair().unwrap();
+    let reconnect = super::relay::Reconnect {
+        node: addr.to_string(),
+        window: Duration::from_secs(20),
+    };
+    let backend = std::thread::spawn(move || serve(back, node, Some(reconnect)));
+    let mut f = Frontend::from_stream(front, 17);
+    let (_call, kick) = start_queue(&mut f, &file);
+
+    let (h1, w1) = d.request(&init, 64);
+    kick.write(1).unwrap();
+    assert_eq!(d.used(1), vec![(u32::from(h1), 22)]);
+    assert_eq!(d.out_header(w1), (22, 0, 1));
+    let (h2, w2) = d.request(&getattr, 64);
+    kick.write(1).unwrap();
+    // give the loss time to be seen, then a request while reconnecting
+    std::thread::sleep(Duration::from_millis(200));
+    let (h3, w3) = d.request(&lookup, 64);
+    kick.write(1).unwrap();
+    let used = d.used(3);
+    assert_eq!(used[1..], [(u32::from(h2), 20), (u32::from(h3), 21)]);
+    assert_eq!(d.out_header(w2), (20, 0, 2));
+    assert_eq!(d.out_header(w3), (21, 0, 3));
+
+    drop(f);
+    let relay = backend.join().unwrap().unwrap();
+    appliance.join().unwrap();
+    let s = &relay.stats;
+    assert_eq!(Stats::get(&s.reconnects), 1);
+    assert_eq!(Stats::get(&s.not_connected), 0);
+    assert_eq!(Stats::get(&s.replies), 3);
+    assert!(Stats::get(&s.resent) >= 1);
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }

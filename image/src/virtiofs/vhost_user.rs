@@ -70,8 +70,20 @@ pub struct DeviceState {
     pub protocol_features: u64,
     /// Requests sent to the appliance and not answered yet, by FUSE unique.
     pub pending: HashMap<u64, Pending>,
-    /// The appliance connection still works.
-    pub node_up: bool,
+    /// The appliance connection's state.
+    pub link: Link,
+    /// Bumped at each new appliance connection (what was taken before it
+    /// and not yet written went out with the replay).
+    pub epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// Lost; requests are held until a new connection (or `Gone`).
+    Reconnecting,
+    /// Lost for good: requests are answered `ENOTCONN`.
+    Gone,
 }
 
 /// A request the appliance has not answered yet.
@@ -89,7 +101,8 @@ impl DeviceState {
             acked_features: 0,
             protocol_features: 0,
             pending: HashMap::new(),
-            node_up: true,
+            link: Link::Up,
+            epoch: 0,
         }
     }
 }
