@@ -10,5 +10,6 @@ pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
 pub mod fuse_relay;
+pub mod fuse_tcp;
 pub mod hostenv;
 pub mod volume;
