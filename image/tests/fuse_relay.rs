@@ -203,6 +203,13 @@ fn file_operations_through_the_kernel_and_the_relay() {
     let left = std::fs::read_dir(&mnt).unwrap().count();
     assert_eq!(left, 1, "only g is left");
 
+    if let Some(mb) = std::env::var("FUSE_RELAY_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        bench(&mnt, mb);
+    }
+
     // umount: the relay exits 0.
     scoutvm_image::fuse::unmount_dir(&mnt).unwrap();
     let st = wait_exit(&mut child);
@@ -216,6 +223,63 @@ fn file_operations_through_the_kernel_and_the_relay() {
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && text.contains("clean"), "fsck: {text}");
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `FUSE_RELAY_BENCH_MB=N`: stream N MiB in and out through the kernel,
+/// the relay and the server, and create, stat and unlink small files;
+/// prints the rates (figures, not assertions).
+fn bench(mnt: &Path, mb: usize) {
+    let chunk = vec![0x5au8; 1 << 20];
+    let f = mnt.join("bench");
+    let t = Instant::now();
+    let mut w = std::fs::File::create(&f).unwrap();
+    for _ in 0..mb {
+        w.write_all(&chunk).unwrap();
+    }
+    w.sync_all().unwrap();
+    drop(w);
+    let wr = mb as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut r = std::fs::File::open(&f).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, mb << 20);
+    let rd = mb as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_file(&f).unwrap();
+    let n = 2000;
+    let d = mnt.join("bench-d");
+    std::fs::create_dir(&d).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::File::create(d.join(format!("f{i}"))).unwrap();
+    }
+    let creates = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::metadata(d.join(format!("f{i}"))).unwrap();
+    }
+    let stats = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), n);
+    let readdir = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
+    }
+    let unlinks = n as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_dir(&d).unwrap();
+    eprintln!(
+        "fuse_relay bench: write {wr:.0} MB/s, read {rd:.0} MB/s ({mb} MiB); \
+         {creates:.0} creates/s, {stats:.0} stats/s, {readdir:.0} readdir entries/s, \
+         {unlinks:.0} unlinks/s ({n} files)"
+    );
 }
 
 #[test]
