@@ -10,6 +10,7 @@ pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
 pub mod fuse_relay;
+pub mod fuse_tcp;
 pub mod hostenv;
 pub mod virtiofs;
 pub mod volume;

@@ -1,6 +1,7 @@
 //! `scoutvm mount --node ADDR:PORT DIR` end to end without a VM: the
 //! FUSE server (`scoutvm_net::fuse`) serves a file volume in this process
-//! over TCP on 127.0.0.1 (on the `fs_thread` that `scoutvm mount` uses),
+//! over TCP on 127.0.0.1 (`scoutvm_image::fuse_tcp`, on the `fs_thread`
+//! that `scoutvm mount` uses),
 //! the relay mounts it through the kernel's FUSE, and ordinary file
 //! operations (std::fs: create, write, read, readdir, rename, unlink,
 //! xattrs, symlink, hard link, chmod, truncate, append) go through the
@@ -10,22 +11,15 @@
 //! Needs root and /dev/fuse: without them the test says so and passes
 //! without running (the FUSE tests of image/tests/fuse.rs fail instead).
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use scoutvm_fs::posix::mount::MountOptions;
-use scoutvm_fs::runtime::exec::{Handle, Notify};
-use scoutvm_image::fs_thread::{FsThread, OpenCtx, Opener, Submitter};
-use scoutvm_net::fuse::{serve, Server, ServerConfig};
-use scoutvm_net::p9::{ByteStream, Peer, StreamClosed};
+use scoutvm_image::fuse_tcp::TcpFuseServer;
+use scoutvm_net::fuse::ServerConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -33,159 +27,16 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_scoutvm"))
 }
 
-thread_local! {
-    /// On the fs thread: its executor, the FUSE server, each
-    /// connection's bytes not yet read.
-    static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
-    static SERVER: RefCell<Option<Rc<Server>>> = const { RefCell::new(None) };
-    static INBOX: RefCell<BTreeMap<u64, Rc<Inbox>>> = const { RefCell::new(BTreeMap::new()) };
-}
-
-/// Bytes a reader thread brought in for one connection.
-#[derive(Default)]
-struct Inbox {
-    buf: RefCell<VecDeque<u8>>,
-    notify: Notify,
-    closed: Cell<bool>,
-}
-
-/// The server's end of a TCP connection: reads from the inbox the reader
-/// thread fills, writes straight to the socket (the relay drains it).
-struct Sock {
-    inbox: Rc<Inbox>,
-    out: TcpStream,
-}
-
-impl ByteStream for Sock {
-    async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamClosed> {
-        loop {
-            let n = self.inbox.notify.notified();
-            {
-                let mut q = self.inbox.buf.borrow_mut();
-                if !q.is_empty() {
-                    let k = q.len().min(buf.len());
-                    for (i, b) in q.drain(..k).enumerate() {
-                        buf[i] = b;
-                    }
-                    return Ok(k);
-                }
-            }
-            if self.inbox.closed.get() {
-                return Ok(0);
-            }
-            n.await;
-        }
-    }
-
-    fn write_all<'a>(
-        &'a self,
-        buf: &'a [u8],
-    ) -> impl Future<Output = Result<(), StreamClosed>> + 'a {
-        std::future::ready((&self.out).write_all(buf).map_err(|_| StreamClosed))
-    }
-
-    fn close(&self) {
-        let _ = self.out.shutdown(std::net::Shutdown::Both);
-        self.inbox.closed.set(true);
-        self.inbox.notify.notify();
-    }
-}
-
-/// A job that runs `f` on the fs thread at once.
-fn on_fs_thread(
-    sub: &Submitter,
-    f: impl FnOnce(Rc<scoutvm_fs::posix::mount::Mount>) + Send + 'static,
-) {
-    assert!(sub.submit(Box::new(move |m| {
-        f(m);
-        Box::pin(async {})
-    })));
-}
-
 /// Serve the volume on `meta`/`data` over FUSE on a free port.
-fn start_server(meta: &Path, data: &Path) -> (FsThread, u16) {
+fn start_server(meta: &Path, data: &Path) -> TcpFuseServer {
     let devs = scoutvm_image::volume::open_for_mount(
         meta.to_str().unwrap(),
         data.to_str().unwrap(),
         false,
     )
     .expect("open the volume");
-    let inner = scoutvm_image::volume::volume_opener(devs, MountOptions::default());
-    let opener: Opener = Box::new(move |ctx: OpenCtx| {
-        HANDLE.with(|h| *h.borrow_mut() = Some(ctx.handle.clone()));
-        inner(ctx)
-    });
-    let fs = FsThread::start(opener).expect("fs thread");
-    let sub = fs.submitter();
-    on_fs_thread(&sub, |m| {
-        let h = HANDLE.with(|h| h.borrow().clone()).unwrap();
-        let s = Server::new(m, h, ServerConfig::default());
-        SERVER.with(|x| *x.borrow_mut() = Some(s));
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for (id, stream) in listener.incoming().enumerate() {
-            let Ok(stream) = stream else { continue };
-            let id = id as u64;
-            let _ = stream.set_nodelay(true);
-            let out = stream.try_clone().unwrap();
-            let peer_port = stream.peer_addr().map(|a| a.port()).unwrap_or(0);
-            on_fs_thread(&sub, move |_| {
-                let inbox = Rc::new(Inbox::default());
-                INBOX.with(|i| i.borrow_mut().insert(id, inbox.clone()));
-                let server = SERVER.with(|s| s.borrow().clone()).unwrap();
-                let h = HANDLE.with(|h| h.borrow().clone()).unwrap();
-                let peer = Peer {
-                    addr: [127, 0, 0, 1],
-                    port: peer_port,
-                };
-                h.spawn(serve(server, Rc::new(Sock { inbox, out }), peer))
-                    .expect("spawn");
-            });
-            let sub = sub.clone();
-            std::thread::spawn(move || {
-                let mut s = stream;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = s.read(&mut buf).unwrap_or(0);
-                    let bytes = buf[..n].to_vec();
-                    let ok = sub.submit(Box::new(move |_| {
-                        INBOX.with(|i| {
-                            if let Some(ib) = i.borrow().get(&id) {
-                                if n == 0 {
-                                    ib.closed.set(true);
-                                } else {
-                                    ib.buf.borrow_mut().extend(bytes);
-                                }
-                                ib.notify.notify();
-                            }
-                        });
-                        Box::pin(async {})
-                    }));
-                    if n == 0 || !ok {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (fs, port)
-}
-
-/// Stop the FUSE server (its connections release everything), then
-/// close the volume cleanly.
-fn stop_server(fs: FsThread) {
-    let sub = fs.submitter();
-    assert!(sub.submit(Box::new(|_| {
-        Box::pin(async {
-            let s = SERVER.with(|s| s.borrow_mut().take());
-            if let Some(s) = s {
-                s.shutdown().await;
-            }
-        })
-    })));
-    fs.shutdown().expect("clean close of the volume");
+    let opener = scoutvm_image::volume::volume_opener(devs, MountOptions::default());
+    TcpFuseServer::start(opener, ServerConfig::default(), "127.0.0.1:0").expect("serve")
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -267,7 +118,8 @@ fn file_operations_through_the_kernel_and_the_relay() {
     let (meta, data, mnt) = (d.join("meta"), d.join("data"), d.join("mnt"));
     std::fs::create_dir(&mnt).unwrap();
     mkfs(&meta, &data);
-    let (fs, port) = start_server(&meta, &data);
+    let server = start_server(&meta, &data);
+    let port = server.port();
 
     let mut child = bin()
         .args(["mount", "--node", &format!("127.0.0.1:{port}")])
@@ -351,6 +203,13 @@ fn file_operations_through_the_kernel_and_the_relay() {
     let left = std::fs::read_dir(&mnt).unwrap().count();
     assert_eq!(left, 1, "only g is left");
 
+    if let Some(mb) = std::env::var("FUSE_RELAY_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        bench(&mnt, mb);
+    }
+
     // umount: the relay exits 0.
     scoutvm_image::fuse::unmount_dir(&mnt).unwrap();
     let st = wait_exit(&mut child);
@@ -358,12 +217,69 @@ fn file_operations_through_the_kernel_and_the_relay() {
     assert!(st.success(), "relay: {st}: {out}");
     assert!(out.contains("unmounted"), "{out}");
     drop(guard);
-    stop_server(fs);
+    server.stop().expect("clean close of the volume");
     let o = bin().arg("fsck").arg(&meta).arg(&data).output().unwrap();
     let text =
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && text.contains("clean"), "fsck: {text}");
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `FUSE_RELAY_BENCH_MB=N`: stream N MiB in and out through the kernel,
+/// the relay and the server, and create, stat and unlink small files;
+/// prints the rates (figures, not assertions).
+fn bench(mnt: &Path, mb: usize) {
+    let chunk = vec![0x5au8; 1 << 20];
+    let f = mnt.join("bench");
+    let t = Instant::now();
+    let mut w = std::fs::File::create(&f).unwrap();
+    for _ in 0..mb {
+        w.write_all(&chunk).unwrap();
+    }
+    w.sync_all().unwrap();
+    drop(w);
+    let wr = mb as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut r = std::fs::File::open(&f).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, mb << 20);
+    let rd = mb as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_file(&f).unwrap();
+    let n = 2000;
+    let d = mnt.join("bench-d");
+    std::fs::create_dir(&d).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::File::create(d.join(format!("f{i}"))).unwrap();
+    }
+    let creates = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::metadata(d.join(format!("f{i}"))).unwrap();
+    }
+    let stats = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), n);
+    let readdir = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
+    }
+    let unlinks = n as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_dir(&d).unwrap();
+    eprintln!(
+        "fuse_relay bench: write {wr:.0} MB/s, read {rd:.0} MB/s ({mb} MiB); \
+         {creates:.0} creates/s, {stats:.0} stats/s, {readdir:.0} readdir entries/s, \
+         {unlinks:.0} unlinks/s ({n} files)"
+    );
 }
 
 #[test]

@@ -79,14 +79,7 @@ pub fn config(own: Option<Cidr>) -> Result<(ServerConfig, u16), String> {
             .conn_memory_max_bytes
             .max(4 * (c.max_write as usize + 64 * 1024));
     }
-    let port = match cmd.get("fuse.port") {
-        Some(v) => v
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("fuse.port={v}: expected 1..=65535"))?,
-        None => FUSE_PORT,
-    };
+    let port = scoutvm_kernel::cmdline::port_word(cmd, "fuse.port", FUSE_PORT)?;
     Ok((c, port))
 }
 
