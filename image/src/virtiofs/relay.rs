@@ -409,13 +409,24 @@ impl Relay {
     /// The reply thread: reads the appliance's replies until the stream
     /// ends, then connects again (within the window) or gives up.
     pub fn run_replies(&self, mut reader: TcpStream) {
+        // since when no connection has answered anything: the window runs
+        // from there (a connection that dies before answering, say one a
+        // port forwarder accepts for an appliance still booting, or one the
+        // appliance drops for what was replayed, does not restart it)
+        let mut lost_since: Option<Instant> = None;
         loop {
-            let why = self.read_replies(&mut reader);
+            let (why, answered) = self.read_replies(&mut reader);
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            eprintln!("scoutvm virtiofs: {why}");
-            match self.reconnect_node() {
+            if answered {
+                lost_since = None;
+                eprintln!("scoutvm virtiofs: {why}");
+            } else if self.reconnect.is_some() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            match self.reconnect_node(since) {
                 Some(r) => reader = r,
                 None => {
                     if !self.stop.load(Ordering::Acquire) {
@@ -432,10 +443,10 @@ impl Relay {
 
     /// Connects again within the window: the `INIT` replayed, then every
     /// request not answered yet. The new connection's reader, or `None`.
-    fn reconnect_node(&self) -> Option<TcpStream> {
+    fn reconnect_node(&self, since: Instant) -> Option<TcpStream> {
         let rc = self.reconnect.as_ref()?;
         self.lock_state().link = Link::Reconnecting;
-        let deadline = Instant::now() + rc.window;
+        let deadline = since + rc.window;
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return None;
@@ -447,7 +458,6 @@ impl Relay {
             match attempt {
                 Ok((s, r)) => {
                     self.resume_on(s);
-                    eprintln!("scoutvm virtiofs: connected again to {}", rc.node);
                     return Some(r);
                 }
                 Err(e) => {
@@ -509,23 +519,27 @@ impl Relay {
         }
     }
 
-    fn read_replies(&self, reader: &mut TcpStream) -> String {
+    /// Delivers replies until the connection ends: why, and whether it
+    /// answered anything.
+    fn read_replies(&self, reader: &mut TcpStream) -> (String, bool) {
+        let mut answered = false;
         loop {
             let mut head = [0u8; OUT_HEADER_LEN];
             if let Err(e) = reader.read_exact(&mut head) {
-                return format!("appliance connection: {e}");
+                return (format!("appliance connection: {e}"), answered);
             }
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             if !(OUT_HEADER_LEN as u32..=MAX_REPLY).contains(&len) {
                 let _ = reader.shutdown(Shutdown::Both);
-                return format!("appliance sent a reply of length {len}");
+                return (format!("appliance sent a reply of length {len}"), answered);
             }
             let mut msg = vec![0u8; len as usize];
             msg[..OUT_HEADER_LEN].copy_from_slice(&head);
             if let Err(e) = reader.read_exact(&mut msg[OUT_HEADER_LEN..]) {
-                return format!("appliance connection: {e}");
+                return (format!("appliance connection: {e}"), answered);
             }
             self.deliver(&msg);
+            answered = true;
         }
     }
 
