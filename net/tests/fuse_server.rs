@@ -433,6 +433,17 @@ impl Client {
         all
     }
 
+    async fn lseek(&self, node: u64, fh: u64, off: u64, whence: u32) -> Result<u64, Errno> {
+        let mut b = Vec::new();
+        le64(&mut b, fh);
+        le64(&mut b, off);
+        le32(&mut b, whence);
+        le32(&mut b, 0);
+        let r = self.call(op::LSEEK, node, &b).await?;
+        assert_eq!(r.len(), wire::LSEEK_OUT_LEN);
+        Ok(u64_at(&r, 0))
+    }
+
     async fn getattr(&self, node: u64) -> Result<FAttr, Errno> {
         let r = self.call(op::GETATTR, node, &[0u8; 16]).await?;
         assert_eq!(r.len(), wire::ATTR_OUT_LEN);
@@ -556,22 +567,41 @@ fn files_directories_links_and_xattrs() {
         // A handle is for its own node.
         assert_eq!(c.read(d.ino, fh, 0, 10).await.unwrap_err(), Errno::EBADF);
         // lseek: data from an offset inside, a hole at the end.
-        let mut b = Vec::new();
-        le64(&mut b, fh);
-        le64(&mut b, 10);
-        le32(&mut b, wire::SEEK_HOLE);
-        le32(&mut b, 0);
+        let (hole, data_) = (wire::SEEK_HOLE, wire::SEEK_DATA);
+        assert_eq!(c.lseek(f.ino, fh, 10, hole).await.unwrap(), 200_000);
+        assert_eq!(c.lseek(f.ino, fh, 10, data_).await.unwrap(), 10);
         assert_eq!(
-            u64_at(&c.call(op::LSEEK, f.ino, &b).await.unwrap(), 0),
-            200_000
-        );
-        b[16] = wire::SEEK_DATA as u8;
-        assert_eq!(u64_at(&c.call(op::LSEEK, f.ino, &b).await.unwrap(), 0), 10);
-        b[8..16].copy_from_slice(&300_000u64.to_le_bytes());
-        assert_eq!(
-            c.call(op::LSEEK, f.ino, &b).await.unwrap_err(),
+            c.lseek(f.ino, fh, 300_000, data_).await.unwrap_err(),
             Errno::ENXIO
         );
+        // A sparse file: data at [0, 4K) and [1M, 1M+4K), holes between.
+        let (sp, sfh) = c.create(ROOT, "sparse", 2, 0o644).await.unwrap();
+        c.write(sp.ino, sfh, 0, &[1u8; 4096]).await.unwrap();
+        c.write(sp.ino, sfh, 1 << 20, &[2u8; 4096]).await.unwrap();
+        assert_eq!(c.lseek(sp.ino, sfh, 0, hole).await.unwrap(), 4096);
+        assert_eq!(c.lseek(sp.ino, sfh, 100, data_).await.unwrap(), 100);
+        assert_eq!(c.lseek(sp.ino, sfh, 5000, data_).await.unwrap(), 1 << 20);
+        assert_eq!(c.lseek(sp.ino, sfh, 5000, hole).await.unwrap(), 5000);
+        assert_eq!(
+            c.lseek(sp.ino, sfh, (1 << 20) + 10, hole).await.unwrap(),
+            (1 << 20) + 4096
+        );
+        assert_eq!(c.lseek(sp.ino, sfh, 0, 7).await.unwrap_err(), Errno::EINVAL);
+        // A hole at the end: past the last extent data is gone.
+        c.setattr(sp.ino, (1 << 3) | (1 << 6), sfh, 3 << 20, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.lseek(sp.ino, sfh, (1 << 20) + 8192, data_)
+                .await
+                .unwrap_err(),
+            Errno::ENXIO
+        );
+        assert_eq!(
+            c.lseek(sp.ino, sfh, (1 << 20) + 8192, hole).await.unwrap(),
+            (1 << 20) + 8192
+        );
+        c.release(sp.ino, sfh, false).await.unwrap();
         // fallocate past the end grows the file.
         let mut b = Vec::new();
         le64(&mut b, fh);

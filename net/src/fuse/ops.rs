@@ -509,18 +509,7 @@ impl Cx<'_> {
             }
             Request::Lseek { fh, offset, whence } => {
                 let h = self.handle(fh, false)?;
-                let size = self.mount().getattr(h.ino).await?.size;
-                // The whole file reads as data (holes read as zeroes):
-                // what Linux does for a filesystem without SEEK_HOLE.
-                let to = match whence {
-                    wire::SEEK_DATA | wire::SEEK_HOLE if offset >= size => {
-                        return Err(Errno::ENXIO)
-                    }
-                    wire::SEEK_DATA => offset,
-                    wire::SEEK_HOLE => size,
-                    0 => offset,
-                    _ => return Err(Errno::EINVAL),
-                };
+                let to = self.seek(h.ino, offset, whence).await?;
                 self.reply(|o| wire::put_u64(o, to))
             }
             Request::CopyFileRange {
@@ -772,6 +761,63 @@ impl Cx<'_> {
         server.append_busy.set(false);
         server.append_done.notify();
         r
+    }
+
+    /// `SEEK_DATA`/`SEEK_HOLE` from the file's block map: every mapped
+    /// extent (written, preallocated or offline) is data, the rest up to
+    /// the size a hole, and the size itself the last hole.
+    async fn seek(&self, ino: Ino, offset: u64, whence: u32) -> Result<u64, Errno> {
+        const BS: u64 = 4096;
+        const BATCH: usize = 256;
+        if whence != wire::SEEK_DATA && whence != wire::SEEK_HOLE {
+            return Err(Errno::EINVAL);
+        }
+        let size = self.mount().getattr(ino).await?.size;
+        if offset >= size {
+            return Err(Errno::ENXIO);
+        }
+        let mut pos = offset;
+        loop {
+            if self.req.is_cancelled() {
+                return Err(Errno::EINTR);
+            }
+            let exts = self.mount().extents(ino, pos / BS, BATCH).await?;
+            for e in &exts {
+                let (start, end) = (
+                    e.start.saturating_mul(BS),
+                    e.last().saturating_add(1).saturating_mul(BS),
+                );
+                if end <= pos {
+                    continue;
+                }
+                if start > pos {
+                    // A hole at pos, data from start.
+                    return Ok(if whence == wire::SEEK_HOLE {
+                        pos
+                    } else if start < size {
+                        start
+                    } else {
+                        return Err(Errno::ENXIO);
+                    });
+                }
+                // pos is inside this extent.
+                if whence == wire::SEEK_DATA {
+                    return Ok(pos);
+                }
+                pos = end;
+                if pos >= size {
+                    return Ok(size);
+                }
+            }
+            if exts.len() < BATCH {
+                // No extent past pos: a hole to the end.
+                return if whence == wire::SEEK_HOLE {
+                    Ok(pos.min(size))
+                } else {
+                    Err(Errno::ENXIO)
+                };
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
