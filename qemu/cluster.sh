@@ -4,7 +4,8 @@
 # (QEMU image locking off, share-rw) and hold quorum slots 0..N-1. Each
 # node has two cards: eth0 on user networking (DHCP, its 9P port forwarded
 # to 127.0.0.1:$((P9_BASE + I)), its admin API port, on with `api.token=`,
-# to 127.0.0.1:$((API_BASE + I))) and eth1 on a private segment between the
+# to 127.0.0.1:$((API_BASE + I)), its FUSE port to 127.0.0.1:$((FUSE_BASE + I)))
+# and eth1 on a private segment between the
 # nodes (a QEMU multicast socket on the loopback, group and port random per
 # run) at 10.77.0.$((10 + I))/24. `up` makes one cluster key per cluster
 # (`scoutvm cluster-key`, kept in cluster.env) and gives every node
@@ -32,6 +33,7 @@
 #
 # Environment: CLUSTER_DIR (run directory, default target/cluster),
 # CLUSTER_P9_BASE (default 5650), CLUSTER_API_BASE (default 8650),
+# CLUSTER_FUSE_BASE (default 7650),
 # CLUSTER_QUORUM_PORT (default 7100),
 # CLUSTER_SHELL_TIMEOUT (seconds, default 60), CLUSTER_BOOT_TIMEOUT
 # (seconds, default 120), SCOUTVM_ELF (the appliance image), SCOUTVM_TOOL
@@ -159,9 +161,12 @@ start_node() {
         drives+=(-drive "file=$DATA,format=raw,if=none,id=data,cache=writeback,file.locking=off")
     fi
     local mac_lo; mac_lo="$(printf '%02x' $((i & 255)))"
-    local guest_api=8564 w
+    local guest_api=8564 guest_fuse=7564 w
     for w in $words; do
-        case "$w" in api.port=*) guest_api="${w#api.port=}" ;; esac
+        case "$w" in
+            api.port=*) guest_api="${w#api.port=}" ;;
+            fuse.port=*) guest_fuse="${w#fuse.port=}" ;;
+        esac
     done
     echo "$words" >"$nd/cmdline"
     : >>"$nd/console.log"
@@ -176,13 +181,13 @@ start_node() {
         "${drives[@]}" \
         -device virtio-blk-device,drive=meta,serial=meta,share-rw=on \
         -device virtio-blk-device,drive=data,serial=data,share-rw=on \
-        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$((P9_BASE + i))-:564,hostfwd=tcp:127.0.0.1:$((${API_BASE:-8650} + i))-:$guest_api" \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$((P9_BASE + i))-:564,hostfwd=tcp:127.0.0.1:$((${API_BASE:-8650} + i))-:$guest_api,hostfwd=tcp:127.0.0.1:$((${FUSE_BASE:-7650} + i))-:$guest_fuse" \
         -device "virtio-net-device,netdev=n0,mac=52:54:00:12:00:$mac_lo" \
         -netdev "socket,id=n1,mcast=$MCAST,localaddr=127.0.0.1" \
         -device "virtio-net-device,netdev=n1,mac=52:54:00:77:00:$mac_lo" \
         -kernel "$elf" -append "$words" \
         -daemonize -pidfile "$nd/qemu.pid" || die "QEMU for node$i failed to start"
-    echo "node$i: pid $(cat "$nd/qemu.pid"), 9P 127.0.0.1:$((P9_BASE + i)), API 127.0.0.1:$((${API_BASE:-8650} + i)), cluster $ip, console $nd/console.log"
+    echo "node$i: pid $(cat "$nd/qemu.pid"), 9P 127.0.0.1:$((P9_BASE + i)), API 127.0.0.1:$((${API_BASE:-8650} + i)), FUSE 127.0.0.1:$((${FUSE_BASE:-7650} + i)), cluster $ip, console $nd/console.log"
 }
 
 # Wait until node I printed its prompt since its last start.
@@ -327,6 +332,7 @@ NBD_DATA_PORT=$nbd_data
 MCAST=$mcast
 P9_BASE=${CLUSTER_P9_BASE:-5650}
 API_BASE=${CLUSTER_API_BASE:-8650}
+FUSE_BASE=${CLUSTER_FUSE_BASE:-7650}
 MEM=$mem
 EXTRA='$extra'
 KEY=$key
@@ -353,7 +359,7 @@ cmd_status() {
         [ -d "$d" ] || continue
         local i="${d##*/node}" state
         if pid="$(node_pid "$i")"; then state="running pid $pid"; else state="stopped"; fi
-        echo "node$i: $state, 9P 127.0.0.1:$((P9_BASE + i)), API 127.0.0.1:$((${API_BASE:-8650} + i)), cluster 10.77.0.$((10 + i)), qmp $d/qmp.sock"
+        echo "node$i: $state, 9P 127.0.0.1:$((P9_BASE + i)), API 127.0.0.1:$((${API_BASE:-8650} + i)), FUSE 127.0.0.1:$((${FUSE_BASE:-7650} + i)), cluster 10.77.0.$((10 + i)), qmp $d/qmp.sock"
     done
 }
 

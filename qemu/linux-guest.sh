@@ -2,11 +2,12 @@
 # A Linux 9P client guest for ScoutVM tests and benches.
 #
 # Builds and caches (under qemu/cache/linux-guest, or $SCOUTVM_GUEST_CACHE)
-# a Debian 6.1 kernel plus a busybox-static initramfs holding the 9p, 9pnet
-# and virtio-net modules, and an overlay (rebuilt every run) with the init,
+# a Debian 6.1 kernel plus a busybox-static initramfs holding the 9p, 9pnet,
+# virtiofs (+fuse) and virtio-net modules, and an overlay (rebuilt every run) with the init,
 # the static guest tools (p9check, p9fsx, p9bench, p9cluster) and the guest
 # scripts of tests/guest/. Booted, the guest brings up eth0, mounts a
-# 9P2000.L server on /mnt over TCP (and any --mount ones), runs one command,
+# 9P2000.L server on /mnt over TCP (or, with --virtiofs, the virtio-fs device
+# tagged `scoutvm`) (and any --mount ones), runs one command,
 # prints a result marker and powers off.
 #
 # Usage:
@@ -29,6 +30,11 @@
 #   --mount DIR=ADDR:PORT  also mount that 9P server on DIR (repeatable;
 #                        e.g. two cluster nodes on /mnt/a and /mnt/b)
 #   --no-mount           do not mount /mnt (--mount ones still are)
+#   --virtiofs SOCKET    mount /mnt with `mount -t virtiofs scoutvm` instead of
+#                        9P: a vhost-user-fs-pci device on the vhost-user
+#                        SOCKET (e.g. `scoutvm virtiofs --node ADDR:PORT
+#                        --socket SOCKET`, started first), guest memory
+#                        shared (memfd); --server is then unused
 #   --mem MIB            guest memory (default 1024)
 #   --timeout SEC        kill the guest after SEC seconds (default 900)
 #   --log FILE           also copy the console to FILE
@@ -48,7 +54,7 @@ cache="${SCOUTVM_GUEST_CACHE:-$repo/qemu/cache/linux-guest}"
 tools=(p9check p9fsx p9bench p9cluster)
 # Modules the guest loads, 9pnet_fd being the TCP transport (their
 # dependencies are found from the .ko files).
-want_modules=(virtio_pci virtio_net 9p 9pnet 9pnet_fd)
+want_modules=(virtio_pci virtio_net 9p 9pnet 9pnet_fd virtiofs)
 
 die() { echo "linux-guest: $*" >&2; exit 1; }
 # Cleanup of whatever is under way, run on any exit.
@@ -116,7 +122,7 @@ module_order() {
 build_base() {
     local pkg stamp work
     pkg="$(pick_kernel)"
-    stamp="$pkg-v4"
+    stamp="$pkg-v5"
     if [ -f "$cache/base.stamp" ] && [ "$(cat "$cache/base.stamp")" = "$stamp" ] \
         && [ -f "$cache/vmlinuz" ] && [ -f "$cache/base.cpio.gz" ]; then
         return 0
@@ -208,7 +214,7 @@ build() {
 run() {
     local server="10.0.2.2:5640" net="user" ip="10.0.2.15/24" gw="" gw_set=""
     local mac="52:54:00:12:34:56" msize=524288 mopts="" mem=1024 timeout=900
-    local log="" mount=1 extra_mounts=""
+    local log="" mount=1 extra_mounts="" vfs_socket=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --server) server="$2"; shift 2 ;;
@@ -219,6 +225,7 @@ run() {
             --msize) msize="$2"; shift 2 ;;
             --mount-opts) mopts="$2"; shift 2 ;;
             --no-mount) mount=0; shift ;;
+            --virtiofs) vfs_socket="$2"; shift 2 ;;
             --mount)
                 local spec="$2" mdir maddr
                 mdir="${spec%%=*}"; maddr="${spec#*=}"
@@ -248,10 +255,17 @@ run() {
     local cmd_b64 append
     cmd_b64="$(printf '%s' "$*" | base64 -w0)"
     append="console=ttyS0 loglevel=4 panic=-1 guest_ip=$ip guest_gw=${gw:-none}"
-    if [ "$mount" = 1 ]; then
+    local vfs_args=()
+    if [ -n "$vfs_socket" ]; then
+        [ -S "$vfs_socket" ] || die "--virtiofs $vfs_socket: not a socket (start the backend first)"
+        # vhost-user needs the guest RAM shared with the backend
+        vfs_args=(-object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem
+            -chardev "socket,id=vfs,path=$vfs_socket" -device vhost-user-fs-pci,chardev=vfs,tag=scoutvm)
+        [ "$mount" = 1 ] && append+=" vfs_tag=scoutvm"
+    elif [ "$mount" = 1 ]; then
         append+=" p9_addr=${server%:*} p9_port=${server##*:}"
     fi
-    if [ "$mount" = 1 ] || [ -n "$extra_mounts" ]; then
+    if { [ "$mount" = 1 ] && [ -z "$vfs_socket" ]; } || [ -n "$extra_mounts" ]; then
         append+=" p9_msize=$msize p9_opts=${mopts:-none}"
     fi
     [ -z "$extra_mounts" ] || append+=" p9_mounts=$extra_mounts"
@@ -265,7 +279,7 @@ run() {
     # by that pid, whatever happens to this script.
     qemu-system-x86_64 -accel tcg -M q35 -m "$mem" -smp 1 -display none -no-reboot \
         -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" -append "$append" \
-        -netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=$mac" \
+        -netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=$mac" "${vfs_args[@]}" \
         -serial stdio -monitor none </dev/null >"$out" 2>&1 &
     local qpid=$!
     QEMU_PID="$qpid"

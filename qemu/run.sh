@@ -4,7 +4,8 @@
 # console is this terminal (Ctrl-A x quits QEMU); user networking forwards
 # host TCP 127.0.0.1:5640 to the node's 9P port 564 and 127.0.0.1:8564 to
 # the admin API's port (8564, or the command line's api.port=; the API is
-# on only with api.token=, docs/archival.md). With --link the node
+# on only with api.token=, docs/archival.md) and 127.0.0.1:7564 to the FUSE
+# service's port (7564, or fuse.port=; docs/fuse-service.md). With --link the node
 # is instead on a point-to-point Ethernet (UDP ports on 127.0.0.1) with a
 # Linux guest, at 10.0.3.10/24:
 #   qemu/run.sh --link 47001:47002
@@ -12,7 +13,7 @@
 #       --server 10.0.3.10:564 --mount-opts access=user -- 'ls -la /mnt'
 #
 #   qemu/run.sh [--q35] [--meta IMG] [--data IMG] [--elf ELF] [--mem MB]
-#               [--port HOSTPORT] [--api-port HOSTPORT]
+#               [--port HOSTPORT] [--api-port HOSTPORT] [--fuse-port HOSTPORT]
 #               [--link LOCALPORT:REMOTEPORT]
 #               [-- KERNEL CMDLINE WORDS...]
 set -euo pipefail
@@ -25,6 +26,7 @@ elf="$root/target/scoutvm/scoutvm.elf"
 mem=512
 port=5640
 api_port=8564
+fuse_port=7564
 link=""
 append=""
 
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
         --mem) mem="$2"; shift ;;
         --port) port="$2"; shift ;;
         --api-port) api_port="$2"; shift ;;
+        --fuse-port) fuse_port="$2"; shift ;;
         --link) link="$2"; shift ;;
         --) shift; append="$*"; break ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -80,11 +83,14 @@ if [ -n "$link" ]; then
         *) append="ip=10.0.3.10/24 $append" ;;
     esac
 else
-    guest_api=8564
+    guest_api=8564 guest_fuse=7564
     for w in $append; do
-        case "$w" in api.port=*) guest_api="${w#api.port=}" ;; esac
+        case "$w" in
+            api.port=*) guest_api="${w#api.port=}" ;;
+            fuse.port=*) guest_fuse="${w#fuse.port=}" ;;
+        esac
     done
-    netdev="user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564,hostfwd=tcp:127.0.0.1:${api_port}-:${guest_api}"
+    netdev="user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:564,hostfwd=tcp:127.0.0.1:${api_port}-:${guest_api},hostfwd=tcp:127.0.0.1:${fuse_port}-:${guest_fuse}"
 fi
 
 exec qemu-system-x86_64 "${mach[@]}" -accel tcg -m "${mem}M" \

@@ -9,5 +9,8 @@ pub mod fence_agent;
 pub mod filedev;
 pub mod fs_thread;
 pub mod fuse;
+pub mod fuse_relay;
+pub mod fuse_tcp;
 pub mod hostenv;
+pub mod virtiofs;
 pub mod volume;

@@ -96,6 +96,33 @@ enum Cmd {
     ClusterKey,
     /// Fence nodes of a `qemu/cluster.sh` run directory on request (QMP quit)
     FenceAgent(FenceAgentArgs),
+    /// Be a vhost-user-fs device (virtio-fs) for a QEMU guest, relaying its
+    /// FUSE requests to a running appliance
+    #[command(long_about = VIRTIOFS_ABOUT)]
+    Virtiofs(VirtiofsArgs),
+}
+
+const VIRTIOFS_ABOUT: &str = "\
+Be the vhost-user-fs backend of a QEMU guest's virtio-fs device and relay
+its FUSE requests to a running appliance's FUSE service (fuse.port=, 7564 by
+default). Serves one frontend, then exits when it disconnects. QEMU side:
+  -object memory-backend-memfd,id=mem,size=<guest mem>,share=on -numa node,memdev=mem
+  -chardev socket,id=vfs,path=SOCKET -device vhost-user-fs-pci,chardev=vfs,tag=scoutvm
+and in the guest: mount -t virtiofs scoutvm /mnt";
+
+#[derive(Args)]
+struct VirtiofsArgs {
+    /// The appliance's FUSE service
+    #[arg(long, value_name = "ADDR:PORT")]
+    node: String,
+    /// The vhost-user socket to create and listen on
+    #[arg(long, value_name = "PATH")]
+    socket: std::path::PathBuf,
+    /// When the appliance connection is lost (a reboot), keep trying to
+    /// connect again for this long, holding the guest's requests; then
+    /// answer ENOTCONN. 0: answer ENOTCONN at once
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    reconnect_secs: u64,
 }
 
 #[derive(Args)]
@@ -118,6 +145,10 @@ const MOUNT_ABOUT: &str = "\
 Serve a volume on DIR through FUSE (needs root and /dev/fuse), in the
 foreground until `umount DIR` or SIGINT/SIGTERM, then commit and exit. The
 devices are locked and a volume in use elsewhere is refused.
+
+`mount --node ADDR:PORT DIR` mounts a running appliance's volume instead,
+relaying FUSE to its FUSE service (TCP 7564 on the appliance; qemu/run.sh
+forwards 127.0.0.1:7564), until `umount DIR` or SIGINT/SIGTERM.
 
 Mount options (-o, comma-separated):
   cache_mb=N   item cache budget (default 64)
@@ -196,7 +227,11 @@ struct MountArgs {
     /// An in-memory volume with SIZE of data (K/M/G/T), discarded at unmount
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
-    /// META-DEVICE DATA-DEVICE DIR, or DIR with --mem
+    /// A running appliance's volume through its FUSE service (ADDR:PORT,
+    /// port 7564 by default on the appliance)
+    #[arg(long, value_name = "ADDR:PORT")]
+    node: Option<String>,
+    /// META-DEVICE DATA-DEVICE DIR, or DIR with --mem or --node
     #[arg(value_name = "PATHS")]
     paths: Vec<String>,
 }
@@ -338,6 +373,15 @@ fn main() -> ExitCode {
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
         Cmd::FenceAgent(a) => ("fence-agent", Ok(cmd_fence_agent(a))),
+        Cmd::Virtiofs(a) => (
+            "virtiofs",
+            Ok(
+                match scoutvm_image::virtiofs::run(&a.node, &a.socket, a.reconnect_secs) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format!("virtiofs: {e}")),
+                },
+            ),
+        ),
     };
     match r {
         Ok(code) => code,
@@ -671,6 +715,9 @@ fn parse_mount_options(
 }
 
 fn cmd_mount(a: MountArgs) -> Result<ExitCode, Usage> {
+    if let Some(node) = &a.node {
+        return cmd_mount_node(node, &a);
+    }
     let mut mopts = MountOptions::default();
     let mut fopts = FuseOptions::default();
     for o in &a.options {
@@ -729,6 +776,35 @@ fn cmd_mount(a: MountArgs) -> Result<ExitCode, Usage> {
             println!(
                 "scoutvm: unmounted {dir} cleanly ({} requests, {} periodic commit checks)",
                 stats.jobs, stats.ticks
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    })
+}
+
+/// `mount --node ADDR:PORT DIR`: relay the host's FUSE to an appliance.
+fn cmd_mount_node(node: &str, a: &MountArgs) -> Result<ExitCode, Usage> {
+    if a.mem.is_some() || a.recover || !a.options.is_empty() {
+        return usage("mount --node takes no -o, --mem or --recover");
+    }
+    let [dir] = a.paths.as_slice() else {
+        return usage("mount --node needs exactly one DIR");
+    };
+    if let Err(e) = check_mount_dir(dir) {
+        return Ok(fail(e));
+    }
+    let shown = dir.clone();
+    let r = scoutvm_image::fuse_relay::run_relay(node, Path::new(dir), || {
+        println!("scoutvm: mounted the appliance at {node} on {shown}");
+        println!("scoutvm: relaying until `umount {shown}` or SIGINT/SIGTERM");
+        let _ = std::io::stdout().flush();
+    });
+    Ok(match r {
+        Ok(s) => {
+            println!(
+                "scoutvm: unmounted {dir} cleanly ({} requests, {} replies relayed)",
+                s.requests, s.replies
             );
             ExitCode::SUCCESS
         }

@@ -429,6 +429,21 @@ impl Config {
     }
 }
 
+/// A TCP port word (`fuse.port=`, ...): `default` when absent, else
+/// 1..=65535 in decimal digits.
+pub fn port_word(c: &Cmdline, key: &str, default: u16) -> Result<u16, String> {
+    let Some(v) = c.get(key) else {
+        return Ok(default);
+    };
+    if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{key}={v}: expected 1..=65535"));
+    }
+    v.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{key}={v}: expected 1..=65535"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +691,17 @@ mod tests {
                 matches!(m, ClusterMode::Invalid(ref w) if w.contains("fence.agent")),
                 "{bad}: {m:?}"
             );
+        }
+    }
+
+    #[test]
+    fn port_words() {
+        let c = Cmdline::parse("fuse.port=7000 a.port=0 b.port=70000 c.port=+5 d.port=x e.port=");
+        assert_eq!(port_word(&c, "fuse.port", 7564), Ok(7000));
+        assert_eq!(port_word(&c, "missing.port", 7564), Ok(7564));
+        for k in ["a.port", "b.port", "c.port", "d.port", "e.port"] {
+            let e = port_word(&c, k, 1).unwrap_err();
+            assert!(e.starts_with(k) && e.contains("1..=65535"), "{e}");
         }
     }
 }

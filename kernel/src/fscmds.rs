@@ -559,12 +559,50 @@ async fn clients(args: Vec<String>) -> CmdResult {
             }
         }
     }
-    let Some(server) = v.p9.borrow().clone() else {
-        return Err("9P is not being served (no network address?)".to_string());
-    };
+    let p9 = v.p9.borrow().clone();
+    let fuse = v.fuse.borrow().clone();
+    if p9.is_none() && fuse.is_none() {
+        return Err("9P and FUSE are not being served (no network address?)".to_string());
+    }
+    if let Some(server) = p9 {
+        p9_clients(&server);
+    }
+    if let Some(server) = fuse {
+        fuse_clients(&server);
+    }
+    Ok(())
+}
+
+/// The FUSE part of `clients`.
+fn fuse_clients(server: &scoutvm_net::fuse::Server) {
     let list = server.clients();
     kprintln!(
-        "{} connection(s), {} lock range(s) held",
+        "FUSE: {} connection(s), {} lock range(s) held",
+        list.len(),
+        server.locks_held()
+    );
+    for c in list {
+        kprintln!(
+            "  #{} {}{} 7.{} max_write {} nodes {} handles {} requests {} in flight, {} total, {} KiB held",
+            c.id,
+            c.peer,
+            if c.allowed { "" } else { " REFUSED" },
+            c.minor,
+            c.max_write,
+            c.nodes,
+            c.handles,
+            c.requests_in_flight,
+            c.requests_total,
+            c.memory_held >> 10
+        );
+    }
+}
+
+/// The 9P part of `clients`.
+fn p9_clients(server: &scoutvm_net::p9::Server) {
+    let list = server.clients();
+    kprintln!(
+        "9P: {} connection(s), {} lock range(s) held",
         list.len(),
         server.locks_held()
     );
@@ -594,7 +632,6 @@ async fn clients(args: Vec<String>) -> CmdResult {
             c.memory_held >> 10
         );
     }
-    Ok(())
 }
 
 /// `quorum`: this node's quorum agent (slots, terms, leader, heartbeats).

@@ -29,6 +29,8 @@ mod devices;
 #[cfg(target_os = "none")]
 mod fscmds;
 #[cfg(target_os = "none")]
+mod fusesvc;
+#[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]
 mod mem;

@@ -98,6 +98,8 @@ pub struct Volume {
     node: RefCell<Option<Node>>,
     /// The 9P server once it listens.
     pub p9: RefCell<Option<Rc<Server>>>,
+    /// The FUSE server, once `fusesvc` listens.
+    pub fuse: RefCell<Option<Rc<scoutvm_net::fuse::Server>>>,
 }
 
 impl Volume {
@@ -340,6 +342,7 @@ async fn mount_ram(mib: u64) -> Result<Volume, String> {
         kind: Kind::Ram { mib, meta, data },
         node: RefCell::new(Some(Node::Single(node))),
         p9: RefCell::new(None),
+        fuse: RefCell::new(None),
     })
 }
 
@@ -470,6 +473,7 @@ async fn mount_disk_volume(
         kind: Kind::Disk { meta, data },
         node: RefCell::new(Some(node)),
         p9: RefCell::new(None),
+        fuse: RefCell::new(None),
     })
 }
 
@@ -609,6 +613,7 @@ async fn join(
         kind: Kind::Disk { meta, data },
         node: RefCell::new(Some(Node::Cluster(node))),
         p9: RefCell::new(None),
+        fuse: RefCell::new(None),
     })
 }
 

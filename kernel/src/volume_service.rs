@@ -59,6 +59,10 @@ pub async fn mount_and_serve() -> Result<Rc<Volume>, String> {
         _ => volume::mount().await?,
     };
     crate::p9svc::start(&v)?;
+    // a bad fuse.* word leaves the volume served over 9P
+    if let Err(e) = crate::fusesvc::start(&v) {
+        log::error!("{e}; the FUSE service is off");
+    }
     // a bad api.* word leaves the volume served over 9P
     if let Err(e) = crate::apisvc::start(&v) {
         log::error!("{e}; the admin API is off");
@@ -95,6 +99,10 @@ pub async fn shutdown() -> Result<(), String> {
         return Ok(());
     };
     crate::apisvc::stop();
+    let fuse = v.fuse.borrow_mut().take();
+    if let Some(server) = fuse {
+        crate::fusesvc::stop(&server).await;
+    }
     let p9 = v.p9.borrow_mut().take();
     if let Some(server) = p9 {
         crate::p9svc::stop(&server).await;

@@ -1,5 +1,5 @@
-//! The network face of ScoutVM: the 9P2000.L wire codec and file server,
-//! and the glue that carries them over smoltcp sockets.
+//! The network face of ScoutVM: the 9P2000.L and FUSE wire codecs and file
+//! servers, and the glue that carries them over smoltcp sockets.
 //!
 //! `no_std + alloc`, no I/O of its own: bytes come in and go out through
 //! the caller.
@@ -9,4 +9,5 @@
 extern crate alloc;
 
 pub mod api;
+pub mod fuse;
 pub mod p9;

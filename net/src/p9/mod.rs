@@ -25,6 +25,7 @@ mod tests;
 pub use conn::{ByteStream, Conn, StreamClosed};
 pub use dispatch::serve;
 pub use frame::FrameReader;
+pub(crate) use ops::{error_kind, ErrorKind};
 pub use server::{ClientInfo, Peer, Server, ServerConfig};
 pub use wire::{
     decode, decode_reply, decode_request, encode, DecodeError, Dirent, Dirents, EncodeError, Fcall,
