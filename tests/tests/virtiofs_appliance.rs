@@ -2,7 +2,7 @@
 //! one node on blank disk images (mkfs from its shell), its FUSE (7564) and
 //! 9P ports forwarded to free host ports. `scoutvm virtiofs --node
 //! 127.0.0.1:PORT` relays a Linux guest mounted `-t virtiofs`, which writes
-//! a file and runs `p9check all`; a second guest on 9P reads that file
+//! a file and runs `p9check all` and `p9fsx`; a second guest on 9P reads that file
 //! (same md5) and writes one of its own. A third guest, on virtio-fs,
 //! writes a file and waits for a directory to appear; meanwhile the
 //! appliance powers off and boots again, the backend connects again and
@@ -12,10 +12,10 @@
 //! the tree. The appliance's fsck and the host fsck of the images are
 //! clean.
 //!
-//! Needs the appliance image (`SCOUTVM_ELF`, else `cargo xtask build`) and
-//! about 50 s under TCG, so it runs only with `SCOUTVM_VIRTIOFS_APPLIANCE=1`
-//! (the in-process server test, `virtiofs_guest.rs`, covers the same path
-//! in CI). `SCOUTVM_TOOL` names the host tool (default: built in release).
+//! The first virtio-fs guest also runs `p9fsx` (the random-operation
+//! exerciser of the 9P end-to-end test). Needs the appliance image
+//! (`SCOUTVM_ELF`, else `cargo xtask build`); about 60 s under TCG.
+//! `SCOUTVM_TOOL` names the host tool (default: built in release).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -113,10 +113,6 @@ fn md5_of(run: &GuestRun) -> String {
 
 #[test]
 fn virtiofs_and_9p_guests_on_a_booted_appliance_across_a_reboot() {
-    if std::env::var_os("SCOUTVM_VIRTIOFS_APPLIANCE").is_none_or(|v| v == "0") {
-        eprintln!("skipped: set SCOUTVM_VIRTIOFS_APPLIANCE=1 to boot an appliance (~50 s)");
-        return;
-    }
     let fuse_port = free_tcp_port();
     let mut p9_port = free_tcp_port();
     while p9_port == fuse_port {
@@ -150,7 +146,8 @@ fn virtiofs_and_9p_guests_on_a_booted_appliance_across_a_reboot() {
         &node,
         "vfs1",
         "set -e; mkdir /mnt/v; seq 1 30000 > /mnt/v/f; echo MD5 $(md5sum < /mnt/v/f); \
-         p9check all /mnt/v/pc --files 100 --mib 4; echo VFS1-DONE",
+         p9check all /mnt/v/pc --files 100 --mib 4; \
+         p9fsx /mnt/v/fsx --seed 11 --ops 400; echo VFS1-DONE",
     );
     assert!(first.console.contains("VFS1-DONE"));
     let written = md5_of(&first);

@@ -22,6 +22,11 @@
 //!   the 9P bench from a Linux guest (mdtest-like pass, streaming write
 //!   and read) against a freshly booted appliance, or the server at
 //!   ADDR:PORT, then against the diod peer VM in the same run.
+//! - `bench-virtiofs [--files N] [--mib M] [--rounds R] [--ram]`: the same
+//!   guest bench over virtio-fs (`scoutvm virtiofs` to the appliance's FUSE
+//!   service) and over 9P on one appliance, with QEMU's virtiofsd serving
+//!   a host directory as the reference, rounds alternating; medians and
+//!   ratios.
 //! - `fuzz [--iterations N] [--seed S] [--target NAME]...`: the wire
 //!   decoders (9P codec and framer, cluster frames and payloads) fuzzed by
 //!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
@@ -580,6 +585,9 @@ fn usage() -> ! {
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]\
          \n                                9P bench from a Linux guest (boots an appliance,\
          \n                                then the diod peer VM)\
+         \n  bench-virtiofs [--files N] [--mib M] [--rounds R] [--ram]\
+         \n                                virtio-fs vs 9P on one appliance, QEMU's virtiofsd\
+         \n                                on a host directory as the reference\
          \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
@@ -603,6 +611,7 @@ fn main() {
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
+        "bench-virtiofs" => run_bench_bin("scoutvm-benchvfs", &args[1..]),
         "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
