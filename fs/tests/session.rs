@@ -134,3 +134,95 @@ fn a_new_server_life_gets_the_request_again_and_calls_to_clients_work() {
     );
     block_on(l2.shutdown());
 }
+
+/// A leader seam the test moves.
+struct MovingLeader(RefCell<Option<(u64, String)>>);
+
+impl scoutvm_fs::cluster::session::LeaderAddr for MovingLeader {
+    fn leader(
+        &self,
+    ) -> scoutvm_fs::cluster::transport::LocalFut<'_, Option<(u64, String)>> {
+        let l = self.0.borrow().clone();
+        Box::pin(async move { l })
+    }
+}
+
+/// A deposed leader whose machine hangs: it greets, then answers nothing
+/// (not even pings) and never closes the connection. Once the seam names
+/// another leader, the mount's quiet link goes there within a couple of
+/// ping intervals instead of the idle timeout, and its waiting call is
+/// served by the new leader.
+#[test]
+fn a_quiet_link_to_a_deposed_leader_moves_to_the_new_leader() {
+    use scoutvm_fs::cluster::msg::{Greeting, Request};
+    use scoutvm_fs::cluster::rpc::{Endpoint, Role};
+    let (meta, data) = small_volume(8 << 30, 1 << 30, 9);
+    let net = MemNet::new();
+    let execs: Execs = Rc::default();
+    // the mount greeted a real server first (it is in mounted_clients)
+    let sb = {
+        let l = server(meta.clone(), data.clone(), &net, 1, &execs);
+        let sb = l.stable_super();
+        let c0 = client(&net, &l, 11);
+        c0.disconnect();
+        block_on(l.shutdown());
+        sb
+    };
+    // the hanging old leader at "old"
+    let h = handle();
+    let listener = net.listen("old").unwrap();
+    let hung = h
+        .spawn(async move {
+            let mut keep = Vec::new();
+            while let Ok(conn) = listener.accept().await {
+                let ep = Endpoint::start(conn, Role::Server, 0, &handle()).unwrap();
+                let Some(first) = ep.next_request().await else {
+                    continue;
+                };
+                if let Ok(Request::Greeting(g)) = Request::decode(first.header.cmd, &first.payload)
+                {
+                    let reply = Greeting {
+                        server_term: 1,
+                        flags: 0,
+                        ..g
+                    };
+                    let _ = ep.reply(&first.header, Ok(reply.encode())).await;
+                }
+                keep.push(ep);
+            }
+        })
+        .unwrap();
+    let seam = Rc::new(MovingLeader(RefCell::new(Some((1, "old".to_string())))));
+    let id = ClientIdentity {
+        fsid: sb.hdr.fsid,
+        fmt_vers: sb.fmt_vers,
+        rid: 11,
+        flags: 0,
+    };
+    let cfg = SessionConfig::default();
+    let t: Rc<dyn Transport> = Rc::new(net.clone());
+    let c = block_on(Client::connect_via(t, seam.clone(), id, cfg, &h)).unwrap();
+    assert_eq!(c.server_term(), 1);
+    // a call to the hung leader waits; the quorum elects "srv"
+    let c2 = c.clone();
+    let call = h.spawn(async move { c2.statfs().await }).unwrap();
+    block_on(h.sleep_ns(cfg.ping_interval_ns));
+    assert!(!call.is_finished(), "the hung leader answers nothing");
+    let l2 = server(meta, data, &net, 2, &execs);
+    *seam.0.borrow_mut() = Some((2, ADDR.to_string()));
+    let started = h.now_ns();
+    let st = block_on(call).unwrap();
+    let waited = h.now_ns() - started;
+    assert!(st.total_meta_blocks > 0);
+    assert_eq!(c.server_term(), 2);
+    let k = c.session().counters();
+    assert_eq!(k.leader_moves, 1, "{k:?}");
+    assert_eq!(k.idle_timeouts, 0, "{k:?}");
+    assert!(
+        waited < cfg.idle_timeout_ns,
+        "moved after {waited} ns, not before the idle timeout"
+    );
+    hung.abort();
+    block_on(c.farewell()).unwrap();
+    block_on(l2.shutdown());
+}

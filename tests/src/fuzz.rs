@@ -16,7 +16,8 @@
 //! message re-encodes to exactly the bytes it came from, the framers never
 //! buffer past their bound and hand out frames whose length fields match,
 //! a decoded cluster header re-encodes to the same 32 bytes, a decoded
-//! payload re-encodes to its bytes. A failed property or a panic is a
+//! payload re-encodes to its bytes, a decoded FUSE request's header says
+//! the frame's length and re-encodes to its bytes. A failed property or a panic is a
 //! [`Crash`] with the input, the iteration and the seed to replay it.
 //!
 //! Run by `tests/tests/fuzz.rs` (CI, bounded) and `scoutvm-fuzz`
@@ -113,7 +114,126 @@ pub fn targets() -> Vec<Target> {
             fix: auth_fix,
             run: auth_decode,
         },
+        Target {
+            name: "fuse",
+            seeds: fuse_seeds,
+            fix: p9_fix,
+            run: fuse_decode,
+        },
     ]
+}
+
+/// FUSE requests of every opcode the appliance serves, with bodies of
+/// their sizes (names NUL-terminated) and a few random ones.
+fn fuse_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
+    use scoutvm_net::fuse::wire::{encode_request, op};
+    let name = |n: &[u8]| {
+        let mut v = n.to_vec();
+        v.push(0);
+        v
+    };
+    let sized = |n: usize, tail: &[u8]| {
+        let mut v = vec![0u8; n];
+        v.extend_from_slice(tail);
+        v
+    };
+    let mut init = vec![0u8; 64];
+    init[..4].copy_from_slice(&7u32.to_le_bytes());
+    init[4..8].copy_from_slice(&31u32.to_le_bytes());
+    let mut write = sized(40, b"hello");
+    write[16..20].copy_from_slice(&5u32.to_le_bytes());
+    let mut two = sized(16, &name(b"old"));
+    two.extend_from_slice(&name(b"new"));
+    let mut xattr = sized(16, &name(b"user.k"));
+    xattr.extend_from_slice(b"val");
+    xattr[..4].copy_from_slice(&3u32.to_le_bytes());
+    let bodies: Vec<(u32, Vec<u8>)> = vec![
+        (op::INIT, init),
+        (op::LOOKUP, name(b"a")),
+        (op::FORGET, sized(8, b"")),
+        (op::GETATTR, sized(16, b"")),
+        (op::SETATTR, sized(88, b"")),
+        (op::READLINK, Vec::new()),
+        (op::SYMLINK, [name(b"l"), name(b"target")].concat()),
+        (op::MKNOD, sized(16, &name(b"n"))),
+        (op::MKDIR, sized(8, &name(b"d"))),
+        (op::UNLINK, name(b"f")),
+        (op::RMDIR, name(b"d")),
+        (op::RENAME, sized(8, &[name(b"a"), name(b"b")].concat())),
+        (op::LINK, sized(8, &name(b"h"))),
+        (op::OPEN, sized(8, b"")),
+        (op::READ, sized(40, b"")),
+        (op::WRITE, write),
+        (op::STATFS, Vec::new()),
+        (op::RELEASE, sized(24, b"")),
+        (op::FSYNC, sized(16, b"")),
+        (op::SETXATTR, xattr),
+        (op::GETXATTR, sized(8, &name(b"user.k"))),
+        (op::LISTXATTR, sized(8, b"")),
+        (op::REMOVEXATTR, name(b"user.k")),
+        (op::FLUSH, sized(24, b"")),
+        (op::OPENDIR, sized(8, b"")),
+        (op::READDIR, sized(40, b"")),
+        (op::READDIRPLUS, sized(40, b"")),
+        (op::RELEASEDIR, sized(24, b"")),
+        (op::GETLK, sized(48, b"")),
+        (op::SETLK, sized(48, b"")),
+        (op::SETLKW, sized(48, b"")),
+        (op::ACCESS, sized(8, b"")),
+        (op::CREATE, sized(16, &name(b"c"))),
+        (op::INTERRUPT, sized(8, b"")),
+        (op::BATCH_FORGET, sized(24, b"")),
+        (op::FALLOCATE, sized(32, b"")),
+        (op::RENAME2, two),
+        (op::LSEEK, sized(24, b"")),
+        (op::COPY_FILE_RANGE, sized(56, b"")),
+        (op::DESTROY, Vec::new()),
+    ];
+    let mut out: Vec<Vec<u8>> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, (opc, body))| encode_request(opc, i as u64 + 1, 1, 0, 0, &body))
+        .collect();
+    for _ in 0..16 {
+        let opc = rng.below(64) as u32;
+        let n = rng.below(128) as usize;
+        let body = rng.bytes(n);
+        out.push(encode_request(
+            opc,
+            rng.next_u64(),
+            rng.next_u64(),
+            0,
+            0,
+            &body,
+        ));
+    }
+    out
+}
+
+/// Decode a FUSE request: a decoded one has a header whose `len` is the
+/// frame's and which re-encodes to the frame's first 38 bytes; anything
+/// else is refused with an error, never a panic.
+fn fuse_decode(data: &[u8]) -> Result<bool, String> {
+    use scoutvm_net::fuse::wire::{decode_request, IN_HEADER_LEN};
+    match decode_request(data) {
+        Ok((h, _)) => {
+            if h.len as usize != data.len() {
+                return Err(format!(
+                    "decoded len {} of a {}-byte frame",
+                    h.len,
+                    data.len()
+                ));
+            }
+            let mut again = Vec::new();
+            h.encode(&mut again);
+            // the last two bytes are padding, ignored as the kernel does
+            if again[..IN_HEADER_LEN - 2] != data[..IN_HEADER_LEN - 2] {
+                return Err(format!("header {h:?} re-encodes differently"));
+            }
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
 }
 
 /// What a run did.

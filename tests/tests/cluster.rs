@@ -178,6 +178,7 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     // The leader dies: a survivor is elected once the operator acks the
     // fence of the dead leader's mount, in a higher term.
     let pid = c.pid_of(leader);
+    let leader_killed = Instant::now();
     c.ok(&["kill", &leader.to_string()]);
     assert!(!alive(pid));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -190,9 +191,10 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
                 .find_map(|l| l.trim().strip_prefix("rid "))
                 .and_then(|r| r.split_whitespace().next())
             {
+                let asked_after = leader_killed.elapsed();
                 let out = c.shell(i, &format!("fence ack {rid}"));
                 assert!(out.contains("acknowledged"), "{out}");
-                acked = Some(i);
+                acked = Some((i, asked_after));
                 break;
             }
         }
@@ -203,10 +205,12 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         "no survivor asked to fence the dead leader"
     );
     let next = wait_leader(&c, Some(leader));
+    let serving_after = leader_killed.elapsed();
     assert_ne!(next, leader);
     let term2 = term_of(&c.shell(next, "quorum"));
     assert!(term2 > term1, "term {term2} after {term1}");
     c.wait_shell(next, "clients", |o| o.contains("2 cluster mount(s)"));
+    let mounted_after = leader_killed.elapsed();
     // the guest's loop ran through the failover: every value read back,
     // its longest pause is what a 9P client on a survivor saw
     std::thread::sleep(Duration::from_secs(3));
@@ -227,11 +231,17 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         .filter_map(|t| t.trim().parse().ok())
         .collect();
     let gap = ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let asked_after = acked.map(|a| a.1).unwrap_or_default();
     eprintln!(
         "failover: a guest's write-and-read-back loop through survivor node{s} paused at most \
-         {gap:.1} s across the leader's kill ({} round trips, heartbeat timeout {} ms)",
+         {gap:.1} s across the leader's kill ({} round trips, heartbeat timeout {} ms); \
+         after the kill: fence request seen (and acked) {:.1} s, new leader serving seen \
+         {:.1} s, 2 mounts listed {:.1} s (the test's shell polls add ~1 s each)",
         ticks.len(),
-        heartbeat_ms()
+        heartbeat_ms(),
+        asked_after.as_secs_f64(),
+        serving_after.as_secs_f64(),
+        mounted_after.as_secs_f64()
     );
     // the dead node comes back as a follower and mounts again
     c.ok(&["start", &leader.to_string()]);

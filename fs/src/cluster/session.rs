@@ -327,6 +327,8 @@ pub struct SessionCounters {
     pub new_server_retries: u64,
     /// Server lives greeted (distinct terms in greeting replies).
     pub server_lives: u64,
+    /// Quiet connections dropped because another node leads now.
+    pub leader_moves: u64,
 }
 
 struct ClientState {
@@ -340,6 +342,8 @@ struct ClientState {
     farewell: bool,
     /// The server refused the greeting before the first connection.
     refused: Option<Errno>,
+    /// The leader (term, address) the current connection went to.
+    connected_to: Option<(u64, String)>,
 }
 
 /// The client end of a session.
@@ -392,6 +396,7 @@ impl ClientSession {
                 closed: None,
                 farewell: false,
                 refused: None,
+                connected_to: None,
             }),
             changed: Notify::new(),
             ids: IdWindow::new(cfg.window),
@@ -558,9 +563,10 @@ impl ClientSession {
     }
 
     async fn connect_once(self: &Rc<Self>) -> Result<Rc<Endpoint>, ConnectError> {
-        let Some((_, addr)) = self.leader.leader().await else {
+        let Some(leader) = self.leader.leader().await else {
             return Err(ConnectError::Failed);
         };
+        let addr = leader.1.clone();
         let to = self.cfg.connect_timeout_ns;
         let conn = match self
             .handle
@@ -640,6 +646,7 @@ impl ClientSession {
                 self.incoming.borrow_mut().reset();
             }
             st.ep = Some(ep.clone());
+            st.connected_to = Some(leader);
             TP_CONNECTED.emit(&[self.id.rid, st.term, st.life]);
         }
         let life = self.st.borrow().life;
@@ -681,6 +688,15 @@ impl ClientSession {
                 break;
             }
             if quiet >= self.cfg.ping_interval_ns {
+                // a quiet link: if another node leads now, its server is
+                // where the mount goes (the old one is dead or stepping
+                // down), without waiting for the idle timeout
+                if self.leader_moved().await {
+                    self.count(|k| k.leader_moves += 1);
+                    counter!("session.leader_moves").inc();
+                    ep.close();
+                    break;
+                }
                 counter!("session.pings").inc();
                 let _ = self
                     .handle
@@ -701,6 +717,20 @@ impl ClientSession {
         }
         drop(st);
         self.changed.notify();
+    }
+
+    /// Does the leader seam name another leader (term or address) than
+    /// the one this connection went to? `None` (an election under way)
+    /// is not a move.
+    async fn leader_moved(&self) -> bool {
+        let Some(now) = self.leader.leader().await else {
+            return false;
+        };
+        self.st
+            .borrow()
+            .connected_to
+            .as_ref()
+            .is_some_and(|c| *c != now)
     }
 
     /// Requests the server sends on `ep`, each executed at most once per

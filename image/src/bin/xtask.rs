@@ -588,7 +588,7 @@ fn usage() -> ! {
          \n  bench-virtiofs [--files N] [--mib M] [--rounds R] [--ram]\
          \n                                virtio-fs vs 9P on one appliance, QEMU's virtiofsd\
          \n                                on a host directory as the reference\
-         \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster]...\
+         \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster|cluster_auth|fuse]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
          \n      [--workload posix|crash|session|all] [--trace] ...\
