@@ -198,7 +198,10 @@ fn space_freed_on_one_mount_is_allocated_on_another() {
         run("sync 1", m1.sync()).unwrap();
         run("sync 0", m0.sync()).unwrap();
         let (free, _) = data_space(&m0);
-        assert_eq!(free, free0, "round {round}: every freed block is free again");
+        assert_eq!(
+            free, free0,
+            "round {round}: every freed block is free again"
+        );
     }
     assert!(written as u64 > 2 * DATA);
     c.shutdown(vec![(m0, cm0), (m1, cm1)]);

@@ -246,9 +246,10 @@ pub fn server_meta_free(tx: &ServerTxn<'_>) -> u64 {
 pub fn data_want(cfg: &LogTreesConfig, used: Option<u64>) -> u64 {
     match used {
         None => cfg.data_fill_target,
-        Some(u) => u
-            .saturating_mul(4)
-            .clamp(cfg.data_fill_min.min(cfg.data_fill_target), cfg.data_fill_target),
+        Some(u) => u.saturating_mul(4).clamp(
+            cfg.data_fill_min.min(cfg.data_fill_target),
+            cfg.data_fill_target,
+        ),
     }
 }
 
@@ -365,4 +366,31 @@ pub fn finalize(
     store(tx, lt)?;
     crate::counter!("server.log_trees_finalized").inc();
     Ok(Step::Done(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_want_follows_what_the_mount_allocated_within_the_bounds() {
+        let cfg = LogTreesConfig {
+            data_fill_min: 100,
+            data_fill_target: 10_000,
+            ..Default::default()
+        };
+        // unknown: the full target (a new mount, or after a failover)
+        assert_eq!(data_want(&cfg, None), 10_000);
+        // idle or little: the floor; a writer: four times its last use
+        assert_eq!(data_want(&cfg, Some(0)), 100);
+        assert_eq!(data_want(&cfg, Some(10)), 100);
+        assert_eq!(data_want(&cfg, Some(1_000)), 4_000);
+        assert_eq!(data_want(&cfg, Some(u64::MAX)), 10_000);
+        // a floor above the target is the target
+        let odd = LogTreesConfig {
+            data_fill_min: 20_000,
+            ..cfg
+        };
+        assert_eq!(data_want(&odd, Some(0)), 10_000);
+    }
 }
