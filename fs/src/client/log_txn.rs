@@ -407,8 +407,9 @@ impl ClientLogTxn {
         Err(Errno::EIO)
     }
 
-    /// Between 1 and `want` contiguous data blocks. `ENOBUFS`: commit to
-    /// get a refill; `ENOSPC`: the volume's data device is full.
+    /// Between 1 and `want` contiguous data blocks. `ENOBUFS`: empty,
+    /// commit to get a refill (the caller says `ENOSPC` when a commit
+    /// brought none: the volume's data device is full).
     pub fn alloc_data_blocks(&self, want: u64) -> FsResult<(u64, u64)> {
         self.check()?;
         if want == 0 {
@@ -439,9 +440,18 @@ impl ClientLogTxn {
                 self.count(|c| c.data_allocs += 1);
                 Ok(r)
             }
-            None if st.low => Err(Errno::ENOSPC),
+            // Empty. Even under LOW (the server's allocator was empty
+            // when this transaction opened) ask for a commit: other mounts
+            // may have freed space since (their frees reach the server's
+            // allocator at their commits), and the refill hands it to us.
+            // The caller reports ENOSPC after a commit that brought
+            // nothing (one fruitless commit per failing operation).
             None => {
-                counter!("client.data_enobufs").inc();
+                if st.low {
+                    counter!("client.data_low_refills").inc();
+                } else {
+                    counter!("client.data_enobufs").inc();
+                }
                 Err(Errno::ENOBUFS)
             }
         }

@@ -32,8 +32,14 @@ pub struct LogTreesConfig {
     pub meta_fill_target: u64,
     /// Refill a client's data_avail when under this many 4 KiB blocks...
     pub data_fill_lo: u64,
-    /// ...up to about this many.
+    /// ...up to about this many, for a mount that allocates a lot (a
+    /// mount gets four times what its last transaction allocated, at
+    /// least `data_fill_min`, at most this).
     pub data_fill_target: u64,
+    /// The data space a mount that allocates little or nothing keeps; an
+    /// idle mount gives back what it holds beyond this, so space freed on
+    /// one mount reaches the mounts that allocate (cross-mount-data-free).
+    pub data_fill_min: u64,
     /// CommitCore metadata free space under which clients get `LOW`.
     pub reserved_meta_blocks: u64,
 }
@@ -45,6 +51,8 @@ impl Default for LogTreesConfig {
             meta_fill_target: crate::server::commit::SERVER_META_FILL_TARGET,
             data_fill_lo: (1u64 << 30) >> 12,
             data_fill_target: (4u64 << 30) >> 12,
+            // twice the client's commit trigger (ALLOC_DATA_REFILL_THRESH)
+            data_fill_min: (512u64 << 20) >> 12,
             reserved_meta_blocks: crate::server::commit::RESERVED_META_BLOCKS,
         }
     }
@@ -232,12 +240,34 @@ pub fn server_meta_free(tx: &ServerTxn<'_>) -> u64 {
         )
 }
 
+/// How much data space a mount gets for its next transaction: four times
+/// what its last one allocated (`used`; unknown: the full target), within
+/// `[data_fill_min, data_fill_target]`.
+pub fn data_want(cfg: &LogTreesConfig, used: Option<u64>) -> u64 {
+    match used {
+        None => cfg.data_fill_target,
+        Some(u) => u.saturating_mul(4).clamp(
+            cfg.data_fill_min.min(cfg.data_fill_target),
+            cfg.data_fill_target,
+        ),
+    }
+}
+
 /// Refill the tree's allocators for its next transaction and set or
 /// clear `LOW` (best effort within the budget: a partial refill is fine).
+///
+/// Data: under `data_fill_lo` the tree is topped up to
+/// [`data_want`]; a mount whose last transaction allocated nothing gives
+/// back what it holds beyond that (its committed avail extents are free
+/// and stable), so space it freed (drained into `data_alloc` just before)
+/// does not stay with it while another mount runs dry. `LOW` when the
+/// tree stays under `data_fill_lo` (the mount then commits for a refill
+/// only when it runs out) or the server has no data space left.
 pub fn refill(
     tx: &mut ServerTxn<'_>,
     lt: &mut LogTrees,
     cfg: &LogTreesConfig,
+    used: Option<u64>,
     budget: &Budget,
 ) -> StoreResult<()> {
     if lt.meta_avail.total_nr < cfg.meta_fill_lo && budget.ok(tx) {
@@ -248,16 +278,27 @@ pub fn refill(
     } else {
         lt.meta_avail.flags &= !ALLOC_FLAG_LOW;
     }
-    if lt.data_avail.total_len < cfg.data_fill_lo {
-        let want = cfg.data_fill_target.saturating_sub(lt.data_avail.total_len);
+    let want = data_want(cfg, used);
+    if used == Some(0) && lt.data_avail.total_len > want {
+        let give = lt.data_avail.total_len - want;
+        let mut src = lt.data_avail;
+        let mut dst = tx.sb.data_alloc;
+        let r = move_extents(tx, &mut src, &mut dst, give, budget);
+        tx.sb.data_alloc = dst;
+        lt.data_avail = src;
+        if r?.0 > 0 {
+            crate::counter!("server.data_avail_given_back").inc();
+        }
+    } else if lt.data_avail.total_len < cfg.data_fill_lo {
+        let more = want.saturating_sub(lt.data_avail.total_len);
         let mut src = tx.sb.data_alloc;
         let mut dst = lt.data_avail;
-        let r = move_extents(tx, &mut src, &mut dst, want, budget);
+        let r = move_extents(tx, &mut src, &mut dst, more, budget);
         tx.sb.data_alloc = src;
         lt.data_avail = dst;
         r?;
     }
-    if tx.sb.data_alloc.total_len == 0 {
+    if tx.sb.data_alloc.total_len == 0 || lt.data_avail.total_len < cfg.data_fill_lo {
         lt.data_avail.flags |= ALLOC_FLAG_LOW;
     } else {
         lt.data_avail.flags &= !ALLOC_FLAG_LOW;
@@ -325,4 +366,31 @@ pub fn finalize(
     store(tx, lt)?;
     crate::counter!("server.log_trees_finalized").inc();
     Ok(Step::Done(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_want_follows_what_the_mount_allocated_within_the_bounds() {
+        let cfg = LogTreesConfig {
+            data_fill_min: 100,
+            data_fill_target: 10_000,
+            ..Default::default()
+        };
+        // unknown: the full target (a new mount, or after a failover)
+        assert_eq!(data_want(&cfg, None), 10_000);
+        // idle or little: the floor; a writer: four times its last use
+        assert_eq!(data_want(&cfg, Some(0)), 100);
+        assert_eq!(data_want(&cfg, Some(10)), 100);
+        assert_eq!(data_want(&cfg, Some(1_000)), 4_000);
+        assert_eq!(data_want(&cfg, Some(u64::MAX)), 10_000);
+        // a floor above the target is the target
+        let odd = LogTreesConfig {
+            data_fill_min: 20_000,
+            ..cfg
+        };
+        assert_eq!(data_want(&odd, Some(0)), 10_000);
+    }
 }

@@ -181,6 +181,11 @@ struct Inner {
     stopping: Cell<bool>,
     stopped: Cell<bool>,
     force_merge: Cell<bool>,
+    /// Data blocks each mount allocated in its last committed transaction
+    /// (what GET_LOG_TREES handed it minus what it committed back): how
+    /// much data space its next transaction gets (`log_trees::refill`).
+    /// In memory; a mount without an entry gets the full target.
+    data_used: RefCell<BTreeMap<u64, u64>>,
     /// Seq when SYNC_LOG_TREES last went out: trees opened since get one
     /// (the reference's `finalize_sent_seq`).
     finalize_sent_seq: Cell<u64>,
@@ -270,6 +275,7 @@ impl ServerRole {
                 stopping: Cell::new(false),
                 stopped: Cell::new(false),
                 force_merge: Cell::new(false),
+                data_used: RefCell::new(BTreeMap::new()),
                 finalize_sent_seq: Cell::new(0),
                 freeing_kick: Notify::new(),
                 listener: RefCell::new(None),
@@ -721,6 +727,7 @@ impl Inner {
 
     /// Finalize `rid`'s trees, cancel its merge requests, forget it.
     async fn reclaim_rid(self: &Rc<Self>, rid: u64) -> FsResult<()> {
+        self.data_used.borrow_mut().remove(&rid);
         let trees = self
             .run_steps(|tx, me| {
                 let root = tx.sb.logs_root;
@@ -1264,7 +1271,8 @@ impl Inner {
             log_trees::store(tx, &lt)?;
             return Ok(Step::More);
         }
-        log_trees::refill(tx, &mut lt, &self.cfg.log_trees, &budget)?;
+        let used = self.data_used.borrow().get(&rid).copied();
+        log_trees::refill(tx, &mut lt, &self.cfg.log_trees, used, &budget)?;
         srch_compact::maybe_rotate(tx, &mut lt, self.cfg.srch_rotate_blocks)?;
         if budget.ok(tx) {
             srch_compact::compact_one(tx)?;
@@ -1280,7 +1288,7 @@ impl Inner {
         }
         let lt = *lt;
         let r = self
-            .run_steps(move |tx, _| {
+            .run_steps(move |tx, me| {
                 let Some(stored) = log_trees::lookup(tx, rid, lt.nr)? else {
                     return Ok(Step::Done(Err(Errno::ENOENT)));
                 };
@@ -1311,6 +1319,12 @@ impl Inner {
                     ..stored
                 };
                 log_trees::store(tx, &new)?;
+                // avail only shrinks in a transaction (frees go to freed)
+                let used = stored
+                    .data_avail
+                    .total_len
+                    .saturating_sub(lt.data_avail.total_len);
+                me.data_used.borrow_mut().insert(rid, used);
                 Ok(Step::Done(Ok(())))
             })
             .await?;

@@ -244,6 +244,7 @@ pub fn test_node_options(mount: MountOptions) -> NodeOptions {
     o.server.log_trees.reserved_meta_blocks = 64;
     o.server.log_trees.data_fill_lo = 1 << 14;
     o.server.log_trees.data_fill_target = 1 << 15;
+    o.server.log_trees.data_fill_min = 256;
     o.trans.data_refill_thresh = 64;
     o.trans.cache_budget_bytes = 8 << 20;
     o.merge_cache_budget_bytes = 8 << 20;
