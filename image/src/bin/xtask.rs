@@ -22,6 +22,11 @@
 //!   the 9P bench from a Linux guest (mdtest-like pass, streaming write
 //!   and read) against a freshly booted appliance, or the server at
 //!   ADDR:PORT, then against the diod peer VM in the same run.
+//! - `bench-9p-load [--rounds R] [--seconds S] [--msize N] [--ops LIST]
+//!   [--no-peer] [--ram]`: the server alone: `scoutvm p9load` from this
+//!   host against a fresh appliance and the diod peer VM, alternating,
+//!   over user networking, at 1 and 16 requests outstanding; medians and
+//!   ratios (docs/9p.md).
 //! - `fuzz [--iterations N] [--seed S] [--target NAME]...`: the wire
 //!   decoders (9P codec and framer, cluster frames and payloads) fuzzed by
 //!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
@@ -580,6 +585,8 @@ fn usage() -> ! {
          \n  bench-9p [ADDR:PORT] [--files N] [--mib M] [--ram] [--no-diod]\
          \n                                9P bench from a Linux guest (boots an appliance,\
          \n                                then the diod peer VM)\
+         \n  bench-9p-load [--rounds R] [--seconds S] [--msize N] [--ops LIST] [--no-peer] [--ram]\
+         \n                                host-native 9P load: appliance vs diod peer VM\
          \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
@@ -603,6 +610,7 @@ fn main() {
         "test" => cmd_test(),
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
+        "bench-9p-load" => run_bench_bin("scoutvm-bench9p-load", &args[1..]),
         "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
