@@ -39,6 +39,7 @@ const O_WRONLY: u32 = 1;
 const O_RDWR: u32 = 2;
 const O_CREAT: u32 = 0o100;
 const O_EXCL: u32 = 0o200;
+const EOPNOTSUPP: u32 = 95;
 /// Files a prefilled read file or a write region spans, in op sizes.
 const FILE_SPAN_OPS: u64 = 16;
 /// Files made for `walk` and `getattr` to look up.
@@ -134,6 +135,9 @@ pub struct Config {
     /// up from the pid and the clock); each op works in `OPNAME-INDEX`
     /// below it, e.g. `write64k-5/data`.
     pub run_dir: Option<String>,
+    /// Unlink by walk + `Tremove` from the start (without it, only after
+    /// the server answers `Tunlinkat` with EOPNOTSUPP, as diod does).
+    pub unlink_by_remove: bool,
 }
 
 impl Config {
@@ -148,6 +152,7 @@ impl Config {
             uname: "root".into(),
             uid: 0,
             run_dir: None,
+            unlink_by_remove: false,
         }
     }
 }
@@ -548,6 +553,8 @@ struct Worker {
     /// The iteration hit `Rlerror`: finish its cleanup, then count it.
     failed: Option<u32>,
     name: String,
+    /// This iteration unlinks by walk + `Tremove`.
+    via_remove: bool,
 }
 
 /// What an op's files are.
@@ -558,6 +565,9 @@ struct OpSetup {
     span: u64,
     /// Names left for `unlink`.
     victims: Vec<String>,
+    /// The server answered `Tunlinkat` with EOPNOTSUPP (diod 1.0.24):
+    /// unlink as Linux then does, walk to the name and `Tremove`.
+    unlink_by_remove: bool,
 }
 
 /// Run every configured op; one report per op, in order.
@@ -594,6 +604,7 @@ pub fn run_with(cfg: &Config, each: &mut dyn FnMut(&OpReport)) -> Result<Vec<OpR
             dir: dir_fid,
             span: 0,
             victims: Vec::new(),
+            unlink_by_remove: cfg.unlink_by_remove,
         };
         if op == Op::Unlink && !created.is_empty() {
             // Unlink in the directory the creates went to.
@@ -703,6 +714,7 @@ fn load(
             done: 0,
             failed: None,
             name: String::new(),
+            via_remove: false,
         })
         .collect();
     for w in &workers {
@@ -817,6 +829,7 @@ fn begin(w: &mut Worker, iter: u64, op: Op, setup: &mut OpSetup) {
     w.step = 0;
     w.done = 0;
     w.failed = None;
+    w.via_remove = setup.unlink_by_remove;
     w.started = Some(Instant::now());
     w.name = match op {
         Op::Create => format!("c{iter}"),
@@ -878,6 +891,15 @@ fn send_step(
             },
         ),
         (Op::Walk | Op::Create, _) => c.send(tag, &Tmsg::Clunk { fid: w.scratch }),
+        (Op::Unlink, 0) if w.via_remove => c.send(
+            tag,
+            &Tmsg::Walk {
+                fid: dir,
+                newfid: w.scratch,
+                wnames: vec![w.name.as_bytes()],
+            },
+        ),
+        (Op::Unlink, _) if w.via_remove => c.send(tag, &Tmsg::Remove { fid: w.scratch }),
         (Op::Unlink, _) => c.send(
             tag,
             &Tmsg::Unlinkat {
@@ -924,7 +946,7 @@ fn advance(
     op: Op,
     w: &mut Worker,
     r: &Rmsg<'_>,
-    setup: &OpSetup,
+    setup: &mut OpSetup,
     iounit: u64,
 ) -> Result<Advance, String> {
     let bad = |step: u32| {
@@ -935,6 +957,13 @@ fn advance(
         ))
     };
     if let Rmsg::Lerror { ecode } = r {
+        if op == Op::Unlink && !w.via_remove && *ecode == EOPNOTSUPP {
+            // Same iteration again, the other way.
+            setup.unlink_by_remove = true;
+            w.via_remove = true;
+            w.step = 0;
+            return Ok(Advance::More);
+        }
         w.failed.get_or_insert(*ecode);
         // A create whose Tlcreate failed still holds its walked fid.
         if op == Op::Create && w.step == 1 {
@@ -956,6 +985,15 @@ fn advance(
         (Op::Create, 0, Rmsg::Walk { qids }) if qids.is_empty() => Ok(Advance::More),
         (Op::Create, 1, Rmsg::Lcreate { .. }) => Ok(Advance::More),
         (Op::Walk, 1, Rmsg::Clunk {}) | (Op::Create, 2, Rmsg::Clunk {}) => Ok(Advance::Done),
+        (Op::Unlink, 0, Rmsg::Walk { qids }) if w.via_remove => {
+            if qids.len() == 1 {
+                Ok(Advance::More)
+            } else {
+                w.failed.get_or_insert(2);
+                Ok(Advance::Done)
+            }
+        }
+        (Op::Unlink, 1, Rmsg::Remove {}) if w.via_remove => Ok(Advance::Done),
         (Op::Unlink, _, Rmsg::Unlinkat {}) => Ok(Advance::Done),
         (Op::Read(size), _, Rmsg::Read { data }) => {
             let offset = iter_offset(w.iter, size, setup.span) + w.done;

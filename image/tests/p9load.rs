@@ -106,6 +106,31 @@ fn seconds_budget_and_unlink_without_create() {
     srv.stop().expect("stop cleanly");
 }
 
+#[test]
+fn unlink_by_walk_and_remove() {
+    let srv = server();
+    let addr = format!("127.0.0.1:{}", srv.port());
+    let mut cfg = Config::new(&addr);
+    cfg.outstanding = 4;
+    cfg.budget = Budget::Count(10);
+    cfg.ops = vec![Op::Create, Op::Unlink];
+    cfg.unlink_by_remove = true;
+    cfg.run_dir = Some("rm".into());
+    let reports = p9load::run(&cfg).expect("the load runs");
+    for r in &reports {
+        assert_eq!((r.ops, r.errors), (10, 0), "{}", r.line());
+    }
+    let mut c = Client::connect(&addr, 64 << 10, "root", "", 0).expect("connect");
+    for k in 0..10 {
+        let name = format!("c{k}");
+        let e = c
+            .open_path(300 + k, &["rm", "create-0", &name])
+            .expect_err("removed");
+        assert!(e.contains("Twalk"), "{e}");
+    }
+    srv.stop().expect("stop cleanly");
+}
+
 /// A "server" that answers Tversion with an Rgetattr-sized garbage frame.
 #[test]
 fn a_bad_answer_is_an_error() {

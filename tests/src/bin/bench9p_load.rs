@@ -4,8 +4,11 @@
 //! Alternates, for R rounds, a freshly booted appliance (microvm, TCG,
 //! fresh sparse images and the shell's `mkfs`, like `bench-9p`) and the
 //! diod peer VM (`../shared/peers/diod-vm`, or `$SCOUTVM_DIOD_PEER`;
-//! fresh ext4 per start), both over QEMU user networking with a forwarded
-//! port, and loads each from this host with `scoutvm_image::p9load` (the
+//! fresh ext4 per start), over QEMU user networking with a forwarded port
+//! (`--net user`) and/or over a direct link (`--net link`: the server's
+//! `-netdev dgram` end is owned by this process's `LinkRelay`, a native
+//! TCP/IP stack, so no slirp is on the server's side and no root is
+//! needed), and loads each from this host with `scoutvm_image::p9load` (the
 //! code of `scoutvm p9load`) at 1 and at 16 requests outstanding. Prints
 //! every `P9LOAD` line as it comes, then per op and outstanding the
 //! medians of both and their ratio. Every QEMU it starts is stopped by
@@ -13,7 +16,7 @@
 //! which uses its pid file). No timing assertions: figures only.
 //!
 //! Usage: scoutvm-bench9p-load [--rounds R] [--seconds S] [--msize N]
-//!        [--ops LIST] [--no-peer] [--ram]
+//!        [--ops LIST] [--net user|link|both] [--no-peer] [--ram]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +24,8 @@ use std::process::{exit, Command, Stdio};
 use std::time::Duration;
 
 use scoutvm_image::p9load::{self, Budget, Config, Op, OpReport};
+use scoutvm_tests::guest::{GuestLink, APPLIANCE_IP};
+use scoutvm_tests::link_relay::LinkRelay;
 use scoutvm_tests::{free_tcp_port, workspace_root, Machine, Net, TempImage, Vm, VmConfig};
 
 fn fail(msg: &str) -> ! {
@@ -35,10 +40,38 @@ struct Args {
     ops: Vec<Op>,
     peer: bool,
     ram: bool,
+    nets: Vec<Link>,
+}
+
+/// How the host reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Link {
+    /// QEMU user networking, a forwarded 127.0.0.1 port.
+    User,
+    /// A `-netdev dgram` Ethernet to this process's relay.
+    Direct,
+}
+
+impl Link {
+    fn name(self) -> &'static str {
+        match self {
+            Link::User => "user",
+            Link::Direct => "link",
+        }
+    }
+}
+
+/// The server's IP on a direct link, as an array.
+fn link_ip() -> [u8; 4] {
+    let v: Vec<u8> = APPLIANCE_IP
+        .split('.')
+        .map(|o| o.parse().expect("a dotted quad"))
+        .collect();
+    [v[0], v[1], v[2], v[3]]
 }
 
 const USAGE: &str = "usage: scoutvm-bench9p-load [--rounds R] [--seconds S] [--msize N] \
-                     [--ops LIST] [--no-peer] [--ram]";
+                     [--ops LIST] [--net user|link|both] [--no-peer] [--ram]";
 
 fn parse() -> Args {
     let mut a = Args {
@@ -49,6 +82,7 @@ fn parse() -> Args {
         ops: Op::ALL.to_vec(),
         peer: true,
         ram: false,
+        nets: vec![Link::User, Link::Direct],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,6 +118,15 @@ fn parse() -> Args {
                 a.ops = p9load::parse_ops(val(i)).unwrap_or_else(|e| fail(&e));
                 i += 1;
             }
+            "--net" => {
+                a.nets = match val(i) {
+                    "user" => vec![Link::User],
+                    "link" => vec![Link::Direct],
+                    "both" => vec![Link::User, Link::Direct],
+                    _ => bad(i),
+                };
+                i += 1;
+            }
             "--no-peer" => a.peer = false,
             "--ram" => a.ram = true,
             "-h" | "--help" => {
@@ -98,10 +141,18 @@ fn parse() -> Args {
 }
 
 /// Figures per (server, outstanding, op name), one per round.
-type Results = BTreeMap<(&'static str, usize, String), Vec<OpReport>>;
+type Results = BTreeMap<(Link, &'static str, usize, String), Vec<OpReport>>;
 
 /// Load `server` at 1 and 16 outstanding; every line printed as it comes.
-fn load(a: &Args, who: &'static str, round: u32, server: &str, aname: &str, res: &mut Results) {
+fn load(
+    a: &Args,
+    who: &'static str,
+    net: Link,
+    round: u32,
+    server: &str,
+    aname: &str,
+    res: &mut Results,
+) {
     for outstanding in [1, 16] {
         let mut cfg = Config::new(server);
         cfg.aname = aname.into();
@@ -110,29 +161,42 @@ fn load(a: &Args, who: &'static str, round: u32, server: &str, aname: &str, res:
         cfg.budget = Budget::Seconds(a.seconds);
         cfg.ops = a.ops.clone();
         let r = p9load::run_with(&cfg, &mut |rep| {
-            println!("{}    # {who}, round {round}", rep.line());
-            res.entry((who, outstanding, rep.op.name()))
+            println!("{}    # {who}, {}, round {round}", rep.line(), net.name());
+            res.entry((net, who, outstanding, rep.op.name()))
                 .or_default()
                 .push(rep.clone());
         });
         if let Err(e) = r {
-            println!("# {who}, round {round}, {outstanding} outstanding: p9load failed: {e}");
+            println!(
+                "# {who}, {}, round {round}, {outstanding} outstanding: p9load failed: {e}",
+                net.name()
+            );
         }
     }
 }
 
 /// Boot an appliance on fresh images with a forwarded 9P port, load it,
 /// power it off (the QEMU child is killed by pid if it does not end).
-fn round_appliance(a: &Args, round: u32, res: &mut Results) -> Result<(), String> {
+fn round_appliance(a: &Args, net: Link, round: u32, res: &mut Results) -> Result<(), String> {
     let port = free_tcp_port();
+    let link = GuestLink::new();
     let meta = TempImage::new("p9load-meta", 4 << 30).map_err(|e| format!("meta image: {e}"))?;
     let data = TempImage::new("p9load-data", 16 << 30).map_err(|e| format!("data image: {e}"))?;
     let mut cfg = VmConfig::new(Machine::Microvm)
         .disk(&meta.path, "meta")
         .disk(&data.path, "data")
-        .net(Net::User {
-            hostfwd: vec![(port, 564)],
+        .net(match net {
+            Link::User => Net::User {
+                hostfwd: vec![(port, 564)],
+            },
+            Link::Direct => Net::Dgram {
+                local_port: link.appliance_port,
+                remote_port: link.guest_port,
+            },
         });
+    if net == Link::Direct {
+        cfg = cfg.append(&link.appliance_cmdline());
+    }
     if a.ram {
         cfg = cfg.append("volume=ram:2048");
     }
@@ -143,7 +207,17 @@ fn round_appliance(a: &Args, round: u32, res: &mut Results) -> Result<(), String
         vm.wait_for("no scoutfs volume", long)
             .map_err(|e| e.to_string())?;
         let out = vm
-            .run_timeout("mkfs -A -Q 0,10.0.2.15,7100", long)
+            .run_timeout(
+                &format!(
+                    "mkfs -A -Q 0,{},7100",
+                    if net == Link::Direct {
+                        APPLIANCE_IP
+                    } else {
+                        "10.0.2.15"
+                    }
+                ),
+                long,
+            )
             .map_err(|e| e.to_string())?;
         if !out.contains("mounted") {
             return Err(format!("mkfs: {out}"));
@@ -151,7 +225,24 @@ fn round_appliance(a: &Args, round: u32, res: &mut Results) -> Result<(), String
     }
     vm.wait_for("p9: serving", long)
         .map_err(|e| e.to_string())?;
-    load(a, "appliance", round, &format!("127.0.0.1:{port}"), "", res);
+    let relay = match net {
+        Link::User => None,
+        Link::Direct => Some(
+            LinkRelay::start(link.guest_port, link.appliance_port, link_ip(), 564)
+                .map_err(|e| format!("link relay: {e}"))?,
+        ),
+    };
+    let server_port = relay.as_ref().map(|r| r.port()).unwrap_or(port);
+    load(
+        a,
+        "appliance",
+        net,
+        round,
+        &format!("127.0.0.1:{server_port}"),
+        "",
+        res,
+    );
+    drop(relay);
     if let Err(e) = vm.poweroff() {
         eprintln!("bench9p-load: poweroff: {e}");
     }
@@ -163,6 +254,8 @@ struct Peer {
     dir: PathBuf,
     build: PathBuf,
     port: u16,
+    /// On a direct link: its `-netdev dgram` ports.
+    link: Option<GuestLink>,
 }
 
 impl Peer {
@@ -171,6 +264,20 @@ impl Peer {
         c.arg(self.port.to_string())
             .env("PEER_BUILD_DIR", &self.build)
             .stdin(Stdio::null());
+        if let Some(l) = self.link {
+            c.env(
+                "PEER_NETDEV",
+                format!(
+                    "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={},\
+                     remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                    l.appliance_port, l.guest_port
+                ),
+            )
+            .env(
+                "PEER_APPEND",
+                format!("peer.ip={APPLIANCE_IP}/24 peer.gw=10.0.3.1"),
+            );
+        }
         c
     }
 }
@@ -193,7 +300,7 @@ fn peer_build_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/diod-peer"))
 }
 
-fn round_peer(a: &Args, round: u32, res: &mut Results) -> Result<(), String> {
+fn round_peer(a: &Args, net: Link, round: u32, res: &mut Results) -> Result<(), String> {
     let dir = peer_dir();
     if !dir.join("peer-start.sh").exists() {
         return Err(format!("no diod peer at {}", dir.display()));
@@ -202,6 +309,15 @@ fn round_peer(a: &Args, round: u32, res: &mut Results) -> Result<(), String> {
         dir,
         build: peer_build_dir(),
         port: free_tcp_port(),
+        link: (net == Link::Direct).then(GuestLink::new),
+    };
+    // The relay owns the link's other end before the peer boots.
+    let relay = match peer.link {
+        None => None,
+        Some(l) => Some(
+            LinkRelay::start(l.guest_port, l.appliance_port, link_ip(), 564)
+                .map_err(|e| format!("link relay: {e}"))?,
+        ),
     };
     let started = peer
         .script("peer-start.sh")
@@ -214,14 +330,17 @@ fn round_peer(a: &Args, round: u32, res: &mut Results) -> Result<(), String> {
             String::from_utf8_lossy(&started.stderr).trim()
         ));
     }
+    let server_port = relay.as_ref().map(|r| r.port()).unwrap_or(peer.port);
     load(
         a,
         "diod-vm",
+        net,
         round,
-        &format!("127.0.0.1:{}", peer.port),
+        &format!("127.0.0.1:{server_port}"),
         "/export",
         res,
     );
+    drop(relay);
     drop(peer);
     Ok(())
 }
@@ -234,10 +353,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn summary(a: &Args, res: &Results) {
+fn summary(a: &Args, net: Link, res: &Results) {
     println!(
-        "# medians of {} rounds, user networking, msize asked {}",
-        a.rounds, a.msize
+        "# medians of {} rounds, {} networking, msize asked {}",
+        a.rounds,
+        net.name(),
+        a.msize
     );
     println!(
         "# {:<9} {:>3}  {:>12} {:>12} {:>7}   {:>9} {:>9} {:>7}   {:>8} {:>8}",
@@ -254,7 +375,7 @@ fn summary(a: &Args, res: &Results) {
     );
     for outstanding in [1, 16] {
         for op in &a.ops {
-            let get = |who: &'static str| res.get(&(who, outstanding, op.name()));
+            let get = |who: &'static str| res.get(&(net, who, outstanding, op.name()));
             let (Some(s), d) = (get("appliance"), get("diod-vm")) else {
                 continue;
             };
@@ -283,7 +404,8 @@ fn summary(a: &Args, res: &Results) {
             };
             let data = matches!(op, Op::Read(_) | Op::Write(_));
             println!(
-                "P9LOADCMP op={:<9} out={:>2}  {:>12} {:>12} {:>7}   {:>9} {:>9} {:>7}   {:>8} {:>8}",
+                "P9LOADCMP net={} op={:<9} out={:>2}  {:>12} {:>12} {:>7}   {:>9} {:>9} {:>7}   {:>8} {:>8}",
+                net.name(),
                 op.name(),
                 outstanding,
                 num(so, 1),
@@ -303,14 +425,24 @@ fn main() {
     let a = parse();
     let mut res = Results::new();
     for round in 1..=a.rounds {
-        if let Err(e) = round_appliance(&a, round, &mut res) {
-            println!("# appliance, round {round}: not measured: {e}");
-        }
-        if a.peer {
-            if let Err(e) = round_peer(&a, round, &mut res) {
-                println!("# diod-vm, round {round}: not measured: {e}");
+        for &net in &a.nets {
+            if let Err(e) = round_appliance(&a, net, round, &mut res) {
+                println!(
+                    "# appliance, {}, round {round}: not measured: {e}",
+                    net.name()
+                );
+            }
+            if a.peer {
+                if let Err(e) = round_peer(&a, net, round, &mut res) {
+                    println!(
+                        "# diod-vm, {}, round {round}: not measured: {e}",
+                        net.name()
+                    );
+                }
             }
         }
     }
-    summary(&a, &res);
+    for &net in &a.nets {
+        summary(&a, net, &res);
+    }
 }
