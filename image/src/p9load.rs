@@ -70,7 +70,7 @@ impl Op {
 
     pub fn name(self) -> String {
         let size = |n: u32| {
-            if n >= 1 << 20 && n % (1 << 20) == 0 {
+            if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
                 format!("{}m", n >> 20)
             } else {
                 format!("{}k", n >> 10)
