@@ -144,6 +144,7 @@ fn parse() -> Args {
 type Results = BTreeMap<(Link, &'static str, usize, String), Vec<OpReport>>;
 
 /// Load `server` at 1 and 16 outstanding; every line printed as it comes.
+#[allow(clippy::too_many_arguments)]
 fn load(
     a: &Args,
     who: &'static str,
@@ -151,9 +152,10 @@ fn load(
     round: u32,
     server: &str,
     aname: &str,
+    levels: &[usize],
     res: &mut Results,
 ) {
-    for outstanding in [1, 16] {
+    for &outstanding in levels {
         let mut cfg = Config::new(server);
         cfg.aname = aname.into();
         cfg.msize = a.msize;
@@ -233,20 +235,73 @@ fn round_appliance(a: &Args, net: Link, round: u32, res: &mut Results) -> Result
         ),
     };
     let server_port = relay.as_ref().map(|r| r.port()).unwrap_or(port);
-    load(
-        a,
-        "appliance",
-        net,
-        round,
-        &format!("127.0.0.1:{server_port}"),
-        "",
-        res,
-    );
+    for outstanding in [1, 16] {
+        let before = p9_counters(&mut vm);
+        load(
+            a,
+            "appliance",
+            net,
+            round,
+            &format!("127.0.0.1:{server_port}"),
+            "",
+            &[outstanding],
+            res,
+        );
+        let after = p9_counters(&mut vm);
+        print_split(net, round, outstanding, &before, &after);
+    }
     drop(relay);
     if let Err(e) = vm.poweroff() {
         eprintln!("bench9p-load: poweroff: {e}");
     }
     Ok(())
+}
+
+/// The appliance's `p9.` counters (the shell's `counters p9.`).
+fn p9_counters(vm: &mut Vm) -> BTreeMap<String, u64> {
+    let out = vm.run("counters p9.").unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            let v = w.next()?.parse().ok()?;
+            name.starts_with("p9.").then(|| (name.to_string(), v))
+        })
+        .collect()
+}
+
+/// Where the appliance's requests spent their time during one load: per
+/// request, the mean of decode and bookkeeping up to the task's spawn,
+/// waiting to run, the operation with its reply's encoding, and writing
+/// the reply into the TCP socket (back-pressure included).
+fn print_split(
+    net: Link,
+    round: u32,
+    outstanding: usize,
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) {
+    let d = |k: &str| {
+        after
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(k).copied().unwrap_or(0))
+    };
+    let n = d("p9.requests");
+    if n == 0 {
+        println!("# appliance, {}, round {round}: no p9 counters", net.name());
+        return;
+    }
+    let us = |k: &str| d(k) as f64 / n as f64 / 1000.0;
+    println!(
+        "P9SPLIT net={} out={outstanding} requests={n} dispatch_us={:.1} queued_us={:.1} op_us={:.1} transmit_us={:.1}    # appliance, round {round}",
+        net.name(),
+        us("p9.ns_dispatch"),
+        us("p9.ns_queued"),
+        us("p9.ns_op"),
+        us("p9.ns_transmit"),
+    );
 }
 
 /// The diod peer VM, stopped (by its pid file) when dropped.
@@ -338,6 +393,7 @@ fn round_peer(a: &Args, net: Link, round: u32, res: &mut Results) -> Result<(), 
         round,
         &format!("127.0.0.1:{server_port}"),
         "/export",
+        &[1, 16],
         res,
     );
     drop(relay);
