@@ -35,22 +35,22 @@ thread_local! {
     // On the fs thread: its executor, the server, each connection's inbox.
     static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
     static SERVER: RefCell<Option<Rc<Server>>> = const { RefCell::new(None) };
-    static INBOX: RefCell<BTreeMap<u64, Rc<Inbox>>> = const { RefCell::new(BTreeMap::new()) };
+    pub(crate) static INBOX: RefCell<BTreeMap<u64, Rc<Inbox>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Bytes a reader thread brought in for one connection.
 #[derive(Default)]
-struct Inbox {
+pub(crate) struct Inbox {
     buf: RefCell<VecDeque<u8>>,
     notify: Notify,
     closed: Cell<bool>,
 }
 
 /// The server's end of a connection.
-struct Sock {
-    id: u64,
-    inbox: Rc<Inbox>,
-    out: TcpStream,
+pub(crate) struct Sock {
+    pub(crate) id: u64,
+    pub(crate) inbox: Rc<Inbox>,
+    pub(crate) out: TcpStream,
 }
 
 impl ByteStream for Sock {
@@ -90,7 +90,7 @@ impl ByteStream for Sock {
 }
 
 /// Run `f` on the fs thread as a job; `false` if the thread is gone.
-fn on_fs_thread(sub: &Submitter, f: impl FnOnce(Rc<Mount>) + Send + 'static) -> bool {
+pub(crate) fn on_fs_thread(sub: &Submitter, f: impl FnOnce(Rc<Mount>) + Send + 'static) -> bool {
     sub.submit(Box::new(move |m| {
         f(m);
         Box::pin(async {})
@@ -214,7 +214,7 @@ fn accept_loop(listener: TcpListener, sub: Submitter, stopping: Arc<AtomicBool>)
 }
 
 /// Move what the socket delivers into connection `id`'s inbox.
-fn read_loop(mut s: TcpStream, id: u64, sub: Submitter) {
+pub(crate) fn read_loop(mut s: TcpStream, id: u64, sub: Submitter) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = s.read(&mut buf).unwrap_or(0);

@@ -12,5 +12,7 @@ pub mod fuse;
 pub mod fuse_relay;
 pub mod fuse_tcp;
 pub mod hostenv;
+pub mod p9_tcp;
+pub mod p9load;
 pub mod virtiofs;
 pub mod volume;

@@ -96,6 +96,9 @@ enum Cmd {
     ClusterKey,
     /// Fence nodes of a `qemu/cluster.sh` run directory on request (QMP quit)
     FenceAgent(FenceAgentArgs),
+    /// Load a 9P2000.L server from this host: per op, ops/s, MB/s and
+    /// p50/p99 latency with N requests outstanding on one connection
+    P9load(P9loadArgs),
     /// Be a vhost-user-fs device (virtio-fs) for a QEMU guest, relaying its
     /// FUSE requests to a running appliance
     #[command(long_about = VIRTIOFS_ABOUT)]
@@ -213,6 +216,40 @@ struct FsckArgs {
     /// Data device (its super and data allocator are checked too)
     #[arg(value_name = "DATA-DEVICE")]
     data: Option<String>,
+}
+
+#[derive(Args)]
+struct P9loadArgs {
+    /// The server, HOST:PORT
+    #[arg(long, value_name = "HOST:PORT")]
+    server: String,
+    /// The attach name (diod: /export)
+    #[arg(long, default_value = "")]
+    aname: String,
+    /// The msize asked for (the server may give less)
+    #[arg(long, default_value_t = 512 * 1024)]
+    msize: u32,
+    /// Requests in flight at once (workers, one tag each)
+    #[arg(long, default_value_t = 1)]
+    outstanding: usize,
+    /// Seconds each op runs (default 5)
+    #[arg(long, conflicts_with = "count")]
+    seconds: Option<f64>,
+    /// Iterations each op runs instead of a time
+    #[arg(long)]
+    count: Option<u64>,
+    /// Comma-separated ops: getattr,walk,create,unlink,read64k,write64k,read1m,write1m
+    #[arg(
+        long,
+        default_value = "getattr,walk,create,unlink,read64k,write64k,read1m,write1m"
+    )]
+    ops: String,
+    /// The user name of the attach
+    #[arg(long, default_value = "root")]
+    uname: String,
+    /// The uid of the attach (n_uname)
+    #[arg(long, default_value_t = 0)]
+    uid: u32,
 }
 
 #[derive(Args)]
@@ -373,6 +410,7 @@ fn main() -> ExitCode {
         ),
         Cmd::ClusterKey => ("cluster-key", Ok(cmd_cluster_key())),
         Cmd::FenceAgent(a) => ("fence-agent", Ok(cmd_fence_agent(a))),
+        Cmd::P9load(a) => ("p9load", cmd_p9load(a)),
         Cmd::Virtiofs(a) => (
             "virtiofs",
             Ok(
@@ -391,6 +429,35 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `scoutvm p9load`: one `P9LOAD ...` line per op (image/src/p9load.rs).
+fn cmd_p9load(a: P9loadArgs) -> Result<ExitCode, Usage> {
+    use scoutvm_image::p9load::{self, Budget, Config};
+    let mut cfg = Config::new(&a.server);
+    cfg.aname = a.aname;
+    cfg.msize = a.msize;
+    if a.outstanding == 0 || a.outstanding > 1024 {
+        return usage("--outstanding must be 1..=1024");
+    }
+    cfg.outstanding = a.outstanding;
+    cfg.budget = match (a.seconds, a.count) {
+        (_, Some(n)) => Budget::Count(n),
+        (Some(s), None) if s > 0.0 && s.is_finite() => Budget::Seconds(s),
+        (Some(_), None) => return usage("--seconds must be a positive number"),
+        (None, None) => Budget::Seconds(5.0),
+    };
+    cfg.ops = p9load::parse_ops(&a.ops).map_err(Usage)?;
+    cfg.uname = a.uname;
+    cfg.uid = a.uid;
+    let r = p9load::run_with(&cfg, &mut |rep| {
+        println!("{}", rep.line());
+        let _ = std::io::stdout().flush();
+    });
+    Ok(match r {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("p9load: {e}")),
+    })
 }
 
 /// Serve fence requests until killed.

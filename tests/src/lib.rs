@@ -10,6 +10,7 @@
 pub mod cluster_sh;
 pub mod fuzz;
 pub mod guest;
+pub mod link_relay;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};

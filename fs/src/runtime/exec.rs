@@ -644,6 +644,12 @@ impl Handle {
         self.inner.now_ns.get()
     }
 
+    /// The poll clock's reading (monotonic host nanoseconds), if one is
+    /// installed ([`Executor::set_poll_clock`]): for measuring only.
+    pub fn host_ns(&self) -> Option<u64> {
+        self.inner.poll_clock.get().map(|clock| clock())
+    }
+
     /// Complete once `now >= deadline_ns`.
     pub fn sleep_until(&self, deadline_ns: u64) -> Sleep {
         Sleep {
@@ -1186,6 +1192,17 @@ mod tests {
     /// Spend `ns` of fake host time.
     fn spend(ns: u64) {
         FAKE_NS.with(|c| c.set(c.get() + ns));
+    }
+
+    #[test]
+    fn host_ns_reads_the_poll_clock_only_when_installed() {
+        let ex = Executor::default();
+        let h = ex.handle();
+        assert_eq!(h.host_ns(), None);
+        ex.set_poll_clock(fake_ns);
+        let t0 = h.host_ns().expect("a clock is installed");
+        spend(7);
+        assert_eq!(h.host_ns(), Some(t0 + 7));
     }
 
     #[test]

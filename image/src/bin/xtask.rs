@@ -27,6 +27,11 @@
 //!   service) and over 9P on one appliance, with QEMU's virtiofsd serving
 //!   a host directory as the reference, rounds alternating; medians and
 //!   ratios.
+//! - `bench-9p-load [--rounds R] [--seconds S] [--msize N] [--ops LIST]
+//!   [--no-peer] [--ram]`: the server alone: `scoutvm p9load` from this
+//!   host against a fresh appliance and the diod peer VM, alternating,
+//!   over user networking, at 1 and 16 requests outstanding; medians and
+//!   ratios (docs/9p.md).
 //! - `fuzz [--iterations N] [--seed S] [--target NAME]...`: the wire
 //!   decoders (9P codec and framer, cluster frames and payloads) fuzzed by
 //!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
@@ -588,6 +593,8 @@ fn usage() -> ! {
          \n  bench-virtiofs [--files N] [--mib M] [--rounds R] [--ram]\
          \n                                virtio-fs vs 9P on one appliance, QEMU's virtiofsd\
          \n                                on a host directory as the reference\
+         \n  bench-9p-load [--rounds R] [--seconds S] [--msize N] [--ops LIST] [--no-peer] [--ram]\
+         \n                                host-native 9P load: appliance vs diod peer VM\
          \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster|cluster_auth|fuse]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
@@ -612,6 +619,7 @@ fn main() {
         "bench" => run_bench_bin("scoutvm-bench", &args[1..]),
         "bench-9p" => run_bench_bin("scoutvm-bench9p", &args[1..]),
         "bench-virtiofs" => run_bench_bin("scoutvm-benchvfs", &args[1..]),
+        "bench-9p-load" => run_bench_bin("scoutvm-bench9p-load", &args[1..]),
         "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),

@@ -75,6 +75,7 @@ impl Conn {
     /// Start one frame; gives it back if the connection's memory cannot
     /// take it now.
     fn dispatch(self: &Rc<Self>, frame: Vec<u8>) -> Result<Option<Vec<u8>>, ConnError> {
+        let t0 = self.server.exec.host_ns();
         let (tag, ty, oldtag, version, cost) = match wire::decode_request(&frame) {
             Err(e) => {
                 let (Some(tag), Some(errno)) = (e.tag(), e.reply_errno()) else {
@@ -130,19 +131,42 @@ impl Conn {
             self.start_flush(tag, oldtag, cost);
             return Ok(None);
         }
-        self.start_request(tag, ty, frame, cost);
+        self.start_request(tag, ty, frame, cost, t0);
         Ok(None)
     }
 
-    fn start_request(self: &Rc<Self>, tag: u16, ty: u8, frame: Vec<u8>, cost: usize) {
+    fn start_request(
+        self: &Rc<Self>,
+        tag: u16,
+        ty: u8,
+        frame: Vec<u8>,
+        cost: usize,
+        t0: Option<u64>,
+    ) {
         let req = Rc::new(Request::new(tag, ty, cost));
         self.inflight.borrow_mut().insert(tag, req.clone());
         let conn = self.clone();
+        let exec = self.server.exec.clone();
+        // Where a request's time goes (with the executor's poll clock):
+        // decode and bookkeeping up to the spawn, waiting to run, the
+        // operation with its reply's encoding.
+        let t1 = exec.host_ns();
+        if let (Some(a), Some(b)) = (t0, t1) {
+            counter!("p9.ns_dispatch").add(b.saturating_sub(a));
+        }
         let task = async move {
+            let t2 = exec.host_ns();
+            if let (Some(a), Some(b)) = (t1, t2) {
+                counter!("p9.ns_queued").add(b.saturating_sub(a));
+            }
             let mut out = Vec::new();
             let replied = match wire::decode_request(&frame) {
                 Ok((_, msg)) if !req.is_cancelled() => {
-                    ops::handle(&conn, &req, tag, msg, &mut out).await
+                    let r = ops::handle(&conn, &req, tag, msg, &mut out).await;
+                    if let (Some(a), Some(b)) = (t2, exec.host_ns()) {
+                        counter!("p9.ns_op").add(b.saturating_sub(a));
+                    }
+                    r
                 }
                 Ok(_) => false,
                 Err(_) => {
@@ -294,14 +318,19 @@ pub async fn serve<S: ByteStream + 'static>(server: Rc<Server>, stream: Rc<S>, p
     let writer = {
         let conn = conn.clone();
         let stream = stream.clone();
+        let exec = server.exec.clone();
         server.exec.spawn(async move {
             let mut broken = false;
             loop {
                 let wait = conn.output_ready();
                 while let Some(frame) = conn.take_output() {
+                    let t0 = exec.host_ns();
                     if !broken && stream.write_all(&frame).await.is_err() {
                         broken = true;
                         conn.abort();
+                    }
+                    if let (Some(a), Some(b)) = (t0, exec.host_ns()) {
+                        counter!("p9.ns_transmit").add(b.saturating_sub(a));
                     }
                 }
                 if conn.is_closed() {
