@@ -139,9 +139,7 @@ fn a_new_server_life_gets_the_request_again_and_calls_to_clients_work() {
 struct MovingLeader(RefCell<Option<(u64, String)>>);
 
 impl scoutvm_fs::cluster::session::LeaderAddr for MovingLeader {
-    fn leader(
-        &self,
-    ) -> scoutvm_fs::cluster::transport::LocalFut<'_, Option<(u64, String)>> {
+    fn leader(&self) -> scoutvm_fs::cluster::transport::LocalFut<'_, Option<(u64, String)>> {
         let l = self.0.borrow().clone();
         Box::pin(async move { l })
     }
