@@ -55,20 +55,23 @@ fn await_reconnect_fence(c: &Cluster, leader: usize, rid: &str) -> (Instant, Ins
             c.shell(leader, "clients"),
             c.consoles()
         );
-        if asked.is_none() {
-            let f = c.shell(leader, "fence");
-            if let Some(l) = f.lines().find(|l| l.contains(&format!("rid {rid}"))) {
-                assert!(l.contains("client_reconnect"), "{f}");
-                asked = Some(Instant::now());
-                let out = c.shell(leader, &format!("fence ack {rid}"));
-                assert!(out.contains("acknowledged"), "{out}");
+        match asked {
+            None => {
+                let f = c.shell(leader, "fence");
+                if let Some(l) = f.lines().find(|l| l.contains(&format!("rid {rid}"))) {
+                    assert!(l.contains("client_reconnect"), "{f}");
+                    asked = Some(Instant::now());
+                    let out = c.shell(leader, &format!("fence ack {rid}"));
+                    assert!(out.contains("acknowledged"), "{out}");
+                }
             }
-        } else {
-            let locks = c.shell(leader, "locks all");
-            let clients = c.shell(leader, "clients");
-            let needle = format!("rid {rid}");
-            if !locks.contains(&needle) && !clients.contains(&needle) {
-                return (asked.unwrap(), Instant::now());
+            Some(at) => {
+                let locks = c.shell(leader, "locks all");
+                let clients = c.shell(leader, "clients");
+                let needle = format!("rid {rid}");
+                if !locks.contains(&needle) && !clients.contains(&needle) {
+                    return (at, Instant::now());
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(500));

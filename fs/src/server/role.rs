@@ -1790,6 +1790,17 @@ impl Inner {
         {
             return;
         }
+        if self.fence_agent.borrow().is_none() {
+            // a server without any agent (tests, tools) keeps the rid:
+            // its locks wait for it or for the next server life; every
+            // node of a cluster has one (the shell's `fence` at least)
+            counter!("server.reconnect_unfenced").inc();
+            log::warn!(
+                "server: client rid {rid:016x} did not reconnect and no fence agent is set: \
+                 its locks stay held"
+            );
+            return;
+        }
         log::error!(
             "server: client rid {rid:016x} did not reconnect within {} ms, fencing",
             window / 1_000_000
