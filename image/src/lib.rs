@@ -11,6 +11,7 @@ pub mod fs_thread;
 pub mod fuse;
 pub mod fuse_relay;
 pub mod fuse_tcp;
+pub mod host_service;
 pub mod hostenv;
 pub mod p9_tcp;
 pub mod p9load;
