@@ -9,5 +9,6 @@
 extern crate alloc;
 
 pub mod api;
+mod conns;
 pub mod fuse;
 pub mod p9;

@@ -663,6 +663,8 @@ impl Conn {
 }
 
 impl Connection for Conn {
+    type Info = ClientInfo;
+
     fn info(&self) -> ClientInfo {
         Conn::info(self)
     }

@@ -14,8 +14,10 @@
 //! accepted, and it returns once every connection has released its file
 //! handles and locks.
 
-use alloc::collections::BTreeMap;
-use alloc::rc::{Rc, Weak};
+pub(crate) use crate::conns::Connection;
+use crate::conns::Registry;
+
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
@@ -120,12 +122,6 @@ pub struct ClientInfo {
     pub memory_held: usize,
 }
 
-/// What the server needs of a registered connection.
-pub(crate) trait Connection {
-    fn info(&self) -> ClientInfo;
-    fn abort(&self);
-}
-
 /// One FUSE server over one mounted volume.
 pub struct Server {
     pub(crate) mount: Rc<Mount>,
@@ -137,10 +133,7 @@ pub struct Server {
     /// Serialises `O_APPEND` writes (size lookup + write).
     pub(crate) append_busy: Cell<bool>,
     pub(crate) append_done: Notify,
-    conns: RefCell<BTreeMap<u64, Weak<dyn Connection>>>,
-    conn_closed: Notify,
-    next_conn: Cell<u64>,
-    stopping: Cell<bool>,
+    conns: Registry<ClientInfo>,
 }
 
 impl Server {
@@ -152,6 +145,7 @@ impl Server {
             config.conn_memory_max_bytes >= 2 * frame + 64 * 1024,
             "a connection's memory must hold a request and its reply"
         );
+        let connections_max = config.connections_max;
         Rc::new(Server {
             locks: RefCell::new(LockTable::new(config.locks_max)),
             mount,
@@ -160,10 +154,10 @@ impl Server {
             locks_changed: Notify::new(),
             append_busy: Cell::new(false),
             append_done: Notify::new(),
-            conns: RefCell::new(BTreeMap::new()),
-            conn_closed: Notify::new(),
-            next_conn: Cell::new(1),
-            stopping: Cell::new(false),
+            conns: Registry::new(
+                connections_max,
+                scoutvm_fs::counter!("fuse.connections_refused"),
+            ),
         })
     }
 
@@ -193,66 +187,35 @@ impl Server {
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
+        self.conns.is_stopping()
     }
 
-    pub(crate) fn register<C: Connection + 'static>(
+    /// Register a new connection; `None` when full or shutting down.
+    pub(crate) fn register<C: Connection<Info = ClientInfo> + 'static>(
         &self,
         make: impl FnOnce(u64) -> Rc<C>,
     ) -> Option<Rc<C>> {
-        if self.stopping.get() {
-            return None;
-        }
-        let mut conns = self.conns.borrow_mut();
-        if conns.len() >= self.config.connections_max {
-            scoutvm_fs::counter!("fuse.connections_refused").inc();
-            return None;
-        }
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        let c = make(id);
-        let weak: Weak<dyn Connection> = Rc::downgrade(&c) as Weak<dyn Connection>;
-        conns.insert(id, weak);
-        Some(c)
+        self.conns.register(make)
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.conns.borrow_mut().remove(&id);
-        self.conn_closed.notify();
+        self.conns.unregister(id)
     }
 
-    fn live(&self) -> Vec<Rc<dyn Connection>> {
-        self.conns
-            .borrow()
-            .values()
-            .filter_map(|w| w.upgrade())
-            .collect()
-    }
-
+    /// Connections being served.
     pub fn connection_count(&self) -> usize {
-        self.conns.borrow().len()
+        self.conns.count()
     }
 
     /// One line of facts per connection.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        self.live().iter().map(|c| c.info()).collect()
+        self.conns.infos()
     }
 
     /// Stop: refuse new connections, abort every connection (requests in
     /// flight finish or are cancelled, handles released, locks dropped)
     /// and wait until all are gone. Call before the final commit.
     pub async fn shutdown(&self) {
-        self.stopping.set(true);
-        loop {
-            let wait = self.conn_closed.notified();
-            let live = self.live();
-            if live.is_empty() && self.conns.borrow().is_empty() {
-                return;
-            }
-            for c in &live {
-                c.abort();
-            }
-            wait.await;
-        }
+        self.conns.shutdown().await
     }
 }

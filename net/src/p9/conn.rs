@@ -374,6 +374,8 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, tag: u16, msg: &Rmsg<'_>) {
 }
 
 impl Connection for Conn {
+    type Info = ClientInfo;
+
     fn info(&self) -> ClientInfo {
         Conn::info(self)
     }

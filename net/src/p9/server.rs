@@ -15,8 +15,10 @@
 //! starts, no connection is accepted and the call returns only once every
 //! connection has released its fids and locks.
 
-use alloc::collections::BTreeMap;
-use alloc::rc::{Rc, Weak};
+pub(crate) use crate::conns::Connection;
+use crate::conns::Registry;
+
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
@@ -28,15 +30,6 @@ use scoutvm_fs::runtime::trace::Tracepoint;
 use super::access::AllowList;
 use super::locks::LockTable;
 use super::wire::MSIZE_MAX;
-
-/// What the server needs of a registered connection (implemented by
-/// `conn::Conn`; the trait keeps the server from importing it).
-pub(crate) trait Connection {
-    /// What `clients` shows.
-    fn info(&self) -> ClientInfo;
-    /// Stop reading, cancel what waits; the connection then tears down.
-    fn abort(&self);
-}
 
 /// A refused attach: the client's address (the connection id is in
 /// `p9_conn`).
@@ -146,10 +139,7 @@ pub struct Server {
     /// Serialises `O_APPEND` writes (size lookup + write).
     pub(crate) append_busy: Cell<bool>,
     pub(crate) append_done: Notify,
-    conns: RefCell<BTreeMap<u64, Weak<dyn Connection>>>,
-    conn_closed: Notify,
-    next_conn: Cell<u64>,
-    stopping: Cell<bool>,
+    conns: Registry<ClientInfo>,
 }
 
 impl Server {
@@ -161,6 +151,7 @@ impl Server {
             "a connection's memory must hold a request and its reply"
         );
         let locks = LockTable::new(config.locks_max);
+        let connections_max = config.connections_max;
         Rc::new(Server {
             mount,
             exec,
@@ -169,10 +160,10 @@ impl Server {
             locks_changed: Notify::new(),
             append_busy: Cell::new(false),
             append_done: Notify::new(),
-            conns: RefCell::new(BTreeMap::new()),
-            conn_closed: Notify::new(),
-            next_conn: Cell::new(1),
-            stopping: Cell::new(false),
+            conns: Registry::new(
+                connections_max,
+                scoutvm_fs::counter!("p9.connections_refused"),
+            ),
         })
     }
 
@@ -190,68 +181,35 @@ impl Server {
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
+        self.conns.is_stopping()
     }
 
     /// Register a new connection; `None` when full or shutting down.
-    pub(crate) fn register<C: Connection + 'static>(
+    pub(crate) fn register<C: Connection<Info = ClientInfo> + 'static>(
         &self,
         make: impl FnOnce(u64) -> Rc<C>,
     ) -> Option<Rc<C>> {
-        if self.stopping.get() {
-            return None;
-        }
-        let mut conns = self.conns.borrow_mut();
-        if conns.len() >= self.config.connections_max {
-            scoutvm_fs::counter!("p9.connections_refused").inc();
-            return None;
-        }
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        let c = make(id);
-        let weak: Weak<dyn Connection> = Rc::downgrade(&c) as Weak<dyn Connection>;
-        conns.insert(id, weak);
-        Some(c)
+        self.conns.register(make)
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.conns.borrow_mut().remove(&id);
-        self.conn_closed.notify();
-    }
-
-    fn live(&self) -> Vec<Rc<dyn Connection>> {
-        self.conns
-            .borrow()
-            .values()
-            .filter_map(|w| w.upgrade())
-            .collect()
+        self.conns.unregister(id)
     }
 
     /// Connections being served.
     pub fn connection_count(&self) -> usize {
-        self.conns.borrow().len()
+        self.conns.count()
     }
 
     /// One line of facts per connection.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        self.live().iter().map(|c| c.info()).collect()
+        self.conns.infos()
     }
 
-    /// Stop: refuse new connections, abort every connection (in-flight
-    /// requests finish or are cancelled, fids are clunked, locks dropped)
+    /// Stop: refuse new connections, abort every connection (requests in
+    /// flight finish or are cancelled, fids are clunked, locks dropped)
     /// and wait until all are gone. Call before the final commit.
     pub async fn shutdown(&self) {
-        self.stopping.set(true);
-        loop {
-            let wait = self.conn_closed.notified();
-            let live = self.live();
-            if live.is_empty() && self.conns.borrow().is_empty() {
-                return;
-            }
-            for c in &live {
-                c.abort();
-            }
-            wait.await;
-        }
+        self.conns.shutdown().await
     }
 }
