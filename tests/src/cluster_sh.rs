@@ -20,6 +20,8 @@ pub struct Cluster {
     /// Node `i`'s admin API (on with `api.token=`) is forwarded to host
     /// port `api_base + i`.
     pub api_base: u16,
+    /// Node `i`'s FUSE service is forwarded to host port `fuse_base + i`.
+    pub fuse_base: u16,
     /// `CLUSTER_BOOT_TIMEOUT` and `CLUSTER_SHELL_TIMEOUT`, in seconds.
     pub boot_timeout: u32,
     pub shell_timeout: u32,
@@ -70,11 +72,18 @@ impl Cluster {
         while api_base.abs_diff(p9_base) < ports {
             api_base = free_port_run(ports);
         }
+        // the FUSE forwards too: cluster.sh's default base is fixed, and
+        // two clusters at once (CI) would take the same ports
+        let mut fuse_base = free_port_run(ports);
+        while fuse_base.abs_diff(p9_base) < ports || fuse_base.abs_diff(api_base) < ports {
+            fuse_base = free_port_run(ports);
+        }
         Cluster {
             dir: workspace_root().join(format!("target/scoutvm/{name}-{}", std::process::id())),
             elf: elf_path(),
             p9_base,
             api_base,
+            fuse_base,
             boot_timeout: 180,
             shell_timeout: 60,
             consoles: ports.into(),
@@ -89,6 +98,7 @@ impl Cluster {
             .env("SCOUTVM_ELF", &self.elf)
             .env("CLUSTER_P9_BASE", self.p9_base.to_string())
             .env("CLUSTER_API_BASE", self.api_base.to_string())
+            .env("CLUSTER_FUSE_BASE", self.fuse_base.to_string())
             .env("CLUSTER_BOOT_TIMEOUT", self.boot_timeout.to_string())
             .env("CLUSTER_SHELL_TIMEOUT", self.shell_timeout.to_string())
             .output()
