@@ -59,9 +59,7 @@ static TP_COMMIT: Tracepoint =
 /// from the allocator; smaller ones are carved from a cached region this
 /// large.
 pub const ALLOC_DATA_LG_THRESH: u64 = 2048;
-/// `SCOUTFS_ALLOC_DATA_REFILL_THRESH`: ask for a commit (and a refill)
-/// when the data allocator holds less.
-pub const ALLOC_DATA_REFILL_THRESH: u64 = 65536;
+pub use crate::format::block::ALLOC_DATA_REFILL_THRESH;
 
 /// A commit is wanted when meta_avail holds fewer than this share
 /// (`1 / 2^shift`) of the device's metadata blocks (and fewer than

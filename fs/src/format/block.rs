@@ -135,6 +135,11 @@ impl AllocListHead {
 /// `SCOUTFS_ALLOC_FLAG_LOW`: the allocator is near the reserve.
 pub const ALLOC_FLAG_LOW: u32 = 1;
 
+/// `SCOUTFS_ALLOC_DATA_REFILL_THRESH`: a mount asks for a commit (and a
+/// refill) when its data allocator holds fewer 4 KiB blocks than this and
+/// is not `LOW`; the server, which sets `LOW`, needs the same number.
+pub const ALLOC_DATA_REFILL_THRESH: u64 = 65536;
+
 /// `scoutfs_alloc_root`: a free-extent btree and the sum of its lengths.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocRoot {

@@ -13,7 +13,7 @@
 //! into units checked against a [`Budget`] and reports [`Step::More`] so
 //! the caller commits and calls again, progress living in the stored item.
 
-use crate::format::block::{AllocRoot, ALLOC_FLAG_LOW};
+use crate::format::block::{AllocRoot, ALLOC_DATA_REFILL_THRESH, ALLOC_FLAG_LOW};
 use crate::format::key::{zone, Key};
 use crate::format::log::{log_trees_key, LogTrees, LOG_TREES_FINALIZED};
 pub use crate::server::commit::Budget;
@@ -54,6 +54,23 @@ impl Default for LogTreesConfig {
             // twice the client's commit trigger (ALLOC_DATA_REFILL_THRESH)
             data_fill_min: (512u64 << 20) >> 12,
             reserved_meta_blocks: crate::server::commit::RESERVED_META_BLOCKS,
+        }
+    }
+}
+
+impl LogTreesConfig {
+    /// The data targets scaled to a data device of `total_data_blocks`:
+    /// one mount holds at most an eighth of the device (so that on a small
+    /// device the first mount to ask does not take all of it and leave the
+    /// others an ENOSPC, and an idle mount's floor is never the whole
+    /// device). Devices of 32 GiB and more keep the configured targets.
+    pub fn scaled_to(&self, total_data_blocks: u64) -> LogTreesConfig {
+        let target = self.data_fill_target.min(total_data_blocks / 8).max(1);
+        LogTreesConfig {
+            data_fill_target: target,
+            data_fill_lo: self.data_fill_lo.min(target / 4),
+            data_fill_min: self.data_fill_min.min(target / 2),
+            ..*self
         }
     }
 }
@@ -261,8 +278,10 @@ pub fn data_want(cfg: &LogTreesConfig, used: Option<u64>) -> u64 {
 /// back what it holds beyond that (its committed avail extents are free
 /// and stable), so space it freed (drained into `data_alloc` just before)
 /// does not stay with it while another mount runs dry. `LOW` when the
-/// tree stays under `data_fill_lo` (the mount then commits for a refill
-/// only when it runs out) or the server has no data space left.
+/// tree stays under `data_fill_lo`, or under the mount's own commit
+/// trigger when the target is smaller (the mount then commits for a refill
+/// only when it runs out), or the server has no data space left. The
+/// targets are scaled to the device ([`LogTreesConfig::scaled_to`]).
 pub fn refill(
     tx: &mut ServerTxn<'_>,
     lt: &mut LogTrees,
@@ -270,6 +289,7 @@ pub fn refill(
     used: Option<u64>,
     budget: &Budget,
 ) -> StoreResult<()> {
+    let cfg = &cfg.scaled_to(tx.sb.total_data_blocks);
     if lt.meta_avail.total_nr < cfg.meta_fill_lo && budget.ok(tx) {
         tx.fill_meta_list(&mut lt.meta_avail, cfg.meta_fill_lo, cfg.meta_fill_target)?;
     }
@@ -298,7 +318,13 @@ pub fn refill(
         lt.data_avail = dst;
         r?;
     }
-    if tx.sb.data_alloc.total_len == 0 || lt.data_avail.total_len < cfg.data_fill_lo {
+    // LOW also below the mount's own commit trigger when the target is
+    // under it (a small device): the mount then commits for a refill only
+    // when it runs out, not after every allocation
+    let low_mark = cfg
+        .data_fill_lo
+        .max(ALLOC_DATA_REFILL_THRESH.min(cfg.data_fill_target));
+    if tx.sb.data_alloc.total_len == 0 || lt.data_avail.total_len < low_mark {
         lt.data_avail.flags |= ALLOC_FLAG_LOW;
     } else {
         lt.data_avail.flags &= !ALLOC_FLAG_LOW;
@@ -392,5 +418,23 @@ mod tests {
             ..cfg
         };
         assert_eq!(data_want(&odd, Some(0)), 10_000);
+    }
+
+    #[test]
+    fn a_mount_holds_at_most_an_eighth_of_a_small_data_device() {
+        let cfg = LogTreesConfig::default();
+        // 96 MiB of 4 KiB blocks: 12 MiB per mount at most
+        let small = cfg.scaled_to((96 << 20) >> 12);
+        assert_eq!(small.data_fill_target, (12 << 20) >> 12);
+        assert_eq!(small.data_fill_lo, (3 << 20) >> 12);
+        assert_eq!(small.data_fill_min, (6 << 20) >> 12);
+        assert!(data_want(&small, None) <= small.data_fill_target);
+        // a large device keeps the configured targets
+        let large = cfg.scaled_to((64u64 << 30) >> 12);
+        assert_eq!(large.data_fill_target, cfg.data_fill_target);
+        assert_eq!(large.data_fill_lo, cfg.data_fill_lo);
+        assert_eq!(large.data_fill_min, cfg.data_fill_min);
+        // a device of a few blocks still gets a target
+        assert_eq!(cfg.scaled_to(3).data_fill_target, 1);
     }
 }
