@@ -1220,9 +1220,14 @@ impl Inner {
             // a resend: the transaction is already open
             return Ok(Step::Done(Opened(Box::new(lt))));
         }
+        let root = tx.sb.logs_root;
+        let trees = log_trees::all(tx.cache, &root)?;
+        // how many log trees the volume holds (open, finalized, merging):
+        // bounded under steady writes, which the cluster tests check
+        let count = u64::try_from(trees.len()).unwrap_or(u64::MAX);
+        counter!("server.log_trees").set(count);
+        counter!("server.log_trees_max").set_max(count);
         if log_merge::status(tx)?.is_none() {
-            let root = tx.sb.logs_root;
-            let trees = log_trees::all(tx.cache, &root)?;
             let saw_finalized = trees.iter().any(|t| t.is_finalized());
             let others: Vec<LogTrees> = last_trees(&trees)
                 .filter(|t| t.rid != rid && !t.is_finalized())
