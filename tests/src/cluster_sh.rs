@@ -63,6 +63,18 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The value of counter `name` in a shell `counters` listing (0 when
+/// absent: counters appear at their first use).
+pub fn counter(listing: &str, name: &str) -> u64 {
+    listing
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().and_then(|v| v.parse().ok()))?
+        })
+        .unwrap_or(0)
+}
+
 impl Cluster {
     /// A cluster in `target/scoutvm/<name>-<pid>` with `ports` free 9P
     /// ports; callers set the timeouts and consoles fields as they need.

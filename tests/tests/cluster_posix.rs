@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use scoutvm_tests::cluster_sh::{alive, Cluster};
+use scoutvm_tests::cluster_sh::{alive, counter, Cluster};
 use scoutvm_tests::guest::{fsck_images, run_linux_guest};
 
 /// The checks cluster-posix.sh runs (its `CLUSTER-POSIX PASS` names).
@@ -39,18 +39,6 @@ fn env_num(name: &str, default: u64) -> u64 {
                 .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
         })
         .unwrap_or(default)
-}
-
-/// The value of counter `name` in a `counters` listing (0 when absent:
-/// counters appear at their first use).
-fn counter(listing: &str, name: &str) -> u64 {
-    listing
-        .lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(name)).then(|| w.next().and_then(|v| v.parse().ok()))?
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -32,6 +32,10 @@
 //!   host against a fresh appliance and the diod peer VM, alternating,
 //!   over user networking, at 1 and 16 requests outstanding; medians and
 //!   ratios (docs/9p.md).
+//! - `bench-cluster [--nodes N] [--seconds S] [--minutes M] [--outstanding K]`:
+//!   many writers (issue 12): a cluster of N appliances loaded from this
+//!   host, creates per second through 1..N nodes at once, then the log
+//!   trees and log-merge items per second over an M-minute write.
 //! - `fuzz [--iterations N] [--seed S] [--target NAME]...`: the wire
 //!   decoders (9P codec and framer, cluster frames and payloads) fuzzed by
 //!   `scoutvm-fuzz` (release build, stable toolchain): one line per target
@@ -595,6 +599,8 @@ fn usage() -> ! {
          \n                                on a host directory as the reference\
          \n  bench-9p-load [--rounds R] [--seconds S] [--msize N] [--ops LIST] [--no-peer] [--ram]\
          \n                                host-native 9P load: appliance vs diod peer VM\
+         \n  bench-cluster [--nodes N] [--seconds S] [--minutes M] [--outstanding K]\
+         \n                                creates/s through 1..N cluster nodes, log trees over a write\
          \n  fuzz [--iterations N] [--seed S] [--target p9|p9_framing|cluster|cluster_auth|fuse]...\
          \n                                fuzz the wire decoders (1000000 inputs each)\
          \n  sim [--seeds N] [--seed S] [--nodes K] [--steps X] [--minutes M]\
@@ -621,6 +627,7 @@ fn main() {
         "bench-virtiofs" => run_bench_bin("scoutvm-benchvfs", &args[1..]),
         "bench-9p-load" => run_bench_bin("scoutvm-bench9p-load", &args[1..]),
         "bench-image" => run_bench_bin("scoutvm-bench-image", &args[1..]),
+        "bench-cluster" => run_bench_bin("scoutvm-bench-cluster", &args[1..]),
         "sim" => cmd_sim(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
         _ => usage(),
