@@ -421,7 +421,7 @@ pub async fn mount_cluster(
     let mounted = match &node.locks {
         Some(lc) => {
             let provider: Rc<dyn LockProvider> = lc.clone();
-            let omap = Rc::new(ClientOmap(Rc::downgrade(&node.client)));
+            let omap = client_omap(&node.client);
             Mount::mount_on_cluster(backend, data, clock, opts.mount, provider, omap).await
         }
         None => Mount::mount(backend, data, clock, opts.mount).await,
@@ -521,6 +521,11 @@ impl OthersOpen for ClientOmap {
             }
         })
     }
+}
+
+/// The other mounts' open maps, asked of the server through `client`.
+pub(crate) fn client_omap(client: &Rc<Client>) -> Rc<dyn OthersOpen> {
+    Rc::new(ClientOmap(Rc::downgrade(client)))
 }
 
 /// The server's OPEN_INO_MAP questions are answered from the mount's open
@@ -728,7 +733,7 @@ pub async fn mount_client(
     let mounted = match &locks {
         Some(lc) => {
             let provider: Rc<dyn LockProvider> = lc.clone();
-            let omap = Rc::new(ClientOmap(Rc::downgrade(&client)));
+            let omap = client_omap(&client);
             Mount::mount_on_cluster(backend, data, clock, opts.mount, provider, omap).await
         }
         None => Mount::mount(backend, data, clock, opts.mount).await,
