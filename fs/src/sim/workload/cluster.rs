@@ -40,8 +40,8 @@ use crate::cluster::lock_client::LockClient;
 use crate::cluster::session::StaticLeader;
 use crate::cluster::transport::LocalFut;
 use crate::errno::FsResult;
-use crate::posix::mount::Mount;
 use crate::format::ROOT_INO;
+use crate::posix::mount::Mount;
 use crate::posix::types::{Cred, O_RDWR, RENAME_NOREPLACE, S_IFDIR, S_IFREG};
 use crate::runtime::exec::JoinHandle;
 use crate::runtime::node::NodeId;
@@ -1278,11 +1278,14 @@ async fn open_unlink(
     on_mount(e, a);
     let n2 = name.clone();
     let created = e
-        .op(format!("omap create+open {}", e.step), move |m| async move {
-            let at = m.create(&Cred::root(), ROOT_INO, &n2, 0o644).await?;
-            m.open(&Cred::root(), at.ino, O_RDWR).await?;
-            Ok(at.ino)
-        })
+        .op(
+            format!("omap create+open {}", e.step),
+            move |m| async move {
+                let at = m.create(&Cred::root(), ROOT_INO, &n2, 0o644).await?;
+                m.open(&Cred::root(), at.ino, O_RDWR).await?;
+                Ok(at.ino)
+            },
+        )
         .await?;
     let ino = match created {
         Ok(ino) => ino,
