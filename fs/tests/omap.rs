@@ -294,3 +294,120 @@ fn a_dead_mounts_open_orphan_is_deleted_by_the_scanner_after_its_reclaim() {
     );
     c.shutdown(vec![(m0, cm0)]);
 }
+
+// ---- the server's fan-out over real sessions ----
+
+mod fanout {
+    use super::common::*;
+    use scoutvm_fs::client::requests::{Client, ClientIdentity};
+    use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
+    use scoutvm_fs::cluster::msg::{omap_set, omap_test, OmapBits, OMAP_WORDS};
+    use scoutvm_fs::cluster::transport::MemNet;
+    use scoutvm_fs::runtime::env::SeededEntropy;
+    use scoutvm_fs::server::role::{ServerConfig, ServerRole};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    const ADDR: &str = "fanout";
+    const WINDOW_NS: u64 = 5_000_000_000;
+    const GROUP: u64 = 3;
+
+    fn life(
+        meta: &Rc<scoutvm_fs::sim::faultdev::FaultDev>,
+        data: &Rc<scoutvm_fs::sim::faultdev::FaultDev>,
+        net: &MemNet,
+        term: u64,
+        fence: &Rc<ManualFence>,
+    ) -> ServerRole {
+        let mut cfg = ServerConfig::default();
+        cfg.commit.reserved_meta_blocks = 64;
+        cfg.log_trees.reserved_meta_blocks = 64;
+        cfg.reclaim_mounted_at_start = false;
+        cfg.recovery_window_ns = WINDOW_NS;
+        cfg.term = term;
+        let role = ServerRole::open(
+            meta.clone(),
+            data.clone(),
+            Box::new(SeededEntropy::new(term)),
+            cfg,
+            handle(),
+        )
+        .unwrap();
+        let agent: Rc<dyn FenceAgent> = fence.clone();
+        role.set_fence_agent(agent);
+        block_on(role.start(net, ADDR)).unwrap();
+        role
+    }
+
+    /// A mount (just its client) that has inode `GROUP * 1024 + bit` open.
+    fn mount(net: &MemNet, role: &ServerRole, rid: u64, bit: u64) -> Rc<Client> {
+        let sb = role.stable_super();
+        let id = ClientIdentity {
+            fsid: sb.hdr.fsid,
+            fmt_vers: sb.fmt_vers,
+            rid,
+            flags: 0,
+        };
+        let c = block_on(Client::connect(Rc::new(net.clone()), ADDR, id, &handle())).unwrap();
+        c.set_omap_handler(Rc::new(move |g| {
+            let mut b = [0; OMAP_WORDS];
+            if g == GROUP {
+                omap_set(&mut b, GROUP * 1024 + bit);
+            }
+            b
+        }));
+        c
+    }
+
+    fn bits_of(b: &OmapBits) -> Vec<u64> {
+        (0..1024).filter(|&i| omap_test(b, i)).collect()
+    }
+
+    #[test]
+    fn questions_union_the_others_and_wait_for_recovery() {
+        let (meta, data) = small_volume(8 << 30, 1 << 30, 41);
+        let net = MemNet::new();
+        let fence = ManualFence::new();
+        let one = life(&meta, &data, &net, 1, &fence);
+        let a = mount(&net, &one, 7, 1);
+        let b = mount(&net, &one, 8, 2);
+        let c = mount(&net, &one, 9, 3);
+        // the asker's own map is not in the answer
+        let got = block_on(c.open_ino_map(GROUP)).unwrap();
+        assert_eq!(bits_of(&got), [1, 2]);
+        assert_eq!(bits_of(&block_on(a.open_ino_map(GROUP)).unwrap()), [2, 3]);
+        assert_eq!(
+            bits_of(&block_on(c.open_ino_map(GROUP + 1)).unwrap()),
+            [0u64; 0]
+        );
+
+        // the server dies; mount 8's node with it
+        block_on(one.shutdown());
+        b.session().close();
+        drop(b);
+        let two = life(&meta, &data, &net, 2, &fence);
+        let answer: Rc<RefCell<Option<OmapBits>>> = Rc::new(RefCell::new(None));
+        let (c2, ans) = (c.clone(), answer.clone());
+        let asked = handle()
+            .spawn(async move {
+                *ans.borrow_mut() = Some(c2.open_ino_map(GROUP).await.unwrap());
+            })
+            .unwrap();
+        // 7 and 9 greet the new life; 8 still owes its greeting: the
+        // question waits (8 may have the inode open)
+        block_on(handle().sleep_ns(WINDOW_NS / 2));
+        assert!(!two.recovery_pending().0.is_empty());
+        assert!(answer.borrow().is_none(), "answered during recovery");
+        // the window closes: 8 is fenced, reclaimed, and the question runs
+        block_on(handle().sleep_ns(WINDOW_NS));
+        let asked_fence = fence.waiting();
+        assert_eq!(asked_fence.len(), 1);
+        assert_eq!(asked_fence[0].rid, 8);
+        assert!(answer.borrow().is_none(), "answered before 8's reclaim");
+        assert!(fence.ack(8));
+        block_on(handle().timeout_ns(60_000_000_000, asked)).expect("answered after recovery");
+        assert_eq!(bits_of(&answer.borrow().unwrap()), [1], "7's map only");
+        drop((a, c));
+        block_on(two.shutdown());
+    }
+}
