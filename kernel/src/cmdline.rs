@@ -137,6 +137,15 @@ pub const HEARTBEAT_TIMEOUT_MS_MIN: u32 = 2_000;
 pub const HEARTBEAT_TIMEOUT_MS_MAX: u32 = 60_000;
 pub const HEARTBEAT_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 
+/// `orphan_scan_delay_ms=` bounds (ms), as scoutfs's mount option; the
+/// default is the fs crate's.
+pub const ORPHAN_SCAN_DELAY_MS_MIN: u32 =
+    scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MIN_MS as u32;
+pub const ORPHAN_SCAN_DELAY_MS_MAX: u32 =
+    scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MAX_MS as u32;
+pub const ORPHAN_SCAN_DELAY_MS_DEFAULT: u32 =
+    scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MS as u32;
+
 /// This node's part in a cluster, from `quorum_slot_nr=`,
 /// `quorum_heartbeat_timeout_ms=` and `cluster=1`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +161,9 @@ pub struct ClusterConfig {
     /// `fence.agent=IP:PORT`: the host fence agent fence requests go to
     /// (without it only the shell's `fence ack` fences).
     pub fence_agent: Option<String>,
+    /// `orphan_scan_delay_ms=`: how often the mount looks for unlinked
+    /// inodes no node has open any more.
+    pub orphan_scan_delay_ms: u32,
 }
 
 /// Whether (and how) the node runs as a cluster member.
@@ -199,6 +211,18 @@ impl ClusterMode {
             Some(v) if parse_socket_addr(v).is_some() => Some(String::from(v)),
             Some(v) => return ClusterMode::Invalid(format!("fence.agent={v}: expected IP:PORT")),
         };
+        let orphan_scan_delay_ms = match c.get("orphan_scan_delay_ms") {
+            None => ORPHAN_SCAN_DELAY_MS_DEFAULT,
+            Some(v) => match v.parse::<u32>() {
+                Ok(ms) if (ORPHAN_SCAN_DELAY_MS_MIN..=ORPHAN_SCAN_DELAY_MS_MAX).contains(&ms) => ms,
+                _ => {
+                    return ClusterMode::Invalid(format!(
+                        "orphan_scan_delay_ms={v}: expected \
+                         {ORPHAN_SCAN_DELAY_MS_MIN}..={ORPHAN_SCAN_DELAY_MS_MAX}"
+                    ))
+                }
+            },
+        };
         let wanted = match c.get("cluster") {
             None => slot.is_some() || hb.is_some(),
             Some("1") => true,
@@ -244,6 +268,7 @@ impl ClusterMode {
             key,
             insecure,
             fence_agent,
+            orphan_scan_delay_ms,
         })
     }
 }
@@ -595,6 +620,7 @@ mod tests {
                 key: None,
                 insecure: false,
                 fence_agent: None,
+                orphan_scan_delay_ms: ORPHAN_SCAN_DELAY_MS_DEFAULT,
             })
         );
         assert_eq!(
@@ -605,6 +631,7 @@ mod tests {
                 key: None,
                 insecure: false,
                 fence_agent: None,
+                orphan_scan_delay_ms: ORPHAN_SCAN_DELAY_MS_DEFAULT,
             }),
             "a client-only node"
         );
@@ -625,6 +652,27 @@ mod tests {
                 "an invalid word still keeps the volume unmounted"
             );
         }
+        for (ms, ok) in [
+            ("100", true),
+            ("60000", true),
+            ("99", false),
+            ("60001", false),
+            ("1e3", false),
+        ] {
+            let m = mode(&format!("cluster=1 orphan_scan_delay_ms={ms}"));
+            match m {
+                ClusterMode::On(c) => {
+                    assert!(ok, "{ms}");
+                    assert_eq!(c.orphan_scan_delay_ms.to_string(), ms);
+                }
+                m => assert!(!ok && matches!(m, ClusterMode::Invalid(_)), "{ms}: {m:?}"),
+            }
+        }
+        assert_eq!(
+            mode("orphan_scan_delay_ms=500"),
+            ClusterMode::Off,
+            "it only qualifies a member"
+        );
         for bad in [
             "quorum_slot_nr=15",
             "quorum_slot_nr=x",

@@ -604,7 +604,10 @@ async fn join(
         // every cluster mount takes its locks from the leader's lock
         // server (NodeOptions' default), so what one node commits the
         // others read
-        NodeOptions::default(),
+        NodeOptions {
+            orphan_scan_delay_ms: orphan_scan_delay_ms(),
+            ..NodeOptions::default()
+        },
     )
     .await
     .map_err(|e| format!("joining the cluster failed: {} ({})", e.text(), e.name()))?;
@@ -615,6 +618,14 @@ async fn join(
         p9: RefCell::new(None),
         fuse: RefCell::new(None),
     })
+}
+
+/// `orphan_scan_delay_ms=`, or the default.
+fn orphan_scan_delay_ms() -> u64 {
+    match &runtime::config().cluster {
+        ClusterMode::On(c) => c.orphan_scan_delay_ms as u64,
+        _ => scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MS,
+    }
 }
 
 /// `fence.agent=IP:PORT`, if given.

@@ -17,13 +17,14 @@
 
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_sync_worker, MergeWorker,
-    MergeWorkerStats, NodeOptions, SharedEntropy,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_orphan_scanner,
+    spawn_sync_worker, MergeWorker, MergeWorkerStats, NodeOptions, SharedEntropy,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
 use crate::cluster::lock::LockProvider;
 use crate::cluster::lock_client::{LockClient, SessionRequester};
+use crate::cluster::msg::{OmapBits, OMAP_WORDS};
 use crate::cluster::quorum_agent::{AgentConfig, QuorumAgent, QuorumStatus, ServerControl};
 use crate::cluster::quorum_blocks::find_leader;
 use crate::cluster::session::LeaderAddr;
@@ -31,7 +32,9 @@ use crate::cluster::transport::{Datagrams, LocalFut, NetError, Transport};
 use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::super_block::SuperBlock;
+use crate::posix::backend::BoxFut;
 use crate::posix::mount::Mount;
+use crate::posix::orphan::OthersOpen;
 use crate::runtime::env::{Clock, Entropy};
 use crate::runtime::exec::{Handle, JoinHandle};
 use crate::server::role::{ServerConfig, ServerRole};
@@ -418,7 +421,8 @@ pub async fn mount_cluster(
     let mounted = match &node.locks {
         Some(lc) => {
             let provider: Rc<dyn LockProvider> = lc.clone();
-            Mount::mount_with_locks(backend, data, clock, opts.mount, provider).await
+            let omap = client_omap(&node.client);
+            Mount::mount_on_cluster(backend, data, clock, opts.mount, provider, omap).await
         }
         None => Mount::mount(backend, data, clock, opts.mount).await,
     };
@@ -435,9 +439,10 @@ pub async fn mount_cluster(
     };
     if let Some(lc) = &node.locks {
         set_mount_hooks(lc, &mount);
+        set_omap_handler(&node.client, &mount);
     }
     *node.mount.borrow_mut() = Some(mount.clone());
-    node.start_tasks(&mount, &handle, &opts)?;
+    node.start_tasks(&mount, &handle, &entropy, &opts)?;
     Ok((mount, node))
 }
 
@@ -502,6 +507,38 @@ pub(crate) fn set_mount_hooks(lc: &LockClient, mount: &Rc<Mount>) {
     lc.hooks_ready();
 }
 
+/// The mount's way to the other mounts' open maps: the server, through
+/// its client (weak: the client outlives no unmount).
+struct ClientOmap(alloc::rc::Weak<Client>);
+
+impl OthersOpen for ClientOmap {
+    fn others_open<'a>(&'a self, group_nr: u64) -> BoxFut<'a, FsResult<OmapBits>> {
+        let c = self.0.upgrade();
+        Box::pin(async move {
+            match c {
+                Some(c) => c.open_ino_map(group_nr).await,
+                None => Err(Errno::ENOLINK),
+            }
+        })
+    }
+}
+
+/// The other mounts' open maps, asked of the server through `client`.
+pub(crate) fn client_omap(client: &Rc<Client>) -> Rc<dyn OthersOpen> {
+    Rc::new(ClientOmap(Rc::downgrade(client)))
+}
+
+/// The server's OPEN_INO_MAP questions are answered from the mount's open
+/// counts (weak: the client does not keep the mount).
+pub(crate) fn set_omap_handler(client: &Client, mount: &Rc<Mount>) {
+    let m = Rc::downgrade(mount);
+    client.set_omap_handler(Rc::new(move |group_nr| {
+        m.upgrade()
+            .map(|m| m.open_map(group_nr))
+            .unwrap_or([0; OMAP_WORDS])
+    }));
+}
+
 async fn connect(
     meta: &Rc<dyn BlockDev>,
     sb: &SuperBlock,
@@ -527,13 +564,20 @@ async fn connect(
 }
 
 impl ClusterNode {
-    fn start_tasks(&self, mount: &Rc<Mount>, handle: &Handle, opts: &NodeOptions) -> FsResult<()> {
+    fn start_tasks(
+        &self,
+        mount: &Rc<Mount>,
+        handle: &Handle,
+        entropy: &Rc<dyn Entropy>,
+        opts: &NodeOptions,
+    ) -> FsResult<()> {
         let t = spawn_mount_tasks(
             mount,
             &self.client,
             &self.merge,
             self.locks.as_ref(),
             handle,
+            entropy,
             opts,
         )?;
         self.tasks.borrow_mut().extend(t);
@@ -689,7 +733,8 @@ pub async fn mount_client(
     let mounted = match &locks {
         Some(lc) => {
             let provider: Rc<dyn LockProvider> = lc.clone();
-            Mount::mount_with_locks(backend, data, clock, opts.mount, provider).await
+            let omap = client_omap(&client);
+            Mount::mount_on_cluster(backend, data, clock, opts.mount, provider, omap).await
         }
         None => Mount::mount(backend, data, clock, opts.mount).await,
     };
@@ -707,6 +752,7 @@ pub async fn mount_client(
     };
     if let Some(lc) = &locks {
         set_mount_hooks(lc, &mount);
+        set_omap_handler(&client, &mount);
     }
     let cm = ClientMount {
         client,
@@ -722,6 +768,7 @@ pub async fn mount_client(
         &cm.merge,
         cm.locks.as_ref(),
         &handle,
+        &entropy,
         &opts,
     )?;
     *cm.tasks.borrow_mut() = tasks;
@@ -729,17 +776,27 @@ pub async fn mount_client(
 }
 
 /// The background tasks of a mount on a cluster: the commit ticker and
-/// the idle-lock shrinker (when ticking), the merge worker (when polling)
-/// and the answer to the server's SYNC_LOG_TREES.
+/// the idle-lock shrinker (when ticking), the merge worker (when polling),
+/// the orphan scanner (with cluster locks) and the answer to the server's
+/// SYNC_LOG_TREES.
 fn spawn_mount_tasks(
     mount: &Rc<Mount>,
     client: &Rc<Client>,
     merge: &Rc<MergeWorker>,
     locks: Option<&Rc<LockClient>>,
     handle: &Handle,
+    entropy: &Rc<dyn Entropy>,
     opts: &NodeOptions,
 ) -> FsResult<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
+    if locks.is_some() && opts.orphan_scan_delay_ms > 0 {
+        tasks.push(spawn_orphan_scanner(
+            mount,
+            handle,
+            entropy.clone(),
+            opts.orphan_scan_delay_ms,
+        )?);
+    }
     if opts.tick_ns > 0 {
         tasks.push(spawn_commit_ticker(mount, handle, opts.tick_ns)?);
         if let Some(lc) = locks {

@@ -1,7 +1,7 @@
 //! The mount's connection to the server: typed calls for every request
 //! the mount makes, over a reliable session (`cluster/session.rs`), and
 //! the answers to requests the server sends (SYNC_LOG_TREES, LOCK,
-//! LOCK_RECOVER).
+//! LOCK_RECOVER, OPEN_INO_MAP).
 //!
 //! Called by the transaction engine (`log_txn.rs`), the merge worker and
 //! the node. Every call goes through the session over a [`Transport`];
@@ -13,7 +13,7 @@
 
 use crate::cluster::msg::{
     self, decode_log_trees, decode_merge_request, InodeAlloc, LockRecover, NetLock, NetRoots,
-    NetStatfs, Request,
+    NetStatfs, OmapBits, OpenInoMap, OpenInoMapArgs, Request, OMAP_WORDS,
 };
 use crate::cluster::session::{ClientSession, LeaderAddr, SessionConfig, StaticLeader};
 use crate::cluster::transport::{LocalFut, Transport};
@@ -36,6 +36,9 @@ pub type LockHandler = Rc<dyn Fn(NetLock) -> LocalFut<'static, FsResult<NetLock>
 /// report of what it holds.
 pub type LockRecoverHandler = Rc<dyn Fn(&Key) -> Vec<NetLock>>;
 
+/// Answers the server's OPEN_INO_MAP for a group: the mount's open map.
+pub type OmapHandler = Rc<dyn Fn(u64) -> OmapBits>;
+
 /// A mount's client: a session and what the server asked of it.
 pub struct Client {
     session: Rc<ClientSession>,
@@ -44,6 +47,7 @@ pub struct Client {
     sync_kick: Notify,
     lock_handler: Rc<RefCell<Option<LockHandler>>>,
     recover_handler: Rc<RefCell<Option<LockRecoverHandler>>>,
+    omap_handler: Rc<RefCell<Option<OmapHandler>>>,
 }
 
 impl Client {
@@ -83,11 +87,14 @@ impl Client {
         let l2 = locks.clone();
         let recover: Rc<RefCell<Option<LockRecoverHandler>>> = Rc::new(RefCell::new(None));
         let r2 = recover.clone();
+        let omap: Rc<RefCell<Option<OmapHandler>>> = Rc::new(RefCell::new(None));
+        let o2 = omap.clone();
         session.set_handler(Rc::new(move |req| {
             let sync = s2.clone();
             let kick = k2.clone();
             let lock = l2.borrow().clone();
             let recover = r2.borrow().clone();
+            let omap = o2.borrow().clone();
             Box::pin(async move {
                 match req {
                     Request::SyncLogTrees => {
@@ -107,6 +114,15 @@ impl Client {
                         locks: recover.map(|h| h(&start)).unwrap_or_default(),
                     }
                     .encode()),
+                    // no mount yet (or any more): nothing is open
+                    Request::OpenInoMap(args) => {
+                        counter!("client.omap_requests").inc();
+                        Ok(OpenInoMap {
+                            args,
+                            bits: omap.map(|h| h(args.group_nr)).unwrap_or([0; OMAP_WORDS]),
+                        }
+                        .encode())
+                    }
                     _ => Err(Errno::EINVAL),
                 }
             })
@@ -121,6 +137,7 @@ impl Client {
             sync_kick: kick,
             lock_handler: locks,
             recover_handler: recover,
+            omap_handler: omap,
         }))
     }
 
@@ -146,6 +163,11 @@ impl Client {
     /// Answer a new server's LOCK_RECOVER with `h` (the lock client).
     pub fn set_lock_recover_handler(&self, h: LockRecoverHandler) {
         *self.recover_handler.borrow_mut() = Some(h);
+    }
+
+    /// Answer the server's OPEN_INO_MAP with `h` (the mount's open map).
+    pub fn set_omap_handler(&self, h: OmapHandler) {
+        *self.omap_handler.borrow_mut() = Some(h);
     }
 
     /// Did the server ask for a commit since the last call?
@@ -240,6 +262,19 @@ impl Client {
         self.call(Request::CommitLogMerge(alloc::boxed::Box::new(*comp)))
             .await
             .map(|_| ())
+    }
+
+    /// The union of every other mount's open map of `group_nr`.
+    pub async fn open_ino_map(&self, group_nr: u64) -> FsResult<OmapBits> {
+        let args = OpenInoMapArgs {
+            group_nr,
+            req_id: 0,
+        };
+        let m = OpenInoMap::decode(&self.call(Request::OpenInoMap(args)).await?)?;
+        if m.args != args {
+            return Err(Errno::EPROTO);
+        }
+        Ok(m.bits)
     }
 
     pub async fn statfs(&self) -> FsResult<NetStatfs> {

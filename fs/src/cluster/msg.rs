@@ -574,6 +574,90 @@ impl NetStatfs {
     }
 }
 
+/// Inodes per open-inode map group (the inode lock group).
+pub const OMAP_GROUP_INODES: u64 = 1024;
+/// u64 words of one group's bitmap.
+pub const OMAP_WORDS: usize = (OMAP_GROUP_INODES / 64) as usize;
+
+/// One group's open-inode bitmap: bit `ino & 1023` is set when a mount
+/// has inode `(group_nr << 10) | bit` open.
+pub type OmapBits = [u64; OMAP_WORDS];
+
+/// Is `ino`'s bit set in `bits` (its group's map)?
+pub fn omap_test(bits: &OmapBits, ino: u64) -> bool {
+    let b = ino & (OMAP_GROUP_INODES - 1);
+    bits[(b / 64) as usize] & (1u64 << (b % 64)) != 0
+}
+
+/// Set `ino`'s bit in `bits` (its group's map).
+pub fn omap_set(bits: &mut OmapBits, ino: u64) {
+    let b = ino & (OMAP_GROUP_INODES - 1);
+    bits[(b / 64) as usize] |= 1u64 << (b % 64);
+}
+
+/// `scoutfs_open_ino_map_args` (16): which group, and the server's
+/// request id (0 from a mount asking the server; the server's own id when
+/// it asks a mount).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenInoMapArgs {
+    pub group_nr: u64,
+    pub req_id: u64,
+}
+
+impl OpenInoMapArgs {
+    pub const BYTES: usize = 16;
+
+    pub fn decode(b: &[u8]) -> Result<Self, Errno> {
+        need(b, Self::BYTES)?;
+        let a = OpenInoMapArgs {
+            group_nr: get_u64(b, 0),
+            req_id: get_u64(b, 8),
+        };
+        // a group names inodes: its first inode number must fit
+        if a.group_nr > u64::MAX / OMAP_GROUP_INODES {
+            return Err(Errno::EINVAL);
+        }
+        Ok(a)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; Self::BYTES];
+        put_u64(&mut b, 0, self.group_nr);
+        put_u64(&mut b, 8, self.req_id);
+        b
+    }
+}
+
+/// `scoutfs_open_ino_map` (144): the args echoed and the 1024-bit map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenInoMap {
+    pub args: OpenInoMapArgs,
+    pub bits: OmapBits,
+}
+
+impl OpenInoMap {
+    pub const BYTES: usize = OpenInoMapArgs::BYTES + OMAP_WORDS * 8;
+
+    pub fn decode(b: &[u8]) -> Result<Self, Errno> {
+        need(b, Self::BYTES)?;
+        let args = OpenInoMapArgs::decode(&b[..OpenInoMapArgs::BYTES])?;
+        let mut bits = [0u64; OMAP_WORDS];
+        for (i, w) in bits.iter_mut().enumerate() {
+            *w = get_u64(b, OpenInoMapArgs::BYTES + i * 8);
+        }
+        Ok(OpenInoMap { args, bits })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = self.args.encode();
+        b.resize(Self::BYTES, 0);
+        for (i, w) in self.bits.iter().enumerate() {
+            put_u64(&mut b, OpenInoMapArgs::BYTES + i * 8, *w);
+        }
+        b
+    }
+}
+
 /// A request as the server sees it, payload decoded and size-checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -595,6 +679,10 @@ pub enum Request {
     /// The server asks a mount for the locks it holds from this key on
     /// (server to mount, after a failover).
     LockRecover(Key),
+    /// Which inodes of a group are open: a mount asks the server
+    /// (`req_id == 0`) for every other mount's map, the server asks each
+    /// mount for its own (its `req_id`).
+    OpenInoMap(OpenInoMapArgs),
     /// A valid command this node does not serve yet (lock recovery, srch
     /// compaction, omap, volume options, resize): answered with EINVAL.
     Unsupported(u8),
@@ -631,6 +719,7 @@ impl Request {
                 kb.copy_from_slice(b);
                 Request::LockRecover(Key::decode_strict(&kb).map_err(|_| Errno::EINVAL)?)
             }
+            cmd::OPEN_INO_MAP => Request::OpenInoMap(OpenInoMapArgs::decode(b)?),
             c if c < cmd::UNKNOWN => Request::Unsupported(c),
             _ => return Err(Errno::EINVAL),
         })
@@ -652,6 +741,7 @@ impl Request {
             Request::Ping => cmd::PING,
             Request::Lock(_) => cmd::LOCK,
             Request::LockRecover(_) => cmd::LOCK_RECOVER,
+            Request::OpenInoMap(_) => cmd::OPEN_INO_MAP,
             Request::Unsupported(c) => *c,
         }
     }
@@ -664,6 +754,7 @@ impl Request {
             Request::CommitLogMerge(c) => c.encode().to_vec(),
             Request::Lock(l) => l.encode(),
             Request::LockRecover(k) => k.to_bytes().to_vec(),
+            Request::OpenInoMap(a) => a.encode(),
             _ => Vec::new(),
         }
     }
@@ -724,6 +815,37 @@ mod tests {
             q
         );
         assert!(Request::decode(cmd::LOCK_RECOVER, &[0u8; 31]).is_err());
+    }
+
+    #[test]
+    fn open_ino_maps_round_trip_and_refuse_bad_sizes() {
+        let a = OpenInoMapArgs {
+            group_nr: 77,
+            req_id: 5,
+        };
+        let q = Request::OpenInoMap(a);
+        let b = q.encode_payload();
+        assert_eq!(b.len(), 16);
+        assert_eq!(Request::decode(cmd::OPEN_INO_MAP, &b), Ok(q));
+        assert!(Request::decode(cmd::OPEN_INO_MAP, &b[..15]).is_err());
+        assert!(Request::decode(cmd::OPEN_INO_MAP, &[0u8; 17]).is_err());
+        let mut huge = b.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Request::decode(cmd::OPEN_INO_MAP, &huge).is_err());
+        let mut m = OpenInoMap {
+            args: a,
+            bits: [0; OMAP_WORDS],
+        };
+        omap_set(&mut m.bits, 77 * 1024 + 1023);
+        omap_set(&mut m.bits, 77 * 1024 + 64);
+        let e = m.encode();
+        assert_eq!(e.len(), 144);
+        let d = OpenInoMap::decode(&e).unwrap();
+        assert_eq!(d, m);
+        assert!(omap_test(&d.bits, 1023) && omap_test(&d.bits, 64));
+        assert!(!omap_test(&d.bits, 63) && !omap_test(&d.bits, 65));
+        assert!(OpenInoMap::decode(&e[..143]).is_err());
+        assert!(OpenInoMap::decode(&b).is_err());
     }
 
     fn hdr(cmd: u8, flags: u8, error: u8) -> Header {

@@ -112,7 +112,8 @@ impl Default for SessionConfig {
 /// idempotent by design (cluster reference 2.2): GET_LOG_TREES returns the
 /// already open transaction, COMMIT_LOG_TREES recognises a committed one,
 /// COMMIT_LOG_MERGE tolerates a missing request, FAREWELL's reclaim
-/// tolerates missing state, reads are reads, and ALLOC_INODES at worst
+/// tolerates missing state, reads are reads (OPEN_INO_MAP: a new server
+/// asks every mount afresh), and ALLOC_INODES at worst
 /// skips the range the lost answer carried (inode numbers are never
 /// reused, so a lost range only leaves a gap). Commands not listed (locks,
 /// whose recovery is its own protocol) fail with `ESTALE`.
@@ -129,6 +130,7 @@ pub fn retried_on_new_server(c: u8) -> bool {
             | cmd::STATFS
             | cmd::FAREWELL
             | cmd::SYNC_LOG_TREES
+            | cmd::OPEN_INO_MAP
     )
 }
 
@@ -1119,6 +1121,7 @@ mod tests {
             cmd::GET_ROOTS,
             cmd::STATFS,
             cmd::FAREWELL,
+            cmd::OPEN_INO_MAP,
         ] {
             assert!(retried_on_new_server(c), "{}", cmd::name(c));
         }

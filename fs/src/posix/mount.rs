@@ -34,6 +34,8 @@ use core::cell::{Cell, RefCell};
 use crate::cluster::lock::{
     HeldLocks, LocalLocks, LockMode, LockProvider, LockRange, LockRequest, LockSet, LockSink,
 };
+use crate::cluster::msg::{omap_set, omap_test, OmapBits, OMAP_GROUP_INODES, OMAP_WORDS};
+use crate::counter;
 use crate::errno::{Errno, FsResult};
 use crate::format::hash::fnv1a64;
 use crate::format::items::{
@@ -54,7 +56,7 @@ use crate::posix::dir;
 use crate::posix::hold::{CommitPolicy, HoldLock, ReadHold, WriteHold};
 use crate::posix::inode::{self, Inode};
 use crate::posix::item::{CacheUsage, ItemCache, ItemCounters, DEFAULT_CACHE_BUDGET_BYTES};
-use crate::posix::orphan;
+use crate::posix::orphan::{self, OthersOpen};
 use crate::posix::perm;
 use crate::posix::symlink;
 use crate::posix::types::*;
@@ -106,7 +108,18 @@ pub struct MountCounters {
     /// search-xattrs candidates that did not have the xattr.
     pub srch_false_candidates: u64,
     pub inodes_deleted: u64,
+    /// Orphans a scan tried to delete.
     pub orphans_found: u64,
+    /// Orphans deleted by a scan (at mount or by the orphan scanner).
+    pub orphans_deleted: u64,
+    /// Unlinked inodes left alone because another mount has them open.
+    pub orphans_kept: u64,
+    /// Orphan scans run.
+    pub orphan_scans: u64,
+    /// Open maps asked of the server; the ones that failed (the inode
+    /// is then kept: the scanner tries again).
+    pub omap_queries: u64,
+    pub omap_errors: u64,
     pub enobufs_commits: u64,
     /// Lock sets acquired through the provider.
     pub lock_acquisitions: u64,
@@ -136,6 +149,9 @@ pub struct Mount {
     policy: CommitPolicy,
     /// Open counts by inode.
     open: RefCell<BTreeMap<Ino, u32>>,
+    /// On a cluster: the other mounts' open maps (the server's union).
+    /// `None` alone on a volume: the local open counts are the truth.
+    omap: Option<Rc<dyn OthersOpen>>,
     inos: Cell<InoRange>,
     /// Changed in place (`count`): no copy of the whole set per event.
     counters: RefCell<MountCounters>,
@@ -555,6 +571,31 @@ impl Mount {
         opts: MountOptions,
         locks: Rc<dyn LockProvider>,
     ) -> FsResult<Mount> {
+        Self::mount_inner(backend, data_dev, clock, opts, locks, None).await
+    }
+
+    /// [`Self::mount_with_locks`] for a mount among others: an unlinked
+    /// inode is deleted only when no other mount has it open (`omap`,
+    /// the server's union of their open maps), orphans included.
+    pub async fn mount_on_cluster(
+        backend: Rc<dyn Backend>,
+        data_dev: Rc<dyn BlockDev>,
+        clock: Rc<dyn Clock>,
+        opts: MountOptions,
+        locks: Rc<dyn LockProvider>,
+        omap: Rc<dyn OthersOpen>,
+    ) -> FsResult<Mount> {
+        Self::mount_inner(backend, data_dev, clock, opts, locks, Some(omap)).await
+    }
+
+    async fn mount_inner(
+        backend: Rc<dyn Backend>,
+        data_dev: Rc<dyn BlockDev>,
+        clock: Rc<dyn Clock>,
+        opts: MountOptions,
+        locks: Rc<dyn LockProvider>,
+        omap: Option<Rc<dyn OthersOpen>>,
+    ) -> FsResult<Mount> {
         let items = ItemCache::new(backend.clone(), clock.clone(), opts.cache_budget_bytes);
         let m = Mount {
             backend,
@@ -565,6 +606,7 @@ impl Mount {
             locks,
             policy: opts.commit,
             open: RefCell::new(BTreeMap::new()),
+            omap,
             inos: Cell::new(InoRange { first: 0, count: 0 }),
             counters: RefCell::new(MountCounters::default()),
             waiters: DataWaiters::new(),
@@ -653,6 +695,54 @@ impl Mount {
 
     fn is_open(&self, ino: Ino) -> bool {
         self.open.borrow().get(&ino).is_some_and(|n| *n > 0)
+    }
+
+    /// Which inodes of group `group_nr` (`ino >> 10`) this mount has open:
+    /// its answer to the server's OPEN_INO_MAP.
+    pub fn open_map(&self, group_nr: u64) -> OmapBits {
+        let mut bits = [0; OMAP_WORDS];
+        let Some(first) = group_nr.checked_mul(OMAP_GROUP_INODES) else {
+            return bits;
+        };
+        let last = first | (OMAP_GROUP_INODES - 1);
+        for (&ino, &n) in self.open.borrow().range(first..=last) {
+            if n > 0 {
+                omap_set(&mut bits, ino);
+            }
+        }
+        bits
+    }
+
+    /// Does another mount have `ino` open? Alone on a volume: no. When
+    /// the server cannot tell (an error), yes: the inode stays an orphan
+    /// and the orphan scanner tries again.
+    async fn open_elsewhere(&self, ino: Ino) -> bool {
+        let Some(omap) = &self.omap else {
+            return false;
+        };
+        self.count(|c| c.omap_queries += 1);
+        match omap.others_open(ino / OMAP_GROUP_INODES).await {
+            Ok(bits) => omap_test(&bits, ino),
+            Err(e) => {
+                self.count(|c| c.omap_errors += 1);
+                log::warn!("mount: open map of inode {ino} unknown ({e:?}): kept");
+                true
+            }
+        }
+    }
+
+    /// May an unlinked inode go (its inode group WRITE lock held, its
+    /// nlink 0)? Only when no mount has it open (reference invariant 11).
+    async fn unlinked_deletable(&self, ino: Ino) -> bool {
+        if self.is_open(ino) {
+            return false;
+        }
+        if self.open_elsewhere(ino).await {
+            self.count(|c| c.orphans_kept += 1);
+            counter!("orphan.kept_open_elsewhere").inc();
+            return false;
+        }
+        true
     }
 
     // -- transactions --------------------------------------------------------
@@ -1512,7 +1602,7 @@ impl Mount {
         self.remove_link(&mut d, &dent, &mut victim, now);
         self.store(&mut victim);
         self.store(&mut d);
-        if victim.item.nlink == 0 && !self.is_open(victim.ino) {
+        if victim.item.nlink == 0 && self.unlinked_deletable(victim.ino).await {
             self.delete_inode(op, victim.ino).await?;
         }
         Ok(())
@@ -1590,10 +1680,22 @@ impl Mount {
         Ok(())
     }
 
-    /// Delete what orphan items name (at mount: nothing is open yet). The
-    /// scan reads the orphan zone under READ; each deletion is its own
-    /// operation (the orphan zone then WRITE_ONLY).
+    /// Delete what orphan items name (at mount: nothing is open here
+    /// yet; on a cluster other mounts may have them open).
     async fn delete_orphans(&self) -> FsResult<()> {
+        self.scan_orphans().await.map(|_| ())
+    }
+
+    /// The orphan scan: try to delete every inode an orphan item names
+    /// that no mount has open (on a cluster: also the orphans of mounts
+    /// that died, once the server reclaimed them). The scan reads the
+    /// orphan zone under READ; each deletion is its own operation (the
+    /// inode group WRITE, the orphan zone WRITE_ONLY). Returns how many
+    /// it deleted.
+    pub async fn scan_orphans(&self) -> FsResult<u64> {
+        self.count(|c| c.orphan_scans += 1);
+        counter!("orphan.scans").inc();
+        let mut deleted = 0;
         let mut from = 0;
         loop {
             let scan = LockSet::new().with(LockRange::orphan(), LockMode::Read);
@@ -1604,9 +1706,17 @@ impl Mount {
                 .await?;
             let Some(&last) = batch.last() else { break };
             for ino in batch {
-                if !self.is_open(ino) {
-                    self.count(|c| c.orphans_found += 1);
-                    self.delete_orphan(ino).await?;
+                // a hint before the lock: taking another mount's inode
+                // group WRITE lock only to find it open there would make
+                // it give up its cache every scan
+                if self.is_open(ino) || self.open_elsewhere(ino).await {
+                    continue;
+                }
+                self.count(|c| c.orphans_found += 1);
+                if self.delete_orphan(ino).await? {
+                    deleted += 1;
+                    self.count(|c| c.orphans_deleted += 1);
+                    counter!("orphan.deleted").inc();
                 }
             }
             if last == u64::MAX {
@@ -1614,10 +1724,12 @@ impl Mount {
             }
             from = last + 1;
         }
-        Ok(())
+        Ok(deleted)
     }
 
-    async fn delete_orphan(&self, ino: Ino) -> FsResult<()> {
+    /// Delete the orphan `ino` unless some mount has it open (then
+    /// `false`: its orphan item stays).
+    async fn delete_orphan(&self, ino: Ino) -> FsResult<bool> {
         let first = inode_lock(ino, LockMode::Write).with(LockRange::orphan(), LockMode::WriteOnly);
         self.run(HoldKind::Write, first, async |op| {
             let found = match self.load(ino).await {
@@ -1627,9 +1739,14 @@ impl Mount {
             };
             op.need_deletion(found.as_ref());
             op.ready()?;
+            // linked again: delete_inode only drops the stale orphan item
+            let linked = found.as_ref().is_some_and(|i| i.item.nlink != 0);
+            if !linked && !self.unlinked_deletable(ino).await {
+                return Ok(false);
+            }
             self.delete_inode(op, ino).await?;
             op.checkpoint().await?;
-            Ok(())
+            Ok(!linked)
         })
         .await
     }
@@ -1867,7 +1984,7 @@ impl Mount {
         self.store(&mut src);
         if let Some(t) = target.as_mut() {
             self.store(t);
-            if t.item.nlink == 0 && !self.is_open(t.ino) {
+            if t.item.nlink == 0 && self.unlinked_deletable(t.ino).await {
                 self.delete_inode(op, t.ino).await?;
             }
         }
@@ -2038,7 +2155,8 @@ impl Mount {
                     }
                 }
             }
-            if delete {
+            // the last close here; another mount's last close may be later
+            if delete && self.unlinked_deletable(ino).await {
                 self.delete_inode(op, ino).await?;
             }
             match loaded {

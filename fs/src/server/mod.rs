@@ -7,9 +7,11 @@
 //!   metadata allocators and seq, and [`commit::ServerTxn`], one server
 //!   transaction made durable with a new super;
 //! - [`log_trees`], [`log_merge`]: the operations on clients' log trees and
-//!   the merge of finalized trees into fs_root.
+//!   the merge of finalized trees into fs_root;
+//! - [`omap`]: the open-inode map fan-out (who has an inode open).
 pub mod commit;
 pub mod log_merge;
 pub mod log_trees;
+pub mod omap;
 pub mod role;
 pub mod srch_compact;

@@ -34,8 +34,8 @@ use crate::cluster::fence::{
 use crate::cluster::lock::{LockMode, LockRange};
 use crate::cluster::lock_server::{LockOutput, LockServer, LockServerConfig};
 use crate::cluster::msg::{
-    self, Greeting, InodeAlloc, LockRecover, NetLock, NetRoots, NetStatfs, Request,
-    GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM,
+    self, Greeting, InodeAlloc, LockRecover, NetLock, NetRoots, NetStatfs, OmapBits, OpenInoMap,
+    OpenInoMapArgs, Request, GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM,
 };
 use crate::cluster::recovery::{
     RecoveryStatus, RecoveryTracker, RECOVERY_WINDOW_NS, RECOV_ALL, RECOV_GREETING, RECOV_LOCKS,
@@ -55,6 +55,7 @@ use crate::runtime::trace::Tracepoint;
 use crate::server::commit::{CommitConfig, CommitCore, ServerTxn};
 use crate::server::log_merge::{self, MergeConfig, Work};
 use crate::server::log_trees::{self, Budget, LogTreesConfig, Step};
+use crate::server::omap::{self, OmapOut, OmapServer, OMAP_MAX_PENDING};
 use crate::server::srch_compact;
 use crate::storage::btree::{self, Item};
 use crate::storage::dev::BlockDev;
@@ -212,6 +213,15 @@ struct Inner {
     fences: RefCell<Option<Rc<FenceRegistry>>>,
     /// Rids whose connection ended, waited on to come back.
     reconnect_waits: RefCell<alloc::collections::BTreeSet<u64>>,
+    /// The open-inode map fan-out (in memory, per server life).
+    omap: RefCell<OmapServer>,
+    /// Answers of omap questions by token, until their task takes them.
+    omap_answers: RefCell<BTreeMap<u64, OmapBits>>,
+    /// Tokens whose request task still waits for an answer.
+    omap_waiting: RefCell<alloc::collections::BTreeSet<u64>>,
+    omap_next_token: Cell<u64>,
+    /// Omap answers arrived, or the server stops.
+    omap_changed: Notify,
 }
 
 /// Sees every request the server executes: `(rid, request id, cmd)`
@@ -292,6 +302,11 @@ impl ServerRole {
                 fence_agent: RefCell::new(None),
                 fences: RefCell::new(None),
                 reconnect_waits: RefCell::new(alloc::collections::BTreeSet::new()),
+                omap: RefCell::new(OmapServer::new(OMAP_MAX_PENDING)),
+                omap_answers: RefCell::new(BTreeMap::new()),
+                omap_waiting: RefCell::new(alloc::collections::BTreeSet::new()),
+                omap_next_token: Cell::new(1),
+                omap_changed: Notify::new(),
             }),
         })
     }
@@ -513,6 +528,7 @@ impl Inner {
         // waiting lock requests fail
         self.lock_changed.notify();
         self.recov_changed.notify();
+        self.omap_changed.notify();
     }
 
     // ---- the commit gate ----
@@ -713,6 +729,8 @@ impl Inner {
             );
             self.locks.borrow_mut().begin_recovery();
             drop(recov);
+            let out = self.omap.borrow_mut().set_recovering(true);
+            self.omap_apply(out);
             let me = self.clone();
             let t = self
                 .handle
@@ -757,6 +775,9 @@ impl Inner {
             .await?;
         self.count(|c| c.reclaimed_rids += 1);
         TP_RECLAIM.emit(&[rid, trees]);
+        // its open map is gone with it: questions stop waiting for it
+        let out = self.omap.borrow_mut().remove_rid(rid);
+        self.omap_apply(out);
         self.lock_rid_gone(rid);
         // its finalized tree must not wait for a busy mount's tree to grow
         self.kick_finalization(None).await
@@ -817,6 +838,7 @@ impl Inner {
             .clone();
         peer.attach(&ep);
         if first_contact {
+            self.omap.borrow_mut().add_rid(rid);
             self.recovery_greeting(rid);
         }
         let watchdog = {
@@ -1018,6 +1040,7 @@ impl Inner {
             Request::Farewell => self.farewell(rid).await,
             Request::Ping => Ok(Vec::new()),
             Request::Lock(nl) => self.lock_request(rid, nl).await,
+            Request::OpenInoMap(a) => self.open_ino_map(rid, a).await,
             // server to mount only
             Request::SyncLogTrees | Request::LockRecover(_) | Request::Unsupported(_) => {
                 Err(Errno::EINVAL)
@@ -1457,6 +1480,126 @@ impl Inner {
         }
     }
 
+    // ---- open-inode map (reference §1.10) ----
+
+    /// A mount asks which other mounts have inodes of a group open: the
+    /// union of their maps, once each answered or was reclaimed.
+    async fn open_ino_map(self: &Rc<Self>, rid: u64, a: OpenInoMapArgs) -> FsResult<Vec<u8>> {
+        counter!("omap.requests").inc();
+        if a.req_id != 0 {
+            // request ids are the server's; a mount asks with 0
+            counter!("omap.bad_requests").inc();
+            return Err(Errno::EINVAL);
+        }
+        if self.stopping.get() {
+            return Err(Errno::EIO);
+        }
+        let token = self.omap_next_token.get();
+        self.omap_next_token.set(token.wrapping_add(1));
+        let out = match self.omap.borrow_mut().request(rid, token, a.group_nr) {
+            Ok(out) => out,
+            Err(e) => {
+                counter!("omap.refused_full").inc();
+                log::warn!("server: too many open-inode map questions: refused");
+                return Err(e);
+            }
+        };
+        // a cancelled wait leaves no answer behind
+        struct Forget<'a>(&'a Inner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.omap_waiting.borrow_mut().remove(&self.1);
+                self.0.omap_answers.borrow_mut().remove(&self.1);
+            }
+        }
+        self.omap_waiting.borrow_mut().insert(token);
+        let _forget = Forget(self, token);
+        self.omap_apply(out);
+        loop {
+            let changed = self.omap_changed.notified();
+            let answer = self.omap_answers.borrow_mut().remove(&token);
+            if let Some(bits) = answer {
+                return Ok(OpenInoMap { args: a, bits }.encode());
+            }
+            if self.stopping.get() {
+                return Err(Errno::EIO);
+            }
+            changed.await;
+        }
+    }
+
+    /// Do what the omap fan-out decided: answers to the waiting request
+    /// tasks, questions to mounts from tasks of their own.
+    fn omap_apply(self: &Rc<Self>, out: Vec<OmapOut>) {
+        let mut answered = false;
+        for o in out {
+            match o {
+                OmapOut::Reply { token, bits } => {
+                    if self.omap_waiting.borrow().contains(&token) {
+                        self.omap_answers.borrow_mut().insert(token, bits);
+                        answered = true;
+                    }
+                }
+                OmapOut::Ask {
+                    rid,
+                    group_nr,
+                    req_id,
+                } => {
+                    counter!("omap.asks").inc();
+                    let me = self.clone();
+                    let spawned = self.handle.spawn_named("server.omap_ask", async move {
+                        me.omap_ask(rid, group_nr, req_id).await
+                    });
+                    if spawned.is_err() {
+                        // the question waits for the rid's reclaim
+                        counter!("omap.ask_spawn_failed").inc();
+                    }
+                }
+            }
+        }
+        if answered {
+            self.omap_changed.notify();
+        }
+    }
+
+    /// Ask `rid` for its map until it answers, it is reclaimed (which
+    /// ends the wait for it) or the server stops.
+    async fn omap_ask(self: Rc<Self>, rid: u64, group_nr: u64, req_id: u64) {
+        let args = OpenInoMapArgs { group_nr, req_id };
+        let mut pause = LOCK_INVALIDATE_RETRY_NS;
+        loop {
+            if self.stopping.get() || !self.omap.borrow().owes(rid, req_id) {
+                return;
+            }
+            let peer = self.peers.borrow().get(&rid).cloned();
+            if let Some(peer) = peer {
+                match peer.call(msg::cmd::OPEN_INO_MAP, &args.encode()).await {
+                    Ok(reply) => match omap::decode_answer(group_nr, req_id, &reply) {
+                        Ok(bits) => {
+                            let r = self.omap.borrow_mut().answer(rid, req_id, group_nr, &bits);
+                            match r {
+                                Ok(out) => self.omap_apply(out),
+                                // it was reclaimed meanwhile
+                                Err(_) => counter!("omap.stale_answers").inc(),
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            counter!("omap.bad_answers").inc();
+                            log::warn!("server: bad open-inode map answer from rid {rid:016x}");
+                        }
+                    },
+                    Err(e) => {
+                        counter!("omap.ask_errors").inc();
+                        log::debug!("server: open-inode map ask of rid {rid:016x}: {e:?}");
+                    }
+                }
+            }
+            self.handle.sleep_ns(pause).await;
+            pause = (pause * 2).min(LOCK_INVALIDATE_RETRY_MAX_NS);
+        }
+    }
+
     /// Send what the lock machine decided: answers to the waiting request
     /// tasks, invalidations from tasks of their own.
     fn drain_locks(self: &Rc<Self>) {
@@ -1561,6 +1704,16 @@ impl Inner {
         self.recov_changed.notify();
         if st == RecoveryStatus::AllDone {
             log::info!("server: all clients recovered");
+        }
+        let greetings_owed = self
+            .recov
+            .borrow()
+            .pending()
+            .iter()
+            .any(|(_, w)| w & RECOV_GREETING != 0);
+        if !greetings_owed {
+            let out = self.omap.borrow_mut().set_recovering(false);
+            self.omap_apply(out);
         }
         let locks_done = !self.recov.borrow().locks_pending();
         if locks_done && self.locks.borrow().is_recovering() {

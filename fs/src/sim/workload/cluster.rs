@@ -26,11 +26,13 @@
 //! unmounts; fsck.
 
 use super::{model, Engine, Failure, Inject, Mark, Stop, XNAMES};
-use crate::client::cluster_node::{set_mount_hooks, spawn_lock_shrinker, start_lock_client};
+use crate::client::cluster_node::{
+    client_omap, set_mount_hooks, set_omap_handler, spawn_lock_shrinker, start_lock_client,
+};
 use crate::client::log_txn::ClientLogTxn;
 use crate::client::node::{
-    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_sync_worker, MergeWorker,
-    NodeOptions,
+    open_client_half, spawn_commit_ticker, spawn_merge_worker, spawn_orphan_scanner,
+    spawn_sync_worker, MergeWorker, NodeOptions,
 };
 use crate::client::requests::{Client, ClientIdentity};
 use crate::cluster::lock::{compatible, LocalLocks, LockMode, LockProvider, LockRange};
@@ -38,8 +40,9 @@ use crate::cluster::lock_client::LockClient;
 use crate::cluster::session::StaticLeader;
 use crate::cluster::transport::LocalFut;
 use crate::errno::FsResult;
+use crate::format::ROOT_INO;
 use crate::posix::mount::Mount;
-use crate::posix::types::{Cred, RENAME_NOREPLACE, S_IFDIR, S_IFREG};
+use crate::posix::types::{Cred, O_RDWR, RENAME_NOREPLACE, S_IFDIR, S_IFREG};
 use crate::runtime::exec::JoinHandle;
 use crate::runtime::node::NodeId;
 use crate::server::role::{ServerConfig, ServerRole};
@@ -355,8 +358,15 @@ async fn start_mount(
                 None => Rc::new(LocalLocks::new()),
             };
             let backend: Rc<dyn crate::posix::backend::Backend> = trans.clone();
-            let mount = match Mount::mount_with_locks(backend, data, clock, opts.mount, locks).await
-            {
+            let mounted = match &lc {
+                // cluster locks: an unlinked inode goes once no mount has it open
+                Some(_) => {
+                    let omap = client_omap(&client);
+                    Mount::mount_on_cluster(backend, data, clock, opts.mount, locks, omap).await
+                }
+                None => Mount::mount_with_locks(backend, data, clock, opts.mount, locks).await,
+            };
+            let mount = match mounted {
                 Ok(m) => Rc::new(m),
                 Err(e) => {
                     if let Some(lc) = &lc {
@@ -370,8 +380,17 @@ async fn start_mount(
             };
             if let Some(lc) = &lc {
                 set_mount_hooks(lc, &mount);
+                set_omap_handler(&client, &mount);
             }
             let mut tasks = Vec::new();
+            if lc.is_some() && opts.orphan_scan_delay_ms > 0 {
+                tasks.push(spawn_orphan_scanner(
+                    &mount,
+                    &handle,
+                    entropy.clone(),
+                    opts.orphan_scan_delay_ms,
+                )?);
+            }
             if opts.tick_ns > 0 {
                 tasks.push(spawn_commit_ticker(&mount, &handle, opts.tick_ns)?);
                 if let Some(lc) = &lc {
@@ -1110,6 +1129,11 @@ async fn steps(
                 let other = run.mounts[j].clone();
                 race(w, e, &m, &other).await?;
             }
+            10..=12 if mode.shared() => {
+                let j = (i + 1 + e.r(MOUNTS as u64 - 1) as usize) % MOUNTS as usize;
+                let other = run.mounts[j].clone();
+                open_unlink(e, &m, &other).await?;
+            }
             _ => {
                 e.random_op().await?;
                 if mode.shared() && !e.marks.is_empty() {
@@ -1233,6 +1257,108 @@ async fn probe_ino(e: &mut Engine, ino: u64) -> Result<(), Stop> {
         }
     }
     Ok(())
+}
+
+/// A file open on mount `a` is unlinked on mount `b` (issue 12's open
+/// map): `a` still reads every byte and writes, an orphan scan on `b`
+/// leaves it alone, and `a`'s close deletes it (`b` then finds no such
+/// inode). The file lives and dies within the step, outside the model
+/// (its name is none the model uses).
+async fn open_unlink(
+    e: &mut Engine,
+    a: &Rc<ClusterMount>,
+    b: &Rc<ClusterMount>,
+) -> Result<(), Stop> {
+    let name = format!("omap.{}", e.step).into_bytes();
+    let len = 1 + e.r(3 * 4096 + 100) as usize;
+    let tag = e.r(256) as u8;
+    let mut data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(tag))
+        .collect();
+    on_mount(e, a);
+    let n2 = name.clone();
+    let created = e
+        .op(
+            format!("omap create+open {}", e.step),
+            move |m| async move {
+                let at = m.create(&Cred::root(), ROOT_INO, &n2, 0o644).await?;
+                m.open(&Cred::root(), at.ino, O_RDWR).await?;
+                Ok(at.ino)
+            },
+        )
+        .await?;
+    let ino = match created {
+        Ok(ino) => ino,
+        // out of space or inodes: nothing to look at
+        Err(_) => return Ok(()),
+    };
+    let d2 = data.clone();
+    let wrote = e
+        .op(format!("omap write {ino} {len}"), move |m| async move {
+            m.write(ino, 0, &d2).await
+        })
+        .await?;
+    data.truncate(wrote.unwrap_or(0));
+    on_mount(e, b);
+    let n2 = name.clone();
+    let unlinked = e
+        .op(format!("omap unlink {ino}"), move |m| async move {
+            m.unlink(&Cred::root(), ROOT_INO, &n2).await?;
+            // its orphan is open on `a`: a scan here keeps it
+            m.scan_orphans().await
+        })
+        .await?;
+    if let Err(er) = unlinked {
+        return Err(e.fail(format!("omap unlink {ino} on another mount: {er}")));
+    }
+    on_mount(e, a);
+    let want = data.len();
+    let got = e
+        .op(format!("omap read {ino} {want}"), move |m| async move {
+            let d = m.read(ino, 0, want + 1).await?;
+            let extra = [0xa5u8; 100];
+            let n = m.write(ino, want as u64, &extra).await.unwrap_or(0);
+            let back = m.read(ino, want as u64, n).await?;
+            let nlink = m.getattr(ino).await?.nlink;
+            Ok((d, extra[..n] == back[..], nlink))
+        })
+        .await?;
+    match got {
+        Ok((d, true, 0)) if d == data => {}
+        Ok((d, same, nlink)) => {
+            let at = d.iter().zip(&data).position(|(x, y)| x != y);
+            return Err(e.fail(format!(
+                "omap: open unlinked {ino} read {} bytes of {want} (first difference \
+                 {at:?}), write read back {same}, nlink {nlink}",
+                d.len()
+            )));
+        }
+        Err(er) => return Err(e.fail(format!("omap: open unlinked {ino} unreadable: {er}"))),
+    }
+    let released = e
+        .op(format!("omap release {ino}"), move |m| async move {
+            m.release(ino).await
+        })
+        .await?;
+    if let Err(er) = released {
+        return Err(e.fail(format!("omap release {ino}: {er}")));
+    }
+    on_mount(e, b);
+    let gone = e
+        .op(format!("omap getattr {ino}"), move |m| async move {
+            m.getattr(ino).await
+        })
+        .await?;
+    match gone {
+        Err(crate::errno::Errno::ENOENT) => Ok(()),
+        other => Err(e.fail(format!(
+            "omap: {ino} still there after its last close: {}",
+            match other {
+                Ok(a) => format!("nlink {}", a.nlink),
+                Err(er) => format!("{er}"),
+            }
+        ))),
+    }
 }
 
 /// Two mounts race the same change at once: both create one name, or
