@@ -1266,3 +1266,27 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
         .unwrap();
     assert_eq!(again.hash, first.hash, "an adversary seed replays");
 }
+
+/// The two election bugs of issue 13, as the quorum checkers caught them
+/// before the fix (each seed failed, and replayed, with the message in
+/// the comment): they pass now, and replay to the same hash.
+#[test]
+fn quorum_issue13_seeds_elect_one_leader_and_fence_only_lower_terms() {
+    // seed 5, 2 slots (the default rotation): both members won term 1
+    // at 0.35 s and one fenced the other ("fenced rid .., the leader of
+    // term 1"); seed 583, 3 slots, 10 phases: a restarted member voted a
+    // candidate in while node 1 led undisturbed ("node 0 elected in term
+    // 20 while node 1 led term 1 ... (a usurper)")
+    let mut two = RunConfig::new(5, WorkloadKind::Quorum);
+    two.steps = 10;
+    let mut three = RunConfig::new(583, WorkloadKind::Quorum);
+    three.nodes = 3;
+    three.steps = 10;
+    for c in [two, three] {
+        let r = run_seed(&c, None, None);
+        assert_eq!(r.failure, None, "seed {}", c.seed);
+        assert_eq!(r.steps, c.steps);
+        let again = run_seed(&c, None, None);
+        assert_eq!((r.hash, r.events), (again.hash, again.events));
+    }
+}
