@@ -11,14 +11,12 @@
 # (`scoutvm cluster-key`, kept in cluster.env) and gives every node
 # `cluster.key=`; `--no-key` runs unauthenticated (`cluster.insecure=1`).
 # A `cluster.key=`/`cluster.insecure=` word given to `start` replaces the
-# cluster's (a node with a wrong key). `up --fence-agent` also starts the
-# host fence agent (`scoutvm fence-agent`, on a free port of 127.0.0.1,
-# log in fence-agent.log) and gives every node `fence.agent=10.0.2.2:PORT`:
-# a fence request stops the target node's QEMU through QMP before it is
-# acknowledged. Without it (the default, `--no-fence-agent`) fencing is
-# the shell's `fence ack RID`: with the agent, two nodes of a 2-slot
-# cluster elected at once fence each other's VMs at start, and a restarted
-# node can win an election and stop a serving leader (docs/cluster.md).
+# cluster's (a node with a wrong key). `up` also starts the host fence
+# agent (`scoutvm fence-agent`, on a free port of 127.0.0.1, log in
+# fence-agent.log) and gives every node `fence.agent=10.0.2.2:PORT`: a
+# fence request stops the target node's QEMU through QMP before it is
+# acknowledged. With `--no-fence-agent` fencing is only the shell's
+# `fence ack RID` (docs/cluster.md); `--fence-agent` is the default.
 #
 #   qemu/cluster.sh up N [--disks file|nbd] [--meta IMG --data IMG] [--mem MB]
 #                        [--no-key] [--fence-agent | --no-fence-agent]
@@ -248,7 +246,7 @@ PY
 cmd_up() {
     local n="${1:-}"; shift || true
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 15 ] || die "up wants a node count 1..15"
-    local disks=file meta="" data="" mem=512 extra="" keyed=1 agent=0
+    local disks=file meta="" data="" mem=512 extra="" keyed=1 agent=1
     while [ $# -gt 0 ]; do
         case "$1" in
             --disks) disks="$2"; shift ;;

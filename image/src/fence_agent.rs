@@ -57,10 +57,24 @@ fn lives(node: &Path) -> Vec<Vec<u64>> {
     let log = String::from_utf8_lossy(&log);
     let mut lives: Vec<Vec<u64>> = Vec::new();
     for line in log.lines() {
-        if line.starts_with("=== node") && line.contains(" start ") {
-            lives.push(Vec::new());
-            continue;
-        }
+        // a killed life's last line may lack its newline (a prompt): the
+        // start marker then follows it on the same line
+        let line = match line.find("=== node") {
+            Some(at) if line[at..].contains(" start ") => {
+                rid_of_line(&line[..at], &mut lives);
+                lives.push(Vec::new());
+                continue;
+            }
+            _ => line,
+        };
+        rid_of_line(line, &mut lives);
+    }
+    lives
+}
+
+/// A mount's `... through the cluster as rid R` line: R joins the last life.
+fn rid_of_line(line: &str, lives: &mut [Vec<u64>]) {
+    {
         if let Some((_, r)) = line.split_once("through the cluster as rid ") {
             let hex: String = r.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
             if let (Ok(rid), Some(l)) = (u64::from_str_radix(&hex, 16), lives.last_mut()) {
@@ -68,7 +82,6 @@ fn lives(node: &Path) -> Vec<Vec<u64>> {
             }
         }
     }
-    lives
 }
 
 /// The node whose `ip1=` word holds the IP of `addr` ("a.b.c.d:port").
@@ -382,7 +395,12 @@ mod tests {
     #[test]
     fn rids_map_to_lives_and_unknown_rids_are_errors() {
         let d = tmp("map");
-        node(&d, 0, &format!("{LIFE0}=== node0 start 2027: node=node0\n"));
+        // node0's first life was killed at its prompt (no newline)
+        node(
+            &d,
+            0,
+            &format!("{LIFE0}node0> === node0 start 2027: node=node0\n"),
+        );
         node(
             &d,
             1,

@@ -40,40 +40,62 @@ fn follower_rid(c: &Cluster, i: usize) -> (String, String) {
     (rid, out)
 }
 
-/// Wait for the leader to ask to fence `rid` for `client_reconnect`, ack
-/// it, and wait until the rid holds no lock and is no longer a mount.
-/// Returns (when the request appeared, when the rid was gone).
-fn await_reconnect_fence(c: &Cluster, leader: usize, rid: &str) -> (Instant, Instant) {
+/// The host fence agent's log (`cluster.sh fence-log`).
+fn fence_log(c: &Cluster) -> String {
+    c.ok(&["fence-log"])
+}
+
+/// Wait until the fence agent's log shows a request to fence `rid` for
+/// `reason` answered `FENCED`; returns when the request and the answer
+/// were first seen, and the answer's line.
+fn await_agent_fenced(c: &Cluster, rid: &str, reason: &str) -> (Instant, Instant, String) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut asked = None;
     loop {
+        let log = fence_log(c);
+        let req = log
+            .lines()
+            .any(|l| l.contains(&format!("FENCE {rid} ")) && l.contains(reason));
+        if req && asked.is_none() {
+            asked = Some(Instant::now());
+        }
+        if let Some(l) = log.lines().find(|l| l.contains(&format!("FENCED {rid}:"))) {
+            assert!(req, "answered without a {reason} request:\n{log}");
+            return (
+                asked.unwrap_or_else(Instant::now),
+                Instant::now(),
+                l.to_string(),
+            );
+        }
+        assert!(
+            !log.contains(&format!("ERROR {rid}")),
+            "the agent could not fence {rid}:\n{log}"
+        );
         assert!(
             Instant::now() < deadline,
-            "rid {rid} was not fenced and reclaimed: fence {}\nlocks {}\nclients {}\n{}",
-            c.shell(leader, "fence"),
-            c.shell(leader, "locks all"),
-            c.shell(leader, "clients"),
+            "the agent never fenced rid {rid} ({reason}):\n{log}\n{}",
             c.consoles()
         );
-        match asked {
-            None => {
-                let f = c.shell(leader, "fence");
-                if let Some(l) = f.lines().find(|l| l.contains(&format!("rid {rid}"))) {
-                    assert!(l.contains("client_reconnect"), "{f}");
-                    asked = Some(Instant::now());
-                    let out = c.shell(leader, &format!("fence ack {rid}"));
-                    assert!(out.contains("acknowledged"), "{out}");
-                }
-            }
-            Some(at) => {
-                let locks = c.shell(leader, "locks all");
-                let clients = c.shell(leader, "clients");
-                let needle = format!("rid {rid}");
-                if !locks.contains(&needle) && !clients.contains(&needle) {
-                    return (at, Instant::now());
-                }
-            }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Wait until `rid` holds no lock and is no longer a mount on `leader`.
+fn await_reclaimed(c: &Cluster, leader: usize, rid: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let needle = format!("rid {rid}");
+    loop {
+        let locks = c.shell(leader, "locks all");
+        let clients = c.shell(leader, "clients");
+        if !locks.contains(&needle) && !clients.contains(&needle) {
+            return Instant::now();
         }
+        assert!(
+            Instant::now() < deadline,
+            "rid {rid} was not reclaimed: fence {}\nlocks {locks}\nclients {clients}\n{}",
+            c.shell(leader, "fence"),
+            c.consoles()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -178,40 +200,28 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     c.wait_shell(s, "ls /tick", |o| o.contains("f1"));
     std::thread::sleep(Duration::from_secs(3));
 
-    // The leader dies: a survivor is elected once the operator acks the
-    // fence of the dead leader's mount, in a higher term.
+    // The leader dies: a survivor is elected, asks the host fence agent
+    // to fence the dead leader's rid (`quorum_block_leader`), the agent
+    // answers FENCED (nobody acks in a shell), and the survivor serves in
+    // a higher term.
+    let (leader_rid, _) = follower_rid(&c, leader);
     let pid = c.pid_of(leader);
     let leader_killed = Instant::now();
     c.ok(&["kill", &leader.to_string()]);
     assert!(!alive(pid));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut acked = None;
-    while acked.is_none() && Instant::now() < deadline {
-        for i in (0..3).filter(|&i| i != leader) {
-            let f = c.shell(i, "fence");
-            if let Some(rid) = f
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("rid "))
-                .and_then(|r| r.split_whitespace().next())
-            {
-                let asked_after = leader_killed.elapsed();
-                let out = c.shell(i, &format!("fence ack {rid}"));
-                assert!(out.contains("acknowledged"), "{out}");
-                acked = Some((i, asked_after));
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(
-        acked.is_some(),
-        "no survivor asked to fence the dead leader"
-    );
+    let (asked, _, answer) = await_agent_fenced(&c, &leader_rid, "quorum_block_leader");
+    assert!(answer.contains(&format!("node{leader}")), "{answer}");
+    let asked_after = asked.duration_since(leader_killed);
     let next = wait_leader(&c, Some(leader));
     let serving_after = leader_killed.elapsed();
     assert_ne!(next, leader);
-    let term2 = term_of(&c.shell(next, "quorum"));
+    let q2 = c.shell(next, "quorum");
+    let term2 = term_of(&q2);
     assert!(term2 > term1, "term {term2} after {term1}");
+    assert!(q2.contains(&format!("fence {leader_rid} Fenced")), "{q2}");
+    // the agent, not a shell, answered: nothing waits for an ack
+    let waiting = c.shell(next, "fence");
+    assert!(waiting.contains("0 fence request(s) waiting"), "{waiting}");
     c.wait_shell(next, "clients", |o| o.contains("2 cluster mount(s)"));
     let mounted_after = leader_killed.elapsed();
     // the guest's loop ran through the failover: every value read back,
@@ -234,12 +244,11 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
         .filter_map(|t| t.trim().parse().ok())
         .collect();
     let gap = ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    let asked_after = acked.map(|a| a.1).unwrap_or_default();
     eprintln!(
         "failover: a guest's write-and-read-back loop through survivor node{s} paused at most \
          {gap:.1} s across the leader's kill ({} round trips, heartbeat timeout {} ms); \
-         after the kill: fence request seen (and acked) {:.1} s, new leader serving seen \
-         {:.1} s, 2 mounts listed {:.1} s (the test's shell polls add ~1 s each)",
+         after the kill: the agent's fence request seen {:.1} s, new leader serving seen \
+         {:.1} s, 2 mounts listed {:.1} s (the test's polls add ~1 s each)",
         ticks.len(),
         heartbeat_ms(),
         asked_after.as_secs_f64(),
@@ -303,8 +312,9 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     // A crash of a follower while it holds write locks and dirty items
     // (a directory made, not synced), and a restart. The leader's
     // session with it times out, it does not come back within the
-    // reconnect window, so the leader fences its rid (`client_reconnect`;
-    // the operator acks) and reclaims it: its locks go, its rid leaves
+    // reconnect window, so the leader fences its rid (`client_reconnect`)
+    // through the host agent (an earlier life: FENCED without touching
+    // the restarted node) and reclaims it: its locks go, its rid leaves
     // the mounts, the others can take the locks it held.
     let f = (0..3).find(|&i| i != next).expect("a follower");
     let fs = f.to_string();
@@ -323,14 +333,19 @@ fn cluster_sh_three_nodes_up_talk_kill_start_down() {
     assert!(status.contains(&format!("node{f}: stopped")), "{status}");
     c.ok(&["start", &fs]);
     assert_ne!(c.pid_of(f), pid_f);
-    let released = await_reconnect_fence(&c, next, &old_rid);
+    let new_pid_f = c.pid_of(f);
+    let (asked, fenced, answer) = await_agent_fenced(&c, &old_rid, "client_reconnect");
+    assert!(answer.contains("earlier life"), "{answer}");
+    let gone = await_reclaimed(&c, next, &old_rid);
+    assert!(alive(new_pid_f), "the agent stopped node{f}'s new life");
     eprintln!(
-        "follower kill: fence request (client_reconnect) after {:.1} s, locks released \
-         and rid gone {:.1} s after the kill (its connection ends when the restarted \
-         node resets it, or at the 24 s idle timeout; then the 20 s reconnect window; \
-         then the operator's ack)",
-        released.0.duration_since(killed).as_secs_f64(),
-        released.1.duration_since(killed).as_secs_f64()
+        "follower kill: the agent's fence request (client_reconnect) after {:.1} s, \
+         FENCED {:.1} s, locks released and rid gone {:.1} s after the kill (its \
+         connection ends when the restarted node resets it, or at the 24 s idle \
+         timeout; then the 20 s reconnect window)",
+        asked.duration_since(killed).as_secs_f64(),
+        fenced.duration_since(killed).as_secs_f64(),
+        gone.duration_since(killed).as_secs_f64()
     );
     // the locks it held serve the others again
     let out = c.shell(next, "mkdir /after-the-follower");

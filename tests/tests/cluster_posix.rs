@@ -5,8 +5,9 @@
 //! the guest reaches at 10.0.2.2), running `tests/guest/cluster-posix.sh`:
 //! ports of basic-posix-consistency (both directions), dirent-consistency,
 //! mkdir-rename-rmdir, renameat2-noreplace and lock-ex-race-processes.
-//! Then both nodes power off and the host `scoutvm fsck` of the images is
-//! clean.
+//! The host fence agent (on by default) was never asked to fence (one
+//! leader of the two slots). Then both nodes power off and the host
+//! `scoutvm fsck` of the images is clean.
 //!
 //! The guest mounts with `access=user,cache=none`: no page, attribute or
 //! dentry cache survives a call, so what one node answers is what the
@@ -130,6 +131,18 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
         invalidations += counter(&out, "lock_client.invalidations");
     }
     assert!(invalidations > 0, "no lock was ever invalidated");
+
+    // A 2-slot cluster with the host fence agent (on by default) elected
+    // one leader at start and fenced nobody (issue 13: both nodes were
+    // elected at once and fenced each other's VMs).
+    let fences = c.ok(&["fence-log"]);
+    assert!(
+        !fences.contains("FENCE"),
+        "fencing in a healthy cluster:\n{fences}"
+    );
+    let status = c.ok(&["status"]);
+    assert!(status.contains("fence agent: pid"), "{status}");
+    assert_eq!(status.matches(": running pid").count(), 2, "{status}");
 
     // Clean power off of both nodes, no QEMU left, a clean volume.
     let pids = c.recorded_pids();

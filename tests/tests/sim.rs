@@ -6,7 +6,7 @@
 
 use scoutvm_fs::cluster::fence::ManualFence;
 use scoutvm_fs::cluster::quorum::{Role, ServerState};
-use scoutvm_fs::cluster::quorum_agent::{AgentConfig, QuorumAgent, ServerControl};
+use scoutvm_fs::cluster::quorum_agent::{AgentConfig, AgentError, QuorumAgent, ServerControl};
 use scoutvm_fs::cluster::quorum_blocks::{find_leader, read_block, QEvent};
 use scoutvm_fs::cluster::transport::{Datagrams, NetError, Transport};
 use scoutvm_fs::runtime::exec::JoinHandle;
@@ -1265,4 +1265,201 @@ fn an_adversary_on_the_wire_gets_nothing_past_the_cluster_key() {
         .find(|r| r.cfg.workload == WorkloadKind::Session)
         .unwrap();
     assert_eq!(again.hash, first.hash, "an adversary seed replays");
+}
+
+/// The two election bugs of issue 13, as the quorum checkers caught them
+/// before the fix (each seed failed, and replayed, with the message in
+/// the comment): they pass now, and replay to the same hash.
+#[test]
+fn quorum_issue13_seeds_elect_one_leader_and_fence_only_lower_terms() {
+    // seed 5, 2 slots (the default rotation): both members won term 1
+    // at 0.35 s and one fenced the other ("fenced rid .., the leader of
+    // term 1"); seed 583, 3 slots, 10 phases: a restarted member voted a
+    // candidate in while node 1 led undisturbed ("node 0 elected in term
+    // 20 while node 1 led term 1 ... (a usurper)")
+    let mut two = RunConfig::new(5, WorkloadKind::Quorum);
+    two.steps = 10;
+    let mut three = RunConfig::new(583, WorkloadKind::Quorum);
+    three.nodes = 3;
+    three.steps = 10;
+    for c in [two, three] {
+        let r = run_seed(&c, None, None);
+        assert_eq!(r.failure, None, "seed {}", c.seed);
+        assert_eq!(r.steps, c.steps);
+        let again = run_seed(&c, None, None);
+        assert_eq!((r.hash, r.events), (again.hash, again.events));
+    }
+}
+
+/// Start the quorum agents of `n` slots on one volume in `w`, each with
+/// heartbeat timeout `hb_ns` and an instant server.
+fn quorum_agents(w: &Rc<World>, n: u8, hb_ns: u64) -> Vec<QuorumAgent> {
+    let meta = w.add_disk("quorum.meta", 8 << 30);
+    let data = w.add_disk("quorum.data", 1 << 30);
+    format_volume(&meta, &data, n).expect("mkfs");
+    for i in 0..n {
+        w.add_node(i);
+        w.attach(i, meta.id());
+    }
+    (0..n)
+        .map(|i| {
+            let env = w.boot(i);
+            let sb = read_super_from(&*env.disks[0]).expect("super");
+            let sock: Rc<dyn Datagrams> = env.net.bind(&slot_addr(i)).expect("bind");
+            let ctl = Rc::new(InstantServer(RefCell::new(None)));
+            let cfg = AgentConfig {
+                slot: i,
+                rid: 200 + i as u64,
+                hb_timeout_ns: hb_ns,
+            };
+            let dev: Rc<dyn BlockDev> = env.disks[0].clone();
+            let a = QuorumAgent::start(
+                cfg,
+                &sb,
+                dev,
+                sock,
+                env.handle.clone(),
+                env.clock.clone(),
+                env.entropy.clone(),
+                ctl.clone(),
+                ManualFence::new(),
+            )
+            .expect("agent");
+            *ctl.0.borrow_mut() = Some(a.clone());
+            a
+        })
+        .collect()
+}
+
+/// Port of the reference's quorum-heartbeat-timeout: after the leader
+/// dies, the survivors elect a new leader once the heartbeat timeout has
+/// passed, not before (the configured value, or one set at run time on
+/// the survivors), and bad values are rejected at start (clamped at run
+/// time). Virtual time: the delays are the simulator's, exact per seed.
+#[test]
+fn quorum_heartbeat_timeout() {
+    // (timeout at start, timeout set at run time on every member)
+    for (start_ms, runtime_ms) in [(2_000u64, None), (6_000, None), (2_000, Some(5_000u64))] {
+        let w = World::new(WorldConfig::new(21));
+        let agents = quorum_agents(&w, 3, start_ms * 1_000_000);
+        if let Some(ms) = runtime_ms {
+            for a in &agents {
+                a.set_hb_timeout(ms * 1_000_000);
+            }
+        }
+        let want_ns = runtime_ms.unwrap_or(start_ms) * 1_000_000;
+        let w2 = w.clone();
+        let ags = agents.clone();
+        let (delay, hb_seen) = w
+            .run(
+                async move {
+                    let leader = |skip: Option<u8>| {
+                        (0..3u8).filter(|&n| Some(n) != skip).find(|&n| {
+                            let st = ags[n as usize].status();
+                            st.role == Role::Leader && st.ended.is_none()
+                        })
+                    };
+                    let mut first = None;
+                    for _ in 0..400 {
+                        w2.sleep(10_000_000).await;
+                        if let Some(n) = leader(None) {
+                            first = Some(n);
+                            break;
+                        }
+                    }
+                    let old = first.expect("no first leader");
+                    // followers heard it, with the timeout they run with
+                    w2.sleep(1_000_000_000).await;
+                    let hb_seen: Vec<u64> = (0..3u8)
+                        .filter(|&n| n != old)
+                        .map(|n| ags[n as usize].status().hb_timeout_ns)
+                        .collect();
+                    w2.fault(Fault::Crash {
+                        node: old,
+                        loss: Loss::KeepAll,
+                    })
+                    .await;
+                    let t0 = w2.now();
+                    for _ in 0..10_000 {
+                        w2.sleep(10_000_000).await;
+                        if leader(Some(old)).is_some() {
+                            return (w2.now() - t0, hb_seen);
+                        }
+                    }
+                    panic!("no second leader");
+                },
+                300_000_000_000,
+            )
+            .expect("world stalled");
+        eprintln!(
+            "quorum-heartbeat-timeout: timeout {} ms: new leader {} ms after the leader's crash",
+            want_ns / 1_000_000,
+            delay / 1_000_000
+        );
+        assert!(hb_seen.iter().all(|&h| h == want_ns), "{hb_seen:?}");
+        // the last heartbeat left at most one interval before the crash;
+        // then one election round (or a few on a split vote)
+        assert!(
+            delay + 100_000_000 >= want_ns && delay <= want_ns + 2 * SEC,
+            "timeout {want_ns} ns, new leader after {delay} ns"
+        );
+        w.finish();
+    }
+    // bad values: refused at start, clamped at run time
+    let w = World::new(WorldConfig::new(22));
+    let meta = w.add_disk("quorum.meta", 8 << 30);
+    let data = w.add_disk("quorum.data", 1 << 30);
+    format_volume(&meta, &data, 1).expect("mkfs");
+    w.add_node(0);
+    w.attach(0, meta.id());
+    let env = w.boot(0);
+    let sb = read_super_from(&*env.disks[0]).expect("super");
+    for bad in [0, 1_999_000_000, 60_001_000_000, u64::MAX] {
+        let sock: Rc<dyn Datagrams> = env.net.bind(&slot_addr(0)).expect("bind");
+        let dev: Rc<dyn BlockDev> = env.disks[0].clone();
+        let r = QuorumAgent::start(
+            AgentConfig {
+                slot: 0,
+                rid: 7,
+                hb_timeout_ns: bad,
+            },
+            &sb,
+            dev,
+            sock,
+            env.handle.clone(),
+            env.clock.clone(),
+            env.entropy.clone(),
+            Rc::new(InstantServer(RefCell::new(None))),
+            ManualFence::new(),
+        );
+        assert!(
+            matches!(r, Err(AgentError::BadTimeout(ns)) if ns == bad),
+            "{bad}: {:?}",
+            r.err()
+        );
+    }
+    let sock: Rc<dyn Datagrams> = env.net.bind(&slot_addr(0)).expect("bind");
+    let dev: Rc<dyn BlockDev> = env.disks[0].clone();
+    let a = QuorumAgent::start(
+        AgentConfig {
+            slot: 0,
+            rid: 7,
+            hb_timeout_ns: 2 * SEC,
+        },
+        &sb,
+        dev,
+        sock,
+        env.handle.clone(),
+        env.clock.clone(),
+        env.entropy.clone(),
+        Rc::new(InstantServer(RefCell::new(None))),
+        ManualFence::new(),
+    )
+    .expect("agent");
+    a.set_hb_timeout(1);
+    assert_eq!(a.status().hb_timeout_ns, 2 * SEC);
+    a.set_hb_timeout(u64::MAX);
+    assert_eq!(a.status().hb_timeout_ns, 60 * SEC);
+    a.abandon();
+    w.finish();
 }

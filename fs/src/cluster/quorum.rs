@@ -17,9 +17,22 @@
 //!   its new term once a vote arrives, so an isolated member does not
 //!   climb terms on disk;
 //! * no usurping (§5.7): a member that hears its leader's heartbeats
-//!   (or leads) ignores vote requests of higher terms, and a candidate
-//!   whose term nobody answered follows a leader it hears at a lower term
-//!   it has not persisted past;
+//!   (or leads) ignores vote requests of higher terms; a starting member
+//!   counts the leader the quorum blocks show as heard (it votes for
+//!   nobody until that leader has been silent for a heartbeat timeout);
+//!   a candidate whose term nobody answered follows a leader it hears at
+//!   a lower term it has not persisted past;
+//! * a new leader that finds, after writing its ELECT, another slot's
+//!   ELECT of a higher term not stopped yields ([`Input::Yield`]): it
+//!   stops, writes STOP and follows that leader (two members that won
+//!   without hearing each other: the one of the lower term never
+//!   serves, whichever wrote first);
+//! * one leader per term with fewer than 3 slots too: there a slot stands
+//!   only in terms of its own parity (the first configured slot in even
+//!   terms, the second in odd ones), wins at once with the other's vote,
+//!   and alone only when its election timeout passes without a word from
+//!   the other (an answer-less partner is down or cut off: fencing then
+//!   keeps the higher term, since a new leader fences only lower terms);
 //! * only the deadline passing starts an election (never a received
 //!   message).
 
@@ -42,6 +55,9 @@ pub const HB_TIMEOUT_MAX_NS: u64 = 60_000_000_000;
 /// Heartbeat gaps at least this long are counted
 /// (`quorum.heartbeat_gaps_3s`).
 pub const HB_GAP_NOTED_NS: u64 = 3_000_000_000;
+/// How often a member may look up a lower-term leader it hears in the
+/// quorum blocks.
+pub const DISK_CHECK_NS: u64 = 1_000_000_000;
 /// Slots a quorum can have.
 pub const MAX_SLOTS: usize = 15;
 
@@ -92,6 +108,18 @@ pub enum Input {
     Timer,
     ServerUp,
     ServerDown,
+    /// Our server was starting and the quorum blocks show `slot` leading
+    /// a higher term (not stopped): step down and follow it.
+    Yield {
+        slot: u8,
+    },
+    /// The quorum blocks show `slot` leading `term` (the greatest ELECT
+    /// not stopped) and we hear its heartbeats at that term, below ours
+    /// (see [`Quorum::wants_disk_leader`]): follow it.
+    LeaderOnDisk {
+        slot: u8,
+        term: u64,
+    },
     Shutdown,
 }
 
@@ -124,6 +152,15 @@ pub struct Params {
 pub struct Quorum {
     p: Params,
     needed: u32,
+    /// Configured slots below ours (with fewer than 3 slots: the parity
+    /// of the terms we stand in).
+    rank: u32,
+    /// Candidate in a quorum of 2: the other member spoke this candidacy.
+    contested: bool,
+    /// A lower-term leader we hear, to be checked against the quorum
+    /// blocks (slot, term), and when we last asked.
+    disk_check: Option<(u8, u64)>,
+    disk_checked_ns: u64,
     rng: Rc<dyn Entropy>,
     role: Role,
     term: u64,
@@ -143,7 +180,9 @@ pub struct Quorum {
     heard: [Option<u64>; MAX_SLOTS],
 }
 
-/// Votes a candidate needs: a majority, or 1 with fewer than 3 slots.
+/// Votes a candidate needs: a majority, or 1 with fewer than 3 slots
+/// (with 2 slots a candidate still wins at once with both votes, and
+/// alone only after an uncontested election timeout).
 pub fn votes_needed(slots: u16) -> u32 {
     let n = slots.count_ones();
     if n < 3 {
@@ -153,29 +192,47 @@ pub fn votes_needed(slots: u16) -> u32 {
     }
 }
 
+/// With fewer than 3 slots each slot stands in terms of its own parity,
+/// so two concurrent winners never share a term.
+fn split_terms(slots: u16) -> bool {
+    slots.count_ones() == 2
+}
+
 impl Quorum {
     /// Start (rule 0) from `start_term`, the greatest term of any slot's
-    /// block; `leader_active`: the blocks show a leader that has not
-    /// stopped (wait a heartbeat timeout before electing).
+    /// block; `active_leader`: the slot of another member the blocks show
+    /// leading (not stopped): it counts as heard now, so we neither stand
+    /// nor vote for a heartbeat timeout unless it goes quiet.
     pub fn new(
         p: Params,
         start_term: u64,
-        leader_active: bool,
+        active_leader: Option<u8>,
         now: u64,
         rng: Rc<dyn Entropy>,
     ) -> (Quorum, Vec<Effect>) {
         assert!((p.slot as usize) < MAX_SLOTS && p.slots & (1 << p.slot) != 0);
+        let active_leader = active_leader
+            .filter(|&l| l != p.slot && (l as usize) < MAX_SLOTS && p.slots & (1 << l) != 0);
+        let needed = if split_terms(p.slots) {
+            2
+        } else {
+            votes_needed(p.slots)
+        };
         let mut q = Quorum {
             p,
-            needed: votes_needed(p.slots),
+            needed,
+            rank: (p.slots & ((1u16 << p.slot) - 1)).count_ones(),
+            contested: false,
+            disk_check: None,
+            disk_checked_ns: 0,
             rng,
             role: Role::Follower,
             term: start_term,
             persisted: start_term,
             voted: start_term,
             votes: 0,
-            leader: None,
-            leader_heard_ns: 0,
+            leader: active_leader,
+            leader_heard_ns: now,
             deadline_ns: 0,
             server: ServerState::Idle,
             fence_written: false,
@@ -183,7 +240,7 @@ impl Quorum {
             ended: false,
             heard: [None; MAX_SLOTS],
         };
-        q.deadline_ns = if leader_active {
+        q.deadline_ns = if active_leader.is_some() {
             now.saturating_add(p.hb_timeout_ns)
         } else {
             q.elect_deadline(now)
@@ -217,6 +274,11 @@ impl Quorum {
     }
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+    /// A lower-term leader the agent should look up in the quorum blocks
+    /// (then answer with [`Input::LeaderOnDisk`] if they name it).
+    pub fn wants_disk_leader(&self) -> Option<(u8, u64)> {
+        self.disk_check
     }
     pub fn hb_timeout_ns(&self) -> u64 {
         self.p.hb_timeout_ns
@@ -256,6 +318,34 @@ impl Quorum {
                 }
             }
             Input::ServerDown => self.on_server_down(now, &mut fx),
+            Input::LeaderOnDisk { slot, term } => {
+                if self.role != Role::Leader
+                    && term < self.term
+                    && !self.hearing_leader(now)
+                    && self.disk_check == Some((slot, term))
+                {
+                    counter!("quorum.followed_disk_leader").inc();
+                    self.role = Role::Follower;
+                    self.term = term;
+                    self.votes = 0;
+                    self.follow(now, slot);
+                }
+                self.disk_check = None;
+            }
+            Input::Yield { slot } => {
+                if self.role == Role::Leader
+                    && slot != self.p.slot
+                    && (slot as usize) < MAX_SLOTS
+                    && self.p.slots & (1 << slot) != 0
+                {
+                    counter!("quorum.yielded").inc();
+                    self.role = Role::Follower;
+                    self.votes = 0;
+                    self.leader = Some(slot);
+                    self.leader_heard_ns = now;
+                    self.deadline_ns = now.saturating_add(self.p.hb_timeout_ns);
+                }
+            }
             Input::Shutdown => self.shutting_down = true,
         }
         // rule 9: a server may only run for the term we lead
@@ -306,24 +396,41 @@ impl Quorum {
             counter!("quorum.vote_requests_ignored").inc();
             return;
         }
-        // an unanswered candidacy yields to a leader it hears
+        // an unanswered candidacy yields to a leader it hears (at a term
+        // it has not persisted past: a leader of a term below one a
+        // member voted in may be a stale one)
         if kind == MsgKind::Heartbeat
             && term < self.term
             && term >= self.persisted
             && self.role != Role::Leader
-            && self.term > self.persisted
         {
             counter!("quorum.stepped_back").inc();
             self.role = Role::Follower;
             self.term = term;
             self.votes = 0;
-            self.persist_term(fx);
             self.follow(now, from);
             return;
+        }
+        // a quorum of 2: the other member is up and in the race (a
+        // candidate, or a leader at our term or above: lower ones we
+        // cannot follow do not hold us back)
+        if self.role == Role::Candidate && (term >= self.term || kind == MsgKind::RequestVote) {
+            self.contested = true;
         }
         // rule 1
         if term < self.term {
             counter!("quorum.rx_old_term").inc();
+            // a leader below a term we voted in (its successor never won,
+            // or died): follow it if the quorum blocks say it is the
+            // leader (the one clients find); asked at most once a second
+            if kind == MsgKind::Heartbeat
+                && self.role != Role::Leader
+                && !self.hearing_leader(now)
+                && now >= self.disk_checked_ns.saturating_add(DISK_CHECK_NS)
+            {
+                self.disk_checked_ns = now;
+                self.disk_check = Some((from, term));
+            }
             return;
         }
         // rule 2
@@ -419,9 +526,29 @@ impl Quorum {
             self.deadline_ns = self.elect_deadline(now);
             return;
         }
+        // a quorum of 2: an election timeout with no word from the other
+        // member (it is down or cut off) wins alone
+        if self.role == Role::Candidate
+            && split_terms(self.p.slots)
+            && !self.contested
+            && self.votes == 1 << self.p.slot
+        {
+            counter!("quorum.won_alone").inc();
+            self.win(now, fx);
+            return;
+        }
         counter!("quorum.elections").inc();
         self.role = Role::Candidate;
-        self.term = self.term.max(self.voted).saturating_add(1);
+        self.contested = false;
+        let mut t = self
+            .term
+            .max(self.voted)
+            .max(self.persisted)
+            .saturating_add(1);
+        if split_terms(self.p.slots) && t % 2 != u64::from(self.rank) {
+            t = t.saturating_add(1);
+        }
+        self.term = t;
         self.voted = self.term;
         self.votes = 1 << self.p.slot;
         self.leader = None;
@@ -490,7 +617,7 @@ mod tests {
             slots: 0b111,
             hb_timeout_ns: HB_TIMEOUT_MIN_NS,
         };
-        Quorum::new(p, term, false, 0, Rc::new(SeededEntropy::new(slot as u64))).0
+        Quorum::new(p, term, None, 0, Rc::new(SeededEntropy::new(slot as u64))).0
     }
 
     fn sends(fx: &[Effect]) -> Vec<(Dest, MsgKind, u64)> {
@@ -601,6 +728,98 @@ mod tests {
             },
         );
         assert!(sends(&fx).is_empty());
+    }
+
+    fn vote_req(from: u8, term: u64) -> Input {
+        Input::Msg {
+            from,
+            term,
+            kind: MsgKind::RequestVote,
+        }
+    }
+
+    #[test]
+    fn two_slots_stand_in_their_own_parity_and_win_alone_only_uncontested() {
+        let p = |slot| Params {
+            slot,
+            slots: 0b11,
+            hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+        };
+        let rng = |s| Rc::new(SeededEntropy::new(s)) as Rc<dyn Entropy>;
+        let (mut a, _) = Quorum::new(p(0), 0, None, 0, rng(1));
+        let (mut b, _) = Quorum::new(p(1), 0, None, 0, rng(2));
+        // both stand at once: slot 0 in an even term, slot 1 in an odd one
+        a.step(1_000_000_000, Input::Timer);
+        b.step(1_000_000_000, Input::Timer);
+        assert_eq!(
+            (a.role(), a.term(), b.role(), b.term()),
+            (Role::Candidate, 2, Role::Candidate, 1)
+        );
+        // their requests cross: the lower term votes for the higher, the
+        // higher one wins with both votes; nobody won term 1
+        let fx = b.step(1_000_000_001, vote_req(0, 2));
+        assert_eq!(sends(&fx), alloc::vec![(Dest::Slot(0), MsgKind::Vote, 2)]);
+        a.step(1_000_000_001, vote_req(1, 1));
+        assert_eq!(a.role(), Role::Candidate);
+        let fx = a.step(
+            1_000_000_002,
+            Input::Msg {
+                from: 1,
+                term: 2,
+                kind: MsgKind::Vote,
+            },
+        );
+        assert!(fx.contains(&Effect::StartServer(2)));
+        assert_eq!((b.role(), b.term()), (Role::Follower, 2));
+        // a candidate that heard its partner's request does not win alone
+        let (mut c, _) = Quorum::new(p(1), 2, None, 0, rng(3));
+        c.step(1_000_000_000, Input::Timer);
+        assert_eq!(c.term(), 3);
+        c.step(1_000_000_001, vote_req(0, 2));
+        let fx = c.step(2_000_000_000, Input::Timer);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::StartServer(_))));
+        assert_eq!((c.role(), c.term()), (Role::Candidate, 5));
+        // one that heard nothing for an election timeout does
+        let fx = c.step(3_000_000_000, Input::Timer);
+        assert!(fx.contains(&Effect::StartServer(5)));
+    }
+
+    #[test]
+    fn a_started_member_defers_to_the_leader_the_blocks_show() {
+        let p = Params {
+            slot: 2,
+            slots: 0b111,
+            hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+        };
+        let (mut c, _) = Quorum::new(p, 4, Some(0), 0, Rc::new(SeededEntropy::new(2)));
+        // a candidate of a higher term asks before any heartbeat arrived
+        let fx = c.step(10, vote_req(1, 6));
+        assert!(sends(&fx).is_empty());
+        assert_eq!((c.term(), c.leader()), (4, Some(0)));
+        // that leader silent for a heartbeat timeout: now it votes
+        let fx = c.step(HB_TIMEOUT_MIN_NS + 10, vote_req(1, 7));
+        assert_eq!(sends(&fx), alloc::vec![(Dest::Slot(1), MsgKind::Vote, 7)]);
+    }
+
+    #[test]
+    fn a_new_leader_that_finds_a_higher_one_on_disk_yields_and_follows_it() {
+        let p = Params {
+            slot: 1,
+            slots: 0b11,
+            hb_timeout_ns: HB_TIMEOUT_MIN_NS,
+        };
+        let (mut b, _) = Quorum::new(p, 0, None, 0, Rc::new(SeededEntropy::new(2)));
+        b.step(1_000_000_000, Input::Timer);
+        let fx = b.step(2_000_000_000, Input::Timer);
+        assert!(fx.contains(&Effect::StartServer(1)));
+        let fx = b.step(2_000_000_001, Input::Yield { slot: 0 });
+        assert!(fx.contains(&Effect::StopServer));
+        assert_eq!((b.role(), b.leader()), (Role::Follower, Some(0)));
+        let fx = b.step(2_000_000_002, Input::ServerDown);
+        assert_eq!(
+            fx,
+            alloc::vec![Effect::Write(alloc::vec![(QEvent::Stop, 1)])]
+        );
     }
 
     #[test]

@@ -205,8 +205,16 @@ impl QuorumAgent {
         }
         let ok = || blocks.iter().filter_map(|(_, b)| b.as_ref().ok());
         let start_term = ok().map(quorum_blocks::block_term).max().unwrap_or(0);
-        let active = ok()
-            .any(|b| b.events[QEvent::Elect as usize].term > b.events[QEvent::Stop as usize].term);
+        // the leader the blocks show (the greatest ELECT not stopped) of
+        // another slot: ours is an earlier life of this node, gone
+        let active = blocks
+            .iter()
+            .filter(|(s, _)| *s != cfg.slot as usize)
+            .filter_map(|(s, b)| b.as_ref().ok().map(|b| (*s, b)))
+            .map(|(s, b)| (s, b.events[QEvent::Elect as usize].term, b))
+            .filter(|(_, el, b)| *el > b.events[QEvent::Stop as usize].term)
+            .max_by_key(|(_, el, _)| *el)
+            .map(|(s, _, _)| s as u8);
         let p = Params {
             slot: cfg.slot,
             slots: mask,
@@ -421,6 +429,44 @@ impl Inner {
             }
             self.apply(e);
         }
+        let ask = self.machine.borrow().wants_disk_leader();
+        if let Some((slot, term)) = ask {
+            // the leader the blocks show, as clients find it
+            let blocks: Vec<_> = self
+                .addrs
+                .iter()
+                .map(|(s, _)| {
+                    let s = *s as usize;
+                    (s, quorum_blocks::read_block(&*self.dev, self.fsid, s))
+                })
+                .collect();
+            let shown = blocks
+                .iter()
+                .filter_map(|(s, b)| b.as_ref().ok().map(|b| (*s, b)))
+                .map(|(s, b)| (s, b.events[QEvent::Elect as usize].term, b))
+                .filter(|(_, el, b)| *el > b.events[QEvent::Stop as usize].term)
+                .max_by_key(|(_, el, _)| *el)
+                .map(|(s, el, _)| (s as u8, el));
+            let fx = if shown == Some((slot, term)) {
+                self.machine
+                    .borrow_mut()
+                    .step(now, Input::LeaderOnDisk { slot, term })
+            } else {
+                self.machine.borrow_mut().step(
+                    now,
+                    Input::LeaderOnDisk {
+                        slot: 0xff,
+                        term: 0,
+                    },
+                )
+            };
+            for e in fx {
+                if self.ended.borrow().is_some() {
+                    return;
+                }
+                self.apply(e);
+            }
+        }
     }
 
     fn apply(self: &Rc<Self>, e: Effect) {
@@ -495,6 +541,21 @@ impl Inner {
                     (s, quorum_blocks::read_block(&*me.dev, me.fsid, s))
                 })
                 .collect();
+            // a leader of a higher term we did not hear (a quorum of 2
+            // split in two): whichever of us wrote its ELECT first, the
+            // other's read after its own write sees it; the lower yields
+            let higher = blocks
+                .iter()
+                .filter(|(s, _)| *s != me.cfg.slot as usize)
+                .filter_map(|(s, b)| b.as_ref().ok().map(|b| (*s, b)))
+                .find(|(_, b)| {
+                    let el = b.events[QEvent::Elect as usize].term;
+                    el > term && el > b.events[QEvent::Stop as usize].term
+                });
+            if let Some((slot, _)) = higher {
+                me.push(Input::Yield { slot: slot as u8 });
+                return;
+            }
             let preds = fence_candidates(&blocks, me.cfg.rid, term);
             for p in &preds {
                 let addr = me

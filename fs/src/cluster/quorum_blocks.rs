@@ -254,7 +254,9 @@ pub struct Predecessor {
 /// (a leader that never recorded a stop), and its FENCE newer than its STOP
 /// but older than its ELECT (an earlier life not recorded as stopped);
 /// only those at or after the latest FENCE of any slot (older ones were
-/// fenced by that leader), up to `term`, and not our own rid.
+/// fenced by that leader), below `term` (a leader of the same or a higher
+/// term is no predecessor: it is a concurrent leader, and the one of the
+/// lower term yields or is fenced by the higher), and not our own rid.
 pub fn fence_candidates(
     blocks: &[(usize, Result<QuorumBlock, QbError>)],
     rid: u64,
@@ -282,7 +284,7 @@ pub fn fence_candidates(
         for e in cands {
             if e.term != 0
                 && e.term >= fenced
-                && e.term <= term
+                && e.term < term
                 && e.rid != rid
                 && !out.iter().any(|p| p.rid == e.rid)
             {
@@ -397,6 +399,8 @@ mod tests {
                 term: 4
             }]
         );
+        // a leader of the same term is no predecessor
+        assert_eq!(fence_candidates(&all, 0xa1, 6), vec![]);
         // once slot 2 recorded FENCE(6), term 4 is behind it
         w2.write(&d, &[(QEvent::Fence, 6)], T).unwrap();
         assert_eq!(

@@ -1,4 +1,4 @@
-//! The quorum workload: 3 or 5 quorum members on one shared meta disk
+//! The quorum workload: 2, 3 or 5 quorum members on one shared meta disk
 //! elect leaders through lossy, duplicating datagrams while the world
 //! partitions them, pauses them, and crashes and restarts them.
 //!
@@ -15,14 +15,24 @@
 //!   newer one), and none from a term older than the latest FENCE on disk;
 //! * nothing written by a fenced rid after its fence;
 //! * liveness: after each fault phase heals, a leader whose server is up
-//!   and followed by a majority within heartbeat timeout + 8 s.
+//!   and followed by a majority within heartbeat timeout + 8 s;
+//! * no usurping: no member is elected while another leads a lower term
+//!   with its server up, has been leading and undisturbed (up, unpaused,
+//!   no link from it cut) for a heartbeat timeout + 1 s, and no member had
+//!   persisted a term above its term that long ago (every member hears
+//!   its heartbeats, so nobody may vote a successor in);
+//! * fencing: a new leader never fences a life that leads the same or a
+//!   higher term (its ELECT on disk), and two leaders of one term never
+//!   fence each other.
 
-use crate::cluster::fence::{FenceAgent, FenceError, FenceRequest};
+use crate::cluster::fence::{FenceAgent, FenceError, FenceReason, FenceRequest};
 use crate::cluster::quorum::{Role, ServerState};
 use crate::cluster::quorum_agent::{AgentConfig, QuorumAgent, ServerControl};
 use crate::cluster::quorum_blocks::{block_term, find_leader, read_block, QEvent};
 use crate::cluster::transport::{Datagrams, LocalFut};
+use crate::format::quorum::QuorumBlock;
 use crate::format::super_block::{InetAddr, QuorumConfig, SuperBlock};
+use crate::format::{QUORUM_BLKNO, SM_BLOCK_SHIFT};
 use crate::runtime::env::{Entropy, SeededEntropy};
 use crate::runtime::exec::{Handle, JoinHandle};
 use crate::runtime::node::NodeId;
@@ -35,8 +45,10 @@ use crate::storage::block::read_super_from;
 use crate::storage::dev::{BlockDev, IoError};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::rc::Rc;
+use alloc::rc::Weak;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
@@ -48,6 +60,9 @@ pub const SIM_HB_TIMEOUT_NS: u64 = 2_000_000_000;
 const SERVER_BLKNO: u64 = 40;
 /// Liveness budget after a heal, beyond the heartbeat timeout.
 const LIVENESS_SLACK_NS: u64 = 8_000_000_000;
+/// How long a leader must have led undisturbed before a successor
+/// elected meanwhile counts as a usurper.
+const CALM_NS: u64 = SIM_HB_TIMEOUT_NS + 1_000_000_000;
 const MS: u64 = 1_000_000;
 
 /// What one quorum run is.
@@ -92,9 +107,71 @@ struct Shared {
     fenced: RefCell<BTreeMap<u64, u64>>,
     writes: RefCell<Vec<Write>>,
     now: Rc<dyn Fn() -> u64>,
+    /// Checker findings made inside a member (at an ELECT write, at a
+    /// fence request), reported by the next [`check`].
+    violations: RefCell<Vec<(NodeId, String)>>,
+    /// rid -> (term, time) of its latest ELECT write.
+    elected: RefCell<BTreeMap<u64, (u64, u64)>>,
+    /// (asking rid, fenced rid, asking term) of every predecessor fence.
+    fences: RefCell<Vec<(u64, u64, u64)>>,
+    /// Per node: since when it runs undisturbed (booted, unpaused, no
+    /// link from it cut), and whether a link from it is cut now.
+    calm_since: RefCell<[u64; 16]>,
+    cut_out: RefCell<[bool; 16]>,
+    /// (time, greatest persisted term on disk), sampled by [`check`].
+    terms: RefCell<VecDeque<(u64, u64)>>,
+    world: Weak<World>,
 }
 
 impl Shared {
+    fn violation(&self, node: NodeId, what: String) {
+        self.violations.borrow_mut().push((node, what));
+    }
+
+    /// `node` was just elected in `term`: was another member leading,
+    /// reachable and undisturbed long enough that nobody should have
+    /// voted for a successor?
+    fn check_usurp(&self, node: NodeId, term: u64, now: u64) {
+        let Some(w) = self.world.upgrade() else {
+            return;
+        };
+        let Some(since) = now.checked_sub(CALM_NS) else {
+            return;
+        };
+        // the greatest persisted term a calm period ago
+        let Some(&(_, then_max)) = self.terms.borrow().iter().rev().find(|(t, _)| *t <= since)
+        else {
+            return;
+        };
+        for l in (0..self.slots).filter(|&l| l != node) {
+            let Some(q) = w.software::<QNode>(l) else {
+                continue;
+            };
+            let st = q.agent.status();
+            let led_since = self.elected.borrow().get(&q.rid).copied();
+            let calm = w.state(l) == NodeState::Up
+                && !self.cut_out.borrow()[l as usize]
+                && self.calm_since.borrow()[l as usize] <= since;
+            if st.ended.is_none()
+                && st.role == Role::Leader
+                && st.term < term
+                && st.server == ServerState::Up(st.term)
+                && led_since.is_some_and(|(t, at)| t == st.term && at <= since)
+                && calm
+                && then_max <= st.term
+            {
+                self.violation(
+                    node,
+                    format!(
+                        "node {node} elected in term {term} while node {l} led term {} \
+                         undisturbed and heartbeating (a usurper)",
+                        st.term
+                    ),
+                );
+            }
+        }
+    }
+
     /// The greatest FENCE term on the durable disk.
     fn fence_max(&self) -> u64 {
         let snap = self.meta.snapshot();
@@ -138,6 +215,19 @@ impl BlockDev for RecDev {
     fn write(&self, off: u64, buf: &[u8]) -> Result<(), IoError> {
         self.inner.write(off, buf)?;
         self.log(0);
+        let blk = off >> SM_BLOCK_SHIFT;
+        if (QUORUM_BLKNO..QUORUM_BLKNO + 15).contains(&blk) {
+            let el = QuorumBlock::decode(buf).events[QEvent::Elect as usize];
+            let prev = self.shared.elected.borrow().get(&self.rid).map(|e| e.0);
+            if el.rid == self.rid && el.term != 0 && prev.is_none_or(|p| el.term > p) {
+                let now = (self.shared.now)();
+                self.shared
+                    .elected
+                    .borrow_mut()
+                    .insert(self.rid, (el.term, now));
+                self.shared.check_usurp(self.node, el.term, now);
+            }
+        }
         Ok(())
     }
     fn flush(&self) -> Result<(), IoError> {
@@ -154,10 +244,16 @@ struct SimFence {
     handle: Handle,
     entropy: Rc<dyn Entropy>,
     shared: Rc<Shared>,
+    /// The life that asks (its rid and node).
+    asker: u64,
+    node: NodeId,
 }
 
 impl FenceAgent for SimFence {
     fn fence(&self, req: FenceRequest) -> LocalFut<'_, Result<(), FenceError>> {
+        if req.reason == FenceReason::QuorumBlockLeader {
+            self.check_predecessor(&req);
+        }
         Box::pin(async move {
             let delay = (5 + self.entropy.next_u64() % 296) * MS;
             self.handle.sleep_ns(delay).await;
@@ -176,6 +272,46 @@ impl FenceAgent for SimFence {
                 .or_insert(now);
             Ok(())
         })
+    }
+}
+
+impl SimFence {
+    /// A predecessor must be a leader of a lower term, and no two lives
+    /// fence each other.
+    fn check_predecessor(&self, req: &FenceRequest) {
+        let sh = &self.shared;
+        let snap = sh.meta.snapshot();
+        for s in 0..sh.slots as usize {
+            let Ok(b) = read_block(&snap, sh.fsid, s) else {
+                continue;
+            };
+            let el = b.events[QEvent::Elect as usize];
+            if el.rid == req.rid && el.term >= req.term {
+                sh.violation(
+                    self.node,
+                    format!(
+                        "rid {:x} (term {}) fenced rid {:x}, the leader of term {}",
+                        self.asker, req.term, req.rid, el.term
+                    ),
+                );
+            }
+        }
+        // two leaders of one term fencing each other (bug (a) of issue
+        // 13). Leadership bouncing between two lives under pauses and
+        // partitions, each fencing the other's lower term, is safe (if
+        // wasteful): the fence agent resolves it
+        let mutual = sh
+            .fences
+            .borrow()
+            .iter()
+            .any(|&(a, t, term)| a == req.rid && t == self.asker && term == req.term);
+        if mutual {
+            sh.violation(
+                self.node,
+                format!("rids {:x} and {:x} fenced each other", self.asker, req.rid),
+            );
+        }
+        sh.fences.borrow_mut().push((self.asker, req.rid, req.term));
     }
 }
 
@@ -303,7 +439,10 @@ async fn boot(w: &Rc<World>, sh: &Rc<Shared>, node: NodeId) -> Result<Option<Rc<
         handle: env.handle.clone(),
         entropy: Rc::new(SeededEntropy::new(env.entropy.next_u64())),
         shared: sh.clone(),
+        asker: rid,
+        node,
     });
+    sh.calm_since.borrow_mut()[node as usize] = w.now();
     let net = env.net.clone();
     let (handle, clock, entropy) = (env.handle.clone(), env.clock.clone(), env.entropy.clone());
     let srv = server.clone();
@@ -373,7 +512,29 @@ fn fail(w: &World, node: NodeId, step: u64, what: String) -> Failure {
 }
 
 fn check(w: &World, sh: &Shared, seen: &mut Seen, step: u64) -> Result<(), Failure> {
+    if let Some((n, what)) = sh.violations.borrow().first() {
+        return Err(fail(w, *n, step, what.clone()));
+    }
+    let now = w.now();
+    for n in 0..sh.slots {
+        if let NodeState::Paused { until } = w.state(n) {
+            let c = &mut sh.calm_since.borrow_mut()[n as usize];
+            *c = (*c).max(until);
+        }
+    }
     let snap = sh.meta.snapshot();
+    let max_term = (0..sh.slots as usize)
+        .filter_map(|s| read_block(&snap, sh.fsid, s).ok())
+        .map(|b| block_term(&b))
+        .max()
+        .unwrap_or(0);
+    {
+        let mut terms = sh.terms.borrow_mut();
+        terms.push_back((now, max_term));
+        while terms.len() > 2 && terms[1].0 + 2 * CALM_NS < now {
+            terms.pop_front();
+        }
+    }
     for s in 0..sh.slots as usize {
         let Ok(b) = read_block(&snap, sh.fsid, s) else {
             return Err(fail(
@@ -505,15 +666,44 @@ fn stable_leader(w: &World, sh: &Shared) -> Option<(NodeId, u64)> {
     (following as u32 > sh.slots as u32 / 2).then_some((ln, lt))
 }
 
+/// Apply a fault, noting whom it disturbs (for the usurper checker).
+async fn fault(w: &World, sh: &Shared, f: Fault) {
+    let now = w.now();
+    match &f {
+        Fault::Cut { from, .. } => sh.cut_out.borrow_mut()[*from as usize] = true,
+        Fault::HealAll => {
+            let mut cut = sh.cut_out.borrow_mut();
+            let mut calm = sh.calm_since.borrow_mut();
+            for n in 0..16 {
+                if cut[n] {
+                    cut[n] = false;
+                    calm[n] = calm[n].max(now);
+                }
+            }
+        }
+        Fault::Pause { node, ns } => {
+            let c = &mut sh.calm_since.borrow_mut()[*node as usize];
+            *c = (*c).max(now.saturating_add(*ns));
+        }
+        Fault::Crash { node, .. } => sh.calm_since.borrow_mut()[*node as usize] = now,
+        _ => {}
+    }
+    w.fault(f).await
+}
+
 /// Restart every member that is down or whose agent ended (fenced).
 async fn revive(w: &Rc<World>, sh: &Rc<Shared>) -> Result<(), Failure> {
     for n in 0..sh.slots {
         let ended = w.software::<QNode>(n).is_none_or(|q| q.agent.is_ended());
         if !w.is_down(n) && ended {
-            w.fault(Fault::Crash {
-                node: n,
-                loss: Loss::Any,
-            })
+            fault(
+                w,
+                sh,
+                Fault::Crash {
+                    node: n,
+                    loss: Loss::Any,
+                },
+            )
             .await;
             w.wait_down(n).await;
         }
@@ -546,6 +736,13 @@ pub async fn run(w: Rc<World>, plan: QuorumPlan) -> Result<u64, Failure> {
         fenced: RefCell::new(BTreeMap::new()),
         writes: RefCell::new(Vec::new()),
         now: Rc::new(move || w2.now()),
+        violations: RefCell::new(Vec::new()),
+        elected: RefCell::new(BTreeMap::new()),
+        fences: RefCell::new(Vec::new()),
+        calm_since: RefCell::new([0; 16]),
+        cut_out: RefCell::new([false; 16]),
+        terms: RefCell::new(VecDeque::new()),
+        world: Rc::downgrade(&w),
     });
     for n in 0..plan.slots {
         boot(&w, &sh, n).await?;
@@ -587,16 +784,24 @@ pub async fn run(w: Rc<World>, plan: QuorumPlan) -> Result<u64, Failure> {
                     let one_way = r(3) == 0;
                     for o in 0..plan.slots {
                         if o != victim {
-                            w.fault(Fault::Cut {
-                                from: victim,
-                                to: o,
-                            })
+                            fault(
+                                &w,
+                                &sh,
+                                Fault::Cut {
+                                    from: victim,
+                                    to: o,
+                                },
+                            )
                             .await;
                             if !one_way {
-                                w.fault(Fault::Cut {
-                                    from: o,
-                                    to: victim,
-                                })
+                                fault(
+                                    &w,
+                                    &sh,
+                                    Fault::Cut {
+                                        from: o,
+                                        to: victim,
+                                    },
+                                )
                                 .await;
                             }
                         }
@@ -608,35 +813,43 @@ pub async fn run(w: Rc<World>, plan: QuorumPlan) -> Result<u64, Failure> {
                     for a in 0..plan.slots {
                         for b in 0..plan.slots {
                             if (mask >> a) & 1 != (mask >> b) & 1 {
-                                w.fault(Fault::Cut { from: a, to: b }).await;
+                                fault(&w, &sh, Fault::Cut { from: a, to: b }).await;
                             }
                         }
                     }
                 }
                 3 => {
                     if !w.is_down(victim) {
-                        w.fault(Fault::Crash {
-                            node: victim,
-                            loss: Loss::Any,
-                        })
+                        fault(
+                            &w,
+                            &sh,
+                            Fault::Crash {
+                                node: victim,
+                                loss: Loss::Any,
+                            },
+                        )
                         .await;
                         reboot_at.insert(victim, w.now() + (300 + r(4_000)) * MS);
                     }
                 }
                 4 => {
                     if w.state(victim) == NodeState::Up {
-                        w.fault(Fault::Pause {
-                            node: victim,
-                            ns: (200 + r(5_000)) * MS,
-                        })
+                        fault(
+                            &w,
+                            &sh,
+                            Fault::Pause {
+                                node: victim,
+                                ns: (200 + r(5_000)) * MS,
+                            },
+                        )
                         .await;
                     }
                 }
-                _ => w.fault(Fault::HealAll).await,
+                _ => fault(&w, &sh, Fault::HealAll).await,
             }
         }
         // heal: everything back, then a leader within the budget
-        w.fault(Fault::HealAll).await;
+        fault(&w, &sh, Fault::HealAll).await;
         w.log(crate::sim::hash::WORLD, "quorum_phase", &[phase], "heal");
         let healed = w.now();
         let deadline = healed + SIM_HB_TIMEOUT_NS + LIVENESS_SLACK_NS;
