@@ -214,3 +214,94 @@ fn a_failed_fence_stops_the_server() {
         .expect("a failed fence stops the server: another leader retries");
     block_on(two.shutdown());
 }
+
+/// A port of the reference's client-unmount-recovery: the server goes
+/// down, and every mount that comes back to the new life leaves
+/// (FAREWELL) at once, concurrently, while the others still owe their
+/// recovery. Round after round, the new life's lock table, sessions and
+/// recovery must hold none of the departed rids, nothing is ever fenced
+/// (a departed rid left in `mounted_clients` would be prepared by the
+/// next life and fenced at the end of its window), and fsck is clean.
+#[test]
+fn client_unmount_recovery() {
+    trace::clear();
+    let (meta, data) = small_volume(8 << 30, 1 << 30, 33);
+    let net = MemNet::new();
+    let fence = ManualFence::new();
+    let mut term = 1;
+    let mut server = life(&meta, &data, &net, term, Some(&fence));
+    let sb = server.stable_super();
+    let h = handle();
+    for round in 0..4u64 {
+        // three mounts of this life, each with a WRITE lock it reports
+        // to the next life
+        let rids = [10 + round * 3, 11 + round * 3, 12 + round * 3];
+        let clients: Vec<Rc<Client>> = rids.iter().map(|&r| connect(&net, &sb, r)).collect();
+        for (i, c) in clients.iter().enumerate() {
+            let group = LockRange::inode_group(((i as u64) + 1) << 20);
+            let granted = lock(c, group, LockMode::Null, LockMode::Write);
+            let report = NetLock {
+                old_mode: LockMode::Write,
+                ..granted
+            };
+            c.set_lock_recover_handler(Rc::new(move |from| {
+                if report.range.start >= *from {
+                    vec![report]
+                } else {
+                    Vec::new()
+                }
+            }));
+        }
+        assert_eq!(server.lock_grants().len(), 3, "round {round}");
+
+        // the server goes down; the next life prepares exactly these rids
+        block_on(server.shutdown());
+        term += 1;
+        server = life(&meta, &data, &net, term, Some(&fence));
+        let mut owed: Vec<u64> = server.recovery_pending().0.iter().map(|p| p.0).collect();
+        owed.sort_unstable();
+        assert_eq!(
+            owed, rids,
+            "round {round}: only the mounts of the last life"
+        );
+
+        // every mount leaves at once, during the recovery
+        let leaving: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let c = c.clone();
+                h.spawn(async move { c.farewell().await }).unwrap()
+            })
+            .collect();
+        for (rid, l) in rids.iter().zip(leaving) {
+            block_on(h.timeout_ns(60_000_000_000, l))
+                .unwrap_or_else(|_| panic!("round {round}: rid {rid}'s farewell hung"))
+                .unwrap_or_else(|e| panic!("round {round}: rid {rid}'s farewell: {e:?}"));
+        }
+        drop(clients);
+        let (pending, _) = server.recovery_pending();
+        assert!(pending.is_empty(), "round {round}: still owed {pending:?}");
+        assert!(
+            server.lock_grants().is_empty(),
+            "round {round}: departed rids hold locks: {:?}",
+            server.lock_grants()
+        );
+        assert!(server.client_rids().is_empty(), "round {round}");
+        // past the window: nobody was fenced
+        block_on(h.sleep_ns(2 * WINDOW_NS));
+        assert!(fence.waiting().is_empty(), "round {round}: a fence request");
+        assert!(server.fence_requests().is_empty(), "round {round}");
+        assert!(!server.is_failed(), "round {round}");
+    }
+    assert!(events("recov_fence_rid").is_empty());
+    assert!(events("recov_timeout_fire").is_empty());
+    // one more life: nothing left to recover
+    block_on(server.shutdown());
+    let last = life(&meta, &data, &net, term + 1, Some(&fence));
+    assert!(
+        last.recovery_pending().0.is_empty(),
+        "a departed rid left in mounted_clients"
+    );
+    block_on(last.shutdown());
+    assert_fsck_clean(&*meta, Some(&*data));
+}
