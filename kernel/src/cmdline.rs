@@ -146,6 +146,12 @@ pub const ORPHAN_SCAN_DELAY_MS_MAX: u32 =
 pub const ORPHAN_SCAN_DELAY_MS_DEFAULT: u32 =
     scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MS as u32;
 
+/// `log_merge.finalize_height=` bounds: the server finalizes a mount's
+/// log tree (and merges) once its item btree is taller than this; lower
+/// means smaller, more frequent merges (tests force merges with 1).
+pub const FINALIZE_HEIGHT_MIN: u8 = 1;
+pub const FINALIZE_HEIGHT_MAX: u8 = 8;
+
 /// This node's part in a cluster, from `quorum_slot_nr=`,
 /// `quorum_heartbeat_timeout_ms=` and `cluster=1`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +170,9 @@ pub struct ClusterConfig {
     /// `orphan_scan_delay_ms=`: how often the mount looks for unlinked
     /// inodes no node has open any more.
     pub orphan_scan_delay_ms: u32,
+    /// `log_merge.finalize_height=`: the server's finalize height (when
+    /// this node leads); `None`: the server's default.
+    pub finalize_height: Option<u8>,
 }
 
 /// Whether (and how) the node runs as a cluster member.
@@ -223,6 +232,18 @@ impl ClusterMode {
                 }
             },
         };
+        let finalize_height = match c.get("log_merge.finalize_height") {
+            None => None,
+            Some(v) => match v.parse::<u8>() {
+                Ok(h) if (FINALIZE_HEIGHT_MIN..=FINALIZE_HEIGHT_MAX).contains(&h) => Some(h),
+                _ => {
+                    return ClusterMode::Invalid(format!(
+                        "log_merge.finalize_height={v}: expected \
+                         {FINALIZE_HEIGHT_MIN}..={FINALIZE_HEIGHT_MAX}"
+                    ))
+                }
+            },
+        };
         let wanted = match c.get("cluster") {
             None => slot.is_some() || hb.is_some(),
             Some("1") => true,
@@ -269,6 +290,7 @@ impl ClusterMode {
             insecure,
             fence_agent,
             orphan_scan_delay_ms,
+            finalize_height,
         })
     }
 }
@@ -621,6 +643,7 @@ mod tests {
                 insecure: false,
                 fence_agent: None,
                 orphan_scan_delay_ms: ORPHAN_SCAN_DELAY_MS_DEFAULT,
+                finalize_height: None,
             })
         );
         assert_eq!(
@@ -632,6 +655,7 @@ mod tests {
                 insecure: false,
                 fence_agent: None,
                 orphan_scan_delay_ms: ORPHAN_SCAN_DELAY_MS_DEFAULT,
+                finalize_height: None,
             }),
             "a client-only node"
         );
@@ -673,6 +697,24 @@ mod tests {
             ClusterMode::Off,
             "it only qualifies a member"
         );
+        for (h, want) in [
+            ("1", Some(Some(1))),
+            ("8", Some(Some(8))),
+            ("0", None),
+            ("9", None),
+            ("x", None),
+        ] {
+            let m = mode(&format!("cluster=1 log_merge.finalize_height={h}"));
+            match (m, want) {
+                (ClusterMode::On(c), Some(w)) => assert_eq!(c.finalize_height, w, "{h}"),
+                (ClusterMode::Invalid(why), None) => assert!(why.contains("1..=8"), "{why}"),
+                (m, w) => panic!("finalize_height={h}: {m:?}, wanted {w:?}"),
+            }
+        }
+        match mode("cluster=1") {
+            ClusterMode::On(c) => assert_eq!(c.finalize_height, None, "the server's default"),
+            m => panic!("{m:?}"),
+        }
         for bad in [
             "quorum_slot_nr=15",
             "quorum_slot_nr=x",

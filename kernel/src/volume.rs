@@ -604,10 +604,7 @@ async fn join(
         // every cluster mount takes its locks from the leader's lock
         // server (NodeOptions' default), so what one node commits the
         // others read
-        NodeOptions {
-            orphan_scan_delay_ms: orphan_scan_delay_ms(),
-            ..NodeOptions::default()
-        },
+        cluster_node_options(),
     )
     .await
     .map_err(|e| format!("joining the cluster failed: {} ({})", e.text(), e.name()))?;
@@ -620,12 +617,17 @@ async fn join(
     })
 }
 
-/// `orphan_scan_delay_ms=`, or the default.
-fn orphan_scan_delay_ms() -> u64 {
-    match &runtime::config().cluster {
-        ClusterMode::On(c) => c.orphan_scan_delay_ms as u64,
-        _ => scoutvm_fs::posix::orphan::ORPHAN_SCAN_DELAY_MS,
+/// A cluster member's node options: `orphan_scan_delay_ms=` and
+/// `log_merge.finalize_height=`, or their defaults.
+fn cluster_node_options() -> NodeOptions {
+    let mut o = NodeOptions::default();
+    if let ClusterMode::On(c) = &runtime::config().cluster {
+        o.orphan_scan_delay_ms = c.orphan_scan_delay_ms as u64;
+        if let Some(h) = c.finalize_height {
+            o.server.finalize_height = h;
+        }
     }
+    o
 }
 
 /// `fence.agent=IP:PORT`, if given.
