@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -209,18 +209,47 @@ impl Cluster {
 
     /// The pids the run directory recorded (running or not).
     pub fn recorded_pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let f = entry.path().join("qemu.pid");
-            if let Some(pid) = fs::read_to_string(&f)
+        recorded_qemu_pids(&self.dir)
+    }
+
+    /// For programs built with `panic = "abort"` (the release profile),
+    /// where `Drop` does not run: a panic first kills every QEMU and the
+    /// fence agent this run directory recorded.
+    pub fn kill_on_panic(&self) {
+        let dir = self.dir.clone();
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let mut pids = recorded_qemu_pids(&dir);
+            if let Some(agent) = fs::read_to_string(dir.join("fence-agent.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse().ok())
             {
-                pids.push(pid);
+                pids.push(agent);
             }
-        }
-        pids
+            for pid in pids {
+                if alive(pid) {
+                    // SAFETY: kill(2) on a pid this run recorded and just saw alive.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+            prev(info);
+        }));
     }
+}
+
+/// The QEMU pids recorded under a cluster run directory.
+fn recorded_qemu_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let f = entry.path().join("qemu.pid");
+        if let Some(pid) = fs::read_to_string(&f)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 impl Drop for Cluster {

@@ -28,9 +28,16 @@ use std::time::{Duration, Instant};
 use scoutvm_image::p9load::{self, Budget, Config, Op, OpReport};
 use scoutvm_tests::cluster_sh::{counter, Cluster};
 
+/// Bad command line: say so and exit (nothing started yet).
+fn usage_fail(msg: &str) -> ! {
+    eprintln!("bench-cluster: {msg}\n{USAGE}");
+    exit(2)
+}
+
+/// Give up (a panic: the hook of [`Cluster::kill_on_panic`] stops what
+/// the run started, as the release profile aborts without `Drop`).
 fn fail(msg: &str) -> ! {
-    eprintln!("bench-cluster: {msg}");
-    exit(1)
+    panic!("bench-cluster: {msg}")
 }
 
 const USAGE: &str =
@@ -62,8 +69,8 @@ fn parse() -> Args {
         }
         let val = argv
             .get(i + 1)
-            .unwrap_or_else(|| fail(&format!("{flag} needs a value\n{USAGE}")));
-        let bad = || -> ! { fail(&format!("{flag}: bad value {val:?}\n{USAGE}")) };
+            .unwrap_or_else(|| usage_fail(&format!("{flag} needs a value")));
+        let bad = || -> ! { usage_fail(&format!("{flag}: bad value {val:?}")) };
         match flag {
             "--nodes" => {
                 a.nodes = val
@@ -93,7 +100,7 @@ fn parse() -> Args {
                     .filter(|k| (1..=64).contains(k))
                     .unwrap_or_else(|| bad())
             }
-            _ => fail(&format!("unknown option {flag}\n{USAGE}")),
+            _ => usage_fail(&format!("unknown option {flag}")),
         }
         i += 2;
     }
@@ -132,7 +139,9 @@ fn load(c: &Cluster, n: usize, op: Op, secs: f64, outstanding: usize, tag: &str)
 fn sampled(c: &Cluster, nodes: usize, name: &str) -> (u64, u64) {
     let (mut sum, mut max) = (0, 0);
     for i in 0..nodes {
-        let v = counter(&c.shell(i, &format!("counters {name}")), name);
+        // (a counter not used yet on that node: an error, and 0)
+        let out = c.run(&["shell", &i.to_string(), "counters", name]);
+        let v = counter(&String::from_utf8_lossy(&out.stdout), name);
         sum += v;
         max = max.max(v);
     }
@@ -146,6 +155,7 @@ fn main() {
     c.boot_timeout = 300;
     c.shell_timeout = 120;
     c.console_tail = Some(40);
+    c.kill_on_panic();
     let up = c.ok(&["up", &n.to_string()]);
     eprint!("{up}");
     for i in 0..n {
@@ -158,14 +168,12 @@ fn main() {
     );
     let mut rows = Vec::new();
     for k in 1..=n {
-        let reps = load(
-            &c,
-            k,
-            Op::Create,
-            a.seconds,
-            a.outstanding,
-            &format!("create{k}"),
-        );
+        // lock invalidations during the phase: the separate directories
+        // should need none between nodes
+        let (inval_before, _) = sampled(&c, n, "lock_client.invalidations");
+        let tag = format!("create{k}");
+        let reps = load(&c, k, Op::Create, a.seconds, a.outstanding, &tag);
+        let (inval_after, _) = sampled(&c, n, "lock_client.invalidations");
         let per: Vec<String> = reps
             .iter()
             .map(|r| format!("{:.1}", r.ops_per_sec()))
@@ -173,8 +181,9 @@ fn main() {
         let errors: u64 = reps.iter().map(|r| r.errors).sum();
         let total: f64 = reps.iter().map(OpReport::ops_per_sec).sum();
         println!(
-            "CLUSTER-CREATES nodes={k} aggregate={total:.1}/s per_node=[{}] errors={errors}",
-            per.join(" ")
+            "CLUSTER-CREATES nodes={k} aggregate={total:.1}/s per_node=[{}] errors={errors} lock_invalidations={}",
+            per.join(" "),
+            inval_after.saturating_sub(inval_before)
         );
         rows.push((k, total));
     }
