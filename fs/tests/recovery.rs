@@ -305,3 +305,145 @@ fn client_unmount_recovery() {
     block_on(last.shutdown());
     assert_fsck_clean(&*meta, Some(&*data));
 }
+
+/// Poll `done` on the virtual clock (100 ms steps) for up to `secs`.
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let h = handle();
+    for _ in 0..secs * 10 {
+        if done() {
+            return;
+        }
+        block_on(h.sleep_ns(100_000_000));
+    }
+    assert!(done(), "{what}: not within {secs} s");
+}
+
+/// A mount `rid` of the running server life holding a WRITE lock on an
+/// inode group of its own, which it reports to a new life's LOCK_RECOVER.
+fn writer(net: &MemNet, sb: &scoutvm_fs::format::super_block::SuperBlock, rid: u64) -> Rc<Client> {
+    let c = connect(net, sb, rid);
+    let granted = lock(
+        &c,
+        LockRange::inode_group(rid << 20),
+        LockMode::Null,
+        LockMode::Write,
+    );
+    let report = NetLock {
+        old_mode: LockMode::Write,
+        ..granted
+    };
+    c.set_lock_recover_handler(Rc::new(move |from| {
+        if report.range.start >= *from {
+            vec![report]
+        } else {
+            Vec::new()
+        }
+    }));
+    c
+}
+
+/// Ack every fence request the agent waits on, checking who and why.
+fn ack_all(fence: &ManualFence, mut want: Vec<u64>, reason: FenceReason) {
+    let mut asked: Vec<u64> = fence
+        .waiting()
+        .iter()
+        .inspect(|r| assert_eq!(r.reason, reason, "rid {}", r.rid))
+        .map(|r| r.rid)
+        .collect();
+    asked.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(asked, want, "the rids the agent is asked to fence");
+    for rid in want {
+        assert!(fence.ack(rid));
+    }
+}
+
+fn holders(server: &ServerRole) -> Vec<u64> {
+    let mut rids: Vec<u64> = server.lock_grants().iter().map(|g| g.0).collect();
+    rids.dedup();
+    rids
+}
+
+/// A port of the reference's fence-and-reclaim: force-unmount (die
+/// without a farewell) one mount, then every mount, then the server, then
+/// everything. Each mount that does not come back is fenced through the
+/// agent, for `client_reconnect` under a running server or
+/// `client_recovery` in a new server life, and reclaimed: its locks go
+/// and a new mount takes them. Mounts that come back are never fenced.
+#[test]
+fn fence_and_reclaim() {
+    trace::clear();
+    let (meta, data) = small_volume(8 << 30, 1 << 30, 34);
+    let net = MemNet::new();
+    let fence = ManualFence::new();
+    let mut server = life(&meta, &data, &net, 1, Some(&fence));
+    let sb = server.stable_super();
+    // the reconnect window (20 s) and a fence's round trip, with slack
+    let patience = 60;
+
+    // one mount dies under a running server
+    let a = writer(&net, &sb, 20);
+    let b = writer(&net, &sb, 21);
+    drop(b);
+    wait_until(patience, "rid 21 fenced", || !fence.waiting().is_empty());
+    ack_all(&fence, vec![21], FenceReason::ClientReconnect);
+    wait_until(patience, "rid 21 reclaimed", || holders(&server) == [20]);
+    assert_eq!(server.client_rids(), [20]);
+
+    // every mount dies
+    let c = writer(&net, &sb, 22);
+    drop(a);
+    drop(c);
+    wait_until(patience, "rids 20, 22 fenced", || {
+        fence.waiting().len() == 2
+    });
+    ack_all(&fence, vec![20, 22], FenceReason::ClientReconnect);
+    wait_until(patience, "rids 20, 22 reclaimed", || {
+        holders(&server).is_empty()
+    });
+    assert!(server.client_rids().is_empty());
+
+    // the server dies: its mounts come back to the next life, recover
+    // their locks, and nobody is fenced
+    let d = writer(&net, &sb, 23);
+    let e = writer(&net, &sb, 24);
+    block_on(server.shutdown());
+    server = life(&meta, &data, &net, 2, Some(&fence));
+    wait_until(patience, "23 and 24 recovered", || {
+        server.recovery_pending().0.is_empty()
+    });
+    assert_eq!(holders(&server), [23, 24]);
+    block_on(handle().sleep_ns(2 * WINDOW_NS));
+    assert!(
+        fence.waiting().is_empty(),
+        "a mount that came back was fenced"
+    );
+
+    // everything dies: the next life fences both at its window's end
+    block_on(server.shutdown());
+    drop(d);
+    drop(e);
+    server = life(&meta, &data, &net, 3, Some(&fence));
+    wait_until(patience, "23, 24 fenced", || fence.waiting().len() == 2);
+    ack_all(&fence, vec![23, 24], FenceReason::ClientRecovery);
+    wait_until(patience, "23, 24 reclaimed", || {
+        server.recovery_pending().0.is_empty() && holders(&server).is_empty()
+    });
+    assert_eq!(events("recov_timeout_fire"), [[2, 0, 0, 0]]);
+
+    // what the dead held can be had again
+    let f = connect(&net, &sb, 25);
+    for rid in 20..=24 {
+        let got = lock(
+            &f,
+            LockRange::inode_group(rid << 20),
+            LockMode::Null,
+            LockMode::Write,
+        );
+        assert_eq!(got.new_mode, LockMode::Write, "rid {rid}'s group");
+    }
+    assert!(!server.is_failed());
+    drop(f);
+    block_on(server.shutdown());
+    assert_fsck_clean(&*meta, Some(&*data));
+}
