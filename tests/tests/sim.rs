@@ -1123,6 +1123,57 @@ fn cluster_failover_seeds_recover_every_mount_and_replay() {
     }
 }
 
+/// A port of the reference's lock-recover-invalidate: for 60 s (virtual)
+/// the server bounces again and again while the mounts keep taking each
+/// other's locks (invalidation load). Every life recovers every mount's
+/// locks, invalidations go on across the bounces, and the model, lock
+/// exclusion, recovery events and fsck hold throughout.
+/// `SCOUTVM_SIM_LOCK_RECOVER_INVALIDATE_SEEDS=N` for more seeds.
+#[test]
+fn lock_recover_invalidate() {
+    const SECS: u64 = 60;
+    let names = [
+        "lock_client.new_server_lives",
+        "lock_client.recovered_reported",
+        "lock_server.invalidations_sent",
+        "lock_client.invalidations",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| counter(n)).collect();
+    let reps = cluster_seeds_with(
+        WorkloadKind::ClusterFailover,
+        "SCOUTVM_SIM_LOCK_RECOVER_INVALIDATE_SEEDS",
+        3,
+        |c| {
+            // steps enough to keep going; the clock ends the run
+            c.steps = 1_000_000;
+            c.until_ns = SECS * 1_000_000_000;
+        },
+    );
+    for r in &reps {
+        assert!(
+            r.virt_ns >= SECS * 1_000_000_000,
+            "seed {} ran {} ms of virtual time",
+            r.cfg.seed,
+            r.virt_ns / 1_000_000
+        );
+    }
+    let moved: Vec<u64> = names
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| counter(n) - b)
+        .collect();
+    eprintln!("lock_recover_invalidate: {names:?} moved by {moved:?}");
+    // several bounces per seed, each recovered, with invalidations
+    assert!(
+        moved[0] >= 2 * reps.len() as u64,
+        "server lives seen by the mounts: {}",
+        moved[0]
+    );
+    for (n, m) in names.iter().zip(&moved).skip(1) {
+        assert!(*m > 0, "{n} never happened");
+    }
+}
+
 /// Server bounces with lost mounts (`--mount-crashes` in a failover run):
 /// a mount frozen across a bounce is fenced by the new life at the end of
 /// its window (the recovery events say so: one rid pending at the
