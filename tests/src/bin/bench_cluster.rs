@@ -205,7 +205,7 @@ fn main() {
         let mut most = 0;
         while started.elapsed() < end {
             let secs = TURN_SECS.min((end - started.elapsed()).as_secs_f64().max(1.0));
-            let op = if turn % 2 == 0 {
+            let op = if turn.is_multiple_of(2) {
                 Op::Create
             } else {
                 Op::Write(64 << 10)
