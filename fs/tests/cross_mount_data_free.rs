@@ -15,19 +15,12 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::client::cluster_node::{mount_client, ClientMount};
-use scoutvm_fs::client::node::NodeOptions;
 use scoutvm_fs::cluster::lock_client::LockClientConfig;
-use scoutvm_fs::cluster::transport::{MemNet, Transport};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::posix::mount::{Mount, MountOptions};
 use scoutvm_fs::posix::types::Cred;
-use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy};
-use scoutvm_fs::server::role::ServerRole;
-use scoutvm_fs::storage::dev::BlockDev;
-use std::rc::Rc;
+use scoutvm_fs::runtime::env::ManualClock;
 
-const ADDR: &str = "srv";
 const ROOT: u64 = 1;
 const META: u64 = 1 << 30;
 /// The data device: 32 MiB, 8192 blocks of 4 KiB.
@@ -36,80 +29,14 @@ const DATA: u64 = 32 << 20;
 const FILE: usize = 1 << 20;
 const PIECE: usize = 256 << 10;
 
-struct Cluster {
-    meta: Rc<dyn BlockDev>,
-    data: Rc<dyn BlockDev>,
-    net: Rc<dyn Transport>,
-    clock: Rc<ManualClock>,
-    opts: NodeOptions,
-    server: ServerRole,
-    seed: u64,
-}
-
-impl Cluster {
-    fn new(seed: u64) -> Cluster {
-        let (meta, data) = small_volume(META, DATA, seed);
-        let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
-        let mut opts = test_node_options(MountOptions::default());
-        opts.cluster_locks = Some(LockClientConfig::default());
-        // background commits and merge work, as in production
-        opts.tick_ns = 1_000_000_000;
-        opts.merge_poll_ns = 200_000_000;
-        let server = ServerRole::open(
-            meta.clone(),
-            data.clone(),
-            Box::new(SeededEntropy::new(seed)),
-            opts.server,
-            handle(),
-        )
-        .unwrap();
-        let mem = MemNet::new();
-        block_on(server.start(&mem, ADDR)).unwrap();
-        Cluster {
-            meta,
-            data,
-            net: Rc::new(mem),
-            clock: Rc::new(ManualClock::new(Default::default())),
-            opts,
-            server,
-            seed,
-        }
-    }
-
-    fn mount(&self, rid: u64) -> (Rc<Mount>, ClientMount) {
-        let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.seed * 100 + rid));
-        run(
-            "mount_client",
-            mount_client(
-                self.net.clone(),
-                ADDR,
-                rid,
-                self.meta.clone(),
-                self.data.clone(),
-                self.clock.clone(),
-                ent,
-                handle(),
-                self.opts,
-            ),
-        )
-        .expect("mount_client")
-    }
-
-    fn shutdown(self, mounts: Vec<(Rc<Mount>, ClientMount)>) {
-        for (m, cm) in mounts.into_iter().rev() {
-            run("unmount", cm.unmount()).unwrap();
-            drop(m);
-        }
-        block_on(self.server.shutdown());
-        assert_fsck_clean(&*self.meta, Some(&*self.data));
-    }
-}
-
-/// Run `f`, bounded in virtual time: a lock hand-off that never ends is a
-/// failure, not a hang.
-fn run<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    block_on(handle().timeout_ns(600_000_000_000, f))
-        .unwrap_or_else(|_| panic!("{what}: timed out"))
+/// The two-mount cluster of these tests: the cluster locks, background
+/// commits and merge work as in production, on a 32 MiB data device.
+fn cluster(seed: u64) -> MemCluster {
+    let mut opts = test_node_options(MountOptions::default());
+    opts.cluster_locks = Some(LockClientConfig::default());
+    opts.tick_ns = 1_000_000_000;
+    opts.merge_poll_ns = 200_000_000;
+    MemCluster::new(seed, META, DATA, opts)
 }
 
 fn content(round: usize, i: usize) -> Vec<u8> {
@@ -135,7 +62,7 @@ async fn write_file(m: &Mount, dir: u64, name: &str, data: &[u8]) -> Result<u64,
 
 /// Free and total 4 KiB data blocks as statfs reports them.
 fn data_space(m: &Mount) -> (u64, u64) {
-    let s = run("statfs", m.statfs_more()).unwrap();
+    let s = run_bounded("statfs", m.statfs_more()).unwrap();
     assert!(
         s.free_data_blocks <= s.total_data_blocks,
         "statfs: {} free of {} data blocks",
@@ -154,13 +81,13 @@ fn batch_files() -> usize {
 /// unlinks everything (and syncs), four rounds (2.4 times the device).
 #[test]
 fn space_freed_on_one_mount_is_allocated_on_another() {
-    let c = Cluster::new(31);
+    let c = cluster(31);
     let (m0, cm0) = c.mount(0x101);
     let (m1, cm1) = c.mount(0x102);
-    let dir = run("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
+    let dir = run_bounded("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
         .unwrap()
         .ino;
-    run("sync", m0.sync()).unwrap();
+    run_bounded("sync", m0.sync()).unwrap();
     let (free0, total) = data_space(&m0);
     assert!(free0 > total / 2, "{free0} of {total} free on a new volume");
     let files = batch_files();
@@ -169,7 +96,7 @@ fn space_freed_on_one_mount_is_allocated_on_another() {
         for i in 0..files {
             let name = format!("r{round}f{i}");
             let data = content(round, i);
-            if let Err(e) = run("write", write_file(&m0, dir, &name, &data)) {
+            if let Err(e) = run_bounded("write", write_file(&m0, dir, &name, &data)) {
                 panic!(
                     "round {round} file {i}: {e:?} after {written} bytes written \
                      ({} times the data device)",
@@ -179,24 +106,24 @@ fn space_freed_on_one_mount_is_allocated_on_another() {
             written += data.len();
         }
         // statfs counts committed allocators
-        run("sync 0", m0.sync()).unwrap();
+        run_bounded("sync 0", m0.sync()).unwrap();
         let (free, _) = data_space(&m1);
         assert!(
             free <= free0 - (files * FILE) as u64 / 4096,
             "round {round}: {free} blocks free with {files} MiB written"
         );
         // mount 1 reads one back (the lock hand-off) and unlinks them all
-        let a = run("lookup", m1.lookup(&Cred::root(), dir, b"r0f0".as_ref()));
+        let a = run_bounded("lookup", m1.lookup(&Cred::root(), dir, b"r0f0".as_ref()));
         if round == 0 {
-            let got = run("read", m1.read(a.unwrap().ino, 0, FILE)).unwrap();
+            let got = run_bounded("read", m1.read(a.unwrap().ino, 0, FILE)).unwrap();
             assert_eq!(got, content(0, 0));
         }
         for i in 0..files {
             let name = format!("r{round}f{i}");
-            run("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
+            run_bounded("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
         }
-        run("sync 1", m1.sync()).unwrap();
-        run("sync 0", m0.sync()).unwrap();
+        run_bounded("sync 1", m1.sync()).unwrap();
+        run_bounded("sync 0", m0.sync()).unwrap();
         let (free, _) = data_space(&m0);
         assert_eq!(
             free, free0,
@@ -221,13 +148,13 @@ fn idle(clock: &ManualClock, ns: u64) {
 /// from the lock hand-offs and its ticker) while mount 0 writes batch k,
 /// both at once; with a merge requested every round or never.
 fn only_frees_while_the_other_allocates(merges: bool, seed: u64) {
-    let c = Cluster::new(seed);
+    let c = cluster(seed);
     let (m0, cm0) = c.mount(0x101);
     let (m1, cm1) = c.mount(0x102);
-    let dir = run("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
+    let dir = run_bounded("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
         .unwrap()
         .ino;
-    run("sync", m0.sync()).unwrap();
+    run_bounded("sync", m0.sync()).unwrap();
     let (free0, _) = data_space(&m0);
     // 45 % per batch: at most two batches (90 %) live at once
     let files = (DATA as usize * 45 / 100) / FILE;
@@ -266,13 +193,13 @@ fn only_frees_while_the_other_allocates(merges: bool, seed: u64) {
             })
             .unwrap()
         };
-        if let Err((i, e)) = run("writer", writer) {
+        if let Err((i, e)) = run_bounded("writer", writer) {
             panic!(
                 "round {round} file {i}: {e:?} after {} bytes written",
                 written + i * FILE
             );
         }
-        run("freer", freer);
+        run_bounded("freer", freer);
         written += files * FILE;
         idle(&c.clock, 2_000_000_000);
         data_space(&m0);
@@ -281,10 +208,10 @@ fn only_frees_while_the_other_allocates(merges: bool, seed: u64) {
     // the last batch goes too; every block is free again
     for i in 0..files {
         let name = format!("r{}f{i}", rounds - 1);
-        run("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
+        run_bounded("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
     }
-    run("sync 1", m1.sync()).unwrap();
-    run("sync 0", m0.sync()).unwrap();
+    run_bounded("sync 1", m1.sync()).unwrap();
+    run_bounded("sync 0", m0.sync()).unwrap();
     assert_eq!(data_space(&m1).0, free0);
     c.shutdown(vec![(m0, cm0), (m1, cm1)]);
 }
@@ -309,10 +236,10 @@ fn bench_bytes_written_before_enospc() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let c = Cluster::new(51);
+    let c = cluster(51);
     let (m0, cm0) = c.mount(0x101);
     let (m1, cm1) = c.mount(0x102);
-    let dir = run("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
+    let dir = run_bounded("mkdir", m0.mkdir(&Cred::root(), ROOT, b"d", 0o755))
         .unwrap()
         .ino;
     let per_iter = (DATA as usize / 10 / FILE).max(1);
@@ -321,7 +248,7 @@ fn bench_bytes_written_before_enospc() {
     'outer: for it in 0.. {
         for i in 0..per_iter {
             let name = format!("i{it}f{i}");
-            match run("write", write_file(&m0, dir, &name, &content(it, i))) {
+            match run_bounded("write", write_file(&m0, dir, &name, &content(it, i))) {
                 Ok(_) => written += FILE as u64,
                 Err(Errno::ENOSPC) => {
                     enospc = true;
@@ -335,7 +262,7 @@ fn bench_bytes_written_before_enospc() {
         }
         for i in 0..per_iter {
             let name = format!("i{it}f{i}");
-            run("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
+            run_bounded("unlink", m1.unlink(&Cred::root(), dir, name.as_bytes())).unwrap();
         }
     }
     eprintln!(

@@ -14,17 +14,12 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::client::cluster_node::{mount_client, ClientMount};
-use scoutvm_fs::client::node::NodeOptions;
-use scoutvm_fs::cluster::transport::{MemNet, Transport};
+use scoutvm_fs::client::cluster_node::ClientMount;
 use scoutvm_fs::posix::mount::{Mount, MountOptions};
 use scoutvm_fs::posix::types::Cred;
-use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy};
-use scoutvm_fs::server::role::ServerRole;
-use scoutvm_fs::storage::dev::BlockDev;
+use scoutvm_fs::runtime::env::ManualClock;
 use std::rc::Rc;
 
-const ADDR: &str = "srv";
 const ROOT: u64 = 1;
 /// Virtual time between rounds: over the mounts' commit interval.
 const ROUND_IDLE_NS: u64 = scoutvm_fs::posix::hold::COMMIT_INTERVAL_NS + 1_000_000_000;
@@ -33,65 +28,19 @@ fn counter(name: &str) -> u64 {
     scoutvm_fs::runtime::counters::get(name).unwrap_or(0)
 }
 
-struct Cluster {
-    meta: Rc<dyn BlockDev>,
-    data: Rc<dyn BlockDev>,
-    net: Rc<dyn Transport>,
-    clock: Rc<ManualClock>,
-    opts: NodeOptions,
-    server: ServerRole,
-    seed: u64,
+/// Three mounts' cluster: background commits and merge work, as in
+/// production.
+fn cluster(seed: u64) -> MemCluster {
+    let mut opts = test_node_options(MountOptions::default());
+    opts.tick_ns = 1_000_000_000;
+    opts.merge_poll_ns = 200_000_000;
+    MemCluster::new(seed, 2 << 30, 512 << 20, opts)
 }
 
-impl Cluster {
-    fn new(seed: u64) -> Cluster {
-        let (meta, data) = small_volume(2 << 30, 512 << 20, seed);
-        let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
-        let mut opts = test_node_options(MountOptions::default());
-        // background commits and merge work, as in production
-        opts.tick_ns = 1_000_000_000;
-        opts.merge_poll_ns = 200_000_000;
-        let server = ServerRole::open(
-            meta.clone(),
-            data.clone(),
-            Box::new(SeededEntropy::new(seed)),
-            opts.server,
-            handle(),
-        )
-        .unwrap();
-        let mem = MemNet::new();
-        block_on(server.start(&mem, ADDR)).unwrap();
-        Cluster {
-            meta,
-            data,
-            net: Rc::new(mem),
-            clock: Rc::new(ManualClock::new(Default::default())),
-            opts,
-            server,
-            seed,
-        }
-    }
-
-    fn mount(&self, rid: u64) -> (Rc<Mount>, ClientMount) {
-        let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.seed * 100 + rid));
-        block_on(mount_client(
-            self.net.clone(),
-            ADDR,
-            rid,
-            self.meta.clone(),
-            self.data.clone(),
-            self.clock.clone(),
-            ent,
-            handle(),
-            self.opts,
-        ))
-        .expect("mount_client")
-    }
-
-    fn trees(&self) -> usize {
-        let (open, fin) = self.server.log_tree_counts().unwrap();
-        open + fin
-    }
+/// The log trees the server holds, open and finalized.
+fn trees(c: &MemCluster) -> usize {
+    let (open, fin) = c.server.log_tree_counts().unwrap();
+    open + fin
 }
 
 fn content(mount: usize, round: usize, i: usize) -> Vec<u8> {
@@ -152,7 +101,7 @@ fn idle(clock: &ManualClock, ns: u64) {
     }
 }
 
-fn drain_merges(c: &Cluster, m: &Mount, cm: &ClientMount) {
+fn drain_merges(c: &MemCluster, m: &Mount, cm: &ClientMount) {
     let server = &c.server;
     for _ in 0..10_000 {
         if block_on(cm.merge_once()).unwrap() {
@@ -177,7 +126,7 @@ fn three_writing_mounts_finalize_together_and_their_trees_stay_bounded() {
     const MOUNTS: usize = 3;
     const ROUNDS: usize = 24;
     const FILES: usize = 12;
-    let c = Cluster::new(7);
+    let c = cluster(7);
     let mounts: Vec<_> = (1..=MOUNTS as u64).map(|r| c.mount(0x100 + r)).collect();
     let mut dirs = Vec::new();
     for (i, (m, _)) in mounts.iter().enumerate() {
@@ -197,7 +146,7 @@ fn three_writing_mounts_finalize_together_and_their_trees_stay_bounded() {
         }
         // a commit interval: every mount commits (and merge work runs)
         idle(&c.clock, ROUND_IDLE_NS);
-        let n = c.trees();
+        let n = trees(&c);
         most = most.max(n);
         // every mount's open tree, plus the finalized inputs of at most
         // the merge in flight and the round behind it
@@ -289,7 +238,7 @@ fn bench_log_merge_with_three_writing_mounts() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let files = 40;
-    let c = Cluster::new(11);
+    let c = cluster(11);
     let mounts: Vec<_> = (1..=MOUNTS as u64).map(|r| c.mount(0x100 + r)).collect();
     let mut dirs = Vec::new();
     for (i, (m, _)) in mounts.iter().enumerate() {
@@ -302,7 +251,7 @@ fn bench_log_merge_with_three_writing_mounts() {
         c.server.request_merge();
         write_round(&mounts, &dirs, round, files);
         idle(&c.clock, ROUND_IDLE_NS);
-        counts.push(c.trees());
+        counts.push(trees(&c));
     }
     let wall = started.elapsed().as_secs_f64();
     let items: u64 = mounts

@@ -8,108 +8,34 @@
 
 mod common;
 use common::*;
-use scoutvm_fs::client::cluster_node::{mount_client, ClientMount};
-use scoutvm_fs::client::node::NodeOptions;
 use scoutvm_fs::cluster::fence::{FenceAgent, ManualFence};
 use scoutvm_fs::cluster::lock_client::LockClientConfig;
-use scoutvm_fs::cluster::transport::{MemNet, Transport};
 use scoutvm_fs::errno::Errno;
 use scoutvm_fs::posix::mount::{Mount, MountOptions};
 use scoutvm_fs::posix::types::{Cred, O_RDWR};
-use scoutvm_fs::runtime::env::{Entropy, ManualClock, SeededEntropy};
-use scoutvm_fs::server::role::ServerRole;
-use scoutvm_fs::storage::dev::BlockDev;
 use std::rc::Rc;
 
-const ADDR: &str = "srv";
 const ROOT: u64 = 1;
 const META: u64 = 1 << 30;
 const DATA: u64 = 32 << 20;
 /// Each file: 256 KiB (64 data blocks).
 const FILE: usize = 256 << 10;
 
-struct Cluster {
-    meta: Rc<dyn BlockDev>,
-    data: Rc<dyn BlockDev>,
-    net: Rc<dyn Transport>,
-    clock: Rc<ManualClock>,
-    opts: NodeOptions,
-    server: ServerRole,
-    fence: Rc<ManualFence>,
-    seed: u64,
-}
-
-impl Cluster {
-    /// `scan_ms`: the mounts' orphan scanner period (0: none).
-    fn new(seed: u64, scan_ms: u64) -> Cluster {
-        let (meta, data) = small_volume(META, DATA, seed);
-        let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
-        let mut opts = test_node_options(MountOptions::default());
-        opts.cluster_locks = Some(LockClientConfig::default());
-        opts.orphan_scan_delay_ms = scan_ms;
-        // each mount's transactions get a share of the small data device,
-        // not all of it (mount 0 would leave mount 1 an ENOSPC)
-        opts.server.log_trees.data_fill_lo = 512;
-        opts.server.log_trees.data_fill_target = 1024;
-        let server = ServerRole::open(
-            meta.clone(),
-            data.clone(),
-            Box::new(SeededEntropy::new(seed)),
-            opts.server,
-            handle(),
-        )
-        .unwrap();
-        let fence = ManualFence::new();
-        let agent: Rc<dyn FenceAgent> = fence.clone();
-        server.set_fence_agent(agent);
-        let mem = MemNet::new();
-        block_on(server.start(&mem, ADDR)).unwrap();
-        Cluster {
-            meta,
-            data,
-            net: Rc::new(mem),
-            clock: Rc::new(ManualClock::new(Default::default())),
-            opts,
-            server,
-            fence,
-            seed,
-        }
-    }
-
-    fn mount(&self, rid: u64) -> (Rc<Mount>, ClientMount) {
-        let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.seed * 100 + rid));
-        run(
-            "mount_client",
-            mount_client(
-                self.net.clone(),
-                ADDR,
-                rid,
-                self.meta.clone(),
-                self.data.clone(),
-                self.clock.clone(),
-                ent,
-                handle(),
-                self.opts,
-            ),
-        )
-        .expect("mount_client")
-    }
-
-    fn shutdown(self, mounts: Vec<(Rc<Mount>, ClientMount)>) {
-        for (m, cm) in mounts.into_iter().rev() {
-            run("unmount", cm.unmount()).unwrap();
-            drop(m);
-        }
-        block_on(self.server.shutdown());
-        assert_fsck_clean(&*self.meta, Some(&*self.data));
-    }
-}
-
-/// Run `f`, bounded in virtual time: a wait that never ends is a
-/// failure, not a hang.
-fn run<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    block_on(handle().timeout_ns(600_000_000_000, f))
-        .unwrap_or_else(|_| panic!("{what}: timed out"))
+/// Two mounts' cluster: the cluster locks, the orphan scanner every
+/// `scan_ms` (0: none), a manual fence agent on the server.
+fn cluster(seed: u64, scan_ms: u64) -> (MemCluster, Rc<ManualFence>) {
+    let mut opts = test_node_options(MountOptions::default());
+    opts.cluster_locks = Some(LockClientConfig::default());
+    opts.orphan_scan_delay_ms = scan_ms;
+    // each mount's transactions get a share of the small data device,
+    // not all of it (mount 0 would leave mount 1 an ENOSPC)
+    opts.server.log_trees.data_fill_lo = 512;
+    opts.server.log_trees.data_fill_target = 1024;
+    let c = MemCluster::new(seed, META, DATA, opts);
+    let fence = ManualFence::new();
+    let agent: Rc<dyn FenceAgent> = fence.clone();
+    c.server.set_fence_agent(agent);
+    (c, fence)
 }
 
 fn content(tag: u8) -> Vec<u8> {
@@ -120,30 +46,33 @@ fn content(tag: u8) -> Vec<u8> {
 
 /// Create `name` in the root on `m` and write `data` into it.
 fn make_file(m: &Mount, name: &str, data: &[u8]) -> u64 {
-    let a = run(
+    let a = run_bounded(
         "create",
         m.create(&Cred::root(), ROOT, name.as_bytes(), 0o644),
     )
     .unwrap();
-    assert_eq!(run("write", m.write(a.ino, 0, data)).unwrap(), data.len());
+    assert_eq!(
+        run_bounded("write", m.write(a.ino, 0, data)).unwrap(),
+        data.len()
+    );
     a.ino
 }
 
 fn open(m: &Mount, ino: u64) {
-    run("open", m.open(&Cred::root(), ino, O_RDWR)).unwrap();
+    run_bounded("open", m.open(&Cred::root(), ino, O_RDWR)).unwrap();
 }
 
 fn read_all(m: &Mount, ino: u64, len: usize) -> Vec<u8> {
-    run("read", m.read(ino, 0, len)).unwrap()
+    run_bounded("read", m.read(ino, 0, len)).unwrap()
 }
 
 /// Free data blocks as the server counts them, after both mounts
 /// committed (freed blocks count once their commit is durable).
 fn free_data(mounts: &[&Mount]) -> u64 {
     for m in mounts {
-        run("sync", m.sync()).unwrap();
+        run_bounded("sync", m.sync()).unwrap();
     }
-    run("statfs", mounts[0].statfs_more())
+    run_bounded("statfs", mounts[0].statfs_more())
         .unwrap()
         .free_data_blocks
 }
@@ -154,7 +83,7 @@ fn deleted(m: &Mount) -> u64 {
 
 #[test]
 fn unlinked_on_one_mount_stays_readable_on_the_other_until_its_close() {
-    let c = Cluster::new(11, 0);
+    let (c, _fence) = cluster(11, 0);
     let (m0, cm0) = c.mount(1);
     let (m1, cm1) = c.mount(2);
     let before = free_data(&[&m0, &m1]);
@@ -167,44 +96,48 @@ fn unlinked_on_one_mount_stays_readable_on_the_other_until_its_close() {
         "{written} {before}"
     );
 
-    run("unlink", m1.unlink(&Cred::root(), ROOT, b"f")).unwrap();
+    run_bounded("unlink", m1.unlink(&Cred::root(), ROOT, b"f")).unwrap();
     assert_eq!(deleted(&m1), 0, "mount 0 has it open: mount 1 keeps it");
     assert!(m1.counters().orphans_kept >= 1);
     assert_eq!(
-        run("lookup", m1.lookup(&Cred::root(), ROOT, b"f")),
+        run_bounded("lookup", m1.lookup(&Cred::root(), ROOT, b"f")),
         Err(Errno::ENOENT)
     );
     // every byte is still there for mount 0, and it can still write
     assert_eq!(read_all(&m0, ino, FILE), data);
     let more = vec![0x5a; 8192];
     assert_eq!(
-        run("write", m0.write(ino, FILE as u64, &more)).unwrap(),
+        run_bounded("write", m0.write(ino, FILE as u64, &more)).unwrap(),
         more.len()
     );
     let mut whole = data.clone();
     whole.extend_from_slice(&more);
     assert_eq!(read_all(&m0, ino, whole.len()), whole);
-    assert_eq!(run("getattr", m0.getattr(ino)).unwrap().nlink, 0);
+    assert_eq!(run_bounded("getattr", m0.getattr(ino)).unwrap().nlink, 0);
     // mount 1's scanner (at mount, or periodic) leaves it alone too
-    assert_eq!(run("scan", m1.scan_orphans()).unwrap(), 0);
+    assert_eq!(run_bounded("scan", m1.scan_orphans()).unwrap(), 0);
     assert_eq!(read_all(&m0, ino, whole.len()), whole);
 
     // the last close deletes it: items gone, space back
-    run("release", m0.release(ino)).unwrap();
+    run_bounded("release", m0.release(ino)).unwrap();
     assert_eq!(deleted(&m0), 1);
-    assert_eq!(run("getattr", m1.getattr(ino)), Err(Errno::ENOENT));
+    assert_eq!(run_bounded("getattr", m1.getattr(ino)), Err(Errno::ENOENT));
     let after = free_data(&[&m0, &m1]);
     assert!(
         after >= written + (FILE as u64 / 4096),
         "data space back: {after} free, {written} with the first {FILE} bytes"
     );
-    assert_eq!(run("scan", m1.scan_orphans()).unwrap(), 0, "no orphan left");
+    assert_eq!(
+        run_bounded("scan", m1.scan_orphans()).unwrap(),
+        0,
+        "no orphan left"
+    );
     c.shutdown(vec![(m0, cm0), (m1, cm1)]);
 }
 
 #[test]
 fn the_last_closer_deletes_whichever_mount_it_is() {
-    let c = Cluster::new(12, 0);
+    let (c, _fence) = cluster(12, 0);
     let (m0, cm0) = c.mount(1);
     let (m1, cm1) = c.mount(2);
     for (round, first) in [0usize, 1].into_iter().enumerate() {
@@ -215,33 +148,33 @@ fn the_last_closer_deletes_whichever_mount_it_is() {
         open(&m0, ino);
         open(&m1, ino);
         // the unlinker is the first closer's peer, not always mount 0
-        run(
+        run_bounded(
             "unlink",
             ms[first].unlink(&Cred::root(), ROOT, name.as_bytes()),
         )
         .unwrap();
         let (a, b) = (ms[first], ms[1 - first]);
         let (da, db) = (deleted(a), deleted(b));
-        run("release", a.release(ino)).unwrap();
+        run_bounded("release", a.release(ino)).unwrap();
         assert_eq!(deleted(a), da, "round {round}: the other mount has it open");
         assert_eq!(read_all(b, ino, FILE), data, "round {round}");
-        run("release", b.release(ino)).unwrap();
+        run_bounded("release", b.release(ino)).unwrap();
         assert_eq!(deleted(b), db + 1, "round {round}: the last closer deletes");
-        assert_eq!(run("getattr", a.getattr(ino)), Err(Errno::ENOENT));
+        assert_eq!(run_bounded("getattr", a.getattr(ino)), Err(Errno::ENOENT));
     }
     // rename over an inode open elsewhere keeps it too
     let data = content(9);
     let victim = make_file(&m0, "victim", &data);
     make_file(&m1, "new", &content(10));
     open(&m0, victim);
-    run(
+    run_bounded(
         "rename",
         m1.rename(&Cred::root(), ROOT, b"new", ROOT, b"victim", 0),
     )
     .unwrap();
     assert_eq!(read_all(&m0, victim, FILE), data);
     let d0 = deleted(&m0);
-    run("release", m0.release(victim)).unwrap();
+    run_bounded("release", m0.release(victim)).unwrap();
     assert_eq!(deleted(&m0), d0 + 1);
     c.shutdown(vec![(m0, cm0), (m1, cm1)]);
 }
@@ -249,15 +182,15 @@ fn the_last_closer_deletes_whichever_mount_it_is() {
 #[test]
 fn a_dead_mounts_open_orphan_is_deleted_by_the_scanner_after_its_reclaim() {
     const SCAN_MS: u64 = 1_000;
-    let c = Cluster::new(13, SCAN_MS);
+    let (c, fence) = cluster(13, SCAN_MS);
     let (m0, cm0) = c.mount(1);
     let (m1, cm1) = c.mount(2);
     let data = content(3);
     let ino = make_file(&m1, "f", &data);
     open(&m1, ino);
-    run("sync", m1.sync()).unwrap();
+    run_bounded("sync", m1.sync()).unwrap();
     let written = free_data(&[&m0, &m1]);
-    run("unlink", m0.unlink(&Cred::root(), ROOT, b"f")).unwrap();
+    run_bounded("unlink", m0.unlink(&Cred::root(), ROOT, b"f")).unwrap();
     // a few scans while mount 1 lives: kept
     block_on(handle().sleep_ns(5 * SCAN_MS * 1_000_000));
     assert!(m0.counters().orphan_scans >= 3);
@@ -265,7 +198,7 @@ fn a_dead_mounts_open_orphan_is_deleted_by_the_scanner_after_its_reclaim() {
     assert_eq!(read_all(&m1, ino, FILE), data);
 
     // mount 1 dies holding it open (no farewell)
-    run("sync", m1.sync()).unwrap();
+    run_bounded("sync", m1.sync()).unwrap();
     cm1.abandon();
     drop(m1);
     // before the server reclaims it, no survivor may delete its inode
@@ -274,19 +207,19 @@ fn a_dead_mounts_open_orphan_is_deleted_by_the_scanner_after_its_reclaim() {
     assert_eq!(m0.counters().orphans_deleted, 0);
     // the reconnect window ends: the server fences and reclaims it
     let mut waited = 0;
-    while c.fence.waiting().is_empty() {
+    while fence.waiting().is_empty() {
         block_on(handle().sleep_ns(1_000_000_000));
         waited += 1;
         assert!(waited < 120, "mount 1 was never fenced");
         assert_eq!(deleted(&m0), 0, "not before the dead mount is reclaimed");
     }
-    assert_eq!(c.fence.waiting()[0].rid, 2);
-    assert!(c.fence.ack(2));
+    assert_eq!(fence.waiting()[0].rid, 2);
+    assert!(fence.ack(2));
     // within about one scan period of the reclaim
     block_on(handle().sleep_ns(2 * SCAN_MS * 1_000_000));
     assert_eq!(deleted(&m0), 1, "the survivor's scanner deleted it");
     assert_eq!(m0.counters().orphans_deleted, 1);
-    assert_eq!(run("getattr", m0.getattr(ino)), Err(Errno::ENOENT));
+    assert_eq!(run_bounded("getattr", m0.getattr(ino)), Err(Errno::ENOENT));
     let after = free_data(&[&m0]);
     assert!(
         after >= written + (FILE as u64 / 4096),

@@ -236,22 +236,7 @@ fn client_unmount_recovery() {
         // three mounts of this life, each with a WRITE lock it reports
         // to the next life
         let rids = [10 + round * 3, 11 + round * 3, 12 + round * 3];
-        let clients: Vec<Rc<Client>> = rids.iter().map(|&r| connect(&net, &sb, r)).collect();
-        for (i, c) in clients.iter().enumerate() {
-            let group = LockRange::inode_group(((i as u64) + 1) << 20);
-            let granted = lock(c, group, LockMode::Null, LockMode::Write);
-            let report = NetLock {
-                old_mode: LockMode::Write,
-                ..granted
-            };
-            c.set_lock_recover_handler(Rc::new(move |from| {
-                if report.range.start >= *from {
-                    vec![report]
-                } else {
-                    Vec::new()
-                }
-            }));
-        }
+        let clients: Vec<Rc<Client>> = rids.iter().map(|&r| writer(&net, &sb, r)).collect();
         assert_eq!(server.lock_grants().len(), 3, "round {round}");
 
         // the server goes down; the next life prepares exactly these rids

@@ -84,6 +84,41 @@ impl GuestRun {
         let lines: Vec<&str> = self.console.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+
+    /// Insist that a guest check script (tests/guest/*.sh) passed: no
+    /// `PREFIX FAIL ...` line, a `PREFIX PASS CHECK` line for every one of
+    /// `checks`, its last `PREFIX DONE failed=0` and a zero exit. Failure
+    /// messages carry the console's tail and `context` (e.g. the nodes'
+    /// consoles).
+    pub fn assert_checks_passed(&self, prefix: &str, checks: &[&str], context: &str) {
+        let fail = format!("{prefix} FAIL");
+        let fails: Vec<&str> = self.console.lines().filter(|l| l.contains(&fail)).collect();
+        assert!(
+            fails.is_empty(),
+            "checks failed:\n{}\n\nguest tail:\n{}\n{context}",
+            fails.join("\n"),
+            self.tail(40)
+        );
+        for check in checks {
+            let pass = format!("{prefix} PASS {check}");
+            assert!(
+                self.console.lines().any(|l| l.trim_end() == pass),
+                "no PASS for {check}:\n{}\n{context}",
+                self.tail(80)
+            );
+        }
+        assert!(
+            self.console.contains(&format!("{prefix} DONE failed=0")),
+            "{}",
+            self.tail(80)
+        );
+        assert!(
+            self.status.success(),
+            "guest exit {}:\n{}",
+            self.status,
+            self.tail(40)
+        );
+    }
 }
 
 /// Run `command` in a Linux guest (`qemu/linux-guest.sh run ARGS --

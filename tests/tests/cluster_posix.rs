@@ -72,39 +72,7 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
         format!("LOCK_RACE_SECS={lock_secs} RACE_ROUNDS={rounds} cluster-posix.sh /mnt/a /mnt/b");
     let run = run_linux_guest(&args, &cmd).expect("start qemu/linux-guest.sh");
     eprintln!("guest run took {:?}", run.elapsed);
-    let fails: Vec<&str> = run
-        .console
-        .lines()
-        .filter(|l| l.contains("CLUSTER-POSIX FAIL"))
-        .collect();
-    assert!(
-        fails.is_empty(),
-        "checks failed:\n{}\n\nguest tail:\n{}\n{}",
-        fails.join("\n"),
-        run.tail(40),
-        c.consoles()
-    );
-    for check in CHECKS {
-        assert!(
-            run.console
-                .lines()
-                .any(|l| l.trim_end() == format!("CLUSTER-POSIX PASS {check}")),
-            "no PASS for {check}:\n{}\n{}",
-            run.tail(80),
-            c.consoles()
-        );
-    }
-    assert!(
-        run.console.contains("CLUSTER-POSIX DONE failed=0"),
-        "{}",
-        run.tail(80)
-    );
-    assert!(
-        run.status.success(),
-        "guest exit {}:\n{}",
-        run.status,
-        run.tail(40)
-    );
+    run.assert_checks_passed("CLUSTER-POSIX", &CHECKS, &c.consoles());
     // The lock-ex race made progress on both mounts.
     for tag in ["a1", "a2", "b1", "b2"] {
         let ops: u64 = run

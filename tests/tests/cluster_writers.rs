@@ -96,34 +96,7 @@ fn two_writing_nodes_share_space_and_open_unlinked_files() {
     {
         eprintln!("{}", l.trim_end());
     }
-    let fails: Vec<&str> = run
-        .console
-        .lines()
-        .filter(|l| l.contains("CLUSTER-WRITERS FAIL"))
-        .collect();
-    assert!(
-        fails.is_empty(),
-        "checks failed:\n{}\n\nguest tail:\n{}\n{}",
-        fails.join("\n"),
-        run.tail(40),
-        c.consoles()
-    );
-    for check in CHECKS {
-        assert!(
-            run.console
-                .lines()
-                .any(|l| l.trim_end() == format!("CLUSTER-WRITERS PASS {check}")),
-            "no PASS for {check}:\n{}\n{}",
-            run.tail(80),
-            c.consoles()
-        );
-    }
-    assert!(
-        run.console.contains("CLUSTER-WRITERS DONE failed=0"),
-        "{}",
-        run.tail(80)
-    );
-    assert!(run.status.success(), "guest exit {}", run.status);
+    run.assert_checks_passed("CLUSTER-WRITERS", &CHECKS, &c.consoles());
 
     // The leader's server counted the log trees at every GET_LOG_TREES.
     // (a node without such a counter yet answers with an error: then 0)

@@ -161,10 +161,14 @@ pub fn assert_fsck_clean(meta: &dyn BlockDev, data: Option<&dyn BlockDev>) {
 
 use core::future::Future;
 
+use scoutvm_fs::client::cluster_node::{mount_client, ClientMount};
 use scoutvm_fs::client::node::{mount_volume, NodeHandle, NodeOptions};
+use scoutvm_fs::cluster::transport::{MemNet, Transport};
 use scoutvm_fs::posix::mount::{Mount, MountOptions};
+use scoutvm_fs::runtime::env::Entropy;
 use scoutvm_fs::runtime::env::ManualClock;
 use scoutvm_fs::runtime::exec::{Executor, Handle};
+use scoutvm_fs::server::role::ServerRole;
 use scoutvm_fs::sim::mem_backend::{MemBackend, MemMkfs, MemStore};
 use scoutvm_fs::storage::dev::MemDev;
 
@@ -390,4 +394,85 @@ pub fn offline(start: u64, len: u64) -> DataExtent {
         blkno: 0,
         flags: SEF_OFFLINE,
     }
+}
+
+/// The address the in-process server of a [`MemCluster`] listens on.
+pub const MEM_CLUSTER_ADDR: &str = "srv";
+
+/// One in-process server role on a small volume, serving over `MemNet` in
+/// virtual time, and client mounts of it (the multi-mount tests).
+pub struct MemCluster {
+    pub meta: Rc<dyn BlockDev>,
+    pub data: Rc<dyn BlockDev>,
+    pub net: Rc<dyn Transport>,
+    pub clock: Rc<ManualClock>,
+    pub opts: NodeOptions,
+    pub server: ServerRole,
+    pub seed: u64,
+}
+
+impl MemCluster {
+    /// A fresh volume of `meta_bytes` + `data_bytes` and its server,
+    /// configured by `opts.server`.
+    pub fn new(seed: u64, meta_bytes: u64, data_bytes: u64, opts: NodeOptions) -> MemCluster {
+        let (meta, data) = small_volume(meta_bytes, data_bytes, seed);
+        let (meta, data): (Rc<dyn BlockDev>, Rc<dyn BlockDev>) = (meta, data);
+        let server = ServerRole::open(
+            meta.clone(),
+            data.clone(),
+            Box::new(SeededEntropy::new(seed)),
+            opts.server,
+            handle(),
+        )
+        .unwrap();
+        let mem = MemNet::new();
+        block_on(server.start(&mem, MEM_CLUSTER_ADDR)).unwrap();
+        MemCluster {
+            meta,
+            data,
+            net: Rc::new(mem),
+            clock: Rc::new(ManualClock::new(Default::default())),
+            opts,
+            server,
+            seed,
+        }
+    }
+
+    /// Mount `rid` as a client of the server.
+    pub fn mount(&self, rid: u64) -> (Rc<Mount>, ClientMount) {
+        let ent: Rc<dyn Entropy> = Rc::new(SeededEntropy::new(self.seed * 100 + rid));
+        run_bounded(
+            "mount_client",
+            mount_client(
+                self.net.clone(),
+                MEM_CLUSTER_ADDR,
+                rid,
+                self.meta.clone(),
+                self.data.clone(),
+                self.clock.clone(),
+                ent,
+                handle(),
+                self.opts,
+            ),
+        )
+        .expect("mount_client")
+    }
+
+    /// Unmount `mounts` (last first), stop the server, and insist on a
+    /// clean fsck.
+    pub fn shutdown(self, mounts: Vec<(Rc<Mount>, ClientMount)>) {
+        for (m, cm) in mounts.into_iter().rev() {
+            run_bounded("unmount", cm.unmount()).unwrap();
+            drop(m);
+        }
+        block_on(self.server.shutdown());
+        assert_fsck_clean(&*self.meta, Some(&*self.data));
+    }
+}
+
+/// Run `f`, bounded in virtual time (10 min): a wait that never ends is a
+/// failure, not a hang.
+pub fn run_bounded<F: Future>(what: &str, f: F) -> F::Output {
+    block_on(handle().timeout_ns(600_000_000_000, f))
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
 }
