@@ -198,6 +198,26 @@ impl Cluster {
         s
     }
 
+    /// `qemu/linux-guest.sh run` options mounting node0's 9P on /mnt/a and
+    /// node1's on /mnt/b (no /mnt), uncached (`access=user,cache=none`:
+    /// what a node answers is what the cluster holds), the guest killed
+    /// after `timeout_secs`.
+    pub fn two_node_guest_args(&self, timeout_secs: u64) -> Vec<String> {
+        let (pa, pb) = (self.p9_base, self.p9_base + 1);
+        [
+            "--no-mount".to_string(),
+            "--mount".into(),
+            format!("/mnt/a=10.0.2.2:{pa}"),
+            "--mount".into(),
+            format!("/mnt/b=10.0.2.2:{pb}"),
+            "--mount-opts".into(),
+            "access=user,cache=none".into(),
+            "--timeout".into(),
+            timeout_secs.to_string(),
+        ]
+        .to_vec()
+    }
+
     /// Node `node`'s QEMU pid as its pid file records it.
     pub fn pid_of(&self, node: usize) -> u32 {
         fs::read_to_string(self.dir.join(format!("node{node}/qemu.pid")))

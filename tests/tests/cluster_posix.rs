@@ -55,19 +55,7 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
     c.wait_mounted(0);
     c.wait_mounted(1);
 
-    let (pa, pb) = (c.p9_base, c.p9_base + 1);
-    let args: Vec<String> = [
-        "--no-mount".to_string(),
-        "--mount".into(),
-        format!("/mnt/a=10.0.2.2:{pa}"),
-        "--mount".into(),
-        format!("/mnt/b=10.0.2.2:{pb}"),
-        "--mount-opts".into(),
-        "access=user,cache=none".into(),
-        "--timeout".into(),
-        "600".into(),
-    ]
-    .to_vec();
+    let args = c.two_node_guest_args(600);
     let cmd =
         format!("LOCK_RACE_SECS={lock_secs} RACE_ROUNDS={rounds} cluster-posix.sh /mnt/a /mnt/b");
     let run = run_linux_guest(&args, &cmd).expect("start qemu/linux-guest.sh");

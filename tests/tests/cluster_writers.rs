@@ -70,19 +70,7 @@ fn two_writing_nodes_share_space_and_open_unlinked_files() {
     c.wait_mounted(0);
     c.wait_mounted(1);
 
-    let (pa, pb) = (c.p9_base, c.p9_base + 1);
-    let args: Vec<String> = [
-        "--no-mount".to_string(),
-        "--mount".into(),
-        format!("/mnt/a=10.0.2.2:{pa}"),
-        "--mount".into(),
-        format!("/mnt/b=10.0.2.2:{pb}"),
-        "--mount-opts".into(),
-        "access=user,cache=none".into(),
-        "--timeout".into(),
-        "900".into(),
-    ]
-    .to_vec();
+    let args = c.two_node_guest_args(900);
     let cmd = format!(
         "CREATES={creates} DATA_KIB={} cluster-writers.sh /mnt/a /mnt/b",
         DATA_BYTES >> 10
