@@ -218,6 +218,27 @@ impl Cluster {
         .to_vec()
     }
 
+    /// Power off all `nodes` nodes and insist that each powered off, no
+    /// QEMU of the run is left, and the host fsck of the images `meta` and
+    /// `data` is clean.
+    pub fn down_clean(&self, nodes: usize, meta: &Path, data: &Path) {
+        let pids = self.recorded_pids();
+        assert_eq!(pids.len(), nodes);
+        let down = self.ok(&["down"]);
+        for i in 0..nodes {
+            assert!(
+                down.contains(&format!("node{i}: powered off")),
+                "{down}\n{}",
+                self.consoles()
+            );
+        }
+        for pid in pids {
+            assert!(!alive(pid), "QEMU {pid} left running");
+        }
+        let (clean, report) = crate::guest::fsck_images(meta, data);
+        assert!(clean, "fsck after the run:\n{report}");
+    }
+
     /// Node `node`'s QEMU pid as its pid file records it.
     pub fn pid_of(&self, node: usize) -> u32 {
         fs::read_to_string(self.dir.join(format!("node{node}/qemu.pid")))

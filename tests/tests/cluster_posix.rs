@@ -17,10 +17,8 @@
 //! (default 8 s; the reference runs 30), `CLUSTER_POSIX_ROUNDS` the
 //! noreplace race rounds (default 20).
 
-use std::path::Path;
-
-use scoutvm_tests::cluster_sh::{alive, counter, Cluster};
-use scoutvm_tests::guest::{fsck_images, run_linux_guest};
+use scoutvm_tests::cluster_sh::{counter, Cluster};
+use scoutvm_tests::guest::run_linux_guest;
 
 /// The checks cluster-posix.sh runs (its `CLUSTER-POSIX PASS` names).
 const CHECKS: [&str; 6] = [
@@ -101,20 +99,6 @@ fn two_nodes_one_linux_guest_posix_consistent_across_mounts() {
     assert_eq!(status.matches(": running pid").count(), 2, "{status}");
 
     // Clean power off of both nodes, no QEMU left, a clean volume.
-    let pids = c.recorded_pids();
-    assert_eq!(pids.len(), 2);
-    let down = c.ok(&["down"]);
-    for i in 0..2 {
-        assert!(
-            down.contains(&format!("node{i}: powered off")),
-            "{down}\n{}",
-            c.consoles()
-        );
-    }
-    for pid in pids {
-        assert!(!alive(pid), "QEMU {pid} left running");
-    }
     let (meta, data) = (c.dir.join("meta.img"), c.dir.join("data.img"));
-    let (clean, report) = fsck_images(Path::new(&meta), Path::new(&data));
-    assert!(clean, "fsck after the run:\n{report}");
+    c.down_clean(2, &meta, &data);
 }

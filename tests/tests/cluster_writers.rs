@@ -18,10 +18,9 @@
 //! per second the guest prints are figures, not assertions.
 
 use std::fs;
-use std::path::Path;
 
-use scoutvm_tests::cluster_sh::{alive, counter, Cluster};
-use scoutvm_tests::guest::{fsck_images, run_linux_guest};
+use scoutvm_tests::cluster_sh::{counter, Cluster};
+use scoutvm_tests::guest::run_linux_guest;
 
 const CHECKS: [&str; 3] = [
     "createmany-parallel-mounts",
@@ -106,19 +105,5 @@ fn two_writing_nodes_share_space_and_open_unlinked_files() {
     );
     assert!(merges > 0, "no log merge finished during the run");
 
-    let pids = c.recorded_pids();
-    assert_eq!(pids.len(), 2);
-    let down = c.ok(&["down"]);
-    for i in 0..2 {
-        assert!(
-            down.contains(&format!("node{i}: powered off")),
-            "{down}\n{}",
-            c.consoles()
-        );
-    }
-    for pid in pids {
-        assert!(!alive(pid), "QEMU {pid} left running");
-    }
-    let (clean, report) = fsck_images(Path::new(&meta), Path::new(&data));
-    assert!(clean, "fsck after the run:\n{report}");
+    c.down_clean(2, &meta, &data);
 }
